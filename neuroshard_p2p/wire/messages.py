@@ -1,0 +1,102 @@
+"""Wire messages of protocol v1, as frozen dataclasses with validated fields.
+
+Layout (see protocols/market-v1.md, the source of truth):
+
+    wire bytes = msgpack array [body: bin, signature: bin(64)]
+    body       = msgpack array [version=1, kind, signer: bin(33), issued_at_ms, *fields of the kind]
+    signature  = ECDSA secp256k1 over SHA-256(body), compact r‖s, low-s
+    message id = SHA-256(wire bytes)
+
+Money and prices are integer nano-NEURO (prices per 1M tokens); times are integer milliseconds
+since the Unix epoch. The signer is the node's 33-byte compressed secp256k1 public key, which is
+also its libp2p identity key, so the libp2p peer id is derived from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+VERSION = 1
+
+KIND_ANNOUNCEMENT = 1
+KIND_JOB = 2
+KIND_RECEIPT = 3
+
+TIERS = ("economy", "standard", "premium")
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A node's signed market state: the capacity it offers and the demand queued at it.
+
+    One message carries both, so a node's periodic re-announcement (the keep-alive that dominates
+    steady-state traffic) is a single gossip message. A withdrawal is an announcement with zero
+    capacity and a higher seq. The merged view keeps one last-writer-wins register per signer,
+    ordered by seq.
+    """
+
+    KIND: ClassVar[int] = KIND_ANNOUNCEMENT
+
+    signer: bytes            # 33-byte compressed public key
+    issued_at_ms: int
+    seq: int                 # strictly increasing per signer
+    tokens_per_second: int   # capacity offered; 0 = withdrawn / none
+    min_price_nano: int      # lowest price (per 1M tokens) this node serves at
+    pending_tokens: int      # demand tokens waiting at this node
+    pending_requests: int
+    # Filled by the codec: the exact signed bytes and their id. Not part of equality of content.
+    signature: bytes = field(default=b"", compare=False, repr=False)
+    wire: bytes = field(default=b"", compare=False, repr=False)
+    msg_id: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A gateway hands a matched request to a provider (sent on a direct stream, never gossiped).
+    Signed by the gateway; the user's identity and max price are inside."""
+
+    KIND: ClassVar[int] = KIND_JOB
+
+    signer: bytes            # the gateway
+    issued_at_ms: int
+    request_id: str
+    user: str
+    provider: bytes          # 33-byte public key of the chosen provider
+    tokens: int              # tokens requested
+    max_price_nano: int
+    locked_price_nano: int
+    tier: int                # index into TIERS
+    prompt: str
+    signature: bytes = field(default=b"", compare=False, repr=False)
+    wire: bytes = field(default=b"", compare=False, repr=False)
+    msg_id: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The provider's signed statement of what it served: what the ledger settles on."""
+
+    KIND: ClassVar[int] = KIND_RECEIPT
+
+    signer: bytes            # the provider
+    issued_at_ms: int
+    request_id: str
+    gateway: bytes           # 33-byte public key of the gateway that sent the job
+    user: str
+    tokens_served: int
+    locked_price_nano: int
+    started_at_ms: int
+    ended_at_ms: int
+    signature: bytes = field(default=b"", compare=False, repr=False)
+    wire: bytes = field(default=b"", compare=False, repr=False)
+    msg_id: bytes = field(default=b"", compare=False, repr=False)
+
+
+Message = Announcement | Job | Receipt
+
+MESSAGE_TYPES: dict[int, type] = {
+    KIND_ANNOUNCEMENT: Announcement,
+    KIND_JOB: Job,
+    KIND_RECEIPT: Receipt,
+}
