@@ -1,0 +1,280 @@
+"""Inference backends: what a provider actually runs when it accepts a job.
+
+One small interface, `InferenceBackend.serve(prompt, max_tokens, deadline)`, and two drivers:
+
+- `SyntheticBackend` (the default) produces the requested tokens at the node's announced rate.
+  Jobs queue behind one another (first come, first served), so the backend never delivers more than
+  `tokens_per_second` in aggregate — the same capacity the node announces and admits jobs against.
+- `OpenAIBackend` forwards the prompt to any OpenAI-compatible HTTP server (llama.cpp server, vLLM,
+  Ollama) and counts the tokens it served from the response's `usage.completion_tokens`.
+
+Every failure — unreachable server, non-200 answer, malformed JSON, missing usage, timeout — comes
+out as one `BackendError` whose message a person can read; nothing else escapes and nothing hangs
+past the deadline. Deadlines are absolute times on trio's clock (`trio.current_time()`), so a job
+stream's deadline passes straight through to the backend.
+
+This is a driver, not core: it reads trio's clock and sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+import trio
+
+#: Largest response body accepted from an OpenAI-compatible server. A completion is text; a body
+#: larger than this is a misconfigured or hostile server, not an answer.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+#: Longest text the synthetic backend returns, whatever the token count (it is filler).
+SYNTHETIC_MAX_WORDS = 1000
+
+_FILLER = ("the", "market", "routes", "tokens", "to", "providers", "at", "a", "locked", "price")
+
+BACKEND_KINDS = ("synthetic", "openai")
+
+
+@dataclass(frozen=True)
+class BackendResult:
+    """What a backend served for one job: the token count the receipt carries, and the text."""
+
+    tokens_served: int
+    text: str
+    model: str = ""
+    finish_reason: str = ""
+
+
+class BackendError(Exception):
+    """The backend could not serve a job. `str(error)` is the reason for people (it is sent to the
+    gateway and shown in the request's status); `code` is a short stable word for counters
+    ("timeout", "unreachable", "http_status", "bad_response", "deadline", "bad_request")."""
+
+    def __init__(self, reason: str, code: str = "backend_error") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"BackendError({self.reason!r}, code={self.code!r})"
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """What a provider serves jobs with."""
+
+    #: "synthetic", "openai", …: shown in status and logs.
+    kind: str
+
+    async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
+        """Serve `prompt`, producing at most `max_tokens` tokens, finishing before `deadline`
+        (absolute, trio clock). Raises `BackendError` on any failure, never anything else."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Safe to call more than once."""
+        ...
+
+
+def _check_request(max_tokens: int, deadline: float) -> None:
+    if type(max_tokens) is not int or max_tokens <= 0:
+        raise BackendError(f"max_tokens must be a positive integer, got {max_tokens!r}", "bad_request")
+    if not isinstance(deadline, (int, float)) or math.isnan(deadline):
+        raise BackendError(f"deadline must be a time on trio's clock, got {deadline!r}", "bad_request")
+
+
+class SyntheticBackend:
+    """Produces exactly `max_tokens` tokens at `tokens_per_second`, shared by all jobs in FIFO
+    order: a job that arrives while others are being served finishes after them. It refuses at
+    once (reason "deadline") a job it could not finish before its deadline, instead of sleeping
+    until the deadline only to fail."""
+
+    kind = "synthetic"
+
+    def __init__(self, tokens_per_second: float) -> None:
+        if not (isinstance(tokens_per_second, (int, float)) and math.isfinite(tokens_per_second)
+                and tokens_per_second > 0):
+            raise ValueError(f"tokens_per_second must be > 0, got {tokens_per_second!r}")
+        self.tokens_per_second = float(tokens_per_second)
+        # When the last queued job finishes (trio clock); the next job starts no earlier.
+        self._busy_until = -math.inf
+
+    @property
+    def queued_seconds(self) -> float:
+        """Seconds of work queued ahead of a job arriving now."""
+        return max(0.0, self._busy_until - trio.current_time())
+
+    async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
+        _check_request(max_tokens, deadline)
+        now = trio.current_time()
+        start = max(now, self._busy_until)
+        finish = start + max_tokens / self.tokens_per_second
+        if finish > deadline:
+            raise BackendError(
+                f"cannot serve {max_tokens} tokens before the deadline: needs {finish - now:.2f} s "
+                f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left",
+                "deadline")
+        self._busy_until = finish
+        try:
+            await trio.sleep_until(finish)
+        except trio.Cancelled:
+            # A cancelled job gives back the time it had not used yet, if nothing queued behind it.
+            if self._busy_until == finish:
+                self._busy_until = max(start, trio.current_time())
+            raise
+        words = min(max_tokens, SYNTHETIC_MAX_WORDS)
+        text = " ".join(_FILLER[i % len(_FILLER)] for i in range(words))
+        return BackendResult(tokens_served=max_tokens, text=text, model="synthetic",
+                             finish_reason="length")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible server. `base_url` is the server's root, with or without the `/v1`
+    suffix (`http://127.0.0.1:8080`, `http://127.0.0.1:11434/v1`). `endpoint` is "chat"
+    (`/v1/chat/completions`, the default) or "completions" (`/v1/completions`).
+
+    The tokens served are the response's `usage.completion_tokens`, capped at `max_tokens` — the user
+    never pays for more than they asked for, whatever the server reports."""
+
+    kind = "openai"
+
+    def __init__(self, base_url: str, model: str, timeout_s: float = 60.0, *,
+                 endpoint: str = "chat", api_key: str | None = None) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string")
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        if endpoint not in ("chat", "completions"):
+            raise ValueError(f"endpoint must be 'chat' or 'completions', got {endpoint!r}")
+        root = base_url.rstrip("/")
+        if root.endswith("/v1"):
+            root = root[:-3]
+        self.base_url = root
+        self.model = model
+        self.timeout_s = float(timeout_s)
+        self.endpoint = endpoint
+        self.url = f"{root}/v1/{'chat/completions' if endpoint == 'chat' else 'completions'}"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # One client per backend keeps connections to the server alive between jobs.
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), headers=headers)
+
+    def _payload(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        if self.endpoint == "chat":
+            return {"model": self.model, "max_tokens": max_tokens, "stream": False,
+                    "messages": [{"role": "user", "content": prompt}]}
+        return {"model": self.model, "max_tokens": max_tokens, "stream": False, "prompt": prompt}
+
+    async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
+        _check_request(max_tokens, deadline)
+        if not isinstance(prompt, str):
+            raise BackendError("prompt must be a string", "bad_request")
+        limit = min(deadline, trio.current_time() + self.timeout_s)
+        waited = max(0.0, limit - trio.current_time())
+        try:
+            with trio.fail_at(limit):
+                status, body = await self._post(self._payload(prompt, max_tokens))
+        except trio.TooSlowError:
+            raise BackendError(f"backend {self.url} did not answer within {waited:.1f} s",
+                               "timeout") from None
+        except httpx.TimeoutException:
+            raise BackendError(f"backend {self.url} did not answer within {waited:.1f} s",
+                               "timeout") from None
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
+            raise BackendError(f"cannot reach backend {self.url}: {_describe(exc)}",
+                               "unreachable") from None
+        return self._parse(status, body, max_tokens)
+
+    async def _post(self, payload: dict[str, Any]) -> tuple[int, bytes]:
+        async with self._client.stream("POST", self.url, json=payload) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise BackendError(
+                        f"backend {self.url} answered more than {MAX_RESPONSE_BYTES} bytes",
+                        "bad_response")
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+
+    def _parse(self, status: int, body: bytes, max_tokens: int) -> BackendResult:
+        data: Any
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if status != 200:
+            detail = _error_message(data) or body[:200].decode("utf-8", "replace").strip()
+            raise BackendError(f"backend {self.url} answered HTTP {status}"
+                               + (f": {detail}" if detail else ""), "http_status")
+        if not isinstance(data, dict):
+            raise BackendError(f"backend {self.url} answered something that is not a JSON object",
+                               "bad_response")
+        usage = data.get("usage")
+        tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        if type(tokens) is not int or tokens < 0:
+            raise BackendError(f"backend {self.url} answered without a valid usage.completion_tokens "
+                               f"(got {tokens!r}); cannot count the tokens served", "bad_response")
+        choices = data.get("choices")
+        if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+            raise BackendError(f"backend {self.url} answered without choices", "bad_response")
+        first = choices[0]
+        if self.endpoint == "chat":
+            message = first.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+        else:
+            text = first.get("text")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise BackendError(f"backend {self.url} answered a completion that is not text",
+                               "bad_response")
+        finish = first.get("finish_reason")
+        model = data.get("model")
+        return BackendResult(tokens_served=min(tokens, max_tokens), text=text,
+                             model=model if isinstance(model, str) else self.model,
+                             finish_reason=finish if isinstance(finish, str) else "")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error_message(data: Any) -> str:
+    """The human part of an OpenAI-style error body ({"error": {"message": ...}})."""
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"][:300]
+        if isinstance(error, str):
+            return error[:300]
+    return ""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def make_backend(kind: str, *, tokens_per_second: float, url: str = "", model: str = "",
+                 timeout_s: float = 60.0) -> InferenceBackend:
+    """Build a backend from settings: "synthetic" (at `tokens_per_second`) or "openai" (needs
+    `url` and `model`). Raises ValueError with what is missing."""
+    if kind == "synthetic":
+        return SyntheticBackend(tokens_per_second)
+    if kind == "openai":
+        if not url or not model:
+            raise ValueError("the openai backend needs a URL and a model name")
+        return OpenAIBackend(url, model, timeout_s)
+    raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
+
+
+__all__ = ["InferenceBackend", "BackendResult", "BackendError", "SyntheticBackend",
+           "OpenAIBackend", "make_backend", "BACKEND_KINDS", "MAX_RESPONSE_BYTES"]
