@@ -1,0 +1,106 @@
+"""Prometheus metrics of a node, read at scrape time.
+
+Nothing is counted twice: instead of updating gauges from the node's code paths, a collector reads
+one `NodeReadout` when Prometheus scrapes, the same readout `/api/market` renders, so the two
+always agree. Each node gets its own `CollectorRegistry` (not the process-global default), so
+several nodes in one process — as in the tests and the simulator — never mix their numbers.
+
+Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
+
+    market_price_nano, market_target_price_nano, market_min_price_nano, market_max_price_nano,
+    market_utilization (+Inf when demand waits and no supply exists),
+    market_supply_tokens_per_second, market_demand_tokens_waiting, market_pending_requests,
+    market_available_nodes, market_tick, peers,
+    messages_total{outcome="accepted|rejected|ignored", reason},
+    requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode}
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from neuroshard_p2p.api.readout import NodeReadout
+
+PREFIX = "neuroshard_"
+MESSAGE_OUTCOMES = ("accepted", "rejected", "ignored")
+
+
+class NodeCollector(Collector):
+    """Turns one `NodeReadout`, taken at scrape time by `read`, into metric families."""
+
+    def __init__(self, read: Callable[[], NodeReadout]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        r = self._read()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(PREFIX + name, doc, value=value)
+
+        yield gauge("market_price_nano", "Smoothed market price, nano-NEURO per 1M tokens.",
+                    r.price_nano)
+        yield gauge("market_target_price_nano",
+                    "Unsmoothed price of the current supply and demand, nano-NEURO per 1M tokens.",
+                    r.target_price_nano)
+        yield gauge("market_min_price_nano", "Lowest price of the curve, nano-NEURO per 1M tokens.",
+                    r.min_price_nano)
+        yield gauge("market_max_price_nano", "Highest price of the curve, nano-NEURO per 1M tokens.",
+                    r.max_price_nano)
+        yield gauge("market_utilization",
+                    "Demand per target response time over supply; +Inf with demand and no supply.",
+                    r.utilization)
+        yield gauge("market_supply_tokens_per_second",
+                    "Capacity offered by available nodes, tokens per second.", r.supply_tokens_per_s)
+        yield gauge("market_demand_tokens_waiting", "Tokens of requests waiting to be served.",
+                    r.demand_tokens_waiting)
+        yield gauge("market_pending_requests", "Requests waiting to be served.", r.pending_requests)
+        yield gauge("market_available_nodes", "Nodes offering capacity right now.",
+                    r.available_nodes)
+        yield gauge("market_tick", "Current price tick (floor(now / tick_s)).", r.tick)
+        yield gauge("peers", "Connected libp2p peers.", r.peers)
+
+        info = GaugeMetricFamily(PREFIX + "node_info", "This node's network and pricing mode.",
+                                 labels=["network", "mode"])
+        info.add_metric([r.network, r.mode], 1)
+        yield info
+
+        messages = CounterMetricFamily(PREFIX + "messages",
+                                       "Gossip messages by outcome and reason.",
+                                       labels=["outcome", "reason"])
+        for (outcome, reason), count in sorted(r.messages.items()):
+            messages.add_metric([outcome, reason], count)
+        yield messages
+
+        requests = GaugeMetricFamily(PREFIX + "requests", "Requests this node holds, by state.",
+                                     labels=["state"])
+        for state, count in sorted(r.requests_by_state.items()):
+            requests.add_metric([state], count)
+        yield requests
+
+        if r.settled_nano is not None:
+            yield CounterMetricFamily(PREFIX + "settled_nano",
+                                      "Money settled in this node's ledger, nano-NEURO.",
+                                      value=r.settled_nano)
+        if r.burned_nano is not None:
+            yield CounterMetricFamily(PREFIX + "burned_nano",
+                                      "Money burned in this node's ledger, nano-NEURO.",
+                                      value=r.burned_nano)
+
+
+def node_registry(read: Callable[[], NodeReadout]) -> CollectorRegistry:
+    """A registry of its own for one node, whose only collector reads `read()` at scrape time."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(read))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The Prometheus text exposition of `registry`, and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+__all__ = ["NodeCollector", "node_registry", "render", "PREFIX", "MESSAGE_OUTCOMES"]

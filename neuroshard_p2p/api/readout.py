@@ -1,0 +1,95 @@
+"""One read of a node's state, shared by the JSON API, the dashboard and the Prometheus metrics.
+
+The API and the metrics both render a `NodeReadout`, so `/api/market` and `/metrics` cannot
+disagree about the price: they print the same numbers from the same read. Building a readout only
+reads the node (no state changes); the driver passes the wall-clock time in, as the core expects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuroshard_p2p.money import from_nano
+
+#: Colour levels of the price on the dashboard, by where it sits in [min_price, max_price]:
+#: "low" below 1/3 of the range, "medium" below 2/3, "high" from 2/3 up (boundaries go up).
+PRICE_LEVELS = ("low", "medium", "high")
+LEVEL_THRESHOLDS = (1 / 3, 2 / 3)
+
+
+def price_level(price_nano: int, min_price_nano: int, max_price_nano: int) -> str:
+    """The dashboard's colour level of a price: "low" (green), "medium" (blue) or "high"
+    (orange), by the position of the price in the market's range. Exact integer arithmetic, so
+    the boundary cases (exactly a third) are the same on every machine: 3·(p − min) < span."""
+    span = max_price_nano - min_price_nano
+    offset = min(max(price_nano - min_price_nano, 0), span)
+    if 3 * offset < span:
+        return "low"
+    if 3 * offset < 2 * span:
+        return "medium"
+    return "high"
+
+
+@dataclass(frozen=True)
+class NodeReadout:
+    """What a node knows at one moment, in the units the core uses (nano-NEURO, tokens)."""
+
+    now: float
+    network: str
+    enabled: bool
+    mode: str
+    tick: int
+    price_nano: int
+    target_price_nano: int
+    min_price_nano: int
+    max_price_nano: int
+    avg_price_24h_nano: int | None
+    supply_tokens_per_s: int
+    demand_tokens_waiting: int
+    utilization: float                  # may be math.inf: demand waiting and no supply at all
+    pending_requests: int
+    available_nodes: int
+    peers: int
+    #: (outcome, reason) → count of gossip messages; outcome is accepted / rejected / ignored.
+    messages: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: request state (pending, claimed, completed, ...) → number of requests this node holds.
+    requests_by_state: dict[str, int] = field(default_factory=dict)
+    #: Ledger totals, None when the node runs without a ledger.
+    settled_nano: int | None = None
+    burned_nano: int | None = None
+
+    @property
+    def price_level(self) -> str:
+        return price_level(self.price_nano, self.min_price_nano, self.max_price_nano)
+
+    def market_json(self) -> dict[str, Any]:
+        """`GET /api/market`: the seed's fields first, in NEURO per 1M tokens as the seed had
+        them, then the exact nano-NEURO values and what the dashboard needs."""
+        return {
+            "enabled": self.enabled,
+            "mode": self.mode,
+            "current_price": from_nano(self.price_nano),
+            "supply_tokens_per_sec": self.supply_tokens_per_s,
+            "demand_tokens_waiting": self.demand_tokens_waiting,
+            # JSON has no infinity: null means "demand waiting and no supply at all".
+            "utilization": None if math.isinf(self.utilization) else self.utilization,
+            "pending_requests": self.pending_requests,
+            "available_nodes": self.available_nodes,
+            "avg_price_24h": (None if self.avg_price_24h_nano is None
+                              else from_nano(self.avg_price_24h_nano)),
+            "target_price": from_nano(self.target_price_nano),
+            "tick": self.tick,
+            "network": self.network,
+            "current_price_nano": self.price_nano,
+            "target_price_nano": self.target_price_nano,
+            "avg_price_24h_nano": self.avg_price_24h_nano,
+            "min_price": from_nano(self.min_price_nano),
+            "max_price": from_nano(self.max_price_nano),
+            "price_level": self.price_level,
+            "peers": self.peers,
+        }
+
+
+__all__ = ["NodeReadout", "price_level", "PRICE_LEVELS", "LEVEL_THRESHOLDS"]
