@@ -1,65 +1,110 @@
-"""Canonical encoding, signing and stateless validation of wire messages.
+"""Canonical encoding, signing and stateless validation of wire messages and stream frames.
 
 `encode` signs a message; `decode` returns a valid message or raises `WireError` with a reason a
 person can act on and whether the sender misbehaved (reject) or the message is merely stale
 (ignore). Decoding never raises anything else, whatever the input bytes. Stateful checks (replay,
 seq, rate limits, plausibility over time) live in `validate.Validator`.
+
+The rules, their order and their reason codes are those of protocols/market-v1.md §5; the rule
+numbers (W1…W13) appear in comments below so the two can be read side by side.
+
+Speed: a received announcement costs one signature check plus a few microseconds. The envelope of
+a canonical message is split by hand (its layout is fixed), parsed public keys are cached, and the
+signature goes to libsecp256k1 in its compact form without a DER round trip. Anything the fast path
+does not recognise falls through to the general path, which finds the exact reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from typing import Any
 
 import coincurve
 import msgpack
-from coincurve.ecdsa import cdata_to_der, der_to_cdata, deserialize_compact, serialize_compact
+from coincurve.ecdsa import cdata_to_der, der_to_cdata, serialize_compact
 
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
 from neuroshard_p2p.wire.messages import (
+    FRAME_TYPES,
     KIND_ANNOUNCEMENT,
     KIND_JOB,
+    KIND_JOB_DECLINED,
     KIND_RECEIPT,
+    KIND_SYNC_REQUEST,
+    KIND_SYNC_RESPONSE,
     MESSAGE_TYPES,
+    SYNC_BUCKETS,
     TIERS,
     VERSION,
-    Announcement,
-    Job,
+    Frame,
+    JobDeclined,
     Message,
-    Receipt,
+    SyncRequest,
+    SyncResponse,
 )
+
+try:  # the raw libsecp256k1 binding coincurve ships: lets us verify a compact signature directly
+    from coincurve._libsecp256k1 import ffi as _ffi
+    from coincurve._libsecp256k1 import lib as _lib
+    from coincurve.context import GLOBAL_CONTEXT as _CONTEXT
+except ImportError:  # pragma: no cover - a coincurve that moved its internals: use the public API
+    _lib = None
 
 PUBKEY_LEN = 33
 SIGNATURE_LEN = 64
+DIGEST_LEN = 32
 MAX_U63 = 2**63 - 1
-MAX_STR = 128            # bytes of UTF-8 in request ids and user names
+MAX_STR = 128            # bytes of UTF-8 in request ids, user names, decline reasons
 MAX_PROMPT = 64 * 1024   # bytes of UTF-8 in a job's prompt
+MAX_DETAIL = 512         # bytes of UTF-8 in a decline's detail
 
-#: Largest accepted wire size per kind (bytes). Announcements are ~180 bytes.
+#: Largest accepted wire size per kind (bytes). Announcements are about 130 bytes.
 MAX_SIZE = {KIND_ANNOUNCEMENT: 1024, KIND_JOB: 80 * 1024, KIND_RECEIPT: 1024}
 MAX_ANY_SIZE = max(MAX_SIZE.values())
+
+#: Largest stream frame per kind (bytes), and most announcements in one sync response.
+MAX_FRAME_SIZE = {KIND_SYNC_REQUEST: 1024, KIND_SYNC_RESPONSE: 1024 * 1024, KIND_JOB_DECLINED: 1024}
+MAX_ANY_FRAME_SIZE = max(MAX_FRAME_SIZE.values())
+MAX_SYNC_ANNOUNCEMENTS = 4096
 
 #: Freshness window around the receiver's clock (issued_at may be at most this old / this early).
 MAX_AGE_S = 300.0
 MAX_FUTURE_S = 30.0
+_MAX_AGE_MS = int(MAX_AGE_S * 1000)
+_MAX_FUTURE_MS = int(MAX_FUTURE_S * 1000)
 
 # Per kind: the body fields after the common header, with their type and range.
-_INT, _BYTES33, _STR, _PROMPT = "int", "pubkey", "str", "prompt"
+_INT, _PUBKEY, _STR, _PROMPT = "int", "pubkey", "str", "prompt"
 SCHEMA: dict[int, tuple[tuple[str, str], ...]] = {
     KIND_ANNOUNCEMENT: (
         ("seq", _INT), ("tokens_per_second", _INT), ("min_price_nano", _INT),
         ("pending_tokens", _INT), ("pending_requests", _INT),
     ),
     KIND_JOB: (
-        ("request_id", _STR), ("user", _STR), ("provider", _BYTES33), ("tokens", _INT),
+        ("request_id", _STR), ("user", _STR), ("provider", _PUBKEY), ("tokens", _INT),
         ("max_price_nano", _INT), ("locked_price_nano", _INT), ("tier", _INT), ("prompt", _PROMPT),
     ),
     KIND_RECEIPT: (
-        ("request_id", _STR), ("gateway", _BYTES33), ("user", _STR), ("tokens_served", _INT),
+        ("request_id", _STR), ("gateway", _PUBKEY), ("user", _STR), ("tokens_served", _INT),
         ("locked_price_nano", _INT), ("started_at_ms", _INT), ("ended_at_ms", _INT),
     ),
 }
+_FIELD_NAMES = {kind: tuple(name for name, _ in schema) for kind, schema in SCHEMA.items()}
+_BODY_LEN = {kind: 4 + len(schema) for kind, schema in SCHEMA.items()}
+# Decoding builds messages positionally: the dataclass fields must follow the schema's order.
+for _kind, _names in _FIELD_NAMES.items():
+    _declared = [f.name for f in dataclasses.fields(MESSAGE_TYPES[_kind])]
+    assert _declared[:2 + len(_names)] == ["signer", "issued_at_ms", *_names], _declared
+
+# Parsed public keys, by their 33 bytes. Parsing costs a tenth of a verify and the same few
+# thousand signers sign everything we receive. Bounded: cleared when full (cheap, and an attacker
+# cycling keys only costs itself re-parses).
+_PUBKEY_CACHE: dict[bytes, coincurve.PublicKey] = {}
+_PUBKEY_CACHE_MAX = 16_384
+
+_sha256 = hashlib.sha256
 
 
 def _pack(obj: Any) -> bytes:
@@ -67,33 +112,37 @@ def _pack(obj: Any) -> bytes:
 
 
 def public_key_of(private_key: coincurve.PrivateKey) -> bytes:
+    """The 33-byte compressed public key of a signing key: its signer id on the wire."""
     return private_key.public_key.format(compressed=True)
 
 
 def body_of(message: Message) -> bytes:
     """The canonical unsigned bytes of a message: what the signature covers."""
-    fields = [getattr(message, name) for name, _ in SCHEMA[message.KIND]]
+    fields = [getattr(message, name) for name in _FIELD_NAMES[message.KIND]]
     return _pack([VERSION, message.KIND, message.signer, message.issued_at_ms, *fields])
 
 
 def message_id(wire: bytes) -> bytes:
     """De-duplication id: SHA-256 of the signed wire bytes."""
-    return hashlib.sha256(wire).digest()
+    return _sha256(wire).digest()
 
 
 def encode(message: Message, private_key: coincurve.PrivateKey) -> bytes:
     """Sign `message` with `private_key` (whose public key must be the message's signer) and
     return its wire bytes. Invalid field values raise WireError before anything is signed."""
+    kind = getattr(message, "KIND", None)
+    if kind not in SCHEMA:
+        raise WireError("kind", REJECT, f"cannot encode a {type(message).__name__} as a signed message")
     if message.signer != public_key_of(private_key):
         raise WireError("signer_mismatch", REJECT, "signer is not the public key of the signing key")
-    _check_fields(message.KIND, [getattr(message, n) for n, _ in SCHEMA[message.KIND]],
+    _check_fields(kind, [getattr(message, n) for n in _FIELD_NAMES[kind]],
                   message.signer, message.issued_at_ms)
     body = body_of(message)
+    # libsecp256k1 signs deterministically (RFC 6979) and always produces low-s signatures.
     signature = serialize_compact(der_to_cdata(private_key.sign(body)))
     wire = _pack([body, signature])
-    if len(wire) > MAX_SIZE[message.KIND]:
-        raise WireError("oversize", REJECT,
-                        f"message is {len(wire)} bytes (limit {MAX_SIZE[message.KIND]})")
+    if len(wire) > MAX_SIZE[kind]:
+        raise WireError("oversize", REJECT, f"message is {len(wire)} bytes (limit {MAX_SIZE[kind]})")
     return wire
 
 
@@ -104,108 +153,184 @@ def sign(message: Message, private_key: coincurve.PrivateKey) -> Message:
 
 def decode(data: bytes, now: float) -> Message:
     """Decode and validate wire bytes received at `now` (seconds since the Unix epoch)."""
-    message = decode_unchecked_time(data)
+    message = _decode(data, None)
     check_freshness(message.issued_at_ms, now)
     return message
-
-
-def check_freshness(issued_at_ms: int, now: float) -> None:
-    now_ms = int(now * 1000)
-    age_s = (now_ms - issued_at_ms) / 1000
-    if age_s > MAX_AGE_S:
-        raise WireError("stale", IGNORE,
-                        f"timestamp {age_s:.0f} s in the past (limit {MAX_AGE_S:.0f} s)")
-    if -age_s > MAX_FUTURE_S:
-        raise WireError("future", REJECT,
-                        f"timestamp {-age_s:.0f} s in the future (limit {MAX_FUTURE_S:.0f} s)")
 
 
 def decode_unchecked_time(data: bytes) -> Message:
     """Everything `decode` checks except freshness (for vectors, stored receipts, sync replays
     that are checked against their own time rules)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError("malformed", REJECT, "input is not bytes")
-    data = bytes(data)
-    if len(data) > MAX_ANY_SIZE:
-        raise WireError("oversize", REJECT, f"message is {len(data)} bytes (limit {MAX_ANY_SIZE})")
-    envelope = _unpack(data, "envelope")
-    if not (isinstance(envelope, list) and len(envelope) == 2
-            and isinstance(envelope[0], bytes) and isinstance(envelope[1], bytes)):
+    return _decode(data, None)
+
+
+def check_freshness(issued_at_ms: int, now: float) -> None:
+    """W13: ignore a message issued more than 300 s before `now`; reject one issued more than
+    30 s after it (the signer's clock is wrong or it is pre-signing)."""
+    now_ms = _now_ms(now)
+    age_ms = now_ms - issued_at_ms
+    if age_ms > _MAX_AGE_MS:
+        raise WireError("stale", IGNORE,
+                        f"timestamp {age_ms / 1000:.0f} s in the past (limit {MAX_AGE_S:.0f} s)")
+    if -age_ms > _MAX_FUTURE_MS:
+        raise WireError("future", REJECT,
+                        f"timestamp {-age_ms / 1000:.0f} s in the future (limit {MAX_FUTURE_S:.0f} s)")
+
+
+def _now_ms(now: float) -> int:
+    """The receiver's clock in integer milliseconds (floor), the unit every time rule works in."""
+    if not math.isfinite(now):
+        raise ValueError(f"now must be a finite number of seconds, got {now!r}")
+    return math.floor(now * 1000)
+
+
+def _decode(data: Any, msg_id: bytes | None) -> Message:
+    """Decode and check everything but freshness. `msg_id` is SHA-256(data) if the caller has
+    already computed it (the validator hashes first to drop duplicates before verifying)."""
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise WireError("malformed", REJECT, f"input is {type(data).__name__}, not bytes")
+        data = bytes(data)
+    size = len(data)
+    if size > MAX_ANY_SIZE:  # W1
+        raise WireError("oversize", REJECT, f"message is {size} bytes (limit {MAX_ANY_SIZE})")
+    split = _split_envelope(data)
+    if split is None:
+        split = _split_envelope_slowly(data)  # raises the exact reason (W2, W3, W4)
+    body, signature = split
+    fields = _unpack(body, "body", 64)
+    if type(fields) is not list or len(fields) < 4:  # W5
+        raise WireError("malformed", REJECT, "body must be an array of at least 4 items")
+    version, kind, signer, issued_at_ms = fields[0], fields[1], fields[2], fields[3]
+    if type(version) is not int or version != VERSION:  # W6
+        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
+    if type(kind) is not int or kind not in SCHEMA:  # W7
+        raise WireError("kind", REJECT, f"unknown message kind {kind!r}")
+    if size > MAX_SIZE[kind]:  # W8
+        raise WireError("oversize", REJECT, f"message is {size} bytes (limit {MAX_SIZE[kind]})")
+    if len(fields) != _BODY_LEN[kind]:  # W9
+        raise WireError("malformed", REJECT,
+                        f"kind {kind} body has {len(fields)} items, expected {_BODY_LEN[kind]}")
+    values = fields[4:]
+    key = _check_fields(kind, values, signer, issued_at_ms)  # W10
+    if _pack(fields) != body:  # W11
+        raise WireError("non_canonical", REJECT, "body is not canonically encoded")
+    if not _verify(key, signature, body):  # W12
+        raise WireError("bad_signature", REJECT, "signature does not verify for the signer's key")
+    if msg_id is None:
+        msg_id = _sha256(data).digest()
+    return MESSAGE_TYPES[kind](signer, issued_at_ms, *values,
+                               signature=signature, wire=data, msg_id=msg_id)
+
+
+def _split_envelope(data: bytes) -> tuple[bytes, bytes] | None:
+    """[body, signature] of a canonically encoded envelope, or None if `data` is anything else.
+
+    The canonical envelope is fixarray(2), the body as bin in its shortest form, then bin8(64)
+    and the signature; reading those bytes directly saves a msgpack round trip per message."""
+    size = len(data)
+    if size < 3 + 2 + SIGNATURE_LEN or data[0] != 0x92:
+        return None
+    tag = data[1]
+    if tag == 0xC4:
+        start, body_len = 3, data[2]
+    elif tag == 0xC5:
+        start, body_len = 5, int.from_bytes(data[2:4], "big")
+        if body_len < 0x100:
+            return None
+    elif tag == 0xC6:
+        start, body_len = 7, int.from_bytes(data[2:6], "big")
+        if body_len < 0x10000:
+            return None
+    else:
+        return None
+    end = start + body_len
+    if end + 2 + SIGNATURE_LEN != size or data[end] != 0xC4 or data[end + 1] != SIGNATURE_LEN:
+        return None
+    return data[start:end], data[end + 2:]
+
+
+def _split_envelope_slowly(data: bytes) -> tuple[bytes, bytes]:
+    """The general path for an envelope the fast path did not recognise: find what is wrong."""
+    envelope = _unpack(data, "envelope", 2)
+    if not (type(envelope) is list and len(envelope) == 2
+            and type(envelope[0]) is bytes and type(envelope[1]) is bytes):  # W2
         raise WireError("malformed", REJECT, "envelope must be [body: bin, signature: bin]")
     body, signature = envelope
-    if _pack(envelope) != data:
-        raise WireError("non_canonical", REJECT, "envelope is not canonically encoded")
-    fields = _unpack(body, "body")
-    if not isinstance(fields, list) or len(fields) < 4:
-        raise WireError("malformed", REJECT, "body must be an array of at least 4 items")
-    version, kind, signer, issued_at_ms = fields[:4]
-    if version != VERSION or type(version) is not int:
-        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
-    if type(kind) is not int or kind not in SCHEMA:
-        raise WireError("kind", REJECT, f"unknown message kind {kind!r}")
-    if len(data) > MAX_SIZE[kind]:
-        raise WireError("oversize", REJECT, f"message is {len(data)} bytes (limit {MAX_SIZE[kind]})")
-    schema = SCHEMA[kind]
-    if len(fields) != 4 + len(schema):
-        raise WireError("malformed", REJECT,
-                        f"kind {kind} body has {len(fields)} items, expected {4 + len(schema)}")
-    values = fields[4:]
-    _check_fields(kind, values, signer, issued_at_ms)
-    if _pack(fields) != body:
-        raise WireError("non_canonical", REJECT, "body is not canonically encoded")
-    if len(signature) != SIGNATURE_LEN:
+    if len(signature) != SIGNATURE_LEN:  # W3
         raise WireError("bad_signature", REJECT,
                         f"signature is {len(signature)} bytes, expected {SIGNATURE_LEN}")
-    if not _verify(signer, signature, body):
-        raise WireError("bad_signature", REJECT, "signature does not verify for the signer's key")
-    cls = MESSAGE_TYPES[kind]
-    kwargs = {name: value for (name, _), value in zip(schema, values)}
-    return cls(signer=signer, issued_at_ms=issued_at_ms, **kwargs,
-               signature=signature, wire=data, msg_id=message_id(data))
+    if _pack(envelope) != data:  # W4
+        raise WireError("non_canonical", REJECT, "envelope is not canonically encoded")
+    return body, signature  # pragma: no cover - a canonical envelope takes the fast path
 
 
-def _unpack(data: bytes, what: str) -> Any:
+def _unpack(data: bytes, what: str, max_items: int) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
-                               max_bin_len=MAX_ANY_SIZE, max_str_len=MAX_ANY_SIZE,
-                               max_array_len=64, max_map_len=0, max_ext_len=0)
+                               max_bin_len=MAX_ANY_FRAME_SIZE, max_str_len=MAX_ANY_FRAME_SIZE,
+                               max_array_len=max_items, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         raise WireError("malformed", REJECT, f"{what} is not valid msgpack: {exc}") from None
 
 
-def _check_fields(kind: int, values: list[Any], signer: Any, issued_at_ms: Any) -> None:
+def _check_fields(kind: int, values: list[Any], signer: Any,
+                  issued_at_ms: Any) -> coincurve.PublicKey:
+    """W10: types and ranges of every field, and the rules that tie fields of one message.
+    Returns the signer's parsed public key."""
     _check_pubkey("signer", signer)
+    key = _parsed_pubkey("signer", signer)
     _check_int("issued_at_ms", issued_at_ms)
+    if kind == KIND_ANNOUNCEMENT:  # the hot path: five integers
+        for name, value in zip(_FIELD_NAMES[kind], values):
+            if type(value) is not int or not 0 <= value <= MAX_U63:
+                _check_int(name, value)
+        return key
     for (name, typ), value in zip(SCHEMA[kind], values):
         if typ == _INT:
             _check_int(name, value)
-        elif typ == _BYTES33:
+        elif typ == _PUBKEY:
             _check_pubkey(name, value)
+            _parsed_pubkey(name, value)
         else:
-            limit = MAX_PROMPT if typ == _PROMPT else MAX_STR
-            if type(value) is not str:
-                raise WireError("bad_field", REJECT, f"{name} must be a string, got {type(value).__name__}")
-            if len(value.encode("utf-8", "surrogatepass")) > limit:
-                raise WireError("bad_field", REJECT, f"{name} is longer than {limit} bytes")
-            if typ == _STR and not value:
-                raise WireError("bad_field", REJECT, f"{name} must not be empty")
-    named = {name: value for (name, _), value in zip(SCHEMA[kind], values)}
+            _check_str(name, value, MAX_PROMPT if typ == _PROMPT else MAX_STR, typ == _STR)
+    named = dict(zip(_FIELD_NAMES[kind], values))
     if kind == KIND_JOB:
         if not 0 <= named["tier"] < len(TIERS):
-            raise WireError("bad_field", REJECT, f"tier must be 0..{len(TIERS) - 1}")
+            raise WireError("bad_field", REJECT, f"tier must be 0..{len(TIERS) - 1}, got {named['tier']}")
         if named["tokens"] == 0:
             raise WireError("bad_field", REJECT, "tokens must be > 0")
         if named["locked_price_nano"] > named["max_price_nano"]:
             raise WireError("bad_field", REJECT, "locked price is above the user's max price")
-    if kind == KIND_RECEIPT and named["ended_at_ms"] < named["started_at_ms"]:
-        raise WireError("bad_field", REJECT, "ended_at_ms is before started_at_ms")
+        if named["provider"] == signer:
+            raise WireError("bad_field", REJECT, "a gateway cannot send a job to itself")
+    elif kind == KIND_RECEIPT:
+        if named["ended_at_ms"] < named["started_at_ms"]:
+            raise WireError("bad_field", REJECT, "ended_at_ms is before started_at_ms")
+        if named["ended_at_ms"] > issued_at_ms:
+            raise WireError("bad_field", REJECT,
+                            "ended_at_ms is after issued_at_ms (a receipt is signed after serving)")
+    return key
 
 
 def _check_int(name: str, value: Any) -> None:
     if type(value) is not int:
         raise WireError("bad_field", REJECT, f"{name} must be an integer, got {type(value).__name__}")
     if not 0 <= value <= MAX_U63:
-        raise WireError("bad_field", REJECT, f"{name} out of range: {value}")
+        raise WireError("bad_field", REJECT, f"{name} out of range 0..2^63-1: {value}")
+
+
+def _check_str(name: str, value: Any, limit: int, non_empty: bool) -> None:
+    if type(value) is not str:
+        raise WireError("bad_field", REJECT, f"{name} must be a string, got {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates: not representable in UTF-8, so not on the wire
+        raise WireError("bad_field", REJECT, f"{name} is not valid Unicode text") from None
+    if size > limit:
+        raise WireError("bad_field", REJECT, f"{name} is {size} bytes of UTF-8 (limit {limit})")
+    if non_empty and not size:
+        raise WireError("bad_field", REJECT, f"{name} must not be empty")
 
 
 def _check_pubkey(name: str, value: Any) -> None:
@@ -213,11 +338,35 @@ def _check_pubkey(name: str, value: Any) -> None:
         raise WireError("bad_field", REJECT, f"{name} must be a 33-byte compressed public key")
 
 
-def _verify(signer: bytes, signature: bytes, body: bytes) -> bool:
+def _parsed_pubkey(name: str, value: bytes) -> coincurve.PublicKey:
+    key = _PUBKEY_CACHE.get(value)
+    if key is None:
+        try:
+            key = coincurve.PublicKey(value)
+        except Exception:  # the x coordinate is not on the curve
+            raise WireError("bad_field", REJECT, f"{name} is not a point on secp256k1") from None
+        if len(_PUBKEY_CACHE) >= _PUBKEY_CACHE_MAX:
+            _PUBKEY_CACHE.clear()
+        _PUBKEY_CACHE[value] = key
+    return key
+
+
+def _verify(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:
+    """ECDSA over SHA-256(body); compact r‖s. libsecp256k1 refuses high-s signatures, so each
+    message has exactly one valid signature and one id."""
+    if _lib is None:  # pragma: no cover
+        return _verify_public_api(key, signature, body)
+    sig = _ffi.new("secp256k1_ecdsa_signature *")
+    if not _lib.secp256k1_ecdsa_signature_parse_compact(_CONTEXT.ctx, sig, signature):
+        return False  # r or s not below the group order
+    return _lib.secp256k1_ecdsa_verify(_CONTEXT.ctx, sig, _sha256(body).digest(), key.public_key) == 1
+
+
+def _verify_public_api(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:  # pragma: no cover
+    from coincurve.ecdsa import deserialize_compact
     try:
-        der = cdata_to_der(deserialize_compact(signature))
-        return bool(coincurve.PublicKey(signer).verify(der, body))
-    except Exception:  # invalid point or r/s out of range: a bad signature, not a crash
+        return bool(key.verify(cdata_to_der(deserialize_compact(signature)), body))
+    except Exception:
         return False
 
 
@@ -226,8 +375,120 @@ def with_fields(message: Message, **changes: Any) -> Message:
     return dataclasses.replace(message, **changes, signature=b"", wire=b"", msg_id=b"")
 
 
+# ---------------------------------------------------------------------------------------------
+# Stream frames: unsigned [version, kind, *fields] arrays (protocols/market-v1.md §7).
+
+def encode_frame(frame: Frame) -> bytes:
+    """The canonical bytes of a stream frame (sync request/response, job declined). Invalid
+    fields raise WireError, as they would on the receiving side."""
+    kind = getattr(frame, "KIND", None)
+    if kind == KIND_SYNC_REQUEST:
+        items: list[Any] = [VERSION, kind, frame.digest, list(frame.bucket_digests)]
+    elif kind == KIND_SYNC_RESPONSE:
+        items = [VERSION, kind, list(frame.announcements)]
+    elif kind == KIND_JOB_DECLINED:
+        items = [VERSION, kind, frame.request_id, frame.reason, frame.detail]
+    else:
+        raise WireError("kind", REJECT, f"cannot encode a {type(frame).__name__} as a stream frame")
+    _check_frame(kind, items[2:])
+    data = _pack(items)
+    if len(data) > MAX_FRAME_SIZE[kind]:
+        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_FRAME_SIZE[kind]})")
+    return data
+
+
+def decode_frame(data: bytes, kinds: tuple[int, ...] | None = None) -> Frame:
+    """Decode a stream frame, optionally only of the given kinds; raise WireError otherwise.
+    The announcements inside a sync response are returned as bytes, still to be validated."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError("malformed", REJECT, f"input is {type(data).__name__}, not bytes")
+    data = bytes(data)
+    if len(data) > MAX_ANY_FRAME_SIZE:  # F1
+        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_ANY_FRAME_SIZE})")
+    items = _unpack(data, "frame", MAX_SYNC_ANNOUNCEMENTS)
+    if type(items) is not list or len(items) < 2:  # F2
+        raise WireError("malformed", REJECT, "frame must be an array [version, kind, ...]")
+    version, kind = items[0], items[1]
+    if type(version) is not int or version != VERSION:  # F3
+        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
+    if type(kind) is not int or kind not in FRAME_TYPES or (kinds is not None and kind not in kinds):  # F4
+        raise WireError("kind", REJECT, f"unexpected frame kind {kind!r}")
+    if len(data) > MAX_FRAME_SIZE[kind]:  # F5
+        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_FRAME_SIZE[kind]})")
+    expected = {KIND_SYNC_REQUEST: 4, KIND_SYNC_RESPONSE: 3, KIND_JOB_DECLINED: 5}[kind]
+    if len(items) != expected:  # F6
+        raise WireError("malformed", REJECT, f"frame kind {kind} has {len(items)} items, expected {expected}")
+    _check_frame(kind, items[2:])  # F7
+    if _pack(items) != data:  # F8
+        raise WireError("non_canonical", REJECT, "frame is not canonically encoded")
+    if kind == KIND_SYNC_REQUEST:
+        return SyncRequest(items[2], tuple(items[3]))
+    if kind == KIND_SYNC_RESPONSE:
+        return SyncResponse(tuple(items[2]))
+    return JobDeclined(items[2], items[3], items[4])
+
+
+def _check_frame(kind: int, values: list[Any]) -> None:
+    if kind == KIND_SYNC_REQUEST:
+        digest, buckets = values
+        if type(digest) is not bytes or len(digest) != DIGEST_LEN:
+            raise WireError("bad_field", REJECT, f"digest must be {DIGEST_LEN} bytes")
+        if type(buckets) not in (list, tuple) or len(buckets) != SYNC_BUCKETS:
+            raise WireError("bad_field", REJECT, f"bucket_digests must be {SYNC_BUCKETS} digests")
+        for item in buckets:
+            if type(item) is not bytes or len(item) != DIGEST_LEN:
+                raise WireError("bad_field", REJECT, f"each bucket digest must be {DIGEST_LEN} bytes")
+    elif kind == KIND_SYNC_RESPONSE:
+        (announcements,) = values
+        if type(announcements) not in (list, tuple) or len(announcements) > MAX_SYNC_ANNOUNCEMENTS:
+            raise WireError("bad_field", REJECT,
+                            f"announcements must be a list of at most {MAX_SYNC_ANNOUNCEMENTS}")
+        for item in announcements:
+            if type(item) is not bytes or not 0 < len(item) <= MAX_SIZE[KIND_ANNOUNCEMENT]:
+                raise WireError("bad_field", REJECT,
+                                f"each announcement must be 1..{MAX_SIZE[KIND_ANNOUNCEMENT]} bytes")
+    else:
+        request_id, reason, detail = values
+        _check_str("request_id", request_id, MAX_STR, True)
+        _check_str("reason", reason, MAX_STR, True)
+        _check_str("detail", detail, MAX_DETAIL, False)
+
+
+def encode_sync(frame: SyncRequest | SyncResponse) -> bytes:
+    """Bytes of a sync frame (same as `encode_frame`, limited to the two sync kinds)."""
+    if not isinstance(frame, (SyncRequest, SyncResponse)):
+        raise WireError("kind", REJECT, f"not a sync frame: {type(frame).__name__}")
+    return encode_frame(frame)
+
+
+def decode_sync(data: bytes) -> SyncRequest | SyncResponse:
+    """Decode a sync request or response frame, or raise WireError."""
+    frame = decode_frame(data, (KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE))
+    assert isinstance(frame, (SyncRequest, SyncResponse))
+    return frame
+
+
+def split_sync_response(announcements: list[bytes]) -> list[SyncResponse]:
+    """Pack announcements into as few SyncResponse frames as the size limits allow, in order."""
+    frames: list[SyncResponse] = []
+    batch: list[bytes] = []
+    size = 8  # array headers of [1, 17, [...]] with room for the largest array header
+    for item in announcements:
+        item_size = len(item) + 3
+        if batch and (len(batch) >= MAX_SYNC_ANNOUNCEMENTS
+                      or size + item_size > MAX_FRAME_SIZE[KIND_SYNC_RESPONSE]):
+            frames.append(SyncResponse(tuple(batch)))
+            batch, size = [], 8
+        batch.append(item)
+        size += item_size
+    if batch:
+        frames.append(SyncResponse(tuple(batch)))
+    return frames
+
+
 __all__ = [
     "encode", "decode", "decode_unchecked_time", "sign", "body_of", "message_id",
-    "check_freshness", "public_key_of", "with_fields", "MAX_SIZE", "MAX_AGE_S", "MAX_FUTURE_S",
-    "Announcement", "Job", "Receipt",
+    "check_freshness", "public_key_of", "with_fields", "encode_frame", "decode_frame",
+    "encode_sync", "decode_sync", "split_sync_response", "MAX_SIZE", "MAX_FRAME_SIZE",
+    "MAX_SYNC_ANNOUNCEMENTS", "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA",
 ]

@@ -1,4 +1,4 @@
-"""Wire messages of protocol v1, as frozen dataclasses with validated fields.
+"""Wire messages of protocol v1, as frozen dataclasses.
 
 Layout (see protocols/market-v1.md, the source of truth):
 
@@ -6,6 +6,14 @@ Layout (see protocols/market-v1.md, the source of truth):
     body       = msgpack array [version=1, kind, signer: bin(33), issued_at_ms, *fields of the kind]
     signature  = ECDSA secp256k1 over SHA-256(body), compact r‖s, low-s
     message id = SHA-256(wire bytes)
+
+Stream frames (sync request/response, job declined) are unsigned msgpack arrays
+[version=1, kind, *fields]: they travel on a direct stream between two peers, and whatever in them
+needs an author (announcements inside a sync response) is itself a signed message.
+
+The dataclasses do not validate themselves: `codec.encode` checks every field before it signs, and
+`codec.decode` checks every field of what it receives, so an invalid message never reaches the wire
+in either direction. Tests and vector generators can still build invalid ones on purpose.
 
 Money and prices are integer nano-NEURO (prices per 1M tokens); times are integer milliseconds
 since the Unix epoch. The signer is the node's 33-byte compressed secp256k1 public key, which is
@@ -22,6 +30,12 @@ VERSION = 1
 KIND_ANNOUNCEMENT = 1
 KIND_JOB = 2
 KIND_RECEIPT = 3
+KIND_SYNC_REQUEST = 16
+KIND_SYNC_RESPONSE = 17
+KIND_JOB_DECLINED = 18
+
+#: Anti-entropy buckets: an announcement's signer falls in bucket SHA-256(signer)[0] >> 4.
+SYNC_BUCKETS = 16
 
 TIERS = ("economy", "standard", "premium")
 
@@ -93,10 +107,51 @@ class Receipt:
     msg_id: bytes = field(default=b"", compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class SyncRequest:
+    """Anti-entropy, step 1 (requester → responder): the requester's view digest and one digest
+    per bucket. The responder answers with the announcements of every bucket whose digest differs
+    from its own (or nothing when the view digests are equal)."""
+
+    KIND: ClassVar[int] = KIND_SYNC_REQUEST
+
+    digest: bytes                     # 32 bytes: digest of the requester's whole view
+    bucket_digests: tuple[bytes, ...]  # SYNC_BUCKETS × 32 bytes, bucket i at index i
+
+
+@dataclass(frozen=True)
+class SyncResponse:
+    """Anti-entropy, step 2 (responder → requester): signed announcements, each the exact wire
+    bytes its signer published. The receiver validates each one like a gossiped announcement."""
+
+    KIND: ClassVar[int] = KIND_SYNC_RESPONSE
+
+    announcements: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class JobDeclined:
+    """The provider's answer to a Job it will not serve (full, unknown model, backend down): the
+    gateway tries the next offer. Unsigned: a decline moves no money."""
+
+    KIND: ClassVar[int] = KIND_JOB_DECLINED
+
+    request_id: str
+    reason: str                        # short code, e.g. "full", "backend_error"
+    detail: str = ""                   # for people
+
+
 Message = Announcement | Job | Receipt
+Frame = SyncRequest | SyncResponse | JobDeclined
 
 MESSAGE_TYPES: dict[int, type] = {
     KIND_ANNOUNCEMENT: Announcement,
     KIND_JOB: Job,
     KIND_RECEIPT: Receipt,
+}
+
+FRAME_TYPES: dict[int, type] = {
+    KIND_SYNC_REQUEST: SyncRequest,
+    KIND_SYNC_RESPONSE: SyncResponse,
+    KIND_JOB_DECLINED: JobDeclined,
 }
