@@ -1,0 +1,397 @@
+"""Scenario files: a market's starting state and a timeline of events, as TOML.
+
+A scenario is data, checked when it is loaded: unknown keys, wrong types, out-of-range values and
+parameters an action does not take are errors with a message that names the key, never silently
+ignored. The same scenario runs on either transport (real libp2p nodes or the simulated network).
+
+Layout (every table optional except `name`; see `simnet/scenarios/*.toml` for shipped examples):
+
+    name = "shock"
+    description = "supply drops by half, then demand spikes"
+    duration_s = 120          # network time the scenario is written for
+
+    [peers]                   # the starting market, independent of the number of peers
+    providers = 0.5           # fraction of peers that offer capacity (at least one peer)
+    capacity = 1000           # tokens per second each provider offers
+    min_price = 0.0           # NEURO per 1M tokens each provider asks at least
+    demand_peers = 0.25       # fraction of peers at which demand is queued (at least one peer)
+    utilization = 0.8         # total demand = utilization x target_response_s x total supply
+
+    [market]                  # overrides of neuroshard_p2p.config.MarketConfig
+    [node]                    # overrides of the node's timing settings (re-announce, sync, ...)
+    [economics]               # parameters of `neuroshard-simnet economics` (simnet.economics)
+    [network]                 # the simulated network (ignored by the libp2p transport)
+    degree = 6                # gossip mesh degree D
+    latency_median_ms = 40.0  # per-hop latency: lognormal with this median ...
+    latency_sigma = 0.5       # ... and this shape
+    loss = 0.01               # probability that one transmission is lost
+    clock_skew_ms = 20.0      # standard deviation of the peers' clock offsets
+
+    [[event]]
+    at = 40                   # seconds of network time since the start
+    action = "capacity"       # see ACTIONS below
+    who = "providers"
+    factor = 0.5
+
+`at` times are written for `duration_s`; running with another duration scales them in proportion
+(`Scenario.scaled`), so one file serves a 20 s CI run and a 10-minute study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from neuroshard_p2p.config import ConfigError, MarketConfig
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run, with the key and the reason."""
+
+
+#: Which peers an event applies to.
+WHO = ("all", "providers", "demand", "idle", "live")
+
+#: Kinds of invalid traffic a hostile peer can send.
+HOSTILE_KINDS = ("forged", "replayed", "backdated", "oversize", "future", "implausible")
+
+#: Per action: the parameters it takes (besides `at`, `action`, `label`) and what it does.
+ACTIONS: dict[str, tuple[frozenset[str], str]] = {
+    "capacity": (frozenset({"who", "fraction", "count", "factor", "tokens_per_second"}),
+                 "scale (factor) or set (tokens_per_second) the capacity of the chosen peers"),
+    "demand": (frozenset({"factor", "utilization"}),
+               "scale (factor) the queued demand, or set it to a utilization of today's supply"),
+    "kill": (frozenset({"who", "fraction", "count"}),
+             "stop the chosen peers hard: no withdrawal, they simply go silent"),
+    "stop": (frozenset({"who", "fraction", "count"}),
+             "stop the chosen peers cleanly: each publishes a withdrawal first"),
+    "add": (frozenset({"count", "fraction", "role"}),
+            "start new peers that join late and sync (role: provider, demand, idle or replace)"),
+    "partition": (frozenset({"groups"}),
+                  "split the live peers into `groups` groups that cannot reach each other"),
+    "heal": (frozenset(), "end the partition"),
+    "hostile": (frozenset({"count", "rate", "duration_s", "kinds"}),
+                "start `count` extra peers that publish `rate` invalid messages per second"),
+}
+
+ROLES = ("provider", "demand", "idle", "replace")
+
+
+@dataclass(frozen=True)
+class PeerSetup:
+    """The starting market, written independently of the number of peers."""
+
+    providers: float = 0.5
+    capacity: int = 1000
+    min_price: float = 0.0
+    demand_peers: float = 0.25
+    utilization: float = 0.8
+
+    def __post_init__(self) -> None:
+        _need(0 <= self.providers <= 1, "peers.providers must be a fraction in [0, 1]")
+        _need(0 < self.capacity <= 50_000, "peers.capacity must be in 1..50000 tokens/s")
+        _need(self.min_price >= 0, "peers.min_price must be >= 0")
+        _need(0 <= self.demand_peers <= 1, "peers.demand_peers must be a fraction in [0, 1]")
+        _need(0 <= self.utilization <= 1000, "peers.utilization must be in [0, 1000]")
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """The simulated network: a gossip mesh of degree D, lognormal per-hop latency, loss."""
+
+    degree: int = 6
+    latency_median_ms: float = 40.0
+    latency_sigma: float = 0.5
+    loss: float = 0.01
+    clock_skew_ms: float = 20.0
+    remesh_s: float = 1.0  # how long the mesh takes to repair (one gossipsub heartbeat)
+
+    def __post_init__(self) -> None:
+        _need(2 <= self.degree <= 64, "network.degree must be in 2..64")
+        _need(0 < self.latency_median_ms <= 10_000, "network.latency_median_ms must be in (0, 10000]")
+        _need(0 <= self.latency_sigma <= 3, "network.latency_sigma must be in [0, 3]")
+        _need(0 <= self.loss < 1, "network.loss must be in [0, 1)")
+        _need(0 <= self.clock_skew_ms <= 10_000, "network.clock_skew_ms must be in [0, 10000]")
+        _need(0 <= self.remesh_s <= 60, "network.remesh_s must be in [0, 60]")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of the timeline. Only the parameters listed for its action in ACTIONS are set."""
+
+    at_s: float
+    action: str
+    label: str = ""
+    who: str = "all"
+    fraction: float | None = None
+    count: int | None = None
+    factor: float | None = None
+    tokens_per_second: int | None = None
+    utilization: float | None = None
+    role: str = "replace"
+    groups: int = 2
+    rate: float = 20.0
+    duration_s: float | None = None
+    kinds: tuple[str, ...] = ("forged", "replayed", "backdated", "oversize")
+
+    @property
+    def title(self) -> str:
+        """A short human name for reports: the label, or the action and its main parameter."""
+        if self.label:
+            return self.label
+        detail = ""
+        if self.factor is not None:
+            detail = f" x{self.factor:g}"
+        elif self.tokens_per_second is not None:
+            detail = f" ={self.tokens_per_second}"
+        elif self.utilization is not None:
+            detail = f" u={self.utilization:g}"
+        elif self.count is not None:
+            detail = f" {self.count}"
+        elif self.fraction is not None:
+            detail = f" {self.fraction:.0%}"
+        return f"{self.action}{detail}"
+
+    def pick_count(self, available: int) -> int:
+        """How many of `available` peers this event chooses (count, or fraction rounded, >= 1
+        when a fraction > 0 is asked of a non-empty set)."""
+        if self.count is not None:
+            return min(self.count, available)
+        fraction = 1.0 if self.fraction is None else self.fraction
+        if fraction <= 0 or available == 0:
+            return 0
+        return min(available, max(1, round(fraction * available)))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario: starting market, settings overrides and a timeline sorted by time."""
+
+    name: str
+    description: str = ""
+    duration_s: float = 120.0
+    peers: PeerSetup = field(default_factory=PeerSetup)
+    market: Mapping[str, Any] = field(default_factory=dict)
+    node: Mapping[str, Any] = field(default_factory=dict)
+    network: NetworkModel = field(default_factory=NetworkModel)
+    events: tuple[Event, ...] = ()
+    economics: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _need(bool(self.name), "name must not be empty")
+        _need(0 < self.duration_s <= 86_400, "duration_s must be in (0, 86400]")
+        for event in self.events:
+            _need(0 <= event.at_s <= self.duration_s,
+                  f"event {event.title!r} at {event.at_s} s lies outside 0..duration_s "
+                  f"({self.duration_s} s)")
+        try:
+            self.market_config()
+        except ConfigError as exc:
+            raise ScenarioError(str(exc)) from None
+
+    def market_config(self, base: MarketConfig | None = None) -> MarketConfig:
+        """The market configuration: defaults (or `base`) with this scenario's [market] table."""
+        base = base or MarketConfig()
+        if not self.market:
+            return base
+        merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        checked = MarketConfig.from_mapping(self.market)
+        for key in self.market:
+            merged[key] = getattr(checked, key)
+        return MarketConfig(**merged)
+
+    def scaled(self, duration_s: float) -> "Scenario":
+        """The same timeline stretched or squeezed to `duration_s` of network time."""
+        if duration_s <= 0:
+            raise ScenarioError("duration must be > 0")
+        ratio = duration_s / self.duration_s
+        events = tuple(
+            dataclasses.replace(e, at_s=e.at_s * ratio,
+                                duration_s=None if e.duration_s is None else e.duration_s * ratio)
+            for e in self.events)
+        return dataclasses.replace(self, duration_s=duration_s, events=events)
+
+    def with_overrides(self, *, market: Mapping[str, Any] | None = None,
+                       node: Mapping[str, Any] | None = None,
+                       network: Mapping[str, Any] | None = None) -> "Scenario":
+        """A copy with some [market], [node] or [network] settings replaced (e.g. short timeouts
+        for a 20 s test run)."""
+        changes: dict[str, Any] = {}
+        if market:
+            changes["market"] = {**self.market, **market}
+        if node:
+            changes["node"] = {**self.node, **node}
+        if network:
+            changes["network"] = _build(NetworkModel, {**dataclasses.asdict(self.network),
+                                                       **network}, "network")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain mapping for report.json."""
+        data = dataclasses.asdict(self)
+        data["market"] = dict(self.market)
+        data["node"] = dict(self.node)
+        data["economics"] = dict(self.economics)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def shipped_scenarios() -> list[str]:
+    """Names of the scenarios that ship with simnet."""
+    folder = resources.files("simnet") / "scenarios"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load(name_or_path: str) -> Scenario:
+    """Load a shipped scenario by name (`shock`) or any scenario file by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ScenarioError(f"scenario file {name_or_path!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+        where = str(path)
+    else:
+        resource = resources.files("simnet") / "scenarios" / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise ScenarioError(f"unknown scenario {name_or_path!r}; shipped: "
+                                f"{', '.join(shipped_scenarios())} (or give a path to a .toml file)")
+        text = resource.read_text(encoding="utf-8")
+        where = f"{name_or_path}.toml"
+    return loads(text, where)
+
+
+def loads(text: str, where: str = "<scenario>") -> Scenario:
+    """Parse scenario TOML text; errors name the file and the key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{where}: not valid TOML: {exc}") from None
+    try:
+        return from_mapping(data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def from_mapping(data: Mapping[str, Any]) -> Scenario:
+    known = {"name", "description", "duration_s", "peers", "market", "node", "network", "event",
+             "economics"}
+    unknown = sorted(set(data) - known)
+    _need(not unknown, f"unknown top-level key(s) {unknown}; known: {sorted(known)}")
+    _need(isinstance(data.get("name"), str), "name (a string) is required")
+    for table in ("peers", "market", "node", "network", "economics"):
+        _need(isinstance(data.get(table, {}), dict), f"[{table}] must be a table")
+    raw_events = data.get("event", [])
+    _need(isinstance(raw_events, list), "[[event]] must be an array of tables")
+    events = tuple(sorted((_event(i, e) for i, e in enumerate(raw_events)),
+                          key=lambda e: e.at_s))
+    description = data.get("description", "")
+    _need(isinstance(description, str), "description must be a string")
+    return Scenario(
+        name=data["name"],
+        description=description,
+        duration_s=_number("duration_s", data.get("duration_s", 120.0)),
+        peers=_build(PeerSetup, data.get("peers", {}), "peers"),
+        market=dict(data.get("market", {})),
+        node=dict(data.get("node", {})),
+        network=_build(NetworkModel, data.get("network", {}), "network"),
+        events=events,
+        economics=dict(data.get("economics", {})),
+    )
+
+
+def _event(index: int, raw: Any) -> Event:
+    where = f"event #{index + 1}"
+    _need(isinstance(raw, dict), f"{where} must be a table")
+    action = raw.get("action")
+    _need(action in ACTIONS, f"{where}: action must be one of {sorted(ACTIONS)}, got {action!r}")
+    allowed, _ = ACTIONS[action]
+    extra = sorted(set(raw) - allowed - {"at", "action", "label"})
+    _need(not extra, f"{where} ({action}): unknown parameter(s) {extra}; "
+                     f"{action} takes {sorted(allowed) or 'none'}")
+    _need("at" in raw, f"{where}: `at` (seconds) is required")
+    kwargs: dict[str, Any] = {"at_s": _number(f"{where}.at", raw["at"]), "action": action}
+    if "label" in raw:
+        _need(isinstance(raw["label"], str), f"{where}.label must be a string")
+        kwargs["label"] = raw["label"]
+    for key, value in raw.items():
+        name = f"{where}.{key}"
+        if key in ("at", "action", "label"):
+            continue
+        if key == "who":
+            _need(value in WHO, f"{name} must be one of {WHO}, got {value!r}")
+            kwargs["who"] = value
+        elif key == "role":
+            _need(value in ROLES, f"{name} must be one of {ROLES}, got {value!r}")
+            kwargs["role"] = value
+        elif key == "kinds":
+            _need(isinstance(value, list) and value and all(k in HOSTILE_KINDS for k in value),
+                  f"{name} must be a non-empty list drawn from {HOSTILE_KINDS}")
+            kwargs["kinds"] = tuple(value)
+        elif key in ("count", "groups", "tokens_per_second"):
+            _need(type(value) is int and value >= 0, f"{name} must be an integer >= 0")
+            kwargs[key] = value
+        else:  # fraction, factor, utilization, rate, duration_s
+            kwargs[key] = _number(name, value)
+    event = Event(**kwargs)
+    if event.fraction is not None:
+        _need(0 <= event.fraction <= 1, f"{where}.fraction must be in [0, 1]")
+    if event.factor is not None:
+        _need(event.factor >= 0, f"{where}.factor must be >= 0")
+    if action == "capacity":
+        _need((event.factor is None) != (event.tokens_per_second is None),
+              f"{where}: capacity takes exactly one of factor, tokens_per_second")
+    if action == "demand":
+        _need((event.factor is None) != (event.utilization is None),
+              f"{where}: demand takes exactly one of factor, utilization")
+    if action == "partition":
+        _need(event.groups >= 2, f"{where}.groups must be >= 2")
+    if action == "hostile":
+        _need(0 < event.rate <= 10_000, f"{where}.rate must be in (0, 10000] messages/s")
+        _need(event.duration_s is None or event.duration_s > 0, f"{where}.duration_s must be > 0")
+    if action == "add":
+        _need(event.role == "replace" or event.count is not None or event.fraction is not None,
+              f"{where}: add needs count or fraction (or role = \"replace\" to restart the "
+              "peers the last kill or stop took away)")
+    return event
+
+
+def _number(name: str, value: Any) -> float:
+    _need(isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _build(cls: Any, values: Mapping[str, Any], section: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        _need(key in known, f"[{section}] unknown key {key!r}; known: {sorted(known)}")
+        default = known[key].default
+        if isinstance(default, bool):
+            _need(isinstance(value, bool), f"[{section}] {key} must be true or false")
+        elif isinstance(default, int):
+            _need(type(value) is int, f"[{section}] {key} must be an integer")
+        elif isinstance(default, float):
+            value = _number(f"[{section}] {key}", value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ScenarioError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ScenarioError(message)
+
+
+__all__ = ["Scenario", "Event", "PeerSetup", "NetworkModel", "ScenarioError", "ACTIONS", "WHO",
+           "HOSTILE_KINDS", "ROLES", "load", "loads", "from_mapping", "shipped_scenarios"]
