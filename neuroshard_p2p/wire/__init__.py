@@ -22,6 +22,7 @@ from neuroshard_p2p.wire.codec import (
     with_fields,
 )
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
+from neuroshard_p2p.wire.framing import FrameReader, length_prefixed
 from neuroshard_p2p.wire.validate import Validator
 from neuroshard_p2p.wire.messages import (
     SYNC_BUCKETS,
@@ -44,4 +45,5 @@ __all__ = [
     "MAX_FRAME_SIZE", "MAX_SYNC_ANNOUNCEMENTS", "SYNC_BUCKETS",
     "WireError", "REJECT", "IGNORE", "Announcement", "Job", "Receipt", "Message", "TIERS",
     "VERSION", "SyncRequest", "SyncResponse", "JobDeclined", "Frame", "Validator",
+    "FrameReader", "length_prefixed",
 ]

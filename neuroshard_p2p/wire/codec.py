@@ -178,10 +178,11 @@ def check_freshness(issued_at_ms: int, now: float) -> None:
 
 
 def _now_ms(now: float) -> int:
-    """The receiver's clock in integer milliseconds (floor), the unit every time rule works in."""
+    """The receiver's clock in integer milliseconds, the unit every time rule works in. Rounded
+    to the nearest millisecond so that `ms / 1000` given as `now` means exactly `ms`."""
     if not math.isfinite(now):
         raise ValueError(f"now must be a finite number of seconds, got {now!r}")
-    return math.floor(now * 1000)
+    return round(now * 1000)
 
 
 def _decode(data: Any, msg_id: bytes | None) -> Message:

@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""Generate the test vectors of protocols/market-v1.md, deterministically.
+
+    python protocols/vectors/generate.py          # rewrite the JSON files next to this script
+    python protocols/vectors/generate.py --check  # exit 1 if the files differ from a fresh run
+
+The bytes are built here straight from the spec with `msgpack` and `coincurve` (a second encoder,
+not the project's codec), so the vectors are an independent statement of the format. Signatures are
+deterministic (RFC 6979, as libsecp256k1 makes them), keys are derived from fixed labels and times
+are fixed: every run writes the same files. At the end the project's codec must agree with every
+valid vector, or the script stops without writing anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import coincurve
+import msgpack
+from coincurve.ecdsa import der_to_cdata, serialize_compact
+
+HERE = Path(__file__).resolve().parent
+N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # secp256k1 group order
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms: the issued_at of most vectors
+BIG = 2**63 - 1
+
+
+def key(label: str) -> coincurve.PrivateKey:
+    """A fixed private key: SHA-256 of a label."""
+    return coincurve.PrivateKey(hashlib.sha256(label.encode()).digest())
+
+
+PROVIDER = key("neuroshard vector key: provider")
+GATEWAY = key("neuroshard vector key: gateway")
+OTHER = key("neuroshard vector key: other")
+
+
+def pub(k: coincurve.PrivateKey) -> bytes:
+    return k.public_key.format(compressed=True)
+
+
+def peer_id(public_key: bytes) -> str:
+    import base58
+    return base58.b58encode(bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21]) + public_key).decode()
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def sign_body(body: bytes, k: coincurve.PrivateKey) -> bytes:
+    """Compact r‖s (64 bytes) of ECDSA over SHA-256(body); libsecp256k1 makes it low-s."""
+    return serialize_compact(der_to_cdata(k.sign(body)))
+
+
+def envelope(body: bytes, signature: bytes) -> bytes:
+    return pack([body, signature])
+
+
+# Field order per kind (spec §4).
+FIELDS = {
+    1: ["seq", "tokens_per_second", "min_price_nano", "pending_tokens", "pending_requests"],
+    2: ["request_id", "user", "provider", "tokens", "max_price_nano", "locked_price_nano", "tier",
+        "prompt"],
+    3: ["request_id", "gateway", "user", "tokens_served", "locked_price_nano", "started_at_ms",
+        "ended_at_ms"],
+}
+KIND_NAMES = {1: "announcement", 2: "job", 3: "receipt"}
+
+
+def body_items(kind: int, signer: bytes, issued_at_ms: int, fields: dict[str, Any]) -> list[Any]:
+    return [1, kind, signer, issued_at_ms, *(fields[name] for name in FIELDS[kind])]
+
+
+def json_value(value: Any) -> Any:
+    """JSON form of a field: bytes as hex, integers above 2^53 as decimal strings."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        return str(value)
+    return value
+
+
+def valid_vector(name: str, kind: int, k: coincurve.PrivateKey, issued_at_ms: int,
+                 fields: dict[str, Any], note: str) -> dict[str, Any]:
+    signer = pub(k)
+    body = pack(body_items(kind, signer, issued_at_ms, fields))
+    signature = sign_body(body, k)
+    wire = envelope(body, signature)
+    return {
+        "name": name,
+        "note": note,
+        "kind": KIND_NAMES[kind],
+        "private_key": k.secret.hex(),
+        "signer": signer.hex(),
+        "peer_id": peer_id(signer),
+        "fields": {"issued_at_ms": issued_at_ms, **{n: json_value(v) for n, v in fields.items()}},
+        "body": body.hex(),
+        "signature": signature.hex(),
+        "wire": wire.hex(),
+        "id": hashlib.sha256(wire).hexdigest(),
+        "size": len(wire),
+        "now_ms": issued_at_ms + 1000,
+    }
+
+
+ANNOUNCE = {"seq": 1, "tokens_per_second": 1000, "min_price_nano": 100_000_000,
+            "pending_tokens": 5000, "pending_requests": 3}
+JOB = {"request_id": "req-0001", "user": "alice", "provider": pub(PROVIDER), "tokens": 500,
+       "max_price_nano": 500_000_000, "locked_price_nano": 120_000_000, "tier": 1,
+       "prompt": "Write a haiku about gossip protocols."}
+RECEIPT = {"request_id": "req-0001", "gateway": pub(GATEWAY), "user": "alice", "tokens_served": 480,
+           "locked_price_nano": 120_000_000, "started_at_ms": T0 + 200, "ended_at_ms": T0 + 1700}
+
+
+def valid_vectors() -> list[dict[str, Any]]:
+    return [
+        valid_vector("announcement", 1, PROVIDER, T0, ANNOUNCE,
+                     "a provider offering 1000 tokens/s at >= 0.1 NEURO per 1M tokens, 5000 tokens "
+                     "in 3 requests queued at it"),
+        valid_vector("announcement-withdrawal", 1, PROVIDER, T0 + 5000,
+                     {**ANNOUNCE, "seq": 2, "tokens_per_second": 0, "pending_tokens": 0,
+                      "pending_requests": 0},
+                     "a withdrawal: zero capacity with a higher seq"),
+        valid_vector("announcement-int-widths", 1, GATEWAY, T0,
+                     {"seq": 2**32, "tokens_per_second": 50_000, "min_price_nano": BIG,
+                      "pending_tokens": 200, "pending_requests": 65_536},
+                     "integers in every msgpack width: uint64, uint16, uint64 (2^63-1), uint8, "
+                     "uint32; each must use the shortest form"),
+        valid_vector("announcement-zero", 1, OTHER, 0,
+                     {"seq": 0, "tokens_per_second": 0, "min_price_nano": 0, "pending_tokens": 0,
+                      "pending_requests": 0},
+                     "all-zero fields are valid (positive fixint 0); now_ms only 1 s later"),
+        valid_vector("job", 2, GATEWAY, T0, JOB, "a gateway hands a matched request to a provider"),
+        valid_vector("job-unicode", 2, GATEWAY, T0 + 1,
+                     {**JOB, "request_id": "req-0002", "user": "zoë", "tier": 2,
+                      "prompt": "Übersetze: 漢字 → kanji 🦉 " + "x" * 300},
+                     "text is UTF-8 (str8/str16 by length); a prompt over 255 bytes uses str16"),
+        valid_vector("receipt", 3, PROVIDER, T0 + 2000, RECEIPT,
+                     "the provider's signed statement of what it served"),
+    ]
+
+
+# --- invalid messages --------------------------------------------------------------------------
+
+def signed(items: list[Any], k: coincurve.PrivateKey = PROVIDER, body: bytes | None = None) -> bytes:
+    body = pack(items) if body is None else body
+    return envelope(body, sign_body(body, k))
+
+
+def announce_items(**changes: Any) -> list[Any]:
+    return body_items(1, pub(PROVIDER), T0, {**ANNOUNCE, **changes})
+
+
+def invalid(name: str, wire: bytes, reason: str, action: str, rule: str, note: str,
+            now_ms: int = T0 + 1000) -> dict[str, Any]:
+    return {"name": name, "note": note, "rule": rule, "wire": wire.hex(), "now_ms": now_ms,
+            "reason": reason, "action": action}
+
+
+def invalid_vectors() -> list[dict[str, Any]]:
+    good_body = pack(announce_items())
+    good_sig = sign_body(good_body, PROVIDER)
+    good = envelope(good_body, good_sig)
+    r, s = int.from_bytes(good_sig[:32], "big"), int.from_bytes(good_sig[32:], "big")
+    flipped = bytearray(good_sig)
+    flipped[10] ^= 0x01
+    wrong_signer_body = pack(body_items(1, pub(OTHER), T0, ANNOUNCE))
+    off_curve = b"\x02" + b"\x00" * 31 + b"\x05"  # x = 5 is not the x of a point on secp256k1
+    out = [
+        invalid("empty", b"", "malformed", "reject", "W2", "zero bytes"),
+        invalid("not-msgpack", b"\xc1", "malformed", "reject", "W2", "0xc1 is never used in msgpack"),
+        invalid("trailing-bytes", good + b"\x00", "malformed", "reject", "W2",
+                "a valid message followed by one more byte"),
+        invalid("envelope-three-items", pack([good_body, good_sig, b""]), "malformed", "reject", "W2",
+                "the envelope must have exactly two items"),
+        invalid("envelope-map", pack({"body": good_body}), "malformed", "reject", "W2",
+                "maps never appear in v1"),
+        invalid("envelope-str-body", pack([good_body.hex(), good_sig]), "malformed", "reject", "W2",
+                "body must be bin, not str"),
+        invalid("signature-63-bytes", envelope(good_body, good_sig[:63]), "bad_signature", "reject",
+                "W3", "the signature must be exactly 64 bytes"),
+        invalid("envelope-bin16", b"\x92\xc5" + len(good_body).to_bytes(2, "big") + good_body
+                + b"\xc4\x40" + good_sig, "non_canonical", "reject", "W4",
+                "a short body announced with a bin16 header instead of bin8"),
+        invalid("body-not-array", envelope(pack(7), good_sig), "malformed", "reject", "W5",
+                "the body must be an array"),
+        invalid("body-invalid-utf8",
+                envelope(b"\x95\x01\x02\xc4\x21" + pub(GATEWAY) + b"\xcf" + T0.to_bytes(8, "big")
+                         + b"\xa2\xff\xfe", good_sig),
+                "malformed", "reject", "W5", "a str item that is not valid UTF-8"),
+        invalid("version-2", signed([2, *announce_items()[1:]]), "version", "reject", "W6",
+                "version 2 is not this protocol"),
+        invalid("kind-9", signed([1, 9, *announce_items()[2:]]), "kind", "reject", "W7",
+                "no message kind 9"),
+        invalid("oversize-total", b"\x00" * (80 * 1024 + 1), "oversize", "reject", "W1",
+                "one byte above the largest limit of any kind (81920)"),
+        invalid("oversize-announcement", signed([1, 1, b"\x02" * 1000, *announce_items()[3:]]),
+                "oversize", "reject", "W8", "an announcement above 1024 bytes"),
+        invalid("announcement-8-items", signed(announce_items()[:-1]), "malformed", "reject", "W9",
+                "an announcement has 9 body items"),
+        invalid("seq-negative", signed(announce_items(seq=-1)), "bad_field", "reject", "W10",
+                "integers are 0 ≤ n ≤ 2^63-1"),
+        invalid("seq-2^63", signed(announce_items(seq=2**63)), "bad_field", "reject", "W10",
+                "2^63 is one above the largest integer"),
+        invalid("seq-float", signed(announce_items(seq=1.0)), "bad_field", "reject", "W10",
+                "a float where an integer belongs"),
+        invalid("seq-bool", signed(announce_items(seq=True)), "bad_field", "reject", "W10",
+                "true is not an integer"),
+        invalid("seq-nil", signed(announce_items(seq=None)), "bad_field", "reject", "W10",
+                "nil is not an integer"),
+        invalid("signer-32-bytes", signed([1, 1, pub(PROVIDER)[1:], *announce_items()[3:]]),
+                "bad_field", "reject", "W10", "the signer must be a 33-byte compressed key"),
+        invalid("signer-off-curve", signed([1, 1, off_curve, *announce_items()[3:]]),
+                "bad_field", "reject", "W10", "0x02 ‖ x with no point on the curve"),
+        invalid("job-tier-3", signed(body_items(2, pub(GATEWAY), T0, {**JOB, "tier": 3}), GATEWAY),
+                "bad_field", "reject", "W10", "tiers are 0, 1, 2"),
+        invalid("job-zero-tokens", signed(body_items(2, pub(GATEWAY), T0, {**JOB, "tokens": 0}),
+                                          GATEWAY),
+                "bad_field", "reject", "W10", "a job asks for at least one token"),
+        invalid("job-locked-above-max",
+                signed(body_items(2, pub(GATEWAY), T0, {**JOB, "locked_price_nano": 500_000_001}),
+                       GATEWAY),
+                "bad_field", "reject", "W10", "the locked price may not exceed the user's max"),
+        invalid("job-empty-request-id",
+                signed(body_items(2, pub(GATEWAY), T0, {**JOB, "request_id": ""}), GATEWAY),
+                "bad_field", "reject", "W10", "request ids are 1..128 bytes"),
+        invalid("job-user-129-bytes",
+                signed(body_items(2, pub(GATEWAY), T0, {**JOB, "user": "u" * 129}), GATEWAY),
+                "bad_field", "reject", "W10", "user names are at most 128 bytes"),
+        invalid("job-to-itself",
+                signed(body_items(2, pub(GATEWAY), T0, {**JOB, "provider": pub(GATEWAY)}), GATEWAY),
+                "bad_field", "reject", "W10", "provider equals the signing gateway"),
+        invalid("receipt-ends-before-start",
+                signed(body_items(3, pub(PROVIDER), T0 + 2000,
+                                  {**RECEIPT, "ended_at_ms": T0 + 100})),
+                "bad_field", "reject", "W10", "ended_at_ms < started_at_ms"),
+        invalid("receipt-ends-after-issue",
+                signed(body_items(3, pub(PROVIDER), T0 + 2000,
+                                  {**RECEIPT, "ended_at_ms": T0 + 2001})),
+                "bad_field", "reject", "W10", "ended_at_ms > issued_at_ms"),
+        invalid("body-version-uint8",
+                signed([], body=b"\x99\xcc\x01" + pack(announce_items())[2:]),
+                "non_canonical", "reject", "W11",
+                "version 1 written as uint8 (cc 01) instead of positive fixint; correctly signed"),
+        invalid("body-seq-uint16",
+                signed([], body=pack(announce_items())[:3 + 35 + 9] + b"\xcd\x00\x01"
+                       + pack(announce_items())[3 + 35 + 9 + 1:]),
+                "non_canonical", "reject", "W11", "seq 1 written as uint16; correctly signed"),
+        invalid("forged-signature", envelope(good_body, bytes(flipped)), "bad_signature", "reject",
+                "W12", "one bit of the signature flipped"),
+        invalid("wrong-signer", envelope(wrong_signer_body, good_sig), "bad_signature", "reject",
+                "W12", "the body names another signer than the key that signed it"),
+        invalid("high-s", envelope(good_body, r.to_bytes(32, "big") + (N - s).to_bytes(32, "big")),
+                "bad_signature", "reject", "W12",
+                "the same signature with s replaced by n - s: valid ECDSA, but not low-s"),
+        invalid("r-zero", envelope(good_body, b"\x00" * 32 + good_sig[32:]), "bad_signature",
+                "reject", "W12", "r = 0"),
+        invalid("r-above-n", envelope(good_body, b"\xff" * 32 + good_sig[32:]), "bad_signature",
+                "reject", "W12", "r ≥ n"),
+        invalid("stale", good, "stale", "ignore", "W13", "received 300.001 s after issued_at",
+                now_ms=T0 + 300_001),
+        invalid("future", good, "future", "reject", "W13", "received 30.001 s before issued_at",
+                now_ms=T0 - 30_001),
+    ]
+    return out
+
+
+# --- stateful validation -------------------------------------------------------------------------
+
+def announcement(k: coincurve.PrivateKey, seq: int, issued_at_ms: int, **changes: Any) -> bytes:
+    return signed(body_items(1, pub(k), issued_at_ms, {**ANNOUNCE, "seq": seq, **changes}), k)
+
+
+def step(wire: bytes, now_ms: int, expect: str | tuple[str, str], **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"wire": wire.hex(), "now_ms": now_ms}
+    out.update(extra)
+    out["expect"] = expect if isinstance(expect, str) else {"reason": expect[0], "action": expect[1]}
+    return out
+
+
+def validator_vectors() -> list[dict[str, Any]]:
+    ok = "accepted"
+    a1, a2, a3 = (announcement(PROVIDER, n, T0 + n) for n in (1, 2, 3))
+    eq_a = announcement(PROVIDER, 4, T0 + 4, pending_tokens=1)
+    eq_b = announcement(PROVIDER, 4, T0 + 4, pending_tokens=2)
+    eq_c = announcement(PROVIDER, 4, T0 + 4, pending_tokens=3)
+    flood = [announcement(GATEWAY, n, T0 + n) for n in range(1, 8)]
+    cap100 = announcement(PROVIDER, 1, T0, tokens_per_second=100)
+
+    def receipt(tokens: int, started: int, ended: int, issued: int, rid: str = "req-0001") -> bytes:
+        fields = {**RECEIPT, "request_id": rid, "tokens_served": tokens, "started_at_ms": started,
+                  "ended_at_ms": ended}
+        return signed(body_items(3, pub(PROVIDER), issued, fields))
+
+    return [
+        {"name": "duplicate", "config": {},
+         "note": "the same bytes twice: the second is ignored without penalty",
+         "steps": [step(a1, T0 + 1000, ok), step(a1, T0 + 1100, ("duplicate", "ignore"))]},
+        {"name": "seq-regression", "config": {},
+         "note": "an older seq after a newer one is ignored",
+         "steps": [step(a2, T0 + 1000, ok), step(a1, T0 + 1100, ("seq_regression", "ignore")),
+                   step(a3, T0 + 1200, ok)]},
+        {"name": "equivocation", "config": {},
+         "note": "two different messages with the same (signer, seq): the second is passed on once "
+                 "as evidence (counted as equivocation), a third is ignored",
+         "steps": [step(eq_a, T0 + 1000, ok), step(eq_b, T0 + 1100, ok, counts={"equivocation": 1}),
+                   step(eq_c, T0 + 1200, ("equivocation", "ignore"))]},
+        {"name": "rate-limit", "config": {"tick_s": 1.0},
+         "note": "burst 5, one more token per tick (1 s): the 6th announcement at the same instant "
+                 "is rejected, one a second later is accepted",
+         "steps": [*(step(flood[i], T0 + 1000, ok) for i in range(5)),
+                   step(flood[5], T0 + 1000, ("rate_limited", "reject")),
+                   step(flood[6], T0 + 2000, ok)]},
+        {"name": "implausible-capacity", "config": {"max_node_tokens_per_s": 50_000},
+         "note": "capacity above max_node_tokens_per_s",
+         "steps": [step(announcement(PROVIDER, 1, T0, tokens_per_second=50_001), T0 + 1000,
+                        ("implausible", "reject")),
+                   step(announcement(PROVIDER, 2, T0, tokens_per_second=50_000), T0 + 1000, ok)]},
+        {"name": "receipt-plausibility", "config": {},
+         "note": "provider announced 100 tokens/s; a receipt may claim at most 2 × 100 × elapsed "
+                 "(elapsed at least 1 s)",
+         "steps": [step(cap100, T0 + 1000, ok),
+                   step(receipt(201, T0, T0 + 1000, T0 + 1000), T0 + 1500, ("implausible", "reject")),
+                   step(receipt(200, T0, T0 + 10, T0 + 1000), T0 + 1500, ok),
+                   step(receipt(1000, T0, T0 + 5000, T0 + 5000, "req-0002"), T0 + 5500, ok)]},
+        {"name": "tokens-per-minute", "config": {"max_tokens_per_minute": 1000},
+         "note": "a provider's receipts over the last 60 s (receiver's clock) stay within "
+                 "max_tokens_per_minute",
+         "steps": [step(receipt(600, T0, T0 + 60_000, T0 + 60_000, "r1"), T0 + 60_000, ok),
+                   step(receipt(500, T0, T0 + 60_000, T0 + 60_000, "r2"), T0 + 61_000,
+                        ("tokens_per_minute", "reject")),
+                   step(receipt(400, T0, T0 + 60_000, T0 + 60_000, "r3"), T0 + 61_000, ok),
+                   step(receipt(500, T0 + 60_000, T0 + 120_000, T0 + 120_000, "r4"), T0 + 120_000,
+                        ok)]},
+        {"name": "freshness-boundaries", "config": {},
+         "note": "exactly 300 s old and exactly 30 s early are still accepted",
+         "steps": [step(announcement(PROVIDER, 1, T0), T0 + 300_000, ok),
+                   step(announcement(PROVIDER, 2, T0 + 330_000), T0 + 300_000, ok)]},
+        {"name": "author", "config": {},
+         "note": "on gossip the message's signer must be the publishing peer (`from`)",
+         "steps": [step(a1, T0 + 1000, ("wrong_signer", "reject"), from_peer=peer_id(pub(OTHER))),
+                   step(a1, T0 + 1000, ok, from_peer=peer_id(pub(PROVIDER)))]},
+        {"name": "kind-on-gossip", "config": {},
+         "note": "only announcements travel on the market topic",
+         "steps": [step(signed(body_items(2, pub(GATEWAY), T0, JOB), GATEWAY), T0 + 1000,
+                        ("kind", "reject"), kind="announcement")]},
+    ]
+
+
+# --- stream frames -----------------------------------------------------------------------------
+
+def frame_vectors() -> dict[str, Any]:
+    empty = hashlib.sha256(b"").digest()
+    buckets = [hashlib.sha256(bytes([i])).digest() for i in range(16)]
+    a = bytes.fromhex(valid_vectors()[0]["wire"])
+    w = bytes.fromhex(valid_vectors()[1]["wire"])
+    valid = [
+        {"name": "sync-request", "frame": "sync_request",
+         "fields": {"digest": empty.hex(), "bucket_digests": [b.hex() for b in buckets]},
+         "bytes": pack([1, 16, empty, buckets]).hex()},
+        {"name": "sync-response", "frame": "sync_response",
+         "fields": {"announcements": [a.hex(), w.hex()]},
+         "bytes": pack([1, 17, [a, w]]).hex()},
+        {"name": "sync-response-empty", "frame": "sync_response", "fields": {"announcements": []},
+         "bytes": pack([1, 17, []]).hex()},
+        {"name": "job-declined", "frame": "job_declined",
+         "fields": {"request_id": "req-0001", "reason": "full",
+                    "detail": "480 tokens in flight, room for 120"},
+         "bytes": pack([1, 18, "req-0001", "full", "480 tokens in flight, room for 120"]).hex()},
+    ]
+    bad = [
+        ("sync-request-15-buckets", pack([1, 16, empty, buckets[:15]]), "bad_field", "F7"),
+        ("sync-request-short-digest", pack([1, 16, empty[:31], buckets]), "bad_field", "F7"),
+        ("sync-response-not-bin", pack([1, 17, [a.hex()]]), "bad_field", "F7"),
+        ("frame-kind-99", pack([1, 99, empty]), "kind", "F4"),
+        ("frame-version-2", pack([2, 16, empty, buckets]), "version", "F3"),
+        ("frame-too-few-items", pack([1, 18, "req-0001", "full"]), "malformed", "F6"),
+        ("frame-not-array", pack("hello"), "malformed", "F2"),
+        ("frame-kind-uint8", b"\x94\x01\xcc\x10" + pack([1, 16, empty, buckets])[3:],
+         "non_canonical", "F8"),
+        ("declined-empty-reason", pack([1, 18, "req-0001", "", ""]), "bad_field", "F7"),
+    ]
+    lengths = [{"length": n, "prefix": _uvarint(n).hex()} for n in (0, 1, 127, 128, 300, 16_384,
+                                                                   1_048_576)]
+    return {
+        "valid": valid,
+        "invalid": [{"name": n, "bytes": b.hex(), "reason": r, "action": "reject", "rule": rule}
+                    for n, b, r, rule in bad],
+        "length_prefix": lengths,
+    }
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+# --- write -------------------------------------------------------------------------------------
+
+def documents() -> dict[str, Any]:
+    header = {"protocol": "neuroshard market v1", "spec": "protocols/market-v1.md",
+              "generator": "protocols/vectors/generate.py"}
+    return {
+        "messages.json": {**header, "vectors": valid_vectors()},
+        "invalid.json": {**header, "vectors": invalid_vectors()},
+        "validator.json": {**header, "defaults": {
+            "rate_burst": 5, "rate_refill_s": "config tick_s (1.0)", "max_node_tokens_per_s": 50_000,
+            "max_tokens_per_minute": 1_000_000, "receipt_min_elapsed_ms": 1000},
+            "vectors": validator_vectors()},
+        "frames.json": {**header, **frame_vectors()},
+    }
+
+
+def render(doc: Any) -> str:
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def cross_check(docs: dict[str, Any]) -> None:
+    """The project's codec must produce and accept exactly these bytes."""
+    sys.path.insert(0, str(HERE.parent.parent))
+    from neuroshard_p2p import wire  # noqa: E402
+
+    for v in docs["messages.json"]["vectors"]:
+        data = bytes.fromhex(v["wire"])
+        message = wire.decode(data, v["now_ms"] / 1000)
+        again = wire.encode(message, coincurve.PrivateKey(bytes.fromhex(v["private_key"])))
+        assert again == data, f"codec disagrees on {v['name']}"
+    for v in docs["invalid.json"]["vectors"]:
+        try:
+            wire.decode(bytes.fromhex(v["wire"]), v["now_ms"] / 1000)
+        except wire.WireError as error:
+            assert (error.reason, error.action) == (v["reason"], v["action"]), (v["name"], error)
+        else:
+            raise AssertionError(f"codec accepts invalid vector {v['name']}")
+
+
+def main(argv: list[str]) -> int:
+    docs = documents()
+    cross_check(docs)
+    stale = [name for name, doc in docs.items()
+             if not (HERE / name).exists() or (HERE / name).read_text("utf-8") != render(doc)]
+    if "--check" in argv:
+        for name in stale:
+            print(f"{name} differs from a fresh generation", file=sys.stderr)
+        return 1 if stale else 0
+    for name, doc in docs.items():
+        (HERE / name).write_text(render(doc), "utf-8")
+    print(f"wrote {', '.join(docs)} ({len(stale)} changed)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
