@@ -1,0 +1,168 @@
+"""The data directory: the node's key, its API token and its config file.
+
+    <data-dir>/identity.key   hex of the 32-byte secp256k1 secret (mode 0600): the libp2p host key
+                              and the market signing key, so the node has one peer id
+    <data-dir>/api_token      the bearer token the HTTP API asks for on every POST (mode 0600)
+    <data-dir>/config.toml    [node] and [market] settings, written once with the defaults
+    <data-dir>/api            written by a running node: the URL of its HTTP API
+
+`ensure_data_dir` makes what is missing and never overwrites what exists, so `run` on a fresh
+machine needs nothing before it and `init` twice is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import coincurve
+
+from neuroshard_p2p.config import ConfigError
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.settings import (
+    API_FILE,
+    CONFIG_FILE,
+    DEFAULT_API,
+    DEFAULT_LISTEN,
+    KEY_FILE,
+    TOKEN_FILE,
+)
+
+CONFIG_TEMPLATE = f"""\
+# neuroshard-node settings. Flags given to `neuroshard-node run` override these.
+# Every key is optional; the values shown are the defaults.
+
+[node]
+# listen = {list(DEFAULT_LISTEN)!r}
+# bootstrap = []                      # e.g. ["/ip4/203.0.113.7/tcp/4011/p2p/16Uiu2..."]
+# network = "testnet"
+# api = "{DEFAULT_API}"              # "off" runs no HTTP API
+# capacity = 0                        # tokens per second this node offers
+# min_price = 0.0                     # NEURO per 1M tokens
+# announce_interval_s = 20.0
+# sync_interval_s = 30.0
+# target_peers = 8
+# max_peers = 32
+# muxer = "yamux"                     # or "mplex"
+
+[market]
+# capacity_timeout_s = 60.0
+# tick_s = 1.0
+# window_ticks = 32
+# settle_delay_s = 2.0
+"""
+
+
+@dataclass(frozen=True)
+class DataDirReport:
+    """What `ensure_data_dir` did: which files it created (empty when all existed)."""
+
+    path: Path
+    created: tuple[str, ...]
+    peer_id: str
+
+
+def ensure_data_dir(path: str | os.PathLike[str]) -> DataDirReport:
+    """Create the data dir and any missing key, token and config file; keep existing ones."""
+    directory = Path(path).expanduser()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    created: list[str] = []
+    key_path = directory / KEY_FILE
+    if not key_path.exists():
+        _write_secret(key_path, coincurve.PrivateKey().secret.hex() + "\n")
+        created.append(KEY_FILE)
+    token_path = directory / TOKEN_FILE
+    if not token_path.exists():
+        _write_secret(token_path, secrets.token_urlsafe(32) + "\n")
+        created.append(TOKEN_FILE)
+    config_path = directory / CONFIG_FILE
+    if not config_path.exists():
+        config_path.write_text(CONFIG_TEMPLATE, encoding="utf-8")
+        created.append(CONFIG_FILE)
+    key = load_private_key(directory)
+    return DataDirReport(directory, tuple(created),
+                         peer_id_of(key.public_key.format(compressed=True)))
+
+
+def load_private_key(path: str | os.PathLike[str]) -> coincurve.PrivateKey:
+    """The node's key from `<path>/identity.key`; ConfigError says what is wrong with the file."""
+    key_path = Path(path).expanduser() / KEY_FILE
+    try:
+        text = key_path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"no key at {key_path}: run `neuroshard-node init` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {key_path}: {exc}") from None
+    mode = stat.S_IMODE(key_path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{key_path} is readable by others (mode {mode:o}); "
+                          f"run `chmod 600 {key_path}`")
+    try:
+        secret = bytes.fromhex(text)
+        if len(secret) != 32:
+            raise ValueError("not 32 bytes")
+        return coincurve.PrivateKey(secret)
+    except ValueError as exc:
+        raise ConfigError(f"{key_path} does not hold a 32-byte hex secp256k1 secret ({exc})") from None
+
+
+def load_api_token(path: str | os.PathLike[str]) -> str:
+    """The API bearer token from `<path>/api_token`."""
+    token_path = Path(path).expanduser() / TOKEN_FILE
+    try:
+        token = token_path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"no API token at {token_path}: run `neuroshard-node init` first") from None
+    if not token:
+        raise ConfigError(f"{token_path} is empty: delete it and run `neuroshard-node init`")
+    return token
+
+
+def rotate_api_token(path: str | os.PathLike[str]) -> str:
+    """Replace the API token with a new random one (a running node reads it on each request)."""
+    token = secrets.token_urlsafe(32)
+    token_path = Path(path).expanduser() / TOKEN_FILE
+    tmp = token_path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)  # left over from an interrupted rotation
+    _write_secret(tmp, token + "\n")
+    os.replace(tmp, token_path)
+    return token
+
+
+def write_api_url(path: str | os.PathLike[str], url: str) -> None:
+    """Tell client commands where the running node's API is."""
+    (Path(path).expanduser() / API_FILE).write_text(url + "\n", encoding="utf-8")
+
+
+def read_api_url(path: str | os.PathLike[str]) -> str | None:
+    """The URL a running node wrote, or None when no node has written one."""
+    try:
+        return (Path(path).expanduser() / API_FILE).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def remove_api_url(path: str | os.PathLike[str], url: str) -> None:
+    """Remove the API file if it still names `url` (another node may have replaced it)."""
+    if read_api_url(path) == url:
+        try:
+            (Path(path).expanduser() / API_FILE).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write a file that only its owner may read, created with that mode (no window where it is
+    world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(text)
+
+
+__all__ = [
+    "DataDirReport", "ensure_data_dir", "load_private_key", "load_api_token", "rotate_api_token",
+    "write_api_url", "read_api_url", "remove_api_url", "CONFIG_TEMPLATE",
+]

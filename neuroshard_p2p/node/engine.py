@@ -1,0 +1,472 @@
+"""The peer engine: everything a node decides, with no sockets and no clock (sans-IO).
+
+A `PeerEngine` owns this node's wire `Validator`, its merged `MarketView` and its own market
+state (the capacity it offers and the demand queued at it). Its drivers — the libp2p `Node` and
+the simulator — hand it bytes and the time, and take bytes to send:
+
+    on_gossip(data, now, from_peer)   a gossiped announcement arrived   → Verdict
+    poll_announcements(now)           what to publish now               → [bytes]
+    withdraw(now)                     the last announcement at shutdown → bytes | None
+    sync_request(now)                 open anti-entropy with a peer     → bytes (one frame)
+    on_sync_request(data, now)        answer a peer's sync request      → [bytes] (frames)
+    on_sync_response(data, now)       merge what a peer sent            → SyncCounts
+    next_deadline()                   when poll_announcements has work next (None: only on change)
+
+Announcing. A node publishes one `Announcement` carrying its capacity and its queued demand: when
+that state changes (at most once per tick: changes within a tick coalesce), and again every
+`announce_interval_s` as a keep-alive while it has anything to say (non-zero capacity or demand).
+A node that offers nothing and queues nothing stays silent after one final all-zero announcement,
+so idle nodes cost the network no traffic. The seq of each announcement is
+`max(last seq + 1, issued_at_ms)`: it grows across restarts without any stored state, and if a
+previous run of this key announced a higher seq (heard back through gossip or sync), the engine
+continues above it and re-announces its true state.
+
+Validation paths. Gossip goes through the `Validator` (duplicate, signature, freshness, author,
+seq, rate). Announcements received through sync are history a peer retained (a signer's few
+newest), which the per-signer seq and rate rules of live gossip would wrongly refuse when they
+arrive out of order; those two verdicts fall back to the stateless checks (signature, freshness,
+capacity limit) and the view's merge, which is a join and orders them itself.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections import Counter
+from dataclasses import dataclass
+
+import coincurve
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.core.errors import MarketError
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.wire import Announcement, WireError, decode, encode
+from neuroshard_p2p.wire.codec import decode_sync, encode_sync, split_sync_response
+from neuroshard_p2p.wire.errors import IGNORE, REJECT
+from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
+from neuroshard_p2p.wire.validate import Validator
+from neuroshard_p2p.view import MarketView, TickPrice, ms_of
+from neuroshard_p2p.wire import MAX_AGE_S
+
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+IGNORED = "ignored"
+OUTCOMES = (ACCEPTED, REJECTED, IGNORED)
+
+#: Validator verdicts that, on the sync path, mean "history out of order" rather than misbehaviour.
+_SYNC_ORDER_REASONS = frozenset({"seq_regression", "equivocation", "rate_limited"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What became of one received message: `outcome` is accepted / rejected / ignored, `reason`
+    the validator's stable code ("accepted" when accepted), `detail` the words for a log line."""
+
+    outcome: str
+    reason: str
+    message: Announcement | None = None
+    detail: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == ACCEPTED
+
+
+@dataclass(frozen=True)
+class SyncCounts:
+    """What one sync response brought: announcements received and their outcomes."""
+
+    received: int
+    accepted: int
+    ignored: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The capacity this node offers: tokens per second (0 = none) at no less than a price."""
+
+    tokens_per_second: int
+    min_price_nano: int
+
+
+@dataclass(frozen=True)
+class LocalRequest:
+    """A request submitted at this node and waiting for capacity. Its tokens count in this node's
+    demand announcement until it is taken (by the jobs layer) or expires."""
+
+    request_id: str
+    tokens: int
+    max_price_nano: int
+    tier: str
+    prompt: str
+    user: str
+    submitted_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class OwnState:
+    """The content of this node's announcement: what it offers and what is queued at it."""
+
+    tokens_per_second: int
+    min_price_nano: int
+    pending_tokens: int
+    pending_requests: int
+
+    @property
+    def silent(self) -> bool:
+        """Nothing to announce: no capacity, no demand."""
+        return not (self.tokens_per_second or self.pending_tokens or self.pending_requests)
+
+
+@dataclass(frozen=True)
+class MarketSnapshot:
+    """The network's market as this node sees it at one instant (`now`): the totals counting at
+    that instant, and the price of the tick it falls in."""
+
+    now: float
+    tick: int
+    price_nano: int
+    target_price_nano: int
+    available_nodes: int
+    supply_tokens_per_s: int
+    demand_tokens_waiting: int
+    pending_requests: int
+    utilization: float
+
+
+class PeerEngine:
+    """Sans-IO peer logic of one node (see the module docstring)."""
+
+    def __init__(self, config: MarketConfig, private_key: coincurve.PrivateKey, *,
+                 tokens_per_second: int = 0, min_price_nano: int = 0,
+                 announce_interval_s: float = 20.0,
+                 view: MarketView | None = None, validator: Validator | None = None) -> None:
+        if not 0 < announce_interval_s < config.capacity_timeout_s:
+            raise ValueError("announce_interval_s must be in (0, capacity_timeout_s)")
+        self.config = config
+        self.private_key = private_key
+        self.signer = private_key.public_key.format(compressed=True)
+        self.peer_id = peer_id_of(self.signer)
+        self.announce_interval_s = announce_interval_s
+        self.view = view if view is not None else MarketView(config)
+        self.validator = validator if validator is not None else Validator(
+            config, local_key=self.signer)
+        #: (outcome, reason) → count, for gossip and for announcements received through sync.
+        self.gossip_counts: Counter[tuple[str, str]] = Counter()
+        self.sync_counts: Counter[tuple[str, str]] = Counter()
+        #: Sync frames refused (malformed, wrong kind, oversize): reason → count.
+        self.sync_frame_errors: Counter[str] = Counter()
+        self._offer = Offer(0, 0)
+        self.set_offer(tokens_per_second, min_price_nano)
+        self._requests: dict[str, LocalRequest] = {}
+        self._demand_override: tuple[int, int] | None = None
+        self._last_seq = 0
+        self._published: OwnState | None = None  # content of our newest announcement
+        self._published_at: float | None = None
+        self._dirty = False
+        self.announcements_published = 0
+
+    # -- own state --------------------------------------------------------------------------
+
+    @property
+    def offer(self) -> Offer:
+        return self._offer
+
+    def set_offer(self, tokens_per_second: int, min_price_nano: int) -> None:
+        """Offer `tokens_per_second` of capacity at no less than `min_price_nano` per 1M tokens
+        (0 tokens withdraws the offer). Announced at the next poll."""
+        limit = self.config.max_node_tokens_per_s
+        if type(tokens_per_second) is not int or not 0 <= tokens_per_second <= limit:
+            raise MarketError(f"capacity must be an integer 0..{limit} tokens per second "
+                              f"(max_node_tokens_per_s), got {tokens_per_second!r}")
+        if type(min_price_nano) is not int or min_price_nano < 0:
+            raise MarketError(f"min price must be an integer >= 0 nano-NEURO, got {min_price_nano!r}")
+        offer = Offer(tokens_per_second, min_price_nano if tokens_per_second else 0)
+        if offer != self._offer:
+            self._offer = offer
+            self._dirty = True
+
+    def withdraw_offer(self) -> None:
+        """Stop offering capacity (the node keeps running; its demand is still announced)."""
+        self.set_offer(0, 0)
+
+    def submit_request(self, tokens: int, max_price_nano: int, now: float, *,
+                       tier: str = "standard", prompt: str = "", user: str | None = None,
+                       request_id: str | None = None) -> LocalRequest:
+        """Queue a request at this node: its tokens join this node's announced demand until it is
+        taken or expires (`request_expiry_s`)."""
+        if type(tokens) is not int or tokens < 1:
+            raise MarketError(f"tokens must be an integer >= 1, got {tokens!r}")
+        if tokens > self.config.max_tokens_per_minute:
+            raise MarketError(f"tokens {tokens} is above max_tokens_per_minute "
+                              f"({self.config.max_tokens_per_minute})")
+        if type(max_price_nano) is not int or max_price_nano <= 0:
+            raise MarketError(f"max price must be an integer > 0 nano-NEURO, got {max_price_nano!r}")
+        rid = request_id or f"req-{secrets.token_hex(8)}"
+        if rid in self._requests:
+            raise MarketError(f"request id {rid!r} is already queued")
+        request = LocalRequest(rid, tokens, max_price_nano, tier, prompt, user or self.peer_id,
+                               now, now + self.config.request_expiry_s)
+        self._requests[rid] = request
+        self._dirty = True
+        return request
+
+    def take_request(self, request_id: str) -> LocalRequest | None:
+        """Remove a queued request (the jobs layer matched it); None if it is not queued."""
+        request = self._requests.pop(request_id, None)
+        if request is not None:
+            self._dirty = True
+        return request
+
+    def queued_requests(self, now: float) -> list[LocalRequest]:
+        """Requests queued here and not expired at `now`, oldest first."""
+        self._expire_requests(now)
+        return sorted(self._requests.values(), key=lambda r: (r.submitted_at, r.request_id))
+
+    def set_demand(self, pending_tokens: int, pending_requests: int) -> None:
+        """Announce this demand instead of the local queue's (for a jobs layer that keeps its own
+        order book); `clear_demand_override` goes back to the queue."""
+        if pending_tokens < 0 or pending_requests < 0:
+            raise MarketError("pending tokens and requests must be >= 0")
+        self._demand_override = (int(pending_tokens), int(pending_requests))
+        self._dirty = True
+
+    def clear_demand_override(self) -> None:
+        self._demand_override = None
+        self._dirty = True
+
+    def own_state(self, now: float) -> OwnState:
+        """What this node's announcement says at `now`."""
+        if self._demand_override is not None:
+            pending_tokens, pending_requests = self._demand_override
+        else:
+            self._expire_requests(now)
+            pending_tokens = sum(r.tokens for r in self._requests.values())
+            pending_requests = len(self._requests)
+        return OwnState(self._offer.tokens_per_second, self._offer.min_price_nano,
+                        pending_tokens, pending_requests)
+
+    def _expire_requests(self, now: float) -> None:
+        expired = [rid for rid, r in self._requests.items() if r.expires_at <= now]
+        for rid in expired:
+            del self._requests[rid]
+        if expired:
+            self._dirty = True
+
+    # -- announcing ----------------------------------------------------------------------------
+
+    def poll_announcements(self, now: float) -> list[bytes]:
+        """The announcements to publish at `now` (zero or one): our state if it changed since the
+        last one and no announcement went out in this tick yet, or a keep-alive when
+        `announce_interval_s` has passed and we have anything to say."""
+        # Signers silent for longer than any peer would accept their messages cost memory only.
+        self.view.forget_silent_before(ms_of(now - MAX_AGE_S))
+        state = self.own_state(now)
+        if self._published_at is None:
+            due = not state.silent
+        else:
+            changed = state != self._published
+            same_tick = self.tick_of(now) == self.tick_of(self._published_at)
+            keep_alive = (not state.silent
+                          and now >= self._published_at + self.announce_interval_s)
+            due = (changed and not same_tick) or keep_alive
+        self._dirty = False
+        if not due:
+            if self._published is not None and state != self._published:
+                self._dirty = True  # changed within this tick: due at the next one
+            return []
+        return [self._announce(state, now)]
+
+    def withdraw(self, now: float) -> bytes | None:
+        """The announcement a node publishes when it stops: zero capacity, zero demand, a higher
+        seq, so peers stop counting it at once. None if it never announced anything (nobody
+        counts it). Ignores the once-per-tick limit: it is the last word."""
+        self._offer = Offer(0, 0)
+        self._requests.clear()
+        self._demand_override = None
+        if self._published is None or self._published.silent:
+            return None
+        return self._announce(OwnState(0, 0, 0, 0), now)
+
+    def next_deadline(self) -> float | None:
+        """When `poll_announcements` next has work if nothing else changes (a keep-alive, a
+        change held back to the next tick, or a queued request expiring); None when only a
+        change can make it act. Calling it early is harmless."""
+        deadlines: list[float] = []
+        if self._published_at is not None:
+            if self._dirty:
+                next_tick = (self.tick_of(self._published_at) + 1) * self.view.tick_ms / 1000
+                deadlines.append(next_tick)
+            if self._published is not None and not self._published.silent:
+                deadlines.append(self._published_at + self.announce_interval_s)
+        elif self._dirty:
+            deadlines.append(-math.inf)  # never announced: now
+        if self._requests and self._demand_override is None:
+            deadlines.append(min(r.expires_at for r in self._requests.values()))
+        return min(deadlines) if deadlines else None
+
+    @property
+    def wants_poll(self) -> bool:
+        """Own state changed since the last poll (the driver should poll soon)."""
+        return self._dirty
+
+    def _announce(self, state: OwnState, now: float) -> bytes:
+        now_ms = int(now * 1000)
+        seq = max(self._last_seq + 1, now_ms)
+        announcement = Announcement(
+            signer=self.signer, issued_at_ms=now_ms, seq=seq,
+            tokens_per_second=state.tokens_per_second, min_price_nano=state.min_price_nano,
+            pending_tokens=state.pending_tokens, pending_requests=state.pending_requests)
+        data = encode(announcement, self.private_key)
+        self._last_seq = seq
+        self._published = state
+        self._published_at = now
+        self.announcements_published += 1
+        # Our own announcement joins our view through the same door as everyone's, so the
+        # validator knows our seq and a sync digest includes it.
+        verdict = self._accept(data, now, from_peer=None, counts=None)
+        if not verdict.accepted:  # a bug, not a peer's fault: say so loudly
+            raise AssertionError(f"own announcement refused by own validator: {verdict.detail}")
+        return data
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def on_gossip(self, data: bytes, now: float, from_peer: bytes | str | None = None) -> Verdict:
+        """A gossiped announcement arrived at `now`; `from_peer` is the gossip message's author
+        (its signed `from` peer id), which must be the announcement's signer. Never raises."""
+        try:
+            return self._accept(data, now, from_peer=from_peer, counts=self.gossip_counts)
+        except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
+            verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
+            self.gossip_counts[(verdict.outcome, verdict.reason)] += 1
+            return verdict
+
+    def _accept(self, data: bytes, now: float, *, from_peer: bytes | str | None,
+                counts: Counter[tuple[str, str]] | None) -> Verdict:
+        try:
+            message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer)
+        except WireError as error:
+            verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
+                              None, str(error))
+        else:
+            assert isinstance(message, Announcement)
+            self._merge(message, now)
+            verdict = Verdict(ACCEPTED, ACCEPTED, message)
+        if counts is not None:
+            counts[(verdict.outcome, verdict.reason)] += 1
+        return verdict
+
+    def _merge(self, message: Announcement, now: float) -> None:
+        self.view.merge_message(message)
+        if message.signer == self.signer and message.seq > self._last_seq:
+            # A previous run of this key announced a higher seq: continue above it and say
+            # again what is true now.
+            self._last_seq = message.seq
+            self._published = OwnState(message.tokens_per_second, message.min_price_nano,
+                                       message.pending_tokens, message.pending_requests)
+            self._published_at = message.issued_at_ms / 1000
+            self._dirty = True
+
+    # -- anti-entropy --------------------------------------------------------------------------
+
+    def sync_request(self, now: float) -> bytes:
+        """The first frame of a sync exchange: our view's digest and per-bucket digests."""
+        return encode_sync(SyncRequest(self.view.digest(), tuple(self.view.bucket_digests())))
+
+    def on_sync_request(self, data: bytes, now: float) -> list[bytes]:
+        """Answer a peer's sync request with the announcements of every bucket whose digest
+        differs from ours (no frames when the views are equal). Raises WireError for a frame that
+        is not a valid sync request (the driver resets the stream)."""
+        try:
+            frame = decode_sync(data)
+            if not isinstance(frame, SyncRequest):
+                raise WireError("kind", REJECT, "expected a sync request")
+        except WireError as error:
+            self.sync_frame_errors[error.reason] += 1
+            raise
+        if frame.digest == self.view.digest():
+            return []
+        ours = self.view.bucket_digests()
+        differing = [i for i, (a, b) in enumerate(zip(frame.bucket_digests, ours)) if a != b]
+        wires = [m.wire for m in self.view.messages_in_buckets(differing)]
+        return [encode_sync(r) for r in split_sync_response(wires)]
+
+    def on_sync_response(self, data: bytes, now: float) -> SyncCounts:
+        """Validate and merge the announcements of one sync response frame. Raises WireError for
+        a frame that is not a sync response; bad announcements inside are counted, not raised."""
+        try:
+            frame = decode_sync(data)
+            if not isinstance(frame, SyncResponse):
+                raise WireError("kind", REJECT, "expected a sync response")
+        except WireError as error:
+            self.sync_frame_errors[error.reason] += 1
+            raise
+        tally: Counter[str] = Counter()
+        for item in frame.announcements:
+            tally[self._accept_synced(item, now)] += 1
+        return SyncCounts(len(frame.announcements), tally[ACCEPTED], tally[IGNORED],
+                          tally[REJECTED])
+
+    def _accept_synced(self, data: bytes, now: float) -> str:
+        try:
+            verdict = self._accept(data, now, from_peer=None, counts=None)
+            if verdict.reason in _SYNC_ORDER_REASONS:
+                verdict = self._accept_history(data, now)
+        except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
+            verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
+        self.sync_counts[(verdict.outcome, verdict.reason)] += 1
+        return verdict.outcome
+
+    def _accept_history(self, data: bytes, now: float) -> Verdict:
+        """Stateless checks only (the message is older than one we hold from its signer)."""
+        try:
+            message = decode(data, now)
+        except WireError as error:
+            return Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason, None,
+                           str(error))
+        if not isinstance(message, Announcement):
+            return Verdict(REJECTED, "kind", None, "sync carries announcements only")
+        if message.tokens_per_second > self.config.max_node_tokens_per_s:
+            return Verdict(REJECTED, "implausible", None, "capacity above max_node_tokens_per_s")
+        self._merge(message, now)
+        return Verdict(ACCEPTED, "history", message)
+
+    # -- reading the market --------------------------------------------------------------------
+
+    def stats(self, now: float) -> MarketSnapshot:
+        """Supply, demand and the price at `now`, from the merged view."""
+        totals = self.view.stats_at(now)
+        price = self.view.price_at(now)
+        return MarketSnapshot(
+            now=now, tick=price.tick, price_nano=price.price_nano,
+            target_price_nano=price.target_nano, available_nodes=totals.available_nodes,
+            supply_tokens_per_s=totals.supply_tokens_per_sec,
+            demand_tokens_waiting=totals.demand_tokens_waiting,
+            pending_requests=totals.pending_requests, utilization=totals.utilization)
+
+    def price(self, now: float) -> int:
+        """The market price (nano-NEURO per 1M tokens) of the tick `now` falls in."""
+        return self.view.price_at(now).price_nano
+
+    def tick_price(self, tick: int) -> TickPrice:
+        """Price, target, supply and demand of one tick (the same on every peer holding the same
+        announcements)."""
+        return self.view.price_at_tick(tick)
+
+    def tick_of(self, now: float) -> int:
+        """The tick `now` falls in (the view's integer-ms rule)."""
+        return ms_of(now) // self.view.tick_ms
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Gossip and sync outcomes together: (outcome, reason) → count."""
+        total: Counter[tuple[str, str]] = Counter(self.gossip_counts)
+        total.update(self.sync_counts)
+        return dict(total)
+
+
+__all__ = [
+    "PeerEngine", "Verdict", "SyncCounts", "Offer", "LocalRequest", "OwnState", "MarketSnapshot",
+    "ACCEPTED", "REJECTED", "IGNORED", "OUTCOMES",
+]
