@@ -394,10 +394,12 @@ class Ledger:
             return self._recent_tokens(provider, now)
 
     def _recent_tokens(self, provider: bytes, now: float) -> int:
+        # No upper bound: if the clock stepped back, rows "from the future" still count, so a
+        # clock step never opens extra headroom.
         row = self._conn.execute(
             "SELECT COALESCE(SUM(tokens), 0) FROM settlements "
-            "WHERE provider = ? AND settled_at > ? AND settled_at <= ?",
-            (provider, now - RATE_WINDOW_S, now)).fetchone()
+            "WHERE provider = ? AND settled_at > ?",
+            (provider, now - RATE_WINDOW_S)).fetchone()
         return int(row[0])
 
     def refusals(self) -> dict[str, int]:
