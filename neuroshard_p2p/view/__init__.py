@@ -1,0 +1,19 @@
+"""The merged market view: a CRDT of signed announcements and the price every peer agrees on."""
+
+from neuroshard_p2p.view.view import (
+    BUCKETS,
+    DEFAULT_MAX_SIGNERS,
+    MarketStats,
+    MarketView,
+    MergeOutcome,
+    Offer,
+    TickPrice,
+    bucket_of,
+    default_max_per_signer,
+    ms_of,
+)
+
+__all__ = [
+    "MarketView", "MergeOutcome", "TickPrice", "MarketStats", "Offer", "bucket_of", "ms_of",
+    "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
+]

@@ -1,0 +1,510 @@
+"""The merged market view: a CRDT of signed announcements, and the price every peer agrees on.
+
+A `MarketView` is the set of announcements a peer has heard, minus what the retention rule lets it
+forget (see `register`). Everything else — who counts, supply, demand, the price at a tick — is a
+pure function of that set and the `MarketConfig`, so two peers holding the same announcements
+compute the same price, bit for bit, and a late joiner needs nothing but the announcements.
+
+Registers. One announcement carries a node's capacity *and* its queued demand, so the issue's
+"one last-writer-wins register per signer and kind" is one register per signer, ordered by seq.
+
+Time. The view reads no clock. Instants are integer milliseconds of the signed timeline
+(`*_ms` methods); the methods taking `now` take seconds since the epoch (float) and round to the
+millisecond. `tick_s`, `settle_delay_s` and `capacity_timeout_s` must be whole milliseconds.
+
+Price. Tick j is evaluated on the view as of instant j·tick − settle_delay (settle_delay lets a
+message reach everyone before it counts); the price at tick k is the core's smoothed price over
+the targets of ticks k−W+1 … k (`core.pricing.smoothed_price`). Network totals are kept as step
+functions of time (`steps.StepSum`), so a price costs O(W log n), not O(signers × W).
+
+Join. `merge_message` and `merge` are commutative, associative and idempotent as long as the view
+holds fewer than `max_signers` signers. Past that bound (the only way memory could grow without
+limit), the signer silent longest — smallest newest issued_at, then smallest public key — is
+evicted; which signers a full view holds can then depend on arrival order. Merge stays commutative
+and idempotent, and two views that exchange their state still agree.
+
+Plausibility. A signer moves the totals only through its own register: its capacity counts at most
+`max_node_tokens_per_s`, and its pending tokens at most `max_tokens_per_minute` per pending request
+(the API's per-request limit). The validator bounds the rest (rates, seq, timestamps).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from sortedcontainers import SortedList
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano, utilization
+from neuroshard_p2p.view.register import Register, Segment, order_key
+from neuroshard_p2p.view.steps import StepSum, pack, unpack
+from neuroshard_p2p.wire import MAX_FUTURE_S, SYNC_BUCKETS, Announcement
+
+#: Anti-entropy buckets: a signer falls in bucket SHA-256(signer)[0] >> 4 (the sync frames' layout).
+BUCKETS = SYNC_BUCKETS
+#: Default limit on signers held (memory: about 1 KiB per retained announcement).
+DEFAULT_MAX_SIGNERS = 100_000
+#: Announcements kept per signer beyond one per tick of the price window (see
+#: `default_max_per_signer`): the validator's burst of 5, the one before the window, and slack.
+EXTRA_PER_SIGNER = 8
+
+
+def default_max_per_signer(config: MarketConfig) -> int:
+    """How many announcements a register keeps by default: the validator lets a signer announce
+    at most once per tick after a burst, so W + settle-delay ticks + `EXTRA_PER_SIGNER` covers
+    every announcement an honest node can make over a price window (42 with the defaults)."""
+    return config.window_ticks + math.ceil(config.settle_delay_s / config.tick_s) + EXTRA_PER_SIGNER
+
+_DIGEST_TAG = b"neuroshard/view/v1"
+_BUCKET_TAG = b"neuroshard/view-bucket/v1"
+_SUM_MOD = 1 << 256
+_PUBKEY_LEN = 33
+_ID_LEN = 32
+_INT_FIELDS = ("issued_at_ms", "seq", "tokens_per_second", "min_price_nano", "pending_tokens",
+               "pending_requests")
+
+
+class MergeOutcome(enum.Enum):
+    """What merging one announcement did to the view."""
+
+    NEW = "new"                    # first announcement of a signer the view did not hold
+    NEWER = "newer"                # retained; now the signer's newest
+    OLDER = "older"                # retained; fills the signer's history behind its newest
+    EQUIVOCATION = "equivocation"  # retained; same seq as another held message: signer marked
+    DUPLICATE = "duplicate"        # already held: nothing changed
+    STALE = "stale"                # older than what the register keeps: nothing changed
+    EVICTED = "evicted"            # view full and this signer is the longest silent: not held
+    INVALID = "invalid"            # not a well-formed announcement: nothing changed
+
+    @property
+    def changed(self) -> bool:
+        """Whether the view (its digest) changed."""
+        return self in (MergeOutcome.NEW, MergeOutcome.NEWER, MergeOutcome.OLDER,
+                        MergeOutcome.EQUIVOCATION)
+
+
+@dataclass(frozen=True)
+class TickPrice:
+    """The price at tick `tick` (nano-NEURO per 1M tokens) and the market state it came from:
+    `target_nano`, `supply` (tokens/s) and `demand` (tokens waiting) of that tick alone."""
+
+    tick: int
+    price_nano: int
+    target_nano: int
+    supply: int
+    demand: int
+
+
+@dataclass(frozen=True)
+class MarketStats:
+    """Network totals at one instant, over the announcements that count then."""
+
+    at_ms: int
+    available_nodes: int          # counted signers offering capacity > 0
+    counted_nodes: int            # counted signers (capacity or not)
+    supply_tokens_per_sec: int
+    demand_tokens_waiting: int
+    pending_requests: int
+    utilization: float            # inf when demand waits on no supply
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Capacity one signer offers at an instant, for matching (capacity capped at
+    `max_node_tokens_per_s`)."""
+
+    signer: bytes
+    tokens_per_second: int
+    min_price_nano: int
+    issued_at_ms: int
+
+
+def bucket_of(signer: bytes) -> int:
+    """The anti-entropy bucket of a signer: the first byte of SHA-256(signer) scaled to BUCKETS
+    (its top 4 bits for 16 buckets, as the sync frames specify)."""
+    return hashlib.sha256(signer).digest()[0] * BUCKETS // 256
+
+
+def whole_ms(seconds: float, name: str) -> int:
+    """A duration in seconds as integer milliseconds; refuses one that is not a whole number of
+    ms, since the view's timeline is integer ms and rounding would shift every tick."""
+    ms = round(seconds * 1000)
+    if abs(ms - seconds * 1000) > 1e-6 * max(1.0, abs(seconds * 1000)):
+        raise ValueError(f"{name} must be a whole number of milliseconds, got {seconds!r} s")
+    return ms
+
+
+def ms_of(now: float) -> int:
+    """Seconds since the epoch (float) to the integer millisecond of the signed timeline."""
+    return round(now * 1000)
+
+
+class MarketView:
+    """The merged view of the market's announcements (sans-IO: time is always an argument).
+
+    Messages given to the view must already be validated (signature checked); the view trusts
+    their content and ids, but a malformed object is refused (`MergeOutcome.INVALID`), never
+    raised on.
+    """
+
+    def __init__(self, config: MarketConfig, max_signers: int = DEFAULT_MAX_SIGNERS,
+                 max_per_signer: int | None = None) -> None:
+        if max_per_signer is None:
+            max_per_signer = default_max_per_signer(config)
+        if max_signers < 1:
+            raise ValueError("max_signers must be >= 1")
+        if max_per_signer < 2:
+            raise ValueError("max_per_signer must be >= 2 (an equivocation needs two messages)")
+        self.config = config
+        self.max_signers = max_signers
+        self.max_per_signer = max_per_signer
+        self.tick_ms = whole_ms(config.tick_s, "tick_s")
+        if self.tick_ms < 1:
+            raise ValueError("tick_s must be at least 1 ms")
+        self.settle_ms = whole_ms(config.settle_delay_s, "settle_delay_s")
+        self.timeout_ms = whole_ms(config.capacity_timeout_s, "capacity_timeout_s")
+        #: How far behind a signer's newest announcement its history is kept: enough to answer
+        #: every instant of the last W ticks before the settle delay, for announcements up to
+        #: capacity_timeout old, with the signer's clock up to MAX_FUTURE_S ahead of ours.
+        self.horizon_ms = (config.window_ticks * self.tick_ms + self.settle_ms + self.timeout_ms
+                           + round(MAX_FUTURE_S * 1000))
+        self._capacity_cap = config.max_node_tokens_per_s
+        self._tokens_per_request_cap = config.max_tokens_per_minute
+
+        self._registers: dict[bytes, Register] = {}
+        self._held: set[bytes] = set()                       # msg ids retained
+        self._silence = SortedList()                          # (newest_ms, signer) per register
+        self._bucket_signers: list[set[bytes]] = [set() for _ in range(BUCKETS)]
+        self._bucket_count = [0] * BUCKETS
+        self._bucket_sum = [0] * BUCKETS
+        self._bucket_digest: list[bytes | None] = [None] * BUCKETS
+        # Block j of the step sums starts exactly at tick j's evaluation instant.
+        self._steps = StepSum(self.tick_ms, self.settle_ms)
+        self._tick_cache: dict[int, tuple[int, int, int]] = {}  # tick → (supply, demand, target)
+        #: Signers evicted to respect max_signers (for metrics).
+        self.evictions = 0
+
+    # ------------------------------------------------------------------ merging
+
+    def merge_message(self, message: Announcement) -> MergeOutcome:
+        """Merge one validated announcement and say what it did."""
+        return self.merge_messages((message,))[0]
+
+    def merge_messages(self, messages: Iterable[Announcement]) -> list[MergeOutcome]:
+        """Merge announcements in order; each signer's contribution is recomputed once per call."""
+        touched: dict[bytes, Register] = {}
+        outcomes = [self._merge_one(message, touched) for message in messages]
+        for register in touched.values():
+            self._refresh_segments(register)
+        return outcomes
+
+    def merge(self, other: "MarketView") -> int:
+        """Join another view into this one: merge every announcement `other` holds in the buckets
+        where the two differ. Returns the number of announcements that changed this view."""
+        if other is self:
+            return 0
+        mine, theirs = self.bucket_digests(), other.bucket_digests()
+        differing = [i for i in range(BUCKETS) if mine[i] != theirs[i]]
+        if not differing:
+            return 0
+        outcomes = self.merge_messages(other.messages_in_buckets(differing))
+        return sum(1 for outcome in outcomes if outcome.changed)
+
+    def _merge_one(self, message: Announcement, touched: dict[bytes, Register]) -> MergeOutcome:
+        if not _well_formed(message):
+            return MergeOutcome.INVALID
+        if message.msg_id in self._held:
+            return MergeOutcome.DUPLICATE
+        signer = message.signer
+        register = self._registers.get(signer)
+        is_new = register is None
+        if register is None:
+            if len(self._registers) >= self.max_signers:
+                silent_ms, silent_signer = self._silence[0]
+                if (message.issued_at_ms, signer) < (silent_ms, silent_signer):
+                    return MergeOutcome.EVICTED
+                self._drop_register(silent_signer, touched)
+                self.evictions += 1
+            register = Register(signer, bucket_of(signer))
+            self._registers[signer] = register
+            self._bucket_signers[register.bucket].add(signer)
+            old_silence = None
+        else:
+            old_silence = (register.newest_ms, signer)
+        retained, dropped = register.insert(message, self.max_per_signer, self.horizon_ms)
+        if not retained:
+            return MergeOutcome.STALE
+        bucket = register.bucket
+        for gone in dropped:
+            self._held.discard(gone.msg_id)
+            self._account(bucket, gone.msg_id, -1)
+        self._held.add(message.msg_id)
+        self._account(bucket, message.msg_id, +1)
+        new_silence = (register.newest_ms, signer)
+        if new_silence != old_silence:
+            if old_silence is not None:
+                self._silence.remove(old_silence)
+            self._silence.add(new_silence)
+        touched[signer] = register
+        if is_new:
+            return MergeOutcome.NEW
+        if register.equivocating and sum(1 for m in register.messages if m.seq == message.seq) > 1:
+            return MergeOutcome.EQUIVOCATION
+        if register.messages[-1] is message:
+            return MergeOutcome.NEWER
+        return MergeOutcome.OLDER
+
+    def _account(self, bucket: int, msg_id: bytes, sign: int) -> None:
+        self._bucket_count[bucket] += sign
+        self._bucket_sum[bucket] = (self._bucket_sum[bucket]
+                                    + sign * int.from_bytes(msg_id, "big")) % _SUM_MOD
+        self._bucket_digest[bucket] = None
+
+    def _drop_register(self, signer: bytes, touched: dict[bytes, Register]) -> None:
+        register = self._registers.pop(signer)
+        self._silence.remove((register.newest_ms, signer))
+        self._bucket_signers[register.bucket].discard(signer)
+        for message in register.messages:
+            self._held.discard(message.msg_id)
+            self._account(register.bucket, message.msg_id, -1)
+        register.messages.clear()
+        register.keys.clear()
+        register.equivocating = False
+        self._refresh_segments(register)
+        touched.pop(signer, None)
+
+    def forget_silent_before(self, t_ms: int) -> int:
+        """Drop every signer whose newest announcement was issued before t_ms; returns how many.
+
+        Not part of the join: it depends on the caller's clock. A node calls it with
+        now − wire.MAX_AGE_S: such announcements would be refused as stale by every peer's
+        validator anyway, so views of peers with roughly synchronised clocks keep agreeing, and
+        a long-dead signer stops costing memory before the view is full."""
+        forgotten = 0
+        while self._silence and self._silence[0][0] < t_ms:
+            self._drop_register(self._silence[0][1], {})
+            forgotten += 1
+        return forgotten
+
+    def _weigh(self, message: Announcement) -> int:
+        capacity = min(message.tokens_per_second, self._capacity_cap)
+        demand = min(message.pending_tokens, message.pending_requests * self._tokens_per_request_cap)
+        return pack(1 if capacity > 0 else 0, capacity, demand, message.pending_requests, 1)
+
+    def _refresh_segments(self, register: Register) -> None:
+        """Bring the step sums in line with the register: apply only the segments that changed
+        (usually one truncated, one added)."""
+        new = register.segments_for(self.timeout_ms, self._weigh) if register.messages else ()
+        old = register.segments
+        if new == old:
+            return
+        old_set, new_set = set(old), set(new)
+        steps = self._steps
+        for segment in old:
+            if segment not in new_set:
+                steps.add(segment.start_ms, -segment.weight)
+                steps.add(segment.end_ms, segment.weight)
+        for segment in new:
+            if segment not in old_set:
+                steps.add(segment.start_ms, segment.weight)
+                steps.add(segment.end_ms, -segment.weight)
+        register.segments = new
+
+    # ------------------------------------------------------------------ digests and sync
+
+    def bucket_digests(self) -> list[bytes]:
+        """One 32-byte digest per bucket of the retained announcements (O(buckets) to read):
+        SHA-256 of the count and the sum mod 2^256 of the message ids, both kept incrementally."""
+        digests = self._bucket_digest
+        for i in range(BUCKETS):
+            if digests[i] is None:
+                digests[i] = hashlib.sha256(
+                    _BUCKET_TAG + self._bucket_count[i].to_bytes(8, "big")
+                    + self._bucket_sum[i].to_bytes(32, "big")).digest()
+        return list(digests)  # type: ignore[arg-type]
+
+    def digest(self) -> bytes:
+        """A 32-byte digest of the whole view: equal views ⇔ equal digests."""
+        return hashlib.sha256(_DIGEST_TAG + b"".join(self.bucket_digests())).digest()
+
+    def messages_in_buckets(self, buckets: Iterable[int]) -> list[Announcement]:
+        """The retained announcements of the signers in the given buckets (what to send a peer
+        whose digest differs there), in a deterministic order. Unknown bucket numbers are
+        ignored."""
+        out: list[Announcement] = []
+        for bucket in sorted(set(buckets)):
+            if not (isinstance(bucket, int) and 0 <= bucket < BUCKETS):
+                continue
+            for signer in sorted(self._bucket_signers[bucket]):
+                out.extend(self._registers[signer].messages)
+        return out
+
+    def all_messages(self) -> list[Announcement]:
+        """Every retained announcement, ordered by signer then oldest first."""
+        out: list[Announcement] = []
+        for signer in sorted(self._registers):
+            out.extend(self._registers[signer].messages)
+        return out
+
+    # ------------------------------------------------------------------ registers
+
+    def __len__(self) -> int:
+        """Number of signers held."""
+        return len(self._registers)
+
+    def __contains__(self, signer: object) -> bool:
+        return signer in self._registers
+
+    @property
+    def message_count(self) -> int:
+        return len(self._held)
+
+    def signers(self) -> list[bytes]:
+        return sorted(self._registers)
+
+    def messages_of(self, signer: bytes) -> tuple[Announcement, ...]:
+        """A signer's retained announcements, oldest first (empty if not held)."""
+        register = self._registers.get(signer)
+        return tuple(register.messages) if register else ()
+
+    def current(self, signer: bytes) -> Announcement | None:
+        """A signer's register value: its highest-seq retained announcement (lower message id
+        first among equivocating ones)."""
+        register = self._registers.get(signer)
+        if not register:
+            return None
+        return max(register.messages, key=lambda m: (m.seq, _negated(m.msg_id)))
+
+    def is_equivocating(self, signer: bytes) -> bool:
+        register = self._registers.get(signer)
+        return bool(register and register.equivocating)
+
+    def equivocators(self) -> list[bytes]:
+        return sorted(s for s, r in self._registers.items() if r.equivocating)
+
+    def counted_at_ms(self, signer: bytes, t_ms: int) -> Announcement | None:
+        """The announcement of `signer` that counts at instant t_ms, if any."""
+        register = self._registers.get(signer)
+        if register is None:
+            return None
+        segment = register.counted_at(t_ms)
+        return segment.message if segment else None
+
+    # ------------------------------------------------------------------ totals and offers
+
+    def stats_at_ms(self, t_ms: int) -> MarketStats:
+        """Network totals at instant t_ms (ms of the signed timeline)."""
+        available, supply, demand, requests, counted = unpack(self._steps.value_at(t_ms))
+        return MarketStats(at_ms=t_ms, available_nodes=available, counted_nodes=counted,
+                           supply_tokens_per_sec=supply, demand_tokens_waiting=demand,
+                           pending_requests=requests,
+                           utilization=utilization(supply, demand, self.config.target_response_s))
+
+    def stats_at(self, now: float) -> MarketStats:
+        """Network totals at `now` (seconds since the epoch)."""
+        return self.stats_at_ms(ms_of(now))
+
+    def supply_at_ms(self, t_ms: int) -> int:
+        return unpack(self._steps.value_at(t_ms))[1]
+
+    def demand_at_ms(self, t_ms: int) -> int:
+        return unpack(self._steps.value_at(t_ms))[2]
+
+    def supply_at(self, now: float) -> int:
+        """Tokens per second offered by the announcements counting at `now`."""
+        return self.supply_at_ms(ms_of(now))
+
+    def demand_at(self, now: float) -> int:
+        """Tokens waiting, per the announcements counting at `now`."""
+        return self.demand_at_ms(ms_of(now))
+
+    def offers_at_ms(self, t_ms: int) -> list[Offer]:
+        """Capacity on offer at t_ms, cheapest first (then most capacity, then signer)."""
+        offers: list[Offer] = []
+        for register in self._registers.values():
+            segment = register.counted_at(t_ms)
+            if segment is None:
+                continue
+            message = segment.message
+            capacity = min(message.tokens_per_second, self._capacity_cap)
+            if capacity > 0:
+                offers.append(Offer(register.signer, capacity, message.min_price_nano,
+                                    message.issued_at_ms))
+        offers.sort(key=lambda o: (o.min_price_nano, -o.tokens_per_second, o.signer))
+        return offers
+
+    def offers_at(self, now: float) -> list[Offer]:
+        return self.offers_at_ms(ms_of(now))
+
+    # ------------------------------------------------------------------ price
+
+    def evaluation_ms(self, tick: int) -> int:
+        """The instant tick `tick` is evaluated at: its start minus the settle delay."""
+        return tick * self.tick_ms - self.settle_ms
+
+    def _tick_state(self, tick: int) -> tuple[int, int, int]:
+        cached = self._tick_cache.get(tick)
+        if cached is None:
+            lanes = unpack(self._steps.value_at_block_start(tick))
+            supply, demand = lanes[1], lanes[2]
+            cached = (supply, demand, target_price_nano(supply, demand, self.config))
+            self._tick_cache[tick] = cached
+        return cached
+
+    def _validate_tick_cache(self) -> None:
+        changed = self._steps.changed_from
+        if changed is not None:
+            # A change in block b moves the totals of ticks >= b only.
+            cache = self._tick_cache
+            for tick in [t for t in cache if t >= changed]:
+                del cache[tick]
+            self._steps.changed_from = None
+        if len(self._tick_cache) > 16 * self.config.window_ticks:
+            self._tick_cache.clear()
+
+    def targets(self, first_tick: int, last_tick: int) -> list[int]:
+        """Target prices (nano per 1M tokens) of ticks first_tick … last_tick, oldest first."""
+        self._validate_tick_cache()
+        return [self._tick_state(j)[2] for j in range(first_tick, last_tick + 1)]
+
+    def price_at_tick(self, tick: int) -> TickPrice:
+        """The price at tick k: the smoothed price over the targets of ticks k−W+1 … k, each tick
+        evaluated on this view as of its start minus the settle delay. A pure function of the
+        retained announcements, the config and k."""
+        window = self.config.window_ticks
+        targets = self.targets(tick - window + 1, tick)
+        supply, demand, target = self._tick_state(tick)
+        return TickPrice(tick=tick, price_nano=smoothed_price(targets, self.config),
+                         target_nano=target, supply=supply, demand=demand)
+
+    def price_at(self, now: float) -> TickPrice:
+        """The price of the tick holding `now` (seconds since the epoch)."""
+        return self.price_at_tick(ms_of(now) // self.tick_ms)
+
+
+def _negated(msg_id: bytes) -> bytes:
+    return bytes(255 - b for b in msg_id)
+
+
+def _well_formed(message: object) -> bool:
+    if type(message) is not Announcement:
+        return False
+    signer, msg_id = message.signer, message.msg_id
+    if type(signer) is not bytes or len(signer) != _PUBKEY_LEN:
+        return False
+    if type(msg_id) is not bytes or len(msg_id) != _ID_LEN:
+        return False
+    for name in _INT_FIELDS:
+        value = getattr(message, name)
+        if type(value) is not int or value < 0:
+            return False
+    return True
+
+
+__all__ = ["MarketView", "MergeOutcome", "TickPrice", "MarketStats", "Offer", "bucket_of",
+           "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer", "ms_of", "order_key",
+           "Segment"]
