@@ -608,3 +608,19 @@ def test_validator_settings_are_checked() -> None:
 def test_non_finite_clock_is_a_caller_error() -> None:
     with pytest.raises(ValueError, match="finite"):
         decode(encode(announcement(), PROVIDER), float("nan"))
+
+
+def test_history_from_sync_skips_the_seq_and_rate_rules(validator: Validator) -> None:
+    """A peer's retained history arrives in a batch and out of order: still validated (signature,
+    freshness, duplicates), but neither the seq rule nor the rate limit refuses it."""
+    wires = [encode(announcement(seq=s), PROVIDER) for s in range(1, 21)]
+    validator.check(wires[-1], T)
+    for data in reversed(wires[:-1]):  # 19 older ones at the same instant
+        assert validator.check(data, T, history=True).seq < 20
+    assert validator.last_seq(P) == 20
+    assert reason_of(lambda: validator.check(wires[0], T, history=True)) == ("duplicate", IGNORE)
+    forged = wires[0][:-1] + bytes([wires[0][-1] ^ 1])
+    assert reason_of(lambda: validator.check(forged, T, history=True)) == ("bad_signature", REJECT)
+    # live gossip still gets the rules
+    assert reason_of(lambda: validator.check(encode(announcement(seq=19, pending_tokens=9),
+                                                    PROVIDER), T)) == ("seq_regression", IGNORE)

@@ -16,6 +16,8 @@ V1…V9 of protocols/market-v1.md §6, checked in that order):
   further one is ignored `equivocation`;
 - V8 announcements per signer: token bucket, burst 5, one token per tick (1 s) → reject
   `rate_limited`;
+  (V7 and V8 are for live gossip: an announcement received through anti-entropy sync is history
+  a peer retained, checked with `history=True`, which skips them);
 - V9 receipts: tokens_served ≤ 2 × capacity × elapsed (elapsed counted as at least 1 s) → reject
   `implausible`; tokens per provider in the last 60 s ≤ `max_tokens_per_minute` → reject
   `tokens_per_minute`.
@@ -131,7 +133,7 @@ class Validator:
 
     def check(self, data: bytes, now: float, *, kind: type | tuple[type, ...] | None = None,
               from_peer: bytes | str | None = None,
-              provider_capacity: int | None = None) -> Message:
+              provider_capacity: int | None = None, history: bool = False) -> Message:
         """Validate `data` received at `now` and return the message, or raise WireError.
 
         `kind`: the message class(es) expected on this path (gossip carries only Announcement);
@@ -139,9 +141,11 @@ class Validator:
         the gossipsub `from` field or the remote peer of a direct stream, which must be the
         signer's; `provider_capacity`: for a receipt, the capacity the provider announced when
         the job was matched (otherwise `capacity_of`, then this validator's own memory, then
-        `max_node_tokens_per_s`)."""
+        `max_node_tokens_per_s`); `history`: the announcement came through anti-entropy sync,
+        as part of the history a peer retained, so it may be older than what we hold and arrive
+        in a batch: the seq and rate rules (V7, V8) do not refuse it, the rest applies."""
         try:
-            message = self._check(data, now, kind, from_peer, provider_capacity)
+            message = self._check(data, now, kind, from_peer, provider_capacity, history)
         except WireError as error:
             self.counts[error.reason] = self.counts.get(error.reason, 0) + 1
             raise
@@ -166,7 +170,8 @@ class Validator:
     # -- the rules ------------------------------------------------------------------------------
 
     def _check(self, data: bytes, now: float, kind: type | tuple[type, ...] | None,
-               from_peer: bytes | str | None, provider_capacity: int | None) -> Message:
+               from_peer: bytes | str | None, provider_capacity: int | None,
+               history: bool) -> Message:
         if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
             data = bytes(data)
         if type(data) is bytes:
@@ -185,7 +190,7 @@ class Validator:
         if from_peer is not None:  # V4
             self._check_author(message.signer, from_peer)
         if isinstance(message, Announcement):
-            self._check_announcement(message, now)
+            self._check_announcement(message, now, history)
         elif isinstance(message, Receipt):
             self._check_receipt(message, now, provider_capacity)
         else:
@@ -211,7 +216,7 @@ class Validator:
         if self.local_key is not None and job.provider != self.local_key:  # V5
             raise WireError("wrong_recipient", REJECT, "job is addressed to another provider")
 
-    def _check_announcement(self, announcement: Announcement, now: float) -> None:
+    def _check_announcement(self, announcement: Announcement, now: float, history: bool) -> None:
         limit = self.config.max_node_tokens_per_s
         if announcement.tokens_per_second > limit:  # V6
             raise WireError("implausible", REJECT,
@@ -220,27 +225,29 @@ class Validator:
         state = self._signers.get(announcement.signer)
         equivocation = False
         if state is not None:  # V7
-            if announcement.seq < state.seq:
+            if announcement.seq < state.seq and not history:
                 raise WireError("seq_regression", IGNORE,
                                 f"seq {announcement.seq} is below the signer's {state.seq}")
             if announcement.seq == state.seq:
                 if announcement.msg_id == state.msg_id:
                     raise WireError("duplicate", IGNORE, f"seq {announcement.seq} already seen")
-                if state.equivocated_seq == announcement.seq:
+                if state.equivocated_seq == announcement.seq and not history:
                     raise WireError("equivocation", IGNORE,
                                     f"signer already equivocated at seq {announcement.seq}")
                 equivocation = True
-            self._take_token(state, now)  # V8
+            if not history:
+                self._take_token(state, now)  # V8
         else:
             state = self._new_signer(announcement.signer, now)
-            state.tokens -= 1.0
+            if not history:
+                state.tokens -= 1.0
         if equivocation:
             state.equivocated_seq = announcement.seq
             self.counts[EQUIVOCATION] += 1
-        else:
+        elif announcement.seq > state.seq:
             state.seq = announcement.seq
             state.msg_id = announcement.msg_id
-        if announcement.tokens_per_second:
+        if announcement.tokens_per_second and announcement.seq == state.seq:  # not old history
             state.capacity = announcement.tokens_per_second
         self._touch(announcement.signer, state)
 
