@@ -102,6 +102,11 @@ class SyntheticBackend:
         # When the last queued job finishes (trio clock); the next job starts no earlier.
         self._busy_until = -math.inf
 
+    def set_rate(self, tokens_per_second: float) -> None:
+        """Follow the node's offer: jobs queued from now on are served at the new rate."""
+        if tokens_per_second > 0 and math.isfinite(tokens_per_second):
+            self.tokens_per_second = float(tokens_per_second)
+
     @property
     def queued_seconds(self) -> float:
         """Seconds of work queued ahead of a job arriving now."""

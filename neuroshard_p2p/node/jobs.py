@@ -1,0 +1,654 @@
+"""Jobs, sans-IO: the job stream's frames, the provider's admission desk and the gateway's desk.
+
+A request submitted at a node (its **gateway**) is matched against the merged view's offers by the
+core `OrderBook`; the gateway then hands it to the chosen provider on a direct libp2p stream
+(`JOB_PROTOCOL`, protocols/market-v1.md "Job stream"). This module holds every decision of that
+exchange and no I/O — the trio driver (`job_service.JobService`) moves the bytes and reads the
+clocks, as in aioquic:
+
+- frames: `JobAccepted` and `JobResult` (this stream's own frames) next to the wire's
+  `JobDeclined`; `encode_job_frame` / `decode_job_frame`.
+- `ProviderDesk`: the provider's own accounting of tokens in flight. Several gateways may pick the
+  same cheap provider at once, each believing it has room; the provider's desk is the truth, and
+  admits a job only while its tokens in flight stay <= tokens_per_second × target_response_s.
+- `GatewayDesk`: the request lifecycle at the gateway, on the core book. Offers come from the
+  merged view; a provider that declines, times out or dies is set aside for a while (so the next
+  match goes to the next offer); the book's timers put a claim that ran past claim_timeout back
+  to pending and expire requests past their expiry. Every state carries a reason a person can read.
+
+Policy on failures (what the user sees in the status):
+- provider declined (full, below its min price, …)  → pending again, the next offer is tried;
+- provider unreachable, timed out or died mid-job   → pending again, nothing charged;
+- the provider's backend failed on the prompt       → failed, with the backend's reason;
+- the provider's receipt was refused by the checks  → failed, nothing charged;
+- no provider before the request's expiry           → expired, with the last reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import msgpack
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.core.book import (
+    TERMINAL,
+    Match,
+    Offer,
+    OrderBook,
+    RequestExpired,
+    RequestRequeued,
+    RequestStatus,
+    State,
+)
+from neuroshard_p2p.core.errors import MarketError, format_price
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.view import Offer as ViewOffer
+from neuroshard_p2p.wire import TIERS, VERSION, Job, JobDeclined, Receipt, WireError
+from neuroshard_p2p.wire.codec import MAX_DETAIL, MAX_PROMPT, MAX_STR, encode_frame, decode_frame
+from neuroshard_p2p.wire.errors import REJECT
+from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME
+from neuroshard_p2p.wire.messages import KIND_JOB_DECLINED
+
+#: libp2p protocol id of the job stream.
+JOB_PROTOCOL = "/neuroshard/job/1.0.0"
+
+#: Frame kinds of the job stream, next to the wire's JobDeclined (18). Same envelope as the wire's
+#: stream frames: an unsigned msgpack array [version, kind, *fields].
+KIND_JOB_ACCEPTED = 19
+KIND_JOB_RESULT = 20
+
+#: Largest completion text a provider sends back (UTF-8 bytes); longer output is cut at a
+#: character boundary. Keeps a result frame within the stream's frame limit.
+MAX_OUTPUT_BYTES = 1_000_000
+_RESULT_OVERHEAD = 2048  # array header, request id, receipt (<= 1024), string headers
+
+# Decline reason codes (provider → gateway). Stable: they are counted and shown.
+FULL = "full"
+NOT_OFFERING = "not_offering"
+BELOW_MIN_PRICE = "below_min_price"
+TOO_LARGE = "too_large"
+WRONG_PROVIDER = "wrong_provider"
+GATEWAY_MISMATCH = "gateway_mismatch"
+DUPLICATE = "duplicate"
+BAD_JOB = "bad_job"
+DECLINE_REASONS = (FULL, NOT_OFFERING, BELOW_MIN_PRICE, TOO_LARGE, WRONG_PROVIDER,
+                   GATEWAY_MISMATCH, DUPLICATE, BAD_JOB)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+
+@dataclass(frozen=True)
+class JobAccepted:
+    """The provider admitted the job and is serving it; its result follows on the same stream."""
+
+    KIND = KIND_JOB_ACCEPTED
+    request_id: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the provider served: its signed receipt (exact wire bytes) and the completion text."""
+
+    KIND = KIND_JOB_RESULT
+    request_id: str
+    receipt: bytes
+    output: str
+
+
+JobFrame = JobAccepted | JobResult | JobDeclined
+
+
+def _pack(items: list[Any]) -> bytes:
+    return msgpack.packb(items, use_bin_type=True)
+
+
+def _check_text(name: str, value: Any, limit: int, non_empty: bool) -> None:
+    if type(value) is not str:
+        raise WireError("bad_field", REJECT, f"{name} must be a string, got {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise WireError("bad_field", REJECT, f"{name} is not valid UTF-8") from None
+    if size > limit:
+        raise WireError("bad_field", REJECT, f"{name} is {size} bytes (limit {limit})")
+    if non_empty and not size:
+        raise WireError("bad_field", REJECT, f"{name} must not be empty")
+
+
+def clip_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes at a character boundary (lone surrogates, which
+    UTF-8 cannot carry, become "?")."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return data[:limit].decode("utf-8", "ignore")
+
+
+def encode_job_frame(frame: JobFrame) -> bytes:
+    """Bytes of a job-stream frame (before the length prefix). Invalid fields raise WireError."""
+    if isinstance(frame, JobDeclined):
+        return encode_frame(frame)
+    if isinstance(frame, JobAccepted):
+        _check_text("request_id", frame.request_id, MAX_STR, True)
+        return _pack([VERSION, KIND_JOB_ACCEPTED, frame.request_id])
+    if isinstance(frame, JobResult):
+        _check_text("request_id", frame.request_id, MAX_STR, True)
+        if type(frame.receipt) is not bytes or not frame.receipt:
+            raise WireError("bad_field", REJECT, "receipt must be non-empty bytes")
+        _check_text("output", frame.output, MAX_OUTPUT_BYTES, False)
+        return _pack([VERSION, KIND_JOB_RESULT, frame.request_id, frame.receipt, frame.output])
+    raise WireError("kind", REJECT, f"not a job-stream frame: {type(frame).__name__}")
+
+
+def decode_job_frame(data: bytes) -> JobFrame:
+    """Decode a frame the provider sent on a job stream, or raise WireError (reject) saying why.
+    The receipt inside a JobResult is returned as bytes, still to be checked (ledger.checks)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireError("malformed", REJECT, f"input is {type(data).__name__}, not bytes")
+    data = bytes(data)
+    if len(data) > MAX_STREAM_FRAME:
+        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_STREAM_FRAME})")
+    try:
+        items = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
+                                max_bin_len=MAX_STREAM_FRAME, max_str_len=MAX_STREAM_FRAME,
+                                max_array_len=8, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises many types; all mean "not our format"
+        raise WireError("malformed", REJECT, f"frame is not valid msgpack: {exc}") from None
+    if type(items) is not list or len(items) < 2:
+        raise WireError("malformed", REJECT, "frame must be an array [version, kind, ...]")
+    version, kind = items[0], items[1]
+    if type(version) is not int or version != VERSION:
+        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
+    if kind == KIND_JOB_DECLINED:
+        frame = decode_frame(data, (KIND_JOB_DECLINED,))
+        assert isinstance(frame, JobDeclined)
+        return frame
+    if kind == KIND_JOB_ACCEPTED and len(items) == 3:
+        _check_text("request_id", items[2], MAX_STR, True)
+        result: JobFrame = JobAccepted(items[2])
+    elif kind == KIND_JOB_RESULT and len(items) == 5:
+        _check_text("request_id", items[2], MAX_STR, True)
+        if type(items[3]) is not bytes or not items[3]:
+            raise WireError("bad_field", REJECT, "receipt must be non-empty bytes")
+        _check_text("output", items[4], MAX_OUTPUT_BYTES, False)
+        result = JobResult(items[2], items[3], items[4])
+    elif kind in (KIND_JOB_ACCEPTED, KIND_JOB_RESULT):
+        raise WireError("malformed", REJECT, f"frame kind {kind} has {len(items)} items")
+    else:
+        raise WireError("kind", REJECT, f"unexpected frame kind {kind!r} on a job stream")
+    if _pack(items) != data:
+        raise WireError("non_canonical", REJECT, "frame is not canonically encoded")
+    return result
+
+
+def declined(request_id: str, reason: str, detail: str) -> JobDeclined:
+    """A JobDeclined frame with its fields cut to the wire's limits (a request id that does not
+    fit — from a job that failed to decode — is replaced by "?")."""
+    rid = request_id if 0 < len(request_id.encode("utf-8", "replace")) <= MAX_STR else "?"
+    return JobDeclined(clip_utf8(rid, MAX_STR) or "?", clip_utf8(reason, MAX_STR) or "error",
+                       clip_utf8(detail, MAX_DETAIL))
+
+
+# ---------------------------------------------------------------------------------------------
+# Provider side
+
+@dataclass(frozen=True)
+class Admission:
+    """The provider's answer to one job: accepted, or declined with a reason code and words."""
+
+    accepted: bool
+    reason: str = ""
+    detail: str = ""
+
+
+class ProviderDesk:
+    """A provider's own accounting of the jobs it is serving (sans-IO).
+
+    `admit` accepts a job only while the tokens in flight, this job's included, stay within
+    tokens_per_second × target_response_s — what it can serve within the market's target
+    response time. The offer (capacity and min price) is passed in at each call, so a node that
+    changes or withdraws its offer admits by the new one at once."""
+
+    def __init__(self, provider_key: bytes, config: MarketConfig) -> None:
+        self.provider_key = provider_key
+        self.config = config
+        self._in_flight: dict[tuple[bytes, str], int] = {}
+        self.in_flight_tokens = 0
+        #: The most tokens ever in flight at once (tests and metrics check it against capacity).
+        self.peak_in_flight_tokens = 0
+        self.counts: dict[str, int] = dict.fromkeys(("accepted", "finished", *DECLINE_REASONS), 0)
+
+    def capacity_tokens(self, tokens_per_second: int) -> int:
+        """Tokens this provider may have in flight at `tokens_per_second`."""
+        return math.floor(tokens_per_second * self.config.target_response_s)
+
+    @property
+    def jobs_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def admit(self, job: Job, gateway_key: bytes, tokens_per_second: int, min_price_nano: int,
+              now: float) -> Admission:
+        """Decide on a decoded, correctly signed `job` that arrived on a stream from the peer whose
+        key is `gateway_key`. An accepted job holds its tokens until `finish(job)`."""
+        if job.provider != self.provider_key:
+            return self._decline(WRONG_PROVIDER, "this job names another provider")
+        if job.signer != gateway_key:
+            return self._decline(GATEWAY_MISMATCH,
+                                 "the job is signed by another node than the one that sent it")
+        if tokens_per_second <= 0:
+            return self._decline(NOT_OFFERING, "this node offers no capacity now")
+        if job.locked_price_nano < min_price_nano:
+            return self._decline(
+                BELOW_MIN_PRICE, f"locked price {format_price(job.locked_price_nano)} is below "
+                                 f"this node's min price {format_price(min_price_nano)}")
+        capacity = self.capacity_tokens(tokens_per_second)
+        if job.tokens > capacity:
+            return self._decline(TOO_LARGE, f"{job.tokens} tokens exceed this node's whole "
+                                            f"capacity of {capacity} tokens in flight")
+        key = (job.signer, job.request_id)
+        if key in self._in_flight:
+            return self._decline(DUPLICATE, f"request {job.request_id!r} is already being served")
+        if self.in_flight_tokens + job.tokens > capacity:
+            return self._decline(FULL, f"{self.in_flight_tokens} of {capacity} tokens in flight; "
+                                       f"no room for {job.tokens} more")
+        self._in_flight[key] = job.tokens
+        self.in_flight_tokens += job.tokens
+        self.peak_in_flight_tokens = max(self.peak_in_flight_tokens, self.in_flight_tokens)
+        self.counts["accepted"] += 1
+        return Admission(True)
+
+    def finish(self, job: Job) -> None:
+        """The job ended (served, failed or abandoned): its tokens leave the in-flight count."""
+        tokens = self._in_flight.pop((job.signer, job.request_id), None)
+        if tokens is not None:
+            self.in_flight_tokens -= tokens
+            self.counts["finished"] += 1
+
+    def _decline(self, reason: str, detail: str) -> Admission:
+        self.counts[reason] += 1
+        return Admission(False, reason, detail)
+
+    def receipt_for(self, job: Job, tokens_served: int, started_at: float, ended_at: float,
+                    now: float) -> Receipt:
+        """The (unsigned) receipt for what this provider served of `job`: tokens never above the
+        tokens requested, times in ms, issued at `now` (not before it ended)."""
+        started_ms = int(started_at * 1000)
+        ended_ms = max(started_ms, int(ended_at * 1000))
+        issued_ms = max(ended_ms, int(now * 1000))
+        return Receipt(signer=self.provider_key, issued_at_ms=issued_ms,
+                       request_id=job.request_id, gateway=job.signer, user=job.user,
+                       tokens_served=max(0, min(tokens_served, job.tokens)),
+                       locked_price_nano=job.locked_price_nano, started_at_ms=started_ms,
+                       ended_at_ms=ended_ms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateway side
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a user (API, CLI) sees of one request submitted at this gateway."""
+
+    request_id: str
+    user: str
+    state: str                      # pending, claimed, completed, expired, failed
+    tokens: int
+    max_price_nano: int
+    locked_price_nano: int
+    tier: str
+    provider: str | None            # peer id of the provider serving / that served it
+    tokens_served: int | None
+    cost_nano: int | None           # what the user paid (completed only)
+    reason: str                     # why it is in this state, in words
+    attempts: int                   # providers the job was sent to
+    submitted_at: float
+    finished_at: float | None
+    output: str | None = None       # the completion text, once completed
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (prices also in NEURO for people)."""
+        return {
+            "request_id": self.request_id, "user": self.user, "state": self.state,
+            "tokens": self.tokens, "max_price_nano": self.max_price_nano,
+            "locked_price_nano": self.locked_price_nano,
+            "locked_price": self.locked_price_nano / 1e9, "tier": self.tier,
+            "provider": self.provider, "tokens_served": self.tokens_served,
+            "cost_nano": self.cost_nano, "reason": self.reason, "attempts": self.attempts,
+            "submitted_at": self.submitted_at, "finished_at": self.finished_at,
+            "output": self.output,
+        }
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """A job to send: the driver signs `job`, opens a stream to `peer_id` and reports back with
+    the same `attempt` number (a late report about an older attempt is ignored)."""
+
+    request_id: str
+    attempt: int
+    peer_id: str
+    job: Job                         # unsigned; the driver signs it
+    provider_tokens_per_s: int       # the offer's capacity when matched (for receipt plausibility)
+    claim_deadline: float            # seconds since the epoch: give up and release by then
+
+
+@dataclass
+class _Extra:
+    """What the gateway keeps beside the book's record of a request."""
+
+    prompt: str
+    attempts: int = 0
+    attempt: int = 0                 # number of the current attempt (0: none in flight)
+    provider_key: bytes = b""
+    problem: str = ""                # last thing that went wrong, for the status
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Timing of the gateway's routing (seconds)."""
+
+    #: A provider that declined as full is not tried again for this long.
+    full_backoff_s: float = 1.0
+    #: A provider that was unreachable, timed out, died mid-job or declined for a reason that
+    #: will not change soon (not offering, price, wrong provider) is set aside this long.
+    lost_backoff_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("full_backoff_s", "lost_backoff_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+_SHORT_BACKOFF = frozenset({FULL, DUPLICATE})
+
+
+def short_peer(peer_id: str) -> str:
+    """A peer id shortened for messages: `16Uiu2…` plus its last 6 characters."""
+    return peer_id if len(peer_id) <= 14 else f"{peer_id[:6]}…{peer_id[-6:]}"
+
+
+class GatewayDesk:
+    """The gateway's request lifecycle (sans-IO) on the core `OrderBook`.
+
+    The driver calls, with the time:
+        submit(...)                     a user's request; locks the current price
+        set_view_offers(offers, now)    the merged view's offers (any time they may have changed)
+        dispatch(now)                   match and return the jobs to send → [Dispatch]
+        on_accepted / on_declined / on_lost / on_failed / on_completed   what a stream reported
+        advance(now)                    timers (claim timeout, expiry, pruning)
+        next_deadline()                 when advance has work next
+    """
+
+    def __init__(self, config: MarketConfig, gateway_key: bytes,
+                 settings: GatewaySettings | None = None) -> None:
+        self.config = config
+        self.gateway_key = gateway_key
+        self.gateway_peer_id = peer_id_of(gateway_key)
+        self.settings = settings or GatewaySettings()
+        self.book = OrderBook(config)
+        self._extra: dict[str, _Extra] = {}
+        self._view_offers: list[ViewOffer] = []
+        self._keys: dict[str, bytes] = {}           # peer id → public key, for offers seen
+        self._peer_ids: dict[bytes, str] = {}       # and back
+        self._set_aside: dict[str, float] = {}      # peer id → until when it is not tried
+        self._next_cleanup = -math.inf
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("dispatched", "accepted", "declined", "lost", "failed", "completed",
+             "receipt_refused", "expired", "requeued"), 0)
+        self.decline_counts: dict[str, int] = {}
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def submit(self, request_id: str, user: str, tokens: int, max_price_nano: int, *,
+               price_nano: int, now: float, tier: str = "standard", prompt: str = "") -> JobStatus:
+        """Take a user's request at the current market price `price_nano`, which it locks.
+        Raises MarketError with the reason (bad fields, id taken, max price below the price)."""
+        for name, value, limit in (("request id", request_id, MAX_STR), ("user", user, MAX_STR)):
+            if not isinstance(value, str) or not value:
+                raise MarketError(f"{name} must be a non-empty string")
+            if len(value.encode("utf-8", "replace")) > limit:
+                raise MarketError(f"{name} must be at most {limit} bytes of UTF-8")
+        if not isinstance(prompt, str):
+            raise MarketError("prompt must be a string")
+        try:
+            size = len(prompt.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise MarketError("prompt is not valid UTF-8") from None
+        if size > MAX_PROMPT:
+            raise MarketError(f"prompt is {size} bytes (limit {MAX_PROMPT})")
+        if isinstance(tokens, int) and tokens > self.config.max_tokens_per_minute:
+            raise MarketError(f"tokens {tokens} is above max_tokens_per_minute "
+                              f"({self.config.max_tokens_per_minute}): no provider may serve it")
+        self.book.submit(request_id, user, tokens, max_price_nano, price_nano, now, tier)
+        self._extra[request_id] = _Extra(prompt=prompt)
+        status = self.status(request_id)
+        assert status is not None
+        return status
+
+    def status(self, request_id: str) -> JobStatus | None:
+        """The status of a request submitted here; None if unknown (or pruned)."""
+        record = self.book.get(request_id)
+        if record is None:
+            return None
+        return self._status(record, self._extra.get(request_id))
+
+    def statuses(self) -> list[JobStatus]:
+        """Every request held, newest first."""
+        records = sorted(self.book.requests(), key=lambda r: (-r.submitted_at, r.request_id))
+        return [self._status(r, self._extra.get(r.request_id)) for r in records]
+
+    def _status(self, record: RequestStatus, extra: _Extra | None) -> JobStatus:
+        reason = record.reason
+        if record.state is State.PENDING and extra is not None and extra.problem:
+            reason = f"{extra.problem}; {reason}" if reason else extra.problem
+        elif record.state is State.CLAIMED:
+            reason = f"sent to provider {short_peer(record.provider or '?')}"
+        cost = record.settlement.payment if record.settlement is not None else None
+        return JobStatus(
+            request_id=record.request_id, user=record.user, state=str(record.state),
+            tokens=record.tokens, max_price_nano=record.max_price_nano,
+            locked_price_nano=record.locked_price_nano, tier=record.tier,
+            provider=record.provider, tokens_served=record.tokens_served, cost_nano=cost,
+            reason=reason, attempts=extra.attempts if extra else 0,
+            submitted_at=record.submitted_at, finished_at=record.finished_at,
+            output=extra.output if extra else None)
+
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens of the requests waiting for a provider: this gateway's announced demand."""
+        return self.book.demand_tokens_waiting
+
+    @property
+    def pending_requests(self) -> int:
+        return self.book.pending_count
+
+    # -- offers and matching -----------------------------------------------------------------
+
+    def set_view_offers(self, offers: Iterable[ViewOffer], now: float) -> None:
+        """The merged view's offers at `now` (this gateway's own offer is left out: the wire
+        forbids a job to oneself)."""
+        kept: list[ViewOffer] = []
+        for offer in offers:
+            if offer.signer == self.gateway_key:
+                continue
+            kept.append(offer)
+        self._view_offers = kept
+
+    def set_aside(self, peer_id: str, until: float) -> None:
+        """Do not send jobs to `peer_id` before `until`."""
+        self._set_aside[peer_id] = max(until, self._set_aside.get(peer_id, -math.inf))
+
+    def dispatch(self, now: float) -> list[Dispatch]:
+        """Match pending requests to the offers (minus providers set aside) and return the jobs
+        to send, each request now claimed by its provider in the book."""
+        if not self.book.pending_count:
+            return []
+        if len(self._peer_ids) > 4 * max(64, len(self._view_offers)):
+            # Bounded: ids of offers no longer in view are dropped (rebuilt on demand below).
+            self._peer_ids.clear()
+            self._keys.clear()
+        offers: list[Offer] = []
+        for offer in self._view_offers:
+            peer_id = self._peer_id(offer.signer)
+            if self._set_aside.get(peer_id, -math.inf) > now:
+                continue
+            offers.append(Offer(peer_id, offer.tokens_per_second, offer.min_price_nano,
+                                offer.issued_at_ms / 1000))
+        for peer_id in [p for p, until in self._set_aside.items() if until <= now]:
+            del self._set_aside[peer_id]
+        self.book.set_offers(offers, now)
+        capacity = {o.node_id: o.tokens_per_second for o in offers}
+        return [self._dispatch(match, capacity[match.node_id], now)
+                for match in self.book.match(now)]
+
+    def _peer_id(self, signer: bytes) -> str:
+        peer_id = self._peer_ids.get(signer)
+        if peer_id is None:
+            peer_id = peer_id_of(signer)
+            self._peer_ids[signer] = peer_id
+            self._keys[peer_id] = signer
+        return peer_id
+
+    def _dispatch(self, match: Match, provider_tps: int, now: float) -> Dispatch:
+        record = self.book.get(match.request_id)
+        extra = self._extra[match.request_id]
+        assert record is not None
+        extra.attempts += 1
+        extra.attempt = extra.attempts
+        extra.provider_key = self._keys[match.node_id]
+        job = Job(signer=self.gateway_key, issued_at_ms=int(now * 1000),
+                  request_id=match.request_id, user=record.user, provider=extra.provider_key,
+                  tokens=match.tokens, max_price_nano=record.max_price_nano,
+                  locked_price_nano=match.locked_price_nano, tier=TIERS.index(record.tier),
+                  prompt=extra.prompt)
+        self.counts["dispatched"] += 1
+        assert record.claimed_at is not None
+        return Dispatch(match.request_id, extra.attempt, match.node_id, job, provider_tps,
+                        record.claimed_at + self.config.claim_timeout_s)
+
+    # -- what the streams report ---------------------------------------------------------------
+
+    def _current(self, request_id: str, attempt: int) -> _Extra | None:
+        """The request's extra record if `attempt` is still its live attempt (claimed)."""
+        extra = self._extra.get(request_id)
+        record = self.book.get(request_id)
+        if (extra is None or record is None or extra.attempt != attempt
+                or record.state is not State.CLAIMED):
+            return None
+        return extra
+
+    def on_accepted(self, request_id: str, attempt: int, now: float) -> None:
+        """The provider admitted the job."""
+        if self._current(request_id, attempt) is not None:
+            self.counts["accepted"] += 1
+
+    def on_declined(self, request_id: str, attempt: int, peer_id: str, reason: str, detail: str,
+                    now: float) -> bool:
+        """The provider declined before serving: back to pending, the provider set aside (briefly
+        when full), so the next match tries the next offer. False if the report was stale."""
+        extra = self._current(request_id, attempt)
+        if extra is None:
+            return False
+        self.counts["declined"] += 1
+        self.decline_counts[reason] = self.decline_counts.get(reason, 0) + 1
+        backoff = (self.settings.full_backoff_s if reason in _SHORT_BACKOFF
+                   else self.settings.lost_backoff_s)
+        self.set_aside(peer_id, now + backoff)
+        extra.attempt = 0
+        extra.problem = f"provider {short_peer(peer_id)} declined: {reason}" + (
+            f" ({detail})" if detail else "")
+        self.book.release(request_id, now, reason="waiting for another offer")
+        return True
+
+    def on_lost(self, request_id: str, attempt: int, peer_id: str, why: str, now: float) -> bool:
+        """The stream failed before a result (unreachable, timed out, provider died): back to
+        pending with nothing charged; the provider is set aside. False if stale."""
+        extra = self._current(request_id, attempt)
+        if extra is None:
+            return False
+        self.counts["lost"] += 1
+        self.set_aside(peer_id, now + self.settings.lost_backoff_s)
+        extra.attempt = 0
+        extra.problem = f"provider {short_peer(peer_id)} {why}; nothing charged"
+        self.book.release(request_id, now, reason="waiting for another offer")
+        return True
+
+    def on_failed(self, request_id: str, attempt: int, peer_id: str, why: str,
+                  now: float) -> bool:
+        """The job cannot be served (the provider's backend failed on it, or its receipt was
+        refused): failed, nothing charged. False if stale."""
+        extra = self._current(request_id, attempt)
+        if extra is None:
+            return False
+        self.counts["failed"] += 1
+        extra.attempt = 0
+        self.book.fail(request_id, now, reason=why)
+        return True
+
+    def on_completed(self, request_id: str, attempt: int, receipt: Receipt, output: str,
+                     now: float) -> JobStatus | None:
+        """A receipt the checks accepted (ledger) completes the request at its locked price:
+        cost = tokens_served × locked_price // 1e6. None if stale."""
+        extra = self._current(request_id, attempt)
+        if extra is None:
+            return None
+        self.counts["completed"] += 1
+        extra.attempt = 0
+        extra.output = output
+        extra.problem = ""
+        extra.prompt = ""  # served: the prompt is no longer needed here
+        self.book.complete(request_id, receipt.tokens_served, now,
+                           node_id=peer_id_of(receipt.signer))
+        return self.status(request_id)
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def advance(self, now: float) -> list[RequestRequeued | RequestExpired]:
+        """Apply the book's timers: claims past claim_timeout go back to pending (their provider
+        set aside), pending requests past their expiry expire; terminal ones are pruned after
+        retention_s, with what this desk kept about them."""
+        events: list[RequestRequeued | RequestExpired] = []
+        for event in self.book.advance(now):
+            if isinstance(event, RequestRequeued):
+                self.counts["requeued"] += 1
+                self.set_aside(event.node_id, now + self.settings.lost_backoff_s)
+                extra = self._extra.get(event.request_id)
+                if extra is not None:
+                    extra.attempt = 0
+                    extra.problem = event.reason
+                events.append(event)
+            elif isinstance(event, RequestExpired):
+                self.counts["expired"] += 1
+                events.append(event)
+        if now >= self._next_cleanup:
+            self._next_cleanup = now + min(10.0, self.config.retention_s or 10.0)
+            for request_id in [r for r in self._extra if self.book.get(r) is None]:
+                del self._extra[request_id]
+            for request_id, extra in self._extra.items():
+                record = self.book.get(request_id)
+                if record is not None and record.state in TERMINAL:
+                    extra.prompt = ""
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When `advance` (or `dispatch`, for a provider coming back from being set aside) next
+        has work; None if only new input can give it work."""
+        deadlines = [d for d in (self.book.next_deadline(),) if d is not None]
+        if self.book.pending_count and self._set_aside:
+            deadlines.append(min(self._set_aside.values()))
+        return min(deadlines) if deadlines else None
+
+
+__all__ = [
+    "JOB_PROTOCOL", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT", "MAX_OUTPUT_BYTES", "JobAccepted",
+    "JobResult", "JobDeclined", "JobFrame", "encode_job_frame", "decode_job_frame", "declined",
+    "clip_utf8", "Admission", "ProviderDesk", "JobStatus", "Dispatch", "GatewaySettings",
+    "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING", "BELOW_MIN_PRICE", "TOO_LARGE",
+    "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB", "short_peer",
+]

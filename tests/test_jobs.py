@@ -1,0 +1,273 @@
+"""Jobs: the sans-IO desks with exact times, then real nodes on 127.0.0.1 (libp2p job streams,
+synthetic and OpenAI-compatible backends, SQLite ledgers)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neuroshard_p2p import wire
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.core.errors import MarketError
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.jobs import (
+    JOB_PROTOCOL,
+    JobAccepted,
+    JobResult,
+    GatewayDesk,
+    GatewaySettings,
+    ProviderDesk,
+    decode_job_frame,
+    declined,
+    encode_job_frame,
+)
+from neuroshard_p2p.view import Offer as ViewOffer
+from neuroshard_p2p.wire import Job, JobDeclined, WireError
+from tests.conftest import make_key
+
+T0 = 1_700_000_000.0
+CONFIG = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_timeout_s=30.0,
+                      request_expiry_s=120.0, retention_s=60.0)
+PRICE = 100_000_000  # the fixed price 0.1 NEURO per 1M tokens, in nano
+GATEWAY, CHEAP, DEAR, OTHER = (make_key(i) for i in (1, 2, 3, 4))
+
+
+def pub(key: object) -> bytes:
+    return key.public_key.format(compressed=True)  # type: ignore[attr-defined]
+
+
+def signed_job(tokens: int = 100, *, provider: object = CHEAP, gateway: object = GATEWAY,
+               request_id: str = "r1", locked: int = PRICE, now: float = T0) -> Job:
+    job = Job(signer=pub(gateway), issued_at_ms=int(now * 1000), request_id=request_id,
+              user="alice", provider=pub(provider), tokens=tokens, max_price_nano=2 * PRICE,
+              locked_price_nano=locked, tier=1, prompt="hello")
+    signed = wire.sign(job, gateway)  # type: ignore[arg-type]
+    assert isinstance(signed, Job)
+    return signed
+
+
+# --- frames --------------------------------------------------------------------------------------
+
+def test_job_frames_round_trip() -> None:
+    frames = [JobAccepted("r1"), JobResult("r1", b"\x01receipt", "some output"),
+              JobDeclined("r1", "full", "100 of 200 tokens in flight")]
+    for frame in frames:
+        assert decode_job_frame(encode_job_frame(frame)) == frame
+
+
+def test_declined_cuts_fields_to_the_wire_limits() -> None:
+    frame = declined("x" * 500, "backend_timeout", "é" * 1000)
+    assert frame.request_id == "?"
+    assert len(frame.detail.encode()) == 512
+    assert decode_job_frame(encode_job_frame(frame)) == frame
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "malformed"),
+    (b"\x93\x02\x13\xa2r1", "version"),             # [2, 19, "r1"]
+    (b"\x93\x01\x63\xa2r1", "kind"),                # [1, 99, "r1"]
+    (b"\x92\x01\x13", "malformed"),                 # [1, 19]: no request id
+    (b"\x93\x01\x13\xa0", "bad_field"),             # empty request id
+    (b"\x95\x01\x14\xa2r1\xa1x\xa0", "bad_field"),  # receipt is a str, not bytes
+    (b"\x93\x01\x13\xd9\x02r1", "non_canonical"),   # str8 where fixstr fits
+])
+def test_bad_job_frames_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(WireError) as caught:
+        decode_job_frame(data)
+    assert caught.value.reason == reason
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=64))
+def test_no_bytes_crash_the_job_frame_decoder(data: bytes) -> None:
+    try:
+        decode_job_frame(data)
+    except WireError:
+        pass
+
+
+# --- provider desk ------------------------------------------------------------------------------
+
+def test_provider_admits_by_its_own_capacity() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG)  # 100 tokens/s × 2 s = 200 tokens in flight
+    first, second, third = (signed_job(100, request_id=f"r{i}") for i in range(3))
+    assert desk.admit(first, pub(GATEWAY), 100, 0, T0).accepted
+    assert desk.admit(second, pub(GATEWAY), 100, 0, T0).accepted
+    answer = desk.admit(third, pub(GATEWAY), 100, 0, T0)
+    assert (answer.accepted, answer.reason) == (False, "full")
+    assert answer.detail == "200 of 200 tokens in flight; no room for 100 more"
+    desk.finish(first)
+    assert desk.admit(third, pub(GATEWAY), 100, 0, T0).accepted
+    assert desk.in_flight_tokens == 200 and desk.peak_in_flight_tokens == 200
+    assert desk.counts["accepted"] == 3 and desk.counts["full"] == 1
+
+
+@pytest.mark.parametrize("job, sender, tps, min_price, reason", [
+    (signed_job(provider=OTHER), GATEWAY, 100, 0, "wrong_provider"),
+    (signed_job(), OTHER, 100, 0, "gateway_mismatch"),
+    (signed_job(), GATEWAY, 0, 0, "not_offering"),
+    (signed_job(), GATEWAY, 100, PRICE + 1, "below_min_price"),
+    (signed_job(201), GATEWAY, 100, 0, "too_large"),
+])
+def test_provider_declines_with_a_reason(job: Job, sender: object, tps: int, min_price: int,
+                                         reason: str) -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG)
+    answer = desk.admit(job, pub(sender), tps, min_price, T0)
+    assert (answer.accepted, answer.reason) == (False, reason)
+    assert desk.in_flight_tokens == 0
+
+
+def test_provider_declines_a_duplicate_in_flight() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG)
+    assert desk.admit(signed_job(10), pub(GATEWAY), 100, 0, T0).accepted
+    assert desk.admit(signed_job(10), pub(GATEWAY), 100, 0, T0).reason == "duplicate"
+    assert desk.in_flight_tokens == 10
+
+
+def test_receipt_names_the_job_and_never_more_tokens_than_requested() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG)
+    job = signed_job(100)
+    receipt = desk.receipt_for(job, 250, T0 + 1, T0 + 2.5, T0 + 2.6)
+    assert (receipt.request_id, receipt.gateway, receipt.user, receipt.tokens_served,
+            receipt.locked_price_nano, receipt.started_at_ms, receipt.ended_at_ms,
+            receipt.issued_at_ms) == ("r1", pub(GATEWAY), "alice", 100, PRICE,
+                                      int((T0 + 1) * 1000), int((T0 + 2.5) * 1000),
+                                      int((T0 + 2.6) * 1000))
+    wire.encode(receipt, CHEAP)  # valid on the wire
+
+
+# --- gateway desk -------------------------------------------------------------------------------
+
+def offer(key: object, tps: int, min_price: int, at: float = T0) -> ViewOffer:
+    return ViewOffer(pub(key), tps, min_price, int(at * 1000))
+
+
+def gateway_desk(*offers: ViewOffer) -> GatewayDesk:
+    desk = GatewayDesk(CONFIG, pub(GATEWAY), GatewaySettings(full_backoff_s=1.0,
+                                                             lost_backoff_s=10.0))
+    desk.set_view_offers([offer(GATEWAY, 10_000, 0), *offers], T0)  # own offer: never used
+    return desk
+
+
+def test_gateway_sends_the_request_to_the_cheapest_offer_at_the_locked_price() -> None:
+    desk = gateway_desk(offer(CHEAP, 100, 10), offer(DEAR, 1000, 50_000_000))
+    status = desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0,
+                         tier="premium", prompt="why?")
+    assert (status.state, status.locked_price_nano, status.reason) == (
+        "pending", PRICE, "waiting for a match")
+    [dispatch] = desk.dispatch(T0 + 0.1)
+    job = dispatch.job
+    assert dispatch.peer_id == peer_id_of(pub(CHEAP))
+    assert (job.signer, job.provider, job.request_id, job.user, job.tokens, job.max_price_nano,
+            job.locked_price_nano, job.tier, job.prompt, job.issued_at_ms) == (
+        pub(GATEWAY), pub(CHEAP), "r1", "alice", 100, 2 * PRICE, PRICE, 2, "why?",
+        int((T0 + 0.1) * 1000))
+    assert dispatch.claim_deadline == T0 + 0.1 + 30.0
+    assert dispatch.provider_tokens_per_s == 100
+    assert desk.status("r1").state == "claimed"  # type: ignore[union-attr]
+    assert desk.pending_tokens == 0
+
+
+def test_declined_request_goes_to_the_next_offer_then_back_after_the_backoff() -> None:
+    desk = gateway_desk(offer(CHEAP, 100, 10), offer(DEAR, 1000, 20))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [first] = desk.dispatch(T0)
+    assert desk.on_declined("r1", first.attempt, first.peer_id, "full",
+                            "200 of 200 tokens in flight", T0 + 0.2)
+    status = desk.status("r1")
+    assert status is not None and status.state == "pending"
+    assert status.reason == (f"provider {first.peer_id[:6]}…{first.peer_id[-6:]} declined: full "
+                             f"(200 of 200 tokens in flight); waiting for another offer")
+    [second] = desk.dispatch(T0 + 0.3)
+    assert second.peer_id == peer_id_of(pub(DEAR)) and second.attempt == 2
+    # A late answer about the first attempt changes nothing.
+    assert not desk.on_lost("r1", first.attempt, first.peer_id, "died", T0 + 0.4)
+    desk.on_lost("r1", second.attempt, second.peer_id, "disconnected mid-job", T0 + 0.5)
+    assert desk.dispatch(T0 + 0.6) == []  # the cheap one is still set aside, the dear one too
+    assert desk.next_deadline() == pytest.approx(T0 + 1.2)
+    [third] = desk.dispatch(T0 + 1.2)
+    assert third.peer_id == peer_id_of(pub(CHEAP))
+    assert desk.counts["declined"] == 1 and desk.counts["lost"] == 1
+    assert desk.status("r1").attempts == 3  # type: ignore[union-attr]
+
+
+def test_completed_request_costs_tokens_times_locked_price() -> None:
+    desk = gateway_desk(offer(CHEAP, 100, 10))
+    desk.submit("r1", "alice", 150, 2 * PRICE, price_nano=PRICE, now=T0)
+    [dispatch] = desk.dispatch(T0)
+    job = wire.sign(dispatch.job, GATEWAY)
+    provider = ProviderDesk(pub(CHEAP), CONFIG)
+    receipt = wire.sign(provider.receipt_for(job, 123, T0, T0 + 1.2, T0 + 1.2), CHEAP)
+    status = desk.on_completed("r1", dispatch.attempt, receipt, "the answer", T0 + 1.3)
+    assert status is not None
+    assert (status.state, status.provider, status.tokens_served, status.cost_nano,
+            status.output, status.reason) == (
+        "completed", dispatch.peer_id, 123, 123 * PRICE // 1_000_000, "the answer",
+        "served 123 of 150 tokens")
+
+
+def test_backend_failure_fails_the_request_with_its_reason() -> None:
+    desk = gateway_desk(offer(CHEAP, 100, 10))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [dispatch] = desk.dispatch(T0)
+    desk.on_failed("r1", dispatch.attempt, dispatch.peer_id,
+                   "provider could not serve it: backend_http_status: HTTP 500", T0 + 1)
+    status = desk.status("r1")
+    assert status is not None
+    assert (status.state, status.cost_nano, status.reason) == (
+        "failed", None, "provider could not serve it: backend_http_status: HTTP 500")
+
+
+def test_claim_timeout_returns_to_pending_and_expiry_says_why() -> None:
+    desk = gateway_desk(offer(CHEAP, 100, 10))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [dispatch] = desk.dispatch(T0)
+    events = desk.advance(T0 + 30.0)
+    assert [type(e).__name__ for e in events] == ["RequestRequeued"]
+    status = desk.status("r1")
+    assert status is not None and status.state == "pending"
+    assert "did not complete within 30 s" in status.reason
+    desk.on_accepted("r1", dispatch.attempt, T0 + 31)  # too late: not counted
+    assert desk.counts["accepted"] == 0
+    desk.set_view_offers([], T0 + 31)
+    assert desk.dispatch(T0 + 31) == []
+    assert desk.status("r1").reason.endswith("no capacity offered")  # type: ignore[union-attr]
+    [expired] = desk.advance(T0 + 120.0)
+    status = desk.status("r1")
+    assert status is not None and status.state == "expired"
+    assert status.reason.startswith("expired after 120 s without a provider")
+    assert type(expired).__name__ == "RequestExpired"
+    desk.advance(T0 + 120.0 + 60.0)
+    assert desk.status("r1") is None  # pruned after retention
+
+
+def test_no_offer_at_or_below_the_locked_price() -> None:
+    desk = gateway_desk(offer(DEAR, 1000, 3 * PRICE))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    assert desk.dispatch(T0) == []
+    assert desk.status("r1").reason == (  # type: ignore[union-attr]
+        "no offer at or below your locked price 0.10")
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"max_price_nano": PRICE - 1}, "current price 0.100000000 > max_price 0.099999999"),
+    ({"tokens": 0}, "tokens must be a whole number > 0"),
+    ({"request_id": "x" * 129}, "request id must be at most 128 bytes"),
+    ({"prompt": "p" * (64 * 1024 + 1)}, "prompt is 65537 bytes"),
+    ({"tokens": 2_000_000}, "above max_tokens_per_minute"),
+])
+def test_gateway_refuses_bad_requests_with_a_reason(kwargs: dict[str, object], words: str) -> None:
+    desk = gateway_desk()
+    args: dict[str, object] = {"request_id": "r1", "user": "alice", "tokens": 10,
+                               "max_price_nano": PRICE, "prompt": ""}
+    args.update(kwargs)
+    with pytest.raises(MarketError, match=words.replace(".", r"\.")):
+        desk.submit(args["request_id"], args["user"], args["tokens"],  # type: ignore[arg-type]
+                    args["max_price_nano"], price_nano=PRICE, now=T0,  # type: ignore[arg-type]
+                    prompt=args["prompt"])  # type: ignore[arg-type]
+    assert desk.status("r1") is None
+
+
+def test_job_protocol_id() -> None:
+    assert JOB_PROTOCOL == "/neuroshard/job/1.0.0"
