@@ -8,10 +8,16 @@ reads the node (no state changes); the driver passes the wall-clock time in, as 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from neuroshard_p2p.money import from_nano
+from neuroshard_p2p.api.history import COARSE_WINDOW_S, PriceHistory
+from neuroshard_p2p.money import from_nano, to_nano
+
+if TYPE_CHECKING:  # read-only use of the node; no import cycle at run time
+    from neuroshard_p2p.ledger import LedgerTotals
+    from neuroshard_p2p.node.host import Node
 
 #: Colour levels of the price on the dashboard, by where it sits in [min_price, max_price]:
 #: "low" below 1/3 of the range, "medium" below 2/3, "high" from 2/3 up (boundaries go up).
@@ -87,9 +93,51 @@ class NodeReadout:
             "avg_price_24h_nano": self.avg_price_24h_nano,
             "min_price": from_nano(self.min_price_nano),
             "max_price": from_nano(self.max_price_nano),
+            "min_price_nano": self.min_price_nano,
+            "max_price_nano": self.max_price_nano,
             "price_level": self.price_level,
             "peers": self.peers,
+            "now": self.now,
         }
 
 
-__all__ = ["NodeReadout", "price_level", "PRICE_LEVELS", "LEVEL_THRESHOLDS"]
+def read_node(node: "Node", now: float, history: PriceHistory | None = None,
+              ledger_totals: "LedgerTotals | None" = None) -> NodeReadout:
+    """Read `node` at `now` (only reads). The 24 h average comes from `history` (None when
+    nothing was recorded yet), ledger totals from the caller (reading them touches the disk, so
+    the async caller fetches them in a worker thread first)."""
+    snapshot = node.stats(now)
+    config = node.settings.market
+    requests: Counter[str] = Counter()
+    jobs = getattr(node, "jobs", None)
+    if jobs is not None:
+        requests.update(status.state for status in jobs.statuses())
+    # Requests still in the engine's queue (not yet taken by the jobs layer) are pending too.
+    queued = len(node.engine.queued_requests(now))
+    if queued:
+        requests["pending"] += queued
+    return NodeReadout(
+        now=now,
+        network=node.settings.network,
+        enabled=True,
+        mode=config.mode,
+        tick=snapshot.tick,
+        price_nano=snapshot.price_nano,
+        target_price_nano=snapshot.target_price_nano,
+        min_price_nano=to_nano(config.min_price),
+        max_price_nano=to_nano(config.max_price),
+        avg_price_24h_nano=None if history is None else history.average(COARSE_WINDOW_S, now),
+        supply_tokens_per_s=snapshot.supply_tokens_per_s,
+        demand_tokens_waiting=snapshot.demand_tokens_waiting,
+        utilization=snapshot.utilization,
+        pending_requests=snapshot.pending_requests,
+        available_nodes=snapshot.available_nodes,
+        peers=node.peer_count,
+        messages=dict(node.engine.counts()),
+        requests_by_state=dict(requests),
+        settled_nano=None if ledger_totals is None else ledger_totals.paid,
+        burned_nano=None if ledger_totals is None else ledger_totals.burned,
+    )
+
+
+__all__ = ["NodeReadout", "read_node", "price_level", "PRICE_LEVELS", "LEVEL_THRESHOLDS"]
