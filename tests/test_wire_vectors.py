@@ -161,3 +161,19 @@ def test_length_prefix_vector(vector: dict[str, Any]) -> None:
     framed = length_prefixed(payload)
     assert framed[: len(framed) - len(payload)].hex() == vector["prefix"]
     assert FrameReader().feed(framed) == [payload]
+
+
+@pytest.mark.parametrize("vector", FRAMES["view_digests"], ids=lambda v: v["name"])
+def test_view_digest_vector(vector: dict[str, Any]) -> None:
+    """The merged view computes the digests of spec §8.1: peers of any implementation can tell
+    which buckets differ."""
+    from neuroshard_p2p.view import MarketView, bucket_of
+
+    wires = {v["name"]: bytes.fromhex(v["wire"]) for v in MESSAGES}
+    view = MarketView(MarketConfig())
+    for name in vector["announcements"]:
+        message = wire.decode_unchecked_time(wires[name])
+        assert bucket_of(message.signer) == vector["buckets"][name]
+        view.merge_message(message)
+    assert [d.hex() for d in view.bucket_digests()] == vector["bucket_digests"]
+    assert view.digest().hex() == vector["digest"]

@@ -199,7 +199,7 @@ def _decode(data: Any, msg_id: bytes | None) -> Message:
     if split is None:
         split = _split_envelope_slowly(data)  # raises the exact reason (W2, W3, W4)
     body, signature = split
-    fields = _unpack(body, "body", 64)
+    fields = _unpack(body, "body")
     if type(fields) is not list or len(fields) < 4:  # W5
         raise WireError("malformed", REJECT, "body must be an array of at least 4 items")
     version, kind, signer, issued_at_ms = fields[0], fields[1], fields[2], fields[3]
@@ -253,7 +253,7 @@ def _split_envelope(data: bytes) -> tuple[bytes, bytes] | None:
 
 def _split_envelope_slowly(data: bytes) -> tuple[bytes, bytes]:
     """The general path for an envelope the fast path did not recognise: find what is wrong."""
-    envelope = _unpack(data, "envelope", 2)
+    envelope = _unpack(data, "envelope")
     if not (type(envelope) is list and len(envelope) == 2
             and type(envelope[0]) is bytes and type(envelope[1]) is bytes):  # W2
         raise WireError("malformed", REJECT, "envelope must be [body: bin, signature: bin]")
@@ -266,11 +266,13 @@ def _split_envelope_slowly(data: bytes) -> tuple[bytes, bytes]:
     return body, signature  # pragma: no cover - a canonical envelope takes the fast path
 
 
-def _unpack(data: bytes, what: str, max_items: int) -> Any:
+def _unpack(data: bytes, what: str) -> Any:
+    # Maps and ext types never appear in v1: a limit of 0 makes msgpack refuse them. Arrays and
+    # strings cannot be longer than the input, which W1/F1 already bounded.
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
-                               max_bin_len=MAX_ANY_FRAME_SIZE, max_str_len=MAX_ANY_FRAME_SIZE,
-                               max_array_len=max_items, max_map_len=0, max_ext_len=0)
+                               max_bin_len=len(data), max_str_len=len(data),
+                               max_array_len=len(data), max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         raise WireError("malformed", REJECT, f"{what} is not valid msgpack: {exc}") from None
 
@@ -406,7 +408,7 @@ def decode_frame(data: bytes, kinds: tuple[int, ...] | None = None) -> Frame:
     data = bytes(data)
     if len(data) > MAX_ANY_FRAME_SIZE:  # F1
         raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_ANY_FRAME_SIZE})")
-    items = _unpack(data, "frame", MAX_SYNC_ANNOUNCEMENTS)
+    items = _unpack(data, "frame")
     if type(items) is not list or len(items) < 2:  # F2
         raise WireError("malformed", REJECT, "frame must be an array [version, kind, ...]")
     version, kind = items[0], items[1]

@@ -392,7 +392,34 @@ def frame_vectors() -> dict[str, Any]:
         "invalid": [{"name": n, "bytes": b.hex(), "reason": r, "action": "reject", "rule": rule}
                     for n, b, r, rule in bad],
         "length_prefix": lengths,
+        "view_digests": view_digest_vectors(),
     }
+
+
+def view_digests(wires: list[bytes]) -> tuple[list[bytes], bytes]:
+    """Spec §8.1: per bucket, SHA-256(tag ‖ u64 count ‖ u256 sum of ids mod 2^256); the view
+    digest is SHA-256(tag ‖ the 16 bucket digests). `wires` must all be retained (§7)."""
+    count, total = [0] * 16, [0] * 16
+    for data in wires:
+        signer = msgpack.unpackb(msgpack.unpackb(data)[0])[2]
+        bucket = hashlib.sha256(signer).digest()[0] >> 4
+        count[bucket] += 1
+        total[bucket] = (total[bucket] + int.from_bytes(hashlib.sha256(data).digest(), "big")) % 2**256
+    buckets = [hashlib.sha256(b"neuroshard/view-bucket/v1" + count[i].to_bytes(8, "big")
+                              + total[i].to_bytes(32, "big")).digest() for i in range(16)]
+    return buckets, hashlib.sha256(b"neuroshard/view/v1" + b"".join(buckets)).digest()
+
+
+def view_digest_vectors() -> list[dict[str, Any]]:
+    messages = {v["name"]: bytes.fromhex(v["wire"]) for v in valid_vectors() if v["kind"] == "announcement"}
+    out = []
+    for name, names in (("empty-view", []), ("four-announcements", list(messages))):
+        buckets, digest = view_digests([messages[n] for n in names])
+        out.append({"name": name, "announcements": names,
+                    "buckets": {n: hashlib.sha256(msgpack.unpackb(msgpack.unpackb(messages[n])[0])[2])
+                                .digest()[0] >> 4 for n in names},
+                    "bucket_digests": [b.hex() for b in buckets], "digest": digest.hex()})
+    return out
 
 
 def _uvarint(n: int) -> bytes:
