@@ -271,3 +271,191 @@ def test_gateway_refuses_bad_requests_with_a_reason(kwargs: dict[str, object], w
 
 def test_job_protocol_id() -> None:
     assert JOB_PROTOCOL == "/neuroshard/job/1.0.0"
+
+
+# =================================================================================================
+# Real nodes on 127.0.0.1: libp2p job streams, SQLite ledgers.
+
+import math  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import AsyncIterator  # noqa: E402
+
+import trio  # noqa: E402
+
+from neuroshard_p2p.ledger import Ledger  # noqa: E402
+from neuroshard_p2p.ledger.store import ledger_path  # noqa: E402
+from neuroshard_p2p.node.backends import InferenceBackend, OpenAIBackend  # noqa: E402
+from neuroshard_p2p.node.host import Node  # noqa: E402
+from neuroshard_p2p.node.job_service import JobService, JobSettings  # noqa: E402
+from neuroshard_p2p.node.settings import NodeSettings  # noqa: E402
+from tests.openai_compat_server import start_openai_server  # noqa: E402
+
+NET_CONFIG = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_timeout_s=10.0,
+                          request_expiry_s=60.0)
+
+
+@asynccontextmanager
+async def job_node(data_dir: Path, key_index: int, *, capacity: int = 0, min_price: float = 0.0,
+                   backend: InferenceBackend | None = None,
+                   lost_backoff_s: float = 10.0) -> AsyncIterator[tuple[Node, JobService]]:
+    """A real node on 127.0.0.1 with its job service and a ledger in its data dir."""
+    settings = NodeSettings(data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
+                            capacity=capacity, min_price=min_price, announce_interval_s=5.0,
+                            market=NET_CONFIG)
+    async with Node(settings, private_key=make_key(key_index)) as node:
+        jobs = JobService(node.engine, backend=backend, clock=node.clock,
+                          settings=JobSettings(ledger_path=ledger_path(data_dir),
+                                               accept_timeout_s=3.0, lost_backoff_s=lost_backoff_s),
+                          on_demand_change=lambda: node._poke.set())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(jobs.run, node.host)
+            yield node, jobs
+            nursery.cancel_scope.cancel()
+
+
+async def wait_for_offers(node: Node, *providers: Node) -> None:
+    """Until `node`'s merged view has an offer from each provider."""
+    wanted = {p.engine.signer for p in providers}
+    with trio.fail_after(10):
+        while not wanted <= {o.signer for o in node.engine.view.offers_at(node.now())}:
+            await trio.sleep(0.02)
+
+
+async def finished(jobs: JobService, request_id: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        return await jobs.wait_finished(request_id)
+
+
+def ledger_totals(data_dir: Path) -> tuple[int, int, int, int]:
+    """(settlements, tokens, paid, earned) of a node's ledger, read from its file; verify passes."""
+    with Ledger.open(ledger_path(data_dir)) as ledger:
+        assert ledger.verify().ok
+        totals = ledger.totals()
+        return totals.settlements, totals.tokens, totals.paid, totals.earned
+
+
+async def test_request_at_gateway_is_served_by_provider_at_the_locked_price(tmp_path: Path) -> None:
+    async with job_node(tmp_path / "a", 21) as (a, gateway), \
+            job_node(tmp_path / "b", 22, capacity=1000, min_price=0.01) as (b, provider):
+        await a.connect(b.addrs[0])
+        await wait_for_offers(a, b)
+        status = gateway.submit(500, 2 * PRICE, prompt="secret prompt 7f3a", user="alice")
+        assert (status.state, status.locked_price_nano) == ("pending", PRICE)
+        done = await finished(gateway, status.request_id)
+        assert (done.state, done.provider, done.tokens_served, done.cost_nano, done.attempts) == (
+            "completed", b.peer_id, 500, 500 * PRICE // 1_000_000, 1)
+        assert done.output is not None and len(done.output.split()) == 500
+        assert provider.counters.jobs_served == 1 and gateway.counters.receipts_settled == 1
+        # The prompt travelled on the job stream only: no announcement anyone holds carries it.
+        for node in (a, b):
+            assert all(b"secret prompt" not in m.wire for m in node.engine.view.all_messages())
+        # Both ledgers hold the settlement (the gateway's payment, the provider's earning).
+        with trio.fail_after(5):
+            while provider.counters.earnings_recorded < 1:
+                await trio.sleep(0.01)
+    assert ledger_totals(tmp_path / "a") == (1, 500, 50_000, 47_500)
+    assert ledger_totals(tmp_path / "b") == (1, 500, 50_000, 47_500)
+
+
+async def test_without_an_offer_the_status_says_why_and_the_gateway_announces_demand(
+        tmp_path: Path) -> None:
+    async with job_node(tmp_path / "a", 23) as (a, gateway), \
+            job_node(tmp_path / "b", 24, capacity=1000, min_price=0.5) as (b, _):
+        await a.connect(b.addrs[0])
+        await wait_for_offers(a, b)
+        status = gateway.submit(700, 2 * PRICE)
+        with trio.fail_after(10):
+            while b.engine.view.demand_at(b.now()) != 700:
+                await trio.sleep(0.02)
+            while "no offer at or below" not in (gateway.status(status.request_id).reason):  # type: ignore[union-attr]
+                await trio.sleep(0.02)
+        now = gateway.status(status.request_id)
+        assert now is not None and now.state == "pending"
+        assert now.reason == "no offer at or below your locked price 0.10"
+
+
+async def test_two_gateways_flooding_one_small_provider(tmp_path: Path) -> None:
+    # The small provider: 100 tokens/s × target 2 s = 200 tokens in flight (two 100-token jobs).
+    async with job_node(tmp_path / "g1", 31) as (g1, gateway1), \
+            job_node(tmp_path / "g2", 32) as (g2, gateway2), \
+            job_node(tmp_path / "small", 33, capacity=100, min_price=0.01) as (small, small_jobs), \
+            job_node(tmp_path / "big", 34, capacity=5000, min_price=0.05) as (big, big_jobs):
+        for node in (g1, g2, big):
+            await node.connect(small.addrs[0])
+        for node in (g1, g2):
+            await node.connect(big.addrs[0])
+            await wait_for_offers(node, small, big)
+        ids = [(gateway, gateway.submit(100, 2 * PRICE).request_id)
+               for gateway in (gateway1, gateway2) for _ in range(4)]
+        results = [await finished(gateway, rid) for gateway, rid in ids]
+    capacity = 200
+    assert small_jobs.provider.peak_in_flight_tokens <= capacity
+    assert all(r.state == "completed" and r.tokens_served == 100 and r.cost_nano == 10_000
+               for r in results)
+    by_provider = {p: sum(r.provider == p for r in results) for p in (small.peer_id, big.peer_id)}
+    assert by_provider[small.peer_id] >= 2 and sum(by_provider.values()) == 8
+    declines = gateway1.gateway.decline_counts.get("full", 0) + \
+        gateway2.gateway.decline_counts.get("full", 0)
+    assert declines >= 1 and declines == small_jobs.provider.counts["full"]
+    # Each declined job went to the next offer and completed there, charged once.
+    for name, gateway in (("g1", gateway1), ("g2", gateway2)):
+        assert ledger_totals(tmp_path / name)[:3] == (4, 400, 40_000)
+
+
+async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_elsewhere(
+        tmp_path: Path) -> None:
+    async with job_node(tmp_path / "a", 41) as (a, gateway), \
+            job_node(tmp_path / "c", 43, capacity=2000, min_price=0.05) as (c, spare):
+        async with trio.open_nursery() as doomed:
+            async def run_doomed(task_status: trio.TaskStatus[tuple[Node, JobService]]) -> None:
+                # Slow and cheap: a 300-token job takes 3 s, so it is cut off mid-job.
+                async with job_node(tmp_path / "b", 42, capacity=100, min_price=0.01) as pair:
+                    task_status.started(pair)
+                    await trio.sleep_forever()
+
+            b, victim = await doomed.start(run_doomed)
+            await a.connect(b.addrs[0])
+            await a.connect(c.addrs[0])
+            await wait_for_offers(a, b, c)
+            status = gateway.submit(150, 2 * PRICE)
+            with trio.fail_after(5):
+                while victim.provider.jobs_in_flight == 0:
+                    await trio.sleep(0.01)
+            doomed.cancel_scope.cancel()  # hard stop: no withdrawal, connections dropped
+        done = await finished(gateway, status.request_id)
+        assert (done.state, done.provider, done.tokens_served, done.cost_nano, done.attempts) == (
+            "completed", c.peer_id, 150, 15_000, 2)
+        assert gateway.gateway.counts["lost"] == 1
+        assert victim.counters.jobs_served == 0
+    # One settlement, with the spare provider; the dead attempt left nothing in any ledger.
+    assert ledger_totals(tmp_path / "a") == (1, 150, 15_000, 14_250)
+    with Ledger.open(ledger_path(tmp_path / "a")) as ledger:
+        [record] = ledger.recent()
+        assert record.provider == c.engine.signer
+    assert ledger_totals(tmp_path / "b") == (0, 0, 0, 0)
+
+
+async def test_openai_backend_serves_jobs_and_its_errors_fail_them(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await start_openai_server(nursery)
+        backend = OpenAIBackend(server.url, "tiny-model", timeout_s=5)
+        async with job_node(tmp_path / "a", 51) as (a, gateway), \
+                job_node(tmp_path / "b", 52, capacity=1000, min_price=0.01,
+                         backend=backend) as (b, provider):
+            await a.connect(b.addrs[0])
+            await wait_for_offers(a, b)
+            ok = gateway.submit(50, 2 * PRICE, prompt="one two three")
+            bad = gateway.submit(50, 2 * PRICE, prompt="!error please")
+            served = await finished(gateway, ok.request_id)
+            failed = await finished(gateway, bad.request_id)
+        nursery.cancel_scope.cancel()
+    # Tokens come from the server's usage (3 words), not from the 50 requested.
+    assert (served.state, served.tokens_served, served.cost_nano, served.output) == (
+        "completed", 3, 3 * PRICE // 1_000_000, "one two three")
+    assert failed.state == "failed" and failed.cost_nano is None
+    assert "backend_http_status" in failed.reason
+    assert "HTTP 500: model crashed: out of memory" in failed.reason
+    assert provider.counters.backend_errors == 1
+    assert [r["max_tokens"] for r in server.requests] in ([50, 50],)
+    assert ledger_totals(tmp_path / "a") == (1, 3, 300, 285)

@@ -1,0 +1,560 @@
+"""The jobs driver: trio + py-libp2p around the sans-IO desks of `jobs`.
+
+A node owns one `JobService` (two lines in `Node`):
+
+    self.jobs = JobService.for_node(self)          # in Node.__init__
+    await nursery.start(self.jobs.run, self.host)  # in Node._start
+
+As a **gateway** it takes requests (`submit`, or whatever was queued through the engine's
+`submit_request`), locks the market price, matches them against the merged view's offers with the
+core book, and sends each matched job to its provider on a `/neuroshard/job/1.0.0` stream; it
+verifies the provider's signed receipt (ledger checks) and settles it in the ledger, and tells the
+engine its queued demand so the node announces it. As a **provider** it answers job streams: it
+admits a job by its own capacity, serves it through its inference backend and returns a signed
+receipt, then records its earning.
+
+Deadlines: opening a stream, sending the job and reading accept/decline must take at most
+`accept_timeout_s`; the result must arrive before the book's claim timeout (claimed_at +
+claim_timeout_s) minus a margin, so a request is never requeued while its receipt is being settled.
+The provider serves with the same deadline (the job's issued_at + claim_timeout_s − margin), and
+stops serving if the gateway's stream goes away. Prompts travel only on the job stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections import OrderedDict
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import coincurve
+import trio
+
+from neuroshard_p2p import wire
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.core.errors import MarketError
+from neuroshard_p2p.identity import public_key_from_peer_id
+from neuroshard_p2p.ledger import AsyncLedger, LedgerError, MatchedJob, check_receipt
+from neuroshard_p2p.ledger.store import ledger_path
+from neuroshard_p2p.node.backends import (
+    BackendError,
+    InferenceBackend,
+    SyntheticBackend,
+    make_backend,
+)
+from neuroshard_p2p.node.jobs import (
+    BAD_JOB,
+    GATEWAY_MISMATCH,
+    JOB_PROTOCOL,
+    MAX_OUTPUT_BYTES,
+    Dispatch,
+    GatewayDesk,
+    GatewaySettings,
+    JobAccepted,
+    JobDeclined,
+    JobResult,
+    JobStatus,
+    ProviderDesk,
+    clip_utf8,
+    declined,
+    decode_job_frame,
+    encode_job_frame,
+    short_peer,
+)
+from neuroshard_p2p.view import TickPrice
+from neuroshard_p2p.wire import Job, Receipt, WireError
+from neuroshard_p2p.wire.codec import MAX_SIZE
+from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, FrameReader, length_prefixed
+from neuroshard_p2p.wire.messages import KIND_JOB
+
+log = logging.getLogger("neuroshard.jobs")
+
+#: Requests refused when they were taken from the engine's queue (their status stays readable).
+MAX_REFUSED_KEPT = 1024
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How a node serves and routes jobs (seconds)."""
+
+    #: Inference backend: "synthetic" (tokens at the offered rate) or "openai" (URL + model).
+    backend: str = "synthetic"
+    backend_url: str = ""
+    backend_model: str = ""
+    backend_timeout_s: float = 60.0
+    #: Dial + send the job + read the provider's accept/decline.
+    accept_timeout_s: float = 5.0
+    #: How often pending requests are matched again against the view's offers.
+    route_interval_s: float = 0.25
+    #: Providers set aside after a decline for being full / after a failure.
+    full_backoff_s: float = 1.0
+    lost_backoff_s: float = 10.0
+    #: The ledger file (None: receipts are checked but not recorded; tests of routing only).
+    ledger_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        GatewaySettings(self.full_backoff_s, self.lost_backoff_s)
+
+
+@dataclass
+class JobCounters:
+    """Driver-level counts (the desks count decisions)."""
+
+    jobs_sent: int = 0
+    jobs_served: int = 0
+    backend_errors: int = 0
+    streams_refused: int = 0
+    receipts_settled: int = 0
+    receipts_refused: int = 0
+    earnings_recorded: int = 0
+    late_settlements: int = 0
+
+
+class JobService:
+    """Gateway and provider sides of the job protocol for one node (see module docstring)."""
+
+    def __init__(self, engine: Any, *, settings: JobSettings | None = None,
+                 backend: InferenceBackend | None = None, ledger: AsyncLedger | None = None,
+                 clock: Callable[[], float] = time.time,
+                 on_demand_change: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or JobSettings()
+        self.config: MarketConfig = engine.config
+        self.private_key: coincurve.PrivateKey = engine.private_key
+        self.signer: bytes = engine.signer
+        self.clock = clock
+        self._on_demand_change = on_demand_change
+        s = self.settings
+        if backend is None:
+            backend = make_backend(s.backend, tokens_per_second=max(1, engine.offer.tokens_per_second),
+                                   url=s.backend_url, model=s.backend_model,
+                                   timeout_s=s.backend_timeout_s)
+        self.backend = backend
+        self.ledger = ledger
+        self.gateway = GatewayDesk(self.config, self.signer,
+                                   GatewaySettings(s.full_backoff_s, s.lost_backoff_s))
+        self.provider = ProviderDesk(self.signer, self.config)
+        self.counters = JobCounters()
+        self.host: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._changed: dict[str, trio.Event] = {}
+        self._refused: OrderedDict[str, JobStatus] = OrderedDict()
+        self._demand: tuple[int, int] | None = None
+        self._seen_receipts: set[bytes] = set()  # without a ledger only
+        self._closed = False
+
+    @classmethod
+    def for_node(cls, node: Any) -> "JobService":
+        """The service of a `Node`: backend and timing from its settings (defaults for what the
+        settings do not have), ledger in its data dir, demand changes poke its announcer."""
+        s = node.settings
+        settings = JobSettings(
+            backend=getattr(s, "backend", "synthetic"),
+            backend_url=getattr(s, "backend_url", ""),
+            backend_model=getattr(s, "backend_model", ""),
+            backend_timeout_s=getattr(s, "backend_timeout_s", 60.0),
+            accept_timeout_s=getattr(s, "stream_timeout_s", 5.0),
+            ledger_path=ledger_path(s.data_dir))
+        # The announcer waits on node._poke; look it up at call time (it is replaced each round).
+        return cls(node.engine, settings=settings, clock=node.clock,
+                   on_demand_change=lambda: node._poke.set())
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    async def run(self, host: Any, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve job streams on `host` and route this node's requests until cancelled."""
+        self.host = host
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(self.backend.aclose)
+            if self.ledger is None and self.settings.ledger_path is not None:
+                self.ledger = await AsyncLedger.open(self.settings.ledger_path)
+                stack.push_async_callback(self.ledger.aclose)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    host.set_stream_handler(JOB_PROTOCOL, self._serve_job)
+                    task_status.started()
+                    await self._route_loop()
+            finally:
+                self._closed = True
+
+    # -- gateway: requests ---------------------------------------------------------------------
+
+    def price_nano(self, now: float | None = None) -> int:
+        """The market price now (what a request submitted now locks)."""
+        price = self.engine.price(self.clock() if now is None else now)
+        return price.price_nano if isinstance(price, TickPrice) else int(price)
+
+    def submit(self, tokens: int, max_price_nano: int, *, prompt: str = "", tier: str = "standard",
+               user: str | None = None, request_id: str | None = None) -> JobStatus:
+        """Take a request at this gateway: it locks the current price and is routed to a provider.
+        Raises MarketError with the reason (bad fields, max price below the price, …)."""
+        now = self.clock()
+        rid = request_id or f"req-{secrets.token_hex(8)}"
+        status = self.gateway.submit(rid, user or self.engine.peer_id, tokens, max_price_nano,
+                                     price_nano=self.price_nano(now), now=now, tier=tier,
+                                     prompt=prompt)
+        self._refused.pop(rid, None)
+        self._wake.set()
+        return status
+
+    def status(self, request_id: str) -> JobStatus | None:
+        """A request's status (state, provider, tokens served, cost, why), or None if unknown."""
+        return self.gateway.status(request_id) or self._refused.get(request_id)
+
+    def statuses(self) -> list[JobStatus]:
+        return self.gateway.statuses() + list(reversed(self._refused.values()))
+
+    async def wait_finished(self, request_id: str) -> JobStatus:
+        """Until the request is completed, failed or expired (use inside a deadline)."""
+        while True:
+            status = self.status(request_id)
+            if status is None:
+                raise MarketError(f"unknown request {request_id!r}")
+            if status.state in ("completed", "failed", "expired"):
+                return status
+            event = self._changed.setdefault(request_id, trio.Event())
+            await event.wait()
+
+    def _notify(self, request_id: str) -> None:
+        event = self._changed.pop(request_id, None)
+        if event is not None:
+            event.set()
+
+    def _take_engine_queue(self, now: float) -> None:
+        """Requests queued through the engine (`Node.submit_request`) move into the book."""
+        queued = getattr(self.engine, "queued_requests", None)
+        if queued is None:
+            return
+        for request in queued(now):
+            self.engine.take_request(request.request_id)
+            try:
+                self.gateway.submit(request.request_id, request.user, request.tokens,
+                                    request.max_price_nano, price_nano=self.price_nano(now),
+                                    now=now, tier=request.tier, prompt=request.prompt)
+            except MarketError as exc:
+                self._refused[request.request_id] = JobStatus(
+                    request_id=request.request_id, user=request.user, state="failed",
+                    tokens=request.tokens, max_price_nano=request.max_price_nano,
+                    locked_price_nano=0, tier=request.tier, provider=None, tokens_served=None,
+                    cost_nano=None, reason=str(exc), attempts=0,
+                    submitted_at=request.submitted_at, finished_at=now)
+                while len(self._refused) > MAX_REFUSED_KEPT:
+                    self._refused.popitem(last=False)
+                self._notify(request.request_id)
+
+    # -- gateway: routing ----------------------------------------------------------------------
+
+    async def _route_loop(self) -> None:
+        assert self._nursery is not None
+        while True:
+            now = self.clock()
+            self._take_engine_queue(now)
+            self.gateway.set_view_offers(self.engine.view.offers_at(now), now)
+            for event in self.gateway.advance(now):
+                log.info("request %s: %s", event.request_id, event.reason)
+                self._notify(event.request_id)
+            for dispatch in self.gateway.dispatch(now):
+                self.counters.jobs_sent += 1
+                self._nursery.start_soon(self._send_job, dispatch)
+            self._announce_demand()
+            wait = math.inf
+            if self.gateway.pending_requests:
+                wait = self.settings.route_interval_s
+            deadline = self.gateway.next_deadline()
+            if deadline is not None:
+                wait = min(wait, max(deadline - self.clock(), 0.001))
+            with trio.move_on_after(wait):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def _announce_demand(self) -> None:
+        demand = (self.gateway.pending_tokens, self.gateway.pending_requests)
+        if demand != self._demand:
+            self._demand = demand
+            self.engine.set_demand(*demand)
+            if self._on_demand_change is not None:
+                self._on_demand_change()
+
+    async def _send_job(self, dispatch: Dispatch) -> None:
+        """One attempt: stream the job to its provider and report what happened to the desk."""
+        from libp2p.peer.id import ID
+
+        gateway = self.gateway
+        rid, attempt, peer_id = dispatch.request_id, dispatch.attempt, dispatch.peer_id
+        margin = min(2.0, 0.05 * self.config.claim_timeout_s)
+        stream: Any = None
+        accepted = False
+        try:
+            job = wire.sign(dispatch.job, self.private_key)
+            sent_at = self.clock()
+            result_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
+            try:
+                with trio.fail_after(self.settings.accept_timeout_s):
+                    stream = await self.host.new_stream(ID.from_base58(peer_id), [JOB_PROTOCOL])
+                    await stream.write(length_prefixed(job.wire))
+                    frames = _Frames(stream, MAX_STREAM_FRAME)
+                    first = await frames.next()
+            except trio.TooSlowError:
+                gateway.on_lost(rid, attempt, peer_id, f"did not answer within "
+                                f"{self.settings.accept_timeout_s:g} s", self.clock())
+                return
+            if first is None:
+                gateway.on_lost(rid, attempt, peer_id, "closed the stream without an answer",
+                                self.clock())
+                return
+            frame = decode_job_frame(first)
+            if isinstance(frame, JobDeclined):
+                gateway.on_declined(rid, attempt, peer_id, frame.reason, frame.detail, self.clock())
+                await _close(stream)
+                return
+            if not isinstance(frame, JobAccepted) or frame.request_id != rid:
+                raise WireError("unexpected", "reject", "expected accept or decline for this job")
+            accepted = True
+            gateway.on_accepted(rid, attempt, self.clock())
+            try:
+                with trio.fail_at(result_by):
+                    second = await frames.next()
+            except trio.TooSlowError:
+                gateway.on_lost(rid, attempt, peer_id, "did not finish before the claim timeout",
+                                self.clock())
+                return
+            if second is None:
+                gateway.on_lost(rid, attempt, peer_id, "closed the stream mid-job", self.clock())
+                return
+            frame = decode_job_frame(second)
+            await _close(stream)
+            if isinstance(frame, JobDeclined):
+                gateway.on_failed(rid, attempt, peer_id,
+                                  f"provider {short_peer(peer_id)} could not serve it: "
+                                  f"{frame.reason}: {frame.detail}", self.clock())
+                return
+            if not isinstance(frame, JobResult) or frame.request_id != rid:
+                raise WireError("unexpected", "reject", "expected the result of this job")
+            await self._settle(dispatch, job, sent_at, frame)
+        except Exception as exc:  # noqa: BLE001 - whatever a peer or the network does
+            what = "disconnected mid-job" if accepted else "was unreachable"
+            if isinstance(exc, WireError):
+                what = f"broke the job protocol ({exc})"
+            else:
+                what = f"{what} ({_reason(exc)})"
+            gateway.on_lost(rid, attempt, peer_id, what, self.clock())
+            if stream is not None:
+                await _reset(stream)
+        finally:
+            self._notify(rid)
+            self._wake.set()
+
+    async def _settle(self, dispatch: Dispatch, job: Job, sent_at: float,
+                      result: JobResult) -> None:
+        """Check the receipt against the job we sent, settle it, complete the request."""
+        rid, attempt, peer_id = dispatch.request_id, dispatch.attempt, dispatch.peer_id
+        now = self.clock()
+        matched = MatchedJob.from_job(job, sent_at)
+        try:
+            if self.ledger is not None:
+                await self.ledger.accept(result.receipt, matched,
+                                         capacity_tokens_per_s=dispatch.provider_tokens_per_s,
+                                         now=now, config=self.config)
+            else:
+                receipt = check_receipt(result.receipt, matched,
+                                        capacity_tokens_per_s=dispatch.provider_tokens_per_s,
+                                        now=now, recent_provider_tokens=0, config=self.config,
+                                        seen=self._seen_receipts)
+                if len(self._seen_receipts) > 100_000:
+                    self._seen_receipts.clear()
+                self._seen_receipts.add(receipt.msg_id)
+        except LedgerError as exc:
+            self.counters.receipts_refused += 1
+            log.warning("receipt for %s from %s refused: %s", rid, short_peer(peer_id), exc)
+            self.gateway.on_failed(rid, attempt, peer_id,
+                                   f"receipt from provider {short_peer(peer_id)} refused "
+                                   f"({exc.reason}): {exc}; nothing charged", self.clock())
+            return
+        self.counters.receipts_settled += 1
+        receipt = wire.decode_unchecked_time(result.receipt)
+        assert isinstance(receipt, Receipt)
+        if self.gateway.on_completed(rid, attempt, receipt, result.output, self.clock()) is None:
+            # Settled, but the book had already given the request up (a disk stall longer than
+            # the claim-timeout margin). The user paid for what was served; say so loudly.
+            self.counters.late_settlements += 1
+            log.warning("request %s settled after its claim timed out", rid)
+
+    # -- provider ------------------------------------------------------------------------------
+
+    async def _serve_job(self, stream: Any) -> None:
+        """A gateway sent a job: admit it by our own capacity, serve it, return a receipt."""
+        peer = stream.muxed_conn.peer_id
+        job: Job | None = None
+        admitted = False
+        try:
+            with trio.fail_after(self.settings.accept_timeout_s):
+                data = await _Frames(stream, MAX_SIZE[KIND_JOB]).next()
+            if data is None:
+                await _close(stream)
+                return
+            now = self.clock()
+            try:
+                message = wire.decode(data, now)
+                if not isinstance(message, Job):
+                    raise WireError("kind", "reject", f"expected a job, got a "
+                                                      f"{type(message).__name__}")
+            except WireError as exc:
+                self.counters.streams_refused += 1
+                await self._answer(stream, declined("?", BAD_JOB, str(exc)))
+                return
+            job = message
+            try:
+                gateway_key = public_key_from_peer_id(peer.to_base58())
+            except ValueError:
+                await self._answer(stream, declined(job.request_id, GATEWAY_MISMATCH,
+                                                    "the sending peer has no secp256k1 key"))
+                return
+            offer = self.engine.offer
+            admission = self.provider.admit(job, gateway_key, offer.tokens_per_second,
+                                            offer.min_price_nano, now)
+            if not admission.accepted:
+                await self._answer(stream, declined(job.request_id, admission.reason,
+                                                    admission.detail))
+                return
+            admitted = True
+            await stream.write(length_prefixed(encode_job_frame(JobAccepted(job.request_id))))
+            await self._serve_admitted(stream, job, offer.tokens_per_second)
+        except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
+            log.info("job stream from %s ended: %s", short_peer(str(peer)), _reason(exc))
+            await _reset(stream)
+        finally:
+            if admitted and job is not None:
+                self.provider.finish(job)
+
+    async def _serve_admitted(self, stream: Any, job: Job, tokens_per_second: int) -> None:
+        margin = min(2.0, 0.05 * self.config.claim_timeout_s)
+        now = self.clock()
+        serve_by = trio.current_time() + (job.issued_at_ms / 1000
+                                          + self.config.claim_timeout_s - margin - now)
+        if isinstance(self.backend, SyntheticBackend):
+            self.backend.set_rate(tokens_per_second)
+        started = self.clock()
+        outcome: list[Any] = []
+
+        async def serve(cancel: trio.CancelScope) -> None:
+            try:
+                outcome.append(await self.backend.serve(job.prompt, job.tokens, serve_by))
+            except BackendError as exc:
+                outcome.append(exc)
+            cancel.cancel()
+
+        async def watch_gateway(cancel: trio.CancelScope) -> None:
+            # The gateway sends nothing more: any end of its side means it gave up.
+            try:
+                await stream.read(1)
+            except Exception:  # noqa: BLE001 - reset / EOF: the same news
+                pass
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve, nursery.cancel_scope)
+            nursery.start_soon(watch_gateway, nursery.cancel_scope)
+        if not outcome:
+            log.info("gateway %s gave up on %s; stopped serving", short_peer(
+                str(stream.muxed_conn.peer_id)), job.request_id)
+            await _reset(stream)
+            return
+        result = outcome[0]
+        if isinstance(result, BackendError):
+            self.counters.backend_errors += 1
+            log.info("backend failed on %s: %s", job.request_id, result)
+            await self._answer(stream, declined(job.request_id, f"backend_{result.code}",
+                                                str(result)))
+            return
+        unsigned = self.provider.receipt_for(job, result.tokens_served, started, self.clock(),
+                                             self.clock())
+        receipt = wire.sign(unsigned, self.private_key)
+        frame = JobResult(job.request_id, receipt.wire, clip_utf8(result.text, MAX_OUTPUT_BYTES))
+        await stream.write(length_prefixed(encode_job_frame(frame)))
+        await _close(stream)
+        self.counters.jobs_served += 1
+        if self.ledger is not None and not self._closed:
+            try:
+                await self.ledger.settle(receipt.wire, "provider", self.clock(),
+                                         self.config.burn_rate)
+                self.counters.earnings_recorded += 1
+            except LedgerError as exc:
+                log.warning("could not record earning for %s: %s", job.request_id, exc)
+
+    async def _answer(self, stream: Any, frame: JobDeclined) -> None:
+        await stream.write(length_prefixed(encode_job_frame(frame)))
+        await _close(stream)
+
+
+class _Frames:
+    """Length-prefixed frames read from a libp2p stream."""
+
+    def __init__(self, stream: Any, max_frame: int) -> None:
+        self._stream = stream
+        self._reader = FrameReader(max_frame)
+        self._ready: list[bytes] = []
+
+    async def next(self) -> bytes | None:
+        """The next frame; None when the stream ended cleanly between frames."""
+        while not self._ready:
+            try:
+                chunk = await self._stream.read(65536)
+            except EOFError:  # libp2p's StreamEOF
+                chunk = b""
+            if not chunk:
+                if self._reader.buffered:
+                    raise WireError("malformed", "reject", "stream ended inside a frame")
+                return None
+            self._ready.extend(self._reader.feed(chunk))
+        return self._ready.pop(0)
+
+
+async def _close(stream: Any) -> None:
+    try:
+        await stream.close()
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+async def _reset(stream: Any) -> None:
+    try:
+        await stream.reset()
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    """A short readable cause of a stream failure."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror.lower()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None:
+                stack.append(nxt)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+__all__ = ["JobService", "JobSettings", "JobCounters"]
