@@ -1,0 +1,387 @@
+"""`neuroshard-node`: run a market node and talk to a running one.
+
+    neuroshard-node run                      start a node (creates ~/.neuroshard on first run)
+    neuroshard-node init                     create the data dir (key, API token, config.toml)
+    neuroshard-node id                       peer id and the multiaddrs others bootstrap from
+    neuroshard-node peers                    connected peers
+    neuroshard-node market                   the market as the node sees it (price, supply, demand)
+    neuroshard-node register --capacity N    offer N tokens/s of inference capacity
+    neuroshard-node withdraw                 stop offering capacity
+    neuroshard-node submit --tokens N --max-price P   queue a request at the node
+    neuroshard-node token                    print the API token (--rotate for a new one)
+
+Client commands find the running node through `<data-dir>/api` (written by `run`) or `--api`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from neuroshard_p2p import __version__
+from neuroshard_p2p.config import ConfigError
+from neuroshard_p2p.node.settings import DEFAULT_API, DEFAULT_DATA_DIR, DEFAULT_LISTEN, NodeSettings
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr (exit status 1)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroshard-node",
+        description="A peer-to-peer market node that prices and routes AI-inference capacity.",
+        epilog="Start with `neuroshard-node run`; it creates what it needs on first run. "
+               "Every setting can also be written in <data-dir>/config.toml ([node] and [market] "
+               "tables); flags override the file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
+                       help=f"node data directory: key, API token, config.toml "
+                            f"(default {DEFAULT_DATA_DIR})")
+
+    def client(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+        data_dir(p)
+        p.add_argument("--api", metavar="URL",
+                       help="the running node's API, e.g. http://127.0.0.1:8000 (default: what "
+                            "`run` wrote to <data-dir>/api, else the configured api address)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+    p = sub.add_parser("init", help="create the data dir: key (mode 0600), API token, config.toml",
+                       description="Create the data directory with a new secp256k1 key (the "
+                                   "node's peer id and market signing key), an API token and a "
+                                   "config.toml of defaults. Existing files are kept.")
+    data_dir(p)
+
+    p = sub.add_parser("run", help="run a node (creates the data dir on first run)",
+                       description="Run a market node until SIGINT/SIGTERM; a clean stop "
+                                   "publishes a withdrawal so peers stop counting this node at "
+                                   "once. Prints the multiaddr others bootstrap from and the "
+                                   "dashboard URL.")
+    data_dir(p)
+    p.add_argument("--listen", action="append", metavar="MULTIADDR",
+                   help=f"libp2p listen address, repeatable (default {DEFAULT_LISTEN[0]})")
+    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                   help="peer to join through, /ip4/HOST/tcp/PORT/p2p/PEER_ID; repeatable. "
+                        "Unreachable ones are retried with back-off.")
+    p.add_argument("--network", metavar="NAME",
+                   help="network id; nodes of different networks never mix (default testnet)")
+    p.add_argument("--api", metavar="HOST:PORT",
+                   help=f"HTTP API and dashboard address (default {DEFAULT_API}; port 0 picks a "
+                        f"free one; 'off' runs none)")
+    p.add_argument("--capacity", type=int, metavar="TOKENS_PER_S",
+                   help="inference capacity to offer, tokens per second (default 0: none)")
+    p.add_argument("--min-price", type=float, metavar="NEURO",
+                   help="lowest price to serve at, NEURO per 1M tokens (default 0)")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"), help="log detail (default info)")
+
+    p = sub.add_parser("id", help="peer id and the multiaddrs to share",
+                       description="Print this node's peer id and the full multiaddrs others can "
+                                   "--bootstrap from (from the running node; offline, the "
+                                   "configured listen addresses).")
+    client(p)
+
+    p = sub.add_parser("peers", help="connected peers")
+    client(p)
+
+    p = sub.add_parser("market", help="current market stats as this node sees them",
+                       description="Price, supply, demand and utilization as the running node "
+                                   "sees them, now or at a given instant.")
+    client(p)
+    p.add_argument("--at", type=float, metavar="UNIX_SECONDS",
+                   help="evaluate at this instant instead of now (every node holding the same "
+                        "announcements gives the same answer)")
+
+    p = sub.add_parser("register", help="offer inference capacity",
+                       description="Offer capacity on the market (announced within a second).")
+    client(p)
+    p.add_argument("--capacity", type=int, required=True, metavar="TOKENS_PER_S",
+                   help="tokens per second to offer")
+    p.add_argument("--min-price", type=float, default=0.0, metavar="NEURO",
+                   help="lowest price to serve at, NEURO per 1M tokens (default 0)")
+
+    p = sub.add_parser("withdraw", help="stop offering capacity")
+    client(p)
+
+    p = sub.add_parser("submit", help="queue an inference request at the node",
+                       description="Queue a request at the running node; its tokens count in the "
+                                   "node's demand announcement, which moves the price.")
+    client(p)
+    p.add_argument("--tokens", type=int, required=True, help="tokens requested")
+    p.add_argument("--max-price", type=float, required=True, metavar="NEURO",
+                   help="highest price to pay, NEURO per 1M tokens")
+    p.add_argument("--tier", default="standard", choices=("economy", "standard", "premium"))
+    p.add_argument("--prompt", default="", help="the prompt text")
+    p.add_argument("--user", help="user name (default: the node's peer id)")
+
+    p = sub.add_parser("token", help="print the API token",
+                       description="Print the bearer token POSTs to the HTTP API need.")
+    data_dir(p)
+    p.add_argument("--rotate", action="store_true",
+                   help="replace it with a new random token (takes effect at once)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------------------------------------
+# local commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from neuroshard_p2p.node.datadir import ensure_data_dir
+
+    report = ensure_data_dir(args.data_dir)
+    if report.created:
+        print(f"initialised {report.path} ({', '.join(report.created)})")
+    else:
+        print(f"{report.path} already initialised")
+    print(f"peer id: {report.peer_id}")
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from neuroshard_p2p.node.datadir import load_api_token, rotate_api_token
+
+    print(rotate_api_token(args.data_dir) if args.rotate else load_api_token(args.data_dir))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from neuroshard_p2p.node.datadir import ensure_data_dir
+
+    _setup_logging(args.log_level)
+    report = ensure_data_dir(args.data_dir)
+    if report.created:
+        print(f"initialised {report.path} ({', '.join(report.created)})", flush=True)
+    overrides = {
+        "listen": tuple(args.listen) if args.listen else None,
+        "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
+        "network": args.network, "api": args.api, "capacity": args.capacity,
+        "min_price": args.min_price,
+    }
+    settings = NodeSettings.load(report.path, overrides)
+    try:
+        trio.run(_run_node, settings)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        return 130
+    return EXIT_OK
+
+
+async def _run_node(settings: NodeSettings) -> None:
+    import trio
+
+    from neuroshard_p2p.node.host import Node, NodeError
+
+    try:
+        node = Node(settings)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with node:
+                print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
+                print(f"network {settings.network} (topic {node.topic})", flush=True)
+                print("bootstrap other nodes from:", flush=True)
+                for addr in node.addrs:
+                    print(f"  {addr}", flush=True)
+                if node.api_url:
+                    print(f"dashboard: {node.api_url}/", flush=True)
+                    print(f"API token: neuroshard-node token --data-dir {settings.data_dir}",
+                          flush=True)
+                print("ready (Ctrl-C to stop)", flush=True)
+                async for signum in signals:
+                    print(f"{signal.Signals(signum).name}: withdrawing and stopping", flush=True)
+                    break
+        except NodeError as exc:
+            raise CliError(str(exc)) from None
+    print("stopped", flush=True)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # py-libp2p is chatty at INFO (auto-connector state, connection churn): keep its warnings.
+    libp2p_level = logging.DEBUG if level == "debug" else logging.ERROR
+    logging.getLogger("libp2p").setLevel(libp2p_level)
+    logging.getLogger("multiaddr").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# client commands (talk to a running node's HTTP API)
+
+
+def _api_base(args: argparse.Namespace) -> str:
+    from neuroshard_p2p.node.datadir import read_api_url
+    from neuroshard_p2p.node.settings import parse_host_port
+
+    if args.api:
+        return args.api if "://" in args.api else f"http://{args.api}"
+    written = read_api_url(args.data_dir)
+    if written:
+        return written
+    settings = NodeSettings.load(args.data_dir)
+    if not settings.api_enabled:
+        raise CliError("the node's API is off (api = \"off\" in config.toml); nothing to ask")
+    host, port = parse_host_port(settings.api)
+    return f"http://{host}:{port}"
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
+          params: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    base = _api_base(args).rstrip("/")
+    headers = {"Accept": "application/json"}
+    if method == "POST":
+        from neuroshard_p2p.node.datadir import load_api_token
+
+        headers["Authorization"] = f"Bearer {load_api_token(args.data_dir)}"
+    try:
+        response = httpx.request(method, base + path, json=body, params=params, headers=headers,
+                                 timeout=10.0)
+    except httpx.ConnectError:
+        raise CliError(f"no node answers at {base} (is `neuroshard-node run` running with "
+                       f"--data-dir {args.data_dir}?)") from None
+    except httpx.HTTPError as exc:
+        raise CliError(f"request to {base}{path} failed: {exc}") from None
+    try:
+        data = response.json()
+    except ValueError:
+        raise CliError(f"{base}{path} answered {response.status_code} without JSON") from None
+    if response.status_code >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise CliError(f"node refused ({response.status_code}): {message or data}")
+    return data
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import load_private_key
+
+    try:
+        data = _call(args, "GET", "/api/node")
+    except CliError as exc:
+        key = load_private_key(args.data_dir)
+        peer_id = peer_id_of(key.public_key.format(compressed=True))
+        settings = NodeSettings.load(args.data_dir)
+        data = {"peer_id": peer_id, "addrs": [f"{a}/p2p/{peer_id}" for a in settings.listen],
+                "running": False, "note": str(exc)}
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    print(f"peer id: {data['peer_id']}")
+    if data.get("running") is False:
+        print("(node not running; configured listen addresses:)")
+    for addr in data.get("addrs", []):
+        print(f"  {addr}")
+    return EXIT_OK
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/api/peers")
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    print(f"{data['count']} peer(s)")
+    for peer in data["peers"]:
+        print(f"  {peer['peer_id']}  {' '.join(peer['addrs'])}")
+    return EXIT_OK
+
+
+def cmd_market(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/api/market", params={"at": args.at} if args.at is not None else None)
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    utilization = data["utilization"]
+    print(f"network          {data['network']} ({data['mode']} pricing)")
+    print(f"tick             {data['tick']}")
+    print(f"price            {data['current_price']:.9f} NEURO per 1M tokens "
+          f"({data['current_price_nano']} nano)")
+    print(f"target price     {data['target_price']:.9f}")
+    print(f"supply           {data['supply_tokens_per_sec']} tokens/s from "
+          f"{data['available_nodes']} node(s)")
+    print(f"demand           {data['demand_tokens_waiting']} tokens waiting in "
+          f"{data['pending_requests']} request(s)")
+    print(f"utilization      {'∞' if utilization is None else f'{utilization:.3f}'}")
+    return EXIT_OK
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    data = _call(args, "POST", "/api/market/register",
+                 {"tokens_per_second": args.capacity, "min_price": args.min_price})
+    if args.json:
+        _print_json(data)
+    else:
+        offer = data["offer"]
+        print(f"offering {offer['tokens_per_second']} tokens/s at >= {offer['min_price']} NEURO "
+              f"per 1M tokens")
+    return EXIT_OK
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    data = _call(args, "POST", "/api/market/withdraw")
+    if args.json:
+        _print_json(data)
+    else:
+        print("capacity withdrawn")
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"tokens": args.tokens, "max_price": args.max_price, "tier": args.tier,
+                            "prompt": args.prompt}
+    if args.user:
+        body["user"] = args.user
+    data = _call(args, "POST", "/api/market/requests", body)
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"queued {data['request_id']} ({data['tokens']} tokens)")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
+    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "token": cmd_token,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

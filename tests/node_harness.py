@@ -1,0 +1,84 @@
+"""Running real nodes in one trio process for tests: start, stop cleanly or hard, and wait for a
+condition with a deadline. Nothing here stands in for project code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import coincurve
+import pytest
+import trio
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.host import Node
+from neuroshard_p2p.node.settings import NodeSettings
+
+#: Short timings so a test sees keep-alives, syncs and expiry within seconds.
+TEST_MARKET = MarketConfig(capacity_timeout_s=5.0, settle_delay_s=1.0, window_ticks=8)
+
+
+def test_settings(data_dir: Path, **changes: Any) -> NodeSettings:
+    base = NodeSettings(
+        data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
+        announce_interval_s=2.0, sync_interval_s=3.0, peer_exchange_interval_s=0.5,
+        target_peers=8, dial_timeout_s=5.0, stream_timeout_s=5.0,
+        bootstrap_retry_initial_s=0.2, bootstrap_retry_max_s=1.0, shutdown_grace_s=0.5,
+        market=TEST_MARKET)
+    return base.replace(**changes)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@dataclass
+class RunningNode:
+    """A node running in its own task: `stop()` leaves its `async with` normally (a clean stop
+    with a withdrawal), `kill()` cancels it (a hard stop: no withdrawal)."""
+
+    node: Node
+    scope: trio.CancelScope
+    leave: trio.Event
+    done: trio.Event
+
+    async def stop(self) -> None:
+        self.leave.set()
+        await self.done.wait()
+
+    async def kill(self) -> None:
+        self.scope.cancel()
+        await self.done.wait()
+
+
+async def start_node(nursery: trio.Nursery, settings: NodeSettings,
+                     key: coincurve.PrivateKey) -> RunningNode:
+    node = Node(settings, private_key=key, api_token="test-token")
+    running = RunningNode(node, trio.CancelScope(), trio.Event(), trio.Event())
+
+    async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with running.scope:
+                async with node:
+                    task_status.started()
+                    await running.leave.wait()
+        finally:
+            running.done.set()
+
+    await nursery.start(run)
+    return running
+
+
+async def eventually(check: Callable[[], Any], timeout: float, what: str,
+                     interval: float = 0.02, show: Callable[[], Any] | None = None) -> Any:
+    """Poll `check` until it returns something truthy, at most `timeout` seconds; fail the test
+    saying `what` did not happen (and what `show()` says, if given) otherwise."""
+    last: Any = None
+    with trio.move_on_after(timeout):
+        while True:
+            last = check()
+            if last:
+                return last
+            await trio.sleep(interval)
+    detail = show() if show is not None else last
+    pytest.fail(f"within {timeout} s: {what} (last: {detail!r})")

@@ -1,0 +1,262 @@
+"""Real nodes (py-libp2p hosts on 127.0.0.1, gossipsub, sync and peer exchange) in one process:
+they agree on the market, a late joiner catches up, stopped nodes stop counting when they
+should, and a hostile peer moves nothing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import trio
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.node.host import Node
+from neuroshard_p2p.view import MarketView, TickPrice
+from neuroshard_p2p.wire import Announcement, encode
+from tests.conftest import make_key
+from tests.node_harness import TEST_MARKET, RunningNode, eventually, start_node, test_settings
+
+
+def market_of(nodes: list[Node], tick: int) -> list[TickPrice]:
+    return [n.engine.tick_price(tick) for n in nodes]
+
+
+def current_tick(nodes: list[Node]) -> int:
+    node = nodes[0]
+    return node.engine.tick_of(node.now())
+
+
+def agree(nodes: list[Node], supply: int, demand: int) -> bool:
+    """All nodes report the same price, supply and demand for the current tick (a keep-alive in
+    flight cannot make them differ: it repeats what already counts)."""
+    prices = market_of(nodes, current_tick(nodes))
+    return all(p == prices[0] for p in prices) and (prices[0].supply, prices[0].demand) == (supply, demand)
+
+
+async def test_five_nodes_agree_on_supply_demand_and_price_then_a_late_joiner_catches_up(
+        tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        boot = await start_node(nursery, test_settings(tmp_path / "n0"), make_key(1))
+        entry = (boot.node.addrs[0],)
+        others = [
+            await start_node(nursery, test_settings(tmp_path / "n1", bootstrap=entry, capacity=1000),
+                             make_key(2)),
+            await start_node(nursery, test_settings(tmp_path / "n2", bootstrap=entry, capacity=500,
+                                                    min_price=0.02), make_key(3)),
+            await start_node(nursery, test_settings(tmp_path / "n3", bootstrap=entry), make_key(4)),
+            await start_node(nursery, test_settings(tmp_path / "n4", bootstrap=entry), make_key(5)),
+        ]
+        others[2].node.submit_request(60_000, 10**9)
+        nodes = [boot.node] + [r.node for r in others]
+
+        await eventually(lambda: agree(nodes, 1500, 60_000), 15,
+                         "all five report supply 1500, demand 60000 and one price for one tick")
+        tick = current_tick(nodes)
+        prices = market_of(nodes, tick)
+        assert len({p.price_nano for p in prices}) == 1
+        assert prices[0].target_nano == TEST_MARKET_TARGET(1500, 60_000)
+        # peer exchange: every node knew only the bootstrap node, all end up connected
+        await eventually(lambda: all(n.peer_count == 4 for n in nodes), 10,
+                         "every node connected to the four others")
+
+        # a late joiner that knows only the last node pulls the view and agrees
+        started = time.monotonic()
+        late = await start_node(nursery, test_settings(tmp_path / "n5",
+                                                       bootstrap=(others[3].node.addrs[0],)),
+                                make_key(6))
+        await eventually(lambda: late.node.engine.view.digest() == boot.node.engine.view.digest(),
+                         5, "the late joiner holds the same view")
+        agreed_after = time.monotonic() - started
+        every = nodes + [late.node]
+        await eventually(lambda: agree(every, 1500, 60_000), 5, "the late joiner agrees")
+        for tick_back in range(TEST_MARKET.window_ticks * 2):
+            k = current_tick(every) - tick_back
+            assert late.node.engine.tick_price(k) == boot.node.engine.tick_price(k)
+        print(f"late joiner agreed after {agreed_after:.3f} s")
+        assert agreed_after < 5
+        nursery.cancel_scope.cancel()
+
+
+def TEST_MARKET_TARGET(supply: int, demand: int) -> int:
+    from neuroshard_p2p.core.pricing import target_price_nano
+
+    return target_price_nano(supply, demand, TEST_MARKET)
+
+
+async def test_a_hard_stopped_node_counts_until_its_timeout_a_cleanly_stopped_one_stops_at_once(
+        tmp_path: Path) -> None:
+    timeout = TEST_MARKET.capacity_timeout_s
+    async with trio.open_nursery() as nursery:
+        boot = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))
+        entry = (boot.node.addrs[0],)
+        hard = await start_node(nursery, test_settings(tmp_path / "b", bootstrap=entry, capacity=1000),
+                                make_key(2))
+        clean = await start_node(nursery, test_settings(tmp_path / "c", bootstrap=entry, capacity=300),
+                                 make_key(3))
+        observer = await start_node(nursery, test_settings(tmp_path / "d", bootstrap=entry),
+                                    make_key(4))
+        peers = [boot.node, observer.node]
+        await eventually(lambda: all(n.stats().supply_tokens_per_s == 1300 for n in peers + [clean.node]),
+                         10, "everyone counts 1300 tokens/s")
+
+        signer = hard.node.engine.signer
+        survivors = peers + [clean.node]
+        await hard.kill()
+        killed_at = time.time()
+        await eventually(lambda: len({n.engine.view.current(signer).msg_id for n in survivors}) == 1,
+                         3, "every peer holds the same last announcement of the dead node")
+        last = boot.node.engine.view.current(signer)
+        assert last is not None and last.tokens_per_second == 1000
+        assert last.issued_at_ms / 1000 <= killed_at
+        expiry_ms = last.issued_at_ms + int(timeout * 1000)
+        for node in survivors:
+            # the signed timeline decides: the same instant on every peer
+            assert node.engine.view.counted_at_ms(signer, expiry_ms - 1) == last
+            assert node.engine.view.counted_at_ms(signer, expiry_ms) is None
+            assert node.engine.view.counted_at_ms(signer, int(killed_at * 1000)) == last
+
+        # a clean stop publishes a withdrawal: counted no more, long before any timeout
+        clean_signer = clean.node.engine.signer
+        await clean.stop()
+        stopped_at = time.time()
+
+        def withdrawn(node: Node) -> bool:
+            counted = node.engine.view.counted_at_ms(clean_signer, int(time.time() * 1000))
+            return counted is None or counted.tokens_per_second == 0
+
+        await eventually(lambda: all(withdrawn(n) for n in peers), 2,
+                         "every peer stopped counting the cleanly stopped node")
+        assert time.time() - stopped_at < timeout / 2
+        for node in peers:
+            assert node.engine.view.current(clean_signer).tokens_per_second == 0
+
+        # and in real time the dead node drops out exactly when its last word expires
+        def expired_everywhere() -> bool:
+            supplies = [n.stats().supply_tokens_per_s for n in peers]
+            assert all(s == 1000 for s in supplies) or time.time() * 1000 >= expiry_ms, supplies
+            return all(s == 0 for s in supplies)
+
+        await eventually(expired_everywhere, expiry_ms / 1000 - time.time() + 3,
+                         "the dead node expired everywhere")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        boot = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))
+        entry = (boot.node.addrs[0],)
+        seller = await start_node(nursery, test_settings(tmp_path / "b", bootstrap=entry, capacity=1000),
+                                  make_key(2))
+        observer = await start_node(nursery, test_settings(tmp_path / "c", bootstrap=entry),
+                                    make_key(3))
+        hostile = await start_node(nursery, test_settings(tmp_path / "h", bootstrap=entry),
+                                   make_key(66))
+        honest = [boot.node, seller.node, observer.node]
+        h = hostile.node
+        await eventually(lambda: all(n.stats().supply_tokens_per_s == 1000 for n in honest + [h]),
+                         10, "everyone counts the seller")
+        await eventually(lambda: len(h.gossipsub.mesh.get(h.topic, ())) == 3, 10,
+                         "the hostile peer is in the mesh of all three honest nodes")
+
+        genuine = seller.node.engine.view.current(seller.node.engine.signer)
+        assert genuine is not None
+        key = h.private_key
+        me = h.engine.signer
+        now_ms = int(time.time() * 1000)
+
+        def signed(issued_ms: int, seq: int, capacity: int = 0, demand: int = 0) -> bytes:
+            return encode(Announcement(me, issued_ms, seq, capacity, 0, demand, 1 if demand else 0), key)
+
+        forged = bytearray(genuine.wire)
+        forged[-5] ^= 0x40
+        someone_else = make_key(77)
+        foreign = encode(Announcement(someone_else.public_key.format(compressed=True), now_ms, 1,
+                                      40_000, 0, 0, 0), someone_else)
+        attacks = [
+            bytes(forged),                                        # bad signature
+            genuine.wire,                                         # replay of another's message
+            foreign,                                              # another signer's, relayed
+            signed(now_ms - 400_000, 10, capacity=40_000),        # stale
+            signed(now_ms + 120_000, 11, capacity=40_000),        # from the future
+            signed(now_ms, 12, capacity=TEST_MARKET.max_node_tokens_per_s + 1),  # implausible
+            b"\xc1" * 300,                                        # garbage
+            b"\x92" + b"\x00" * 100_000,                          # oversize (limit 80 KiB)
+        ]
+        attacks += [signed(now_ms + i, 100 + i) for i in range(12)]  # a flood (zero content)
+        attacks += [signed(now_ms + 50, 100 + 50)] * 2            # exact replay of our own
+        for data in attacks:
+            await h.pubsub.publish(h.topic, data)
+        # the same payload published twice travels as two pubsub messages: replayed content
+        reference = MarketView(TEST_MARKET)
+        reference.merge_messages(seller.node.engine.view.messages_of(seller.node.engine.signer))
+
+        def reasons(node: Node) -> set[str]:
+            return {reason for (outcome, reason), n in node.engine.gossip_counts.items()
+                    if outcome != "accepted" and n}
+
+        expected = {"bad_signature", "wrong_signer", "stale", "future", "implausible",
+                    "malformed", "oversize", "rate_limited", "duplicate"}
+        await eventually(lambda: all(expected <= reasons(n) for n in honest), 10,
+                         "every honest node rejected or ignored each attack with its reason",
+                         show=lambda: [(sorted(expected - reasons(n)), dict(n.engine.gossip_counts))
+                                       for n in honest])
+        tick = current_tick(honest)
+        for k in range(tick - 10, tick + 3):
+            for node in honest:
+                here = node.engine.tick_price(k)
+                there = reference.price_at_tick(k)
+                assert (here.price_nano, here.supply, here.demand) == (
+                    there.price_nano, there.supply, there.demand)
+        for node in honest:
+            assert node.counters.validator_errors == 0
+
+        # a payload above py-libp2p's 1 MiB RPC limit: the hostile stream is reset, no more
+        await h.pubsub.publish(h.topic, b"\x00" * (1024 * 1024 + 10))
+        # everyone still works: a change by the seller reaches all honest nodes
+        seller.node.set_offer(2000, 0)
+        await eventually(lambda: all(n.stats().supply_tokens_per_s == 2000 for n in honest), 10,
+                         "honest nodes still gossip after the attack")
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_bootstrap_is_retried_with_a_clear_reason(
+        tmp_path: Path, caplog: "object") -> None:
+    import logging
+
+    import pytest as _pytest
+
+    assert isinstance(caplog, _pytest.LogCaptureFixture)
+    caplog.set_level(logging.WARNING, logger="neuroshard.node")
+    dead_peer = PeerEngine(MarketConfig(), make_key(9)).peer_id
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"/ip4/127.0.0.1/tcp/{port}/p2p/{dead_peer}"
+    async with trio.open_nursery() as nursery:
+        lonely = await start_node(nursery, test_settings(tmp_path / "x", bootstrap=(address,)),
+                                  make_key(8))
+        await eventually(lambda: lonely.node.counters.dial_failures >= 2, 10,
+                         "the bootstrap dial was retried")
+        messages = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+        assert messages and address in messages[0]
+        assert "connection refused" in messages[0]
+        await lonely.stop()
+
+
+async def test_nodes_on_different_networks_never_mix(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        main = await start_node(nursery, test_settings(tmp_path / "m", capacity=1000), make_key(1))
+        other = await start_node(nursery, test_settings(tmp_path / "o", network="devnet",
+                                                        bootstrap=(main.node.addrs[0],)),
+                                 make_key(2))
+        await eventually(lambda: other.node.counters.syncs_failed >= 1, 5,
+                         "the sync across networks was refused")
+        assert other.node.topic != main.node.topic
+        assert other.node.engine.view.message_count == 0
+        assert other.node.stats().supply_tokens_per_s == 0
+        assert main.node.stats().supply_tokens_per_s == 1000
+        nursery.cancel_scope.cancel()
+
+
+_ = RunningNode  # re-exported for readers of this file
