@@ -106,9 +106,13 @@ _PUBKEY_CACHE_MAX = 16_384
 
 _sha256 = hashlib.sha256
 
+#: What the decoders accept as input (anything else is refused as `malformed`).
+Buffer = bytes | bytearray | memoryview
+
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def public_key_of(private_key: coincurve.PrivateKey) -> bytes:
@@ -151,14 +155,14 @@ def sign(message: Message, private_key: coincurve.PrivateKey) -> Message:
     return decode_unchecked_time(encode(message, private_key))
 
 
-def decode(data: bytes, now: float) -> Message:
+def decode(data: Buffer, now: float) -> Message:
     """Decode and validate wire bytes received at `now` (seconds since the Unix epoch)."""
     message = _decode(data, None)
     check_freshness(message.issued_at_ms, now)
     return message
 
 
-def decode_unchecked_time(data: bytes) -> Message:
+def decode_unchecked_time(data: Buffer) -> Message:
     """Everything `decode` checks except freshness (for vectors, stored receipts, sync replays
     that are checked against their own time rules)."""
     return _decode(data, None)
@@ -220,8 +224,9 @@ def _decode(data: Any, msg_id: bytes | None) -> Message:
         raise WireError("bad_signature", REJECT, "signature does not verify for the signer's key")
     if msg_id is None:
         msg_id = _sha256(data).digest()
-    return MESSAGE_TYPES[kind](signer, issued_at_ms, *values,
-                               signature=signature, wire=data, msg_id=msg_id)
+    message: Message = MESSAGE_TYPES[kind](signer, issued_at_ms, *values,
+                                           signature=signature, wire=data, msg_id=msg_id)
+    return message
 
 
 def _split_envelope(data: bytes) -> tuple[bytes, bytes] | None:
@@ -362,7 +367,8 @@ def _verify(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:
     sig = _ffi.new("secp256k1_ecdsa_signature *")
     if not _lib.secp256k1_ecdsa_signature_parse_compact(_CONTEXT.ctx, sig, signature):
         return False  # r or s not below the group order
-    return _lib.secp256k1_ecdsa_verify(_CONTEXT.ctx, sig, _sha256(body).digest(), key.public_key) == 1
+    return bool(_lib.secp256k1_ecdsa_verify(_CONTEXT.ctx, sig, _sha256(body).digest(),
+                                            key.public_key) == 1)
 
 
 def _verify_public_api(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:  # pragma: no cover
@@ -384,12 +390,14 @@ def with_fields(message: Message, **changes: Any) -> Message:
 def encode_frame(frame: Frame) -> bytes:
     """The canonical bytes of a stream frame (sync request/response, job declined). Invalid
     fields raise WireError, as they would on the receiving side."""
-    kind = getattr(frame, "KIND", None)
-    if kind == KIND_SYNC_REQUEST:
+    if isinstance(frame, SyncRequest):
+        kind = KIND_SYNC_REQUEST
         items: list[Any] = [VERSION, kind, frame.digest, list(frame.bucket_digests)]
-    elif kind == KIND_SYNC_RESPONSE:
+    elif isinstance(frame, SyncResponse):
+        kind = KIND_SYNC_RESPONSE
         items = [VERSION, kind, list(frame.announcements)]
-    elif kind == KIND_JOB_DECLINED:
+    elif isinstance(frame, JobDeclined):
+        kind = KIND_JOB_DECLINED
         items = [VERSION, kind, frame.request_id, frame.reason, frame.detail]
     else:
         raise WireError("kind", REJECT, f"cannot encode a {type(frame).__name__} as a stream frame")
@@ -400,7 +408,7 @@ def encode_frame(frame: Frame) -> bytes:
     return data
 
 
-def decode_frame(data: bytes, kinds: tuple[int, ...] | None = None) -> Frame:
+def decode_frame(data: Buffer, kinds: tuple[int, ...] | None = None) -> Frame:
     """Decode a stream frame, optionally only of the given kinds; raise WireError otherwise.
     The announcements inside a sync response are returned as bytes, still to be validated."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -464,7 +472,7 @@ def encode_sync(frame: SyncRequest | SyncResponse) -> bytes:
     return encode_frame(frame)
 
 
-def decode_sync(data: bytes) -> SyncRequest | SyncResponse:
+def decode_sync(data: Buffer) -> SyncRequest | SyncResponse:
     """Decode a sync request or response frame, or raise WireError."""
     frame = decode_frame(data, (KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE))
     assert isinstance(frame, (SyncRequest, SyncResponse))

@@ -39,6 +39,7 @@ from neuroshard_p2p.wire.codec import (
     MAX_AGE_S,
     MAX_ANY_SIZE,
     MAX_FUTURE_S,
+    Buffer,
     _decode,
     _now_ms,
     check_freshness,
@@ -131,7 +132,7 @@ class Validator:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def check(self, data: bytes, now: float, *, kind: type | tuple[type, ...] | None = None,
+    def check(self, data: Buffer, now: float, *, kind: type | tuple[type, ...] | None = None,
               from_peer: bytes | str | None = None,
               provider_capacity: int | None = None, history: bool = False) -> Message:
         """Validate `data` received at `now` and return the message, or raise WireError.
@@ -169,7 +170,7 @@ class Validator:
 
     # -- the rules ------------------------------------------------------------------------------
 
-    def _check(self, data: bytes, now: float, kind: type | tuple[type, ...] | None,
+    def _check(self, data: Buffer, now: float, kind: type | tuple[type, ...] | None,
                from_peer: bytes | str | None, provider_capacity: int | None,
                history: bool) -> Message:
         if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
