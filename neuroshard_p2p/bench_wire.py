@@ -57,8 +57,9 @@ def _rate(n: int, fn: Callable[[], Any]) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run(n: int = 2000, rounds: int = 11) -> dict[str, float]:
-    """Measure the rates in the module docstring; return them with the two ratios."""
+def run(n: int = 2000, rounds: int = 11, *, quiet: bool = False) -> dict[str, float]:
+    """Measure the rates in the module docstring, print them (unless `quiet`) and return them
+    with the ratios."""
     keys = _keys(n)
     messages = _announcements(keys)
     wires = [wire.encode(m, k) for m, k in zip(messages, keys)]
@@ -124,6 +125,8 @@ def run(n: int = 2000, rounds: int = 11) -> dict[str, float]:
         best[name] = statistics.median(values)
     best["n"] = n
     best["rounds"] = rounds
+    if not quiet:
+        print(report(best))
     return best
 
 
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2000, help="announcements per round (default 2000)")
     parser.add_argument("--rounds", type=int, default=11, help="rounds (default 11)")
     args = parser.parse_args(argv)
-    print(report(run(args.n, args.rounds)))
+    run(args.n, args.rounds)
 
 
 if __name__ == "__main__":
