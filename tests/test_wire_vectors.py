@@ -177,3 +177,14 @@ def test_view_digest_vector(vector: dict[str, Any]) -> None:
         view.merge_message(message)
     assert [d.hex() for d in view.bucket_digests()] == vector["bucket_digests"]
     assert view.digest().hex() == vector["digest"]
+
+
+def test_generator_reproduces_the_published_files() -> None:
+    """The generator is deterministic and the JSON files are what it writes (run as a separate
+    process, the way a person would)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(VECTORS / "generate.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
