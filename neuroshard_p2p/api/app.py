@@ -1,34 +1,65 @@
-"""The node's HTTP API: a small ASGI app over a running `Node` (served by hypercorn's trio worker).
+"""The node's HTTP API: a plain ASGI app over a running `Node`, served by hypercorn's trio worker
+inside the node's own nursery.
 
-    GET  /api/market              the market as this node sees it now (price, supply, demand)
-    GET  /api/node                this node: peer id, addresses, offer, peers, message counters
-    GET  /api/peers               connected peers and their addresses
-    POST /api/market/register     {"tokens_per_second": 1000, "min_price": 0.0}   (bearer token)
-    POST /api/market/withdraw     no body                                          (bearer token)
-    POST /api/market/requests     {"tokens": 5000, "max_price": 0.5, ...}          (bearer token)
-    GET  /                        the dashboard page (static files in api/static/)
+    GET  /                              the dashboard (static files in api/static/)
+    GET  /api/market[?at=UNIX_S]        the market as this node sees it (the seed's fields first)
+    GET  /api/market/history?window=1h|24h   the price series this node recorded
+    GET  /api/market/offers             the merged view's offers, cheapest first
+    GET  /api/market/requests/{id}      a request's status, provider, tokens served, cost
+    GET  /api/peers                     connected peers and their addresses
+    GET  /api/node                      peer id, multiaddrs, network, version, own offer
+    GET  /api/ledger                    settlements, this node's earnings (404 without a ledger)
+    GET  /metrics                       Prometheus text
+    POST /api/market/register           {"tokens_per_second": 1000, "min_price": 0.0}   (token)
+    POST /api/market/withdraw           no body                                          (token)
+    POST /api/market/requests           {"tokens": 5000, "max_price": 0.5, ...}          (token)
 
-POSTs need `Authorization: Bearer <token>` (the token in `<data-dir>/api_token`; `neuroshard-node
-token` prints it). Bodies are checked by `api.inputs`; every refusal is JSON `{"error": ...,
-"status": ...}` with a status that says whose fault it was. Prices leave as NEURO (floats, for
-people) and as integer nano-NEURO (`*_nano`, exact).
+Why a plain ASGI callable: a dozen fixed routes, JSON in and out, one static directory. A
+framework would add routing and request objects we would then have to keep strict ourselves (its
+own 422 shapes, its own body parsing); the ASGI interface is small, stable and spoken natively by
+hypercorn's trio worker, so the node's structured concurrency reaches all the way into the
+request handlers, with no asyncio or anyio layer in between.
+
+Writes need `Authorization: Bearer <token>` (`<data-dir>/api_token`; `neuroshard-node token`
+prints it). Bodies are checked by `api.inputs` before anything is called on the node; every refusal
+is JSON `{"error": ..., "status": ...}` with a 4xx status that says whose fault it was. Prices
+leave as NEURO (floats, for people) and as integer nano-NEURO (`*_nano`, exact).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import math
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
-from neuroshard_p2p.api.inputs import InputError, parse_register, parse_submit, parse_withdraw
+import trio
+
+from neuroshard_p2p import __version__
+from neuroshard_p2p.api.history import PriceHistory, record_prices
+from neuroshard_p2p.api.inputs import (
+    MAX_BODY_BYTES,
+    InputError,
+    parse_history_window,
+    parse_register,
+    parse_request_id,
+    parse_submit,
+    parse_withdraw,
+)
+from neuroshard_p2p.api.metrics import node_registry, render
+from neuroshard_p2p.api.readout import NodeReadout, read_node
 from neuroshard_p2p.core.errors import MarketError
-from neuroshard_p2p.money import from_nano, to_nano
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.money import from_nano
 
 if TYPE_CHECKING:  # the app only reads and calls the node; no import cycle at run time
+    from neuroshard_p2p.ledger import AsyncLedger
     from neuroshard_p2p.node.host import Node
 
 log = logging.getLogger("neuroshard.api")
@@ -40,144 +71,340 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".css": "text/css; charset=utf-8"}
-_MAX_BODY = 256 * 1024
+_STATIC_NAME = re.compile(r"^[a-z0-9_-]+\.(html|js|css)$")
+_REQUEST_PATH = "/api/market/requests/"
+#: The dashboard's own files may not be framed or fed scripts from elsewhere.
+_PAGE_HEADERS = [(b"content-security-policy",
+                  b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+                 (b"x-content-type-options", b"nosniff")]
 
 
-def market_json(node: "Node", now: float | None = None) -> dict[str, Any]:
-    """The body of GET /api/market."""
-    stats = node.stats(now)
-    config = node.settings.market
-    utilization = stats.utilization
-    return {
-        "now": stats.now,
-        "network": node.settings.network,
-        "enabled": True,
-        "mode": config.mode,
-        "tick": stats.tick,
-        "current_price": from_nano(stats.price_nano),
-        "current_price_nano": stats.price_nano,
-        "target_price": from_nano(stats.target_price_nano),
-        "target_price_nano": stats.target_price_nano,
-        "min_price": config.min_price,
-        "max_price": config.max_price,
-        "min_price_nano": to_nano(config.min_price),
-        "max_price_nano": to_nano(config.max_price),
-        "supply_tokens_per_sec": stats.supply_tokens_per_s,
-        "demand_tokens_waiting": stats.demand_tokens_waiting,
-        "pending_requests": stats.pending_requests,
-        "available_nodes": stats.available_nodes,
-        "utilization": None if utilization == float("inf") else utilization,
-    }
+@dataclass
+class Response:
+    """What a handler answers: a status and a JSON body, or raw bytes with a content type."""
+
+    status: int
+    body: Any = None
+    raw: bytes | None = None
+    content_type: str = "application/json"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
-def node_json(node: "Node") -> dict[str, Any]:
-    """The body of GET /api/node."""
-    offer = node.engine.offer
-    return {
-        "running": True,
-        "peer_id": node.peer_id,
-        "addrs": node.addrs,
-        "network": node.settings.network,
-        "topic": node.topic,
-        "api": node.api_url,
-        "peers": node.peer_count,
-        "offer": {"tokens_per_second": offer.tokens_per_second,
-                  "min_price": from_nano(offer.min_price_nano),
-                  "min_price_nano": offer.min_price_nano},
-        "queued_requests": len(node.engine.queued_requests(node.now())),
-        "messages": [{"outcome": o, "reason": r, "count": c}
-                     for (o, r), c in sorted(node.engine.counts().items())],
-        "counters": dict(vars(node.counters)),
-    }
+@dataclass
+class Request:
+    """What a handler gets: the parsed parts of one HTTP request."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[bytes, str]
+    body: bytes = b""
+    #: A request that carries a body we have not read to its end (yet).
+    body_unread: bool = False
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get(b"content-type")
 
 
-def peers_json(node: "Node") -> dict[str, Any]:
-    """The body of GET /api/peers."""
-    peers = node.connected_peers()
-    return {"count": len(peers),
-            "peers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)} for p in peers]}
+class Api:
+    """The API of one node: its routes, its price history and its metrics."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.history = PriceHistory(node.settings.market.tick_s)
+        self.reads: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
+            ("GET", "/api/market"): self.market,
+            ("GET", "/api/market/history"): self.price_history,
+            ("GET", "/api/market/offers"): self.offers,
+            ("GET", "/api/peers"): self.peers,
+            ("GET", "/api/node"): self.node_info,
+            ("GET", "/api/ledger"): self.ledger,
+            ("GET", "/metrics"): self.metrics,
+        }
+        self.writes: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
+            ("POST", "/api/market/register"): self.register,
+            ("POST", "/api/market/withdraw"): self.withdraw,
+            ("POST", "/api/market/requests"): self.submit,
+        }
+
+    # -- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        head = method == "HEAD"
+        request = Request(method="GET" if head else method, path=scope["path"],
+                          query=parse_qs(scope.get("query_string", b"").decode("latin-1"),
+                                         keep_blank_values=True),
+                          headers={k.lower(): v.decode("latin-1")
+                                   for k, v in scope.get("headers", [])})
+        try:
+            response = await self._dispatch(request, receive)
+        except InputError as error:
+            response = Response(error.status, error.to_json())
+            if error.status == 401:
+                response.headers.append((b"www-authenticate", b'Bearer realm="neuroshard"'))
+            if request.body_unread:
+                # Refused before (or while) reading the body: the rest of it is still on the
+                # connection, so close it rather than let the client send its next request
+                # behind bytes we will not read.
+                response.headers.append((b"connection", b"close"))
+        except MarketError as error:
+            response = Response(409, {"error": str(error), "status": 409})
+        except Exception:  # noqa: BLE001 - a bug answers 500, it does not stop the node
+            log.exception("API error on %s %s", method, request.path)
+            response = Response(500, {"error": "internal error (see the node's log)",
+                                      "status": 500})
+        await _send(send, response, head=head)
+
+    async def _dispatch(self, request: Request, receive: Receive) -> Response:
+        key = (request.method, request.path)
+        if key in self.reads:
+            return await self.reads[key](request)
+        if key in self.writes:
+            request.body_unread = True
+            self._authorize(request)
+            request.body = await _read_body(receive, request.headers)
+            request.body_unread = False
+            return await self.writes[key](request)
+        if request.method == "GET" and request.path.startswith(_REQUEST_PATH):
+            _no_query(request)
+            return self.request_status(parse_request_id(request.path[len(_REQUEST_PATH):]))
+        allowed = sorted({m for m, p in (*self.reads, *self.writes) if p == request.path})
+        if allowed:
+            return Response(405, {"error": f"{request.method} is not allowed on {request.path}; "
+                                           f"use {', '.join(allowed)}", "status": 405},
+                            headers=[(b"allow", ", ".join(allowed).encode())])
+        if request.method == "GET" and not request.path.startswith("/api/"):
+            return _static(request.path)
+        raise InputError(404, f"no such endpoint: {request.method} {request.path}")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Startup warns about a non-loopback bind and starts the price recorder; shutdown stops
+        it. The recorder lives in this task, which hypercorn runs inside the node's nursery."""
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        _warn_if_exposed(self.node)
+        engine = self.node.engine
+        config = self.node.settings.market
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(record_prices, self.history,
+                               lambda tick: engine.tick_price(tick).price_nano, engine.tick_of,
+                               self.node.now, config.window_ticks)
+            await send({"type": "lifespan.startup.complete"})
+            while (await receive())["type"] != "lifespan.shutdown":
+                pass
+            nursery.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _authorize(self, request: Request) -> None:
+        scheme, _, token = request.headers.get(b"authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InputError(401, "this endpoint needs 'Authorization: Bearer <token>' "
+                                  "(`neuroshard-node token` prints it)")
+        if not hmac.compare_digest(token.strip().encode(), self.node.api_token.encode()):
+            raise InputError(403, "wrong API token (`neuroshard-node token` prints the right one)")
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def readout(self, now: float | None = None) -> NodeReadout:
+        """One read of the node (ledger totals fetched off the event loop first)."""
+        ledger = self._ledger()
+        totals = await ledger.totals() if ledger is not None else None
+        return read_node(self.node, self.node.now() if now is None else now, self.history,
+                         totals)
+
+    async def market(self, request: Request) -> Response:
+        return Response(200, (await self.readout(_instant(request))).market_json())
+
+    async def price_history(self, request: Request) -> Response:
+        name, seconds = parse_history_window(request.query)
+        now = self.node.now()
+        points = self.history.series(seconds, now)
+        average = self.history.average(seconds, now)
+        return Response(200, {
+            "window": name, "seconds": seconds, "now": now,
+            "tick_s": self.node.settings.market.tick_s,
+            "points": [[t, price] for t, price in points],
+            "average_price_nano": average,
+            "average_price": None if average is None else from_nano(average)})
+
+    async def offers(self, request: Request) -> Response:
+        _no_query(request)
+        now = self.node.now()
+        own = self.node.engine.signer
+        offers = self.node.engine.view.offers_at(now)
+        return Response(200, {
+            "now": now, "count": len(offers),
+            "supply_tokens_per_sec": sum(o.tokens_per_second for o in offers),
+            "offers": [{"peer_id": peer_id_of(o.signer), "own": o.signer == own,
+                        "tokens_per_second": o.tokens_per_second,
+                        "min_price": from_nano(o.min_price_nano),
+                        "min_price_nano": o.min_price_nano,
+                        "issued_at": o.issued_at_ms / 1000} for o in offers]})
+
+    async def peers(self, request: Request) -> Response:
+        _no_query(request)
+        peers = self.node.connected_peers()
+        return Response(200, {"count": len(peers),
+                              "peers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)}
+                                        for p in peers]})
+
+    async def node_info(self, request: Request) -> Response:
+        _no_query(request)
+        node = self.node
+        offer = node.engine.offer
+        addrs = node.addrs
+        return Response(200, {
+            "running": True,
+            "peer_id": node.peer_id,
+            "multiaddrs": addrs,
+            "addrs": addrs,
+            "network": node.settings.network,
+            "version": __version__,
+            "topic": node.topic,
+            "api": node.api_url,
+            "peers": node.peer_count,
+            "offer": {"tokens_per_second": offer.tokens_per_second,
+                      "min_price": from_nano(offer.min_price_nano),
+                      "min_price_nano": offer.min_price_nano},
+            "queued_requests": len(node.engine.queued_requests(node.now())),
+            "messages": [{"outcome": o, "reason": r, "count": c}
+                         for (o, r), c in sorted(node.engine.counts().items())],
+            "counters": dict(vars(node.counters)),
+        })
+
+    async def ledger(self, request: Request) -> Response:
+        _no_query(request)
+        ledger = self._ledger()
+        if ledger is None:
+            raise InputError(404, "this node keeps no ledger (its jobs service is not running)")
+        signer = self.node.engine.signer
+        summary = await ledger.summary(10, signer)
+        provider = await ledger.totals("provider")
+        spent = await ledger.spent(self.node.peer_id)
+        totals = summary["totals"]
+        summary["node"] = {
+            "peer_id": self.node.peer_id,
+            "earned_nano": summary["earnings"]["earned"],
+            "earned": summary["earnings"]["earned_neuro"],
+            "tokens_served": provider.tokens,
+            "spent_nano": spent,
+            "spent": from_nano(spent),
+            "burned_nano": totals["burned"],
+            "settled_nano": totals["paid"],
+        }
+        return Response(200, summary)
+
+    async def metrics(self, request: Request) -> Response:
+        readout = await self.readout()
+        body, content_type = render(node_registry(lambda: readout))
+        return Response(200, raw=body, content_type=content_type)
+
+    def request_status(self, request_id: str) -> Response:
+        jobs = getattr(self.node, "jobs", None)
+        status = jobs.status(request_id) if jobs is not None else None
+        if status is not None:
+            return Response(200, _status_json(status.to_dict()))
+        now = self.node.now()
+        for queued in self.node.engine.queued_requests(now):
+            if queued.request_id == request_id:  # not yet taken by the jobs layer
+                return Response(200, {
+                    "request_id": queued.request_id, "status": "queued", "state": "queued",
+                    "user": queued.user, "tokens": queued.tokens, "tier": queued.tier,
+                    "max_price_nano": queued.max_price_nano, "locked_price_nano": None,
+                    "locked_price": None, "provider": None, "tokens_served": None,
+                    "cost_nano": None, "cost": None, "submitted_at": queued.submitted_at,
+                    "expires_at": queued.expires_at})
+        raise InputError(404, f"no request with id {request_id!r} at this node", "id")
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def register(self, request: Request) -> Response:
+        offer = parse_register(request.body, request.content_type, self.node.settings.market)
+        self.node.set_offer(offer.tokens_per_second, offer.min_price_nano)
+        return Response(200, {"ok": True, "offer": {
+            "tokens_per_second": offer.tokens_per_second,
+            "min_price": from_nano(offer.min_price_nano),
+            "min_price_nano": offer.min_price_nano}})
+
+    async def withdraw(self, request: Request) -> Response:
+        parse_withdraw(request.body, request.content_type)
+        self.node.withdraw_offer()
+        return Response(200, {"ok": True, "offer": {"tokens_per_second": 0, "min_price": 0.0,
+                                                    "min_price_nano": 0}})
+
+    async def submit(self, request: Request) -> Response:
+        submit = parse_submit(request.body, request.content_type, self.node.settings.market)
+        jobs = getattr(self.node, "jobs", None)
+        if jobs is not None:
+            status = jobs.submit(submit.tokens, submit.max_price_nano, prompt=submit.prompt,
+                                 tier=submit.tier, user=submit.user)
+            return Response(202, _status_json(status.to_dict()))
+        queued = self.node.submit_request(submit.tokens, submit.max_price_nano, tier=submit.tier,
+                                          prompt=submit.prompt, user=submit.user)
+        # No jobs layer: the request waits in the engine's queue, priced when one takes it.
+        return Response(202, {
+            "request_id": queued.request_id, "status": "queued", "tokens": queued.tokens,
+            "locked_price": None, "locked_price_nano": None, "expires_at": queued.expires_at})
+
+    def _ledger(self) -> "AsyncLedger | None":
+        jobs = getattr(self.node, "jobs", None)
+        return getattr(jobs, "ledger", None) if jobs is not None else None
 
 
 def create_app(node: "Node") -> ASGIApp:
     """The ASGI app serving `node`."""
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        method, path = scope["method"], scope["path"]
-        try:
-            if method == "GET" or method == "HEAD":
-                if path == "/api/market":
-                    await _json(send, 200, market_json(node, _instant(scope)))
-                elif path == "/api/node":
-                    await _json(send, 200, node_json(node))
-                elif path == "/api/peers":
-                    await _json(send, 200, peers_json(node))
-                elif not path.startswith("/api/"):
-                    await _static(send, path)
-                else:
-                    raise InputError(404, f"no such endpoint: GET {path}")
-            elif method == "POST":
-                _authorize(scope, node)
-                body = await _body(receive)
-                content_type = _header(scope, b"content-type")
-                if path == "/api/market/register":
-                    offer = parse_register(body, content_type, node.settings.market)
-                    node.set_offer(offer.tokens_per_second, offer.min_price_nano)
-                    await _json(send, 200, {"ok": True, "offer": {
-                        "tokens_per_second": offer.tokens_per_second,
-                        "min_price": from_nano(offer.min_price_nano),
-                        "min_price_nano": offer.min_price_nano}})
-                elif path == "/api/market/withdraw":
-                    parse_withdraw(body, content_type)
-                    node.withdraw_offer()
-                    await _json(send, 200, {"ok": True})
-                elif path == "/api/market/requests":
-                    submit = parse_submit(body, content_type, node.settings.market)
-                    request = node.submit_request(submit.tokens, submit.max_price_nano,
-                                                  tier=submit.tier, prompt=submit.prompt,
-                                                  user=submit.user)
-                    await _json(send, 202, {"request_id": request.request_id,
-                                            "status": "pending", "tokens": request.tokens,
-                                            "expires_at": request.expires_at})
-                else:
-                    raise InputError(404, f"no such endpoint: POST {path}")
-            else:
-                raise InputError(405, f"method {method} not allowed")
-        except InputError as error:
-            await _json(send, error.status, error.to_json())
-        except MarketError as error:
-            await _json(send, 409, {"error": str(error), "status": 409})
-        except Exception:  # noqa: BLE001 - a bug answers 500, it does not stop the node
-            log.exception("API error on %s %s", method, path)
-            await _json(send, 500, {"error": "internal error (see the node's log)", "status": 500})
-
-    return app
+    return Api(node)
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+# ---------------------------------------------------------------------------------------------
+# helpers
 
 
-def _instant(scope: Scope) -> float | None:
+def _status_json(data: dict[str, Any]) -> dict[str, Any]:
+    """A request's status with `status` (the issue's word) next to `state`, and costs in NEURO."""
+    data["status"] = data["state"]
+    cost = data.get("cost_nano")
+    data["cost"] = None if cost is None else from_nano(cost)
+    return data
+
+
+def _warn_if_exposed(node: "Node") -> None:
+    host, port = node.settings.api_host_port
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: we cannot tell, so say it
+        loopback = False
+    if not loopback:
+        log.warning("HTTP API bound to %s:%d, reachable from other machines: anyone who can "
+                    "reach it reads the market and this node's state; writes still need the "
+                    "token. Bind 127.0.0.1 unless you mean it.", host, port)
+
+
+def _no_query(request: Request) -> None:
+    """Endpoints without parameters refuse any, so a typo is not silently ignored."""
+    if request.query:
+        name = sorted(request.query)[0]
+        raise InputError(400, f"unknown query parameter {name!r}; {request.path} takes none",
+                         name)
+
+
+def _instant(request: Request) -> float | None:
     """`?at=<unix seconds>`: evaluate the market at that instant instead of now."""
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    unknown = sorted(set(query) - {"at"})
+    unknown = sorted(set(request.query) - {"at"})
     if unknown:
         raise InputError(400, f"unknown query parameter {unknown[0]!r}; known: at", unknown[0])
-    if "at" not in query:
+    if "at" not in request.query:
         return None
     try:
-        value = float(query["at"][-1])
+        value = float(request.query["at"][-1])
     except ValueError:
         raise InputError(400, "at must be a number of seconds since the epoch", "at") from None
     if not math.isfinite(value) or value < 0:
@@ -185,24 +412,12 @@ def _instant(scope: Scope) -> float | None:
     return value
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def _authorize(scope: Scope, node: "Node") -> None:
-    header = _header(scope, b"authorization") or ""
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise InputError(401, "this endpoint needs 'Authorization: Bearer <token>' "
-                              "(`neuroshard-node token` prints it)")
-    if not hmac.compare_digest(token.strip().encode(), node.api_token.encode()):
-        raise InputError(403, "wrong API token (`neuroshard-node token` prints the right one)")
-
-
-async def _body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, headers: dict[bytes, str]) -> bytes:
+    """The request body, refused with 413 as soon as it passes the cap (a declared length over
+    the cap is refused before reading anything)."""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InputError(413, f"body is {declared} bytes (limit {MAX_BODY_BYTES})")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -211,36 +426,42 @@ async def _body(receive: Receive) -> bytes:
             break
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > _MAX_BODY:
-            raise InputError(413, f"body is larger than {_MAX_BODY} bytes")
+        if size > MAX_BODY_BYTES:
+            raise InputError(413, f"body is larger than {MAX_BODY_BYTES} bytes (limit)")
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
 
 
-async def _json(send: Send, status: int, body: Any) -> None:
-    data = json.dumps(body, allow_nan=False).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode()),
-                            (b"cache-control", b"no-store")]})
-    await send({"type": "http.response.body", "body": data})
+async def _send(send: Send, response: Response, *, head: bool) -> None:
+    if response.raw is not None:
+        data = response.raw
+    else:
+        data = json.dumps(response.body, allow_nan=False).encode("utf-8")
+    headers = [(b"content-type", response.content_type.encode()),
+               (b"content-length", str(len(data)).encode()),
+               (b"cache-control", b"no-store"), *response.headers]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else data})
 
 
-async def _static(send: Send, path: str) -> None:
-    name = "index.html" if path in ("/", "") else path.lstrip("/")
-    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
-    if "/" in name or name.startswith(".") or suffix not in _STATIC_TYPES:
+def _static(path: str) -> Response:
+    """`/` is the dashboard; `/static/<name>` its script and style sheet."""
+    if path in ("/", "/index.html"):
+        name = "index.html"
+    elif path.startswith("/static/"):
+        name = path[len("/static/"):]
+    else:
+        raise InputError(404, f"no such page: {path}")
+    if not _STATIC_NAME.match(name):
         raise InputError(404, f"no such page: {path}")
     try:
-        data = resources.files("neuroshard_p2p.api").joinpath("static", name).read_bytes()
-    except (FileNotFoundError, OSError):
+        data = resources.files("neuroshard_p2p.api").joinpath("static").joinpath(name).read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
         raise InputError(404, f"no such page: {path}") from None
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", _STATIC_TYPES[suffix].encode()),
-                            (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
+    suffix = name[name.rindex("."):]
+    return Response(200, raw=data, content_type=_STATIC_TYPES[suffix], headers=list(_PAGE_HEADERS))
 
 
-__all__ = ["create_app", "market_json", "node_json", "peers_json"]
+__all__ = ["create_app", "Api"]

@@ -27,6 +27,7 @@
   // Prices are shown in NEURO per 1M tokens with enough digits to see a tick's change.
   function formatPrice(neuro) {
     if (neuro === null || neuro === undefined || !isFinite(neuro)) return "—";
+    if (neuro === 0) return "0";
     if (neuro >= 100) return neuro.toFixed(2);
     if (neuro >= 0.01) return neuro.toFixed(4);
     return neuro.toFixed(6);
@@ -102,11 +103,20 @@
       setText("own-min-price", "—");
     }
     if (typeof node.peers === "number") setText("peers", formatCount(node.peers));
+    const outcomes = { accepted: 0, rejected: 0, ignored: 0 };
+    for (const m of node.messages || []) {
+      if (m.outcome in outcomes) outcomes[m.outcome] += m.count;
+    }
+    setText("messages-accepted", formatCount(outcomes.accepted));
+    setText("messages-rejected", formatCount(outcomes.rejected));
+    setText("messages-ignored", formatCount(outcomes.ignored));
   }
 
   function renderLedger(ledger) {
+    // `ledger.node` is this node's share of the ledger: earned as a provider, spent as a user.
     const earnings = $("earnings");
-    if (!ledger) {
+    const mine = ledger && ledger.node;
+    if (!mine) {
       earnings.textContent = "no ledger";
       earnings.dataset.earnedNano = "";
       setText("served", "—");
@@ -114,11 +124,11 @@
       setText("burned", "—");
       return;
     }
-    earnings.textContent = formatNano(ledger.earned_nano);
-    earnings.dataset.earnedNano = String(ledger.earned_nano);
-    setText("served", formatCount(ledger.tokens_served) + " tokens");
-    setText("spent", formatNano(ledger.spent_nano));
-    setText("burned", formatNano(ledger.burned_nano));
+    earnings.textContent = formatNano(mine.earned_nano);
+    earnings.dataset.earnedNano = String(mine.earned_nano);
+    setText("served", formatCount(mine.tokens_served) + " tokens");
+    setText("spent", formatNano(mine.spent_nano));
+    setText("burned", formatNano(mine.burned_nano));
   }
 
   // ---- chart ------------------------------------------------------------------------------
@@ -145,8 +155,12 @@
     const plotW = width - left - right, plotH = height - top - bottom;
     ctx.font = "12px system-ui, sans-serif";
 
-    const seconds = history ? history.seconds : 3600;
     const now = history ? history.now : Date.now() / 1000;
+    const windowS = history ? history.seconds : 3600;
+    // A node up for less than the window shows what it has across the whole width, not a
+    // sliver at the right edge; the axis labels say the real span.
+    const first = points.length ? points[0][0] : now - windowS;
+    const seconds = Math.max(Math.min(windowS, now - first), 10);
     const t0 = now - seconds;
     if (points.length === 0) {
       ctx.fillStyle = textColour;
@@ -177,13 +191,14 @@
       ctx.beginPath(); ctx.moveTo(left, yy); ctx.lineTo(left + plotW, yy); ctx.stroke();
       ctx.fillText(formatPrice(p / NANO), left - 8, yy);
     }
-    // x labels: minutes or hours ago
+    // x labels: seconds, minutes or hours ago, whichever suits the span
     ctx.textAlign = "center"; ctx.textBaseline = "top";
-    const hours = seconds > 3600;
+    const [unit, unitS] = seconds > 3 * 3600 ? [" h", 3600] : seconds > 180 ? [" min", 60] : [" s", 1];
     for (let i = 0; i <= 4; i++) {
       const t = t0 + (seconds * i) / 4;
-      const ago = (now - t) / (hours ? 3600 : 60);
-      const label = i === 4 ? "now" : "−" + Math.round(ago) + (hours ? " h" : " min");
+      const ago = (now - t) / unitS;
+      const label = i === 4 ? "now" : "−" + (ago < 10 ? ago.toFixed(1).replace(/\.0$/, "") : Math.round(ago)) + unit;
+      ctx.textAlign = i === 0 ? "left" : i === 4 ? "right" : "center";
       ctx.fillText(label, x(t), top + plotH + 8);
     }
 

@@ -1,0 +1,88 @@
+"""Real nodes with their HTTP API for the API and dashboard tests: a data dir made by
+`ensure_data_dir` (so the token is the file's), the API on a free 127.0.0.1 port, the job service
+and its ledger wired the way the node wires them, and an httpx client. Nothing here stands in for
+project code."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+import trio
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.datadir import ensure_data_dir, load_api_token
+from neuroshard_p2p.node.host import Node
+from tests.conftest import make_key
+from tests.node_harness import test_settings
+
+#: Short ticks and a short smoothing window, so a change in the market moves the price within a
+#: second or two; everything else as the node harness sets it.
+API_MARKET = MarketConfig(capacity_timeout_s=5.0, settle_delay_s=0.5, window_ticks=4, tick_s=0.5,
+                          claim_timeout_s=10.0, request_expiry_s=60.0)
+
+
+@dataclass
+class ApiNode:
+    """A running node, its API's URL, the token from its data dir and a client for it."""
+
+    node: Node
+    url: str
+    token: str
+    client: httpx.AsyncClient
+    data_dir: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.get(self.url + path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.post(self.url + path, **kwargs)
+
+    async def market(self) -> dict[str, Any]:
+        response = await self.get("/api/market")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@asynccontextmanager
+async def api_node(data_dir: Path, key_index: int, *, jobs: bool = True, api: str = "127.0.0.1:0",
+                   market: MarketConfig = API_MARKET, **changes: Any) -> AsyncIterator[ApiNode]:
+    """A node with its API (and, with `jobs`, its job service and ledger) until the block ends."""
+    ensure_data_dir(data_dir)
+    settings = test_settings(data_dir, api=api, market=market, announce_interval_s=2.0, **changes)
+    async with Node(settings, private_key=make_key(key_index)) as node:
+        assert node.api_url is not None
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10.0) as client:
+            if jobs and getattr(node, "jobs", None) is None:
+                # The node does not start its job service itself (yet): wire it as it would.
+                from neuroshard_p2p.node.job_service import JobService
+
+                node.jobs = JobService.for_node(node)  # type: ignore[attr-defined]
+                await nursery.start(node.jobs.run, node.host)  # type: ignore[attr-defined]
+            yield ApiNode(node, node.api_url, load_api_token(data_dir), client, data_dir)
+            nursery.cancel_scope.cancel()
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
+                     interval: float = 0.05) -> Any:
+    """Await `check` until it returns something truthy, at most `timeout` seconds; fail saying
+    `what` did not happen and what `check` last returned."""
+    last: Any = None
+    deadline = time.monotonic() + timeout
+    with trio.move_on_after(timeout):
+        while True:
+            last = await check()
+            if last:
+                return last
+            await trio.sleep(interval)
+    assert time.monotonic() >= deadline - 0.01
+    pytest.fail(f"within {timeout} s: {what} (last check: {last!r})")
