@@ -82,6 +82,7 @@ class Recorder:
         self.peer_stopped: list[float | None] = []
         self.peer_published: list[int] = []
         self.peer_received: list[int] = []
+        self.peer_hostile: list[bool] = []
         self.reasons: Counter[str] = Counter()        # validation outcomes, summed over peers
         self.cpu_s = 0.0                              # CPU spent by the run (process time)
         self.engine_cpu_s = 0.0                       # of which inside the node engines (sim)
@@ -92,7 +93,10 @@ class Recorder:
 
     # -- filling ----------------------------------------------------------------------------
 
-    def add_peer(self, name: str, t: float) -> int:
+    def add_peer(self, name: str, t: float, hostile: bool = False) -> int:
+        """Register a peer (hostile peers too, so indices match the driver's; they are left out
+        of the per-peer figures)."""
+        self.peer_hostile.append(hostile)
         self.peer_names.append(name)
         self.peer_started.append(t)
         self.peer_stopped.append(None)
@@ -151,18 +155,24 @@ def figures(rec: Recorder) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["agreement"] = _agreement(rec)
     out["events"] = _events(rec)
-    per_event = [e["agree_s"] for e in out["events"] if e["agree_s"] is not None]
+    # Events inside a partition (after the split, before the heal) are left out: there the
+    # halves disagree by construction; the heal is what is measured.
+    counted = [e for e in out["events"] if not e["during_partition"]]
+    per_event = [e["agree_s"] for e in counted if e["agree_s"] is not None]
     per_peer: list[float] = []
     for e in out["events"]:
-        per_peer.extend(e.pop("_peer_agree_s", []))
+        peer_times = e.pop("_peer_agree_s", [])
+        if not e["during_partition"]:
+            per_peer.extend(peer_times)
     out["agreement"]["after_event_s"] = {
-        "events": len(out["events"]),
+        "events": len(counted),
+        "events_during_partition": len(out["events"]) - len(counted),
         "all_peers_p50": _round(percentile(per_event, 0.5)),
         "all_peers_p99": _round(percentile(per_event, 0.99)),
         "all_peers_max": _round(max(per_event) if per_event else None),
         "per_peer_p50": _round(percentile(per_peer, 0.5)),
         "per_peer_p99": _round(percentile(per_peer, 0.99)),
-        "never_agreed": sum(1 for e in out["events"] if e["agree_s"] is None),
+        "never_agreed": sum(1 for e in counted if e["agree_s"] is None),
         "resolution_s": rec.sample_s,
     }
     out["traffic"] = _traffic(rec)
@@ -208,11 +218,16 @@ def _events(rec: Recorder) -> list[dict[str, Any]]:
     """Per event: time until live peers last disagreed within the event's window (until the next
     event), per peer the same against the network's modal price, and when the price moved."""
     out = []
+    split = False
     for n, record in enumerate(rec.events):
+        if record.event.action == "partition":
+            split = True
+        elif record.event.action == "heal":
+            split = False
         end = rec.events[n + 1].t if n + 1 < len(rec.events) else rec.network_s
         window = _window(rec, record.t, end)
         entry: dict[str, Any] = {"t": _round(record.t), "event": record.event.title,
-                                 "action": record.event.action}
+                                 "action": record.event.action, "during_partition": split}
         if not window:
             entry.update(agree_s=None, _peer_agree_s=[], moved_after_s=None)
             out.append(entry)
@@ -253,8 +268,9 @@ def _events(rec: Recorder) -> list[dict[str, Any]]:
 def _traffic(rec: Recorder) -> dict[str, Any]:
     seconds = max(rec.network_s, 1e-9)
     alive = 0.0
-    for start, stop in zip(rec.peer_started, rec.peer_stopped):
-        alive += (rec.network_s if stop is None else stop) - start
+    for start, stop, hostile in zip(rec.peer_started, rec.peer_stopped, rec.peer_hostile):
+        if not hostile:
+            alive += (rec.network_s if stop is None else stop) - start
     alive = max(alive, 1e-9)
     total = Traffic()
     for bucket in rec.traffic:
@@ -293,16 +309,20 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
     }
 
 
+#: Seconds after the start, and after each event, left out of the steady-state rate: peers
+#: start and announce in the first seconds, and announce a change within a tick or two of an event.
+STARTUP_S = 6.0
+AFTER_EVENT_S = 3.0
+
+
 def _quiet_seconds(rec: Recorder) -> list[int]:
-    timeout = rec.market.capacity_timeout_s
-    busy: list[tuple[float, float]] = [(0.0, min(timeout, rec.network_s))]
+    """Whole seconds of network time with only keep-alives expected: not in the start-up and not
+    within AFTER_EVENT_S of an event (announcements of changes)."""
+    busy: list[tuple[float, float]] = [(0.0, STARTUP_S)]
     for record in rec.events:
-        span = timeout
-        if record.event.action == "hostile":
-            span = max(span, record.event.duration_s or rec.network_s)
-        busy.append((record.t, record.t + span))
+        busy.append((record.t, record.t + AFTER_EVENT_S))
     return [s for s in range(int(rec.network_s))
-            if not any(a <= s < b or a <= s + 1 <= b for a, b in busy)]
+            if not any(a < s + 1 and s < b for a, b in busy)]
 
 
 def _mean_live(rec: Recorder, seconds: list[int]) -> float:
@@ -311,8 +331,9 @@ def _mean_live(rec: Recorder, seconds: list[int]) -> float:
     total = 0
     for s in seconds:
         mid = s + 0.5
-        total += sum(1 for start, stop in zip(rec.peer_started, rec.peer_stopped)
-                     if start <= mid and (stop is None or stop > mid))
+        total += sum(1 for start, stop, hostile in zip(rec.peer_started, rec.peer_stopped,
+                                                       rec.peer_hostile)
+                     if not hostile and start <= mid and (stop is None or stop > mid))
     return total / len(seconds)
 
 

@@ -114,7 +114,9 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
         f"at {_fmt(agree['largest_spread_at_s'], ' s')} |",
         f"| all peers agree after an event: p50 / p99 / max | {_fmt(after['all_peers_p50'], ' s')} / "
         f"{_fmt(after['all_peers_p99'], ' s')} / {_fmt(after['all_peers_max'], ' s')} "
-        f"({after['events']} events, {after['never_agreed']} never settled in their window) |",
+        f"({after['events']} events, {after['never_agreed']} never settled in their window"
+        + (f"; {after['events_during_partition']} during a partition not counted"
+           if after.get("events_during_partition") else "") + ") |",
         f"| one peer agrees after an event: p50 / p99 | {_fmt(after['per_peer_p50'], ' s')} / "
         f"{_fmt(after['per_peer_p99'], ' s')} |",
         "",
@@ -129,7 +131,8 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
         "|---|---|---|---|---|---|",
     ]
     for e in figs["events"]:
-        lines.append(f"| {_fmt(e['t'], ' s')} | {e['event']} | {_fmt(e['agree_s'], ' s')} | "
+        split = " (during the partition)" if e.get("during_partition") else ""
+        lines.append(f"| {_fmt(e['t'], ' s')} | {e['event']}{split} | {_fmt(e['agree_s'], ' s')} | "
                      f"{_fmt(e.get('per_peer_p99_s'), ' s')} | {_fmt(e.get('moved_after_s'), ' s')} | "
                      f"{_price(e.get('price_before_nano'))} → {_price(e.get('price_after_nano'))} |")
     lines += [
@@ -139,7 +142,7 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
         "| figure | value |",
         "|---|---|",
         f"| messages published per peer per second (whole run) | {_fmt(traffic['published_per_peer_s'])} |",
-        f"| steady state (no event within a capacity timeout) | "
+        f"| steady state (keep-alives only: no start-up, no change announced) | "
         f"{_fmt(traffic['steady_published_per_peer_s'])} over {traffic['steady_seconds']} s |",
         f"| messages received per peer per second (every copy) | {_fmt(traffic['received_per_peer_s'])} |",
         f"| of which first copies validated | {_fmt(traffic['delivered_per_peer_s'])} |",

@@ -1,0 +1,536 @@
+"""The libp2p transport: N real `Node`s (py-libp2p hosts on loopback) in one trio process.
+
+Every peer is the product: `neuroshard_p2p.node.host.Node`, with its gossipsub, anti-entropy,
+peer exchange and engine, on a TCP port of its own; synthetic market state (capacity offered,
+demand queued) is set through the node's own operations. The scenario's timeline runs in real
+time, and every `sample_s` the driver reads every live node's price, supply, demand and view
+digest at one shared instant.
+
+How the scenario's actions map onto real nodes:
+
+- kill: the node's task is cancelled — a hard stop, no withdrawal (like SIGKILL);
+- stop: the node leaves its `async with` normally and publishes its withdrawal;
+- add: new nodes start and bootstrap from live peers (they sync on connecting);
+- partition: each node gets its own loopback address (127.0.1.x) and libp2p's connection gate
+  denies dialing the other group's addresses; cross-group connections are closed. heal lifts the
+  denial and every node dials one peer of another group (as its peer exchange would, later);
+- hostile: an extra `Node` that offers nothing (so it never announces) publishes invalid bytes on
+  the market topic through its pubsub; honest nodes' validators must refuse them.
+
+t = 0 is when every initial node is connected and has a gossip mesh; the setup before is not part
+of the run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import coincurve
+import trio
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.money import to_nano
+from neuroshard_p2p.node.settings import NodeSettings
+
+from simnet.hostile import HostileCrafter
+from simnet.metrics import PeerSample, Recorder
+from simnet.scenario import Event, Scenario
+from simnet.sim import TOKENS_PER_REQUEST, peer_key
+
+#: How long the setup may take before the run gives up (connections and gossip meshes).
+SETUP_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RealPeer:
+    """One real node of the run and the synthetic market state the driver gives it."""
+
+    index: int
+    key: coincurve.PrivateKey
+    role: str
+    ip: str
+    capacity: int = 0
+    demand: int = 0
+    node: Any = None
+    scope: trio.CancelScope | None = None
+    stop: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)
+    alive: bool = False
+    group: int = 0
+    crafter: HostileCrafter | None = None
+    error: BaseException | None = None
+
+
+def read_market(node: Any, now: float) -> tuple[int, int, int, int]:
+    """(price_nano, supply tokens/s, demand tokens, available nodes) of a node at `now`."""
+    stats = node.engine.stats(now)
+    price = getattr(stats, "price_nano", 0)
+    price = int(getattr(price, "price_nano", price))
+    supply = getattr(stats, "supply_tokens_per_s", None)
+    if supply is None:
+        supply = getattr(stats, "supply_tokens_per_sec", 0)
+    return (price, int(supply), int(getattr(stats, "demand_tokens_waiting", 0)),
+            int(getattr(stats, "available_nodes", 0)))
+
+
+def gossip_totals(node: Any) -> tuple[int, int, int]:
+    """(accepted, rejected, ignored) gossip messages a node's engine has seen."""
+    accepted = rejected = ignored = 0
+    for (outcome, _reason), count in node.engine.gossip_counts.items():
+        if outcome == "accepted":
+            accepted += count
+        elif outcome == "rejected":
+            rejected += count
+        else:
+            ignored += count
+    return accepted, rejected, ignored
+
+
+class RealNetwork:
+    """One run of a scenario on real libp2p nodes. `await run()` inside trio."""
+
+    def __init__(self, scenario: Scenario, peers: int, *, seed: int = 1, sample_s: float = 0.5,
+                 progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0,
+                 data_dir: str | Path | None = None, network: str | None = None) -> None:
+        if peers < 2:
+            raise ValueError("a network needs at least 2 peers")
+        self.scenario = scenario
+        self.market: MarketConfig = scenario.market_config()
+        self.base_settings = NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."),
+                                                       market=self.market)
+        self.n_initial = peers
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.sample_s = sample_s
+        self.progress = progress
+        self.progress_every_s = progress_every_s
+        self.recorder = Recorder(scenario.name, "libp2p", self.market, sample_s)
+        self.recorder.notes.append(
+            "messages received are the first copies each node validated; duplicates dropped by "
+            "py-libp2p's seen-cache are not counted; CPU is the whole process (all nodes)")
+        self.peers: list[RealPeer] = []
+        self._own_ips = any(e.action == "partition" for e in scenario.events)
+        self._tmp = tempfile.TemporaryDirectory(prefix="simnet-") if data_dir is None else None
+        self.data_dir = Path(self._tmp.name if self._tmp else data_dir)  # type: ignore[arg-type]
+        self.network = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
+        self._nursery: trio.Nursery | None = None
+        self._t0 = 0.0
+        self._epoch0 = 0.0
+        self._killed_last: list[RealPeer] = []
+        self._last_totals = (0, 0, 0, 0)
+        self._hostile_sent: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ peers
+
+    def _ip(self, index: int) -> str:
+        if not self._own_ips:
+            return "127.0.0.1"
+        return str(ipaddress.ip_address("127.0.1.1") + index)
+
+    def _settings(self, peer: RealPeer, bootstrap: list[str]) -> NodeSettings:
+        return self.base_settings.replace(
+            data_dir=self.data_dir / f"peer-{peer.index}",
+            listen=(f"/ip4/{peer.ip}/tcp/0",),
+            bootstrap=tuple(bootstrap),
+            network=self.network,
+            api="off",
+            capacity=peer.capacity,
+            min_price=self.scenario.peers.min_price if peer.capacity else 0.0,
+        )
+
+    def _new_peer(self, role: str, capacity: int = 0, demand: int = 0) -> RealPeer:
+        index = len(self.peers)
+        salt = b"hostile" if role == "hostile" else b"peer"
+        peer = RealPeer(index, peer_key(self.seed, index, salt), role, self._ip(index),
+                        capacity=capacity, demand=demand)
+        self.peers.append(peer)
+        self.recorder.add_peer(peer_id_of(peer.key.public_key.format(compressed=True)),
+                               self._now_rel(), hostile=role == "hostile")
+        return peer
+
+    def _now_rel(self) -> float:
+        return 0.0 if self._t0 == 0.0 else trio.current_time() - self._t0
+
+    async def _start(self, peer: RealPeer, bootstrap: list[str]) -> None:
+        """Start a node in its own task and wait until it listens."""
+        assert self._nursery is not None
+        await self._nursery.start(self._peer_task, peer, bootstrap)
+
+    async def _peer_task(self, peer: RealPeer, bootstrap: list[str],
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from neuroshard_p2p.node.host import Node
+
+        settings = self._settings(peer, bootstrap)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        started = False
+        try:
+            with trio.CancelScope() as scope:
+                peer.scope = scope
+                async with Node(settings, private_key=peer.key, api_token="simnet") as node:
+                    peer.node = node
+                    peer.alive = True
+                    if peer.demand:
+                        self._push_demand(peer)
+                    started = True
+                    task_status.started()
+                    await peer.stop.wait()
+        except Exception as exc:  # noqa: BLE001 - one node failing must not end the run
+            peer.error = exc
+            if not started:
+                raise
+        finally:
+            peer.alive = False
+            peer.ended.set()
+            if not started:
+                task_status.started()
+
+    def _push_demand(self, peer: RealPeer) -> None:
+        node = peer.node
+        requests = max(1, math.ceil(peer.demand / TOKENS_PER_REQUEST)) if peer.demand else 0
+        if hasattr(node, "set_demand"):
+            node.set_demand(peer.demand, requests)
+        else:  # the engine's override, then wake the announcer
+            node.engine.set_demand(peer.demand, requests)
+            node._poke.set()
+
+    def _addrs_of(self, peers: list[RealPeer], k: int) -> list[str]:
+        chosen = peers[:k]
+        return [a for p in chosen for a in p.node.addrs[:1]] if chosen else []
+
+    def _live(self) -> list[RealPeer]:
+        return [p for p in self.peers if p.alive and p.role != "hostile"]
+
+    # ------------------------------------------------------------------ setup
+
+    async def _setup(self) -> None:
+        n = self.n_initial
+        setup = self.scenario.peers
+        order = list(range(n))
+        self.rng.shuffle(order)
+        n_prov = min(n, max(1 if setup.providers > 0 else 0, round(setup.providers * n)))
+        n_dem = min(n, max(1 if setup.demand_peers > 0 else 0, round(setup.demand_peers * n)))
+        providers = set(order[:n_prov])
+        demand = set((order[n_prov:] + order[:n_prov])[:n_dem])
+        total_supply = n_prov * setup.capacity
+        total_demand = setup.utilization * self.market.target_response_s * total_supply
+        for i in range(n):
+            role = "provider" if i in providers else ("demand" if i in demand else "idle")
+            self._new_peer(role, setup.capacity if i in providers else 0,
+                           round(total_demand / max(1, len(demand))) if i in demand else 0)
+        first = self.peers[0]
+        await self._start(first, [])
+        boot = first.node.addrs[:1]
+        for peer in self.peers[1:]:
+            await self._start(peer, boot)
+        # Ready: every node connected and holding a gossip mesh on the market topic.
+        with trio.fail_after(SETUP_TIMEOUT_S):
+            while not all(self._meshed(p) for p in self.peers):
+                await trio.sleep(0.05)
+            # Everyone's first announcement has reached everyone (or sync brought it).
+            while not self._views_equal(self._live()):
+                await trio.sleep(0.05)
+
+    @staticmethod
+    def _meshed(peer: RealPeer) -> bool:
+        node = peer.node
+        if node is None or node.peer_count == 0:
+            return False
+        mesh = getattr(node.gossipsub, "mesh", {}) or {}
+        return bool(mesh.get(node.topic))
+
+    @staticmethod
+    def _views_equal(peers: list[RealPeer]) -> bool:
+        digests = {p.node.engine.view.digest() for p in peers if p.node is not None}
+        return len(digests) <= 1
+
+    # ------------------------------------------------------------------ events
+
+    def _choose(self, event: Event, pool: list[RealPeer]) -> list[RealPeer]:
+        if event.who == "providers":
+            pool = [p for p in pool if p.capacity > 0]
+        elif event.who == "demand":
+            pool = [p for p in pool if p.demand > 0]
+        elif event.who == "idle":
+            pool = [p for p in pool if p.capacity == 0 and p.demand == 0]
+        if event.action in ("kill", "stop"):
+            # Peer 0 is the bootstrap peer newcomers dial; keep it (as a real network keeps
+            # its bootstrap nodes), unless nothing else is left.
+            pool = [p for p in pool if p.index != 0] or pool
+        k = event.pick_count(len(pool))
+        return sorted(self.rng.sample(pool, k), key=lambda p: p.index)
+
+    async def _apply(self, event: Event, t: float) -> None:
+        rec = self.recorder
+        action = event.action
+        if action == "capacity":
+            chosen = self._choose(event, self._live())
+            for p in chosen:
+                if event.factor is not None:
+                    p.capacity = min(self.market.max_node_tokens_per_s, round(p.capacity * event.factor))
+                else:
+                    p.capacity = int(event.tokens_per_second or 0)
+                price = to_nano(self.scenario.peers.min_price) if p.capacity else 0
+                p.node.set_offer(p.capacity, price)
+            rec.record_event(t, event, peers=[p.index for p in chosen])
+        elif action == "demand":
+            live = [p for p in self._live() if p.demand > 0] or \
+                   [p for p in self._live() if p.role == "demand"]
+            if event.factor is not None:
+                for p in live:
+                    p.demand = round(p.demand * event.factor)
+            else:
+                supply = sum(p.capacity for p in self._live())
+                total = (event.utilization or 0.0) * self.market.target_response_s * supply
+                for p in live:
+                    p.demand = round(total / max(1, len(live)))
+            for p in live:
+                self._push_demand(p)
+            rec.record_event(t, event, peers=[p.index for p in live])
+        elif action in ("kill", "stop"):
+            chosen = self._choose(event, self._live())
+            last = []
+            for p in chosen:
+                own = p.node.engine.view.current(p.node.engine.signer)
+                if own is not None and p.capacity > 0:
+                    last.append(own.issued_at_ms / 1000 - self._epoch0)
+            info = {"peers": [p.index for p in chosen],
+                    "capacity_removed": sum(p.capacity for p in chosen),
+                    "last_announced": last}
+            for p in chosen:
+                if action == "kill":
+                    assert p.scope is not None
+                    p.scope.cancel()
+                else:
+                    p.stop.set()
+            for p in chosen:
+                await p.ended.wait()
+                rec.stop_peer(p.index, t)
+            self._killed_last = chosen
+            rec.record_event(t, event, **info)
+        elif action == "add":
+            joined = await self._add(event)
+            rec.record_event(t, event, peers=[p.index for p in joined])
+        elif action == "partition":
+            live = self._live()
+            order = list(live)
+            self.rng.shuffle(order)
+            groups = max(2, event.groups)
+            for rank, p in enumerate(order):
+                p.group = 1 + rank * groups // len(order)
+            await self._apply_partition()
+            rec.record_event(t, event, groups=groups)
+        elif action == "heal":
+            await self._heal()
+            rec.record_event(t, event)
+        elif action == "hostile":
+            hostiles = []
+            for _ in range(event.count or 1):
+                h = self._new_peer("hostile")
+                h.crafter = HostileCrafter(h.key, self.market, event.kinds)
+                live = self._live()
+                await self._start(h, self._addrs_of(self.rng.sample(live, min(3, len(live))), 3))
+                hostiles.append(h)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._flood_hostile, h,
+                                         event.duration_s or self.scenario.duration_s, event.rate)
+            rec.record_event(t, event, peers=[h.index for h in hostiles], sent=0)
+
+    async def _add(self, event: Event) -> list[RealPeer]:
+        live = self._live()
+        if event.role == "replace":
+            specs = [(p.role, p.capacity, p.demand) for p in self._killed_last]
+            if event.count is not None:
+                specs = specs[: event.count]
+        else:
+            n = event.count if event.count is not None else \
+                max(1, round((event.fraction or 0.0) * len(live)))
+            demands = [p.demand for p in live if p.demand]
+            avg = sum(demands) // len(demands) if demands else 0
+            specs = [(event.role, self.scenario.peers.capacity if event.role == "provider" else 0,
+                      avg if event.role == "demand" else 0)] * n
+        joined = []
+        for role, capacity, demand in specs:
+            peer = self._new_peer(role if role in ("provider", "demand", "idle") else "idle",
+                                  capacity, demand)
+            boot = self._addrs_of(self.rng.sample(live, min(2, len(live))), 2)
+            await self._start(peer, boot)
+            joined.append(peer)
+        return joined
+
+    async def _apply_partition(self) -> None:
+        """Deny each node the other groups' addresses and close cross-group connections."""
+        by_id = {p.node.peer_id: p for p in self.peers if p.alive and p.node is not None}
+        for p in self._live():
+            gate = p.node.host.get_network().connection_gate
+            gate.deny_list[:] = [ipaddress.ip_network(f"{q.ip}/32") for q in self._live()
+                                 if q.group != p.group]
+        for p in self._live():
+            for other in list(p.node.host.get_connected_peers()):
+                q = by_id.get(str(other))
+                if q is not None and q.group != p.group:
+                    with trio.move_on_after(2.0):
+                        try:
+                            await p.node.host.disconnect(other)
+                        except Exception:  # noqa: BLE001 - already gone
+                            pass
+
+    async def _heal(self) -> None:
+        live = self._live()
+        for p in live:
+            p.node.host.get_network().connection_gate.deny_list[:] = []
+        groups = {p.group for p in live}
+        for p in live:
+            others = [q for q in live if q.group != p.group]
+            p.group = 0
+            if len(groups) > 1 and others:
+                q = self.rng.choice(others)
+                with trio.move_on_after(5.0):
+                    try:
+                        await p.node.connect(q.node.addrs[0])
+                    except Exception:  # noqa: BLE001 - the periodic peer exchange retries
+                        pass
+        for p in live:
+            p.group = 0
+
+    async def _flood_hostile(self, h: RealPeer, duration: float, rate: float) -> None:
+        crafter = h.crafter
+        assert crafter is not None
+        end = trio.current_time() + duration
+        interval = 1.0 / rate
+        next_at = trio.current_time()
+        honest = [p for p in self._live()]
+        signers = [p.node.engine.signer for p in honest]
+        while trio.current_time() < end and h.alive:
+            captured = [m.wire for p in honest[:3] if p.alive
+                        for m in p.node.engine.view.all_messages()[:64]]
+            data = crafter.craft(crafter.next_kind(), time.time(), captured, signers)
+            try:
+                await h.node.pubsub.publish(h.node.topic, data)
+            except Exception:  # noqa: BLE001 - e.g. no peers right now
+                pass
+            self.recorder.second(self._now_rel()).hostile += 1
+            self._hostile_sent[h.index] = crafter.sent
+            next_at += interval
+            await trio.sleep_until(next_at)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self, t: float) -> None:
+        now = time.time()
+        rows = []
+        record_digests = True
+        for p in self.peers:
+            if not p.alive or p.role == "hostile" or p.node is None:
+                continue
+            price, supply, demand, nodes = read_market(p.node, now)
+            rows.append(PeerSample(p.index, price, supply, demand, nodes,
+                                   p.node.engine.view.digest() if record_digests else None))
+        live = self._live()
+        self.recorder.sample(t, rows, (sum(p.capacity for p in live),
+                                       sum(p.demand for p in live), len(live)))
+        # Traffic since the last sample, network-wide.
+        published = sum(getattr(p.node.counters, "published", 0) for p in self.peers
+                        if p.node is not None and p.role != "hostile")
+        acc = rej = ign = 0
+        for p in self.peers:
+            if p.node is not None and p.role != "hostile":
+                a, r, i = gossip_totals(p.node)
+                acc, rej, ign = acc + a, rej + r, ign + i
+        last = self._last_totals
+        bucket = self.recorder.second(t)
+        bucket.published += published - last[0]
+        bucket.accepted += acc - last[1]
+        bucket.rejected += rej - last[2]
+        bucket.ignored += ign - last[3]
+        bucket.delivered += (acc + rej + ign) - sum(last[1:])
+        self._last_totals = (published, acc, rej, ign)
+
+    async def _sampler(self, done: trio.Event) -> None:
+        duration = self.scenario.duration_s
+        k = 0
+        next_progress = trio.current_time() + self.progress_every_s
+        while (k + 0.5) * self.sample_s < duration:
+            await trio.sleep_until(self._t0 + (k + 0.5) * self.sample_s)
+            self._sample((k + 0.5) * self.sample_s)
+            k += 1
+            if self.progress is not None and trio.current_time() >= next_progress:
+                next_progress = trio.current_time() + self.progress_every_s
+                self._report_progress()
+        done.set()
+
+    def _report_progress(self) -> None:
+        assert self.progress is not None
+        rows = self.recorder.samples[-1] if self.recorder.samples else []
+        prices = {r.price_nano for r in rows}
+        price = (f"price {min(prices) / 1e9:.4f}" + ("" if len(prices) == 1 else
+                 f"…{max(prices) / 1e9:.4f} ({len(prices)} distinct)")) if prices else "no price"
+        self.progress(f"[libp2p] t={self._now_rel():6.1f}/{self.scenario.duration_s:g} s  "
+                      f"live {len(self._live())}  {price}")
+
+    # ------------------------------------------------------------------ run
+
+    async def run(self) -> Recorder:
+        rec = self.recorder
+        wall0 = time.perf_counter()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.progress is not None:
+                    self.progress(f"[libp2p] starting {self.n_initial} nodes on loopback …")
+                await self._setup()
+                self._t0 = trio.current_time()
+                self._epoch0 = time.time()
+                for peer in self.peers:
+                    rec.peer_started[peer.index] = 0.0
+                cpu0 = time.process_time()
+                # Counters start at t = 0: traffic of the setup is not part of the run.
+                self._sample_totals_baseline()
+                done = trio.Event()
+                nursery.start_soon(self._sampler, done)
+                for i, event in enumerate(self.scenario.events):
+                    await trio.sleep_until(self._t0 + event.at_s)
+                    await self._apply(event, trio.current_time() - self._t0)
+                await done.wait()
+                rec.cpu_s = time.process_time() - cpu0
+                rec.network_s = self.scenario.duration_s
+                rec.wall_s = time.perf_counter() - wall0
+                for record in rec.events:
+                    if record.event.action == "hostile":
+                        record.info["sent"] = sum(self._hostile_sent.get(i, 0)
+                                                  for i in record.info.get("peers", []))
+                for peer in self.peers:
+                    peer.stop.set()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+        if self.progress is not None:
+            self.progress(f"[libp2p] done in {rec.wall_s:.1f} s wall")
+        return rec
+
+    def _sample_totals_baseline(self) -> None:
+        published = sum(getattr(p.node.counters, "published", 0) for p in self.peers
+                        if p.node is not None and p.role != "hostile")
+        acc = rej = ign = 0
+        for p in self.peers:
+            if p.node is not None and p.role != "hostile":
+                a, r, i = gossip_totals(p.node)
+                acc, rej, ign = acc + a, rej + r, ign + i
+        self._last_totals = (published, acc, rej, ign)
+
+
+async def run_real(scenario: Scenario, peers: int, *, seed: int = 1, sample_s: float = 0.5,
+                   progress: Callable[[str], None] | None = None) -> Recorder:
+    """Run `scenario` on `peers` real nodes in this trio process."""
+    return await RealNetwork(scenario, peers, seed=seed, sample_s=sample_s,
+                             progress=progress).run()
+
+
+__all__ = ["RealNetwork", "RealPeer", "run_real", "read_market", "gossip_totals"]

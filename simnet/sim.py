@@ -1,0 +1,741 @@
+"""The simulated transport: a deterministic, discrete-event gossip network around real engines.
+
+Every simulated peer holds a `neuroshard_p2p.node.engine.PeerEngine` — the validator, merged view,
+announcer and sync of a real node, not a re-implementation — and the simulator only moves bytes
+between them and tells them the time. Time is simulated: an engine is handed
+`now = EPOCH + t + its clock offset`, never the machine's clock, so a run of 120 s of network time
+takes whatever wall time the engines need, and the same seed gives the same run.
+
+The network model:
+
+- **Mesh.** A random graph in which every peer has about `degree` neighbours (gossipsub's mesh);
+  it is repaired within `remesh_s` when peers die (neighbours below D−2 graft new ones), a
+  joining peer grafts `degree` live peers, a partition rebuilds a mesh inside each group and
+  healing rebuilds one over everybody.
+- **Gossip.** A published announcement floods the mesh: each transmission takes a lognormal
+  latency (`latency_median_ms`, `latency_sigma`) plus a per-hop processing delay and is lost with
+  probability `loss`; a peer receives it at the earliest arrival over all paths (a shortest-path
+  relaxation per message, vectorised with numpy). Every further copy a peer's mesh neighbours
+  forward counts as a duplicate its gossip layer drops before validation, as gossipsub's seen-cache
+  does. Honest announcements are assumed forwarded by every peer that receives them (they are
+  valid); messages from hostile peers travel hop by hop and go on only from peers whose engine
+  accepted them.
+- **Sync.** Every peer runs anti-entropy with a random mesh neighbour every `sync_interval_s`
+  (NodeSettings), and with a neighbour when it joins or when a partition heals: request and
+  response frames are the engines' own, each leg delayed by one link latency.
+- **Clocks.** Each peer's clock is off by a normal offset (`clock_skew_ms`).
+
+Large networks: with `observers=K`, only K peers (chosen at random, plus every peer that joins
+later) receive gossip and compute prices; all peers still announce and the mesh still floods
+through all of them, so traffic figures stay whole. Reports say so.
+
+Verifying the same signed bytes once per peer would cost 1,000× the CPU at 1,000 peers without
+changing any outcome (decoding is a pure function of the bytes), so within a run the stateless
+decode (`wire.codec._decode`) is memoised across peers — see `shared_decode`. Freshness, the
+seen-cache, seq, rate and plausibility rules still run at every peer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import coincurve
+import numpy as np
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.money import to_nano
+from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.node.settings import NodeSettings
+from neuroshard_p2p.wire import WireError
+
+from simnet.hostile import HostileCrafter
+from simnet.metrics import PeerSample, Recorder
+from simnet.scenario import Event, Scenario
+
+#: The simulated epoch: t = 0 of every run is this instant (2027-01-15), so runs are reproducible.
+EPOCH = 1_800_000_000.0
+#: Processing delay added to every gossip hop (py-libp2p spends 2–6 ms of CPU per hop).
+HOP_DELAY_S = 0.003
+#: Tokens per pending request a demand peer announces (the view caps demand per request).
+TOKENS_PER_REQUEST = 100_000
+
+# Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
+(_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
+ _SAMPLE) = range(10)
+
+
+@dataclass
+class SimPeer:
+    """One simulated peer: its engine, its place in the network and what it announces."""
+
+    index: int
+    engine: PeerEngine
+    peer_bytes: bytes             # the raw libp2p peer id (gossip `from`)
+    skew: float                   # clock offset, seconds
+    role: str                     # provider | demand | idle | hostile
+    capacity: int = 0
+    demand: int = 0
+    alive: bool = True
+    observed: bool = True
+    group: int = 0
+    last_announced: float | None = None   # network time of its newest announcement
+    poll_at: float | None = None          # when a poll is scheduled (to avoid duplicates)
+    hostile: HostileCrafter | None = None
+
+    def now(self, t: float) -> float:
+        return EPOCH + t + self.skew
+
+
+@contextlib.contextmanager
+def shared_decode(max_entries: int = 200_000) -> Iterator[dict[bytes, Any]]:
+    """Memoise the wire's stateless decode (envelope, fields, signature) across all engines of
+    this process while the block runs. The same bytes always decode to the same message, so this
+    changes no outcome; every stateful and time rule still runs at every peer. Failures are not
+    memoised (they are rare and each is counted at every peer anyway)."""
+    from neuroshard_p2p.wire import codec, validate
+
+    original = codec._decode
+    cache: dict[bytes, Any] = {}
+
+    def memo(data: Any, msg_id: bytes | None) -> Any:
+        if type(data) is bytes:
+            hit = cache.get(data)
+            if hit is not None:
+                return hit
+        message = original(data, msg_id)
+        if type(data) is bytes:
+            if len(cache) >= max_entries:
+                for old in list(cache)[: max_entries // 4]:
+                    del cache[old]
+            cache[data] = message
+        return message
+
+    patched = [(codec, "_decode"), (validate, "_decode")]
+    saved = [(mod, name, getattr(mod, name)) for mod, name in patched if hasattr(mod, name)]
+    for mod, name, _ in saved:
+        setattr(mod, name, memo)
+    try:
+        yield cache
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+
+
+def peer_key(seed: int, index: int, salt: bytes = b"peer") -> coincurve.PrivateKey:
+    """The deterministic key of simulated peer `index` under `seed`."""
+    secret = hashlib.sha256(b"neuroshard-simnet/" + salt + b"/%d/%d" % (seed, index)).digest()
+    return coincurve.PrivateKey(secret)
+
+
+def node_settings(scenario: Scenario, market: MarketConfig) -> NodeSettings:
+    """The scenario's [node] table checked by the node's own settings rules."""
+    return NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."), market=market)
+
+
+class SimNetwork:
+    """One simulated run of a scenario. Build it, call `run()`, read `recorder`."""
+
+    def __init__(self, scenario: Scenario, peers: int, *, seed: int = 1,
+                 sample_s: float | None = None, observers: int | None = None,
+                 record_digests: bool | None = None,
+                 progress: Callable[[str], None] | None = None,
+                 progress_every_s: float = 5.0) -> None:
+        if peers < 2:
+            raise ValueError("a network needs at least 2 peers")
+        self.scenario = scenario
+        self.market = scenario.market_config()
+        self.settings = node_settings(scenario, self.market)
+        self.net = scenario.network
+        self.n_initial = peers
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        self.sample_s = sample_s or self.market.tick_s
+        self.observers_wanted = observers if observers is not None and observers < peers else None
+        if record_digests is None:
+            record_digests = any(e.action == "heal" for e in scenario.events)
+        self.record_digests = record_digests
+        self.progress = progress
+        self.progress_every_s = progress_every_s
+        self.recorder = Recorder(scenario.name, "sim", self.market, self.sample_s)
+        self.peers: list[SimPeer] = []
+        self.neighbours: list[set[int]] = []
+        self._queue: list[tuple[float, int, int, Any]] = []
+        self._counter = 0
+        self._edges_dirty = True
+        self._src = np.zeros(0, dtype=np.int64)
+        self._dst = np.zeros(0, dtype=np.int64)
+        self._captured: list[bytes] = []
+        self._killed_last: list[SimPeer] = []
+        self._partitioned = False
+        self._groups_before_heal: dict[int, int] = {}
+        self.t = 0.0
+        self._lat_mu = math.log(self.net.latency_median_ms / 1000.0)
+        self._sync_s = self.settings.sync_interval_s
+
+    # ------------------------------------------------------------------ building
+
+    def _new_peer(self, role: str, t: float, *, observed: bool = True,
+                  group: int = 0) -> SimPeer:
+        index = len(self.peers)
+        key = peer_key(self.seed, index, b"hostile" if role == "hostile" else b"peer")
+        setup = self.scenario.peers
+        capacity = setup.capacity if role == "provider" else 0
+        engine = PeerEngine(self.market, key, tokens_per_second=capacity,
+                            min_price_nano=to_nano(setup.min_price) if capacity else 0,
+                            announce_interval_s=self.settings.announce_interval_s)
+        skew = self.rng.gauss(0.0, self.net.clock_skew_ms / 1000.0)
+        peer = SimPeer(index, engine, bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21]) + engine.signer,
+                       skew, role, capacity=capacity, observed=observed, group=group)
+        self.peers.append(peer)
+        self.neighbours.append(set())
+        recorded = self.recorder.add_peer(engine.peer_id, t, hostile=role == "hostile")
+        assert recorded == index, "recorder and simulator number peers alike"
+        return peer
+
+    def _set_demand(self, peer: SimPeer, tokens: int) -> None:
+        peer.demand = max(0, int(tokens))
+        requests = max(1, math.ceil(peer.demand / TOKENS_PER_REQUEST)) if peer.demand else 0
+        peer.engine.set_demand(peer.demand, requests)
+
+    def _build(self) -> None:
+        n = self.n_initial
+        setup = self.scenario.peers
+        order = list(range(n))
+        self.rng.shuffle(order)
+        n_prov = min(n, max(1 if setup.providers > 0 else 0, round(setup.providers * n)))
+        n_dem = min(n, max(1 if setup.demand_peers > 0 else 0, round(setup.demand_peers * n)))
+        providers = set(order[:n_prov])
+        # Demand sits at other peers than capacity where possible (gateways and providers).
+        demand = set((order[n_prov:] + order[:n_prov])[:n_dem])
+        observed: set[int] | None = None
+        if self.observers_wanted is not None:
+            observed = set(self.rng.sample(range(n), self.observers_wanted))
+            self.recorder.observers = sorted(observed)
+        for i in range(n):
+            role = "provider" if i in providers else ("demand" if i in demand else "idle")
+            self._new_peer(role, 0.0, observed=observed is None or i in observed)
+        total_supply = sum(p.capacity for p in self.peers)
+        total_demand = setup.utilization * self.market.target_response_s * total_supply
+        demand_peers = [p for p in self.peers if p.index in demand]
+        for p in demand_peers:
+            self._set_demand(p, round(total_demand / len(demand_peers)))
+            if p.role == "idle":
+                p.role = "demand"
+        self._mesh_all(list(range(n)))
+        # Peers start over the first seconds (not all in the same millisecond), each announcing
+        # as it starts.
+        spread = min(self.settings.announce_interval_s, 5.0, self.scenario.duration_s / 10)
+        for p in self.peers:
+            self._schedule_poll(p, self.rng.uniform(0.0, spread))
+            self._schedule(self.rng.uniform(0.0, self._sync_s), _SYNC_TIMER, p.index)
+
+    # ------------------------------------------------------------------ mesh
+
+    def _mesh_all(self, members: list[int]) -> None:
+        """A random graph of degree about D over `members` (configuration model, no loops or
+        double edges)."""
+        d = self.net.degree
+        for v in members:
+            for u in self.neighbours[v]:
+                self.neighbours[u].discard(v)
+            self.neighbours[v] = set()
+        if len(members) < 2:
+            return
+        stubs = [v for v in members for _ in range(min(d, len(members) - 1))]
+        self.rng.shuffle(stubs)
+        for a, b in zip(stubs[::2], stubs[1::2]):
+            if a != b:
+                self.neighbours[a].add(b)
+                self.neighbours[b].add(a)
+        # Top up peers the pairing left short (self-pairs, repeats).
+        for v in members:
+            self._graft(v, members)
+        self._edges_dirty = True
+
+    def _graft(self, v: int, members: list[int], want: int | None = None) -> list[int]:
+        want = self.net.degree if want is None else want
+        added = []
+        tries = 0
+        while len(self.neighbours[v]) < min(want, len(members) - 1) and tries < 20 * want:
+            tries += 1
+            u = members[self.rng.randrange(len(members))]
+            if u != v and u not in self.neighbours[v]:
+                self.neighbours[v].add(u)
+                self.neighbours[u].add(v)
+                added.append(u)
+        self._edges_dirty = True
+        return added
+
+    def _live_members(self, group: int | None = None) -> list[int]:
+        return [p.index for p in self.peers
+                if p.alive and p.role != "hostile" and (group is None or p.group == group)]
+
+    def _edges(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._edges_dirty:
+            src, dst = [], []
+            for v, ns in enumerate(self.neighbours):
+                if not self.peers[v].alive:
+                    continue
+                for u in sorted(ns):
+                    if self.peers[u].alive and self.peers[u].group == self.peers[v].group:
+                        src.append(v)
+                        dst.append(u)
+            self._src = np.array(src, dtype=np.int64)
+            self._dst = np.array(dst, dtype=np.int64)
+            self._edges_dirty = False
+        return self._src, self._dst
+
+    # ------------------------------------------------------------------ queue
+
+    def _schedule(self, t: float, kind: int, *payload: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._queue, (t, kind, self._counter, payload))
+
+    def _schedule_poll(self, peer: SimPeer, t: float) -> None:
+        if peer.poll_at is not None and peer.poll_at <= t:
+            return
+        peer.poll_at = t
+        self._schedule(t, _POLL, peer.index)
+
+    def _latency(self) -> float:
+        return math.exp(self._lat_mu + self.net.latency_sigma * self.rng.gauss(0.0, 1.0)) \
+            + HOP_DELAY_S
+
+    # ------------------------------------------------------------------ gossip
+
+    def _flood(self, origin: int, t: float, wire: bytes) -> None:
+        """Deliver an honest announcement published by `origin` at t over the mesh."""
+        src, dst = self._edges()
+        n = len(self.peers)
+        traffic = self.recorder.second(t)
+        traffic.published += 1
+        self.recorder.peer_published[origin] += 1
+        if len(src) == 0:
+            return
+        lat = np.exp(self._lat_mu + self.net.latency_sigma
+                     * self.np_rng.standard_normal(len(src))) + HOP_DELAY_S
+        if self.net.loss > 0:
+            ok = self.np_rng.random(len(src)) >= self.net.loss
+            s, d, lat = src[ok], dst[ok], lat[ok]
+        else:
+            s, d = src, dst
+        arrival = np.full(n, np.inf)
+        arrival[origin] = 0.0
+        for _ in range(64):
+            cand = arrival[s] + lat
+            new = arrival.copy()
+            np.minimum.at(new, d, cand)
+            if np.array_equal(new, arrival):
+                break
+            arrival = new
+        # Copies: every peer that has the message forwards it to its mesh neighbours except the
+        # one it came from (its parent on the earliest path); extra copies are duplicates.
+        reached_src = np.isfinite(arrival[s])
+        cand = arrival[s] + lat
+        parent = np.full(n, -1, dtype=np.int64)
+        is_parent = reached_src & (cand == arrival[d])
+        parent[d[is_parent]] = s[is_parent]
+        sends = reached_src & (parent[s] != d)
+        copies = np.bincount(d[sends], minlength=n)
+        reached = np.flatnonzero(np.isfinite(arrival))
+        received = self.recorder.peer_received
+        hops = 0
+        for v in reached.tolist():
+            if v == origin:
+                continue
+            c = int(copies[v])
+            received[v] += c
+            hops += c
+            peer = self.peers[v]
+            if peer.observed:
+                self._schedule(t + float(arrival[v]), _DELIVER, v, wire, self.peers[origin].peer_bytes,
+                               False)
+            else:
+                self.recorder.second(t + float(arrival[v])).delivered += 1
+        duplicates = hops - (len(reached) - 1)
+        self.recorder.second(t).duplicates += max(0, duplicates)
+
+    def _deliver(self, v: int, wire: bytes, author: bytes, hostile: bool, t: float) -> None:
+        peer = self.peers[v]
+        if not peer.alive:
+            return
+        rec = self.recorder
+        traffic = rec.second(t)
+        traffic.delivered += 1
+        if hostile:
+            rec.peer_received[v] += 1
+        started = time.perf_counter()
+        verdict = peer.engine.on_gossip(wire, peer.now(t), author)
+        rec.engine_cpu_s += time.perf_counter() - started
+        outcome = verdict.outcome
+        if outcome == "accepted":
+            traffic.accepted += 1
+        elif outcome == "rejected":
+            traffic.rejected += 1
+        else:
+            traffic.ignored += 1
+        rec.reasons[verdict.reason] += 1
+        if hostile and verdict.accepted:
+            # A hostile message that got through travels on from this peer.
+            for u in sorted(self.neighbours[v]):
+                if self.peers[u].alive and self.peers[u].group == peer.group:
+                    self._schedule(t + self._latency(), _DELIVER, u, wire, author, True)
+
+    def _poll(self, peer: SimPeer, t: float) -> None:
+        peer.poll_at = None
+        if not peer.alive:
+            return
+        for wire in peer.engine.poll_announcements(peer.now(t)):
+            peer.last_announced = t
+            if len(self._captured) < 256:
+                self._captured.append(wire)
+            self._flood(peer.index, t, wire)
+        deadline = peer.engine.next_deadline()
+        if deadline is not None:
+            at = max(t, deadline - EPOCH - peer.skew)
+            if at < self.scenario.duration_s:
+                self._schedule_poll(peer, at)
+
+    # ------------------------------------------------------------------ sync
+
+    def _start_sync(self, peer: SimPeer, partner: int, t: float) -> None:
+        if not (peer.alive and peer.observed):
+            return
+        other = self.peers[partner]
+        if not (other.alive and other.observed) or other.group != peer.group:
+            return
+        data = peer.engine.sync_request(peer.now(t))
+        self.recorder.second(t).sync_exchanges += 1
+        self._schedule(t + self._latency(), _SYNC_REQ, peer.index, partner, data)
+
+    def _sync_timer(self, peer: SimPeer, t: float) -> None:
+        if not peer.alive:
+            return
+        candidates = sorted(u for u in self.neighbours[peer.index]
+                            if self.peers[u].alive and self.peers[u].observed)
+        if candidates:
+            self._start_sync(peer, candidates[self.rng.randrange(len(candidates))], t)
+        self._schedule(t + self._sync_s, _SYNC_TIMER, peer.index)
+
+    def _sync_request(self, requester: int, responder: int, data: bytes, t: float) -> None:
+        peer = self.peers[responder]
+        if not peer.alive or peer.group != self.peers[requester].group:
+            return
+        started = time.perf_counter()
+        try:
+            frames = peer.engine.on_sync_request(data, peer.now(t))
+        except WireError:
+            frames = []
+        self.recorder.engine_cpu_s += time.perf_counter() - started
+        if frames:
+            self._schedule(t + self._latency(), _SYNC_RESP, requester, responder, frames)
+
+    def _sync_response(self, requester: int, responder: int, frames: list[bytes],
+                       t: float) -> None:
+        peer = self.peers[requester]
+        if not peer.alive or peer.group != self.peers[responder].group:
+            return
+        started = time.perf_counter()
+        for frame in frames:
+            try:
+                peer.engine.on_sync_response(frame, peer.now(t))
+            except WireError:
+                break
+        self.recorder.engine_cpu_s += time.perf_counter() - started
+
+    # ------------------------------------------------------------------ scenario events
+
+    def _choose(self, event: Event, pool: list[SimPeer]) -> list[SimPeer]:
+        if event.who == "providers":
+            pool = [p for p in pool if p.capacity > 0]
+        elif event.who == "demand":
+            pool = [p for p in pool if p.demand > 0]
+        elif event.who == "idle":
+            pool = [p for p in pool if p.capacity == 0 and p.demand == 0]
+        k = event.pick_count(len(pool))
+        return sorted(self.rng.sample(pool, k), key=lambda p: p.index)
+
+    def _honest_live(self) -> list[SimPeer]:
+        return [p for p in self.peers if p.alive and p.role != "hostile"]
+
+    def _apply(self, event: Event, t: float) -> None:
+        rec = self.recorder
+        action = event.action
+        if action == "capacity":
+            chosen = self._choose(event, self._honest_live())
+            for p in chosen:
+                if event.factor is not None:
+                    p.capacity = min(self.market.max_node_tokens_per_s, round(p.capacity * event.factor))
+                else:
+                    p.capacity = int(event.tokens_per_second or 0)
+                price = to_nano(self.scenario.peers.min_price) if p.capacity else 0
+                p.engine.set_offer(p.capacity, price)
+                self._schedule_poll(p, t)
+            rec.record_event(t, event, peers=[p.index for p in chosen])
+        elif action == "demand":
+            live = [p for p in self._honest_live() if p.demand > 0] or \
+                   [p for p in self._honest_live() if p.role == "demand"]
+            if event.factor is not None:
+                for p in live:
+                    self._set_demand(p, round(p.demand * event.factor))
+            else:
+                supply = sum(p.capacity for p in self._honest_live())
+                total = (event.utilization or 0.0) * self.market.target_response_s * supply
+                for p in live:
+                    self._set_demand(p, round(total / max(1, len(live))))
+            for p in live:
+                self._schedule_poll(p, t)
+            rec.record_event(t, event, peers=[p.index for p in live])
+        elif action in ("kill", "stop"):
+            chosen = self._choose(event, self._honest_live())
+            for p in chosen:
+                if action == "stop":
+                    wire = p.engine.withdraw(p.now(t))
+                    if wire is not None:
+                        self._flood(p.index, t, wire)
+                        p.last_announced = t
+            info = {"peers": [p.index for p in chosen],
+                    "capacity_removed": sum(p.capacity for p in chosen),
+                    "last_announced": [p.last_announced for p in chosen
+                                       if p.last_announced is not None and p.capacity > 0]}
+            for p in chosen:
+                p.alive = False
+                rec.stop_peer(p.index, t)
+            self._killed_last = chosen
+            self._edges_dirty = True
+            self._schedule(t + self.net.remesh_s, _REMESH, "repair")
+            rec.record_event(t, event, **info)
+        elif action == "add":
+            joined = self._add_peers(event, t)
+            rec.record_event(t, event, peers=[p.index for p in joined])
+        elif action == "partition":
+            live = self._honest_live()
+            order = [p.index for p in live]
+            self.rng.shuffle(order)
+            groups = max(2, event.groups)
+            for rank, index in enumerate(order):
+                self.peers[index].group = 1 + rank * groups // len(order)
+            self._partitioned = True
+            self._edges_dirty = True
+            self._schedule(t + self.net.remesh_s, _REMESH, "groups")
+            rec.record_event(t, event, groups=groups)
+        elif action == "heal":
+            self._groups_before_heal = {p.index: p.group for p in self.peers}
+            for p in self.peers:
+                p.group = 0
+            self._partitioned = False
+            self._edges_dirty = True
+            self._schedule(t + self.net.remesh_s, _REMESH, "heal")
+            rec.record_event(t, event)
+        elif action == "hostile":
+            sent_before = 0
+            count = event.count or 1
+            hostiles = []
+            for _ in range(count):
+                h = self._new_peer("hostile", t, observed=False)
+                h.hostile = HostileCrafter(peer_key(self.seed, h.index, b"hostile"), self.market,
+                                           event.kinds)
+                hostiles.append(h)
+                self._graft(h.index, self._live_members())
+                self._schedule(t, _HOSTILE, h.index, t + (event.duration_s or self.scenario.duration_s),
+                               event.rate)
+            rec.record_event(t, event, peers=[h.index for h in hostiles], sent=sent_before,
+                             _hostiles=hostiles)
+
+    def _add_peers(self, event: Event, t: float) -> list[SimPeer]:
+        live = self._honest_live()
+        if event.role == "replace":
+            roles = [(p.role, p.capacity, p.demand) for p in self._killed_last]
+            if event.count is not None:
+                roles = roles[: event.count]
+        else:
+            n = event.count if event.count is not None else \
+                max(1, round((event.fraction or 0.0) * len(live)))
+            cap = self.scenario.peers.capacity
+            avg_demand = (sum(p.demand for p in live if p.demand) //
+                          max(1, sum(1 for p in live if p.demand)))
+            roles = [(event.role, cap if event.role == "provider" else 0,
+                      avg_demand if event.role == "demand" else 0)] * n
+        established = [p.index for p in live]
+        joined = []
+        for role, capacity, demand in roles:
+            p = self._new_peer("provider" if capacity else ("demand" if demand else "idle"), t,
+                               observed=True)
+            if capacity != p.capacity:
+                p.capacity = capacity
+                p.engine.set_offer(capacity, to_nano(self.scenario.peers.min_price) if capacity else 0)
+            if demand:
+                self._set_demand(p, demand)
+            joined.append(p)
+        for p in joined:
+            # A newcomer dials peers that were already there (bootstrap, then peer exchange) and
+            # syncs on connecting: it catches up with the view it missed from the first of them.
+            members = [i for i in established if self.peers[i].group == p.group] or established
+            added = self._graft(p.index, members + [p.index])
+            if added:
+                self._schedule(t + self._latency(), _SYNC_CONNECT, p.index, added[0])
+            self._schedule_poll(p, t)
+            self._schedule(t + self._sync_s, _SYNC_TIMER, p.index)
+        return joined
+
+    def _remesh(self, why: str, t: float) -> None:
+        if why == "repair":
+            live = self._live_members()
+            d_lo = max(1, self.net.degree - 2)
+            for v in live:
+                self.neighbours[v] = {u for u in self.neighbours[v] if self.peers[u].alive}
+            for v in live:
+                if len(self.neighbours[v]) < d_lo:
+                    self._graft(v, self._live_members(self.peers[v].group))
+            self._edges_dirty = True
+        elif why == "groups":
+            groups = sorted({self.peers[v].group for v in self._live_members()})
+            for g in groups:
+                self._mesh_all(self._live_members(g))
+        elif why == "heal":
+            groups = self._groups_before_heal
+            self._mesh_all(self._live_members())
+            # Healing opens connections across the former split, and a node syncs on every new
+            # connection. One sync per peer with a peer of another former group is modelled: it
+            # brings everything that side has; further ones would find equal digests.
+            live = self._live_members()
+            for v in live:
+                across = sorted(u for u in self.neighbours[v] if groups.get(u) != groups.get(v))
+                if not across:
+                    others = [u for u in live if groups.get(u) != groups.get(v)]
+                    if not others:
+                        continue
+                    u = others[self.rng.randrange(len(others))]
+                    self.neighbours[v].add(u)
+                    self.neighbours[u].add(v)
+                    self._edges_dirty = True
+                    across = [u]
+                self._start_sync(self.peers[v], across[self.rng.randrange(len(across))], t)
+
+    def _hostile_tick(self, h: SimPeer, until: float, rate: float, t: float) -> None:
+        if t >= until or not h.alive:
+            return
+        crafter = h.hostile
+        assert crafter is not None
+        kind = crafter.next_kind()
+        signers = [p.engine.signer for p in self.peers[:64] if p.role != "hostile"]
+        wire = crafter.craft(kind, h.now(t), self._captured, signers)
+        self.recorder.second(t).hostile += 1
+        for u in sorted(self.neighbours[h.index]):
+            if self.peers[u].alive:
+                self._schedule(t + self._latency(), _DELIVER, u, wire, h.peer_bytes, True)
+        self._schedule(t + 1.0 / rate, _HOSTILE, h.index, until, rate)
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self, t: float) -> None:
+        rows = []
+        for p in self.peers:
+            if not (p.alive and p.observed) or p.role == "hostile":
+                continue
+            now = p.now(t)
+            stats = p.engine.stats(now)
+            price = stats.price_nano
+            price_nano = int(getattr(price, "price_nano", price))
+            rows.append(PeerSample(p.index, price_nano, int(stats.supply_tokens_per_s),
+                                   int(stats.demand_tokens_waiting), int(stats.available_nodes),
+                                   p.engine.view.digest() if self.record_digests else None))
+        live = self._honest_live()
+        truth = (sum(p.capacity for p in live), sum(p.demand for p in live), len(live))
+        self.recorder.sample(t, rows, truth)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> Recorder:
+        rec = self.recorder
+        wall0 = time.perf_counter()
+        cpu0 = time.process_time()
+        duration = self.scenario.duration_s
+        with shared_decode():
+            self._build()
+            for i, event in enumerate(self.scenario.events):
+                self._schedule(event.at_s, _SCENARIO, i)
+            k = 0
+            while (k + 0.5) * self.sample_s < duration:
+                self._schedule((k + 0.5) * self.sample_s, _SAMPLE)
+                k += 1
+            next_progress = wall0 + self.progress_every_s
+            queue = self._queue
+            peers = self.peers
+            while queue:
+                t, kind, _, payload = heapq.heappop(queue)
+                if t >= duration:
+                    break
+                self.t = t
+                if kind == _DELIVER:
+                    self._deliver(payload[0], payload[1], payload[2], payload[3], t)
+                elif kind == _POLL:
+                    self._poll(peers[payload[0]], t)
+                elif kind == _SAMPLE:
+                    self._sample(t)
+                    if self.progress is not None and time.perf_counter() >= next_progress:
+                        next_progress = time.perf_counter() + self.progress_every_s
+                        self._report_progress(t, wall0)
+                elif kind == _SYNC_TIMER:
+                    self._sync_timer(peers[payload[0]], t)
+                elif kind == _SYNC_CONNECT:
+                    self._start_sync(peers[payload[0]], payload[1], t)
+                elif kind == _SYNC_REQ:
+                    self._sync_request(payload[0], payload[1], payload[2], t)
+                elif kind == _SYNC_RESP:
+                    self._sync_response(payload[0], payload[1], payload[2], t)
+                elif kind == _SCENARIO:
+                    self._apply(self.scenario.events[payload[0]], t)
+                elif kind == _REMESH:
+                    self._remesh(payload[0], t)
+                elif kind == _HOSTILE:
+                    self._hostile_tick(peers[payload[0]], payload[1], payload[2], t)
+        rec.network_s = duration
+        rec.wall_s = time.perf_counter() - wall0
+        rec.cpu_s = time.process_time() - cpu0
+        for record in rec.events:
+            hostiles = record.info.pop("_hostiles", None)
+            if hostiles:
+                record.info["sent"] = sum(h.hostile.sent for h in hostiles if h.hostile)
+        if self.observers_wanted is not None:
+            rec.notes.append(f"observer sample: {self.observers_wanted} of {self.n_initial} "
+                             "initial peers (and every later joiner) receive gossip and compute "
+                             "prices; all peers announce and forward")
+        rec.notes.append("signature checks of identical bytes are shared between simulated peers "
+                         "(decode is memoised); every other validation rule runs at every peer")
+        if self.progress is not None:
+            self._report_progress(duration, wall0)
+        return rec
+
+    def _report_progress(self, t: float, wall0: float) -> None:
+        live = sum(1 for p in self.peers if p.alive and p.role != "hostile")
+        published = sum(b.published for b in self.recorder.traffic)
+        delivered = sum(b.delivered for b in self.recorder.traffic)
+        assert self.progress is not None
+        self.progress(f"[sim] t={t:6.1f}/{self.scenario.duration_s:g} s  wall {time.perf_counter() - wall0:6.1f} s  "
+                      f"live {live}  published {published}  delivered {delivered}")
+
+
+def run_sim(scenario: Scenario, peers: int, *, seed: int = 1, sample_s: float | None = None,
+            observers: int | None = None, progress: Callable[[str], None] | None = None) -> Recorder:
+    """Run `scenario` on `peers` simulated peers and return what was recorded."""
+    return SimNetwork(scenario, peers, seed=seed, sample_s=sample_s, observers=observers,
+                      progress=progress).run()
+
+
+def stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+__all__ = ["SimNetwork", "SimPeer", "run_sim", "shared_decode", "peer_key", "EPOCH",
+           "node_settings", "stderr_progress"]
