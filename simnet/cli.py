@@ -1,0 +1,247 @@
+"""`neuroshard-simnet`: many peers on one machine.
+
+    neuroshard-simnet run --peers 20 --scenario shock                 # real libp2p nodes
+    neuroshard-simnet run --transport sim --peers 1000 --scenario churn --out out/churn
+    neuroshard-simnet testnet --peers 5                               # separate processes
+    neuroshard-simnet economics --out out/economics
+    neuroshard-simnet scenarios                                       # what ships
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Sequence
+
+from simnet.scenario import Scenario, ScenarioError, load, shipped_scenarios
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroshard-simnet",
+        description="Run market scenarios on many peers on one machine: real libp2p nodes in one "
+                    "process, a simulated network of thousands, a local testnet of node "
+                    "processes, or the serve-or-train economics model.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a scenario and write a report",
+                       description="Run a scenario on N peers; writes report.json, report.md and "
+                                   "PNG plots to --out.")
+    p.add_argument("--peers", type=int, required=True, metavar="N", help="peers at the start")
+    p.add_argument("--scenario", required=True, metavar="NAME|FILE",
+                   help=f"a shipped scenario ({', '.join(shipped_scenarios())}) or a .toml file")
+    p.add_argument("--transport", choices=("libp2p", "sim"), default="libp2p",
+                   help="libp2p: real nodes on 127.0.0.1 in this process (default); sim: the "
+                        "deterministic simulated network")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="seconds of network time (the timeline is scaled to it; default: the "
+                        "scenario's duration_s)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--out", metavar="DIR",
+                   help="report directory (default simnet-out/<scenario>-<transport>-<N>)")
+    p.add_argument("--sample", type=float, metavar="S",
+                   help="seconds between samples of every peer's price (default: 0.5 on libp2p, "
+                        "one tick on sim)")
+    p.add_argument("--observers", type=int, metavar="K",
+                   help="sim only: compute prices at K randomly chosen peers (plus late joiners) "
+                        "instead of all; every peer still announces and forwards")
+    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a scenario setting, e.g. market.capacity_timeout_s=8 or "
+                        "node.announce_interval_s=2.5 or network.loss=0.05 (repeatable; VALUE "
+                        "is TOML)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    p = sub.add_parser("testnet", help="K real node processes on consecutive ports",
+                       description="Start K `neuroshard-node run` processes on 127.0.0.1 with "
+                                   "their APIs and dashboards on consecutive ports, print the "
+                                   "bootstrap multiaddr, run until Ctrl-C, then stop them all "
+                                   "cleanly (each withdraws its capacity).")
+    p.add_argument("--peers", type=int, required=True, metavar="K")
+    p.add_argument("--data-dir", default="simnet-testnet", metavar="DIR",
+                   help="one data dir per node under DIR (kept between runs: same peer ids)")
+    p.add_argument("--port", type=int, default=4011, metavar="P",
+                   help="libp2p TCP port of the first node; node i listens on P+i (default 4011)")
+    p.add_argument("--api-port", type=int, default=8000, metavar="P",
+                   help="HTTP API/dashboard port of the first node; node i on P+i (default 8000)")
+    p.add_argument("--network", default="testnet", help="network id (default testnet)")
+    p.add_argument("--capacity", type=int, default=1000, metavar="TOKENS_PER_S",
+                   help="capacity each node offers (default 1000; 0 for none)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; use 0.0.0.0 to let other "
+                        "machines join)")
+    p.add_argument("--log-level", default="warning", help="log level of the nodes")
+
+    p = sub.add_parser("economics", help="serve-or-train model of the price curve",
+                       description="Nodes choose each period to serve inference or train; demand "
+                                   "grows through phases. Reports the price per phase, the "
+                                   "equilibrium profit ratio, overshoot and oscillation, and which "
+                                   "of the design's claims the formula reproduces.")
+    p.add_argument("--scenario", default="phases", metavar="NAME|FILE",
+                   help="scenario whose [economics] and [market] tables to use (default phases)")
+    p.add_argument("--out", default="simnet-out/economics", metavar="DIR")
+    p.add_argument("--max-step", type=float, default=0.05, metavar="X",
+                   help="step cap of the capped variants (default 0.05)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an [economics] parameter, e.g. nodes=200 (VALUE is TOML)")
+    p.add_argument("--no-plots", action="store_true")
+
+    sub.add_parser("scenarios", help="list the shipped scenarios")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "testnet":
+            from simnet.testnet import run_testnet
+
+            return run_testnet(args.peers, data_dir=args.data_dir, port=args.port,
+                               api_port=args.api_port, network=args.network,
+                               capacity=args.capacity, host=args.host, log_level=args.log_level)
+        if args.command == "economics":
+            return cmd_economics(args)
+        if args.command == "scenarios":
+            for name in shipped_scenarios():
+                scenario = load(name)
+                print(f"{name:10s} {scenario.duration_s:5.0f} s  "
+                      f"{' '.join(scenario.description.split())}")
+            return EXIT_OK
+    except (ScenarioError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """`table.key=value` strings (value as TOML) → {table: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        table, dot, key = name.strip().partition(".")
+        if not sep or not dot or table not in ("market", "node", "network"):
+            raise ScenarioError(f"--set {item!r}: expected market.KEY=VALUE, node.KEY=VALUE or "
+                                "network.KEY=VALUE")
+        out.setdefault(table, {})[key.strip()] = _toml_value(item, text)
+    return out
+
+
+def _toml_value(item: str, text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ScenarioError(f"--set {item!r}: the value is not TOML (strings need quotes)") from None
+
+
+def prepare(args: argparse.Namespace) -> Scenario:
+    scenario = load(args.scenario)
+    if args.duration is not None:
+        scenario = scenario.scaled(args.duration)
+    overrides = parse_overrides(args.set)
+    if overrides:
+        scenario = scenario.with_overrides(**overrides)
+        scenario.market_config()  # checks the merged values
+    return scenario
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simnet.report import write_run_report
+    from simnet.sim import stderr_progress
+
+    scenario = prepare(args)
+    if args.peers < 2:
+        raise ScenarioError("--peers must be at least 2")
+    progress = None if args.quiet else stderr_progress
+    out = Path(args.out or f"simnet-out/{scenario.name}-{args.transport}-{args.peers}")
+    if args.transport == "sim":
+        from simnet.sim import SimNetwork
+
+        rec = SimNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample,
+                         observers=args.observers, progress=progress).run()
+    else:
+        if args.observers is not None:
+            raise ScenarioError("--observers is for --transport sim (real nodes all compute prices)")
+        import trio
+
+        from simnet.real import RealNetwork
+
+        network = RealNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample or 0.5,
+                              progress=progress)
+        rec = trio.run(network.run)
+    meta = {"scenario": scenario.name, "description": " ".join(scenario.description.split()),
+            "transport": args.transport, "peers": args.peers, "seed": args.seed,
+            "duration_s": scenario.duration_s, "observers": args.observers,
+            "settings": scenario.to_dict()}
+    data = write_run_report(rec, out, meta, plots=not args.no_plots)
+    _print_summary(data, out)
+    return EXIT_OK
+
+
+def _print_summary(data: dict[str, Any], out: Path) -> None:
+    figs = data["figures"]
+    agree, traffic = figs["agreement"], figs["traffic"]
+    after = agree["after_event_s"]
+    share = agree["identical_share"]
+    print(f"identical price on {100 * share:.1f} % of samples; largest spread "
+          f"{agree['largest_spread_nano'] / 1e9:.6f} NEURO/1M" if share is not None
+          else "no samples")
+    print(f"all peers agree after an event: p50 {after['all_peers_p50']} s, p99 "
+          f"{after['all_peers_p99']} s, max {after['all_peers_max']} s "
+          f"({after['never_agreed']} of {after['events']} events never settled)")
+    print(f"published per peer per second: {traffic['published_per_peer_s']} "
+          f"(steady {traffic['steady_published_per_peer_s']}); received "
+          f"{traffic['received_per_peer_s']}; CPU per message {traffic['cpu_per_message_ms']} ms; "
+          f"wall {traffic['wall_s']} s")
+    for goal in data["goals"]:
+        print(f"goal: {goal['goal']}: {goal['measured']} -> {'met' if goal['met'] else 'NOT met'}")
+    print(f"report: {out / 'report.md'}")
+
+
+def cmd_economics(args: argparse.Namespace) -> int:
+    from simnet import economics as econ
+    from simnet.report import write_economics_report
+
+    scenario = load(args.scenario)
+    values = dict(scenario.economics)
+    for item in args.set:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = _toml_value(item, text)
+    params = econ.EconomicsParams.from_mapping(values)
+    base = scenario.market_config()
+    results = []
+    for market in econ.variants(base, max_step=args.max_step):
+        results.append(econ.run(market, params))
+        print(f"ran {results[-1].label}", file=sys.stderr, flush=True)
+    data = write_economics_report(results, args.out, plots=not args.no_plots)
+    for variant in data["variants"]:
+        print(f"{variant['label']}: " + ", ".join(
+            f"{ph['name']} {ph['price_median']:.3f}" for ph in variant["phases"]))
+        for claim in variant["claims"]:
+            value = "—" if claim["model"] is None else f"{claim['model']:.3f}"
+            print(f"   {claim['claim']}: {value} -> "
+                  f"{'reproduced' if claim['reproduced'] else 'NOT reproduced'}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return EXIT_OK
+
+
+def _json(data: Any) -> str:  # pragma: no cover - debugging helper
+    return json.dumps(data, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
