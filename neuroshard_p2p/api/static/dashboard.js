@@ -135,7 +135,7 @@
 
   function drawChart(history, market) {
     const canvas = $("price-chart");
-    const points = (history && history.points) || [];
+    let points = (history && history.points) || [];
     canvas.dataset.points = String(points.length);
     canvas.dataset.window = history ? history.window : "";
     const ratio = window.devicePixelRatio || 1;
@@ -169,6 +169,11 @@
       return;
     }
 
+    // The last recorded price holds until now (a 24 h point is the mean of a minute that may
+    // still be running), so the line reaches the right edge.
+    const lastPoint = points[points.length - 1];
+    if (lastPoint[0] < now) points = [...points, [now, lastPoint[1]]];
+
     // y range: the prices seen, padded, never narrower than 1% of the market's range so a flat
     // line sits in the middle instead of filling the chart with noise.
     let lo = Infinity, hi = -Infinity;
@@ -176,8 +181,11 @@
     const span = market ? (market.max_price - market.min_price) * NANO : hi - lo;
     const minSpan = Math.max(span * 0.01, 1);
     if (hi - lo < minSpan) { const mid = (hi + lo) / 2; lo = mid - minSpan / 2; hi = mid + minSpan / 2; }
+    // Pad a little, but never past the curve's own bounds when the data stays inside them.
     const pad = (hi - lo) * 0.1;
-    lo = Math.max(0, lo - pad); hi = hi + pad;
+    const floor = market ? Math.min(lo, market.min_price_nano) : 0;
+    const ceiling = market ? Math.max(hi, market.max_price_nano) : Infinity;
+    lo = Math.max(floor, lo - pad); hi = Math.min(ceiling, hi + pad);
 
     const x = (t) => left + ((t - t0) / seconds) * plotW;
     const y = (p) => top + (1 - (p - lo) / (hi - lo)) * plotH;
@@ -221,7 +229,7 @@
     ctx.fillStyle = css.getPropertyValue("--" + level).trim() || lineColour;
     ctx.beginPath(); ctx.arc(x(last[0]), y(last[1]), 4, 0, Math.PI * 2); ctx.fill();
 
-    setText("chart-note", points.length + " points, " + formatPrice(lo / NANO) + " – " +
+    setText("chart-note", canvas.dataset.points + " points, " + formatPrice(lo / NANO) + " – " +
       formatPrice(hi / NANO) + " NEURO per 1M tokens");
   }
 
