@@ -169,7 +169,9 @@ def test_one_announcement_exact_totals_and_price() -> None:
     view = new_view()
     a = announce(1, 1, BASE_MS, tps=1000, price=5, tokens=60_000, requests=3)
     assert view.merge_message(a) is MergeOutcome.NEW
+    version = view.version
     assert view.merge_message(a) is MergeOutcome.DUPLICATE
+    assert view.version == version
     stats = view.stats_at_ms(BASE_MS)
     assert (stats.available_nodes, stats.counted_nodes, stats.supply_tokens_per_sec,
             stats.demand_tokens_waiting, stats.pending_requests, stats.utilization) == (
@@ -243,9 +245,12 @@ def test_retention_keeps_the_newest_within_the_horizon() -> None:
                         MergeOutcome.NEWER]
     # Newest at +80 s; the horizon (46 s) keeps +40 s … +80 s.
     assert view.messages_of(signer(1)) == tuple(msgs[1:])
+    version = view.version
     assert view.merge_message(msgs[0]) is MergeOutcome.STALE
+    assert view.version == version
     filler = announce(1, 9, BASE_MS + 50_000)
     assert view.merge_message(filler) is MergeOutcome.OLDER
+    assert view.version > version
     assert view.messages_of(signer(1)) == (msgs[1], filler, msgs[2], msgs[3])
     # The per-signer cap (4) drops the oldest, even within the horizon.
     assert view.merge_message(announce(1, 10, BASE_MS + 81_000)) is MergeOutcome.NEWER

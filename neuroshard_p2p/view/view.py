@@ -187,6 +187,9 @@ class MarketView:
         self._tick_cache: dict[int, tuple[int, int, int]] = {}  # tick → (supply, demand, target)
         #: Signers evicted to respect max_signers (for metrics).
         self.evictions = 0
+        #: Grows by one whenever the retained set changes, so a caller can cache what it derives
+        #: from the view (e.g. the offer list, which costs O(signers)) per (version, instant).
+        self.version = 0
 
     # ------------------------------------------------------------------ merging
 
@@ -259,6 +262,7 @@ class MarketView:
         return MergeOutcome.OLDER
 
     def _account(self, bucket: int, msg_id: bytes, sign: int) -> None:
+        self.version += 1
         self._bucket_count[bucket] += sign
         self._bucket_sum[bucket] = (self._bucket_sum[bucket]
                                     + sign * int.from_bytes(msg_id, "big")) % _SUM_MOD
@@ -423,7 +427,8 @@ class MarketView:
         return self.demand_at_ms(ms_of(now))
 
     def offers_at_ms(self, t_ms: int) -> list[Offer]:
-        """Capacity on offer at t_ms, cheapest first (then most capacity, then signer)."""
+        """Capacity on offer at t_ms, cheapest first (then most capacity, then signer).
+        O(signers): ask once per tick or per `version`, not once per request."""
         offers: list[Offer] = []
         for register in self._registers.values():
             segment = register.counted_at(t_ms)
