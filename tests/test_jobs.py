@@ -285,9 +285,9 @@ import trio  # noqa: E402
 
 from neuroshard_p2p.ledger import Ledger  # noqa: E402
 from neuroshard_p2p.ledger.store import ledger_path  # noqa: E402
-from neuroshard_p2p.node.backends import InferenceBackend, OpenAIBackend  # noqa: E402
+from neuroshard_p2p.node.backends import OpenAIBackend  # noqa: E402
 from neuroshard_p2p.node.host import Node  # noqa: E402
-from neuroshard_p2p.node.job_service import JobService, JobSettings  # noqa: E402
+from neuroshard_p2p.node.job_service import JobService  # noqa: E402
 from neuroshard_p2p.node.settings import NodeSettings  # noqa: E402
 from tests.openai_compat_server import start_openai_server  # noqa: E402
 
@@ -297,21 +297,14 @@ NET_CONFIG = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_ti
 
 @asynccontextmanager
 async def job_node(data_dir: Path, key_index: int, *, capacity: int = 0, min_price: float = 0.0,
-                   backend: InferenceBackend | None = None,
-                   lost_backoff_s: float = 10.0) -> AsyncIterator[tuple[Node, JobService]]:
-    """A real node on 127.0.0.1 with its job service and a ledger in its data dir."""
+                   **node_settings: object) -> AsyncIterator[tuple[Node, JobService]]:
+    """A real node on 127.0.0.1; its job service (`node.jobs`) keeps a ledger in its data dir."""
     settings = NodeSettings(data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
                             capacity=capacity, min_price=min_price, announce_interval_s=5.0,
-                            market=NET_CONFIG)
+                            stream_timeout_s=3.0, market=NET_CONFIG,
+                            **node_settings)  # type: ignore[arg-type]
     async with Node(settings, private_key=make_key(key_index)) as node:
-        jobs = JobService(node.engine, backend=backend, clock=node.clock,
-                          settings=JobSettings(ledger_path=ledger_path(data_dir),
-                                               accept_timeout_s=3.0, lost_backoff_s=lost_backoff_s),
-                          on_demand_change=lambda: node._poke.set())
-        async with trio.open_nursery() as nursery:
-            await nursery.start(jobs.run, node.host)
-            yield node, jobs
-            nursery.cancel_scope.cancel()
+        yield node, node.jobs
 
 
 async def wait_for_offers(node: Node, *providers: Node) -> None:
@@ -439,10 +432,9 @@ async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_e
 async def test_openai_backend_serves_jobs_and_its_errors_fail_them(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         server = await start_openai_server(nursery)
-        backend = OpenAIBackend(server.url, "tiny-model", timeout_s=5)
         async with job_node(tmp_path / "a", 51) as (a, gateway), \
-                job_node(tmp_path / "b", 52, capacity=1000, min_price=0.01,
-                         backend=backend) as (b, provider):
+                job_node(tmp_path / "b", 52, capacity=1000, min_price=0.01, backend="openai",
+                         backend_url=server.url, backend_model="tiny-model") as (b, provider):
             await a.connect(b.addrs[0])
             await wait_for_offers(a, b)
             ok = gateway.submit(50, 2 * PRICE, prompt="one two three")
@@ -450,6 +442,8 @@ async def test_openai_backend_serves_jobs_and_its_errors_fail_them(tmp_path: Pat
             served = await finished(gateway, ok.request_id)
             failed = await finished(gateway, bad.request_id)
         nursery.cancel_scope.cancel()
+    assert isinstance(provider.backend, OpenAIBackend)
+    assert server.requests[0]["model"] == "tiny-model"
     # Tokens come from the server's usage (3 words), not from the 50 requested.
     assert (served.state, served.tokens_served, served.cost_nano, served.output) == (
         "completed", 3, 3 * PRICE // 1_000_000, "one two three")

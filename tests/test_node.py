@@ -39,11 +39,13 @@ async def test_five_nodes_agree_on_supply_demand_and_price_then_a_late_joiner_ca
     async with trio.open_nursery() as nursery:
         boot = await start_node(nursery, test_settings(tmp_path / "n0"), make_key(1))
         entry = (boot.node.addrs[0],)
+        # The sellers ask more than the request's locked price, so the jobs layer cannot route
+        # it: it stays queued at n3 and counts as demand everywhere.
         others = [
-            await start_node(nursery, test_settings(tmp_path / "n1", bootstrap=entry, capacity=1000),
-                             make_key(2)),
+            await start_node(nursery, test_settings(tmp_path / "n1", bootstrap=entry, capacity=1000,
+                                                    min_price=0.9), make_key(2)),
             await start_node(nursery, test_settings(tmp_path / "n2", bootstrap=entry, capacity=500,
-                                                    min_price=0.02), make_key(3)),
+                                                    min_price=0.9), make_key(3)),
             await start_node(nursery, test_settings(tmp_path / "n3", bootstrap=entry), make_key(4)),
             await start_node(nursery, test_settings(tmp_path / "n4", bootstrap=entry), make_key(5)),
         ]

@@ -1,6 +1,6 @@
 """The jobs driver: trio + py-libp2p around the sans-IO desks of `jobs`.
 
-A node owns one `JobService` (two lines in `Node`):
+A node owns one `JobService` (`Node.jobs`, two lines in `Node`):
 
     self.jobs = JobService.for_node(self)          # in Node.__init__
     await nursery.start(self.jobs.run, self.host)  # in Node._start
@@ -155,15 +155,12 @@ class JobService:
 
     @classmethod
     def for_node(cls, node: Any) -> "JobService":
-        """The service of a `Node`: backend and timing from its settings (defaults for what the
-        settings do not have), ledger in its data dir, demand changes poke its announcer."""
+        """The service of a `Node`: backend and timeouts from its settings, the ledger in its
+        data dir, demand changes poke its announcer."""
         s = node.settings
         settings = JobSettings(
-            backend=getattr(s, "backend", "synthetic"),
-            backend_url=getattr(s, "backend_url", ""),
-            backend_model=getattr(s, "backend_model", ""),
-            backend_timeout_s=getattr(s, "backend_timeout_s", 60.0),
-            accept_timeout_s=getattr(s, "stream_timeout_s", 5.0),
+            backend=s.backend, backend_url=s.backend_url, backend_model=s.backend_model,
+            backend_timeout_s=s.backend_timeout_s, accept_timeout_s=s.stream_timeout_s,
             ledger_path=ledger_path(s.data_dir))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
         return cls(node.engine, settings=settings, clock=node.clock,
@@ -260,24 +257,29 @@ class JobService:
         assert self._nursery is not None
         while True:
             now = self.clock()
+            # Requests queued through the engine (Node.submit_request) do not wake this loop:
+            # it looks for them every route_interval_s.
             self._take_engine_queue(now)
-            self.gateway.set_view_offers(self.engine.view.offers_at(now), now)
             for event in self.gateway.advance(now):
                 log.info("request %s: %s", event.request_id, event.reason)
                 self._notify(event.request_id)
-            for dispatch in self.gateway.dispatch(now):
-                self.counters.jobs_sent += 1
-                self._nursery.start_soon(self._send_job, dispatch)
-            self._announce_demand()
-            wait = math.inf
             if self.gateway.pending_requests:
-                wait = self.settings.route_interval_s
+                self.gateway.set_view_offers(self.engine.view.offers_at(now), now)
+                for dispatch in self.gateway.dispatch(now):
+                    self.counters.jobs_sent += 1
+                    self._nursery.start_soon(self._send_job, dispatch)
+            self._announce_demand()
+            wait = self.settings.route_interval_s
             deadline = self.gateway.next_deadline()
             if deadline is not None:
                 wait = min(wait, max(deadline - self.clock(), 0.001))
             with trio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    def wake(self) -> None:
+        """Route now (e.g. right after a request was queued through the engine)."""
+        self._wake.set()
 
     def _announce_demand(self) -> None:
         demand = (self.gateway.pending_tokens, self.gateway.pending_requests)
@@ -334,15 +336,15 @@ class JobService:
                 gateway.on_lost(rid, attempt, peer_id, "closed the stream mid-job", self.clock())
                 return
             frame = decode_job_frame(second)
-            await _close(stream)
             if isinstance(frame, JobDeclined):
                 gateway.on_failed(rid, attempt, peer_id,
                                   f"provider {short_peer(peer_id)} could not serve it: "
                                   f"{frame.reason}: {frame.detail}", self.clock())
-                return
-            if not isinstance(frame, JobResult) or frame.request_id != rid:
+            elif isinstance(frame, JobResult) and frame.request_id == rid:
+                await self._settle(dispatch, job, sent_at, frame)
+            else:
                 raise WireError("unexpected", "reject", "expected the result of this job")
-            await self._settle(dispatch, job, sent_at, frame)
+            await _close(stream)  # after settling: closing is not on the user's critical path
         except Exception as exc:  # noqa: BLE001 - whatever a peer or the network does
             what = "disconnected mid-job" if accepted else "was unreachable"
             if isinstance(exc, WireError):

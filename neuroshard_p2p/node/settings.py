@@ -52,6 +52,12 @@ class NodeSettings:
     #: Capacity this node offers, tokens per second (0 = none), and its floor price.
     capacity: int = 0
     min_price: float = 0.0
+    #: Inference backend serving this node's jobs (node/backends.py): "synthetic" (tokens at the
+    #: offered rate) or "openai" (an OpenAI-compatible server at backend_url, model backend_model).
+    backend: str = "synthetic"
+    backend_url: str = ""
+    backend_model: str = ""
+    backend_timeout_s: float = 60.0
     #: Re-announce period (keep-alive) and anti-entropy period.
     announce_interval_s: float = 20.0
     sync_interval_s: float = 30.0
@@ -105,9 +111,14 @@ class NodeSettings:
              f"min_price must be in [0, max_price={self.market.max_price}]")
         for name in ("announce_interval_s", "sync_interval_s", "peer_exchange_interval_s",
                      "dial_timeout_s", "bootstrap_retry_initial_s", "bootstrap_retry_max_s",
-                     "stream_timeout_s", "heartbeat_interval_s"):
+                     "stream_timeout_s", "heartbeat_interval_s", "backend_timeout_s"):
             need(getattr(self, name) > 0, f"{name} must be > 0")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
+        need(self.backend in ("synthetic", "openai"),
+             f"backend must be 'synthetic' or 'openai', got {self.backend!r}")
+        need(self.backend != "openai" or (self.backend_url.startswith(("http://", "https://"))
+                                          and bool(self.backend_model)),
+             "the openai backend needs backend_url (http://host:port) and backend_model")
         need(self.announce_interval_s < self.market.capacity_timeout_s,
              "announce_interval_s must be shorter than the market's capacity_timeout_s, or a "
              "live node would expire between its own announcements")
