@@ -63,6 +63,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.node.datadir import load_api_token, load_private_key, remove_api_url, write_api_url
 from neuroshard_p2p.node.engine import LocalRequest, MarketSnapshot, PeerEngine, SyncCounts
+from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.wire import WireError
@@ -136,6 +137,8 @@ class Node:
                                  min_price_nano=to_nano(settings.min_price),
                                  announce_interval_s=settings.announce_interval_s)
         self.counters = NodeCounters()
+        #: Jobs: routes this node's requests to providers and serves jobs sent to it.
+        self.jobs = JobService.for_node(self)
         self.topic = settings.topic
         self._sync_protocol = sync_protocol(settings.network)
         self._peers_protocol = peers_protocol(settings.network)
@@ -143,6 +146,8 @@ class Node:
         self._listen = [_parse_listen_addr(a) for a in settings.listen]
         self._key_pair = create_new_key_pair(self.private_key.secret)
         self._stack: AsyncExitStack | None = None
+        self._tasks: Any = None
+        self._subscription: Any = None
         self._nursery: trio.Nursery | None = None
         self._poke = trio.Event()
         self._sync_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNCS)
@@ -181,33 +186,50 @@ class Node:
     # -- lifetime --------------------------------------------------------------------------
 
     async def __aenter__(self) -> "Node":
-        stack = AsyncExitStack()
-        await stack.__aenter__()
+        libp2p = AsyncExitStack()
+        await libp2p.__aenter__()
         try:
-            await self._start(stack)
+            await self._start_libp2p(libp2p)
+            tasks = trio.open_nursery()
+            self._nursery = await tasks.__aenter__()
         except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            await _unwind(libp2p.__aexit__(type(exc), exc, exc.__traceback__), exc)
             raise
-        self._stack = stack
+        self._stack, self._tasks = libp2p, tasks
+        try:
+            await self._start_tasks(self._nursery)
+        except BaseException as exc:
+            await _unwind(self.__aexit__(type(exc), exc, exc.__traceback__), exc)
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
-        stack, self._stack = self._stack, None
-        assert stack is not None
+        libp2p, self._stack = self._stack, None
+        tasks, self._tasks = self._tasks, None
+        assert libp2p is not None and tasks is not None and self._nursery is not None
         self._closing = True
         try:
-            if exc_type is None:
-                await self._withdraw_and_flush()
-            if self._nursery is not None:
+            try:
+                if exc_type is None:
+                    await self._withdraw_and_flush()
+            finally:
                 self._nursery.cancel_scope.cancel()
+                # Our own tasks first: an error in one of them surfaces here.
+                suppressed = await tasks.__aexit__(exc_type, exc, tb)
         finally:
             if self.api_url is not None:
                 remove_api_url(self.settings.data_dir, self.api_url)
-            result = await stack.__aexit__(exc_type, exc, tb)
-        return result
+            try:
+                await libp2p.__aexit__(None, None, None)
+            except Exception as teardown:  # noqa: BLE001 - see below
+                # py-libp2p 0.8.1 can raise from its own service teardown when a connection
+                # races the shutdown (LifecycleError and friends). The node has stopped either
+                # way; say so instead of turning a clean stop into a crash.
+                log.warning("libp2p teardown: %s", _reason(teardown))
+        return suppressed
 
-    async def _start(self, stack: AsyncExitStack) -> None:
+    async def _start_libp2p(self, stack: AsyncExitStack) -> None:
         s = self.settings
         muxers = {TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex}
         if s.muxer == "mplex":
@@ -239,6 +261,10 @@ class Node:
         except Exception as exc:
             reason = _reason(exc)
             raise NodeError(f"cannot listen on {', '.join(s.listen)}: {reason}") from None
+        if not self.host.get_transport_addrs():
+            # py-libp2p logs a failed listen and carries on; a node nobody can reach is no node.
+            reasons = "; ".join(_bind_failure(a) for a in self._listen)
+            raise NodeError(f"cannot listen on {', '.join(s.listen)}: {reasons}")
         await self.host.get_network().auto_connector.stop()
         await stack.enter_async_context(background_trio_service(self.pubsub))
         await stack.enter_async_context(background_trio_service(self.gossipsub))
@@ -247,14 +273,16 @@ class Node:
         self.host.set_stream_handler(self._peers_protocol, self._serve_peers)
         self.host.get_network().register_notifee(_ConnectionWatcher(self._new_peers_send))
         self.pubsub.set_topic_validator(self.topic, self._validate_gossip, False)
-        subscription = await self.pubsub.subscribe(self.topic)
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        self._nursery = nursery
-        nursery.start_soon(self._drain, subscription)
+        self._subscription = await self.pubsub.subscribe(self.topic)
+
+    async def _start_tasks(self, nursery: trio.Nursery) -> None:
+        s = self.settings
+        nursery.start_soon(self._drain, self._subscription)
         nursery.start_soon(self._announce_loop)
         nursery.start_soon(self._sync_new_peers)
         nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._peer_exchange_loop)
+        await nursery.start(self.jobs.run, self.host)
         for info, text in zip(self._bootstrap_infos, s.bootstrap):
             nursery.start_soon(self._bootstrap_loop, info, text)
         if s.api_enabled:
@@ -281,9 +309,8 @@ class Node:
 
         try:
             binds = await nursery.start(run_api)
-        except OSError as exc:
-            raise NodeError(f"cannot serve the HTTP API on {host}:{port}: "
-                            f"{exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - an OSError, wrapped in exception groups
+            raise NodeError(f"cannot serve the HTTP API on {host}:{port}: {_reason(exc)}") from None
         self.api_url = binds[0] if binds else f"http://{host}:{port}"
         write_api_url(self.settings.data_dir, self.api_url)
 
@@ -315,6 +342,7 @@ class Node:
         request = self.engine.submit_request(tokens, max_price_nano, self.now(), tier=tier,
                                              prompt=prompt, user=user)
         self._poke.set()
+        self.jobs.wake()
         return request
 
     def stats(self, now: float | None = None) -> MarketSnapshot:
@@ -708,6 +736,44 @@ def _parse_peer_addr(text: str, what: str) -> PeerInfo:
         raise ConfigError(f"{what} address {text!r} is not a multiaddr ending in /p2p/<peer id>: "
                           f"{exc}") from None
     return info
+
+
+def _bind_failure(addr: multiaddr.Multiaddr) -> str:
+    """Why binding `addr` fails, asked of the OS directly (py-libp2p only logs it)."""
+    import socket
+
+    text = str(addr)
+    family = socket.AF_INET6 if text.startswith("/ip6/") else socket.AF_INET
+    try:
+        host = addr.value_for_protocol("ip6" if family == socket.AF_INET6 else "ip4")
+        port = int(addr.value_for_protocol("tcp"))
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    except Exception as exc:  # noqa: BLE001 - not an address we can probe
+        return str(exc)
+    return "unknown reason (see the log)"
+
+
+async def _unwind(exiting: Any, error: BaseException) -> None:
+    """Run an exit that was handed `error`. trio's nurseries re-raise it wrapped in exception
+    groups; the caller re-raises `error` itself (e.g. NodeError "cannot listen on ...")."""
+    try:
+        await exiting
+    except BaseException as during_exit:
+        if not _only(during_exit, error):
+            raise
+
+
+def _only(error: BaseException, original: BaseException) -> bool:
+    """Whether `error` is `original`, or a (nested) exception group holding only it and
+    cancellations."""
+    if error is original or isinstance(error, trio.Cancelled):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only(e, original) for e in error.exceptions)
+    return False
 
 
 def _short(peer: Any) -> str:

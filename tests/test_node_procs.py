@@ -1,0 +1,138 @@
+"""Three `neuroshard-node run` processes, bootstrapped from the first, agree on the market; every
+check goes through the CLI's client commands and the node's HTTP API, as a person would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "neuroshard_p2p.cli", *args], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise AssertionError(f"neuroshard-node {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def cli_json(*args: str) -> Any:
+    return json.loads(cli(*args, "--json").stdout)
+
+
+def wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"within {timeout} s: {what} (last: {last!r})")
+
+
+def start(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "neuroshard_p2p.cli", "run", "--data-dir", str(data_dir),
+         "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--log-level", "warning",
+         *extra],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_three_processes_bootstrapped_from_the_first_agree_on_the_price(tmp_path: Path) -> None:
+    dirs = [tmp_path / name for name in ("a", "b", "c")]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        procs.append(start(dirs[0], "--capacity", "1000"))
+        wait_for(lambda: (dirs[0] / "api").exists(), 20, "the first node serves its API")
+        first = cli_json("id", "--data-dir", str(dirs[0]))
+        assert first["running"] is True
+        bootstrap = first["addrs"][0]
+        assert bootstrap.startswith("/ip4/127.0.0.1/tcp/") and bootstrap.endswith(first["peer_id"])
+        for d in dirs[1:]:
+            procs.append(start(d, "--bootstrap", bootstrap))
+        for d in dirs[1:]:
+            wait_for(lambda d=d: (d / "api").exists(), 20, f"{d.name} serves its API")
+
+        # b offers capacity and c queues demand, both through the CLI
+        assert "offering 500 tokens/s" in cli("register", "--data-dir", str(dirs[1]),
+                                             "--capacity", "500", "--min-price", "0.02").stdout
+        assert "queued" in cli("submit", "--data-dir", str(dirs[2]), "--tokens", "100000",
+                               "--max-price", "0.9").stdout
+        at = time.time() + 3  # an instant after every announcement above
+
+        def markets() -> list[dict[str, Any]]:
+            return [cli_json("market", "--data-dir", str(d), "--at", f"{at:.3f}") for d in dirs]
+
+        def agreed() -> bool:
+            views = markets()
+            keys = ("tick", "current_price_nano", "target_price_nano", "supply_tokens_per_sec",
+                    "demand_tokens_waiting", "available_nodes", "pending_requests")
+            same = all({k: v[k] for k in keys} == {k: views[0][k] for k in keys} for v in views)
+            return same and views[0]["supply_tokens_per_sec"] == 1500 and \
+                views[0]["demand_tokens_waiting"] == 100_000
+
+        wait_for(agreed, 20, "the three nodes report one price, supply 1500 and demand 100000")
+        prices = {m["current_price_nano"] for m in markets()}
+        assert len(prices) == 1
+
+        # peer exchange across processes: b and c, which only knew a, found each other
+        peer_ids = [cli_json("id", "--data-dir", str(d))["peer_id"] for d in dirs]
+        wait_for(lambda: peer_ids[2] in {p["peer_id"] for p in
+                                          cli_json("peers", "--data-dir", str(dirs[1]))["peers"]},
+                 20, "b is connected to c")
+
+        # a POST without the token is refused
+        import httpx
+
+        url = (dirs[1] / "api").read_text().strip()
+        refused = httpx.post(url + "/api/market/withdraw", timeout=5)
+        assert refused.status_code == 401
+
+        # SIGTERM on a: a clean stop; b and c stop counting its 1000 tokens/s at once
+        procs[0].send_signal(signal.SIGTERM)
+        out, _ = procs[0].communicate(timeout=20)
+        assert procs[0].returncode == 0, out
+        assert "withdrawing" in out
+        wait_for(lambda: all(cli_json("market", "--data-dir", str(d))["supply_tokens_per_sec"] == 500
+                             for d in dirs[1:]), 10, "a's withdrawal reached b and c")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def test_run_on_a_fresh_machine_creates_the_data_dir_and_a_bad_flag_is_a_clear_error(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    result = cli("init", "--data-dir", str(data_dir))
+    assert "initialised" in result.stdout and "peer id: 16Uiu2" in result.stdout
+    assert (data_dir / "identity.key").stat().st_mode & 0o777 == 0o600
+    assert (data_dir / "api_token").stat().st_mode & 0o777 == 0o600
+    assert "already initialised" in cli("init", "--data-dir", str(data_dir)).stdout
+    token = cli("token", "--data-dir", str(data_dir)).stdout.strip()
+    assert len(token) >= 32
+    assert cli("token", "--data-dir", str(data_dir), "--rotate").stdout.strip() != token
+    offline = cli_json("id", "--data-dir", str(data_dir))
+    assert offline["running"] is False and offline["peer_id"].startswith("16Uiu2")
+    bad = cli("run", "--data-dir", str(data_dir), "--bootstrap", "/ip4/127.0.0.1/tcp/1", check=False)
+    assert bad.returncode == 1 and "must end in /p2p/<peer id>" in bad.stderr
+    down = cli("market", "--data-dir", str(data_dir), "--api", "127.0.0.1:9", check=False)
+    assert down.returncode == 1 and "no node answers" in down.stderr
