@@ -287,6 +287,7 @@ class Api:
             raise InputError(404, "this node keeps no ledger (its jobs service is not running)")
         signer = self.node.engine.signer
         summary = await ledger.summary(10, signer)
+        summary.pop("path", None)  # where the data dir is is nobody's business over HTTP
         provider = await ledger.totals("provider")
         spent = await ledger.spent(self.node.peer_id)
         totals = summary["totals"]
