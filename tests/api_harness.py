@@ -1,7 +1,6 @@
 """Real nodes with their HTTP API for the API and dashboard tests: a data dir made by
-`ensure_data_dir` (so the token is the file's), the API on a free 127.0.0.1 port, the job service
-and its ledger wired the way the node wires them, and an httpx client. Nothing here stands in for
-project code."""
+`ensure_data_dir` (so the token is the file's), the API on a free 127.0.0.1 port, and an httpx
+client. Nothing here stands in for project code."""
 
 from __future__ import annotations
 
@@ -54,22 +53,15 @@ class ApiNode:
 
 
 @asynccontextmanager
-async def api_node(data_dir: Path, key_index: int, *, jobs: bool = True, api: str = "127.0.0.1:0",
+async def api_node(data_dir: Path, key_index: int, *, api: str = "127.0.0.1:0",
                    market: MarketConfig = API_MARKET, **changes: Any) -> AsyncIterator[ApiNode]:
-    """A node with its API (and, with `jobs`, its job service and ledger) until the block ends."""
+    """A node with its API, job service and ledger until the block ends."""
     ensure_data_dir(data_dir)
     settings = test_settings(data_dir, api=api, market=market, announce_interval_s=2.0, **changes)
     async with Node(settings, private_key=make_key(key_index)) as node:
         assert node.api_url is not None
-        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=10.0) as client:
-            if jobs and getattr(node, "jobs", None) is None:
-                # The node does not start its job service itself (yet): wire it as it would.
-                from neuroshard_p2p.node.job_service import JobService
-
-                node.jobs = JobService.for_node(node)  # type: ignore[attr-defined]
-                await nursery.start(node.jobs.run, node.host)  # type: ignore[attr-defined]
+        async with httpx.AsyncClient(timeout=10.0) as client:
             yield ApiNode(node, node.api_url, load_api_token(data_dir), client, data_dir)
-            nursery.cancel_scope.cancel()
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str,

@@ -69,7 +69,7 @@ async def supply_is(api: ApiNode, supply: int) -> dict[str, Any] | None:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_the_seeds_three_curl_calls_verbatim(tmp_path: Path) -> None:
-    async with api_node(tmp_path / "a", 1, jobs=False) as api:
+    async with api_node(tmp_path / "a", 1) as api:
         port = port_of(api.url)
         market = await curl(SEED_CURL_MARKET, port)
         for name in SEED_MARKET_FIELDS + ("target_price", "tick", "network"):
@@ -266,7 +266,7 @@ async def test_writes_need_the_token_from_the_data_dir_reads_do_not(tmp_path: Pa
                 if status == 401:
                     assert response.headers["www-authenticate"].startswith("Bearer")
         assert node.engine.offer.tokens_per_second == 0
-        assert node.jobs.statuses() == []  # type: ignore[attr-defined]
+        assert node.jobs.statuses() == []
         assert node.engine.announcements_published == 0
 
         # Reads are open.
@@ -366,7 +366,7 @@ async def test_bad_inputs_are_4xx_json_and_change_nothing(tmp_path: Path) -> Non
             assert error.get("field") == field, (where, error)
         # Nothing changed: no offer, no request, nothing announced, the same market.
         assert (node.engine.offer.tokens_per_second, node.engine.offer.min_price_nano) == (0, 0)
-        assert node.jobs.statuses() == []  # type: ignore[attr-defined]
+        assert node.jobs.statuses() == []
         assert node.engine.queued_requests(node.now()) == []
         assert node.engine.announcements_published == 0
         after = await api.market()
@@ -457,10 +457,10 @@ async def test_the_api_binds_loopback_by_default_and_warns_when_told_otherwise(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert DEFAULT_API == "127.0.0.1:8000" and NodeSettings().api == DEFAULT_API
     caplog.set_level(logging.WARNING, logger="neuroshard.api")
-    async with api_node(tmp_path / "a", 9, jobs=False):
+    async with api_node(tmp_path / "a", 9):
         pass
     assert not [r for r in caplog.records if "reachable from other machines" in r.message]
-    async with api_node(tmp_path / "b", 10, jobs=False, api="0.0.0.0:0") as exposed:
+    async with api_node(tmp_path / "b", 10, api="0.0.0.0:0") as exposed:
         port = port_of(exposed.url)
         response = await exposed.client.get(f"http://127.0.0.1:{port}/api/market")
         assert response.status_code == 200

@@ -284,7 +284,7 @@ class Api:
         _no_query(request)
         ledger = self._ledger()
         if ledger is None:
-            raise InputError(404, "this node keeps no ledger (its jobs service is not running)")
+            raise InputError(404, "this node keeps no ledger (its job service has none open)")
         signer = self.node.engine.signer
         summary = await ledger.summary(10, signer)
         summary.pop("path", None)  # where the data dir is is nobody's business over HTTP
@@ -309,8 +309,7 @@ class Api:
         return Response(200, raw=body, content_type=content_type)
 
     def request_status(self, request_id: str) -> Response:
-        jobs = getattr(self.node, "jobs", None)
-        status = jobs.status(request_id) if jobs is not None else None
+        status = self.node.jobs.status(request_id)
         if status is not None:
             return Response(200, _status_json(status.to_dict()))
         now = self.node.now()
@@ -343,21 +342,16 @@ class Api:
 
     async def submit(self, request: Request) -> Response:
         submit = parse_submit(request.body, request.content_type, self.node.settings.market)
-        jobs = getattr(self.node, "jobs", None)
-        if jobs is not None:
-            status = jobs.submit(submit.tokens, submit.max_price_nano, prompt=submit.prompt,
-                                 tier=submit.tier, user=submit.user)
-            return Response(202, _status_json(status.to_dict()))
-        queued = self.node.submit_request(submit.tokens, submit.max_price_nano, tier=submit.tier,
-                                          prompt=submit.prompt, user=submit.user)
-        # No jobs layer: the request waits in the engine's queue, priced when one takes it.
-        return Response(202, {
-            "request_id": queued.request_id, "status": "queued", "tokens": queued.tokens,
-            "locked_price": None, "locked_price_nano": None, "expires_at": queued.expires_at})
+        # Straight to the gateway, not through the engine's queue: the price is locked now and
+        # the answer can say which.
+        status = self.node.jobs.submit(submit.tokens, submit.max_price_nano, prompt=submit.prompt,
+                                       tier=submit.tier, user=submit.user)
+        return Response(202, _status_json(status.to_dict()))
 
     def _ledger(self) -> "AsyncLedger | None":
-        jobs = getattr(self.node, "jobs", None)
-        return getattr(jobs, "ledger", None) if jobs is not None else None
+        """The node's ledger: opened by its job service when it starts (None before that, or
+        when the service runs without one)."""
+        return self.node.jobs.ledger
 
 
 def create_app(node: "Node") -> ASGIApp:
