@@ -338,8 +338,9 @@ def _mean_live(rec: Recorder, seconds: list[int]) -> float:
 
 
 def _churn(rec: Recorder) -> list[dict[str, Any]]:
-    """For every kill: when every live peer's supply no longer counted the dead peers' capacity,
-    against the bound of the signed timeline (their last announcement + capacity_timeout_s)."""
+    """For every kill: when every live peer's supply and demand no longer counted the dead
+    peers, against the bound of the signed timeline (their last announcement +
+    capacity_timeout_s)."""
     out = []
     timeout = rec.market.capacity_timeout_s
     for n, record in enumerate(rec.events):
@@ -353,9 +354,9 @@ def _churn(rec: Recorder) -> list[dict[str, Any]]:
         pruned_at = None
         first_pruned_at = None
         for i in window:
-            truth_supply = rec.truth[i][0]
+            truth_supply, truth_demand, _ = rec.truth[i]
             rows = rec.samples[i]
-            done = [r.supply == truth_supply for r in rows]
+            done = [r.supply == truth_supply and r.demand == truth_demand for r in rows]
             if rows and any(done) and first_pruned_at is None:
                 first_pruned_at = rec.times[i]
             if rows and all(done):
@@ -365,6 +366,7 @@ def _churn(rec: Recorder) -> list[dict[str, Any]]:
             "t": _round(record.t),
             "killed": len(record.info.get("peers", [])),
             "capacity_removed": dead_capacity,
+            "demand_removed": record.info.get("demand_removed", 0),
             "stopped_counting_after_s": _round(None if pruned_at is None else pruned_at - record.t),
             "first_peer_after_s": _round(None if first_pruned_at is None
                                          else first_pruned_at - record.t),

@@ -17,7 +17,8 @@ How the scenario's actions map onto real nodes:
 - hostile: an extra `Node` that offers nothing (so it never announces) publishes invalid bytes on
   the market topic through its pubsub; honest nodes' validators must refuse them.
 
-t = 0 is when every initial node is connected and has a gossip mesh; the setup before is not part
+t = 0 is when every initial node is connected, has a gossip mesh, holds everyone's first
+announcement and the price has settled (settle delay + W ticks later); the setup before is not part
 of the run.
 """
 
@@ -237,6 +238,14 @@ class RealNetwork:
             # Everyone's first announcement has reached everyone (or sync brought it).
             while not self._views_equal(self._live()):
                 await trio.sleep(0.05)
+        # Warm-up: the price is a fold over the last W ticks, each evaluated settle_delay ago;
+        # once that window lies after the first announcements, the starting market is settled.
+        m = self.market
+        warmup = m.settle_delay_s + (m.window_ticks + 1) * m.tick_s
+        if self.progress is not None:
+            self.progress(f"[libp2p] {len(self.peers)} nodes meshed; letting the price settle "
+                          f"for {warmup:g} s (settle delay + W ticks) …")
+        await trio.sleep(warmup)
 
     @staticmethod
     def _meshed(peer: RealPeer) -> bool:
@@ -299,10 +308,11 @@ class RealNetwork:
             last = []
             for p in chosen:
                 own = p.node.engine.view.current(p.node.engine.signer)
-                if own is not None and p.capacity > 0:
+                if own is not None and (own.tokens_per_second > 0 or own.pending_tokens > 0):
                     last.append(own.issued_at_ms / 1000 - self._epoch0)
             info = {"peers": [p.index for p in chosen],
                     "capacity_removed": sum(p.capacity for p in chosen),
+                    "demand_removed": sum(p.demand for p in chosen),
                     "last_announced": last}
             for p in chosen:
                 if action == "kill":
@@ -366,7 +376,9 @@ class RealNetwork:
         return joined
 
     async def _apply_partition(self) -> None:
-        """Deny each node the other groups' addresses and close cross-group connections."""
+        """Deny each node the other groups' addresses, close cross-group connections, and make
+        sure each group is connected inside (a node whose only peers were across the split
+        finds its own side, as peer exchange would)."""
         by_id = {p.node.peer_id: p for p in self.peers if p.alive and p.node is not None}
         for p in self._live():
             gate = p.node.host.get_network().connection_gate
@@ -381,6 +393,15 @@ class RealNetwork:
                             await p.node.host.disconnect(other)
                         except Exception:  # noqa: BLE001 - already gone
                             pass
+        for p in self._live():
+            mates = [q for q in self._live() if q.group == p.group and q is not p]
+            if mates and not any(str(other) in {q.node.peer_id for q in mates}
+                                 for other in p.node.host.get_connected_peers()):
+                with trio.move_on_after(5.0):
+                    try:
+                        await p.node.connect(self.rng.choice(mates).node.addrs[0])
+                    except Exception:  # noqa: BLE001 - peer exchange retries later
+                        pass
 
     async def _heal(self) -> None:
         live = self._live()
@@ -507,6 +528,9 @@ class RealNetwork:
                         record.info["sent"] = sum(self._hostile_sent.get(i, 0)
                                                   for i in record.info.get("peers", []))
                 for peer in self.peers:
+                    if peer.node is not None and peer.role != "hostile":
+                        for (_outcome, reason), count in peer.node.engine.gossip_counts.items():
+                            rec.reasons[reason] += count
                     peer.stop.set()
         finally:
             if self._tmp is not None:

@@ -161,11 +161,12 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
             f"{k} {v}" for k, v in traffic["reasons"].items() if v) + ".")
         lines.append("")
     if figs["churn"]:
-        lines += ["## Churn", "", "| killed at | peers | capacity removed | every peer stopped "
-                  "counting them after | first peer | bound (last announcement + timeout) |",
+        lines += ["## Churn", "", "| killed at | peers | capacity / demand removed | every peer "
+                  "stopped counting them after | first peer | bound (last announcement + timeout) |",
                   "|---|---|---|---|---|---|"]
         for c in figs["churn"]:
-            lines.append(f"| {_fmt(c['t'], ' s')} | {c['killed']} | {c['capacity_removed']} tokens/s | "
+            lines.append(f"| {_fmt(c['t'], ' s')} | {c['killed']} | {c['capacity_removed']} tokens/s"
+                         f" / {c.get('demand_removed', 0)} tokens | "
                          f"{_fmt(c['stopped_counting_after_s'], ' s')} | "
                          f"{_fmt(c['first_peer_after_s'], ' s')} | {_fmt(c['bound_after_s'], ' s')} |")
         lines.append("")

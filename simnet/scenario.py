@@ -199,11 +199,8 @@ class Scenario:
         base = base or MarketConfig()
         if not self.market:
             return base
-        merged = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-        checked = MarketConfig.from_mapping(self.market)
-        for key in self.market:
-            merged[key] = getattr(checked, key)
-        return MarketConfig(**merged)
+        checked = MarketConfig.from_mapping(self.market)  # names and types
+        return base.replace(**{key: getattr(checked, key) for key in self.market})
 
     def scaled(self, duration_s: float) -> "Scenario":
         """The same timeline stretched or squeezed to `duration_s` of network time."""

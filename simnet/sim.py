@@ -506,8 +506,10 @@ class SimNetwork:
                         p.last_announced = t
             info = {"peers": [p.index for p in chosen],
                     "capacity_removed": sum(p.capacity for p in chosen),
+                    "demand_removed": sum(p.demand for p in chosen),
                     "last_announced": [p.last_announced for p in chosen
-                                       if p.last_announced is not None and p.capacity > 0]}
+                                       if p.last_announced is not None
+                                       and (p.capacity > 0 or p.demand > 0)]}
             for p in chosen:
                 p.alive = False
                 rec.stop_peer(p.index, t)

@@ -1,0 +1,318 @@
+"""simnet without real sockets: scenario files, the simulated network (which drives the real
+PeerEngine), the figures, the report writer, the economics model and the CLI.
+
+Simulated runs are small (a dozen or two peers) and take well under a second of CPU each."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire.validate import Validator
+from simnet import economics as econ
+from simnet import report as report_mod
+from simnet.cli import main as simnet_main
+from simnet.hostile import HOSTILE_KINDS, HostileCrafter
+from simnet.metrics import PeerSample, Recorder, figures
+from simnet.scenario import Event, Scenario, ScenarioError, load, loads, shipped_scenarios
+from simnet.sim import EPOCH, SimNetwork, peer_key
+from tests.conftest import make_key
+
+
+def sim_figures(scenario: Scenario, peers: int, seed: int = 1, **kwargs: object) -> dict:
+    rec = SimNetwork(scenario, peers, seed=seed, **kwargs).run()  # type: ignore[arg-type]
+    return figures(rec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario files
+
+
+def test_every_shipped_scenario_loads_with_its_timeline_inside_its_duration() -> None:
+    assert shipped_scenarios() == ["churn", "hostile", "late-join", "partition", "phases", "shock"]
+    for name in shipped_scenarios():
+        scenario = load(name)
+        assert scenario.name == name
+        assert scenario.events, name
+        assert all(0 <= e.at_s <= scenario.duration_s for e in scenario.events)
+        assert [e.at_s for e in scenario.events] == sorted(e.at_s for e in scenario.events)
+    shock = load("shock")
+    assert [(e.action, e.factor) for e in shock.events] == [("capacity", 0.5), ("demand", 3.0)]
+    assert load("phases").economics["phases"][0] == {"name": "bootstrap", "minutes": 240,
+                                                     "demand": 0.005}
+
+
+@pytest.mark.parametrize("text, words", [
+    ('name = "x"\nbogus = 1', "unknown top-level key(s) ['bogus']"),
+    ('name = "x"\n[[event]]\nat = 1\naction = "explode"', "action must be one of"),
+    ('name = "x"\n[[event]]\nat = 1\naction = "kill"\nfactor = 2.0',
+     "kill): unknown parameter(s) ['factor']"),
+    ('name = "x"\n[[event]]\naction = "heal"', "`at` (seconds) is required"),
+    ('name = "x"\n[[event]]\nat = 1\naction = "kill"\nfraction = 1.5', "fraction must be in [0, 1]"),
+    ('name = "x"\nduration_s = 10\n[[event]]\nat = 11\naction = "heal"', "outside 0..duration_s"),
+    ('name = "x"\n[[event]]\nat = 1\naction = "capacity"\nfactor = 0.5\ntokens_per_second = 3',
+     "exactly one of factor, tokens_per_second"),
+    ('name = "x"\n[peers]\nproviders = 2.0', "peers.providers must be a fraction"),
+    ('name = "x"\n[network]\ndegree = "six"', "[network] degree must be an integer"),
+    ('name = "x"\n[market]\ncapacity_timeout_s = "soon"', "capacity_timeout_s has the wrong type"),
+    ('name = "x"\n[[event]]\nat = 1\naction = "hostile"\nkinds = ["polite"]',
+     "kinds must be a non-empty list drawn from"),
+    ('name = [', "not valid TOML"),
+])
+def test_a_bad_scenario_is_refused_with_the_key_and_the_reason(text: str, words: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        loads(text, "mine.toml")
+    assert words in str(info.value)
+    assert str(info.value).startswith("mine.toml: ")
+
+
+def test_scaling_stretches_the_timeline_and_overrides_replace_settings() -> None:
+    churn = load("churn").scaled(18.0)
+    assert churn.duration_s == 18.0
+    assert [round(e.at_s, 9) for e in churn.events] == [4.0, 13.0]
+    hostile = load("hostile").scaled(30.0)
+    assert hostile.events[0].at_s == 15.0 and hostile.events[0].duration_s == 10.0
+    fast = churn.with_overrides(market={"capacity_timeout_s": 8, "window_ticks": 4},
+                                node={"announce_interval_s": 2.5}, network={"loss": 0.0})
+    market = fast.market_config()
+    assert (market.capacity_timeout_s, market.window_ticks) == (8.0, 4)
+    assert fast.network.loss == 0.0 and fast.network.degree == 6
+    assert fast.node == {"announce_interval_s": 2.5}
+    with pytest.raises(ScenarioError, match="unknown setting 'timeout'"):
+        churn.with_overrides(market={"timeout": 1})
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulated network
+
+
+@pytest.mark.parametrize("name", ["shock", "churn", "partition", "hostile", "late-join"])
+def test_the_simulated_network_is_deterministic_same_seed_same_report(name: str) -> None:
+    scenario = load(name).scaled(45.0)
+    runs = [SimNetwork(scenario, 16, seed=seed).run() for seed in (7, 7, 8)]
+    views = [report_mod.deterministic_view({"figures": figures(r)}) for r in runs]
+    assert views[0] == views[1]
+    assert [r.samples for r in runs[:2]] == [runs[1].samples] * 2
+    assert [vars(b) for b in runs[0].traffic] == [vars(b) for b in runs[1].traffic]
+    # Another seed: another mesh, other latencies and losses, other duplicate counts.
+    assert [vars(b) for b in runs[2].traffic] != [vars(b) for b in runs[0].traffic]
+
+
+def test_simulated_peers_run_the_real_engine() -> None:
+    net = SimNetwork(load("shock").scaled(12.0), 6, seed=3)
+    rec = net.run()
+    assert all(type(p.engine) is PeerEngine for p in net.peers)
+    # Every provider's own announcement is in every peer's view: the engines really merged.
+    providers = [p.engine.signer for p in net.peers if p.capacity > 0]
+    for p in net.peers:
+        assert all(p.engine.view.current(s) is not None for s in providers)
+    assert rec.reasons["accepted"] == sum(b.accepted for b in rec.traffic) > 0
+
+
+def test_shock_all_simulated_peers_follow_the_price_together() -> None:
+    figs = sim_figures(load("shock"), 20, seed=2)
+    assert figs["agreement"]["identical_share"] == 1.0
+    supply_halves, spike = figs["events"]
+    # A change counts once settle_delay (2 s) has passed: the price moves 2-3 s after the event.
+    assert 2.0 <= supply_halves["moved_after_s"] <= 3.0
+    assert supply_halves["price_after_nano"] > supply_halves["price_before_nano"]
+    assert spike["price_after_nano"] > spike["price_before_nano"]
+    after = figs["agreement"]["after_event_s"]
+    assert after["never_agreed"] == 0 and after["all_peers_max"] <= 5.0
+    # Keep-alives every 20 s from 3 in 4 peers (providers and demand peers; idle peers are quiet).
+    assert 0.02 <= figs["traffic"]["steady_published_per_peer_s"] <= 0.2
+
+
+def test_churn_dead_peers_stop_counting_at_last_announcement_plus_timeout() -> None:
+    scenario = load("churn")
+    kill, replace = scenario.events
+    scenario = dataclasses.replace(scenario, events=(dataclasses.replace(kill, who="providers"),
+                                                     replace))
+    figs = sim_figures(scenario, 16, seed=4)
+    (churn,) = figs["churn"]
+    assert churn["killed"] == 2 and churn["capacity_removed"] == 2000
+    # Clocks differ by ~20 ms and samples are 1 s apart.
+    assert churn["bound_after_s"] - 0.1 <= churn["stopped_counting_after_s"] \
+        <= churn["bound_after_s"] + 1.0
+    assert churn["bound_after_s"] <= 60.0  # timeout, counted from an announcement before the kill
+    (joined,) = figs["late_join"]
+    assert joined["joined"] == 2 and joined["agree_max_s"] <= 2.0
+
+
+def test_partition_views_and_prices_are_identical_soon_after_healing() -> None:
+    figs = sim_figures(load("partition"), 20, seed=5)
+    (healed,) = figs["partition"]
+    assert healed["largest_spread_during_split_nano"] > 0  # the halves really went apart
+    assert healed["identical_digests_after_s"] is not None
+    assert healed["identical_digests_after_s"] <= 5.0
+    assert healed["identical_prices_after_s"] <= 5.0
+    assert figs["agreement"]["after_event_s"]["events_during_partition"] == 3  # split + 2 inside
+
+
+def test_hostile_flood_is_refused_for_every_reason_and_moves_no_price() -> None:
+    figs = sim_figures(load("hostile"), 14, seed=6)
+    (flood,) = figs["hostile"]
+    assert flood["sent"] == 1500  # 50 messages/s for 30 s
+    assert flood["largest_move_nano"] == 0
+    reasons = figs["traffic"]["reasons"]
+    for reason in ("bad_signature", "stale", "oversize", "future", "implausible", "duplicate"):
+        assert reasons.get(reason, 0) > 0, reason
+    assert figs["agreement"]["identical_share"] == 1.0
+
+
+def test_late_joiners_quote_the_network_price_within_a_sample() -> None:
+    figs = sim_figures(load("late-join"), 20, seed=8)
+    observers, providers = figs["late_join"]
+    assert observers["joined"] == 4 and providers["joined"] == 5
+    assert observers["agree_max_s"] <= 1.0 and providers["agree_max_s"] <= 1.0
+
+
+def test_observer_sample_prices_at_k_peers_but_every_peer_announces() -> None:
+    net = SimNetwork(load("shock").scaled(20.0), 40, seed=9, observers=6)
+    rec = net.run()
+    assert rec.observers is not None and len(rec.observers) == 6
+    assert all(len(rows) == 6 for rows in rec.samples)
+    announcing = sum(1 for p in net.peers if p.capacity or p.demand)
+    assert sum(rec.peer_published) >= announcing
+    assert any("observer sample" in note for note in rec.notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile messages are the invalid kinds they claim to be
+
+
+def test_each_hostile_kind_is_refused_by_a_real_validator_with_its_reason() -> None:
+    config = MarketConfig()
+    now = EPOCH + 500.0
+    honest = PeerEngine(config, make_key(1), tokens_per_second=1000)
+    captured = honest.poll_announcements(now - 1)
+    crafter = HostileCrafter(peer_key(1, 99, b"hostile"), config, HOSTILE_KINDS)
+    expected = {"forged": "bad_signature", "replayed": "duplicate", "backdated": "stale",
+                "oversize": "oversize", "future": "future", "implausible": "implausible"}
+    validator = Validator(config)
+    validator.check(captured[0], now)  # the honest original, seen before its replay
+    for kind in HOSTILE_KINDS:
+        data = crafter.craft(kind, now, captured, [honest.signer])
+        with pytest.raises(WireError) as info:
+            validator.check(data, now)
+        assert info.value.reason == expected[kind], kind
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures on a hand-made record
+
+
+def _recorder(prices_by_sample: list[list[int]], times: list[float]) -> Recorder:
+    rec = Recorder("hand", "sim", MarketConfig(), 1.0)
+    for i in range(len(prices_by_sample[0])):
+        rec.add_peer(f"p{i}", 0.0)
+    for t, prices in zip(times, prices_by_sample):
+        rec.sample(t, [PeerSample(i, p, 10, 0, 1) for i, p in enumerate(prices)], (10, 0, 3))
+    rec.network_s = times[-1] + 0.5
+    return rec
+
+
+def test_agreement_after_an_event_is_the_end_of_the_last_disagreement() -> None:
+    rec = _recorder([[5, 5, 5], [5, 5, 5], [5, 6, 5], [6, 6, 5], [6, 6, 6], [6, 6, 6]],
+                    [0.5, 1.5, 2.5, 3.5, 4.5, 5.5])
+    rec.record_event(1.0, Event(at_s=1.0, action="demand", factor=2.0))
+    figs = figures(rec)
+    (event,) = figs["events"]
+    assert event["agree_s"] == 3.5          # last disagreement at 3.5 → agreed from 4.5
+    assert event["moved_after_s"] == 2.5    # modal price 5 → 6 first at 3.5
+    assert figs["agreement"]["identical_share"] == 0.6667  # 4 of 6, to 4 digits
+    assert figs["agreement"]["largest_spread_nano"] == 1
+    # Per peer: p1 differs from the modal price at 2.5 (modal 5), p2 at 3.5 (modal 6).
+    assert (event["per_peer_p50_s"], event["per_peer_p99_s"]) == (2.5, pytest.approx(3.48))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def test_run_report_writes_json_markdown_and_three_plots(tmp_path: Path) -> None:
+    rec = SimNetwork(load("hostile").scaled(30.0), 8, seed=1).run()
+    data = report_mod.write_run_report(rec, tmp_path, {"scenario": "hostile", "transport": "sim",
+                                                        "peers": 8, "seed": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "messages.png", "price.png", "report.json", "report.md", "supply_demand.png"]
+    assert json.loads((tmp_path / "report.json").read_text())["figures"] == \
+        json.loads(json.dumps(data["figures"], default=str))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Hostile" in text and "samples on which all live peers quoted the identical price" in text
+    assert (tmp_path / "price.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Economics
+
+
+SHORT = econ.EconomicsParams(nodes=40, phases=(econ.Phase("bootstrap", 40, 0.005),
+                                               econ.Phase("growth", 60, 0.10),
+                                               econ.Phase("mature", 60, 0.40)))
+
+
+def test_break_even_and_floor_prices_follow_from_the_formula() -> None:
+    seed = econ.run(MarketConfig(), SHORT)
+    normalized = econ.run(MarketConfig(curve="normalized"), SHORT)
+    # 60 batches/min × 0.0005 NEURO = 0.0005 NEURO/s = 1000 tokens/s × P × 0.95 / 1M
+    assert seed.break_even_price == pytest.approx(0.0005 / (1000 * 0.95) * 1e6, rel=1e-12)
+    assert seed.floor_price == pytest.approx(0.01 + 0.99 / (1 + math.exp(3)), rel=1e-12)
+    assert round(seed.floor_price, 4) == 0.0570
+    assert normalized.floor_price == pytest.approx(0.01, abs=1e-12)
+
+
+def test_economics_is_deterministic_and_checks_every_claim() -> None:
+    a = econ.run(MarketConfig(), SHORT)
+    b = econ.run(MarketConfig(), SHORT)
+    assert a.series.price == b.series.price and a.phases == b.phases
+    claims = econ.check_claims(a)
+    assert [c["claim"] for c in claims] == [c.text for c in econ.CLAIMS]
+    # Free entry: in the mature phase a serving node earns about what training pays, not half.
+    mature = a.phases[-1]
+    assert mature.profit_ratio is not None and 0.9 <= mature.profit_ratio <= 1.3
+    assert claims[3]["reproduced"] is False
+    # The mature price settles below the break-even price of an average node (the largest nodes
+    # serve first) and never reaches the claimed 0.6-0.8.
+    assert mature.price_median < a.break_even_price and claims[2]["reproduced"] is False
+
+
+def test_economics_report_says_which_claims_hold(tmp_path: Path) -> None:
+    results = [econ.run(m, SHORT) for m in econ.variants(MarketConfig())]
+    assert [r.label for r in results] == ["seed", "normalized", "seed, max_step 0.05",
+                                          "normalized, max_step 0.05"]
+    report_mod.write_economics_report(results, tmp_path, plots=False)
+    text = (tmp_path / "report.md").read_text()
+    assert text.count("| the design claims | model | reproduced? |") == 4
+    assert "Break-even price P*" in text and "Inference profit ≈ 50 % of training" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_run_on_the_simulated_network_writes_the_report(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code = simnet_main(["run", "--transport", "sim", "--peers", "8", "--scenario", "shock",
+                        "--duration", "30", "--seed", "3", "--out", str(tmp_path), "--no-plots",
+                        "--quiet", "--set", "network.loss=0.0"])
+    assert code == 0
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["meta"]["settings"]["network"]["loss"] == 0.0
+    assert data["meta"]["peers"] == 8
+    assert "report:" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_bad_override_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    assert simnet_main(["run", "--transport", "sim", "--peers", "4", "--scenario", "shock",
+                        "--set", "market.capacity_timeout_s"]) == 1
+    assert "expected market.KEY=VALUE" in capsys.readouterr().err
+    assert simnet_main(["run", "--peers", "4", "--scenario", "nope"]) == 1
+    assert "unknown scenario 'nope'" in capsys.readouterr().err
