@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 CURVES = ("seed", "normalized")
+DEFAULT_WINDOW_TICKS = 32   # 0.7^32 ≈ 1e-5: the EMA has forgotten where the window started
+MAX_WINDOW_TICKS = 4096
 
 
 class ConfigError(ValueError):
@@ -33,7 +35,8 @@ class MarketConfig:
     curve: str = "seed"
     smoothing: float = 0.7
     max_step: float | None = None
-    window_ticks: int = 32
+    # 0 = automatic: DEFAULT_WINDOW_TICKS, or longer when max_step needs it (min_window_ticks).
+    window_ticks: int = 0
     tick_s: float = 1.0
     settle_delay_s: float = 2.0
     capacity_timeout_s: float = 60.0
@@ -43,6 +46,8 @@ class MarketConfig:
     burn_rate: float = 0.05
     max_tokens_per_minute: int = 1_000_000
     max_node_tokens_per_s: int = 50_000
+    # True when window_ticks was derived (given as 0); `replace` then derives it again.
+    window_auto: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -61,7 +66,8 @@ class MarketConfig:
         need(self.curve in CURVES, f"curve must be one of {CURVES}, got {self.curve!r}")
         need(0 <= self.smoothing < 1, "smoothing must be in [0, 1)")
         need(self.max_step is None or self.max_step > 0, "max_step must be > 0 or unset")
-        need(1 <= self.window_ticks <= 4096, "window_ticks must be in 1..4096")
+        need(self.window_ticks == 0 or 1 <= self.window_ticks <= MAX_WINDOW_TICKS,
+             f"window_ticks must be in 1..{MAX_WINDOW_TICKS}, or 0 for automatic")
         need(self.tick_s > 0, "tick_s must be > 0")
         need(self.settle_delay_s >= 0, "settle_delay_s must be >= 0")
         need(self.capacity_timeout_s > 0, "capacity_timeout_s must be > 0")
@@ -72,11 +78,59 @@ class MarketConfig:
         need(self.max_tokens_per_minute > 0, "max_tokens_per_minute must be > 0")
         need(self.max_node_tokens_per_s > 0, "max_node_tokens_per_s must be > 0")
 
+        needed = self.min_window_ticks()
+        if needed > MAX_WINDOW_TICKS:
+            raise ConfigError(
+                f"max_step {self.max_step:g} is too small for the price band: the price would "
+                f"need {needed} ticks to cross it, more than the {MAX_WINDOW_TICKS}-tick window "
+                f"limit")
+        if self.window_ticks == 0:
+            object.__setattr__(self, "window_ticks", max(DEFAULT_WINDOW_TICKS, needed))
+            object.__setattr__(self, "window_auto", True)
+        elif self.window_ticks < needed:
+            raise ConfigError(
+                f"window_ticks {self.window_ticks} is too short for max_step {self.max_step:g}: "
+                f"the price needs {needed} ticks to cross from min_price to max_price and "
+                f"settle, and a shorter window lets it jump when the tick it started from "
+                f"leaves the window; use window_ticks >= {needed}, or 0 (automatic)")
+
+    def min_window_ticks(self) -> int:
+        """The shortest price window that keeps max_step a real cap.
+
+        The price of a tick is a fold over the targets of the last W ticks, starting from the
+        oldest. When the oldest tick leaves the window, the fold starts from the next one; that
+        changes nothing only if the fold had already forgotten its start. With max_step the
+        price crosses the band [min_price, max_price] in at most `travel` capped ticks, after
+        which the EMA needs `settle` ticks to bring the difference below one capped step. So a
+        window of travel + settle ticks keeps every move of the target from min to max or back
+        within the cap, tick after tick. (A target reversing direction several times inside one
+        window can still show a jump when its start leaves; the cap bounds each fold step, not
+        such a window edge.) Without max_step any window works: 1.
+        """
+        if self.max_step is None or not self.dynamic_pricing:
+            return 1
+        lo = max(1, round(self.min_price * 1e9))   # nano-NEURO, as money.to_nano
+        hi = round(self.max_price * 1e9)
+        span = math.log(hi / lo)
+        up = math.ceil(span / math.log1p(self.max_step))
+        down = 1 if self.max_step >= 1 else math.ceil(span / -math.log1p(-self.max_step))
+        if self.smoothing == 0:
+            settle = 1
+        else:
+            gap = max(1.0, self.max_step * lo) / (hi - lo)
+            settle = max(1, math.ceil(math.log(gap) / math.log(self.smoothing)))
+        return max(up, down) + settle
+
     @property
     def mode(self) -> str:
+        """"dynamic" (price follows supply and demand) or "fixed" (always fixed_price)."""
         return "dynamic" if self.dynamic_pricing else "fixed"
 
     def replace(self, **changes: Any) -> "MarketConfig":
+        """A copy with some values changed. A derived window_ticks is derived again (so
+        `replace(max_step=0.05)` gets the longer window that cap needs)."""
+        if self.window_auto and "window_ticks" not in changes:
+            changes["window_ticks"] = 0
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -87,13 +141,24 @@ class MarketConfig:
 
     @classmethod
     def from_toml(cls, path: str) -> "MarketConfig":
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-        return cls.from_mapping(data.get("market", {}))
+        """Read the `[market]` table of a TOML file (other tables are left to their owners)."""
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        table = data.get("market", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [market] must be a table, got {table!r}")
+        return cls.from_mapping(table)
 
 
 def _build(cls: Any, values: Mapping[str, Any], section: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[{section}] must be a table of settings, got {values!r}")
+    known = {f.name: f for f in fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:

@@ -31,8 +31,10 @@ def utilization(supply_tokens_per_s: float, demand_tokens_waiting: float,
                 target_response_s: float = 60.0) -> float:
     """u = (demand / target_response_s) / supply. Supply 0 with demand > 0 is u = ∞ (P_max);
     supply 0 and demand 0 is u = 0 (an empty market is not a congested one)."""
-    if supply_tokens_per_s < 0 or demand_tokens_waiting < 0:
-        raise ValueError("supply and demand must be >= 0")
+    if not (0 <= supply_tokens_per_s < math.inf and 0 <= demand_tokens_waiting < math.inf):
+        # NaN fails both comparisons: it would otherwise slip through the curve as P_min.
+        raise ValueError(f"supply and demand must be finite and >= 0, got "
+                         f"{supply_tokens_per_s!r}, {demand_tokens_waiting!r}")
     if supply_tokens_per_s == 0:
         return math.inf if demand_tokens_waiting > 0 else 0.0
     return (demand_tokens_waiting / target_response_s) / supply_tokens_per_s
@@ -53,6 +55,7 @@ def curve_price(u: float, config: MarketConfig) -> float:
 
 
 def price_bounds_nano(config: MarketConfig) -> tuple[int, int]:
+    """[P_min, P_max] in nano-NEURO per 1M tokens."""
     return to_nano(config.min_price), to_nano(config.max_price)
 
 
@@ -69,13 +72,19 @@ def target_price_nano(supply_tokens_per_s: float, demand_tokens_waiting: float,
 
 def smooth_step(previous_nano: int, target_nano: int, config: MarketConfig) -> int:
     """One tick of the EMA, p_k = s·p_(k−1) + (1−s)·target_k, then the optional step cap
-    |p_k − p_(k−1)| ≤ max_step · p_(k−1). Integers in, integer out."""
-    s = config.smoothing
-    price = round(s * previous_nano + (1.0 - s) * target_nano)
-    if config.max_step is not None:
-        cap = int(config.max_step * previous_nano)
-        price = min(previous_nano + cap, max(previous_nano - cap, price))
+    |p_k − p_(k−1)| ≤ max(1, ⌊max_step · p_(k−1)⌋). Integers in, integer out."""
     lo, hi = price_bounds_nano(config)
+    return _step(previous_nano, target_nano, config.smoothing, config.max_step, lo, hi)
+
+
+def _step(previous_nano: int, target_nano: int, s: float, max_step: float | None,
+          lo: int, hi: int) -> int:
+    price = round(s * previous_nano + (1.0 - s) * target_nano)
+    if max_step is not None:
+        # At least 1 nano, or a price at 0 (min_price = 0) could never move again (EIP-1559
+        # has the same floor on increases).
+        cap = max(1, int(max_step * previous_nano))
+        price = min(previous_nano + cap, max(previous_nano - cap, price))
     return min(hi, max(lo, price))
 
 
@@ -84,13 +93,15 @@ def smoothed_price(targets: Sequence[int] | Iterable[int], config: MarketConfig)
     starts from the oldest tick's target. In fixed mode it is the fixed price."""
     if not config.dynamic_pricing:
         return to_nano(config.fixed_price)
+    lo, hi = price_bounds_nano(config)
     it = iter(targets)
     try:
-        price = next(it)
+        price = min(hi, max(lo, next(it)))
     except StopIteration:
         raise ValueError("smoothed_price needs at least one target") from None
+    s, max_step = config.smoothing, config.max_step
     for target in it:
-        price = smooth_step(price, target, config)
+        price = _step(price, target, s, max_step, lo, hi)
     return price
 
 
@@ -100,4 +111,5 @@ def tick_of(t: float, config: MarketConfig) -> int:
 
 
 def tick_start(k: int, config: MarketConfig) -> float:
+    """The time tick k starts at."""
     return k * config.tick_s
