@@ -175,7 +175,7 @@ def report(results: dict[str, Any]) -> str:
         f"per tick)",
         f"  InferenceMarket              {t['ticks_per_s']:10,.0f} ticks/s",
         f"  naive recount per tick       {t['naive_ticks_per_s']:10,.0f} ticks/s   "
-        f"speed-up {t["speedup"]:.1f}x",
+        f"speed-up {t['speedup']:.1f}x",
     ])
 
 
