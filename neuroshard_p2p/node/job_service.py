@@ -117,6 +117,13 @@ class JobCounters:
     receipts_refused: int = 0
     earnings_recorded: int = 0
     late_settlements: int = 0
+    #: Time spent per phase by the jobs this gateway completed (sums, seconds; divide by
+    #: `timed_jobs`): opening the stream and getting the provider's answer, waiting for the
+    #: result after acceptance, checking and settling the receipt.
+    timed_jobs: int = 0
+    answer_wait_s: float = 0.0
+    result_wait_s: float = 0.0
+    settle_s: float = 0.0
 
 
 class JobService:
@@ -301,6 +308,7 @@ class JobService:
         try:
             job = wire.sign(dispatch.job, self.private_key)
             sent_at = self.clock()
+            started = time.perf_counter()
             result_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
             try:
                 with trio.fail_after(self.settings.accept_timeout_s):
@@ -324,6 +332,7 @@ class JobService:
             if not isinstance(frame, JobAccepted) or frame.request_id != rid:
                 raise WireError("unexpected", "reject", "expected accept or decline for this job")
             accepted = True
+            answered = time.perf_counter()
             gateway.on_accepted(rid, attempt, self.clock())
             try:
                 with trio.fail_at(result_by):
@@ -341,7 +350,13 @@ class JobService:
                                   f"provider {short_peer(peer_id)} could not serve it: "
                                   f"{frame.reason}: {frame.detail}", self.clock())
             elif isinstance(frame, JobResult) and frame.request_id == rid:
-                await self._settle(dispatch, job, sent_at, frame)
+                result_at = time.perf_counter()
+                if await self._settle(dispatch, job, sent_at, frame):
+                    c = self.counters
+                    c.timed_jobs += 1
+                    c.answer_wait_s += answered - started
+                    c.result_wait_s += result_at - answered
+                    c.settle_s += time.perf_counter() - result_at
             else:
                 raise WireError("unexpected", "reject", "expected the result of this job")
             await _close(stream)  # after settling: closing is not on the user's critical path
@@ -359,8 +374,9 @@ class JobService:
             self._wake.set()
 
     async def _settle(self, dispatch: Dispatch, job: Job, sent_at: float,
-                      result: JobResult) -> None:
-        """Check the receipt against the job we sent, settle it, complete the request."""
+                      result: JobResult) -> bool:
+        """Check the receipt against the job we sent, settle it, complete the request. True if
+        the request completed."""
         rid, attempt, peer_id = dispatch.request_id, dispatch.attempt, dispatch.peer_id
         now = self.clock()
         matched = MatchedJob.from_job(job, sent_at)
@@ -383,7 +399,7 @@ class JobService:
             self.gateway.on_failed(rid, attempt, peer_id,
                                    f"receipt from provider {short_peer(peer_id)} refused "
                                    f"({exc.reason}): {exc}; nothing charged", self.clock())
-            return
+            return False
         self.counters.receipts_settled += 1
         receipt = wire.decode_unchecked_time(result.receipt)
         assert isinstance(receipt, Receipt)
@@ -392,6 +408,8 @@ class JobService:
             # the claim-timeout margin). The user paid for what was served; say so loudly.
             self.counters.late_settlements += 1
             log.warning("request %s settled after its claim timed out", rid)
+            return False
+        return True
 
     # -- provider ------------------------------------------------------------------------------
 

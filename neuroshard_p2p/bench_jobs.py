@@ -1,0 +1,244 @@
+"""Benchmark `jobs`: how many jobs per second one gateway routes, and what routing adds to a call.
+
+    python -m neuroshard_p2p.bench_jobs [--jobs 300] [--calls 40] [--tokens 10]
+
+Two real nodes in this one process on 127.0.0.1 (libp2p, TCP + noise + yamux): a gateway and a
+provider offering 50,000 tokens/s at a fixed price. Both share one trio loop, so each figure is
+the CPU of *both* sides of the exchange on one core.
+
+- throughput: `--jobs` requests submitted at once at the gateway; jobs per second from the first
+  submit to the last completion. Three rows: receipts settled in SQLite ledgers on both sides
+  with synchronous=FULL (the default: an fsync per settlement, each side), with
+  synchronous=NORMAL, and with receipts checked but not stored (routing alone).
+- latency: `--calls` requests one after another, each submit → completed, against calling the
+  same backend directly. Two backends: the synthetic one (`--tokens` at 50,000 tokens/s, i.e.
+  0.2 ms of serving, so what is measured is routing) and an OpenAI-compatible echo server on
+  127.0.0.1 (hypercorn), i.e. a real HTTP round trip per call. Routing overhead = routed − direct
+  (median of per-pair differences: direct and routed calls alternate), and routed / direct;
+  and where the routed time goes at the gateway (`JobService.counters`: stream open + the
+  provider's answer, the wait for the result after acceptance, receipt check + ledger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import coincurve
+import trio
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.ledger import AsyncLedger
+from neuroshard_p2p.ledger.store import ledger_path
+from neuroshard_p2p.node.backends import InferenceBackend, OpenAIBackend, SyntheticBackend
+from neuroshard_p2p.node.job_service import JobService, JobSettings
+from neuroshard_p2p.node.settings import NodeSettings
+
+CONFIG = MarketConfig(dynamic_pricing=False, max_tokens_per_minute=10**9)
+PRICE_NANO = 100_000_000
+PROVIDER_TPS = 50_000
+
+
+def _key(i: int) -> coincurve.PrivateKey:
+    return coincurve.PrivateKey((1000 + i).to_bytes(32, "big"))
+
+
+@asynccontextmanager
+async def _pair(base: Path, *, ledger: str, backend: InferenceBackend | None = None
+                ) -> AsyncIterator[tuple[Any, JobService, Any, JobService]]:
+    """A gateway and a provider, connected, the provider's offer in the gateway's view.
+    `ledger`: "FULL" (what a node runs), "NORMAL" or "none"."""
+    from neuroshard_p2p.node.host import Node
+
+    async def start(name: str, index: int, capacity: int, node_backend: InferenceBackend | None,
+                    stack: AsyncExitStack) -> tuple[Any, JobService]:
+        settings = NodeSettings(data_dir=base / name, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
+                                capacity=capacity, min_price=0.01, announce_interval_s=5.0,
+                                market=CONFIG)
+        node = Node(settings, private_key=_key(index))
+        if ledger != "FULL" or node_backend is not None:
+            # Swap in a service with the ledger mode / backend under test before the node starts.
+            store = None
+            if ledger == "NORMAL":
+                store = await AsyncLedger.open(ledger_path(base / name), synchronous=ledger)
+                stack.push_async_callback(store.aclose)
+            node.jobs = JobService(
+                node.engine, backend=node_backend, ledger=store, clock=node.clock,
+                settings=JobSettings(ledger_path=ledger_path(base / name)
+                                     if ledger == "FULL" else None),
+                on_demand_change=lambda: node._poke.set())
+        await stack.enter_async_context(node)
+        return node, node.jobs
+
+    async with AsyncExitStack() as stack:
+        gateway_node, gateway = await start("gateway", 1, 0, None, stack)
+        provider_node, provider = await start("provider", 2, PROVIDER_TPS, backend, stack)
+        await gateway_node.connect(provider_node.addrs[0])
+        with trio.fail_after(10):
+            while not gateway_node.engine.view.offers_at(gateway_node.now()):
+                await trio.sleep(0.01)
+        yield gateway_node, gateway, provider_node, provider
+
+
+async def _throughput(base: Path, jobs: int, tokens: int, ledger: str) -> tuple[float, float]:
+    """(jobs per second, CPU milliseconds per job of this process: both sides and the ledger
+    threads). CPU time depends much less than wall time on what else the machine runs."""
+    async with _pair(base / f"throughput-{ledger}", ledger=ledger) as (_, gateway, _, _):
+        cpu = time.process_time()
+        start = time.perf_counter()
+        ids = [gateway.submit(tokens, 2 * PRICE_NANO).request_id for _ in range(jobs)]
+        with trio.fail_after(120):
+            for rid in ids:
+                status = await gateway.wait_finished(rid)
+                if status.state != "completed":
+                    raise RuntimeError(f"request {rid} ended {status.state}: {status.reason}")
+        return (jobs / (time.perf_counter() - start),
+                (time.process_time() - cpu) * 1000 / jobs)
+
+
+def _median_p90(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))]
+
+
+async def _latency(base: Path, calls: int, tokens: int, name: str,
+                   make_backend: Callable[[], InferenceBackend]) -> dict[str, float]:
+    """Direct and routed calls alternate, so a load that comes and goes on a shared machine
+    weighs on both alike; the overhead is the median of the per-pair differences."""
+    prompt = "one two three four five six seven eight nine ten"
+    direct = make_backend()
+    async with _pair(base / f"latency-{name}", ledger="FULL",
+                     backend=make_backend()) as (_, gateway, _, _):
+        async def call_direct() -> None:
+            await direct.serve(prompt, tokens, trio.current_time() + 10)
+
+        async def call_routed() -> None:
+            status = gateway.submit(tokens, 2 * PRICE_NANO, prompt=prompt)
+            with trio.fail_after(30):
+                done = await gateway.wait_finished(status.request_id)
+            if done.state != "completed":
+                raise RuntimeError(f"routed request ended {done.state}: {done.reason}")
+
+        await call_direct()  # warm up: connections, first stream
+        await call_routed()
+        directs: list[float] = []
+        routeds: list[float] = []
+        for _ in range(calls):
+            for fn, times in ((call_direct, directs), (call_routed, routeds)):
+                start = time.perf_counter()
+                await fn()
+                times.append((time.perf_counter() - start) * 1000)
+        c = gateway.counters
+        phases = {f"{name}_{key}_ms": 1000 * getattr(c, key) / max(1, c.timed_jobs)
+                  for key in ("answer_wait_s", "result_wait_s", "settle_s")}
+    await direct.aclose()
+    direct_median, direct_p90 = _median_p90(directs)
+    routed_median, routed_p90 = _median_p90(routeds)
+    overhead = statistics.median(r - d for r, d in zip(routeds, directs))
+    return {f"{name}_direct_ms": direct_median, f"{name}_direct_p90_ms": direct_p90,
+            f"{name}_routed_ms": routed_median, f"{name}_routed_p90_ms": routed_p90,
+            f"{name}_overhead_ms": overhead,
+            f"{name}_routed_over_direct": routed_median / direct_median, **phases}
+
+
+async def _echo_server(nursery: trio.Nursery) -> str:
+    """An OpenAI-compatible echo server on 127.0.0.1 (chat completions; usage = words echoed)."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].rsplit(".", 1)[-1]  # startup / shutdown
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        request = json.loads(body)
+        words = request["messages"][-1]["content"].split()[: request["max_tokens"]]
+        answer = json.dumps({"model": request["model"], "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": " ".join(words)}}],
+            "usage": {"prompt_tokens": len(words), "completion_tokens": len(words),
+                      "total_tokens": 2 * len(words)}}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    binds = await nursery.start(serve, app, config)  # type: ignore[arg-type]
+    return str(binds[0])
+
+
+def run(jobs: int = 300, calls: int = 40, tokens: int = 10) -> dict[str, Any]:
+    """Measure and return the figures described in the module docstring."""
+    results: dict[str, Any] = {"jobs": jobs, "calls": calls, "tokens": tokens}
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp)
+            for ledger in ("FULL", "NORMAL", "none"):
+                rate, cpu_ms = await _throughput(base, jobs, tokens, ledger)
+                results[f"jobs_per_s_{ledger.lower()}"] = rate
+                results[f"cpu_ms_per_job_{ledger.lower()}"] = cpu_ms
+            results.update(await _latency(base, calls, tokens, "synthetic",
+                                          lambda: SyntheticBackend(PROVIDER_TPS)))
+            async with trio.open_nursery() as nursery:
+                url = await _echo_server(nursery)
+                results.update(await _latency(base, calls, tokens, "openai",
+                                              lambda: OpenAIBackend(url, "echo", timeout_s=10)))
+                nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    # CPU per job is the steadier figure on a shared machine: the ledgers' share of the work.
+    results["cpu_full_over_none"] = results["cpu_ms_per_job_full"] / results["cpu_ms_per_job_none"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench_jobs",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=300, help="requests in the throughput rows")
+    parser.add_argument("--calls", type=int, default=40, help="sequential requests per latency row")
+    parser.add_argument("--tokens", type=int, default=10, help="tokens per request")
+    args = parser.parse_args(argv)
+    r = run(args.jobs, args.calls, args.tokens)
+    print(f"jobs benchmark: gateway + provider in one process on 127.0.0.1, "
+          f"{r['tokens']} tokens per request")
+    print(f"  throughput ({r['jobs']} requests submitted at once)")
+    for label, key in (("ledgers synchronous=FULL", "full"),
+                       ("ledgers synchronous=NORMAL", "normal"),
+                       ("no ledger (receipts checked only)", "none")):
+        print(f"    {label:36s} {r['jobs_per_s_' + key]:>8,.0f} jobs/s"
+              f"   {r['cpu_ms_per_job_' + key]:6.2f} ms CPU per job")
+    print(f"    CPU per job, FULL ledgers / none     {r['cpu_full_over_none']:.2f}")
+    print(f"  latency ({r['calls']} sequential requests, median / p90 ms)")
+    for name in ("synthetic", "openai"):
+        print(f"    {name:9s} direct {r[f'{name}_direct_ms']:7.2f} / {r[f'{name}_direct_p90_ms']:7.2f}"
+              f"   routed {r[f'{name}_routed_ms']:7.2f} / {r[f'{name}_routed_p90_ms']:7.2f}"
+              f"   overhead {r[f'{name}_overhead_ms']:6.2f} ms"
+              f"   routed/direct {r[f'{name}_routed_over_direct']:.1f}")
+    print("  where a routed job's time goes at the gateway (means, ms): stream open + answer /"
+          " result after accept / receipt check + ledger")
+    for name in ("synthetic", "openai"):
+        print(f"    {name:9s} {r[f'{name}_answer_wait_s_ms']:6.2f} / "
+              f"{r[f'{name}_result_wait_s_ms']:6.2f} / {r[f'{name}_settle_s_ms']:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
