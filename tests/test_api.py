@@ -345,6 +345,9 @@ BAD_INPUTS: list[tuple[str, str, bytes | None, dict[str, str], int, str | None, 
     ("POST", "/api/market", b"{}", JSON, 405, None, "use GET"),
     ("PUT", "/api/market/register", b"{}", JSON, 405, None, "use POST"),
     ("DELETE", "/api/market/requests", None, {}, 405, None, "use POST"),
+    # Bound to loopback: a request addressed to another name (DNS rebinding) is not answered.
+    ("GET", "/api/market", None, {"Host": "evil.example:8000"}, 421, None, "loopback"),
+    ("POST", "/api/market/register", b'{"tokens_per_second": 1000}', {**JSON, "Host": "evil.example"}, 421, None, "loopback"),
 ]
 
 

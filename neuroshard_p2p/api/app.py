@@ -113,6 +113,9 @@ class Api:
     def __init__(self, node: "Node") -> None:
         self.node = node
         self.history = PriceHistory(node.settings.market.tick_s)
+        #: Bound to loopback, the API answers only requests addressed to a loopback name: a web
+        #: page whose DNS name is rebound to 127.0.0.1 would otherwise read it as same-origin.
+        self.loopback_only = _is_loopback(node.settings.api_host_port[0])
         self.reads: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {
             ("GET", "/api/market"): self.market,
             ("GET", "/api/market/history"): self.price_history,
@@ -163,6 +166,10 @@ class Api:
         await _send(send, response, head=head)
 
     async def _dispatch(self, request: Request, receive: Receive) -> Response:
+        if self.loopback_only and not _loopback_host_header(request.headers.get(b"host")):
+            request.body_unread = True
+            raise InputError(421, "this node's API answers only requests to localhost, "
+                                  "127.0.0.1 or [::1] (it is bound to loopback)")
         key = (request.method, request.path)
         if key in self.reads:
             return await self.reads[key](request)
@@ -371,13 +378,32 @@ def _status_json(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _is_loopback(host: str) -> bool:
+    """A loopback address or "localhost"; any other name may resolve anywhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_host_header(value: str | None) -> bool:
+    """The request's Host header names a loopback host (port ignored). HTTP/1.0 clients may send
+    none; they are not browsers a rebinding attack could use."""
+    if value is None:
+        return True
+    host = value.strip()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return _is_loopback(host)
+
+
 def _warn_if_exposed(node: "Node") -> None:
     host, port = node.settings.api_host_port
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: we cannot tell, so say it
-        loopback = False
-    if not loopback:
+    if not _is_loopback(host):
         log.warning("HTTP API bound to %s:%d, reachable from other machines: anyone who can "
                     "reach it reads the market and this node's state; writes still need the "
                     "token. Bind 127.0.0.1 unless you mean it.", host, port)
