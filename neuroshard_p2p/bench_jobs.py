@@ -15,7 +15,8 @@ the CPU of *both* sides of the exchange on one core.
   0.2 ms of serving, so what is measured is routing) and an OpenAI-compatible echo server on
   127.0.0.1 (hypercorn), i.e. a real HTTP round trip per call. Routing overhead = routed − direct
   (median of per-pair differences: direct and routed calls alternate), and routed / direct;
-  and where the routed time goes at the gateway (`JobService.counters`: stream open + the
+  py-libp2p's floor for such an exchange (open a stream, a few bytes each way, close); and
+  where the routed time goes at the gateway (`JobService.counters`: stream open + the
   provider's answer, the wait for the result after acceptance, receipt check + ledger).
 """
 
@@ -147,6 +148,30 @@ async def _latency(base: Path, calls: int, tokens: int, name: str,
             f"{name}_routed_over_direct": routed_median / direct_median, **phases}
 
 
+async def _stream_floor(base: Path, calls: int) -> tuple[float, float]:
+    """py-libp2p's floor for one job-like exchange between the same two nodes: open a stream,
+    send a few bytes, read the answer, close (median, p90 ms)."""
+    from libp2p.peer.id import ID
+
+    async def echo(stream: Any) -> None:
+        await stream.write(await stream.read(64))
+        await stream.close()
+
+    async with _pair(base / "floor", ledger="none") as (gateway_node, _, provider_node, _):
+        provider_node.host.set_stream_handler("/neuroshard-bench/echo/1.0.0", echo)
+        peer = ID.from_base58(provider_node.peer_id)
+        times = []
+        for i in range(calls + 1):
+            start = time.perf_counter()
+            stream = await gateway_node.host.new_stream(peer, ["/neuroshard-bench/echo/1.0.0"])
+            await stream.write(b"job")
+            await stream.read(64)
+            await stream.close()
+            if i:  # the first one warms up
+                times.append((time.perf_counter() - start) * 1000)
+    return _median_p90(times)
+
+
 async def _echo_server(nursery: trio.Nursery) -> str:
     """An OpenAI-compatible echo server on 127.0.0.1 (chat completions; usage = words echoed)."""
     from hypercorn.config import Config
@@ -196,6 +221,8 @@ def run(jobs: int = 300, calls: int = 40, tokens: int = 10) -> dict[str, Any]:
                 rate, cpu_ms = await _throughput(base, jobs, tokens, ledger)
                 results[f"jobs_per_s_{ledger.lower()}"] = rate
                 results[f"cpu_ms_per_job_{ledger.lower()}"] = cpu_ms
+            results["stream_floor_ms"], results["stream_floor_p90_ms"] = await _stream_floor(
+                base, calls)
             results.update(await _latency(base, calls, tokens, "synthetic",
                                           lambda: SyntheticBackend(PROVIDER_TPS)))
             async with trio.open_nursery() as nursery:
@@ -233,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
               f"   routed {r[f'{name}_routed_ms']:7.2f} / {r[f'{name}_routed_p90_ms']:7.2f}"
               f"   overhead {r[f'{name}_overhead_ms']:6.2f} ms"
               f"   routed/direct {r[f'{name}_routed_over_direct']:.1f}")
+    print(f"    libp2p floor: stream open + one exchange + close  {r['stream_floor_ms']:.2f} / "
+          f"{r['stream_floor_p90_ms']:.2f}")
     print("  where a routed job's time goes at the gateway (means, ms): stream open + answer /"
           " result after accept / receipt check + ledger")
     for name in ("synthetic", "openai"):
