@@ -214,7 +214,7 @@ async def _run_node(settings: NodeSettings) -> None:
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
                 print(f"network {settings.network} (topic {node.topic})", flush=True)
                 print("bootstrap other nodes from:", flush=True)
-                for addr in node.addrs:
+                for addr in _shareable(node.addrs, settings.listen):
                     print(f"  {addr}", flush=True)
                 if node.api_url:
                     print(f"dashboard: {node.api_url}/", flush=True)
@@ -227,6 +227,21 @@ async def _run_node(settings: NodeSettings) -> None:
         except NodeError as exc:
             raise CliError(str(exc)) from None
     print("stopped", flush=True)
+
+
+def _shareable(addrs: list[str], listen: Sequence[str]) -> list[str]:
+    """The node's advertised addresses, plus the loopback one when it listens on every interface
+    (handy for a second node on the same machine; never advertised to peers)."""
+    result = list(addrs)
+    if any(a.startswith("/ip4/0.0.0.0/") for a in listen):
+        for addr in addrs:
+            parts = addr.split("/")
+            if len(parts) > 4 and parts[1] == "ip4" and parts[3] == "tcp":
+                loopback = "/".join(["", "ip4", "127.0.0.1", *parts[3:]])
+                if loopback not in result:
+                    result.append(loopback)
+                break
+    return result
 
 
 def _setup_logging(level: str) -> None:

@@ -48,7 +48,7 @@ import trio
 from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.secp256k1 import create_new_key_pair
-from libp2p.custom_types import TProtocol
+from libp2p.custom_types import TMuxerOptions, TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -148,6 +148,7 @@ class Node:
         self._stack: AsyncExitStack | None = None
         self._tasks: Any = None
         self._subscription: Any = None
+        self._logged: dict[tuple[bytes, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._poke = trio.Event()
         self._sync_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNCS)
@@ -227,11 +228,14 @@ class Node:
                 # races the shutdown (LifecycleError and friends). The node has stopped either
                 # way; say so instead of turning a clean stop into a crash.
                 log.warning("libp2p teardown: %s", _reason(teardown))
-        return suppressed
+        return bool(suppressed)
 
     async def _start_libp2p(self, stack: AsyncExitStack) -> None:
         s = self.settings
-        muxers = {TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex}
+        # Both muxers are offered; the configured one first (docs/readme-node.md: Yamux is what
+        # other libp2p stacks speak, Mplex costs less CPU in py-libp2p).
+        muxers: TMuxerOptions = {TProtocol(YAMUX_PROTOCOL_ID): Yamux,
+                                 TProtocol(MPLEX_PROTOCOL_ID): Mplex}
         if s.muxer == "mplex":
             muxers = {TProtocol(MPLEX_PROTOCOL_ID): Mplex, TProtocol(YAMUX_PROTOCOL_ID): Yamux}
         # Above max_peers connections libp2p prunes idle ones down to target_peers. Its
@@ -304,7 +308,7 @@ class Node:
         config.graceful_timeout = 1.0
         app = create_app(self)
 
-        async def run_api(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        async def run_api(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
             await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
 
         try:
@@ -378,8 +382,9 @@ class Node:
         try:
             if forwarder == self.host.get_id():
                 return True  # our own publish: the engine made and merged it
-            verdict = self.engine.on_gossip(message.data, self.now(), from_peer=message.from_id)
-            if verdict.outcome == "rejected":
+            now = self.now()
+            verdict = self.engine.on_gossip(message.data, now, from_peer=message.from_id)
+            if verdict.outcome == "rejected" and self._worth_logging(message.from_id, verdict.reason, now):
                 log.info("rejected gossip from %s via %s: %s (%s)", _short(message.from_id),
                          _short(forwarder), verdict.reason, verdict.detail)
             return verdict.accepted
@@ -387,6 +392,17 @@ class Node:
             self.counters.validator_errors += 1
             log.exception("gossip validator failed; message dropped")
             return False
+
+    def _worth_logging(self, origin: bytes, reason: str, now: float) -> bool:
+        """One log line per (origin, reason) per minute: a flood must not flood the log too (the
+        counters count every message)."""
+        key = (bytes(origin), reason)
+        if now - self._logged.get(key, -math.inf) < 60.0:
+            return False
+        if len(self._logged) > 1024:
+            self._logged.clear()
+        self._logged[key] = now
+        return True
 
     async def _drain(self, subscription: Any) -> None:
         """Keep reading our subscription: validated messages were merged by the validator."""
@@ -610,7 +626,7 @@ def encode_peers(entries: Sequence[tuple[ID, Sequence[multiaddr.Multiaddr]]]) ->
         texts = [str(a) for a in addrs if len(str(a)) <= PEERS_MAX_ADDR_LEN][:PEERS_MAX_ADDRS]
         if texts:
             items.append([str(peer), texts])
-    return msgpack.packb([PEERS_VERSION, items], use_bin_type=True)
+    return bytes(msgpack.packb([PEERS_VERSION, items], use_bin_type=True))
 
 
 def decode_peers(data: bytes) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:

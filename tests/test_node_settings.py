@@ -1,0 +1,123 @@
+"""Node settings and the data dir: defaults, config.toml, flags over the file, clear errors."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from neuroshard_p2p.config import ConfigError
+from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.datadir import (
+    ensure_data_dir,
+    load_api_token,
+    load_private_key,
+    read_api_url,
+    remove_api_url,
+    rotate_api_token,
+    write_api_url,
+)
+from neuroshard_p2p.node.host import decode_peers, encode_peers
+from neuroshard_p2p.node.settings import NodeSettings, market_topic
+
+
+def test_defaults_and_the_topic_carry_the_network() -> None:
+    settings = NodeSettings()
+    assert settings.network == "testnet"
+    assert settings.topic == "/neuroshard/testnet/market/1" == market_topic("testnet")
+    assert settings.api_host_port == ("127.0.0.1", 8000)
+    assert settings.announce_interval_s == 20.0 and settings.sync_interval_s == 30.0
+    assert settings.meshsub == ("1.1.0",) and settings.muxer == "yamux"
+    assert (settings.mesh_degree, settings.mesh_degree_low, settings.mesh_degree_high) == (6, 4, 12)
+
+
+def test_config_file_then_flags(tmp_path: Path) -> None:
+    ensure_data_dir(tmp_path)
+    (tmp_path / "config.toml").write_text(
+        '[node]\nnetwork = "devnet"\ncapacity = 500\nbootstrap = "/ip4/1.2.3.4/tcp/1/p2p/X"\n'
+        'announce_interval_s = 10\n[market]\ncapacity_timeout_s = 30\n')
+    settings = NodeSettings.load(tmp_path, {"capacity": 700, "network": None})
+    assert settings.network == "devnet"  # None: the flag was not given
+    assert settings.capacity == 700
+    assert settings.bootstrap == ("/ip4/1.2.3.4/tcp/1/p2p/X",)
+    assert settings.announce_interval_s == 10.0
+    assert settings.market.capacity_timeout_s == 30.0
+    assert settings.data_dir == tmp_path
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("[node]\ncapacity = 'lots'\n", "capacity has the wrong type"),
+    ("[node]\ncapasity = 5\n", "unknown setting 'capasity'"),
+    ("[nodes]\n", "unknown table"),
+    ("[node]\nmuxer = 'quic'\n", "muxer must be one of"),
+    ("[node]\nmeshsub = ['2.0.0']\n", "meshsub versions"),
+    ("[node]\nannounce_interval_s = 90\n", "shorter than the market's capacity_timeout_s"),
+    ("[node]\nnetwork = 'a b'\n", "network must be"),
+    ("[node]\nbootstrap = ['/ip4/1.2.3.4/tcp/1']\n", "must end in /p2p/<peer id>"),
+    ("[node]\napi = 'localhost'\n", "host:port"),
+    ("[market]\ntick_s = -1\n", "tick_s"),
+    ("[node\n", "not valid TOML"),
+])
+def test_bad_settings_are_errors_that_name_the_setting(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "config.toml").write_text(toml)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        NodeSettings.load(tmp_path)
+
+
+def test_the_data_dir_is_created_once_with_secret_files_only_the_owner_reads(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    report = ensure_data_dir(path)
+    assert set(report.created) == {"identity.key", "api_token", "config.toml"}
+    for name in ("identity.key", "api_token"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == 0o600
+    key = load_private_key(path)
+    assert report.peer_id == peer_id_of(key.public_key.format(compressed=True))
+    token = load_api_token(path)
+    again = ensure_data_dir(path)
+    assert again.created == () and again.peer_id == report.peer_id
+    assert load_api_token(path) == token
+    rotated = rotate_api_token(path)
+    assert rotated != token and load_api_token(path) == rotated
+    assert NodeSettings.load(path) == NodeSettings(data_dir=path)  # the template is all comments
+
+
+def test_a_key_others_can_read_or_a_broken_key_is_refused(tmp_path: Path) -> None:
+    ensure_data_dir(tmp_path)
+    (tmp_path / "identity.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_private_key(tmp_path)
+    (tmp_path / "identity.key").chmod(0o600)
+    (tmp_path / "identity.key").write_text("not hex\n")
+    with pytest.raises(ConfigError, match="32-byte hex"):
+        load_private_key(tmp_path)
+    with pytest.raises(ConfigError, match="neuroshard-node init"):
+        load_private_key(tmp_path / "missing")
+
+
+def test_the_api_file_names_the_running_node(tmp_path: Path) -> None:
+    assert read_api_url(tmp_path) is None
+    write_api_url(tmp_path, "http://127.0.0.1:1234")
+    assert read_api_url(tmp_path) == "http://127.0.0.1:1234"
+    remove_api_url(tmp_path, "http://127.0.0.1:9999")  # another node's: kept
+    assert read_api_url(tmp_path) == "http://127.0.0.1:1234"
+    remove_api_url(tmp_path, "http://127.0.0.1:1234")
+    assert read_api_url(tmp_path) is None
+
+
+def test_peer_exchange_frames_round_trip_and_junk_is_skipped() -> None:
+    import msgpack
+    import multiaddr
+    from libp2p.peer.id import ID
+
+    peer = ID.from_base58(peer_id_of(b"\x02" + b"\x11" * 32))
+    addr = multiaddr.Multiaddr("/ip4/10.0.0.1/tcp/4011")
+    data = encode_peers([(peer, [addr, multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/1")])])
+    assert decode_peers(data) == [(peer, [addr])]  # a wildcard address is never dialable
+    junk = msgpack.packb([1, [["not a peer id", ["/ip4/1.2.3.4/tcp/1"]], [str(peer), ["bogus"]],
+                              "not a pair", [str(peer), ["/ip4/10.0.0.2/tcp/2"]]]])
+    assert decode_peers(junk) == [(peer, [multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/2")])]
+    for bad in (b"", b"\xc1", msgpack.packb([2, []]), msgpack.packb({"a": 1})):
+        with pytest.raises(ValueError):
+            decode_peers(bad)
