@@ -229,7 +229,8 @@
     ctx.fillStyle = css.getPropertyValue("--" + level).trim() || lineColour;
     ctx.beginPath(); ctx.arc(x(last[0]), y(last[1]), 4, 0, Math.PI * 2); ctx.fill();
 
-    setText("chart-note", canvas.dataset.points + " points, " + formatPrice(lo / NANO) + " – " +
+    const recorded = Number(canvas.dataset.points);
+    setText("chart-note", recorded + (recorded === 1 ? " point, " : " points, ") + formatPrice(lo / NANO) + " – " +
       formatPrice(hi / NANO) + " NEURO per 1M tokens");
   }
 
