@@ -206,7 +206,8 @@ async def part_cpu(args: argparse.Namespace, tmp: Path) -> None:
     print(f"  message copies received            {int(r['received'])} "
           f"({int(r['accepted'])} accepted, the rest duplicates dropped by pubsub)")
     print(f"  process CPU per received copy      {per_msg:6.2f} ms")
-    print(f"  of which ours (on_gossip + poll)   {ours:6.3f} ms  ({100 * ours / per_msg:.1f} %)")
+    print(f"  of which ours (on_gossip + poll)   {ours:6.3f} ms  ({100 * ours / per_msg:.1f} %); "
+          f"{1000 * r['ours_s'] / max(1, r['accepted']):.3f} ms per accepted announcement")
     print(f"  libp2p + trio + the rest           {per_msg - ours:6.2f} ms  "
           f"(ratio libp2p/ours {(per_msg - ours) / max(ours, 1e-9):.0f}×)")
 
