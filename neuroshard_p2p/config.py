@@ -137,7 +137,8 @@ class MarketConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> "MarketConfig":
         """Build from a mapping (e.g. the `[market]` table of a TOML file); unknown keys and
         values of the wrong type are errors, not silently ignored."""
-        return _build(cls, values, "market")
+        config: MarketConfig = _build(cls, values, "market")
+        return config
 
     @classmethod
     def from_toml(cls, path: str) -> "MarketConfig":

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Iterable, Mapping, NamedTuple
 
-from sortedcontainers import SortedKeyList
+from sortedcontainers import SortedKeyList  # type: ignore[import-untyped]
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError, format_price, format_prices

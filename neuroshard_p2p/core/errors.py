@@ -11,12 +11,12 @@ class MarketError(ValueError):
 
 
 def format_price(nano: int, digits: int = 2) -> str:
-    """A nano-NEURO amount as NEURO with at least `digits` decimals; more only when needed to
-    show a non-zero amount (0.000000005 rather than 0.00)."""
+    """A nano-NEURO amount as NEURO with at least `digits` decimals, and more where fewer would be
+    off by over 5 % (0.057 rather than 0.06, 0.000000005 rather than 0.00)."""
     neuro = nano / NANO_PER_NEURO
-    for d in range(digits, 10):
+    for d in range(digits, 9):
         text = f"{neuro:.{d}f}"
-        if nano == 0 or float(text) != 0.0:
+        if abs(float(text) * NANO_PER_NEURO - nano) <= 0.05 * abs(nano):
             return text
     return f"{neuro:.9f}"
 
