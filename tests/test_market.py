@@ -340,3 +340,22 @@ def test_clock_stepping_back_does_not_rewind_ticks() -> None:
     clock.t = math.nan
     with pytest.raises(MarketError, match="the clock returned nan"):
         market.get_market_stats()
+
+
+def test_bench_core_runs_from_the_dispatcher() -> None:
+    """`python -m neuroshard_p2p.bench core` (tiny sizes): the figures the README quotes come
+    from this command."""
+    import subprocess
+    import sys
+    result = subprocess.run(
+        [sys.executable, "-m", "neuroshard_p2p.bench", "core", "--requests", "2000",
+         "--offers", "200", "--ticks", "200", "--rounds", "1"],
+        capture_output=True, text=True, timeout=120, check=True)
+    assert "core: matching 2,000 requests over 200 offers" in result.stdout
+    assert "match / sorted = " in result.stdout and "ticks/s" in result.stdout
+    listing = subprocess.run([sys.executable, "-m", "neuroshard_p2p.bench", "--list"],
+                             capture_output=True, text=True, timeout=60, check=True)
+    assert listing.stdout.split()[0] == "core"
+    unknown = subprocess.run([sys.executable, "-m", "neuroshard_p2p.bench", "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown section 'nope'" in unknown.stderr
