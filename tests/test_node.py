@@ -107,7 +107,8 @@ async def test_a_hard_stopped_node_counts_until_its_timeout_a_cleanly_stopped_on
         await hard.kill()
         killed_at = time.time()
         await eventually(lambda: len({n.engine.view.current(signer).msg_id for n in survivors}) == 1,
-                         3, "every peer holds the same last announcement of the dead node")
+                         7, "every peer holds the same last announcement of the dead node "
+                            "(gossip, or sync if its last keep-alive was lost in the kill)")
         last = boot.node.engine.view.current(signer)
         assert last is not None and last.tokens_per_second == 1000
         assert last.issued_at_ms / 1000 <= killed_at
@@ -189,10 +190,6 @@ async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) 
         attacks += [signed(now_ms + 50, 100 + 50)] * 2            # exact replay of our own
         for data in attacks:
             await h.pubsub.publish(h.topic, data)
-        # the same payload published twice travels as two pubsub messages: replayed content
-        reference = MarketView(TEST_MARKET)
-        reference.merge_messages(seller.node.engine.view.messages_of(seller.node.engine.signer))
-
         def reasons(node: Node) -> set[str]:
             return {reason for (outcome, reason), n in node.engine.gossip_counts.items()
                     if outcome != "accepted" and n}
@@ -203,8 +200,11 @@ async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) 
                          "every honest node rejected or ignored each attack with its reason",
                          show=lambda: [(sorted(expected - reasons(n)), dict(n.engine.gossip_counts))
                                        for n in honest])
+        # the price every honest node computes is the price of the seller's announcements alone
+        reference = MarketView(TEST_MARKET)
+        reference.merge_messages(seller.node.engine.view.messages_of(seller.node.engine.signer))
         tick = current_tick(honest)
-        for k in range(tick - 10, tick + 3):
+        for k in range(tick - 10, tick + 1):
             for node in honest:
                 here = node.engine.tick_price(k)
                 there = reference.price_at_tick(k)
