@@ -344,12 +344,16 @@ async def test_request_at_gateway_is_served_by_provider_at_the_locked_price(tmp_
         # The prompt travelled on the job stream only: no announcement anyone holds carries it.
         for node in (a, b):
             assert all(b"secret prompt" not in m.wire for m in node.engine.view.all_messages())
-        # Both ledgers hold the settlement (the gateway's payment, the provider's earning).
+        # A request queued through the engine (Node.submit_request, as the CLI does) is routed too.
+        queued = a.submit_request(200, 2 * PRICE, prompt="queued")
+        done = await finished(gateway, queued.request_id)
+        assert (done.state, done.provider, done.cost_nano) == ("completed", b.peer_id, 20_000)
+        # Both ledgers hold the settlements (the gateway's payments, the provider's earnings).
         with trio.fail_after(5):
-            while provider.counters.earnings_recorded < 1:
+            while provider.counters.earnings_recorded < 2:
                 await trio.sleep(0.01)
-    assert ledger_totals(tmp_path / "a") == (1, 500, 50_000, 47_500)
-    assert ledger_totals(tmp_path / "b") == (1, 500, 50_000, 47_500)
+    assert ledger_totals(tmp_path / "a") == (2, 700, 70_000, 66_500)
+    assert ledger_totals(tmp_path / "b") == (2, 700, 70_000, 66_500)
 
 
 async def test_without_an_offer_the_status_says_why_and_the_gateway_announces_demand(
@@ -427,6 +431,32 @@ async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_e
     with Ledger.open(ledger_path(tmp_path / "a")) as ledger:
         [record] = ledger.recent()
         assert record.provider == c.engine.signer
+    assert ledger_totals(tmp_path / "b") == (0, 0, 0, 0)
+
+
+async def test_provider_stops_serving_when_the_gateway_goes_away(tmp_path: Path) -> None:
+    async with job_node(tmp_path / "b", 45, capacity=100, min_price=0.01) as (b, provider):
+        async with trio.open_nursery() as doomed:
+            async def run_gateway(task_status: trio.TaskStatus[tuple[Node, JobService]]) -> None:
+                async with job_node(tmp_path / "a", 44) as pair:
+                    task_status.started(pair)
+                    await trio.sleep_forever()
+
+            a, gateway = await doomed.start(run_gateway)
+            await a.connect(b.addrs[0])
+            await wait_for_offers(a, b)
+            gateway.submit(150, 2 * PRICE)  # 1.5 s of serving at 100 tokens/s
+            with trio.fail_after(5):
+                while provider.provider.jobs_in_flight == 0:
+                    await trio.sleep(0.01)
+            doomed.cancel_scope.cancel()  # the gateway stops (hard) mid-job
+        # The gateway resets its job stream as it goes; the provider stops serving, frees the
+        # capacity and issues no receipt, well before the 1.5 s the job would have taken.
+        with trio.fail_after(1.0):
+            while provider.provider.jobs_in_flight:
+                await trio.sleep(0.01)
+        assert provider.provider.in_flight_tokens == 0
+        assert provider.counters.jobs_served == 0 and provider.counters.earnings_recorded == 0
     assert ledger_totals(tmp_path / "b") == (0, 0, 0, 0)
 
 

@@ -215,7 +215,21 @@ class JobService:
 
     def status(self, request_id: str) -> JobStatus | None:
         """A request's status (state, provider, tokens served, cost, why), or None if unknown."""
-        return self.gateway.status(request_id) or self._refused.get(request_id)
+        return (self.gateway.status(request_id) or self._refused.get(request_id)
+                or self._queued_status(request_id))
+
+    def _queued_status(self, request_id: str) -> JobStatus | None:
+        """A request still in the engine's queue (submitted a moment ago through the engine)."""
+        queued = getattr(self.engine, "queued_requests", None)
+        for request in (queued(self.clock()) if queued is not None else ()):
+            if request.request_id == request_id:
+                return JobStatus(
+                    request_id=request.request_id, user=request.user, state="pending",
+                    tokens=request.tokens, max_price_nano=request.max_price_nano,
+                    locked_price_nano=0, tier=request.tier, provider=None, tokens_served=None,
+                    cost_nano=None, reason="queued; the price is locked when it is matched",
+                    attempts=0, submitted_at=request.submitted_at, finished_at=None)
+        return None
 
     def statuses(self) -> list[JobStatus]:
         return self.gateway.statuses() + list(reversed(self._refused.values()))
@@ -369,6 +383,11 @@ class JobService:
             gateway.on_lost(rid, attempt, peer_id, what, self.clock())
             if stream is not None:
                 await _reset(stream)
+        except trio.Cancelled:
+            # This node is stopping: tell the provider at once, so it stops serving.
+            if stream is not None:
+                await _abandon(stream)
+            raise
         finally:
             self._notify(rid)
             self._wake.set()
@@ -454,6 +473,9 @@ class JobService:
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), _reason(exc))
             await _reset(stream)
+        except trio.Cancelled:
+            await _abandon(stream)  # this node is stopping: the gateway tries the next offer
+            raise
         finally:
             if admitted and job is not None:
                 self.provider.finish(job)
@@ -553,6 +575,13 @@ async def _reset(stream: Any) -> None:
         await stream.reset()
     except Exception:  # noqa: BLE001 - already gone
         pass
+
+
+async def _abandon(stream: Any) -> None:
+    """Reset a stream from a task being cancelled (shielded, and bounded so a stop never hangs)."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(0.5):
+            await _reset(stream)
 
 
 def _reason(exc: BaseException) -> str:
