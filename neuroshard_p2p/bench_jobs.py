@@ -206,7 +206,7 @@ async def _echo_server(nursery: trio.Nursery) -> str:
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
-    binds = await nursery.start(serve, app, config)  # type: ignore[arg-type]
+    binds = await nursery.start(serve, app, config)
     return str(binds[0])
 
 

@@ -257,7 +257,7 @@ def _error_message(data: Any) -> str:
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:300]
+            return str(error["message"])[:300]
         if isinstance(error, str):
             return error[:300]
     return ""

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import coincurve
 import trio
@@ -71,6 +71,9 @@ from neuroshard_p2p.wire import Job, Receipt, WireError
 from neuroshard_p2p.wire.codec import MAX_SIZE
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, FrameReader, length_prefixed
 from neuroshard_p2p.wire.messages import KIND_JOB
+
+if TYPE_CHECKING:  # trio's own TaskStatus is hidden by the trio-typing stubs
+    from trio_typing import TaskStatus
 
 log = logging.getLogger("neuroshard.jobs")
 
@@ -176,7 +179,7 @@ class JobService:
     # -- lifetime ------------------------------------------------------------------------------
 
     async def run(self, host: Any, *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                  task_status: "TaskStatus[None]" = trio.TASK_STATUS_IGNORED) -> None:
         """Serve job streams on `host` and route this node's requests until cancelled."""
         self.host = host
         async with AsyncExitStack() as stack:
@@ -320,7 +323,9 @@ class JobService:
         stream: Any = None
         accepted = False
         try:
-            job = wire.sign(dispatch.job, self.private_key)
+            signed = wire.sign(dispatch.job, self.private_key)
+            assert isinstance(signed, Job)
+            job = signed
             sent_at = self.clock()
             started = time.perf_counter()
             result_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
@@ -420,9 +425,9 @@ class JobService:
                                    f"({exc.reason}): {exc}; nothing charged", self.clock())
             return False
         self.counters.receipts_settled += 1
-        receipt = wire.decode_unchecked_time(result.receipt)
-        assert isinstance(receipt, Receipt)
-        if self.gateway.on_completed(rid, attempt, receipt, result.output, self.clock()) is None:
+        settled = wire.decode_unchecked_time(result.receipt)
+        assert isinstance(settled, Receipt)
+        if self.gateway.on_completed(rid, attempt, settled, result.output, self.clock()) is None:
             # Settled, but the book had already given the request up (a disk stall longer than
             # the claim-timeout margin). The user paid for what was served; say so loudly.
             self.counters.late_settlements += 1

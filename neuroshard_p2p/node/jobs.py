@@ -103,7 +103,8 @@ JobFrame = JobAccepted | JobResult | JobDeclined
 
 
 def _pack(items: list[Any]) -> bytes:
-    return msgpack.packb(items, use_bin_type=True)
+    data: bytes = msgpack.packb(items, use_bin_type=True)
+    return data
 
 
 def _check_text(name: str, value: Any, limit: int, non_empty: bool) -> None:
