@@ -4,6 +4,7 @@
     neuroshard-simnet run --transport sim --peers 1000 --scenario churn --out out/churn
     neuroshard-simnet testnet --peers 5                               # separate processes
     neuroshard-simnet economics --out out/economics
+    neuroshard-simnet scaling --peers 10,100,1000,10000                # load per peer vs N
     neuroshard-simnet scenarios                                       # what ships
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tomllib
 from pathlib import Path
@@ -56,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "is TOML)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--log-level", default="warning",
+                   help="log level of the nodes (py-libp2p itself logs errors only unless debug)")
 
     p = sub.add_parser("testnet", help="K real node processes on consecutive ports",
                        description="Start K `neuroshard-node run` processes on 127.0.0.1 with "
@@ -91,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an [economics] parameter, e.g. nodes=200 (VALUE is TOML)")
     p.add_argument("--no-plots", action="store_true")
 
+    p = sub.add_parser("scaling", help="gossip load per peer as the network grows (simulated)",
+                       description="Run the `steady` scenario on the simulated network for each "
+                                   "size and print messages received per peer per second and the "
+                                   "CPU they cost (engine measured; py-libp2p at 2-6 ms per hop).")
+    p.add_argument("--peers", default="10,100,1000,10000", metavar="N,N,...",
+                   help="network sizes (default 10,100,1000,10000)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="seconds of network time per size (at least one keep-alive period)")
+    p.add_argument("--observers", type=int, default=50, metavar="K",
+                   help="peers that run their engines on gossip (the others are counted by the "
+                        "flood model); default 50")
+    p.add_argument("--degree", type=int, metavar="D", help="gossip mesh degree (default 6)")
+    p.add_argument("--target-rate", type=float, metavar="MSGS_PER_S",
+                   help="grow the keep-alive period with N so the network-wide keep-alive rate "
+                        "stays at this many messages/s (timeout = 3 periods)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", metavar="DIR", help="write scaling.json and scaling.md here")
+    p.add_argument("--quiet", action="store_true")
+
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
 
@@ -112,6 +135,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                capacity=args.capacity, host=args.host, log_level=args.log_level)
         if args.command == "economics":
             return cmd_economics(args)
+        if args.command == "scaling":
+            from simnet.scaling import run_scaling
+            from simnet.sim import stderr_progress
+
+            try:
+                sizes = [int(x) for x in args.peers.split(",") if x.strip()]
+            except ValueError:
+                raise ScenarioError(f"--peers {args.peers!r}: expected sizes like 10,100,1000")
+            if not sizes or min(sizes) < 2:
+                raise ScenarioError("--peers: every size must be at least 2")
+            run_scaling(sizes, out=args.out, duration_s=args.duration, observers=args.observers,
+                        seed=args.seed, degree=args.degree, target_rate=args.target_rate,
+                        progress=None if args.quiet else stderr_progress)
+            return EXIT_OK
         if args.command == "scenarios":
             for name in shipped_scenarios():
                 scenario = load(name)
@@ -157,10 +194,20 @@ def prepare(args: argparse.Namespace) -> Scenario:
     return scenario
 
 
+def _setup_logging(level: str) -> None:
+    """Our nodes log at `level`; py-libp2p's own warnings (mesh back-off and the like, dozens per
+    second with 20 nodes) only at debug."""
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("libp2p").setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
+    logging.getLogger("multiaddr").setLevel(logging.WARNING)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from simnet.report import write_run_report
     from simnet.sim import stderr_progress
 
+    _setup_logging(args.log_level)
     scenario = prepare(args)
     if args.peers < 2:
         raise ScenarioError("--peers must be at least 2")

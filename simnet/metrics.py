@@ -61,6 +61,7 @@ class Traffic:
     rejected: int = 0
     ignored: int = 0
     sync_exchanges: int = 0
+    sync_announcements: int = 0   # announcements carried by sync responses
 
 
 class Recorder:
@@ -86,6 +87,7 @@ class Recorder:
         self.reasons: Counter[str] = Counter()        # validation outcomes, summed over peers
         self.cpu_s = 0.0                              # CPU spent by the run (process time)
         self.engine_cpu_s = 0.0                       # of which inside the node engines (sim)
+        self.engine_messages = 0                      # gossip messages the engines validated (sim)
         self.wall_s = 0.0
         self.network_s = 0.0
         self.observers: list[int] | None = None       # None: every peer is observed
@@ -280,7 +282,11 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
     # first capacity_timeout (start-up announcements), so only keep-alives are counted.
     quiet = _quiet_seconds(rec)
     quiet_published = sum(rec.traffic[s].published for s in quiet if s < len(rec.traffic))
+    quiet_delivered = sum(rec.traffic[s].delivered for s in quiet if s < len(rec.traffic))
+    quiet_copies = quiet_delivered + sum(rec.traffic[s].duplicates for s in quiet
+                                         if s < len(rec.traffic))
     peers_quiet = _mean_live(rec, quiet)
+    quiet_peer_s = len(quiet) * peers_quiet
     hops = total.delivered + total.duplicates
     return {
         "network_seconds": _round(seconds),
@@ -297,14 +303,20 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
         "received_per_peer_s": _round(hops / alive, 3),
         "delivered_per_peer_s": _round(total.delivered / alive, 3),
         "steady_published_per_peer_s": _round(
-            quiet_published / (len(quiet) * peers_quiet) if quiet and peers_quiet else None, 4),
+            quiet_published / quiet_peer_s if quiet_peer_s else None, 4),
+        "steady_received_per_peer_s": _round(quiet_copies / quiet_peer_s if quiet_peer_s else None, 3),
+        "steady_delivered_per_peer_s": _round(
+            quiet_delivered / quiet_peer_s if quiet_peer_s else None, 3),
         "steady_seconds": len(quiet),
         "cpu_s": _round(rec.cpu_s),
         "engine_cpu_s": _round(rec.engine_cpu_s),
         "wall_s": _round(rec.wall_s),
         "cpu_per_message_ms": _round(1000 * rec.cpu_s / hops if hops else None, 4),
-        "engine_cpu_per_message_us": _round(1e6 * rec.engine_cpu_s / total.delivered
-                                            if total.delivered and rec.engine_cpu_s else None, 2),
+        "engine_cpu_per_message_us": _round(1e6 * rec.engine_cpu_s / rec.engine_messages
+                                            if rec.engine_messages and rec.engine_cpu_s else None, 2),
+        "sync_announcements_total": total.sync_announcements,
+        "sync_announcements_per_exchange": _round(total.sync_announcements / total.sync_exchanges
+                                                  if total.sync_exchanges else None, 1),
         "reasons": dict(sorted(rec.reasons.items())),
     }
 

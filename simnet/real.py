@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections import Counter
 import random
 import tempfile
 import time
@@ -128,6 +129,8 @@ class RealNetwork:
         self._killed_last: list[RealPeer] = []
         self._last_totals = (0, 0, 0, 0)
         self._hostile_sent: dict[int, int] = {}
+        self._reasons_at_t0: Counter[str] = Counter()
+        self._syncs_last = 0
 
     # ------------------------------------------------------------------ peers
 
@@ -473,6 +476,11 @@ class RealNetwork:
         bucket.ignored += ign - last[3]
         bucket.delivered += (acc + rej + ign) - sum(last[1:])
         self._last_totals = (published, acc, rej, ign)
+        # Syncs started by nodes alive now (a stopped node's count leaves with it).
+        syncs = sum(getattr(p.node.counters, "syncs_started", 0) for p in self.peers
+                    if p.alive and p.node is not None and p.role != "hostile")
+        bucket.sync_exchanges += max(0, syncs - self._syncs_last)
+        self._syncs_last = syncs
 
     async def _sampler(self, done: trio.Event) -> None:
         duration = self.scenario.duration_s
@@ -532,6 +540,9 @@ class RealNetwork:
                         for (_outcome, reason), count in peer.node.engine.gossip_counts.items():
                             rec.reasons[reason] += count
                     peer.stop.set()
+                rec.reasons.subtract(self._reasons_at_t0)
+                for reason in [r for r, c in rec.reasons.items() if c == 0]:
+                    del rec.reasons[reason]
         finally:
             if self._tmp is not None:
                 self._tmp.cleanup()
@@ -540,6 +551,11 @@ class RealNetwork:
         return rec
 
     def _sample_totals_baseline(self) -> None:
+        for p in self.peers:
+            if p.node is not None and p.role != "hostile":
+                for (_outcome, reason), count in p.node.engine.gossip_counts.items():
+                    self._reasons_at_t0[reason] += count
+                self._syncs_last += getattr(p.node.counters, "syncs_started", 0)
         published = sum(getattr(p.node.counters, "published", 0) for p in self.peers
                         if p.node is not None and p.role != "hostile")
         acc = rej = ign = 0

@@ -153,7 +153,8 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
         f"{traffic['hostile_total']} / {traffic['delivered_total']} / {traffic['duplicates_total']} |",
         f"| accepted / rejected / ignored | {traffic['accepted_total']} / "
         f"{traffic['rejected_total']} / {traffic['ignored_total']} |",
-        f"| sync exchanges | {traffic['sync_exchanges_total']} |",
+        f"| sync exchanges / announcements they carried | {traffic['sync_exchanges_total']} / "
+        f"{traffic.get('sync_announcements_total', 0)} |",
         "",
     ]
     if traffic["reasons"]:

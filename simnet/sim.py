@@ -148,7 +148,7 @@ class SimNetwork:
                  sample_s: float | None = None, observers: int | None = None,
                  record_digests: bool | None = None,
                  progress: Callable[[str], None] | None = None,
-                 progress_every_s: float = 5.0) -> None:
+                 progress_every_s: float = 5.0, start_spread_s: float | None = None) -> None:
         if peers < 2:
             raise ValueError("a network needs at least 2 peers")
         self.scenario = scenario
@@ -166,6 +166,9 @@ class SimNetwork:
         self.record_digests = record_digests
         self.progress = progress
         self.progress_every_s = progress_every_s
+        #: Peers start (and first announce) uniformly over this many seconds; keep-alives keep
+        #: that phase. Default: min(announce interval, 5 s, a tenth of the run).
+        self.start_spread_s = start_spread_s
         self.recorder = Recorder(scenario.name, "sim", self.market, self.sample_s)
         self.peers: list[SimPeer] = []
         self.neighbours: list[set[int]] = []
@@ -175,6 +178,9 @@ class SimNetwork:
         self._src = np.zeros(0, dtype=np.int64)
         self._dst = np.zeros(0, dtype=np.int64)
         self._captured: list[bytes] = []
+        self._received = np.zeros(1024, dtype=np.int64)   # copies received, per peer
+        # Peers whose engines receive gossip (None: all of them).
+        self._observer_index: np.ndarray | None = None
         self._killed_last: list[SimPeer] = []
         self._partitioned = False
         self._groups_before_heal: dict[int, int] = {}
@@ -198,6 +204,10 @@ class SimNetwork:
                        skew, role, capacity=capacity, observed=observed, group=group)
         self.peers.append(peer)
         self.neighbours.append(set())
+        if len(self._received) < len(self.peers):
+            self._received = np.concatenate([self._received, np.zeros(1024, dtype=np.int64)])
+        if observed and self._observer_index is not None and role != "hostile":
+            self._observer_index = np.append(self._observer_index, index)
         recorded = self.recorder.add_peer(engine.peer_id, t, hostile=role == "hostile")
         assert recorded == index, "recorder and simulator number peers alike"
         return peer
@@ -221,6 +231,7 @@ class SimNetwork:
         if self.observers_wanted is not None:
             observed = set(self.rng.sample(range(n), self.observers_wanted))
             self.recorder.observers = sorted(observed)
+            self._observer_index = np.zeros(0, dtype=np.int64)
         for i in range(n):
             role = "provider" if i in providers else ("demand" if i in demand else "idle")
             self._new_peer(role, 0.0, observed=observed is None or i in observed)
@@ -234,7 +245,9 @@ class SimNetwork:
         self._mesh_all(list(range(n)))
         # Peers start over the first seconds (not all in the same millisecond), each announcing
         # as it starts.
-        spread = min(self.settings.announce_interval_s, 5.0, self.scenario.duration_s / 10)
+        spread = self.start_spread_s
+        if spread is None:
+            spread = min(self.settings.announce_interval_s, 5.0, self.scenario.duration_s / 10)
         for p in self.peers:
             self._schedule_poll(p, self.rng.uniform(0.0, spread))
             self._schedule(self.rng.uniform(0.0, self._sync_s), _SYNC_TIMER, p.index)
@@ -347,23 +360,23 @@ class SimNetwork:
         parent[d[is_parent]] = s[is_parent]
         sends = reached_src & (parent[s] != d)
         copies = np.bincount(d[sends], minlength=n)
-        reached = np.flatnonzero(np.isfinite(arrival))
-        received = self.recorder.peer_received
-        hops = 0
-        for v in reached.tolist():
-            if v == origin:
-                continue
-            c = int(copies[v])
-            received[v] += c
-            hops += c
-            peer = self.peers[v]
-            if peer.observed:
-                self._schedule(t + float(arrival[v]), _DELIVER, v, wire, self.peers[origin].peer_bytes,
-                               False)
-            else:
-                self.recorder.second(t + float(arrival[v])).delivered += 1
-        duplicates = hops - (len(reached) - 1)
-        self.recorder.second(t).duplicates += max(0, duplicates)
+        copies[origin] = 0
+        reached_count = int(np.count_nonzero(np.isfinite(arrival))) - 1
+        hops = int(copies.sum())
+        self._received[: len(copies)] += copies
+        author = self.peers[origin].peer_bytes
+        if self._observer_index is None:
+            targets = np.flatnonzero(np.isfinite(arrival)).tolist()
+        else:
+            # Only observers run their engines on gossip; the others are counted in bulk.
+            obs = self._observer_index
+            targets = obs[np.isfinite(arrival[obs])].tolist()
+            self.recorder.second(t).delivered += reached_count - sum(1 for v in targets
+                                                                     if v != origin)
+        for v in targets:
+            if v != origin:
+                self._schedule(t + float(arrival[v]), _DELIVER, v, wire, author, False)
+        self.recorder.second(t).duplicates += max(0, hops - reached_count)
 
     def _deliver(self, v: int, wire: bytes, author: bytes, hostile: bool, t: float) -> None:
         peer = self.peers[v]
@@ -373,10 +386,11 @@ class SimNetwork:
         traffic = rec.second(t)
         traffic.delivered += 1
         if hostile:
-            rec.peer_received[v] += 1
+            self._received[v] += 1
         started = time.perf_counter()
         verdict = peer.engine.on_gossip(wire, peer.now(t), author)
         rec.engine_cpu_s += time.perf_counter() - started
+        rec.engine_messages += 1
         outcome = verdict.outcome
         if outcome == "accepted":
             traffic.accepted += 1
@@ -446,12 +460,14 @@ class SimNetwork:
         if not peer.alive or peer.group != self.peers[responder].group:
             return
         started = time.perf_counter()
+        carried = 0
         for frame in frames:
             try:
-                peer.engine.on_sync_response(frame, peer.now(t))
+                carried += peer.engine.on_sync_response(frame, peer.now(t)).received
             except WireError:
                 break
         self.recorder.engine_cpu_s += time.perf_counter() - started
+        self.recorder.second(t).sync_announcements += carried
 
     # ------------------------------------------------------------------ scenario events
 
@@ -703,6 +719,7 @@ class SimNetwork:
                 elif kind == _HOSTILE:
                     self._hostile_tick(peers[payload[0]], payload[1], payload[2], t)
         rec.network_s = duration
+        rec.peer_received = [int(x) for x in self._received[: len(self.peers)]]
         rec.wall_s = time.perf_counter() - wall0
         rec.cpu_s = time.process_time() - cpu0
         for record in rec.events:

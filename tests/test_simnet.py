@@ -36,11 +36,12 @@ def sim_figures(scenario: Scenario, peers: int, seed: int = 1, **kwargs: object)
 
 
 def test_every_shipped_scenario_loads_with_its_timeline_inside_its_duration() -> None:
-    assert shipped_scenarios() == ["churn", "hostile", "late-join", "partition", "phases", "shock"]
+    assert shipped_scenarios() == ["churn", "hostile", "late-join", "partition", "phases", "shock",
+                                   "steady"]
     for name in shipped_scenarios():
         scenario = load(name)
         assert scenario.name == name
-        assert scenario.events, name
+        assert bool(scenario.events) == (name != "steady"), name
         assert all(0 <= e.at_s <= scenario.duration_s for e in scenario.events)
         assert [e.at_s for e in scenario.events] == sorted(e.at_s for e in scenario.events)
     shock = load("shock")
