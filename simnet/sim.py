@@ -25,9 +25,9 @@ The network model:
   response frames are the engines' own, each leg delayed by one link latency.
 - **Clocks.** Each peer's clock is off by a normal offset (`clock_skew_ms`).
 
-Large networks: with `observers=K`, only K peers (chosen at random, plus every peer that joins
-later) receive gossip and compute prices; all peers still announce and the mesh still floods
-through all of them, so traffic figures stay whole. Reports say so.
+Large networks: with `observers=K`, only K peers (chosen at random, and joiners at the same rate,
+at least one per event) receive gossip and compute prices; all peers still announce and the mesh
+still floods through all of them, so traffic figures stay whole. Reports say so.
 
 Verifying the same signed bytes once per peer would cost 1,000× the CPU at 1,000 peers without
 changing any outcome (decoding is a pure function of the bytes), so within a run the stateless
@@ -435,8 +435,14 @@ class SimNetwork:
     def _sync_timer(self, peer: SimPeer, t: float) -> None:
         if not peer.alive:
             return
-        candidates = sorted(u for u in self.neighbours[peer.index]
-                            if self.peers[u].alive and self.peers[u].observed)
+        if self._observer_index is None:
+            candidates = sorted(u for u in self.neighbours[peer.index] if self.peers[u].alive)
+        else:
+            # Only observers hold views: an observer syncs with another observer (any, as a node
+            # may sync with any connected peer, not only its mesh neighbours).
+            candidates = [int(u) for u in self._observer_index
+                          if u != peer.index and self.peers[u].alive
+                          and self.peers[u].group == peer.group]
         if candidates:
             self._start_sync(peer, candidates[self.rng.randrange(len(candidates))], t)
         self._schedule(t + self._sync_s, _SYNC_TIMER, peer.index)
@@ -585,10 +591,14 @@ class SimNetwork:
             roles = [(event.role, cap if event.role == "provider" else 0,
                       avg_demand if event.role == "demand" else 0)] * n
         established = [p.index for p in live]
+        # With an observer sample, joiners are sampled at the same rate (at least one per event).
+        watch = len(roles)
+        if self.observers_wanted is not None:
+            watch = max(1, math.ceil(len(roles) * self.observers_wanted / self.n_initial))
         joined = []
-        for role, capacity, demand in roles:
+        for k, (role, capacity, demand) in enumerate(roles):
             p = self._new_peer("provider" if capacity else ("demand" if demand else "idle"), t,
-                               observed=True)
+                               observed=k < watch)
             if capacity != p.capacity:
                 p.capacity = capacity
                 p.engine.set_offer(capacity, to_nano(self.scenario.peers.min_price) if capacity else 0)
@@ -600,6 +610,8 @@ class SimNetwork:
             # syncs on connecting: it catches up with the view it missed from the first of them.
             members = [i for i in established if self.peers[i].group == p.group] or established
             added = self._graft(p.index, members + [p.index])
+            if self._observer_index is not None and p.observed:
+                added = [u for u in members if self.peers[u].observed][:1] or added
             if added:
                 self._schedule(t + self._latency(), _SYNC_CONNECT, p.index, added[0])
             self._schedule_poll(p, t)
@@ -628,9 +640,13 @@ class SimNetwork:
             # brings everything that side has; further ones would find equal digests.
             live = self._live_members()
             for v in live:
-                across = sorted(u for u in self.neighbours[v] if groups.get(u) != groups.get(v))
+                if not self.peers[v].observed:
+                    continue
+                across = sorted(u for u in self.neighbours[v] if groups.get(u) != groups.get(v)
+                                and self.peers[u].observed)
                 if not across:
-                    others = [u for u in live if groups.get(u) != groups.get(v)]
+                    others = [u for u in live if groups.get(u) != groups.get(v)
+                              and self.peers[u].observed]
                     if not others:
                         continue
                     u = others[self.rng.randrange(len(others))]
@@ -728,8 +744,8 @@ class SimNetwork:
                 record.info["sent"] = sum(h.hostile.sent for h in hostiles if h.hostile)
         if self.observers_wanted is not None:
             rec.notes.append(f"observer sample: {self.observers_wanted} of {self.n_initial} "
-                             "initial peers (and every later joiner) receive gossip and compute "
-                             "prices; all peers announce and forward")
+                             "initial peers (and joiners at the same rate) receive gossip and "
+                             "compute prices; all peers announce and forward")
         rec.notes.append("signature checks of identical bytes are shared between simulated peers "
                          "(decode is memoised); every other validation rule runs at every peer")
         if self.progress is not None:
