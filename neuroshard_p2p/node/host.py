@@ -65,10 +65,10 @@ from neuroshard_p2p.node.datadir import load_api_token, load_private_key, remove
 from neuroshard_p2p.node.engine import LocalRequest, MarketSnapshot, PeerEngine, SyncCounts
 from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.settings import NodeSettings
+from neuroshard_p2p.node.streams import FrameStream, reset_quietly
 from neuroshard_p2p.money import to_nano
-from neuroshard_p2p.wire import WireError
 from neuroshard_p2p.wire.codec import MAX_FRAME_SIZE
-from neuroshard_p2p.wire.framing import FrameReader, length_prefixed
+from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE
 
 log = logging.getLogger("neuroshard.node")
@@ -443,7 +443,7 @@ class Node:
                 with trio.fail_after(self.settings.stream_timeout_s):
                     stream = await self.host.new_stream(peer, [self._sync_protocol])
                     await stream.write(length_prefixed(self.engine.sync_request(self.now())))
-                    frames = _FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
+                    frames = FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
                     while (frame := await frames.next()) is not None:
                         counts = self.engine.on_sync_response(frame, self.now())
                         received += counts.received
@@ -454,7 +454,7 @@ class Node:
             except Exception as exc:  # noqa: BLE001 - any failure of a peer is its failure
                 self.counters.syncs_failed += 1
                 if stream is not None:
-                    await _reset(stream)
+                    await reset_quietly(stream)
                 raise NodeError(f"sync with {_short(peer)} failed: {_reason(exc)}") from None
             self.counters.sync_announcements_received += received
             self._synced_once.set()
@@ -466,7 +466,7 @@ class Node:
         peer = stream.muxed_conn.peer_id
         try:
             with trio.fail_after(self.settings.stream_timeout_s):
-                request = await _FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_REQUEST]).next()
+                request = await FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_REQUEST]).next()
                 if request is None:
                     raise NodeError("stream closed before a sync request")
                 for frame in self.engine.on_sync_request(request, self.now()):
@@ -475,7 +475,7 @@ class Node:
             self.counters.syncs_served += 1
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("sync request from %s refused: %s", _short(peer), _reason(exc))
-            await _reset(stream)
+            await reset_quietly(stream)
 
     async def _sync_new_peers(self) -> None:
         """Pull from every newly connected peer (both sides of a connection do)."""
@@ -563,12 +563,12 @@ class Node:
         try:
             with trio.fail_after(self.settings.stream_timeout_s):
                 stream = await self.host.new_stream(peer, [self._peers_protocol])
-                frame = await _FrameStream(stream, PEERS_MAX_FRAME).next()
+                frame = await FrameStream(stream, PEERS_MAX_FRAME).next()
                 await stream.close()
             entries = decode_peers(frame) if frame is not None else []
         except Exception as exc:  # noqa: BLE001
             if stream is not None:
-                await _reset(stream)
+                await reset_quietly(stream)
             raise NodeError(f"peer exchange with {_short(peer)} failed: {_reason(exc)}") from None
         self.counters.peer_exchanges += 1
         me = self.host.get_id()
@@ -606,7 +606,7 @@ class Node:
                 await stream.close()
         except Exception as exc:  # noqa: BLE001
             log.debug("peer exchange with %s failed: %s", _short(asker), _reason(exc))
-            await _reset(stream)
+            await reset_quietly(stream)
 
     # -- waiting (for tests and the CLI) -------------------------------------------------------
 
@@ -685,37 +685,6 @@ class _ConnectionWatcher(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         return None
-
-
-class _FrameStream:
-    """Length-prefixed frames read from a libp2p stream (no async generators: breaking out of
-    one leaves it unfinalized under trio)."""
-
-    def __init__(self, stream: INetStream, max_frame: int) -> None:
-        self._stream = stream
-        self._reader = FrameReader(max_frame)
-        self._ready: list[bytes] = []
-
-    async def next(self) -> bytes | None:
-        """The next frame, or None when the stream ended cleanly between frames."""
-        while not self._ready:
-            try:
-                chunk = await self._stream.read(65536)
-            except EOFError:  # libp2p's StreamEOF
-                chunk = b""
-            if not chunk:
-                if self._reader.buffered:
-                    raise WireError("malformed", "reject", "stream ended inside a frame")
-                return None
-            self._ready.extend(self._reader.feed(chunk))
-        return self._ready.pop(0)
-
-
-async def _reset(stream: INetStream) -> None:
-    try:
-        await stream.reset()
-    except Exception:  # noqa: BLE001 - already gone
-        pass
 
 
 def _expand_wildcards(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:

@@ -66,10 +66,11 @@ from neuroshard_p2p.node.jobs import (
     encode_job_frame,
     short_peer,
 )
+from neuroshard_p2p.node.streams import FrameStream, close_quietly, reset_quietly
 from neuroshard_p2p.view import TickPrice
 from neuroshard_p2p.wire import Job, Receipt, WireError
 from neuroshard_p2p.wire.codec import MAX_SIZE
-from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, FrameReader, length_prefixed
+from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, length_prefixed
 from neuroshard_p2p.wire.messages import KIND_JOB
 
 if TYPE_CHECKING:  # trio's own TaskStatus is hidden by the trio-typing stubs
@@ -333,7 +334,7 @@ class JobService:
                 with trio.fail_after(self.settings.accept_timeout_s):
                     stream = await self.host.new_stream(ID.from_base58(peer_id), [JOB_PROTOCOL])
                     await stream.write(length_prefixed(job.wire))
-                    frames = _Frames(stream, MAX_STREAM_FRAME)
+                    frames = FrameStream(stream, MAX_STREAM_FRAME)
                     first = await frames.next()
             except trio.TooSlowError:
                 gateway.on_lost(rid, attempt, peer_id, f"did not answer within "
@@ -346,7 +347,7 @@ class JobService:
             frame = decode_job_frame(first)
             if isinstance(frame, JobDeclined):
                 gateway.on_declined(rid, attempt, peer_id, frame.reason, frame.detail, self.clock())
-                await _close(stream)
+                await close_quietly(stream)
                 return
             if not isinstance(frame, JobAccepted) or frame.request_id != rid:
                 raise WireError("unexpected", "reject", "expected accept or decline for this job")
@@ -378,7 +379,7 @@ class JobService:
                     c.settle_s += time.perf_counter() - result_at
             else:
                 raise WireError("unexpected", "reject", "expected the result of this job")
-            await _close(stream)  # after settling: closing is not on the user's critical path
+            await close_quietly(stream)  # after settling: closing is not on the user's critical path
         except Exception as exc:  # noqa: BLE001 - whatever a peer or the network does
             what = "disconnected mid-job" if accepted else "was unreachable"
             if isinstance(exc, WireError):
@@ -387,7 +388,7 @@ class JobService:
                 what = f"{what} ({_reason(exc)})"
             gateway.on_lost(rid, attempt, peer_id, what, self.clock())
             if stream is not None:
-                await _reset(stream)
+                await reset_quietly(stream)
         except trio.Cancelled:
             # This node is stopping: tell the provider at once, so it stops serving.
             if stream is not None:
@@ -444,9 +445,9 @@ class JobService:
         admitted = False
         try:
             with trio.fail_after(self.settings.accept_timeout_s):
-                data = await _Frames(stream, MAX_SIZE[KIND_JOB]).next()
+                data = await FrameStream(stream, MAX_SIZE[KIND_JOB]).next()
             if data is None:
-                await _close(stream)
+                await close_quietly(stream)
                 return
             now = self.clock()
             try:
@@ -477,7 +478,7 @@ class JobService:
             await self._serve_admitted(stream, job, offer.tokens_per_second)
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), _reason(exc))
-            await _reset(stream)
+            await reset_quietly(stream)
         except trio.Cancelled:
             await _abandon(stream)  # this node is stopping: the gateway tries the next offer
             raise
@@ -516,7 +517,7 @@ class JobService:
         if not outcome:
             log.info("gateway %s gave up on %s; stopped serving", short_peer(
                 str(stream.muxed_conn.peer_id)), job.request_id)
-            await _reset(stream)
+            await reset_quietly(stream)
             return
         result = outcome[0]
         if isinstance(result, BackendError):
@@ -530,7 +531,7 @@ class JobService:
         receipt = wire.sign(unsigned, self.private_key)
         frame = JobResult(job.request_id, receipt.wire, clip_utf8(result.text, MAX_OUTPUT_BYTES))
         await stream.write(length_prefixed(encode_job_frame(frame)))
-        await _close(stream)
+        await close_quietly(stream)
         self.counters.jobs_served += 1
         if self.ledger is not None and not self._closed:
             try:
@@ -542,51 +543,14 @@ class JobService:
 
     async def _answer(self, stream: Any, frame: JobDeclined) -> None:
         await stream.write(length_prefixed(encode_job_frame(frame)))
-        await _close(stream)
-
-
-class _Frames:
-    """Length-prefixed frames read from a libp2p stream."""
-
-    def __init__(self, stream: Any, max_frame: int) -> None:
-        self._stream = stream
-        self._reader = FrameReader(max_frame)
-        self._ready: list[bytes] = []
-
-    async def next(self) -> bytes | None:
-        """The next frame; None when the stream ended cleanly between frames."""
-        while not self._ready:
-            try:
-                chunk = await self._stream.read(65536)
-            except EOFError:  # libp2p's StreamEOF
-                chunk = b""
-            if not chunk:
-                if self._reader.buffered:
-                    raise WireError("malformed", "reject", "stream ended inside a frame")
-                return None
-            self._ready.extend(self._reader.feed(chunk))
-        return self._ready.pop(0)
-
-
-async def _close(stream: Any) -> None:
-    try:
-        await stream.close()
-    except Exception:  # noqa: BLE001 - already gone
-        pass
-
-
-async def _reset(stream: Any) -> None:
-    try:
-        await stream.reset()
-    except Exception:  # noqa: BLE001 - already gone
-        pass
+        await close_quietly(stream)
 
 
 async def _abandon(stream: Any) -> None:
     """Reset a stream from a task being cancelled (shielded, and bounded so a stop never hangs)."""
     with trio.CancelScope(shield=True):
         with trio.move_on_after(0.5):
-            await _reset(stream)
+            await reset_quietly(stream)
 
 
 def _reason(exc: BaseException) -> str:
