@@ -20,7 +20,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from neuroshard_p2p import __version__

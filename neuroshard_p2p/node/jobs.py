@@ -27,8 +27,8 @@ Policy on failures (what the user sees in the status):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import msgpack
 

@@ -34,7 +34,7 @@ import enum
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from sortedcontainers import SortedList
 
