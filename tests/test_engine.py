@@ -257,6 +257,50 @@ def test_sync_history_out_of_order_is_merged_not_refused() -> None:
     assert c.view.digest() == b.view.digest()
     assert c.sync_counts[("accepted", "history")] == 1
     assert c.tick_price(int(T0) + 3) == b.tick_price(int(T0) + 3)
+    # one validator pass per synced announcement, under the history rules: the older one is not
+    # first refused as a seq regression and then checked a second time
+    assert c.validator.counts["seq_regression"] == 0
+    assert c.validator.counts["duplicate"] == 1  # `second`, already held: sent with its bucket
+    assert c.validator.counts["accepted"] == 2  # `second` by gossip, `first` by sync
+    assert c.sync_counts == {("accepted", "history"): 1, ("ignored", "duplicate"): 1}
+
+
+def test_a_sync_batch_of_one_signers_history_is_not_rate_limited() -> None:
+    a, b, c = engine(1, tokens_per_second=100), engine(2), engine(3)
+    for step in range(8):  # eight announcements of a, one per tick: more than the burst of 5
+        a.set_offer(100 + step, 0)
+        [data] = a.poll_announcements(T0 + step)
+        assert deliver(data, b, T0 + step, a) == "accepted"
+    assert len(b.view.messages_of(a.signer)) == 8
+    assert sync(c, b, T0 + 8) == 8
+    assert c.view.digest() == b.view.digest()
+    assert c.validator.counts["rate_limited"] == 0 and c.validator.counts["accepted"] == 8
+    # sent oldest first, so each was the newest held when it arrived
+    assert c.sync_counts == {("accepted", "accepted"): 8}
+    for tick in range(int(T0) - 2, int(T0) + 12):
+        assert c.tick_price(tick) == b.tick_price(tick)
+    # and a's live gossip afterwards is still held to the gossip rules, with a full bucket
+    a.set_offer(500, 0)
+    [live] = a.poll_announcements(T0 + 9)
+    assert deliver(live, c, T0 + 9, a) == "accepted"
+
+
+def test_sync_still_refuses_forged_stale_and_implausible_announcements() -> None:
+    honest, hostile, c = engine(1, tokens_per_second=100), engine(3), engine(4)
+    [data] = honest.poll_announcements(T0)
+    forged = bytearray(data)
+    forged[-1] ^= 1
+    stale = encode(Announcement(hostile.signer, int((T0 - 400) * 1000), 1, 1000, 0, 0, 0),
+                   hostile.private_key)
+    limit = CONFIG.max_node_tokens_per_s
+    implausible = encode(Announcement(hostile.signer, int(T0 * 1000), 2, limit + 1, 0, 0, 0),
+                         hostile.private_key)
+    frame = encode_sync(SyncResponse((bytes(forged), stale, implausible)))
+    counts = c.on_sync_response(frame, T0 + 1)
+    assert (counts.received, counts.accepted, counts.ignored, counts.rejected) == (3, 0, 1, 2)
+    assert c.sync_counts == {("rejected", "bad_signature"): 1, ("ignored", "stale"): 1,
+                             ("rejected", "implausible"): 1}
+    assert c.view.message_count == 0
 
 
 def test_bad_sync_frames_raise_wire_errors_and_are_counted() -> None:

@@ -21,11 +21,13 @@ so idle nodes cost the network no traffic. The seq of each announcement is
 previous run of this key announced a higher seq (heard back through gossip or sync), the engine
 continues above it and re-announces its true state.
 
-Validation paths. Gossip goes through the `Validator` (duplicate, signature, freshness, author,
-seq, rate). Announcements received through sync are history a peer retained (a signer's few
-newest), which the per-signer seq and rate rules of live gossip would wrongly refuse when they
-arrive out of order; those two verdicts fall back to the stateless checks (signature, freshness,
-capacity limit) and the view's merge, which is a join and orders them itself.
+Validation paths. Gossip goes through the `Validator` with every rule (V1–V9: duplicate,
+signature, freshness, author, capacity limit, seq, rate). Announcements received through sync are
+history a peer retained (a signer's few newest), which the per-signer seq and rate rules of live
+gossip would wrongly refuse when they arrive out of order or in a batch, so they are checked with
+`history=True` (V1–V6, protocol §8): one pass, one signature check, and the view's merge, a
+join, orders them. `sync_counts` says which accepted ones were the signer's newest ("accepted")
+and which were older than what we held ("history").
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import coincurve
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
-from neuroshard_p2p.wire import Announcement, WireError, decode, encode
+from neuroshard_p2p.wire import Announcement, WireError, encode
 from neuroshard_p2p.wire.codec import decode_sync, encode_sync, split_sync_response
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
@@ -53,8 +55,9 @@ REJECTED = "rejected"
 IGNORED = "ignored"
 OUTCOMES = (ACCEPTED, REJECTED, IGNORED)
 
-#: Validator verdicts that, on the sync path, mean "history out of order" rather than misbehaviour.
-_SYNC_ORDER_REASONS = frozenset({"seq_regression", "equivocation", "rate_limited"})
+#: Reason of an announcement accepted through sync that is older than the newest one we hold from
+#: its signer (it fills the signer's history in the view; the price of past ticks needs it).
+HISTORY = "history"
 
 
 @dataclass(frozen=True)
@@ -344,16 +347,19 @@ class PeerEngine:
             return verdict
 
     def _accept(self, data: bytes, now: float, *, from_peer: bytes | str | None,
-                counts: Counter[tuple[str, str]] | None) -> Verdict:
+                counts: Counter[tuple[str, str]] | None, history: bool = False) -> Verdict:
         try:
-            message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer)
+            message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer,
+                                           history=history)
         except WireError as error:
             verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                               None, str(error))
         else:
             assert isinstance(message, Announcement)
             self._merge(message, now)
-            verdict = Verdict(ACCEPTED, ACCEPTED, message)
+            newest = self.validator.last_seq(message.signer)
+            older = history and newest is not None and message.seq < newest
+            verdict = Verdict(ACCEPTED, HISTORY if older else ACCEPTED, message)
         if counts is not None:
             counts[(verdict.outcome, verdict.reason)] += 1
         return verdict
@@ -410,28 +416,14 @@ class PeerEngine:
                           tally[REJECTED])
 
     def _accept_synced(self, data: bytes, now: float) -> str:
+        # History rules (V1–V6): a retained announcement older than one we hold, or several of
+        # one signer in a batch, is what sync is for, not a seq regression or a flood.
         try:
-            verdict = self._accept(data, now, from_peer=None, counts=None)
-            if verdict.reason in _SYNC_ORDER_REASONS:
-                verdict = self._accept_history(data, now)
+            verdict = self._accept(data, now, from_peer=None, counts=None, history=True)
         except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
             verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
         self.sync_counts[(verdict.outcome, verdict.reason)] += 1
         return verdict.outcome
-
-    def _accept_history(self, data: bytes, now: float) -> Verdict:
-        """Stateless checks only (the message is older than one we hold from its signer)."""
-        try:
-            message = decode(data, now)
-        except WireError as error:
-            return Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason, None,
-                           str(error))
-        if not isinstance(message, Announcement):
-            return Verdict(REJECTED, "kind", None, "sync carries announcements only")
-        if message.tokens_per_second > self.config.max_node_tokens_per_s:
-            return Verdict(REJECTED, "implausible", None, "capacity above max_node_tokens_per_s")
-        self._merge(message, now)
-        return Verdict(ACCEPTED, "history", message)
 
     # -- reading the market --------------------------------------------------------------------
 
@@ -468,5 +460,5 @@ class PeerEngine:
 
 __all__ = [
     "PeerEngine", "Verdict", "SyncCounts", "Offer", "LocalRequest", "OwnState", "MarketSnapshot",
-    "ACCEPTED", "REJECTED", "IGNORED", "OUTCOMES",
+    "ACCEPTED", "REJECTED", "IGNORED", "OUTCOMES", "HISTORY",
 ]
