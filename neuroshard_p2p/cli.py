@@ -7,7 +7,7 @@
     neuroshard-node market                   the market as the node sees it (price, supply, demand)
     neuroshard-node register --capacity N    offer N tokens/s of inference capacity
     neuroshard-node withdraw                 stop offering capacity
-    neuroshard-node submit --tokens N --max-price P   queue a request at the node
+    neuroshard-node submit --tokens N --max-price P   submit a request (its price is locked now)
     neuroshard-node token                    print the API token (--rotate for a new one)
 
 Client commands find the running node through `<data-dir>/api` (written by `run`) or `--api`.
@@ -18,19 +18,35 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 from typing import Any, Sequence
 
 from neuroshard_p2p import __version__
 from neuroshard_p2p.config import ConfigError
-from neuroshard_p2p.node.settings import DEFAULT_API, DEFAULT_DATA_DIR, DEFAULT_LISTEN, NodeSettings
+from neuroshard_p2p.node.settings import (
+    BACKEND_KINDS,
+    DEFAULT_API,
+    DEFAULT_DATA_DIR,
+    DEFAULT_LISTEN,
+    NodeSettings,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 class CliError(Exception):
     """A failure to report as one line on stderr (exit status 1)."""
+
+
+class UsageError(Exception):
+    """Flags that cannot work together: reported with the command's usage (exit status 2, as
+    argparse does for a malformed command line)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a market node until SIGINT/SIGTERM; a clean stop "
                                    "publishes a withdrawal so peers stop counting this node at "
                                    "once. Prints the multiaddr others bootstrap from and the "
-                                   "dashboard URL.")
+                                   "dashboard URL. Flags override <data-dir>/config.toml.")
     data_dir(p)
     p.add_argument("--listen", action="append", metavar="MULTIADDR",
                    help=f"libp2p listen address, repeatable (default {DEFAULT_LISTEN[0]})")
@@ -87,8 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference capacity to offer, tokens per second (default 0: none)")
     p.add_argument("--min-price", type=float, metavar="NEURO",
                    help="lowest price to serve at, NEURO per 1M tokens (default 0)")
+    p.add_argument("--backend", choices=BACKEND_KINDS,
+                   help="what serves the jobs this node accepts: 'synthetic' produces the "
+                        "requested tokens at the offered rate; 'openai' sends them to an "
+                        "OpenAI-compatible server (llama.cpp, vLLM, Ollama), which needs "
+                        "--backend-url and --backend-model (default synthetic)")
+    p.add_argument("--backend-url", metavar="URL",
+                   help="the OpenAI-compatible server, http(s)://host:port, with or without /v1 "
+                        "(e.g. http://127.0.0.1:8080, http://127.0.0.1:11434/v1)")
+    p.add_argument("--backend-model", metavar="NAME",
+                   help="the model name the server is asked for (e.g. qwen2.5-0.5b-instruct)")
+    p.add_argument("--backend-timeout", type=float, metavar="SECONDS",
+                   help="longest wait for the server's answer to one job (default 60; a job's "
+                        "own deadline may cut it shorter)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log detail (default info)")
+    p.set_defaults(command_parser=p)
 
     p = sub.add_parser("id", help="peer id and the multiaddrs to share",
                        description="Print this node's peer id and the full multiaddrs others can "
@@ -118,9 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("withdraw", help="stop offering capacity")
     client(p)
 
-    p = sub.add_parser("submit", help="queue an inference request at the node",
-                       description="Queue a request at the running node; its tokens count in the "
-                                   "node's demand announcement, which moves the price.")
+    p = sub.add_parser("submit", help="submit an inference request at the node",
+                       description="Submit a request at the running node (its gateway): it "
+                                   "locks the current market price at once and is routed to "
+                                   "the cheapest provider at or below that price. While it "
+                                   "waits, its tokens count in the node's demand "
+                                   "announcement, which moves the price. Prints the request "
+                                   "id, the locked price and its state.")
     client(p)
     p.add_argument("--tokens", type=int, required=True, help="tokens requested")
     p.add_argument("--max-price", type=float, required=True, metavar="NEURO",
@@ -145,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
+    except UsageError as exc:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (CliError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -180,22 +218,74 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from neuroshard_p2p.node.datadir import ensure_data_dir
 
+    check_backend_flags(args)  # before creating anything: a usage error leaves no trace
     _setup_logging(args.log_level)
     report = ensure_data_dir(args.data_dir)
     if report.created:
         print(f"initialised {report.path} ({', '.join(report.created)})", flush=True)
-    overrides = {
-        "listen": tuple(args.listen) if args.listen else None,
-        "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
-        "network": args.network, "api": args.api, "capacity": args.capacity,
-        "min_price": args.min_price,
-    }
-    settings = NodeSettings.load(report.path, overrides)
+    settings = run_settings(args)
     try:
         trio.run(_run_node, settings)
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         return 130
     return EXIT_OK
+
+
+def run_settings(args: argparse.Namespace) -> NodeSettings:
+    """The settings `run` starts a node with: defaults, then <data-dir>/config.toml, then the
+    flags given (an absent flag keeps the file's value)."""
+    overrides = {
+        "listen": tuple(args.listen) if args.listen else None,
+        "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
+        "network": args.network, "api": args.api, "capacity": args.capacity,
+        "min_price": args.min_price, "backend": args.backend, "backend_url": args.backend_url,
+        "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
+    }
+    return NodeSettings.load(args.data_dir, overrides)
+
+
+def check_backend_flags(args: argparse.Namespace) -> None:
+    """Refuse backend flags that cannot work (UsageError, exit status 2): a URL that is not
+    http(s), an empty model, a non-positive timeout, a URL or model for the synthetic backend,
+    or the openai backend without a URL and a model (from the flags or config.toml)."""
+    from neuroshard_p2p.node.settings import read_config_tables
+
+    parser: argparse.ArgumentParser = args.command_parser
+    url, model, timeout = args.backend_url, args.backend_model, args.backend_timeout
+    if url is not None:
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/"):
+            raise UsageError(parser, f"--backend-url must be http://host:port or "
+                                     f"https://host:port, got {url!r}")
+    if model is not None and not model.strip():
+        raise UsageError(parser, "--backend-model must not be empty")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise UsageError(parser, f"--backend-timeout must be > 0 seconds, got {timeout:g}")
+    if args.backend is None and url is None and model is None:
+        return  # the file decides; a bad combination there is a config error naming its keys
+    # What config.toml says (checked as a whole when the settings are built, after this).
+    node_table, _ = read_config_tables(args.data_dir)
+    file_backend, file_url, file_model = (node_table.get("backend", "synthetic"),
+                                          node_table.get("backend_url", ""),
+                                          node_table.get("backend_model", ""))
+    backend = args.backend or file_backend
+    where = f"[node] of {args.data_dir}/config.toml"
+    if backend == "synthetic":
+        given = [flag for flag, value in (("--backend-url", url), ("--backend-model", model))
+                 if value is not None]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(parser, f"{' and '.join(given)} only {verb} to the openai backend "
+                                     f"(--backend openai, or backend = \"openai\" in {where})")
+    elif backend == "openai":
+        missing = []
+        if url is None and not (isinstance(file_url, str) and file_url):
+            missing.append("--backend-url URL")
+        if model is None and not (isinstance(file_model, str) and file_model):
+            missing.append("--backend-model NAME")
+        if missing:
+            raise UsageError(parser, f"the openai backend needs {' and '.join(missing)} (or "
+                                     f"backend_url and backend_model in {where})")
 
 
 async def _run_node(settings: NodeSettings) -> None:
@@ -212,6 +302,7 @@ async def _run_node(settings: NodeSettings) -> None:
             async with node:
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
                 print(f"network {settings.network} (topic {node.topic})", flush=True)
+                print(f"backend {_backend_line(settings)}", flush=True)
                 print("bootstrap other nodes from:", flush=True)
                 for addr in _shareable(node.addrs, settings.listen):
                     print(f"  {addr}", flush=True)
@@ -226,6 +317,13 @@ async def _run_node(settings: NodeSettings) -> None:
         except NodeError as exc:
             raise CliError(str(exc)) from None
     print("stopped", flush=True)
+
+
+def _backend_line(settings: NodeSettings) -> str:
+    if settings.backend == "openai":
+        return (f"openai: model {settings.backend_model} at {settings.backend_url} "
+                f"(timeout {settings.backend_timeout_s:g} s)")
+    return "synthetic (tokens at the offered rate)"
 
 
 def _shareable(addrs: list[str], listen: Sequence[str]) -> list[str]:
@@ -386,9 +484,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
     data = _call(args, "POST", "/api/market/requests", body)
     if args.json:
         _print_json(data)
-    else:
-        print(f"queued {data['request_id']} ({data['tokens']} tokens)")
+        return EXIT_OK
+    for line in describe_request(data, _api_base(args).rstrip("/")):
+        print(line)
     return EXIT_OK
+
+
+def describe_request(status: dict[str, Any], api: str) -> list[str]:
+    """What became of a submitted request, from the node's answer: its id, the price it locked,
+    its state with the reason, and where to follow it."""
+    state, reason = status["state"], status.get("reason") or ""
+    provider = status.get("provider")
+    lines = [
+        f"request {status['request_id']}: {status['tokens']} tokens",
+        f"locked price     {status['locked_price_nano'] / 1e9:.9f} NEURO per 1M tokens "
+        f"({status['locked_price_nano']} nano; your max {status['max_price_nano'] / 1e9:.9f})",
+        f"state            {state}" + (f": {reason}" if reason else ""),
+    ]
+    if provider:
+        lines.append(f"provider         {provider}")
+    if status.get("cost_nano") is not None:
+        lines.append(f"cost             {status['cost_nano'] / 1e9:.9f} NEURO for "
+                     f"{status['tokens_served']} tokens served")
+    if state not in ("completed", "failed", "expired"):
+        lines.append(f"follow it        curl {api}/api/market/requests/{status['request_id']}")
+    return lines
 
 
 COMMANDS = {

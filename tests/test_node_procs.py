@@ -68,8 +68,10 @@ def test_three_processes_bootstrapped_from_the_first_agree_on_the_price(tmp_path
         # b offers capacity and c queues demand, both through the CLI
         assert "offering 500 tokens/s" in cli("register", "--data-dir", str(dirs[1]),
                                              "--capacity", "500", "--min-price", "0.02").stdout
-        assert "queued" in cli("submit", "--data-dir", str(dirs[2]), "--tokens", "100000",
-                               "--max-price", "0.9").stdout
+        submitted = cli("submit", "--data-dir", str(dirs[2]), "--tokens", "100000",
+                        "--max-price", "0.9").stdout
+        assert submitted.startswith("request req-") and "locked price" in submitted
+        assert "\nstate            pending" in submitted, submitted
         at = time.time() + 3  # an instant after every announcement above
 
         def markets() -> list[dict[str, Any]]:
@@ -136,3 +138,135 @@ def test_run_on_a_fresh_machine_creates_the_data_dir_and_a_bad_flag_is_a_clear_e
     assert bad.returncode == 1 and "must end in /p2p/<peer id>" in bad.stderr
     down = cli("market", "--data-dir", str(data_dir), "--api", "127.0.0.1:9", check=False)
     assert down.returncode == 1 and "no node answers" in down.stderr
+
+
+# -- backend flags and submit, through the CLI -------------------------------------------------
+
+def test_openai_backend_without_a_url_is_a_usage_error_before_anything_is_created(
+        tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    result = cli("run", "--data-dir", str(data_dir), "--backend", "openai", check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("usage: neuroshard-node run")
+    assert ("neuroshard-node run: error: the openai backend needs --backend-url URL and "
+            "--backend-model NAME") in result.stderr
+    assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "openai", "--backend-url", "http://127.0.0.1:8080"],
+     "the openai backend needs --backend-model NAME (or backend_url and backend_model in "),
+    (["--backend", "openai", "--backend-model", "m"],
+     "the openai backend needs --backend-url URL (or"),
+    (["--backend-url", "ftp://127.0.0.1/"],
+     "--backend-url must be http://host:port or https://host:port, got 'ftp://127.0.0.1/'"),
+    (["--backend", "openai", "--backend-url", "http://", "--backend-model", "m"],
+     "--backend-url must be http://host:port or https://host:port, got 'http://'"),
+    (["--backend", "openai", "--backend-url", "http://h:1", "--backend-model", " "],
+     "--backend-model must not be empty"),
+    (["--backend-timeout", "0"], "--backend-timeout must be > 0 seconds, got 0"),
+    (["--backend-timeout", "nan"], "--backend-timeout must be > 0 seconds, got nan"),
+    (["--backend", "synthetic", "--backend-model", "m"],
+     "--backend-model only applies to the openai backend"),
+    (["--backend-url", "http://127.0.0.1:8080", "--backend-model", "m"],  # the file: synthetic
+     "--backend-url and --backend-model only apply to the openai backend"),
+])
+def test_backend_flags_that_cannot_work_exit_with_status_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str) -> None:
+    from neuroshard_p2p.cli import EXIT_USAGE, main
+
+    data_dir = tmp_path / "node"
+    assert main(["run", "--data-dir", str(data_dir), *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("usage: neuroshard-node run") and message in err, err
+    assert not data_dir.exists()
+
+
+def test_backend_flags_reach_the_settings_and_complete_the_config_file(tmp_path: Path) -> None:
+    from neuroshard_p2p.cli import build_parser, check_backend_flags, run_settings
+
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    parser = build_parser()
+    args = parser.parse_args(["run", "--data-dir", str(data_dir), "--backend", "openai",
+                              "--backend-url", "http://127.0.0.1:8080/v1",
+                              "--backend-model", "qwen2.5-0.5b-instruct",
+                              "--backend-timeout", "12.5"])
+    check_backend_flags(args)
+    settings = run_settings(args)
+    assert (settings.backend, settings.backend_url, settings.backend_model,
+            settings.backend_timeout_s) == ("openai", "http://127.0.0.1:8080/v1",
+                                            "qwen2.5-0.5b-instruct", 12.5)
+    # the file names the server; the flag switches the backend on and picks the model
+    (data_dir / "config.toml").write_text('[node]\nbackend_url = "http://10.0.0.5:11434/v1"\n')
+    args = parser.parse_args(["run", "--data-dir", str(data_dir), "--backend", "openai",
+                              "--backend-model", "llama3"])
+    check_backend_flags(args)
+    settings = run_settings(args)
+    assert (settings.backend, settings.backend_url, settings.backend_model,
+            settings.backend_timeout_s) == ("openai", "http://10.0.0.5:11434/v1", "llama3", 60.0)
+    # no backend flag: the file decides, and a URL flag overrides its URL
+    (data_dir / "config.toml").write_text('[node]\nbackend = "openai"\nbackend_model = "m"\n'
+                                          'backend_url = "http://10.0.0.5:1"\n')
+    args = parser.parse_args(["run", "--data-dir", str(data_dir),
+                              "--backend-url", "https://models.example:443"])
+    check_backend_flags(args)
+    assert run_settings(args).backend_url == "https://models.example:443"
+    # no flags: the synthetic default
+    args = parser.parse_args(["run", "--data-dir", str(tmp_path / "other")])
+    check_backend_flags(args)
+    assert run_settings(args).backend == "synthetic"
+
+
+def test_run_help_describes_every_flag() -> None:
+    from neuroshard_p2p.cli import build_parser
+
+    parser = build_parser()
+    run = parser.parse_args(["run"]).command_parser
+    text = run.format_help()
+    for action in run._actions:
+        for flag in action.option_strings:
+            assert flag in text
+        assert action.help, f"{action.option_strings} has no help"
+    for flag in ("--backend {synthetic,openai}", "--backend-url URL", "--backend-model NAME",
+                 "--backend-timeout SECONDS", "OpenAI-compatible"):
+        assert flag in text
+
+
+async def test_submit_prints_the_request_id_its_locked_price_and_its_state(
+        tmp_path: Path) -> None:
+    import trio
+
+    from tests.api_harness import api_node
+
+    async with api_node(tmp_path / "gateway", 5) as gateway:
+        async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+            return await trio.run_process(
+                [sys.executable, "-m", "neuroshard_p2p.cli", *args, "--data-dir",
+                 str(gateway.data_dir), "--api", gateway.url],
+                cwd=ROOT, env=ENV, capture_stdout=True, capture_stderr=True, check=False)
+
+        result = await run_cli("submit", "--tokens", "5000", "--max-price", "0.9")
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        first = out.splitlines()[0]
+        assert first.startswith("request req-") and first.endswith(": 5000 tokens"), out
+        rid = first.split()[1].rstrip(":")
+        status = (await gateway.get(f"/api/market/requests/{rid}")).json()
+        locked = status["locked_price_nano"]
+        assert locked > 0 and status["max_price_nano"] == 900_000_000
+        assert out.splitlines()[1] == (f"locked price     {locked / 1e9:.9f} NEURO per 1M tokens "
+                                       f"({locked} nano; your max 0.900000000)")
+        # nobody offers capacity: it waits, and the line says so and why
+        assert out.splitlines()[2].startswith("state            pending"), out
+        assert out.splitlines()[3] == (f"follow it        curl {gateway.url}/api/market/"
+                                       f"requests/{rid}")
+        assert "queued" not in out
+
+        # a max price below the market price: refused, nothing submitted
+        refused = await run_cli("submit", "--tokens", "5000", "--max-price", "0.000000001")
+        assert refused.returncode == 1
+        err = refused.stderr.decode()
+        assert err.startswith("error: node refused (409): current price ") and \
+            err.rstrip().endswith("> max_price 0.000000001"), err
+        assert [s.request_id for s in gateway.node.jobs.statuses()] == [rid]

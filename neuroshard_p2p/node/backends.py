@@ -26,6 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 import trio
 
+from neuroshard_p2p.node.settings import BACKEND_KINDS
+
 #: Largest response body accepted from an OpenAI-compatible server. A completion is text; a body
 #: larger than this is a misconfigured or hostile server, not an answer.
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -34,8 +36,6 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 SYNTHETIC_MAX_WORDS = 1000
 
 _FILLER = ("the", "market", "routes", "tokens", "to", "providers", "at", "a", "locked", "price")
-
-BACKEND_KINDS = ("synthetic", "openai")
 
 
 @dataclass(frozen=True)

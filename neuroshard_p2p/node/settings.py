@@ -25,6 +25,8 @@ DEFAULT_PORT = 4011
 DEFAULT_LISTEN = (f"/ip4/0.0.0.0/tcp/{DEFAULT_PORT}",)
 DEFAULT_API = "127.0.0.1:8000"
 MUXERS = ("yamux", "mplex")
+#: Inference backends a node can serve jobs with (node/backends.py).
+BACKEND_KINDS = ("synthetic", "openai")
 #: Gossipsub protocol versions a node may offer. Only those in the libp2p specs; py-libp2p 0.8.1
 #: also offers /meshsub/1.3.0, 1.4.0 and 2.0.0, which other stacks do not speak.
 MESHSUB_VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
@@ -114,7 +116,7 @@ class NodeSettings:
                      "stream_timeout_s", "heartbeat_interval_s", "backend_timeout_s"):
             need(getattr(self, name) > 0, f"{name} must be > 0")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
-        need(self.backend in ("synthetic", "openai"),
+        need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")
         need(self.backend != "openai" or (self.backend_url.startswith(("http://", "https://"))
                                           and bool(self.backend_model)),
@@ -163,20 +165,7 @@ class NodeSettings:
         """Defaults, then `<data_dir>/config.toml` if it exists, then `overrides` (e.g. flags;
         None values are skipped so an absent flag keeps the file's value)."""
         directory = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
-        node_table: dict[str, Any] = {}
-        market_table: dict[str, Any] = {}
-        path = directory / CONFIG_FILE
-        if path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    data = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-            unknown = sorted(set(data) - {"node", "market"})
-            if unknown:
-                raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [node], [market]")
-            node_table = dict(data.get("node", {}))
-            market_table = dict(data.get("market", {}))
+        node_table, market_table = read_config_tables(directory)
         node_table.update({k: v for k, v in (overrides or {}).items() if v is not None})
         market_table.update({k: v for k, v in (market_overrides or {}).items() if v is not None})
         market = MarketConfig.from_mapping(market_table)
@@ -194,6 +183,30 @@ class NodeSettings:
                                   f"{', '.join(sorted(known))}")
             kwargs[key] = _coerce(key, value, getattr(cls, key))
         return cls(data_dir=data_dir, market=market, **kwargs)
+
+
+def read_config_tables(data_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `[node]` and `[market]` tables of `<data_dir>/config.toml` as written (not yet checked;
+    both empty when there is no file). Raises ConfigError for a file that is not TOML or has an
+    unknown table."""
+    path = Path(data_dir).expanduser() / CONFIG_FILE
+    if not path.exists():
+        return {}, {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    unknown = sorted(set(data) - {"node", "market"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {unknown}; known: [node], [market]")
+    node, market = data.get("node", {}), data.get("market", {})
+    for name, table in (("node", node), ("market", market)):
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{name}] must be a table, got {table!r}")
+    return dict(node), dict(market)
 
 
 def market_topic(network: str) -> str:
@@ -236,7 +249,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 
 __all__ = [
-    "NodeSettings", "ConfigError", "market_topic", "parse_host_port", "DEFAULT_DATA_DIR",
+    "NodeSettings", "ConfigError", "market_topic", "parse_host_port", "read_config_tables", "DEFAULT_DATA_DIR",
     "DEFAULT_LISTEN", "DEFAULT_API", "DEFAULT_PORT", "CONFIG_FILE", "KEY_FILE", "TOKEN_FILE",
-    "API_FILE", "MUXERS", "MESHSUB_VERSIONS",
+    "API_FILE", "MUXERS", "MESHSUB_VERSIONS", "BACKEND_KINDS",
 ]
