@@ -185,6 +185,16 @@ def test_observer_sample_prices_at_k_peers_but_every_peer_announces() -> None:
     assert any("observer sample" in note for note in rec.notes)
 
 
+def test_observers_sync_with_observers_so_a_partition_heals_in_the_sample_too() -> None:
+    net = SimNetwork(load("partition"), 60, seed=10, observers=12)
+    figs = figures(net.run())
+    (healed,) = figs["partition"]
+    assert healed["identical_digests_after_s"] is not None
+    assert healed["identical_digests_after_s"] <= 5.0
+    assert sum(1 for p in net.peers if p.observed) == 12
+    assert net.recorder.traffic and sum(b.sync_exchanges for b in net.recorder.traffic) > 12
+
+
 # ---------------------------------------------------------------------------------------------
 # Hostile messages are the invalid kinds they claim to be
 
