@@ -12,7 +12,6 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.node.jobs import (
-    JOB_PROTOCOL,
     JobAccepted,
     JobResult,
     GatewayDesk,
@@ -21,6 +20,7 @@ from neuroshard_p2p.node.jobs import (
     decode_job_frame,
     declined,
     encode_job_frame,
+    job_protocol,
 )
 from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.wire import Job, JobDeclined, WireError
@@ -269,14 +269,14 @@ def test_gateway_refuses_bad_requests_with_a_reason(kwargs: dict[str, object], w
     assert desk.status("r1") is None
 
 
-def test_job_protocol_id() -> None:
-    assert JOB_PROTOCOL == "/neuroshard/job/1.0.0"
+def test_job_protocol_id_carries_the_network() -> None:
+    assert job_protocol("testnet") == "/neuroshard/testnet/job/1.0.0"
+    assert job_protocol("mainnet-2") == "/neuroshard/mainnet-2/job/1.0.0"
 
 
 # =================================================================================================
 # Real nodes on 127.0.0.1: libp2p job streams, SQLite ledgers.
 
-import math  # noqa: E402
 from contextlib import asynccontextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import AsyncIterator  # noqa: E402
@@ -371,6 +371,30 @@ async def test_without_an_offer_the_status_says_why_and_the_gateway_announces_de
         now = gateway.status(status.request_id)
         assert now is not None and now.state == "pending"
         assert now.reason == "no offer at or below your locked price 0.10"
+
+
+async def test_a_job_never_reaches_a_provider_of_another_network(tmp_path: Path) -> None:
+    async with job_node(tmp_path / "a", 25, network="net-a") as (a, gateway), \
+            job_node(tmp_path / "b", 26, capacity=1000, min_price=0.01,
+                     network="net-b") as (b, provider):
+        assert (gateway.settings.protocol, provider.settings.protocol) == (
+            "/neuroshard/net-a/job/1.0.0", "/neuroshard/net-b/job/1.0.0")
+        await a.connect(b.addrs[0])
+        # The views of two networks never mix (topic and sync carry the network id); hand the
+        # gateway b's offer anyway, as a confused or hostile relay might.
+        offer = b.engine.view.current(b.engine.signer)
+        assert offer is not None
+        assert a.engine.on_gossip(offer.wire, a.now(), from_peer=b.peer_id).accepted
+        await wait_for_offers(a, b)
+        status = gateway.submit(100, 2 * PRICE)
+        with trio.fail_after(10):
+            while gateway.gateway.counts["lost"] < 1:
+                await trio.sleep(0.02)
+        now = gateway.status(status.request_id)
+        assert now is not None and (now.state, now.attempts) == ("pending", 1)
+        assert f"provider {b.peer_id[:6]}…{b.peer_id[-6:]} was unreachable" in now.reason
+        assert provider.counters.jobs_served == 0
+        assert provider.provider.counts == dict.fromkeys(provider.provider.counts, 0)
 
 
 async def test_two_gateways_flooding_one_small_provider(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ Protocols (besides gossipsub and libp2p's own identify/ping):
   and their listen addresses, then closes. A node below `target_peers` connections asks a random
   peer every `peer_exchange_interval_s` (and right after reaching a bootstrap peer) and dials
   peers it does not know yet. Addresses are hints: dialing checks the peer id (noise handshake).
+- `/neuroshard/<network>/job/1.0.0` — a job from a gateway to the provider it matched, and the
+  provider's signed receipt (`node/job_service.py`, protocol §9).
 
 Gossip validation runs in a synchronous topic validator that calls the engine and never raises
 (an exception in a synchronous validator would stop py-libp2p's pubsub service). The node keeps

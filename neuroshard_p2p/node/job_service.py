@@ -7,11 +7,11 @@ A node owns one `JobService` (`Node.jobs`, two lines in `Node`):
 
 As a **gateway** it takes requests (`submit`, or whatever was queued through the engine's
 `submit_request`), locks the market price, matches them against the merged view's offers with the
-core book, and sends each matched job to its provider on a `/neuroshard/job/1.0.0` stream; it
-verifies the provider's signed receipt (ledger checks) and settles it in the ledger, and tells the
-engine its queued demand so the node announces it. As a **provider** it answers job streams: it
-admits a job by its own capacity, serves it through its inference backend and returns a signed
-receipt, then records its earning.
+core book, and sends each matched job to its provider on a `/neuroshard/<network>/job/1.0.0`
+stream; it verifies the provider's signed receipt (ledger checks) and settles it in the ledger,
+and tells the engine its queued demand so the node announces it. As a **provider** it answers job
+streams: it admits a job by its own capacity, serves it through its inference backend and returns
+a signed receipt, then records its earning.
 
 Deadlines: opening a stream, sending the job and reading accept/decline must take at most
 `accept_timeout_s`; the result must arrive before the book's claim timeout (claimed_at +
@@ -50,7 +50,6 @@ from neuroshard_p2p.node.backends import (
 from neuroshard_p2p.node.jobs import (
     BAD_JOB,
     GATEWAY_MISMATCH,
-    JOB_PROTOCOL,
     MAX_OUTPUT_BYTES,
     Dispatch,
     GatewayDesk,
@@ -64,8 +63,10 @@ from neuroshard_p2p.node.jobs import (
     declined,
     decode_job_frame,
     encode_job_frame,
+    job_protocol,
     short_peer,
 )
+from neuroshard_p2p.node.settings import DEFAULT_NETWORK
 from neuroshard_p2p.node.streams import FrameStream, close_quietly, reset_quietly
 from neuroshard_p2p.view import TickPrice
 from neuroshard_p2p.wire import Job, Receipt, WireError
@@ -100,6 +101,8 @@ class JobSettings:
     lost_backoff_s: float = 10.0
     #: The ledger file (None: receipts are checked but not recorded; tests of routing only).
     ledger_path: Path | None = None
+    #: Network id: part of the job stream's protocol id (`job_protocol`).
+    network: str = DEFAULT_NETWORK
 
     def __post_init__(self) -> None:
         for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s"):
@@ -107,6 +110,11 @@ class JobSettings:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         GatewaySettings(self.full_backoff_s, self.lost_backoff_s)
+
+    @property
+    def protocol(self) -> str:
+        """The job stream's protocol id on this network."""
+        return job_protocol(self.network)
 
 
 @dataclass
@@ -170,7 +178,7 @@ class JobService:
         data dir, demand changes poke its announcer."""
         s = node.settings
         settings = JobSettings(
-            backend=s.backend, backend_url=s.backend_url, backend_model=s.backend_model,
+            network=s.network, backend=s.backend, backend_url=s.backend_url, backend_model=s.backend_model,
             backend_timeout_s=s.backend_timeout_s, accept_timeout_s=s.stream_timeout_s,
             ledger_path=ledger_path(s.data_dir))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
@@ -191,7 +199,7 @@ class JobService:
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    host.set_stream_handler(JOB_PROTOCOL, self._serve_job)
+                    host.set_stream_handler(self.settings.protocol, self._serve_job)
                     task_status.started()
                     await self._route_loop()
             finally:
@@ -332,7 +340,8 @@ class JobService:
             result_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
             try:
                 with trio.fail_after(self.settings.accept_timeout_s):
-                    stream = await self.host.new_stream(ID.from_base58(peer_id), [JOB_PROTOCOL])
+                    stream = await self.host.new_stream(ID.from_base58(peer_id),
+                                                        [self.settings.protocol])
                     await stream.write(length_prefixed(job.wire))
                     frames = FrameStream(stream, MAX_STREAM_FRAME)
                     first = await frames.next()

@@ -2,9 +2,9 @@
 
 A request submitted at a node (its **gateway**) is matched against the merged view's offers by the
 core `OrderBook`; the gateway then hands it to the chosen provider on a direct libp2p stream
-(`JOB_PROTOCOL`, protocols/market-v1.md "Job stream"). This module holds every decision of that
-exchange and no I/O — the trio driver (`job_service.JobService`) moves the bytes and reads the
-clocks, as in aioquic:
+(`job_protocol(network)`, protocols/market-v1.md "Job stream"). This module holds every decision
+of that exchange and no I/O — the trio driver (`job_service.JobService`) moves the bytes and
+reads the clocks, as in aioquic:
 
 - frames: `JobAccepted` and `JobResult` (this stream's own frames) next to the wire's
   `JobDeclined`; `encode_job_frame` / `decode_job_frame`.
@@ -52,8 +52,13 @@ from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME
 from neuroshard_p2p.wire.messages import KIND_JOB_DECLINED
 
-#: libp2p protocol id of the job stream.
-JOB_PROTOCOL = "/neuroshard/job/1.0.0"
+
+def job_protocol(network: str) -> str:
+    """`/neuroshard/<network>/job/1.0.0`: the libp2p protocol id of a network's job stream. It
+    carries the network id, as sync and peer exchange do, so a gateway never hands a job to a
+    node of another network (whose offers it should not even know)."""
+    return f"/neuroshard/{network}/job/1.0.0"
+
 
 #: Frame kinds of the job stream, next to the wire's JobDeclined (18). Same envelope as the wire's
 #: stream frames: an unsigned msgpack array [version, kind, *fields].
@@ -647,7 +652,7 @@ class GatewayDesk:
 
 
 __all__ = [
-    "JOB_PROTOCOL", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT", "MAX_OUTPUT_BYTES", "JobAccepted",
+    "job_protocol", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT", "MAX_OUTPUT_BYTES", "JobAccepted",
     "JobResult", "JobDeclined", "JobFrame", "encode_job_frame", "decode_job_frame", "declined",
     "clip_utf8", "Admission", "ProviderDesk", "JobStatus", "Dispatch", "GatewaySettings",
     "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING", "BELOW_MIN_PRICE", "TOO_LARGE",

@@ -24,6 +24,8 @@ DEFAULT_DATA_DIR = "~/.neuroshard"
 DEFAULT_PORT = 4011
 DEFAULT_LISTEN = (f"/ip4/0.0.0.0/tcp/{DEFAULT_PORT}",)
 DEFAULT_API = "127.0.0.1:8000"
+#: The network a node joins when none is configured.
+DEFAULT_NETWORK = "testnet"
 MUXERS = ("yamux", "mplex")
 #: Inference backends a node can serve jobs with (node/backends.py).
 BACKEND_KINDS = ("synthetic", "openai")
@@ -48,7 +50,7 @@ class NodeSettings:
     #: Multiaddrs with /p2p/<peer id> to join the network through.
     bootstrap: tuple[str, ...] = ()
     #: Network id: part of every topic, so testnet and other networks never mix.
-    network: str = "testnet"
+    network: str = DEFAULT_NETWORK
     #: HTTP API "host:port"; port 0 picks a free port; "" or "off" runs no API.
     api: str = DEFAULT_API
     #: Capacity this node offers, tokens per second (0 = none), and its floor price.
@@ -250,6 +252,6 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
 
 __all__ = [
     "NodeSettings", "ConfigError", "market_topic", "parse_host_port", "read_config_tables", "DEFAULT_DATA_DIR",
-    "DEFAULT_LISTEN", "DEFAULT_API", "DEFAULT_PORT", "CONFIG_FILE", "KEY_FILE", "TOKEN_FILE",
+    "DEFAULT_LISTEN", "DEFAULT_API", "DEFAULT_PORT", "DEFAULT_NETWORK", "CONFIG_FILE", "KEY_FILE", "TOKEN_FILE",
     "API_FILE", "MUXERS", "MESHSUB_VERSIONS", "BACKEND_KINDS",
 ]
