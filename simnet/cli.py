@@ -195,11 +195,14 @@ def prepare(args: argparse.Namespace) -> Scenario:
 
 
 def _setup_logging(level: str) -> None:
-    """Our nodes log at `level`; py-libp2p's own warnings (mesh back-off and the like, dozens per
-    second with 20 nodes) only at debug."""
+    """Our nodes log at `level`; py-libp2p's own messages (mesh back-off warnings, dozens per
+    second with 20 nodes, and tracebacks of connections racing a node's shutdown) only at
+    debug. libp2p resets its logger when first imported, so it is imported first."""
+    import libp2p  # noqa: F401 - its import configures (and resets) the "libp2p" logger
+
     logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("libp2p").setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
+    logging.getLogger("libp2p").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
     logging.getLogger("multiaddr").setLevel(logging.WARNING)
 
 
