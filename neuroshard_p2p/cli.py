@@ -9,6 +9,7 @@
     neuroshard-node withdraw                 stop offering capacity
     neuroshard-node submit --tokens N --max-price P   submit a request (its price is locked now)
     neuroshard-node token                    print the API token (--rotate for a new one)
+    neuroshard-node ledger [verify]          what this node settled; `verify` checks the invariant
 
 Client commands find the running node through `<data-dir>/api` (written by `run`) or `--api`.
 """
@@ -168,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
     p.add_argument("--rotate", action="store_true",
                    help="replace it with a new random token (takes effect at once)")
+    p = sub.add_parser("ledger", help="this node's settlements; `ledger verify` checks them",
+                       description="Show the totals, refusals and recent settlements in "
+                                   "<data-dir>/ledger.sqlite3 (readable while the node runs). "
+                                   "`ledger verify` checks that paid == earned + burned and that "
+                                   "every row traces to a valid signed receipt; exit status 1 "
+                                   "if it does not.")
+    data_dir(p)
+    p.add_argument("action", nargs="?", choices=("show", "verify"), default="show",
+                   help="show (default) or verify")
+    p.add_argument("--recent", type=int, default=10, metavar="N",
+                   help="how many recent settlements to list (default 10)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
     return parser
 
 
@@ -511,7 +524,35 @@ def describe_request(status: dict[str, Any], api: str) -> list[str]:
     return lines
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from neuroshard_p2p.ledger import ledger_summary, ledger_verify
+
+    if args.action == "verify":
+        ok, report = ledger_verify(args.data_dir)
+        print(report)
+        return EXIT_OK if ok else EXIT_ERROR
+    if args.recent < 0:
+        raise CliError("--recent must be >= 0")
+    data = ledger_summary(args.data_dir, recent_limit=args.recent)
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    if not data["exists"]:
+        print(f"no ledger at {data['path']} yet: nothing settled")
+        return EXIT_OK
+    for name, totals in (("all", data["totals"]), *data["by_role"].items()):
+        print(f"{name:9} {totals['settlements']:6d} settlements  {totals['tokens']:12d} tokens  "
+              f"paid {totals['paid']} = earned {totals['earned']} + burned {totals['burned']} nano")
+    refused = {reason: n for reason, n in data["refusals"].items() if n}
+    print(f"refused   {sum(refused.values())}" + (f" ({refused})" if refused else ""))
+    for row in data["recent"]:
+        print(f"  {row['role']:8} {row['request_id']}  {row['tokens']} tokens at "
+              f"{row['price_nano']} nano/1M  paid {row['payment']}  provider {row['provider']}")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "ledger": cmd_ledger,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
     "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "token": cmd_token,
 }

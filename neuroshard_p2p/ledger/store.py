@@ -579,7 +579,7 @@ def _verified_receipt(receipt: Receipt | bytes) -> Receipt:
 
 def ledger_path(data_dir: str | os.PathLike[str]) -> Path:
     """Where a node keeps its ledger: `<data-dir>/ledger.sqlite3`."""
-    return Path(data_dir) / LEDGER_FILE
+    return Path(data_dir).expanduser() / LEDGER_FILE
 
 
 def ledger_summary(data_dir: str | os.PathLike[str], recent_limit: int = 10,
