@@ -18,6 +18,10 @@ the CPU of *both* sides of the exchange on one core.
   py-libp2p's floor for such an exchange (open a stream, a few bytes each way, close); and
   where the routed time goes at the gateway (`JobService.counters`: stream open + the
   provider's answer, the wait for the result after acceptance, receipt check + ledger).
+- offers (`--offers-only` runs just this): the gateway's cache of the view's offer list
+  (`jobs.ViewOffers`) against reading `view.offers_at` each time, on views of 10, 100 and 1,000
+  signers (three announcements each): a miss (read + the view's next boundary) and a hit, as
+  ratios to the plain read, best of 200.
 """
 
 from __future__ import annotations
@@ -210,6 +214,49 @@ async def _echo_server(nursery: trio.Nursery) -> str:
     return str(binds[0])
 
 
+def offer_cache(sizes: tuple[int, ...] = (10, 100, 1000), repeat: int = 200
+                ) -> list[tuple[int, float, float, float]]:
+    """(signers, read, miss, hit) in seconds, best of `repeat`: `view.offers_at(now)`, and
+    `ViewOffers.at` computing (a new view version) and answering from what it kept."""
+    from neuroshard_p2p.node.jobs import ViewOffers
+    from neuroshard_p2p.view import MarketView
+    from neuroshard_p2p.wire import Announcement, decode_unchecked_time, encode
+
+    def best(call: Callable[[], object]) -> float:
+        fastest = float("inf")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            call()
+            fastest = min(fastest, time.perf_counter() - started)
+        return fastest
+
+    rows = []
+    t0_ms = 1_700_000_000_000
+    for size in sizes:
+        view = MarketView(MarketConfig())
+        messages = []
+        for i in range(1, size + 1):
+            key = _key(i)
+            signer = key.public_key.format(compressed=True)
+            for k in range(3):  # keep-alives 20 s apart
+                at = t0_ms + 20_000 * k + i
+                messages.append(decode_unchecked_time(encode(Announcement(
+                    signer, at, at, 100 + i, 1_000 * (i % 50), 0, 0), key)))
+        view.merge_messages(messages)  # type: ignore[arg-type]  # all announcements
+        now = (t0_ms + 45_000) / 1000
+        cache = ViewOffers()
+
+        def miss() -> None:
+            view.version += 1  # what a merge does to the cache
+            cache.at(view, now)
+
+        read = best(lambda: view.offers_at(now))
+        missed = best(miss)
+        hit = best(lambda: cache.at(view, now + 0.25))
+        rows.append((size, read, missed, hit))
+    return rows
+
+
 def run(jobs: int = 300, calls: int = 40, tokens: int = 10) -> dict[str, Any]:
     """Measure and return the figures described in the module docstring."""
     results: dict[str, Any] = {"jobs": jobs, "calls": calls, "tokens": tokens}
@@ -243,7 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=300, help="requests in the throughput rows")
     parser.add_argument("--calls", type=int, default=40, help="sequential requests per latency row")
     parser.add_argument("--tokens", type=int, default=10, help="tokens per request")
+    parser.add_argument("--offers-only", action="store_true",
+                        help="only the view-offer cache rows (no nodes, about a second)")
     args = parser.parse_args(argv)
+    if args.offers_only:
+        _print_offer_cache()
+        return
     r = run(args.jobs, args.calls, args.tokens)
     print(f"jobs benchmark: gateway + provider in one process on 127.0.0.1, "
           f"{r['tokens']} tokens per request")
@@ -267,6 +319,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("synthetic", "openai"):
         print(f"    {name:9s} {r[f'{name}_answer_wait_s_ms']:6.2f} / "
               f"{r[f'{name}_result_wait_s_ms']:6.2f} / {r[f'{name}_settle_s_ms']:6.2f}")
+    _print_offer_cache()
+
+
+def _print_offer_cache() -> None:
+    print("  the gateway's view-offer cache (best of 200; ratios to reading the view)")
+    for size, read, missed, hit in offer_cache():
+        print(f"    {size:5,d} signers  offers_at {read * 1e6:8.1f} µs   miss {missed * 1e6:8.1f} µs"
+              f" ({missed / read:.2f})   hit {hit * 1e6:5.2f} µs ({hit / read:.4f})")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ from neuroshard_p2p.node.jobs import (
     ProviderDesk,
     decode_job_frame,
     declined,
+    ViewOffers,
     encode_job_frame,
     job_protocol,
 )
+from neuroshard_p2p.view import MarketView
 from neuroshard_p2p.view import Offer as ViewOffer
-from neuroshard_p2p.wire import Job, JobDeclined, WireError
+from neuroshard_p2p.wire import Announcement, Job, JobDeclined, WireError
 from tests.conftest import make_key
 
 T0 = 1_700_000_000.0
@@ -267,6 +269,98 @@ def test_gateway_refuses_bad_requests_with_a_reason(kwargs: dict[str, object], w
                     args["max_price_nano"], price_nano=PRICE, now=T0,  # type: ignore[arg-type]
                     prompt=args["prompt"])  # type: ignore[arg-type]
     assert desk.status("r1") is None
+
+
+# --- the view's offers, kept while they cannot change --------------------------------------------
+
+VIEW_CONFIG = MarketConfig(capacity_timeout_s=60.0)
+SELLERS = [make_key(i) for i in range(40, 46)]
+
+
+def announced(key: object, at_ms: int, seq: int, tps: int, min_price: int = 10) -> Announcement:
+    message = wire.decode_unchecked_time(wire.encode(
+        Announcement(pub(key), at_ms, seq, tps, min_price, 0, 0), key))  # type: ignore[arg-type]
+    assert isinstance(message, Announcement)
+    return message
+
+
+def test_view_offers_are_kept_until_the_view_or_an_expiry_changes_them() -> None:
+    view, cache = MarketView(VIEW_CONFIG), ViewOffers()
+    t0 = int(T0 * 1000)
+    a, b = SELLERS[0], SELLERS[1]
+    view.merge_message(announced(a, t0 + 250, 1, 100))
+    view.merge_message(announced(b, t0 + 700, 1, 200, 5))
+    first = cache.at(view, T0 + 1)
+    assert first == tuple(view.offers_at(T0 + 1)) and len(first) == 2
+    assert view.offers_change_after_ms(t0 + 1000) == t0 + 250 + 60_000  # a expires first
+    for dt in (1.5, 10, 59.0, 60.249):  # same version, before a's expiry: the kept tuple
+        assert cache.at(view, T0 + dt) is first
+    assert (cache.hits, cache.misses) == (4, 1)
+    # a's offer expires at issued_at + 60 s, in the middle of a tick: gone at that very ms
+    # (a cache keyed by (version, tick) would still hand it out until the tick ends)
+    assert [o.signer for o in cache.at(view, T0 + 60.25)] == [pub(b)]
+    assert cache.misses == 2
+    # a merge changes the version: computed again, even at an instant answered before
+    view.merge_message(announced(a, t0 + 60_300, 2, 300, 1))
+    assert cache.at(view, T0 + 60.3) == tuple(view.offers_at(T0 + 60.3))
+    assert [o.tokens_per_second for o in cache.at(view, T0 + 60.3)] == [300, 200]
+    assert cache.misses == 3
+    # an instant before the kept window (a clock stepping back) is computed, not guessed
+    assert cache.at(view, T0 + 60.299) == tuple(view.offers_at(T0 + 60.299))
+    assert cache.misses == 4
+
+
+def test_view_offers_see_an_announcement_issued_later_start_and_take_over() -> None:
+    view, cache = MarketView(VIEW_CONFIG), ViewOffers()
+    t0 = int(T0 * 1000)
+    a, c = SELLERS[2], SELLERS[3]
+    view.merge_message(announced(a, t0, 1, 100))
+    # held already, issued 10 s ahead of the reader's clock (a peer's clock may run ahead)
+    view.merge_message(announced(a, t0 + 10_000, 2, 0))       # a withdraws then
+    view.merge_message(announced(c, t0 + 5_000, 1, 700, 3))   # c starts offering then
+    assert [o.signer for o in cache.at(view, T0 + 1)] == [pub(a)]
+    assert view.offers_change_after_ms(t0 + 1000) == t0 + 5_000
+    assert cache.at(view, T0 + 4.999) == (view.offers_at(T0 + 4.999)[0],)
+    assert [o.signer for o in cache.at(view, T0 + 5)] == [pub(c), pub(a)]
+    assert [o.signer for o in cache.at(view, T0 + 10)] == [pub(c)]
+    assert view.offers_change_after_ms(t0 + 10_000) == t0 + 65_000
+    assert cache.at(view, T0 + 65) == ()
+    # a's withdrawal (zero capacity) counts until t0 + 70 s: a boundary, if not for the offers
+    assert view.offers_change_after_ms(t0 + 65_000) == t0 + 70_000
+    assert view.offers_change_after_ms(t0 + 70_000) is None
+    assert cache.at(view, T0 + 70) is cache.at(view, T0 + 100_000) == ()  # nothing counts again
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["merge", "read"]),
+    st.integers(0, len(SELLERS) - 1),                  # signer
+    st.integers(-2_000, 130_000),                      # issued at / read at, ms after T0
+    st.integers(0, 3), st.integers(0, 5)), max_size=40))
+def test_view_offers_always_equal_the_views_answer(steps: list[tuple[str, int, int, int, int]]
+                                                   ) -> None:
+    view, cache = MarketView(VIEW_CONFIG), ViewOffers()
+    t0 = int(T0 * 1000)
+    now_ms = t0
+    seqs = [0] * len(SELLERS)
+    for action, who, at, tps, price in steps:
+        if action == "merge":
+            seqs[who] += 1 if at % 3 else -1  # now and then a lower seq: history out of order
+            view.merge_message(announced(SELLERS[who], t0 + at, seqs[who] + 10, 100 * tps, price))
+        else:
+            # reads mostly move forward, at ms resolution, sometimes right on a boundary
+            now_ms = max(now_ms, t0 + at) if at % 7 else t0 + at
+            until = view.offers_change_after_ms(now_ms)
+            for t in (now_ms, now_ms + 1, until - 1 if until else now_ms + 2,
+                      until if until else now_ms + 3):
+                assert cache.at(view, t / 1000) == tuple(view.offers_at(t / 1000))
+
+
+def test_the_offer_cache_benchmark_runs() -> None:
+    from neuroshard_p2p.bench_jobs import offer_cache
+
+    [(signers, read, miss, hit)] = offer_cache((3,), repeat=2)
+    assert signers == 3 and min(read, miss, hit) > 0
 
 
 def test_job_protocol_id_carries_the_network() -> None:

@@ -59,6 +59,7 @@ from neuroshard_p2p.node.jobs import (
     JobResult,
     JobStatus,
     ProviderDesk,
+    ViewOffers,
     clip_utf8,
     declined,
     decode_job_frame,
@@ -68,6 +69,7 @@ from neuroshard_p2p.node.jobs import (
 )
 from neuroshard_p2p.node.settings import DEFAULT_NETWORK
 from neuroshard_p2p.node.streams import FrameStream, close_quietly, reset_quietly
+from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.view import TickPrice
 from neuroshard_p2p.wire import Job, Receipt, WireError
 from neuroshard_p2p.wire.codec import MAX_SIZE
@@ -162,6 +164,9 @@ class JobService:
         self.gateway = GatewayDesk(self.config, self.signer,
                                    GatewaySettings(s.full_backoff_s, s.lost_backoff_s))
         self.provider = ProviderDesk(self.signer, self.config)
+        #: The view's offers, walked again only when they can have changed (hits / misses).
+        self.view_offers = ViewOffers()
+        self._offers_given: tuple[ViewOffer, ...] | None = None
         self.counters = JobCounters()
         self.host: Any = None
         self._nursery: trio.Nursery | None = None
@@ -297,7 +302,10 @@ class JobService:
                 log.info("request %s: %s", event.request_id, event.reason)
                 self._notify(event.request_id)
             if self.gateway.pending_requests:
-                self.gateway.set_view_offers(self.engine.view.offers_at(now), now)
+                offers = self.view_offers.at(self.engine.view, now)
+                if offers is not self._offers_given:  # the desk holds these already otherwise
+                    self.gateway.set_view_offers(offers, now)
+                    self._offers_given = offers
                 for dispatch in self.gateway.dispatch(now):
                     self.counters.jobs_sent += 1
                     self._nursery.start_soon(self._send_job, dispatch)

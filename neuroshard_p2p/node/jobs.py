@@ -45,6 +45,7 @@ from neuroshard_p2p.core.book import (
 )
 from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.view import MarketView, ms_of
 from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.wire import TIERS, VERSION, Job, JobDeclined, Receipt, WireError
 from neuroshard_p2p.wire.codec import MAX_DETAIL, MAX_PROMPT, MAX_STR, encode_frame, decode_frame
@@ -340,6 +341,41 @@ class Dispatch:
     job: Job                         # unsigned; the driver signs it
     provider_tokens_per_s: int       # the offer's capacity when matched (for receipt plausibility)
     claim_deadline: float            # seconds since the epoch: give up and release by then
+
+
+class ViewOffers:
+    """The merged view's offers at an instant, computed again only when they can differ.
+
+    `view.offers_at(now)` walks every signer (O(signers)); a gateway with requests waiting asks
+    for it every route interval and after every job stream ends. The answer is a function of the
+    view's content (`view.version`) and of the instant, and it is the same for every instant up
+    to the view's next segment boundary (`view.offers_change_after_ms`), so it is kept for
+    [t, that boundary) of one version: `at(view, now)` equals `view.offers_at(now)` always.
+    The tuple returned is shared: callers must not change it (they cannot: it is a tuple).
+    """
+
+    def __init__(self) -> None:
+        self._view: MarketView | None = None
+        self._version = -1
+        self._from_ms = 0
+        self._until_ms: int | None = None
+        self._offers: tuple[ViewOffer, ...] = ()
+        #: Answers served from the kept list / computed from the view.
+        self.hits = 0
+        self.misses = 0
+
+    def at(self, view: MarketView, now: float) -> tuple[ViewOffer, ...]:
+        """`tuple(view.offers_at(now))`, without walking the view when nothing can have changed."""
+        t_ms = ms_of(now)
+        if (view is self._view and view.version == self._version and self._from_ms <= t_ms
+                and (self._until_ms is None or t_ms < self._until_ms)):
+            self.hits += 1
+            return self._offers
+        self.misses += 1
+        self._offers = tuple(view.offers_at_ms(t_ms))
+        self._until_ms = view.offers_change_after_ms(t_ms)
+        self._view, self._version, self._from_ms = view, view.version, t_ms
+        return self._offers
 
 
 @dataclass
@@ -656,5 +692,5 @@ __all__ = [
     "JobResult", "JobDeclined", "JobFrame", "encode_job_frame", "decode_job_frame", "declined",
     "clip_utf8", "Admission", "ProviderDesk", "JobStatus", "Dispatch", "GatewaySettings",
     "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING", "BELOW_MIN_PRICE", "TOO_LARGE",
-    "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB", "short_peer",
+    "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB", "short_peer", "ViewOffers",
 ]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -445,6 +446,29 @@ class MarketView:
     def offers_at(self, now: float) -> list[Offer]:
         return self.offers_at_ms(ms_of(now))
 
+    def offers_change_after_ms(self, t_ms: int) -> int | None:
+        """The first instant after t_ms at which `offers_at_ms` can answer differently with no
+        merge in between (a counted announcement expiring or giving way to a later one of its
+        signer, or one issued after t_ms starting to count); None if never. Together with
+        `version` it says how long an offer list stays exact: the same for every t in
+        [t_ms, this instant). O(signers), about a tenth of `offers_at_ms`."""
+        soonest: int | None = None
+        for register in self._registers.values():
+            segments = register.segments
+            if not segments:
+                continue
+            last = segments[-1]
+            if last.end_ms <= t_ms:
+                continue  # counts at no instant after t_ms
+            if last.start_ms <= t_ms:  # the usual case: t_ms in the newest segment
+                change = last.end_ms
+            else:  # segments are disjoint and ascending: the first one ending after t_ms
+                segment = segments[bisect_right(segments, t_ms, key=_segment_end)]
+                change = segment.start_ms if segment.start_ms > t_ms else segment.end_ms
+            if soonest is None or change < soonest:
+                soonest = change
+        return soonest
+
     # ------------------------------------------------------------------ price
 
     def evaluation_ms(self, tick: int) -> int:
@@ -489,6 +513,10 @@ class MarketView:
     def price_at(self, now: float) -> TickPrice:
         """The price of the tick holding `now` (seconds since the epoch)."""
         return self.price_at_tick(ms_of(now) // self.tick_ms)
+
+
+def _segment_end(segment: Segment) -> int:
+    return segment.end_ms
 
 
 def _negated(msg_id: bytes) -> bytes:
