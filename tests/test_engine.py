@@ -322,3 +322,36 @@ def test_the_engine_uses_one_key_for_its_peer_id_and_its_signatures() -> None:
     [data] = a.poll_announcements(T0)
     assert announcement_of(data).signer == key.public_key.format(compressed=True)
     assert a.peer_id.startswith("16Uiu2")
+
+
+# -- sans-IO ------------------------------------------------------------------------------------
+
+def test_the_sans_io_node_modules_read_no_clock_and_do_no_io() -> None:
+    """The engine and the job desks take `now` as an argument; their drivers (host, job_service,
+    the simulator) own the clocks, sockets and files."""
+    import ast
+    from pathlib import Path
+
+    import neuroshard_p2p.node.engine as engine_module
+    import neuroshard_p2p.node.jobs as jobs_module
+
+    forbidden_modules = {"time", "datetime", "trio", "anyio", "asyncio", "libp2p", "socket",
+                         "threading", "os", "random", "sqlite3", "httpx"}
+    forbidden_calls = {"time", "monotonic", "perf_counter", "now", "utcnow", "current_time",
+                       "sleep", "open"}
+    for module in (engine_module, jobs_module):
+        source = Path(module.__file__ or "").read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                names = []
+            for name in names:
+                assert name.split(".")[0] not in forbidden_modules, (module.__name__, name)
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                assert called not in forbidden_calls, (module.__name__, node.lineno, called)

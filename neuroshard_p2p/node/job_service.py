@@ -543,8 +543,8 @@ class JobService:
             await self._answer(stream, declined(job.request_id, f"backend_{result.code}",
                                                 str(result)))
             return
-        unsigned = self.provider.receipt_for(job, result.tokens_served, started, self.clock(),
-                                             self.clock())
+        ended = self.clock()  # one reading: the receipt is issued when serving ended
+        unsigned = self.provider.receipt_for(job, result.tokens_served, started, ended, ended)
         receipt = wire.sign(unsigned, self.private_key)
         frame = JobResult(job.request_id, receipt.wire, clip_utf8(result.text, MAX_OUTPUT_BYTES))
         await stream.write(length_prefixed(encode_job_frame(frame)))
