@@ -283,7 +283,8 @@ def cmd_economics(args: argparse.Namespace) -> int:
             f"{ph['name']} {ph['price_median']:.3f}" for ph in variant["phases"]))
         for claim in variant["claims"]:
             value = "—" if claim["model"] is None else f"{claim['model']:.3f}"
-            print(f"   {claim['claim']}: {value} -> "
+            note = f" ({claim['note']})" if claim.get("note") else ""
+            print(f"   {claim['claim']}: {value}{note} -> "
                   f"{'reproduced' if claim['reproduced'] else 'NOT reproduced'}")
     print(f"report: {Path(args.out) / 'report.md'}")
     return EXIT_OK

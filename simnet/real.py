@@ -234,13 +234,27 @@ class RealNetwork:
         boot = first.node.addrs[:1]
         for peer in self.peers[1:]:
             await self._start(peer, boot)
-        # Ready: every node connected and holding a gossip mesh on the market topic.
-        with trio.fail_after(SETUP_TIMEOUT_S):
-            while not all(self._meshed(p) for p in self.peers):
-                await trio.sleep(0.05)
-            # Everyone's first announcement has reached everyone (or sync brought it).
-            while not self._views_equal(self._live()):
-                await trio.sleep(0.05)
+        # Ready: every node connected and holding a gossip mesh on the market topic, and every
+        # view holding every first announcement. A first announcement published before its node
+        # had mesh peers reaches nobody by gossip; a round of syncs (the node's own protocol)
+        # brings it, instead of waiting for a keep-alive.
+        deadline = trio.current_time() + SETUP_TIMEOUT_S
+        while not all(self._meshed(p) for p in self.peers):
+            if trio.current_time() > deadline:
+                raise RuntimeError(
+                    f"setup: {sum(not self._meshed(p) for p in self.peers)} of {len(self.peers)} "
+                    f"nodes have no gossip mesh after {SETUP_TIMEOUT_S:g} s")
+            await trio.sleep(0.05)
+        next_sync = trio.current_time() + 1.0
+        while not self._views_equal(self._live()):
+            if trio.current_time() > deadline:
+                digests = {p.node.engine.view.digest() for p in self._live()}
+                raise RuntimeError(f"setup: views still differ ({len(digests)} distinct digests) "
+                                   f"after {SETUP_TIMEOUT_S:g} s")
+            if trio.current_time() >= next_sync:
+                await self._sync_round()
+                next_sync = trio.current_time() + 1.0
+            await trio.sleep(0.05)
         # Warm-up: the price is a fold over the last W ticks, each evaluated settle_delay ago;
         # once that window lies after the first announcements, the starting market is settled.
         m = self.market
@@ -249,6 +263,21 @@ class RealNetwork:
             self.progress(f"[libp2p] {len(self.peers)} nodes meshed; letting the price settle "
                           f"for {warmup:g} s (settle delay + W ticks) …")
         await trio.sleep(warmup)
+
+    async def _sync_round(self) -> None:
+        """Every live node pulls from one connected peer, concurrently (setup only)."""
+        async def pull(p: RealPeer) -> None:
+            peers = p.node.host.get_connected_peers()
+            if peers:
+                with trio.move_on_after(5.0):
+                    try:
+                        await p.node.sync_with(self.rng.choice(sorted(peers, key=str)))
+                    except Exception:  # noqa: BLE001 - the next round retries
+                        pass
+
+        async with trio.open_nursery() as nursery:
+            for p in self._live():
+                nursery.start_soon(pull, p)
 
     @staticmethod
     def _meshed(peer: RealPeer) -> bool:
@@ -387,40 +416,55 @@ class RealNetwork:
             gate = p.node.host.get_network().connection_gate
             gate.deny_list[:] = [ipaddress.ip_network(f"{q.ip}/32") for q in self._live()
                                  if q.group != p.group]
-        for p in self._live():
-            for other in list(p.node.host.get_connected_peers()):
-                q = by_id.get(str(other))
-                if q is not None and q.group != p.group:
-                    with trio.move_on_after(2.0):
-                        try:
-                            await p.node.host.disconnect(other)
-                        except Exception:  # noqa: BLE001 - already gone
-                            pass
-        for p in self._live():
-            mates = [q for q in self._live() if q.group == p.group and q is not p]
-            if mates and not any(str(other) in {q.node.peer_id for q in mates}
-                                 for other in p.node.host.get_connected_peers()):
-                with trio.move_on_after(5.0):
-                    try:
-                        await p.node.connect(self.rng.choice(mates).node.addrs[0])
-                    except Exception:  # noqa: BLE001 - peer exchange retries later
-                        pass
+        async def cut(p: RealPeer, other: Any) -> None:
+            with trio.move_on_after(2.0):
+                try:
+                    await p.node.host.disconnect(other)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+
+        async def dial(p: RealPeer, q: RealPeer) -> None:
+            with trio.move_on_after(5.0):
+                try:
+                    await p.node.connect(q.node.addrs[0])
+                except Exception:  # noqa: BLE001 - peer exchange retries later
+                    pass
+
+        # All at once, as a real split happens everywhere at the same moment.
+        async with trio.open_nursery() as nursery:
+            for p in self._live():
+                for other in list(p.node.host.get_connected_peers()):
+                    q = by_id.get(str(other))
+                    if q is not None and q.group != p.group:
+                        nursery.start_soon(cut, p, other)
+        async with trio.open_nursery() as nursery:
+            for p in self._live():
+                mates = [q for q in self._live() if q.group == p.group and q is not p]
+                if mates and not any(str(other) in {q.node.peer_id for q in mates}
+                                     for other in p.node.host.get_connected_peers()):
+                    nursery.start_soon(dial, p, self.rng.choice(mates))
 
     async def _heal(self) -> None:
         live = self._live()
         for p in live:
             p.node.host.get_network().connection_gate.deny_list[:] = []
         groups = {p.group for p in live}
-        for p in live:
-            others = [q for q in live if q.group != p.group]
-            p.group = 0
-            if len(groups) > 1 and others:
-                q = self.rng.choice(others)
-                with trio.move_on_after(5.0):
-                    try:
-                        await p.node.connect(q.node.addrs[0])
-                    except Exception:  # noqa: BLE001 - the periodic peer exchange retries
-                        pass
+
+        async def dial(p: RealPeer, q: RealPeer) -> None:
+            with trio.move_on_after(5.0):
+                try:
+                    await p.node.connect(q.node.addrs[0])
+                except Exception:  # noqa: BLE001 - the periodic peer exchange retries
+                    pass
+
+        # Every node dials one node across the former split, all at once (each new connection
+        # starts the node's sync on connect).
+        if len(groups) > 1:
+            async with trio.open_nursery() as nursery:
+                for p in live:
+                    others = [q for q in live if q.group != p.group]
+                    if others:
+                        nursery.start_soon(dial, p, self.rng.choice(others))
         for p in live:
             p.group = 0
 
