@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "scenario's duration_s)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--out", metavar="DIR",
-                   help="report directory (default simnet-out/<scenario>-<transport>-<N>)")
+                   help="report directory (default out/<scenario>-<transport>-<N>)")
     p.add_argument("--sample", type=float, metavar="S",
                    help="seconds between samples of every peer's price (default: 0.5 on libp2p, "
                         "one tick on sim)")
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bootstrap multiaddr, run until Ctrl-C, then stop them all "
                                    "cleanly (each withdraws its capacity).")
     p.add_argument("--peers", type=int, required=True, metavar="K")
-    p.add_argument("--data-dir", default="simnet-testnet", metavar="DIR",
+    p.add_argument("--data-dir", default="out/testnet", metavar="DIR",
                    help="one data dir per node under DIR (kept between runs: same peer ids)")
     p.add_argument("--port", type=int, default=4011, metavar="P",
                    help="libp2p TCP port of the first node; node i listens on P+i (default 4011)")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "of the design's claims the formula reproduces.")
     p.add_argument("--scenario", default="phases", metavar="NAME|FILE",
                    help="scenario whose [economics] and [market] tables to use (default phases)")
-    p.add_argument("--out", default="simnet-out/economics", metavar="DIR")
+    p.add_argument("--out", default="out/economics", metavar="DIR")
     p.add_argument("--max-step", type=float, default=0.05, metavar="X",
                    help="step cap of the capped variants (default 0.05)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -215,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.peers < 2:
         raise ScenarioError("--peers must be at least 2")
     progress = None if args.quiet else stderr_progress
-    out = Path(args.out or f"simnet-out/{scenario.name}-{args.transport}-{args.peers}")
+    out = Path(args.out or f"out/{scenario.name}-{args.transport}-{args.peers}")
     if args.transport == "sim":
         from simnet.sim import SimNetwork
 

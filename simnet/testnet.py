@@ -58,7 +58,7 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def run_testnet(peers: int, *, data_dir: str = "simnet-testnet", port: int = 4011,
+def run_testnet(peers: int, *, data_dir: str = "out/testnet", port: int = 4011,
                 api_port: int = 8000, network: str = "testnet", capacity: int = 1000,
                 host: str = "127.0.0.1", log_level: str = "warning",
                 stop_after_s: float | None = None) -> int:
