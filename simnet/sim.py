@@ -88,7 +88,8 @@ class SimPeer:
     observed: bool = True
     group: int = 0
     last_announced: float | None = None   # network time of its newest announcement
-    poll_at: float | None = None          # when a poll is scheduled (to avoid duplicates)
+    poll_at: float | None = None          # when the next poll is scheduled
+    poll_version: int = 0                 # polls scheduled before a sooner one are void
     hostile: HostileCrafter | None = None
 
     def now(self, t: float) -> float:
@@ -330,7 +331,8 @@ class SimNetwork:
         if peer.poll_at is not None and peer.poll_at <= t:
             return
         peer.poll_at = t
-        self._schedule(t, _POLL, peer.index)
+        peer.poll_version += 1
+        self._schedule(t, _POLL, peer.index, peer.poll_version)
 
     def _latency(self) -> float:
         return math.exp(self._lat_mu + self.net.latency_sigma * self.rng.gauss(0.0, 1.0)) \
@@ -741,7 +743,9 @@ class SimNetwork:
                 if kind == _DELIVER:
                     self._deliver(payload[0], payload[1], payload[2], payload[3], t)
                 elif kind == _POLL:
-                    self._poll(peers[payload[0]], t)
+                    peer = peers[payload[0]]
+                    if payload[1] == peer.poll_version:
+                        self._poll(peer, t)
                 elif kind == _SAMPLE:
                     self._sample(t)
                     if self.progress is not None and time.perf_counter() >= next_progress:
