@@ -275,6 +275,10 @@ def test_horizon_boundary_is_inclusive() -> None:
     dataclasses.replace(POOL[0], tokens_per_second=1.5),
     dataclasses.replace(POOL[0], signer=b"\x02" * 5),
     dataclasses.replace(POOL[0], msg_id=b"short"),
+    # Beyond the wire's unsigned 64-bit range: would spill into the next 128-bit lane of the
+    # step sums (pending_requests into counted_nodes) instead of counting.
+    dataclasses.replace(POOL[0], pending_requests=2**64),
+    dataclasses.replace(POOL[0], pending_tokens=2**200, pending_requests=2**200),
 ])
 def test_malformed_input_is_refused_not_raised(bad: object) -> None:
     view = view_of(POOL[:3])

@@ -44,6 +44,7 @@ from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano, utili
 from neuroshard_p2p.view.register import Register, Segment, order_key
 from neuroshard_p2p.view.steps import StepSum, pack, unpack
 from neuroshard_p2p.wire import MAX_FUTURE_S, SYNC_BUCKETS, Announcement
+from neuroshard_p2p.wire.codec import MAX_U63
 
 #: Anti-entropy buckets: a signer falls in bucket SHA-256(signer)[0] >> 4 (the sync frames' layout).
 BUCKETS = SYNC_BUCKETS
@@ -533,7 +534,9 @@ def _well_formed(message: object) -> bool:
         return False
     for name in _INT_FIELDS:
         value = getattr(message, name)
-        if type(value) is not int or value < 0:
+        # The wire's range: a larger value would overflow its 128-bit lane of the step sums
+        # into the next quantity instead of counting.
+        if type(value) is not int or not 0 <= value <= MAX_U63:
             return False
     return True
 
