@@ -500,3 +500,30 @@ async def test_async_ledger_settles_concurrently_from_trio(tmp_path: Path) -> No
         assert totals.paid == sum(r.payment for r in results)
         assert (await ledger.refusals())["replay"] == 1
         assert (await ledger.verify()).ok
+
+
+async def test_async_ledger_keeps_the_trio_loop_running_while_sqlite_waits(tmp_path: Path) -> None:
+    """Another connection holds the write lock, so the settlement waits inside SQLite (busy
+    timeout 10 s); the trio loop must keep running meanwhile — this task is the one that lets
+    go of the lock. Run on the loop's thread, the settlement would block it and fail with
+    'database is locked' after 10 s."""
+    path = ledger_path(tmp_path)
+    async with await AsyncLedger.open(path) as ledger:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        results: list[Settlement] = []
+
+        async def settle() -> None:
+            results.append(await ledger.accept(make_receipt().wire, make_job(), now=NOW,
+                                               capacity_tokens_per_s=CAPACITY, config=CONFIG))
+
+        with trio.fail_after(8):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(settle)
+                for _ in range(100):          # the loop turns while the worker thread waits
+                    await trio.sleep(0)
+                assert results == []
+                blocker.execute("COMMIT")
+                blocker.close()
+        assert results == [Settlement(payment=100_000, burned=5_000, earned=95_000)]
+        assert (await ledger.totals()).settlements == 1
