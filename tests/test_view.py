@@ -541,3 +541,36 @@ def test_price_at_tick_is_a_pure_function_of_the_view() -> None:
     assert [fresh.price_at_tick(k) for k in reversed(TICKS)][::-1] == first
     assert first == [naive_price(naive_retained(POOL), k) for k in TICKS]
     assert len({p.price_nano for p in first}) > 5  # the pool really moves the price
+
+
+@pytest.mark.parametrize("module_name", ["neuroshard_p2p.view.view", "neuroshard_p2p.view.register",
+                                         "neuroshard_p2p.view.steps", "neuroshard_p2p.ledger.checks"])
+def test_sans_io_modules_read_no_clock_and_do_no_io(module_name: str) -> None:
+    """The view and the ledger's receipt checks take `now` as an argument (so every replica
+    computes the same thing); their drivers own clocks, threads and files."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    forbidden_modules = {"time", "datetime", "trio", "anyio", "asyncio", "libp2p", "socket",
+                         "threading", "os", "random", "sqlite3", "httpx"}
+    forbidden_calls = {"time", "monotonic", "perf_counter", "now", "utcnow", "current_time",
+                       "sleep", "open"}
+    module = importlib.import_module(module_name)
+    tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+    calls = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            names = []
+        for name in names:
+            assert name.split(".")[0] not in forbidden_modules, (module_name, name)
+        if isinstance(node, ast.Call):
+            calls += 1
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            assert called not in forbidden_calls, (module_name, node.lineno, called)
+    assert calls > 10  # the walk really saw the module's code
