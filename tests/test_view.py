@@ -341,6 +341,22 @@ def test_eviction_drops_the_longest_silent_signer_with_a_deterministic_tie_break
                            else MergeOutcome.EVICTED)
 
 
+def test_forgetting_every_signer_leaves_nothing_behind() -> None:
+    """Memory: every structure the view keeps per announcement (step-sum deltas, prefix sums,
+    digests, the silence order) shrinks back to empty; nothing grows with the view's history."""
+    view = view_of(POOL)
+    prices = [view.price_at_tick(k) for k in TICKS]
+    assert view.message_count == 18 and len(view._steps) > 10
+    assert view.forget_silent_before(BASE_MS + 10**9) == 5
+    empty = new_view()
+    assert (len(view), view.message_count, len(view._steps), len(view._steps._blocks),
+            len(view._silence)) == (0, 0, 0, 0, 0)
+    assert view.digest() == empty.digest()
+    assert [view.price_at_tick(k) for k in TICKS] == [empty.price_at_tick(k) for k in TICKS] \
+        != prices
+    assert len(view._steps._keys) == 0  # the prefix cache was rebuilt from the empty sums
+
+
 def test_forget_silent_before_drops_dead_signers_only() -> None:
     view = view_of([announce(1, 1, BASE_MS), announce(2, 1, BASE_MS + 10_000)])
     assert view.forget_silent_before(BASE_MS + 1) == 1
@@ -522,7 +538,7 @@ def test_the_signer_bound_holds_and_evicts_the_longest_silent(msgs: list[Announc
     for message in msgs:
         before = {s: view.messages_of(s)[-1].issued_at_ms for s in view.signers()}
         outcome = view.merge_message(message)
-        assert len(view) <= bound
+        assert len(view) <= bound and view.message_count <= bound * KEEP
         if message.signer in before:
             continue
         if outcome is MergeOutcome.EVICTED:

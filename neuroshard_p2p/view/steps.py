@@ -27,9 +27,6 @@ from sortedcontainers import SortedDict
 
 LANE_BITS = 128
 LANE_MASK = (1 << LANE_BITS) - 1
-#: Lanes of a packed contribution, in order.
-LANES = ("available_nodes", "supply_tokens_per_sec", "demand_tokens_waiting", "pending_requests",
-         "counted_nodes")
 
 
 def pack(available_nodes: int, supply: int, demand: int, requests: int, counted: int) -> int:
@@ -71,12 +68,6 @@ class StepSum:
         self._dirty: int | None = None                   # lowest block the cache is stale from
         #: Lowest block changed since the owner last reset this (for the owner's own caches).
         self.changed_from: int | None = None
-
-    def block_of(self, t_ms: int) -> int:
-        return (t_ms + self._shift_ms) // self._block_ms
-
-    def block_start(self, block: int) -> int:
-        return block * self._block_ms - self._shift_ms
 
     def add(self, t_ms: int, delta: int) -> None:
         """Add a packed delta at instant t_ms (a step up or down from t_ms on)."""
@@ -145,8 +136,8 @@ class StepSum:
         return total
 
     def __len__(self) -> int:
-        """Number of instants holding a non-zero delta."""
+        """Number of instants holding a non-zero delta (what the step sums cost in memory)."""
         return sum(len(points) for points in self._points.values())
 
 
-__all__ = ["StepSum", "pack", "unpack", "LANES", "LANE_BITS"]
+__all__ = ["StepSum", "pack", "unpack", "LANE_BITS"]
