@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 from collections import defaultdict
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -87,10 +87,11 @@ class MatchedJob:
                    tokens_requested=job.tokens, sent_at=sent_at)
 
 
-def decode_receipt(data: bytes, now: float) -> Receipt:
-    """Decode wire bytes as a fresh, correctly signed receipt, or raise LedgerError."""
+def decode_receipt(data: bytes, now: float | None) -> Receipt:
+    """Decode wire bytes as a fresh, correctly signed receipt, or raise LedgerError. With
+    `now=None` freshness is not checked (a provider's own receipt, a stored one)."""
     try:
-        message = wire.decode(data, now)
+        message = wire.decode(data, now) if now is not None else wire.decode_unchecked_time(data)
     except WireError as exc:
         if exc.reason == "bad_signature":
             raise LedgerError(BAD_SIGNATURE, f"receipt {exc}") from None

@@ -41,6 +41,7 @@ from neuroshard_p2p.ledger.checks import (
     MatchedJob,
     amounts_of,
     check_receipt,
+    decode_receipt,
 )
 from neuroshard_p2p.money import Settlement, from_nano, settle_amounts
 from neuroshard_p2p.wire import Receipt, WireError
@@ -565,14 +566,7 @@ def _verified_receipt(receipt: Receipt | bytes) -> Receipt:
     data = receipt.wire if isinstance(receipt, Receipt) else receipt
     if not data:
         raise LedgerError(MALFORMED, "receipt has no signed wire bytes (sign it first)")
-    try:
-        message = wire.decode_unchecked_time(data)
-    except WireError as exc:
-        reason = "bad_signature" if exc.reason == "bad_signature" else MALFORMED
-        raise LedgerError(reason, f"receipt does not verify ({exc.reason}): {exc}") from None
-    if not isinstance(message, Receipt):
-        raise LedgerError(MALFORMED, f"expected a receipt, got a {type(message).__name__}")
-    return message
+    return decode_receipt(data, None)
 
 
 # -- hooks for the CLI (`neuroshard-node ledger`, `neuroshard-node ledger verify`) ---------------
