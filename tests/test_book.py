@@ -412,6 +412,29 @@ def test_unknown_request() -> None:
     assert book.get("nope") is None
 
 
+@pytest.mark.parametrize("bad", [["r1"], {"id": 1}, None, 7, b"r1"])
+def test_ids_of_the_wrong_type_are_market_errors_not_crashes(bad: object) -> None:
+    """Ids and tiers come from callers (the API, the embedded market's users): a list or a dict
+    where a string belongs is refused with a reason, never a TypeError from a dict lookup."""
+    book = book_with(("n1", 1000, 0))
+    submit(book, "r1")
+    assert book.get(bad) is None  # type: ignore[arg-type]
+    assert book.offer(bad) is None and book.in_flight(bad) == 0  # type: ignore[arg-type]
+    assert book.withdraw(bad) is False  # type: ignore[arg-type]
+    for call in (lambda: book.complete(bad, 1, T0),  # type: ignore[arg-type]
+                 lambda: book.release(bad, T0),  # type: ignore[arg-type]
+                 lambda: book.fail(bad, T0, "why")):  # type: ignore[arg-type]
+        with pytest.raises(MarketError, match="unknown request"):
+            call()
+    for call in (lambda: book.claim("r1", bad, T0),  # type: ignore[arg-type]
+                 lambda: book.claim_next(bad, T0)):  # type: ignore[arg-type]
+        with pytest.raises(MarketError, match="has no capacity offered"):
+            call()
+    with pytest.raises(MarketError, match="tier must be one of economy, standard, premium"):
+        book.submit("r2", "u", 10, NEURO, 0, T0, bad)  # type: ignore[arg-type]
+    assert (len(book), book.pending_count, book.offer_count) == (1, 1, 1)
+
+
 # ------------------------------------------------------------------ invariants (stateful)
 
 

@@ -253,6 +253,7 @@ class OrderBook:
 
     @property
     def config(self) -> MarketConfig:
+        """The configuration the book runs with (timeouts, room per offer, burn rate)."""
         return self._config
 
     @property
@@ -267,14 +268,17 @@ class OrderBook:
 
     @property
     def pending_count(self) -> int:
+        """Requests waiting for a match."""
         return len(self._pending)
 
     @property
     def claimed_count(self) -> int:
+        """Requests claimed by a provider and not yet completed, released or failed."""
         return self._claimed
 
     @property
     def offer_count(self) -> int:
+        """Offers held (stale ones too, until `advance` removes them)."""
         return len(self._offers)
 
     def __len__(self) -> int:
@@ -290,14 +294,16 @@ class OrderBook:
         return sorted(self._offers.values(), key=_offer_order)
 
     def offer(self, node_id: str) -> Offer | None:
-        return self._offers.get(node_id)
+        """`node_id`'s offer, or None."""
+        return self._offers.get(node_id) if isinstance(node_id, str) else None
 
     def in_flight(self, node_id: str) -> int:
         """Tokens of the requests `node_id` has claimed and not yet completed."""
-        return self._in_flight.get(node_id, 0)
+        return self._in_flight.get(node_id, 0) if isinstance(node_id, str) else 0
 
     def get(self, request_id: str) -> RequestStatus | None:
-        request = self._requests.get(request_id)
+        """A snapshot of the request, or None if unknown or already pruned."""
+        request = self._requests.get(request_id) if isinstance(request_id, str) else None
         return None if request is None else request.status()
 
     def pending(self) -> list[RequestStatus]:
@@ -366,6 +372,8 @@ class OrderBook:
     def withdraw(self, node_id: str) -> bool:
         """Remove `node_id`'s offer; True if there was one. Its claimed requests stay claimed
         (it may still finish them; if not, the claim timeout returns them to pending)."""
+        if not isinstance(node_id, str):
+            return False
         offer = self._offers.pop(node_id, None)
         if offer is None:
             return False
@@ -417,7 +425,7 @@ class OrderBook:
         if not _is_int(max_price_nano) or max_price_nano < 0:
             shown = format_price(max_price_nano) if _is_int(max_price_nano) else repr(max_price_nano)
             raise MarketError(f"max_price must be >= 0, got {shown}")
-        if tier not in _TIER_RANK:
+        if not isinstance(tier, str) or tier not in _TIER_RANK:
             raise MarketError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
         if not _is_int(price_nano) or price_nano < 0:
             raise MarketError(f"the current price must be an integer >= 0, got {price_nano!r}")
@@ -574,7 +582,7 @@ class OrderBook:
         or has no room for it."""
         request = self._get(request_id)
         self._check(request, "claim")
-        offer = self._offers.get(node_id)
+        offer = self.offer(node_id)
         if offer is None or not self._fresh(offer, now):
             raise MarketError(f"node {node_id!r} has no capacity offered")
         if offer.min_price_nano > request.locked_price_nano:
@@ -592,7 +600,7 @@ class OrderBook:
     def claim_next(self, node_id: str, now: float) -> Match | None:
         """`node_id` claims the first pending request, in matching order, that it can take (its
         min_price <= the locked price, and room for the tokens); None if there is none. O(n)."""
-        offer = self._offers.get(node_id)
+        offer = self.offer(node_id)
         if offer is None or not self._fresh(offer, now):
             raise MarketError(f"node {node_id!r} has no capacity offered")
         room = self._room(offer)
@@ -695,7 +703,7 @@ class OrderBook:
     # ---------------------------------------------------------------- the state machine
 
     def _get(self, request_id: str) -> _Request:
-        request = self._requests.get(request_id)
+        request = self._requests.get(request_id) if isinstance(request_id, str) else None
         if request is None:
             raise MarketError(f"unknown request {request_id!r} (never submitted, or pruned "
                               f"{self._config.retention_s:g} s after it finished)")

@@ -248,6 +248,7 @@ class InferenceMarket:
 
     @property
     def config(self) -> MarketConfig:
+        """The configuration the market runs with."""
         return self._config
 
     @property
