@@ -320,6 +320,21 @@ def test_bad_calls_are_clear_errors(call: object, message: str) -> None:
     assert (stats["pending_requests"], stats["available_nodes"]) == (0, 0)
 
 
+def test_reading_the_book_catches_up_with_the_clock() -> None:
+    """`market.book` shows the book as of now, like every other call: a claim that timed out
+    while nobody called the market is pending again when the book is read."""
+    clock = Clock()
+    market = InferenceMarket(clock=clock)
+    market.register_capacity("n1", 1, 0.0)
+    market.submit_request("r1", "u", 1)
+    assert [m.request_id for m in market.match_requests()] == ["r1"]
+    clock.t = T0 + 59.999
+    assert market.book.get("r1").state is State.CLAIMED  # type: ignore[union-attr]
+    clock.t = T0 + 60                                        # claim_timeout_s after the claim
+    assert market.book.get("r1").state is State.PENDING  # type: ignore[union-attr]
+    assert market.book.claimed_count == 0
+
+
 def test_accepts_whole_float_capacity_and_withdraw_of_nothing() -> None:
     market = InferenceMarket(clock=Clock())
     assert market.register_capacity("n", 1000.0).tokens_per_second == 1000

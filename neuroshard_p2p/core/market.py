@@ -253,7 +253,10 @@ class InferenceMarket:
 
     @property
     def book(self) -> OrderBook:
-        """The order book (read it; change it through the market so prices stay in step)."""
+        """The order book as of now (read it; change it through the market so prices stay in
+        step). Like every public call, reading it reads the clock and applies the timeouts due,
+        so what it shows never lags behind what the next call would see."""
+        self._catch_up()
         return self._book
 
     # ---------------------------------------------------------------- ticks
