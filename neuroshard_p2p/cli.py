@@ -8,6 +8,7 @@
     neuroshard-node register --capacity N    offer N tokens/s of inference capacity
     neuroshard-node withdraw                 stop offering capacity
     neuroshard-node submit --tokens N --max-price P   submit a request (its price is locked now)
+    neuroshard-node status REQUEST_ID        a request's state, provider, cost and output
     neuroshard-node token                    print the API token (--rotate for a new one)
     neuroshard-node ledger [verify]          what this node settled; `verify` checks the invariant
 
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from typing import Any, Sequence
@@ -73,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     def client(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
         data_dir(p)
         p.add_argument("--api", metavar="URL",
-                       help="the running node's API, e.g. http://127.0.0.1:8000 (default: what "
-                            "`run` wrote to <data-dir>/api, else the configured api address)")
+                       help="the running node's API, e.g. http://127.0.0.1:8000 (default: the "
+                            "URL `run` wrote to <data-dir>/api when it started)")
         if json_flag:
             p.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
@@ -160,9 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, required=True, help="tokens requested")
     p.add_argument("--max-price", type=float, required=True, metavar="NEURO",
                    help="highest price to pay, NEURO per 1M tokens")
-    p.add_argument("--tier", default="standard", choices=("economy", "standard", "premium"))
+    p.add_argument("--tier", default="standard", choices=("economy", "standard", "premium"),
+                   help="service tier carried in the job (default standard)")
     p.add_argument("--prompt", default="", help="the prompt text")
     p.add_argument("--user", help="user name (default: the node's peer id)")
+
+    p = sub.add_parser("status", help="a submitted request's state, provider, cost and output",
+                       description="Show a request submitted at this node: its state (pending, "
+                                   "claimed, completed, failed, expired) with the reason, the "
+                                   "locked price, the provider, the tokens served, the cost and, "
+                                   "once completed, the output.")
+    client(p)
+    p.add_argument("request_id", metavar="REQUEST_ID", help="the id `submit` printed (req-…)")
 
     p = sub.add_parser("token", help="print the API token",
                        description="Print the bearer token POSTs to the HTTP API need.")
@@ -191,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that left shows here, where it is handled, not at exit
+        return status
     except UsageError as exc:
         exc.parser.print_usage(sys.stderr)
         print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
@@ -201,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `neuroshard-node market | head -3`: the reader left; that is not our error. Point
+        # stdout at /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,18 +388,21 @@ def _setup_logging(level: str) -> None:
 
 def _api_base(args: argparse.Namespace) -> str:
     from neuroshard_p2p.node.datadir import read_api_url
-    from neuroshard_p2p.node.settings import parse_host_port
 
     if args.api:
         return args.api if "://" in args.api else f"http://{args.api}"
     written = read_api_url(args.data_dir)
     if written:
         return written
+    # No URL written: this data dir's node is not running (or runs without an API). Asking the
+    # configured address instead would reach whatever else listens there, e.g. the default
+    # node on 127.0.0.1:8000, and report its market, peer id or token errors as this one's.
     settings = NodeSettings.load(args.data_dir)
     if not settings.api_enabled:
-        raise CliError("the node's API is off (api = \"off\" in config.toml); nothing to ask")
-    host, port = parse_host_port(settings.api)
-    return f"http://{host}:{port}"
+        raise CliError(f"the node of {args.data_dir} runs no HTTP API (api = \"off\" in "
+                       f"config.toml); nothing to ask")
+    raise CliError(f"no running node for {args.data_dir}: `neuroshard-node run --data-dir "
+                   f"{args.data_dir}` writes {args.data_dir}/api when it starts (or pass --api URL)")
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
@@ -503,6 +525,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    data = _call(args, "GET", f"/api/market/requests/{quote(args.request_id, safe='')}")
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    for line in describe_request(data, _api_base(args).rstrip("/")):
+        print(line)
+    if data.get("output"):
+        print()
+        print(data["output"])
+    return EXIT_OK
+
+
 def describe_request(status: dict[str, Any], api: str) -> list[str]:
     """What became of a submitted request, from the node's answer: its id, the price it locked,
     its state with the reason, and where to follow it."""
@@ -554,7 +591,8 @@ def cmd_ledger(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ledger": cmd_ledger,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
-    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "token": cmd_token,
+    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "status": cmd_status,
+    "token": cmd_token,
 }
 
 

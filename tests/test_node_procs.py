@@ -140,6 +140,24 @@ def test_run_on_a_fresh_machine_creates_the_data_dir_and_a_bad_flag_is_a_clear_e
     assert down.returncode == 1 and "no node answers" in down.stderr
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path, unbuffered: str) -> None:
+    """`neuroshard-node token | head -c0`: the pipe closes before we write; no traceback."""
+    cli("init", "--data-dir", str(tmp_path))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    try:
+        result = subprocess.run([sys.executable, "-m", "neuroshard_p2p.cli", "token", "--data-dir",
+                                 str(tmp_path)], cwd=ROOT, env=env, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 # -- backend flags and submit, through the CLI -------------------------------------------------
 
 def test_openai_backend_without_a_url_is_a_usage_error_before_anything_is_created(
@@ -233,18 +251,42 @@ def test_run_help_describes_every_flag() -> None:
         assert flag in text
 
 
-async def test_submit_prints_the_request_id_its_locked_price_and_its_state(
-        tmp_path: Path) -> None:
+def test_every_command_has_help_for_every_flag() -> None:
+    import argparse
+
+    from neuroshard_p2p.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == set(COMMANDS) == {
+        "init", "run", "id", "peers", "market", "register", "withdraw", "submit", "status",
+        "token", "ledger"}
+    top = parser.format_help()
+    for name, sub in commands.choices.items():
+        assert name in top
+        text = sub.format_help()
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            for flag in action.option_strings:
+                assert flag in text
+
+
+async def async_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """The CLI in a child process without blocking the trio loop (the node it asks runs in it)."""
     import trio
 
+    return await trio.run_process([sys.executable, "-m", "neuroshard_p2p.cli", *args],
+                                  cwd=ROOT, env=ENV, capture_stdout=True, capture_stderr=True,
+                                  check=False)
+
+
+async def test_submit_prints_the_request_id_its_locked_price_and_its_state(
+        tmp_path: Path) -> None:
     from tests.api_harness import api_node
 
     async with api_node(tmp_path / "gateway", 5) as gateway:
         async def run_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-            return await trio.run_process(
-                [sys.executable, "-m", "neuroshard_p2p.cli", *args, "--data-dir",
-                 str(gateway.data_dir), "--api", gateway.url],
-                cwd=ROOT, env=ENV, capture_stdout=True, capture_stderr=True, check=False)
+            return await async_cli(*args, "--data-dir", str(gateway.data_dir), "--api", gateway.url)
 
         result = await run_cli("submit", "--tokens", "5000", "--max-price", "0.9")
         assert result.returncode == 0, result.stderr
@@ -270,3 +312,78 @@ async def test_submit_prints_the_request_id_its_locked_price_and_its_state(
         assert err.startswith("error: node refused (409): current price ") and \
             err.rstrip().endswith("> max_price 0.000000001"), err
         assert [s.request_id for s in gateway.node.jobs.statuses()] == [rid]
+
+
+async def test_status_shows_a_served_request_with_its_provider_cost_and_output(
+        tmp_path: Path) -> None:
+    from neuroshard_p2p.money import settle_amounts
+    from tests.api_harness import API_MARKET, api_node, eventually
+
+    async with api_node(tmp_path / "provider", 12, capacity=2000, min_price=0.01) as provider, \
+            api_node(tmp_path / "gateway", 13, bootstrap=(provider.node.addrs[0],)) as gateway:
+        where = ("--data-dir", str(gateway.data_dir))  # the URL comes from <data-dir>/api
+
+        async def offered() -> bool:
+            return (await gateway.get("/api/market/offers")).json()["count"] == 1
+
+        await eventually(offered, 10, "the gateway sees the provider's offer")
+        submitted = await async_cli("submit", *where, "--tokens", "300", "--max-price", "1.0",
+                                    "--prompt", "say something")
+        assert submitted.returncode == 0, submitted.stderr
+        rid = submitted.stdout.decode().split()[1].rstrip(":")
+
+        async def served() -> bool:
+            body = (await gateway.get(f"/api/market/requests/{rid}")).json()
+            return body["state"] in ("completed", "failed", "expired")
+
+        await eventually(served, 20, "the request is served")
+        result = await async_cli("status", rid, *where)
+        assert result.returncode == 0, result.stderr
+        status = (await gateway.get(f"/api/market/requests/{rid}")).json()
+        locked = status["locked_price_nano"]
+        cost = settle_amounts(300, locked, API_MARKET.burn_rate).payment
+        lines = result.stdout.decode().splitlines()
+        assert lines[:5] == [
+            f"request {rid}: 300 tokens",
+            f"locked price     {locked / 1e9:.9f} NEURO per 1M tokens ({locked} nano; "
+            f"your max 1.000000000)",
+            "state            completed: served 300 of 300 tokens",
+            f"provider         {provider.node.peer_id}",
+            f"cost             {cost / 1e9:.9f} NEURO for 300 tokens served"]
+        # then the completion itself (the synthetic backend's filler: one word per token)
+        assert lines[5] == "" and len(lines[6].split()) == 300
+        assert json.loads((await async_cli("status", rid, *where, "--json")).stdout) == status
+        unknown = await async_cli("status", "req-0000000000000000", *where)
+        assert unknown.returncode == 1
+        assert unknown.stderr.decode().startswith("error: node refused (404): no request with id")
+
+
+async def test_client_commands_ask_only_the_node_of_their_data_dir(tmp_path: Path) -> None:
+    """A data dir whose node is not running has no <data-dir>/api. Its client commands must not
+    ask whatever answers at the configured address instead (here: another node) and report that
+    node's peer id or market as this one's."""
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import ensure_data_dir, load_private_key
+    from tests.api_harness import api_node
+
+    async with api_node(tmp_path / "running", 14) as running:
+        stopped = tmp_path / "stopped"
+        ensure_data_dir(stopped)
+        host_port = running.url.removeprefix("http://")
+        (stopped / "config.toml").write_text(f'[node]\napi = "{host_port}"\n')
+        mine = peer_id_of(load_private_key(stopped).public_key.format(compressed=True))
+        assert mine != running.node.peer_id
+
+        offline = await async_cli("id", "--data-dir", str(stopped), "--json")
+        assert offline.returncode == 0, offline.stderr
+        data = json.loads(offline.stdout)
+        assert (data["running"], data["peer_id"]) == (False, mine)
+        for command in (("market",), ("peers",), ("register", "--capacity", "10"), ("withdraw",)):
+            result = await async_cli(*command, "--data-dir", str(stopped))
+            assert result.returncode == 1, command
+            assert result.stderr.decode().startswith(f"error: no running node for {stopped}: "), \
+                result.stderr
+        assert running.node.engine.offer.tokens_per_second == 0
+        # --api still reaches any node on purpose
+        asked = await async_cli("market", "--data-dir", str(stopped), "--api", running.url, "--json")
+        assert json.loads(asked.stdout)["network"] == "testnet"
