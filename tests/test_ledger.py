@@ -19,6 +19,7 @@ from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.ledger import (
+    REASONS,
     AsyncLedger,
     Ledger,
     LedgerError,
@@ -311,10 +312,15 @@ def test_fixed_price_mode_settles_at_the_fixed_price(ledger: Ledger) -> None:
     assert settled == Settlement(payment=1_000_000, burned=50_000, earned=950_000)
 
 
-def test_counting_refusals_the_jobs_layer_decides(ledger: Ledger) -> None:
-    ledger.record_refusal("mismatch")
-    ledger.record_refusal("mismatch")
-    assert only_refusal(ledger) == {"mismatch": 2}
+def test_refusal_counts_survive_reopening(tmp_path: Path) -> None:
+    with Ledger.open(ledger_path(tmp_path)) as ledger:
+        for _ in range(2):
+            with pytest.raises(LedgerError):
+                accept(ledger, make_receipt(user="mallory").wire, make_job())
+    with Ledger.open(ledger_path(tmp_path)) as ledger:
+        assert only_refusal(ledger) == {"mismatch": 2}
+        assert ledger.refusals() == {reason: 2 if reason == "mismatch" else 0
+                                     for reason in REASONS}
 
 
 # -- conservation --------------------------------------------------------------------------------

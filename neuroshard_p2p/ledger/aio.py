@@ -55,9 +55,6 @@ class AsyncLedger:
                                capacity_tokens_per_s=capacity_tokens_per_s, now=now,
                                config=config, role=role)
 
-    async def record_refusal(self, reason: str) -> None:
-        await self._run(self.ledger.record_refusal, reason)
-
     async def totals(self, role: str | None = None) -> LedgerTotals:
         return await self._run(self.ledger.totals, role)
 

@@ -291,8 +291,8 @@ class Ledger:
             raise
 
     def record_refusal(self, reason: str) -> None:
-        """Count a refused receipt (the jobs layer also calls this for refusals it decides
-        itself, e.g. a receipt for a request it never matched: `mismatch`)."""
+        """Count a refused receipt under `reason` (in its own transaction: the refused
+        settlement's was rolled back)."""
         with self._lock, self._write():
             self._conn.execute(
                 "INSERT INTO refusals (reason, count) VALUES (?, 1) "
