@@ -48,7 +48,9 @@ from neuroshard_p2p.wire.codec import MAX_U63
 
 #: Anti-entropy buckets: a signer falls in bucket SHA-256(signer)[0] >> 4 (the sync frames' layout).
 BUCKETS = SYNC_BUCKETS
-#: Default limit on signers held (memory: about 1 KiB per retained announcement).
+#: Default limit on signers held. Memory is about 0.86 KB per retained announcement, so at most
+#: max_signers × max_per_signer × 0.86 KB (3.6 GB with the defaults, for a flood of keys each
+#: filling its register; an honest node re-announcing every 20 s keeps about 7).
 DEFAULT_MAX_SIGNERS = 100_000
 #: Announcements kept per signer beyond one per tick of the price window (see
 #: `default_max_per_signer`): the validator's burst of 5, the one before the window, and slack.
