@@ -207,6 +207,15 @@ def test_encode_refuses_a_frame_and_encode_frame_a_message() -> None:
     assert reason_of(lambda: encode_frame(announcement())) == ("kind", REJECT)  # type: ignore[arg-type]
 
 
+def test_job_tiers_are_the_books_in_the_spec_order() -> None:
+    """A Job carries its tier as an index (spec §5.3: 0 economy, 1 standard, 2 premium); the
+    wire and the order book must name the same tiers in that order."""
+    from neuroshard_p2p.core.book import TIERS as BOOK_TIERS
+    from neuroshard_p2p.wire import TIERS
+    assert TIERS is BOOK_TIERS
+    assert TIERS == ("economy", "standard", "premium")
+
+
 def test_largest_prompt_fits_a_job() -> None:
     big = job(prompt="é" * (MAX_PROMPT // 2))  # 64 KiB of UTF-8
     assert decode(encode(big, GATEWAY), T) == big

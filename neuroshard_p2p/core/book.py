@@ -34,6 +34,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError, format_price, format_prices
 from neuroshard_p2p.money import Settlement, settle_amounts
 
+# A Job carries its tier as an index into this tuple (protocols/market-v1.md §5.3): never reorder.
 TIERS = ("economy", "standard", "premium")
 # Lower rank is matched first.
 _TIER_RANK = {"premium": 0, "standard": 1, "economy": 2}

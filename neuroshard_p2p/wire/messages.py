@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from neuroshard_p2p.core.book import TIERS as TIERS  # re-exported: the wire names tiers by index
+
 VERSION = 1
 
 KIND_ANNOUNCEMENT = 1
@@ -36,8 +38,6 @@ KIND_JOB_DECLINED = 18
 
 #: Anti-entropy buckets: an announcement's signer falls in bucket SHA-256(signer)[0] >> 4.
 SYNC_BUCKETS = 16
-
-TIERS = ("economy", "standard", "premium")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Job:
     tokens: int              # tokens requested
     max_price_nano: int
     locked_price_nano: int
-    tier: int                # index into TIERS
+    tier: int                # index into TIERS (the order book's tiers: 0 economy … 2 premium)
     prompt: str
     signature: bytes = field(default=b"", compare=False, repr=False)
     wire: bytes = field(default=b"", compare=False, repr=False)
