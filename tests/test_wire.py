@@ -554,6 +554,31 @@ def test_high_s_signature_is_refused() -> None:
     assert reason_of(lambda: decode(data, T)) == ("bad_signature", REJECT)
 
 
+def test_public_api_fallback_verifies_like_the_fast_path() -> None:
+    """The codec checks compact signatures through coincurve's raw binding and keeps a fallback
+    on coincurve's public API for a coincurve that moves its internals: both must agree, on
+    good, forged, high-s and out-of-range signatures alike."""
+    import coincurve as cc
+
+    from neuroshard_p2p.wire import codec
+
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    signed = sign(announcement(), PROVIDER)
+    body, good = body_of(signed), signed.signature
+    s = int.from_bytes(good[32:], "big")
+    cases = {
+        "good": (good, True),
+        "forged": (good[:-1] + bytes([good[-1] ^ 1]), False),
+        "high-s": (good[:32] + (n - s).to_bytes(32, "big"), False),
+        "r >= n": (b"\xff" * 32 + good[32:], False),
+        "r = 0": (b"\x00" * 32 + good[32:], False),
+    }
+    key = cc.PublicKey(P)
+    for name, (signature, valid) in cases.items():
+        assert codec._verify(key, signature, body) is valid, name
+        assert codec._verify_public_api(key, signature, body) is valid, name
+
+
 def test_accepts_bytearray_and_memoryview(validator: Validator) -> None:
     data = encode(announcement(), PROVIDER)
     assert decode(bytearray(data), T).seq == 1

@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 import coincurve
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 from coincurve.ecdsa import cdata_to_der, der_to_cdata, serialize_compact
 
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
@@ -46,7 +46,7 @@ from neuroshard_p2p.wire.messages import (
 )
 
 try:  # the raw libsecp256k1 binding coincurve ships: lets us verify a compact signature directly
-    from coincurve._libsecp256k1 import ffi as _ffi
+    from coincurve._libsecp256k1 import ffi as _ffi  # type: ignore[import-not-found]
     from coincurve._libsecp256k1 import lib as _lib
     from coincurve.context import GLOBAL_CONTEXT as _CONTEXT
 except ImportError:  # pragma: no cover - a coincurve that moved its internals: use the public API
@@ -371,7 +371,9 @@ def _verify(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:
                                             key.public_key) == 1)
 
 
-def _verify_public_api(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:  # pragma: no cover
+def _verify_public_api(key: coincurve.PublicKey, signature: bytes, body: bytes) -> bool:
+    """`_verify` through coincurve's public API (DER round trip): the fallback, and tested
+    against it."""
     from coincurve.ecdsa import deserialize_compact
     try:
         return bool(key.verify(cdata_to_der(deserialize_compact(signature)), body))
