@@ -452,6 +452,26 @@ def test_verify_detects_a_tampered_file(tmp_path: Path, name: str) -> None:
     assert expected_problem in report, report
 
 
+def test_verify_lists_a_few_problems_and_counts_the_rest(tmp_path: Path) -> None:
+    """A ledger with every row damaged: the report stays short (and verify's memory bounded)."""
+    with Ledger.open(ledger_path(tmp_path)) as ledger:
+        for i in range(5):
+            accept(ledger, make_receipt(request_id=f"r{i}").wire, make_job(request_id=f"r{i}"))
+    with sqlite3.connect(ledger_path(tmp_path)) as conn:
+        assert conn.execute("UPDATE settlements SET request_id = request_id || 'x'").rowcount == 5
+    with Ledger.open(ledger_path(tmp_path)) as ledger:
+        report = ledger.verify(max_listed=2)
+        assert not report.ok and report.rows == 5
+        assert report.problems == (
+            "settlement #1 (request 'r0x'): stored request id 'r0x' differs from the signed "
+            "receipt's 'r0'",
+            "settlement #2 (request 'r1x'): stored request id 'r1x' differs from the signed "
+            "receipt's 'r1'")
+        assert report.more_problems == 3
+        assert str(report).endswith("  … and 3 more")
+        assert ledger.verify(max_listed=0).problems == report.problems[:1]
+
+
 def test_a_file_that_is_not_a_ledger_is_a_clear_error(tmp_path: Path) -> None:
     ledger_path(tmp_path).write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(LedgerError) as err:

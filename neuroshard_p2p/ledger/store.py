@@ -435,7 +435,8 @@ class Ledger:
 
     def verify(self, max_listed: int = 50) -> VerifyReport:
         """Check the invariant and trace every row to its receipt, on a snapshot read through a
-        separate connection (WAL readers do not block settlements)."""
+        separate connection (WAL readers do not block settlements). Lists the first `max_listed`
+        problems (at least one) and counts the rest."""
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         try:
             conn.execute("BEGIN")  # one snapshot for rows, totals and accounts
@@ -449,9 +450,16 @@ class Ledger:
 
 def _verify(conn: sqlite3.Connection, max_listed: int) -> VerifyReport:
     problems: list[str] = []
+    unlisted = 0
 
     def problem(text: str) -> None:
-        problems.append(text)
+        # Keep the first few (at least one, so `problems` is empty iff ok); count the rest, so
+        # a badly damaged file does not fill memory with messages.
+        nonlocal unlisted
+        if len(problems) < max(1, max_listed):
+            problems.append(text)
+        else:
+            unlisted += 1
 
     check = conn.execute("PRAGMA quick_check").fetchall()
     if check != [("ok",)]:
@@ -528,9 +536,8 @@ def _verify(conn: sqlite3.Connection, max_listed: int) -> VerifyReport:
                 problem(f"{kind} account {name[:24]!r}: stored [amount, settlements, tokens] "
                         f"{have}, recomputed from rows {want}")
     conn.execute("COMMIT")
-    listed = tuple(problems[:max_listed])
-    return VerifyReport(ok=not problems, rows=rows, totals=total, problems=listed,
-                        more_problems=len(problems) - len(listed))
+    return VerifyReport(ok=not problems, rows=rows, totals=total, problems=tuple(problems),
+                        more_problems=unlisted)
 
 
 def _rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
