@@ -1,6 +1,7 @@
 """Benchmark `wire`: how close decoding a message gets to the cost of its signature check.
 
-    python -m neuroshard_p2p.bench_wire [--n 2000] [--rounds 11]
+    python -m neuroshard_p2p.bench wire [--n 2000] [--rounds 11]
+    python -m neuroshard_p2p.bench_wire        (the same)
 
 Every rate is messages per second over the same N announcements (N signers, one message each, so
 nothing is a repeat), measured in one run, the rows back to back in every round. Rates print the
@@ -154,7 +155,8 @@ def report(results: dict[str, float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench wire",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="announcements per round (default 2000)")
     parser.add_argument("--rounds", type=int, default=11, help="rounds (default 11)")
     args = parser.parse_args(argv)

@@ -658,3 +658,23 @@ def test_history_from_sync_skips_the_seq_and_rate_rules(validator: Validator) ->
     # live gossip still gets the rules
     assert reason_of(lambda: validator.check(encode(announcement(seq=19, pending_tokens=9),
                                                     PROVIDER), T)) == ("seq_regression", IGNORE)
+
+
+def test_bench_wire_runs_from_the_dispatcher() -> None:
+    """`python -m neuroshard_p2p.bench wire` (tiny sizes) prints the rates and the ratio the
+    README quotes, decode / bare verify, against the 0.8 goal."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "neuroshard_p2p.bench", "wire", "--n", "40",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wire: 40 announcements per round, 1 rounds")
+    ratio = re.search(r"decode / bare verify \(parse key\)\s+(\d+\.\d\d)  \((meets|MISSES) the ≥ 0\.8 goal\)",
+                      done.stdout)
+    assert ratio is not None, done.stdout
+    assert float(ratio.group(1)) > 0
+    usage = subprocess.run([sys.executable, "-m", "neuroshard_p2p.bench", "wire", "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert usage.stdout.startswith("usage: python -m neuroshard_p2p.bench wire")
