@@ -5,7 +5,7 @@ person can act on and whether the sender misbehaved (reject) or the message is m
 (ignore). Decoding never raises anything else, whatever the input bytes. Stateful checks (replay,
 seq, rate limits, plausibility over time) live in `validate.Validator`.
 
-The rules, their order and their reason codes are those of protocols/market-v1.md §5; the rule
+The rules, their order and their reason codes are those of protocols/market-v1.md §6.1; the rule
 numbers (W1…W13) appear in comments below so the two can be read side by side.
 
 Speed: a received announcement costs one signature check plus a few microseconds. The envelope of
@@ -387,7 +387,7 @@ def with_fields(message: Message, **changes: Any) -> Message:
 
 
 # ---------------------------------------------------------------------------------------------
-# Stream frames: unsigned [version, kind, *fields] arrays (protocols/market-v1.md §7).
+# Stream frames: unsigned [version, kind, *fields] arrays (protocols/market-v1.md §8.2).
 
 def encode_frame(frame: Frame) -> bytes:
     """The canonical bytes of a stream frame (sync request/response, job declined). Invalid

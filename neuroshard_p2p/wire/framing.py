@@ -1,4 +1,4 @@
-"""Length-prefixed frames on a byte stream (protocols/market-v1.md §7.1), sans-IO.
+"""Length-prefixed frames on a byte stream (protocols/market-v1.md §4.3), sans-IO.
 
 Each frame on a sync or job stream is `uvarint(length) ‖ payload`: the unsigned LEB128 varint
 libp2p uses everywhere (multistream, identify), at most 3 bytes for our largest frame. The reader

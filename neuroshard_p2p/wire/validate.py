@@ -3,7 +3,7 @@
 
 `codec.decode` answers "is this a well-formed, correctly signed, fresh message?". A `Validator`
 also remembers what it has accepted, so it can answer the questions that need history (the rules
-V1…V9 of protocols/market-v1.md §6, checked in that order):
+V1…V9 of protocols/market-v1.md §6.2, checked in that order):
 
 - V1 duplicate: the same wire bytes (message id) accepted before → ignore `duplicate`;
 - V2 the stateless rules W1…W13 (size, encoding, fields, signature, freshness);

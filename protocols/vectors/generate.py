@@ -61,7 +61,7 @@ def envelope(body: bytes, signature: bytes) -> bytes:
     return pack([body, signature])
 
 
-# Field order per kind (spec §4).
+# Field order per kind (spec §5.3).
 FIELDS = {
     1: ["seq", "tokens_per_second", "min_price_nano", "pending_tokens", "pending_requests"],
     2: ["request_id", "user", "provider", "tokens", "max_price_nano", "locked_price_nano", "tier",
