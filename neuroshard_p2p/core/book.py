@@ -452,7 +452,8 @@ class OrderBook:
         """Match pending requests to offers: requests by tier, then locked price (higher first),
         then age; each to the cheapest fresh offer whose min_price <= its locked price and whose
         tokens in flight stay <= capacity with it. Matched requests are claimed. Requests left
-        pending get a reason saying why."""
+        pending get a reason saying why. Timeouts due by `now` are applied only by `advance`:
+        call it first with the same `now` (the embedded market and the node's desk do)."""
         # One call can make 100k Match records; each batch of 700 would trigger a collection,
         # and the older generations walk the whole book. Matching makes no reference cycles, so
         # the collector waits until it is done (measured: 2.3x faster at 100k requests).
