@@ -164,32 +164,40 @@ def _build(cls: Any, values: Mapping[str, Any], section: str) -> Any:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"[{section}] unknown setting {key!r}; known: {', '.join(sorted(known))}")
-        default = known[key].default
-        kwargs[key] = _coerce(section, key, value, default)
+        kwargs[key] = coerce_setting(section, key, value, known[key].default)
     return cls(**kwargs)
 
 
-def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
-    """Accept an int where a float is expected (TOML writes `60` for 60.0); reject the rest."""
+def coerce_setting(section: str, key: str, value: Any, default: Any) -> Any:
+    """A value from a TOML table as the type of the setting's `default`: an int where a float is
+    expected (TOML writes `60` for 60.0), one string or a list of strings where a tuple of
+    strings is, a number or nothing where the default is None (an optional number). Anything
+    else is a ConfigError naming `[section] key` and the type expected."""
     if default is None:
-        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            return None if value is None else float(value)
+        expected = "float or none"
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+        value = float(value) if ok and value is not None else value
     elif isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
+        expected, ok = "bool", isinstance(value, bool)
     elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        expected, ok = "int", isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        expected = "float"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
     elif isinstance(default, str):
+        expected, ok = "str", isinstance(value, str)
+    elif isinstance(default, tuple):
+        expected = "tuple"
         if isinstance(value, str):
-            return value
-    elif isinstance(default, (list, tuple)):
-        if isinstance(value, (list, tuple)):
-            return tuple(value)
-    raise ConfigError(f"[{section}] {key} has the wrong type: {value!r}")
+            value = (value,)
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        raise TypeError(f"setting {key!r} has a default of unsupported type {type(default)}")
+    if not ok:
+        raise ConfigError(f"[{section}] {key} has the wrong type: {value!r} (expected {expected})")
+    return value
 
 
-__all__ = ["MarketConfig", "ConfigError", "CURVES"]
+__all__ = ["MarketConfig", "ConfigError", "CURVES", "coerce_setting"]

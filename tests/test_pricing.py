@@ -305,6 +305,25 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) ->
     assert message in str(info.value)
 
 
+def test_coerce_setting_is_the_one_type_check_of_config_tables() -> None:
+    """TOML writes 60 for 60.0 and one string where a list is meant; anything else of the wrong
+    type is a ConfigError naming the table, the key and the type expected."""
+    from neuroshard_p2p.config import coerce_setting
+    assert coerce_setting("market", "tick_s", 2, 1.0) == 2.0
+    assert isinstance(coerce_setting("market", "tick_s", 2, 1.0), float)
+    assert coerce_setting("market", "window_ticks", 40, 0) == 40
+    assert coerce_setting("market", "max_step", 1, None) == 1.0
+    assert coerce_setting("market", "curve", "seed", "x") == "seed"
+    assert coerce_setting("node", "listen", "/ip4/1", ("/ip4/0",)) == ("/ip4/1",)
+    assert coerce_setting("node", "listen", ["/ip4/1", "/ip4/2"], ()) == ("/ip4/1", "/ip4/2")
+    for value, default, expected in [(True, 1.0, "float"), ("1", 1, "int"), (1, True, "bool"),
+                                     (1, "x", "str"), (["a", 1], (), "tuple"),
+                                     ("0.1", None, "float or none")]:
+        with pytest.raises(ConfigError) as info:
+            coerce_setting("node", "k", value, default)
+        assert str(info.value) == f"[node] k has the wrong type: {value!r} (expected {expected})"
+
+
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         MarketConfig.from_toml(str(tmp_path / "nope.toml"))
