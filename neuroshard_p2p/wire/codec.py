@@ -301,7 +301,7 @@ def _check_fields(kind: int, values: list[Any], signer: Any,
             _check_pubkey(name, value)
             _parsed_pubkey(name, value)
         else:
-            _check_str(name, value, MAX_PROMPT if typ == _PROMPT else MAX_STR, typ == _STR)
+            check_text(name, value, MAX_PROMPT if typ == _PROMPT else MAX_STR, typ == _STR)
     named = dict(zip(_FIELD_NAMES[kind], values))
     if kind == KIND_JOB:
         if not 0 <= named["tier"] < len(TIERS):
@@ -328,7 +328,9 @@ def _check_int(name: str, value: Any) -> None:
         raise WireError("bad_field", REJECT, f"{name} out of range 0..2^63-1: {value}")
 
 
-def _check_str(name: str, value: Any, limit: int, non_empty: bool) -> None:
+def check_text(name: str, value: Any, limit: int, non_empty: bool) -> None:
+    """W10/F7 for a text field: a str of at most `limit` bytes of UTF-8 (non-empty if asked),
+    else WireError `bad_field` (reject). Frames defined elsewhere (node/jobs.py) use it too."""
     if type(value) is not str:
         raise WireError("bad_field", REJECT, f"{name} must be a string, got {type(value).__name__}")
     try:
@@ -462,9 +464,9 @@ def _check_frame(kind: int, values: list[Any]) -> None:
                                 f"each announcement must be 1..{MAX_SIZE[KIND_ANNOUNCEMENT]} bytes")
     else:
         request_id, reason, detail = values
-        _check_str("request_id", request_id, MAX_STR, True)
-        _check_str("reason", reason, MAX_STR, True)
-        _check_str("detail", detail, MAX_DETAIL, False)
+        check_text("request_id", request_id, MAX_STR, True)
+        check_text("reason", reason, MAX_STR, True)
+        check_text("detail", detail, MAX_DETAIL, False)
 
 
 def encode_sync(frame: SyncRequest | SyncResponse) -> bytes:
@@ -503,5 +505,5 @@ __all__ = [
     "encode", "decode", "decode_unchecked_time", "sign", "body_of", "message_id",
     "check_freshness", "public_key_of", "with_fields", "encode_frame", "decode_frame",
     "encode_sync", "decode_sync", "split_sync_response", "MAX_SIZE", "MAX_FRAME_SIZE",
-    "MAX_SYNC_ANNOUNCEMENTS", "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA",
+    "MAX_SYNC_ANNOUNCEMENTS", "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA", "check_text",
 ]
