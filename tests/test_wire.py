@@ -587,6 +587,21 @@ def test_accepts_bytearray_and_memoryview(validator: Validator) -> None:
     assert reason_of(lambda: validator.check(None, T)) == ("malformed", REJECT)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("item", [b"\x80", b"\xc7\x00\x05", b"\x91\x80"],
+                         ids=["empty-map", "empty-ext", "array-of-empty-map"])
+def test_maps_and_ext_are_malformed_even_when_empty(item: bytes) -> None:
+    """Spec W5: a body holding a map or an ext value is `malformed`, whatever its size (msgpack's
+    max_map_len=0 still lets an empty map through), so every implementation gives one reason."""
+    good = msgpack.packb([1, 1, P, T_MS, 1, 1000, 100_000_000, 5000, 3], use_bin_type=True)
+    seq_at = good.index(b"\x01\xcd\x03\xe8")       # seq 1, then tokens_per_second 1000
+    body = good[:seq_at] + item + good[seq_at + 1:]
+    data = msgpack.packb([body, serialize_compact(der_to_cdata(PROVIDER.sign(body)))],
+                         use_bin_type=True)
+    assert reason_of(lambda: decode(data, T)) == ("malformed", REJECT)
+    frame = b"\x93\x01\x11\x91" + item                 # [1, 17, [<item>]]: a sync response
+    assert reason_of(lambda: decode_frame(frame)) == ("malformed", REJECT)
+
+
 def test_counts_cover_every_outcome(validator: Validator) -> None:
     data = encode(announcement(), PROVIDER)
     validator.check(data, T)

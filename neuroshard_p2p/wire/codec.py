@@ -271,13 +271,23 @@ def _split_envelope_slowly(data: bytes) -> tuple[bytes, bytes]:
     return body, signature  # pragma: no cover - a canonical envelope takes the fast path
 
 
+def _no_maps(pairs: Any) -> Any:
+    raise ValueError("maps never appear in v1")
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError("ext types never appear in v1")
+
+
 def _unpack(data: bytes, what: str) -> Any:
-    # Maps and ext types never appear in v1: a limit of 0 makes msgpack refuse them. Arrays and
-    # strings cannot be longer than the input, which W1/F1 already bounded.
+    # Maps and ext types never appear in v1 (W5). A limit of 0 refuses every non-empty one; the
+    # hooks, called only when one is met, refuse the empty ones the limits let through. Arrays
+    # and strings cannot be longer than the input, which W1/F1 already bounded.
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
                                max_bin_len=len(data), max_str_len=len(data),
-                               max_array_len=len(data), max_map_len=0, max_ext_len=0)
+                               max_array_len=len(data), max_map_len=0, max_ext_len=0,
+                               object_pairs_hook=_no_maps, ext_hook=_no_ext)
     except Exception as exc:  # msgpack raises many types; all mean "not our format"
         raise WireError("malformed", REJECT, f"{what} is not valid msgpack: {exc}") from None
 

@@ -156,6 +156,15 @@ def announce_items(**changes: Any) -> list[Any]:
     return body_items(1, pub(PROVIDER), T0, {**ANNOUNCE, **changes})
 
 
+def _with_seq_bytes(item: bytes) -> bytes:
+    """The `announcement` body with the raw msgpack `item` in place of seq (the one byte 01 after
+    the array header, version, kind, the 35-byte signer and the 9-byte issued_at)."""
+    body = pack(announce_items())
+    at = 1 + 1 + 1 + 35 + 9
+    assert body[at] == 0x01
+    return body[:at] + item + body[at + 1:]
+
+
 def invalid(name: str, wire: bytes, reason: str, action: str, rule: str, note: str,
             now_ms: int = T0 + 1000) -> dict[str, Any]:
     return {"name": name, "note": note, "rule": rule, "wire": wire.hex(), "now_ms": now_ms,
@@ -193,6 +202,12 @@ def invalid_vectors() -> list[dict[str, Any]]:
                 envelope(b"\x95\x01\x02\xc4\x21" + pub(GATEWAY) + b"\xcf" + T0.to_bytes(8, "big")
                          + b"\xa2\xff\xfe", good_sig),
                 "malformed", "reject", "W5", "a str item that is not valid UTF-8"),
+        invalid("body-empty-map", signed([], body=_with_seq_bytes(b"\x80")), "malformed", "reject",
+                "W5", "an empty map (80) where seq belongs; correctly signed: maps never appear, "
+                      "not even empty ones"),
+        invalid("body-empty-ext", signed([], body=_with_seq_bytes(b"\xc7\x00\x05")), "malformed",
+                "reject", "W5", "an ext8 of type 5 and length 0 (c7 00 05) where seq belongs; "
+                                "correctly signed: ext types never appear"),
         invalid("version-2", signed([2, *announce_items()[1:]]), "version", "reject", "W6",
                 "version 2 is not this protocol"),
         invalid("kind-9", signed([1, 9, *announce_items()[2:]]), "kind", "reject", "W7",
@@ -381,6 +396,7 @@ def frame_vectors() -> dict[str, Any]:
         ("frame-version-2", pack([2, 16, empty, buckets]), "version", "F3"),
         ("frame-too-few-items", pack([1, 18, "req-0001", "full"]), "malformed", "F6"),
         ("frame-not-array", pack("hello"), "malformed", "F2"),
+        ("sync-response-empty-map", b"\x93\x01\x11\x91\x80", "malformed", "F2"),
         ("frame-kind-uint8", b"\x94\x01\xcc\x10" + pack([1, 16, empty, buckets])[3:],
          "non_canonical", "F8"),
         ("declined-empty-reason", pack([1, 18, "req-0001", "", ""]), "bad_field", "F7"),
