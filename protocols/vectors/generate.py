@@ -202,6 +202,9 @@ def invalid_vectors() -> list[dict[str, Any]]:
                 envelope(b"\x95\x01\x02\xc4\x21" + pub(GATEWAY) + b"\xcf" + T0.to_bytes(8, "big")
                          + b"\xa2\xff\xfe", good_sig),
                 "malformed", "reject", "W5", "a str item that is not valid UTF-8"),
+        invalid("body-trailing-byte", signed([], body=good_body + b"\x00"), "malformed", "reject",
+                "W5", "a valid body followed by one more byte, correctly signed: the body is "
+                      "exactly one msgpack value"),
         invalid("body-empty-map", signed([], body=_with_seq_bytes(b"\x80")), "malformed", "reject",
                 "W5", "an empty map (80) where seq belongs; correctly signed: maps never appear, "
                       "not even empty ones"),
