@@ -93,6 +93,8 @@ PEERS_MAX_ADDR_LEN = 256
 PEERS_MAX_FRAME = 32 * 1024
 #: Concurrent outgoing syncs (a burst of new connections must not start a burst of streams).
 MAX_CONCURRENT_SYNCS = 4
+#: Longest wait for py-libp2p to close the host, its connections and pubsub when a node stops.
+TEARDOWN_BOUND_S = 5.0
 
 _MESHSUB = {v: TProtocol(f"/meshsub/{v}") for v in ("1.0.0", "1.1.0", "1.2.0")}
 
@@ -223,6 +225,7 @@ class Node:
         finally:
             if self.api_url is not None:
                 remove_api_url(self.settings.data_dir, self.api_url)
+            await self._close_sockets()
             try:
                 await libp2p.__aexit__(None, None, None)
             except Exception as teardown:  # noqa: BLE001 - see below
@@ -231,6 +234,29 @@ class Node:
                 # way; say so instead of turning a clean stop into a crash.
                 log.warning("libp2p teardown: %s", _reason(teardown))
         return bool(suppressed)
+
+    async def _close_sockets(self) -> None:
+        """Close the listener and every connection before py-libp2p's services stop.
+
+        py-libp2p 0.8.1 closes them in its swarm service's stop path, which runs cancelled, so its
+        first await ends it: after leaving `async with Node` the port kept listening (a clean
+        stop too), and after a hard stop (cancellation) peers stayed connected to a node that no
+        longer read. Shielded, so a hard stop closes them as well, and bounded, so a stuck close
+        never holds the caller."""
+        network = self.host.get_network()
+        with trio.CancelScope(shield=True), trio.move_on_after(TEARDOWN_BOUND_S):
+            # A connection whose own tasks were cancelled first is marked closed without its
+            # muxer having closed the socket; close the muxers themselves (idempotent).
+            for conns in list(network.connections.values()):
+                for conn in list(conns):
+                    try:
+                        await conn.muxed_conn.close()
+                    except Exception:  # noqa: BLE001 - already gone
+                        pass
+            try:
+                await network.close()
+            except Exception as error:  # noqa: BLE001 - the node is stopping either way
+                log.warning("closing libp2p connections: %s", _reason(error))
 
     async def _start_libp2p(self, stack: AsyncExitStack) -> None:
         s = self.settings
@@ -326,10 +352,12 @@ class Node:
         if data is None or self.pubsub is None:
             return
         await self._publish(data)
+        # Until every peer's sender has written it: closing the connections while a write is
+        # under way loses the withdrawal (a loaded machine took longer than a fixed pause), and
+        # peers would count this node until its timeout.
         with trio.move_on_after(self.settings.shutdown_grace_s):
-            while any(len(q) for q in list(self.pubsub.peer_queues.values())):
-                await trio.sleep(0.01)
-            await trio.sleep(0.05)  # the last RPC popped is still being written
+            while not senders_idle(self.pubsub):
+                await trio.sleep(0.005)
 
     # -- market operations (the API and the CLI call these) ---------------------------------
 
@@ -661,6 +689,23 @@ def decode_peers(data: bytes) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:
 # helpers
 
 
+def senders_idle(pubsub: Any) -> bool:
+    """Whether py-libp2p has written every RPC queued for its peers: each peer's outbound queue
+    is empty and its sender task is back waiting for the next RPC (so its last write returned).
+    An empty queue alone is not enough: the RPC popped last may still be being written. The
+    waiting is read from py-libp2p 0.8.1's RpcQueue (its `_notify` event); a version without it
+    falls back to empty queues."""
+    for queue in list(pubsub.peer_queues.values()):
+        if len(queue):
+            return False
+        if getattr(queue, "closed", False):
+            continue  # the peer is gone: its sender has stopped
+        notify = getattr(queue, "_notify", None)
+        if isinstance(notify, trio.Event) and notify.statistics().tasks_waiting == 0:
+            return False  # the sender is writing (or has not yet come back to wait)
+    return True
+
+
 class _ConnectionWatcher(INotifee):
     """Tells the node about every new connection (inbound and outbound), without blocking."""
 
@@ -802,4 +847,4 @@ def _reason(exc: BaseException) -> str:
 
 
 __all__ = ["Node", "NodeError", "PeerSummary", "NodeCounters", "sync_protocol", "peers_protocol",
-           "encode_peers", "decode_peers"]
+           "encode_peers", "decode_peers", "senders_idle"]
