@@ -202,6 +202,37 @@ async def test_a_clean_stop_waits_until_its_withdrawal_is_written_to_every_peer(
         nursery.cancel_scope.cancel()
 
 
+async def test_leaving_a_node_closes_its_port_and_its_connections(tmp_path: Path) -> None:
+    """A hard stop (cancellation) drops the node's connections at once, as a dying process
+    would; a clean stop frees its port."""
+    import socket
+
+    def port_is_free(port: int) -> bool:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            return True
+
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))
+        b = await start_node(nursery, test_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],)),
+                             make_key(2))
+        await eventually(lambda: a.node.peer_count == 1, 10, "a and b are connected")
+        b_id, b_port = b.node.host.get_id(), int(b.node.addrs[0].split("/")[4])
+        assert not port_is_free(b_port)
+        await b.kill()
+        await eventually(lambda: b_id not in a.node.host.get_network().connections, 5,
+                         "a saw the killed node's connection close")
+        assert port_is_free(b_port)
+        a_port = int(a.node.addrs[0].split("/")[4])
+        await a.stop()
+        assert port_is_free(a_port)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         boot = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))
