@@ -125,6 +125,8 @@ class JobCounters:
 
     jobs_sent: int = 0
     jobs_served: int = 0
+    #: Jobs this provider stopped serving because their gateway went away mid-job.
+    jobs_abandoned: int = 0
     backend_errors: int = 0
     streams_refused: int = 0
     receipts_settled: int = 0
@@ -532,6 +534,7 @@ class JobService:
             nursery.start_soon(serve, nursery.cancel_scope)
             nursery.start_soon(watch_gateway, nursery.cancel_scope)
         if not outcome:
+            self.counters.jobs_abandoned += 1
             log.info("gateway %s gave up on %s; stopped serving", short_peer(
                 str(stream.muxed_conn.peer_id)), job.request_id)
             await reset_quietly(stream)
