@@ -4,6 +4,9 @@
     python protocols/vectors/generate.py          # rewrite the JSON files next to this script
     python protocols/vectors/generate.py --check  # exit 1 if the files differ from a fresh run
 
+Needs `msgpack`, `coincurve` and `base58` (for peer ids), and this repository on the path for the
+final cross-check against the project's codec.
+
 The bytes are built here straight from the spec with `msgpack` and `coincurve` (a second encoder,
 not the project's codec), so the vectors are an independent statement of the format. Signatures are
 deterministic (RFC 6979, as libsecp256k1 makes them), keys are derived from fixed labels and times
