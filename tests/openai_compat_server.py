@@ -71,6 +71,12 @@ class OpenAICompatServer:
         if command == "!huge":
             await _raw(send, 200, b"x" * (5 * 1024 * 1024))
             return
+        if command == "!deep":  # valid JSON nested deeper than Python's parser recurses
+            await _raw(send, 200, b"[" * 200_000 + b"]" * 200_000, b"application/json")
+            return
+        if command == "!status":  # a status the prompt names, with a body that is not JSON
+            await _raw(send, int(words[1]), b"<html>bad gateway</html>")
+            return
         if command == "!slow":
             await trio.sleep(float(words[1]))
         tokens = min(len(words), max_tokens)

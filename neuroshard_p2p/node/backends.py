@@ -214,7 +214,7 @@ class OpenAIBackend:
         data: Any
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting is no answer
             data = None
         if status != 200:
             detail = _error_message(data) or body[:200].decode("utf-8", "replace").strip()
