@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from neuroshard_p2p.core.book import TIERS as TIERS  # re-exported: the wire names tiers by index
+from neuroshard_p2p.core.book import TIERS  # the wire names a job's tier by its index here
 
 VERSION = 1
 
@@ -155,3 +155,11 @@ FRAME_TYPES: dict[int, type] = {
     KIND_SYNC_RESPONSE: SyncResponse,
     KIND_JOB_DECLINED: JobDeclined,
 }
+
+
+__all__ = [
+    "VERSION", "KIND_ANNOUNCEMENT", "KIND_JOB", "KIND_RECEIPT", "KIND_SYNC_REQUEST",
+    "KIND_SYNC_RESPONSE", "KIND_JOB_DECLINED", "SYNC_BUCKETS", "TIERS", "Announcement", "Job",
+    "Receipt", "SyncRequest", "SyncResponse", "JobDeclined", "Message", "Frame", "MESSAGE_TYPES",
+    "FRAME_TYPES",
+]
