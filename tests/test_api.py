@@ -176,6 +176,13 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
         assert metrics.headers["content-type"].startswith("text/plain")
         assert "neuroshard_market_price_nano" in metrics.text
 
+        # A request queued through the engine (Python's Node.submit_request) has a status at
+        # once, whether or not the jobs layer has taken it from the queue yet.
+        queued = node.submit_request(500, 10**9)
+        status = (await api.get(f"/api/market/requests/{queued.request_id}")).json()
+        assert (status["request_id"], status["state"], status["status"], status["tokens"]) == (
+            queued.request_id, "pending", "pending", 500)
+
 
 async def test_two_nodes_offers_peers_and_a_request_served_end_to_end(tmp_path: Path) -> None:
     async with api_node(tmp_path / "provider", 3) as provider:

@@ -105,6 +105,9 @@ SUBMIT_BAD: list[tuple[dict[str, object], str, str]] = [
     ({"tokens": 10, "max_price": 0}, "max_price", "> 0.0"),
     ({"tokens": 10, "max_price": -1}, "max_price", "> 0.0"),
     ({"tokens": 10, "max_price": 2e6}, "max_price", "<= 1000000.0"),
+    # > 0, but less than one nano-NEURO: it would be 0 behind the API
+    ({"tokens": 10, "max_price": 4e-10}, "max_price",
+     "4e-10 is less than the smallest price, 0.000000001 NEURO (1 nano-NEURO) per 1M tokens"),
     ({"tokens": 10, "max_price": "0.5"}, "max_price", "got a string"),
     ({"tokens": 10, "max_price": 0.5, "tier": "gold"}, "tier", "economy, standard, premium"),
     ({"tokens": 10, "max_price": 0.5, "tier": 1}, "tier", "got 1"),

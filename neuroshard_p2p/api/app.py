@@ -316,20 +316,12 @@ class Api:
         return Response(200, raw=body, content_type=content_type)
 
     def request_status(self, request_id: str) -> Response:
+        # The jobs layer answers for every request of this node, those still in the engine's
+        # queue (Node.submit_request, not yet routed) included.
         status = self.node.jobs.status(request_id)
-        if status is not None:
-            return Response(200, _status_json(status.to_dict()))
-        now = self.node.now()
-        for queued in self.node.engine.queued_requests(now):
-            if queued.request_id == request_id:  # not yet taken by the jobs layer
-                return Response(200, {
-                    "request_id": queued.request_id, "status": "queued", "state": "queued",
-                    "user": queued.user, "tokens": queued.tokens, "tier": queued.tier,
-                    "max_price_nano": queued.max_price_nano, "locked_price_nano": None,
-                    "locked_price": None, "provider": None, "tokens_served": None,
-                    "cost_nano": None, "cost": None, "submitted_at": queued.submitted_at,
-                    "expires_at": queued.expires_at})
-        raise InputError(404, f"no request with id {request_id!r} at this node", "id")
+        if status is None:
+            raise InputError(404, f"no request with id {request_id!r} at this node", "id")
+        return Response(200, _status_json(status.to_dict()))
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -199,7 +199,12 @@ def _price(data: Mapping[str, Any], name: str, *, minimum: float, exclusive_mini
     if value > maximum:
         raise InputError(422, f"{name} must be <= {maximum} NEURO per 1M tokens, got {value}"
                               f"{why_max}", name)
-    return to_nano(value)
+    nano = to_nano(value)
+    if exclusive_minimum and nano <= to_nano(minimum):
+        # Positive, but it rounds to nothing in the integer units behind the API.
+        raise InputError(422, f"{name} {value:g} is less than the smallest price, 0.000000001 "
+                              f"NEURO (1 nano-NEURO) per 1M tokens", name)
+    return nano
 
 
 def _text(data: Mapping[str, Any], name: str, *, max_bytes: int, default: str | None) -> str | None:
