@@ -121,3 +121,23 @@ def test_peer_exchange_frames_round_trip_and_junk_is_skipped() -> None:
     for bad in (b"", b"\xc1", msgpack.packb([2, []]), msgpack.packb({"a": 1})):
         with pytest.raises(ValueError):
             decode_peers(bad)
+
+
+def test_a_network_failure_is_described_by_its_most_specific_cause() -> None:
+    import trio
+
+    from neuroshard_p2p.node.streams import failure_reason
+
+    def chained(outer: Exception, inner: BaseException) -> Exception:
+        outer.__cause__ = inner
+        return outer
+
+    refused = ConnectionRefusedError(111, "Connection refused")
+    assert failure_reason(chained(RuntimeError("dial failed"), refused)) == "connection refused"
+    assert failure_reason(ExceptionGroup("x", [ValueError("a"), refused])) == "connection refused"
+    assert failure_reason(RuntimeError([OSError(113, "No route to host")])) == "no route to host"
+    assert failure_reason(chained(RuntimeError("stream"), trio.TooSlowError())) == "timed out"
+    assert failure_reason(chained(RuntimeError("x"), ValueError("peer id mismatch: 16Uiu2…"))) == \
+        "peer id mismatch: 16Uiu2…"
+    assert failure_reason(ValueError("bad frame")) == "ValueError: bad frame"
+    assert failure_reason(EOFError()) == "EOFError"

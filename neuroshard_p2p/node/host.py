@@ -67,7 +67,7 @@ from neuroshard_p2p.node.datadir import load_api_token, load_private_key, remove
 from neuroshard_p2p.node.engine import LocalRequest, MarketSnapshot, PeerEngine, SyncCounts
 from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.settings import NodeSettings
-from neuroshard_p2p.node.streams import FrameStream, reset_quietly
+from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.wire.codec import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
@@ -232,7 +232,7 @@ class Node:
                 # py-libp2p 0.8.1 can raise from its own service teardown when a connection
                 # races the shutdown (LifecycleError and friends). The node has stopped either
                 # way; say so instead of turning a clean stop into a crash.
-                log.warning("libp2p teardown: %s", _reason(teardown))
+                log.warning("libp2p teardown: %s", failure_reason(teardown))
         return bool(suppressed)
 
     async def _close_sockets(self) -> None:
@@ -256,7 +256,7 @@ class Node:
             try:
                 await network.close()
             except Exception as error:  # noqa: BLE001 - the node is stopping either way
-                log.warning("closing libp2p connections: %s", _reason(error))
+                log.warning("closing libp2p connections: %s", failure_reason(error))
 
     async def _start_libp2p(self, stack: AsyncExitStack) -> None:
         s = self.settings
@@ -291,7 +291,7 @@ class Node:
         except OSError as exc:
             raise NodeError(f"cannot listen on {', '.join(s.listen)}: {exc.strerror or exc}") from None
         except Exception as exc:
-            reason = _reason(exc)
+            reason = failure_reason(exc)
             raise NodeError(f"cannot listen on {', '.join(s.listen)}: {reason}") from None
         if not self.host.get_transport_addrs():
             # py-libp2p logs a failed listen and carries on; a node nobody can reach is no node.
@@ -342,7 +342,7 @@ class Node:
         try:
             binds = await nursery.start(run_api)
         except Exception as exc:  # noqa: BLE001 - an OSError, wrapped in exception groups
-            raise NodeError(f"cannot serve the HTTP API on {host}:{port}: {_reason(exc)}") from None
+            raise NodeError(f"cannot serve the HTTP API on {host}:{port}: {failure_reason(exc)}") from None
         self.api_url = binds[0] if binds else f"http://{host}:{port}"
         write_api_url(self.settings.data_dir, self.api_url)
 
@@ -448,7 +448,7 @@ class Node:
             # The announcement is in our view; sync hands it to peers that missed it, and the
             # next keep-alive gossips it again.
             self.counters.publish_errors += 1
-            log.warning("publish failed (%s); peers will get it by sync", _reason(exc))
+            log.warning("publish failed (%s); peers will get it by sync", failure_reason(exc))
 
     async def _announce_loop(self) -> None:
         while True:
@@ -485,7 +485,7 @@ class Node:
                 self.counters.syncs_failed += 1
                 if stream is not None:
                     await reset_quietly(stream)
-                raise NodeError(f"sync with {_short(peer)} failed: {_reason(exc)}") from None
+                raise NodeError(f"sync with {_short(peer)} failed: {failure_reason(exc)}") from None
             self.counters.sync_announcements_received += received
             self._synced_once.set()
             if accepted:
@@ -504,7 +504,7 @@ class Node:
                 await stream.close()
             self.counters.syncs_served += 1
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
-            log.info("sync request from %s refused: %s", _short(peer), _reason(exc))
+            log.info("sync request from %s refused: %s", _short(peer), failure_reason(exc))
             await reset_quietly(stream)
 
     async def _sync_new_peers(self) -> None:
@@ -538,7 +538,10 @@ class Node:
             raise NodeError(f"no answer within {self.settings.dial_timeout_s:g} s") from None
         except Exception as exc:  # noqa: BLE001 - libp2p raises many types for one failure
             self.counters.dial_failures += 1
-            raise NodeError(_reason(exc)) from None
+            reason = failure_reason(exc)
+            if reason == "connection refused":
+                reason += " (is a node listening there?)"
+            raise NodeError(reason) from None
 
     async def _bootstrap_loop(self, info: PeerInfo, text: str) -> None:
         """Stay connected to a bootstrap peer while we have fewer than target_peers: dial with
@@ -599,7 +602,7 @@ class Node:
         except Exception as exc:  # noqa: BLE001
             if stream is not None:
                 await reset_quietly(stream)
-            raise NodeError(f"peer exchange with {_short(peer)} failed: {_reason(exc)}") from None
+            raise NodeError(f"peer exchange with {_short(peer)} failed: {failure_reason(exc)}") from None
         self.counters.peer_exchanges += 1
         me = self.host.get_id()
         random.shuffle(entries)
@@ -635,7 +638,7 @@ class Node:
                 await stream.write(length_prefixed(encode_peers(entries[:PEERS_MAX_ENTRIES])))
                 await stream.close()
         except Exception as exc:  # noqa: BLE001
-            log.debug("peer exchange with %s failed: %s", _short(asker), _reason(exc))
+            log.debug("peer exchange with %s failed: %s", _short(asker), failure_reason(exc))
             await reset_quietly(stream)
 
     # -- waiting (for tests and the CLI) -------------------------------------------------------
@@ -815,35 +818,6 @@ def _short(peer: Any) -> str:
     except Exception:  # noqa: BLE001
         text = repr(peer)
     return text[:8] + "…" + text[-6:] if len(text) > 16 else text
-
-
-def _reason(exc: BaseException) -> str:
-    """The most specific readable cause in an exception chain or group ("connection refused")."""
-    seen: set[int] = set()
-    best = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused (is a node listening there?)"
-        if isinstance(current, trio.TooSlowError):
-            return "timed out"
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror.lower()
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        if current.args and isinstance(current.args[0], list):  # libp2p's MultiError
-            stack.extend(e for e in current.args[0] if isinstance(e, BaseException))
-        for nxt in (current.__cause__, current.__context__):
-            if nxt is not None:
-                stack.append(nxt)
-        text = str(current)
-        if text and "peer id" in text.lower():
-            best = text
-    return best
 
 
 __all__ = ["Node", "NodeError", "PeerSummary", "NodeCounters", "sync_protocol", "peers_protocol",

@@ -68,7 +68,12 @@ from neuroshard_p2p.node.jobs import (
     short_peer,
 )
 from neuroshard_p2p.node.settings import DEFAULT_NETWORK
-from neuroshard_p2p.node.streams import FrameStream, close_quietly, reset_quietly
+from neuroshard_p2p.node.streams import (
+    FrameStream,
+    close_quietly,
+    failure_reason,
+    reset_quietly,
+)
 from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.view import TickPrice
 from neuroshard_p2p.wire import Job, Receipt, WireError
@@ -404,7 +409,7 @@ class JobService:
             if isinstance(exc, WireError):
                 what = f"broke the job protocol ({exc})"
             else:
-                what = f"{what} ({_reason(exc)})"
+                what = f"{what} ({failure_reason(exc)})"
             gateway.on_lost(rid, attempt, peer_id, what, self.clock())
             if stream is not None:
                 await reset_quietly(stream)
@@ -496,7 +501,7 @@ class JobService:
             await stream.write(length_prefixed(encode_job_frame(JobAccepted(job.request_id))))
             await self._serve_admitted(stream, job, offer.tokens_per_second)
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
-            log.info("job stream from %s ended: %s", short_peer(str(peer)), _reason(exc))
+            log.info("job stream from %s ended: %s", short_peer(str(peer)), failure_reason(exc))
             await reset_quietly(stream)
         except trio.Cancelled:
             await _abandon(stream)  # this node is stopping: the gateway tries the next offer
@@ -571,28 +576,6 @@ async def _abandon(stream: Any) -> None:
     with trio.CancelScope(shield=True):
         with trio.move_on_after(0.5):
             await reset_quietly(stream)
-
-
-def _reason(exc: BaseException) -> str:
-    """A short readable cause of a stream failure."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(current, OSError) and current.strerror:
-            return current.strerror.lower()
-        if isinstance(current, BaseExceptionGroup):
-            stack.extend(current.exceptions)
-        for nxt in (current.__cause__, current.__context__):
-            if nxt is not None:
-                stack.append(nxt)
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 __all__ = ["JobService", "JobSettings", "JobCounters"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from neuroshard_p2p.wire import WireError
 from neuroshard_p2p.wire.framing import FrameReader
 
@@ -46,3 +48,37 @@ async def reset_quietly(stream: Any) -> None:
         await stream.reset()
     except Exception:  # noqa: BLE001 - already gone
         pass
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The most specific readable cause of a network failure, searched through the exception's
+    chain, its exception groups and py-libp2p's MultiError: "connection refused", "timed out",
+    the OS's words for an OSError, a message naming a peer id, else the exception itself."""
+    seen: set[int] = set()
+    best = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, trio.TooSlowError):
+            return "timed out"
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror.lower()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        if current.args and isinstance(current.args[0], list):  # libp2p's MultiError
+            stack.extend(e for e in current.args[0] if isinstance(e, BaseException))
+        for nxt in (current.__cause__, current.__context__):
+            if nxt is not None:
+                stack.append(nxt)
+        text = str(current)
+        if text and "peer id" in text.lower():
+            best = text
+    return best
+
+
+__all__ = ["FrameStream", "close_quietly", "reset_quietly", "failure_reason"]
