@@ -446,6 +446,9 @@ async def test_request_at_gateway_is_served_by_provider_at_the_locked_price(tmp_
         with trio.fail_after(5):
             while provider.counters.earnings_recorded < 2:
                 await trio.sleep(0.01)
+    # Both nodes closed their ledgers as they stopped (SQLite removes the WAL file then).
+    assert not (tmp_path / "a" / "ledger.sqlite3-wal").exists()
+    assert not (tmp_path / "b" / "ledger.sqlite3-wal").exists()
     assert ledger_totals(tmp_path / "a") == (2, 700, 70_000, 66_500)
     assert ledger_totals(tmp_path / "b") == (2, 700, 70_000, 66_500)
 
@@ -539,6 +542,7 @@ async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_e
                 while victim.provider.jobs_in_flight == 0:
                     await trio.sleep(0.01)
             doomed.cancel_scope.cancel()  # hard stop: no withdrawal, connections dropped
+        assert not (tmp_path / "b" / "ledger.sqlite3-wal").exists()  # closed even so
         done = await finished(gateway, status.request_id)
         assert (done.state, done.provider, done.tokens_served, done.cost_nano, done.attempts) == (
             "completed", c.peer_id, 150, 15_000, 2)

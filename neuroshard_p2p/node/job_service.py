@@ -30,7 +30,7 @@ from collections import OrderedDict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import coincurve
 import trio
@@ -204,10 +204,13 @@ class JobService:
         """Serve job streams on `host` and route this node's requests until cancelled."""
         self.host = host
         async with AsyncExitStack() as stack:
-            stack.push_async_callback(self.backend.aclose)
+            # This task always ends by cancellation (its node stopping), so the closes are
+            # shielded: unshielded, their first await was cancelled and the ledger's SQLite
+            # connection and the backend's HTTP connections were never closed.
+            stack.push_async_callback(_close_shielded, self.backend.aclose)
             if self.ledger is None and self.settings.ledger_path is not None:
                 self.ledger = await AsyncLedger.open(self.settings.ledger_path)
-                stack.push_async_callback(self.ledger.aclose)
+                stack.push_async_callback(_close_shielded, self.ledger.aclose)
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -569,6 +572,16 @@ class JobService:
     async def _answer(self, stream: Any, frame: JobDeclined) -> None:
         await stream.write(length_prefixed(encode_job_frame(frame)))
         await close_quietly(stream)
+
+
+#: Longest wait for the ledger or the backend to close when the service stops.
+CLOSE_BOUND_S = 5.0
+
+
+async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:
+    """Run `aclose` even while this task is being cancelled, for at most CLOSE_BOUND_S."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BOUND_S):
+        await aclose()
 
 
 async def _abandon(stream: Any) -> None:
