@@ -17,8 +17,8 @@ How the scenario's actions map onto real nodes:
 - hostile: an extra `Node` that offers nothing (so it never announces) publishes invalid bytes on
   the market topic through its pubsub; honest nodes' validators must refuse them.
 
-t = 0 is when every initial node is connected, has a gossip mesh, holds everyone's first
-announcement and the price has settled (settle delay + W ticks later); the setup before is not part
+t = 0 is when every initial node is connected, has a gossip mesh, holds every other node's
+first announcement and the price has settled (settle delay + W ticks later); the setup before is not part
 of the run.
 """
 
@@ -246,11 +246,10 @@ class RealNetwork:
                     f"nodes have no gossip mesh after {SETUP_TIMEOUT_S:g} s")
             await trio.sleep(0.05)
         next_sync = trio.current_time() + 1.0
-        while not self._views_equal(self._live()):
+        while (missing := self._missing_first_announcements()):
             if trio.current_time() > deadline:
-                digests = {p.node.engine.view.digest() for p in self._live()}
-                raise RuntimeError(f"setup: views still differ ({len(digests)} distinct digests) "
-                                   f"after {SETUP_TIMEOUT_S:g} s")
+                raise RuntimeError(f"setup: {missing} (node, announcer) pairs still missing after "
+                                   f"{SETUP_TIMEOUT_S:g} s")
             if trio.current_time() >= next_sync:
                 await self._sync_round()
                 next_sync = trio.current_time() + 1.0
@@ -287,10 +286,13 @@ class RealNetwork:
         mesh = getattr(node.gossipsub, "mesh", {}) or {}
         return bool(mesh.get(node.topic))
 
-    @staticmethod
-    def _views_equal(peers: list[RealPeer]) -> bool:
-        digests = {p.node.engine.view.digest() for p in peers if p.node is not None}
-        return len(digests) <= 1
+    def _missing_first_announcements(self) -> int:
+        """How many (node, announcing node) pairs there are where the node's view holds nothing
+        from the announcer yet (keep-alives in flight do not count: views need not be equal)."""
+        live = self._live()
+        announcers = [p.node.engine.signer for p in live if p.capacity or p.demand]
+        return sum(1 for p in live for signer in announcers
+                   if p.node.engine.view.current(signer) is None)
 
     # ------------------------------------------------------------------ events
 

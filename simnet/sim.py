@@ -228,7 +228,8 @@ class SimNetwork:
         n_prov = min(n, max(1 if setup.providers > 0 else 0, round(setup.providers * n)))
         n_dem = min(n, max(1 if setup.demand_peers > 0 else 0, round(setup.demand_peers * n)))
         providers = set(order[:n_prov])
-        # Demand sits at other peers than capacity where possible (gateways and providers).
+        # Demand is queued at peers other than the providers (gateways) while there are enough
+        # peers, then at providers too.
         demand = set((order[n_prov:] + order[:n_prov])[:n_dem])
         observed: set[int] | None = None
         if self.observers_wanted is not None:
