@@ -271,6 +271,46 @@ def test_gateway_refuses_bad_requests_with_a_reason(kwargs: dict[str, object], w
     assert desk.status("r1") is None
 
 
+def test_the_gateway_bounds_its_open_requests_and_their_prompt_bytes() -> None:
+    desk = GatewayDesk(CONFIG, pub(GATEWAY), GatewaySettings(max_open_requests=3,
+                                                             max_prompt_bytes=10))
+    for i in range(3):
+        desk.submit(f"r{i}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0, prompt="ab")
+    assert desk.prompt_bytes == 6
+    with pytest.raises(MarketError, match="this gateway holds 3 open requests"):
+        desk.submit("r3", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0)
+    desk.on_failed("r0", 0, "x", "no", T0)  # not its live attempt: changes nothing
+    assert desk.status("r0").state == "pending"  # type: ignore[union-attr]
+    assert desk.dispatch(T0) == []  # no offers: nothing is sent
+    desk.advance(T0 + CONFIG.request_expiry_s)  # all three expire: their prompts go
+    assert desk.prompt_bytes == 0
+    desk.submit("r3", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 120, prompt="é" * 4)
+    with pytest.raises(MarketError, match="holds 8 bytes of prompts waiting \\(limit 10\\)"):
+        desk.submit("r4", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 120, prompt="abc")
+    assert desk.status("r4") is None and desk.prompt_bytes == 8
+
+
+def test_the_gateway_keeps_the_newest_outputs_within_its_byte_budget() -> None:
+    desk = GatewayDesk(CONFIG, pub(GATEWAY), GatewaySettings(max_output_bytes=10))
+    desk.set_view_offers([offer(CHEAP, 10_000, 10)], T0)
+    provider = ProviderDesk(pub(CHEAP), CONFIG)
+    for rid, text in (("r1", "first!"), ("r2", "second")):
+        desk.submit(rid, "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0, prompt="p")
+        [dispatch] = desk.dispatch(T0)
+        job = wire.sign(dispatch.job, GATEWAY)
+        receipt = wire.sign(provider.receipt_for(job, 10, T0, T0 + 1, T0 + 1), CHEAP)
+        desk.on_completed(rid, dispatch.attempt, receipt, text, T0 + 1)
+    first, second = desk.status("r1"), desk.status("r2")
+    assert first is not None and second is not None
+    assert (second.output, second.reason) == ("second", "served 10 of 10 tokens")
+    assert first.output is None and first.cost_nano == second.cost_nano == 1000
+    assert first.reason == ("served 10 of 10 tokens; its output is no longer kept (this gateway "
+                            "keeps the newest 10 bytes of outputs)")
+    assert (desk.output_bytes, desk.prompt_bytes) == (6, 0)
+    desk.advance(T0 + 1 + CONFIG.retention_s + 10)  # pruned: nothing is held any more
+    assert (desk.status("r2"), desk.output_bytes) == (None, 0)
+
+
 # --- the view's offers, kept while they cannot change --------------------------------------------
 
 VIEW_CONFIG = MarketConfig(capacity_timeout_s=60.0)

@@ -27,6 +27,7 @@ Policy on failures (what the user sees in the status):
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -388,6 +389,7 @@ class _Extra:
     provider_key: bytes = b""
     problem: str = ""                # last thing that went wrong, for the status
     output: str | None = None
+    output_dropped: bool = False     # completed, but its output was let go (memory budget)
 
 
 @dataclass(frozen=True)
@@ -399,12 +401,23 @@ class GatewaySettings:
     #: A provider that was unreachable, timed out, died mid-job or declined for a reason that
     #: will not change soon (not offering, price, wrong provider) is set aside this long.
     lost_backoff_s: float = 10.0
+    #: Memory bounds. Requests waiting or being served at once, and the bytes of their prompts
+    #: (each up to 64 KiB): past either, a new request is refused until some finish.
+    max_open_requests: int = 10_000
+    max_prompt_bytes: int = 64 * 1024 * 1024
+    #: Bytes of completed requests' outputs kept for their status (each up to 1 MB, kept for
+    #: the book's retention_s): past it, the oldest outputs are let go.
+    max_output_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("full_backoff_s", "lost_backoff_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        for name in ("max_open_requests", "max_prompt_bytes", "max_output_bytes"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 _SHORT_BACKOFF = frozenset({FULL, DUPLICATE})
@@ -440,6 +453,11 @@ class GatewayDesk:
         self._peer_ids: dict[bytes, str] = {}       # and back
         self._set_aside: dict[str, float] = {}      # peer id → until when it is not tried
         self._next_cleanup = -math.inf
+        #: Bytes of the prompts held (open requests); request id → bytes of its kept output,
+        #: oldest completion first.
+        self.prompt_bytes = 0
+        self.output_bytes = 0
+        self._outputs: OrderedDict[str, int] = OrderedDict()
         self.counts: dict[str, int] = dict.fromkeys(
             ("dispatched", "accepted", "declined", "lost", "failed", "completed",
              "receipt_refused", "expired", "requeued"), 0)
@@ -464,11 +482,20 @@ class GatewayDesk:
             raise MarketError("prompt is not valid UTF-8") from None
         if size > MAX_PROMPT:
             raise MarketError(f"prompt is {size} bytes (limit {MAX_PROMPT})")
+        limits = self.settings
+        if self.book.pending_count + self.book.claimed_count >= limits.max_open_requests:
+            raise MarketError(f"this gateway holds {limits.max_open_requests} open requests (its "
+                              f"limit); submit again when some have finished")
+        if self.prompt_bytes + size > limits.max_prompt_bytes:
+            raise MarketError(f"this gateway holds {self.prompt_bytes} bytes of prompts waiting "
+                              f"(limit {limits.max_prompt_bytes}); submit again when some have "
+                              f"finished")
         if isinstance(tokens, int) and tokens > self.config.max_tokens_per_minute:
             raise MarketError(f"tokens {tokens} is above max_tokens_per_minute "
                               f"({self.config.max_tokens_per_minute}): no provider may serve it")
         self.book.submit(request_id, user, tokens, max_price_nano, price_nano, now, tier)
         self._extra[request_id] = _Extra(prompt=prompt)
+        self.prompt_bytes += size
         status = self.status(request_id)
         assert status is not None
         return status
@@ -491,6 +518,9 @@ class GatewayDesk:
             reason = f"{extra.problem}; {reason}" if reason else extra.problem
         elif record.state is State.CLAIMED:
             reason = f"sent to provider {short_peer(record.provider or '?')}"
+        elif extra is not None and extra.output_dropped:
+            reason = f"{reason}; its output is no longer kept (this gateway keeps the newest " \
+                     f"{self.settings.max_output_bytes} bytes of outputs)"
         cost = record.settlement.payment if record.settlement is not None else None
         return JobStatus(
             request_id=record.request_id, user=record.user, state=str(record.state),
@@ -630,6 +660,7 @@ class GatewayDesk:
             return False
         self.counts["failed"] += 1
         extra.attempt = 0
+        self._drop_prompt(extra)
         self.book.fail(request_id, now, reason=why)
         return True
 
@@ -644,7 +675,8 @@ class GatewayDesk:
         extra.attempt = 0
         extra.output = output
         extra.problem = ""
-        extra.prompt = ""  # served: the prompt is no longer needed here
+        self._drop_prompt(extra)  # served: the prompt is no longer needed here
+        self._keep_output(request_id, len(output.encode("utf-8", "replace")))
         self.book.complete(request_id, receipt.tokens_served, now,
                            node_id=peer_id_of(receipt.signer))
         return self.status(request_id)
@@ -667,16 +699,38 @@ class GatewayDesk:
                 events.append(event)
             elif isinstance(event, RequestExpired):
                 self.counts["expired"] += 1
+                extra = self._extra.get(event.request_id)
+                if extra is not None:
+                    self._drop_prompt(extra)
                 events.append(event)
         if now >= self._next_cleanup:
             self._next_cleanup = now + min(10.0, self.config.retention_s or 10.0)
             for request_id in [r for r in self._extra if self.book.get(r) is None]:
-                del self._extra[request_id]
+                self._drop_prompt(self._extra.pop(request_id))
+                self.output_bytes -= self._outputs.pop(request_id, 0)
             for request_id, extra in self._extra.items():
                 record = self.book.get(request_id)
                 if record is not None and record.state in TERMINAL:
-                    extra.prompt = ""
+                    self._drop_prompt(extra)
         return events
+
+    def _drop_prompt(self, extra: _Extra) -> None:
+        if extra.prompt:
+            self.prompt_bytes -= len(extra.prompt.encode("utf-8"))
+            extra.prompt = ""
+
+    def _keep_output(self, request_id: str, size: int) -> None:
+        """Keep a completed request's output, letting go of the oldest kept outputs past the
+        byte budget (their status then says so)."""
+        self._outputs[request_id] = size
+        self.output_bytes += size
+        while self.output_bytes > self.settings.max_output_bytes and self._outputs:
+            oldest, freed = self._outputs.popitem(last=False)
+            self.output_bytes -= freed
+            extra = self._extra.get(oldest)
+            if extra is not None:
+                extra.output = None
+                extra.output_dropped = True
 
     def next_deadline(self) -> float | None:
         """When `advance` (or `dispatch`, for a provider coming back from being set aside) next
