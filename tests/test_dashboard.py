@@ -39,7 +39,7 @@ const text = (id) => document.getElementById(id).textContent;
 const price = document.getElementById('current-price');
 return {
   price_text: price.textContent, price_nano: price.dataset.priceNano, level: price.dataset.level,
-  classes: Array.from(price.classList), target_nano: document.getElementById('target-price').dataset.priceNano,
+  classes: Array.from(price.classList), colour: getComputedStyle(price).color, target_nano: document.getElementById('target-price').dataset.priceNano,
   supply: text('supply'), demand: text('demand'), nodes: text('available-nodes'), peers: text('peers'),
   utilization: text('utilization'), network: text('network'), own_offer: text('own-offer'),
   earnings: document.getElementById('earnings').dataset.earnedNano, status: text('status'),
@@ -100,10 +100,16 @@ async def page_shows_the_api_price(api: ApiNode, browser: Browser,
     return None
 
 
+#: The colours the page paints each level in (dashboard.css): green, blue, orange.
+LEVEL_COLOURS = {"low": "rgb(46, 166, 100)", "medium": "rgb(59, 130, 246)",
+                 "high": "rgb(240, 140, 46)"}
+
+
 def check_price_rendering(market: dict[str, Any], page: dict[str, Any]) -> None:
     level = expected_level(market["current_price"], market["min_price"], market["max_price"])
     assert market["price_level"] == level
     assert page["level"] == level
+    assert page["colour"] == LEVEL_COLOURS[level]
     assert f"price-{level}" in page["classes"]
     assert [c for c in page["classes"] if c.startswith("price-")] == [f"price-{level}"]
     assert abs(float(page["price_text"]) - market["current_price"]) <= 0.00005
@@ -147,7 +153,20 @@ async def test_dashboard_shows_the_price_in_its_colour_and_follows_the_market(
             await browser.run(browser.driver.save_screenshot, str(shots / "dashboard-high.png"))
 
             # 3. Capacity arrives (at a floor above the locked price, so nothing is served):
-            #    utilization falls and the price with it, back to green.
+            #    as much as the demand needs (utilization 1), the middle of the curve, blue ...
+            registered = await api.post("/api/market/register", headers=api.auth,
+                                        json={"tokens_per_second": 1667, "min_price": 0.9})
+            assert registered.status_code == 200
+            balanced = target_price_nano(1667, 100_000, API_MARKET)
+            market, page = await eventually(
+                lambda: page_shows_the_api_price(
+                    api, browser, lambda m: m["current_price_nano"] == balanced),
+                30, "the page shows the balanced price")
+            check_price_rendering(market, page)
+            assert page["level"] == "medium" and page["utilization"] == "100.0 %"
+            await browser.run(browser.driver.save_screenshot, str(shots / "dashboard-medium.png"))
+
+            #    ... then plenty: utilization falls and the price with it, back to green.
             registered = await api.post("/api/market/register", headers=api.auth,
                                         json={"tokens_per_second": 50_000, "min_price": 0.9})
             assert registered.status_code == 200
