@@ -483,3 +483,18 @@ def test_expected_level_matches_the_documented_thresholds() -> None:
     assert [expected_level(p, 0.0, 3.0) for p in (0.0, 0.999, 1.0, 1.999, 2.0, 3.0)] == [
         "low", "low", "medium", "medium", "high", "high"]
     assert math.isclose(1 / 3 * 3.0, 1.0)
+
+
+def test_the_servers_price_level_uses_the_documented_thresholds_exactly() -> None:
+    """`api.readout.price_level` (what /api/market and the page say) at and around the
+    boundaries, in integer nano-NEURO: a boundary belongs to the higher level."""
+    from neuroshard_p2p.api.readout import price_level
+
+    lo, hi = 10_000_000, 1_000_000_000  # the defaults, 0.01 … 1.0
+    third = (hi - lo) // 3  # 330,000,000 exactly: 0.34 and 0.67 are boundaries
+    cases = {lo - 1: "low", lo: "low", lo + third - 1: "low", lo + third: "medium",
+             lo + 2 * third - 1: "medium", lo + 2 * third: "high", hi: "high", hi + 1: "high"}
+    for price, level in cases.items():
+        assert price_level(price, lo, hi) == level, price
+        if lo <= price <= hi and price not in (lo + third, lo + 2 * third):  # floats: not exact
+            assert expected_level(price / 1e9, lo / 1e9, hi / 1e9) == level, price
