@@ -233,6 +233,35 @@ async def test_leaving_a_node_closes_its_port_and_its_connections(tmp_path: Path
         nursery.cancel_scope.cancel()
 
 
+async def test_a_port_another_node_listens_on_is_a_clear_error(tmp_path: Path) -> None:
+    """py-libp2p binds with SO_REUSEPORT, so a second node on a taken port used to start and
+    share the port's incoming connections with the first (the kernel spreads them: a dial of
+    that address reached either peer id). It must refuse instead; and a port left with
+    connections in TIME_WAIT by a stopped node is free for its restart."""
+    import pytest
+
+    from neuroshard_p2p.node.host import NodeError
+
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))
+        port = int(first.node.addrs[0].split("/")[4])
+        taken = test_settings(tmp_path / "b", listen=(f"/ip4/127.0.0.1/tcp/{port}",))
+        with pytest.raises(NodeError) as refused:
+            async with Node(taken, private_key=make_key(2)):
+                pass  # pragma: no cover - must not start
+        assert str(refused.value) == (f"cannot listen on /ip4/127.0.0.1/tcp/{port}: "
+                                      f"address already in use")
+        peer = await start_node(nursery, test_settings(tmp_path / "c", bootstrap=first.node.addrs),
+                                make_key(3))
+        await eventually(lambda: first.node.peer_count == 1, 10, "a peer connected")
+        await first.stop()  # closes its side first: the connection waits in TIME_WAIT
+        again = await start_node(nursery, test_settings(tmp_path / "a", listen=(
+            f"/ip4/127.0.0.1/tcp/{port}",)), make_key(1))
+        assert again.node.addrs[0].split("/")[4] == str(port)
+        _ = peer
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         boot = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))

@@ -286,6 +286,11 @@ class Node:
             eclipse_protection_enabled=False,
         )
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
+        # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would
+        # not fail but be shared, the kernel handing each incoming connection to either node.
+        for addr in self._listen:
+            if addr.value_for_protocol("tcp") != "0" and (problem := _bind_problem(addr)):
+                raise NodeError(f"cannot listen on {addr}: {problem}")
         try:
             await stack.enter_async_context(self.host.run(self._listen))
         except OSError as exc:
@@ -295,7 +300,8 @@ class Node:
             raise NodeError(f"cannot listen on {', '.join(s.listen)}: {reason}") from None
         if not self.host.get_transport_addrs():
             # py-libp2p logs a failed listen and carries on; a node nobody can reach is no node.
-            reasons = "; ".join(_bind_failure(a) for a in self._listen)
+            reasons = "; ".join(_bind_problem(a) or "unknown reason (see the log)"
+                                for a in self._listen)
             raise NodeError(f"cannot listen on {', '.join(s.listen)}: {reasons}")
         await self.host.get_network().auto_connector.stop()
         await stack.enter_async_context(background_trio_service(self.pubsub))
@@ -773,8 +779,10 @@ def _parse_peer_addr(text: str, what: str) -> PeerInfo:
     return info
 
 
-def _bind_failure(addr: multiaddr.Multiaddr) -> str:
-    """Why binding `addr` fails, asked of the OS directly (py-libp2p only logs it)."""
+def _bind_problem(addr: multiaddr.Multiaddr) -> str | None:
+    """Why `addr` cannot be listened on, asked of the OS directly (py-libp2p only logs a failed
+    listen), or None if it can. SO_REUSEADDR and no SO_REUSEPORT: a port another socket listens
+    on is refused, one whose old connections wait in TIME_WAIT (a restart) is not."""
     import socket
 
     text = str(addr)
@@ -783,12 +791,14 @@ def _bind_failure(addr: multiaddr.Multiaddr) -> str:
         host = addr.value_for_protocol("ip6" if family == socket.AF_INET6 else "ip4")
         port = int(addr.value_for_protocol("tcp"))
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
+            sock.listen(1)
     except OSError as exc:
         return (exc.strerror or str(exc)).lower()
     except Exception as exc:  # noqa: BLE001 - not an address we can probe
         return str(exc)
-    return "unknown reason (see the log)"
+    return None
 
 
 async def _unwind(exiting: Any, error: BaseException) -> None:
