@@ -365,9 +365,12 @@ def _churn(rec: Recorder) -> list[dict[str, Any]]:
         window = _window(rec, record.t, end)
         pruned_at = None
         first_pruned_at = None
+        dead = set(record.info.get("peers", []))
         for i in window:
             truth_supply, truth_demand, _ = rec.truth[i]
             rows = rec.samples[i]
+            if any(r.peer in dead for r in rows):
+                continue  # the kill has not taken effect at this sample yet
             done = [r.supply == truth_supply and r.demand == truth_demand for r in rows]
             if rows and any(done) and first_pruned_at is None:
                 first_pruned_at = rec.times[i]

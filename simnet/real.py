@@ -349,6 +349,10 @@ class RealNetwork:
                     "demand_removed": sum(p.demand for p in chosen),
                     "last_announced": last}
             for p in chosen:
+                # Gone from this instant: no longer sampled nor counted in the truth, though its
+                # teardown (closing connections) takes a moment longer.
+                p.alive = False
+                rec.stop_peer(p.index, t)
                 if action == "kill":
                     assert p.scope is not None
                     p.scope.cancel()
@@ -356,7 +360,6 @@ class RealNetwork:
                     p.stop.set()
             for p in chosen:
                 await p.ended.wait()
-                rec.stop_peer(p.index, t)
             self._killed_last = chosen
             rec.record_event(t, event, **info)
         elif action == "add":
