@@ -474,7 +474,11 @@ async def test_request_at_gateway_is_served_by_provider_at_the_locked_price(tmp_
             "completed", b.peer_id, 500, 500 * PRICE // 1_000_000, 1)
         assert done.output is not None and len(done.output.split()) == 500
         assert provider.counters.jobs_served == 1 and gateway.counters.receipts_settled == 1
-        assert gateway.counters.timed_jobs == 1 and gateway.counters.result_wait_s >= 0.5  # 500 tokens at 1000/s
+        # 500 tokens at 1000/s: the provider's 0.5 s of serving lies between the gateway opening
+        # the stream and the result arriving (how it splits around the accept frame depends on
+        # when the gateway gets to read that frame)
+        c = gateway.counters
+        assert c.timed_jobs == 1 and c.answer_wait_s + c.result_wait_s >= 0.5
         # The prompt travelled on the job stream only: no announcement anyone holds carries it.
         for node in (a, b):
             assert all(b"secret prompt" not in m.wire for m in node.engine.view.all_messages())

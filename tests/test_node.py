@@ -12,7 +12,7 @@ import trio
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.host import Node
-from neuroshard_p2p.view import MarketView, TickPrice
+from neuroshard_p2p.view import MarketView, TickPrice, ms_of
 from neuroshard_p2p.wire import Announcement, encode
 from tests.conftest import make_key
 from tests.node_harness import TEST_MARKET, RunningNode, eventually, start_node, test_settings
@@ -156,7 +156,9 @@ async def test_a_hard_stopped_node_counts_until_its_timeout_a_cleanly_stopped_on
         # and in real time the dead node drops out exactly when its last word expires
         def expired_everywhere() -> bool:
             supplies = [n.stats().supply_tokens_per_s for n in peers]
-            assert all(s == 1000 for s in supplies) or time.time() * 1000 >= expiry_ms, supplies
+            # in the view's own integer ms (it rounds): read after the supplies, so if they
+            # were read at or past the expiry, so is this
+            assert all(s == 1000 for s in supplies) or ms_of(time.time()) >= expiry_ms, supplies
             return all(s == 0 for s in supplies)
 
         await eventually(expired_everywhere, max(expiry_ms / 1000 - time.time(), 0) + 5,

@@ -103,10 +103,16 @@ def test_three_processes_bootstrapped_from_the_first_agree_on_the_price(tmp_path
         assert refused.status_code == 401
 
         # SIGTERM on a: a clean stop; b and c stop counting its 1000 tokens/s at once
+        a_url = (dirs[0] / "api").read_text().strip()
         procs[0].send_signal(signal.SIGTERM)
         out, _ = procs[0].communicate(timeout=20)
         assert procs[0].returncode == 0, out
         assert "withdrawing" in out
+        # what `run` printed on start: the multiaddr to bootstrap from and the dashboard URL
+        lines = out.splitlines()
+        assert lines[lines.index("bootstrap other nodes from:") + 1] == f"  {bootstrap}", out
+        assert f"dashboard: {a_url}/" in lines and "ready (Ctrl-C to stop)" in lines, out
+        assert not (dirs[0] / "api").exists()  # a stopped node no longer claims an API
         wait_for(lambda: all(cli_json("market", "--data-dir", str(d))["supply_tokens_per_sec"] == 500
                              for d in dirs[1:]), 10, "a's withdrawal reached b and c")
     finally:
