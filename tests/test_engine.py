@@ -3,6 +3,8 @@ and fake times (no network, no clock)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import coincurve
 import pytest
 from hypothesis import given, settings
@@ -45,10 +47,43 @@ def test_a_node_with_capacity_announces_once_then_keeps_alive_every_interval() -
             message.pending_requests) == (1000, 5, 0, 0)
     assert message.issued_at_ms == int(T0 * 1000) and message.seq == int(T0 * 1000)
     assert a.poll_announcements(T0 + 0.5) == []
-    assert a.poll_announcements(T0 + 19.9) == []
-    assert a.next_deadline() == T0 + 20.0
-    again = a.poll_announcements(T0 + 20.0)
-    assert len(again) == 1 and announcement_of(again[0]).seq == int((T0 + 20) * 1000)
+    # The keep-alive comes up to 20 % early, by a fraction drawn from the announcement's bytes.
+    fraction = int.from_bytes(hashlib.sha256(first[0]).digest()[:4], "big") / 2**32
+    due = T0 + 20.0 * (1 - 0.2 * fraction)
+    assert T0 + 16.0 < due <= T0 + 20.0
+    assert a.poll_announcements(due - 0.01) == []
+    assert a.next_deadline() == due
+    again = a.poll_announcements(due)
+    assert len(again) == 1 and announcement_of(again[0]).seq == int(due * 1000)
+
+
+def test_keep_alives_of_nodes_that_changed_together_spread_out() -> None:
+    nodes = [engine(i, tokens_per_second=100, announce_interval_s=20.0) for i in range(1, 11)]
+    for node in nodes:
+        assert len(node.poll_announcements(T0)) == 1
+    deadlines = {node.next_deadline() for node in nodes}
+    assert len(deadlines) == 10  # ten different instants, not one burst
+    assert all(T0 + 16.0 < d <= T0 + 20.0 for d in deadlines)
+    assert max(deadlines) - min(deadlines) > 1.0
+
+
+def test_reannounce_repeats_an_unchanged_state_at_the_next_tick_only() -> None:
+    a = engine(1, tokens_per_second=1000, announce_interval_s=20.0)
+    [first] = a.poll_announcements(T0)
+    a.reannounce()
+    assert a.wants_poll
+    assert a.poll_announcements(T0 + 0.5) == []          # once per tick still holds
+    assert a.next_deadline() == T0 + 1.0
+    [again] = a.poll_announcements(T0 + 1.0)
+    assert announcement_of(again).tokens_per_second == 1000
+    assert announcement_of(again).seq > announcement_of(first).seq
+    assert a.poll_announcements(T0 + 2.0) == []          # one repeat, not a stream of them
+
+
+def test_reannounce_of_a_silent_node_says_nothing() -> None:
+    a = engine(1)
+    a.reannounce()
+    assert a.poll_announcements(T0) == [] and a.next_deadline() is None
 
 
 def test_a_node_with_nothing_to_offer_or_buy_stays_silent() -> None:
@@ -112,7 +147,8 @@ def test_queued_requests_raise_demand_until_taken_or_expired() -> None:
     assert a.take_request(r1.request_id) == r1
     [data] = a.poll_announcements(T0 + 1)
     assert announcement_of(data).pending_tokens == 3000
-    assert a.next_deadline() == T0 + 21.0  # the keep-alive comes before the expiry
+    keep_alive = a.next_deadline()  # the keep-alive (16-20 s after T0 + 1) comes before the expiry
+    assert keep_alive is not None and T0 + 17.0 < keep_alive <= T0 + 21.0
     [data] = a.poll_announcements(T0 + 30.2)  # the second request expired
     assert announcement_of(data).pending_tokens == 0
     with pytest.raises(MarketError):

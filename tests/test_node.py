@@ -381,3 +381,29 @@ async def test_nodes_on_different_networks_never_mix(tmp_path: Path) -> None:
 
 
 _ = RunningNode  # re-exported for readers of this file
+
+
+async def test_a_newcomers_first_state_reaches_peers_it_is_not_connected_to_by_gossip(
+        tmp_path: Path) -> None:
+    # X and the newcomer N each know only the hub H and want no more peers, and keep-alives and
+    # periodic syncs are far off: N's capacity can reach X within the deadline only if N gossips
+    # its state again once it has a mesh peer (its first announcement left before it had any,
+    # and H, which pulled it by sync, does not forward what it pulls).
+    market = MarketConfig(capacity_timeout_s=60.0, settle_delay_s=1.0, window_ticks=8)
+    quiet = dict(market=market, announce_interval_s=50.0, sync_interval_s=60.0, target_peers=1)
+    async with trio.open_nursery() as nursery:
+        hub = await start_node(nursery, test_settings(tmp_path / "h", **quiet), make_key(1))
+        entry = (hub.node.addrs[0],)
+        x = await start_node(nursery, test_settings(tmp_path / "x", bootstrap=entry, **quiet),
+                             make_key(2))
+        await eventually(lambda: x.node.peer_count == 1 and hub.node.peer_count == 1, 10,
+                         "X connected to the hub")
+        newcomer = await start_node(
+            nursery, test_settings(tmp_path / "n", bootstrap=entry, capacity=700, **quiet),
+            make_key(3))
+        await eventually(lambda: newcomer.node.engine.view.supply_at(newcomer.node.now()) == 700, 5,
+                         "the newcomer counts its own capacity")
+        await eventually(lambda: x.node.engine.view.supply_at(x.node.now()) == 700, 8,
+                         "X, not connected to the newcomer, counts its capacity from gossip")
+        assert newcomer.node.peer_count == 1 and x.node.peer_count == 1  # never met directly
+        nursery.cancel_scope.cancel()

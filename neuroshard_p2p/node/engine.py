@@ -32,6 +32,7 @@ and which were older than what we held ("history").
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 from collections import Counter
@@ -139,6 +140,19 @@ class MarketSnapshot:
     utilization: float
 
 
+#: Keep-alives come after (1 − up to 20 %) of announce_interval_s, so nodes whose state changed
+#: at the same moment (any shared event) do not re-announce in lockstep bursts every period
+#: forever. Only earlier, never later: a keep-alive never comes later than configured.
+KEEP_ALIVE_JITTER = 0.2
+
+
+def _keep_alive_factor(wire_bytes: bytes) -> float:
+    """A factor in (1 − jitter, 1] derived from the announcement's own bytes: spread like a
+    random draw, yet deterministic (a simulation with the same seed repeats exactly)."""
+    fraction = int.from_bytes(hashlib.sha256(wire_bytes).digest()[:4], "big") / 2**32
+    return 1.0 - KEEP_ALIVE_JITTER * fraction
+
+
 class PeerEngine:
     """Sans-IO peer logic of one node (see the module docstring)."""
 
@@ -168,6 +182,8 @@ class PeerEngine:
         self._last_seq = 0
         self._published: OwnState | None = None  # content of our newest announcement
         self._published_at: float | None = None
+        self._keep_alive_after = announce_interval_s
+        self._repeat = False  # publish our unchanged state again at the next tick
         self._dirty = False
         self.announcements_published = 0
 
@@ -273,14 +289,24 @@ class PeerEngine:
             changed = state != self._published
             same_tick = self.tick_of(now) == self.tick_of(self._published_at)
             keep_alive = (not state.silent
-                          and now >= self._published_at + self.announce_interval_s)
-            due = (changed and not same_tick) or keep_alive
+                          and now >= self._published_at + self._keep_alive_after)
+            due = ((changed or self._repeat) and not same_tick) or keep_alive
         self._dirty = False
         if not due:
-            if self._published is not None and state != self._published:
+            if self._repeat or (self._published is not None and state != self._published):
                 self._dirty = True  # changed within this tick: due at the next one
             return []
         return [self._announce(state, now)]
+
+    def reannounce(self) -> None:
+        """Publish our current state again at the next tick, changed or not. The driver calls
+        this when gossip can first carry it (the node's first mesh peer for the topic): a node's
+        first announcement goes out before it has mesh peers, and the peers that pull it by sync
+        do not gossip it on, so without a repeat most of the network would learn of a newcomer
+        only from its keep-alive, 20 s later."""
+        if self._published is not None and not self._published.silent:
+            self._repeat = True
+            self._dirty = True
 
     def withdraw(self, now: float) -> bytes | None:
         """The announcement a node publishes when it stops: zero capacity, zero demand, a higher
@@ -303,7 +329,7 @@ class PeerEngine:
                 next_tick = (self.tick_of(self._published_at) + 1) * self.view.tick_ms / 1000
                 deadlines.append(next_tick)
             if self._published is not None and not self._published.silent:
-                deadlines.append(self._published_at + self.announce_interval_s)
+                deadlines.append(self._published_at + self._keep_alive_after)
         elif self._dirty:
             deadlines.append(-math.inf)  # never announced: now
         if self._requests and self._demand_override is None:
@@ -326,6 +352,8 @@ class PeerEngine:
         self._last_seq = seq
         self._published = state
         self._published_at = now
+        self._repeat = False
+        self._keep_alive_after = self.announce_interval_s * _keep_alive_factor(data)
         self.announcements_published += 1
         # Our own announcement joins our view through the same door as everyone's, so the
         # validator knows our seq and a sync digest includes it.
