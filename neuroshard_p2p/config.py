@@ -71,6 +71,12 @@ class MarketConfig:
         need(self.tick_s > 0, "tick_s must be > 0")
         need(self.settle_delay_s >= 0, "settle_delay_s must be >= 0")
         need(self.capacity_timeout_s > 0, "capacity_timeout_s must be > 0")
+        # The merged view works on the signed timeline's integer milliseconds.
+        for name in ("tick_s", "settle_delay_s", "capacity_timeout_s"):
+            ms = getattr(self, name) * 1000
+            need(abs(ms - round(ms)) <= 1e-6 * max(1.0, abs(ms)),
+                 f"{name} must be a whole number of milliseconds, got {getattr(self, name)!r} s")
+        need(self.tick_s >= 0.001, "tick_s must be at least 1 ms")
         need(self.claim_timeout_s > 0, "claim_timeout_s must be > 0")
         need(self.request_expiry_s > 0, "request_expiry_s must be > 0")
         need(self.retention_s >= 0, "retention_s must be >= 0")

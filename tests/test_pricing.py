@@ -294,6 +294,10 @@ def test_config_from_toml_without_market_table(tmp_path: Path) -> None:
      "window_ticks 32 is too short for max_step 0.05: the price needs 117 ticks"),
     ("[market]\nmax_step = 0.0001\n", "more than the 4096-tick window limit"),
     ("[market]\nwindow_auto = true\n", "unknown setting 'window_auto'"),
+    ("[market]\ntick_s = 0.0005\n", "tick_s must be a whole number of milliseconds"),
+    ("[market]\ncapacity_timeout_s = 60.0004\n",
+     "capacity_timeout_s must be a whole number of milliseconds"),
+    ("[market]\ntick_s = 1e-300\n", "tick_s must be at least 1 ms"),
     ("market = 3\n", "[market] must be a table"),
     ("[market\n", "not valid TOML"),
 ])
