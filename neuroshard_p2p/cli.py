@@ -56,6 +56,18 @@ class UsageError(Exception):
 # argument parsing
 
 
+def finite_float(text: str) -> float:
+    """A number flag: NaN and infinities are refused as usage errors (JSON cannot carry them,
+    and no price, instant or timeout is infinite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuroshard-node",
@@ -104,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"free one; 'off' runs none)")
     p.add_argument("--capacity", type=int, metavar="TOKENS_PER_S",
                    help="inference capacity to offer, tokens per second (default 0: none)")
-    p.add_argument("--min-price", type=float, metavar="NEURO",
+    p.add_argument("--min-price", type=finite_float, metavar="NEURO",
                    help="lowest price to serve at, NEURO per 1M tokens (default 0)")
     p.add_argument("--backend", choices=BACKEND_KINDS,
                    help="what serves the jobs this node accepts: 'synthetic' produces the "
@@ -116,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. http://127.0.0.1:8080, http://127.0.0.1:11434/v1)")
     p.add_argument("--backend-model", metavar="NAME",
                    help="the model name the server is asked for (e.g. qwen2.5-0.5b-instruct)")
-    p.add_argument("--backend-timeout", type=float, metavar="SECONDS",
+    p.add_argument("--backend-timeout", type=finite_float, metavar="SECONDS",
                    help="longest wait for the server's answer to one job (default 60; a job's "
                         "own deadline may cut it shorter)")
     p.add_argument("--log-level", default="info",
@@ -136,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Price, supply, demand and utilization as the running node "
                                    "sees them, now or at a given instant.")
     client(p)
-    p.add_argument("--at", type=float, metavar="UNIX_SECONDS",
+    p.add_argument("--at", type=finite_float, metavar="UNIX_SECONDS",
                    help="evaluate at this instant instead of now (every node holding the same "
                         "announcements gives the same answer)")
 
@@ -145,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     client(p)
     p.add_argument("--capacity", type=int, required=True, metavar="TOKENS_PER_S",
                    help="tokens per second to offer")
-    p.add_argument("--min-price", type=float, default=0.0, metavar="NEURO",
+    p.add_argument("--min-price", type=finite_float, default=0.0, metavar="NEURO",
                    help="lowest price to serve at, NEURO per 1M tokens (default 0)")
 
     p = sub.add_parser("withdraw", help="stop offering capacity")
@@ -160,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "id, the locked price and its state.")
     client(p)
     p.add_argument("--tokens", type=int, required=True, help="tokens requested")
-    p.add_argument("--max-price", type=float, required=True, metavar="NEURO",
+    p.add_argument("--max-price", type=finite_float, required=True, metavar="NEURO",
                    help="highest price to pay, NEURO per 1M tokens")
     p.add_argument("--tier", default="standard", choices=("economy", "standard", "premium"),
                    help="service tier carried in the job (default standard)")

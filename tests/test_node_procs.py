@@ -189,7 +189,6 @@ def test_openai_backend_without_a_url_is_a_usage_error_before_anything_is_create
     (["--backend", "openai", "--backend-url", "http://h:1", "--backend-model", " "],
      "--backend-model must not be empty"),
     (["--backend-timeout", "0"], "--backend-timeout must be > 0 seconds, got 0"),
-    (["--backend-timeout", "nan"], "--backend-timeout must be > 0 seconds, got nan"),
     (["--backend", "synthetic", "--backend-model", "m"],
      "--backend-model only applies to the openai backend"),
     (["--backend-url", "http://127.0.0.1:8080", "--backend-model", "m"],  # the file: synthetic
@@ -204,6 +203,27 @@ def test_backend_flags_that_cannot_work_exit_with_status_2(
     err = capsys.readouterr().err
     assert err.startswith("usage: neuroshard-node run") and message in err, err
     assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["submit", "--tokens", "10", "--max-price", "nan"],
+    ["submit", "--tokens", "10", "--max-price", "inf"],
+    ["register", "--capacity", "10", "--min-price=-inf"],
+    ["market", "--at", "nan"],
+    ["run", "--min-price", "nan"],
+    ["run", "--backend-timeout", "nan"],
+])
+def test_a_number_that_is_not_finite_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """Not a traceback from the JSON encoder, not a request."""
+    from neuroshard_p2p.cli import EXIT_USAGE, main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--data-dir", str(tmp_path / "x")])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"usage: neuroshard-node {argv[0]}" in err and "must be a finite number, got " in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_backend_flags_reach_the_settings_and_complete_the_config_file(tmp_path: Path) -> None:
