@@ -182,6 +182,19 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
         status = (await api.get(f"/api/market/requests/{queued.request_id}")).json()
         assert (status["request_id"], status["state"], status["status"], status["tokens"]) == (
             queued.request_id, "pending", "pending", 500)
+        # One the gateway refuses when it takes it (its max price is below the price): failed,
+        # with the reason, and counted so in the metrics next to the pending one.
+        refused = node.submit_request(500, 1)
+
+        async def refused_status() -> dict[str, Any] | None:
+            body = (await api.get(f"/api/market/requests/{refused.request_id}")).json()
+            return body if body["state"] == "failed" else None
+
+        failed = await eventually(refused_status, 10, "the gateway refused the request")
+        assert failed["reason"].startswith("current price ") and "> max_price" in failed["reason"]
+        samples = scrape((await api.get("/metrics")).text)
+        assert samples["neuroshard_requests"] == {(("state", "failed"),): 1.0,
+                                                  (("state", "pending"),): 1.0}
 
 
 async def test_two_nodes_offers_peers_and_a_request_served_end_to_end(tmp_path: Path) -> None:

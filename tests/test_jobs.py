@@ -311,6 +311,51 @@ def test_the_gateway_keeps_the_newest_outputs_within_its_byte_budget() -> None:
     assert (desk.status("r2"), desk.output_bytes) == (None, 0)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["submit", "dispatch", "complete", "decline", "lose",
+                                           "fail", "wait"]),
+                          st.integers(0, 40)), max_size=60))
+def test_counting_requests_by_state_equals_counting_their_statuses(
+        steps: list[tuple[str, int]]) -> None:
+    """`count_by_state` (what /api/market and /metrics read) keeps its counts as requests move
+    and are pruned; it always equals counting `statuses()`, which walks every record."""
+    from collections import Counter
+
+    config = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_timeout_s=5.0,
+                          request_expiry_s=20.0, retention_s=15.0)
+    desk = GatewayDesk(config, pub(GATEWAY), GatewaySettings(full_backoff_s=0.0,
+                                                             lost_backoff_s=0.0))
+    desk.set_view_offers([offer(CHEAP, 100, 10)], T0)
+    provider = ProviderDesk(pub(CHEAP), config)
+    now, sent = T0, []
+    for action, n in steps:
+        if action == "submit":
+            try:  # ids come back once their request is pruned
+                desk.submit(f"r{n % 6}", "alice", 10 + n, 2 * PRICE, price_nano=PRICE, now=now)
+            except MarketError:
+                assert desk.status(f"r{n % 6}") is not None  # still held: the id is taken
+        elif action == "dispatch":
+            sent += desk.dispatch(now)
+        elif action == "wait":
+            now += n / 2
+            desk.advance(now)
+        elif sent:
+            d = sent.pop(0)
+            if action == "complete":
+                job = wire.sign(d.job, GATEWAY)
+                receipt = wire.sign(provider.receipt_for(job, d.job.tokens, now, now, now), CHEAP)
+                desk.on_completed(d.request_id, d.attempt, receipt, "x" * n, now)
+            elif action == "decline":
+                desk.on_declined(d.request_id, d.attempt, d.peer_id, "full", "", now)
+            elif action == "lose":
+                desk.on_lost(d.request_id, d.attempt, d.peer_id, "died", now)
+            else:
+                desk.on_failed(d.request_id, d.attempt, d.peer_id, "backend failed", now)
+        assert desk.count_by_state() == dict(Counter(s.state for s in desk.statuses()))
+    desk.advance(now + 100)
+    assert desk.count_by_state() == {} and desk.statuses() == []
+
+
 # --- the view's offers, kept while they cannot change --------------------------------------------
 
 VIEW_CONFIG = MarketConfig(capacity_timeout_s=60.0)

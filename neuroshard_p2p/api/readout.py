@@ -108,7 +108,7 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
     the async caller fetches them in a worker thread first)."""
     snapshot = node.stats(now)
     config = node.settings.market
-    requests: Counter[str] = Counter(status.state for status in node.jobs.statuses())
+    requests: Counter[str] = Counter(node.jobs.count_by_state())
     # Requests still in the engine's queue (not yet taken by the jobs layer) are pending too.
     queued = len(node.engine.queued_requests(now))
     if queued:

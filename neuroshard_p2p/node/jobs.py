@@ -26,8 +26,9 @@ Policy on failures (what the user sees in the status):
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -458,6 +459,11 @@ class GatewayDesk:
         self.prompt_bytes = 0
         self.output_bytes = 0
         self._outputs: OrderedDict[str, int] = OrderedDict()
+        #: Finished requests the book still holds, by state, and when the book lets each go:
+        #: (prune at, request id, state), a heap. Counting requests by state then costs nothing
+        #: per read (walking every record cost ~7 ms per 1,000 held).
+        self._finished: Counter[str] = Counter()
+        self._prunes: list[tuple[float, str, str]] = []
         self.counts: dict[str, int] = dict.fromkeys(
             ("dispatched", "accepted", "declined", "lost", "failed", "completed",
              "receipt_refused", "expired", "requeued"), 0)
@@ -506,6 +512,23 @@ class GatewayDesk:
         if record is None:
             return None
         return self._status(record, self._extra.get(request_id))
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many requests this desk holds in each state (states with none left out); the
+        same as counting `statuses()`, without walking them."""
+        counts = {"pending": self.book.pending_count, "claimed": self.book.claimed_count,
+                  **self._finished}
+        return {state: n for state, n in counts.items() if n}
+
+    def _finished_now(self, request_id: str) -> None:
+        """A request reached a terminal state: count it until the book prunes it."""
+        record = self.book.get(request_id)
+        if record is None or record.state not in TERMINAL or record.finished_at is None:
+            return
+        state = str(record.state)
+        self._finished[state] += 1
+        heapq.heappush(self._prunes, (record.finished_at + self.config.retention_s, request_id,
+                                      state))
 
     def statuses(self) -> list[JobStatus]:
         """Every request held, newest first."""
@@ -662,6 +685,7 @@ class GatewayDesk:
         extra.attempt = 0
         self._drop_prompt(extra)
         self.book.fail(request_id, now, reason=why)
+        self._finished_now(request_id)
         return True
 
     def on_completed(self, request_id: str, attempt: int, receipt: Receipt, output: str,
@@ -679,6 +703,7 @@ class GatewayDesk:
         self._keep_output(request_id, len(output.encode("utf-8", "replace")))
         self.book.complete(request_id, receipt.tokens_served, now,
                            node_id=peer_id_of(receipt.signer))
+        self._finished_now(request_id)
         return self.status(request_id)
 
     # -- time ----------------------------------------------------------------------------------
@@ -699,10 +724,16 @@ class GatewayDesk:
                 events.append(event)
             elif isinstance(event, RequestExpired):
                 self.counts["expired"] += 1
+                self._finished_now(event.request_id)
                 extra = self._extra.get(event.request_id)
                 if extra is not None:
                     self._drop_prompt(extra)
                 events.append(event)
+        # The book prunes a finished request at the same instant (finished_at + retention_s),
+        # in its advance just above.
+        while self._prunes and self._prunes[0][0] <= now:
+            _, request_id, state = heapq.heappop(self._prunes)
+            self._finished[state] -= 1
         if now >= self._next_cleanup:
             self._next_cleanup = now + min(10.0, self.config.retention_s or 10.0)
             for request_id in [r for r in self._extra if self.book.get(r) is None]:
