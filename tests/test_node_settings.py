@@ -141,3 +141,16 @@ def test_a_network_failure_is_described_by_its_most_specific_cause() -> None:
         "peer id mismatch: 16Uiu2…"
     assert failure_reason(ValueError("bad frame")) == "ValueError: bad frame"
     assert failure_reason(EOFError()) == "EOFError"
+
+
+def test_a_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    from neuroshard_p2p.cli import EXIT_ERROR, main
+
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match=f"cannot create the data dir {a_file}: {a_file}: "
+                                          f"file exists"):
+        ensure_data_dir(a_file)
+    with pytest.raises(ConfigError, match="not a directory"):
+        ensure_data_dir(a_file / "sub")
+    assert main(["init", "--data-dir", str(a_file / "sub")]) == EXIT_ERROR

@@ -70,8 +70,18 @@ class DataDirReport:
 
 
 def ensure_data_dir(path: str | os.PathLike[str]) -> DataDirReport:
-    """Create the data dir and any missing key, token and config file; keep existing ones."""
+    """Create the data dir and any missing key, token and config file; keep existing ones.
+    ConfigError says what could not be created and why."""
     directory = Path(path).expanduser()
+    try:
+        return _ensure_data_dir(directory)
+    except OSError as exc:
+        where = exc.filename or directory
+        raise ConfigError(f"cannot create the data dir {directory}: {where}: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
+
+
+def _ensure_data_dir(directory: Path) -> DataDirReport:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     created: list[str] = []
     key_path = directory / KEY_FILE
