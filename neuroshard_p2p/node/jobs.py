@@ -50,7 +50,14 @@ from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.view import MarketView, ms_of
 from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.wire import TIERS, VERSION, Job, JobDeclined, Receipt, WireError
-from neuroshard_p2p.wire.codec import MAX_DETAIL, MAX_PROMPT, MAX_STR, encode_frame, decode_frame
+from neuroshard_p2p.wire.codec import (
+    MAX_DETAIL,
+    MAX_PROMPT,
+    MAX_STR,
+    check_text,
+    decode_frame,
+    encode_frame,
+)
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME
 from neuroshard_p2p.wire.messages import KIND_JOB_DECLINED
@@ -115,19 +122,6 @@ def _pack(items: list[Any]) -> bytes:
     return data
 
 
-def _check_text(name: str, value: Any, limit: int, non_empty: bool) -> None:
-    if type(value) is not str:
-        raise WireError("bad_field", REJECT, f"{name} must be a string, got {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise WireError("bad_field", REJECT, f"{name} is not valid UTF-8") from None
-    if size > limit:
-        raise WireError("bad_field", REJECT, f"{name} is {size} bytes (limit {limit})")
-    if non_empty and not size:
-        raise WireError("bad_field", REJECT, f"{name} must not be empty")
-
-
 def clip_utf8(text: str, limit: int) -> str:
     """`text` cut to at most `limit` UTF-8 bytes at a character boundary (lone surrogates, which
     UTF-8 cannot carry, become "?")."""
@@ -142,13 +136,13 @@ def encode_job_frame(frame: JobFrame) -> bytes:
     if isinstance(frame, JobDeclined):
         return encode_frame(frame)
     if isinstance(frame, JobAccepted):
-        _check_text("request_id", frame.request_id, MAX_STR, True)
+        check_text("request_id", frame.request_id, MAX_STR, True)
         return _pack([VERSION, KIND_JOB_ACCEPTED, frame.request_id])
     if isinstance(frame, JobResult):
-        _check_text("request_id", frame.request_id, MAX_STR, True)
+        check_text("request_id", frame.request_id, MAX_STR, True)
         if type(frame.receipt) is not bytes or not frame.receipt:
             raise WireError("bad_field", REJECT, "receipt must be non-empty bytes")
-        _check_text("output", frame.output, MAX_OUTPUT_BYTES, False)
+        check_text("output", frame.output, MAX_OUTPUT_BYTES, False)
         return _pack([VERSION, KIND_JOB_RESULT, frame.request_id, frame.receipt, frame.output])
     raise WireError("kind", REJECT, f"not a job-stream frame: {type(frame).__name__}")
 
@@ -177,13 +171,13 @@ def decode_job_frame(data: bytes) -> JobFrame:
         assert isinstance(frame, JobDeclined)
         return frame
     if kind == KIND_JOB_ACCEPTED and len(items) == 3:
-        _check_text("request_id", items[2], MAX_STR, True)
+        check_text("request_id", items[2], MAX_STR, True)
         result: JobFrame = JobAccepted(items[2])
     elif kind == KIND_JOB_RESULT and len(items) == 5:
-        _check_text("request_id", items[2], MAX_STR, True)
+        check_text("request_id", items[2], MAX_STR, True)
         if type(items[3]) is not bytes or not items[3]:
             raise WireError("bad_field", REJECT, "receipt must be non-empty bytes")
-        _check_text("output", items[4], MAX_OUTPUT_BYTES, False)
+        check_text("output", items[4], MAX_OUTPUT_BYTES, False)
         result = JobResult(items[2], items[3], items[4])
     elif kind in (KIND_JOB_ACCEPTED, KIND_JOB_RESULT):
         raise WireError("malformed", REJECT, f"frame kind {kind} has {len(items)} items")

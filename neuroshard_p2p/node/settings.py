@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from neuroshard_p2p.config import ConfigError, MarketConfig
+from neuroshard_p2p.config import ConfigError, MarketConfig, coerce_setting
 
 #: Where a node keeps its key, API token and config when no --data-dir is given.
 DEFAULT_DATA_DIR = "~/.neuroshard"
@@ -183,7 +183,7 @@ class NodeSettings:
             if key not in known:
                 raise ConfigError(f"[node] unknown setting {key!r}; known: "
                                   f"{', '.join(sorted(known))}")
-            kwargs[key] = _coerce(key, value, getattr(cls, key))
+            kwargs[key] = coerce_setting("node", key, value, getattr(cls, key))
         return cls(data_dir=data_dir, market=market, **kwargs)
 
 
@@ -223,31 +223,6 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"API address must be host:port (port 0..65535), got {text!r}")
     return host, int(port_text)
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """TOML values to the field's type: ints where floats are expected, lists (or one string)
-    where tuples are; anything else of the wrong type is an error."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, tuple):
-        if isinstance(value, str):
-            value = (value,)
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
-    else:  # pragma: no cover - every field has one of the types above
-        ok = False
-    if not ok:
-        raise ConfigError(f"[node] {key} has the wrong type: {value!r} "
-                          f"(expected {type(default).__name__})")
-    return value
 
 
 __all__ = [
