@@ -75,6 +75,10 @@ from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE
 
 log = logging.getLogger("neuroshard.node")
 
+#: How long a node that has bootstrap peers holds its first announcement for a gossip mesh peer.
+FIRST_ANNOUNCE_HOLD_S = 10.0
+
+
 def sync_protocol(network: str) -> TProtocol:
     """The anti-entropy protocol of a network (nodes of other networks do not speak it)."""
     return TProtocol(f"/neuroshard/{network}/sync/1.0.0")
@@ -155,6 +159,7 @@ class Node:
         self._logged: dict[tuple[bytes, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._poke = trio.Event()
+        self._mesh_ready = trio.Event()
         self._sync_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNCS)
         self._new_peers_send, self._new_peers_recv = trio.open_memory_channel[ID](256)
         self._synced_once = trio.Event()
@@ -458,6 +463,14 @@ class Node:
             log.warning("publish failed (%s); peers will get it by sync", failure_reason(exc))
 
     async def _announce_loop(self) -> None:
+        if self.settings.bootstrap:
+            # Our first announcement waits (bounded) for a gossip mesh peer. Published before
+            # gossipsub grafts anyone, it would reach only the peers that pull it by sync, which
+            # do not forward what they pull: the rest would get our next announcement instead,
+            # and their price windows would differ from the others' for W ticks (simnet measured
+            # 22-30 s of disagreement after peers joined a 20-node network).
+            with trio.move_on_after(FIRST_ANNOUNCE_HOLD_S):
+                await self._mesh_ready.wait()
         while True:
             now = self.now()
             for data in self.engine.poll_announcements(now):
@@ -469,17 +482,16 @@ class Node:
             self._poke = trio.Event()
 
     async def _mesh_watch(self) -> None:
-        """Announce again when our gossip mesh for the topic goes from empty to non-empty.
-
-        A node publishes its first announcement as it starts, before gossipsub has grafted any
-        mesh peer, so gossip carries it nowhere; the peers that pull it by sync do not forward
-        it. Without this repeat, most of the network learned of a newcomer only from its next
-        keep-alive (simnet measured 22-30 s of disagreement after peers joined a 20-node net)."""
+        """Note when our gossip mesh for the topic goes from empty to non-empty: the first time,
+        the held first announcement may go (see `_announce_loop`); every time, our state is
+        announced again, since what we published while we had no mesh peer reached only the
+        peers that pulled it by sync, and they do not forward it."""
         assert self.gossipsub is not None
         had_mesh = False
         while True:
             has_mesh = bool(self.gossipsub.mesh.get(self.topic))
             if has_mesh and not had_mesh:
+                self._mesh_ready.set()
                 self.engine.reannounce()
                 self._poke.set()
             had_mesh = has_mesh
