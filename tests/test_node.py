@@ -407,3 +407,38 @@ async def test_a_newcomers_first_state_reaches_peers_it_is_not_connected_to_by_g
                          "X, not connected to the newcomer, counts its capacity from gossip")
         assert newcomer.node.peer_count == 1 and x.node.peer_count == 1  # never met directly
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_gets_one_sync_answer_at_a_time(tmp_path: Path) -> None:
+    # Each answer can carry the whole view: a peer that opens sync streams without end must not
+    # make the node serve (and buffer) it many times over.
+    from neuroshard_p2p.node.streams import FrameStream
+    from neuroshard_p2p.wire.codec import MAX_FRAME_SIZE
+    from neuroshard_p2p.wire.framing import length_prefixed
+    from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE
+
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, test_settings(tmp_path / "a", capacity=100), make_key(1))
+        b = await start_node(nursery, test_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
+                                                    sync_interval_s=60.0), make_key(2))
+        await eventually(lambda: a.node.peer_count == 1, 10, "b connected to a")
+        await eventually(lambda: a.node.counters.syncs_served >= 1, 10, "b's on-connect sync")
+        served = a.node.counters.syncs_served
+        a_id = a.node.host.get_id()
+        held = await b.node.host.new_stream(a_id, [a.node._sync_protocol])
+        for _ in range(6):
+            try:  # a refused stream is reset at once, which py-libp2p may report while opening
+                extra = await b.node.host.new_stream(a_id, [a.node._sync_protocol])
+                await extra.write(length_prefixed(b.node.engine.sync_request(b.node.now())))
+            except Exception:  # noqa: BLE001 - refused is what this test expects
+                pass
+        await eventually(lambda: a.node.counters.syncs_refused_busy == 6, 5,
+                         "a refused the six streams b opened while its first was unanswered")
+        await held.write(length_prefixed(b.node.engine.sync_request(b.node.now())))
+        frames = FrameStream(held, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
+        for _ in range(100):  # the held one is still answered (views equal: maybe no frame)
+            if await frames.next() is None:
+                break
+        await eventually(lambda: a.node.counters.syncs_served == served + 1, 5,
+                         "a answered the first stream")
+        nursery.cancel_scope.cancel()

@@ -97,6 +97,8 @@ PEERS_MAX_ADDR_LEN = 256
 PEERS_MAX_FRAME = 32 * 1024
 #: Concurrent outgoing syncs (a burst of new connections must not start a burst of streams).
 MAX_CONCURRENT_SYNCS = 4
+#: Sync requests answered at once (over all peers; each peer gets one at a time).
+MAX_CONCURRENT_SYNC_ANSWERS = 8
 #: Longest wait for py-libp2p to close the host, its connections and pubsub when a node stops.
 TEARDOWN_BOUND_S = 5.0
 
@@ -124,6 +126,7 @@ class NodeCounters:
     syncs_started: int = 0
     syncs_failed: int = 0
     syncs_served: int = 0
+    syncs_refused_busy: int = 0  # a peer asked again before its last answer was done, or too many at once
     sync_announcements_received: int = 0
     peer_exchanges: int = 0
     dials: int = 0
@@ -161,6 +164,8 @@ class Node:
         self._poke = trio.Event()
         self._mesh_ready = trio.Event()
         self._sync_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNCS)
+        self._serve_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNC_ANSWERS)
+        self._serving_sync: set[ID] = set()
         self._new_peers_send, self._new_peers_recv = trio.open_memory_channel[ID](256)
         self._synced_once = trio.Event()
         self._closing = False
@@ -530,6 +535,20 @@ class Node:
 
     async def _serve_sync(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
+        # An answer can carry the whole view: one at a time per peer and a few at once overall,
+        # so a connected peer cannot make us serve (and buffer) the view many times over.
+        if peer in self._serving_sync or self._serve_limiter.available_tokens == 0:
+            self.counters.syncs_refused_busy += 1
+            await reset_quietly(stream)
+            return
+        self._serving_sync.add(peer)
+        try:
+            async with self._serve_limiter:
+                await self._answer_sync(stream, peer)
+        finally:
+            self._serving_sync.discard(peer)
+
+    async def _answer_sync(self, stream: INetStream, peer: ID) -> None:
         try:
             with trio.fail_after(self.settings.stream_timeout_s):
                 request = await FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_REQUEST]).next()
