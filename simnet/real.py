@@ -297,18 +297,7 @@ class RealNetwork:
     # ------------------------------------------------------------------ events
 
     def _choose(self, event: Event, pool: list[RealPeer]) -> list[RealPeer]:
-        if event.who == "providers":
-            pool = [p for p in pool if p.capacity > 0]
-        elif event.who == "demand":
-            pool = [p for p in pool if p.demand > 0]
-        elif event.who == "idle":
-            pool = [p for p in pool if p.capacity == 0 and p.demand == 0]
-        if event.action in ("kill", "stop"):
-            # Peer 0 is the bootstrap peer newcomers dial; keep it (as a real network keeps
-            # its bootstrap nodes), unless nothing else is left.
-            pool = [p for p in pool if p.index != 0] or pool
-        k = event.pick_count(len(pool))
-        return sorted(self.rng.sample(pool, k), key=lambda p: p.index)
+        return event.choose(pool, self.rng, spare_first=True)
 
     async def _apply(self, event: Event, t: float) -> None:
         rec = self.recorder

@@ -41,13 +41,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
 from neuroshard_p2p.config import ConfigError, MarketConfig
+
+
+class _Peer(Protocol):
+    """What an event needs to know of a peer (simulated or real) to choose it."""
+
+    index: int
+    capacity: int
+    demand: int
+
+
+P = TypeVar("P", bound=_Peer)
 
 
 class ScenarioError(ValueError):
@@ -156,6 +168,22 @@ class Event:
         elif self.fraction is not None:
             detail = f" {self.fraction:.0%}"
         return f"{self.action}{detail}"
+
+    def choose(self, pool: Sequence[P], rng: random.Random, *, spare_first: bool = False) -> list[P]:
+        """The peers of `pool` this event acts on: those of its `who` (providers, demand, idle,
+        or all), as many as `pick_count` says, drawn with `rng`, in index order. With
+        `spare_first`, a kill or stop spares peer 0 (the bootstrap peer newcomers dial, as a
+        real network keeps its bootstrap nodes) unless nothing else is left."""
+        if self.who == "providers":
+            pool = [p for p in pool if p.capacity > 0]
+        elif self.who == "demand":
+            pool = [p for p in pool if p.demand > 0]
+        elif self.who == "idle":
+            pool = [p for p in pool if p.capacity == 0 and p.demand == 0]
+        if spare_first and self.action in ("kill", "stop"):
+            pool = [p for p in pool if p.index != 0] or list(pool)
+        k = self.pick_count(len(pool))
+        return sorted(rng.sample(list(pool), k), key=lambda p: p.index)
 
     def pick_count(self, available: int) -> int:
         """How many of `available` peers this event chooses (count, or fraction rounded, >= 1

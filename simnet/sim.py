@@ -44,7 +44,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -508,14 +508,7 @@ class SimNetwork:
     # ------------------------------------------------------------------ scenario events
 
     def _choose(self, event: Event, pool: list[SimPeer]) -> list[SimPeer]:
-        if event.who == "providers":
-            pool = [p for p in pool if p.capacity > 0]
-        elif event.who == "demand":
-            pool = [p for p in pool if p.demand > 0]
-        elif event.who == "idle":
-            pool = [p for p in pool if p.capacity == 0 and p.demand == 0]
-        k = event.pick_count(len(pool))
-        return sorted(self.rng.sample(pool, k), key=lambda p: p.index)
+        return event.choose(pool, self.rng)
 
     def _honest_live(self) -> list[SimPeer]:
         return [p for p in self.peers if p.alive and p.role != "hostile"]
