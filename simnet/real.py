@@ -199,11 +199,7 @@ class RealNetwork:
     def _push_demand(self, peer: RealPeer) -> None:
         node = peer.node
         requests = max(1, math.ceil(peer.demand / TOKENS_PER_REQUEST)) if peer.demand else 0
-        if hasattr(node, "set_demand"):
-            node.set_demand(peer.demand, requests)
-        else:  # the engine's override, then wake the announcer
-            node.engine.set_demand(peer.demand, requests)
-            node._poke.set()
+        node.set_demand(peer.demand, requests)
 
     def _addrs_of(self, peers: list[RealPeer], k: int) -> list[str]:
         chosen = peers[:k]
@@ -305,25 +301,18 @@ class RealNetwork:
         if action == "capacity":
             chosen = self._choose(event, self._live())
             for p in chosen:
-                if event.factor is not None:
-                    p.capacity = min(self.market.max_node_tokens_per_s, round(p.capacity * event.factor))
-                else:
-                    p.capacity = int(event.tokens_per_second or 0)
+                p.capacity = event.new_capacity(p.capacity, self.market.max_node_tokens_per_s)
                 price = to_nano(self.scenario.peers.min_price) if p.capacity else 0
                 p.node.set_offer(p.capacity, price)
             rec.record_event(t, event, peers=[p.index for p in chosen])
         elif action == "demand":
             live = [p for p in self._live() if p.demand > 0] or \
                    [p for p in self._live() if p.role == "demand"]
-            if event.factor is not None:
-                for p in live:
-                    p.demand = round(p.demand * event.factor)
-            else:
-                supply = sum(p.capacity for p in self._live())
-                total = (event.utilization or 0.0) * self.market.target_response_s * supply
-                for p in live:
-                    p.demand = round(total / max(1, len(live)))
-            for p in live:
+            supply = sum(p.capacity for p in self._live())
+            demands = event.new_demands([p.demand for p in live], supply,
+                                        self.market.target_response_s)
+            for p, demand in zip(live, demands):
+                p.demand = demand
                 self._push_demand(p)
             rec.record_event(t, event, peers=[p.index for p in live])
         elif action in ("kill", "stop"):

@@ -185,6 +185,22 @@ class Event:
         k = self.pick_count(len(pool))
         return sorted(rng.sample(list(pool), k), key=lambda p: p.index)
 
+    def new_capacity(self, current: int, limit: int) -> int:
+        """A chosen peer's capacity after a `capacity` event: scaled (capped at `limit`, the
+        plausibility bound) or set."""
+        if self.factor is not None:
+            return min(limit, round(current * self.factor))
+        return int(self.tokens_per_second or 0)
+
+    def new_demands(self, demands: Sequence[int], supply: int,
+                    target_response_s: float) -> list[int]:
+        """The demand of each peer in a `demand` event: each scaled, or the total that makes
+        utilization `utilization` of today's `supply`, shared evenly."""
+        if self.factor is not None:
+            return [round(d * self.factor) for d in demands]
+        total = (self.utilization or 0.0) * target_response_s * supply
+        return [round(total / max(1, len(demands)))] * len(demands)
+
     def pick_count(self, available: int) -> int:
         """How many of `available` peers this event chooses (count, or fraction rounded, >= 1
         when a fraction > 0 is asked of a non-empty set)."""

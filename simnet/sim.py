@@ -519,10 +519,7 @@ class SimNetwork:
         if action == "capacity":
             chosen = self._choose(event, self._honest_live())
             for p in chosen:
-                if event.factor is not None:
-                    p.capacity = min(self.market.max_node_tokens_per_s, round(p.capacity * event.factor))
-                else:
-                    p.capacity = int(event.tokens_per_second or 0)
+                p.capacity = event.new_capacity(p.capacity, self.market.max_node_tokens_per_s)
                 price = to_nano(self.scenario.peers.min_price) if p.capacity else 0
                 p.engine.set_offer(p.capacity, price)
                 self._schedule_poll(p, t)
@@ -530,15 +527,11 @@ class SimNetwork:
         elif action == "demand":
             live = [p for p in self._honest_live() if p.demand > 0] or \
                    [p for p in self._honest_live() if p.role == "demand"]
-            if event.factor is not None:
-                for p in live:
-                    self._set_demand(p, round(p.demand * event.factor))
-            else:
-                supply = sum(p.capacity for p in self._honest_live())
-                total = (event.utilization or 0.0) * self.market.target_response_s * supply
-                for p in live:
-                    self._set_demand(p, round(total / max(1, len(live))))
-            for p in live:
+            supply = sum(p.capacity for p in self._honest_live())
+            demands = event.new_demands([p.demand for p in live], supply,
+                                        self.market.target_response_s)
+            for p, demand in zip(live, demands):
+                self._set_demand(p, demand)
                 self._schedule_poll(p, t)
             rec.record_event(t, event, peers=[p.index for p in live])
         elif action in ("kill", "stop"):

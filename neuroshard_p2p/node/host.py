@@ -387,6 +387,12 @@ class Node:
         self.engine.withdraw_offer()
         self._poke.set()
 
+    def set_demand(self, pending_tokens: int, pending_requests: int) -> None:
+        """Announce this demand (e.g. a simulated gateway's queue) instead of the local queue's;
+        the jobs layer sets it the same way from its own book."""
+        self.engine.set_demand(pending_tokens, pending_requests)
+        self._poke.set()
+
     def submit_request(self, tokens: int, max_price_nano: int, *, tier: str = "standard",
                        prompt: str = "", user: str | None = None) -> LocalRequest:
         """Queue a request here; it raises this node's demand announcement."""
