@@ -213,13 +213,8 @@ class RealNetwork:
     async def _setup(self) -> None:
         n = self.n_initial
         setup = self.scenario.peers
-        order = list(range(n))
-        self.rng.shuffle(order)
-        n_prov = min(n, max(1 if setup.providers > 0 else 0, round(setup.providers * n)))
-        n_dem = min(n, max(1 if setup.demand_peers > 0 else 0, round(setup.demand_peers * n)))
-        providers = set(order[:n_prov])
-        demand = set((order[n_prov:] + order[:n_prov])[:n_dem])
-        total_supply = n_prov * setup.capacity
+        providers, demand = setup.assign(n, self.rng)
+        total_supply = len(providers) * setup.capacity
         total_demand = setup.utilization * self.market.target_response_s * total_supply
         for i in range(n):
             role = "provider" if i in providers else ("demand" if i in demand else "idle")

@@ -111,6 +111,16 @@ class PeerSetup:
         _need(0 <= self.demand_peers <= 1, "peers.demand_peers must be a fraction in [0, 1]")
         _need(0 <= self.utilization <= 1000, "peers.utilization must be in [0, 1000]")
 
+    def assign(self, n: int, rng: random.Random) -> tuple[set[int], set[int]]:
+        """Which of `n` peers offer capacity and which queue demand, drawn with `rng`. Demand is
+        queued at peers other than the providers (gateways) while there are enough peers, then
+        at providers too."""
+        order = list(range(n))
+        rng.shuffle(order)
+        n_prov = min(n, max(1 if self.providers > 0 else 0, round(self.providers * n)))
+        n_dem = min(n, max(1 if self.demand_peers > 0 else 0, round(self.demand_peers * n)))
+        return set(order[:n_prov]), set((order[n_prov:] + order[:n_prov])[:n_dem])
+
 
 @dataclass(frozen=True)
 class NetworkModel:

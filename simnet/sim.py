@@ -223,14 +223,7 @@ class SimNetwork:
     def _build(self) -> None:
         n = self.n_initial
         setup = self.scenario.peers
-        order = list(range(n))
-        self.rng.shuffle(order)
-        n_prov = min(n, max(1 if setup.providers > 0 else 0, round(setup.providers * n)))
-        n_dem = min(n, max(1 if setup.demand_peers > 0 else 0, round(setup.demand_peers * n)))
-        providers = set(order[:n_prov])
-        # Demand is queued at peers other than the providers (gateways) while there are enough
-        # peers, then at providers too.
-        demand = set((order[n_prov:] + order[:n_prov])[:n_dem])
+        providers, demand = setup.assign(n, self.rng)
         observed: set[int] | None = None
         if self.observers_wanted is not None:
             observed = set(self.rng.sample(range(n), self.observers_wanted))
