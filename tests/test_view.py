@@ -489,6 +489,57 @@ def test_incremental_totals_and_price_equal_a_naive_recomputation(
             assert view.counted_at_ms(who, t) == naive_counted(held, t)
 
 
+cached_announce = lru_cache(maxsize=None)(announce)
+
+
+@st.composite
+def live_streams(draw: st.DrawFn) -> list[Announcement]:
+    """What a peer mostly hears: each signer's announcements in the order it issued them (the
+    view's fast path for a newer message), with gaps around the timeout and the horizon, repeated
+    and changing weights, and now and then a message out of order, an equal seq (equivocation)
+    or an equal timestamp, which leave the fast path."""
+    out: list[Announcement] = []
+    for i in range(1, draw(st.integers(1, 3)) + 1):
+        at, seq = BASE_MS + i * 111, 0
+        for _ in range(draw(st.integers(1, 12))):
+            at += draw(st.sampled_from([0, 1, 700, 6_500, 9_999, 10_000, 10_001, 36_000, 46_000,
+                                        46_001]))
+            seq += draw(st.sampled_from([1, 1, 1, 3, 0]))
+            tps = draw(st.sampled_from([0, 1_000, 1_000, 2_500]))
+            tokens = draw(st.sampled_from([0, 0, 40_000]))
+            out.append(cached_announce(i, seq, at, tps=tps, tokens=tokens,
+                                       requests=1 if tokens else 0))
+    out.sort(key=lambda m: m.issued_at_ms)
+    for _ in range(draw(st.integers(0, 2))):  # a few late arrivals
+        if len(out) > 1:
+            j = draw(st.integers(0, len(out) - 2))
+            out[j], out[j + 1] = out[j + 1], out[j]
+    return out
+
+
+@SETTINGS
+@given(msgs=live_streams())
+def test_merging_in_issue_order_equals_a_naive_recomputation(msgs: list[Announcement]) -> None:
+    """The in-order fast path keeps the same segments, totals and price as the general rule."""
+    view = new_view()
+    received: list[Announcement] = []
+    for message in msgs:
+        view.merge_message(message)
+        received.append(message)
+        for register in view._registers.values():
+            assert register.segments == register.segments_for(TIMEOUT_MS, view._weigh)
+    retained = naive_retained(received)
+    assert {who: list(view.messages_of(who)) for who in view.signers()} == retained
+    last_tick = max(m.issued_at_ms for m in msgs) // 1000 + 15
+    for tick in range(BASE_S - 3, last_tick):
+        assert view.price_at_tick(tick) == naive_price(retained, tick)
+    for t in instants(received):
+        stats = view.stats_at_ms(t)
+        assert (stats.available_nodes, stats.supply_tokens_per_sec,
+                stats.demand_tokens_waiting) == naive_totals(retained, t)
+    assert view.digest() == view_of(reversed(msgs)).digest()
+
+
 @SETTINGS
 @given(msgs=messages, data=st.data())
 def test_a_signer_stops_counting_at_its_last_issue_plus_timeout_on_every_replica(

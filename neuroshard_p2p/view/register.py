@@ -56,7 +56,7 @@ class Register:
     """The retained announcements of one signer, oldest first, and the segments they count over
     (exactly what the view has added to its step sums for this signer)."""
 
-    __slots__ = ("signer", "bucket", "messages", "keys", "equivocating", "segments")
+    __slots__ = ("signer", "bucket", "messages", "keys", "equivocating", "segments", "simple")
 
     def __init__(self, signer: bytes, bucket: int) -> None:
         self.signer = signer
@@ -65,6 +65,10 @@ class Register:
         self.keys: list[tuple[int, int, bytes]] = []
         self.equivocating = False
         self.segments: tuple[Segment, ...] = ()
+        #: Every retained message has its own segment, in order (so issued_at and seq both
+        #: strictly increase and nobody equivocates): the view then merges a newer message
+        #: without recomputing the segments (`MarketView._append`).
+        self.simple = False
 
     @property
     def newest_ms(self) -> int:

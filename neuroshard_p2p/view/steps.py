@@ -13,17 +13,17 @@ Two tricks keep it cheap in pure Python:
   any instant every lane of the total is a sum of non-negative contributions well below 2^128, so
   it unpacks exactly. One dict operation moves all quantities at once.
 * Deltas are grouped in blocks of one tick, aligned so that block j starts exactly at the instant
-  tick j is evaluated at (j·tick − settle_delay). Block sums sit in a sorted map with a lazily
-  rebuilt prefix-sum array; a change invalidates it only from the changed block on, and changes
-  arrive near the present, so a rebuild touches a few hundred blocks whatever the number of
-  signers. The value at a tick's instant is then one bisection plus one dict lookup.
+  tick j is evaluated at (j·tick − settle_delay). Block sums sit in a plain dict, their keys in a
+  sorted list with a prefix-sum array beside it that is rebuilt lazily from the lowest changed
+  block on; changes arrive near the present, so a rebuild touches a few hundred blocks whatever
+  the number of signers. The value at a tick's instant is then one bisection plus one dict lookup,
+  and an `add` is a few dict operations (a new block key is inserted into the sorted list, which
+  happens about once per tick).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-
-from sortedcontainers import SortedDict
+from bisect import bisect_left, insort
 
 LANE_BITS = 128
 LANE_MASK = (1 << LANE_BITS) - 1
@@ -53,7 +53,7 @@ class StepSum:
     Block j holds the instants [j·block_ms − shift_ms, (j+1)·block_ms − shift_ms).
     """
 
-    __slots__ = ("_block_ms", "_shift_ms", "_points", "_blocks", "_keys", "_cum", "_dirty",
+    __slots__ = ("_block_ms", "_shift_ms", "_points", "_blocks", "_keys", "_cum", "_valid",
                  "changed_from")
 
     def __init__(self, block_ms: int, shift_ms: int) -> None:
@@ -62,10 +62,10 @@ class StepSum:
         self._block_ms = block_ms
         self._shift_ms = shift_ms
         self._points: dict[int, dict[int, int]] = {}    # block → {instant: packed delta}
-        self._blocks: SortedDict = SortedDict()          # block → packed sum of its deltas
-        self._keys: list[int] = []                       # prefix cache: blocks, ascending …
-        self._cum: list[int] = []                        # … and the sum of deltas up to each
-        self._dirty: int | None = None                   # lowest block the cache is stale from
+        self._blocks: dict[int, int] = {}                # block → packed sum of its deltas (≠ 0)
+        self._keys: list[int] = []                       # the blocks of _blocks, ascending …
+        self._cum: list[int] = []                        # … and the sum of deltas up to each,
+        self._valid = 0                                  # exact for _keys[:_valid] only
         #: Lowest block changed since the owner last reset this (for the owner's own caches).
         self.changed_from: int | None = None
 
@@ -76,44 +76,59 @@ class StepSum:
         block = (t_ms + self._shift_ms) // self._block_ms
         points = self._points.get(block)
         if points is None:
-            points = self._points[block] = {}
-        value = points.get(t_ms, 0) + delta
-        if value:
-            points[t_ms] = value
+            self._points[block] = {t_ms: delta}
         else:
-            del points[t_ms]
-            if not points:
-                del self._points[block]
-        total = self._blocks.get(block, 0) + delta
-        if total:
-            self._blocks[block] = total
+            value = points.get(t_ms, 0) + delta
+            if value:
+                points[t_ms] = value
+            else:
+                del points[t_ms]
+                if not points:
+                    del self._points[block]
+        keys = self._keys
+        valid = self._valid
+        if valid and keys[valid - 1] >= block:
+            # The prefix sums are exact below this block only (checked before `keys` changes:
+            # an insertion or removal happens at this same position).
+            self._valid = bisect_left(keys, block, 0, valid)
+        blocks = self._blocks
+        total = blocks.get(block)
+        if total is None:
+            # A new block: its key joins the sorted list (usually at the end).
+            blocks[block] = delta
+            if keys and block < keys[-1]:
+                insort(keys, block)
+            else:
+                keys.append(block)
         else:
-            # A block whose deltas cancel adds nothing to the prefix sums: keep the map small.
-            self._blocks.pop(block, None)
-        if self._dirty is None or block < self._dirty:
-            self._dirty = block
-        if self.changed_from is None or block < self.changed_from:
+            total += delta
+            if total:
+                blocks[block] = total
+            else:
+                # A block whose deltas cancel adds nothing to the prefix sums: keep the map small.
+                del blocks[block]
+                del keys[bisect_left(keys, block)]
+        changed = self.changed_from
+        if changed is None or block < changed:
             self.changed_from = block
 
     def _before(self, block: int) -> int:
         """Sum of all deltas in blocks < block."""
-        if self._dirty is not None:
-            self._rebuild(self._dirty)
-        i = bisect_left(self._keys, block)
+        keys = self._keys
+        if self._valid < len(keys):
+            self._rebuild()
+        i = bisect_left(keys, block)
         return self._cum[i - 1] if i else 0
 
-    def _rebuild(self, start: int) -> None:
-        keys, cum = self._keys, self._cum
-        i = bisect_left(keys, start)
+    def _rebuild(self) -> None:
+        keys, cum, blocks = self._keys, self._cum, self._blocks
+        i = self._valid
         running = cum[i - 1] if i else 0
-        del keys[i:]
         del cum[i:]
-        blocks = self._blocks
-        for key in blocks.irange(minimum=start):
+        for key in keys[i:]:
             running += blocks[key]
-            keys.append(key)
             cum.append(running)
-        self._dirty = None
+        self._valid = len(keys)
 
     def value_at(self, t_ms: int) -> int:
         """The packed total at instant t_ms: the sum of all deltas at instants <= t_ms."""

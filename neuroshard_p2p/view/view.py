@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import heapq
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Iterable
-
-from sortedcontainers import SortedList
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano, utilization
@@ -181,7 +180,9 @@ class MarketView:
 
         self._registers: dict[bytes, Register] = {}
         self._held: set[bytes] = set()                       # msg ids retained
-        self._silence = SortedList()                          # (newest_ms, signer) per register
+        # (newest_ms, signer) of every register, as a heap with stale entries skipped lazily
+        # (see `_silent_first`): pushing is O(log n), and no entry is ever searched for.
+        self._silence: list[tuple[int, bytes]] = []
         self._bucket_signers: list[set[bytes]] = [set() for _ in range(BUCKETS)]
         self._bucket_count = [0] * BUCKETS
         self._bucket_sum = [0] * BUCKETS
@@ -199,7 +200,11 @@ class MarketView:
 
     def merge_message(self, message: Announcement) -> MergeOutcome:
         """Merge one validated announcement and say what it did."""
-        return self.merge_messages((message,))[0]
+        touched: dict[bytes, Register] = {}
+        outcome = self._merge_one(message, touched)
+        for register in touched.values():
+            self._refresh_segments(register)
+        return outcome
 
     def merge_messages(self, messages: Iterable[Announcement]) -> list[MergeOutcome]:
         """Merge announcements in order; each signer's contribution is recomputed once per call."""
@@ -231,7 +236,7 @@ class MarketView:
         is_new = register is None
         if register is None:
             if len(self._registers) >= self.max_signers:
-                silent_ms, silent_signer = self._silence[0]
+                silent_ms, silent_signer = self._silent_first()
                 if (message.issued_at_ms, signer) < (silent_ms, silent_signer):
                     return MergeOutcome.EVICTED
                 self._drop_register(silent_signer, touched)
@@ -239,9 +244,13 @@ class MarketView:
             register = Register(signer, bucket_of(signer))
             self._registers[signer] = register
             self._bucket_signers[register.bucket].add(signer)
-            old_silence = None
+            old_newest = None
         else:
-            old_silence = (register.newest_ms, signer)
+            if register.simple:
+                last = register.messages[-1]
+                if message.issued_at_ms > last.issued_at_ms and message.seq > last.seq:
+                    return self._append(register, message)
+            old_newest = register.newest_ms
         retained, dropped = register.insert(message, self.max_per_signer, self.horizon_ms)
         if not retained:
             return MergeOutcome.STALE
@@ -251,11 +260,8 @@ class MarketView:
             self._account(bucket, gone.msg_id, -1)
         self._held.add(message.msg_id)
         self._account(bucket, message.msg_id, +1)
-        new_silence = (register.newest_ms, signer)
-        if new_silence != old_silence:
-            if old_silence is not None:
-                self._silence.remove(old_silence)
-            self._silence.add(new_silence)
+        if register.newest_ms != old_newest:
+            self._note_silence(register)
         touched[signer] = register
         if is_new:
             return MergeOutcome.NEW
@@ -264,6 +270,75 @@ class MarketView:
         if register.messages[-1] is message:
             return MergeOutcome.NEWER
         return MergeOutcome.OLDER
+
+    def _append(self, register: Register, message: Announcement) -> MergeOutcome:
+        """The common case, in O(changes): `message` is newer, in both issued_at and seq, than
+        everything a simple register holds (see `Register.simple`), so its segments stay one
+        per message. The retention rule drops the oldest, the previous newest's segment is cut
+        where `message` starts to count, and `message`'s own segment is added. Gives exactly
+        what the general path (`Register.insert` + `_refresh_segments`) gives."""
+        messages, keys, segments = register.messages, register.keys, register.segments
+        start = message.issued_at_ms
+        messages.append(message)
+        keys.append((start, message.seq, message.msg_id))
+        count = len(keys)
+        first = count - self.max_per_signer if count > self.max_per_signer else 0
+        oldest_kept = start - self.horizon_ms
+        while keys[first][0] < oldest_kept:  # stops at `message` itself at the latest
+            first += 1
+        bucket = register.bucket
+        held = self._held
+        add = self._steps.add
+        if first:
+            for gone in messages[:first]:
+                held.discard(gone.msg_id)
+                self._account(bucket, gone.msg_id, -1)
+            del messages[:first]
+            del keys[:first]
+            for segment in segments[:first]:
+                add(segment.start_ms, -segment.weight)
+                add(segment.end_ms, segment.weight)
+        weight = self._weigh(message)
+        end = start + self.timeout_ms
+        kept = list(segments[first:])
+        at_start = weight
+        if kept:
+            previous = kept[-1]
+            if previous.end_ms > start:
+                # The previous newest now counts until `message` is issued.
+                add(previous.end_ms, previous.weight)
+                at_start -= previous.weight
+                kept[-1] = Segment(previous.start_ms, start, previous.weight, previous.message)
+        add(start, at_start)
+        add(end, -weight)
+        kept.append(Segment(start, end, weight, message))
+        register.segments = tuple(kept)
+        held.add(message.msg_id)
+        self._account(bucket, message.msg_id, +1)
+        self._note_silence(register)
+        return MergeOutcome.NEWER
+
+    def _note_silence(self, register: Register) -> None:
+        """Record a register's new newest instant in the silence heap."""
+        heap = self._silence
+        heapq.heappush(heap, (register.newest_ms, register.signer))
+        if len(heap) > 2 * len(self._registers) + 64:
+            # Mostly stale entries: rebuild from the registers (amortised O(1) per push).
+            heap[:] = [(r.newest_ms, who) for who, r in self._registers.items() if r.messages]
+            heapq.heapify(heap)
+
+    def _silent_first(self) -> tuple[int, bytes] | None:
+        """(newest issued_at_ms, signer) of the signer silent longest (smallest newest instant,
+        then smallest key), or None for an empty view. Drops stale heap entries on the way."""
+        heap = self._silence
+        registers = self._registers
+        while heap:
+            newest_ms, signer = entry = heap[0]
+            register = registers.get(signer)
+            if register is not None and register.messages and register.newest_ms == newest_ms:
+                return entry
+            heapq.heappop(heap)
+        return None
 
     def _account(self, bucket: int, msg_id: bytes, sign: int) -> None:
         self.version += 1
@@ -274,7 +349,6 @@ class MarketView:
 
     def _drop_register(self, signer: bytes, touched: dict[bytes, Register]) -> None:
         register = self._registers.pop(signer)
-        self._silence.remove((register.newest_ms, signer))
         self._bucket_signers[register.bucket].discard(signer)
         for message in register.messages:
             self._held.discard(message.msg_id)
@@ -293,8 +367,11 @@ class MarketView:
         validator anyway, so views of peers with roughly synchronised clocks keep agreeing, and
         a long-dead signer stops costing memory before the view is full."""
         forgotten = 0
-        while self._silence and self._silence[0][0] < t_ms:
-            self._drop_register(self._silence[0][1], {})
+        while True:
+            first = self._silent_first()
+            if first is None or first[0] >= t_ms:
+                break
+            self._drop_register(first[1], {})
             forgotten += 1
         return forgotten
 
@@ -306,7 +383,11 @@ class MarketView:
     def _refresh_segments(self, register: Register) -> None:
         """Bring the step sums in line with the register: apply only the segments that changed
         (usually one truncated, one added)."""
-        new = register.segments_for(self.timeout_ms, self._weigh) if register.messages else ()
+        messages = register.messages
+        new = register.segments_for(self.timeout_ms, self._weigh) if messages else ()
+        register.simple = (bool(messages) and not register.equivocating
+                           and len(new) == len(messages)
+                           and all(s.message is m for s, m in zip(new, messages)))
         old = register.segments
         if new == old:
             return
@@ -534,8 +615,8 @@ def _well_formed(message: object) -> bool:
         return False
     if type(msg_id) is not bytes or len(msg_id) != _ID_LEN:
         return False
-    for name in _INT_FIELDS:
-        value = getattr(message, name)
+    for value in (message.issued_at_ms, message.seq, message.tokens_per_second,  # _INT_FIELDS
+                  message.min_price_nano, message.pending_tokens, message.pending_requests):
         # The wire's range: a larger value would overflow its 128-bit lane of the step sums
         # into the next quantity instead of counting.
         if type(value) is not int or not 0 <= value <= MAX_U63:
