@@ -602,6 +602,42 @@ def test_maps_and_ext_are_malformed_even_when_empty(item: bytes) -> None:
     assert reason_of(lambda: decode_frame(frame)) == ("malformed", REJECT)
 
 
+def test_duplicates_of_every_size_and_an_id_sent_as_bytes() -> None:
+    """The seen-cache knows an announcement-sized message by its bytes and a larger one (a job
+    with a long prompt) by its SHA-256 id: both replays are duplicates, with the id's first 16
+    hex digits in the detail, and 32 bytes equal to an accepted id are not that message."""
+    validator = Validator(MarketConfig())
+    small = encode(announcement(), PROVIDER)
+    big = encode(job(prompt="x" * 5000), GATEWAY)
+    assert len(small) <= 1024 < len(big)
+    validator.check(small, T)
+    validator.check(big, T)
+    for data in (small, big, bytearray(small), memoryview(big)):
+        with pytest.raises(WireError) as raised:
+            validator.check(data, T + 1)
+        assert (raised.value.reason, raised.value.action) == ("duplicate", IGNORE)
+        assert str(raised.value) == f"message {hashlib.sha256(data).hexdigest()[:16]}… already seen"
+    for data in (small, big):
+        assert reason_of(lambda: validator.check(hashlib.sha256(data).digest(), T)) == \
+            ("malformed", REJECT)
+    assert validator.seen_size == 2
+    assert validator.counts["duplicate"] == 4 and validator.counts["malformed"] == 2
+
+
+def test_seen_cache_expiry_stops_at_the_first_fresh_id_when_the_clock_steps_back() -> None:
+    """Ids leave in the order they were accepted, each at its own expiry (accepted at + 330 s)."""
+    validator = Validator(MarketConfig(), rate_burst=1000)
+    first = encode(announcement(seq=1), PROVIDER)
+    validator.check(first, T)
+    validator.check(encode(announcement(seq=2), PROVIDER), T - 10)  # expires at T + 320
+    validator.check(encode(announcement(seq=3), PROVIDER), T + 5)
+    # at T + 325 the second has expired but sits behind the first (expires at T + 330)
+    validator.check(encode(announcement(seq=4, issued_at_ms=T_MS + 325_000), PROVIDER), T + 325)
+    assert validator.seen_size == 4
+    validator.check(encode(announcement(seq=5, issued_at_ms=T_MS + 330_000), PROVIDER), T + 330)
+    assert validator.seen_size == 3  # the first and second left, the third stays until T + 335
+
+
 def test_counts_cover_every_outcome(validator: Validator) -> None:
     data = encode(announcement(), PROVIDER)
     validator.check(data, T)

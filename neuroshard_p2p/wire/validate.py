@@ -29,23 +29,27 @@ check. All memory is bounded: the seen-cache by `max_seen` ids, the per-signer s
 
 from __future__ import annotations
 
-import hashlib
+import math
 from collections import deque
+from hashlib import sha256 as _sha256
 from typing import Callable
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.identity import public_key_from_peer_id
 from neuroshard_p2p.wire.codec import (
-    MAX_AGE_S,
+    _MAX_AGE_MS,
+    _MAX_FUTURE_MS,
     MAX_ANY_SIZE,
+    MAX_AGE_S,
     MAX_FUTURE_S,
+    MAX_SIZE,
     Buffer,
     _decode,
     _now_ms,
     check_freshness,
 )
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
-from neuroshard_p2p.wire.messages import Announcement, Job, Message, Receipt
+from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, Announcement, Job, Message, Receipt
 
 #: Token bucket per announcement signer. An honest node announces at most once per tick (when its
 #: state changed) plus a keep-alive every 20 s and a withdrawal at shutdown, so one token per tick
@@ -77,6 +81,16 @@ REASONS = (
 )
 
 _PEER_ID_PREFIX = bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21])
+_PEER_ID_SIZE = len(_PEER_ID_PREFIX) + 33
+
+#: Seen-cache keys. An input of announcement size is its own key: the same bytes are the same
+#: message id (SHA-256 of the bytes) without hashing them, a bytes object caches its dict hash,
+#: and in the simulator every peer's cache refers to the one shared wire object instead of holding
+#: its own digest. A larger input (a job, up to 80 KB) is keyed by its SHA-256 digest, so the
+#: cache stays small; so is an input of at most 32 bytes, so a raw key never equals a digest key.
+_RAW_KEY_MIN = 33
+_RAW_KEY_MAX = MAX_SIZE[KIND_ANNOUNCEMENT]
+_isfinite = math.isfinite
 
 
 class _SignerState:
@@ -125,8 +139,12 @@ class Validator:
         self.max_signers = max_signers
         #: Outcome counters: "accepted", "equivocation" and one per WireError reason.
         self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
-        # id → expiry (receiver clock). Insertion order is expiry order while `now` grows.
-        self._seen: dict[bytes, float] = {}
+        # Ids accepted (see _RAW_KEY_MIN for what a key is), and the same ids and their expiry
+        # times (receiver clock) in the order they were accepted, which is expiry order while
+        # `now` grows: expiry and the `max_seen` bound both take the oldest, from the left.
+        self._seen: set[bytes] = set()
+        self._seen_ids: deque[bytes] = deque()
+        self._seen_expiry: deque[float] = deque()
         # signer → state, least recently accepted first.
         self._signers: dict[bytes, _SignerState] = {}
 
@@ -145,11 +163,60 @@ class Validator:
         `max_node_tokens_per_s`); `history`: the announcement came through anti-entropy sync,
         as part of the history a peer retained, so it may be older than what we hold and arrive
         in a batch: the seq and rate rules (V7, V8) do not refuse it, the rest applies."""
+        # The hot path of every peer (each gossip message): the rules run in the order of the
+        # module docstring, inlined where a call would cost more than the rule.
         try:
-            message = self._check(data, now, kind, from_peer, provider_capacity, history)
+            if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            if type(data) is bytes:
+                size = len(data)
+                if size > MAX_ANY_SIZE:  # W1 before hashing: never hash a huge input
+                    raise WireError("oversize", REJECT,
+                                    f"message is {size} bytes (limit {MAX_ANY_SIZE})")
+                if _RAW_KEY_MIN <= size <= _RAW_KEY_MAX:
+                    key = data
+                    msg_id: bytes | None = None  # _decode hashes it, once per decoded message
+                else:
+                    key = msg_id = _sha256(data).digest()
+                expiry = self._seen_expiry
+                if expiry and not expiry[0] > now:
+                    self._expire_seen(now)
+                if key in self._seen:  # V1
+                    raise WireError("duplicate", IGNORE,
+                                    f"message {_sha256(data).hexdigest()[:16]}… already seen")
+            else:
+                key = msg_id = None
+            message = _decode(data, msg_id)  # V2: W1…W12
+            # V2: W13 (check_freshness, computed here; it raises the exact error when one is due)
+            issued_at_ms = message.issued_at_ms
+            age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
+            if age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS:
+                check_freshness(issued_at_ms, now)
+            if kind is not None and not isinstance(message, kind):  # V3
+                raise WireError("kind", REJECT, f"a {type(message).__name__} is not expected here")
+            if from_peer is not None:  # V4: the peer id of the signer's key is prefix ‖ key
+                if (type(from_peer) is not bytes or len(from_peer) != _PEER_ID_SIZE
+                        or from_peer != _PEER_ID_PREFIX + message.signer):
+                    self._check_author(message.signer, from_peer)  # raises unless it matches
+            if isinstance(message, Announcement):
+                self._check_announcement(message, now, history)
+            elif isinstance(message, Receipt):
+                self._check_receipt(message, now, provider_capacity)
+            else:
+                self._check_job(message)
         except WireError as error:
-            self.counts[error.reason] = self.counts.get(error.reason, 0) + 1
+            counts = self.counts
+            counts[error.reason] = counts.get(error.reason, 0) + 1
             raise
+        # accepted: remember its id (V1)
+        if key is not None:
+            self._seen.add(key)
+            self._seen_ids.append(key)
+            expiry.append(now + self.seen_ttl_s)
+            if len(expiry) > self.max_seen:
+                self._forget_oldest_seen()
+        else:  # not reached: _decode refuses what is not bytes
+            self._remember_slowly(message.msg_id, now)
         self.counts[ACCEPTED] += 1
         return message
 
@@ -170,35 +237,6 @@ class Validator:
 
     # -- the rules ------------------------------------------------------------------------------
 
-    def _check(self, data: Buffer, now: float, kind: type | tuple[type, ...] | None,
-               from_peer: bytes | str | None, provider_capacity: int | None,
-               history: bool) -> Message:
-        if type(data) is not bytes and isinstance(data, (bytearray, memoryview)):
-            data = bytes(data)
-        if type(data) is bytes:
-            if len(data) > MAX_ANY_SIZE:  # W1 before hashing: never hash a huge input
-                raise WireError("oversize", REJECT, f"message is {len(data)} bytes (limit {MAX_ANY_SIZE})")
-            msg_id: bytes | None = hashlib.sha256(data).digest()
-            self._expire_seen(now)
-            if msg_id in self._seen:  # V1
-                raise WireError("duplicate", IGNORE, f"message {msg_id.hex()[:16]}… already seen")
-        else:
-            msg_id = None
-        message = _decode(data, msg_id)  # V2: W1…W12
-        check_freshness(message.issued_at_ms, now)  # V2: W13
-        if kind is not None and not isinstance(message, kind):  # V3
-            raise WireError("kind", REJECT, f"a {type(message).__name__} is not expected here")
-        if from_peer is not None:  # V4
-            self._check_author(message.signer, from_peer)
-        if isinstance(message, Announcement):
-            self._check_announcement(message, now, history)
-        elif isinstance(message, Receipt):
-            self._check_receipt(message, now, provider_capacity)
-        else:
-            self._check_job(message)
-        self._remember(message.msg_id, now)
-        return message
-
     def _check_author(self, signer: bytes, from_peer: bytes | str) -> None:
         try:
             if isinstance(from_peer, str):
@@ -218,50 +256,56 @@ class Validator:
             raise WireError("wrong_recipient", REJECT, "job is addressed to another provider")
 
     def _check_announcement(self, announcement: Announcement, now: float, history: bool) -> None:
+        tokens_per_second = announcement.tokens_per_second
         limit = self.config.max_node_tokens_per_s
-        if announcement.tokens_per_second > limit:  # V6
+        if tokens_per_second > limit:  # V6
             raise WireError("implausible", REJECT,
-                            f"capacity {announcement.tokens_per_second} tokens/s is above "
+                            f"capacity {tokens_per_second} tokens/s is above "
                             f"max_node_tokens_per_s = {limit}")
-        state = self._signers.get(announcement.signer)
+        signer = announcement.signer
+        seq = announcement.seq
+        signers = self._signers
+        state = signers.get(signer)
         equivocation = False
-        if state is not None:  # V7
-            if announcement.seq < state.seq and not history:
-                raise WireError("seq_regression", IGNORE,
-                                f"seq {announcement.seq} is below the signer's {state.seq}")
-            if announcement.seq == state.seq:
-                if announcement.msg_id == state.msg_id:
-                    raise WireError("duplicate", IGNORE, f"seq {announcement.seq} already seen")
-                if state.equivocated_seq == announcement.seq and not history:
-                    raise WireError("equivocation", IGNORE,
-                                    f"signer already equivocated at seq {announcement.seq}")
-                equivocation = True
-            if not history:
-                self._take_token(state, now)  # V8
+        if state is not None:
+            if seq <= state.seq:  # V7
+                if seq < state.seq and not history:
+                    raise WireError("seq_regression", IGNORE,
+                                    f"seq {seq} is below the signer's {state.seq}")
+                if seq == state.seq:
+                    if announcement.msg_id == state.msg_id:
+                        raise WireError("duplicate", IGNORE, f"seq {seq} already seen")
+                    if state.equivocated_seq == seq and not history:
+                        raise WireError("equivocation", IGNORE,
+                                        f"signer already equivocated at seq {seq}")
+                    equivocation = True
+            if not history:  # V8: token bucket
+                elapsed = now - state.refilled_at
+                if elapsed > 0:
+                    tokens = state.tokens + elapsed / self.rate_refill_s
+                    state.tokens = tokens if tokens < self.rate_burst else self.rate_burst
+                    state.refilled_at = now
+                if state.tokens < 1.0:
+                    raise WireError("rate_limited", REJECT,
+                                    f"signer sends more than {self.rate_burst:.0f} announcements "
+                                    f"at once or one per {self.rate_refill_s:g} s")
+                state.tokens -= 1.0
+            # accepted: the most recently accepted signer moves to the end (eviction takes the
+            # other end)
+            del signers[signer]
+            signers[signer] = state
         else:
-            state = self._new_signer(announcement.signer, now)
+            state = self._new_signer(signer, now)  # at the most recent end already
             if not history:
                 state.tokens -= 1.0
         if equivocation:
-            state.equivocated_seq = announcement.seq
+            state.equivocated_seq = seq
             self.counts[EQUIVOCATION] += 1
-        elif announcement.seq > state.seq:
-            state.seq = announcement.seq
+        elif seq > state.seq:
+            state.seq = seq
             state.msg_id = announcement.msg_id
-        if announcement.tokens_per_second and announcement.seq == state.seq:  # not old history
-            state.capacity = announcement.tokens_per_second
-        self._touch(announcement.signer, state)
-
-    def _take_token(self, state: _SignerState, now: float) -> None:
-        elapsed = now - state.refilled_at
-        if elapsed > 0:
-            state.tokens = min(self.rate_burst, state.tokens + elapsed / self.rate_refill_s)
-            state.refilled_at = now
-        if state.tokens < 1.0:
-            raise WireError("rate_limited", REJECT,
-                            f"signer sends more than {self.rate_burst:.0f} announcements at once "
-                            f"or one per {self.rate_refill_s:g} s")
-        state.tokens -= 1.0
+        if tokens_per_second and seq == state.seq:  # not old history
+            state.capacity = tokens_per_second
 
     def _check_receipt(self, receipt: Receipt, now: float, provider_capacity: int | None) -> None:
         if self.local_key is not None and receipt.gateway != self.local_key:  # V5
@@ -318,19 +362,27 @@ class Validator:
         signers.pop(signer, None)
         signers[signer] = state
 
-    def _remember(self, msg_id: bytes, now: float) -> None:
-        seen = self._seen
-        seen[msg_id] = now + self.seen_ttl_s
-        while len(seen) > self.max_seen:
-            del seen[next(iter(seen))]
+    def _forget_oldest_seen(self) -> None:
+        ids, expiry = self._seen_ids, self._seen_expiry
+        while len(ids) > self.max_seen:
+            self._seen.remove(ids.popleft())
+            expiry.popleft()
 
     def _expire_seen(self, now: float) -> None:
-        seen = self._seen
-        while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] > now:
-                return
-            del seen[oldest]
+        ids, expiry, seen = self._seen_ids, self._seen_expiry, self._seen
+        while expiry and not expiry[0] > now:
+            seen.remove(ids.popleft())
+            expiry.popleft()
+
+    def _remember_slowly(self, key: bytes, now: float) -> None:
+        """Remember `key` whether or not it is in the cache already (then its expiry moves)."""
+        if key in self._seen:
+            self._seen_expiry[self._seen_ids.index(key)] = now + self.seen_ttl_s
+        else:
+            self._seen.add(key)
+            self._seen_ids.append(key)
+            self._seen_expiry.append(now + self.seen_ttl_s)
+            self._forget_oldest_seen()
 
 
 __all__ = ["Validator", "REASONS", "RATE_BURST", "SEEN_TTL_S", "MAX_SEEN", "MAX_SIGNERS",
