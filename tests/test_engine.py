@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
-from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.node.engine import PeerEngine, Verdict
 from neuroshard_p2p.wire import Announcement, WireError, decode_unchecked_time, encode
 from neuroshard_p2p.wire.codec import encode_sync
 from neuroshard_p2p.wire.messages import SyncResponse
@@ -225,6 +225,30 @@ def test_hostile_gossip_is_rejected_or_ignored_with_a_reason_and_never_counts() 
     assert counts[("rejected", "wrong_signer")] == 1
     assert counts[("rejected", "bad_signature")] == 1
     assert counts[("ignored", "stale")] == 1
+
+
+def test_a_verdict_is_an_immutable_value() -> None:
+    a, b = engine(1, tokens_per_second=1000), engine(2)
+    [data] = a.poll_announcements(T0)
+    accepted = b.on_gossip(data, T0, from_peer=a.peer_id)
+    again = b.on_gossip(data, T0, from_peer=a.peer_id)
+    assert (accepted.outcome, accepted.reason, accepted.detail, accepted.accepted) == \
+        ("accepted", "accepted", "", True)
+    assert accepted.message == announcement_of(data)
+    assert (again.outcome, again.reason, again.message, again.accepted) == \
+        ("ignored", "duplicate", None, False)
+    assert again.detail.endswith("already seen")
+    assert accepted == Verdict("accepted", "accepted", accepted.message)
+    assert hash(accepted) == hash(Verdict("accepted", "accepted", accepted.message))
+    plain = ("accepted", "accepted", accepted.message, "")
+    assert accepted != again and accepted != plain and plain != accepted
+    assert not accepted == plain and not plain == accepted
+    assert repr(Verdict("ignored", "stale", None, "old")) == \
+        "Verdict(outcome='ignored', reason='stale', message=None, detail='old')"
+    with pytest.raises(AttributeError):
+        accepted.outcome = "rejected"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        accepted.extra = 1  # type: ignore[attr-defined]
 
 
 @settings(max_examples=300, deadline=None)
