@@ -139,12 +139,12 @@ class Validator:
         self.max_signers = max_signers
         #: Outcome counters: "accepted", "equivocation" and one per WireError reason.
         self.counts: dict[str, int] = dict.fromkeys(REASONS, 0)
-        # Ids accepted (see _RAW_KEY_MIN for what a key is), and the same ids and their expiry
-        # times (receiver clock) in the order they were accepted, which is expiry order while
-        # `now` grows: expiry and the `max_seen` bound both take the oldest, from the left.
-        self._seen: set[bytes] = set()
+        # id → expiry (receiver clock); see _RAW_KEY_MIN for what an id is. `_seen_ids` holds
+        # the same ids in the order they were accepted, which is expiry order while `now` grows:
+        # expiry and the `max_seen` bound both take the oldest, from its left end, in O(1) (the
+        # dict's own first key costs a scan over the slots its deletions left).
+        self._seen: dict[bytes, float] = {}
         self._seen_ids: deque[bytes] = deque()
-        self._seen_expiry: deque[float] = deque()
         # signer → state, least recently accepted first.
         self._signers: dict[bytes, _SignerState] = {}
 
@@ -178,10 +178,11 @@ class Validator:
                     msg_id: bytes | None = None  # _decode hashes it, once per decoded message
                 else:
                     key = msg_id = _sha256(data).digest()
-                expiry = self._seen_expiry
-                if expiry and not expiry[0] > now:
+                seen = self._seen
+                seen_ids = self._seen_ids
+                if seen_ids and not seen[seen_ids[0]] > now:
                     self._expire_seen(now)
-                if key in self._seen:  # V1
+                if key in seen:  # V1
                     raise WireError("duplicate", IGNORE,
                                     f"message {_sha256(data).hexdigest()[:16]}… already seen")
             else:
@@ -210,10 +211,9 @@ class Validator:
             raise
         # accepted: remember its id (V1)
         if key is not None:
-            self._seen.add(key)
-            self._seen_ids.append(key)
-            expiry.append(now + self.seen_ttl_s)
-            if len(expiry) > self.max_seen:
+            seen[key] = now + self.seen_ttl_s
+            seen_ids.append(key)
+            if len(seen_ids) > self.max_seen:
                 self._forget_oldest_seen()
         else:  # not reached: _decode refuses what is not bytes
             self._remember_slowly(message.msg_id, now)
@@ -363,26 +363,22 @@ class Validator:
         signers[signer] = state
 
     def _forget_oldest_seen(self) -> None:
-        ids, expiry = self._seen_ids, self._seen_expiry
+        seen, ids = self._seen, self._seen_ids
         while len(ids) > self.max_seen:
-            self._seen.remove(ids.popleft())
-            expiry.popleft()
+            del seen[ids.popleft()]
 
     def _expire_seen(self, now: float) -> None:
-        ids, expiry, seen = self._seen_ids, self._seen_expiry, self._seen
-        while expiry and not expiry[0] > now:
-            seen.remove(ids.popleft())
-            expiry.popleft()
+        seen, ids = self._seen, self._seen_ids
+        while ids and not seen[ids[0]] > now:
+            del seen[ids.popleft()]
 
     def _remember_slowly(self, key: bytes, now: float) -> None:
-        """Remember `key` whether or not it is in the cache already (then its expiry moves)."""
-        if key in self._seen:
-            self._seen_expiry[self._seen_ids.index(key)] = now + self.seen_ttl_s
-        else:
-            self._seen.add(key)
+        """Remember `key` whether or not it is in the cache already (then only its expiry
+        changes, its place does not)."""
+        if key not in self._seen:
             self._seen_ids.append(key)
-            self._seen_expiry.append(now + self.seen_ttl_s)
-            self._forget_oldest_seen()
+        self._seen[key] = now + self.seen_ttl_s
+        self._forget_oldest_seen()
 
 
 __all__ = ["Validator", "REASONS", "RATE_BURST", "SEEN_TTL_S", "MAX_SEEN", "MAX_SIGNERS",
