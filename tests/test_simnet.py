@@ -117,6 +117,95 @@ def test_simulated_peers_run_the_real_engine() -> None:
     assert rec.reasons["accepted"] == sum(b.accepted for b in rec.traffic) > 0
 
 
+class _CallLogNetwork(SimNetwork):
+    """A simulated network that logs, per peer, every engine call and the time it was given
+    (the calls go through to the real engine unchanged)."""
+
+    NOW_ARG = {"on_gossip": 1, "poll_announcements": 0, "stats": 0, "sync_request": 0,
+               "on_sync_request": 1, "on_sync_response": 1, "withdraw": 0,
+               "set_offer": None, "set_demand": None}   # None: at the network's current time
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.calls: list[list[tuple[str, float]]] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _new_peer(self, role: str, t: float, **kwargs: object):  # type: ignore[no-untyped-def]
+        peer = super()._new_peer(role, t, **kwargs)  # type: ignore[arg-type]
+        log: list[tuple[str, float]] = []
+        self.calls.append(log)
+        for name, at in self.NOW_ARG.items():
+            method = getattr(peer.engine, name)
+
+            def logged(*args: object, _m=method, _name=name, _at=at, _peer=peer):  # type: ignore[no-untyped-def]
+                now = _peer.now(self.t) if _at is None else float(args[_at])  # type: ignore[arg-type]
+                log.append((_name, now))
+                return _m(*args)
+
+            setattr(peer.engine, name, logged)
+        return peer
+
+
+def test_every_engine_is_handed_its_messages_in_time_order_and_none_after_its_death() -> None:
+    # Honest deliveries wait in the receiving peer's inbox until something else touches that
+    # peer; they must still reach each engine in network-time order, between its other calls,
+    # and all of them before the end, and none after the peer was killed. Hostile messages (queued
+    # one by one) interleave with them.
+    scenario = loads("""
+        name = "order"
+        duration_s = 40
+        [node]
+        announce_interval_s = 2
+        sync_interval_s = 2
+        [peers]
+        providers = 0.5
+        capacity = 1000
+        demand_peers = 0.25
+        [[event]]
+        at = 10
+        action = "hostile"
+        rate = 30.0
+        duration_s = 15
+        kinds = ["forged", "replayed", "backdated", "future"]
+        [[event]]
+        at = 14
+        action = "capacity"
+        who = "providers"
+        factor = 0.5
+        [[event]]
+        at = 16
+        action = "demand"
+        factor = 2.0
+        [[event]]
+        at = 18
+        action = "kill"
+        fraction = 0.25
+        [[event]]
+        at = 39.5
+        action = "stop"
+        who = "providers"
+        count = 1
+    """)
+    net = _CallLogNetwork(scenario, 20, seed=11)
+    rec = net.run()
+    gossip = [[now - EPOCH - p.skew for name, now in log if name == "on_gossip"]
+              for p, log in zip(net.peers, net.calls)]
+    assert sum(map(len, gossip)) == rec.engine_messages == sum(b.delivered for b in rec.traffic)
+    for index, (peer, log) in enumerate(zip(net.peers, net.calls)):
+        # Network times back from the engines' clocks (EPOCH + t + skew: 1e-6 covers rounding).
+        times = [now - EPOCH - peer.skew for _, now in log]
+        assert all(a <= b + 1e-6 for a, b in zip(times, times[1:])), f"peer {index} out of order"
+        assert times[-1] < scenario.duration_s
+        stopped = rec.peer_stopped[index]
+        if stopped is not None:
+            assert all(t <= stopped + 1e-6 for t in times), f"peer {index} heard after death"
+        elif peer.role != "hostile":
+            # The withdrawal published with the last sample, 0.5 s before the end, reached every
+            # live peer before the end.
+            assert any(t > 39.5 for t in gossip[index]), f"peer {index} missed the withdrawal"
+    assert sum(1 for s in rec.peer_stopped if s is not None) == 5 + 1
+    assert rec.reasons["accepted"] > 0 and rec.reasons["bad_signature"] > 0
+
+
 def test_shock_all_simulated_peers_follow_the_price_together() -> None:
     figs = sim_figures(load("shock"), 20, seed=2)
     assert figs["agreement"]["identical_share"] == 1.0
