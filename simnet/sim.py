@@ -64,10 +64,10 @@ import hashlib
 import heapq
 import itertools
 import math
+import operator
 import random
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -95,6 +95,9 @@ TOKENS_PER_REQUEST = 100_000
 # Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
 (_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
  _SAMPLE) = range(10)
+
+_OUTCOME = operator.attrgetter("outcome")
+_REASON = operator.attrgetter("reason")
 
 
 @dataclass
@@ -454,18 +457,21 @@ class SimNetwork:
         verdicts = [on_gossip(wire, EPOCH + at + skew, author) for at, _, wire, author in due]
         rec.engine_cpu_s += time.perf_counter() - started
         rec.engine_messages += k
-        rec.reasons.update([v.reason for v in verdicts])
+        rec.reasons.update(map(_REASON, verdicts))
+        outcomes = list(map(_OUTCOME, verdicts))
         # Traffic is counted in the second each message arrived in (`due` is in time order).
         i = 0
         while i < k:
             at = due[i][0]
-            j = bisect.bisect_left(due, (int(at) + 1,), i)
-            outcomes = Counter([v.outcome for v in verdicts[i:j]])
+            j = k if int(at) == int(due[-1][0]) else bisect.bisect_left(due, (int(at) + 1,), i)
+            part = outcomes[i:j] if i or j < k else outcomes
+            accepted = part.count("accepted")
+            rejected = part.count("rejected") if accepted < j - i else 0
             traffic = rec.second(at)
             traffic.delivered += j - i
-            traffic.accepted += outcomes["accepted"]
-            traffic.rejected += outcomes["rejected"]
-            traffic.ignored += j - i - outcomes["accepted"] - outcomes["rejected"]
+            traffic.accepted += accepted
+            traffic.rejected += rejected
+            traffic.ignored += j - i - accepted - rejected
             i = j
 
     def _flush_all(self, bound: tuple[float, ...]) -> None:
