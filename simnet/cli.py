@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observers", type=int, metavar="K",
                    help="sim only: compute prices at K randomly chosen peers (plus late joiners) "
                         "instead of all; every peer still announces and forwards")
+    p.add_argument("--workers", type=int, metavar="W",
+                   help="sim only: processes to spread the peers' engines over (default: one per "
+                        "usable CPU from 200 peers on, else 1); the report is the same for any W")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a scenario setting, e.g. market.capacity_timeout_s=8 or "
                         "node.announce_interval_s=2.5 or network.loss=0.05 (repeatable; VALUE "
@@ -216,14 +219,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ScenarioError("--peers must be at least 2")
     progress = None if args.quiet else stderr_progress
     out = Path(args.out or f"out/{scenario.name}-{args.transport}-{args.peers}")
+    workers: int | None = None
     if args.transport == "sim":
-        from simnet.sim import SimNetwork
+        from simnet.sim import SimNetwork, default_workers
 
+        workers = default_workers(args.peers) if args.workers is None else args.workers
+        if workers < 1:
+            raise ScenarioError("--workers must be at least 1")
         rec = SimNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample,
-                         observers=args.observers, progress=progress).run()
+                         observers=args.observers, progress=progress, workers=workers).run()
     else:
         if args.observers is not None:
             raise ScenarioError("--observers is for --transport sim (real nodes all compute prices)")
+        if args.workers is not None:
+            raise ScenarioError("--workers is for --transport sim (real nodes share one trio "
+                                "process; `testnet` runs separate processes)")
         import trio
 
         from simnet.real import RealNetwork
@@ -234,6 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta = {"scenario": scenario.name, "description": " ".join(scenario.description.split()),
             "transport": args.transport, "peers": args.peers, "seed": args.seed,
             "duration_s": scenario.duration_s, "observers": args.observers,
+            "workers": workers,
             "settings": scenario.to_dict()}
     data = write_run_report(rec, out, meta, plots=not args.no_plots)
     _print_summary(data, out)

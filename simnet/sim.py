@@ -54,6 +54,19 @@ What the simulator itself costs, around the engine calls:
   same peak memory. So `run()` turns it off, and before turning it back on moves everything the
   run allocated to the oldest generation (`gc.freeze()` then `gc.unfreeze()`, O(1)): otherwise
   the first young collection after the run walks all of it (~5 s at 1,000 peers).
+- **Several processes** (`workers`, the CLI's `--workers`, by default one per CPU from 200 peers
+  on). Peers' engines are independent between events, so after building, the network forks:
+  every process runs the same event loop with the same random draws, and peer v's engine work
+  (its deliveries, polls, sync legs and samples) runs only in process v mod W. The few engine
+  outputs the loop itself needs — the announcements a poll publishes and its next deadline, a
+  sync request and its answer, a withdrawal, whether a hostile message got through — are
+  computed by the owner and sent to the others through pipes in event order (`_shared`), so
+  every process takes the same decisions. What the engines did (deliveries and outcomes per
+  second, reasons, CPU, each peer's samples) is tallied per process and added up at the end
+  (`_gather`). The report is the same for any W (`tests/test_simnet.py` checks W = 1, 2, 3
+  field by field). What does not shrink with W is the network itself (the flood's shortest
+  paths, the queue), which every process computes; and the views of all peers in one process
+  still cost what they cost, spread over W heaps.
 """
 
 from __future__ import annotations
@@ -66,10 +79,14 @@ import heapq
 import itertools
 import math
 import operator
+import os
+import pickle
 import random
 import sys
 import time
-from dataclasses import dataclass
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -99,6 +116,91 @@ TOKENS_PER_REQUEST = 100_000
 
 _OUTCOME = operator.attrgetter("outcome")
 _REASON = operator.attrgetter("reason")
+
+
+@dataclass
+class _EngineTally:
+    """What the engines of one process did, recorded apart from the network's own figures so
+    that the processes of a parallel run (see `SimNetwork` `workers`) can be added up."""
+
+    cpu_s: float = 0.0                 # inside engine calls
+    messages: int = 0                  # gossip messages handed to engines
+    reasons: Counter[str] = field(default_factory=Counter)
+    # second → [delivered, accepted, rejected, ignored, sync announcements]
+    traffic: dict[int, list[int]] = field(default_factory=dict)
+    samples: list[list[PeerSample]] = field(default_factory=list)   # per sample: this process's rows
+    process_cpu_s: float = 0.0         # the whole process, for a worker's share of the run
+
+    def second(self, t: float) -> list[int]:
+        index = max(0, int(t))   # the bucket rule of Recorder.second
+        row = self.traffic.get(index)
+        if row is None:
+            row = self.traffic[index] = [0, 0, 0, 0, 0]
+        return row
+
+
+class _Exchange:
+    """One-way pipes between every two processes of a parallel run. Every process runs the same
+    event loop; a value only one of them can compute (its own peer's engine output) is sent by
+    that process to all the others, in event order, so each reads it at the same event."""
+
+    _HEADER = 8
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.rank = 0
+        self._fds = {(a, b): os.pipe() for a in range(workers) for b in range(workers) if a != b}
+        for read_fd, write_fd in self._fds.values():
+            try:  # a larger pipe lets the sender run further ahead (Linux; best effort)
+                import fcntl
+                fcntl.fcntl(write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+            except (ImportError, OSError):
+                pass
+        self._out: dict[int, Any] = {}
+        self._in: dict[int, Any] = {}
+
+    def attach(self, rank: int) -> None:
+        """Keep this process's ends (rank `rank`), close the rest."""
+        self.rank = rank
+        for (a, b), (read_fd, write_fd) in self._fds.items():
+            if a == rank:
+                os.close(read_fd)
+                self._out[b] = os.fdopen(write_fd, "wb", buffering=1 << 16)
+            elif b == rank:
+                os.close(write_fd)
+                self._in[a] = os.fdopen(read_fd, "rb", buffering=1 << 16)
+            else:
+                os.close(read_fd)
+                os.close(write_fd)
+        self._fds = {}
+
+    def send(self, value: Any, to: int | None = None) -> None:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = len(data).to_bytes(self._HEADER, "big") + data
+        for rank, out in self._out.items():
+            if to is None or rank == to:
+                out.write(frame)
+                out.flush()
+
+    def receive(self, sender: int) -> Any:
+        source = self._in[sender]
+        header = source.read(self._HEADER)
+        if len(header) < self._HEADER:
+            raise RuntimeError(f"simulation worker {sender} stopped before the run ended "
+                               "(its error is on stderr)")
+        size = int.from_bytes(header, "big")
+        data = source.read(size)
+        if len(data) < size:
+            raise RuntimeError(f"simulation worker {sender} stopped mid-message")
+        return pickle.loads(data)
+
+    def close(self) -> None:
+        for f in [*self._out.values(), *self._in.values()]:
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._out, self._in = {}, {}
 
 
 @dataclass
@@ -177,9 +279,12 @@ class SimNetwork:
                  sample_s: float | None = None, observers: int | None = None,
                  record_digests: bool | None = None,
                  progress: Callable[[str], None] | None = None,
-                 progress_every_s: float = 5.0, start_spread_s: float | None = None) -> None:
+                 progress_every_s: float = 5.0, start_spread_s: float | None = None,
+                 workers: int = 1) -> None:
         if peers < 2:
             raise ValueError("a network needs at least 2 peers")
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
         self.scenario = scenario
         self.market = scenario.market_config()
         self.settings = node_settings(scenario, self.market)
@@ -219,6 +324,14 @@ class SimNetwork:
         self.t = 0.0
         self._lat_mu = math.log(self.net.latency_median_ms / 1000.0)
         self._sync_s = self.settings.sync_interval_s
+        #: Processes the run is spread over (see `_fork`); peer v's engine runs in process
+        #: v % workers, every process runs the whole network.
+        self.workers = workers
+        self.rank = 0
+        self._exchange: _Exchange | None = None
+        self._children: list[int] = []
+        self._tally = _EngineTally()
+        self._sample_points: list[tuple[float, tuple[int, int, int]]] = []
 
     # ------------------------------------------------------------------ building
 
@@ -338,6 +451,25 @@ class SimNetwork:
             self._edges_dirty = False
         return self._src, self._dst
 
+    # ------------------------------------------------------------------ processes
+
+    def _mine(self, v: int) -> bool:
+        """Whether peer v's engine runs in this process."""
+        return v % self.workers == self.rank
+
+    def _shared(self, v: int, compute: Callable[[], Any]) -> Any:
+        """The value `compute` (a call on peer v's engine) gives, in every process: computed
+        where v's engine runs and sent to the others, which read it at this same event."""
+        exchange = self._exchange
+        if exchange is None:
+            return compute()
+        owner = v % self.workers
+        if owner == self.rank:
+            value = compute()
+            exchange.send(value)
+            return value
+        return exchange.receive(owner)
+
     # ------------------------------------------------------------------ queue
 
     def _schedule(self, t: float, kind: int, *payload: Any) -> None:
@@ -416,7 +548,15 @@ class SimNetwork:
         inbox = self._inbox
         counter = self._counter
         count = len(targets)
-        entries = zip((t + arrival[targets]).tolist(), range(counter + 1, counter + 1 + count),
+        if self.workers == 1:
+            numbers: Any = range(counter + 1, counter + 1 + count)
+        else:
+            # Only this process's peers get an inbox entry; the numbers stay those of the
+            # whole list, so every process orders deliveries as one process would.
+            numbers = np.arange(counter + 1, counter + 1 + count, dtype=np.int64)
+            mine = targets % self.workers == self.rank
+            targets, numbers = targets[mine], numbers[mine].tolist()
+        entries = zip((t + arrival[targets]).tolist(), numbers,
                       itertools.repeat(wire), itertools.repeat(author))
         for v, entry in zip(targets.tolist(), entries):
             inbox[v].append(entry)
@@ -451,14 +591,14 @@ class SimNetwork:
             return
         due = box[:k]
         del box[:k]
-        rec = self.recorder
+        tally = self._tally
         on_gossip = peer.engine.on_gossip
         skew = peer.skew
         started = time.perf_counter()
         verdicts = [on_gossip(wire, EPOCH + at + skew, author) for at, _, wire, author in due]
-        rec.engine_cpu_s += time.perf_counter() - started
-        rec.engine_messages += k
-        rec.reasons.update(map(_REASON, verdicts))
+        tally.cpu_s += time.perf_counter() - started
+        tally.messages += k
+        tally.reasons.update(map(_REASON, verdicts))
         outcomes = list(map(_OUTCOME, verdicts))
         # Traffic is counted in the second each message arrived in (`due` is in time order).
         i = 0
@@ -468,11 +608,11 @@ class SimNetwork:
             part = outcomes[i:j] if i or j < k else outcomes
             accepted = part.count("accepted")
             rejected = part.count("rejected") if accepted < j - i else 0
-            traffic = rec.second(at)
-            traffic.delivered += j - i
-            traffic.accepted += accepted
-            traffic.rejected += rejected
-            traffic.ignored += j - i - accepted - rejected
+            row = tally.second(at)
+            row[0] += j - i
+            row[1] += accepted
+            row[2] += rejected
+            row[3] += j - i - accepted - rejected
             i = j
 
     def _flush_all(self, bound: tuple[float, ...]) -> None:
@@ -486,40 +626,44 @@ class SimNetwork:
         peer = self.peers[v]
         if not peer.alive:
             return
-        self._flush(v, (t, counter))
-        rec = self.recorder
-        traffic = rec.second(t)
-        traffic.delivered += 1
         self._received[v] += 1
-        started = time.perf_counter()
-        verdict = peer.engine.on_gossip(wire, peer.now(t), author)
-        rec.engine_cpu_s += time.perf_counter() - started
-        rec.engine_messages += 1
-        outcome = verdict.outcome
-        if outcome == "accepted":
-            traffic.accepted += 1
-        elif outcome == "rejected":
-            traffic.rejected += 1
-        else:
-            traffic.ignored += 1
-        rec.reasons[verdict.reason] += 1
-        if verdict.accepted:
+        if self._shared(v, lambda: self._hostile_verdict(peer, wire, author, t, counter)):
             # A hostile message that got through travels on from this peer.
             for u in sorted(self.neighbours[v]):
                 if self.peers[u].alive and self.peers[u].group == peer.group:
                     self._schedule(t + self._latency(), _DELIVER, u, wire, author)
 
+    def _hostile_verdict(self, peer: SimPeer, wire: bytes, author: bytes, t: float,
+                         counter: int) -> bool:
+        """Peer's engine on a hostile message (in the process that runs it): accepted?"""
+        self._flush(peer.index, (t, counter))
+        tally = self._tally
+        started = time.perf_counter()
+        verdict = peer.engine.on_gossip(wire, peer.now(t), author)
+        tally.cpu_s += time.perf_counter() - started
+        tally.messages += 1
+        row = tally.second(t)
+        row[0] += 1
+        outcome = verdict.outcome
+        row[1 if outcome == "accepted" else 2 if outcome == "rejected" else 3] += 1
+        tally.reasons[verdict.reason] += 1
+        return verdict.accepted
+
+    def _poll_engine(self, peer: SimPeer, t: float) -> tuple[list[bytes], float | None]:
+        self._flush(peer.index, (t, math.inf))
+        engine = peer.engine
+        return engine.poll_announcements(peer.now(t)), engine.next_deadline()
+
     def _poll(self, peer: SimPeer, t: float) -> None:
         peer.poll_at = None
         if not peer.alive:
             return
-        self._flush(peer.index, (t, math.inf))
-        for wire in peer.engine.poll_announcements(peer.now(t)):
+        wires, deadline = self._shared(peer.index, lambda: self._poll_engine(peer, t))
+        for wire in wires:
             peer.last_announced = t
             if len(self._captured) < 256:
                 self._captured.append(wire)
             self._flood(peer.index, t, wire)
-        deadline = peer.engine.next_deadline()
         if deadline is not None:
             at = max(t, deadline - EPOCH - peer.skew)
             if at < self.scenario.duration_s:
@@ -533,10 +677,23 @@ class SimNetwork:
         other = self.peers[partner]
         if not (other.alive and other.observed) or other.group != peer.group:
             return
-        self._flush(peer.index, (t, math.inf))
-        data = peer.engine.sync_request(peer.now(t))
+        data = self._shared(peer.index, lambda: self._sync_request_engine(peer, t))
         self.recorder.second(t).sync_exchanges += 1
         self._schedule(t + self._latency(), _SYNC_REQ, peer.index, partner, data)
+
+    def _sync_request_engine(self, peer: SimPeer, t: float) -> bytes:
+        self._flush(peer.index, (t, math.inf))
+        return peer.engine.sync_request(peer.now(t))
+
+    def _sync_answer_engine(self, peer: SimPeer, data: bytes, t: float) -> list[bytes]:
+        self._flush(peer.index, (t, math.inf))
+        started = time.perf_counter()
+        try:
+            frames = peer.engine.on_sync_request(data, peer.now(t))
+        except WireError:
+            frames = []
+        self._tally.cpu_s += time.perf_counter() - started
+        return frames
 
     def _sync_timer(self, peer: SimPeer, t: float) -> None:
         if not peer.alive:
@@ -557,13 +714,7 @@ class SimNetwork:
         peer = self.peers[responder]
         if not peer.alive or peer.group != self.peers[requester].group:
             return
-        self._flush(responder, (t, math.inf))
-        started = time.perf_counter()
-        try:
-            frames = peer.engine.on_sync_request(data, peer.now(t))
-        except WireError:
-            frames = []
-        self.recorder.engine_cpu_s += time.perf_counter() - started
+        frames = self._shared(responder, lambda: self._sync_answer_engine(peer, data, t))
         if frames:
             self._schedule(t + self._latency(), _SYNC_RESP, requester, responder, frames)
 
@@ -571,6 +722,8 @@ class SimNetwork:
                        t: float) -> None:
         peer = self.peers[requester]
         if not peer.alive or peer.group != self.peers[responder].group:
+            return
+        if not self._mine(requester):
             return
         self._flush(requester, (t, math.inf))
         started = time.perf_counter()
@@ -580,8 +733,8 @@ class SimNetwork:
                 carried += peer.engine.on_sync_response(frame, peer.now(t)).received
             except WireError:
                 break
-        self.recorder.engine_cpu_s += time.perf_counter() - started
-        self.recorder.second(t).sync_announcements += carried
+        self._tally.cpu_s += time.perf_counter() - started
+        self._tally.second(t)[4] += carried
 
     # ------------------------------------------------------------------ scenario events
 
@@ -618,7 +771,7 @@ class SimNetwork:
             chosen = self._choose(event, self._honest_live())
             for p in chosen:
                 if action == "stop":
-                    wire = p.engine.withdraw(p.now(t))
+                    wire = self._shared(p.index, lambda: p.engine.withdraw(p.now(t)))
                     if wire is not None:
                         self._flood(p.index, t, wire)
                         p.last_announced = t
@@ -773,7 +926,7 @@ class SimNetwork:
         self._flush_all((t, math.inf))
         rows = []
         for p in self.peers:
-            if not (p.alive and p.observed) or p.role == "hostile":
+            if not (p.alive and p.observed) or p.role == "hostile" or not self._mine(p.index):
                 continue
             now = p.now(t)
             stats = p.engine.stats(now)
@@ -784,7 +937,8 @@ class SimNetwork:
                                    p.engine.view.digest() if self.record_digests else None))
         live = self._honest_live()
         truth = (sum(p.capacity for p in live), sum(p.demand for p in live), len(live))
-        self.recorder.sample(t, rows, truth)
+        self._tally.samples.append(rows)
+        self._sample_points.append((t, truth))
 
     # ------------------------------------------------------------------ run
 
@@ -796,7 +950,13 @@ class SimNetwork:
         while (k + 0.5) * self.sample_s < duration:
             self._schedule((k + 0.5) * self.sample_s, _SAMPLE)
             k += 1
-        next_progress = wall0 + self.progress_every_s
+        if self.workers > 1:
+            self._fork()
+        self._simulate_loop(wall0)
+
+    def _simulate_loop(self, wall0: float | None = None) -> None:
+        duration = self.scenario.duration_s
+        next_progress = (time.perf_counter() if wall0 is None else wall0) + self.progress_every_s
         queue = self._queue
         peers = self.peers
         while queue:
@@ -814,7 +974,7 @@ class SimNetwork:
                 self._sample(t)
                 if self.progress is not None and time.perf_counter() >= next_progress:
                     next_progress = time.perf_counter() + self.progress_every_s
-                    self._report_progress(t, wall0)
+                    self._report_progress(t, wall0 or 0.0)
             elif kind == _SYNC_TIMER:
                 self._sync_timer(peers[payload[0]], t)
             elif kind == _SYNC_CONNECT:
@@ -832,6 +992,87 @@ class SimNetwork:
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
 
+    def _fork(self) -> None:
+        """Spread the run over `workers` processes: fork the built network, so every process
+        holds the same state and runs the same event loop with the same random draws. Peer v's
+        engine work (deliveries, polls, sync, samples) is done only in process v % workers;
+        what the loop needs from it (announcements to flood, sync frames, whether a hostile
+        message got through) is sent to the other processes (`_shared`). Rank 0 is this
+        process; the others send their engine tallies at the end and exit."""
+        exchange = _Exchange(self.workers)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for rank in range(1, self.workers):
+            pid = os.fork()
+            if pid == 0:
+                self._worker(exchange, rank)   # never returns
+            self._children.append(pid)
+        exchange.attach(0)
+        self._exchange = exchange
+
+    def _worker(self, exchange: _Exchange, rank: int) -> None:
+        """The body of a forked worker process: run the loop, send the tally, exit."""
+        status = 1
+        try:
+            exchange.attach(rank)
+            self.rank = rank
+            self._exchange = exchange
+            self.progress = None
+            cpu0 = time.process_time()
+            self._simulate_loop()
+            self._tally.process_cpu_s = time.process_time() - cpu0
+            exchange.send(self._tally, to=0)
+            exchange.close()
+            status = 0
+        except BaseException:  # noqa: BLE001 - report, then leave without running the parent's code
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+
+    def _stop_workers(self) -> None:
+        """After a failure in rank 0: end the workers (they would wait for it forever)."""
+        if self._exchange is None:
+            return
+        self._exchange.close()
+        self._exchange = None
+        for pid in self._children:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+
+    def _gather(self) -> None:
+        """Fold every process's engine tally into the recorder (in rank 0, after the loop)."""
+        tallies = [self._tally]
+        if self._exchange is not None:
+            try:
+                tallies += [self._exchange.receive(rank) for rank in range(1, self.workers)]
+            finally:
+                self._exchange.close()
+                self._exchange = None
+                for pid in self._children:
+                    os.waitpid(pid, 0)
+        rec = self.recorder
+        for tally in tallies:
+            rec.engine_cpu_s += tally.cpu_s
+            rec.engine_messages += tally.messages
+            rec.reasons.update(tally.reasons)
+            rec.cpu_s += tally.process_cpu_s
+            for second, (delivered, accepted, rejected, ignored, carried) in sorted(
+                    tally.traffic.items()):
+                traffic = rec.second(second)
+                traffic.delivered += delivered
+                traffic.accepted += accepted
+                traffic.rejected += rejected
+                traffic.ignored += ignored
+                traffic.sync_announcements += carried
+        for i, (t, truth) in enumerate(self._sample_points):
+            rows = [row for tally in tallies for row in tally.samples[i]]
+            rows.sort(key=lambda row: row.peer)
+            rec.sample(t, rows, truth)
+
     def run(self) -> Recorder:
         rec = self.recorder
         wall0 = time.perf_counter()
@@ -845,7 +1086,10 @@ class SimNetwork:
         try:
             with shared_decode():
                 self._simulate(duration, wall0)
+            rec.cpu_s = time.process_time() - cpu0
+            self._gather()
         finally:
+            self._stop_workers()
             if gc_was_enabled:
                 if gc.get_freeze_count() == 0:
                     # Everything the run allocated is still in the youngest generation; its first
@@ -857,7 +1101,6 @@ class SimNetwork:
         rec.network_s = duration
         rec.peer_received = [int(x) for x in self._received[: len(self.peers)]]
         rec.wall_s = time.perf_counter() - wall0
-        rec.cpu_s = time.process_time() - cpu0
         for record in rec.events:
             hostiles = record.info.pop("_hostiles", None)
             if hostiles:
@@ -868,6 +1111,9 @@ class SimNetwork:
                              "compute prices; all peers announce and forward")
         rec.notes.append("signature checks of identical bytes are shared between simulated peers "
                          "(decode is memoised); every other validation rule runs at every peer")
+        if self.workers > 1:
+            rec.notes.append(f"run in {self.workers} processes (peer v's engine in process "
+                             f"v mod {self.workers}); cpu_s is their sum")
         if self.progress is not None:
             self._report_progress(duration, wall0)
         return rec
@@ -876,9 +1122,29 @@ class SimNetwork:
         live = sum(1 for p in self.peers if p.alive and p.role != "hostile")
         published = sum(b.published for b in self.recorder.traffic)
         delivered = sum(b.delivered for b in self.recorder.traffic)
+        if self._tally.traffic:  # engine deliveries not folded into the recorder yet
+            delivered += sum(row[0] for row in self._tally.traffic.values())
+        share = f" (process 0 of {self.workers})" if self._exchange is not None else ""
         assert self.progress is not None
         self.progress(f"[sim] t={t:6.1f}/{self.scenario.duration_s:g} s  wall {time.perf_counter() - wall0:6.1f} s  "
-                      f"live {live}  published {published}  delivered {delivered}")
+                      f"live {live}  published {published}  delivered {delivered}{share}")
+
+
+#: From this many peers on, `default_workers` spreads a run over the machine's CPUs (below it,
+#: forking and the exchange cost more than they save).
+PARALLEL_FROM_PEERS = 200
+
+
+def default_workers(peers: int) -> int:
+    """Processes for a run of `peers` simulated peers: one per CPU this process may use (at most
+    8) from PARALLEL_FROM_PEERS on, else 1. Any number gives the same report."""
+    if peers < PARALLEL_FROM_PEERS or not hasattr(os, "fork"):
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
 
 
 def run_sim(scenario: Scenario, peers: int, *, seed: int = 1, sample_s: float | None = None,
@@ -892,5 +1158,5 @@ def stderr_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["SimNetwork", "SimPeer", "run_sim", "shared_decode", "peer_key", "EPOCH",
+__all__ = ["SimNetwork", "SimPeer", "run_sim", "default_workers", "PARALLEL_FROM_PEERS", "shared_decode", "peer_key", "EPOCH",
            "node_settings", "stderr_progress"]

@@ -106,6 +106,50 @@ def test_the_simulated_network_is_deterministic_same_seed_same_report(name: str)
     assert [vars(b) for b in runs[2].traffic] != [vars(b) for b in runs[0].traffic]
 
 
+@pytest.mark.parametrize("name, peers, observers", [
+    ("hostile", 12, None),      # a hostile message goes on only where an engine accepted it
+    ("churn", 16, None),        # kills, replacements syncing on joining
+    ("partition", 16, None),    # group meshes, heal syncs, view digests
+    ("stop-late-join", 24, 8),  # withdrawals, joiners, an observer sample
+])
+def test_a_run_spread_over_processes_gives_the_report_of_one_process(
+        name: str, peers: int, observers: int | None) -> None:
+    if name == "stop-late-join":
+        scenario = loads('''name = "stop-late-join"
+duration_s = 40
+[[event]]
+at = 10
+action = "stop"
+fraction = 0.25
+[[event]]
+at = 20
+action = "add"
+role = "provider"
+fraction = 0.25
+[[event]]
+at = 30
+action = "capacity"
+who = "providers"
+factor = 0.5
+''')
+    else:
+        scenario = load(name).scaled(40.0)
+    runs = [SimNetwork(scenario, peers, seed=11, workers=w, observers=observers).run()
+            for w in (1, 2, 3)]
+    one = runs[0]
+    assert one.engine_messages > 0 and len(one.samples) == 40
+    for rec in runs[1:]:
+        assert report_mod.deterministic_view({"figures": figures(rec)}) == \
+            report_mod.deterministic_view({"figures": figures(one)})
+        assert rec.samples == one.samples           # every peer's price, supply, demand, digest
+        assert [vars(b) for b in rec.traffic] == [vars(b) for b in one.traffic]
+        assert (rec.reasons, rec.engine_messages, rec.peer_received, rec.peer_published) == \
+            (one.reasons, one.engine_messages, one.peer_received, one.peer_published)
+    assert runs[2].notes[-1].startswith("run in 3 processes")
+    if name == "hostile":
+        assert one.reasons["accepted"] < one.engine_messages  # the flood was refused somewhere
+
+
 def test_simulated_peers_run_the_real_engine() -> None:
     net = SimNetwork(load("shock").scaled(12.0), 6, seed=3)
     rec = net.run()
