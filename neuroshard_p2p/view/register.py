@@ -67,8 +67,8 @@ class Register:
         self.segments: tuple[Segment, ...] = ()
         #: Every retained message has its own segment, in order (so issued_at and seq both
         #: strictly increase and nobody equivocates): the view then merges a newer message
-        #: without recomputing the segments (`MarketView._append`).
-        self.simple = False
+        #: without recomputing the segments (`MarketView._append`). An empty register is.
+        self.simple = True
 
     @property
     def newest_ms(self) -> int:

@@ -31,6 +31,7 @@ Plausibility. A signer moves the totals only through its own register: its capac
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import heapq
 import math
@@ -126,6 +127,7 @@ class Offer:
     issued_at_ms: int
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def bucket_of(signer: bytes) -> int:
     """The anti-entropy bucket of a signer: the first byte of SHA-256(signer) scaled to BUCKETS
     (its top 4 bits for 16 buckets, as the sync frames specify)."""
@@ -233,7 +235,6 @@ class MarketView:
             return MergeOutcome.DUPLICATE
         signer = message.signer
         register = self._registers.get(signer)
-        is_new = register is None
         if register is None:
             if len(self._registers) >= self.max_signers:
                 silent_ms, silent_signer = self._silent_first()
@@ -244,7 +245,9 @@ class MarketView:
             register = Register(signer, bucket_of(signer))
             self._registers[signer] = register
             self._bucket_signers[register.bucket].add(signer)
-            old_newest = None
+            # An empty register is simple: its first message is the newest.
+            self._append(register, message)
+            return MergeOutcome.NEW
         else:
             if register.simple:
                 last = register.messages[-1]
@@ -263,8 +266,6 @@ class MarketView:
         if register.newest_ms != old_newest:
             self._note_silence(register)
         touched[signer] = register
-        if is_new:
-            return MergeOutcome.NEW
         if register.equivocating and sum(1 for m in register.messages if m.seq == message.seq) > 1:
             return MergeOutcome.EQUIVOCATION
         if register.messages[-1] is message:
@@ -273,8 +274,8 @@ class MarketView:
 
     def _append(self, register: Register, message: Announcement) -> MergeOutcome:
         """The common case, in O(changes): `message` is newer, in both issued_at and seq, than
-        everything a simple register holds (see `Register.simple`), so its segments stay one
-        per message. The retention rule drops the oldest, the previous newest's segment is cut
+        everything a simple register holds (see `Register.simple`; an empty one is), so its
+        segments stay one per message. The retention rule drops the oldest, the previous newest's segment is cut
         where `message` starts to count, and `message`'s own segment is added. Gives exactly
         what the general path (`Register.insert` + `_refresh_segments`) gives."""
         messages, keys, segments = register.messages, register.keys, register.segments
