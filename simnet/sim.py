@@ -128,7 +128,7 @@ class _EngineTally:
     reasons: Counter[str] = field(default_factory=Counter)
     # second → [delivered, accepted, rejected, ignored, sync announcements]
     traffic: dict[int, list[int]] = field(default_factory=dict)
-    samples: list[list[PeerSample]] = field(default_factory=list)   # per sample: this process's rows
+    samples: list[list[PeerSample]] = field(default_factory=list)  # per sample: our peers' rows
     process_cpu_s: float = 0.0         # the whole process, for a worker's share of the run
 
     def second(self, t: float) -> list[int]:

@@ -1,4 +1,5 @@
-"""Network totals over time as a sum of step functions, readable in O(log n) at any instant.
+"""Network totals over time as a sum of step functions: O(log n) at a tick's instant, plus the
+changes inside that tick at any other instant.
 
 Every announcement that counts contributes a constant amount (nodes, tokens per second, pending
 tokens, pending requests) over a half-open interval of the signed timeline [start, end). The

@@ -127,7 +127,7 @@ class Offer:
     issued_at_ms: int
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 17)  # more than DEFAULT_MAX_SIGNERS: ~20 MB when full
 def bucket_of(signer: bytes) -> int:
     """The anti-entropy bucket of a signer: the first byte of SHA-256(signer) scaled to BUCKETS
     (its top 4 bits for 16 buckets, as the sync frames specify)."""
@@ -209,7 +209,9 @@ class MarketView:
         return outcome
 
     def merge_messages(self, messages: Iterable[Announcement]) -> list[MergeOutcome]:
-        """Merge announcements in order; each signer's contribution is recomputed once per call."""
+        """Merge announcements in order. A message newer than all its signer holds is applied
+        at once (`_append`); the others change their signer's register, whose contribution is
+        then recomputed once per call."""
         touched: dict[bytes, Register] = {}
         outcomes = [self._merge_one(message, touched) for message in messages]
         for register in touched.values():
@@ -275,9 +277,10 @@ class MarketView:
     def _append(self, register: Register, message: Announcement) -> MergeOutcome:
         """The common case, in O(changes): `message` is newer, in both issued_at and seq, than
         everything a simple register holds (see `Register.simple`; an empty one is), so its
-        segments stay one per message. The retention rule drops the oldest, the previous newest's segment is cut
-        where `message` starts to count, and `message`'s own segment is added. Gives exactly
-        what the general path (`Register.insert` + `_refresh_segments`) gives."""
+        segments stay one per message. The retention rule drops the oldest, the previous
+        newest's segment is cut where `message` starts to count, and `message`'s own segment is
+        added. Gives exactly what the general path (`Register.insert` + `_refresh_segments`)
+        gives."""
         messages, keys, segments = register.messages, register.keys, register.segments
         start = message.issued_at_ms
         messages.append(message)
