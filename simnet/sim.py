@@ -72,6 +72,7 @@ What the simulator itself costs, around the engine calls:
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import gc
 import hashlib
@@ -315,6 +316,9 @@ class SimNetwork:
         self._src = np.zeros(0, dtype=np.int64)
         self._dst = np.zeros(0, dtype=np.int64)
         self._captured: list[bytes] = []
+        # Honest announcements published in the last settle delay, as (t, signer, msg_id): still
+        # in flight, so left out of the digests samples record (see `_sample`).
+        self._in_flight: collections.deque[tuple[float, bytes, bytes]] = collections.deque()
         self._received = np.zeros(1024, dtype=np.int64)   # copies received, per peer
         # Peers whose engines receive gossip (None: all of them).
         self._observer_index: np.ndarray | None = None
@@ -496,6 +500,9 @@ class SimNetwork:
         traffic = self.recorder.second(t)
         traffic.published += 1
         self.recorder.peer_published[origin] += 1
+        if self.record_digests:
+            self._in_flight.append((t, self.peers[origin].engine.signer,
+                                    hashlib.sha256(wire).digest()))
         if len(src) == 0:
             return
         lat = self.np_rng.lognormal(self._lat_mu, self.net.latency_sigma, len(src))
@@ -924,6 +931,13 @@ class SimNetwork:
 
     def _sample(self, t: float) -> None:
         self._flush_all((t, math.inf))
+        # Views are compared apart from what was published within the settle delay: at a few
+        # hundred peers some announcement is in flight at nearly every instant, and a digest
+        # that counted it would only say so.
+        in_flight = self._in_flight
+        while in_flight and in_flight[0][0] <= t - self.market.settle_delay_s:
+            in_flight.popleft()
+        leave_out = [(signer, msg_id) for _, signer, msg_id in in_flight]
         rows = []
         for p in self.peers:
             if not (p.alive and p.observed) or p.role == "hostile" or not self._mine(p.index):
@@ -934,7 +948,8 @@ class SimNetwork:
             price_nano = int(getattr(price, "price_nano", price))
             rows.append(PeerSample(p.index, price_nano, int(stats.supply_tokens_per_s),
                                    int(stats.demand_tokens_waiting), int(stats.available_nodes),
-                                   p.engine.view.digest() if self.record_digests else None))
+                                   p.engine.view.digest_without(leave_out)
+                                   if self.record_digests else None))
         live = self._honest_live()
         truth = (sum(p.capacity for p in live), sum(p.demand for p in live), len(live))
         self._tally.samples.append(rows)

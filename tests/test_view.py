@@ -641,3 +641,15 @@ def test_sans_io_modules_read_no_clock_and_do_no_io(module_name: str) -> None:
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             assert called not in forbidden_calls, (module_name, node.lineno, called)
     assert calls > 10  # the walk really saw the module's code
+
+
+def test_digest_without_equals_the_digest_of_the_view_without_those_messages() -> None:
+    a1, a2, b1 = announce(1, 1, BASE_MS), announce(1, 2, BASE_MS + 5_000), announce(2, 1, BASE_MS)
+    full = view_of([a1, a2, b1])
+    assert full.digest_without([]) == full.digest()
+    assert full.digest_without([(a2.signer, a2.msg_id)]) == view_of([a1, b1]).digest()
+    assert full.digest_without([(a2.signer, a2.msg_id), (b1.signer, b1.msg_id)] * 2) == \
+        view_of([a1]).digest()
+    # A message the view does not hold changes nothing.
+    other = announce(3, 1, BASE_MS)
+    assert view_of([a1]).digest_without([(other.signer, other.msg_id)]) == view_of([a1]).digest()

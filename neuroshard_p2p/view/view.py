@@ -424,6 +424,27 @@ class MarketView:
         """A 32-byte digest of the whole view: equal views ⇔ equal digests."""
         return hashlib.sha256(_DIGEST_TAG + b"".join(self.bucket_digests())).digest()
 
+    def digest_without(self, leave_out: Iterable[tuple[bytes, bytes]]) -> bytes:
+        """The digest this view would have without the given announcements, as (signer, msg_id)
+        pairs; those it does not hold change nothing. Lets an observer compare views apart from
+        messages still in flight. O(buckets + pairs)."""
+        counts: dict[int, int] = {}
+        sums: dict[int, int] = {}
+        seen: set[bytes] = set()
+        for signer, msg_id in leave_out:
+            if msg_id in self._held and msg_id not in seen:
+                seen.add(msg_id)
+                bucket = bucket_of(signer)
+                counts[bucket] = counts.get(bucket, self._bucket_count[bucket]) - 1
+                sums[bucket] = (sums.get(bucket, self._bucket_sum[bucket])
+                                - int.from_bytes(msg_id, "big")) % _SUM_MOD
+        digests = self.bucket_digests()
+        for bucket in counts:
+            digests[bucket] = hashlib.sha256(
+                _BUCKET_TAG + counts[bucket].to_bytes(8, "big")
+                + sums[bucket].to_bytes(32, "big")).digest()
+        return hashlib.sha256(_DIGEST_TAG + b"".join(digests)).digest()
+
     def messages_in_buckets(self, buckets: Iterable[int]) -> list[Announcement]:
         """The retained announcements of the signers in the given buckets (what to send a peer
         whose digest differs there), in a deterministic order. Unknown bucket numbers are
