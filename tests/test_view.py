@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_key
+from conftest import assert_sans_io, make_key
 from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano
@@ -615,31 +615,7 @@ def test_price_at_tick_is_a_pure_function_of_the_view() -> None:
 def test_sans_io_modules_read_no_clock_and_do_no_io(module_name: str) -> None:
     """The view and the ledger's receipt checks take `now` as an argument (so every replica
     computes the same thing); their drivers own clocks, threads and files."""
-    import ast
-    import importlib
-    from pathlib import Path
-
-    forbidden_modules = {"time", "datetime", "trio", "anyio", "asyncio", "libp2p", "socket",
-                         "threading", "os", "random", "sqlite3", "httpx"}
-    forbidden_calls = {"time", "monotonic", "perf_counter", "now", "utcnow", "current_time",
-                       "sleep", "open"}
-    module = importlib.import_module(module_name)
-    tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
-    calls = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            names = []
-        for name in names:
-            assert name.split(".")[0] not in forbidden_modules, (module_name, name)
-        if isinstance(node, ast.Call):
-            calls += 1
-            func = node.func
-            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            assert called not in forbidden_calls, (module_name, node.lineno, called)
+    calls = assert_sans_io(module_name)
     assert calls > 10  # the walk really saw the module's code
 
 
