@@ -20,6 +20,9 @@ The network model:
   does. Honest announcements are assumed forwarded by every peer that receives them (they are
   valid); messages from hostile peers travel hop by hop and go on only from peers whose engine
   accepted them.
+- **Lazy gossip.** When the mesh changes (repair after deaths, a partition, healing), the
+  messages of the last `GOSSIP_WINDOW_S` reach the peers that missed them over the new mesh,
+  one IHAVE/IWANT round trip later (gossipsub's mcache gossip; see `_regossip`).
 - **Sync.** Every peer runs anti-entropy with a random mesh neighbour every `sync_interval_s`
   (NodeSettings), and with a neighbour when it joins or when a partition heals: request and
   response frames are the engines' own, each leg delayed by one link latency.
@@ -108,6 +111,9 @@ from simnet.scenario import Event, Scenario
 EPOCH = 1_800_000_000.0
 #: Processing delay added to every gossip hop (py-libp2p spends 2–6 ms of CPU per hop).
 HOP_DELAY_S = 0.003
+#: Gossipsub's lazy-gossip window: message ids of the last 3 heartbeats of 1 s are offered
+#: (IHAVE) to other peers (py-libp2p's gossip_history default).
+GOSSIP_WINDOW_S = 3.0
 #: Tokens per pending request a demand peer announces (the view caps demand per request).
 TOKENS_PER_REQUEST = 100_000
 
@@ -319,6 +325,9 @@ class SimNetwork:
         # Honest announcements published in the last settle delay, as (t, signer, msg_id): still
         # in flight, so left out of the digests samples record (see `_sample`).
         self._in_flight: collections.deque[tuple[float, bytes, bytes]] = collections.deque()
+        # Floods of the last GOSSIP_WINDOW_S: (t, wire, author, who has it) — see `_regossip`.
+        self._recent_floods: collections.deque[tuple[float, bytes, bytes, np.ndarray]] = \
+            collections.deque()
         self._received = np.zeros(1024, dtype=np.int64)   # copies received, per peer
         # Peers whose engines receive gossip (None: all of them).
         self._observer_index: np.ndarray | None = None
@@ -495,16 +504,46 @@ class SimNetwork:
 
     def _flood(self, origin: int, t: float, wire: bytes) -> None:
         """Deliver an honest announcement published by `origin` at t over the mesh."""
-        src, dst = self._edges()
-        n = len(self.peers)
         traffic = self.recorder.second(t)
         traffic.published += 1
         self.recorder.peer_published[origin] += 1
         if self.record_digests:
             self._in_flight.append((t, self.peers[origin].engine.signer,
                                     hashlib.sha256(wire).digest()))
+        have = self._spread(t, wire, self.peers[origin].peer_bytes, np.array([origin]), None, 0.0)
+        recent = self._recent_floods
+        recent.append((t, wire, self.peers[origin].peer_bytes, have))
+        while recent and recent[0][0] <= t - GOSSIP_WINDOW_S:
+            recent.popleft()
+
+    def _regossip(self, t: float) -> None:
+        """After the mesh changed: gossipsub's lazy gossip. At each heartbeat a peer offers the
+        ids of the messages of its last GOSSIP_WINDOW_S (IHAVE) to peers it is newly meshed
+        with, which ask for those they lack (IWANT) and forward them. Modelled as a flood of
+        every message of that window from all peers that have it, over the new mesh, to the
+        peers that never got it, one IHAVE/IWANT round trip (two median link latencies) later."""
+        n = len(self.peers)
+        delay = 2 * math.exp(self._lat_mu)
+        for t0, wire, author, have_then in list(self._recent_floods):
+            if t0 <= t - GOSSIP_WINDOW_S:
+                continue
+            have = np.zeros(n, dtype=bool)
+            have[: len(have_then)] = have_then
+            sources = np.flatnonzero(have)
+            if len(sources) and not have.all():
+                self._spread(t, wire, author, sources, have, delay)
+
+    def _spread(self, t: float, wire: bytes, author: bytes, sources: np.ndarray,
+                have: np.ndarray | None, delay: float) -> np.ndarray:
+        """Flood `wire` over the mesh from `sources` starting at t + delay; every peer reached
+        that is not in `have` gets a delivery at its earliest arrival. Returns who has the
+        message afterwards (sources included)."""
+        src, dst = self._edges()
+        n = len(self.peers)
         if len(src) == 0:
-            return
+            held = np.zeros(n, dtype=bool)
+            held[sources] = True
+            return held
         lat = self.np_rng.lognormal(self._lat_mu, self.net.latency_sigma, len(src))
         lat += HOP_DELAY_S
         if self.net.loss > 0:
@@ -514,9 +553,9 @@ class SimNetwork:
             ok = np.ones(len(src), dtype=bool)
         s, d = src, dst
         arrival = np.full(n, np.inf)
-        arrival[origin] = 0.0
+        arrival[sources] = 0.0
         changed = np.zeros(n, dtype=bool)
-        changed[origin] = True
+        changed[sources] = True
         # Bellman-Ford, relaxing only the edges out of peers whose arrival improved in the last
         # round (numpy's unbuffered minimum.at keeps the per-destination minimum).
         for _ in range(64):
@@ -536,13 +575,15 @@ class SimNetwork:
         parent[d[is_parent]] = s[is_parent]
         sends = reached_src & ok & (parent[s] != d)
         copies = np.bincount(d[sends], minlength=n)
-        copies[origin] = 0
-        reached = np.isfinite(arrival)
-        reached[origin] = False
+        copies[sources] = 0
+        held = np.isfinite(arrival)
+        reached = held.copy()
+        reached[sources] = False
+        if have is not None:
+            reached &= ~have
         reached_count = int(np.count_nonzero(reached))
         hops = int(copies.sum())
         self._received[: len(copies)] += copies
-        author = self.peers[origin].peer_bytes
         if self._observer_index is None:
             targets = np.flatnonzero(reached)
         else:
@@ -563,12 +604,13 @@ class SimNetwork:
             numbers = np.arange(counter + 1, counter + 1 + count, dtype=np.int64)
             mine = targets % self.workers == self.rank
             targets, numbers = targets[mine], numbers[mine].tolist()
-        entries = zip((t + arrival[targets]).tolist(), numbers,
+        entries = zip((t + delay + arrival[targets]).tolist(), numbers,
                       itertools.repeat(wire), itertools.repeat(author))
         for v, entry in zip(targets.tolist(), entries):
             inbox[v].append(entry)
         self._counter = counter + count
         self.recorder.second(t).duplicates += max(0, hops - reached_count)
+        return held
 
     def _flush(self, v: int, bound: tuple[float, ...]) -> None:
         """Hand peer `v`'s engine the honest deliveries of its inbox that come before `bound`
@@ -912,6 +954,8 @@ class SimNetwork:
                     self._edges_dirty = True
                     across = [u]
                 self._start_sync(self.peers[v], across[self.rng.randrange(len(across))], t)
+        # New mesh links: what was published in the gossip window reaches whom it missed.
+        self._regossip(t)
 
     def _hostile_tick(self, h: SimPeer, until: float, rate: float, t: float) -> None:
         if t >= until or not h.alive:
