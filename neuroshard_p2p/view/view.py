@@ -68,8 +68,6 @@ _BUCKET_TAG = b"neuroshard/view-bucket/v1"
 _SUM_MOD = 1 << 256
 _PUBKEY_LEN = 33
 _ID_LEN = 32
-_INT_FIELDS = ("issued_at_ms", "seq", "tokens_per_second", "min_price_nano", "pending_tokens",
-               "pending_requests")
 
 
 class MergeOutcome(enum.Enum):
@@ -415,14 +413,12 @@ class MarketView:
         digests = self._bucket_digest
         for i in range(BUCKETS):
             if digests[i] is None:
-                digests[i] = hashlib.sha256(
-                    _BUCKET_TAG + self._bucket_count[i].to_bytes(8, "big")
-                    + self._bucket_sum[i].to_bytes(32, "big")).digest()
+                digests[i] = _bucket_digest(self._bucket_count[i], self._bucket_sum[i])
         return list(digests)  # type: ignore[arg-type]
 
     def digest(self) -> bytes:
         """A 32-byte digest of the whole view: equal views ⇔ equal digests."""
-        return hashlib.sha256(_DIGEST_TAG + b"".join(self.bucket_digests())).digest()
+        return _view_digest(self.bucket_digests())
 
     def digest_without(self, leave_out: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The digest this view would have without the given announcements, as (signer, msg_id)
@@ -440,10 +436,8 @@ class MarketView:
                                 - int.from_bytes(msg_id, "big")) % _SUM_MOD
         digests = self.bucket_digests()
         for bucket in counts:
-            digests[bucket] = hashlib.sha256(
-                _BUCKET_TAG + counts[bucket].to_bytes(8, "big")
-                + sums[bucket].to_bytes(32, "big")).digest()
-        return hashlib.sha256(_DIGEST_TAG + b"".join(digests)).digest()
+            digests[bucket] = _bucket_digest(counts[bucket], sums[bucket])
+        return _view_digest(digests)
 
     def messages_in_buckets(self, buckets: Iterable[int]) -> list[Announcement]:
         """The retained announcements of the signers in the given buckets (what to send a peer
@@ -624,6 +618,16 @@ class MarketView:
         return self.price_at_tick(ms_of(now) // self.tick_ms)
 
 
+def _bucket_digest(count: int, id_sum: int) -> bytes:
+    """A bucket's digest: SHA-256 of its message count and the sum mod 2^256 of its ids."""
+    return hashlib.sha256(_BUCKET_TAG + count.to_bytes(8, "big")
+                          + id_sum.to_bytes(32, "big")).digest()
+
+
+def _view_digest(bucket_digests: list[bytes]) -> bytes:
+    return hashlib.sha256(_DIGEST_TAG + b"".join(bucket_digests)).digest()
+
+
 def _segment_end(segment: Segment) -> int:
     return segment.end_ms
 
@@ -640,7 +644,7 @@ def _well_formed(message: object) -> bool:
         return False
     if type(msg_id) is not bytes or len(msg_id) != _ID_LEN:
         return False
-    for value in (message.issued_at_ms, message.seq, message.tokens_per_second,  # _INT_FIELDS
+    for value in (message.issued_at_ms, message.seq, message.tokens_per_second,
                   message.min_price_nano, message.pending_tokens, message.pending_requests):
         # The wire's range: a larger value would overflow its 128-bit lane of the step sums
         # into the next quantity instead of counting.
