@@ -42,7 +42,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.ledger.store import ledger_path
 from neuroshard_p2p.node.backends import InferenceBackend, OpenAIBackend, SyntheticBackend
-from neuroshard_p2p.node.job_service import JobService, JobSettings
+from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.settings import NodeSettings
 
 CONFIG = MarketConfig(dynamic_pricing=False, max_tokens_per_minute=10**9)
@@ -66,18 +66,14 @@ async def _pair(base: Path, *, ledger: str, backend: InferenceBackend | None = N
         settings = NodeSettings(data_dir=base / name, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
                                 capacity=capacity, min_price=0.01, announce_interval_s=5.0,
                                 market=CONFIG)
-        node = Node(settings, private_key=_key(index))
-        if ledger != "FULL" or node_backend is not None:
-            # Swap in a service with the ledger mode / backend under test before the node starts.
-            store = None
-            if ledger == "NORMAL":
-                store = await AsyncLedger.open(ledger_path(base / name), synchronous=ledger)
-                stack.push_async_callback(store.aclose)
-            node.jobs = JobService(
-                node.engine, backend=node_backend, ledger=store, clock=node.clock,
-                settings=JobSettings(ledger_path=ledger_path(base / name)
-                                     if ledger == "FULL" else None),
-                on_demand_change=lambda: node._poke.set())
+        # The ledger a daemon opens for its node ("FULL"), or one in the mode under test.
+        store = None
+        if ledger != "none":
+            store = await AsyncLedger.open(ledger_path(base / name), synchronous=ledger)
+            stack.push_async_callback(store.aclose)
+        if node_backend is not None:
+            stack.push_async_callback(node_backend.aclose)
+        node = Node(settings, private_key=_key(index), backend=node_backend, ledger=store)
         await stack.enter_async_context(node)
         return node, node.jobs
 

@@ -109,12 +109,11 @@ class _Counting:
 async def _network(stack: AsyncExitStack, tmp: Path, n: int, **changes: Any) -> list[Node]:
     """n nodes, the first the bootstrap of the others; returns when all are fully connected."""
     nodes: list[Node] = []
-    first = await stack.enter_async_context(Node(_settings(tmp, 0, **changes), private_key=_key(0),
-                                                 api_token="x"))
+    first = await stack.enter_async_context(Node(_settings(tmp, 0, **changes), private_key=_key(0)))
     nodes.append(first)
     for i in range(1, n):
         node = Node(_settings(tmp, i, bootstrap=(first.addrs[0],), **changes),
-                    private_key=_key(i), api_token="x")
+                    private_key=_key(i))
         nodes.append(await stack.enter_async_context(node))
     with trio.move_on_after(30):
         while not all(node.peer_count >= min(n - 1, node.settings.target_peers) for node in nodes):
@@ -268,7 +267,7 @@ async def part_late(args: argparse.Namespace, tmp: Path) -> None:
         for rep in range(args.repeats):
             settings = _settings(tmp / "late", 100 + rep, bootstrap=(nodes[-1].addrs[0],))
             start = time.perf_counter()
-            async with Node(settings, private_key=_key(100 + rep), api_token="x") as late:
+            async with Node(settings, private_key=_key(100 + rep)) as late:
                 with trio.move_on_after(20):
                     while late.engine.view.digest() != nodes[0].engine.view.digest():
                         await trio.sleep(0.005)

@@ -335,30 +335,29 @@ def check_backend_flags(args: argparse.Namespace) -> None:
 async def _run_node(settings: NodeSettings) -> None:
     import trio
 
-    from neuroshard_p2p.node.host import Node, NodeError
+    from neuroshard_p2p.daemon import Daemon
+    from neuroshard_p2p.node.errors import NodeError
 
-    try:
-        node = Node(settings)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
-            async with node:
+            async with Daemon(settings) as daemon:
+                node = daemon.node
+                assert node is not None
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
                 print(f"network {settings.network} (topic {node.topic})", flush=True)
                 print(f"backend {_backend_line(settings)}", flush=True)
                 print("bootstrap other nodes from:", flush=True)
                 for addr in _shareable(node.addrs, settings.listen):
                     print(f"  {addr}", flush=True)
-                if node.api_url:
-                    print(f"dashboard: {node.api_url}/", flush=True)
+                if daemon.api_url:
+                    print(f"dashboard: {daemon.api_url}/", flush=True)
                     print(f"API token: neuroshard-node token --data-dir {settings.data_dir}",
                           flush=True)
                 print("ready (Ctrl-C to stop)", flush=True)
                 async for signum in signals:
                     print(f"{signal.Signals(signum).name}: withdrawing and stopping", flush=True)
                     break
-        except NodeError as exc:
+        except (NodeError, ConfigError) as exc:
             raise CliError(str(exc)) from None
     print("stopped", flush=True)
 

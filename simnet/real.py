@@ -178,7 +178,7 @@ class RealNetwork:
         try:
             with trio.CancelScope() as scope:
                 peer.scope = scope
-                async with Node(settings, private_key=peer.key, api_token="simnet") as node:
+                async with Node(settings, private_key=peer.key) as node:
                     peer.node = node
                     peer.alive = True
                     if peer.demand:

@@ -16,6 +16,7 @@ import trio
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.datadir import ensure_data_dir, load_api_token
+from neuroshard_p2p.daemon import Daemon
 from neuroshard_p2p.node.host import Node
 from tests.conftest import make_key
 from tests.node_harness import test_settings
@@ -55,13 +56,13 @@ class ApiNode:
 @asynccontextmanager
 async def api_node(data_dir: Path, key_index: int, *, api: str = "127.0.0.1:0",
                    market: MarketConfig = API_MARKET, **changes: Any) -> AsyncIterator[ApiNode]:
-    """A node with its API, job service and ledger until the block ends."""
+    """A node with its API, job service and ledger (a daemon) until the block ends."""
     ensure_data_dir(data_dir)
     settings = test_settings(data_dir, api=api, market=market, announce_interval_s=2.0, **changes)
-    async with Node(settings, private_key=make_key(key_index)) as node:
-        assert node.api_url is not None
+    async with Daemon(settings, private_key=make_key(key_index)) as daemon:
+        assert daemon.node is not None and daemon.api_url is not None
         async with httpx.AsyncClient(timeout=10.0) as client:
-            yield ApiNode(node, node.api_url, load_api_token(data_dir), client, data_dir)
+            yield ApiNode(daemon.node, daemon.api_url, load_api_token(data_dir), client, data_dir)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str,

@@ -53,7 +53,7 @@ class RunningNode:
 
 async def start_node(nursery: trio.Nursery, settings: NodeSettings,
                      key: coincurve.PrivateKey) -> RunningNode:
-    node = Node(settings, private_key=key, api_token="test-token")
+    node = Node(settings, private_key=key)
     running = RunningNode(node, trio.CancelScope(), trio.Event(), trio.Event())
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -464,6 +464,7 @@ import trio  # noqa: E402
 
 from neuroshard_p2p.ledger import Ledger  # noqa: E402
 from neuroshard_p2p.ledger.store import ledger_path  # noqa: E402
+from neuroshard_p2p.daemon import Daemon  # noqa: E402
 from neuroshard_p2p.node.backends import OpenAIBackend  # noqa: E402
 from neuroshard_p2p.node.host import Node  # noqa: E402
 from neuroshard_p2p.node.job_service import JobService  # noqa: E402
@@ -477,13 +478,15 @@ NET_CONFIG = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_ti
 @asynccontextmanager
 async def job_node(data_dir: Path, key_index: int, *, capacity: int = 0, min_price: float = 0.0,
                    **node_settings: object) -> AsyncIterator[tuple[Node, JobService]]:
-    """A real node on 127.0.0.1; its job service (`node.jobs`) keeps a ledger in its data dir."""
+    """A real node on 127.0.0.1 run by a daemon (api off), which opens the ledger in its data dir
+    for the node's job service (`node.jobs`)."""
     settings = NodeSettings(data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
                             capacity=capacity, min_price=min_price, announce_interval_s=5.0,
                             stream_timeout_s=3.0, market=NET_CONFIG,
                             **node_settings)  # type: ignore[arg-type]
-    async with Node(settings, private_key=make_key(key_index)) as node:
-        yield node, node.jobs
+    async with Daemon(settings, private_key=make_key(key_index)) as daemon:
+        assert daemon.node is not None
+        yield daemon.node, daemon.node.jobs
 
 
 async def wait_for_offers(node: Node, *providers: Node) -> None:

@@ -172,7 +172,7 @@ async def test_a_clean_stop_waits_until_its_withdrawal_is_written_to_every_peer(
     left its queue; closing the connections then loses it and peers count the node until its
     timeout. Here every write of the stopping node takes 0.3 s (py-libp2p's `write_msg`, slowed
     on that node's pubsub only): the stop still delivers the withdrawal to every peer."""
-    from neuroshard_p2p.node.host import senders_idle
+    from neuroshard_p2p.node.libp2p_compat import senders_idle
 
     async with trio.open_nursery() as nursery:
         boot = await start_node(nursery, test_settings(tmp_path / "a"), make_key(1))

@@ -18,7 +18,7 @@ from neuroshard_p2p.node.datadir import (
     rotate_api_token,
     write_api_url,
 )
-from neuroshard_p2p.node.host import decode_peers, encode_peers
+from neuroshard_p2p.node.peering import decode_peers, encode_peers
 from neuroshard_p2p.node.settings import NodeSettings, market_topic
 
 

@@ -1,5 +1,5 @@
 """The node's HTTP API: a plain ASGI app over a running `Node`, served by hypercorn's trio worker
-inside the node's own nursery.
+in the daemon's nursery (`neuroshard_p2p.daemon`, which hands it the node, its ledger and its token).
 
     GET  /                              the dashboard (static files in api/static/)
     GET  /api/market[?at=UNIX_S]        the market as this node sees it (the seed's fields first)
@@ -58,7 +58,7 @@ from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import from_nano
 
-if TYPE_CHECKING:  # the app only reads and calls the node; no import cycle at run time
+if TYPE_CHECKING:  # types only: the app reads and calls the node it is handed
     from neuroshard_p2p.ledger import AsyncLedger
     from neuroshard_p2p.node.host import Node
 
@@ -110,8 +110,14 @@ class Request:
 class Api:
     """The API of one node: its routes, its price history and its metrics."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: "Node", *, ledger: "AsyncLedger | None" = None,
+                 token: Callable[[], str]) -> None:
         self.node = node
+        self._node_ledger = ledger
+        #: The bearer token writes must carry, asked for at every write.
+        self.token = token
+        #: Where this API answers, once its server has bound (shown by /api/node).
+        self.url: str | None = None
         self.history = PriceHistory(node.settings.market.tick_s)
         #: Bound to loopback, the API answers only requests addressed to a loopback name: a web
         #: page whose DNS name is rebound to 127.0.0.1 would otherwise read it as same-origin.
@@ -215,7 +221,7 @@ class Api:
         if scheme.lower() != "bearer" or not token.strip():
             raise InputError(401, "this endpoint needs 'Authorization: Bearer <token>' "
                                   "(`neuroshard-node token` prints it)")
-        if not hmac.compare_digest(token.strip().encode(), self.node.api_token.encode()):
+        if not hmac.compare_digest(token.strip().encode(), self.token().encode()):
             raise InputError(403, "wrong API token (`neuroshard-node token` prints the right one)")
 
     # -- reads ------------------------------------------------------------------------------
@@ -276,7 +282,7 @@ class Api:
             "network": node.settings.network,
             "version": __version__,
             "topic": node.topic,
-            "api": node.api_url,
+            "api": self.url,
             "peers": node.peer_count,
             "offer": {"tokens_per_second": offer.tokens_per_second,
                       "min_price": from_nano(offer.min_price_nano),
@@ -291,7 +297,7 @@ class Api:
         _no_query(request)
         ledger = self._ledger()
         if ledger is None:
-            raise InputError(404, "this node keeps no ledger (its job service has none open)")
+            raise InputError(404, "this node keeps no ledger (none was opened for it)")
         signer = self.node.engine.signer
         summary = await ledger.summary(10, signer)
         summary.pop("path", None)  # where the data dir is is nobody's business over HTTP
@@ -348,14 +354,15 @@ class Api:
         return Response(202, _status_json(status.to_dict()))
 
     def _ledger(self) -> "AsyncLedger | None":
-        """The node's ledger: opened by its job service when it starts (None before that, or
-        when the service runs without one)."""
-        return self.node.jobs.ledger
+        """The node's ledger, as the daemon handed it (None: the node keeps none)."""
+        return self._node_ledger
 
 
-def create_app(node: "Node") -> ASGIApp:
-    """The ASGI app serving `node`."""
-    return Api(node)
+def create_app(node: "Node", *, ledger: "AsyncLedger | None" = None,
+               token: Callable[[], str]) -> Api:
+    """The ASGI app serving `node`: `ledger` is the one its job service settles in, `token()`
+    the bearer token writes must carry."""
+    return Api(node, ledger=ledger, token=token)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from neuroshard_p2p.api.history import COARSE_WINDOW_S, PriceHistory
 from neuroshard_p2p.money import from_nano, to_nano
 
-if TYPE_CHECKING:  # read-only use of the node; no import cycle at run time
+if TYPE_CHECKING:  # types only: the readout reads the node it is handed
     from neuroshard_p2p.ledger import LedgerTotals
     from neuroshard_p2p.node.host import Node
 

@@ -2,7 +2,7 @@
 
 A node owns one `JobService` (`Node.jobs`, two lines in `Node`):
 
-    self.jobs = JobService.for_node(self)          # in Node.__init__
+    self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)   # in Node.__init__
     await nursery.start(self.jobs.run, self.host)  # in Node._start
 
 As a **gateway** it takes requests (`submit`, or whatever was queued through the engine's
@@ -40,7 +40,6 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import public_key_from_peer_id
 from neuroshard_p2p.ledger import AsyncLedger, LedgerError, MatchedJob, check_receipt
-from neuroshard_p2p.ledger.store import ledger_path
 from neuroshard_p2p.node.backends import (
     BackendError,
     InferenceBackend,
@@ -162,6 +161,8 @@ class JobService:
         self.clock = clock
         self._on_demand_change = on_demand_change
         s = self.settings
+        #: A backend handed in is its owner's to close; one made here is closed by `run`.
+        self._owns_backend = backend is None
         if backend is None:
             backend = make_backend(s.backend, tokens_per_second=max(1, engine.offer.tokens_per_second),
                                    url=s.backend_url, model=s.backend_model,
@@ -185,16 +186,17 @@ class JobService:
         self._closed = False
 
     @classmethod
-    def for_node(cls, node: Any) -> "JobService":
-        """The service of a `Node`: backend and timeouts from its settings, the ledger in its
-        data dir, demand changes poke its announcer."""
+    def for_node(cls, node: Any, *, backend: InferenceBackend | None = None,
+                 ledger: AsyncLedger | None = None) -> "JobService":
+        """The service of a `Node`: timeouts (and the backend, when none is given) from its
+        settings, demand changes poke its announcer. `backend` and `ledger` are the caller's,
+        open for the node's lifetime (the daemon opens the ledger in the data dir)."""
         s = node.settings
         settings = JobSettings(
             network=s.network, backend=s.backend, backend_url=s.backend_url, backend_model=s.backend_model,
-            backend_timeout_s=s.backend_timeout_s, accept_timeout_s=s.stream_timeout_s,
-            ledger_path=ledger_path(s.data_dir))
+            backend_timeout_s=s.backend_timeout_s, accept_timeout_s=s.stream_timeout_s)
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
-        return cls(node.engine, settings=settings, clock=node.clock,
+        return cls(node.engine, settings=settings, backend=backend, ledger=ledger, clock=node.clock,
                    on_demand_change=lambda: node._poke.set())
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ class JobService:
             # This task always ends by cancellation (its node stopping), so the closes are
             # shielded: unshielded, their first await was cancelled and the ledger's SQLite
             # connection and the backend's HTTP connections were never closed.
-            stack.push_async_callback(_close_shielded, self.backend.aclose)
+            if self._owns_backend:
+                stack.push_async_callback(_close_shielded, self.backend.aclose)
             if self.ledger is None and self.settings.ledger_path is not None:
                 self.ledger = await AsyncLedger.open(self.settings.ledger_path)
                 stack.push_async_callback(_close_shielded, self.ledger.aclose)

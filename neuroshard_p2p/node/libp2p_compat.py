@@ -1,0 +1,194 @@
+"""Every workaround for a py-libp2p 0.8.1 defect or quirk, in one place.
+
+The node (`node/host.py`) and its peering (`node/peering.py`) call these instead of working around
+py-libp2p inline, so upgrading py-libp2p means reading this file: each entry names what it works
+around, and can go when the defect is fixed.
+
+1. **Sockets left open at teardown** (`close_connections`): the swarm closes its listener and
+   connections in its service's stop path, which runs cancelled, so its first await ends it: after
+   a clean stop the port kept listening, after a hard stop peers stayed connected to a node that
+   no longer read.
+2. **Teardown raising** (`stop_libp2p`): the host's and pubsub's service teardown can raise
+   (LifecycleError and friends) when a connection races the shutdown; the node has stopped either
+   way.
+3. **Shared ports** (`bind_problem`): listeners are bound with SO_REUSEPORT, so a port another
+   node listens on is shared (the kernel hands each connection to either node) instead of refused;
+   and a failed listen is only logged, the host carrying on with no address.
+4. **Unreachable advertised addresses** (`expand_wildcards`): a wildcard listen address
+   (0.0.0.0, ::) is advertised as such, which nobody can dial.
+5. **Unknown write completion** (`senders_idle`): nothing says when pubsub has written a queued
+   RPC; read from RpcQueue's private `_notify` event.
+6. **Construction quirks** (`muxer_options`, `make_gossipsub`, `stop_auto_connector`,
+   `allow_redial`): gossipsub's heartbeat interval is typed int but works as a float; eclipse
+   protection fights the D_hi prune when peers share an IP; the auto-connector dials everything in
+   the peerstore; a failed dial blocks the peer for 60 s ("negative cache").
+7. **Wrapped errors on a failed start** (`unwind`): leaving the nurseries and services of a
+   half-started node re-raises the error that stopped it wrapped in exception groups, with
+   cancellations.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from contextlib import AsyncExitStack
+from typing import Any
+
+import multiaddr
+import trio
+
+from libp2p.custom_types import TMuxerOptions, TProtocol
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.address_validation import expand_wildcard_address
+
+from neuroshard_p2p.node.settings import NodeSettings
+from neuroshard_p2p.node.streams import failure_reason
+
+log = logging.getLogger("neuroshard.node")
+
+#: Longest wait for py-libp2p to close the host, its connections and pubsub when a node stops.
+TEARDOWN_BOUND_S = 5.0
+
+_MESHSUB = {v: TProtocol(f"/meshsub/{v}") for v in ("1.0.0", "1.1.0", "1.2.0")}
+
+
+def muxer_options(preferred: str) -> TMuxerOptions:
+    """Both muxers, the configured one first (docs/readme-node.md: Yamux is what other libp2p
+    stacks speak, Mplex costs less CPU in py-libp2p)."""
+    yamux = (TProtocol(YAMUX_PROTOCOL_ID), Yamux)
+    mplex = (TProtocol(MPLEX_PROTOCOL_ID), Mplex)
+    first, second = (mplex, yamux) if preferred == "mplex" else (yamux, mplex)
+    return dict([first, second])
+
+
+def make_gossipsub(s: NodeSettings) -> GossipSub:
+    """Gossipsub as the settings say (quirk 6)."""
+    return GossipSub(
+        protocols=[_MESHSUB[v] for v in s.meshsub],
+        degree=s.mesh_degree, degree_low=s.mesh_degree_low, degree_high=s.mesh_degree_high,
+        heartbeat_interval=s.heartbeat_interval_s,  # type: ignore[arg-type]  # float works
+        heartbeat_initial_delay=min(0.1, s.heartbeat_interval_s),
+        adaptive_gossip_enabled=False, spam_protection_enabled=False,
+        # Eclipse protection grafts extra peers when they share an IP, which on one machine
+        # or behind one NAT fights the D_hi prune every heartbeat; its score weights are 0.
+        eclipse_protection_enabled=False,
+    )
+
+
+async def stop_auto_connector(host: Any) -> None:
+    """Above max_peers connections libp2p prunes idle ones down to target_peers. Its
+    auto-connector (dial everything in the peerstore up to the watermarks' midpoint) is stopped
+    once the host runs: peers are the node's job (bootstrap + peer exchange)."""
+    await host.get_network().auto_connector.stop()
+
+
+def allow_redial(host: Any, peer: ID) -> None:
+    """libp2p refuses to redial a peer for 60 s after a failure ("negative cache"); the caller's
+    back-off decides when to retry."""
+    host.get_network().unblock_peer(peer)
+
+
+def bind_problem(addr: multiaddr.Multiaddr) -> str | None:
+    """Why `addr` cannot be listened on, asked of the OS directly (py-libp2p only logs a failed
+    listen), or None if it can. SO_REUSEADDR and no SO_REUSEPORT: a port another socket listens
+    on is refused, one whose old connections wait in TIME_WAIT (a restart) is not."""
+    text = str(addr)
+    family = socket.AF_INET6 if text.startswith("/ip6/") else socket.AF_INET
+    try:
+        host = addr.value_for_protocol("ip6" if family == socket.AF_INET6 else "ip4")
+        port = int(addr.value_for_protocol("tcp"))
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1)
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    except Exception as exc:  # noqa: BLE001 - not an address we can probe
+        return str(exc)
+    return None
+
+
+def expand_wildcards(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Advertise concrete interface addresses instead of 0.0.0.0 (which nobody can dial)."""
+    result: list[multiaddr.Multiaddr] = []
+    for addr in addrs:
+        expanded = expand_wildcard_address(addr) if "/0.0.0.0/" in str(addr) or "/::/" in str(addr) else [addr]
+        for a in expanded:
+            if str(a) not in {str(r) for r in result}:
+                result.append(a)
+    return result
+
+
+def senders_idle(pubsub: Any) -> bool:
+    """Whether py-libp2p has written every RPC queued for its peers: each peer's outbound queue
+    is empty and its sender task is back waiting for the next RPC (so its last write returned).
+    An empty queue alone is not enough: the RPC popped last may still be being written. The
+    waiting is read from py-libp2p 0.8.1's RpcQueue (its `_notify` event); a version without it
+    falls back to empty queues."""
+    for queue in list(pubsub.peer_queues.values()):
+        if len(queue):
+            return False
+        if getattr(queue, "closed", False):
+            continue  # the peer is gone: its sender has stopped
+        notify = getattr(queue, "_notify", None)
+        if isinstance(notify, trio.Event) and notify.statistics().tasks_waiting == 0:
+            return False  # the sender is writing (or has not yet come back to wait)
+    return True
+
+
+async def close_connections(host: Any) -> None:
+    """Close the listener and every connection before py-libp2p's services stop (defect 1).
+    Shielded, so a hard stop closes them as well, and bounded, so a stuck close never holds the
+    caller."""
+    network = host.get_network()
+    with trio.CancelScope(shield=True), trio.move_on_after(TEARDOWN_BOUND_S):
+        # A connection whose own tasks were cancelled first is marked closed without its
+        # muxer having closed the socket; close the muxers themselves (idempotent).
+        for conns in list(network.connections.values()):
+            for conn in list(conns):
+                try:
+                    await conn.muxed_conn.close()
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        try:
+            await network.close()
+        except Exception as error:  # noqa: BLE001 - the node is stopping either way
+            log.warning("closing libp2p connections: %s", failure_reason(error))
+
+
+async def stop_libp2p(stack: AsyncExitStack) -> None:
+    """Leave the host's and pubsub's services; a teardown error is logged, not raised (defect 2):
+    the node has stopped either way, and a clean stop must not turn into a crash."""
+    try:
+        await stack.__aexit__(None, None, None)
+    except Exception as teardown:  # noqa: BLE001 - see the docstring
+        log.warning("libp2p teardown: %s", failure_reason(teardown))
+
+
+async def unwind(exiting: Any, error: BaseException) -> None:
+    """Run an exit that was handed `error`. trio's nurseries re-raise it wrapped in exception
+    groups; the caller re-raises `error` itself (e.g. NodeError "cannot listen on ...")."""
+    try:
+        await exiting
+    except BaseException as during_exit:
+        if not _only(during_exit, error):
+            raise
+
+
+def _only(error: BaseException, original: BaseException) -> bool:
+    """Whether `error` is `original`, or a (nested) exception group holding only it and
+    cancellations."""
+    if error is original or isinstance(error, trio.Cancelled):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only(e, original) for e in error.exceptions)
+    return False
+
+
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "make_gossipsub", "stop_auto_connector",
+           "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
+           "close_connections", "stop_libp2p", "unwind"]
