@@ -140,12 +140,12 @@ class Peering:
 
     async def _exchange_peers_quietly(self, peer: ID) -> int:
         try:
-            return await self.exchange_peers(peer)
+            return await self._exchange_peers(peer)
         except NodeError as exc:
             log.debug("%s", exc)
             return 0
 
-    async def exchange_peers(self, peer: ID) -> int:
+    async def _exchange_peers(self, peer: ID) -> int:
         """Ask `peer` for peers and dial new ones until target_peers; returns how many we dialed
         successfully. Raises NodeError when the exchange itself fails."""
         stream: INetStream | None = None
@@ -307,4 +307,4 @@ def short_id(peer: Any) -> str:
 
 
 __all__ = ["Peering", "ConnectionWatcher", "peers_protocol", "encode_peers", "decode_peers",
-           "dialable", "parse_listen_addr", "parse_peer_addr", "short_id", "PEERS_MAX_FRAME"]
+           "dialable", "parse_listen_addr", "parse_peer_addr", "short_id"]
