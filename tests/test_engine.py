@@ -14,7 +14,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.node.engine import PeerEngine, Verdict
 from neuroshard_p2p.wire import Announcement, WireError, decode_unchecked_time, encode
-from neuroshard_p2p.wire.codec import encode_sync
+from neuroshard_p2p.wire.frames import encode_sync
 from neuroshard_p2p.wire.messages import SyncResponse
 from tests.conftest import assert_sans_io, make_key
 

@@ -12,20 +12,16 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.node.jobs import (
-    JobAccepted,
-    JobResult,
     GatewayDesk,
     GatewaySettings,
     ProviderDesk,
-    decode_job_frame,
     declined,
     ViewOffers,
-    encode_job_frame,
     job_protocol,
 )
 from neuroshard_p2p.view import MarketView
 from neuroshard_p2p.view import Offer as ViewOffer
-from neuroshard_p2p.wire import Announcement, Job, JobDeclined, WireError
+from neuroshard_p2p.wire import Announcement, Job, decode_job_frame, encode_job_frame
 from tests.conftest import make_key
 
 T0 = 1_700_000_000.0
@@ -49,44 +45,13 @@ def signed_job(tokens: int = 100, *, provider: object = CHEAP, gateway: object =
     return signed
 
 
-# --- frames --------------------------------------------------------------------------------------
-
-def test_job_frames_round_trip() -> None:
-    frames = [JobAccepted("r1"), JobResult("r1", b"\x01receipt", "some output"),
-              JobDeclined("r1", "full", "100 of 200 tokens in flight")]
-    for frame in frames:
-        assert decode_job_frame(encode_job_frame(frame)) == frame
-
+# --- frames (their bytes and fuzzing: tests/test_wire_frames.py) -------------------------------
 
 def test_declined_cuts_fields_to_the_wire_limits() -> None:
     frame = declined("x" * 500, "backend_timeout", "é" * 1000)
     assert frame.request_id == "?"
     assert len(frame.detail.encode()) == 512
     assert decode_job_frame(encode_job_frame(frame)) == frame
-
-
-@pytest.mark.parametrize("data, reason", [
-    (b"", "malformed"),
-    (b"\x93\x02\x13\xa2r1", "version"),             # [2, 19, "r1"]
-    (b"\x93\x01\x63\xa2r1", "kind"),                # [1, 99, "r1"]
-    (b"\x92\x01\x13", "malformed"),                 # [1, 19]: no request id
-    (b"\x93\x01\x13\xa0", "bad_field"),             # empty request id
-    (b"\x95\x01\x14\xa2r1\xa1x\xa0", "bad_field"),  # receipt is a str, not bytes
-    (b"\x93\x01\x13\xd9\x02r1", "non_canonical"),   # str8 where fixstr fits
-])
-def test_bad_job_frames_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
-    with pytest.raises(WireError) as caught:
-        decode_job_frame(data)
-    assert caught.value.reason == reason
-
-
-@settings(max_examples=2000, deadline=None)
-@given(st.binary(max_size=64))
-def test_no_bytes_crash_the_job_frame_decoder(data: bytes) -> None:
-    try:
-        decode_job_frame(data)
-    except WireError:
-        pass
 
 
 # --- provider desk ------------------------------------------------------------------------------

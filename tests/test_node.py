@@ -413,7 +413,7 @@ async def test_a_peer_gets_one_sync_answer_at_a_time(tmp_path: Path) -> None:
     # Each answer can carry the whole view: a peer that opens sync streams without end must not
     # make the node serve (and buffer) it many times over.
     from neuroshard_p2p.node.streams import FrameStream
-    from neuroshard_p2p.wire.codec import MAX_FRAME_SIZE
+    from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
     from neuroshard_p2p.wire.framing import length_prefixed
     from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE
 

@@ -43,7 +43,8 @@ from neuroshard_p2p.wire import (
     sign,
     split_sync_response,
 )
-from neuroshard_p2p.wire.codec import MAX_FRAME_SIZE, MAX_PROMPT, MAX_U63, body_of
+from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_U63, body_of
+from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, FrameReader, length_prefixed
 from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE
 

@@ -19,7 +19,17 @@ from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.identity import peer_id_of
-from neuroshard_p2p.wire import Announcement, Job, JobDeclined, Receipt, SyncRequest, SyncResponse
+from neuroshard_p2p.wire import (
+    Announcement,
+    Job,
+    JobAccepted,
+    JobDeclined,
+    JobResult,
+    PeerExchange,
+    Receipt,
+    SyncRequest,
+    SyncResponse,
+)
 from neuroshard_p2p.wire.framing import FrameReader, length_prefixed
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocols" / "vectors"
@@ -138,20 +148,51 @@ def frame_of(vector: dict[str, Any]) -> wire.Frame:
                            tuple(bytes.fromhex(b) for b in fields["bucket_digests"]))
     if vector["frame"] == "sync_response":
         return SyncResponse(tuple(bytes.fromhex(a) for a in fields["announcements"]))
-    return JobDeclined(fields["request_id"], fields["reason"], fields["detail"])
+    if vector["frame"] == "job_declined":
+        return JobDeclined(fields["request_id"], fields["reason"], fields["detail"])
+    if vector["frame"] == "job_accepted":
+        return JobAccepted(fields["request_id"])
+    if vector["frame"] == "job_result":
+        return JobResult(fields["request_id"], bytes.fromhex(fields["receipt"]), fields["output"])
+    assert vector["frame"] == "peer_exchange"
+    return PeerExchange(tuple((peer, tuple(addrs)) for peer, addrs in fields["peers"]))
+
+
+#: The decoder of each stream named by an invalid frame vector (none: any frame kind).
+DECODERS = {None: wire.decode_frame, "sync": wire.decode_sync, "job": wire.decode_job_frame,
+            "peers/1.1.0": wire.decode_peer_exchange,
+            "peers/1.0.0": wire.decode_peer_exchange_legacy}
+
+
+def test_frame_vectors_cover_every_kind_and_stream() -> None:
+    kinds = {bytes.fromhex(v["bytes"])[2] for v in FRAMES["valid"]
+             if v["frame"] != "peer_exchange_legacy"}
+    assert kinds == {16, 17, 18, 19, 20, 21}
+    assert {v["frame"] for v in FRAMES["valid"]} >= {"peer_exchange", "peer_exchange_legacy"}
+    assert {v.get("stream") for v in FRAMES["invalid"]} == set(DECODERS)
 
 
 @pytest.mark.parametrize("vector", FRAMES["valid"], ids=lambda v: v["name"])
 def test_frame_vector(vector: dict[str, Any]) -> None:
+    data = bytes.fromhex(vector["bytes"])
+    if vector["frame"] == "peer_exchange_legacy":
+        entries = [(peer, addrs) for peer, addrs in vector["fields"]["peers"]]
+        assert wire.encode_peer_exchange_legacy(entries) == data
+        assert wire.decode_peer_exchange_legacy(data) == entries
+        return
     frame = frame_of(vector)
-    assert wire.encode_frame(frame).hex() == vector["bytes"]
-    assert wire.decode_frame(bytes.fromhex(vector["bytes"])) == frame
+    assert wire.encode_frame(frame) == data
+    assert wire.decode_frame(data) == frame
+    if isinstance(frame, PeerExchange):
+        entries = [(peer, addrs) for peer, addrs in vector["fields"]["peers"]]
+        assert wire.encode_peer_exchange(entries) == data
+        assert wire.decode_peer_exchange(data) == entries
 
 
 @pytest.mark.parametrize("vector", FRAMES["invalid"], ids=lambda v: v["name"])
 def test_invalid_frame_vector(vector: dict[str, Any]) -> None:
     with pytest.raises(wire.WireError) as caught:
-        wire.decode_frame(bytes.fromhex(vector["bytes"]))
+        DECODERS[vector.get("stream")](bytes.fromhex(vector["bytes"]))
     assert (caught.value.reason, caught.value.action) == (vector["reason"], vector["action"])
 
 

@@ -45,7 +45,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.wire import Announcement, WireError, encode
-from neuroshard_p2p.wire.codec import decode_sync, encode_sync, split_sync_response
+from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_response
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
 from neuroshard_p2p.wire.validate import Validator

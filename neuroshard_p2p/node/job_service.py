@@ -49,20 +49,13 @@ from neuroshard_p2p.node.backends import (
 from neuroshard_p2p.node.jobs import (
     BAD_JOB,
     GATEWAY_MISMATCH,
-    MAX_OUTPUT_BYTES,
     Dispatch,
     GatewayDesk,
     GatewaySettings,
-    JobAccepted,
-    JobDeclined,
-    JobResult,
     JobStatus,
     ProviderDesk,
     ViewOffers,
-    clip_utf8,
     declined,
-    decode_job_frame,
-    encode_job_frame,
     job_protocol,
     short_peer,
 )
@@ -75,7 +68,18 @@ from neuroshard_p2p.node.streams import (
 )
 from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.view import TickPrice
-from neuroshard_p2p.wire import Job, Receipt, WireError
+from neuroshard_p2p.wire import (
+    MAX_OUTPUT_BYTES,
+    Job,
+    JobAccepted,
+    JobDeclined,
+    JobResult,
+    Receipt,
+    WireError,
+    clip_utf8,
+    decode_job_frame,
+    encode_job_frame,
+)
 from neuroshard_p2p.wire.codec import MAX_SIZE
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, length_prefixed
 from neuroshard_p2p.wire.messages import KIND_JOB

@@ -6,8 +6,9 @@ core `OrderBook`; the gateway then hands it to the chosen provider on a direct l
 of that exchange and no I/O — the trio driver (`job_service.JobService`) moves the bytes and
 reads the clocks, as in aioquic:
 
-- frames: `JobAccepted` and `JobResult` (this stream's own frames) next to the wire's
-  `JobDeclined`; `encode_job_frame` / `decode_job_frame`.
+- `declined`: a JobDeclined with its fields cut to the wire's limits. The frames themselves
+  (JobDeclined, JobAccepted, JobResult) and their bytes are the wire's: `wire.encode_job_frame` /
+  `wire.decode_job_frame`.
 - `ProviderDesk`: the provider's own accounting of tokens in flight. Several gateways may pick the
   same cheap provider at once, each believing it has room; the provider's desk is the truth, and
   admits a job only while its tokens in flight stay <= tokens_per_second × target_response_s.
@@ -32,8 +33,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import msgpack
-
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.book import (
     TERMINAL,
@@ -49,18 +48,8 @@ from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.view import MarketView, ms_of
 from neuroshard_p2p.view import Offer as ViewOffer
-from neuroshard_p2p.wire import TIERS, VERSION, Job, JobDeclined, Receipt, WireError
-from neuroshard_p2p.wire.codec import (
-    MAX_DETAIL,
-    MAX_PROMPT,
-    MAX_STR,
-    check_text,
-    decode_frame,
-    encode_frame,
-)
-from neuroshard_p2p.wire.errors import REJECT
-from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME
-from neuroshard_p2p.wire.messages import KIND_JOB_DECLINED
+from neuroshard_p2p.wire import MAX_DETAIL, TIERS, Job, JobDeclined, Receipt, clip_utf8
+from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_STR
 
 
 def job_protocol(network: str) -> str:
@@ -69,16 +58,6 @@ def job_protocol(network: str) -> str:
     node of another network (whose offers it should not even know)."""
     return f"/neuroshard/{network}/job/1.0.0"
 
-
-#: Frame kinds of the job stream, next to the wire's JobDeclined (18). Same envelope as the wire's
-#: stream frames: an unsigned msgpack array [version, kind, *fields].
-KIND_JOB_ACCEPTED = 19
-KIND_JOB_RESULT = 20
-
-#: Largest completion text a provider sends back (UTF-8 bytes); longer output is cut at a
-#: character boundary. Keeps a result frame within the stream's frame limit.
-MAX_OUTPUT_BYTES = 1_000_000
-_RESULT_OVERHEAD = 2048  # array header, request id, receipt (<= 1024), string headers
 
 # Decline reason codes (provider → gateway). Stable: they are counted and shown.
 FULL = "full"
@@ -94,99 +73,7 @@ DECLINE_REASONS = (FULL, NOT_OFFERING, BELOW_MIN_PRICE, TOO_LARGE, WRONG_PROVIDE
 
 
 # ---------------------------------------------------------------------------------------------
-# Frames
-
-@dataclass(frozen=True)
-class JobAccepted:
-    """The provider admitted the job and is serving it; its result follows on the same stream."""
-
-    KIND = KIND_JOB_ACCEPTED
-    request_id: str
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What the provider served: its signed receipt (exact wire bytes) and the completion text."""
-
-    KIND = KIND_JOB_RESULT
-    request_id: str
-    receipt: bytes
-    output: str
-
-
-JobFrame = JobAccepted | JobResult | JobDeclined
-
-
-def _pack(items: list[Any]) -> bytes:
-    data: bytes = msgpack.packb(items, use_bin_type=True)
-    return data
-
-
-def clip_utf8(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` UTF-8 bytes at a character boundary (lone surrogates, which
-    UTF-8 cannot carry, become "?")."""
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return data.decode("utf-8")
-    return data[:limit].decode("utf-8", "ignore")
-
-
-def encode_job_frame(frame: JobFrame) -> bytes:
-    """Bytes of a job-stream frame (before the length prefix). Invalid fields raise WireError."""
-    if isinstance(frame, JobDeclined):
-        return encode_frame(frame)
-    if isinstance(frame, JobAccepted):
-        check_text("request_id", frame.request_id, MAX_STR, True)
-        return _pack([VERSION, KIND_JOB_ACCEPTED, frame.request_id])
-    if isinstance(frame, JobResult):
-        check_text("request_id", frame.request_id, MAX_STR, True)
-        if type(frame.receipt) is not bytes or not frame.receipt:
-            raise WireError("bad_field", REJECT, "receipt must be non-empty bytes")
-        check_text("output", frame.output, MAX_OUTPUT_BYTES, False)
-        return _pack([VERSION, KIND_JOB_RESULT, frame.request_id, frame.receipt, frame.output])
-    raise WireError("kind", REJECT, f"not a job-stream frame: {type(frame).__name__}")
-
-
-def decode_job_frame(data: bytes) -> JobFrame:
-    """Decode a frame the provider sent on a job stream, or raise WireError (reject) saying why.
-    The receipt inside a JobResult is returned as bytes, still to be checked (ledger.checks)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError("malformed", REJECT, f"input is {type(data).__name__}, not bytes")
-    data = bytes(data)
-    if len(data) > MAX_STREAM_FRAME:
-        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_STREAM_FRAME})")
-    try:
-        items = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True,
-                                max_bin_len=MAX_STREAM_FRAME, max_str_len=MAX_STREAM_FRAME,
-                                max_array_len=8, max_map_len=0, max_ext_len=0)
-    except Exception as exc:  # msgpack raises many types; all mean "not our format"
-        raise WireError("malformed", REJECT, f"frame is not valid msgpack: {exc}") from None
-    if type(items) is not list or len(items) < 2:
-        raise WireError("malformed", REJECT, "frame must be an array [version, kind, ...]")
-    version, kind = items[0], items[1]
-    if type(version) is not int or version != VERSION:
-        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
-    if kind == KIND_JOB_DECLINED:
-        frame = decode_frame(data, (KIND_JOB_DECLINED,))
-        assert isinstance(frame, JobDeclined)
-        return frame
-    if kind == KIND_JOB_ACCEPTED and len(items) == 3:
-        check_text("request_id", items[2], MAX_STR, True)
-        result: JobFrame = JobAccepted(items[2])
-    elif kind == KIND_JOB_RESULT and len(items) == 5:
-        check_text("request_id", items[2], MAX_STR, True)
-        if type(items[3]) is not bytes or not items[3]:
-            raise WireError("bad_field", REJECT, "receipt must be non-empty bytes")
-        check_text("output", items[4], MAX_OUTPUT_BYTES, False)
-        result = JobResult(items[2], items[3], items[4])
-    elif kind in (KIND_JOB_ACCEPTED, KIND_JOB_RESULT):
-        raise WireError("malformed", REJECT, f"frame kind {kind} has {len(items)} items")
-    else:
-        raise WireError("kind", REJECT, f"unexpected frame kind {kind!r} on a job stream")
-    if _pack(items) != data:
-        raise WireError("non_canonical", REJECT, "frame is not canonically encoded")
-    return result
-
+# Frames: the job stream's frames and their bytes are the wire's (`wire.frames`, spec §9).
 
 def declined(request_id: str, reason: str, detail: str) -> JobDeclined:
     """A JobDeclined frame with its fields cut to the wire's limits (a request id that does not
@@ -767,9 +654,7 @@ class GatewayDesk:
 
 
 __all__ = [
-    "job_protocol", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT", "MAX_OUTPUT_BYTES", "JobAccepted",
-    "JobResult", "JobDeclined", "JobFrame", "encode_job_frame", "decode_job_frame", "declined",
-    "clip_utf8", "Admission", "ProviderDesk", "JobStatus", "Dispatch", "GatewaySettings",
+    "job_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch", "GatewaySettings",
     "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING", "BELOW_MIN_PRICE", "TOO_LARGE",
     "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB", "short_peer", "ViewOffers",
 ]

@@ -1,9 +1,10 @@
-"""Canonical encoding, signing and stateless validation of wire messages and stream frames.
+"""Canonical encoding, signing and stateless validation of signed wire messages.
 
 `encode` signs a message; `decode` returns a valid message or raises `WireError` with a reason a
 person can act on and whether the sender misbehaved (reject) or the message is merely stale
 (ignore). Decoding never raises anything else, whatever the input bytes. Stateful checks (replay,
-seq, rate limits, plausibility over time) live in `validate.Validator`.
+seq, rate limits, plausibility over time) live in `validate.Validator`; unsigned stream frames in
+`frames`, which shares this module's msgpack reader (`_unpack`) and text check.
 
 The rules, their order and their reason codes are those of protocols/market-v1.md §6.1; the rule
 numbers (W1…W13) appear in comments below so the two can be read side by side.
@@ -27,22 +28,13 @@ from coincurve.ecdsa import cdata_to_der, der_to_cdata, serialize_compact
 
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
 from neuroshard_p2p.wire.messages import (
-    FRAME_TYPES,
     KIND_ANNOUNCEMENT,
     KIND_JOB,
-    KIND_JOB_DECLINED,
     KIND_RECEIPT,
-    KIND_SYNC_REQUEST,
-    KIND_SYNC_RESPONSE,
     MESSAGE_TYPES,
-    SYNC_BUCKETS,
     TIERS,
     VERSION,
-    Frame,
-    JobDeclined,
     Message,
-    SyncRequest,
-    SyncResponse,
 )
 
 try:  # the raw libsecp256k1 binding coincurve ships: lets us verify a compact signature directly
@@ -54,20 +46,13 @@ except ImportError:  # pragma: no cover - a coincurve that moved its internals: 
 
 PUBKEY_LEN = 33
 SIGNATURE_LEN = 64
-DIGEST_LEN = 32
 MAX_U63 = 2**63 - 1
-MAX_STR = 128            # bytes of UTF-8 in request ids, user names, decline reasons
+MAX_STR = 128            # bytes of UTF-8 in request ids, user names (and in frames' request ids)
 MAX_PROMPT = 64 * 1024   # bytes of UTF-8 in a job's prompt
-MAX_DETAIL = 512         # bytes of UTF-8 in a decline's detail
 
 #: Largest accepted wire size per kind (bytes). Announcements are about 130 bytes.
 MAX_SIZE = {KIND_ANNOUNCEMENT: 1024, KIND_JOB: 80 * 1024, KIND_RECEIPT: 1024}
 MAX_ANY_SIZE = max(MAX_SIZE.values())
-
-#: Largest stream frame per kind (bytes), and most announcements in one sync response.
-MAX_FRAME_SIZE = {KIND_SYNC_REQUEST: 1024, KIND_SYNC_RESPONSE: 1024 * 1024, KIND_JOB_DECLINED: 1024}
-MAX_ANY_FRAME_SIZE = max(MAX_FRAME_SIZE.values())
-MAX_SYNC_ANNOUNCEMENTS = 4096
 
 #: Freshness window around the receiver's clock (issued_at may be at most this old / this early).
 MAX_AGE_S = 300.0
@@ -340,7 +325,7 @@ def _check_int(name: str, value: Any) -> None:
 
 def check_text(name: str, value: Any, limit: int, non_empty: bool) -> None:
     """W10/F7 for a text field: a str of at most `limit` bytes of UTF-8 (non-empty if asked),
-    else WireError `bad_field` (reject). Frames defined elsewhere (node/jobs.py) use it too."""
+    else WireError `bad_field` (reject). The stream frames (`frames`) use it too."""
     if type(value) is not str:
         raise WireError("bad_field", REJECT, f"{name} must be a string, got {type(value).__name__}")
     try:
@@ -398,122 +383,17 @@ def with_fields(message: Message, **changes: Any) -> Message:
     return dataclasses.replace(message, **changes, signature=b"", wire=b"", msg_id=b"")
 
 
-# ---------------------------------------------------------------------------------------------
-# Stream frames: unsigned [version, kind, *fields] arrays (protocols/market-v1.md §8.2).
-
-def encode_frame(frame: Frame) -> bytes:
-    """The canonical bytes of a stream frame (sync request/response, job declined). Invalid
-    fields raise WireError, as they would on the receiving side."""
-    if isinstance(frame, SyncRequest):
-        kind = KIND_SYNC_REQUEST
-        items: list[Any] = [VERSION, kind, frame.digest, list(frame.bucket_digests)]
-    elif isinstance(frame, SyncResponse):
-        kind = KIND_SYNC_RESPONSE
-        items = [VERSION, kind, list(frame.announcements)]
-    elif isinstance(frame, JobDeclined):
-        kind = KIND_JOB_DECLINED
-        items = [VERSION, kind, frame.request_id, frame.reason, frame.detail]
-    else:
-        raise WireError("kind", REJECT, f"cannot encode a {type(frame).__name__} as a stream frame")
-    _check_frame(kind, items[2:])
-    data = _pack(items)
-    if len(data) > MAX_FRAME_SIZE[kind]:
-        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_FRAME_SIZE[kind]})")
-    return data
-
-
-def decode_frame(data: Buffer, kinds: tuple[int, ...] | None = None) -> Frame:
-    """Decode a stream frame, optionally only of the given kinds; raise WireError otherwise.
-    The announcements inside a sync response are returned as bytes, still to be validated."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError("malformed", REJECT, f"input is {type(data).__name__}, not bytes")
-    data = bytes(data)
-    if len(data) > MAX_ANY_FRAME_SIZE:  # F1
-        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_ANY_FRAME_SIZE})")
-    items = _unpack(data, "frame")
-    if type(items) is not list or len(items) < 2:  # F2
-        raise WireError("malformed", REJECT, "frame must be an array [version, kind, ...]")
-    version, kind = items[0], items[1]
-    if type(version) is not int or version != VERSION:  # F3
-        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
-    if type(kind) is not int or kind not in FRAME_TYPES or (kinds is not None and kind not in kinds):  # F4
-        raise WireError("kind", REJECT, f"unexpected frame kind {kind!r}")
-    if len(data) > MAX_FRAME_SIZE[kind]:  # F5
-        raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_FRAME_SIZE[kind]})")
-    expected = {KIND_SYNC_REQUEST: 4, KIND_SYNC_RESPONSE: 3, KIND_JOB_DECLINED: 5}[kind]
-    if len(items) != expected:  # F6
-        raise WireError("malformed", REJECT, f"frame kind {kind} has {len(items)} items, expected {expected}")
-    _check_frame(kind, items[2:])  # F7
-    if _pack(items) != data:  # F8
-        raise WireError("non_canonical", REJECT, "frame is not canonically encoded")
-    if kind == KIND_SYNC_REQUEST:
-        return SyncRequest(items[2], tuple(items[3]))
-    if kind == KIND_SYNC_RESPONSE:
-        return SyncResponse(tuple(items[2]))
-    return JobDeclined(items[2], items[3], items[4])
-
-
-def _check_frame(kind: int, values: list[Any]) -> None:
-    if kind == KIND_SYNC_REQUEST:
-        digest, buckets = values
-        if type(digest) is not bytes or len(digest) != DIGEST_LEN:
-            raise WireError("bad_field", REJECT, f"digest must be {DIGEST_LEN} bytes")
-        if type(buckets) not in (list, tuple) or len(buckets) != SYNC_BUCKETS:
-            raise WireError("bad_field", REJECT, f"bucket_digests must be {SYNC_BUCKETS} digests")
-        for item in buckets:
-            if type(item) is not bytes or len(item) != DIGEST_LEN:
-                raise WireError("bad_field", REJECT, f"each bucket digest must be {DIGEST_LEN} bytes")
-    elif kind == KIND_SYNC_RESPONSE:
-        (announcements,) = values
-        if type(announcements) not in (list, tuple) or len(announcements) > MAX_SYNC_ANNOUNCEMENTS:
-            raise WireError("bad_field", REJECT,
-                            f"announcements must be a list of at most {MAX_SYNC_ANNOUNCEMENTS}")
-        for item in announcements:
-            if type(item) is not bytes or not 0 < len(item) <= MAX_SIZE[KIND_ANNOUNCEMENT]:
-                raise WireError("bad_field", REJECT,
-                                f"each announcement must be 1..{MAX_SIZE[KIND_ANNOUNCEMENT]} bytes")
-    else:
-        request_id, reason, detail = values
-        check_text("request_id", request_id, MAX_STR, True)
-        check_text("reason", reason, MAX_STR, True)
-        check_text("detail", detail, MAX_DETAIL, False)
-
-
-def encode_sync(frame: SyncRequest | SyncResponse) -> bytes:
-    """Bytes of a sync frame (same as `encode_frame`, limited to the two sync kinds)."""
-    if not isinstance(frame, (SyncRequest, SyncResponse)):
-        raise WireError("kind", REJECT, f"not a sync frame: {type(frame).__name__}")
-    return encode_frame(frame)
-
-
-def decode_sync(data: Buffer) -> SyncRequest | SyncResponse:
-    """Decode a sync request or response frame, or raise WireError."""
-    frame = decode_frame(data, (KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE))
-    assert isinstance(frame, (SyncRequest, SyncResponse))
-    return frame
-
-
-def split_sync_response(announcements: list[bytes]) -> list[SyncResponse]:
-    """Pack announcements into as few SyncResponse frames as the size limits allow, in order."""
-    frames: list[SyncResponse] = []
-    batch: list[bytes] = []
-    size = 8  # array headers of [1, 17, [...]] with room for the largest array header
-    for item in announcements:
-        item_size = len(item) + 3
-        if batch and (len(batch) >= MAX_SYNC_ANNOUNCEMENTS
-                      or size + item_size > MAX_FRAME_SIZE[KIND_SYNC_RESPONSE]):
-            frames.append(SyncResponse(tuple(batch)))
-            batch, size = [], 8
-        batch.append(item)
-        size += item_size
-    if batch:
-        frames.append(SyncResponse(tuple(batch)))
-    return frames
+def __getattr__(name: str) -> Any:
+    """`MAX_FRAME_SIZE` moved to `wire.frames`; node/host.py still imports it from here until
+    it switches over (then remove this)."""
+    if name == "MAX_FRAME_SIZE":
+        from neuroshard_p2p.wire import frames
+        return frames.MAX_FRAME_SIZE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "encode", "decode", "decode_unchecked_time", "sign", "body_of", "message_id",
-    "check_freshness", "public_key_of", "with_fields", "encode_frame", "decode_frame",
-    "encode_sync", "decode_sync", "split_sync_response", "MAX_SIZE", "MAX_FRAME_SIZE",
-    "MAX_SYNC_ANNOUNCEMENTS", "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA", "check_text",
+    "check_freshness", "public_key_of", "with_fields", "MAX_SIZE", "MAX_STR", "MAX_PROMPT",
+    "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA", "check_text",
 ]

@@ -8,7 +8,8 @@ socket, so the node, the simulator and the tests drive it the same way.
 
 from __future__ import annotations
 
-from neuroshard_p2p.wire.codec import MAX_ANY_FRAME_SIZE, MAX_ANY_SIZE
+from neuroshard_p2p.wire.codec import MAX_ANY_SIZE
+from neuroshard_p2p.wire.frames import MAX_ANY_FRAME_SIZE
 from neuroshard_p2p.wire.errors import REJECT, WireError
 
 #: Largest payload any stream frame may carry (a sync response), bytes.

@@ -7,13 +7,16 @@ Layout (see protocols/market-v1.md, the source of truth):
     signature  = ECDSA secp256k1 over SHA-256(body), compact r‖s, low-s
     message id = SHA-256(wire bytes)
 
-Stream frames (sync request/response, job declined) are unsigned msgpack arrays
-[version=1, kind, *fields]: they travel on a direct stream between two peers, and whatever in them
-needs an author (announcements inside a sync response) is itself a signed message.
+Stream frames (sync request/response, the job stream's declined/accepted/result, peer exchange)
+are unsigned msgpack arrays [version=1, kind, *fields]: they travel on a direct stream between two
+peers, and whatever in them needs an author (announcements in a sync response, the receipt in a
+job result) is itself a signed message.
 
-The dataclasses do not validate themselves: `codec.encode` checks every field before it signs, and
-`codec.decode` checks every field of what it receives, so an invalid message never reaches the wire
-in either direction. Tests and vector generators can still build invalid ones on purpose.
+This module holds the data types only; their bytes are `codec` (signed messages) and `frames`
+(stream frames). The dataclasses do not validate themselves: the encoders check every field before
+anything is sent, and the decoders check every field of what they receive, so an invalid message
+or frame never reaches the wire in either direction. Tests and vector generators can still build
+invalid ones on purpose.
 
 Money and prices are integer nano-NEURO (prices per 1M tokens); times are integer milliseconds
 since the Unix epoch. The signer is the node's 33-byte compressed secp256k1 public key, which is
@@ -35,6 +38,9 @@ KIND_RECEIPT = 3
 KIND_SYNC_REQUEST = 16
 KIND_SYNC_RESPONSE = 17
 KIND_JOB_DECLINED = 18
+KIND_JOB_ACCEPTED = 19
+KIND_JOB_RESULT = 20
+KIND_PEER_EXCHANGE = 21
 
 #: Anti-entropy buckets: an announcement's signer falls in bucket SHA-256(signer)[0] >> 4.
 SYNC_BUCKETS = 16
@@ -141,8 +147,40 @@ class JobDeclined:
     detail: str = ""                   # for people
 
 
+@dataclass(frozen=True)
+class JobAccepted:
+    """The provider admitted the job and is serving it; its result follows on the same stream."""
+
+    KIND: ClassVar[int] = KIND_JOB_ACCEPTED
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the provider served: its signed receipt (exact wire bytes, checked by the gateway as a
+    Receipt) and the completion text."""
+
+    KIND: ClassVar[int] = KIND_JOB_RESULT
+
+    request_id: str
+    receipt: bytes
+    output: str
+
+
+@dataclass(frozen=True)
+class PeerExchange:
+    """A listener's answer on the peer-exchange stream: some of its connected peers, each with the
+    addresses it can be dialed at (hints: dialing checks the peer id)."""
+
+    KIND: ClassVar[int] = KIND_PEER_EXCHANGE
+
+    peers: tuple[tuple[str, tuple[str, ...]], ...]   # (libp2p peer id, multiaddrs as text)
+
+
 Message = Announcement | Job | Receipt
-Frame = SyncRequest | SyncResponse | JobDeclined
+JobFrame = JobDeclined | JobAccepted | JobResult
+Frame = SyncRequest | SyncResponse | JobDeclined | JobAccepted | JobResult | PeerExchange
 
 MESSAGE_TYPES: dict[int, type] = {
     KIND_ANNOUNCEMENT: Announcement,
@@ -154,12 +192,16 @@ FRAME_TYPES: dict[int, type] = {
     KIND_SYNC_REQUEST: SyncRequest,
     KIND_SYNC_RESPONSE: SyncResponse,
     KIND_JOB_DECLINED: JobDeclined,
+    KIND_JOB_ACCEPTED: JobAccepted,
+    KIND_JOB_RESULT: JobResult,
+    KIND_PEER_EXCHANGE: PeerExchange,
 }
 
 
 __all__ = [
     "VERSION", "KIND_ANNOUNCEMENT", "KIND_JOB", "KIND_RECEIPT", "KIND_SYNC_REQUEST",
-    "KIND_SYNC_RESPONSE", "KIND_JOB_DECLINED", "SYNC_BUCKETS", "TIERS", "Announcement", "Job",
-    "Receipt", "SyncRequest", "SyncResponse", "JobDeclined", "Message", "Frame", "MESSAGE_TYPES",
-    "FRAME_TYPES",
+    "KIND_SYNC_RESPONSE", "KIND_JOB_DECLINED", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT",
+    "KIND_PEER_EXCHANGE", "SYNC_BUCKETS", "TIERS", "Announcement", "Job", "Receipt", "SyncRequest",
+    "SyncResponse", "JobDeclined", "JobAccepted", "JobResult", "PeerExchange", "Message",
+    "JobFrame", "Frame", "MESSAGE_TYPES", "FRAME_TYPES",
 ]

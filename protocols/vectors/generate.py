@@ -407,15 +407,147 @@ def frame_vectors() -> dict[str, Any]:
          "non_canonical", "F8"),
         ("declined-empty-reason", pack([1, 18, "req-0001", "", ""]), "bad_field", "F7"),
     ]
+    more_valid, more_invalid = job_and_peer_frame_vectors()
     lengths = [{"length": n, "prefix": _uvarint(n).hex()} for n in (0, 1, 127, 128, 300, 16_384,
                                                                    1_048_576)]
     return {
-        "valid": valid,
+        "valid": valid + more_valid,
         "invalid": [{"name": n, "bytes": b.hex(), "reason": r, "action": "reject", "rule": rule}
-                    for n, b, r, rule in bad],
+                    for n, b, r, rule in bad] + more_invalid,
         "length_prefix": lengths,
         "view_digests": view_digest_vectors(),
     }
+
+
+# --- job-stream and peer-exchange frames (spec §9, §10) --------------------------------------
+
+# Invalid frames below name the stream whose decoder they are fed to ("stream"): the kinds it
+# expects (F4) and, for "peers/1.0.0", the legacy layout's rules L1-L5. Without it: any kind.
+PEERS = [
+    [peer_id(pub(PROVIDER)), ["/ip4/192.0.2.10/tcp/4001", "/ip6/2001:db8::10/tcp/4001"]],
+    [peer_id(pub(GATEWAY)), ["/dns4/gateway.example/tcp/4001"]],
+    [peer_id(pub(OTHER)), []],
+]
+
+
+def _receipt_wire() -> bytes:
+    return next(bytes.fromhex(v["wire"]) for v in valid_vectors() if v["name"] == "receipt")
+
+
+def _peers_of_size(size: int, head: list[Any]) -> list[Any]:
+    """32 peers with 5 addresses each whose frame `head + [peers]` is exactly `size` bytes:
+    addresses grown one byte at a time up to 255 bytes (str8 throughout)."""
+    peers = [[f"peer-{i:02}", ["/" + "a" * 199] * 5] for i in range(32)]
+    deficit = size - len(pack([*head, peers]))
+    for entry in peers:
+        for j, addr in enumerate(entry[1]):
+            grow = min(deficit, 255 - len(addr))
+            entry[1][j] = addr + "a" * grow
+            deficit -= grow
+    assert deficit == 0 and len(pack([*head, peers])) == size
+    return peers
+
+
+def job_and_peer_frame_vectors() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    receipt = _receipt_wire()
+    output = "Gossip spreads the word / every peer hears it in time / the price is the same"
+    valid = [
+        {"name": "job-accepted", "frame": "job_accepted", "fields": {"request_id": "req-0001"},
+         "bytes": pack([1, 19, "req-0001"]).hex()},
+        {"name": "job-result", "frame": "job_result",
+         "fields": {"request_id": "req-0001", "receipt": receipt.hex(), "output": output},
+         "bytes": pack([1, 20, "req-0001", receipt, output]).hex()},
+        {"name": "job-result-empty-output", "frame": "job_result",
+         "fields": {"request_id": "req-0001", "receipt": receipt.hex(), "output": ""},
+         "bytes": pack([1, 20, "req-0001", receipt, ""]).hex()},
+        {"name": "peer-exchange", "frame": "peer_exchange", "fields": {"peers": PEERS},
+         "bytes": pack([1, 21, PEERS]).hex()},
+        {"name": "peer-exchange-empty", "frame": "peer_exchange", "fields": {"peers": []},
+         "bytes": pack([1, 21, []]).hex()},
+        {"name": "peer-exchange-legacy", "frame": "peer_exchange_legacy", "fields": {"peers": PEERS},
+         "bytes": pack([1, PEERS]).hex()},
+        {"name": "peer-exchange-legacy-empty", "frame": "peer_exchange_legacy",
+         "fields": {"peers": []}, "bytes": pack([1, []]).hex()},
+    ]
+    one = PEERS[:1]
+    peers_array16 = b"\xdc\x00\x01" + pack(one)[1:]  # [1, 21, <one peer, array16 header>]
+    bad = [
+        ("job-accepted-empty-request-id", "job", pack([1, 19, ""]), "bad_field", "F7"),
+        ("job-accepted-request-id-129-bytes", "job", pack([1, 19, "é" * 64 + "x"]), "bad_field",
+         "F7"),
+        ("job-accepted-extra-item", "job", pack([1, 19, "req-0001", ""]), "malformed", "F6"),
+        ("job-accepted-oversize", "job", pack([1, 19, "x" * 1100]), "oversize", "F5"),
+        ("job-accepted-str8", "job", b"\x93\x01\x13\xd9\x08req-0001", "non_canonical", "F8"),
+        ("job-declined-detail-513-bytes", "job", pack([1, 18, "req-0001", "full", "x" * 513]),
+         "bad_field", "F7"),
+        ("job-result-receipt-as-text", "job", pack([1, 20, "req-0001", receipt.hex(), "ok"]),
+         "bad_field", "F7"),
+        ("job-result-empty-receipt", "job", pack([1, 20, "req-0001", b"", "ok"]), "bad_field", "F7"),
+        ("job-result-output-as-bin", "job", pack([1, 20, "req-0001", receipt, b"ok"]), "bad_field",
+         "F7"),
+        ("job-result-4-items", "job", pack([1, 20, "req-0001", receipt]), "malformed", "F6"),
+        ("sync-request-on-job-stream", "job", pack([1, 16, bytes(32), [bytes(32)] * 16]), "kind",
+         "F4"),
+        ("job-accepted-on-sync-stream", "sync", pack([1, 19, "req-0001"]), "kind", "F4"),
+        ("peer-exchange-33-peers", "peers/1.1.0", pack([1, 21, one * 33]), "bad_field", "F7"),
+        ("peer-exchange-9-addrs", "peers/1.1.0", pack([1, 21, [["p", ["/a"] * 9]]]), "bad_field",
+         "F7"),
+        ("peer-exchange-empty-peer-id", "peers/1.1.0", pack([1, 21, [["", ["/a"]]]]), "bad_field",
+         "F7"),
+        ("peer-exchange-peer-id-129-bytes", "peers/1.1.0", pack([1, 21, [["p" * 129, []]]]),
+         "bad_field", "F7"),
+        ("peer-exchange-addr-257-bytes", "peers/1.1.0", pack([1, 21, [["p", ["/" + "a" * 256]]]]),
+         "bad_field", "F7"),
+        ("peer-exchange-empty-addr", "peers/1.1.0", pack([1, 21, [["p", [""]]]]), "bad_field", "F7"),
+        ("peer-exchange-entry-3-items", "peers/1.1.0", pack([1, 21, [["p", ["/a"], 0]]]),
+         "bad_field", "F7"),
+        ("peer-exchange-addr-as-bin", "peers/1.1.0", pack([1, 21, [["p", [b"/a"]]]]), "bad_field",
+         "F7"),
+        ("peer-exchange-4-items", "peers/1.1.0", pack([1, 21, one, []]), "malformed", "F6"),
+        ("peer-exchange-array16", "peers/1.1.0", b"\x93\x01\x15" + peers_array16,
+         "non_canonical", "F8"),
+        ("peer-exchange-oversize", "peers/1.1.0", pack([1, 21, _peers_of_size(32_769, [1, 21])]),
+         "oversize", "F5"),
+        ("peer-exchange-legacy-on-1.1.0", "peers/1.1.0", pack([1, one]), "kind", "F4"),
+        ("peer-list-version-2", "peers/1.0.0", pack([2, one]), "version", "L3"),
+        ("peer-list-version-uint8", "peers/1.0.0", b"\x92\xcc\x01" + pack(one), "non_canonical",
+         "L5"),
+        ("peer-list-frame-21-on-1.0.0", "peers/1.0.0", pack([1, 21, one]), "malformed", "L2"),
+        ("peer-list-map", "peers/1.0.0", pack({"1": one}), "malformed", "L2"),
+        ("peer-list-33-peers", "peers/1.0.0", pack([1, one * 33]), "bad_field", "L4"),
+        ("peer-list-addr-as-bin", "peers/1.0.0", pack([1, [["p", [b"/a"]]]]), "bad_field", "L4"),
+        ("peer-list-oversize", "peers/1.0.0", pack([1, _peers_of_size(32_769, [1])]), "oversize",
+         "L1"),
+    ]
+    invalid = [{"name": n, "stream": stream, "bytes": b.hex(), "reason": r, "action": "reject",
+                "rule": rule} for n, stream, b, r, rule in bad]
+    return valid, invalid
+
+
+def cross_check_frames(doc: dict[str, Any]) -> None:
+    """The project's frame codec must produce and accept exactly the valid frames and refuse
+    the invalid ones with their reason."""
+    from neuroshard_p2p import wire  # noqa: E402
+
+    decoders = {None: wire.decode_frame, "sync": wire.decode_sync, "job": wire.decode_job_frame,
+                "peers/1.1.0": wire.decode_peer_exchange,
+                "peers/1.0.0": wire.decode_peer_exchange_legacy}
+    for v in doc["valid"]:
+        data = bytes.fromhex(v["bytes"])
+        if v["frame"] == "peer_exchange_legacy":
+            again = wire.encode_peer_exchange_legacy(wire.decode_peer_exchange_legacy(data))
+        elif v["frame"] == "peer_exchange":
+            again = wire.encode_peer_exchange(wire.decode_peer_exchange(data))
+        else:
+            again = wire.encode_frame(wire.decode_frame(data))
+        assert again == data, f"codec disagrees on frame {v['name']}"
+    for v in doc["invalid"]:
+        try:
+            decoders[v.get("stream")](bytes.fromhex(v["bytes"]))
+        except wire.WireError as error:
+            assert (error.reason, error.action) == (v["reason"], v["action"]), (v["name"], error)
+        else:
+            raise AssertionError(f"codec accepts invalid frame {v['name']}")
 
 
 def view_digests(wires: list[bytes]) -> tuple[list[bytes], bytes]:
@@ -490,6 +622,7 @@ def cross_check(docs: dict[str, Any]) -> None:
             assert (error.reason, error.action) == (v["reason"], v["action"]), (v["name"], error)
         else:
             raise AssertionError(f"codec accepts invalid vector {v['name']}")
+    cross_check_frames(docs["frames.json"])
 
 
 def main(argv: list[str]) -> int:
