@@ -80,6 +80,23 @@ async def test_five_nodes_agree_on_supply_demand_and_price_then_a_late_joiner_ca
         nursery.cancel_scope.cancel()
 
 
+async def test_nodes_find_each_other_through_a_node_that_speaks_only_the_old_peer_list(
+        tmp_path: Path) -> None:
+    """A first-release node serves and asks only `/peers/1.0.0`; new nodes that know only it
+    still learn of each other from its answer, and it reads theirs (protocol §11)."""
+    from neuroshard_p2p.node.peering import peers_protocols
+
+    old = Node(test_settings(tmp_path / "old"), private_key=make_key(1))
+    old.peering.protocols = peers_protocols(old.settings.network)[1:]  # what 066bf93 spoke
+    async with old, trio.open_nursery() as nursery:
+        entry = (old.addrs[0],)
+        new = [await start_node(nursery, test_settings(tmp_path / f"n{i}", bootstrap=entry),
+                                make_key(2 + i)) for i in range(2)]
+        await eventually(lambda: all(r.node.peer_count == 2 for r in new), 10,
+                         "the two new nodes, which knew only the old one, connected to each other")
+        nursery.cancel_scope.cancel()
+
+
 def TEST_MARKET_TARGET(supply: int, demand: int) -> int:
     from neuroshard_p2p.core.pricing import target_price_nano
 

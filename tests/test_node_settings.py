@@ -18,7 +18,8 @@ from neuroshard_p2p.node.datadir import (
     rotate_api_token,
     write_api_url,
 )
-from neuroshard_p2p.node.peering import decode_peers, encode_peers
+from neuroshard_p2p import wire
+from neuroshard_p2p.node.peering import dialable_entries
 from neuroshard_p2p.node.settings import NodeSettings, market_topic
 
 
@@ -106,21 +107,19 @@ def test_the_api_file_names_the_running_node(tmp_path: Path) -> None:
     assert read_api_url(tmp_path) is None
 
 
-def test_peer_exchange_frames_round_trip_and_junk_is_skipped() -> None:
-    import msgpack
+def test_peer_exchange_answers_keep_only_what_can_be_dialled() -> None:
     import multiaddr
     from libp2p.peer.id import ID
 
     peer = ID.from_base58(peer_id_of(b"\x02" + b"\x11" * 32))
     addr = multiaddr.Multiaddr("/ip4/10.0.0.1/tcp/4011")
-    data = encode_peers([(peer, [addr, multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/1")])])
-    assert decode_peers(data) == [(peer, [addr])]  # a wildcard address is never dialable
-    junk = msgpack.packb([1, [["not a peer id", ["/ip4/1.2.3.4/tcp/1"]], [str(peer), ["bogus"]],
-                              "not a pair", [str(peer), ["/ip4/10.0.0.2/tcp/2"]]]])
-    assert decode_peers(junk) == [(peer, [multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/2")])]
-    for bad in (b"", b"\xc1", msgpack.packb([2, []]), msgpack.packb({"a": 1})):
-        with pytest.raises(ValueError):
-            decode_peers(bad)
+    data = wire.encode_peer_exchange([(str(peer), [str(addr), "/ip4/0.0.0.0/tcp/1"])])
+    # a wildcard address is never dialable
+    assert dialable_entries(wire.decode_peer_exchange(data)) == [(peer, [addr])]
+    junk = [("not a peer id", ["/ip4/1.2.3.4/tcp/1"]), (str(peer), ["bogus"]),
+            (str(peer), ["/ip6/::/tcp/3"]), (str(peer), ["/ip4/10.0.0.2/tcp/2"])]
+    legacy = wire.decode_peer_exchange_legacy(wire.encode_peer_exchange_legacy(junk))
+    assert dialable_entries(legacy) == [(peer, [multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/2")])]
 
 
 def test_a_network_failure_is_described_by_its_most_specific_cause() -> None:

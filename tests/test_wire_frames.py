@@ -443,26 +443,23 @@ def test_encoders_refuse_frames_of_other_streams() -> None:
 
 # --- old and new nodes on one network -------------------------------------------------------------
 
-def _libp2p_entries(count: int) -> list[tuple[Any, list[Any]]]:
-    import multiaddr
-    from libp2p.peer.id import ID
-
-    from neuroshard_p2p.identity import peer_id_of
-
-    return [(ID.from_base58(peer_id_of(bytes([2]) + bytes([i + 1]) * 32)),
-             [multiaddr.Multiaddr(f"/ip4/10.0.{i}.{a}/tcp/{4000 + a}") for a in range(1, 4)])
-            for i in range(count)]
+#: What a node of the first release (066bf93, `node/host.py` `encode_peers`) answered on
+#: `/peers/1.0.0` for two peers with two addresses each: frozen, since that code is gone.
+OLD_NODE_PEER_LIST = bytes.fromhex(
+    "92019292d93531365569753248416b7556624777483752354773595142545a573469374372774c787a6851427472"
+    "4b6866785279587533546a4e6792b62f6970342f31302e302e302e312f7463702f34303031b62f6970342f31302e"
+    "302e302e322f7463702f3430303292d93531365569753248416b755a5761356161526661416d59476934774e3332"
+    "566a6937443975627278593947356436327577654434685092b62f6970342f31302e302e312e312f7463702f3430"
+    "3031b62f6970342f31302e302e312e322f7463702f34303032")
 
 
 def test_a_new_node_reads_an_old_nodes_peer_list_and_the_other_way_round() -> None:
-    """The 1.0.0 layout is the one node/host.py's `encode_peers` / `decode_peers` speak (the
-    code old nodes run): each side reads the other's bytes to the same peers."""
-    from neuroshard_p2p.node.host import decode_peers, encode_peers
+    """An old node's 1.0.0 answer decodes to its peers, and the legacy encoder writes exactly the
+    bytes the old node wrote (so an old node reads a new node's 1.0.0 answer as its own)."""
+    from neuroshard_p2p.identity import peer_id_of
 
-    entries = _libp2p_entries(32)
-    old_bytes = encode_peers(entries)
-    as_text = [(str(peer), [str(a) for a in addrs]) for peer, addrs in entries]
-    assert wire.decode_peer_exchange_legacy(old_bytes) == as_text
-    assert wire.encode_peer_exchange_legacy(as_text) == old_bytes
-    assert decode_peers(wire.encode_peer_exchange_legacy(as_text)) == entries
-    assert wire.decode_peer_exchange_legacy(encode_peers([])) == []
+    entries = [(peer_id_of(bytes([2]) + bytes([i + 1]) * 32),
+                [f"/ip4/10.0.{i}.{a}/tcp/{4000 + a}" for a in range(1, 3)]) for i in range(2)]
+    assert wire.decode_peer_exchange_legacy(OLD_NODE_PEER_LIST) == entries
+    assert wire.encode_peer_exchange_legacy(entries) == OLD_NODE_PEER_LIST
+    assert wire.encode_peer_exchange_legacy([]) == bytes([0x92, 0x01, 0x90])

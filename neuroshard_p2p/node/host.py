@@ -19,7 +19,7 @@ Protocols (besides gossipsub and libp2p's own identify/ping):
   announcement of the buckets that differ, then closes. Frames are uvarint length-prefixed
   (wire/framing.py). Both sides of every new connection pull, and every `sync_interval_s` a node
   pulls from one random peer, so a late joiner holds the same view within a round trip.
-- `/neuroshard/<network>/peers/1.0.0` — peer exchange (`node/peering.py`).
+- `/neuroshard/<network>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
 - `/neuroshard/<network>/job/1.0.0` — a job from a gateway to the provider it matched, and the
   provider's signed receipt (`node/job_service.py`, protocol §9).
 
@@ -76,7 +76,7 @@ from neuroshard_p2p.node.libp2p_compat import (
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
-from neuroshard_p2p.wire.codec import MAX_FRAME_SIZE
+from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE
 

@@ -6,23 +6,22 @@ its tasks in the node's nursery:
 - **Bootstrap:** every configured bootstrap peer has a task that stays connected to it while the
   node has fewer than `target_peers` connections, dialing with exponential back-off and saying why
   each attempt failed; after reaching one it asks it for peers.
-- **Peer exchange** on `/neuroshard/<network>/peers/1.0.0`: the dialer sends nothing; the listener
-  answers one frame, msgpack `[1, [[peer_id, [multiaddr, ...]], ...]]` with up to 32 of its
-  connected peers and their listen addresses, then closes. A node below `target_peers` asks a
+- **Peer exchange** (protocol §10): the dialer sends nothing; the listener answers one frame with
+  up to 32 of its connected peers and their listen addresses, then closes. A node serves both
+  `/neuroshard/<network>/peers/1.1.0` (frame 21) and `/peers/1.0.0` (the version-1.0 list, for
+  nodes that predate frame 21) and asks for 1.1.0 first. A node below `target_peers` asks a
   random peer every `peer_exchange_interval_s` and dials peers it does not know yet. Addresses
-  are hints: dialing checks the peer id (noise handshake).
-
-The frame functions (`encode_peers`, `decode_peers`) are self-contained, so they can be swapped
-for the wire layer's without touching the rest.
+  are hints: dialing checks the peer id (noise handshake). The frames are the wire layer's
+  (`wire.encode_peer_exchange` and friends); this module turns their texts into peer ids and
+  multiaddrs and skips entries that do not parse or cannot be dialled.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Sequence
+from typing import Any
 
-import msgpack
 import multiaddr
 import trio
 
@@ -37,21 +36,19 @@ from neuroshard_p2p.node.errors import NodeError
 from neuroshard_p2p.node.libp2p_compat import allow_redial
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
+from neuroshard_p2p.wire import (PEERS_MAX_FRAME, decode_peer_exchange, decode_peer_exchange_legacy,
+                                 encode_peer_exchange, encode_peer_exchange_legacy,
+                                 fit_peer_exchange)
 from neuroshard_p2p.wire.framing import length_prefixed
 
 log = logging.getLogger("neuroshard.node")
 
-PEERS_VERSION = 1
-#: At most this many peers, addresses per peer and bytes per address in a peer-exchange answer.
-PEERS_MAX_ENTRIES = 32
-PEERS_MAX_ADDRS = 8
-PEERS_MAX_ADDR_LEN = 256
-PEERS_MAX_FRAME = 32 * 1024
 
-
-def peers_protocol(network: str) -> TProtocol:
-    """The peer-exchange protocol of a network."""
-    return TProtocol(f"/neuroshard/{network}/peers/1.0.0")
+def peers_protocols(network: str) -> tuple[TProtocol, TProtocol]:
+    """The peer-exchange protocols of a network, preferred first: 1.1.0 (frame 21) and the
+    version-1.0 list that older nodes speak."""
+    return (TProtocol(f"/neuroshard/{network}/peers/1.1.0"),
+            TProtocol(f"/neuroshard/{network}/peers/1.0.0"))
 
 
 class Peering:
@@ -60,7 +57,11 @@ class Peering:
     def __init__(self, settings: NodeSettings, counters: NodeCounters) -> None:
         self.settings = settings
         self.counters = counters
-        self.protocol = peers_protocol(settings.network)
+        self.protocols = peers_protocols(settings.network)
+        new, legacy = self.protocols
+        #: How each protocol's answer is written and read.
+        self.codecs = {new: (encode_peer_exchange, decode_peer_exchange),
+                       legacy: (encode_peer_exchange_legacy, decode_peer_exchange_legacy)}
         #: Parsed when the node is built, so a bad address is a ConfigError before anything runs.
         self.bootstrap = [(parse_peer_addr(a, "bootstrap"), a) for a in settings.bootstrap]
         self.host: Any = None
@@ -68,7 +69,8 @@ class Peering:
     def attach(self, host: Any) -> None:
         """Serve peer exchange on `host` (before the node's tasks start)."""
         self.host = host
-        host.set_stream_handler(self.protocol, self._serve_peers)
+        for protocol in self.protocols:
+            host.set_stream_handler(protocol, self._serve_peers)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the peer-exchange loop and one dialer per bootstrap peer in the node's nursery."""
@@ -151,10 +153,10 @@ class Peering:
         stream: INetStream | None = None
         try:
             with trio.fail_after(self.settings.stream_timeout_s):
-                stream = await self.host.new_stream(peer, [self.protocol])
+                stream = await self.host.new_stream(peer, list(self.protocols))
                 frame = await FrameStream(stream, PEERS_MAX_FRAME).next()
                 await stream.close()
-            entries = decode_peers(frame) if frame is not None else []
+            entries = self._decode(stream.get_protocol(), frame) if frame is not None else []
         except Exception as exc:  # noqa: BLE001
             if stream is not None:
                 await reset_quietly(stream)
@@ -175,23 +177,28 @@ class Peering:
                 log.debug("peer %s from exchange unreachable: %s", short_id(peer_id), exc)
         return dialed
 
+    def _decode(self, protocol: Any, frame: bytes) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:
+        """Decode an answer in the layout of the protocol the stream agreed on."""
+        return dialable_entries(self.codecs[protocol][1](frame))
+
     async def _serve_peers(self, stream: INetStream) -> None:
         asker = stream.muxed_conn.peer_id
         try:
             store = self.host.get_peerstore()
-            entries: list[tuple[ID, list[multiaddr.Multiaddr]]] = []
+            entries: list[tuple[str, list[str]]] = []
             for peer in self.host.get_connected_peers():
                 if peer == asker:
                     continue
                 try:
-                    addrs = [a for a in store.addrs(peer) if dialable(a)]
+                    addrs = [str(a) for a in store.addrs(peer) if dialable(a)]
                 except Exception:  # noqa: BLE001
                     continue
-                if addrs:
-                    entries.append((peer, addrs))
+                entries.append((peer.to_base58(), addrs))
             random.shuffle(entries)
+            fitted = fit_peer_exchange(entries)
+            encode = self.codecs[stream.get_protocol()][0]
             with trio.fail_after(self.settings.stream_timeout_s):
-                await stream.write(length_prefixed(encode_peers(entries[:PEERS_MAX_ENTRIES])))
+                await stream.write(length_prefixed(encode(fitted)))
                 await stream.close()
         except Exception as exc:  # noqa: BLE001
             log.debug("peer exchange with %s failed: %s", short_id(asker), failure_reason(exc))
@@ -227,38 +234,18 @@ class ConnectionWatcher(INotifee):
 
 
 # ---------------------------------------------------------------------------------------------
-# Peer exchange frames
+# Peer exchange answers
 
 
-def encode_peers(entries: Sequence[tuple[ID, Sequence[multiaddr.Multiaddr]]]) -> bytes:
-    """`[1, [[peer_id, [addr, ...]], ...]]` as msgpack, within the frame limits."""
-    items = []
-    for peer, addrs in entries[:PEERS_MAX_ENTRIES]:
-        texts = [str(a) for a in addrs if len(str(a)) <= PEERS_MAX_ADDR_LEN][:PEERS_MAX_ADDRS]
-        if texts:
-            items.append([str(peer), texts])
-    return bytes(msgpack.packb([PEERS_VERSION, items], use_bin_type=True))
-
-
-def decode_peers(data: bytes) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:
-    """Parse a peer-exchange answer; entries that do not parse are skipped, a frame that is not
-    one raises ValueError."""
-    try:
-        value = msgpack.unpackb(data, raw=False, max_array_len=PEERS_MAX_ENTRIES + 2,
-                                max_str_len=PEERS_MAX_ADDR_LEN, max_bin_len=0, max_map_len=0,
-                                max_ext_len=0)
-    except Exception as exc:  # noqa: BLE001 - msgpack raises many types
-        raise ValueError(f"peer list is not msgpack: {exc}") from None
-    if not (isinstance(value, list) and len(value) == 2 and value[0] == PEERS_VERSION
-            and isinstance(value[1], list)):
-        raise ValueError("peer list must be [1, [[peer_id, [addr, ...]], ...]]")
+def dialable_entries(entries: list[tuple[str, list[str]]]) -> list[tuple[ID, list[multiaddr.Multiaddr]]]:
+    """The entries of a decoded peer-exchange frame that can be dialled: a peer id that parses,
+    with at least one address that parses and is dialable; the rest are skipped (addresses are
+    hints, §10)."""
     result = []
-    for item in value[1][:PEERS_MAX_ENTRIES]:
+    for peer_text, addr_texts in entries:
         try:
-            peer_text, addr_texts = item
             peer = ID.from_base58(peer_text)
-            addrs = [multiaddr.Multiaddr(a) for a in addr_texts[:PEERS_MAX_ADDRS]]
-            addrs = [a for a in addrs if dialable(a)]
+            addrs = [a for a in map(multiaddr.Multiaddr, addr_texts) if dialable(a)]
         except Exception:  # noqa: BLE001 - skip what does not parse
             continue
         if addrs:
@@ -306,5 +293,5 @@ def short_id(peer: Any) -> str:
     return text[:8] + "…" + text[-6:] if len(text) > 16 else text
 
 
-__all__ = ["Peering", "ConnectionWatcher", "peers_protocol", "encode_peers", "decode_peers",
+__all__ = ["Peering", "ConnectionWatcher", "peers_protocols", "dialable_entries",
            "dialable", "parse_listen_addr", "parse_peer_addr", "short_id"]

@@ -383,15 +383,6 @@ def with_fields(message: Message, **changes: Any) -> Message:
     return dataclasses.replace(message, **changes, signature=b"", wire=b"", msg_id=b"")
 
 
-def __getattr__(name: str) -> Any:
-    """`MAX_FRAME_SIZE` moved to `wire.frames`; node/host.py still imports it from here until
-    it switches over (then remove this)."""
-    if name == "MAX_FRAME_SIZE":
-        from neuroshard_p2p.wire import frames
-        return frames.MAX_FRAME_SIZE
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "encode", "decode", "decode_unchecked_time", "sign", "body_of", "message_id",
     "check_freshness", "public_key_of", "with_fields", "MAX_SIZE", "MAX_STR", "MAX_PROMPT",
