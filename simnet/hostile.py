@@ -23,6 +23,7 @@ import coincurve
 import msgpack
 
 from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire import Announcement, encode
 
 from simnet.scenario import HOSTILE_KINDS
@@ -56,7 +57,7 @@ class HostileCrafter:
               honest_signers: Sequence[bytes]) -> bytes:
         """One message of `kind` at `now`. `captured` are honest wire messages seen so far (for
         replays), `honest_signers` public keys to impersonate (for forgeries)."""
-        now_ms = int(now * 1000)
+        now_ms = ms_of(now)
         self._seq += 1
         self.sent += 1
         if kind == "replayed" and captured:

@@ -40,6 +40,7 @@ import trio
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import to_nano
+from neuroshard_p2p.timeline import seconds_of
 from neuroshard_p2p.node.settings import NodeSettings
 
 from simnet.hostile import HostileCrafter
@@ -316,7 +317,7 @@ class RealNetwork:
             for p in chosen:
                 own = p.node.engine.view.current(p.node.engine.signer)
                 if own is not None and (own.tokens_per_second > 0 or own.pending_tokens > 0):
-                    last.append(own.issued_at_ms / 1000 - self._epoch0)
+                    last.append(seconds_of(own.issued_at_ms) - self._epoch0)
             info = {"peers": [p.index for p in chosen],
                     "capacity_removed": sum(p.capacity for p in chosen),
                     "demand_removed": sum(p.demand for p in chosen),

@@ -57,6 +57,7 @@ from neuroshard_p2p.api.readout import NodeReadout, read_node
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import from_nano
+from neuroshard_p2p.timeline import seconds_of
 
 if TYPE_CHECKING:  # types only: the app reads and calls the node it is handed
     from neuroshard_p2p.ledger import AsyncLedger
@@ -260,7 +261,7 @@ class Api:
                         "tokens_per_second": o.tokens_per_second,
                         "min_price": from_nano(o.min_price_nano),
                         "min_price_nano": o.min_price_nano,
-                        "issued_at": o.issued_at_ms / 1000} for o in offers]})
+                        "issued_at": seconds_of(o.issued_at_ms)} for o in offers]})
 
     async def peers(self, request: Request) -> Response:
         _no_query(request)

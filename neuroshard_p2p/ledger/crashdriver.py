@@ -27,6 +27,7 @@ from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.ledger.checks import REPLAY, LedgerError, MatchedJob
 from neuroshard_p2p.ledger.store import Ledger
+from neuroshard_p2p.timeline import ms_of
 
 GATEWAY_KEY = coincurve.PrivateKey((1).to_bytes(32, "big"))
 PROVIDER_KEY = coincurve.PrivateKey((2).to_bytes(32, "big"))
@@ -40,7 +41,7 @@ CONFIG = MarketConfig(max_tokens_per_minute=10**15)
 def signed_receipt(request_id: str, user: str, tokens: int, price_nano: int,
                    now: float) -> wire.Receipt:
     """A receipt from the test provider for the test gateway's job."""
-    now_ms = int(now * 1000)
+    now_ms = ms_of(now)
     receipt = wire.Receipt(
         signer=wire.public_key_of(PROVIDER_KEY), issued_at_ms=now_ms, request_id=request_id,
         gateway=wire.public_key_of(GATEWAY_KEY), user=user, tokens_served=tokens,

@@ -39,6 +39,7 @@ from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import public_key_from_peer_id
+from neuroshard_p2p.timeline import seconds_of
 from neuroshard_p2p.ledger import AsyncLedger, LedgerError, MatchedJob, check_receipt
 from neuroshard_p2p.node.backends import (
     BackendError,
@@ -532,7 +533,7 @@ class JobService:
     async def _serve_admitted(self, stream: Any, job: Job, tokens_per_second: int) -> None:
         margin = min(2.0, 0.05 * self.config.claim_timeout_s)
         now = self.clock()
-        serve_by = trio.current_time() + (job.issued_at_ms / 1000
+        serve_by = trio.current_time() + (seconds_of(job.issued_at_ms)
                                           + self.config.claim_timeout_s - margin - now)
         if isinstance(self.backend, SyntheticBackend):
             self.backend.set_rate(tokens_per_second)

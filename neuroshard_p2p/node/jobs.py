@@ -46,6 +46,7 @@ from neuroshard_p2p.core.book import (
 )
 from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import MarketView, ms_of
 from neuroshard_p2p.view import Offer as ViewOffer
 from neuroshard_p2p.wire import MAX_DETAIL, TIERS, Job, JobDeclined, Receipt, clip_utf8
@@ -166,9 +167,9 @@ class ProviderDesk:
                     now: float) -> Receipt:
         """The (unsigned) receipt for what this provider served of `job`: tokens never above the
         tokens requested, times in ms, issued at `now` (not before it ended)."""
-        started_ms = int(started_at * 1000)
-        ended_ms = max(started_ms, int(ended_at * 1000))
-        issued_ms = max(ended_ms, int(now * 1000))
+        started_ms = ms_of(started_at)
+        ended_ms = max(started_ms, ms_of(ended_at))
+        issued_ms = max(ended_ms, ms_of(now))
         return Receipt(signer=self.provider_key, issued_at_ms=issued_ms,
                        request_id=job.request_id, gateway=job.signer, user=job.user,
                        tokens_served=max(0, min(tokens_served, job.tokens)),
@@ -475,7 +476,7 @@ class GatewayDesk:
             if self._set_aside.get(peer_id, -math.inf) > now:
                 continue
             offers.append(Offer(peer_id, offer.tokens_per_second, offer.min_price_nano,
-                                offer.issued_at_ms / 1000))
+                                seconds_of(offer.issued_at_ms)))
         for peer_id in [p for p, until in self._set_aside.items() if until <= now]:
             del self._set_aside[peer_id]
         self.book.set_offers(offers, now)
@@ -498,7 +499,7 @@ class GatewayDesk:
         extra.attempts += 1
         extra.attempt = extra.attempts
         extra.provider_key = self._keys[match.node_id]
-        job = Job(signer=self.gateway_key, issued_at_ms=int(now * 1000),
+        job = Job(signer=self.gateway_key, issued_at_ms=ms_of(now),
                   request_id=match.request_id, user=record.user, provider=extra.provider_key,
                   tokens=match.tokens, max_price_nano=record.max_price_nano,
                   locked_price_nano=match.locked_price_nano, tier=TIERS.index(record.tier),

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from typing import Any
 
 import coincurve
 import msgpack  # type: ignore[import-untyped]
 from coincurve.ecdsa import cdata_to_der, der_to_cdata, serialize_compact
 
+from neuroshard_p2p.timeline import ms_of, seconds_of, whole_ms
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
 from neuroshard_p2p.wire.messages import (
     KIND_ANNOUNCEMENT,
@@ -57,8 +57,8 @@ MAX_ANY_SIZE = max(MAX_SIZE.values())
 #: Freshness window around the receiver's clock (issued_at may be at most this old / this early).
 MAX_AGE_S = 300.0
 MAX_FUTURE_S = 30.0
-_MAX_AGE_MS = int(MAX_AGE_S * 1000)
-_MAX_FUTURE_MS = int(MAX_FUTURE_S * 1000)
+_MAX_AGE_MS = whole_ms(MAX_AGE_S, "MAX_AGE_S")
+_MAX_FUTURE_MS = whole_ms(MAX_FUTURE_S, "MAX_FUTURE_S")
 
 # Per kind: the body fields after the common header, with their type and range.
 _INT, _PUBKEY, _STR, _PROMPT = "int", "pubkey", "str", "prompt"
@@ -160,18 +160,16 @@ def check_freshness(issued_at_ms: int, now: float) -> None:
     age_ms = now_ms - issued_at_ms
     if age_ms > _MAX_AGE_MS:
         raise WireError("stale", IGNORE,
-                        f"timestamp {age_ms / 1000:.0f} s in the past (limit {MAX_AGE_S:.0f} s)")
+                        f"timestamp {seconds_of(age_ms):.0f} s in the past (limit {MAX_AGE_S:.0f} s)")
     if -age_ms > _MAX_FUTURE_MS:
         raise WireError("future", REJECT,
-                        f"timestamp {-age_ms / 1000:.0f} s in the future (limit {MAX_FUTURE_S:.0f} s)")
+                        f"timestamp {seconds_of(-age_ms):.0f} s in the future (limit {MAX_FUTURE_S:.0f} s)")
 
 
 def _now_ms(now: float) -> int:
-    """The receiver's clock in integer milliseconds, the unit every time rule works in. Rounded
-    to the nearest millisecond so that `ms / 1000` given as `now` means exactly `ms`."""
-    if not math.isfinite(now):
-        raise ValueError(f"now must be a finite number of seconds, got {now!r}")
-    return round(now * 1000)
+    """The receiver's clock in integer milliseconds, the unit every time rule works in
+    (`timeline.ms_of`: the nearest millisecond; a non-finite `now` is a ValueError)."""
+    return ms_of(now)
 
 
 def _decode(data: Any, msg_id: bytes | None) -> Message:
