@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from neuroshard_p2p.timeline import whole_ms
+
 CURVES = ("seed", "normalized")
 DEFAULT_WINDOW_TICKS = 32   # 0.7^32 ≈ 1e-5: the EMA has forgotten where the window started
 MAX_WINDOW_TICKS = 4096
@@ -73,9 +75,10 @@ class MarketConfig:
         need(self.capacity_timeout_s > 0, "capacity_timeout_s must be > 0")
         # The merged view works on the signed timeline's integer milliseconds.
         for name in ("tick_s", "settle_delay_s", "capacity_timeout_s"):
-            ms = getattr(self, name) * 1000
-            need(abs(ms - round(ms)) <= 1e-6 * max(1.0, abs(ms)),
-                 f"{name} must be a whole number of milliseconds, got {getattr(self, name)!r} s")
+            try:
+                whole_ms(getattr(self, name), name)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         need(self.tick_s >= 0.001, "tick_s must be at least 1 ms")
         need(self.claim_timeout_s > 0, "claim_timeout_s must be > 0")
         need(self.request_expiry_s > 0, "request_expiry_s must be > 0")
