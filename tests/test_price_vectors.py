@@ -85,3 +85,11 @@ def test_clock_to_tick(entry: dict[str, Any]) -> None:
     view = view_with_vector_announcements()
     assert view.price_at(entry["now_s"]).tick == entry["tick"]
     assert entry["now_ms"] // view.tick_ms == entry["tick"]
+
+
+def test_keep_is_computed_on_integer_ms() -> None:
+    """§7.1: keep = W + ⌈settle / tick⌉ + 8 on integer ms. In float seconds 1.1 / 0.1 is
+    11.000000000000002, and its ceiling (12) would retain one announcement more than peers."""
+    c = MarketConfig(settle_delay_s=1.1, tick_s=0.1)
+    assert MarketView(c).max_per_signer == c.window_ticks + 11 + 8 == 51
+    assert MarketView(MarketConfig()).max_per_signer == 42
