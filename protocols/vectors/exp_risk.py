@@ -89,5 +89,43 @@ def main(n: int) -> None:
               f"exp one ulp low {counts['down']}, one ulp high {counts['up']}")
 
 
+def screened(n: int) -> None:
+    """Many more states, cheaply: only states whose price·1e9 (with math.exp) lies within 1e-6
+    of a half can change their integer by an ulp of exp (an ulp moves it by ~1e-7), so only
+    those are checked against the correctly rounded exp."""
+    rng = random.Random(20260102)
+    near = 0
+    differ = {curve: 0 for curve in ("seed", "normalized")}
+    for _ in range(n):
+        supply = rng.randint(1, 1_000_000)
+        demand = rng.randint(0, int(4 * TARGET_RESPONSE_S) * supply - 1)
+        u = (demand / TARGET_RESPONSE_S) / supply
+        z = -STEEPNESS * (u - 1.0)
+        s = 1.0 / (1.0 + math.exp(z))
+        for curve in differ:
+            v = s
+            if curve == "normalized":
+                s0 = 1.0 / (1.0 + E3)
+                v = (s - s0) / (1.0 - s0)
+            x = min(P_MAX, max(P_MIN, P_MIN + (P_MAX - P_MIN) * v)) * 1e9
+            if abs(x - math.floor(x) - 0.5) > 1e-6:
+                continue
+            near += 1
+            exact = exp_correct(z)
+            reference = target_nano(supply, demand, curve, lambda w: exact if w == z else E3)
+            for value in (math.exp(z), math.nextafter(exact, -math.inf),
+                          math.nextafter(exact, math.inf)):
+                if target_nano(supply, demand, curve,
+                               lambda w: value if w == z else E3) != reference:
+                    differ[curve] += 1
+                    break
+    print(f"screened {n} states: {near} (state, curve) pairs within 1e-6 of a half; the price "
+          f"moves with exp's last bit (math.exp or ±1 ulp) in {differ}")
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    E3 = exp_correct(STEEPNESS)
+    if len(sys.argv) > 1 and sys.argv[1] == "--screened":
+        screened(int(sys.argv[2]) if len(sys.argv) > 2 else 10_000_000)
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
