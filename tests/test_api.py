@@ -35,6 +35,11 @@ SEED_CURL_REGISTER = ("curl -X POST http://localhost:8000/api/market/register "
                       "-d '{\"tokens_per_second\": 1000, \"min_price\": 0.0}'")
 SEED_CURL_WITHDRAW = "curl -X POST http://localhost:8000/api/market/withdraw"
 
+#: The API market's tick and settle delay in ms: a response's `evaluated_at_ms` is
+#: tick × TICK_MS − SETTLE_MS (protocol §7.4).
+TICK_MS = round(API_MARKET.tick_s * 1000)
+SETTLE_MS = round(API_MARKET.settle_delay_s * 1000)
+
 SEED_MARKET_FIELDS = ("enabled", "mode", "current_price", "supply_tokens_per_sec",
                       "demand_tokens_waiting", "utilization", "pending_requests", "available_nodes",
                       "avg_price_24h")
@@ -104,7 +109,6 @@ async def test_market_fields_describe_one_instant(tmp_path: Path) -> None:
     while the supply changes, every response's target is the curve's price of that response's
     own supply and demand (read at `now`, the supply would run ahead of the target for one
     settle delay, and this would fail)."""
-    tick_ms, settle_ms = round(API_MARKET.tick_s * 1000), round(API_MARKET.settle_delay_s * 1000)
     async with api_node(tmp_path / "a", 3) as api:
         api.node.set_demand(30_000, 3)
         responses: list[dict[str, Any]] = []
@@ -124,7 +128,7 @@ async def test_market_fields_describe_one_instant(tmp_path: Path) -> None:
         changes = [i for i in range(1, len(responses)) if supplies[i] != supplies[i - 1]]
         assert [supplies[i] for i in changes] == [1000, 1500]
         for market in responses:
-            assert market["evaluated_at_ms"] == market["tick"] * tick_ms - settle_ms
+            assert market["evaluated_at_ms"] == market["tick"] * TICK_MS - SETTLE_MS
             assert market["target_price_nano"] == target_price_nano(
                 market["supply_tokens_per_sec"], market["demand_tokens_waiting"], API_MARKET)
         # The responses where the supply changed show the new supply with its own target.
@@ -152,8 +156,7 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
         snapshot = node.engine.stats(market["now"])
         assert (market["tick"], market["current_price_nano"], market["target_price_nano"]) == (
             snapshot.tick, snapshot.price_nano, snapshot.target_price_nano)
-        tick_ms, settle_ms = round(API_MARKET.tick_s * 1000), round(API_MARKET.settle_delay_s * 1000)
-        assert market["evaluated_at_ms"] == market["tick"] * tick_ms - settle_ms
+        assert market["evaluated_at_ms"] == market["tick"] * TICK_MS - SETTLE_MS
         assert market["current_price"] == from_nano(market["current_price_nano"])
         assert market["price_level"] == expected_level(market["current_price"], 0.01, 1.0) == "low"
         # ?at= evaluates another instant: the same answer the engine gives for it.
