@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from neuroshard_p2p import __version__
 from neuroshard_p2p.api.inputs import MAX_BODY_BYTES
+from neuroshard_p2p.core.pricing import target_price_nano
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import from_nano, settle_amounts
 from neuroshard_p2p.node.datadir import rotate_api_token
@@ -33,6 +34,11 @@ SEED_CURL_REGISTER = ("curl -X POST http://localhost:8000/api/market/register "
                       "-H \"Content-Type: application/json\" "
                       "-d '{\"tokens_per_second\": 1000, \"min_price\": 0.0}'")
 SEED_CURL_WITHDRAW = "curl -X POST http://localhost:8000/api/market/withdraw"
+
+#: The API market's tick and settle delay in ms: a response's `evaluated_at_ms` is
+#: tick × TICK_MS − SETTLE_MS (protocol §7.4).
+TICK_MS = round(API_MARKET.tick_s * 1000)
+SETTLE_MS = round(API_MARKET.settle_delay_s * 1000)
 
 SEED_MARKET_FIELDS = ("enabled", "mode", "current_price", "supply_tokens_per_sec",
                       "demand_tokens_waiting", "utilization", "pending_requests", "available_nodes",
@@ -98,6 +104,42 @@ async def test_the_seeds_three_curl_calls_verbatim(tmp_path: Path) -> None:
         assert api.node.engine.offer.tokens_per_second == 0
 
 
+async def test_market_fields_describe_one_instant(tmp_path: Path) -> None:
+    """Supply, demand and target come from the same instant, the response's `evaluated_at_ms`:
+    while the supply changes, every response's target is the curve's price of that response's
+    own supply and demand (read at `now`, the supply would run ahead of the target for one
+    settle delay, and this would fail)."""
+    async with api_node(tmp_path / "a", 3) as api:
+        api.node.set_demand(30_000, 3)
+        responses: list[dict[str, Any]] = []
+
+        async def supply_reached(supply: int) -> bool:
+            market = await api.market()
+            responses.append(market)
+            return market["supply_tokens_per_sec"] == supply
+
+        for supply in (1000, 1500):
+            registered = await api.post("/api/market/register", headers=api.auth,
+                                        json={"tokens_per_second": supply, "min_price": 0.0})
+            assert registered.status_code == 200, registered.text
+            await eventually(lambda: supply_reached(supply), 10, f"supply {supply} counts",
+                             interval=0.02)
+        supplies = [m["supply_tokens_per_sec"] for m in responses]
+        changes = [i for i in range(1, len(responses)) if supplies[i] != supplies[i - 1]]
+        assert [supplies[i] for i in changes] == [1000, 1500]
+        for market in responses:
+            assert market["evaluated_at_ms"] == market["tick"] * TICK_MS - SETTLE_MS
+            assert market["target_price_nano"] == target_price_nano(
+                market["supply_tokens_per_sec"], market["demand_tokens_waiting"], API_MARKET)
+        # The responses where the supply changed show the new supply with its own target.
+        for i in changes:
+            market = responses[i]
+            assert market["demand_tokens_waiting"] == 30_000
+            assert market["target_price_nano"] == target_price_nano(supplies[i], 30_000,
+                                                                    API_MARKET)
+            assert market["target_price_nano"] != responses[i - 1]["target_price_nano"]
+
+
 async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
     async with api_node(tmp_path / "a", 2) as api:
         node = api.node
@@ -114,6 +156,7 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
         snapshot = node.engine.stats(market["now"])
         assert (market["tick"], market["current_price_nano"], market["target_price_nano"]) == (
             snapshot.tick, snapshot.price_nano, snapshot.target_price_nano)
+        assert market["evaluated_at_ms"] == market["tick"] * TICK_MS - SETTLE_MS
         assert market["current_price"] == from_nano(market["current_price_nano"])
         assert market["price_level"] == expected_level(market["current_price"], 0.01, 1.0) == "low"
         # ?at= evaluates another instant: the same answer the engine gives for it.

@@ -44,7 +44,8 @@ class NodeCollector(Collector):
         yield gauge("market_price_nano", "Smoothed market price, nano-NEURO per 1M tokens.",
                     r.price_nano)
         yield gauge("market_target_price_nano",
-                    "Unsmoothed price of the current supply and demand, nano-NEURO per 1M tokens.",
+                    "Unsmoothed price of the supply and demand at the tick's evaluation instant, "
+                    "nano-NEURO per 1M tokens.",
                     r.target_price_nano)
         yield gauge("market_min_price_nano", "Lowest price of the curve, nano-NEURO per 1M tokens.",
                     r.min_price_nano)

@@ -47,6 +47,10 @@ class NodeReadout:
     enabled: bool
     mode: str
     tick: int
+    #: The instant (ms of the signed timeline) the market fields are read at: the evaluation
+    #: instant of `tick`, tick·tick_ms − settle_delay (protocol §7.4). Supply, demand, pending
+    #: requests, available nodes, utilization, target and price all describe this one instant.
+    evaluated_at_ms: int
     price_nano: int
     target_price_nano: int
     min_price_nano: int
@@ -72,7 +76,8 @@ class NodeReadout:
 
     def market_json(self) -> dict[str, Any]:
         """`GET /api/market`: the seed's fields first, in NEURO per 1M tokens as the seed had
-        them, then the exact nano-NEURO values and what the dashboard needs."""
+        them, then the exact nano-NEURO values and what the dashboard needs. The market fields
+        are read at `evaluated_at_ms`; `now` is the time of the request."""
         return {
             "enabled": self.enabled,
             "mode": self.mode,
@@ -87,6 +92,7 @@ class NodeReadout:
                               else from_nano(self.avg_price_24h_nano)),
             "target_price": from_nano(self.target_price_nano),
             "tick": self.tick,
+            "evaluated_at_ms": self.evaluated_at_ms,
             "network": self.network,
             "current_price_nano": self.price_nano,
             "target_price_nano": self.target_price_nano,
@@ -106,7 +112,14 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
     """Read `node` at `now` (only reads). The 24 h average comes from `history` (None when
     nothing was recorded yet), ledger totals from the caller (reading them touches the disk, so
     the async caller fetches them in a worker thread first)."""
-    snapshot = node.stats(now)
+    # One instant for every market field: the evaluation instant of the tick `now` falls in,
+    # which is what that tick's target and price are computed from. (Totals read at `now` itself
+    # would sit beside a target of 2 s earlier: supply 1,500 next to the target of supply 1,000.)
+    view = node.engine.view
+    tick = node.engine.tick_of(now)
+    evaluated_at_ms = view.evaluation_ms(tick)
+    totals = view.stats_at_ms(evaluated_at_ms)
+    price = view.price_at_tick(tick)
     config = node.settings.market
     requests: Counter[str] = Counter(node.jobs.count_by_state())
     # Requests still in the engine's queue (not yet taken by the jobs layer) are pending too.
@@ -118,17 +131,18 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         network=node.settings.network,
         enabled=True,
         mode=config.mode,
-        tick=snapshot.tick,
-        price_nano=snapshot.price_nano,
-        target_price_nano=snapshot.target_price_nano,
+        tick=tick,
+        evaluated_at_ms=evaluated_at_ms,
+        price_nano=price.price_nano,
+        target_price_nano=price.target_nano,
         min_price_nano=to_nano(config.min_price),
         max_price_nano=to_nano(config.max_price),
         avg_price_24h_nano=None if history is None else history.average(COARSE_WINDOW_S, now),
-        supply_tokens_per_s=snapshot.supply_tokens_per_s,
-        demand_tokens_waiting=snapshot.demand_tokens_waiting,
-        utilization=snapshot.utilization,
-        pending_requests=snapshot.pending_requests,
-        available_nodes=snapshot.available_nodes,
+        supply_tokens_per_s=totals.supply_tokens_per_sec,
+        demand_tokens_waiting=totals.demand_tokens_waiting,
+        utilization=totals.utilization,
+        pending_requests=totals.pending_requests,
+        available_nodes=totals.available_nodes,
         peers=node.peer_count,
         messages=dict(node.engine.counts()),
         requests_by_state=dict(requests),

@@ -15,19 +15,19 @@ the simulator — hand it bytes and the time, and take bytes to send:
 Announcing. A node publishes one `Announcement` carrying its capacity and its queued demand: when
 that state changes (at most once per tick: changes within a tick coalesce), and again every
 `announce_interval_s` as a keep-alive while it has anything to say (non-zero capacity or demand).
-A node that offers nothing and queues nothing stays silent after one final all-zero announcement,
-so idle nodes cost the network no traffic. The seq of each announcement is
-`max(last seq + 1, issued_at_ms)`: it grows across restarts without any stored state, and if a
-previous run of this key announced a higher seq (heard back through gossip or sync), the engine
-continues above it and re-announces its true state.
+A node that never offered or queued anything publishes nothing; one that goes idle announces the
+all-zero state once and then stays silent, so idle nodes cost the network no traffic. The seq of
+each announcement is `max(last seq + 1, issued_at_ms)`: it grows across restarts without any
+stored state, and if a previous run of this key announced a higher seq (heard back through gossip
+or sync), the engine continues above it and re-announces its true state.
 
 Validation paths. Gossip goes through the `Validator` with every rule (V1–V9: duplicate,
 signature, freshness, author, capacity limit, seq, rate). Announcements received through sync are
 history a peer retained (a signer's few newest), which the per-signer seq and rate rules of live
 gossip would wrongly refuse when they arrive out of order or in a batch, so they are checked with
-`history=True` (V1–V6, protocol §8): one pass, one signature check, and the view's merge, a
-join, orders them. `sync_counts` says which accepted ones were the signer's newest ("accepted")
-and which were older than what we held ("history").
+`history=True` (protocol §8: V1–V3, V6, V7's history form; not V4 or V8): one pass, one
+signature check, and the view's merge, a join, orders them. `sync_counts` says which accepted
+ones were the signer's newest ("accepted") and which were older than what we held ("history").
 """
 
 from __future__ import annotations
@@ -495,8 +495,9 @@ class PeerEngine:
                           tally[REJECTED])
 
     def _accept_synced(self, data: bytes, now: float) -> str:
-        # History rules (V1–V6): a retained announcement older than one we hold, or several of
-        # one signer in a batch, is what sync is for, not a seq regression or a flood.
+        # History rules (protocol §8: no V4, V7's history form, no V8): a retained announcement
+        # older than one we hold, or several of one signer in a batch, is what sync is for, not a
+        # seq regression or a flood.
         try:
             verdict = self._accept(data, now, None, None, True)
         except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node

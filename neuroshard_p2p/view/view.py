@@ -34,7 +34,6 @@ import enum
 import functools
 import hashlib
 import heapq
-import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Iterable
@@ -60,8 +59,12 @@ EXTRA_PER_SIGNER = 8
 def default_max_per_signer(config: MarketConfig) -> int:
     """How many announcements a register keeps by default: the validator lets a signer announce
     at most once per tick after a burst, so W + settle-delay ticks + `EXTRA_PER_SIGNER` covers
-    every announcement an honest node can make over a price window (42 with the defaults)."""
-    return config.window_ticks + math.ceil(config.settle_delay_s / config.tick_s) + EXTRA_PER_SIGNER
+    every announcement an honest node can make over a price window (42 with the defaults).
+    The ceiling is taken on integer ms (protocol §7.1): in float seconds 1.1 / 0.1 is
+    11.000000000000002, whose ceiling would keep one announcement more than peers expect."""
+    settle_ms = whole_ms(config.settle_delay_s, "settle_delay_s")
+    tick_ms = whole_ms(config.tick_s, "tick_s")
+    return config.window_ticks + -(-settle_ms // tick_ms) + EXTRA_PER_SIGNER
 
 _DIGEST_TAG = b"neuroshard/view/v1"
 _BUCKET_TAG = b"neuroshard/view-bucket/v1"

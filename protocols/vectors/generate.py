@@ -576,6 +576,345 @@ def view_digest_vectors() -> list[dict[str, Any]]:
     return out
 
 
+# --- price (§7) ----------------------------------------------------------------------------------
+# Written from the text of §7.2-§7.4 alone: nothing here imports the project's pricing or view.
+
+#: §7.5: the constants that enter the price, with their defaults (MarketConfig's field names).
+PRICE_DEFAULTS: dict[str, Any] = {
+    "dynamic_pricing": True, "fixed_price": 0.1, "min_price": 0.01, "max_price": 1.0,
+    "steepness": 3.0, "target_response_s": 60.0, "curve": "seed", "smoothing": 0.7,
+    "max_step": None, "window_ticks": 32, "tick_s": 1.0, "settle_delay_s": 2.0,
+    "capacity_timeout_s": 60.0, "max_node_tokens_per_s": 50_000,
+    "max_tokens_per_minute": 1_000_000,
+}
+
+
+def g_to_nano(neuro: float) -> int:
+    """§7.2 N(x): x·10^9 as a double product, rounded to the nearest integer, ties to even."""
+    return round(neuro * 1e9)  # Python's round of a float: exact value, half-even
+
+
+def g_sigma(x: float, steepness: float, exp: Any = None) -> float:
+    z = -steepness * x
+    if z > 700:
+        return 0.0
+    return 1.0 / (1.0 + (exp or _math_exp)(z))
+
+
+def _math_exp(z: float) -> float:
+    import math
+    return math.exp(z)
+
+
+def g_target(supply: int, demand: int, c: dict[str, Any], *, alt: str | None = None) -> int:
+    """§7.2 step by step; `alt` swaps in one plausible mistake, to find what a vector pins."""
+    import math
+    lo, hi = g_to_nano(c["min_price"]), g_to_nano(c["max_price"])
+    if not c["dynamic_pricing"]:
+        return g_to_nano(c["fixed_price"])
+    if supply == 0:
+        u = math.inf if demand > 0 else 0.0
+    else:
+        u = (float(demand) / c["target_response_s"]) / float(supply)
+    if math.isinf(u):
+        price = c["max_price"]
+    else:
+        s = g_sigma(u - 1.0, c["steepness"])
+        if c["curve"] == "normalized":
+            s0 = g_sigma(-1.0, c["steepness"])
+            s = (s - s0) / (1.0 - s0)
+        price = c["min_price"] + (c["max_price"] - c["min_price"]) * s
+        price = min(c["max_price"], max(c["min_price"], price))
+    nano = int(price * 1e9) if alt == "truncate" else g_to_nano(price)
+    return min(hi, max(lo, nano))
+
+
+def g_step(previous: int, target: int, c: dict[str, Any], *, alt: str | None = None) -> int:
+    """§7.3: one EMA step, the step cap, the band."""
+    import math
+    from fractions import Fraction
+    s = c["smoothing"]
+    x = s * float(previous) + (1.0 - s) * float(target)
+    if alt == "half_up":
+        price = math.floor(x + 0.5)
+    elif alt == "ema_truncate":
+        price = int(x)
+    elif alt == "exact_decimal":
+        exact = Fraction(str(s)) * previous + (1 - Fraction(str(s))) * target
+        price = round(exact)
+    else:
+        price = round(x)
+    if c["max_step"] is not None:
+        if alt == "cap_rounded":
+            cap = max(1, round(c["max_step"] * float(previous)))
+        elif alt == "cap_no_floor":
+            cap = int(c["max_step"] * float(previous))
+        else:
+            cap = max(1, int(c["max_step"] * float(previous)))
+        price = min(previous + cap, max(previous - cap, price))
+    return min(g_to_nano(c["max_price"]), max(g_to_nano(c["min_price"]), price))
+
+
+def g_fold(targets: list[int], c: dict[str, Any], *, alt: str | None = None) -> list[int]:
+    """§7.3: the price after each target of the sequence, the fold starting from the first."""
+    if not c["dynamic_pricing"]:
+        return [g_to_nano(c["fixed_price"])] * len(targets)
+    price = min(g_to_nano(c["max_price"]), max(g_to_nano(c["min_price"]), targets[0]))
+    out = [price]
+    for target in targets[1:]:
+        price = g_step(price, target, c, alt=alt)
+        out.append(price)
+    return out
+
+
+def price_config(**overrides: Any) -> dict[str, Any]:
+    return {**PRICE_DEFAULTS, **overrides}
+
+
+CURVE_ALTS = ("truncate",)
+EMA_ALTS = ("half_up", "ema_truncate", "exact_decimal", "cap_rounded", "cap_no_floor")
+PIN_TEXT = {
+    "truncate": "N(x) rounds half-even, not truncation",
+    "half_up": "the EMA rounds ties to even, not half up",
+    "ema_truncate": "the EMA rounds to the nearest integer, not truncation",
+    "exact_decimal": "the EMA is the float64 expression s·prev + (1.0 − s)·target, not exact "
+                     "decimal arithmetic",
+    "cap_rounded": "the step cap truncates max_step·prev, not rounds",
+    "cap_no_floor": "the step cap is at least 1 nano",
+}
+
+
+def curve_vectors() -> dict[str, Any]:
+    variants = {
+        "default": {},
+        "normalized": {"curve": "normalized"},
+        "fixed": {"dynamic_pricing": False, "fixed_price": 0.123456789},
+        "steep": {"steepness": 800.0, "min_price": 0.05, "max_price": 2.0,
+                  "target_response_s": 30.0},
+    }
+    cases: list[tuple[str, str, int, int]] = [
+        ("default", "empty market: supply 0, demand 0 is u = 0 (not P_min on the seed curve)", 0, 0),
+        ("default", "demand on no supply: u = ∞ is P_max", 0, 1),
+        ("default", "no demand: u = 0", 1000, 0),
+        ("default", "u exactly 1: σ(0) = 0.5", 1000, 60_000),
+        ("default", "huge u: exp underflows to 0, σ = 1", 1, BIG),
+        ("default", "u = 0.5", 2000, 60_000),
+        ("default", "u = 2", 1000, 120_000),
+        ("default", "price·10^9 = …079.56: truncation would give one nano less", 1101, 33086),
+        ("normalized", "u = 0 is exactly P_min on the normalized curve", 1000, 0),
+        ("normalized", "supply 0, demand 0", 0, 0),
+        ("normalized", "u exactly 1", 1000, 60_000),
+        ("normalized", "u = ∞", 0, 5),
+        ("normalized", "price·10^9 = …874.5x: truncation would give one nano less", 4059, 797926),
+        ("fixed", "fixed mode ignores supply and demand", 1000, 60_000),
+        ("fixed", "fixed mode, empty market", 0, 0),
+        ("steep", "steepness 800: z = 800 > 700, σ = 0 without calling exp, P_min", 1000, 0),
+        ("steep", "steepness 800, u = 1: σ(0) = 0.5", 1000, 30_000),
+        ("steep", "steepness 800, u slightly above 1", 1000, 30_001),
+    ]
+    out = []
+    for variant, note, supply, demand in cases:
+        c = price_config(**variants[variant])
+        nano = g_target(supply, demand, c)
+        pins = [PIN_TEXT[a] for a in CURVE_ALTS if g_target(supply, demand, c, alt=a) != nano]
+        out.append({"note": note, "config": variant, "supply": supply,
+                    "demand": json_value(demand), "target_nano": nano, "pins": pins})
+    return {"configs": variants, "vectors": out}
+
+
+def ema_vectors() -> dict[str, Any]:
+    variants = {
+        "default": {},
+        "half": {"smoothing": 0.5},
+        "capped": {"max_step": 0.1, "min_price": 0.0},
+        "none": {"smoothing": 0.0},
+        "fixed": {"dynamic_pricing": False},
+    }
+    cases: list[tuple[str, str, list[int]]] = [
+        ("default", "a steady target: the price stays", [505_000_000] * 4),
+        ("default", "a step up and back, from P_min", [10_000_000, 505_000_000, 505_000_000,
+                                                       505_000_000, 10_000_000]),
+        ("default", "the fold starts from the oldest target, clamped to [P_min, P_max]",
+         [5, 2_000_000_000, 1_000_000_000]),
+        ("default", "float64 gives …876.50000006 → 877; exact decimal 0.7 gives a tie → 876",
+         [53_888_741, 793_212_526]),
+        ("default", "float64 gives …598.5 exactly: half-even 598, half up 599",
+         [709_817_616, 478_610_891]),
+        ("default", "float64 gives …837.5: half-even 838, truncation 837",
+         [360_283_198, 180_708_663]),
+        ("half", "smoothing 0.5: 10,000,002.5 → …002 and 10,000,004.5 → …004 (ties to even)",
+         [10_000_000, 10_000_005, 10_000_002, 10_000_007]),
+        ("capped", "max_step 0.1 from 15 nano: 1.5 truncates to a cap of 1",
+         [15, 1_000_000_000, 1_000_000_000]),
+        ("capped", "from 0 nano the cap is max(1, 0) = 1: the price can leave 0",
+         [0, 1_000_000_000, 1_000_000_000, 1_000_000_000]),
+        ("capped", "from 5 nano: cap max(1, ⌊0.5⌋) = 1", [5, 0, 0]),
+        ("capped", "large steps: cap ⌊0.1·p⌋ each tick, up then down",
+         [100_000_000, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0, 0]),
+        ("capped", "cap ⌊0.1·123,456,789⌋ = 12,345,678 (rounding gives 12,345,679)",
+         [123_456_789, 1_000_000_000]),
+        ("none", "smoothing 0: the price is the target", [10_000_000, 700_000_000, 20_000_000]),
+        ("fixed", "fixed mode: the fixed price whatever the targets", [10_000_000, 900_000_000]),
+    ]
+    out = []
+    for variant, note, targets in cases:
+        c = price_config(**variants[variant])
+        prices = g_fold(targets, c)
+        pins = [PIN_TEXT[a] for a in EMA_ALTS if g_fold(targets, c, alt=a) != prices]
+        out.append({"note": note, "config": variant, "targets": targets, "prices": prices,
+                    "pins": pins})
+    return {"configs": variants, "vectors": out}
+
+
+PRICE_KEY_D = key("neuroshard vector key: price d")
+PRICE_KEY_E = key("neuroshard vector key: price e")
+PRICE_KEY_F = key("neuroshard vector key: price f")
+
+
+def g_view_totals(messages: list[dict[str, Any]], t: int, c: dict[str, Any],
+                  alt: str | None = None) -> tuple[int, int, int]:
+    """§7.1: supply, demand and available nodes counted at instant t (ms)."""
+    import math
+    tick_ms = round(c["tick_s"] * 1000)
+    settle_ms = round(c["settle_delay_s"] * 1000)
+    timeout_ms = round(c["capacity_timeout_s"] * 1000)
+    keep = c["window_ticks"] + math.ceil(settle_ms / tick_ms) + 8
+    horizon = c["window_ticks"] * tick_ms + settle_ms + timeout_ms + 30_000
+    by_signer: dict[str, list[dict[str, Any]]] = {}
+    for m in messages:
+        by_signer.setdefault(m["signer"], []).append(m)
+    supply = demand = nodes = 0
+    for held in by_signer.values():
+        held.sort(key=lambda m: (m["issued_at_ms"], m["seq"], bytes.fromhex(m["id"])))
+        retained = held[-keep:]
+        newest = max(m["issued_at_ms"] for m in retained)
+        retained = [m for m in retained if m["issued_at_ms"] >= newest - horizon]
+        if len({m["seq"] for m in retained}) < len(retained) and alt != "equivocation_ignored":
+            continue  # equivocation: counts nothing
+        issued = [m for m in retained if m["issued_at_ms"] <= t]
+        if not issued:
+            continue
+        best = max(issued, key=lambda m: (m["seq"], bytes(255 - b for b in bytes.fromhex(m["id"]))))
+        if not t < best["issued_at_ms"] + timeout_ms + (1 if alt == "expiry_inclusive" else 0):
+            continue
+        capacity = min(best["tokens_per_second"], c["max_node_tokens_per_s"])
+        supply += capacity
+        demand += min(best["pending_tokens"], best["pending_requests"] * c["max_tokens_per_minute"])
+        nodes += 1 if capacity > 0 else 0
+    return supply, demand, nodes
+
+
+def view_price_vectors() -> dict[str, Any]:
+    c = price_config(window_ticks=4, max_node_tokens_per_s=2000, max_tokens_per_minute=1000)
+    labels = {"provider": PROVIDER, "gateway": GATEWAY, "other": OTHER, "price d": PRICE_KEY_D,
+              "price e": PRICE_KEY_E, "price f": PRICE_KEY_F}
+    zero = {"tokens_per_second": 0, "pending_tokens": 0, "pending_requests": 0}
+    spec = [
+        ("provider", 1, T0 - 5000, {"tokens_per_second": 1000, **{k: 0 for k in ("pending_tokens", "pending_requests")}},
+         "capacity 1000 from before the window"),
+        ("provider", 2, T0 + 3500, {"tokens_per_second": 1500, "pending_tokens": 0, "pending_requests": 0},
+         "issued inside tick k0+5's settle delay (after its instant T0+3000, before it starts): counts from tick k0+6"),
+        ("gateway", 1, T0 - 5000, {**zero, "pending_tokens": 90_000, "pending_requests": 100},
+         "demand 90,000 tokens in 100 requests"),
+        ("other", 1, T0 - 60_000, {**zero, "tokens_per_second": 700},
+         "expires at exactly T0 = issued_at + capacity_timeout: counts at k0+1 (instant T0−1000), not at k0+2 (instant T0)"),
+        ("price d", 1, T0 - 4000, {**zero, "tokens_per_second": 500}, "capacity 500 …"),
+        ("price d", 2, T0 + 1000, dict(zero), "… withdrawn at T0+1000 = the instant of tick k0+3"),
+        ("price e", 7, T0 - 10_000, {**zero, "tokens_per_second": 800},
+         "equivocation, first of two with seq 7 …"),
+        ("price e", 7, T0 + 2000, {**zero, "tokens_per_second": 900},
+         "… second: the signer counts nothing at any instant, also before this one was issued"),
+        ("price f", 1, T0 - 3000, {"tokens_per_second": 3000, "pending_tokens": 5000, "pending_requests": 2},
+         "plausibility caps: capacity 3000 counts max_node_tokens_per_s = 2000, pending 5000 tokens counts 2 × max_tokens_per_minute = 2000"),
+    ]
+    messages = []
+    for label, seq, issued, fields, note in spec:
+        k = labels[label]
+        data = signed(body_items(1, pub(k), issued, {**ANNOUNCE, "seq": seq, **fields}), k)
+        messages.append({"note": note, "signer": pub(k).hex(), "issued_at_ms": issued, "seq": seq,
+                         "tokens_per_second": fields["tokens_per_second"],
+                         "min_price_nano": ANNOUNCE["min_price_nano"],
+                         "pending_tokens": fields["pending_tokens"],
+                         "pending_requests": fields["pending_requests"],
+                         "wire": data.hex(), "id": hashlib.sha256(data).hexdigest()})
+    tick_ms = round(c["tick_s"] * 1000)
+    settle_ms = round(c["settle_delay_s"] * 1000)
+    k0 = T0 // tick_ms
+    alts = {"no_settle": "tick k is evaluated at k·tick − settle_delay, not at k·tick",
+            "expiry_inclusive": "an announcement stops counting at exactly issued_at + "
+                                "capacity_timeout",
+            "equivocation_ignored": "an equivocating signer counts nothing"}
+
+    def tick_row(k: int, alt: str | None = None) -> dict[str, Any]:
+        shift = 0 if alt == "no_settle" else settle_ms
+        window = range(k - c["window_ticks"] + 1, k + 1)
+        targets = [g_target(*g_view_totals(messages, j * tick_ms - shift, c, alt)[:2], c)
+                   for j in window]
+        instant = k * tick_ms - shift
+        supply, demand, nodes = g_view_totals(messages, instant, c, alt)
+        return {"tick": k, "evaluated_at_ms": k * tick_ms - settle_ms, "supply": supply,
+                "demand": demand, "available_nodes": nodes, "target_nano": targets[-1],
+                "price_nano": g_fold(targets, c)[-1]}
+
+    ticks = []
+    for k in range(k0 - 2, k0 + 9):
+        row = tick_row(k)
+        row["pins"] = [text for alt, text in alts.items() if tick_row(k, alt) != row]
+        ticks.append(row)
+    # A receiver's clock → tick: k = floor(round(now_s·1000) / tick_ms).
+    clock = [{"now_s": s, "now_ms": round(s * 1000), "tick": round(s * 1000) // tick_ms,
+              "pins": (["the clock rounds to the nearest ms, not truncation"]
+                       if int(s * 1000) // tick_ms != round(s * 1000) // tick_ms else [])}
+             for s in (T0 / 1000 + 2.9994, T0 / 1000 + 2.9995, T0 / 1000 + 2.9996, T0 / 1000 - 0.0004)]
+    return {"config": c, "keep": c["window_ticks"] + -(-settle_ms // tick_ms) + 8,
+            "horizon_ms": c["window_ticks"] * tick_ms + settle_ms
+            + round(c["capacity_timeout_s"] * 1000) + 30_000,
+            "announcements": messages, "ticks": ticks, "clock": clock}
+
+
+def price_documents() -> dict[str, Any]:
+    return {"defaults": PRICE_DEFAULTS, "curve": curve_vectors(), "ema": ema_vectors(),
+            "view": view_price_vectors()}
+
+
+def cross_check_price(doc: dict[str, Any]) -> None:
+    """The project's pricing and view must give exactly these integers."""
+    from neuroshard_p2p import wire
+    from neuroshard_p2p.config import MarketConfig
+    from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano
+    from neuroshard_p2p.view import MarketView
+
+    def config(overrides: dict[str, Any]) -> MarketConfig:
+        return MarketConfig(**{k: v for k, v in overrides.items()})
+
+    for v in doc["curve"]["vectors"]:
+        c = config(doc["curve"]["configs"][v["config"]])
+        got = target_price_nano(v["supply"], int(v["demand"]), c)
+        assert got == v["target_nano"], (v["note"], got)
+    for v in doc["ema"]["vectors"]:
+        c = config(doc["ema"]["configs"][v["config"]])
+        for n in range(1, len(v["targets"]) + 1):
+            got = smoothed_price(v["targets"][:n], c)
+            assert got == v["prices"][n - 1], (v["note"], n, got)
+    view_doc = doc["view"]
+    c = config({k: val for k, val in view_doc["config"].items() if k in PRICE_DEFAULTS})
+    view = MarketView(c)
+    assert (view.max_per_signer, view.horizon_ms) == (view_doc["keep"], view_doc["horizon_ms"])
+    for m in view_doc["announcements"]:
+        view.merge_message(wire.decode(bytes.fromhex(m["wire"]), m["issued_at_ms"] / 1000))
+    for t in view_doc["ticks"]:
+        tp = view.price_at_tick(t["tick"])
+        stats = view.stats_at_ms(view.evaluation_ms(t["tick"]))
+        got = {"tick": tp.tick, "evaluated_at_ms": view.evaluation_ms(t["tick"]),
+               "supply": tp.supply, "demand": tp.demand,
+               "available_nodes": stats.available_nodes, "target_nano": tp.target_nano,
+               "price_nano": tp.price_nano}
+        assert got == {k: v for k, v in t.items() if k != "pins"}, (t, got)
+    for entry in view_doc["clock"]:
+        entry = {k: v for k, v in entry.items() if k != "pins"}
+        assert view.price_at(entry["now_s"]).tick == entry["tick"], entry
+
+
 def _uvarint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -598,6 +937,7 @@ def documents() -> dict[str, Any]:
             "max_tokens_per_minute": 1_000_000, "receipt_min_elapsed_ms": 1000},
             "vectors": validator_vectors()},
         "frames.json": {**header, **frame_vectors()},
+        "price.json": {**header, **price_documents()},
     }
 
 
@@ -623,6 +963,7 @@ def cross_check(docs: dict[str, Any]) -> None:
         else:
             raise AssertionError(f"codec accepts invalid vector {v['name']}")
     cross_check_frames(docs["frames.json"])
+    cross_check_price(docs["price.json"])
 
 
 def main(argv: list[str]) -> int:
