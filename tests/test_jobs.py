@@ -407,7 +407,7 @@ def test_view_offers_always_equal_the_views_answer(steps: list[tuple[str, int, i
 
 
 def test_the_offer_cache_benchmark_runs() -> None:
-    from neuroshard_p2p.bench_jobs import offer_cache
+    from neuroshard_p2p.bench.jobs import offer_cache
 
     [(signers, read, miss, hit)] = offer_cache((3,), repeat=2)
     assert signers == 3 and min(read, miss, hit) > 0
