@@ -6,6 +6,9 @@
     neuroshard-simnet economics --out out/economics
     neuroshard-simnet scaling --peers 10,100,1000,10000                # load per peer vs N
     neuroshard-simnet scenarios                                       # what ships
+
+`run` and `scaling` need the `simnet` extra (numpy): pip install 'neuroshard-p2p[simnet]'. Without
+it they say so and exit 2.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from typing import Any, Sequence
 from simnet.scenario import Scenario, ScenarioError, load, shipped_scenarios
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# Commands whose code imports numpy, an optional dependency (the `simnet` extra): the simulated
+# network's flood model, which `run` on libp2p and `scaling` use too. `testnet`, `economics` and
+# `scenarios` run without it (matplotlib, the extra's other half, only costs the plots).
+NEEDS_NUMPY = frozenset({"run", "scaling"})
+MISSING_EXTRA = ("neuroshard-simnet needs the simnet extra (numpy is not installed): "
+                 "pip install 'neuroshard-p2p[simnet]'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.command in NEEDS_NUMPY and not numpy_installed():
+        print(MISSING_EXTRA, file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -164,6 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
+
+
+def numpy_installed() -> bool:
+    try:
+        import numpy  # noqa: F401 - only whether it imports
+    except ImportError:
+        return False
+    return True
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:

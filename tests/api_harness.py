@@ -4,15 +4,12 @@ client. Nothing here stands in for project code."""
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
 import httpx
-import pytest
-import trio
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.datadir import ensure_data_dir, load_api_token
@@ -63,19 +60,3 @@ async def api_node(data_dir: Path, key_index: int, *, api: str = "127.0.0.1:0",
         assert daemon.node is not None and daemon.api_url is not None
         async with httpx.AsyncClient(timeout=10.0) as client:
             yield ApiNode(daemon.node, daemon.api_url, load_api_token(data_dir), client, data_dir)
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float, what: str,
-                     interval: float = 0.05) -> Any:
-    """Await `check` until it returns something truthy, at most `timeout` seconds; fail saying
-    `what` did not happen and what `check` last returned."""
-    last: Any = None
-    deadline = time.monotonic() + timeout
-    with trio.move_on_after(timeout):
-        while True:
-            last = await check()
-            if last:
-                return last
-            await trio.sleep(interval)
-    assert time.monotonic() >= deadline - 0.01
-    pytest.fail(f"within {timeout} s: {what} (last check: {last!r})")

@@ -1,14 +1,13 @@
-"""Running real nodes in one trio process for tests: start, stop cleanly or hard, and wait for a
-condition with a deadline. Nothing here stands in for project code."""
+"""Running real nodes in one trio process for tests: start, stop cleanly or hard (waiting for a
+condition is tests/waiting.py's). Nothing here stands in for project code."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import coincurve
-import pytest
 import trio
 
 from neuroshard_p2p.config import MarketConfig
@@ -67,18 +66,3 @@ async def start_node(nursery: trio.Nursery, settings: NodeSettings,
 
     await nursery.start(run)
     return running
-
-
-async def eventually(check: Callable[[], Any], timeout: float, what: str,
-                     interval: float = 0.02, show: Callable[[], Any] | None = None) -> Any:
-    """Poll `check` until it returns something truthy, at most `timeout` seconds; fail the test
-    saying `what` did not happen (and what `show()` says, if given) otherwise."""
-    last: Any = None
-    with trio.move_on_after(timeout):
-        while True:
-            last = check()
-            if last:
-                return last
-            await trio.sleep(interval)
-    detail = show() if show is not None else last
-    pytest.fail(f"within {timeout} s: {what} (last: {detail!r})")

@@ -24,8 +24,9 @@ from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import from_nano, settle_amounts
 from neuroshard_p2p.node.datadir import rotate_api_token
 from neuroshard_p2p.node.settings import DEFAULT_API, NodeSettings
-from tests.api_harness import API_MARKET, ApiNode, api_node, eventually
+from tests.api_harness import API_MARKET, ApiNode, api_node
 from tests.conftest import make_key
+from tests.waiting import eventually
 
 # The design note's three calls, character for character; the test runs them against the node's
 # own port (8000 may be taken on a test machine) and adds the token header to the two writes.

@@ -17,8 +17,9 @@ import pytest
 import trio
 
 from neuroshard_p2p.core.pricing import target_price_nano
-from tests.api_harness import API_MARKET, ApiNode, api_node, eventually
+from tests.api_harness import API_MARKET, ApiNode, api_node
 from tests.test_api import expected_level
+from tests.waiting import eventually
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else \

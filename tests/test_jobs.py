@@ -407,7 +407,7 @@ def test_view_offers_always_equal_the_views_answer(steps: list[tuple[str, int, i
 
 
 def test_the_offer_cache_benchmark_runs() -> None:
-    from neuroshard_p2p.bench_jobs import offer_cache
+    from neuroshard_p2p.bench.jobs import offer_cache
 
     [(signers, read, miss, hit)] = offer_cache((3,), repeat=2)
     assert signers == 3 and min(read, miss, hit) > 0
@@ -435,6 +435,7 @@ from neuroshard_p2p.node.host import Node  # noqa: E402
 from neuroshard_p2p.node.job_service import JobService  # noqa: E402
 from neuroshard_p2p.node.settings import NodeSettings  # noqa: E402
 from tests.openai_compat_server import start_openai_server  # noqa: E402
+from tests.waiting import eventually  # noqa: E402
 
 NET_CONFIG = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_timeout_s=10.0,
                           request_expiry_s=60.0)
@@ -457,9 +458,8 @@ async def job_node(data_dir: Path, key_index: int, *, capacity: int = 0, min_pri
 async def wait_for_offers(node: Node, *providers: Node) -> None:
     """Until `node`'s merged view has an offer from each provider."""
     wanted = {p.engine.signer for p in providers}
-    with trio.fail_after(10):
-        while not wanted <= {o.signer for o in node.engine.view.offers_at(node.now())}:
-            await trio.sleep(0.02)
+    await eventually(lambda: wanted <= {o.signer for o in node.engine.view.offers_at(node.now())},
+                     10, f"an offer from each of {len(wanted)} providers in the view")
 
 
 async def finished(jobs: JobService, request_id: str, timeout: float = 15.0):  # type: ignore[no-untyped-def]
@@ -500,9 +500,8 @@ async def test_request_at_gateway_is_served_by_provider_at_the_locked_price(tmp_
         done = await finished(gateway, queued.request_id)
         assert (done.state, done.provider, done.cost_nano) == ("completed", b.peer_id, 20_000)
         # Both ledgers hold the settlements (the gateway's payments, the provider's earnings).
-        with trio.fail_after(5):
-            while provider.counters.earnings_recorded < 2:
-                await trio.sleep(0.01)
+        await eventually(lambda: provider.counters.earnings_recorded >= 2, 5,
+                         "the provider recorded both earnings")
     # Both nodes closed their ledgers as they stopped (SQLite removes the WAL file then).
     assert not (tmp_path / "a" / "ledger.sqlite3-wal").exists()
     assert not (tmp_path / "b" / "ledger.sqlite3-wal").exists()
@@ -517,11 +516,9 @@ async def test_without_an_offer_the_status_says_why_and_the_gateway_announces_de
         await a.connect(b.addrs[0])
         await wait_for_offers(a, b)
         status = gateway.submit(700, 2 * PRICE)
-        with trio.fail_after(10):
-            while b.engine.view.demand_at(b.now()) != 700:
-                await trio.sleep(0.02)
-            while "no offer at or below" not in (gateway.status(status.request_id).reason):  # type: ignore[union-attr]
-                await trio.sleep(0.02)
+        await eventually(lambda: b.engine.view.demand_at(b.now()) == 700
+                         and "no offer at or below" in gateway.status(status.request_id).reason,  # type: ignore[union-attr]
+                         10, "b counts the demand and the request says why it waits")
         now = gateway.status(status.request_id)
         assert now is not None and now.state == "pending"
         assert now.reason == "no offer at or below your locked price 0.10"
@@ -541,9 +538,8 @@ async def test_a_job_never_reaches_a_provider_of_another_network(tmp_path: Path)
         assert a.engine.on_gossip(offer.wire, a.now(), from_peer=b.peer_id).accepted
         await wait_for_offers(a, b)
         status = gateway.submit(100, 2 * PRICE)
-        with trio.fail_after(10):
-            while gateway.gateway.counts["lost"] < 1:
-                await trio.sleep(0.02)
+        await eventually(lambda: gateway.gateway.counts["lost"] >= 1, 10,
+                         "the gateway counts the job lost")
         now = gateway.status(status.request_id)
         assert now is not None and (now.state, now.attempts) == ("pending", 1)
         assert f"provider {b.peer_id[:6]}…{b.peer_id[-6:]} was unreachable" in now.reason
@@ -595,9 +591,8 @@ async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_e
             await a.connect(c.addrs[0])
             await wait_for_offers(a, b, c)
             status = gateway.submit(150, 2 * PRICE)
-            with trio.fail_after(5):
-                while victim.provider.jobs_in_flight == 0:
-                    await trio.sleep(0.01)
+            await eventually(lambda: victim.provider.jobs_in_flight > 0, 5,
+                             "the doomed provider is serving the job")
             doomed.cancel_scope.cancel()  # hard stop: no withdrawal, connections dropped
         assert not (tmp_path / "b" / "ledger.sqlite3-wal").exists()  # closed even so
         done = await finished(gateway, status.request_id)
@@ -625,16 +620,14 @@ async def test_provider_stops_serving_when_the_gateway_goes_away(tmp_path: Path)
             await a.connect(b.addrs[0])
             await wait_for_offers(a, b)
             gateway.submit(150, 2 * PRICE)  # 1.5 s of serving at 100 tokens/s
-            with trio.fail_after(5):
-                while provider.provider.jobs_in_flight == 0:
-                    await trio.sleep(0.01)
+            await eventually(lambda: provider.provider.jobs_in_flight > 0, 5,
+                             "the provider is serving the job")
             doomed.cancel_scope.cancel()  # the gateway stops (hard) mid-job
         # The gateway resets its job stream as it goes; the provider stops serving (before the
         # 1.5 s the job would have taken: abandoned, not served), frees the capacity and issues
         # no receipt.
-        with trio.fail_after(10):
-            while provider.counters.jobs_abandoned == 0:
-                await trio.sleep(0.01)
+        await eventually(lambda: provider.counters.jobs_abandoned > 0, 10,
+                         "the provider abandons the job")
         assert provider.provider.jobs_in_flight == provider.provider.in_flight_tokens == 0
         assert provider.counters.jobs_served == 0 and provider.counters.earnings_recorded == 0
         assert provider.counters.jobs_abandoned == 1

@@ -9,13 +9,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import neuroshard_p2p
 from neuroshard_p2p.ledger import Ledger, ledger_path, ledger_verify
+from tests.waiting import wait_for
 
 ROUNDS = 10
 ROUND_DEADLINE_S = 60.0
@@ -64,16 +64,17 @@ def test_sigkill_at_random_points_loses_no_acknowledged_settlement(tmp_path: Pat
         before = len(acknowledged(ack_file))
         target = before + rng.randint(1, 60)
         driver = start_driver(db, ack_file, seed=rng.randrange(2**32))
-        deadline = time.monotonic() + ROUND_DEADLINE_S
         try:
             # Kill as soon as the driver is past a random number of acknowledgements: where in
             # its loop (signing, inside the transaction, fsyncing the ack) it is then is random.
-            while len(acknowledged(ack_file)) < target:
+            def past_target() -> bool:
                 if driver.poll() is not None:
                     pytest.fail(f"driver exited {driver.returncode} (seed {seed}): "
                                 f"{driver.stderr.read().decode(errors='replace')}")
-                assert time.monotonic() < deadline, f"no progress within {ROUND_DEADLINE_S} s"
-                time.sleep(0.001)  # poll interval, not a wait for time to pass
+                return len(acknowledged(ack_file)) >= target
+
+            wait_for(past_target, ROUND_DEADLINE_S, f"the driver acknowledges {target} settlements",
+                     interval=0.001)
             driver.send_signal(signal.SIGKILL)
             assert driver.wait(timeout=30) == -signal.SIGKILL
         finally:

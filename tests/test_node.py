@@ -15,7 +15,8 @@ from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.view import MarketView, TickPrice, ms_of
 from neuroshard_p2p.wire import Announcement, encode
 from tests.conftest import make_key
-from tests.node_harness import TEST_MARKET, RunningNode, eventually, start_node, test_settings
+from tests.node_harness import TEST_MARKET, RunningNode, start_node, test_settings
+from tests.waiting import eventually
 
 
 def market_of(nodes: list[Node], tick: int) -> list[TickPrice]:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import eventually, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -28,17 +30,6 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def cli_json(*args: str) -> Any:
     return json.loads(cli(*args, "--json").stdout)
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"within {timeout} s: {what} (last: {last!r})")
 
 
 def start(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
@@ -343,7 +334,7 @@ async def test_submit_prints_the_request_id_its_locked_price_and_its_state(
 async def test_status_shows_a_served_request_with_its_provider_cost_and_output(
         tmp_path: Path) -> None:
     from neuroshard_p2p.money import settle_amounts
-    from tests.api_harness import API_MARKET, api_node, eventually
+    from tests.api_harness import API_MARKET, api_node
 
     async with api_node(tmp_path / "provider", 12, capacity=2000, min_price=0.01) as provider, \
             api_node(tmp_path / "gateway", 13, bootstrap=(provider.node.addrs[0],)) as gateway:

@@ -23,6 +23,7 @@ import pytest
 from simnet.metrics import figures
 from simnet.real import RealNetwork
 from simnet.scenario import Scenario, load
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = 5
@@ -151,16 +152,10 @@ def test_testnet_nodes_agree_and_ctrl_c_stops_them_all(tmp_path: Path) -> None:
         def markets() -> list[dict[str, Any]]:
             return [_get_json(f"http://127.0.0.1:{api + i}/api/market") for i in range(3)]
 
-        agreed = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            views = markets()
-            if all(v["available_nodes"] == 3 and v["supply_tokens_per_sec"] == 3000
-                   for v in views):
-                agreed = views
-                break
-            time.sleep(0.2)
-        assert agreed is not None, views
+        wait_for(lambda: all(v["available_nodes"] == 3 and v["supply_tokens_per_sec"] == 3000
+                             for v in markets()), 30,
+                 "every node counts the three nodes and their 3000 tokens/s", interval=0.2,
+                 show=markets)
 
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)

@@ -1,7 +1,7 @@
 """Benchmark the network node: traffic, CPU per message (ours vs py-libp2p's), the gossipsub and
 muxer settings, late-join time and the memory of an idle node.
 
-    python -m neuroshard_p2p.bench_node [--nodes 8] [--seconds 8] [--only PART ...]
+    python -m neuroshard_p2p.bench node [--nodes 8] [--seconds 8] [--only PART ...]
 
 Parts (all run by default, in one process except `rss`):
 
@@ -328,7 +328,8 @@ def _rss_mb(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench node",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=8, help="nodes in the network (default 8)")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load")
     parser.add_argument("--interval", type=float, default=5.0,

@@ -1,6 +1,6 @@
 """Benchmark `jobs`: how many jobs per second one gateway routes, and what routing adds to a call.
 
-    python -m neuroshard_p2p.bench_jobs [--jobs 300] [--calls 40] [--tokens 10]
+    python -m neuroshard_p2p.bench jobs [--jobs 300] [--calls 40] [--tokens 10]
 
 Two real nodes in this one process on 127.0.0.1 (libp2p, TCP + noise + yamux): a gateway and a
 provider offering 50,000 tokens/s at a fixed price. Both share one trio loop, so each figure is
@@ -281,7 +281,7 @@ def run(jobs: int = 300, calls: int = 40, tokens: int = 10) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench_jobs",
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench jobs",
                                      description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=300, help="requests in the throughput rows")
     parser.add_argument("--calls", type=int, default=40, help="sequential requests per latency row")

@@ -1,7 +1,7 @@
 """Benchmark `view`: merging announcements and the price at a tick, at 1k, 10k and 100k signers,
 with the naive O(signers × W) price measured in the same run as the baseline.
 
-    python -m neuroshard_p2p.bench_view [--sizes 1000,10000,100000] [--history 3]
+    python -m neuroshard_p2p.bench view [--sizes 1000,10000,100000] [--history 3]
 
 Every signer has `history` announcements 20 s apart (a keep-alive cadence), the newest within the
 last 20 s, and the default config (W = 32 ticks of 1 s, settle delay 2 s, capacity timeout 60 s).
@@ -249,7 +249,8 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench view",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000",
                         help="comma-separated signer counts (default 1000,10000,100000)")
     parser.add_argument("--history", type=int, default=3,

@@ -1,7 +1,6 @@
 """Benchmark `core`: order-book matching and price ticks, each against a baseline run alongside.
 
     python -m neuroshard_p2p.bench core [--requests 100000] [--offers 10000] [--ticks 20000]
-    python -m neuroshard_p2p.bench_core        (the same)
 
 - matching: one `OrderBook.match` of `--requests` pending requests (three tiers, locked prices
   0.05-1.0) over `--offers` offers (200-5,000 tokens/s, min prices 0.01-0.5). Baseline: `sorted()`

@@ -1,7 +1,6 @@
 """Benchmark `wire`: how close decoding a message gets to the cost of its signature check.
 
     python -m neuroshard_p2p.bench wire [--n 2000] [--rounds 11]
-    python -m neuroshard_p2p.bench_wire        (the same)
 
 Every rate is messages per second over the same N announcements (N signers, one message each, so
 nothing is a repeat), measured in one run, the rows back to back in every round. Rates print the

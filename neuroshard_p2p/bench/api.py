@@ -1,6 +1,6 @@
 """How long the HTTP API takes per request, against a real node in its own process.
 
-    python -m neuroshard_p2p.api.bench [--requests 300]
+    python -m neuroshard_p2p.bench api [--requests 300]
 
 Starts `neuroshard-node run` (fresh data dir, loopback only, a free API port), gives the market one
 offer and one waiting request, then times sequential keep-alive GETs of each read endpoint from
@@ -86,8 +86,9 @@ def _full_history_ms(repeat: int = 50) -> tuple[float, float, float]:
     return hour, day, encode
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench api",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="timed GETs per endpoint")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="neuroshard-bench-api-") as tmp:
@@ -117,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     hour, day, encode = _full_history_ms()
     print(f"a full day recorded (86,400 ticks): series 1 h {hour:.2f} ms, 24 h {day:.2f} ms, "
           f"1 h series + JSON {encode:.2f} ms ({encode / (base_median * 1000):.2f} x the 404)")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

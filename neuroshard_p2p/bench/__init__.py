@@ -5,8 +5,8 @@
     python -m neuroshard_p2p.bench core --offers 1000   (the rest goes to that section)
     python -m neuroshard_p2p.bench --list          list the sections
 
-A section is a module with `main(argv: list[str] | None) -> None` that prints its figures, each
-with a baseline measured in the same run. To add one, add a line to SECTIONS.
+A section is a module of this package with `main(argv: list[str] | None) -> None` that prints its
+figures, each with a baseline measured in the same run. To add one, add a line to SECTIONS.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import sys
 
 # name -> (module, what it measures). Modules are imported only when run.
 SECTIONS: dict[str, tuple[str, str]] = {
-    "core": ("neuroshard_p2p.bench_core", "order-book matching and price ticks"),
-    "wire": ("neuroshard_p2p.bench_wire", "decoding and verifying signed messages"),
-    "view": ("neuroshard_p2p.bench_view", "merging announcements and the view's price"),
-    "ledger": ("neuroshard_p2p.bench_ledger", "settling receipts in SQLite"),
-    "jobs": ("neuroshard_p2p.bench_jobs", "routing jobs between two real nodes"),
-    "node": ("neuroshard_p2p.bench_node", "a network of real nodes: traffic, CPU, memory"),
+    "core": ("neuroshard_p2p.bench.core", "order-book matching and price ticks"),
+    "wire": ("neuroshard_p2p.bench.wire", "decoding and verifying signed messages"),
+    "view": ("neuroshard_p2p.bench.view", "merging announcements and the view's price"),
+    "ledger": ("neuroshard_p2p.bench.ledger", "settling receipts in SQLite"),
+    "jobs": ("neuroshard_p2p.bench.jobs", "routing jobs between two real nodes"),
+    "node": ("neuroshard_p2p.bench.node", "a network of real nodes: traffic, CPU, memory"),
+    "api": ("neuroshard_p2p.bench.api", "HTTP API latency against a real node"),
 }
 
 
@@ -55,7 +56,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: {SECTIONS[name][1]}", flush=True)
         run_section(name, [])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

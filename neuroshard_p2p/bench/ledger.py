@@ -1,6 +1,6 @@
 """Benchmark `ledger`: settlements per second, with the baselines measured in the same run.
 
-    python -m neuroshard_p2p.bench_ledger [--n 2000] [--dir DIR]
+    python -m neuroshard_p2p.bench ledger [--n 2000] [--dir DIR]
 
 Receipts are signed before the clock starts (signing is the provider's cost, not the ledger's).
 Printed rates, each over the same receipts on a fresh file in DIR (default: the temp dir; give the
@@ -108,7 +108,7 @@ def run(n: int = 2000, directory: str | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench_ledger",
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench ledger",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="settlements per measurement")
     parser.add_argument("--dir", default=None, help="directory for the ledger files")
