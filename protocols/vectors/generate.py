@@ -609,9 +609,15 @@ def _math_exp(z: float) -> float:
 def g_target(supply: int, demand: int, c: dict[str, Any], *, alt: str | None = None) -> int:
     """§7.2 step by step; `alt` swaps in one plausible mistake, to find what a vector pins."""
     import math
-    lo, hi = g_to_nano(c["min_price"]), g_to_nano(c["max_price"])
+    if alt == "truncate":
+        to_nano: Any = lambda x: int(x * 1e9)
+    elif alt == "n_half_up":
+        to_nano = lambda x: math.floor(x * 1e9 + 0.5)
+    else:
+        to_nano = g_to_nano
+    lo, hi = to_nano(c["min_price"]), to_nano(c["max_price"])
     if not c["dynamic_pricing"]:
-        return g_to_nano(c["fixed_price"])
+        return to_nano(c["fixed_price"])
     if supply == 0:
         u = math.inf if demand > 0 else 0.0
     else:
@@ -625,8 +631,7 @@ def g_target(supply: int, demand: int, c: dict[str, Any], *, alt: str | None = N
             s = (s - s0) / (1.0 - s0)
         price = c["min_price"] + (c["max_price"] - c["min_price"]) * s
         price = min(c["max_price"], max(c["min_price"], price))
-    nano = int(price * 1e9) if alt == "truncate" else g_to_nano(price)
-    return min(hi, max(lo, nano))
+    return min(hi, max(lo, to_nano(price)))
 
 
 def g_step(previous: int, target: int, c: dict[str, Any], *, alt: str | None = None) -> int:
@@ -671,10 +676,11 @@ def price_config(**overrides: Any) -> dict[str, Any]:
     return {**PRICE_DEFAULTS, **overrides}
 
 
-CURVE_ALTS = ("truncate",)
+CURVE_ALTS = ("truncate", "n_half_up")
 EMA_ALTS = ("half_up", "ema_truncate", "exact_decimal", "cap_rounded", "cap_no_floor")
 PIN_TEXT = {
     "truncate": "N(x) rounds half-even, not truncation",
+    "n_half_up": "N(x) rounds ties to even, not half up",
     "half_up": "the EMA rounds ties to even, not half up",
     "ema_truncate": "the EMA rounds to the nearest integer, not truncation",
     "exact_decimal": "the EMA is the float64 expression s·prev + (1.0 − s)·target, not exact "
@@ -689,6 +695,7 @@ def curve_vectors() -> dict[str, Any]:
         "default": {},
         "normalized": {"curve": "normalized"},
         "fixed": {"dynamic_pricing": False, "fixed_price": 0.123456789},
+        "fixed-tie": {"dynamic_pricing": False, "fixed_price": 0.1000000025},
         "steep": {"steepness": 800.0, "min_price": 0.05, "max_price": 2.0,
                   "target_response_s": 30.0},
     }
@@ -708,6 +715,8 @@ def curve_vectors() -> dict[str, Any]:
         ("normalized", "price·10^9 = …874.5x: truncation would give one nano less", 4059, 797926),
         ("fixed", "fixed mode ignores supply and demand", 1000, 60_000),
         ("fixed", "fixed mode, empty market", 0, 0),
+        ("fixed-tie", "0.1000000025 × 1e9 is the double 100000002.5 exactly: ties to even give "
+                      "…002, half up …003", 0, 0),
         ("steep", "steepness 800: z = 800 > 700, σ = 0 without calling exp, P_min", 1000, 0),
         ("steep", "steepness 800, u = 1: σ(0) = 0.5", 1000, 30_000),
         ("steep", "steepness 800, u slightly above 1", 1000, 30_001),
@@ -769,6 +778,8 @@ def ema_vectors() -> dict[str, Any]:
 PRICE_KEY_D = key("neuroshard vector key: price d")
 PRICE_KEY_E = key("neuroshard vector key: price e")
 PRICE_KEY_F = key("neuroshard vector key: price f")
+PRICE_KEY_G = key("neuroshard vector key: price g")
+PRICE_KEY_H = key("neuroshard vector key: price h")
 
 
 def g_view_totals(messages: list[dict[str, Any]], t: int, c: dict[str, Any],
@@ -786,9 +797,10 @@ def g_view_totals(messages: list[dict[str, Any]], t: int, c: dict[str, Any],
     supply = demand = nodes = 0
     for held in by_signer.values():
         held.sort(key=lambda m: (m["issued_at_ms"], m["seq"], bytes.fromhex(m["id"])))
-        retained = held[-keep:]
+        retained = held if alt == "no_keep" else held[-keep:]
         newest = max(m["issued_at_ms"] for m in retained)
-        retained = [m for m in retained if m["issued_at_ms"] >= newest - horizon]
+        if alt != "no_horizon":
+            retained = [m for m in retained if m["issued_at_ms"] >= newest - horizon]
         if len({m["seq"] for m in retained}) < len(retained) and alt != "equivocation_ignored":
             continue  # equivocation: counts nothing
         issued = [m for m in retained if m["issued_at_ms"] <= t]
@@ -807,7 +819,8 @@ def g_view_totals(messages: list[dict[str, Any]], t: int, c: dict[str, Any],
 def view_price_vectors() -> dict[str, Any]:
     c = price_config(window_ticks=4, max_node_tokens_per_s=2000, max_tokens_per_minute=1000)
     labels = {"provider": PROVIDER, "gateway": GATEWAY, "other": OTHER, "price d": PRICE_KEY_D,
-              "price e": PRICE_KEY_E, "price f": PRICE_KEY_F}
+              "price e": PRICE_KEY_E, "price f": PRICE_KEY_F, "price g": PRICE_KEY_G,
+              "price h": PRICE_KEY_H}
     zero = {"tokens_per_second": 0, "pending_tokens": 0, "pending_requests": 0}
     spec = [
         ("provider", 1, T0 - 5000, {"tokens_per_second": 1000, **{k: 0 for k in ("pending_tokens", "pending_requests")}},
@@ -826,6 +839,17 @@ def view_price_vectors() -> dict[str, Any]:
          "… second: the signer counts nothing at any instant, also before this one was issued"),
         ("price f", 1, T0 - 3000, {"tokens_per_second": 3000, "pending_tokens": 5000, "pending_requests": 2},
          "plausibility caps: capacity 3000 counts max_node_tokens_per_s = 2000, pending 5000 tokens counts 2 × max_tokens_per_minute = 2000"),
+        ("price g", 1, T0 - 50_000, {**zero, "tokens_per_second": 600},
+         "retention by horizon: issued 100,000 ms before its signer's newest (next), more than "
+         "horizon_ms = 96,000, so not retained; if it were, it would count 600 at every tick here"),
+        ("price g", 2, T0 + 50_000, {**zero, "tokens_per_second": 600},
+         "… its signer's newest, issued after every evaluated instant"),
+        ("price h", 1, T0 - 8000, {**zero, "tokens_per_second": 100},
+         "retention by keep: its signer has 15 announcements (this and the next 14), keep = 14, "
+         "so this oldest is not retained; if it were, it would count 100 at every tick here"),
+        *(("price h", n, T0 + 20_000 + n, {**zero, "tokens_per_second": 100},
+           f"… {n - 1} of 14 newer ones, issued after every evaluated instant")
+          for n in range(2, 16)),
     ]
     messages = []
     for label, seq, issued, fields, note in spec:
@@ -843,7 +867,10 @@ def view_price_vectors() -> dict[str, Any]:
     alts = {"no_settle": "tick k is evaluated at k·tick − settle_delay, not at k·tick",
             "expiry_inclusive": "an announcement stops counting at exactly issued_at + "
                                 "capacity_timeout",
-            "equivocation_ignored": "an equivocating signer counts nothing"}
+            "equivocation_ignored": "an equivocating signer counts nothing",
+            "no_horizon": "retention drops what was issued more than horizon before the "
+                          "signer's newest",
+            "no_keep": "retention keeps only the keep newest of a signer"}
 
     def tick_row(k: int, alt: str | None = None) -> dict[str, Any]:
         shift = 0 if alt == "no_settle" else settle_ms
