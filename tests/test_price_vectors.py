@@ -93,3 +93,30 @@ def test_keep_is_computed_on_integer_ms() -> None:
     c = MarketConfig(settle_delay_s=1.1, tick_s=0.1)
     assert MarketView(c).max_per_signer == c.window_ticks + 11 + 8 == 51
     assert MarketView(MarketConfig()).max_per_signer == 42
+
+
+def test_every_rounding_and_rule_is_pinned_by_some_vector() -> None:
+    """Each rounding of §7.2–§7.4 and each counting rule of §7.1 is told apart from its plausible
+    mistake by at least one vector (the generator computes `pins` by running the mistake), so a
+    regeneration cannot silently lose the vector that catches it."""
+    rows = [*PRICE["curve"]["vectors"], *PRICE["ema"]["vectors"], *VIEW["ticks"], *VIEW["clock"]]
+    pinned = {pin for row in rows for pin in row["pins"]}
+    assert pinned == {
+        "N(x) rounds half-even, not truncation",
+        "N(x) rounds ties to even, not half up",
+        "the EMA rounds ties to even, not half up",
+        "the EMA rounds to the nearest integer, not truncation",
+        "the EMA is the float64 expression s·prev + (1.0 − s)·target, not exact decimal "
+        "arithmetic",
+        "the step cap truncates max_step·prev, not rounds",
+        "the step cap is at least 1 nano",
+        "tick k is evaluated at k·tick − settle_delay, not at k·tick",
+        "an announcement stops counting at exactly issued_at + capacity_timeout",
+        "an equivocating signer counts nothing",
+        "retention drops what was issued more than horizon before the signer's newest",
+        "retention keeps only the keep newest of a signer",
+        "a signer counts at most max_node_tokens_per_s and pending_requests × "
+        "max_tokens_per_minute",
+        "a withdrawal (all-zero, higher seq) replaces the signer's previous announcement",
+        "the clock rounds to the nearest ms, not truncation",
+    }

@@ -803,15 +803,22 @@ def g_view_totals(messages: list[dict[str, Any]], t: int, c: dict[str, Any],
             retained = [m for m in retained if m["issued_at_ms"] >= newest - horizon]
         if len({m["seq"] for m in retained}) < len(retained) and alt != "equivocation_ignored":
             continue  # equivocation: counts nothing
-        issued = [m for m in retained if m["issued_at_ms"] <= t]
+        issued = [m for m in retained if m["issued_at_ms"] <= t and not (
+            alt == "withdrawal_ignored" and not (m["tokens_per_second"] or m["pending_tokens"]
+                                                 or m["pending_requests"]))]
         if not issued:
             continue
         best = max(issued, key=lambda m: (m["seq"], bytes(255 - b for b in bytes.fromhex(m["id"]))))
         if not t < best["issued_at_ms"] + timeout_ms + (1 if alt == "expiry_inclusive" else 0):
             continue
-        capacity = min(best["tokens_per_second"], c["max_node_tokens_per_s"])
+        if alt == "no_caps":
+            capacity, waiting = best["tokens_per_second"], best["pending_tokens"]
+        else:
+            capacity = min(best["tokens_per_second"], c["max_node_tokens_per_s"])
+            waiting = min(best["pending_tokens"],
+                          best["pending_requests"] * c["max_tokens_per_minute"])
         supply += capacity
-        demand += min(best["pending_tokens"], best["pending_requests"] * c["max_tokens_per_minute"])
+        demand += waiting
         nodes += 1 if capacity > 0 else 0
     return supply, demand, nodes
 
@@ -870,7 +877,11 @@ def view_price_vectors() -> dict[str, Any]:
             "equivocation_ignored": "an equivocating signer counts nothing",
             "no_horizon": "retention drops what was issued more than horizon before the "
                           "signer's newest",
-            "no_keep": "retention keeps only the keep newest of a signer"}
+            "no_keep": "retention keeps only the keep newest of a signer",
+            "no_caps": "a signer counts at most max_node_tokens_per_s and pending_requests × "
+                       "max_tokens_per_minute",
+            "withdrawal_ignored": "a withdrawal (all-zero, higher seq) replaces the signer's "
+                                  "previous announcement"}
 
     def tick_row(k: int, alt: str | None = None) -> dict[str, Any]:
         shift = 0 if alt == "no_settle" else settle_ms
