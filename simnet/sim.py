@@ -990,7 +990,7 @@ class SimNetwork:
             stats = p.engine.stats(now)
             price = stats.price_nano
             price_nano = int(getattr(price, "price_nano", price))
-            rows.append(PeerSample(p.index, price_nano, int(stats.supply_tokens_per_s),
+            rows.append(PeerSample(p.index, price_nano, int(stats.supply_tokens_per_sec),
                                    int(stats.demand_tokens_waiting), int(stats.available_nodes),
                                    p.engine.view.digest_without(leave_out)
                                    if self.record_digests else None))

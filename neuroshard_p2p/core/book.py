@@ -227,9 +227,9 @@ _TimerKey = str | list[_Request]   # a node id, or request records
 class OrderBook:
     """Offers (one per node) and requests, with matching and the request lifecycle.
 
-    Supply (`supply_tokens_per_s`) and demand (`demand_tokens_waiting`) are kept as running totals,
-    so reading them is O(1) whatever the size of the book. Offers that were not re-announced are
-    still counted until `advance(now)` removes them; `match` never uses them.
+    Supply (`supply_tokens_per_sec`) and demand (`demand_tokens_waiting`) are kept as running
+    totals, so reading them is O(1) whatever the size of the book. Offers that were not
+    re-announced are still counted until `advance(now)` removes them; `match` never uses them.
     """
 
     def __init__(self, config: MarketConfig | None = None) -> None:
@@ -258,7 +258,7 @@ class OrderBook:
         return self._config
 
     @property
-    def supply_tokens_per_s(self) -> int:
+    def supply_tokens_per_sec(self) -> int:
         """Tokens per second offered by the offers held."""
         return self._supply
 

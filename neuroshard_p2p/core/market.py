@@ -169,7 +169,7 @@ class InferenceMarket:
         book = self._book
         price = self._price_nano()
         target = self._target_nano()
-        u = utilization(book.supply_tokens_per_s, book.demand_tokens_waiting,
+        u = utilization(book.supply_tokens_per_sec, book.demand_tokens_waiting,
                         self._config.target_response_s)
         return {
             "enabled": True,
@@ -178,7 +178,7 @@ class InferenceMarket:
             "current_price_nano": price,
             "target_price": from_nano(target),
             "target_price_nano": target,
-            "supply_tokens_per_sec": book.supply_tokens_per_s,
+            "supply_tokens_per_sec": book.supply_tokens_per_sec,
             "demand_tokens_waiting": book.demand_tokens_waiting,
             "utilization": None if math.isinf(u) else u,
             "pending_requests": book.pending_count,
@@ -269,7 +269,7 @@ class InferenceMarket:
         return max(float(now), not_before)
 
     def _target_nano(self) -> int:
-        return target_price_nano(self._book.supply_tokens_per_s,
+        return target_price_nano(self._book.supply_tokens_per_sec,
                                  self._book.demand_tokens_waiting, self._config)
 
     def _price_nano(self) -> int:

@@ -166,7 +166,7 @@ class MarketSnapshot:
     price_nano: int
     target_price_nano: int
     available_nodes: int
-    supply_tokens_per_s: int
+    supply_tokens_per_sec: int
     demand_tokens_waiting: int
     pending_requests: int
     utilization: float
@@ -513,7 +513,7 @@ class PeerEngine:
         return MarketSnapshot(
             now=now, tick=price.tick, price_nano=price.price_nano,
             target_price_nano=price.target_nano, available_nodes=totals.available_nodes,
-            supply_tokens_per_s=totals.supply_tokens_per_sec,
+            supply_tokens_per_sec=totals.supply_tokens_per_sec,
             demand_tokens_waiting=totals.demand_tokens_waiting,
             pending_requests=totals.pending_requests, utilization=totals.utilization)
 
