@@ -9,9 +9,9 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from neuroshard_p2p.config import MarketConfig
-from neuroshard_p2p.core.book import (TIERS, TRANSITIONS, Match, Offer, OfferExpired,
-                                      OfferRejected, OrderBook, RequestExpired, RequestRequeued,
-                                      RequestStatus, State)
+from neuroshard_p2p.core.book import (TIERS, TRANSITIONS, Match, OfferExpired, OfferRejected,
+                                      OrderBook, RequestExpired, RequestRequeued, RequestStatus,
+                                      RestingOffer, State)
 from neuroshard_p2p.core.errors import MarketError, format_price, format_prices
 
 T0 = 1_000_000.0
@@ -32,7 +32,7 @@ def submit(book: OrderBook, request_id: str, tokens: int = 1000, price: int = 10
     return book.submit(request_id, "user", tokens, max_price, price, at, tier)
 
 
-def reference_match(offers: list[Offer], pending: list[RequestStatus],
+def reference_match(offers: list[RestingOffer], pending: list[RequestStatus],
                     in_flight: dict[str, int], config: MarketConfig) -> list[Match]:
     """The matching rule written the slow, obvious way (O(n·m))."""
     order = sorted(pending, key=lambda r: (RANK[r.tier], -r.locked_price_nano, r.submitted_at,
@@ -155,12 +155,12 @@ def test_implausible_offers_are_refused(tps: int, price: int, message: str) -> N
 def test_set_offers_replaces_all_and_reports_rejects() -> None:
     book = book_with(("old", 1000, 0))
     rejects = book.set_offers([
-        Offer("a", 100, 0, T0),
-        Offer("b", 0, 0, T0),                      # a withdrawal: skipped, not a reject
-        Offer("c", 60_000, 0, T0),                 # implausible
-        Offer("a", 200, 0, T0),                    # duplicate
-        Offer("d", 300, 5, T0 - 60),               # stale
-        Offer("e", 400, 7, T0 - 59.5),
+        RestingOffer("a", 100, 0, T0),
+        RestingOffer("b", 0, 0, T0),               # a withdrawal: skipped, not a reject
+        RestingOffer("c", 60_000, 0, T0),          # implausible
+        RestingOffer("a", 200, 0, T0),             # duplicate
+        RestingOffer("d", 300, 5, T0 - 60),        # stale
+        RestingOffer("e", 400, 7, T0 - 59.5),
     ], T0)
     assert [o.node_id for o in book.offers()] == ["a", "e"]
     assert book.supply_tokens_per_sec == 500
@@ -464,7 +464,8 @@ class BookMachine(RuleBasedStateMachine):
     @rule(offers=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 60),
                                     st.sampled_from([0, 50, 100, 300])), max_size=6))
     def replace_offers(self, offers: list[tuple[int, int, int]]) -> None:
-        self.book.set_offers([Offer(f"n{n}", t, p, self.now) for n, t, p in offers], self.now)
+        self.book.set_offers([RestingOffer(f"n{n}", t, p, self.now) for n, t, p in offers],
+                             self.now)
 
     @rule(node=st.integers(0, 6))
     def withdraw(self, node: int) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from neuroshard_p2p.config import MarketConfig
-from neuroshard_p2p.core.book import Match, Offer, OrderBook, RequestStatus
+from neuroshard_p2p.core.book import Match, OrderBook, RequestStatus, RestingOffer
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.core.pricing import (smoothed_price, target_price_nano, tick_of, tick_start,
                                          utilization)
@@ -130,7 +130,7 @@ class InferenceMarket:
     # ---------------------------------------------------------------- the seed's API
 
     def register_capacity(self, node_id: str, tokens_per_second: int,
-                          min_price: float = 0.0) -> Offer:
+                          min_price: float = 0.0) -> RestingOffer:
         """Offer `tokens_per_second` of inference at no less than `min_price` NEURO per 1M tokens.
         Registering again replaces the offer and counts as its re-announcement (capacity not
         re-registered within capacity_timeout_s stops counting)."""

@@ -119,8 +119,9 @@ class SyncCounts:
 
 
 @dataclass(frozen=True)
-class Offer:
-    """The capacity this node offers: tokens per second (0 = none) at no less than a price."""
+class OwnOffer:
+    """The capacity this node itself offers: tokens per second (0 = none) at no less than a
+    price. It goes out in this node's announcements; others count it as a `CountedOffer`."""
 
     tokens_per_second: int
     min_price_nano: int
@@ -207,7 +208,7 @@ class PeerEngine:
         self.sync_counts: Counter[tuple[str, str]] = Counter()
         #: Sync frames refused (malformed, wrong kind, oversize): reason → count.
         self.sync_frame_errors: Counter[str] = Counter()
-        self._offer = Offer(0, 0)
+        self._offer = OwnOffer(0, 0)
         self.set_offer(tokens_per_second, min_price_nano)
         self._requests: dict[str, LocalRequest] = {}
         self._demand_override: tuple[int, int] | None = None
@@ -222,7 +223,7 @@ class PeerEngine:
     # -- own state --------------------------------------------------------------------------
 
     @property
-    def offer(self) -> Offer:
+    def offer(self) -> OwnOffer:
         return self._offer
 
     def set_offer(self, tokens_per_second: int, min_price_nano: int) -> None:
@@ -234,7 +235,7 @@ class PeerEngine:
                               f"(max_node_tokens_per_s), got {tokens_per_second!r}")
         if type(min_price_nano) is not int or min_price_nano < 0:
             raise MarketError(f"min price must be an integer >= 0 nano-NEURO, got {min_price_nano!r}")
-        offer = Offer(tokens_per_second, min_price_nano if tokens_per_second else 0)
+        offer = OwnOffer(tokens_per_second, min_price_nano if tokens_per_second else 0)
         if offer != self._offer:
             self._offer = offer
             self._dirty = True
@@ -344,7 +345,7 @@ class PeerEngine:
         """The announcement a node publishes when it stops: zero capacity, zero demand, a higher
         seq, so peers stop counting it at once. None if it never announced anything (nobody
         counts it). Ignores the once-per-tick limit: it is the last word."""
-        self._offer = Offer(0, 0)
+        self._offer = OwnOffer(0, 0)
         self._requests.clear()
         self._demand_override = None
         if self._published is None or self._published.silent:
@@ -538,6 +539,7 @@ class PeerEngine:
 
 
 __all__ = [
-    "PeerEngine", "Verdict", "SyncCounts", "Offer", "LocalRequest", "OwnState", "MarketSnapshot",
+    "PeerEngine", "Verdict", "SyncCounts", "OwnOffer", "LocalRequest", "OwnState",
+    "MarketSnapshot",
     "ACCEPTED", "REJECTED", "IGNORED", "OUTCOMES", "HISTORY",
 ]

@@ -66,8 +66,7 @@ from neuroshard_p2p.node.streams import (
     failure_reason,
     reset_quietly,
 )
-from neuroshard_p2p.view import Offer as ViewOffer
-from neuroshard_p2p.view import TickPrice
+from neuroshard_p2p.view import CountedOffer, TickPrice
 from neuroshard_p2p.wire import (
     MAX_OUTPUT_BYTES,
     Job,
@@ -178,7 +177,7 @@ class JobService:
         self.provider = ProviderDesk(self.signer, self.config)
         #: The view's offers, walked again only when they can have changed (hits / misses).
         self.view_offers = ViewOffers()
-        self._offers_given: tuple[ViewOffer, ...] | None = None
+        self._offers_given: tuple[CountedOffer, ...] | None = None
         self.counters = JobCounters()
         self.host: Any = None
         self._nursery: trio.Nursery | None = None
