@@ -1,6 +1,10 @@
 """Receipt acceptance, sans-IO: may these receipt bytes settle against the job we matched?
 
-A gateway settles a user's payment only on a receipt that (in this order)
+This is the one place receipts are checked (protocols/market-v1.md §9, R1–R7): a receipt only
+ever arrives at the gateway that sent the job, in its JobResult, and the plausibility and rate
+checks need the provider's settlements over time, which the gateway's ledger keeps on disk (the
+wire `Validator` checks announcements only). A gateway settles a user's payment only on a receipt
+that (in this order)
 
 1. decodes as a wire receipt with a valid provider signature (`malformed`, `bad_signature`);
 2. is fresh: issued within the wire window (at most 300 s old, 30 s early) and not before the job
@@ -28,7 +32,6 @@ from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import Settlement, settle_amounts
 from neuroshard_p2p.wire import Job, Receipt, WireError
-from neuroshard_p2p.wire.validate import RECEIPT_MIN_ELAPSED_MS
 
 #: Refusal reason codes, stable for counters and metrics.
 MALFORMED = "malformed"
@@ -43,6 +46,9 @@ REASONS = (MALFORMED, BAD_SIGNATURE, STALE, MISMATCH, REPLAY, IMPLAUSIBLE, OVER_
 
 #: Window of the per-provider rate limit (max_tokens_per_minute).
 RATE_WINDOW_S = 60.0
+#: The time since the job was sent counts as at least this long in the plausibility check, so
+#: clock granularity and tiny jobs answered in a few milliseconds never look implausible.
+RECEIPT_MIN_ELAPSED_MS = 1000
 #: Ceiling on one settlement, whatever the receipt says: 10^6 NEURO and 10^12 tokens. Far above any
 #: real job (50k tok/s × 300 s at 1 NEURO/1M tokens is 15 NEURO), far below where sums of signed
 #: 64-bit SQLite integers could overflow.
@@ -136,9 +142,9 @@ def check_plausible(receipt: Receipt, job: MatchedJob, capacity_tokens_per_s: in
 
     Capacity is what the provider announced (capped at `max_node_tokens_per_s`, so a node cannot
     buy itself headroom by announcing an absurd capacity). Elapsed is the gateway's own
-    `now − sent_at`, not the times in the receipt, which the provider writes itself (the wire
-    Validator's V9 checks those); like V9 it counts as at least 1 s, so a tiny job answered in a
-    few milliseconds never looks implausible. Integer milliseconds, no float comparison."""
+    `now − sent_at` rounded to whole ms, not the times in the receipt, which the provider writes
+    itself; it counts as at least RECEIPT_MIN_ELAPSED_MS, so a tiny job answered in a few
+    milliseconds never looks implausible. Integer milliseconds, no float comparison."""
     if receipt.tokens_served > job.tokens_requested:
         raise LedgerError(IMPLAUSIBLE, f"receipt claims {receipt.tokens_served} tokens served, "
                                        f"the job requested {job.tokens_requested}")
@@ -196,5 +202,6 @@ __all__ = [
     "LedgerError", "MatchedJob", "check_receipt", "decode_receipt", "check_matches_job",
     "check_issued_after_job", "check_plausible", "check_rate", "amounts_of", "REASONS",
     "MALFORMED", "BAD_SIGNATURE", "STALE", "MISMATCH", "REPLAY", "IMPLAUSIBLE", "OVER_RATE",
-    "OVERFLOW", "RATE_WINDOW_S", "MAX_SETTLEMENT_NANO", "MAX_SETTLEMENT_TOKENS",
+    "OVERFLOW", "RATE_WINDOW_S", "RECEIPT_MIN_ELAPSED_MS", "MAX_SETTLEMENT_NANO",
+    "MAX_SETTLEMENT_TOKENS",
 ]

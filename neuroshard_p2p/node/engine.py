@@ -21,8 +21,9 @@ so idle nodes cost the network no traffic. The seq of each announcement is
 previous run of this key announced a higher seq (heard back through gossip or sync), the engine
 continues above it and re-announces its true state.
 
-Validation paths. Gossip goes through the `Validator` with every rule (V1–V9: duplicate,
-signature, freshness, author, capacity limit, seq, rate). Announcements received through sync are
+Validation paths. Gossip goes through the `Validator` with every rule (V1–V8: duplicate,
+signature, freshness, kind, author, capacity limit, seq, rate); `decode` (default: the codec's)
+is the stateless part it runs, which the simulator replaces by one memoised across its peers. Announcements received through sync are
 history a peer retained (a signer's few newest), which the per-signer seq and rate rules of live
 gossip would wrongly refuse when they arrive out of order or in a batch, so they are checked with
 `history=True` (V1–V6, protocol §8): one pass, one signature check, and the view's merge, a
@@ -48,7 +49,7 @@ from neuroshard_p2p.wire import Announcement, WireError, encode
 from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_response
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
-from neuroshard_p2p.wire.validate import Validator
+from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
 from neuroshard_p2p.view import MarketView, TickPrice, ms_of
 from neuroshard_p2p.wire import MAX_AGE_S
 
@@ -192,7 +193,8 @@ class PeerEngine:
     def __init__(self, config: MarketConfig, private_key: coincurve.PrivateKey, *,
                  tokens_per_second: int = 0, min_price_nano: int = 0,
                  announce_interval_s: float = 20.0,
-                 view: MarketView | None = None, validator: Validator | None = None) -> None:
+                 view: MarketView | None = None, validator: Validator | None = None,
+                 decode: Decoder = decode_stateless) -> None:
         if not 0 < announce_interval_s < config.capacity_timeout_s:
             raise ValueError("announce_interval_s must be in (0, capacity_timeout_s)")
         self.config = config
@@ -201,8 +203,7 @@ class PeerEngine:
         self.peer_id = peer_id_of(self.signer)
         self.announce_interval_s = announce_interval_s
         self.view = view if view is not None else MarketView(config)
-        self.validator = validator if validator is not None else Validator(
-            config, local_key=self.signer)
+        self.validator = validator if validator is not None else Validator(config, decode=decode)
         #: (outcome, reason) → count, for gossip and for announcements received through sync.
         self.gossip_counts: Counter[tuple[str, str]] = Counter()
         self.sync_counts: Counter[tuple[str, str]] = Counter()
@@ -404,7 +405,7 @@ class PeerEngine:
         # of every peer comes through here.
         try:
             try:
-                message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer)
+                message = self.validator.check(data, now, from_peer=from_peer)
             except WireError as error:
                 verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                                   None, str(error))
@@ -423,14 +424,12 @@ class PeerEngine:
     def _accept(self, data: bytes, now: float, from_peer: bytes | str | None,
                 counts: Counter[tuple[str, str]] | None, history: bool = False) -> Verdict:
         try:
-            message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer,
-                                           history=history)
+            message = self.validator.check(data, now, from_peer=from_peer, history=history)
         except WireError as error:
             verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                               None, str(error))
             key = (verdict[0], verdict[1])
         else:
-            # kind=Announcement: the validator accepted an Announcement (V3)
             self.view.merge_message(message)
             if message.signer == self.signer and message.seq > self._last_seq:
                 self._continue_above(message)
