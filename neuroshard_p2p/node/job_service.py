@@ -565,9 +565,10 @@ class JobService:
         result = outcome[0]
         if isinstance(result, BackendError):
             self.counters.backend_errors += 1
-            log.info("backend failed on %s: %s", job.request_id, result)
-            await self._answer(stream, declined(job.request_id, f"backend_{result.code}",
-                                                str(result)))
+            log.info("backend failed on %s (%s): %s", job.request_id, result.reason,
+                     result.message)
+            await self._answer(stream, declined(job.request_id, f"backend_{result.reason}",
+                                                result.message))
             return
         ended = self.clock()  # one reading: the receipt is issued when serving ended
         unsigned = self.provider.receipt_for(job, result.tokens_served, started, ended, ended)

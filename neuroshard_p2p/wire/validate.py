@@ -87,11 +87,11 @@ REASONS = (
 _PEER_ID_PREFIX = bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21])
 _PEER_ID_SIZE = len(_PEER_ID_PREFIX) + 33
 
-#: Seen-cache keys. An input of announcement size is its own key: the same bytes are the same
+#: Seen-cache keys: an accepted announcement's bytes are its own key: the same bytes are the same
 #: message id (SHA-256 of the bytes) without hashing them, a bytes object caches its dict hash,
 #: and in the simulator every peer's cache refers to the one shared wire object instead of holding
-#: its own digest. A larger input (a job, up to 80 KB) is keyed by its SHA-256 digest, so the
-#: cache stays small; so is an input of at most 32 bytes, so a raw key never equals a digest key.
+#: its own digest. Only announcements are accepted, so an input of another size was never seen
+#: and skips the lookup (it fails V2 or V3).
 _RAW_KEY_MIN = 33
 _RAW_KEY_MAX = MAX_SIZE[KIND_ANNOUNCEMENT]
 _isfinite = math.isfinite
@@ -167,21 +167,20 @@ class Validator:
                 if size > MAX_ANY_SIZE:  # W1 before hashing: never hash a huge input
                     raise WireError("oversize", REJECT,
                                     f"message is {size} bytes (limit {MAX_ANY_SIZE})")
-                if _RAW_KEY_MIN <= size <= _RAW_KEY_MAX:
-                    key = data
-                    msg_id: bytes | None = None  # _decode hashes it, once per decoded message
-                else:
-                    key = msg_id = _sha256(data).digest()
                 seen = self._seen
                 seen_ids = self._seen_ids
-                if seen_ids and not seen[seen_ids[0]] > now:
-                    self._expire_seen(now)
-                if key in seen:  # V1
-                    raise WireError("duplicate", IGNORE,
-                                    f"message {_sha256(data).hexdigest()[:16]}… already seen")
+                if _RAW_KEY_MIN <= size <= _RAW_KEY_MAX:
+                    key: bytes | None = data
+                    if seen_ids and not seen[seen_ids[0]] > now:
+                        self._expire_seen(now)
+                    if data in seen:  # V1
+                        raise WireError("duplicate", IGNORE,
+                                        f"message {_sha256(data).hexdigest()[:16]}… already seen")
+                else:
+                    key = None
             else:
-                key = msg_id = None
-            message = self._decode(data, msg_id)  # V2: W1…W12
+                key = None
+            message = self._decode(data, None)  # V2: W1…W12 (it hashes accepted bytes once)
             # V2: W13 (check_freshness, computed here; it raises the exact error when one is due)
             issued_at_ms = message.issued_at_ms
             age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
@@ -200,7 +199,7 @@ class Validator:
             counts[error.reason] = counts.get(error.reason, 0) + 1
             raise
         # accepted: remember its id (V1)
-        if key is not None:
+        if key is not None:  # always, for an announcement
             seen[key] = now + self.seen_ttl_s
             seen_ids.append(key)
             if len(seen_ids) > self.max_seen:
