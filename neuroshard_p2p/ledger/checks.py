@@ -1,22 +1,24 @@
 """Receipt acceptance, sans-IO: may these receipt bytes settle against the job we matched?
 
-This is the one place receipts are checked (protocols/market-v1.md §9, R1–R7): a receipt only
+This is the one place receipts are checked (protocols/market-v1.md §9, R1–R8): a receipt only
 ever arrives at the gateway that sent the job, in its JobResult, and the plausibility and rate
 checks need the provider's settlements over time, which the gateway's ledger keeps on disk (the
 wire `Validator` checks announcements only). A gateway settles a user's payment only on a receipt
-that (in this order)
+that (in this order; R1–R8 of the spec's §9)
 
-1. decodes as a wire receipt with a valid provider signature (`malformed`, `bad_signature`);
-2. is fresh: issued within the wire window (at most 300 s old, 30 s early) and not before the job
-   was sent (`stale`);
+1. decodes as a wire message with a valid signature, fresh: issued within the wire window (at
+   most 300 s old, 30 s early) (R1: `malformed`, `bad_signature`, `stale`), and is a receipt
+   (R2: `malformed`);
+2. is not dated before the job was sent (R3: `stale`);
 3. names exactly the job this gateway matched: provider, request id, gateway, user and the locked
-   price (`mismatch`). In fixed-price mode the locked price *is* the fixed price, so this check is
-   what makes fixed mode settle at the fixed price;
-4. has not settled before (`replay`; the store's UNIQUE receipt id enforces it again on disk);
+   price (R4: `mismatch`). In fixed-price mode the locked price *is* the fixed price, so this
+   check is what makes fixed mode settle at the fixed price;
+4. has not settled before (R5: `replay`; the store's UNIQUE receipt id enforces it again on disk);
 5. is plausible: no more tokens than were requested and no more than twice what the provider's
    announced capacity could have produced since the job was sent, counted as at least 1 s
-   (`implausible`);
-6. keeps the provider within `max_tokens_per_minute` over the last 60 s (`over_rate`).
+   (R6: `implausible`);
+6. stays within the ledger's ceiling on one settlement (R7: `implausible`);
+7. keeps the provider within `max_tokens_per_minute` over the last 60 s (R8: `over_rate`).
 
 Nothing here reads a clock, a file or a socket: `now` and the per-provider recent token count come
 in as arguments, and every refusal is one `LedgerError` with a stable reason code for counters and
