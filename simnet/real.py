@@ -77,9 +77,7 @@ def read_market(node: Any, now: float) -> tuple[int, int, int, int]:
     stats = node.engine.stats(now)
     price = getattr(stats, "price_nano", 0)
     price = int(getattr(price, "price_nano", price))
-    supply = getattr(stats, "supply_tokens_per_s", None)
-    if supply is None:
-        supply = getattr(stats, "supply_tokens_per_sec", 0)
+    supply = getattr(stats, "supply_tokens_per_sec", 0)
     return (price, int(supply), int(getattr(stats, "demand_tokens_waiting", 0)),
             int(getattr(stats, "available_nodes", 0)))
 

@@ -34,7 +34,7 @@ still floods through all of them, so traffic figures stay whole. Reports say so.
 
 Verifying the same signed bytes once per peer would cost 1,000× the CPU at 1,000 peers without
 changing any outcome (decoding is a pure function of the bytes), so within a run the stateless
-decode (`wire.codec._decode`) is memoised across peers — see `shared_decode`. Freshness, the
+decode is memoised across peers: every engine's validator is given one `SharedDecoder`. Freshness, the
 seen-cache, seq, rate and plausibility rules still run at every peer.
 
 What the simulator itself costs, around the engine calls:
@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import contextlib
 import gc
 import hashlib
 import heapq
@@ -92,7 +91,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import coincurve
 import numpy as np
@@ -101,7 +100,8 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.settings import NodeSettings
-from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire import Message, WireError
+from neuroshard_p2p.wire.validate import Decoder, decode_stateless
 
 from simnet.hostile import HostileCrafter
 from simnet.metrics import PeerSample, Recorder
@@ -233,39 +233,31 @@ class SimPeer:
         return EPOCH + t + self.skew
 
 
-@contextlib.contextmanager
-def shared_decode(max_entries: int = 200_000) -> Iterator[dict[bytes, Any]]:
-    """Memoise the wire's stateless decode (envelope, fields, signature) across all engines of
-    this process while the block runs. The same bytes always decode to the same message, so this
-    changes no outcome; every stateful and time rule still runs at every peer. Failures are not
-    memoised (they are rare and each is counted at every peer anyway)."""
-    from neuroshard_p2p.wire import codec, validate
+class SharedDecoder:
+    """The wire's stateless decode (envelope, fields, signature), memoised across all engines of
+    this network: every engine's `Validator` is given this as its `decode`. The same bytes always
+    decode to the same message, so this changes no outcome; every stateful and time rule still
+    runs at every peer. Failures are not memoised (they are rare and each is counted at every
+    peer anyway). At most `max_entries` messages are kept (the oldest quarter goes when full)."""
 
-    original = codec._decode
-    cache: dict[bytes, Any] = {}
+    def __init__(self, decode: Decoder = decode_stateless, max_entries: int = 200_000) -> None:
+        self._decode = decode
+        self.max_entries = max_entries
+        self.cache: dict[bytes, Message] = {}
 
-    def memo(data: Any, msg_id: bytes | None) -> Any:
+    def __call__(self, data: Any, msg_id: bytes | None) -> Message:
+        cache = self.cache
         if type(data) is bytes:
             hit = cache.get(data)
             if hit is not None:
                 return hit
-        message = original(data, msg_id)
+        message = self._decode(data, msg_id)
         if type(data) is bytes:
-            if len(cache) >= max_entries:
-                for old in list(cache)[: max_entries // 4]:
+            if len(cache) >= self.max_entries:
+                for old in list(cache)[: self.max_entries // 4]:
                     del cache[old]
             cache[data] = message
         return message
-
-    patched = [(codec, "_decode"), (validate, "_decode")]
-    saved = [(mod, name, getattr(mod, name)) for mod, name in patched if hasattr(mod, name)]
-    for mod, name, _ in saved:
-        setattr(mod, name, memo)
-    try:
-        yield cache
-    finally:
-        for mod, name, value in saved:
-            setattr(mod, name, value)
 
 
 def peer_key(seed: int, index: int, salt: bytes = b"peer") -> coincurve.PrivateKey:
@@ -312,6 +304,8 @@ class SimNetwork:
         self.start_spread_s = start_spread_s
         self.recorder = Recorder(scenario.name, "sim", self.market, self.sample_s)
         self.peers: list[SimPeer] = []
+        #: Every engine's validator decodes through this one memo (see `SharedDecoder`).
+        self.decoder = SharedDecoder()
         self.neighbours: list[set[int]] = []
         self._queue: list[tuple[float, int, int, Any]] = []
         self._counter = 0
@@ -356,7 +350,8 @@ class SimNetwork:
         capacity = setup.capacity if role == "provider" else 0
         engine = PeerEngine(self.market, key, tokens_per_second=capacity,
                             min_price_nano=to_nano(setup.min_price) if capacity else 0,
-                            announce_interval_s=self.settings.announce_interval_s)
+                            announce_interval_s=self.settings.announce_interval_s,
+                            decode=self.decoder)
         skew = self.rng.gauss(0.0, self.net.clock_skew_ms / 1000.0)
         peer = SimPeer(index, engine, bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21]) + engine.signer,
                        skew, role, capacity=capacity, observed=observed, group=group)
@@ -990,7 +985,7 @@ class SimNetwork:
             stats = p.engine.stats(now)
             price = stats.price_nano
             price_nano = int(getattr(price, "price_nano", price))
-            rows.append(PeerSample(p.index, price_nano, int(stats.supply_tokens_per_s),
+            rows.append(PeerSample(p.index, price_nano, int(stats.supply_tokens_per_sec),
                                    int(stats.demand_tokens_waiting), int(stats.available_nodes),
                                    p.engine.view.digest_without(leave_out)
                                    if self.record_digests else None))
@@ -1143,12 +1138,12 @@ class SimNetwork:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            with shared_decode():
-                self._simulate(duration, wall0)
+            self._simulate(duration, wall0)
             rec.cpu_s = time.process_time() - cpu0
             self._gather()
         finally:
             self._stop_workers()
+            self.decoder.cache.clear()  # the run is over: no engine decodes these bytes again
             if gc_was_enabled:
                 if gc.get_freeze_count() == 0:
                     # Everything the run allocated is still in the youngest generation; its first
@@ -1217,5 +1212,5 @@ def stderr_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["SimNetwork", "SimPeer", "run_sim", "default_workers", "PARALLEL_FROM_PEERS", "shared_decode", "peer_key", "EPOCH",
+__all__ = ["SimNetwork", "SimPeer", "run_sim", "default_workers", "PARALLEL_FROM_PEERS", "SharedDecoder", "peer_key", "EPOCH",
            "node_settings", "stderr_progress"]

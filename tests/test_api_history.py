@@ -3,10 +3,12 @@ the trio driver recording every tick of a clock it is given."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from neuroshard_p2p.api.history import MAX_POINTS, PriceHistory, record_prices
+from neuroshard_p2p.core.average import TickAverage, mean_nano
 
 
 def test_fine_series_and_average_are_exact() -> None:
@@ -39,15 +41,31 @@ def test_long_series_are_thinned_to_max_points_keeping_the_newest_time() -> None
     assert [t for t, _ in series] == sorted(t for t, _ in series)
 
 
-def test_day_window_is_minute_buckets() -> None:
+def test_day_window_is_minute_buckets_with_means_rounded_half_up() -> None:
     history = PriceHistory(tick_s=10.0)
     # Ticks 0..17 (0 s .. 170 s): minute 0 holds ticks 0-5, minute 1 ticks 6-11, minute 2 12-17.
     for tick in range(18):
         history.record(tick, 100 * (tick // 6) + tick)
-    assert history.series(86400, now=175.0) == [
-        (0.0, sum(range(6)) // 6), (60.0, 100 + sum(range(6, 12)) // 6),
-        (120.0, 200 + sum(range(12, 18)) // 6)]
-    assert history.average(86400, now=175.0) == sum(100 * (t // 6) + t for t in range(18)) // 18
+    # Each minute's mean is n + 2.5 and the day's 1953 / 18 = 108.5: halves round up (the
+    # core's mean_nano, the rounding of the embedded market's avg_price_24h too).
+    assert history.series(86400, now=175.0) == [(0.0, 3), (60.0, 109), (120.0, 215)]
+    assert sum(100 * (t // 6) + t for t in range(18)) == 1953
+    assert history.average(86400, now=175.0) == 109
+    assert history.average(3600, now=175.0) == 109   # the same ticks at tick resolution
+    with pytest.raises(ValueError, match="must be 86400 s"):
+        history.average(7200, now=175.0)
+
+
+def test_day_average_is_the_core_one() -> None:
+    """The API's 24 h average and the embedded market's are one implementation: the same ticks
+    at the same prices give the same figure (here 2 ticks at 1 and 1 at 2: 4 / 3 rounds to 1)."""
+    history = PriceHistory(tick_s=2.0)
+    day = TickAverage(2.0)
+    for tick, price in ((100, 1), (101, 1), (102, 2)):
+        history.record(tick, price)
+        day.add_run(tick, tick, price)
+    assert history.average(86400, now=205.0) == day.average(102) == 1 == mean_nano(4, 3)
+    assert mean_nano(5, 2) == 3 and mean_nano(7, 2) == 4 and mean_nano(8, 3) == 3
 
 
 def test_memory_is_bounded() -> None:
@@ -55,7 +73,7 @@ def test_memory_is_bounded() -> None:
     for tick in range(3 * 86400):
         history.record(tick, 7)
     assert len(history) == 3601
-    assert len(history._coarse) == 1441
+    assert len(history._coarse) == 1440  # whole minutes holding the last 86,400 ticks
     assert len(history.series(86400, now=3 * 86400.0)) <= MAX_POINTS
     assert len(history.series(3600, now=3 * 86400.0)) <= MAX_POINTS
     assert history.average(86400, now=3 * 86400.0) == 7

@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from neuroshard_p2p.node.backends import (
+    REASONS,
     BackendError,
     InferenceBackend,
     OpenAIBackend,
@@ -52,7 +53,7 @@ async def test_synthetic_refuses_at_once_a_job_it_cannot_finish_in_time(autojump
     start = trio.current_time()
     with pytest.raises(BackendError) as caught:
         await backend.serve("x", 1000, deadline=start + 2)
-    assert caught.value.code == "deadline"
+    assert caught.value.reason == "deadline"
     assert "needs 10.00 s" in str(caught.value) and "2.00 s left" in str(caught.value)
     assert trio.current_time() == start
     # The refused job took no share of the rate: the next one starts at once.
@@ -75,7 +76,7 @@ async def test_synthetic_rejects_bad_token_counts(tokens: object) -> None:
     backend = SyntheticBackend(tokens_per_second=100)
     with pytest.raises(BackendError) as caught:
         await backend.serve("x", tokens, deadline=trio.current_time() + 5)  # type: ignore[arg-type]
-    assert caught.value.code == "bad_request"
+    assert caught.value.reason == "bad_request"
 
 
 def test_make_backend_explains_bad_settings() -> None:
@@ -145,7 +146,7 @@ async def test_openai_failures_become_readable_backend_errors(
             await backend.serve(prompt, 10, trio.current_time() + 5)
     finally:
         await backend.aclose()
-    assert caught.value.code == code
+    assert caught.value.reason == code
     assert words in str(caught.value)
 
 
@@ -156,14 +157,14 @@ async def test_openai_timeout_never_hangs(nursery: trio.Nursery) -> None:
     try:
         with pytest.raises(BackendError) as caught:
             await backend.serve("!slow 30", 10, start + 5)
-        assert caught.value.code == "timeout"
+        assert caught.value.reason == "timeout"
         assert trio.current_time() - start < 10.0  # the server would answer after 30 s
         # The job's deadline binds too when it is sooner than the backend's timeout.
         backend.timeout_s = 30
         start = trio.current_time()
         with pytest.raises(BackendError) as caught:
             await backend.serve("!slow 30", 10, start + 0.3)
-        assert caught.value.code == "timeout"
+        assert caught.value.reason == "timeout"
         assert "within 0.3 s" in str(caught.value)
         assert trio.current_time() - start < 10.0
     finally:
@@ -180,5 +181,16 @@ async def test_openai_unreachable_server() -> None:
             await backend.serve("hi", 10, trio.current_time() + 5)
     finally:
         await backend.aclose()
-    assert caught.value.code == "unreachable"
+    assert caught.value.reason == "unreachable"
     assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+def test_backend_error_reason_is_a_stable_code_and_the_message_is_separate() -> None:
+    error = BackendError("timeout", "backend http://127.0.0.1:1 did not answer within 5.0 s")
+    assert (error.reason, error.message, str(error)) == (
+        "timeout", "backend http://127.0.0.1:1 did not answer within 5.0 s",
+        "backend http://127.0.0.1:1 did not answer within 5.0 s")
+    assert REASONS == ("timeout", "unreachable", "http_status", "bad_response", "deadline",
+                       "bad_request")
+    with pytest.raises(ValueError, match="unknown backend error reason"):
+        BackendError("the server is down", "words where the code goes")

@@ -9,9 +9,9 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from neuroshard_p2p.config import MarketConfig
-from neuroshard_p2p.core.book import (TIERS, TRANSITIONS, Match, Offer, OfferExpired,
-                                      OfferRejected, OrderBook, RequestExpired, RequestRequeued,
-                                      RequestStatus, State)
+from neuroshard_p2p.core.book import (TIERS, TRANSITIONS, Match, OfferExpired, OfferRejected,
+                                      OrderBook, RequestExpired, RequestRequeued, RequestStatus,
+                                      RestingOffer, State)
 from neuroshard_p2p.core.errors import MarketError, format_price, format_prices
 
 T0 = 1_000_000.0
@@ -32,7 +32,7 @@ def submit(book: OrderBook, request_id: str, tokens: int = 1000, price: int = 10
     return book.submit(request_id, "user", tokens, max_price, price, at, tier)
 
 
-def reference_match(offers: list[Offer], pending: list[RequestStatus],
+def reference_match(offers: list[RestingOffer], pending: list[RequestStatus],
                     in_flight: dict[str, int], config: MarketConfig) -> list[Match]:
     """The matching rule written the slow, obvious way (O(n·m))."""
     order = sorted(pending, key=lambda r: (RANK[r.tier], -r.locked_price_nano, r.submitted_at,
@@ -129,13 +129,13 @@ def test_price_formatting() -> None:
 
 def test_offers_and_supply() -> None:
     book = book_with(("n1", 1000, 10_000_000), ("n2", 500, 0))
-    assert book.supply_tokens_per_s == 1500 and book.offer_count == 2
+    assert book.supply_tokens_per_sec == 1500 and book.offer_count == 2
     book.set_offer("n1", 2000, 10_000_000, T0 + 1)       # re-announcement replaces
-    assert book.supply_tokens_per_s == 2500
+    assert book.supply_tokens_per_sec == 2500
     assert book.set_offer("n2", 0, 0, T0 + 1) is None     # zero capacity withdraws
-    assert book.supply_tokens_per_s == 2000 and book.offer_count == 1
+    assert book.supply_tokens_per_sec == 2000 and book.offer_count == 1
     assert book.withdraw("n1") and not book.withdraw("n1")
-    assert book.supply_tokens_per_s == 0
+    assert book.supply_tokens_per_sec == 0
 
 
 @pytest.mark.parametrize("tps, price, message", [
@@ -155,15 +155,15 @@ def test_implausible_offers_are_refused(tps: int, price: int, message: str) -> N
 def test_set_offers_replaces_all_and_reports_rejects() -> None:
     book = book_with(("old", 1000, 0))
     rejects = book.set_offers([
-        Offer("a", 100, 0, T0),
-        Offer("b", 0, 0, T0),                      # a withdrawal: skipped, not a reject
-        Offer("c", 60_000, 0, T0),                 # implausible
-        Offer("a", 200, 0, T0),                    # duplicate
-        Offer("d", 300, 5, T0 - 60),               # stale
-        Offer("e", 400, 7, T0 - 59.5),
+        RestingOffer("a", 100, 0, T0),
+        RestingOffer("b", 0, 0, T0),               # a withdrawal: skipped, not a reject
+        RestingOffer("c", 60_000, 0, T0),          # implausible
+        RestingOffer("a", 200, 0, T0),             # duplicate
+        RestingOffer("d", 300, 5, T0 - 60),        # stale
+        RestingOffer("e", 400, 7, T0 - 59.5),
     ], T0)
     assert [o.node_id for o in book.offers()] == ["a", "e"]
-    assert book.supply_tokens_per_s == 500
+    assert book.supply_tokens_per_sec == 500
     assert [(r.node_id, r.reason.split(":")[0].split(" ")[0]) for r in rejects] == [
         ("c", "tokens_per_second"), ("a", "duplicate"), ("d", "stale")]
     assert all(isinstance(r, OfferRejected) for r in rejects)
@@ -176,7 +176,7 @@ def test_stale_offers_are_not_matched_and_expire_on_advance() -> None:
     assert book.get("r1").reason == "no capacity offered"  # type: ignore[union-attr]
     assert book.advance(T0 + 59.9) == []
     assert book.advance(T0 + 60) == [OfferExpired("n1")]
-    assert book.supply_tokens_per_s == 0 and book.offer_count == 0
+    assert book.supply_tokens_per_sec == 0 and book.offer_count == 0
 
 
 def test_a_reannounced_offer_does_not_expire_on_its_old_deadline() -> None:
@@ -464,7 +464,8 @@ class BookMachine(RuleBasedStateMachine):
     @rule(offers=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 60),
                                     st.sampled_from([0, 50, 100, 300])), max_size=6))
     def replace_offers(self, offers: list[tuple[int, int, int]]) -> None:
-        self.book.set_offers([Offer(f"n{n}", t, p, self.now) for n, t, p in offers], self.now)
+        self.book.set_offers([RestingOffer(f"n{n}", t, p, self.now) for n, t, p in offers],
+                             self.now)
 
     @rule(node=st.integers(0, 6))
     def withdraw(self, node: int) -> None:
@@ -572,7 +573,7 @@ class BookMachine(RuleBasedStateMachine):
         self.now += 60 + 30 + 200 + 100 + 1
         self.book.advance(self.now)
         assert len(self.book) == 0
-        assert self.book.offer_count == 0 and self.book.supply_tokens_per_s == 0
+        assert self.book.offer_count == 0 and self.book.supply_tokens_per_sec == 0
         assert self.book.timer_count() == 0
 
     @invariant()
@@ -592,7 +593,7 @@ class BookMachine(RuleBasedStateMachine):
             flights[r.provider] = flights.get(r.provider, 0) + r.tokens
         for node in {r.provider for r in claimed} | {o.node_id for o in self.book.offers()}:
             assert self.book.in_flight(node or "") == flights.get(node or "", 0)
-        assert self.book.supply_tokens_per_s == sum(o.tokens_per_second
+        assert self.book.supply_tokens_per_sec == sum(o.tokens_per_second
                                                     for o in self.book.offers())
         for r in records:
             assert r.locked_price_nano <= r.max_price_nano

@@ -178,7 +178,7 @@ def test_peers_that_heard_the_same_announcements_report_the_same_market() -> Non
     t = T0 + 10
     snapshots = [e.stats(t) for e in (a, b, c)]
     assert snapshots[0] == snapshots[1] == snapshots[2]
-    assert snapshots[0].supply_tokens_per_s == 1500
+    assert snapshots[0].supply_tokens_per_sec == 1500
     assert snapshots[0].demand_tokens_waiting == 60_000
     assert snapshots[0].available_nodes == 2
     assert a.view.digest() == b.view.digest() == c.view.digest()
@@ -276,8 +276,8 @@ def test_a_silent_node_stops_counting_at_issued_at_plus_capacity_timeout() -> No
     a, b = engine(1, tokens_per_second=1000), engine(2)
     [data] = a.poll_announcements(T0 + 0.25)
     deliver(data, b, T0 + 0.3, a)
-    assert b.stats(T0 + 0.25 + 59.999).supply_tokens_per_s == 1000
-    assert b.stats(T0 + 0.25 + 60.0).supply_tokens_per_s == 0
+    assert b.stats(T0 + 0.25 + 59.999).supply_tokens_per_sec == 1000
+    assert b.stats(T0 + 0.25 + 60.0).supply_tokens_per_sec == 0
 
 
 def test_a_withdrawal_stops_counting_at_once() -> None:
@@ -286,8 +286,8 @@ def test_a_withdrawal_stops_counting_at_once() -> None:
     withdrawal = a.withdraw(T0 + 0.5)  # same tick: the last word is never held back
     assert withdrawal is not None
     assert deliver(withdrawal, b, T0 + 0.6, a) == "accepted"
-    assert b.stats(T0 + 0.5).supply_tokens_per_s == 0
-    assert b.stats(T0 + 0.499).supply_tokens_per_s == 1000
+    assert b.stats(T0 + 0.5).supply_tokens_per_sec == 0
+    assert b.stats(T0 + 0.499).supply_tokens_per_sec == 1000
 
 
 # -- anti-entropy -------------------------------------------------------------------------------

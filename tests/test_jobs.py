@@ -19,8 +19,7 @@ from neuroshard_p2p.node.jobs import (
     ViewOffers,
     job_protocol,
 )
-from neuroshard_p2p.view import MarketView
-from neuroshard_p2p.view import Offer as ViewOffer
+from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import Announcement, Job, decode_job_frame, encode_job_frame
 from tests.conftest import make_key
 
@@ -106,11 +105,11 @@ def test_receipt_names_the_job_and_never_more_tokens_than_requested() -> None:
 
 # --- gateway desk -------------------------------------------------------------------------------
 
-def offer(key: object, tps: int, min_price: int, at: float = T0) -> ViewOffer:
-    return ViewOffer(pub(key), tps, min_price, int(at * 1000))
+def offer(key: object, tps: int, min_price: int, at: float = T0) -> CountedOffer:
+    return CountedOffer(pub(key), tps, min_price, int(at * 1000))
 
 
-def gateway_desk(*offers: ViewOffer) -> GatewayDesk:
+def gateway_desk(*offers: CountedOffer) -> GatewayDesk:
     desk = GatewayDesk(CONFIG, pub(GATEWAY), GatewaySettings(full_backoff_s=1.0,
                                                              lost_backoff_s=10.0))
     desk.set_view_offers([offer(GATEWAY, 10_000, 0), *offers], T0)  # own offer: never used

@@ -117,7 +117,8 @@ async def test_a_hard_stopped_node_counts_until_its_timeout_a_cleanly_stopped_on
         observer = await start_node(nursery, test_settings(tmp_path / "d", bootstrap=entry),
                                     make_key(4))
         peers = [boot.node, observer.node]
-        await eventually(lambda: all(n.stats().supply_tokens_per_s == 1300 for n in peers + [clean.node]),
+        await eventually(lambda: all(n.stats().supply_tokens_per_sec == 1300
+                                     for n in peers + [clean.node]),
                          10, "everyone counts 1300 tokens/s")
 
         signer = hard.node.engine.signer
@@ -169,11 +170,11 @@ async def test_a_hard_stopped_node_counts_until_its_timeout_a_cleanly_stopped_on
             assert node.engine.view.current(clean_signer) == withdrawal
             counted = node.engine.view.counted_at_ms(clean_signer, withdrawal.issued_at_ms)
             assert counted is None or counted.tokens_per_second == 0
-            assert node.stats().supply_tokens_per_s in (0, 1000)  # the dead node may still count
+            assert node.stats().supply_tokens_per_sec in (0, 1000)  # the dead node may still count
 
         # and in real time the dead node drops out exactly when its last word expires
         def expired_everywhere() -> bool:
-            supplies = [n.stats().supply_tokens_per_s for n in peers]
+            supplies = [n.stats().supply_tokens_per_sec for n in peers]
             # in the view's own integer ms (it rounds): read after the supplies, so if they
             # were read at or past the expiry, so is this
             assert all(s == 1000 for s in supplies) or ms_of(time.time()) >= expiry_ms, supplies
@@ -200,7 +201,7 @@ async def test_a_clean_stop_waits_until_its_withdrawal_is_written_to_every_peer(
         leaving = await start_node(nursery, test_settings(tmp_path / "c", bootstrap=entry,
                                                           capacity=300), make_key(3))
         peers = [boot.node, other.node]
-        await eventually(lambda: all(n.stats().supply_tokens_per_s == 300 for n in peers)
+        await eventually(lambda: all(n.stats().supply_tokens_per_sec == 300 for n in peers)
                          and leaving.node.peer_count == 2, 10,
                          "both peers count the leaving node, which is connected to both")
         pubsub = leaving.node.pubsub
@@ -294,7 +295,7 @@ async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) 
                                    make_key(66))
         honest = [boot.node, seller.node, observer.node]
         h = hostile.node
-        await eventually(lambda: all(n.stats().supply_tokens_per_s == 1000 for n in honest + [h]),
+        await eventually(lambda: all(n.stats().supply_tokens_per_sec == 1000 for n in honest + [h]),
                          10, "everyone counts the seller")
         await eventually(lambda: len(h.gossipsub.mesh.get(h.topic, ())) == 3, 10,
                          "the hostile peer is in the mesh of all three honest nodes")
@@ -354,7 +355,7 @@ async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) 
         await h.pubsub.publish(h.topic, b"\x00" * (1024 * 1024 + 10))
         # everyone still works: a change by the seller reaches all honest nodes
         seller.node.set_offer(2000, 0)
-        await eventually(lambda: all(n.stats().supply_tokens_per_s == 2000 for n in honest), 10,
+        await eventually(lambda: all(n.stats().supply_tokens_per_sec == 2000 for n in honest), 10,
                          "honest nodes still gossip after the attack")
         nursery.cancel_scope.cancel()
 
@@ -393,8 +394,8 @@ async def test_nodes_on_different_networks_never_mix(tmp_path: Path) -> None:
                          "the sync across networks was refused")
         assert other.node.topic != main.node.topic
         assert other.node.engine.view.message_count == 0
-        assert other.node.stats().supply_tokens_per_s == 0
-        assert main.node.stats().supply_tokens_per_s == 1000
+        assert other.node.stats().supply_tokens_per_sec == 0
+        assert main.node.stats().supply_tokens_per_sec == 1000
         nursery.cancel_scope.cancel()
 
 

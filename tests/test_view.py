@@ -22,9 +22,9 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano
 from neuroshard_p2p.view import (
     BUCKETS,
+    CountedOffer,
     MarketView,
     MergeOutcome,
-    Offer,
     TickPrice,
     bucket_of,
     default_max_per_signer,
@@ -177,7 +177,7 @@ def test_one_announcement_exact_totals_and_price() -> None:
             stats.demand_tokens_waiting, stats.pending_requests, stats.utilization) == (
         1, 1, 1000, 60_000, 3, 1.0)
     assert view.stats_at(BASE_S + 0.5) == dataclasses.replace(stats, at_ms=BASE_MS + 500)
-    assert view.offers_at_ms(BASE_MS) == [Offer(signer(1), 1000, 5, BASE_MS)]
+    assert view.offers_at_ms(BASE_MS) == [CountedOffer(signer(1), 1000, 5, BASE_MS)]
     # Tick k is evaluated at k s − 2 s: the announcement first counts at tick BASE_S + 2.
     # u = (60,000 / 60) / 1000 = 1 → target = 0.01 + 0.99 · σ(0) = 0.505 NEURO.
     # Empty market: 0.01 + 0.99 · σ(−1) = 0.056951614… NEURO (steepness 3).

@@ -47,6 +47,7 @@ from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_U63, body_of
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, FrameReader, length_prefixed
 from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE
+from neuroshard_p2p.wire.validate import decode_stateless
 
 PROVIDER, GATEWAY, OTHER = make_key(1), make_key(2), make_key(3)
 P, G, O = (public_key_of(k) for k in (PROVIDER, GATEWAY, OTHER))
@@ -408,12 +409,6 @@ def test_replay_is_a_duplicate(validator: Validator) -> None:
     assert validator.counts["duplicate"] == 3 and validator.counts["accepted"] == 1
 
 
-def test_replayed_receipt_is_a_duplicate(validator: Validator) -> None:
-    data = encode(receipt(), PROVIDER)
-    assert validator.check(data, T).tokens_served == 480
-    assert reason_of(lambda: validator.check(data, T + 1)) == ("duplicate", IGNORE)
-
-
 def test_stale_and_future(validator: Validator) -> None:
     data = encode(announcement(), PROVIDER)
     assert reason_of(lambda: validator.check(data, T + 300.001)) == ("stale", IGNORE)
@@ -497,51 +492,30 @@ def test_implausible_capacity(validator: Validator) -> None:
     assert validator.check(encode(announcement(tokens_per_second=50_000), PROVIDER), T).seq == 1
 
 
-def test_receipt_tokens_against_capacity() -> None:
+def test_only_announcements_are_validated() -> None:
+    """Jobs and receipts travel on the job stream, where the provider's admission and the
+    gateway's ledger check them (spec §9): given to a Validator, they are the wrong kind."""
     validator = Validator(MarketConfig())
-    validator.check(encode(announcement(tokens_per_second=100), PROVIDER), T)
-    # 2 × 100 tokens/s × 1.5 s = 300 tokens at most
-    too_many = encode(receipt(301, started_ms=T_MS - 1500, ended_ms=T_MS), PROVIDER)
-    assert reason_of(lambda: validator.check(too_many, T)) == ("implausible", REJECT)
-    assert validator.check(encode(receipt(300, "r2", T_MS - 1500, T_MS), PROVIDER), T).tokens_served == 300
-    # an explicit capacity (what the gateway matched against) wins over the validator's memory
-    assert reason_of(lambda: validator.check(encode(receipt(300, "r3", T_MS - 1500, T_MS), PROVIDER),
-                                             T, provider_capacity=99)) == ("implausible", REJECT)
-    # elapsed counts as at least one second
-    assert validator.check(encode(receipt(200, "r4", T_MS, T_MS), PROVIDER), T).tokens_served == 200
+    assert reason_of(lambda: validator.check(encode(job(), GATEWAY), T)) == ("kind", REJECT)
+    assert reason_of(lambda: validator.check(encode(receipt(), PROVIDER), T)) == ("kind", REJECT)
+    assert validator.counts["kind"] == 2 and validator.counts["accepted"] == 0
+    assert "wrong_recipient" not in validator.counts and "tokens_per_minute" not in validator.counts
 
 
-def test_receipt_capacity_from_a_lookup_capped_by_config() -> None:
-    validator = Validator(MarketConfig(max_node_tokens_per_s=1000), capacity_of=lambda s: 10**9)
-    ok = encode(receipt(2000, "r1", T_MS - 1000, T_MS), PROVIDER)
-    assert validator.check(ok, T).tokens_served == 2000
-    assert reason_of(lambda: validator.check(encode(receipt(2001, "r2", T_MS - 1000, T_MS), PROVIDER),
-                                             T)) == ("implausible", REJECT)
+def test_decoder_is_a_parameter() -> None:
+    """A Validator runs the stateless rules through the decoder it is given (the simulator
+    passes a memoised one): each accepted input goes through it once."""
+    calls: list[bytes] = []
 
+    def counting(data: Any, msg_id: bytes | None) -> Any:
+        calls.append(bytes(data))
+        return decode_stateless(data, msg_id)
 
-def test_tokens_per_minute_per_provider() -> None:
-    validator = Validator(MarketConfig(max_tokens_per_minute=1000))
-    long_job = dict(started_ms=T_MS - 60_000, ended_ms=T_MS)
-    validator.check(encode(receipt(700, "r1", **long_job), PROVIDER), T)
-    over = encode(receipt(301, "r2", **long_job), PROVIDER)
-    assert reason_of(lambda: validator.check(over, T + 30)) == ("tokens_per_minute", REJECT)
-    validator.check(encode(receipt(300, "r3", **long_job), PROVIDER), T + 30)
-    # 60 s after the first receipt its 700 tokens leave the window; the 300 of r3 stay
-    assert validator.check(over, T + 60).tokens_served == 301
-    assert reason_of(lambda: validator.check(encode(receipt(400, "r4", **long_job), PROVIDER),
-                                             T + 61)) == ("tokens_per_minute", REJECT)
-
-
-def test_kind_and_recipient() -> None:
-    validator = Validator(MarketConfig(), local_key=P)
-    assert reason_of(lambda: validator.check(encode(job(), GATEWAY), T, kind=Announcement)) == \
-        ("kind", REJECT)
-    assert validator.check(encode(job(), GATEWAY), T, kind=(Job, Receipt)).provider == P
-    to_other = encode(job(provider=O, request_id="req-2"), GATEWAY)
-    assert reason_of(lambda: validator.check(to_other, T)) == ("wrong_recipient", REJECT)
-    gateway_side = Validator(MarketConfig(), local_key=O)
-    assert reason_of(lambda: gateway_side.check(encode(receipt(), PROVIDER), T)) == \
-        ("wrong_recipient", REJECT)
+    validator = Validator(MarketConfig(), decode=counting)
+    data = encode(announcement(), PROVIDER)
+    assert validator.check(data, T).seq == 1
+    assert reason_of(lambda: validator.check(data, T)) == ("duplicate", IGNORE)  # not decoded
+    assert calls == [data]
 
 
 def test_high_s_signature_is_refused() -> None:
@@ -603,26 +577,28 @@ def test_maps_and_ext_are_malformed_even_when_empty(item: bytes) -> None:
     assert reason_of(lambda: decode_frame(frame)) == ("malformed", REJECT)
 
 
-def test_duplicates_of_every_size_and_an_id_sent_as_bytes() -> None:
-    """The seen-cache knows an announcement-sized message by its bytes and a larger one (a job
-    with a long prompt) by its SHA-256 id: both replays are duplicates, with the id's first 16
-    hex digits in the detail, and 32 bytes equal to an accepted id are not that message."""
+def test_duplicates_as_bytes_bytearray_or_memoryview_and_an_id_sent_as_bytes() -> None:
+    """The seen-cache knows an accepted announcement by its bytes, whatever buffer type they
+    arrive in; a replay is a duplicate, with the id's first 16 hex digits in the detail; 32
+    bytes equal to an accepted id are not that message, and a large input (a job with a long
+    prompt) is never a duplicate, only the wrong kind, since only announcements are accepted."""
     validator = Validator(MarketConfig())
     small = encode(announcement(), PROVIDER)
     big = encode(job(prompt="x" * 5000), GATEWAY)
     assert len(small) <= 1024 < len(big)
     validator.check(small, T)
-    validator.check(big, T)
-    for data in (small, big, bytearray(small), memoryview(big)):
+    for data in (small, bytearray(small), memoryview(small)):
         with pytest.raises(WireError) as raised:
             validator.check(data, T + 1)
         assert (raised.value.reason, raised.value.action) == ("duplicate", IGNORE)
         assert str(raised.value) == f"message {hashlib.sha256(data).hexdigest()[:16]}… already seen"
-    for data in (small, big):
-        assert reason_of(lambda: validator.check(hashlib.sha256(data).digest(), T)) == \
-            ("malformed", REJECT)
-    assert validator.seen_size == 2
-    assert validator.counts["duplicate"] == 4 and validator.counts["malformed"] == 2
+    for _ in range(2):
+        assert reason_of(lambda: validator.check(memoryview(big), T)) == ("kind", REJECT)
+    assert reason_of(lambda: validator.check(hashlib.sha256(small).digest(), T)) == \
+        ("malformed", REJECT)
+    assert validator.seen_size == 1
+    assert validator.counts["duplicate"] == 3 and validator.counts["kind"] == 2
+    assert validator.counts["malformed"] == 1
 
 
 def test_seen_cache_expiry_stops_at_the_first_fresh_id_when_the_clock_steps_back() -> None:

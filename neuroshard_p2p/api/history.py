@@ -2,8 +2,11 @@
 
 The merged view keeps only the announcements the price window needs, so it cannot answer "what was
 the price three hours ago". This recorder keeps that answer, in bounded memory: the price of every
-tick for the last hour, and per-minute sums for the last 24 h. It is sans-IO — the driver
-(`record_prices`) reads the node's clock and feeds it ticks — so it is tested with plain numbers.
+tick for the last hour, and per-minute sums for the last 24 h — the core's `TickAverage`, the one
+the embedded market's `avg_price_24h` uses, so the 24 h average is computed and rounded one way
+(`core.average`: the mean rounded to the nearest nano, halves up; so is every mean here). It is
+sans-IO — the driver (`record_prices`) reads the node's clock and feeds it ticks — so it is tested
+with plain numbers.
 
 A tick's price is a pure function of the announcements (the same on every peer), so recording
 `tick_price(k)` for each tick k the node lives through gives the same series on every node that was
@@ -14,24 +17,17 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 import trio
 
+from neuroshard_p2p.core.average import TickAverage, mean_nano
+
 FINE_WINDOW_S = 3600.0
 COARSE_WINDOW_S = 86400.0
-COARSE_BUCKET_S = 60.0
 #: Most points a series carries; longer ones are averaged in consecutive groups (a chart a few
 #: hundred pixels wide cannot show more, and the dashboard fetches it every 3 s).
 MAX_POINTS = 720
-
-
-@dataclass
-class _Bucket:
-    index: int          # floor(tick start / COARSE_BUCKET_S)
-    total: int = 0      # sum of the tick prices in it (nano-NEURO per 1M tokens)
-    count: int = 0
 
 
 class PriceHistory:
@@ -46,7 +42,7 @@ class PriceHistory:
         self.tick_s = tick_s
         self.max_points = max_points
         self._fine: deque[tuple[int, int]] = deque(maxlen=math.ceil(FINE_WINDOW_S / tick_s) + 1)
-        self._coarse: deque[_Bucket] = deque(maxlen=math.ceil(COARSE_WINDOW_S / COARSE_BUCKET_S) + 1)
+        self._coarse = TickAverage(tick_s)
         self.last_tick: int | None = None
 
     def __len__(self) -> int:
@@ -60,44 +56,39 @@ class PriceHistory:
             return False
         self.last_tick = tick
         self._fine.append((tick, price_nano))
-        index = math.floor(tick * self.tick_s / COARSE_BUCKET_S)
-        if not self._coarse or self._coarse[-1].index != index:
-            self._coarse.append(_Bucket(index))
-        bucket = self._coarse[-1]
-        bucket.total += price_nano
-        bucket.count += 1
+        self._coarse.add_run(tick, tick, price_nano)
         return True
 
     def series(self, window_s: float, now: float) -> list[tuple[float, int]]:
         """(time, price_nano) points of the last `window_s` seconds before `now`, oldest first,
         at most `max_points`. Up to an hour: one point per tick (averaged in groups when there are
-        more than max_points); longer: one point per minute (the minute's mean, at its start)."""
+        more than max_points); longer: one point per minute (the minute's mean, at its start;
+        the day's `TickAverage` buckets)."""
         start = now - window_s
         if window_s <= FINE_WINDOW_S:
             points = [(tick * self.tick_s, price) for tick, price in self._fine
                       if start <= tick * self.tick_s <= now]
         else:
-            points = [(b.index * COARSE_BUCKET_S, b.total // b.count) for b in self._coarse
-                      if start <= b.index * COARSE_BUCKET_S <= now]
+            points = [(p.at, p.price_nano) for p in self._coarse.history()
+                      if start <= p.at <= now]
         return _thin(points, self.max_points)
 
     def average(self, window_s: float, now: float) -> int | None:
-        """Mean price (nano-NEURO per 1M tokens, rounded down) over the ticks recorded in the last
-        `window_s` seconds, at the resolution that covers the window; None when none were."""
+        """Mean price (nano-NEURO per 1M tokens, `mean_nano`: nearest, halves up) over the ticks
+        recorded in the last `window_s` seconds; None when none were. Up to an hour: the ticks
+        that start in [now − window_s, now]. The day (COARSE_WINDOW_S, the only longer window):
+        the core's 24 h average up to the tick of `now` (`TickAverage.average`, whole minutes)."""
+        if window_s > FINE_WINDOW_S:
+            if window_s != COARSE_WINDOW_S:
+                raise ValueError(f"windows over {FINE_WINDOW_S:g} s must be {COARSE_WINDOW_S:g} s")
+            return self._coarse.average(math.floor(now / self.tick_s))
         start = now - window_s
         total = count = 0
-        if window_s <= FINE_WINDOW_S:
-            for tick, price in self._fine:
-                if start <= tick * self.tick_s <= now:
-                    total += price
-                    count += 1
-        else:
-            # Whole minutes: a bucket counts if it starts inside the window.
-            for b in self._coarse:
-                if start <= b.index * COARSE_BUCKET_S <= now:
-                    total += b.total
-                    count += b.count
-        return total // count if count else None
+        for tick, price in self._fine:
+            if start <= tick * self.tick_s <= now:
+                total += price
+                count += 1
+        return mean_nano(total, count) if count else None
 
 
 def _thin(points: list[tuple[float, int]], max_points: int) -> list[tuple[float, int]]:
@@ -111,10 +102,10 @@ def _thin(points: list[tuple[float, int]], max_points: int) -> list[tuple[float,
     first = len(points) % size
     if first:
         head = points[:first]
-        thinned.append((head[-1][0], sum(p for _, p in head) // len(head)))
+        thinned.append((head[-1][0], mean_nano(sum(p for _, p in head), len(head))))
     for i in range(first, len(points), size):
         group = points[i:i + size]
-        thinned.append((group[-1][0], sum(p for _, p in group) // len(group)))
+        thinned.append((group[-1][0], mean_nano(sum(p for _, p in group), len(group))))
     return thinned
 
 

@@ -55,7 +55,8 @@ class NodeCollector(Collector):
                     "Demand per target response time over supply; +Inf with demand and no supply.",
                     r.utilization)
         yield gauge("market_supply_tokens_per_second",
-                    "Capacity offered by available nodes, tokens per second.", r.supply_tokens_per_s)
+                    "Capacity offered by available nodes, tokens per second.",
+                    r.supply_tokens_per_sec)
         yield gauge("market_demand_tokens_waiting", "Tokens of requests waiting to be served.",
                     r.demand_tokens_waiting)
         yield gauge("market_pending_requests", "Requests waiting to be served.", r.pending_requests)

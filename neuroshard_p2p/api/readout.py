@@ -56,7 +56,7 @@ class NodeReadout:
     min_price_nano: int
     max_price_nano: int
     avg_price_24h_nano: int | None
-    supply_tokens_per_s: int
+    supply_tokens_per_sec: int
     demand_tokens_waiting: int
     utilization: float                  # may be math.inf: demand waiting and no supply at all
     pending_requests: int
@@ -82,7 +82,7 @@ class NodeReadout:
             "enabled": self.enabled,
             "mode": self.mode,
             "current_price": from_nano(self.price_nano),
-            "supply_tokens_per_sec": self.supply_tokens_per_s,
+            "supply_tokens_per_sec": self.supply_tokens_per_sec,
             "demand_tokens_waiting": self.demand_tokens_waiting,
             # JSON has no infinity: null means "demand waiting and no supply at all".
             "utilization": None if math.isinf(self.utilization) else self.utilization,
@@ -138,7 +138,7 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         min_price_nano=to_nano(config.min_price),
         max_price_nano=to_nano(config.max_price),
         avg_price_24h_nano=None if history is None else history.average(COARSE_WINDOW_S, now),
-        supply_tokens_per_s=totals.supply_tokens_per_sec,
+        supply_tokens_per_sec=totals.supply_tokens_per_sec,
         demand_tokens_waiting=totals.demand_tokens_waiting,
         utilization=totals.utilization,
         pending_requests=totals.pending_requests,

@@ -82,9 +82,11 @@ TIMEOUT_ACTION: Mapping[State, str] = {
 
 
 @dataclass(frozen=True)
-class Offer:
-    """A node's offer of capacity: `tokens_per_second` at no less than `min_price_nano` per 1M
-    tokens, as announced at `announced_at`. It counts until announced_at + capacity_timeout_s."""
+class RestingOffer:
+    """A node's offer of capacity resting in the book: `tokens_per_second` at no less than
+    `min_price_nano` per 1M tokens, as announced at `announced_at`. It counts until announced_at +
+    capacity_timeout_s. (The merged view's `view.CountedOffer` is the same offer as the view
+    counts it, keyed by signer and in ms; a node's own is `node.engine.OwnOffer`.)"""
 
     node_id: str
     tokens_per_second: int
@@ -206,7 +208,7 @@ def _priority(request: _Request) -> tuple[int, int, float, str]:
     return request.priority
 
 
-def _offer_order(offer: Offer) -> tuple[int, str]:
+def _offer_order(offer: RestingOffer) -> tuple[int, str]:
     return (offer.min_price_nano, offer.node_id)
 
 
@@ -227,14 +229,14 @@ _TimerKey = str | list[_Request]   # a node id, or request records
 class OrderBook:
     """Offers (one per node) and requests, with matching and the request lifecycle.
 
-    Supply (`supply_tokens_per_s`) and demand (`demand_tokens_waiting`) are kept as running totals,
-    so reading them is O(1) whatever the size of the book. Offers that were not re-announced are
-    still counted until `advance(now)` removes them; `match` never uses them.
+    Supply (`supply_tokens_per_sec`) and demand (`demand_tokens_waiting`) are kept as running
+    totals, so reading them is O(1) whatever the size of the book. Offers that were not
+    re-announced are still counted until `advance(now)` removes them; `match` never uses them.
     """
 
     def __init__(self, config: MarketConfig | None = None) -> None:
         self._config = config if config is not None else MarketConfig()
-        self._offers: dict[str, Offer] = {}
+        self._offers: dict[str, RestingOffer] = {}
         self._supply = 0
         self._requests: dict[str, _Request] = {}
         self._pending: SortedKeyList = SortedKeyList(key=_priority)
@@ -258,7 +260,7 @@ class OrderBook:
         return self._config
 
     @property
-    def supply_tokens_per_s(self) -> int:
+    def supply_tokens_per_sec(self) -> int:
         """Tokens per second offered by the offers held."""
         return self._supply
 
@@ -290,11 +292,11 @@ class OrderBook:
         """Timer entries held, stale ones included (bounded: see `_compact_timers`)."""
         return len(self._timers)
 
-    def offers(self) -> list[Offer]:
+    def offers(self) -> list[RestingOffer]:
         """The offers held, cheapest first."""
         return sorted(self._offers.values(), key=_offer_order)
 
-    def offer(self, node_id: str) -> Offer | None:
+    def offer(self, node_id: str) -> RestingOffer | None:
         """`node_id`'s offer, or None."""
         return self._offers.get(node_id) if isinstance(node_id, str) else None
 
@@ -323,10 +325,10 @@ class OrderBook:
     # ---------------------------------------------------------------- offers
 
     def set_offer(self, node_id: str, tokens_per_second: int, min_price_nano: int, now: float,
-                  announced_at: float | None = None) -> Offer | None:
+                  announced_at: float | None = None) -> RestingOffer | None:
         """Add or replace `node_id`'s offer. Zero tokens per second withdraws it (and returns None).
         Raises MarketError for an implausible offer."""
-        offer = Offer(node_id, tokens_per_second, min_price_nano,
+        offer = RestingOffer(node_id, tokens_per_second, min_price_nano,
                       now if announced_at is None else announced_at)
         problem = self._offer_problem(offer)
         if problem:
@@ -338,17 +340,17 @@ class OrderBook:
         self._compact_timers()
         return offer
 
-    def set_offers(self, offers: Iterable[Offer], now: float) -> list[OfferRejected]:
+    def set_offers(self, offers: Iterable[RestingOffer], now: float) -> list[OfferRejected]:
         """Replace every offer at once (e.g. from the merged network view). Offers with zero
         capacity are withdrawals and are skipped; implausible, duplicate or already stale ones
         are returned as rejects with a reason. Tokens in flight are kept: they are owed work."""
         rejects: list[OfferRejected] = []
-        accepted: dict[str, Offer] = {}
+        accepted: dict[str, RestingOffer] = {}
         timeout = self._config.capacity_timeout_s
         for offer in offers:
-            if not isinstance(offer, Offer):
+            if not isinstance(offer, RestingOffer):
                 rejects.append(OfferRejected(str(getattr(offer, "node_id", "?")),
-                                             f"not an Offer: {type(offer).__name__}"))
+                                             f"not a RestingOffer: {type(offer).__name__}"))
                 continue
             problem = self._offer_problem(offer)
             if problem:
@@ -381,7 +383,7 @@ class OrderBook:
         self._supply -= offer.tokens_per_second
         return True
 
-    def _offer_problem(self, offer: Offer) -> str:
+    def _offer_problem(self, offer: RestingOffer) -> str:
         limit = self._config.max_node_tokens_per_s
         if not isinstance(offer.node_id, str) or not 0 < len(offer.node_id) <= MAX_ID_LENGTH:
             return f"node id must be a non-empty string of at most {MAX_ID_LENGTH} characters"
@@ -396,7 +398,7 @@ class OrderBook:
             return f"announced_at must be a finite time, got {offer.announced_at!r}"
         return ""
 
-    def _put_offer(self, offer: Offer) -> None:
+    def _put_offer(self, offer: RestingOffer) -> None:
         old = self._offers.get(offer.node_id)
         if old is not None:
             self._supply -= old.tokens_per_second
@@ -405,7 +407,7 @@ class OrderBook:
         self._push_timer(offer.announced_at + self._config.capacity_timeout_s, _OFFER_TIMER,
                          offer.node_id)
 
-    def _fresh(self, offer: Offer, now: float) -> bool:
+    def _fresh(self, offer: RestingOffer, now: float) -> bool:
         return now < offer.announced_at + self._config.capacity_timeout_s
 
     # ---------------------------------------------------------------- requests
@@ -730,7 +732,7 @@ class OrderBook:
         assert request.finished_at is not None
         return request.finished_at + self._config.retention_s
 
-    def _room(self, offer: Offer) -> int:
+    def _room(self, offer: RestingOffer) -> int:
         return (offer.capacity_tokens(self._config.target_response_s)
                 - self._in_flight.get(offer.node_id, 0))
 
@@ -799,7 +801,7 @@ class OrderBook:
 
 
 __all__ = [
-    "TIERS", "State", "TERMINAL", "TRANSITIONS", "TIMEOUT_ACTION", "Offer", "Match",
+    "TIERS", "State", "TERMINAL", "TRANSITIONS", "TIMEOUT_ACTION", "RestingOffer", "Match",
     "RequestStatus", "OfferExpired", "OfferRejected", "RequestRequeued", "RequestExpired",
     "BookEvent", "OrderBook", "MAX_REQUEST_TOKENS", "MAX_ID_LENGTH",
 ]

@@ -15,74 +15,15 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from neuroshard_p2p.config import MarketConfig
-from neuroshard_p2p.core.book import Match, Offer, OrderBook, RequestStatus
+from neuroshard_p2p.core.average import PricePoint, TickAverage
+from neuroshard_p2p.core.book import Match, OrderBook, RequestStatus, RestingOffer
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.core.pricing import (smoothed_price, target_price_nano, tick_of, tick_start,
                                          utilization)
 from neuroshard_p2p.money import Settlement, from_nano, to_nano
-
-AVERAGE_HORIZON_S = 24 * 3600.0
-AVERAGE_BUCKET_S = 60.0
-
-
-@dataclass(frozen=True)
-class PricePoint:
-    """One bucket (about a minute) of price history: the time-weighted average price of its ticks."""
-
-    at: float          # start of the bucket, seconds since the epoch
-    price_nano: int    # average of the bucket's tick prices, nano-NEURO per 1M tokens
-    ticks: int         # how many ticks it averages
-
-    @property
-    def price(self) -> float:
-        """The average price in NEURO per 1M tokens."""
-        return from_nano(self.price_nano)
-
-
-class _TickAverage:
-    """Sums of per-tick prices in buckets of about a minute over a 24 h horizon: a time-weighted
-    average (every tick lasts tick_s) in memory bounded by horizon / bucket, whatever the traffic."""
-
-    def __init__(self, tick_s: float) -> None:
-        self._tick_s = tick_s
-        self._bucket_ticks = max(1, round(AVERAGE_BUCKET_S / tick_s))
-        self._horizon_ticks = max(1, math.ceil(AVERAGE_HORIZON_S / tick_s))
-        self._buckets: deque[list[int]] = deque()   # [bucket id, sum of prices, ticks]
-
-    def add_run(self, first: int, last: int, price_nano: int) -> None:
-        """Ticks first..last (in order, after every tick added before) all had this price."""
-        first = max(first, last - self._horizon_ticks + 1)  # older ticks would be evicted anyway
-        size = self._bucket_ticks
-        for bucket in range(first // size, last // size + 1):
-            ticks = min(last, (bucket + 1) * size - 1) - max(first, bucket * size) + 1
-            if self._buckets and self._buckets[-1][0] == bucket:
-                self._buckets[-1][1] += price_nano * ticks
-                self._buckets[-1][2] += ticks
-            else:
-                self._buckets.append([bucket, price_nano * ticks, ticks])
-        self._evict(last + 1)
-
-    def _evict(self, current_tick: int) -> None:
-        oldest = (current_tick - self._horizon_ticks + 1) // self._bucket_ticks
-        while self._buckets and self._buckets[0][0] < oldest:
-            self._buckets.popleft()
-
-    def average(self, current_tick: int, current_price_nano: int) -> int:
-        """Average over the recorded ticks of the horizon and the current tick at its price now."""
-        self._evict(current_tick)
-        total = current_price_nano + sum(b[1] for b in self._buckets)
-        count = 1 + sum(b[2] for b in self._buckets)
-        return (total + count // 2) // count
-
-    def history(self) -> list[PricePoint]:
-        return [PricePoint(at=bucket * self._bucket_ticks * self._tick_s,
-                           price_nano=(total + ticks // 2) // ticks, ticks=ticks)
-                for bucket, total, ticks in self._buckets]
-
 
 def _neuro(name: str, value: object) -> float:
     """A price given in NEURO by a person: a finite number >= 0."""
@@ -125,12 +66,12 @@ class InferenceMarket:
         self._tick = tick_of(self._now, self._config)   # the current, unfinished tick
         # Targets of the last W finished ticks, oldest first.
         self._targets: deque[int] = deque(maxlen=self._config.window_ticks)
-        self._average = _TickAverage(self._config.tick_s)
+        self._average = TickAverage(self._config.tick_s)
 
     # ---------------------------------------------------------------- the seed's API
 
     def register_capacity(self, node_id: str, tokens_per_second: int,
-                          min_price: float = 0.0) -> Offer:
+                          min_price: float = 0.0) -> RestingOffer:
         """Offer `tokens_per_second` of inference at no less than `min_price` NEURO per 1M tokens.
         Registering again replaces the offer and counts as its re-announcement (capacity not
         re-registered within capacity_timeout_s stops counting)."""
@@ -169,7 +110,7 @@ class InferenceMarket:
         book = self._book
         price = self._price_nano()
         target = self._target_nano()
-        u = utilization(book.supply_tokens_per_s, book.demand_tokens_waiting,
+        u = utilization(book.supply_tokens_per_sec, book.demand_tokens_waiting,
                         self._config.target_response_s)
         return {
             "enabled": True,
@@ -178,13 +119,13 @@ class InferenceMarket:
             "current_price_nano": price,
             "target_price": from_nano(target),
             "target_price_nano": target,
-            "supply_tokens_per_sec": book.supply_tokens_per_s,
+            "supply_tokens_per_sec": book.supply_tokens_per_sec,
             "demand_tokens_waiting": book.demand_tokens_waiting,
             "utilization": None if math.isinf(u) else u,
             "pending_requests": book.pending_count,
             "claimed_requests": book.claimed_count,
             "available_nodes": book.offer_count,
-            "avg_price_24h": from_nano(self._average.average(self._tick, price)),
+            "avg_price_24h": from_nano(self._average.average(self._tick, price) or 0),
             "tick": self._tick,
             "min_price": self._config.min_price,
             "max_price": self._config.max_price,
@@ -269,7 +210,7 @@ class InferenceMarket:
         return max(float(now), not_before)
 
     def _target_nano(self) -> int:
-        return target_price_nano(self._book.supply_tokens_per_s,
+        return target_price_nano(self._book.supply_tokens_per_sec,
                                  self._book.demand_tokens_waiting, self._config)
 
     def _price_nano(self) -> int:

@@ -27,17 +27,17 @@ def sigmoid(x: float, steepness: float = 3.0) -> float:
     return 1.0 / (1.0 + math.exp(z))
 
 
-def utilization(supply_tokens_per_s: float, demand_tokens_waiting: float,
+def utilization(supply_tokens_per_sec: float, demand_tokens_waiting: float,
                 target_response_s: float = 60.0) -> float:
     """u = (demand / target_response_s) / supply. Supply 0 with demand > 0 is u = ∞ (P_max);
     supply 0 and demand 0 is u = 0 (an empty market is not a congested one)."""
-    if not (0 <= supply_tokens_per_s < math.inf and 0 <= demand_tokens_waiting < math.inf):
+    if not (0 <= supply_tokens_per_sec < math.inf and 0 <= demand_tokens_waiting < math.inf):
         # NaN fails both comparisons: it would otherwise slip through the curve as P_min.
         raise ValueError(f"supply and demand must be finite and >= 0, got "
-                         f"{supply_tokens_per_s!r}, {demand_tokens_waiting!r}")
-    if supply_tokens_per_s == 0:
+                         f"{supply_tokens_per_sec!r}, {demand_tokens_waiting!r}")
+    if supply_tokens_per_sec == 0:
         return math.inf if demand_tokens_waiting > 0 else 0.0
-    return (demand_tokens_waiting / target_response_s) / supply_tokens_per_s
+    return (demand_tokens_waiting / target_response_s) / supply_tokens_per_sec
 
 
 def curve_price(u: float, config: MarketConfig) -> float:
@@ -59,13 +59,13 @@ def price_bounds_nano(config: MarketConfig) -> tuple[int, int]:
     return to_nano(config.min_price), to_nano(config.max_price)
 
 
-def target_price_nano(supply_tokens_per_s: float, demand_tokens_waiting: float,
+def target_price_nano(supply_tokens_per_sec: float, demand_tokens_waiting: float,
                       config: MarketConfig) -> int:
     """The unsmoothed price of a market state, nano-NEURO per 1M tokens. Fixed mode ignores
     supply and demand."""
     if not config.dynamic_pricing:
         return to_nano(config.fixed_price)
-    u = utilization(supply_tokens_per_s, demand_tokens_waiting, config.target_response_s)
+    u = utilization(supply_tokens_per_sec, demand_tokens_waiting, config.target_response_s)
     lo, hi = price_bounds_nano(config)
     return min(hi, max(lo, to_nano(curve_price(u, config))))
 

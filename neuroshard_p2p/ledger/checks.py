@@ -1,18 +1,24 @@
 """Receipt acceptance, sans-IO: may these receipt bytes settle against the job we matched?
 
-A gateway settles a user's payment only on a receipt that (in this order)
+This is the one place receipts are checked (protocols/market-v1.md §9, R1–R8): a receipt only
+ever arrives at the gateway that sent the job, in its JobResult, and the plausibility and rate
+checks need the provider's settlements over time, which the gateway's ledger keeps on disk (the
+wire `Validator` checks announcements only). A gateway settles a user's payment only on a receipt
+that (in this order; R1–R8 of the spec's §9)
 
-1. decodes as a wire receipt with a valid provider signature (`malformed`, `bad_signature`);
-2. is fresh: issued within the wire window (at most 300 s old, 30 s early) and not before the job
-   was sent (`stale`);
+1. decodes as a wire message with a valid signature, fresh: issued within the wire window (at
+   most 300 s old, 30 s early) (R1: `malformed`, `bad_signature`, `stale`), and is a receipt
+   (R2: `malformed`);
+2. is not dated before the job was sent (R3: `stale`);
 3. names exactly the job this gateway matched: provider, request id, gateway, user and the locked
-   price (`mismatch`). In fixed-price mode the locked price *is* the fixed price, so this check is
-   what makes fixed mode settle at the fixed price;
-4. has not settled before (`replay`; the store's UNIQUE receipt id enforces it again on disk);
+   price (R4: `mismatch`). In fixed-price mode the locked price *is* the fixed price, so this
+   check is what makes fixed mode settle at the fixed price;
+4. has not settled before (R5: `replay`; the store's UNIQUE receipt id enforces it again on disk);
 5. is plausible: no more tokens than were requested and no more than twice what the provider's
    announced capacity could have produced since the job was sent, counted as at least 1 s
-   (`implausible`);
-6. keeps the provider within `max_tokens_per_minute` over the last 60 s (`over_rate`).
+   (R6: `implausible`);
+6. stays within the ledger's ceiling on one settlement (R7: `implausible`);
+7. keeps the provider within `max_tokens_per_minute` over the last 60 s (R8: `over_rate`).
 
 Nothing here reads a clock, a file or a socket: `now` and the per-provider recent token count come
 in as arguments, and every refusal is one `LedgerError` with a stable reason code for counters and
@@ -28,7 +34,6 @@ from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import Settlement, settle_amounts
 from neuroshard_p2p.wire import Job, Receipt, WireError
-from neuroshard_p2p.wire.validate import RECEIPT_MIN_ELAPSED_MS
 
 #: Refusal reason codes, stable for counters and metrics.
 MALFORMED = "malformed"
@@ -43,6 +48,9 @@ REASONS = (MALFORMED, BAD_SIGNATURE, STALE, MISMATCH, REPLAY, IMPLAUSIBLE, OVER_
 
 #: Window of the per-provider rate limit (max_tokens_per_minute).
 RATE_WINDOW_S = 60.0
+#: The time since the job was sent counts as at least this long in the plausibility check, so
+#: clock granularity and tiny jobs answered in a few milliseconds never look implausible.
+RECEIPT_MIN_ELAPSED_MS = 1000
 #: Ceiling on one settlement, whatever the receipt says: 10^6 NEURO and 10^12 tokens. Far above any
 #: real job (50k tok/s × 300 s at 1 NEURO/1M tokens is 15 NEURO), far below where sums of signed
 #: 64-bit SQLite integers could overflow.
@@ -136,9 +144,9 @@ def check_plausible(receipt: Receipt, job: MatchedJob, capacity_tokens_per_s: in
 
     Capacity is what the provider announced (capped at `max_node_tokens_per_s`, so a node cannot
     buy itself headroom by announcing an absurd capacity). Elapsed is the gateway's own
-    `now − sent_at`, not the times in the receipt, which the provider writes itself (the wire
-    Validator's V9 checks those); like V9 it counts as at least 1 s, so a tiny job answered in a
-    few milliseconds never looks implausible. Integer milliseconds, no float comparison."""
+    `now − sent_at` rounded to whole ms, not the times in the receipt, which the provider writes
+    itself; it counts as at least RECEIPT_MIN_ELAPSED_MS, so a tiny job answered in a few
+    milliseconds never looks implausible. Integer milliseconds, no float comparison."""
     if receipt.tokens_served > job.tokens_requested:
         raise LedgerError(IMPLAUSIBLE, f"receipt claims {receipt.tokens_served} tokens served, "
                                        f"the job requested {job.tokens_requested}")
@@ -196,5 +204,6 @@ __all__ = [
     "LedgerError", "MatchedJob", "check_receipt", "decode_receipt", "check_matches_job",
     "check_issued_after_job", "check_plausible", "check_rate", "amounts_of", "REASONS",
     "MALFORMED", "BAD_SIGNATURE", "STALE", "MISMATCH", "REPLAY", "IMPLAUSIBLE", "OVER_RATE",
-    "OVERFLOW", "RATE_WINDOW_S", "MAX_SETTLEMENT_NANO", "MAX_SETTLEMENT_TOKENS",
+    "OVERFLOW", "RATE_WINDOW_S", "RECEIPT_MIN_ELAPSED_MS", "MAX_SETTLEMENT_NANO",
+    "MAX_SETTLEMENT_TOKENS",
 ]

@@ -9,9 +9,9 @@ One small interface, `InferenceBackend.serve(prompt, max_tokens, deadline)`, and
   Ollama) and counts the tokens it served from the response's `usage.completion_tokens`.
 
 Every failure — unreachable server, non-200 answer, malformed JSON, missing usage, timeout — comes
-out as one `BackendError` whose message a person can read; nothing else escapes and nothing hangs
-past the deadline. Deadlines are absolute times on trio's clock (`trio.current_time()`), so a job
-stream's deadline passes straight through to the backend.
+out as one `BackendError` with a stable `reason` code and a message a person can read; nothing
+else escapes and nothing hangs past the deadline. Deadlines are absolute times on trio's clock
+(`trio.current_time()`), so a job stream's deadline passes straight through to the backend.
 
 This is a driver, not core: it reads trio's clock and sleeps.
 """
@@ -48,18 +48,30 @@ class BackendResult:
     finish_reason: str = ""
 
 
-class BackendError(Exception):
-    """The backend could not serve a job. `str(error)` is the reason for people (it is sent to the
-    gateway and shown in the request's status); `code` is a short stable word for counters
-    ("timeout", "unreachable", "http_status", "bad_response", "deadline", "bad_request")."""
+#: Why a backend failed, short stable codes (for counters; the job stream sends `backend_<reason>`).
+TIMEOUT = "timeout"            # the server did not answer in time
+UNREACHABLE = "unreachable"    # no connection to the server
+HTTP_STATUS = "http_status"    # the server answered with a status other than 200
+BAD_RESPONSE = "bad_response"  # the answer is not a usable completion
+DEADLINE = "deadline"          # the job cannot be finished before its deadline
+BAD_REQUEST = "bad_request"    # the job itself is unusable (tokens, deadline, prompt)
+REASONS = (TIMEOUT, UNREACHABLE, HTTP_STATUS, BAD_RESPONSE, DEADLINE, BAD_REQUEST)
 
-    def __init__(self, reason: str, code: str = "backend_error") -> None:
-        super().__init__(reason)
+
+class BackendError(Exception):
+    """The backend could not serve a job. `reason` is one of `REASONS` (a short stable code, like
+    every other error's `reason`); `message` (also `str(error)`) is for people: it is sent to the
+    gateway and shown in the request's status."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown backend error reason {reason!r}")
+        super().__init__(message)
         self.reason = reason
-        self.code = code
+        self.message = message
 
     def __repr__(self) -> str:
-        return f"BackendError({self.reason!r}, code={self.code!r})"
+        return f"BackendError({self.reason!r}, {self.message!r})"
 
 
 @runtime_checkable
@@ -81,9 +93,11 @@ class InferenceBackend(Protocol):
 
 def _check_request(max_tokens: int, deadline: float) -> None:
     if type(max_tokens) is not int or max_tokens <= 0:
-        raise BackendError(f"max_tokens must be a positive integer, got {max_tokens!r}", "bad_request")
+        raise BackendError(BAD_REQUEST,
+                           f"max_tokens must be a positive integer, got {max_tokens!r}")
     if not isinstance(deadline, (int, float)) or math.isnan(deadline):
-        raise BackendError(f"deadline must be a time on trio's clock, got {deadline!r}", "bad_request")
+        raise BackendError(BAD_REQUEST,
+                           f"deadline must be a time on trio's clock, got {deadline!r}")
 
 
 class SyntheticBackend:
@@ -119,9 +133,9 @@ class SyntheticBackend:
         finish = start + max_tokens / self.tokens_per_second
         if finish > deadline:
             raise BackendError(
+                DEADLINE,
                 f"cannot serve {max_tokens} tokens before the deadline: needs {finish - now:.2f} s "
-                f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left",
-                "deadline")
+                f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left")
         self._busy_until = finish
         try:
             await trio.sleep_until(finish)
@@ -180,21 +194,21 @@ class OpenAIBackend:
     async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
         _check_request(max_tokens, deadline)
         if not isinstance(prompt, str):
-            raise BackendError("prompt must be a string", "bad_request")
+            raise BackendError(BAD_REQUEST, "prompt must be a string")
         limit = min(deadline, trio.current_time() + self.timeout_s)
         waited = max(0.0, limit - trio.current_time())
         try:
             with trio.fail_at(limit):
                 status, body = await self._post(self._payload(prompt, max_tokens))
         except trio.TooSlowError:
-            raise BackendError(f"backend {self.url} did not answer within {waited:.1f} s",
-                               "timeout") from None
+            raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
+                                        f"{waited:.1f} s") from None
         except httpx.TimeoutException:
-            raise BackendError(f"backend {self.url} did not answer within {waited:.1f} s",
-                               "timeout") from None
+            raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
+                                        f"{waited:.1f} s") from None
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
-            raise BackendError(f"cannot reach backend {self.url}: {_describe(exc)}",
-                               "unreachable") from None
+            raise BackendError(UNREACHABLE,
+                               f"cannot reach backend {self.url}: {_describe(exc)}") from None
         return self._parse(status, body, max_tokens)
 
     async def _post(self, payload: dict[str, Any]) -> tuple[int, bytes]:
@@ -205,8 +219,8 @@ class OpenAIBackend:
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
                     raise BackendError(
-                        f"backend {self.url} answered more than {MAX_RESPONSE_BYTES} bytes",
-                        "bad_response")
+                        BAD_RESPONSE,
+                        f"backend {self.url} answered more than {MAX_RESPONSE_BYTES} bytes")
                 chunks.append(chunk)
             return response.status_code, b"".join(chunks)
 
@@ -218,19 +232,20 @@ class OpenAIBackend:
             data = None
         if status != 200:
             detail = _error_message(data) or body[:200].decode("utf-8", "replace").strip()
-            raise BackendError(f"backend {self.url} answered HTTP {status}"
-                               + (f": {detail}" if detail else ""), "http_status")
+            raise BackendError(HTTP_STATUS, f"backend {self.url} answered HTTP {status}"
+                                            + (f": {detail}" if detail else ""))
         if not isinstance(data, dict):
-            raise BackendError(f"backend {self.url} answered something that is not a JSON object",
-                               "bad_response")
+            raise BackendError(BAD_RESPONSE, f"backend {self.url} answered something that is "
+                                             f"not a JSON object")
         usage = data.get("usage")
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
         if type(tokens) is not int or tokens < 0:
-            raise BackendError(f"backend {self.url} answered without a valid usage.completion_tokens "
-                               f"(got {tokens!r}); cannot count the tokens served", "bad_response")
+            raise BackendError(BAD_RESPONSE, f"backend {self.url} answered without a valid "
+                                             f"usage.completion_tokens (got {tokens!r}); cannot "
+                                             f"count the tokens served")
         choices = data.get("choices")
         if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
-            raise BackendError(f"backend {self.url} answered without choices", "bad_response")
+            raise BackendError(BAD_RESPONSE, f"backend {self.url} answered without choices")
         first = choices[0]
         if self.endpoint == "chat":
             message = first.get("message")
@@ -240,8 +255,8 @@ class OpenAIBackend:
         if text is None:
             text = ""
         if not isinstance(text, str):
-            raise BackendError(f"backend {self.url} answered a completion that is not text",
-                               "bad_response")
+            raise BackendError(BAD_RESPONSE,
+                               f"backend {self.url} answered a completion that is not text")
         finish = first.get("finish_reason")
         model = data.get("model")
         return BackendResult(tokens_served=min(tokens, max_tokens), text=text,
@@ -281,5 +296,5 @@ def make_backend(kind: str, *, tokens_per_second: float, url: str = "", model: s
     raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
 
 
-__all__ = ["InferenceBackend", "BackendResult", "BackendError", "SyntheticBackend",
+__all__ = ["InferenceBackend", "BackendResult", "BackendError", "REASONS", "SyntheticBackend",
            "OpenAIBackend", "make_backend", "BACKEND_KINDS", "MAX_RESPONSE_BYTES"]

@@ -21,8 +21,9 @@ each announcement is `max(last seq + 1, issued_at_ms)`: it grows across restarts
 stored state, and if a previous run of this key announced a higher seq (heard back through gossip
 or sync), the engine continues above it and re-announces its true state.
 
-Validation paths. Gossip goes through the `Validator` with every rule (V1–V9: duplicate,
-signature, freshness, author, capacity limit, seq, rate). Announcements received through sync are
+Validation paths. Gossip goes through the `Validator` with every rule (V1–V8: duplicate,
+signature, freshness, kind, author, capacity limit, seq, rate); `decode` (default: the codec's)
+is the stateless part it runs, which the simulator replaces by one memoised across its peers. Announcements received through sync are
 history a peer retained (a signer's few newest), which the per-signer seq and rate rules of live
 gossip would wrongly refuse when they arrive out of order or in a batch, so they are checked with
 `history=True` (protocol §8: V1–V3, V6, V7's history form; not V4 or V8): one pass, one
@@ -48,7 +49,7 @@ from neuroshard_p2p.wire import Announcement, WireError, encode
 from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_response
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
-from neuroshard_p2p.wire.validate import Validator
+from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
 from neuroshard_p2p.view import MarketView, TickPrice, ms_of
 from neuroshard_p2p.wire import MAX_AGE_S
 
@@ -119,8 +120,9 @@ class SyncCounts:
 
 
 @dataclass(frozen=True)
-class Offer:
-    """The capacity this node offers: tokens per second (0 = none) at no less than a price."""
+class OwnOffer:
+    """The capacity this node itself offers: tokens per second (0 = none) at no less than a
+    price. It goes out in this node's announcements; others count it as a `CountedOffer`."""
 
     tokens_per_second: int
     min_price_nano: int
@@ -166,7 +168,7 @@ class MarketSnapshot:
     price_nano: int
     target_price_nano: int
     available_nodes: int
-    supply_tokens_per_s: int
+    supply_tokens_per_sec: int
     demand_tokens_waiting: int
     pending_requests: int
     utilization: float
@@ -191,7 +193,8 @@ class PeerEngine:
     def __init__(self, config: MarketConfig, private_key: coincurve.PrivateKey, *,
                  tokens_per_second: int = 0, min_price_nano: int = 0,
                  announce_interval_s: float = 20.0,
-                 view: MarketView | None = None, validator: Validator | None = None) -> None:
+                 view: MarketView | None = None, validator: Validator | None = None,
+                 decode: Decoder = decode_stateless) -> None:
         if not 0 < announce_interval_s < config.capacity_timeout_s:
             raise ValueError("announce_interval_s must be in (0, capacity_timeout_s)")
         self.config = config
@@ -200,14 +203,13 @@ class PeerEngine:
         self.peer_id = peer_id_of(self.signer)
         self.announce_interval_s = announce_interval_s
         self.view = view if view is not None else MarketView(config)
-        self.validator = validator if validator is not None else Validator(
-            config, local_key=self.signer)
+        self.validator = validator if validator is not None else Validator(config, decode=decode)
         #: (outcome, reason) → count, for gossip and for announcements received through sync.
         self.gossip_counts: Counter[tuple[str, str]] = Counter()
         self.sync_counts: Counter[tuple[str, str]] = Counter()
         #: Sync frames refused (malformed, wrong kind, oversize): reason → count.
         self.sync_frame_errors: Counter[str] = Counter()
-        self._offer = Offer(0, 0)
+        self._offer = OwnOffer(0, 0)
         self.set_offer(tokens_per_second, min_price_nano)
         self._requests: dict[str, LocalRequest] = {}
         self._demand_override: tuple[int, int] | None = None
@@ -222,7 +224,7 @@ class PeerEngine:
     # -- own state --------------------------------------------------------------------------
 
     @property
-    def offer(self) -> Offer:
+    def offer(self) -> OwnOffer:
         return self._offer
 
     def set_offer(self, tokens_per_second: int, min_price_nano: int) -> None:
@@ -234,7 +236,7 @@ class PeerEngine:
                               f"(max_node_tokens_per_s), got {tokens_per_second!r}")
         if type(min_price_nano) is not int or min_price_nano < 0:
             raise MarketError(f"min price must be an integer >= 0 nano-NEURO, got {min_price_nano!r}")
-        offer = Offer(tokens_per_second, min_price_nano if tokens_per_second else 0)
+        offer = OwnOffer(tokens_per_second, min_price_nano if tokens_per_second else 0)
         if offer != self._offer:
             self._offer = offer
             self._dirty = True
@@ -344,7 +346,7 @@ class PeerEngine:
         """The announcement a node publishes when it stops: zero capacity, zero demand, a higher
         seq, so peers stop counting it at once. None if it never announced anything (nobody
         counts it). Ignores the once-per-tick limit: it is the last word."""
-        self._offer = Offer(0, 0)
+        self._offer = OwnOffer(0, 0)
         self._requests.clear()
         self._demand_override = None
         if self._published is None or self._published.silent:
@@ -403,7 +405,7 @@ class PeerEngine:
         # of every peer comes through here.
         try:
             try:
-                message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer)
+                message = self.validator.check(data, now, from_peer=from_peer)
             except WireError as error:
                 verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                                   None, str(error))
@@ -422,14 +424,12 @@ class PeerEngine:
     def _accept(self, data: bytes, now: float, from_peer: bytes | str | None,
                 counts: Counter[tuple[str, str]] | None, history: bool = False) -> Verdict:
         try:
-            message = self.validator.check(data, now, kind=Announcement, from_peer=from_peer,
-                                           history=history)
+            message = self.validator.check(data, now, from_peer=from_peer, history=history)
         except WireError as error:
             verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                               None, str(error))
             key = (verdict[0], verdict[1])
         else:
-            # kind=Announcement: the validator accepted an Announcement (V3)
             self.view.merge_message(message)
             if message.signer == self.signer and message.seq > self._last_seq:
                 self._continue_above(message)
@@ -514,7 +514,7 @@ class PeerEngine:
         return MarketSnapshot(
             now=now, tick=price.tick, price_nano=price.price_nano,
             target_price_nano=price.target_nano, available_nodes=totals.available_nodes,
-            supply_tokens_per_s=totals.supply_tokens_per_sec,
+            supply_tokens_per_sec=totals.supply_tokens_per_sec,
             demand_tokens_waiting=totals.demand_tokens_waiting,
             pending_requests=totals.pending_requests, utilization=totals.utilization)
 
@@ -539,6 +539,7 @@ class PeerEngine:
 
 
 __all__ = [
-    "PeerEngine", "Verdict", "SyncCounts", "Offer", "LocalRequest", "OwnState", "MarketSnapshot",
+    "PeerEngine", "Verdict", "SyncCounts", "OwnOffer", "LocalRequest", "OwnState",
+    "MarketSnapshot",
     "ACCEPTED", "REJECTED", "IGNORED", "OUTCOMES", "HISTORY",
 ]

@@ -67,8 +67,7 @@ from neuroshard_p2p.node.streams import (
     failure_reason,
     reset_quietly,
 )
-from neuroshard_p2p.view import Offer as ViewOffer
-from neuroshard_p2p.view import TickPrice
+from neuroshard_p2p.view import CountedOffer, TickPrice
 from neuroshard_p2p.wire import (
     MAX_OUTPUT_BYTES,
     Job,
@@ -179,7 +178,7 @@ class JobService:
         self.provider = ProviderDesk(self.signer, self.config)
         #: The view's offers, walked again only when they can have changed (hits / misses).
         self.view_offers = ViewOffers()
-        self._offers_given: tuple[ViewOffer, ...] | None = None
+        self._offers_given: tuple[CountedOffer, ...] | None = None
         self.counters = JobCounters()
         self.host: Any = None
         self._nursery: trio.Nursery | None = None
@@ -567,9 +566,10 @@ class JobService:
         result = outcome[0]
         if isinstance(result, BackendError):
             self.counters.backend_errors += 1
-            log.info("backend failed on %s: %s", job.request_id, result)
-            await self._answer(stream, declined(job.request_id, f"backend_{result.code}",
-                                                str(result)))
+            log.info("backend failed on %s (%s): %s", job.request_id, result.reason,
+                     result.message)
+            await self._answer(stream, declined(job.request_id, f"backend_{result.reason}",
+                                                result.message))
             return
         ended = self.clock()  # one reading: the receipt is issued when serving ended
         unsigned = self.provider.receipt_for(job, result.tokens_served, started, ended, ended)

@@ -37,18 +37,17 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.book import (
     TERMINAL,
     Match,
-    Offer,
     OrderBook,
     RequestExpired,
     RequestRequeued,
     RequestStatus,
+    RestingOffer,
     State,
 )
 from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.timeline import ms_of, seconds_of
-from neuroshard_p2p.view import MarketView, ms_of
-from neuroshard_p2p.view import Offer as ViewOffer
+from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import MAX_DETAIL, TIERS, Job, JobDeclined, Receipt, clip_utf8
 from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_STR
 
@@ -243,12 +242,12 @@ class ViewOffers:
         self._version = -1
         self._from_ms = 0
         self._until_ms: int | None = None
-        self._offers: tuple[ViewOffer, ...] = ()
+        self._offers: tuple[CountedOffer, ...] = ()
         #: Answers served from the kept list / computed from the view.
         self.hits = 0
         self.misses = 0
 
-    def at(self, view: MarketView, now: float) -> tuple[ViewOffer, ...]:
+    def at(self, view: MarketView, now: float) -> tuple[CountedOffer, ...]:
         """`tuple(view.offers_at(now))`, without walking the view when nothing can have changed."""
         t_ms = ms_of(now)
         if (view is self._view and view.version == self._version and self._from_ms <= t_ms
@@ -331,7 +330,7 @@ class GatewayDesk:
         self.settings = settings or GatewaySettings()
         self.book = OrderBook(config)
         self._extra: dict[str, _Extra] = {}
-        self._view_offers: list[ViewOffer] = []
+        self._view_offers: list[CountedOffer] = []
         self._keys: dict[str, bytes] = {}           # peer id → public key, for offers seen
         self._peer_ids: dict[bytes, str] = {}       # and back
         self._set_aside: dict[str, float] = {}      # peer id → until when it is not tried
@@ -447,10 +446,10 @@ class GatewayDesk:
 
     # -- offers and matching -----------------------------------------------------------------
 
-    def set_view_offers(self, offers: Iterable[ViewOffer], now: float) -> None:
+    def set_view_offers(self, offers: Iterable[CountedOffer], now: float) -> None:
         """The merged view's offers at `now` (this gateway's own offer is left out: the wire
         forbids a job to oneself)."""
-        kept: list[ViewOffer] = []
+        kept: list[CountedOffer] = []
         for offer in offers:
             if offer.signer == self.gateway_key:
                 continue
@@ -470,13 +469,13 @@ class GatewayDesk:
             # Bounded: ids of offers no longer in view are dropped (rebuilt on demand below).
             self._peer_ids.clear()
             self._keys.clear()
-        offers: list[Offer] = []
+        offers: list[RestingOffer] = []
         for offer in self._view_offers:
             peer_id = self._peer_id(offer.signer)
             if self._set_aside.get(peer_id, -math.inf) > now:
                 continue
-            offers.append(Offer(peer_id, offer.tokens_per_second, offer.min_price_nano,
-                                seconds_of(offer.issued_at_ms)))
+            offers.append(RestingOffer(peer_id, offer.tokens_per_second, offer.min_price_nano,
+                                       seconds_of(offer.issued_at_ms)))
         for peer_id in [p for p, until in self._set_aside.items() if until <= now]:
             del self._set_aside[peer_id]
         self.book.set_offers(offers, now)

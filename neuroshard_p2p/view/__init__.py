@@ -3,10 +3,10 @@
 from neuroshard_p2p.view.view import (
     BUCKETS,
     DEFAULT_MAX_SIGNERS,
+    CountedOffer,
     MarketStats,
     MarketView,
     MergeOutcome,
-    Offer,
     TickPrice,
     bucket_of,
     default_max_per_signer,
@@ -14,6 +14,6 @@ from neuroshard_p2p.view.view import (
 )
 
 __all__ = [
-    "MarketView", "MergeOutcome", "TickPrice", "MarketStats", "Offer", "bucket_of", "ms_of",
-    "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
+    "MarketView", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
+    "ms_of", "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
 ]

@@ -118,9 +118,10 @@ class MarketStats:
 
 
 @dataclass(frozen=True)
-class Offer:
-    """Capacity one signer offers at an instant, for matching (capacity capped at
-    `max_node_tokens_per_s`)."""
+class CountedOffer:
+    """Capacity one signer offers at an instant, as the view counts it from the signer's counted
+    announcement (capacity capped at `max_node_tokens_per_s`): what a gateway matches against,
+    turned into the book's `RestingOffer` by the jobs layer."""
 
     signer: bytes
     tokens_per_second: int
@@ -533,10 +534,10 @@ class MarketView:
         """Tokens waiting, per the announcements counting at `now`."""
         return self.demand_at_ms(ms_of(now))
 
-    def offers_at_ms(self, t_ms: int) -> list[Offer]:
+    def offers_at_ms(self, t_ms: int) -> list[CountedOffer]:
         """Capacity on offer at t_ms, cheapest first (then most capacity, then signer).
         O(signers): ask once per tick or per `version`, not once per request."""
-        offers: list[Offer] = []
+        offers: list[CountedOffer] = []
         for register in self._registers.values():
             segment = register.counted_at(t_ms)
             if segment is None:
@@ -544,12 +545,12 @@ class MarketView:
             message = segment.message
             capacity = min(message.tokens_per_second, self._capacity_cap)
             if capacity > 0:
-                offers.append(Offer(register.signer, capacity, message.min_price_nano,
-                                    message.issued_at_ms))
+                offers.append(CountedOffer(register.signer, capacity, message.min_price_nano,
+                                           message.issued_at_ms))
         offers.sort(key=lambda o: (o.min_price_nano, -o.tokens_per_second, o.signer))
         return offers
 
-    def offers_at(self, now: float) -> list[Offer]:
+    def offers_at(self, now: float) -> list[CountedOffer]:
         return self.offers_at_ms(ms_of(now))
 
     def offers_change_after_ms(self, t_ms: int) -> int | None:
@@ -656,6 +657,6 @@ def _well_formed(message: object) -> bool:
     return True
 
 
-__all__ = ["MarketView", "MergeOutcome", "TickPrice", "MarketStats", "Offer", "bucket_of",
+__all__ = ["MarketView", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
            "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer", "ms_of", "order_key",
            "Segment"]

@@ -2,9 +2,10 @@
 
 `encode` signs a message; `decode` returns a valid message or raises `WireError` with a reason a
 person can act on and whether the sender misbehaved (reject) or the message is merely stale
-(ignore). Decoding never raises anything else, whatever the input bytes. Stateful checks (replay,
-seq, rate limits, plausibility over time) live in `validate.Validator`; unsigned stream frames in
-`frames`, which shares this module's msgpack reader (`_unpack`) and text check.
+(ignore). Decoding never raises anything else, whatever the input bytes. Stateful checks of
+announcements (replay, seq, rate limits) live in `validate.Validator`, of receipts in the
+gateway's `ledger.checks`; unsigned stream frames in `frames`, which shares this module's msgpack
+reader (`_unpack`) and text check.
 
 The rules, their order and their reason codes are those of protocols/market-v1.md §6.1; the rule
 numbers (W1…W13) appear in comments below so the two can be read side by side.

@@ -1,14 +1,14 @@
-"""Stateful validation of received wire messages, sans-IO: bytes and `now` in, a message or a
-`WireError` out, and a counter per outcome.
+"""Stateful validation of received announcements, sans-IO: bytes and `now` in, an announcement
+or a `WireError` out, and a counter per outcome.
 
 `codec.decode` answers "is this a well-formed, correctly signed, fresh message?". A `Validator`
 also remembers what it has accepted, so it can answer the questions that need history (the rules
-V1…V9 of protocols/market-v1.md §6.2, checked in that order):
+of protocols/market-v1.md §6.2, checked in this order):
 
 - V1 duplicate: the same wire bytes (message id) accepted before → ignore `duplicate`;
 - V2 the stateless rules W1…W13 (size, encoding, fields, signature, freshness);
-- V3 the message kind expected on this path (`kind`), V4 the author is the peer it came from
-  (`wrong_signer`), V5 a job or receipt is addressed to us (`wrong_recipient`);
+- V3 only announcements travel where a validator is used (the gossip topic, sync responses):
+  any other kind → reject `kind`; V4 the author is the peer it came from (`wrong_signer`);
 - V6 announcement capacity ≤ `max_node_tokens_per_s` → reject `implausible`;
 - V7 announcement seq must grow per signer → ignore `seq_regression` / `duplicate`; a second,
   different message with the same (signer, seq) is equivocation: the first such one is accepted
@@ -17,10 +17,12 @@ V1…V9 of protocols/market-v1.md §6.2, checked in that order):
 - V8 announcements per signer: token bucket, burst 5, one token per tick (1 s) → reject
   `rate_limited`;
   (V7 and V8 are for live gossip: an announcement received through anti-entropy sync is history
-  a peer retained, checked with `history=True`, which skips them);
-- V9 receipts: tokens_served ≤ 2 × capacity × elapsed (elapsed counted as at least 1 s) → reject
-  `implausible`; tokens per provider in the last 60 s ≤ `max_tokens_per_minute` → reject
-  `tokens_per_minute`.
+  a peer retained, checked with `history=True`, which skips them).
+
+Jobs and receipts never come through here: they travel on the job stream, where the provider
+admits a job (`wire.decode`, then `node.jobs.ProviderDesk.admit`) and the gateway accepts a receipt
+against the job it sent (`ledger.checks.check_receipt`, with the provider's history in the ledger:
+plausibility, the per-minute limit; spec §9).
 
 Only accepted messages change state, so a rejected or ignored message costs nothing but the
 check. All memory is bounded: the seen-cache by `max_seen` ids, the per-signer state by
@@ -32,7 +34,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from hashlib import sha256 as _sha256
-from typing import Callable
+from typing import Any, Callable
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.identity import public_key_from_peer_id
@@ -49,7 +51,14 @@ from neuroshard_p2p.wire.codec import (
     check_freshness,
 )
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
-from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, Announcement, Job, Message, Receipt
+from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, Announcement, Message
+
+#: How a Validator applies the stateless rules W1…W12: (the input, its SHA-256 if already
+#: computed, else None) → the message, or WireError. A pure function of the bytes, so a caller
+#: that validates the same bytes many times (the simulator: every peer) may pass a memoising one.
+Decoder = Callable[[Any, "bytes | None"], Message]
+#: The codec's decoder, every Validator's default.
+decode_stateless: Decoder = _decode
 
 #: Token bucket per announcement signer. An honest node announces at most once per tick (when its
 #: state changed) plus a keep-alive every 20 s and a withdrawal at shutdown, so one token per tick
@@ -61,13 +70,8 @@ SEEN_TTL_S = MAX_AGE_S + MAX_FUTURE_S
 #: Seen-cache capacity (ids). At 10,000 nodes re-announcing every 20 s (500 msg/s) it covers the
 #: last ~65 s; an older replay of an announcement is still caught by the seq rule (V7).
 MAX_SEEN = 32_768
-#: Signers whose seq, bucket and recent receipt tokens are remembered (~200 bytes each).
+#: Signers whose seq and token bucket are remembered (~150 bytes each).
 MAX_SIGNERS = 50_000
-#: Window of the per-provider token limit (max_tokens_per_minute).
-TOKEN_WINDOW_S = 60
-#: A receipt's elapsed time counts as at least this long in the capacity rule, so clock
-#: granularity and tiny jobs served in a few milliseconds never look implausible.
-RECEIPT_MIN_ELAPSED_MS = 1000
 
 ACCEPTED = "accepted"
 EQUIVOCATION = "equivocation"
@@ -76,18 +80,18 @@ EQUIVOCATION = "equivocation"
 #: every reason a check can fail with (all start at 0, so metrics show zeros, not gaps).
 REASONS = (
     ACCEPTED, EQUIVOCATION, "duplicate", "malformed", "non_canonical", "oversize", "version",
-    "kind", "bad_field", "bad_signature", "stale", "future", "wrong_signer", "wrong_recipient",
-    "implausible", "seq_regression", "rate_limited", "tokens_per_minute",
+    "kind", "bad_field", "bad_signature", "stale", "future", "wrong_signer", "implausible",
+    "seq_regression", "rate_limited",
 )
 
 _PEER_ID_PREFIX = bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21])
 _PEER_ID_SIZE = len(_PEER_ID_PREFIX) + 33
 
-#: Seen-cache keys. An input of announcement size is its own key: the same bytes are the same
+#: Seen-cache keys: an accepted announcement's bytes are its own key: the same bytes are the same
 #: message id (SHA-256 of the bytes) without hashing them, a bytes object caches its dict hash,
 #: and in the simulator every peer's cache refers to the one shared wire object instead of holding
-#: its own digest. A larger input (a job, up to 80 KB) is keyed by its SHA-256 digest, so the
-#: cache stays small; so is an input of at most 32 bytes, so a raw key never equals a digest key.
+#: its own digest. Only announcements are accepted, so an input of another size was never seen
+#: and skips the lookup (it fails V2 or V3).
 _RAW_KEY_MIN = 33
 _RAW_KEY_MAX = MAX_SIZE[KIND_ANNOUNCEMENT]
 _isfinite = math.isfinite
@@ -96,8 +100,7 @@ _isfinite = math.isfinite
 class _SignerState:
     """What a validator remembers about one signer."""
 
-    __slots__ = ("seq", "msg_id", "equivocated_seq", "tokens", "refilled_at", "capacity",
-                 "served")
+    __slots__ = ("seq", "msg_id", "equivocated_seq", "tokens", "refilled_at")
 
     def __init__(self, now: float, burst: float) -> None:
         self.seq = -1                   # highest accepted announcement seq
@@ -105,21 +108,17 @@ class _SignerState:
         self.equivocated_seq = -1       # seq at which equivocation evidence was let through
         self.tokens = burst             # token bucket for announcements
         self.refilled_at = now
-        self.capacity = 0               # last non-zero announced tokens_per_second
-        self.served: deque[list[int]] | None = None  # [second, tokens] of recent receipts
 
 
 class Validator:
-    """Decode and validate received messages against what was accepted before.
+    """Decode and validate received announcements against what was accepted before.
 
-    `capacity_of(signer)` (optional) gives a provider's announced tokens per second, e.g. from
-    the merged view; `local_key` (optional) is this node's public key, to refuse jobs and
-    receipts addressed to someone else. `rate_refill_s` defaults to the config's tick.
+    `rate_refill_s` defaults to the config's tick. `decode` applies the stateless rules (see
+    `Decoder`); the default is the codec's.
     """
 
     def __init__(self, config: MarketConfig, *,
-                 capacity_of: Callable[[bytes], int | None] | None = None,
-                 local_key: bytes | None = None,
+                 decode: Decoder = decode_stateless,
                  rate_burst: float = RATE_BURST,
                  rate_refill_s: float | None = None,
                  seen_ttl_s: float = SEEN_TTL_S,
@@ -128,8 +127,7 @@ class Validator:
         if rate_burst < 1 or max_seen < 1 or max_signers < 1 or seen_ttl_s <= 0:
             raise ValueError("rate_burst, max_seen and max_signers must be >= 1, seen_ttl_s > 0")
         self.config = config
-        self.capacity_of = capacity_of
-        self.local_key = local_key
+        self._decode = decode
         self.rate_burst = float(rate_burst)
         self.rate_refill_s = float(config.tick_s if rate_refill_s is None else rate_refill_s)
         if self.rate_refill_s <= 0:
@@ -150,19 +148,15 @@ class Validator:
 
     # -- public ---------------------------------------------------------------------------------
 
-    def check(self, data: Buffer, now: float, *, kind: type | tuple[type, ...] | None = None,
-              from_peer: bytes | str | None = None,
-              provider_capacity: int | None = None, history: bool = False) -> Message:
-        """Validate `data` received at `now` and return the message, or raise WireError.
+    def check(self, data: Buffer, now: float, *, from_peer: bytes | str | None = None,
+              history: bool = False) -> Announcement:
+        """Validate `data` received at `now` and return the announcement, or raise WireError.
 
-        `kind`: the message class(es) expected on this path (gossip carries only Announcement);
         `from_peer`: the libp2p peer id (bytes or base58 text) that authored the message, i.e.
-        the gossipsub `from` field or the remote peer of a direct stream, which must be the
-        signer's; `provider_capacity`: for a receipt, the capacity the provider announced when
-        the job was matched (otherwise `capacity_of`, then this validator's own memory, then
-        `max_node_tokens_per_s`); `history`: the announcement came through anti-entropy sync,
-        as part of the history a peer retained, so it may be older than what we hold and arrive
-        in a batch: the seq and rate rules (V7, V8) do not refuse it, the rest applies."""
+        the gossipsub `from` field, which must be the signer's; `history`: the announcement came
+        through anti-entropy sync, as part of the history a peer retained, so it may be older than
+        what we hold and arrive in a batch: the seq and rate rules (V7, V8) do not refuse it, the
+        rest applies."""
         # The hot path of every peer (each gossip message): the rules run in the order of the
         # module docstring, inlined where a call would cost more than the rule.
         try:
@@ -173,44 +167,39 @@ class Validator:
                 if size > MAX_ANY_SIZE:  # W1 before hashing: never hash a huge input
                     raise WireError("oversize", REJECT,
                                     f"message is {size} bytes (limit {MAX_ANY_SIZE})")
-                if _RAW_KEY_MIN <= size <= _RAW_KEY_MAX:
-                    key = data
-                    msg_id: bytes | None = None  # _decode hashes it, once per decoded message
-                else:
-                    key = msg_id = _sha256(data).digest()
                 seen = self._seen
                 seen_ids = self._seen_ids
-                if seen_ids and not seen[seen_ids[0]] > now:
-                    self._expire_seen(now)
-                if key in seen:  # V1
-                    raise WireError("duplicate", IGNORE,
-                                    f"message {_sha256(data).hexdigest()[:16]}… already seen")
+                if _RAW_KEY_MIN <= size <= _RAW_KEY_MAX:
+                    key: bytes | None = data
+                    if seen_ids and not seen[seen_ids[0]] > now:
+                        self._expire_seen(now)
+                    if data in seen:  # V1
+                        raise WireError("duplicate", IGNORE,
+                                        f"message {_sha256(data).hexdigest()[:16]}… already seen")
+                else:
+                    key = None
             else:
-                key = msg_id = None
-            message = _decode(data, msg_id)  # V2: W1…W12
+                key = None
+            message = self._decode(data, None)  # V2: W1…W12 (it hashes accepted bytes once)
             # V2: W13 (check_freshness, computed here; it raises the exact error when one is due)
             issued_at_ms = message.issued_at_ms
             age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
             if age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS:
                 check_freshness(issued_at_ms, now)
-            if kind is not None and not isinstance(message, kind):  # V3
-                raise WireError("kind", REJECT, f"a {type(message).__name__} is not expected here")
+            if type(message) is not Announcement:  # V3
+                raise WireError("kind", REJECT, f"a {type(message).__name__} is not expected here "
+                                                "(only announcements)")
             if from_peer is not None:  # V4: the peer id of the signer's key is prefix ‖ key
                 if (type(from_peer) is not bytes or len(from_peer) != _PEER_ID_SIZE
                         or from_peer != _PEER_ID_PREFIX + message.signer):
                     self._check_author(message.signer, from_peer)  # raises unless it matches
-            if isinstance(message, Announcement):
-                self._check_announcement(message, now, history)
-            elif isinstance(message, Receipt):
-                self._check_receipt(message, now, provider_capacity)
-            else:
-                self._check_job(message)
+            self._check_announcement(message, now, history)
         except WireError as error:
             counts = self.counts
             counts[error.reason] = counts.get(error.reason, 0) + 1
             raise
         # accepted: remember its id (V1)
-        if key is not None:
+        if key is not None:  # always, for an announcement
             seen[key] = now + self.seen_ttl_s
             seen_ids.append(key)
             if len(seen_ids) > self.max_seen:
@@ -250,10 +239,6 @@ class Validator:
         if author != signer:
             raise WireError("wrong_signer", REJECT,
                             "the message's signer is not the peer it came from")
-
-    def _check_job(self, job: Job) -> None:
-        if self.local_key is not None and job.provider != self.local_key:  # V5
-            raise WireError("wrong_recipient", REJECT, "job is addressed to another provider")
 
     def _check_announcement(self, announcement: Announcement, now: float, history: bool) -> None:
         tokens_per_second = announcement.tokens_per_second
@@ -304,48 +289,6 @@ class Validator:
         elif seq > state.seq:
             state.seq = seq
             state.msg_id = announcement.msg_id
-        if tokens_per_second and seq == state.seq:  # not old history
-            state.capacity = tokens_per_second
-
-    def _check_receipt(self, receipt: Receipt, now: float, provider_capacity: int | None) -> None:
-        if self.local_key is not None and receipt.gateway != self.local_key:  # V5
-            raise WireError("wrong_recipient", REJECT, "receipt is for a job of another gateway")
-        config = self.config
-        state = self._signers.get(receipt.signer)
-        capacity = provider_capacity
-        if capacity is None and self.capacity_of is not None:
-            capacity = self.capacity_of(receipt.signer)
-        if capacity is None and state is not None and state.capacity:
-            capacity = state.capacity
-        if capacity is None:
-            capacity = config.max_node_tokens_per_s
-        capacity = max(0, min(int(capacity), config.max_node_tokens_per_s))
-        elapsed_ms = max(receipt.ended_at_ms - receipt.started_at_ms, RECEIPT_MIN_ELAPSED_MS)
-        if receipt.tokens_served * 1000 > 2 * capacity * elapsed_ms:  # V9
-            raise WireError("implausible", REJECT,
-                            f"{receipt.tokens_served} tokens in {elapsed_ms} ms is more than "
-                            f"2 × {capacity} tokens/s allows")
-        second = _now_ms(now) // 1000
-        served = state.served if state is not None else None
-        recent = 0
-        if served is not None:
-            while served and served[0][0] <= second - TOKEN_WINDOW_S:
-                served.popleft()
-            recent = sum(tokens for _, tokens in served)
-        if recent + receipt.tokens_served > config.max_tokens_per_minute:  # V9
-            raise WireError("tokens_per_minute", REJECT,
-                            f"provider would reach {recent + receipt.tokens_served} tokens in "
-                            f"{TOKEN_WINDOW_S} s (max_tokens_per_minute = "
-                            f"{config.max_tokens_per_minute})")
-        if state is None:
-            state = self._new_signer(receipt.signer, now)
-        if state.served is None:
-            state.served = deque()
-        if state.served and state.served[-1][0] == second:
-            state.served[-1][1] += receipt.tokens_served  # one entry per second: ≤ 61 entries
-        else:
-            state.served.append([second, receipt.tokens_served])
-        self._touch(receipt.signer, state)
 
     # -- bounded memory -------------------------------------------------------------------------
 
@@ -355,12 +298,6 @@ class Validator:
         while len(self._signers) > self.max_signers:
             del self._signers[next(iter(self._signers))]
         return state
-
-    def _touch(self, signer: bytes, state: _SignerState) -> None:
-        """Move `signer` to the most recently accepted end (eviction takes the other end)."""
-        signers = self._signers
-        signers.pop(signer, None)
-        signers[signer] = state
 
     def _forget_oldest_seen(self) -> None:
         seen, ids = self._seen, self._seen_ids
@@ -381,5 +318,5 @@ class Validator:
         self._forget_oldest_seen()
 
 
-__all__ = ["Validator", "REASONS", "RATE_BURST", "SEEN_TTL_S", "MAX_SEEN", "MAX_SIGNERS",
-           "TOKEN_WINDOW_S", "RECEIPT_MIN_ELAPSED_MS", "ACCEPTED", "EQUIVOCATION"]
+__all__ = ["Validator", "Decoder", "decode_stateless", "REASONS", "RATE_BURST", "SEEN_TTL_S",
+           "MAX_SEEN", "MAX_SIGNERS", "ACCEPTED", "EQUIVOCATION"]
