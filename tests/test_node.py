@@ -12,7 +12,8 @@ import trio
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.host import Node
-from neuroshard_p2p.view import MarketView, TickPrice, ms_of
+from neuroshard_p2p.timeline import ms_of
+from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import Announcement, encode
 from tests.conftest import make_key
 from tests.node_harness import TEST_MARKET, RunningNode, start_node, test_settings

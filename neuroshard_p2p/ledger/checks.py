@@ -33,6 +33,7 @@ from typing import Container
 from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import Settlement, settle_amounts
+from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.wire import Job, Receipt, WireError
 
 #: Refusal reason codes, stable for counters and metrics.
@@ -131,9 +132,9 @@ def check_matches_job(receipt: Receipt, job: MatchedJob) -> None:
 def check_issued_after_job(receipt: Receipt, job: MatchedJob) -> None:
     """A receipt dated before its job was sent (beyond the clock skew the wire allows) belongs to
     some other exchange."""
-    earliest_ms = int((job.sent_at - wire.MAX_FUTURE_S) * 1000)
+    earliest_ms = ms_of(job.sent_at - wire.MAX_FUTURE_S)
     if receipt.issued_at_ms < earliest_ms:
-        before_s = job.sent_at - receipt.issued_at_ms / 1000
+        before_s = job.sent_at - seconds_of(receipt.issued_at_ms)
         raise LedgerError(STALE, f"receipt issued {before_s:.0f} s before its job was sent "
                                  f"(clock skew limit {wire.MAX_FUTURE_S:.0f} s)")
 
@@ -151,10 +152,10 @@ def check_plausible(receipt: Receipt, job: MatchedJob, capacity_tokens_per_s: in
         raise LedgerError(IMPLAUSIBLE, f"receipt claims {receipt.tokens_served} tokens served, "
                                        f"the job requested {job.tokens_requested}")
     capacity = max(0, min(capacity_tokens_per_s, config.max_node_tokens_per_s))
-    elapsed_ms = max(round((now - job.sent_at) * 1000), RECEIPT_MIN_ELAPSED_MS)
+    elapsed_ms = max(ms_of(now - job.sent_at), RECEIPT_MIN_ELAPSED_MS)
     if receipt.tokens_served * 1000 > 2 * capacity * elapsed_ms:
         raise LedgerError(IMPLAUSIBLE, f"receipt claims {receipt.tokens_served} tokens in "
-                                       f"{elapsed_ms / 1000:.3f} s since the job was sent; at the "
+                                       f"{seconds_of(elapsed_ms):.3f} s since the job was sent; at the "
                                        f"announced {capacity} tokens/s at most "
                                        f"{2 * capacity * elapsed_ms // 1000} are plausible "
                                        f"(2 × capacity × elapsed)")

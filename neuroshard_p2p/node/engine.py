@@ -50,7 +50,8 @@ from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_resp
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
 from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
-from neuroshard_p2p.view import MarketView, TickPrice, ms_of
+from neuroshard_p2p.timeline import ms_of, seconds_of
+from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import MAX_AGE_S
 
 ACCEPTED = "accepted"
@@ -360,7 +361,7 @@ class PeerEngine:
         deadlines: list[float] = []
         if self._published_at is not None:
             if self._dirty:
-                next_tick = (self.tick_of(self._published_at) + 1) * self.view.tick_ms / 1000
+                next_tick = seconds_of((self.tick_of(self._published_at) + 1) * self.view.tick_ms)
                 deadlines.append(next_tick)
             if self._published is not None and not self._published.silent:
                 deadlines.append(self._published_at + self._keep_alive_after)
@@ -376,7 +377,7 @@ class PeerEngine:
         return self._dirty
 
     def _announce(self, state: OwnState, now: float) -> bytes:
-        now_ms = int(now * 1000)
+        now_ms = ms_of(now)
         seq = max(self._last_seq + 1, now_ms)
         announcement = Announcement(
             signer=self.signer, issued_at_ms=now_ms, seq=seq,
@@ -451,7 +452,7 @@ class PeerEngine:
         self._last_seq = message.seq
         self._published = OwnState(message.tokens_per_second, message.min_price_nano,
                                    message.pending_tokens, message.pending_requests)
-        self._published_at = message.issued_at_ms / 1000
+        self._published_at = seconds_of(message.issued_at_ms)
         self._dirty = True
 
     # -- anti-entropy --------------------------------------------------------------------------

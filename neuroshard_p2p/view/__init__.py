@@ -10,10 +10,9 @@ from neuroshard_p2p.view.view import (
     TickPrice,
     bucket_of,
     default_max_per_signer,
-    ms_of,
 )
 
 __all__ = [
     "MarketView", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
-    "ms_of", "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
+    "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
 ]

@@ -40,6 +40,7 @@ from typing import Iterable
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano, utilization
+from neuroshard_p2p.timeline import ms_of, whole_ms
 from neuroshard_p2p.view.register import Register, Segment, order_key
 from neuroshard_p2p.view.steps import StepSum, pack, unpack
 from neuroshard_p2p.wire import MAX_FUTURE_S, SYNC_BUCKETS, Announcement
@@ -136,20 +137,6 @@ def bucket_of(signer: bytes) -> int:
     return hashlib.sha256(signer).digest()[0] * BUCKETS // 256
 
 
-def whole_ms(seconds: float, name: str) -> int:
-    """A duration in seconds as integer milliseconds; refuses one that is not a whole number of
-    ms, since the view's timeline is integer ms and rounding would shift every tick."""
-    ms = round(seconds * 1000)
-    if abs(ms - seconds * 1000) > 1e-6 * max(1.0, abs(seconds * 1000)):
-        raise ValueError(f"{name} must be a whole number of milliseconds, got {seconds!r} s")
-    return ms
-
-
-def ms_of(now: float) -> int:
-    """Seconds since the epoch (float) to the integer millisecond of the signed timeline."""
-    return round(now * 1000)
-
-
 class MarketView:
     """The merged view of the market's announcements (sans-IO: time is always an argument).
 
@@ -178,7 +165,7 @@ class MarketView:
         #: every instant of the last W ticks before the settle delay, for announcements up to
         #: capacity_timeout old, with the signer's clock up to MAX_FUTURE_S ahead of ours.
         self.horizon_ms = (config.window_ticks * self.tick_ms + self.settle_ms + self.timeout_ms
-                           + round(MAX_FUTURE_S * 1000))
+                           + ms_of(MAX_FUTURE_S))
         self._capacity_cap = config.max_node_tokens_per_s
         self._tokens_per_request_cap = config.max_tokens_per_minute
 
@@ -658,5 +645,5 @@ def _well_formed(message: object) -> bool:
 
 
 __all__ = ["MarketView", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
-           "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer", "ms_of", "order_key",
+           "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer", "order_key",
            "Segment"]

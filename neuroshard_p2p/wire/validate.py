@@ -183,6 +183,7 @@ class Validator:
             message = self._decode(data, None)  # V2: W1…W12 (it hashes accepted bytes once)
             # V2: W13 (check_freshness, computed here; it raises the exact error when one is due)
             issued_at_ms = message.issued_at_ms
+            # timeline.ms_of, inlined on the hot path (it raises for a non-finite now)
             age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
             if age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS:
                 check_freshness(issued_at_ms, now)
