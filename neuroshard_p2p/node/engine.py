@@ -39,20 +39,20 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import TYPE_CHECKING
 
 import coincurve
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
-from neuroshard_p2p.wire import Announcement, WireError, encode
-from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_response
-from neuroshard_p2p.wire.errors import REJECT
-from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
-from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
 from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import MarketView, TickPrice
-from neuroshard_p2p.wire import MAX_AGE_S
+from neuroshard_p2p.wire import MAX_AGE_S, Announcement, WireError, encode
+from neuroshard_p2p.wire.errors import REJECT
+from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_response
+from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
+from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -64,7 +64,7 @@ OUTCOMES = (ACCEPTED, REJECTED, IGNORED)
 HISTORY = "history"
 
 
-class Verdict(tuple):
+class Verdict(tuple[str, str, "Announcement | None", str]):
     """What became of one received message: `outcome` is accepted / rejected / ignored, `reason`
     the validator's stable code ("accepted" when accepted), `detail` the words for a log line.
 
@@ -77,10 +77,20 @@ class Verdict(tuple):
                 detail: str = "") -> Verdict:
         return tuple.__new__(cls, (outcome, reason, message, detail))
 
-    outcome = property(itemgetter(0), doc="accepted / rejected / ignored")
-    reason = property(itemgetter(1), doc="the validator's code, or accepted / history")
-    message = property(itemgetter(2), doc="the Announcement, when accepted")
-    detail = property(itemgetter(3), doc="the words for a log line")
+    if TYPE_CHECKING:  # what the C-level itemgetter properties below return
+        @property
+        def outcome(self) -> str: ...
+        @property
+        def reason(self) -> str: ...
+        @property
+        def message(self) -> Announcement | None: ...
+        @property
+        def detail(self) -> str: ...
+    else:
+        outcome = property(itemgetter(0), doc="accepted / rejected / ignored")
+        reason = property(itemgetter(1), doc="the validator's code, or accepted / history")
+        message = property(itemgetter(2), doc="the Announcement, when accepted")
+        detail = property(itemgetter(3), doc="the words for a log line")
 
     @property
     def accepted(self) -> bool:
@@ -103,7 +113,7 @@ class Verdict(tuple):
                 f"detail={self[3]!r})")
 
     def __getnewargs__(self) -> tuple[str, str, Announcement | None, str]:
-        return tuple(self)  # type: ignore[return-value]
+        return (self[0], self[1], self[2], self[3])
 
 
 #: The counter key of an accepted gossip message.

@@ -228,7 +228,9 @@ class MarketView:
         register = self._registers.get(signer)
         if register is None:
             if len(self._registers) >= self.max_signers:
-                silent_ms, silent_signer = self._silent_first()
+                silent = self._silent_first()
+                assert silent is not None  # the view is full, so some signer is the most silent
+                silent_ms, silent_signer = silent
                 if (message.issued_at_ms, signer) < (silent_ms, silent_signer):
                     return MergeOutcome.EVICTED
                 self._drop_register(silent_signer, touched)
