@@ -3,10 +3,13 @@ counted, and a verify that catches a tampered file. Real SQLite files, real sign
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import tempfile
 from pathlib import Path
 
+import coincurve
 import msgpack
 import pytest
 import trio
@@ -553,3 +556,86 @@ async def test_async_ledger_keeps_the_trio_loop_running_while_sqlite_waits(tmp_p
                 blocker.close()
         assert results == [Settlement(payment=100_000, burned=5_000, earned=95_000)]
         assert (await ledger.totals()).settlements == 1
+
+
+# --- protocols/vectors/receipts.json (spec §9 step 4, R1–R8) -----------------------------------
+
+VECTORS = Path(__file__).resolve().parent.parent / "protocols" / "vectors"
+RECEIPT_VECTORS = json.loads((VECTORS / "receipts.json").read_text("utf-8"))["vectors"]
+#: The vectors' provider key (messages.json publishes it), to sign the settlements of "the last
+#: 60 s" that a vector's recent_provider_tokens stands for.
+VECTOR_PROVIDER_KEY = next(
+    coincurve.PrivateKey(bytes.fromhex(v["private_key"]))
+    for v in json.loads((VECTORS / "messages.json").read_text("utf-8"))["vectors"]
+    if v["name"] == "receipt")
+
+
+def vector_job(vector: dict) -> MatchedJob:
+    sent = wire.decode_unchecked_time(bytes.fromhex(vector["job"]["wire"]))
+    assert isinstance(sent, wire.Job)
+    fields = vector["job"]["fields"]
+    assert (sent.signer.hex(), sent.issued_at_ms, sent.request_id, sent.user, sent.provider.hex(),
+            sent.tokens, sent.locked_price_nano) == (
+        fields["signer"], fields["issued_at_ms"], fields["request_id"], fields["user"],
+        fields["provider"], int(fields["tokens"]), int(fields["locked_price_nano"]))
+    return MatchedJob.from_job(sent, vector["job"]["sent_at_ms"] / 1000)
+
+
+def test_receipt_vectors_cover_every_rule_and_reason() -> None:
+    assert len(RECEIPT_VECTORS) >= 30
+    assert {v["rule"] for v in RECEIPT_VECTORS} == {"-", "R1", "R2", "R3", "R4", "R5", "R6", "R7",
+                                                    "R8"}
+    refused = {v["expect"]["reason"] for v in RECEIPT_VECTORS if v["expect"] != "accept"}
+    assert refused == set(REASONS) - {"overflow"}
+
+
+@pytest.mark.parametrize("vector", RECEIPT_VECTORS, ids=lambda v: v["name"])
+def test_receipt_vector_through_the_checks(vector: dict) -> None:
+    data = bytes.fromhex(vector["receipt"])
+    seen = {hashlib.sha256(data).digest()} if vector["settled_before"] else set()
+    kwargs = dict(capacity_tokens_per_s=vector["capacity_tokens_per_s"],
+                  now=vector["now_ms"] / 1000,
+                  recent_provider_tokens=vector["recent_provider_tokens"], config=CONFIG,
+                  seen=seen)
+    if vector["expect"] == "accept":
+        receipt = check_receipt(data, vector_job(vector), **kwargs)
+        amounts = settle_amounts(receipt.tokens_served, receipt.locked_price_nano, CONFIG.burn_rate)
+        assert {"payment_nano": amounts.payment, "burn_nano": amounts.burned,
+                "earned_nano": amounts.earned} == vector["settlement"]
+    else:
+        with pytest.raises(LedgerError) as caught:
+            check_receipt(data, vector_job(vector), **kwargs)
+        assert caught.value.reason == vector["expect"]["reason"]
+
+
+@pytest.mark.parametrize("vector", RECEIPT_VECTORS, ids=lambda v: v["name"])
+def test_receipt_vector_through_a_sqlite_ledger(vector: dict, ledger: Ledger) -> None:
+    """The same vector against a real ledger file: its state is made by settling, 61 s before now
+    (outside the rate window), the receipt itself when it "settled before", and, 30 s before now,
+    a receipt of the same provider for the vector's recent tokens."""
+    data = bytes.fromhex(vector["receipt"])
+    now = vector["now_ms"] / 1000
+    job = vector_job(vector)
+    if vector["settled_before"]:
+        ledger.settle(data, "gateway", now - 61, CONFIG.burn_rate)
+    if vector["recent_provider_tokens"]:
+        issued_ms = vector["now_ms"] - 30_000
+        filler = wire.sign(wire.Receipt(
+            signer=job.provider, issued_at_ms=issued_ms, request_id="earlier", gateway=job.gateway,
+            user="carol", tokens_served=vector["recent_provider_tokens"], locked_price_nano=1,
+            started_at_ms=issued_ms, ended_at_ms=issued_ms), VECTOR_PROVIDER_KEY)
+        ledger.settle(filler.wire, "gateway", now - 30, CONFIG.burn_rate)
+    assert ledger.recent_tokens(job.provider, now) == vector["recent_provider_tokens"]
+    before = ledger.totals()
+    if vector["expect"] == "accept":
+        amounts = accept(ledger, data, job, now=now, capacity=vector["capacity_tokens_per_s"])
+        assert {"payment_nano": amounts.payment, "burn_nano": amounts.burned,
+                "earned_nano": amounts.earned} == vector["settlement"]
+        assert ledger.has_settled(hashlib.sha256(data).digest())
+        assert ledger.totals().paid == before.paid + amounts.payment
+    else:
+        with pytest.raises(LedgerError) as caught:
+            accept(ledger, data, job, now=now, capacity=vector["capacity_tokens_per_s"])
+        assert caught.value.reason == vector["expect"]["reason"]
+        assert only_refusal(ledger) == {vector["expect"]["reason"]: 1}
+        assert ledger.totals() == before

@@ -354,6 +354,196 @@ def validator_vectors() -> list[dict[str, Any]]:
     ]
 
 
+# --- receipt checks at the gateway (spec §9 step 4, R1–R8) -------------------------------------
+
+RECEIPT_DEFAULTS = {"max_node_tokens_per_s": 50_000, "max_tokens_per_minute": 1_000_000,
+                    "burn_rate_percent": 5, "receipt_min_elapsed_ms": 1000,
+                    "max_settlement_tokens": 10**12, "max_settlement_nano": 10**15,
+                    "rate_window_ms": 60_000, "max_age_ms": 300_000, "max_future_ms": 30_000}
+
+
+def receipt_vectors() -> list[dict[str, Any]]:
+    """Each vector: the Job the gateway sent (fields, wire, its clock `sent_at_ms` when it sent it),
+    the gateway's `now_ms` when the JobResult arrived, the capacity of the matched offer, the
+    provider's tokens settled at this gateway in the last 60 s, whether these receipt bytes settled
+    before, the receipt bytes, and the outcome: accept with the settlement, or the first of R1–R8
+    that fails (its reason). Every vector passes the rules before the one it names; vectors named
+    `order-*` also fail a later rule, so they pin which of the two is checked first."""
+
+    def job(sent_at_ms: int = T0, **changes: Any) -> dict[str, Any]:
+        fields = {**JOB, **changes}
+        data = signed(body_items(2, pub(GATEWAY), sent_at_ms, fields), GATEWAY)
+        return {"fields": {"signer": pub(GATEWAY).hex(), "issued_at_ms": sent_at_ms,
+                           **{n: json_value(v) for n, v in fields.items()}},
+                "wire": data.hex(), "sent_at_ms": sent_at_ms}
+
+    def receipt(k: coincurve.PrivateKey = PROVIDER, issued: int = T0 + 2000,
+                **changes: Any) -> bytes:
+        fields = {**RECEIPT, "started_at_ms": issued - 1800, "ended_at_ms": issued - 300, **changes}
+        return signed(body_items(3, pub(k), issued, fields), k)
+
+    def vector(name: str, rule: str, note: str, data: bytes, expect: str, *,
+               the_job: dict[str, Any] | None = None, now_ms: int = T0 + 2500,
+               capacity: int = 1000, recent: int = 0,
+               settled_before: bool = False) -> dict[str, Any]:
+        j = the_job or job()
+        out: dict[str, Any] = {
+            "name": name, "rule": rule, "note": note, "job": j, "now_ms": now_ms,
+            "capacity_tokens_per_s": capacity, "recent_provider_tokens": recent,
+            "settled_before": settled_before, "receipt": data.hex()}
+        if expect == "accept":
+            items = msgpack.unpackb(msgpack.unpackb(data)[0])
+            tokens, price = items[7], items[8]
+            payment = tokens * price // 10**6
+            burn = payment * 5 // 100
+            out["expect"] = "accept"
+            out["settlement"] = {"payment_nano": payment, "burn_nano": burn,
+                                 "earned_nano": payment - burn}
+        else:
+            out["expect"] = {"reason": expect}
+        return out
+
+    good = receipt()
+    forged = bytearray(good)
+    forged[-1] ^= 0x01
+    stale_forged = bytearray(receipt(issued=T0 - 300_000))
+    stale_forged[-1] ^= 0x01
+    big_price = 2 * 10**18            # 500 tokens × 2·10^18 / 10^6 = 10^15 nano exactly
+    long_ms = 10**10 + 1000   # 2 × 50,000 tokens/s × (10^10 + 1000) ms ≥ (10^12 + 1) × 1000
+    huge_job = job(T0 + 2500 - long_ms, tokens=10**12 + 1, locked_price_nano=1000,
+                   max_price_nano=1000)
+    return [
+        vector("accept", "-", "480 tokens at 0.12 NEURO/1M: 57,600 nano paid, 2,880 burned",
+               good, "accept"),
+        # R1: the bytes as a message (§6.1 W1–W13 at now)
+        vector("r1-bad-signature", "R1", "one bit of the signature flipped (W12)", bytes(forged),
+               "bad_signature"),
+        vector("r1-not-a-message", "R1", "bytes that are no wire message (W2)", b"\x92\xc4\x00",
+               "malformed"),
+        vector("r1-bad-field", "R1",
+               "started_at_ms after ended_at_ms (W10 bad_field → malformed)",
+               receipt(started_at_ms=T0 + 1800, ended_at_ms=T0 + 1700), "malformed"),
+        vector("r1-stale", "R1", "received 300.001 s after its issued_at (W13)", good, "stale",
+               now_ms=T0 + 2000 + 300_001),
+        vector("r1-stale-boundary", "R1", "received exactly 300 s after its issued_at: fresh",
+               good, "accept", now_ms=T0 + 2000 + 300_000),
+        vector("r1-future", "R1", "issued 30.001 s after the gateway's now (W13 future → stale)",
+               receipt(issued=T0 + 32_501), "stale"),
+        vector("r1-future-boundary", "R1", "issued exactly 30 s after the gateway's now: fresh",
+               receipt(issued=T0 + 32_500), "accept"),
+        vector("order-r1-signature-before-age", "R1",
+               "bad signature and 302.5 s old: W12 comes before W13",
+               bytes(stale_forged), "bad_signature"),
+        # R2: a Receipt
+        vector("r2-a-job", "R2", "the Job itself, validly signed by the gateway, not a Receipt",
+               bytes.fromhex(job()["wire"]), "malformed"),
+        vector("r2-an-announcement", "R2", "a valid announcement of the provider, not a Receipt",
+               announcement(PROVIDER, 1, T0 + 2000), "malformed"),
+        # R3: not dated before the job (sent_at − 30 s)
+        vector("r3-at-bound", "R3", "issued exactly 30 s before the job was sent",
+               receipt(issued=T0 + 2000), "accept", the_job=job(T0 + 32_000), now_ms=T0 + 32_500),
+        vector("r3-before-bound", "R3", "issued 30.001 s before the job was sent",
+               receipt(issued=T0 + 1999), "stale", the_job=job(T0 + 32_000), now_ms=T0 + 32_500),
+        vector("order-r3-before-r4", "R3", "dated before the job and names another user: stale",
+               receipt(issued=T0 + 1999, user="bob"), "stale", the_job=job(T0 + 32_000),
+               now_ms=T0 + 32_500),
+        # R4: names the job sent
+        vector("r4-signer", "R4", "signed by another key than the job's provider", receipt(OTHER),
+               "mismatch"),
+        vector("r4-request-id", "R4", "another request id", receipt(request_id="req-0002"),
+               "mismatch"),
+        vector("r4-gateway", "R4", "names another gateway", receipt(gateway=pub(OTHER)),
+               "mismatch"),
+        vector("r4-user", "R4", "names another user", receipt(user="bob"), "mismatch"),
+        vector("r4-locked-price", "R4", "another locked price (fixed mode: the fixed price)",
+               receipt(locked_price_nano=120_000_001), "mismatch"),
+        vector("order-r4-before-r5", "R4", "another user, and these bytes settled before: mismatch",
+               receipt(user="bob"), "mismatch", settled_before=True),
+        # R5: not settled before
+        vector("r5-replay", "R5", "these receipt bytes settled before", good, "replay",
+               settled_before=True),
+        vector("order-r5-before-r6", "R5",
+               "settled before, and implausible at 1 token/s: replay", good, "replay",
+               settled_before=True, capacity=1),
+        # R6: plausible
+        vector("r6-more-than-requested", "R6", "501 tokens for a job of 500",
+               receipt(tokens_served=501), "implausible"),
+        vector("r6-at-capacity", "R6",
+               "480 tokens in 2.5 s at 96 tokens/s: 480 × 1000 = 2 × 96 × 2500",
+               good, "accept", capacity=96),
+        vector("r6-above-capacity", "R6", "481 tokens in 2.5 s at 96 tokens/s: one above",
+               receipt(tokens_served=481), "implausible", capacity=96),
+        vector("r6-floor", "R6",
+               "answered 100 ms after sending counts as 1 s: 480 × 1000 = 2 × 240 × 1000",
+               good, "accept", capacity=240, the_job=job(T0 + 2400)),
+        vector("r6-floor-above", "R6", "the same with 481 tokens: one above 2 × 240 × 1 s",
+               receipt(tokens_served=481), "implausible", capacity=240, the_job=job(T0 + 2400)),
+        vector("r6-capacity-capped", "R6",
+               "10^9 tokens/s announced counts as max_node_tokens_per_s = 50,000: 250,000 tokens "
+               "in 2.5 s", receipt(tokens_served=250_000), "accept", capacity=10**9,
+               the_job=job(tokens=300_000)),
+        vector("r6-capacity-capped-above", "R6",
+               "the same with 250,001 tokens: above 2 × 50,000 × 2.5 s",
+               receipt(tokens_served=250_001), "implausible", capacity=10**9,
+               the_job=job(tokens=300_000)),
+        vector("order-r6-before-r8", "R6",
+               "implausible at 95 tokens/s and over the per-minute limit: implausible", good,
+               "implausible", capacity=95, recent=999_999),
+        # R7: one settlement within the ceiling
+        vector("r7-payment-at-ceiling", "R7", "500 tokens at 2·10^18 nano/1M: exactly 10^15 nano",
+               receipt(tokens_served=500, locked_price_nano=big_price), "accept",
+               the_job=job(locked_price_nano=big_price, max_price_nano=big_price)),
+        vector("r7-payment-above-ceiling", "R7", "500 tokens at 2·10^18 + 2000 nano/1M: 10^15 + 1",
+               receipt(tokens_served=500, locked_price_nano=big_price + 2000), "implausible",
+               the_job=job(locked_price_nano=big_price + 2000, max_price_nano=big_price + 2000)),
+        vector("r7-tokens-at-ceiling", "R7",
+               "exactly 10^12 tokens (plausible: the job went out 10^10 + 1000 ms before, at "
+               "50,000 tokens/s) pass R7, then fail R8",
+               receipt(issued=T0 + 2000, tokens_served=10**12, locked_price_nano=1000), "over_rate",
+               the_job=huge_job, capacity=50_000),
+        vector("r7-tokens-above-ceiling", "R7",
+               "10^12 + 1 tokens: implausible (R7, before R8's over_rate)",
+               receipt(issued=T0 + 2000, tokens_served=10**12 + 1, locked_price_nano=1000),
+               "implausible", the_job=huge_job, capacity=50_000),
+        # R8: tokens per minute
+        vector("r8-at-limit", "R8", "999,520 settled in the last 60 s + 480 = 1,000,000", good,
+               "accept", recent=999_520),
+        vector("r8-above-limit", "R8", "999,521 settled in the last 60 s + 480 = 1,000,001", good,
+               "over_rate", recent=999_521),
+    ]
+
+
+def cross_check_receipts(doc: dict[str, Any]) -> None:
+    """The project's ledger checks must give every receipt vector its expected outcome."""
+    from neuroshard_p2p import wire  # noqa: E402
+    from neuroshard_p2p.config import MarketConfig  # noqa: E402
+    from neuroshard_p2p.ledger.checks import (LedgerError, MatchedJob, amounts_of,  # noqa: E402
+                                              check_receipt)
+    config = MarketConfig()
+    d = doc["defaults"]
+    assert (config.max_node_tokens_per_s, config.max_tokens_per_minute, config.burn_rate) == (
+        d["max_node_tokens_per_s"], d["max_tokens_per_minute"], d["burn_rate_percent"] / 100)
+    for v in doc["vectors"]:
+        sent = wire.decode_unchecked_time(bytes.fromhex(v["job"]["wire"]))
+        assert isinstance(sent, wire.Job), v["name"]
+        job = MatchedJob.from_job(sent, v["job"]["sent_at_ms"] / 1000)
+        data = bytes.fromhex(v["receipt"])
+        seen = {hashlib.sha256(data).digest()} if v["settled_before"] else set()
+        try:
+            receipt = check_receipt(data, job, capacity_tokens_per_s=v["capacity_tokens_per_s"],
+                                    now=v["now_ms"] / 1000,
+                                    recent_provider_tokens=v["recent_provider_tokens"],
+                                    config=config, seen=seen)
+        except LedgerError as error:
+            assert v["expect"] != "accept" and error.reason == v["expect"]["reason"], \
+                (v["name"], error)
+        else:
+            assert v["expect"] == "accept", f"the ledger accepts receipt vector {v['name']}"
+            amounts = amounts_of(receipt, config.burn_rate)
+            assert {"payment_nano": amounts.payment, "burn_nano": amounts.burned,
+                    "earned_nano": amounts.earned} == v["settlement"], v["name"]
+
+
 # --- stream frames -----------------------------------------------------------------------------
 
 def frame_vectors() -> dict[str, Any]:
@@ -956,6 +1146,7 @@ def documents() -> dict[str, Any]:
             "vectors": validator_vectors()},
         "frames.json": {**header, **frame_vectors()},
         "price.json": {**header, **price_documents()},
+        "receipts.json": {**header, "defaults": RECEIPT_DEFAULTS, "vectors": receipt_vectors()},
     }
 
 
@@ -982,6 +1173,7 @@ def cross_check(docs: dict[str, Any]) -> None:
             raise AssertionError(f"codec accepts invalid vector {v['name']}")
     cross_check_frames(docs["frames.json"])
     cross_check_price(docs["price.json"])
+    cross_check_receipts(docs["receipts.json"])
 
 
 def main(argv: list[str]) -> int:
