@@ -17,6 +17,8 @@ from neuroshard_p2p.timeline import whole_ms
 CURVES = ("seed", "normalized")
 DEFAULT_WINDOW_TICKS = 32   # 0.7^32 ≈ 1e-5: the EMA has forgotten where the window started
 MAX_WINDOW_TICKS = 4096
+#: More bits of identity work than anyone could grind is a configuration error.
+MAX_WORK_BITS = 48
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,13 @@ class MarketConfig:
     burn_rate: float = 0.05
     max_tokens_per_minute: int = 1_000_000
     max_node_tokens_per_s: int = 50_000
+    # Bounds on one signer's counted demand (protocol v2 §7.1): whatever it announces, one
+    # identity counts at most this many waiting requests and tokens.
+    max_signer_pending_requests: int = 1_000
+    max_signer_pending_tokens: int = 1_000_000
+    # The work ramp (v2 §7.1): a signer whose key carries fewer than this many bits of work counts
+    # with weight 2^(bits - F). 0 = off (every signer weighs 1).
+    identity_work_bits: int = 0
     # True when window_ticks was derived (given as 0); `replace` then derives it again.
     window_auto: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -86,6 +95,10 @@ class MarketConfig:
         need(0 <= self.burn_rate < 1, "burn_rate must be in [0, 1)")
         need(self.max_tokens_per_minute > 0, "max_tokens_per_minute must be > 0")
         need(self.max_node_tokens_per_s > 0, "max_node_tokens_per_s must be > 0")
+        need(self.max_signer_pending_requests > 0, "max_signer_pending_requests must be > 0")
+        need(self.max_signer_pending_tokens > 0, "max_signer_pending_tokens must be > 0")
+        need(0 <= self.identity_work_bits <= MAX_WORK_BITS,
+             f"identity_work_bits must be in 0..{MAX_WORK_BITS}")
 
         needed = self.min_window_ticks()
         if needed > MAX_WINDOW_TICKS:

@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-LAYERS = ("neuroshard_p2p layers: cli | bench > daemon > api > node > ledger | view > wire > core "
-          "> config | money | identity > timeline")
+LAYERS = ("neuroshard_p2p layers: cli | bench > daemon > api > node > ledger | view > wire > charter "
+          "> core > config | money | identity > timeline")
 SIMNET = ("simnet drives the node and the core, never the API, the daemon, the CLI, the benches "
           "or a ledger")
 
