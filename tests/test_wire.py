@@ -420,7 +420,7 @@ def test_stale_and_future(validator: Validator) -> None:
 
 def test_oversize(validator: Validator) -> None:
     assert reason_of(lambda: validator.check(b"\x00" * 90_000, T)) == ("oversize", REJECT)
-    body = msgpack.packb([1, 1, P, T_MS, 1, 1, 1, 1, 1, "x" * 1000], use_bin_type=True)
+    body = msgpack.packb([2, 1, P, T_MS, 1, 1, 1, 1, 1, 0, b"", "x" * 2000], use_bin_type=True)
     data = msgpack.packb([body, b"\x00" * 64], use_bin_type=True)
     assert reason_of(lambda: validator.check(data, T)) == ("oversize", REJECT)
 

@@ -11,6 +11,7 @@ the simulator — hand it bytes and the time, and take bytes to send:
     on_sync_request(data, now)        answer a peer's sync request      → [bytes] (frames)
     on_sync_response(data, now)       merge what a peer sent            → SyncCounts
     next_deadline()                   when poll_announcements has work next (None: only on change)
+    expire(now)                       drop what no peer would accept any more (every tick)
 
 Announcing. A node publishes one `Announcement` carrying its capacity and its queued demand: when
 that state changes (at most once per tick: changes within a tick coalesce), and again every
@@ -51,7 +52,8 @@ from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import MAX_AGE_S, Announcement, WireError, encode
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_response
-from neuroshard_p2p.wire.messages import SyncRequest, SyncResponse
+from neuroshard_p2p.wire.membership import Admission
+from neuroshard_p2p.wire.messages import RevocationList, SyncRequest, SyncResponse
 from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
 
 ACCEPTED = "accepted"
@@ -205,7 +207,8 @@ class PeerEngine:
                  tokens_per_second: int = 0, min_price_nano: int = 0,
                  announce_interval_s: float = 20.0,
                  view: MarketView | None = None, validator: Validator | None = None,
-                 decode: Decoder = decode_stateless) -> None:
+                 decode: Decoder = decode_stateless,
+                 admission: Admission | None = None) -> None:
         if not 0 < announce_interval_s < config.capacity_timeout_s:
             raise ValueError("announce_interval_s must be in (0, capacity_timeout_s)")
         self.config = config
@@ -214,7 +217,12 @@ class PeerEngine:
         self.peer_id = peer_id_of(self.signer)
         self.announce_interval_s = announce_interval_s
         self.view = view if view is not None else MarketView(config)
-        self.validator = validator if validator is not None else Validator(config, decode=decode)
+        self.validator = (validator if validator is not None
+                          else Validator(config, decode=decode, admission=admission))
+        #: Our identity work nonce (wire.work) and, in a members network, our credential's wire
+        #: bytes: both ride in every announcement we sign.
+        self.work_nonce = 0
+        self.credential = b""
         #: (outcome, reason) → count, for gossip and for announcements received through sync.
         self.gossip_counts: Counter[tuple[str, str]] = Counter()
         self.sync_counts: Counter[tuple[str, str]] = Counter()
@@ -250,6 +258,24 @@ class PeerEngine:
         offer = OwnOffer(tokens_per_second, min_price_nano if tokens_per_second else 0)
         if offer != self._offer:
             self._offer = offer
+            self._dirty = True
+
+    def set_work_nonce(self, nonce: int) -> None:
+        """A better identity-work nonce (the driver grinds it): it rides in our next
+        announcement, which goes out at the next tick if we announce anything."""
+        if nonce != self.work_nonce:
+            self.work_nonce = nonce
+            self._refresh_published()
+
+    def set_credential(self, credential: bytes) -> None:
+        """Our credential in a members network (wire bytes of a Credential naming our key)."""
+        if credential != self.credential:
+            self.credential = credential
+            self._refresh_published()
+
+    def _refresh_published(self) -> None:
+        if self._published is not None and not self._published.silent:
+            self._repeat = True
             self._dirty = True
 
     def withdraw_offer(self) -> None:
@@ -325,8 +351,7 @@ class PeerEngine:
         """The announcements to publish at `now` (zero or one): our state if it changed since the
         last one and no announcement went out in this tick yet, or a keep-alive when
         `announce_interval_s` has passed and we have anything to say."""
-        # Signers silent for longer than any peer would accept their messages cost memory only.
-        self.view.forget_silent_before(ms_of(now - MAX_AGE_S))
+        self.expire(now)
         state = self.own_state(now)
         if self._published_at is None:
             due = not state.silent
@@ -381,6 +406,11 @@ class PeerEngine:
             deadlines.append(min(r.expires_at for r in self._requests.values()))
         return min(deadlines) if deadlines else None
 
+    def expire(self, now: float) -> int:
+        """Drop every announcement older than the 300 s any peer accepts (protocol v2 §7.1): the
+        driver calls this every tick, whether or not this node announces. Returns how many."""
+        return self.view.expire_before(ms_of(now - MAX_AGE_S))
+
     @property
     def wants_poll(self) -> bool:
         """Own state changed since the last poll (the driver should poll soon)."""
@@ -392,7 +422,8 @@ class PeerEngine:
         announcement = Announcement(
             signer=self.signer, issued_at_ms=now_ms, seq=seq,
             tokens_per_second=state.tokens_per_second, min_price_nano=state.min_price_nano,
-            pending_tokens=state.pending_tokens, pending_requests=state.pending_requests)
+            pending_tokens=state.pending_tokens, pending_requests=state.pending_requests,
+            work_nonce=self.work_nonce, credential=self.credential)
         data = encode(announcement, self.private_key)
         self._last_seq = seq
         self._published = state
@@ -422,6 +453,10 @@ class PeerEngine:
                                   None, str(error))
                 self.gossip_counts[(verdict[0], verdict[1])] += 1
                 return verdict
+            if type(message) is RevocationList:
+                self.view.merge_revocations(message)
+                self.gossip_counts[_ACCEPTED_KEY] += 1
+                return Verdict(ACCEPTED, ACCEPTED, None, "revocation list")
             self.view.merge_message(message)
             if message.signer == self.signer and message.seq > self._last_seq:
                 self._continue_above(message)
@@ -441,20 +476,25 @@ class PeerEngine:
                               None, str(error))
             key = (verdict[0], verdict[1])
         else:
-            self.view.merge_message(message)
-            if message.signer == self.signer and message.seq > self._last_seq:
-                self._continue_above(message)
-            if history:
-                newest = self.validator.last_seq(message.signer)
-                reason = HISTORY if newest is not None and message.seq < newest else ACCEPTED
-                verdict = Verdict(ACCEPTED, reason, message)
-                key = (ACCEPTED, reason)
-            else:
-                verdict = tuple.__new__(Verdict, (ACCEPTED, ACCEPTED, message, ""))
-                key = _ACCEPTED_KEY
+            verdict, key = self._merge_accepted(message, history)
         if counts is not None:
             counts[key] += 1
         return verdict
+
+    def _merge_accepted(self, message: "Announcement | RevocationList",
+                        history: bool) -> tuple[Verdict, tuple[str, str]]:
+        if type(message) is RevocationList:
+            self.view.merge_revocations(message)
+            return Verdict(ACCEPTED, ACCEPTED, None, "revocation list"), _ACCEPTED_KEY
+        assert type(message) is Announcement
+        self.view.merge_message(message)
+        if message.signer == self.signer and message.seq > self._last_seq:
+            self._continue_above(message)
+        if history:
+            newest = self.validator.last_seq(message.signer)
+            reason = HISTORY if newest is not None and message.seq < newest else ACCEPTED
+            return Verdict(ACCEPTED, reason, message), (ACCEPTED, reason)
+        return tuple.__new__(Verdict, (ACCEPTED, ACCEPTED, message, "")), _ACCEPTED_KEY
 
     def _continue_above(self, message: Announcement) -> None:
         """A previous run of this key announced a higher seq (`message`, just merged): continue
@@ -469,7 +509,9 @@ class PeerEngine:
 
     def sync_request(self, now: float) -> bytes:
         """The first frame of a sync exchange: our view's digest and per-bucket digests."""
-        return encode_sync(SyncRequest(self.view.digest(), tuple(self.view.bucket_digests())))
+        view = self.view
+        return encode_sync(SyncRequest(view.digest(), tuple(view.bucket_digests()),
+                                       view.revocations_digest()))
 
     def on_sync_request(self, data: bytes, now: float) -> list[bytes]:
         """Answer a peer's sync request with the announcements of every bucket whose digest
@@ -487,6 +529,8 @@ class PeerEngine:
         ours = self.view.bucket_digests()
         differing = [i for i, (a, b) in enumerate(zip(frame.bucket_digests, ours)) if a != b]
         wires = [m.wire for m in self.view.messages_in_buckets(differing)]
+        if frame.revocations_digest != self.view.revocations_digest():
+            wires = [r.wire for r in self.view.revocation_lists()] + wires
         return [encode_sync(r) for r in split_sync_response(wires)]
 
     def on_sync_response(self, data: bytes, now: float) -> SyncCounts:

@@ -372,6 +372,9 @@ class Node:
                 await self._publish(data)
             deadline = self.engine.next_deadline()
             wait = math.inf if deadline is None else max(deadline - self.now(), 0.005)
+            # At least once a tick, announcing or not: poll_announcements also expires what no
+            # peer would accept any more (engine.expire), so the view converges with the others'.
+            wait = min(wait, self.settings.market.tick_s)
             with trio.move_on_after(wait):
                 await self._poke.wait()
             self._poke = trio.Event()

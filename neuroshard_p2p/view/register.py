@@ -40,6 +40,9 @@ def order_key(message: Announcement) -> tuple[int, int, bytes]:
 
 #: Turns an announcement into its packed contribution (see `steps.pack`).
 Weigher = Callable[[Announcement], int]
+#: The instant an announcement's signer stops counting whatever it says (a member's credential
+#: expiry or revocation; far in the future otherwise).
+EndOf = Callable[[Announcement], int]
 
 
 class Segment(NamedTuple):
@@ -95,7 +98,8 @@ class Register:
         self.equivocating = _has_equal_seqs(self.messages)
         return retained, [m for m in dropped if m is not message]
 
-    def segments_for(self, timeout_ms: int, weigh: Weigher) -> tuple[Segment, ...]:
+    def segments_for(self, timeout_ms: int, weigh: Weigher,
+                     end_of: EndOf | None = None) -> tuple[Segment, ...]:
         """The counting segments of the retained messages (none while equivocating)."""
         if self.equivocating:
             return ()
@@ -104,10 +108,10 @@ class Register:
         for message in self.messages:  # oldest first
             if best is None or message.seq > best.seq:
                 if best is not None:
-                    _close(segments, best, message.issued_at_ms, timeout_ms, weigh)
+                    _close(segments, best, message.issued_at_ms, timeout_ms, weigh, end_of)
                 best = message
         if best is not None:
-            _close(segments, best, best.issued_at_ms + timeout_ms, timeout_ms, weigh)
+            _close(segments, best, best.issued_at_ms + timeout_ms, timeout_ms, weigh, end_of)
         return tuple(segments)
 
     def counted_at(self, t_ms: int) -> Segment | None:
@@ -126,9 +130,11 @@ class Register:
 
 
 def _close(segments: list[Segment], best: Announcement, until_ms: int, timeout_ms: int,
-           weigh: Weigher) -> None:
+           weigh: Weigher, end_of: EndOf | None) -> None:
     start = best.issued_at_ms
     end = min(until_ms, start + timeout_ms)
+    if end_of is not None:
+        end = min(end, end_of(best))
     if end > start:
         weight = weigh(best)
         if weight:

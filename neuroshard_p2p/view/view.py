@@ -23,9 +23,18 @@ limit), the signer silent longest — smallest newest issued_at, then smallest p
 evicted; which signers a full view holds can then depend on arrival order. Merge stays commutative
 and idempotent, and two views that exchange their state still agree.
 
-Plausibility. A signer moves the totals only through its own register: its capacity counts at most
-`max_node_tokens_per_s`, and its pending tokens at most `max_tokens_per_minute` per pending request
-(the API's per-request limit). The validator bounds the rest (rates, seq, timestamps).
+Bounded influence (protocol v2 §7.1). A signer moves the totals only through its own register:
+its capacity counts at most `max_node_tokens_per_s`, its pending requests at most
+`max_signer_pending_requests`, its pending tokens at most `max_tokens_per_minute` per counted
+request and `max_signer_pending_tokens` in all; a member's credential caps each further. A key
+with fewer than `identity_work_bits` bits of work counts with weight 2^(bits − F): its quantities
+are shifted right by the difference (`wire.work`). A member counts until its credential expires or
+a held revocation list revokes it. The validator bounds the rest (rates, seq, timestamps, who is a
+member).
+
+Expiry (v2 §7.1). `expire_before(t)` drops every announcement issued before t; a node calls it
+every tick with its clock minus the 300 s maximum age, so its view never keeps what another peer's
+freshness rule would refuse, and two honest views converge again after any hostile input.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from neuroshard_p2p.view.register import Register, Segment, order_key
 from neuroshard_p2p.view.steps import StepSum, pack, unpack
 from neuroshard_p2p.wire import MAX_FUTURE_S, SYNC_BUCKETS, Announcement
 from neuroshard_p2p.wire.codec import MAX_U63
+from neuroshard_p2p.wire.messages import RevocationList
+from neuroshard_p2p.wire.work import weight_shift, work_bits
 
 #: Anti-entropy buckets: a signer falls in bucket SHA-256(signer)[0] >> 4 (the sync frames' layout).
 BUCKETS = SYNC_BUCKETS
@@ -67,8 +78,10 @@ def default_max_per_signer(config: MarketConfig) -> int:
     tick_ms = whole_ms(config.tick_s, "tick_s")
     return config.window_ticks + -(-settle_ms // tick_ms) + EXTRA_PER_SIGNER
 
-_DIGEST_TAG = b"neuroshard/view/v1"
-_BUCKET_TAG = b"neuroshard/view-bucket/v1"
+_DIGEST_TAG = b"neuroshard/view/v2"
+_BUCKET_TAG = b"neuroshard/view-bucket/v2"
+_REVOCATIONS_TAG = b"neuroshard/revocations/v2"
+_NEVER = 1 << 63
 _SUM_MOD = 1 << 256
 _PUBKEY_LEN = 33
 _ID_LEN = 32
@@ -168,6 +181,16 @@ class MarketView:
                            + ms_of(MAX_FUTURE_S))
         self._capacity_cap = config.max_node_tokens_per_s
         self._tokens_per_request_cap = config.max_tokens_per_minute
+        self._requests_cap = config.max_signer_pending_requests
+        self._signer_tokens_cap = config.max_signer_pending_tokens
+        self._work_bits = config.identity_work_bits
+        # Revocation lists: the newest of each authority, and per member the earliest instant
+        # any of them revokes it from.
+        self._lists: dict[bytes, RevocationList] = {}
+        self._revoked_from: dict[bytes, int] = {}
+        self._revocations_digest: bytes | None = None
+        # (oldest issued_at_ms, signer) of every register, lazily (see `expire_before`).
+        self._oldest: list[tuple[int, bytes]] = []
 
         self._registers: dict[bytes, Register] = {}
         self._held: set[bytes] = set()                       # msg ids retained
@@ -238,11 +261,13 @@ class MarketView:
             register = Register(signer, bucket_of(signer))
             self._registers[signer] = register
             self._bucket_signers[register.bucket].add(signer)
-            # An empty register is simple: its first message is the newest.
-            self._append(register, message)
-            return MergeOutcome.NEW
+            if self._member_end(message) > message.issued_at_ms:
+                # An empty register is simple: its first message is the newest.
+                self._append(register, message)
+                return MergeOutcome.NEW
+            old_newest: int | None = None
         else:
-            if register.simple:
+            if register.simple and self._member_end(message) > message.issued_at_ms:
                 last = register.messages[-1]
                 if message.issued_at_ms > last.issued_at_ms and message.seq > last.seq:
                     return self._append(register, message)
@@ -258,7 +283,10 @@ class MarketView:
         self._account(bucket, message.msg_id, +1)
         if register.newest_ms != old_newest:
             self._note_silence(register)
+        self._note_oldest(register)
         touched[signer] = register
+        if old_newest is None:
+            return MergeOutcome.NEW
         if register.equivocating and sum(1 for m in register.messages if m.seq == message.seq) > 1:
             return MergeOutcome.EQUIVOCATION
         if register.messages[-1] is message:
@@ -294,7 +322,7 @@ class MarketView:
                 add(segment.start_ms, -segment.weight)
                 add(segment.end_ms, segment.weight)
         weight = self._weigh(message)
-        end = start + self.timeout_ms
+        end = min(start + self.timeout_ms, self._member_end(message))
         kept = list(segments[first:])
         at_start = weight
         if kept:
@@ -311,6 +339,8 @@ class MarketView:
         held.add(message.msg_id)
         self._account(bucket, message.msg_id, +1)
         self._note_silence(register)
+        if first or len(messages) == 1:
+            self._note_oldest(register)
         return MergeOutcome.NEWER
 
     def _note_silence(self, register: Register) -> None:
@@ -321,6 +351,53 @@ class MarketView:
             # Mostly stale entries: rebuild from the registers (amortised O(1) per push).
             heap[:] = [(r.newest_ms, who) for who, r in self._registers.items() if r.messages]
             heapq.heapify(heap)
+
+    def _note_oldest(self, register: Register) -> None:
+        """Record a register's oldest retained instant for `expire_before`."""
+        heap = self._oldest
+        heapq.heappush(heap, (register.messages[0].issued_at_ms, register.signer))
+        if len(heap) > 2 * len(self._registers) + 64:
+            heap[:] = [(r.messages[0].issued_at_ms, who) for who, r in self._registers.items()
+                       if r.messages]
+            heapq.heapify(heap)
+
+    def expire_before(self, t_ms: int) -> int:
+        """Drop every retained announcement issued before t_ms (a node passes its clock minus
+        the 300 s maximum age, every tick); returns how many were dropped. Depends on the caller's
+        clock, like `forget_silent_before`, but drops single old messages too: what stays is what
+        every peer's freshness rule (W13) would still accept, so views that differ only in what
+        one peer was fed long ago become identical again."""
+        dropped_total = 0
+        heap = self._oldest
+        registers = self._registers
+        while heap and heap[0][0] < t_ms:
+            oldest_ms, signer = heapq.heappop(heap)
+            register = registers.get(signer)
+            if register is None or not register.messages:
+                continue
+            if register.messages[0].issued_at_ms != oldest_ms:
+                if register.messages[0].issued_at_ms < t_ms:
+                    heapq.heappush(heap, (register.messages[0].issued_at_ms, signer))
+                continue  # a stale entry; the current one is (or was just put) in the heap
+            count = 0
+            for message in register.messages:
+                if message.issued_at_ms >= t_ms:
+                    break
+                count += 1
+            if count == len(register.messages):
+                self._drop_register(signer, {})
+                dropped_total += count
+                continue
+            for gone in register.messages[:count]:
+                self._held.discard(gone.msg_id)
+                self._account(register.bucket, gone.msg_id, -1)
+            del register.messages[:count]
+            del register.keys[:count]
+            register.equivocating = len({m.seq for m in register.messages}) < len(register.messages)
+            self._refresh_segments(register)
+            self._note_oldest(register)
+            dropped_total += count
+        return dropped_total
 
     def _silent_first(self) -> tuple[int, bytes] | None:
         """(newest issued_at_ms, signer) of the signer silent longest (smallest newest instant,
@@ -371,15 +448,83 @@ class MarketView:
         return forgotten
 
     def _weigh(self, message: Announcement) -> int:
+        """What one announcement adds to the totals (protocol v2 §7.1): capped capacity,
+        requests and tokens, a member's caps, then the work shift."""
         capacity = min(message.tokens_per_second, self._capacity_cap)
-        demand = min(message.pending_tokens, message.pending_requests * self._tokens_per_request_cap)
-        return pack(1 if capacity > 0 else 0, capacity, demand, message.pending_requests, 1)
+        requests = min(message.pending_requests, self._requests_cap)
+        tokens_cap = self._signer_tokens_cap
+        member = message.member
+        if member is not None:
+            capacity = min(capacity, member.max_tokens_per_second)
+            requests = min(requests, member.max_pending_requests)
+            tokens_cap = min(tokens_cap, member.max_pending_tokens)
+        demand = min(message.pending_tokens, requests * self._tokens_per_request_cap, tokens_cap)
+        if self._work_bits:
+            shift = weight_shift(work_bits(message.signer, message.work_nonce), self._work_bits)
+            if shift:
+                capacity >>= shift
+                demand >>= shift
+                requests >>= shift
+        return pack(1 if capacity > 0 else 0, capacity, demand, requests, 1)
+
+    def _member_end(self, message: Announcement) -> int:
+        """The instant a member stops counting (credential expiry, or the earliest revocation
+        naming it); far in the future for everyone else."""
+        end = _NEVER
+        member = message.member
+        if member is not None:
+            end = member.expires_at_ms
+        revoked = self._revoked_from.get(message.signer)
+        if revoked is not None and revoked < end:
+            end = revoked
+        return end
+
+    # ------------------------------------------------------------------ revocations
+
+    def merge_revocations(self, revocations: RevocationList) -> bool:
+        """Hold an authority's revocation list if it is newer (by seq, then id) than the one
+        held from that authority; members it revokes stop counting from their instant. Returns
+        whether the view changed. (The validator checked the signature and the authority.)"""
+        held = self._lists.get(revocations.signer)
+        if held is not None and (held.seq, held.msg_id) >= (revocations.seq, revocations.msg_id):
+            return False
+        self._lists[revocations.signer] = revocations
+        before = self._revoked_from
+        after: dict[bytes, int] = {}
+        for revocation_list in self._lists.values():
+            for member, from_ms in revocation_list.revoked:
+                if from_ms < after.get(member, _NEVER):
+                    after[member] = from_ms
+        self._revoked_from = after
+        self._revocations_digest = None
+        self.version += 1
+        for signer in set(before) | set(after):
+            if before.get(signer) != after.get(signer):
+                register = self._registers.get(signer)
+                if register is not None and register.messages:
+                    self._refresh_segments(register)
+        return True
+
+    def revocation_lists(self) -> list[RevocationList]:
+        """The newest list of each authority, by authority key."""
+        return [self._lists[k] for k in sorted(self._lists)]
+
+    def revocations_digest(self) -> bytes:
+        """SHA-256 of the tag and the ids of the held lists, ascending (protocol v2 §8.1)."""
+        if self._revocations_digest is None:
+            ids = sorted(r.msg_id for r in self._lists.values())
+            self._revocations_digest = hashlib.sha256(_REVOCATIONS_TAG + b"".join(ids)).digest()
+        return self._revocations_digest
+
+    def revoked_from(self, member: bytes) -> int | None:
+        return self._revoked_from.get(member)
 
     def _refresh_segments(self, register: Register) -> None:
         """Bring the step sums in line with the register: apply only the segments that changed
         (usually one truncated, one added)."""
         messages = register.messages
-        new = register.segments_for(self.timeout_ms, self._weigh) if messages else ()
+        new = (register.segments_for(self.timeout_ms, self._weigh, self._member_end)
+               if messages else ())
         register.simple = (bool(messages) and not register.equivocating
                            and len(new) == len(messages)
                            and all(s.message is m for s, m in zip(new, messages)))
@@ -411,7 +556,7 @@ class MarketView:
 
     def digest(self) -> bytes:
         """A 32-byte digest of the whole view: equal views ⇔ equal digests."""
-        return _view_digest(self.bucket_digests())
+        return _view_digest(self.bucket_digests(), self.revocations_digest())
 
     def digest_without(self, leave_out: Iterable[tuple[bytes, bytes]]) -> bytes:
         """The digest this view would have without the given announcements, as (signer, msg_id)
@@ -430,7 +575,7 @@ class MarketView:
         digests = self.bucket_digests()
         for bucket in counts:
             digests[bucket] = _bucket_digest(counts[bucket], sums[bucket])
-        return _view_digest(digests)
+        return _view_digest(digests, self.revocations_digest())
 
     def messages_in_buckets(self, buckets: Iterable[int]) -> list[Announcement]:
         """The retained announcements of the signers in the given buckets (what to send a peer
@@ -617,8 +762,8 @@ def _bucket_digest(count: int, id_sum: int) -> bytes:
                           + id_sum.to_bytes(32, "big")).digest()
 
 
-def _view_digest(bucket_digests: list[bytes]) -> bytes:
-    return hashlib.sha256(_DIGEST_TAG + b"".join(bucket_digests)).digest()
+def _view_digest(bucket_digests: list[bytes], revocations_digest: bytes) -> bytes:
+    return hashlib.sha256(_DIGEST_TAG + b"".join(bucket_digests) + revocations_digest).digest()
 
 
 def _segment_end(segment: Segment) -> int:
@@ -638,7 +783,8 @@ def _well_formed(message: object) -> bool:
     if type(msg_id) is not bytes or len(msg_id) != _ID_LEN:
         return False
     for value in (message.issued_at_ms, message.seq, message.tokens_per_second,
-                  message.min_price_nano, message.pending_tokens, message.pending_requests):
+                  message.min_price_nano, message.pending_tokens, message.pending_requests,
+                  message.work_nonce):
         # The wire's range: a larger value would overflow its 128-bit lane of the step sums
         # into the next quantity instead of counting.
         if type(value) is not int or not 0 <= value <= MAX_U63:

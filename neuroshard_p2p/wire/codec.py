@@ -7,7 +7,7 @@ announcements (replay, seq, rate limits) live in `validate.Validator`, of receip
 gateway's `ledger.checks`; unsigned stream frames in `frames`, which shares this module's msgpack
 reader (`_unpack`) and text check.
 
-The rules, their order and their reason codes are those of protocols/market-v1.md §6.1; the rule
+The rules, their order and their reason codes are those of protocols/market-v2.md §6.1; the rule
 numbers (W1…W13) appear in comments below so the two can be read side by side.
 
 Speed: a received announcement costs one signature check plus a few microseconds. The envelope of
@@ -31,7 +31,9 @@ from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
 from neuroshard_p2p.wire.messages import (
     KIND_ANNOUNCEMENT,
     KIND_JOB,
+    KIND_CREDENTIAL,
     KIND_RECEIPT,
+    KIND_REVOCATIONS,
     MESSAGE_TYPES,
     TIERS,
     VERSION,
@@ -51,8 +53,14 @@ MAX_U63 = 2**63 - 1
 MAX_STR = 128            # bytes of UTF-8 in request ids, user names (and in frames' request ids)
 MAX_PROMPT = 64 * 1024   # bytes of UTF-8 in a job's prompt
 
-#: Largest accepted wire size per kind (bytes). Announcements are about 130 bytes.
-MAX_SIZE = {KIND_ANNOUNCEMENT: 1024, KIND_JOB: 80 * 1024, KIND_RECEIPT: 1024}
+MAX_CREDENTIAL = 1024    # bytes of a Credential's wire, inside an Announcement or a Job
+MAX_REVOKED = 1000       # entries of a RevocationList
+HASH_LEN = 32
+
+#: Largest accepted wire size per kind (bytes). Announcements are about 140 bytes in open
+#: networks and about 330 with a credential.
+MAX_SIZE = {KIND_ANNOUNCEMENT: 2048, KIND_JOB: 82 * 1024, KIND_RECEIPT: 1024,
+            KIND_CREDENTIAL: MAX_CREDENTIAL, KIND_REVOCATIONS: 64 * 1024}
 MAX_ANY_SIZE = max(MAX_SIZE.values())
 
 #: Freshness window around the receiver's clock (issued_at may be at most this old / this early).
@@ -63,14 +71,24 @@ _MAX_FUTURE_MS = whole_ms(MAX_FUTURE_S, "MAX_FUTURE_S")
 
 # Per kind: the body fields after the common header, with their type and range.
 _INT, _PUBKEY, _STR, _PROMPT = "int", "pubkey", "str", "prompt"
+_CRED, _HASH, _REVOKED = "credential", "hash", "revoked"
 SCHEMA: dict[int, tuple[tuple[str, str], ...]] = {
     KIND_ANNOUNCEMENT: (
         ("seq", _INT), ("tokens_per_second", _INT), ("min_price_nano", _INT),
-        ("pending_tokens", _INT), ("pending_requests", _INT),
+        ("pending_tokens", _INT), ("pending_requests", _INT), ("work_nonce", _INT),
+        ("credential", _CRED),
     ),
     KIND_JOB: (
         ("request_id", _STR), ("user", _STR), ("provider", _PUBKEY), ("tokens", _INT),
         ("max_price_nano", _INT), ("locked_price_nano", _INT), ("tier", _INT), ("prompt", _PROMPT),
+        ("credential", _CRED),
+    ),
+    KIND_CREDENTIAL: (
+        ("network", _HASH), ("member", _PUBKEY), ("roles", _INT), ("max_tokens_per_second", _INT),
+        ("max_pending_tokens", _INT), ("max_pending_requests", _INT), ("expires_at_ms", _INT),
+    ),
+    KIND_REVOCATIONS: (
+        ("seq", _INT), ("network", _HASH), ("revoked", _REVOKED),
     ),
     KIND_RECEIPT: (
         ("request_id", _STR), ("gateway", _PUBKEY), ("user", _STR), ("tokens_served", _INT),
@@ -109,6 +127,8 @@ def public_key_of(private_key: coincurve.PrivateKey) -> bytes:
 def body_of(message: Message) -> bytes:
     """The canonical unsigned bytes of a message: what the signature covers."""
     fields = [getattr(message, name) for name in _FIELD_NAMES[message.KIND]]
+    if message.KIND == KIND_REVOCATIONS:
+        fields[-1] = [list(entry) for entry in fields[-1]]
     return _pack([VERSION, message.KIND, message.signer, message.issued_at_ms, *fields])
 
 
@@ -202,6 +222,8 @@ def _decode(data: Any, msg_id: bytes | None) -> Message:
                         f"kind {kind} body has {len(fields)} items, expected {_BODY_LEN[kind]}")
     values = fields[4:]
     key = _check_fields(kind, values, signer, issued_at_ms)  # W10
+    if kind == KIND_REVOCATIONS:
+        values[-1] = tuple((member, from_ms) for member, from_ms in values[-1])
     if _pack(fields) != body:  # W11
         raise WireError("non_canonical", REJECT, "body is not canonically encoded")
     if not _verify(key, signature, body):  # W12
@@ -256,15 +278,15 @@ def _split_envelope_slowly(data: bytes) -> tuple[bytes, bytes]:
 
 
 def _no_maps(pairs: Any) -> Any:
-    raise ValueError("maps never appear in v1")
+    raise ValueError("maps never appear on the wire")
 
 
 def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError("ext types never appear in v1")
+    raise ValueError("ext types never appear on the wire")
 
 
 def _unpack(data: bytes, what: str) -> Any:
-    # Maps and ext types never appear in v1 (W5). A limit of 0 refuses every non-empty one; the
+    # Maps and ext types never appear on the wire (W5). A limit of 0 refuses every non-empty one; the
     # hooks, called only when one is met, refuse the empty ones the limits let through. Arrays
     # and strings cannot be longer than the input, which W1/F1 already bounded.
     try:
@@ -283,10 +305,11 @@ def _check_fields(kind: int, values: list[Any], signer: Any,
     _check_pubkey("signer", signer)
     key = _parsed_pubkey("signer", signer)
     _check_int("issued_at_ms", issued_at_ms)
-    if kind == KIND_ANNOUNCEMENT:  # the hot path: five integers
-        for name, value in zip(_FIELD_NAMES[kind], values):
+    if kind == KIND_ANNOUNCEMENT:  # the hot path: six integers and a (usually empty) bin
+        for name, value in zip(_FIELD_NAMES[kind], values[:-1]):
             if type(value) is not int or not 0 <= value <= MAX_U63:
                 _check_int(name, value)
+        _check_credential(values[-1])
         return key
     for (name, typ), value in zip(SCHEMA[kind], values):
         if typ == _INT:
@@ -294,6 +317,13 @@ def _check_fields(kind: int, values: list[Any], signer: Any,
         elif typ == _PUBKEY:
             _check_pubkey(name, value)
             _parsed_pubkey(name, value)
+        elif typ == _CRED:
+            _check_credential(value)
+        elif typ == _HASH:
+            if type(value) is not bytes or len(value) != HASH_LEN:
+                raise WireError("bad_field", REJECT, f"{name} must be {HASH_LEN} bytes")
+        elif typ == _REVOKED:
+            _check_revoked(value)
         else:
             check_text(name, value, MAX_PROMPT if typ == _PROMPT else MAX_STR, typ == _STR)
     named = dict(zip(_FIELD_NAMES[kind], values))
@@ -306,6 +336,11 @@ def _check_fields(kind: int, values: list[Any], signer: Any,
             raise WireError("bad_field", REJECT, "locked price is above the user's max price")
         if named["provider"] == signer:
             raise WireError("bad_field", REJECT, "a gateway cannot send a job to itself")
+    elif kind == KIND_CREDENTIAL:
+        if not 1 <= named["roles"] <= 3:
+            raise WireError("bad_field", REJECT, f"roles must be 1..3, got {named['roles']}")
+        if named["expires_at_ms"] <= issued_at_ms:
+            raise WireError("bad_field", REJECT, "a credential must expire after it is issued")
     elif kind == KIND_RECEIPT:
         if named["ended_at_ms"] < named["started_at_ms"]:
             raise WireError("bad_field", REJECT, "ended_at_ms is before started_at_ms")
@@ -313,6 +348,28 @@ def _check_fields(kind: int, values: list[Any], signer: Any,
             raise WireError("bad_field", REJECT,
                             "ended_at_ms is after issued_at_ms (a receipt is signed after serving)")
     return key
+
+
+def _check_credential(value: Any) -> None:
+    if type(value) is not bytes or len(value) > MAX_CREDENTIAL:
+        raise WireError("bad_field", REJECT,
+                        f"credential must be bytes of at most {MAX_CREDENTIAL} (empty: none)")
+
+
+def _check_revoked(value: Any) -> None:
+    if type(value) not in (list, tuple) or len(value) > MAX_REVOKED:
+        raise WireError("bad_field", REJECT, f"revoked must be an array of at most {MAX_REVOKED}")
+    previous = b""
+    for entry in value:
+        if type(entry) not in (list, tuple) or len(entry) != 2:
+            raise WireError("bad_field", REJECT, "a revoked entry is [member, from_ms]")
+        member, from_ms = entry
+        _check_pubkey("revoked member", member)
+        _check_int("revoked from_ms", from_ms)
+        if member <= previous:
+            raise WireError("bad_field", REJECT,
+                            "revoked entries must be sorted by member key, without repeats")
+        previous = member
 
 
 def _check_int(name: str, value: Any) -> None:
@@ -385,5 +442,5 @@ def with_fields(message: Message, **changes: Any) -> Message:
 __all__ = [
     "encode", "decode", "decode_unchecked_time", "sign", "body_of", "message_id",
     "check_freshness", "public_key_of", "with_fields", "MAX_SIZE", "MAX_STR", "MAX_PROMPT",
-    "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA", "check_text",
+    "MAX_AGE_S", "MAX_FUTURE_S", "SCHEMA", "check_text", "MAX_CREDENTIAL", "MAX_REVOKED",
 ]

@@ -1,8 +1,9 @@
-"""Unsigned stream frames of protocol v1: one writer and one reader for every kind.
+"""Unsigned stream frames of protocol v2: one writer and one reader for every kind.
 
-    frame = msgpack array [version = 1, kind, *items of the kind], canonical (§5.2), unsigned
+    frame = msgpack array [version = 2, kind, *items of the kind], canonical (§5.2), unsigned
+    (the peer-exchange frame 21 is unchanged since v1 and keeps version 1)
 
-| kind | frame        | stream (protocols/market-v1.md)          | largest   |
+| kind | frame        | stream (protocols/market-v2.md)          | largest   |
 |------|--------------|------------------------------------------|-----------|
 | 16   | SyncRequest  | sync, dialer → listener (§8)             | 1,024 B   |
 | 17   | SyncResponse | sync, listener → dialer (§8)             | 1 MiB     |
@@ -37,7 +38,9 @@ from neuroshard_p2p.wire.messages import (
     KIND_JOB_RESULT,
     KIND_PEER_EXCHANGE,
     KIND_SYNC_REQUEST,
+    KIND_REVOCATIONS,
     KIND_SYNC_RESPONSE,
+    PEERS_VERSION,
     SYNC_BUCKETS,
     VERSION,
     Frame,
@@ -51,7 +54,9 @@ from neuroshard_p2p.wire.messages import (
 )
 
 DIGEST_LEN = 32
-MAX_SYNC_ANNOUNCEMENTS = 4096   # announcements in one SyncResponse
+MAX_SYNC_ANNOUNCEMENTS = 4096   # signed messages in one SyncResponse
+#: Largest signed message in a SyncResponse: a revocation list (announcements are at most 2 KiB).
+MAX_SYNC_ITEM = max(MAX_SIZE[KIND_ANNOUNCEMENT], MAX_SIZE[KIND_REVOCATIONS])
 MAX_DETAIL = 512                # bytes of UTF-8 in a decline's detail
 #: Largest completion text in a JobResult (bytes of UTF-8); a provider cuts longer output at a
 #: character boundary (`clip_utf8`), which keeps the frame within its 1 MiB.
@@ -100,8 +105,9 @@ def _check_array(name: str, value: Any, high: int) -> None:
         raise _bad(f"{name} has {len(value)} items (limit {high})")
 
 
-def _check_sync_request(digest: Any, buckets: Any) -> None:
+def _check_sync_request(digest: Any, buckets: Any, revocations: Any) -> None:
     _check_bin("digest", digest, DIGEST_LEN, DIGEST_LEN)
+    _check_bin("revocations_digest", revocations, DIGEST_LEN, DIGEST_LEN)
     _check_array("bucket_digests", buckets, SYNC_BUCKETS)
     if len(buckets) != SYNC_BUCKETS:
         raise _bad(f"bucket_digests has {len(buckets)} items, expected {SYNC_BUCKETS}")
@@ -110,9 +116,9 @@ def _check_sync_request(digest: Any, buckets: Any) -> None:
 
 
 def _check_sync_response(announcements: Any) -> None:
-    _check_array("announcements", announcements, MAX_SYNC_ANNOUNCEMENTS)
+    _check_array("messages", announcements, MAX_SYNC_ANNOUNCEMENTS)
     for item in announcements:
-        _check_bin("an announcement", item, 1, MAX_SIZE[KIND_ANNOUNCEMENT])
+        _check_bin("a message", item, 1, MAX_SYNC_ITEM)
 
 
 def _check_job_declined(request_id: Any, reason: Any, detail: Any) -> None:
@@ -151,8 +157,9 @@ _Layout = tuple[int, Callable[..., None], Callable[..., Frame], Callable[[Any], 
 
 _LAYOUTS: dict[int, _Layout] = {
     KIND_SYNC_REQUEST: (
-        2, _check_sync_request, lambda digest, buckets: SyncRequest(digest, tuple(buckets)),
-        lambda f: [f.digest, list(f.bucket_digests)]),
+        3, _check_sync_request,
+        lambda digest, buckets, revocations: SyncRequest(digest, tuple(buckets), revocations),
+        lambda f: [f.digest, list(f.bucket_digests), f.revocations_digest]),
     KIND_SYNC_RESPONSE: (
         1, _check_sync_response, lambda announcements: SyncResponse(tuple(announcements)),
         lambda f: [list(f.announcements)]),
@@ -183,7 +190,7 @@ def encode_frame(frame: Frame) -> bytes:
     except TypeError:  # e.g. a sequence field holding None: refuse it like any bad field
         raise _bad(f"a field of this {type(frame).__name__} is not of its type") from None
     check(*values)
-    data = _pack([VERSION, kind, *values])
+    data = _pack([_version_of(kind), kind, *values])
     if len(data) > MAX_FRAME_SIZE[kind]:
         raise WireError("oversize", REJECT, f"frame is {len(data)} bytes (limit {MAX_FRAME_SIZE[kind]})")
     return data
@@ -200,8 +207,9 @@ def decode_frame(data: Buffer, kinds: tuple[int, ...] | None = None) -> Frame:
     if type(items) is not list or len(items) < 2:  # F2
         raise WireError("malformed", REJECT, "frame must be an array [version, kind, ...]")
     version, kind = items[0], items[1]
-    if type(version) is not int or version != VERSION:  # F3
-        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {VERSION})")
+    expected = _version_of(kinds[0] if kinds else kind)
+    if type(version) is not int or version != expected:  # F3
+        raise WireError("version", REJECT, f"unsupported version {version!r} (this is {expected})")
     if type(kind) is not int or kind not in _LAYOUTS or (kinds is not None and kind not in kinds):  # F4
         raise WireError("kind", REJECT, f"unexpected frame kind {kind!r}")
     if len(data) > MAX_FRAME_SIZE[kind]:  # F5
@@ -215,6 +223,12 @@ def decode_frame(data: Buffer, kinds: tuple[int, ...] | None = None) -> Frame:
     if _pack(items) != data:  # F8
         raise WireError("non_canonical", REJECT, "frame is not canonically encoded")
     return build(*values)
+
+
+def _version_of(kind: Any) -> int:
+    """The version item a frame of this kind carries: 2, but 1 for peer exchange (frame 21 on
+    /peers/1.1.0 is unchanged since v1)."""
+    return PEERS_VERSION if kind == KIND_PEER_EXCHANGE else VERSION
 
 
 def _as_bytes(data: Any) -> bytes:
@@ -243,9 +257,9 @@ def split_sync_response(announcements: list[bytes]) -> list[SyncResponse]:
     """Pack announcements into as few SyncResponse frames as the size limits allow, in order."""
     frames: list[SyncResponse] = []
     batch: list[bytes] = []
-    size = 8  # array headers of [1, 17, [...]] with room for the largest array header
+    size = 8  # array headers of [2, 17, [...]] with room for the largest array header
     for item in announcements:
-        item_size = len(item) + 3
+        item_size = len(item) + 5
         if batch and (len(batch) >= MAX_SYNC_ANNOUNCEMENTS
                       or size + item_size > MAX_FRAME_SIZE[KIND_SYNC_RESPONSE]):
             frames.append(SyncResponse(tuple(batch)))
@@ -307,7 +321,7 @@ def encode_peer_exchange_legacy(entries: PeerEntries) -> bytes:
     `/peers/1.0.0` to nodes that do not speak 1.1.0. Same limits as frame 21."""
     peers = _peer_tuples(entries)
     _check_peers(peers)
-    data = _pack([VERSION, peers])
+    data = _pack([PEERS_VERSION, peers])
     if len(data) > PEERS_MAX_FRAME:
         raise WireError("oversize", REJECT, f"peer list is {len(data)} bytes (limit {PEERS_MAX_FRAME})")
     return data
@@ -321,8 +335,9 @@ def decode_peer_exchange_legacy(data: Buffer) -> list[tuple[str, list[str]]]:
     items = _unpack(data, "peer list")
     if type(items) is not list or len(items) != 2:  # L2
         raise WireError("malformed", REJECT, "peer list must be an array [version, peers]")
-    if type(items[0]) is not int or items[0] != VERSION:  # L3
-        raise WireError("version", REJECT, f"unsupported version {items[0]!r} (this is {VERSION})")
+    if type(items[0]) is not int or items[0] != PEERS_VERSION:  # L3
+        raise WireError("version", REJECT,
+                        f"unsupported version {items[0]!r} (this is {PEERS_VERSION})")
     _check_peers(items[1])  # L4
     if _pack(items) != data:  # L5
         raise WireError("non_canonical", REJECT, "peer list is not canonically encoded")

@@ -1,14 +1,14 @@
-"""Wire messages of protocol v1, as frozen dataclasses.
+"""Wire messages of protocol v2, as frozen dataclasses.
 
-Layout (see protocols/market-v1.md, the source of truth):
+Layout (see protocols/market-v2.md, the source of truth):
 
     wire bytes = msgpack array [body: bin, signature: bin(64)]
-    body       = msgpack array [version=1, kind, signer: bin(33), issued_at_ms, *fields of the kind]
+    body       = msgpack array [version=2, kind, signer: bin(33), issued_at_ms, *fields of the kind]
     signature  = ECDSA secp256k1 over SHA-256(body), compact r‖s, low-s
     message id = SHA-256(wire bytes)
 
 Stream frames (sync request/response, the job stream's declined/accepted/result, peer exchange)
-are unsigned msgpack arrays [version=1, kind, *fields]: they travel on a direct stream between two
+are unsigned msgpack arrays [version=2, kind, *fields] (peer exchange keeps [1, 21, …]): they travel on a direct stream between two
 peers, and whatever in them needs an author (announcements in a sync response, the receipt in a
 job result) is itself a signed message.
 
@@ -30,11 +30,15 @@ from typing import ClassVar
 
 from neuroshard_p2p.core.book import TIERS  # the wire names a job's tier by its index here
 
-VERSION = 1
+VERSION = 2
+#: Peer exchange (frame 21 on /peers/1.1.0) did not change in v2 and keeps its version item.
+PEERS_VERSION = 1
 
 KIND_ANNOUNCEMENT = 1
 KIND_JOB = 2
 KIND_RECEIPT = 3
+KIND_CREDENTIAL = 4
+KIND_REVOCATIONS = 5
 KIND_SYNC_REQUEST = 16
 KIND_SYNC_RESPONSE = 17
 KIND_JOB_DECLINED = 18
@@ -65,10 +69,14 @@ class Announcement:
     min_price_nano: int      # lowest price (per 1M tokens) this node serves at
     pending_tokens: int      # demand tokens waiting at this node
     pending_requests: int
+    work_nonce: int = 0      # the signer's identity work (wire.work); 0 when it has none
+    credential: bytes = b""  # members networks: a Credential's wire bytes naming this signer
     # Filled by the codec: the exact signed bytes and their id. Not part of equality of content.
     signature: bytes = field(default=b"", compare=False, repr=False)
     wire: bytes = field(default=b"", compare=False, repr=False)
     msg_id: bytes = field(default=b"", compare=False, repr=False)
+    # Filled by the validator of a members network: the decoded, checked credential.
+    member: "Credential | None" = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Job:
     locked_price_nano: int
     tier: int                # index into TIERS (the order book's tiers: 0 economy … 2 premium)
     prompt: str
+    credential: bytes = b""  # members networks: the gateway's Credential (wire bytes)
     signature: bytes = field(default=b"", compare=False, repr=False)
     wire: bytes = field(default=b"", compare=False, repr=False)
     msg_id: bytes = field(default=b"", compare=False, repr=False)
@@ -114,6 +123,47 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """Admission to a members network: a charter authority (the signer) says that `member` may
+    take part, in `roles`, within caps, until `expires_at_ms`. It travels inside the member's
+    announcements and jobs, never alone."""
+
+    KIND: ClassVar[int] = KIND_CREDENTIAL
+    signer: bytes            # the authority
+    issued_at_ms: int
+    network: bytes           # 32 bytes: the charter hash
+    member: bytes            # 33-byte public key of the member
+    roles: int               # bit 0 provider, bit 1 gateway (1..3)
+    max_tokens_per_second: int
+    max_pending_tokens: int
+    max_pending_requests: int
+    expires_at_ms: int
+    signature: bytes = field(default=b"", compare=False, repr=False)
+    wire: bytes = field(default=b"", compare=False, repr=False)
+    msg_id: bytes = field(default=b"", compare=False, repr=False)
+
+
+ROLE_PROVIDER = 1
+ROLE_GATEWAY = 2
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """An authority's list of members it no longer admits, each from an instant on. The newest
+    list of each authority (by seq, then message id) is the one that counts; gossiped and synced."""
+
+    KIND: ClassVar[int] = KIND_REVOCATIONS
+    signer: bytes            # the authority
+    issued_at_ms: int
+    seq: int
+    network: bytes           # 32 bytes: the charter hash
+    revoked: tuple[tuple[bytes, int], ...]   # (member key, from_ms), sorted by key, no repeats
+    signature: bytes = field(default=b"", compare=False, repr=False)
+    wire: bytes = field(default=b"", compare=False, repr=False)
+    msg_id: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class SyncRequest:
     """Anti-entropy, step 1 (requester → responder): the requester's view digest and one digest
     per bucket. The responder answers with the announcements of every bucket whose digest differs
@@ -123,6 +173,7 @@ class SyncRequest:
 
     digest: bytes                     # 32 bytes: digest of the requester's whole view
     bucket_digests: tuple[bytes, ...]  # SYNC_BUCKETS × 32 bytes, bucket i at index i
+    revocations_digest: bytes = b"\0" * 32  # digest of the revocation lists it holds
 
 
 @dataclass(frozen=True)
@@ -178,7 +229,7 @@ class PeerExchange:
     peers: tuple[tuple[str, tuple[str, ...]], ...]   # (libp2p peer id, multiaddrs as text)
 
 
-Message = Announcement | Job | Receipt
+Message = Announcement | Job | Receipt | Credential | RevocationList
 JobFrame = JobDeclined | JobAccepted | JobResult
 Frame = SyncRequest | SyncResponse | JobDeclined | JobAccepted | JobResult | PeerExchange
 
@@ -186,6 +237,8 @@ MESSAGE_TYPES: dict[int, type] = {
     KIND_ANNOUNCEMENT: Announcement,
     KIND_JOB: Job,
     KIND_RECEIPT: Receipt,
+    KIND_CREDENTIAL: Credential,
+    KIND_REVOCATIONS: RevocationList,
 }
 
 FRAME_TYPES: dict[int, type] = {
@@ -199,7 +252,9 @@ FRAME_TYPES: dict[int, type] = {
 
 
 __all__ = [
-    "VERSION", "KIND_ANNOUNCEMENT", "KIND_JOB", "KIND_RECEIPT", "KIND_SYNC_REQUEST",
+    "VERSION", "PEERS_VERSION", "KIND_ANNOUNCEMENT", "KIND_JOB", "KIND_RECEIPT",
+    "KIND_CREDENTIAL", "KIND_REVOCATIONS", "Credential", "RevocationList", "ROLE_PROVIDER",
+    "ROLE_GATEWAY", "KIND_SYNC_REQUEST",
     "KIND_SYNC_RESPONSE", "KIND_JOB_DECLINED", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT",
     "KIND_PEER_EXCHANGE", "SYNC_BUCKETS", "TIERS", "Announcement", "Job", "Receipt", "SyncRequest",
     "SyncResponse", "JobDeclined", "JobAccepted", "JobResult", "PeerExchange", "Message",

@@ -3,13 +3,18 @@ or a `WireError` out, and a counter per outcome.
 
 `codec.decode` answers "is this a well-formed, correctly signed, fresh message?". A `Validator`
 also remembers what it has accepted, so it can answer the questions that need history (the rules
-of protocols/market-v1.md §6.2, checked in this order):
+of protocols/market-v2.md §6.2, checked in this order):
 
 - V1 duplicate: the same wire bytes (message id) accepted before → ignore `duplicate`;
 - V2 the stateless rules W1…W13 (size, encoding, fields, signature, freshness);
 - V3 only announcements travel where a validator is used (the gossip topic, sync responses):
   any other kind → reject `kind`; V4 the author is the peer it came from (`wrong_signer`);
 - V6 announcement capacity ≤ `max_node_tokens_per_s` → reject `implausible`;
+- V6m membership (members networks): a credential of one of the charter's authorities naming
+  the signer, in the roles it acts in → reject `not_member`; an open network's announcements
+  carry no credential (`bad_field`). A members network's RevocationList (kind 5) passes V1–V3,
+  comes from an authority (`not_member`) and must be newer than the one held from that authority
+  (`seq_regression` / `duplicate`, ignore);
 - V7 announcement seq must grow per signer → ignore `seq_regression` / `duplicate`; a second,
   different message with the same (signer, seq) is equivocation: the first such one is accepted
   (the merged view needs it to resolve the conflict the same way everywhere) and counted, any
@@ -51,7 +56,8 @@ from neuroshard_p2p.wire.codec import (
     check_freshness,
 )
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
-from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, Announcement, Message
+from neuroshard_p2p.wire.membership import Admission, check_announcement, check_revocations
+from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, Announcement, Message, RevocationList
 
 #: How a Validator applies the stateless rules W1…W12: (the input, its SHA-256 if already
 #: computed, else None) → the message, or WireError. A pure function of the bytes, so a caller
@@ -81,7 +87,7 @@ EQUIVOCATION = "equivocation"
 REASONS = (
     ACCEPTED, EQUIVOCATION, "duplicate", "malformed", "non_canonical", "oversize", "version",
     "kind", "bad_field", "bad_signature", "stale", "future", "wrong_signer", "implausible",
-    "seq_regression", "rate_limited",
+    "seq_regression", "rate_limited", "not_member",
 )
 
 _PEER_ID_PREFIX = bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21])
@@ -123,11 +129,16 @@ class Validator:
                  rate_refill_s: float | None = None,
                  seen_ttl_s: float = SEEN_TTL_S,
                  max_seen: int = MAX_SEEN,
-                 max_signers: int = MAX_SIGNERS) -> None:
+                 max_signers: int = MAX_SIGNERS,
+                 admission: Admission | None = None) -> None:
         if rate_burst < 1 or max_seen < 1 or max_signers < 1 or seen_ttl_s <= 0:
             raise ValueError("rate_burst, max_seen and max_signers must be >= 1, seen_ttl_s > 0")
         self.config = config
         self._decode = decode
+        #: None: an open network. Otherwise the members network's charter hash and authorities.
+        self.admission = admission
+        # authority → (seq, id) of the newest revocation list accepted from it
+        self._lists: dict[bytes, tuple[int, bytes]] = {}
         self.rate_burst = float(rate_burst)
         self.rate_refill_s = float(config.tick_s if rate_refill_s is None else rate_refill_s)
         if self.rate_refill_s <= 0:
@@ -149,7 +160,7 @@ class Validator:
     # -- public ---------------------------------------------------------------------------------
 
     def check(self, data: Buffer, now: float, *, from_peer: bytes | str | None = None,
-              history: bool = False) -> Announcement:
+              history: bool = False) -> "Announcement | RevocationList":
         """Validate `data` received at `now` and return the announcement, or raise WireError.
 
         `from_peer`: the libp2p peer id (bytes or base58 text) that authored the message, i.e.
@@ -185,11 +196,17 @@ class Validator:
             issued_at_ms = message.issued_at_ms
             # timeline.ms_of, inlined on the hot path (it raises for a non-finite now)
             age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
-            if age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS:
+            if ((age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS)
+                    and type(message) is not RevocationList):  # a list is newest-wins, never stale
                 check_freshness(issued_at_ms, now)
             if type(message) is not Announcement:  # V3
+                if type(message) is RevocationList and self.admission is not None:
+                    self._check_revocations(message)
+                    self._remember_slowly(message.msg_id, now)
+                    self.counts[ACCEPTED] += 1
+                    return message
                 raise WireError("kind", REJECT, f"a {type(message).__name__} is not expected here "
-                                                "(only announcements)")
+                                                "(only announcements and revocation lists)")
             if from_peer is not None:  # V4: the peer id of the signer's key is prefix ‖ key
                 if (type(from_peer) is not bytes or len(from_peer) != _PEER_ID_SIZE
                         or from_peer != _PEER_ID_PREFIX + message.signer):
@@ -200,7 +217,7 @@ class Validator:
             counts[error.reason] = counts.get(error.reason, 0) + 1
             raise
         # accepted: remember its id (V1)
-        if key is not None:  # always, for an announcement
+        if key is not None:  # always, for an announcement of at most 2,048 bytes
             seen[key] = now + self.seen_ttl_s
             seen_ids.append(key)
             if len(seen_ids) > self.max_seen:
@@ -248,6 +265,12 @@ class Validator:
             raise WireError("implausible", REJECT,
                             f"capacity {tokens_per_second} tokens/s is above "
                             f"max_node_tokens_per_s = {limit}")
+        if self.admission is not None or announcement.credential:  # V6m
+            member = check_announcement(announcement, self.admission)
+            if member is not None and announcement.member is not member:
+                # The decoded credential rides along to the view (its caps and expiry count
+                # there); the message is fresh from the decoder and holds nothing else yet.
+                object.__setattr__(announcement, "member", member)
         signer = announcement.signer
         seq = announcement.seq
         signers = self._signers
@@ -290,6 +313,18 @@ class Validator:
         elif seq > state.seq:
             state.seq = seq
             state.msg_id = announcement.msg_id
+
+    def _check_revocations(self, revocations: RevocationList) -> None:
+        check_revocations(revocations, self.admission)
+        held = self._lists.get(revocations.signer)
+        if held is not None:
+            seq, msg_id = held
+            if revocations.msg_id == msg_id:
+                raise WireError("duplicate", IGNORE, "revocation list already held")
+            if (revocations.seq, revocations.msg_id) < (seq, msg_id):
+                raise WireError("seq_regression", IGNORE,
+                                f"revocation list seq {revocations.seq} is not above the held {seq}")
+        self._lists[revocations.signer] = (revocations.seq, revocations.msg_id)
 
     # -- bounded memory -------------------------------------------------------------------------
 
