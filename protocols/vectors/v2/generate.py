@@ -321,31 +321,32 @@ def g_charter_from_toml(text: str) -> Charter:
             raise CharterRefused("wrong_type", k)
         values[k] = v
     p = values
-
-    def need(ok: bool, k: str) -> None:
-        if not ok:
+    # C8 ranges, in sorted key order; a float must also be finite (TOML's inf and nan are not).
+    ranges: dict[str, Callable[[Any], bool]] = {
+        "burn_rate": lambda x: 0.0 <= x < 1.0,
+        "capacity_timeout_s": lambda x: x > 0 and g_whole_ms(x),
+        "curve": lambda x: x in ("seed", "normalized"),
+        "dynamic_pricing": lambda x: True,
+        "fixed_price": lambda x: p["min_price"] <= x <= p["max_price"],
+        "identity_work_bits": lambda x: 0 <= x <= 48,
+        "max_node_tokens_per_s": lambda x: 1 <= x <= BIG,
+        "max_price": lambda x: x > p["min_price"],
+        "max_signer_pending_requests": lambda x: 1 <= x <= BIG,
+        "max_signer_pending_tokens": lambda x: 1 <= x <= BIG,
+        "max_step": lambda x: x >= 0.0,
+        "max_tokens_per_minute": lambda x: 1 <= x <= BIG,
+        "min_price": lambda x: x >= 0.0,
+        "settle_delay_s": lambda x: x >= 0 and g_whole_ms(x),
+        "smoothing": lambda x: 0.0 <= x < 1.0,
+        "steepness": lambda x: x > 0,
+        "target_response_s": lambda x: x > 0,
+        "tick_s": lambda x: x >= 0.001 and g_whole_ms(x),
+        "window_ticks": lambda x: 1 <= x <= 4096 and x >= g_min_window_ticks(p),
+    }
+    for k in sorted(ranges):
+        v = p[k]
+        if (isinstance(v, float) and not math.isfinite(v)) or not ranges[k](v):
             raise CharterRefused("bad_value", k)
-    for k in sorted(p):
-        if isinstance(p[k], float):
-            need(math.isfinite(p[k]), k)
-    need(0.0 <= p["burn_rate"] < 1.0, "burn_rate")
-    need(p["capacity_timeout_s"] > 0 and g_whole_ms(p["capacity_timeout_s"]), "capacity_timeout_s")
-    need(p["curve"] in ("seed", "normalized"), "curve")
-    need(p["min_price"] <= p["fixed_price"] <= p["max_price"], "fixed_price")
-    need(0 <= p["identity_work_bits"] <= 48, "identity_work_bits")
-    for k in ("max_node_tokens_per_s", "max_signer_pending_requests",
-              "max_signer_pending_tokens", "max_tokens_per_minute"):
-        need(1 <= p[k] <= BIG, k)
-    need(p["min_price"] < p["max_price"], "max_price")
-    need(p["max_step"] >= 0.0, "max_step")
-    need(p["min_price"] >= 0.0, "min_price")
-    need(p["settle_delay_s"] >= 0 and g_whole_ms(p["settle_delay_s"]), "settle_delay_s")
-    need(0.0 <= p["smoothing"] < 1.0, "smoothing")
-    need(p["steepness"] > 0, "steepness")
-    need(p["target_response_s"] > 0, "target_response_s")
-    need(p["tick_s"] >= 0.001 and g_whole_ms(p["tick_s"]), "tick_s")
-    need(1 <= p["window_ticks"] <= 4096 and p["window_ticks"] >= g_min_window_ticks(p),
-         "window_ticks")
     return Charter(name, values, model=model, policy=policy, authorities=keys,
                    description=data.get("description", ""), bootstrap=boot)
 
