@@ -20,9 +20,10 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import coincurve
 import msgpack  # type: ignore[import-untyped]
 
-from neuroshard_p2p.config import ConfigError, MarketConfig, coerce_setting
+from neuroshard_p2p.config import MAX_WINDOW_TICKS, ConfigError, MarketConfig, coerce_setting
 
 FORMAT = 2
 CANONICAL_TAG = "neuroshard/charter/2"
@@ -41,7 +42,35 @@ _KEY_LEN = 33
 
 
 class CharterError(ConfigError):
-    """A charter that is missing a value, has one of the wrong type, or does not name a network."""
+    """A charter that breaks a rule of market-v2 §4.1 (C1–C8), or a node config that changes a
+    charter value: `reason` is the rule's code, `key` the key at fault (None when there is none)."""
+
+    def __init__(self, message: str, reason: str = "bad_value", key: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.key = key
+
+
+def _check_admission(policy: Any, authorities: Any) -> None:
+    """C7: the admission policy and its authority keys."""
+    def bad(message: str) -> CharterError:
+        return CharterError(f"[admission] {message}", "bad_admission", "admission")
+
+    if policy not in POLICIES:
+        raise bad(f"policy must be one of {POLICIES}, got {policy!r}")
+    if len(set(authorities)) != len(authorities):
+        raise bad("authorities must not repeat a key")
+    for key in authorities:
+        if not (isinstance(key, bytes) and len(key) == _KEY_LEN and key[0] in (2, 3)):
+            raise bad(f"authority {key!r} is not a 33-byte compressed public key")
+        try:
+            coincurve.PublicKey(key)
+        except Exception:  # not a point on the curve
+            raise bad(f"authority {key.hex()} is not a point of secp256k1") from None
+    if policy == "members" and not authorities:
+        raise bad("a members network needs at least one authority key")
+    if policy == "open" and authorities:
+        raise bad("an open network names no authorities (policy = \"members\" uses them)")
 
 
 def _param_value(config: MarketConfig, key: str) -> Any:
@@ -65,21 +94,12 @@ class Charter:
     def __post_init__(self) -> None:
         if not (1 <= len(self.name) <= 32 and set(self.name) <= _NAME_CHARS):
             raise CharterError(
-                f"charter name must be 1-32 of letters, digits, '-', '_' or '.', got {self.name!r}")
-        if not 1 <= len(self.model.encode()) <= 128:
-            raise CharterError("charter model must be 1-128 bytes of text")
-        if self.policy not in POLICIES:
-            raise CharterError(f"admission policy must be one of {POLICIES}, got {self.policy!r}")
-        keys = tuple(sorted(set(self.authorities)))
-        if len(keys) != len(self.authorities):
-            raise CharterError("admission authorities must not repeat a key")
-        for key in keys:
-            if not (isinstance(key, bytes) and len(key) == _KEY_LEN and key[0] in (2, 3)):
-                raise CharterError(f"authority {key!r} is not a 33-byte compressed public key")
-        if self.policy == "members" and not keys:
-            raise CharterError("a members network needs at least one authority key")
-        if self.policy == "open" and keys:
-            raise CharterError("an open network has no authorities (policy = \"members\" uses them)")
+                f"charter name must be 1-32 of letters, digits, '-', '_' or '.', got {self.name!r}",
+                "bad_name", "name")
+        if not 1 <= len(self.model.encode("utf-8", "replace")) <= 128:
+            raise CharterError("charter model must be 1-128 bytes of text", "bad_model", "model")
+        _check_admission(self.policy, self.authorities)
+        keys = tuple(sorted(self.authorities))
         object.__setattr__(self, "authorities", keys)
         object.__setattr__(self, "bootstrap", tuple(self.bootstrap))
         object.__setattr__(self, "_hash", hashlib.sha256(self.canonical_bytes).digest())
@@ -136,97 +156,108 @@ class Charter:
             if key not in PARAM_KEYS:
                 raise CharterError(
                     f"[market] {key} is not a setting (charter params: {', '.join(PARAM_KEYS)}; "
-                    f"local: {', '.join(LOCAL_KEYS)})")
+                    f"local: {', '.join(LOCAL_KEYS)})", "unknown_key", key)
             ours = _param_value(self.market, key)
             default = ours if key != "max_step" else None
             try:
                 given = coerce_setting("market", key, value, default)
             except ConfigError as exc:
-                raise CharterError(str(exc)) from None
+                raise CharterError(str(exc), "charter_value", key) from None
             if key == "max_step":
                 given = 0.0 if given is None else given
-            if given != ours:
-                raise CharterError(
+            if given != ours or type(given) is not type(ours):
+                error = CharterError(
                     f"[market] {key} = {given!r} changes the charter of network "
                     f"{self.network_id} ({key} = {ours!r}); a charter value is the network's, not "
                     f"the node's: remove it from the config, or run another network with "
-                    f"`neuroshard-node charter new`")
+                    f"`neuroshard-node charter new`", "charter_value", key)
+                error.charter_value, error.configured = ours, given
+                raise error
 
     # -- text ---------------------------------------------------------------------------------
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "charter") -> "Charter":
-        def fail(message: str) -> CharterError:
-            return CharterError(f"{source}: {message}")
+        """Apply the charter rules C2–C8 (market-v2 §4.1) in order; the first that fails is a
+        CharterError with its reason code and key."""
+        def fail(message: str, reason: str, key: str | None) -> CharterError:
+            return CharterError(f"{source}: {message}", reason, key)
 
-        known = {"format", "name", "model", "description", "bootstrap", "admission", "params"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise fail(f"unknown key(s) {', '.join(unknown)}")
-        if data.get("format") != FORMAT:
-            raise fail(f"format must be {FORMAT}, got {data.get('format')!r}")
-        for key in ("name", "model"):
-            if not isinstance(data.get(key), str):
-                raise fail(f"{key} must be text")
+        known = ("admission", "bootstrap", "description", "format", "model", "name", "params")
+        unknown = sorted(set(data) - set(known))
+        if unknown:  # C2
+            raise fail(f"unknown key {unknown[0]!r}", "unknown_key", unknown[0])
+        if type(data.get("format")) is not int or data.get("format") != FORMAT:  # C3
+            raise fail(f"format must be {FORMAT}, got {data.get('format')!r}", "format", "format")
+        name, model = data.get("name"), data.get("model")
+        if not (isinstance(name, str) and 1 <= len(name) <= 32 and set(name) <= _NAME_CHARS):
+            raise fail(f"name must be 1-32 of letters, digits, '-', '_' or '.', got {name!r}",
+                       "bad_name", "name")  # C4
+        if not (isinstance(model, str) and 1 <= len(model.encode("utf-8", "replace")) <= 128):
+            raise fail("model must be 1-128 bytes of text", "bad_model", "model")  # C5
         description = data.get("description", "")
         bootstrap = data.get("bootstrap", [])
-        if not isinstance(description, str):
-            raise fail("description must be text")
+        if not isinstance(description, str):  # C6
+            raise fail("description must be text", "wrong_type", "description")
         if not (isinstance(bootstrap, list) and all(isinstance(a, str) for a in bootstrap)):
-            raise fail("bootstrap must be a list of multiaddrs")
-        admission = data.get("admission", {})
+            raise fail("bootstrap must be a list of multiaddrs", "wrong_type", "bootstrap")
+        admission = data.get("admission", {})  # C7
         if not isinstance(admission, Mapping) or set(admission) - {"policy", "authorities"}:
-            raise fail("[admission] has policy and authorities only")
+            raise fail("[admission] has policy and authorities only", "bad_admission",
+                       "admission")
         policy = admission.get("policy", "open")
         hex_keys = admission.get("authorities", [])
         if not (isinstance(hex_keys, list) and all(isinstance(k, str) for k in hex_keys)):
-            raise fail("[admission] authorities must be a list of hex keys")
+            raise fail("[admission] authorities must be a list of hex keys", "bad_admission",
+                       "admission")
         try:
             authorities = tuple(bytes.fromhex(k) for k in hex_keys)
         except ValueError:
-            raise fail("[admission] authorities must be hex") from None
+            raise fail("[admission] authorities must be hex", "bad_admission",
+                       "admission") from None
+        try:
+            _check_admission(policy, authorities)
+        except CharterError as exc:
+            raise fail(str(exc), exc.reason, exc.key) from None
         params = data.get("params")
-        if not isinstance(params, Mapping):
-            raise fail("[params] table is missing")
-        missing = [k for k in PARAM_KEYS if k not in params]
-        extra = sorted(set(params) - set(PARAM_KEYS))
+        if not isinstance(params, Mapping):  # C8a
+            raise fail("[params] table is missing", "missing", "params")
+        missing = sorted(k for k in PARAM_KEYS if k not in params)
         if missing:
-            raise fail(f"[params] misses {', '.join(missing)} (a charter states every value)")
-        if extra:
-            raise fail(f"[params] has unknown key(s) {', '.join(extra)}")
+            raise fail(f"[params] misses {missing[0]} (a charter states every value)",
+                       "missing", missing[0])
+        extra = sorted(set(params) - set(PARAM_KEYS))
+        if extra:  # C8b
+            raise fail(f"[params] has unknown key {extra[0]!r}", "unknown_key", extra[0])
         defaults = MarketConfig()
         values: dict[str, Any] = {}
-        try:
-            for key in PARAM_KEYS:
-                raw = params[key]
-                if key == "max_step":
-                    value = coerce_setting("params", key, raw, 0.0)
-                    values[key] = None if value == 0.0 else value
-                else:
-                    values[key] = coerce_setting("params", key, raw, getattr(defaults, key))
-        except CharterError:
-            raise
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
-        if values["window_ticks"] < 1:
-            raise fail("[params] window_ticks must be stated explicitly (>= 1)")
+        for key in sorted(PARAM_KEYS):  # C8c
+            default = 0.0 if key == "max_step" else getattr(defaults, key)
+            try:
+                value = coerce_setting("params", key, params[key], default)
+            except ConfigError as exc:
+                raise fail(str(exc), "wrong_type", key) from None
+            values[key] = None if key == "max_step" and value == 0.0 else value
+        for key in sorted(PARAM_KEYS):  # C8d, one key at a time in sorted order
+            try:
+                error = _param_problem(key, values)
+            except TypeError:  # a cross-key rule met a value of another type: its own C8c
+                error = f"{key} cannot be checked"
+            if error:
+                raise fail(f"[params] {error}", "bad_value", key)
         try:
             market = MarketConfig(**values)
         except ConfigError as exc:
-            raise fail(f"[params] {exc}") from None
-        try:
-            return cls(name=data["name"], model=data["model"], market=market, policy=policy,
-                       authorities=authorities, description=description,
-                       bootstrap=tuple(bootstrap))
-        except CharterError as exc:
-            raise fail(str(exc)) from None
+            raise fail(f"[params] {exc}", "bad_value", None) from None
+        return cls(name=name, model=model, market=market, policy=policy, authorities=authorities,
+                   description=description, bootstrap=tuple(bootstrap))
 
     @classmethod
     def from_toml(cls, text: str, source: str = "charter") -> "Charter":
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise CharterError(f"{source}: not valid TOML: {exc}") from None
+            raise CharterError(f"{source}: not valid TOML: {exc}", "toml", None) from None
         return cls.from_mapping(data, source)
 
     @classmethod
@@ -268,6 +299,62 @@ class Charter:
         ]
         lines += [f"{key} = {value(v)}" for key, v in sorted(self.params.items())]
         return "\n".join(lines) + "\n"
+
+
+_U63 = (1 << 63) - 1
+#: C8d: each key's own allowed values (market-v2 §4.1's table); the rules between keys are
+#: checked at the key the table names (fixed_price, max_price, window_ticks).
+_ALLOWED: dict[str, tuple[Any, str]] = {
+    "burn_rate": (lambda x: 0 <= x < 1, "burn_rate must be in [0, 1)"),
+    "capacity_timeout_s": (lambda x: x > 0 and _whole_ms(x),
+                           "capacity_timeout_s must be > 0 and a whole number of ms"),
+    "curve": (lambda x: x in ("seed", "normalized"), "curve must be \"seed\" or \"normalized\""),
+    "dynamic_pricing": (lambda x: True, ""),
+    "identity_work_bits": (lambda x: 0 <= x <= 48, "identity_work_bits must be in 0..48"),
+    "max_node_tokens_per_s": (lambda x: 1 <= x <= _U63, "max_node_tokens_per_s must be >= 1"),
+    "max_signer_pending_requests": (lambda x: 1 <= x <= _U63,
+                                    "max_signer_pending_requests must be >= 1"),
+    "max_signer_pending_tokens": (lambda x: 1 <= x <= _U63,
+                                  "max_signer_pending_tokens must be >= 1"),
+    "max_step": (lambda x: x is None or x > 0, "max_step must be 0.0 (unset) or > 0"),
+    "max_tokens_per_minute": (lambda x: 1 <= x <= _U63, "max_tokens_per_minute must be >= 1"),
+    "min_price": (lambda x: x >= 0, "min_price must be >= 0"),
+    "settle_delay_s": (lambda x: x >= 0 and _whole_ms(x),
+                       "settle_delay_s must be >= 0 and a whole number of ms"),
+    "smoothing": (lambda x: 0 <= x < 1, "smoothing must be in [0, 1)"),
+    "steepness": (lambda x: x > 0, "steepness must be > 0"),
+    "target_response_s": (lambda x: x > 0, "target_response_s must be > 0"),
+    "tick_s": (lambda x: x >= 0.001 and _whole_ms(x),
+               "tick_s must be >= 0.001 and a whole number of ms"),
+}
+
+
+def _whole_ms(x: float) -> bool:
+    ms = x * 1000
+    return abs(ms - round(ms)) <= 1e-6 * max(1.0, abs(ms))
+
+
+def _param_problem(key: str, values: Mapping[str, Any]) -> str:
+    """C8d for one key: what is wrong with its value, or "" when it is allowed."""
+    value = values[key]
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{key} must be finite"
+    if key == "fixed_price":
+        if not values["min_price"] <= value <= values["max_price"]:
+            return "fixed_price must lie within [min_price, max_price]"
+        return ""
+    if key == "max_price":
+        return "" if value > values["min_price"] else "max_price must be above min_price"
+    if key == "window_ticks":
+        if not 1 <= value <= MAX_WINDOW_TICKS:
+            return f"window_ticks must be stated explicitly, 1..{MAX_WINDOW_TICKS}"
+        try:
+            needed = MarketConfig(**{**values, "window_ticks": MAX_WINDOW_TICKS}).min_window_ticks()
+        except ConfigError as exc:
+            return str(exc)
+        return "" if value >= needed else f"window_ticks {value} is below min_window_ticks {needed}"
+    ok, message = _ALLOWED[key]
+    return "" if ok(value) else message
 
 
 def _toml_str(text: str) -> str:

@@ -50,7 +50,7 @@ def test_a_charter_missing_a_param_or_with_a_wrong_type_is_refused():
         Charter.from_toml(text.replace("tick_s = 1.0\n", ""))
     with pytest.raises(CharterError, match="window_ticks has the wrong type"):
         Charter.from_toml(text.replace("window_ticks = 32", 'window_ticks = "32"'))
-    with pytest.raises(CharterError, match="charter name"):
+    with pytest.raises(CharterError, match="name must be 1-32"):
         Charter.from_toml(text.replace('name = "simnet"', 'name = "sim net"'))
     with pytest.raises(CharterError, match="needs at least one authority"):
         Charter.from_toml(text.replace('policy = "open"', 'policy = "members"'))

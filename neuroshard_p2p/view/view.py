@@ -134,7 +134,8 @@ class MarketStats:
 @dataclass(frozen=True)
 class CountedOffer:
     """Capacity one signer offers at an instant, as the view counts it from the signer's counted
-    announcement (capacity capped at `max_node_tokens_per_s`): what a gateway matches against,
+    announcement (capacity capped at `max_node_tokens_per_s` and a member's credential, not
+    shifted by the work ramp: routing is each gateway's own): what a gateway matches against,
     turned into the book's `RestingOffer` by the jobs layer."""
 
     signer: bytes
@@ -678,11 +679,23 @@ class MarketView:
                 continue
             message = segment.message
             capacity = min(message.tokens_per_second, self._capacity_cap)
+            if message.member is not None:
+                capacity = min(capacity, message.member.max_tokens_per_second)
             if capacity > 0:
                 offers.append(CountedOffer(register.signer, capacity, message.min_price_nano,
                                            message.issued_at_ms))
         offers.sort(key=lambda o: (o.min_price_nano, -o.tokens_per_second, o.signer))
         return offers
+
+    def contribution_at_ms(self, signer: bytes, t_ms: int) -> tuple[int, int, int] | None:
+        """What `signer` adds to the totals at t_ms — (capacity, demand tokens, requests) after
+        the caps and the work shift — or None when it counts nothing then."""
+        register = self._registers.get(signer)
+        segment = register.counted_at(t_ms) if register is not None else None
+        if segment is None:
+            return None
+        _, capacity, demand, requests, _ = unpack(segment.weight)
+        return capacity, demand, requests
 
     def offers_at(self, now: float) -> list[CountedOffer]:
         return self.offers_at_ms(ms_of(now))

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from neuroshard_p2p.wire.codec import _decode
+import coincurve
+
+from neuroshard_p2p.wire.codec import _decode, encode
 from neuroshard_p2p.wire.errors import REJECT, WireError
 from neuroshard_p2p.wire.messages import (
     ROLE_GATEWAY,
@@ -125,4 +127,24 @@ def check_revocations(revocations: RevocationList, admission: Admission | None) 
         raise _refused("the revocation list is for another network")
 
 
-__all__ = ["Admission", "credential_of", "check_announcement", "check_job", "check_revocations"]
+def issue_credential(authority: coincurve.PrivateKey, network: bytes, member: bytes, *,
+                     roles: int, max_tokens_per_second: int, max_pending_tokens: int,
+                     max_pending_requests: int, issued_at_ms: int, expires_at_ms: int) -> bytes:
+    """An authority signs a member in (wire bytes of a Credential). Invalid values raise
+    WireError before anything is signed."""
+    return encode(Credential(authority.public_key.format(compressed=True), issued_at_ms, network,
+                             member, roles, max_tokens_per_second, max_pending_tokens,
+                             max_pending_requests, expires_at_ms), authority)
+
+
+def revoke(authority: coincurve.PrivateKey, network: bytes, revoked: dict[bytes, int], *,
+           seq: int, issued_at_ms: int) -> bytes:
+    """An authority's revocation list (wire bytes): every member in `revoked` stops counting
+    from its instant. A new list replaces the authority's previous one, so it lists everyone
+    still revoked; `seq` must grow (a node SHOULD use issued_at_ms)."""
+    entries = tuple(sorted(revoked.items()))
+    return encode(RevocationList(authority.public_key.format(compressed=True), issued_at_ms, seq,
+                                 network, entries), authority)
+
+
+__all__ = ["issue_credential", "revoke", "Admission", "credential_of", "check_announcement", "check_job", "check_revocations"]

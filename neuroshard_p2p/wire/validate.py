@@ -57,7 +57,13 @@ from neuroshard_p2p.wire.codec import (
 )
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
 from neuroshard_p2p.wire.membership import Admission, check_announcement, check_revocations
-from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, Announcement, Message, RevocationList
+from neuroshard_p2p.wire.messages import (
+    KIND_ANNOUNCEMENT,
+    KIND_RECEIPT,
+    Announcement,
+    Message,
+    RevocationList,
+)
 
 #: How a Validator applies the stateless rules W1…W12: (the input, its SHA-256 if already
 #: computed, else None) → the message, or WireError. A pure function of the bytes, so a caller
@@ -197,7 +203,7 @@ class Validator:
             # timeline.ms_of, inlined on the hot path (it raises for a non-finite now)
             age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
             if ((age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS)
-                    and type(message) is not RevocationList):  # a list is newest-wins, never stale
+                    and message.KIND <= KIND_RECEIPT):  # W13 is for kinds 1–3 (§6.1)
                 check_freshness(issued_at_ms, now)
             if type(message) is not Announcement:  # V3
                 if type(message) is RevocationList and self.admission is not None:
