@@ -2005,6 +2005,12 @@ def work_documents() -> dict[str, Any]:
 # --- write -----------------------------------------------------------------------------------------
 
 def documents() -> dict[str, Any]:
+    # ports.py: the v1 vectors whose behaviour v2 keeps (validator, receipts, the price view and
+    # clock, v1's frames), in v2 bytes. It imports this module as `generate`.
+    sys.modules.setdefault("generate", sys.modules[__name__])
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import ports
     return {
         "charter.json": charter_documents(),
         "messages.json": {**HEADER, "keys": key_table(),
@@ -2012,8 +2018,9 @@ def documents() -> dict[str, Any]:
                           "vectors": valid_vectors()},
         "work.json": work_documents(),
         "invalid.json": {**HEADER, "vectors": invalid_vectors(), "accepted": accepted_vectors()},
-        "frames.json": frame_vectors(),
+        "frames.json": ports.with_v1_frames(frame_vectors()),
         "counting.json": counting_documents(),
+        **ports.documents(),
     }
 
 
