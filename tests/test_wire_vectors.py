@@ -100,7 +100,7 @@ def test_invalid_vector_through_the_validator(vector: dict[str, Any]) -> None:
     assert validator.counts["accepted"] == 0
 
 
-# --- validator.json (§6.2, §6.3, §8) ----------------------------------------------------------------
+# --- validator.json (§6.2, §6.3, §8) --------------------------------------------------------------
 
 @pytest.mark.parametrize("vector", STATEFUL, ids=lambda v: v["name"])
 def test_validator_vector(vector: dict[str, Any]) -> None:
@@ -125,7 +125,7 @@ def test_validator_vector(vector: dict[str, Any]) -> None:
     assert validator.counts["accepted"] == accepted
 
 
-# --- frames.json ------------------------------------------------------------------------------------
+# --- frames.json ----------------------------------------------------------------------------------
 
 def test_frame_vectors_cover_every_kind_and_stream() -> None:
     kinds = {bytes.fromhex(v["bytes"])[2] for v in FRAMES["valid"] if v["stream"] != "peers/1.0.0"}

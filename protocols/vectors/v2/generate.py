@@ -10,6 +10,10 @@ text of market-v2.md by this file's own small implementation of it, so the vecto
 independent statement of the protocol that the project's codec, validator and view are tested
 against (the project's tests read the JSON; they never import this script).
 
+`ports.py`, which `documents()` calls, adds the v1 vectors whose behaviour v2 keeps (the validator's
+sequences, the receipt checks, the price view and clock, v1's frames), ported to v2 bytes under
+the same rules: no project import, every outcome checked by this file's reading of the text.
+
 Two statements inside this file check each other before anything is written: every vector's
 expected outcome is written by hand next to the bytes, and the file's own executable reading of
 the spec (`g_decode`, `g_validate`, `g_charter_from_toml`, `g_count`, `g_frame`) must give the same

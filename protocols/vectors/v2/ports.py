@@ -127,7 +127,8 @@ def validator_vectors() -> list[dict[str, Any]]:
         validator_vector("duplicate", TESTNET,
                          "the same bytes twice: the second is ignored without penalty (V1)",
                          [Step(a1, T0 + 1000, ok), Step(a1, T0 + 1100, ("duplicate", "ignore"))]),
-        validator_vector("seq-regression", TESTNET, "an older seq after a newer one is ignored (V7)",
+        validator_vector("seq-regression", TESTNET,
+                         "an older seq after a newer one is ignored (V7)",
                          [Step(a2, T0 + 1000, ok),
                           Step(a1, T0 + 1100, ("seq_regression", "ignore")),
                           Step(a3, T0 + 1200, ok)]),
@@ -761,7 +762,7 @@ def with_v1_frames(frames: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --- the files -------------------------------------------------------------------------------------
+# --- the files ------------------------------------------------------------------------------------
 
 def documents() -> dict[str, Any]:
     return {
