@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peer to join through, /ip4/HOST/tcp/PORT/p2p/PEER_ID; repeatable. "
                         "Unreachable ones are retried with back-off.")
     p.add_argument("--network", metavar="NAME",
-                   help="network id; nodes of different networks never mix (default testnet)")
+                   help="a built-in network to join: testnet (the default) or simnet (no "
+                        "identity work; for local tests). Nodes of different networks never mix")
+    p.add_argument("--charter", metavar="FILE",
+                   help="join the network this charter file describes (`neuroshard-node charter "
+                        "new` makes one); instead of --network")
     p.add_argument("--api", metavar="HOST:PORT",
                    help=f"HTTP API and dashboard address (default {DEFAULT_API}; port 0 picks a "
                         f"free one; 'off' runs none)")
@@ -204,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recent", type=int, default=10, metavar="N",
                    help="how many recent settlements to list (default 10)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+
     return parser
 
 
@@ -278,10 +283,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_settings(args: argparse.Namespace) -> NodeSettings:
     """The settings `run` starts a node with: defaults, then <data-dir>/config.toml, then the
     flags given (an absent flag keeps the file's value)."""
+    if args.network is not None and args.charter is not None:
+        raise UsageError(args.command_parser, "give --network NAME (a built-in network) or "
+                                              "--charter FILE, not both")
     overrides = {
         "listen": tuple(args.listen) if args.listen else None,
         "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
-        "network": args.network, "api": args.api, "capacity": args.capacity,
+        "network": args.network,
+        "charter": os.path.abspath(args.charter) if args.charter else None,
+        "api": args.api, "capacity": args.capacity,
         "min_price": args.min_price, "backend": args.backend, "backend_url": args.backend_url,
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
     }
@@ -344,7 +354,9 @@ async def _run_node(settings: NodeSettings) -> None:
                 node = daemon.node
                 assert node is not None
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
-                print(f"network {settings.network} (topic {node.topic})", flush=True)
+                charter = settings.charter
+                print(f"network {settings.network} ({charter.policy}, model {charter.model}; "
+                      f"topic {node.topic})", flush=True)
                 print(f"backend {_backend_line(settings)}", flush=True)
                 print("bootstrap other nodes from:", flush=True)
                 for addr in _shareable(node.addrs, settings.listen):

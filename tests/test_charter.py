@@ -54,3 +54,140 @@ def test_a_charter_missing_a_param_or_with_a_wrong_type_is_refused():
         Charter.from_toml(text.replace('name = "simnet"', 'name = "sim net"'))
     with pytest.raises(CharterError, match="needs at least one authority"):
         Charter.from_toml(text.replace('policy = "open"', 'policy = "members"'))
+
+
+# =================================================================================================
+# The node runs one charter: names, settings, the CLI, identity work, two networks side by side.
+
+import re  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import trio  # noqa: E402
+
+from neuroshard_p2p.config import ConfigError  # noqa: E402
+from neuroshard_p2p.node.datadir import ensure_data_dir  # noqa: E402
+from neuroshard_p2p.node.errors import NodeError  # noqa: E402
+from neuroshard_p2p.node.host import sync_protocol  # noqa: E402
+from neuroshard_p2p.node.jobs import job_protocol  # noqa: E402
+from neuroshard_p2p.node.peering import peers_protocols  # noqa: E402
+from neuroshard_p2p.node.settings import NodeSettings, market_topic  # noqa: E402
+from tests.conftest import make_key  # noqa: E402
+from tests.node_harness import (  # noqa: E402
+    TEST_MARKET, RunningNode, simnet_charter, start_node, test_settings)
+from tests.waiting import eventually  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`neuroshard-node ARGS` in a child process."""
+    return subprocess.run([sys.executable, "-m", "neuroshard_p2p.cli", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_every_name_on_the_network_carries_the_network_id() -> None:
+    testnet = builtin("testnet")
+    settings = NodeSettings()
+    nid = testnet.network_id
+    assert settings.network == nid and len(nid) == len("testnet-") + 16
+    assert (settings.topic, sync_protocol(nid), job_protocol(nid), peers_protocols(nid)) == (
+        f"/neuroshard/{nid}/market/2", f"/neuroshard/{nid}/sync/2.0.0",
+        f"/neuroshard/{nid}/job/2.0.0",
+        (f"/neuroshard/{nid}/peers/1.1.0", f"/neuroshard/{nid}/peers/1.0.0"))
+    assert market_topic(nid) == settings.topic
+
+
+def test_the_market_is_the_charter_s_plus_the_local_keys_only() -> None:
+    charter = builtin("simnet")
+    local = charter.market.replace(claim_timeout_s=5.0, request_expiry_s=30.0, retention_s=0.0)
+    assert NodeSettings(charter=charter, market=local).market == local
+    with pytest.raises(ConfigError, match=r"\[market\] window_ticks = 16 changes the charter of "
+                                          rf"network {charter.network_id} \(window_ticks = 32\)"):
+        NodeSettings(charter=charter, market=charter.market.replace(window_ticks=16))
+
+
+def test_bootstrap_addresses_come_from_the_charter_when_none_are_configured() -> None:
+    boot = "/ip4/10.0.0.1/tcp/4011/p2p/16Uiu2HAmBoot"
+    charter = builtin("simnet").replace(bootstrap=(boot,))
+    assert charter.network_id == builtin("simnet").network_id  # bootnodes are not hashed
+    assert NodeSettings(charter=charter).bootstrap_peers == (boot,)
+    own = "/ip4/10.0.0.2/tcp/4011/p2p/16Uiu2HAmOwn"
+    assert NodeSettings(charter=charter, bootstrap=(own,)).bootstrap_peers == (own,)
+    with pytest.raises(ConfigError, match="bootstrap address '/ip4/1.2.3.4/tcp/1' must end in"):
+        NodeSettings(charter=charter.replace(bootstrap=("/ip4/1.2.3.4/tcp/1",)))
+
+
+def test_a_node_whose_config_changes_a_charter_value_refuses_to_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    ensure_data_dir(data_dir)
+    (data_dir / "config.toml").write_text("[market]\nwindow_ticks = 16\nclaim_timeout_s = 5\n")
+    testnet = builtin("testnet")
+    refused = cli("run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
+                  "--api", "off")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[-1] == (
+        f"error: [market] window_ticks = 16 changes the charter of network {testnet.network_id} "
+        f"(window_ticks = 32); a charter value is the network's, not the node's: remove it from "
+        f"the config, or run another network with `neuroshard-node charter new`")
+    assert "ready" not in refused.stdout and not (data_dir / "api").exists()
+    # The same config on a charter whose window is 16 is fine: the value is the network's.
+    charter = tmp_path / "w16.toml"
+    charter.write_text(builtin("simnet").with_params(window_ticks=16).to_toml())
+    from neuroshard_p2p.cli import build_parser, run_settings
+
+    args = build_parser().parse_args(["run", "--data-dir", str(data_dir), "--charter", str(charter)])
+    settings = run_settings(args)
+    assert settings.network == builtin("simnet").with_params(window_ticks=16).network_id
+    assert settings.market.claim_timeout_s == 5.0 and settings.market.window_ticks == 16
+    both = cli("run", "--data-dir", str(data_dir), "--charter", str(charter), "--network", "simnet")
+    assert both.returncode == 2 and "--network NAME (a built-in network) or --charter FILE" in \
+        both.stderr
+
+
+async def test_two_nodes_of_different_charters_never_exchange_a_market_message(
+        tmp_path: Path) -> None:
+    """a and a2 run one charter, b another (one param apart). b dials a; a2 bootstraps from a.
+    a2 and a hear each other (the control); b and a never do, by gossip or by sync."""
+    ours = simnet_charter(TEST_MARKET)
+    theirs = simnet_charter(TEST_MARKET.replace(window_ticks=9))
+    assert ours.name == theirs.name and ours.network_id != theirs.network_id
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, test_settings(tmp_path / "a", charter=ours, capacity=100),
+                             make_key(1))
+        b = await start_node(nursery, test_settings(tmp_path / "b", charter=theirs, capacity=200),
+                             make_key(2))
+        await b.node.connect(a.node.addrs[0])
+        a2 = await start_node(nursery, test_settings(tmp_path / "a2", charter=ours, capacity=300,
+                                                     bootstrap=(a.node.addrs[0],)), make_key(3))
+        assert a.node.topic != b.node.topic
+        signer = {id(n): n.node.engine.signer for n in (a, b, a2)}
+        a_s, b_s, a2_s = signer[id(a)], signer[id(b)], signer[id(a2)]
+
+        def held(n: RunningNode) -> set[bytes]:
+            return {o.signer for o in n.node.engine.view.offers_at(n.node.now())}
+
+        await eventually(lambda: held(a) == {a_s, a2_s} == held(a2), 15,
+                         "a and a2 (one charter) hold each other's offers",
+                         show=lambda: (held(a), held(a2)))
+        await eventually(lambda: b.node.engine.announcements_published >= 1 and
+                         held(b) == {b_s}, 5, "b announced")
+        b_id = b.node.host.get_id()
+        assert b_id in a.node.host.get_connected_peers()  # connected at the libp2p level
+        # gossip: neither side counts the other as a peer of its topic, nor holds its offer
+        assert b_id not in a.node.pubsub.peer_topics.get(a.node.topic, set())
+        assert a.node.host.get_id() not in b.node.pubsub.peer_topics.get(b.node.topic, set())
+        assert held(a) == {a_s, a2_s} and held(b) == {b_s}
+        assert b.node.stats().supply_tokens_per_sec == 200
+        assert a.node.stats().supply_tokens_per_sec == a2.node.stats().supply_tokens_per_sec == 400
+        # sync: a does not speak b's sync protocol, nor b a's
+        for asking, asked in ((b, a), (a, b)):
+            refused = (f"failed: protocol not supported by the peer (tried "
+                       f"['{sync_protocol(asking.node.settings.network)}'])")
+            with pytest.raises(NodeError, match=re.escape(refused)):
+                await asking.node.sync_with(asked.node.host.get_id())
+        assert held(a) == {a_s, a2_s} and held(b) == {b_s}
+        nursery.cancel_scope.cancel()

@@ -38,7 +38,9 @@ CONFIG_TEMPLATE = f"""\
 [node]
 # listen = {list(DEFAULT_LISTEN)!r}
 # bootstrap = []                      # e.g. ["/ip4/203.0.113.7/tcp/4011/p2p/16Uiu2..."]
-# network = "testnet"
+# network = "testnet"                 # a built-in network: "testnet" or "simnet"
+# charter = "mynet.toml"              # or a charter file (`neuroshard-node charter new`),
+#                                     # relative to this directory; give network or charter
 # api = "{DEFAULT_API}"              # "off" runs no HTTP API
 # capacity = 0                        # tokens per second this node offers
 # min_price = 0.0                     # NEURO per 1M tokens
@@ -53,10 +55,11 @@ CONFIG_TEMPLATE = f"""\
 # muxer = "yamux"                     # or "mplex"
 
 [market]
-# capacity_timeout_s = 60.0
-# tick_s = 1.0
-# window_ticks = 32
-# settle_delay_s = 2.0
+# Only this node's own queue and ledger: every other market value is the network's charter's
+# (`neuroshard-node charter show`), and a node whose config changes one refuses to start.
+# claim_timeout_s = 60.0
+# request_expiry_s = 600.0
+# retention_s = 3600.0
 """
 
 
