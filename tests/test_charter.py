@@ -59,6 +59,7 @@ def test_a_charter_missing_a_param_or_with_a_wrong_type_is_refused():
 # =================================================================================================
 # The node runs one charter: names, settings, the CLI, identity work, two networks side by side.
 
+import json  # noqa: E402
 import re  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -119,6 +120,85 @@ def test_bootstrap_addresses_come_from_the_charter_when_none_are_configured() ->
     assert NodeSettings(charter=charter, bootstrap=(own,)).bootstrap_peers == (own,)
     with pytest.raises(ConfigError, match="bootstrap address '/ip4/1.2.3.4/tcp/1' must end in"):
         NodeSettings(charter=charter.replace(bootstrap=("/ip4/1.2.3.4/tcp/1",)))
+
+
+def test_charter_new_show_verify_round_trip_through_the_cli(tmp_path: Path) -> None:
+    path = tmp_path / "labnet.toml"
+    made = cli("charter", "new", "--name", "labnet", "--model", "acme/llm-7b",
+               "--set", "window_ticks=16", "--set", "identity_work_bits=0", "--set", "curve=normalized",
+               "--bootstrap", "/ip4/10.0.0.1/tcp/4011/p2p/16Uiu2HAmBoot", "-o", str(path))
+    assert made.returncode == 0, made.stderr
+    charter = Charter.from_toml_file(str(path))
+    assert made.stdout == f"wrote {path}: network {charter.network_id}\n"
+    assert (charter.name, charter.model, charter.policy) == ("labnet", "acme/llm-7b", "open")
+    assert charter.market == builtin("testnet").market.replace(
+        window_ticks=16, identity_work_bits=0, curve="normalized")
+    assert charter.bootstrap == ("/ip4/10.0.0.1/tcp/4011/p2p/16Uiu2HAmBoot",)
+
+    shown = cli("charter", "show", str(path))
+    assert shown.returncode == 0 and shown.stdout == path.read_text() == charter.to_toml()
+    assert shown.stdout.splitlines()[0] == f"# NeuroShard network charter. Network id: " \
+                                           f"{charter.network_id}"
+    as_json = json.loads(cli("charter", "show", str(path), "--json").stdout)
+    assert as_json == {**charter.describe(), "params": json.loads(json.dumps(charter.params))}
+    assert as_json["hash"] == charter.hash.hex()
+    assert cli("charter", "show", "testnet").stdout == builtin("testnet").to_toml()
+
+    ok = cli("charter", "verify", str(path), "--id", charter.network_id)
+    assert (ok.returncode, ok.stdout) == (0, f"{path}: network {charter.network_id} (hash "
+                                             f"{charter.hash.hex()}): ok\n")
+    wrong = cli("charter", "verify", str(path), "--id", "labnet-0000000000000000")
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith(f"error: {path} is network {charter.network_id}, not "
+                                   f"labnet-0000000000000000 as --id says"), wrong.stderr
+    # A hashed value edited by hand: the file's own first line no longer names it.
+    path.write_text(path.read_text().replace("window_ticks = 16", "window_ticks = 17"))
+    edited = Charter.from_toml_file(str(path))
+    tampered = cli("charter", "verify", str(path))
+    assert tampered.returncode == 1
+    assert tampered.stderr == (f"error: {path} is network {edited.network_id}, not "
+                               f"{charter.network_id} as its first line says: its hashed content "
+                               f"(name, model, admission or a [params] value) differs from that "
+                               f"network's charter\n")
+    broken = tmp_path / "broken.toml"
+    broken.write_text(charter.to_toml().replace("tick_s = 1.0\n", ""))
+    missing = cli("charter", "verify", str(broken))
+    assert (missing.returncode, missing.stderr) == (
+        1, f"error: {broken}: [params] misses tick_s (a charter states every value)\n")
+
+
+def test_charter_new_flags_that_cannot_work(tmp_path: Path) -> None:
+    from neuroshard_p2p.cli import EXIT_ERROR, EXIT_USAGE, main
+
+    authority = make_key(7).public_key.format(compressed=True).hex()
+    members = tmp_path / "members.toml"
+    assert main(["charter", "new", "--name", "club", "--members", "--authority", authority,
+                 "-o", str(members)]) == 0
+    charter = Charter.from_toml_file(str(members))
+    assert charter.members and charter.authorities == (bytes.fromhex(authority),)
+    assert main(["charter", "new", "--name", "club", "-o", str(members)]) == EXIT_ERROR  # exists
+    assert main(["charter", "new", "--authority", authority]) == EXIT_USAGE  # without --members
+    assert main(["charter", "new", "--members"]) == EXIT_USAGE  # without an authority
+    assert main(["charter", "new", "--set", "windw_ticks=3"]) == EXIT_USAGE
+    assert main(["charter", "new", "--set", "window_ticks=many"]) == EXIT_ERROR
+    assert main(["charter", "new", "--name", "a b"]) == EXIT_ERROR
+
+
+def test_help_of_every_charter_action_describes_every_flag() -> None:
+    import argparse
+
+    from neuroshard_p2p.cli import build_parser
+
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    charter = commands.choices["charter"]
+    [actions] = [a for a in charter._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(actions.choices) == {"new", "show", "verify"}
+    for name, parser in actions.choices.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            assert action.help, f"charter {name} {action.option_strings or action.dest}"
+            for flag in action.option_strings:
+                assert flag in text
 
 
 def test_a_node_whose_config_changes_a_charter_value_refuses_to_start(tmp_path: Path) -> None:
