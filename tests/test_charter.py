@@ -69,12 +69,15 @@ from pathlib import Path  # noqa: E402
 import trio  # noqa: E402
 
 from neuroshard_p2p.config import ConfigError  # noqa: E402
-from neuroshard_p2p.node.datadir import ensure_data_dir  # noqa: E402
+from neuroshard_p2p.node.datadir import WORK_FILE, ensure_data_dir, load_work  # noqa: E402
 from neuroshard_p2p.node.errors import NodeError  # noqa: E402
 from neuroshard_p2p.node.host import sync_protocol  # noqa: E402
 from neuroshard_p2p.node.jobs import job_protocol  # noqa: E402
 from neuroshard_p2p.node.peering import peers_protocols  # noqa: E402
 from neuroshard_p2p.node.settings import NodeSettings, market_topic  # noqa: E402
+from neuroshard_p2p.node.work import IdentityWork  # noqa: E402
+from neuroshard_p2p.wire.work import work_bits  # noqa: E402
+from tests.api_harness import api_node  # noqa: E402
 from tests.conftest import make_key  # noqa: E402
 from tests.node_harness import (  # noqa: E402
     TEST_MARKET, RunningNode, simnet_charter, start_node, test_settings)
@@ -271,3 +274,76 @@ async def test_two_nodes_of_different_charters_never_exchange_a_market_message(
                 await asking.node.sync_with(asked.node.host.get_id())
         assert held(a) == {a_s, a2_s} and held(b) == {b_s}
         nursery.cancel_scope.cancel()
+
+
+async def test_identity_work_is_ground_kept_in_the_data_dir_and_reused(tmp_path: Path) -> None:
+    """A node on a charter asking 12 bits grinds them, says so on /api/node and /metrics, and
+    keeps the nonce in <data-dir>/work.json; started again, it grinds nothing."""
+    charter = simnet_charter(TEST_MARKET.replace(identity_work_bits=12), name="worknet")
+    data_dir = tmp_path / "node"
+    signer = make_key(5).public_key.format(compressed=True)
+    async with api_node(data_dir, 5, charter=charter) as api:
+        progress = api.node.work.progress
+        await eventually(lambda: progress.done, 30, "12 bits of identity work")
+        assert not progress.loaded and progress.hashes > 0
+        assert progress.bits == work_bits(signer, progress.nonce) >= 12
+        assert api.node.engine.work_nonce == progress.nonce
+        info = (await api.get("/api/node")).json()
+        assert info["work"] == {"bits": progress.bits, "required_bits": 12, "weight": 1.0,
+                                "nonce": progress.nonce, "done": True,
+                                "hashes": progress.hashes, "kept": False}
+        assert info["charter"]["network_id"] == charter.network_id
+        metrics = (await api.get("/metrics")).text
+        assert f"neuroshard_identity_work_bits {float(progress.bits)}" in metrics
+        assert "neuroshard_identity_work_required_bits 12.0" in metrics
+        assert "neuroshard_identity_weight 1.0" in metrics
+        nonce, bits = progress.nonce, progress.bits
+    stored = load_work(data_dir, signer)
+    assert stored is not None and (stored.nonce, stored.bits) == (nonce, bits)
+    assert json.loads((data_dir / WORK_FILE).read_text())["signer"] == signer.hex()
+
+    async with api_node(data_dir, 5, charter=charter) as again:
+        progress = again.node.work.progress
+        assert (progress.loaded, progress.hashes, progress.nonce, progress.bits) == (
+            True, 0, nonce, bits)
+        assert again.node.engine.work_nonce == nonce  # before any announcement
+        info = (await again.get("/api/node")).json()
+        assert (info["work"]["kept"], info["work"]["hashes"]) == (True, 0)
+
+
+async def test_unfinished_work_resumes_where_it_stopped_and_counts_with_its_weight(
+        tmp_path: Path) -> None:
+    signer = make_key(6).public_key.format(compressed=True)
+    better: list[int] = []
+    work = IdentityWork(signer, 40, tmp_path, on_better=better.append, chunk=2_000)
+    work.load()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work.run)
+        await eventually(lambda: work.progress.hashes >= 6_000, 30, "three chunks ground")
+        nursery.cancel_scope.cancel()
+    p = work.progress
+    assert p.next_nonce == p.hashes and 0 < p.bits < 40 and better[-1] == p.nonce
+    assert p.weight == 2.0 ** (p.bits - 40)
+    stored = load_work(tmp_path, signer)
+    assert stored is not None and (stored.nonce, stored.bits, stored.next_nonce) == (
+        p.nonce, p.bits, p.next_nonce)
+    resumed = IdentityWork(signer, 40, tmp_path, on_better=better.append)
+    resumed.load()
+    assert (resumed.progress.nonce, resumed.progress.next_nonce, resumed.progress.loaded) == (
+        p.nonce, p.next_nonce, True)
+    # another key's work is not ours; a damaged file is ground over, never fatal
+    other = IdentityWork(make_key(7).public_key.format(compressed=True), 40, tmp_path,
+                         on_better=better.append)
+    other.load()
+    assert (other.progress.loaded, other.progress.bits) == (False, 0)
+    (tmp_path / WORK_FILE).write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_work(tmp_path, signer)
+    damaged = IdentityWork(signer, 40, tmp_path, on_better=better.append)
+    damaged.load()
+    assert damaged.progress.loaded is False
+    # no work asked (simnet): nothing is read, nothing is ground
+    idle = IdentityWork(signer, 0, tmp_path / "none", on_better=better.append)
+    idle.load()
+    await idle.run()
+    assert idle.progress.done and idle.progress.weight == 1.0 and not (tmp_path / "none").exists()

@@ -79,6 +79,7 @@ from neuroshard_p2p.node.libp2p_compat import (
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
+from neuroshard_p2p.node.work import IdentityWork
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.membership import Admission
@@ -126,6 +127,9 @@ class Node:
                                  min_price_nano=to_nano(settings.min_price),
                                  announce_interval_s=settings.announce_interval_s,
                                  admission=Admission.of(settings.charter))
+        #: This key's identity work: ground in the background, kept in the data dir.
+        self.work = IdentityWork(self.engine.signer, settings.market.identity_work_bits,
+                                 settings.data_dir, on_better=self._better_work)
         self.counters = NodeCounters()
         #: Jobs: routes this node's requests to providers and serves jobs sent to it.
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
@@ -244,6 +248,8 @@ class Node:
         self._subscription = await self.pubsub.subscribe(self.topic)
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
+        self.work.load()  # before the first announcement, which then carries the kept nonce
+        nursery.start_soon(self.work.run)
         nursery.start_soon(self._drain, self._subscription)
         nursery.start_soon(self._announce_loop)
         nursery.start_soon(self._mesh_watch)
@@ -276,6 +282,11 @@ class Node:
 
     def withdraw_offer(self) -> None:
         self.engine.withdraw_offer()
+        self._poke.set()
+
+    def _better_work(self, nonce: int) -> None:
+        """A better identity-work nonce: our next announcement carries it."""
+        self.engine.set_work_nonce(nonce)
         self._poke.set()
 
     def set_demand(self, pending_tokens: int, pending_requests: int) -> None:
