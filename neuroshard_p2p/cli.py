@@ -11,6 +11,7 @@
     neuroshard-node status REQUEST_ID        a request's state, provider, cost and output
     neuroshard-node token                    print the API token (--rotate for a new one)
     neuroshard-node ledger [verify]          what this node settled; `verify` checks the invariant
+    neuroshard-node charter new|show|verify  make, print or check a network's charter
 
 Client commands find the running node through `<data-dir>/api` (written by `run`) or `--api`.
 """
@@ -27,6 +28,7 @@ import sys
 from typing import Any, Sequence
 
 from neuroshard_p2p import __version__
+from neuroshard_p2p.charter import DEFAULT_MODEL
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.node.settings import (
     BACKEND_KINDS,
@@ -110,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peer to join through, /ip4/HOST/tcp/PORT/p2p/PEER_ID; repeatable. "
                         "Unreachable ones are retried with back-off.")
     p.add_argument("--network", metavar="NAME",
-                   help="network id; nodes of different networks never mix (default testnet)")
+                   help="a built-in network to join: testnet (the default) or simnet (no "
+                        "identity work; for local tests). Nodes of different networks never mix")
+    p.add_argument("--charter", metavar="FILE",
+                   help="join the network this charter file describes (`neuroshard-node charter "
+                        "new` makes one); instead of --network")
     p.add_argument("--api", metavar="HOST:PORT",
                    help=f"HTTP API and dashboard address (default {DEFAULT_API}; port 0 picks a "
                         f"free one; 'off' runs none)")
@@ -204,6 +210,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recent", type=int, default=10, metavar="N",
                    help="how many recent settlements to list (default 10)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    p = sub.add_parser("charter", help="make, print or check a network charter",
+                       description="A charter is one file per network: every value that enters "
+                                   "validity, expiry or price, the model served and who may take "
+                                   "part. Its hash names the network (<name>-<hash16>), so nodes "
+                                   "of different charters never exchange a market message.")
+    charter = p.add_subparsers(dest="charter_command", metavar="ACTION",
+                               help="new, show or verify")
+    charter.required = True
+    c = charter.add_parser("new", help="write a new charter (testnet's values unless --set)",
+                           description="Write a new network's charter: testnet's parameters "
+                                       "with the name, model, admission and values given. Print "
+                                       "it, or write it with -o.")
+    c.add_argument("--name", default="devnet",
+                   help="network name: 1-32 letters, digits, '-', '_' or '.' (default devnet)")
+    c.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"the model the network serves (default {DEFAULT_MODEL})")
+    c.add_argument("--description", default="", help="one line for people (not hashed)")
+    c.add_argument("--members", action="store_true",
+                   help="a members network: only keys an --authority admitted take part")
+    c.add_argument("--authority", action="append", default=[], metavar="HEX",
+                   help="a charter authority's 33-byte compressed public key in hex; "
+                        "repeatable; needs --members")
+    c.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="a bootnode, /ip4/HOST/tcp/PORT/p2p/PEER_ID; repeatable (not hashed)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
+                   help="a [params] value, e.g. window_ticks=16 or identity_work_bits=0; "
+                        "repeatable")
+    c.add_argument("-o", "--output", metavar="FILE",
+                   help="write the charter to FILE (refused when it exists) instead of printing")
+    c.set_defaults(command_parser=c)
+    c = charter.add_parser("show", help="print a charter with its network id",
+                           description="Print a charter as TOML, its network id in the first "
+                                       "line: a file, a built-in network (testnet, simnet), or "
+                                       "the one `run` would join with this data dir.")
+    c.add_argument("source", nargs="?", metavar="FILE|BUILTIN",
+                   help="a charter file or a built-in network's name (default: the data dir's)")
+    data_dir(c)
+    c.add_argument("--json", action="store_true",
+                   help="print name, network id, hash, model, admission and params as JSON")
+    c = charter.add_parser("verify", help="check a charter file and its network id",
+                           description="Parse a charter file, recompute its hash and compare "
+                                       "the network id with --id and with the one its first "
+                                       "line states; exit status 1 when the file is not a valid "
+                                       "charter or an id does not match.")
+    c.add_argument("file", metavar="FILE", help="the charter file")
+    c.add_argument("--id", metavar="NETWORK_ID", dest="network_id",
+                   help="the network id the file must have (<name>-<hash16>)")
     return parser
 
 
@@ -278,10 +332,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_settings(args: argparse.Namespace) -> NodeSettings:
     """The settings `run` starts a node with: defaults, then <data-dir>/config.toml, then the
     flags given (an absent flag keeps the file's value)."""
+    if args.network is not None and args.charter is not None:
+        raise UsageError(args.command_parser, "give --network NAME (a built-in network) or "
+                                              "--charter FILE, not both")
     overrides = {
         "listen": tuple(args.listen) if args.listen else None,
         "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
-        "network": args.network, "api": args.api, "capacity": args.capacity,
+        "network": args.network,
+        "charter": os.path.abspath(args.charter) if args.charter else None,
+        "api": args.api, "capacity": args.capacity,
         "min_price": args.min_price, "backend": args.backend, "backend_url": args.backend_url,
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
     }
@@ -344,7 +403,9 @@ async def _run_node(settings: NodeSettings) -> None:
                 node = daemon.node
                 assert node is not None
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
-                print(f"network {settings.network} (topic {node.topic})", flush=True)
+                charter = settings.charter
+                print(f"network {settings.network} ({charter.policy}, model {charter.model}; "
+                      f"topic {node.topic})", flush=True)
                 print(f"backend {_backend_line(settings)}", flush=True)
                 print("bootstrap other nodes from:", flush=True)
                 for addr in _shareable(node.addrs, settings.listen):
@@ -599,8 +660,102 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------
+# charters (local: no node needed)
+
+
+def cmd_charter(args: argparse.Namespace) -> int:
+    return {"new": cmd_charter_new, "show": cmd_charter_show,
+            "verify": cmd_charter_verify}[args.charter_command](args)
+
+
+def cmd_charter_new(args: argparse.Namespace) -> int:
+    """Testnet's values with the flags' changes, checked as a charter file is (every message
+    names the key); printed or written to -o."""
+    import tomllib
+
+    from neuroshard_p2p.charter import PARAM_KEYS, Charter, builtin
+
+    parser: argparse.ArgumentParser = args.command_parser
+    if args.authority and not args.members:
+        raise UsageError(parser, "--authority needs --members (an open network has no "
+                                 "authorities)")
+    if args.members and not args.authority:
+        raise UsageError(parser, "--members needs at least one --authority HEX (the keys whose "
+                                 "credentials admit members)")
+    params = dict(builtin("testnet").params)
+    for item in args.params:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in PARAM_KEYS:
+            raise UsageError(parser, f"--set needs KEY=VALUE with KEY one of "
+                                     f"{', '.join(PARAM_KEYS)}; got {item!r}")
+        try:  # a TOML value (16, 0.5, true); anything else is text (curve=normalized)
+            params[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            params[key] = text.strip()
+    if args.output and os.path.exists(args.output):
+        raise CliError(f"{args.output} exists; a charter file is never overwritten (a changed "
+                       f"charter is another network): choose another name or remove it")
+    charter = Charter.from_mapping({
+        "format": 2, "name": args.name, "model": args.model, "description": args.description,
+        "bootstrap": list(args.bootstrap),
+        "admission": {"policy": "members" if args.members else "open",
+                      "authorities": list(args.authority)},
+        "params": params}, source="new charter")
+    text = charter.to_toml()
+    if not args.output:
+        print(text, end="")
+        return EXIT_OK
+    try:
+        with open(args.output, "x", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"wrote {args.output}: network {charter.network_id}")
+    return EXIT_OK
+
+
+def cmd_charter_show(args: argparse.Namespace) -> int:
+    from neuroshard_p2p.charter import BUILTIN, Charter, builtin
+
+    if args.source is None:
+        charter = NodeSettings.load(args.data_dir).charter
+    elif args.source in BUILTIN and not os.path.exists(args.source):
+        charter = builtin(args.source)
+    else:
+        charter = Charter.from_toml_file(args.source)
+    if args.json:
+        _print_json(charter.describe())
+    else:
+        print(charter.to_toml(), end="")
+    return EXIT_OK
+
+
+def cmd_charter_verify(args: argparse.Namespace) -> int:
+    """Exit 1 unless FILE is a valid charter whose network id is the one --id and its own first
+    line state."""
+    from neuroshard_p2p.charter import Charter, stated_network_id
+
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {args.file}: {getattr(exc, 'strerror', None) or exc}") from None
+    charter = Charter.from_toml(text, args.file)
+    actual = charter.network_id
+    for claimed, where in ((args.network_id, "--id"),
+                           (stated_network_id(text), "its first line")):
+        if claimed is not None and claimed != actual:
+            raise CliError(f"{args.file} is network {actual}, not {claimed} as {where} says: its "
+                           f"hashed content (name, model, admission or a [params] value) differs "
+                           f"from that network's charter")
+    print(f"{args.file}: network {actual} (hash {charter.hash.hex()}): ok")
+    return EXIT_OK
+
+
 COMMANDS = {
-    "ledger": cmd_ledger,
+    "ledger": cmd_ledger, "charter": cmd_charter,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
     "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "status": cmd_status,
     "token": cmd_token,

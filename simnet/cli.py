@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="libp2p TCP port of the first node; node i listens on P+i (default 4011)")
     p.add_argument("--api-port", type=int, default=8000, metavar="P",
                    help="HTTP API/dashboard port of the first node; node i on P+i (default 8000)")
-    p.add_argument("--network", default="testnet", help="network id (default testnet)")
+    p.add_argument("--network", default="simnet",
+                   help="a built-in network (simnet, the default: no identity work to grind; "
+                        "testnet), or any other name: the simnet charter under that name, written "
+                        "to DIR/charter.toml")
     p.add_argument("--capacity", type=int, default=1000, metavar="TOKENS_PER_S",
                    help="capacity each node offers (default 1000; 0 for none)")
     p.add_argument("--host", default="127.0.0.1",

@@ -46,7 +46,7 @@ from neuroshard_p2p.node.settings import NodeSettings
 from simnet.hostile import HostileCrafter
 from simnet.metrics import PeerSample, Recorder
 from simnet.scenario import Event, Scenario
-from simnet.sim import TOKENS_PER_REQUEST, peer_key
+from simnet.sim import TOKENS_PER_REQUEST, peer_key, simnet_charter
 
 #: How long the setup may take before the run gives up (connections and gossip meshes).
 SETUP_TIMEOUT_S = 60.0
@@ -105,8 +105,12 @@ class RealNetwork:
             raise ValueError("a network needs at least 2 peers")
         self.scenario = scenario
         self.market: MarketConfig = scenario.market_config()
+        # A network of its own for every run (other runs on the machine never mix with it): the
+        # simnet charter around the scenario's market, under a name of its own.
+        name = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
+        self.charter = simnet_charter(self.market, name)
         self.base_settings = NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."),
-                                                       market=self.market)
+                                                       charter=self.charter)
         self.n_initial = peers
         self.seed = seed
         self.rng = random.Random(seed)
@@ -121,7 +125,7 @@ class RealNetwork:
         self._own_ips = any(e.action == "partition" for e in scenario.events)
         self._tmp = tempfile.TemporaryDirectory(prefix="simnet-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name if self._tmp else data_dir)  # type: ignore[arg-type]
-        self.network = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
+        self.network = self.charter.network_id
         self._nursery: trio.Nursery | None = None
         self._t0 = 0.0
         self._epoch0 = 0.0
@@ -143,7 +147,6 @@ class RealNetwork:
             data_dir=self.data_dir / f"peer-{peer.index}",
             listen=(f"/ip4/{peer.ip}/tcp/0",),
             bootstrap=tuple(bootstrap),
-            network=self.network,
             api="off",
             capacity=peer.capacity,
             min_price=self.scenario.peers.min_price if peer.capacity else 0.0,

@@ -96,6 +96,7 @@ from typing import Any, Callable
 import coincurve
 import numpy as np
 
+from neuroshard_p2p.charter import Charter, builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.engine import PeerEngine
@@ -266,9 +267,16 @@ def peer_key(seed: int, index: int, salt: bytes = b"peer") -> coincurve.PrivateK
     return coincurve.PrivateKey(secret)
 
 
+def simnet_charter(market: MarketConfig, name: str = "simnet") -> Charter:
+    """The built-in simnet charter (no identity work) around a scenario's market values."""
+    return builtin("simnet").replace(market=market, name=name)
+
+
 def node_settings(scenario: Scenario, market: MarketConfig) -> NodeSettings:
-    """The scenario's [node] table checked by the node's own settings rules."""
-    return NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."), market=market)
+    """The scenario's [node] table checked by the node's own settings rules, on the simnet
+    charter around the scenario's market."""
+    return NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."),
+                                     charter=simnet_charter(market))
 
 
 class SimNetwork:

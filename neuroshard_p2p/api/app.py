@@ -7,7 +7,8 @@ in the daemon's nursery (`neuroshard_p2p.daemon`, which hands it the node, its l
     GET  /api/market/offers             the merged view's offers, cheapest first
     GET  /api/market/requests/{id}      a request's status, provider, tokens served, cost
     GET  /api/peers                     connected peers and their addresses
-    GET  /api/node                      peer id, multiaddrs, network, version, own offer
+    GET  /api/node                      peer id, multiaddrs, network and charter, identity work,
+                                        version, own offer
     GET  /api/ledger                    settlements, this node's earnings (404 without a ledger)
     GET  /metrics                       Prometheus text
     POST /api/market/register           {"tokens_per_second": 1000, "min_price": 0.0}   (token)
@@ -275,12 +276,18 @@ class Api:
         node = self.node
         offer = node.engine.offer
         addrs = node.addrs
+        work = node.work.progress
         return Response(200, {
             "running": True,
             "peer_id": node.peer_id,
             "multiaddrs": addrs,
             "addrs": addrs,
             "network": node.settings.network,
+            "charter": node.settings.charter.describe(),
+            # What this key weighs in every peer's price: 2^(bits - required), at most 1.
+            "work": {"bits": work.bits, "required_bits": work.required_bits,
+                     "weight": work.weight, "nonce": work.nonce, "done": work.done,
+                     "hashes": work.hashes, "kept": work.loaded},
             "version": __version__,
             "topic": node.topic,
             "api": self.url,

@@ -11,6 +11,7 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     market_utilization (+Inf when demand waits and no supply exists),
     market_supply_tokens_per_second, market_demand_tokens_waiting, market_pending_requests,
     market_available_nodes, market_tick, peers,
+    identity_work_bits, identity_work_required_bits, identity_weight (2^(bits − required), ≤ 1),
     messages_total{outcome="accepted|rejected|ignored", reason},
     requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode}
 """
@@ -64,6 +65,14 @@ class NodeCollector(Collector):
                     r.available_nodes)
         yield gauge("market_tick", "Current price tick (floor(now / tick_s)).", r.tick)
         yield gauge("peers", "Connected libp2p peers.", r.peers)
+        yield gauge("identity_work_bits", "Bits of identity work of this node's key.",
+                    r.work_bits)
+        yield gauge("identity_work_required_bits",
+                    "Bits of identity work the network's charter asks of a key.",
+                    r.work_required_bits)
+        yield gauge("identity_weight",
+                    "What this key counts for in every peer's price: 2^(bits - required), at "
+                    "most 1.", r.work_weight)
 
         info = GaugeMetricFamily(PREFIX + "node_info", "This node's network and pricing mode.",
                                  labels=["network", "mode"])

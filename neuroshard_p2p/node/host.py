@@ -4,7 +4,7 @@
         ...                                 # leaving it stops all of them
 
 One `Node` owns everything it starts, in one nursery: the libp2p host (TCP, noise, Yamux or
-Mplex), gossipsub on the topic `/neuroshard/<network>/market/1`, the announcer, the anti-entropy
+Mplex), gossipsub on the topic `/neuroshard/<network id>/market/2`, the announcer, the anti-entropy
 protocol, its peering (bootstrap dialers and peer exchange, `node/peering.py`) and its job
 service. It knows nothing of the HTTP API or where the ledger lives: `neuroshard_p2p.daemon`
 builds those and hands the node an open ledger and a backend. Leaving the `async with` normally is
@@ -14,13 +14,16 @@ peers stop counting the node when its last announcement expires (issued_at + cap
 
 Protocols (besides gossipsub and libp2p's own identify/ping):
 
-- `/neuroshard/<network>/sync/1.0.0` — anti-entropy. The dialer sends one SyncRequest frame (its view's
+The network id is the charter's (`<name>-<hash16>`, `charter.py`), so nodes of different charters
+share no topic and no protocol: they never exchange a market message.
+
+- `/neuroshard/<network id>/sync/2.0.0` — anti-entropy. The dialer sends one SyncRequest frame (its view's
   digest and per-bucket digests); the listener answers with SyncResponse frames carrying every
   announcement of the buckets that differ, then closes. Frames are uvarint length-prefixed
   (wire/framing.py). Both sides of every new connection pull, and every `sync_interval_s` a node
   pulls from one random peer, so a late joiner holds the same view within a round trip.
-- `/neuroshard/<network>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
-- `/neuroshard/<network>/job/1.0.0` — a job from a gateway to the provider it matched, and the
+- `/neuroshard/<network id>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
+- `/neuroshard/<network id>/job/2.0.0` — a job from a gateway to the provider it matched, and the
   provider's signed receipt (`node/job_service.py`, protocol §9).
 
 Gossip validation runs in a synchronous topic validator that calls the engine and never raises
@@ -76,8 +79,10 @@ from neuroshard_p2p.node.libp2p_compat import (
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
+from neuroshard_p2p.node.work import IdentityWork
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
+from neuroshard_p2p.wire.membership import Admission
 from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE
 
 log = logging.getLogger("neuroshard.node")
@@ -87,8 +92,8 @@ FIRST_ANNOUNCE_HOLD_S = 10.0
 
 
 def sync_protocol(network: str) -> TProtocol:
-    """The anti-entropy protocol of a network (nodes of other networks do not speak it)."""
-    return TProtocol(f"/neuroshard/{network}/sync/1.0.0")
+    """The anti-entropy protocol of a network id (nodes of other networks do not speak it)."""
+    return TProtocol(f"/neuroshard/{network}/sync/2.0.0")
 
 
 #: Concurrent outgoing syncs (a burst of new connections must not start a burst of streams).
@@ -120,7 +125,11 @@ class Node:
         self.engine = PeerEngine(settings.market, self.private_key,
                                  tokens_per_second=settings.capacity,
                                  min_price_nano=to_nano(settings.min_price),
-                                 announce_interval_s=settings.announce_interval_s)
+                                 announce_interval_s=settings.announce_interval_s,
+                                 admission=Admission.of(settings.charter))
+        #: This key's identity work: ground in the background, kept in the data dir.
+        self.work = IdentityWork(self.engine.signer, settings.market.identity_work_bits,
+                                 settings.data_dir, on_better=self._better_work)
         self.counters = NodeCounters()
         #: Jobs: routes this node's requests to providers and serves jobs sent to it.
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
@@ -239,6 +248,8 @@ class Node:
         self._subscription = await self.pubsub.subscribe(self.topic)
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
+        self.work.load()  # before the first announcement, which then carries the kept nonce
+        nursery.start_soon(self.work.run)
         nursery.start_soon(self._drain, self._subscription)
         nursery.start_soon(self._announce_loop)
         nursery.start_soon(self._mesh_watch)
@@ -271,6 +282,11 @@ class Node:
 
     def withdraw_offer(self) -> None:
         self.engine.withdraw_offer()
+        self._poke.set()
+
+    def _better_work(self, nonce: int) -> None:
+        """A better identity-work nonce: our next announcement carries it."""
+        self.engine.set_work_nonce(nonce)
         self._poke.set()
 
     def set_demand(self, pending_tokens: int, pending_requests: int) -> None:
@@ -358,7 +374,7 @@ class Node:
             log.warning("publish failed (%s); peers will get it by sync", failure_reason(exc))
 
     async def _announce_loop(self) -> None:
-        if self.settings.bootstrap:
+        if self.settings.bootstrap_peers:
             # Our first announcement waits (bounded) for a gossip mesh peer. Published before
             # gossipsub grafts anyone, it would reach only the peers that pull it by sync, which
             # do not forward what they pull: the rest would get our next announcement instead,

@@ -7,7 +7,7 @@ A node owns one `JobService` (`Node.jobs`, two lines in `Node`):
 
 As a **gateway** it takes requests (`submit`, or whatever was queued through the engine's
 `submit_request`), locks the market price, matches them against the merged view's offers with the
-core book, and sends each matched job to its provider on a `/neuroshard/<network>/job/1.0.0`
+core book, and sends each matched job to its provider on a `/neuroshard/<network id>/job/2.0.0`
 stream; it verifies the provider's signed receipt (ledger checks) and settles it in the ledger,
 and tells the engine its queued demand so the node announces it. As a **provider** it answers job
 streams: it admits a job by its own capacity, serves it through its inference backend and returns
@@ -36,6 +36,7 @@ import coincurve
 import trio
 
 from neuroshard_p2p import wire
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import public_key_from_peer_id
@@ -111,8 +112,8 @@ class JobSettings:
     lost_backoff_s: float = 10.0
     #: The ledger file (None: receipts are checked but not recorded; tests of routing only).
     ledger_path: Path | None = None
-    #: Network id: part of the job stream's protocol id (`job_protocol`).
-    network: str = DEFAULT_NETWORK
+    #: Network id (the charter's): part of the job stream's protocol id (`job_protocol`).
+    network: str = builtin(DEFAULT_NETWORK).network_id
 
     def __post_init__(self) -> None:
         for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s"):

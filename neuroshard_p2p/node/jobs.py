@@ -53,10 +53,10 @@ from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_STR
 
 
 def job_protocol(network: str) -> str:
-    """`/neuroshard/<network>/job/1.0.0`: the libp2p protocol id of a network's job stream. It
-    carries the network id, as sync and peer exchange do, so a gateway never hands a job to a
+    """`/neuroshard/<network id>/job/2.0.0`: the libp2p protocol id of a network's job stream.
+    It carries the network id, as sync and peer exchange do, so a gateway never hands a job to a
     node of another network (whose offers it should not even know)."""
-    return f"/neuroshard/{network}/job/1.0.0"
+    return f"/neuroshard/{network}/job/2.0.0"
 
 
 # Decline reason codes (provider → gateway). Stable: they are counted and shown.

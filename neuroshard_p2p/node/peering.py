@@ -8,7 +8,7 @@ its tasks in the node's nursery:
   each attempt failed; after reaching one it asks it for peers.
 - **Peer exchange** (protocol §10): the dialer sends nothing; the listener answers one frame with
   up to 32 of its connected peers and their listen addresses, then closes. A node serves both
-  `/neuroshard/<network>/peers/1.1.0` (frame 21) and `/peers/1.0.0` (the version-1.0 list, for
+  `/neuroshard/<network id>/peers/1.1.0` (frame 21) and `/peers/1.0.0` (the version-1.0 list, for
   nodes that predate frame 21) and asks for 1.1.0 first. A node below `target_peers` asks a
   random peer every `peer_exchange_interval_s` and dials peers it does not know yet. Addresses
   are hints: dialing checks the peer id (noise handshake). The frames are the wire layer's
@@ -45,7 +45,7 @@ log = logging.getLogger("neuroshard.node")
 
 
 def peers_protocols(network: str) -> tuple[TProtocol, TProtocol]:
-    """The peer-exchange protocols of a network, preferred first: 1.1.0 (frame 21) and the
+    """The peer-exchange protocols of a network id, preferred first: 1.1.0 (frame 21) and the
     version-1.0 list that older nodes speak."""
     return (TProtocol(f"/neuroshard/{network}/peers/1.1.0"),
             TProtocol(f"/neuroshard/{network}/peers/1.0.0"))
@@ -63,7 +63,7 @@ class Peering:
         self.codecs = {new: (encode_peer_exchange, decode_peer_exchange),
                        legacy: (encode_peer_exchange_legacy, decode_peer_exchange_legacy)}
         #: Parsed when the node is built, so a bad address is a ConfigError before anything runs.
-        self.bootstrap = [(parse_peer_addr(a, "bootstrap"), a) for a in settings.bootstrap]
+        self.bootstrap = [(parse_peer_addr(a, "bootstrap"), a) for a in settings.bootstrap_peers]
         self.host: Any = None
 
     def attach(self, host: Any) -> None:
