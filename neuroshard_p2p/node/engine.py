@@ -453,7 +453,7 @@ class PeerEngine:
                                   None, str(error))
                 self.gossip_counts[(verdict[0], verdict[1])] += 1
                 return verdict
-            if type(message) is RevocationList:
+            if not isinstance(message, Announcement):  # a members network's revocation list
                 self.view.merge_revocations(message)
                 self.gossip_counts[_ACCEPTED_KEY] += 1
                 return Verdict(ACCEPTED, ACCEPTED, None, "revocation list")
