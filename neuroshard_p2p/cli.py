@@ -12,6 +12,7 @@
     neuroshard-node token                    print the API token (--rotate for a new one)
     neuroshard-node ledger [verify]          what this node settled; `verify` checks the invariant
     neuroshard-node charter new|show|verify  make, print or check a network's charter
+    neuroshard-node member issue|revoke|show  admit or revoke members of a members network
 
 Client commands find the running node through `<data-dir>/api` (written by `run`) or `--api`.
 """
@@ -258,6 +259,57 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", metavar="FILE", help="the charter file")
     c.add_argument("--id", metavar="NETWORK_ID", dest="network_id",
                    help="the network id the file must have (<name>-<hash16>)")
+
+    p = sub.add_parser("member", help="admit or revoke members of a members network",
+                       description="In a members network (a charter with policy \"members\") "
+                                   "only keys holding a credential of one of the charter's "
+                                   "authorities count. `issue` and `revoke` sign with the key of "
+                                   "--data-dir (an authority's); `show` prints a credential.")
+    member = p.add_subparsers(dest="member_command", metavar="ACTION",
+                              parser_class=argparse.ArgumentParser)
+    member.required = True
+    m = member.add_parser("issue", help="sign a member's credential",
+                          description="Sign a credential admitting MEMBER (a peer id or a hex "
+                                      "public key) to the network of --charter, with the "
+                                      "authority key of --data-dir. Caps default to the "
+                                      "charter's per-signer caps.")
+    data_dir(m)
+    m.add_argument("member", metavar="MEMBER", help="the member's peer id or hex public key")
+    m.add_argument("--charter", required=True, metavar="FILE", help="the network's charter file")
+    m.add_argument("--roles", default="provider,gateway",
+                   help="provider, gateway or provider,gateway (default both)")
+    m.add_argument("--max-capacity", type=int, metavar="TOK_PER_S",
+                   help="most tokens/s the member's capacity counts")
+    m.add_argument("--max-demand", type=int, metavar="TOKENS",
+                   help="most waiting tokens the member's demand counts")
+    m.add_argument("--max-requests", type=int, metavar="N",
+                   help="most waiting requests the member's demand counts")
+    m.add_argument("--days", type=finite_float, default=365.0,
+                   help="valid for this many days (default 365)")
+    m.set_defaults(command_parser=m)
+    where = m.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="FILE",
+                       help="write the credential (hex) to FILE for the member")
+    where.add_argument("--install", metavar="MEMBER_DATA_DIR",
+                       help="put it straight into the member's data dir (<dir>/credential)")
+    m = member.add_parser("revoke", help="sign a revocation list that ends a member",
+                          description="Add MEMBER to this authority's revocation list for the "
+                                      "network of --charter (kept in <data-dir>/revocations-<id>, "
+                                      "so every list names everyone still revoked) and sign it. "
+                                      "--publish hands it to the running node, which gossips it.")
+    client(m, json_flag=False)
+    m.add_argument("member", metavar="MEMBER", help="the member's peer id or hex public key")
+    m.add_argument("--charter", required=True, metavar="FILE", help="the network's charter file")
+    m.add_argument("--from-ms", type=int, metavar="MS",
+                   help="revoked from this instant (ms since the epoch; default now)")
+    m.add_argument("-o", "--output", metavar="FILE", help="also write the list (hex) to FILE")
+    m.add_argument("--publish", action="store_true",
+                   help="publish it through the running node of --data-dir / --api")
+    m = member.add_parser("show", help="print a credential",
+                          description="Decode a credential: the data dir's, or FILE.")
+    data_dir(m)
+    m.add_argument("file", nargs="?", metavar="FILE", help="a credential file (hex)")
+    m.add_argument("--json", action="store_true", help="print the fields as JSON")
     return parser
 
 
@@ -525,6 +577,9 @@ def cmd_id(args: argparse.Namespace) -> int:
         _print_json(data)
         return EXIT_OK
     print(f"peer id: {data['peer_id']}")
+    from neuroshard_p2p.identity import public_key_from_peer_id
+    print(f"key:     {public_key_from_peer_id(data['peer_id']).hex()}  (as a charter authority: "
+          f"`charter new --members --authority KEY`)")
     if data.get("running") is False:
         print("(node not running; configured listen addresses:)")
     for addr in data.get("addrs", []):
@@ -754,8 +809,172 @@ def cmd_charter_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------
+# members (local: sign with the data dir's key)
+
+
+def _member_key(text: str) -> bytes:
+    from neuroshard_p2p.identity import public_key_from_peer_id
+
+    try:
+        if len(text) == 66:
+            key = bytes.fromhex(text)
+        else:
+            key = public_key_from_peer_id(text)
+        import coincurve
+        coincurve.PublicKey(key)
+    except Exception:  # noqa: BLE001 - any parse failure is the same user error
+        raise CliError(f"{text!r} is neither a peer id (16Uiu2…) nor a 33-byte hex public "
+                       f"key") from None
+    return key
+
+
+def _members_charter(path: str) -> Any:
+    from neuroshard_p2p.charter import Charter
+
+    charter = Charter.from_toml_file(path)
+    if not charter.members:
+        raise CliError(f"{path} is an open network ({charter.network_id}): it has no members")
+    return charter
+
+
+def _authority_key(args: argparse.Namespace, charter: Any) -> Any:
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import load_private_key
+
+    key = load_private_key(args.data_dir)
+    public = key.public_key.format(compressed=True)
+    if public not in charter.authorities:
+        raise CliError(f"the key of {args.data_dir} ({peer_id_of(public)}, {public.hex()}) is "
+                       f"not an authority of network {charter.network_id}")
+    return key
+
+
+def cmd_member(args: argparse.Namespace) -> int:
+    return {"issue": cmd_member_issue, "revoke": cmd_member_revoke,
+            "show": cmd_member_show}[args.member_command](args)
+
+
+def cmd_member_issue(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import CREDENTIAL_FILE, save_hex_file
+    from neuroshard_p2p.wire import WireError
+    from neuroshard_p2p.wire.membership import issue_credential
+    from neuroshard_p2p.wire.messages import ROLE_GATEWAY, ROLE_PROVIDER
+
+    charter = _members_charter(args.charter)
+    key = _authority_key(args, charter)
+    member = _member_key(args.member)
+    roles = 0
+    for role in (r.strip() for r in args.roles.split(",")):
+        if role not in ("provider", "gateway"):
+            raise UsageError(args.command_parser, f"--roles takes provider and/or gateway, got "
+                                                  f"{role!r}")
+        roles |= ROLE_PROVIDER if role == "provider" else ROLE_GATEWAY
+    market = charter.market
+    now_ms = int(time.time() * 1000)
+    if args.days <= 0:
+        raise UsageError(args.command_parser, "--days must be > 0")
+    try:
+        wire = issue_credential(
+            key, charter.hash, member, roles=roles,
+            max_tokens_per_second=(market.max_node_tokens_per_s if args.max_capacity is None
+                                   else args.max_capacity),
+            max_pending_tokens=(market.max_signer_pending_tokens if args.max_demand is None
+                                else args.max_demand),
+            max_pending_requests=(market.max_signer_pending_requests
+                                  if args.max_requests is None else args.max_requests),
+            issued_at_ms=now_ms, expires_at_ms=now_ms + int(args.days * 86_400_000))
+    except WireError as exc:
+        raise CliError(f"cannot issue: {exc}") from None
+    if args.install:
+        target = Path(args.install).expanduser() / CREDENTIAL_FILE
+        save_hex_file(target, wire)
+        print(f"installed {target}: {peer_id_of(member)} is a member of {charter.network_id}")
+    elif args.output:
+        save_hex_file(Path(args.output), wire)
+        print(f"wrote {args.output}: {peer_id_of(member)} is a member of {charter.network_id}; "
+              f"the member puts it at <data-dir>/{CREDENTIAL_FILE}")
+    else:
+        print(wire.hex())
+    return EXIT_OK
+
+
+def cmd_member_revoke(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import load_hex_file, revocations_file, save_hex_file
+    from neuroshard_p2p.wire import decode_unchecked_time
+    from neuroshard_p2p.wire.membership import revoke
+    from neuroshard_p2p.wire.messages import RevocationList
+
+    charter = _members_charter(args.charter)
+    key = _authority_key(args, charter)
+    member = _member_key(args.member)
+    state = Path(args.data_dir).expanduser() / revocations_file(charter.network_id)
+    revoked: dict[bytes, int] = {}
+    seq = 0
+    previous = load_hex_file(state, "revocation list")
+    if previous is not None:
+        held = decode_unchecked_time(previous)
+        if not isinstance(held, RevocationList):
+            raise CliError(f"{state} does not hold a revocation list")
+        revoked, seq = dict(held.revoked), held.seq
+    now_ms = int(time.time() * 1000)
+    revoked[member] = min(revoked.get(member, now_ms if args.from_ms is None else args.from_ms),
+                          now_ms if args.from_ms is None else args.from_ms)
+    wire = revoke(key, charter.hash, revoked, seq=max(seq + 1, now_ms), issued_at_ms=now_ms)
+    save_hex_file(state, wire)
+    if args.output:
+        save_hex_file(Path(args.output), wire)
+    print(f"{peer_id_of(member)} revoked from {revoked[member]} ms; the list of "
+          f"{charter.network_id} names {len(revoked)} member(s), kept in {state}")
+    if args.publish:
+        _call(args, "POST", "/api/revocations", {"list": wire.hex()})
+        print("published through the running node")
+    return EXIT_OK
+
+
+def cmd_member_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import CREDENTIAL_FILE, load_hex_file
+    from neuroshard_p2p.wire import WireError, decode_unchecked_time
+    from neuroshard_p2p.wire.messages import Credential
+
+    path = Path(args.file) if args.file else Path(args.data_dir).expanduser() / CREDENTIAL_FILE
+    wire = load_hex_file(path, "credential")
+    if wire is None:
+        raise CliError(f"no credential at {path}")
+    try:
+        credential = decode_unchecked_time(wire)
+    except WireError as exc:
+        raise CliError(f"{path}: not a credential: {exc}") from None
+    if not isinstance(credential, Credential):
+        raise CliError(f"{path}: a {type(credential).__name__}, not a credential")
+    roles = [name for bit, name in ((1, "provider"), (2, "gateway")) if credential.roles & bit]
+    data = {"member": peer_id_of(credential.member), "member_key": credential.member.hex(),
+            "authority": credential.signer.hex(), "network_hash": credential.network.hex(),
+            "roles": roles, "max_tokens_per_second": credential.max_tokens_per_second,
+            "max_pending_tokens": credential.max_pending_tokens,
+            "max_pending_requests": credential.max_pending_requests,
+            "issued_at_ms": credential.issued_at_ms, "expires_at_ms": credential.expires_at_ms}
+    if args.json:
+        _print_json(data)
+    else:
+        for name, value in data.items():
+            print(f"{name}: {', '.join(value) if isinstance(value, list) else value}")
+    return EXIT_OK
+
+
 COMMANDS = {
-    "ledger": cmd_ledger, "charter": cmd_charter,
+    "ledger": cmd_ledger, "charter": cmd_charter, "member": cmd_member,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
     "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "status": cmd_status,
     "token": cmd_token,

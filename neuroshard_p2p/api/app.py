@@ -49,6 +49,7 @@ from neuroshard_p2p.api.inputs import (
     InputError,
     parse_history_window,
     parse_register,
+    parse_revocations,
     parse_request_id,
     parse_submit,
     parse_withdraw,
@@ -137,6 +138,7 @@ class Api:
             ("POST", "/api/market/register"): self.register,
             ("POST", "/api/market/withdraw"): self.withdraw,
             ("POST", "/api/market/requests"): self.submit,
+            ("POST", "/api/revocations"): self.revocations,
         }
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -346,6 +348,15 @@ class Api:
             "tokens_per_second": offer.tokens_per_second,
             "min_price": from_nano(offer.min_price_nano),
             "min_price_nano": offer.min_price_nano}})
+
+    async def revocations(self, request: Request) -> Response:
+        """Publish an authority's revocation list (members networks): checked as gossip is,
+        merged into this node's view, then gossiped; a refused list answers 422 with the reason."""
+        data = parse_revocations(request.body, request.content_type)
+        verdict = await self.node.publish_revocations(data)
+        if not verdict.accepted:
+            raise InputError(422, f"revocation list refused ({verdict.reason}): {verdict.detail}")
+        return Response(200, {"ok": True, "published": True})
 
     async def withdraw(self, request: Request) -> Response:
         parse_withdraw(request.body, request.content_type)

@@ -7,6 +7,10 @@
     <data-dir>/api            written by a running node: the URL of its HTTP API
     <data-dir>/work.json      the best identity-work nonce found for the key (node/work.py), so a
                               restart does not grind again
+    <data-dir>/credential     members networks: hex of this node's Credential, signed by an
+                              authority of the charter (`neuroshard-node member issue`)
+    <data-dir>/revocations-<network id>   an authority's own newest revocation list (hex), so the
+                              next `member revoke` lists everyone still revoked
 
 `ensure_data_dir` makes what is missing and never overwrites what exists, so `run` on a fresh
 machine needs nothing before it and `init` twice is harmless.
@@ -25,6 +29,9 @@ import coincurve
 
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire.membership import Admission, credential_of
+from neuroshard_p2p.wire.messages import Credential
 from neuroshard_p2p.wire.work import MAX_NONCE, work_bits
 from neuroshard_p2p.node.settings import (
     API_FILE,
@@ -226,7 +233,63 @@ def _write_secret(path: Path, text: str) -> None:
         fh.write(text)
 
 
+CREDENTIAL_FILE = "credential"
+
+
+def revocations_file(network_id: str) -> str:
+    return f"revocations-{network_id}"
+
+
+def load_hex_file(path: Path, what: str) -> bytes | None:
+    """The bytes of a file holding one line of hex; None when it does not exist."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{path} does not hold the hex of a {what}") from None
+
+
+def save_hex_file(path: Path, data: bytes) -> None:
+    """Write one line of hex, replacing the file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(data.hex() + "\n", encoding="ascii")
+    os.replace(tmp, path)
+
+
+def member_credential(path: str | os.PathLike[str], admission: Admission, signer: bytes,
+                      now_ms: int) -> Credential:
+    """This node's credential for a members network, from `<path>/credential`, checked: an
+    authority of the charter signed it, for this network, naming this key, not expired.
+    ConfigError says what is missing and how to get it."""
+    cred_path = Path(path).expanduser() / CREDENTIAL_FILE
+    wire = load_hex_file(cred_path, "credential")
+    if wire is None:
+        raise ConfigError(
+            f"this network admits members only, and {cred_path} holds no credential: give an "
+            f"authority of the charter this node's peer id ({peer_id_of(signer)}) and ask for "
+            f"`neuroshard-node member issue {peer_id_of(signer)} --charter CHARTER "
+            f"--install DATA_DIR` (or put the file it writes at {cred_path})")
+    try:
+        credential = credential_of(wire, admission)
+    except WireError as exc:
+        raise ConfigError(f"{cred_path}: {exc}") from None
+    if credential.member != signer:
+        raise ConfigError(f"{cred_path} admits another key ({peer_id_of(credential.member)}), "
+                          f"not this node ({peer_id_of(signer)})")
+    if credential.expires_at_ms <= now_ms:
+        raise ConfigError(f"{cred_path}: the credential expired at {credential.expires_at_ms} ms; "
+                          f"ask an authority for a new one")
+    return credential
+
+
 __all__ = [
+    "CREDENTIAL_FILE", "revocations_file", "load_hex_file", "save_hex_file", "member_credential",
     "DataDirReport", "ensure_data_dir", "load_private_key", "load_api_token", "rotate_api_token",
     "write_api_url", "read_api_url", "remove_api_url", "CONFIG_TEMPLATE", "StoredWork",
     "load_work", "save_work", "WORK_FILE",

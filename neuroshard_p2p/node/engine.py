@@ -223,6 +223,7 @@ class PeerEngine:
         #: bytes: both ride in every announcement we sign.
         self.work_nonce = 0
         self.credential = b""
+        self._credential_expires_ms: int | None = None
         #: (outcome, reason) → count, for gossip and for announcements received through sync.
         self.gossip_counts: Counter[tuple[str, str]] = Counter()
         self.sync_counts: Counter[tuple[str, str]] = Counter()
@@ -267,11 +268,18 @@ class PeerEngine:
             self.work_nonce = nonce
             self._refresh_published()
 
-    def set_credential(self, credential: bytes) -> None:
-        """Our credential in a members network (wire bytes of a Credential naming our key)."""
+    def set_credential(self, credential: bytes, expires_at_ms: int | None = None) -> None:
+        """Our credential in a members network (wire bytes of a Credential naming our key). From
+        `expires_at_ms` on we announce nothing: peers would refuse it (`not_member`) and charge
+        whoever relays it."""
+        self._credential_expires_ms = expires_at_ms
         if credential != self.credential:
             self.credential = credential
             self._refresh_published()
+
+    def credential_expired(self, now: float) -> bool:
+        return (self._credential_expires_ms is not None
+                and ms_of(now) >= self._credential_expires_ms)
 
     def _refresh_published(self) -> None:
         if self._published is not None and not self._published.silent:
@@ -352,6 +360,8 @@ class PeerEngine:
         last one and no announcement went out in this tick yet, or a keep-alive when
         `announce_interval_s` has passed and we have anything to say."""
         self.expire(now)
+        if self.credential_expired(now):
+            return []
         state = self.own_state(now)
         if self._published_at is None:
             due = not state.silent
@@ -385,7 +395,7 @@ class PeerEngine:
         self._offer = OwnOffer(0, 0)
         self._requests.clear()
         self._demand_override = None
-        if self._published is None or self._published.silent:
+        if self._published is None or self._published.silent or self.credential_expired(now):
             return None
         return self._announce(OwnState(0, 0, 0, 0), now)
 

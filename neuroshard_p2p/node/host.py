@@ -61,8 +61,14 @@ from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.backends import InferenceBackend
 from neuroshard_p2p.node.counters import NodeCounters
-from neuroshard_p2p.node.datadir import load_private_key
-from neuroshard_p2p.node.engine import LocalRequest, MarketSnapshot, PeerEngine, SyncCounts
+from neuroshard_p2p.node.datadir import load_private_key, member_credential
+from neuroshard_p2p.node.engine import (
+    LocalRequest,
+    MarketSnapshot,
+    PeerEngine,
+    SyncCounts,
+    Verdict,
+)
 from neuroshard_p2p.node.errors import NodeError
 from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.libp2p_compat import (
@@ -80,10 +86,11 @@ from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
 from neuroshard_p2p.node.work import IdentityWork
+from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.membership import Admission
-from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE
+from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE, Credential
 
 log = logging.getLogger("neuroshard.node")
 
@@ -127,6 +134,14 @@ class Node:
                                  min_price_nano=to_nano(settings.min_price),
                                  announce_interval_s=settings.announce_interval_s,
                                  admission=Admission.of(settings.charter))
+        #: Members networks: this node's credential (from the data dir, checked), which rides in
+        #: every announcement and job it signs.
+        self.credential: Credential | None = None
+        admission = Admission.of(settings.charter)
+        if admission is not None:
+            self.credential = member_credential(settings.data_dir, admission, self.engine.signer,
+                                                ms_of(clock()))
+            self.engine.set_credential(self.credential.wire, self.credential.expires_at_ms)
         #: This key's identity work: ground in the background, kept in the data dir.
         self.work = IdentityWork(self.engine.signer, settings.market.identity_work_bits,
                                  settings.data_dir, on_better=self._better_work)
@@ -283,6 +298,15 @@ class Node:
     def withdraw_offer(self) -> None:
         self.engine.withdraw_offer()
         self._poke.set()
+
+    async def publish_revocations(self, data: bytes) -> Verdict:
+        """Publish an authority's signed revocation list (members networks; any node may carry
+        one: its authority's signature is what counts, spec §6.3). Checked and merged as gossip
+        would be, then gossiped; a refused list is not sent."""
+        verdict = self.engine.on_gossip(data, self.now())
+        if verdict.accepted:
+            await self._publish(data)
+        return verdict
 
     def _better_work(self, nonce: int) -> None:
         """A better identity-work nonce: our next announcement carries it."""

@@ -176,7 +176,9 @@ class JobService:
         self.ledger = ledger
         self.gateway = GatewayDesk(self.config, self.signer,
                                    GatewaySettings(s.full_backoff_s, s.lost_backoff_s))
-        self.provider = ProviderDesk(self.signer, self.config)
+        self.provider = ProviderDesk(self.signer, self.config,
+                                     getattr(engine.validator, "admission", None))
+        self.gateway.credential = getattr(engine, "credential", b"")
         #: The view's offers, walked again only when they can have changed (hits / misses).
         self.view_offers = ViewOffers()
         self._offers_given: tuple[CountedOffer, ...] | None = None

@@ -50,6 +50,9 @@ from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import MAX_DETAIL, TIERS, Job, JobDeclined, Receipt, clip_utf8
 from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_STR
+from neuroshard_p2p.wire.errors import WireError
+from neuroshard_p2p.wire.membership import Admission as Members
+from neuroshard_p2p.wire.membership import check_job
 
 
 def job_protocol(network: str) -> str:
@@ -68,8 +71,9 @@ WRONG_PROVIDER = "wrong_provider"
 GATEWAY_MISMATCH = "gateway_mismatch"
 DUPLICATE = "duplicate"
 BAD_JOB = "bad_job"
+NOT_MEMBER = "not_member"
 DECLINE_REASONS = (FULL, NOT_OFFERING, BELOW_MIN_PRICE, TOO_LARGE, WRONG_PROVIDER,
-                   GATEWAY_MISMATCH, DUPLICATE, BAD_JOB)
+                   GATEWAY_MISMATCH, NOT_MEMBER, DUPLICATE, BAD_JOB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,9 +107,12 @@ class ProviderDesk:
     response time. The offer (capacity and min price) is passed in at each call, so a node that
     changes or withdraws its offer admits by the new one at once."""
 
-    def __init__(self, provider_key: bytes, config: MarketConfig) -> None:
+    def __init__(self, provider_key: bytes, config: MarketConfig,
+                 admission: Members | None = None) -> None:
         self.provider_key = provider_key
         self.config = config
+        #: A members network's admission (None: open): a job's gateway must be a member (V6m).
+        self.admission = admission
         self._in_flight: dict[tuple[bytes, str], int] = {}
         self.in_flight_tokens = 0
         #: The most tokens ever in flight at once (tests and metrics check it against capacity).
@@ -129,6 +136,10 @@ class ProviderDesk:
         if job.signer != gateway_key:
             return self._decline(GATEWAY_MISMATCH,
                                  "the job is signed by another node than the one that sent it")
+        try:
+            check_job(job, self.admission)  # V6m for jobs (spec Appendix J.2)
+        except WireError as error:
+            return self._decline(NOT_MEMBER if error.reason == NOT_MEMBER else BAD_JOB, str(error))
         if tokens_per_second <= 0:
             return self._decline(NOT_OFFERING, "this node offers no capacity now")
         if job.locked_price_nano < min_price_nano:
@@ -327,6 +338,8 @@ class GatewayDesk:
         self.config = config
         self.gateway_key = gateway_key
         self.gateway_peer_id = peer_id_of(gateway_key)
+        #: A members network: our credential, which every Job we sign carries.
+        self.credential = b""
         self.settings = settings or GatewaySettings()
         self.book = OrderBook(config)
         self._extra: dict[str, _Extra] = {}
@@ -502,7 +515,7 @@ class GatewayDesk:
                   request_id=match.request_id, user=record.user, provider=extra.provider_key,
                   tokens=match.tokens, max_price_nano=record.max_price_nano,
                   locked_price_nano=match.locked_price_nano, tier=TIERS.index(record.tier),
-                  prompt=extra.prompt)
+                  prompt=extra.prompt, credential=self.credential)
         self.counts["dispatched"] += 1
         assert record.claimed_at is not None
         return Dispatch(match.request_id, extra.attempt, match.node_id, job, provider_tps,
