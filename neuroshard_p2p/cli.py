@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the model the network serves (default {DEFAULT_MODEL})")
     c.add_argument("--description", default="", help="one line for people (not hashed)")
     c.add_argument("--members", action="store_true",
-                   help="a members network: only keys an --authority admitted take part")
+                   help="a members network: only keys an --authority admitted take part "
+                        "(identity_work_bits 0 unless --set)")
     c.add_argument("--authority", action="append", default=[], metavar="HEX",
                    help="a charter authority's 33-byte compressed public key in hex; "
                         "repeatable; needs --members")
@@ -739,6 +740,10 @@ def cmd_charter_new(args: argparse.Namespace) -> int:
         raise UsageError(parser, "--members needs at least one --authority HEX (the keys whose "
                                  "credentials admit members)")
     params = dict(builtin("testnet").params)
+    if args.members:
+        # Admission is what bounds a members network; the work ramp would only make members
+        # grind (a --set below still asks for it).
+        params["identity_work_bits"] = 0
     for item in args.params:
         key, sep, text = item.partition("=")
         key = key.strip()
