@@ -782,9 +782,12 @@ class SimNetwork:
         carried = 0
         for frame in frames:
             try:
-                carried += peer.engine.on_sync_response(frame, peer.now(t)).received
+                counts = peer.engine.on_sync_response(frame, peer.now(t))
             except WireError:
                 break
+            carried += counts.received
+            if counts.fault is not None:
+                break  # the requester stops at the first rejected item (protocol v2 §8.3)
         self._tally.cpu_s += time.perf_counter() - started
         self._tally.second(t)[4] += carried
 

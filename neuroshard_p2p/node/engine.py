@@ -9,7 +9,8 @@ the simulator — hand it bytes and the time, and take bytes to send:
     withdraw(now)                     the last announcement at shutdown → bytes | None
     sync_request(now)                 open anti-entropy with a peer     → bytes (one frame)
     on_sync_request(data, now)        answer a peer's sync request      → [bytes] (frames)
-    on_sync_response(data, now)       merge what a peer sent            → SyncCounts
+    on_sync_response(data, now)       merge what a peer sent, stopping at
+                                      the first rejected item           → SyncCounts
     next_deadline()                   when poll_announcements has work next (None: only on change)
     expire(now)                       drop what no peer would accept any more (every tick)
 
@@ -124,12 +125,17 @@ _ACCEPTED_KEY = (ACCEPTED, ACCEPTED)
 
 @dataclass(frozen=True)
 class SyncCounts:
-    """What one sync response brought: announcements received and their outcomes."""
+    """What one sync response brought: items received and their outcomes. `fault` is the reason
+    of the rejected item the dialer stopped at (protocol v2 §8.3: the rest of the frame and of
+    the stream go unchecked, `unchecked` of them in this frame), None when no item was rejected;
+    the driver resets the stream and charges the peer."""
 
     received: int
     accepted: int
     ignored: int
     rejected: int
+    fault: str | None = None
+    unchecked: int = 0
 
 
 @dataclass(frozen=True)
@@ -544,8 +550,11 @@ class PeerEngine:
         return [encode_sync(r) for r in split_sync_response(wires)]
 
     def on_sync_response(self, data: bytes, now: float) -> SyncCounts:
-        """Validate and merge the announcements of one sync response frame. Raises WireError for
-        a frame that is not a sync response; bad announcements inside are counted, not raised."""
+        """Validate and merge the items of one sync response frame, in order, stopping at the
+        first rejected one (protocol v2 §8.3: a peer that sends one bad item among many cannot
+        make us check the rest; the result's `fault` names it, and the driver drops the rest of
+        the stream and charges the peer). Ignored items are skipped. Raises WireError for a frame
+        that is not a sync response."""
         try:
             frame = decode_sync(data)
             if not isinstance(frame, SyncResponse):
@@ -553,13 +562,17 @@ class PeerEngine:
         except WireError as error:
             self.sync_frame_errors[error.reason] += 1
             raise
+        items = frame.announcements
         tally: Counter[str] = Counter()
-        for item in frame.announcements:
-            tally[self._accept_synced(item, now)] += 1
-        return SyncCounts(len(frame.announcements), tally[ACCEPTED], tally[IGNORED],
-                          tally[REJECTED])
+        for index, item in enumerate(items):
+            verdict = self._accept_synced(item, now)
+            tally[verdict.outcome] += 1
+            if verdict.outcome == REJECTED:
+                return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 1,
+                                  fault=verdict.reason, unchecked=len(items) - index - 1)
+        return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 0)
 
-    def _accept_synced(self, data: bytes, now: float) -> str:
+    def _accept_synced(self, data: bytes, now: float) -> Verdict:
         # History rules (protocol §8: no V4, V7's history form, no V8): a retained announcement
         # older than one we hold, or several of one signer in a batch, is what sync is for, not a
         # seq regression or a flood.
@@ -568,7 +581,7 @@ class PeerEngine:
         except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
             verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
         self.sync_counts[(verdict.outcome, verdict.reason)] += 1
-        return verdict.outcome
+        return verdict
 
     # -- reading the market --------------------------------------------------------------------
 
