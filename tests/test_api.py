@@ -181,7 +181,10 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
                                 "done": True, "hashes": 0, "kept": False}
         assert info["offer"] == {"tokens_per_second": 0, "min_price": 0.0, "min_price_nano": 0}
 
-        assert (await api.get("/api/peers")).json() == {"count": 0, "peers": []}
+        assert (await api.get("/api/peers")).json() == {
+            "count": 0, "peers": [], "others": [], "bans": 0, "graylisted": 0,
+            "faults": {"gossip_reject": 0, "sync_item": 0, "sync_frame": 0,
+                       "sync_over_budget": 0, "job_frame": 0}}
         offers = (await api.get("/api/market/offers")).json()
         assert (offers["count"], offers["offers"], offers["supply_tokens_per_sec"]) == (0, [], 0)
 
@@ -472,6 +475,7 @@ EXPECTED_METRICS = {
     "neuroshard_market_available_nodes", "neuroshard_market_tick", "neuroshard_peers",
     "neuroshard_node_info", "neuroshard_messages_total", "neuroshard_requests",
     "neuroshard_settled_nano_total", "neuroshard_burned_nano_total",
+    "neuroshard_peer_faults_total", "neuroshard_peer_bans_total", "neuroshard_peers_graylisted",
 }
 
 
@@ -527,6 +531,11 @@ async def test_metrics_say_what_the_api_says(tmp_path: Path) -> None:
         assert {(dict(k)["outcome"], dict(k)["reason"]): v
                 for k, v in samples["neuroshard_messages_total"].items()} == messages
         assert samples["neuroshard_requests"] == {(("state", "pending"),): 1.0}
+        assert {dict(k)["kind"]: v for k, v in samples["neuroshard_peer_faults_total"].items()} \
+            == info["guard"]["faults"] == {"gossip_reject": 0, "sync_item": 0, "sync_frame": 0,
+                                           "sync_over_budget": 0, "job_frame": 0}
+        assert value("neuroshard_peer_bans_total") == info["guard"]["bans"] == 0
+        assert value("neuroshard_peers_graylisted") == info["guard"]["graylisted"] == 0
         ledger = (await a.get("/api/ledger")).json()
         assert value("neuroshard_settled_nano_total") == ledger["totals"]["paid"] == 0
         assert value("neuroshard_burned_nano_total") == ledger["totals"]["burned"] == 0

@@ -6,9 +6,9 @@ in the daemon's nursery (`neuroshard_p2p.daemon`, which hands it the node, its l
     GET  /api/market/history?window=1h|24h   the price series this node recorded
     GET  /api/market/offers             the merged view's offers, cheapest first
     GET  /api/market/requests/{id}      a request's status, provider, tokens served, cost
-    GET  /api/peers                     connected peers and their addresses
+    GET  /api/peers                     connected peers, their addresses and standing (score, bans)
     GET  /api/node                      peer id, multiaddrs, network and charter, identity work,
-                                        version, own offer
+                                        version, own offer, the guard's fault and ban counters
     GET  /api/ledger                    settlements, this node's earnings (404 without a ledger)
     GET  /metrics                       Prometheus text
     POST /api/market/register           {"tokens_per_second": 1000, "min_price": 0.0}   (token)
@@ -267,11 +267,22 @@ class Api:
                         "issued_at": seconds_of(o.issued_at_ms)} for o in offers]})
 
     async def peers(self, request: Request) -> Response:
+        """Connected peers with their addresses and standing (the guard's score, gossipsub's
+        score, faults, bans), then the peers banned or scored that are not connected, and the
+        fault counters."""
         _no_query(request)
-        peers = self.node.connected_peers()
-        return Response(200, {"count": len(peers),
-                              "peers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)}
-                                        for p in peers]})
+        node = self.node
+        peers = node.connected_peers()
+        standings = {s["peer_id"]: s for s in node.peer_standings()}
+        connected = []
+        for p in peers:
+            standing = dict(standings.pop(p.peer_id, {}))
+            standing.pop("connected", None)
+            connected.append({"peer_id": p.peer_id, "addrs": list(p.addrs),
+                              **{k: v for k, v in standing.items() if k != "peer_id"}})
+        others = [{k: v for k, v in s.items() if k != "connected"} for s in standings.values()]
+        return Response(200, {"count": len(peers), "peers": connected, "others": others,
+                              **_guard_json(node)})
 
     async def node_info(self, request: Request) -> Response:
         _no_query(request)
@@ -301,6 +312,7 @@ class Api:
             "messages": [{"outcome": o, "reason": r, "count": c}
                          for (o, r), c in sorted(node.engine.counts().items())],
             "counters": dict(vars(node.counters)),
+            "guard": _guard_json(node),
         })
 
     async def ledger(self, request: Request) -> Response:
@@ -386,6 +398,13 @@ def create_app(node: "Node", *, ledger: "AsyncLedger | None" = None,
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _guard_json(node: "Node") -> dict[str, Any]:
+    """The node's accountability counters (node/guard.py)."""
+    guard = node.guard
+    return {"faults": dict(guard.faults), "bans": guard.bans,
+            "graylisted": guard.graylisted(node.now())}
 
 
 def _status_json(data: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,9 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     market_available_nodes, market_tick, peers,
     identity_work_bits, identity_work_required_bits, identity_weight (2^(bits − required), ≤ 1),
     messages_total{outcome="accepted|rejected|ignored", reason},
-    requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode}
+    requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode},
+    peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
+    sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
 
 from __future__ import annotations
@@ -85,6 +87,17 @@ class NodeCollector(Collector):
         for (outcome, reason), count in sorted(r.messages.items()):
             messages.add_metric([outcome, reason], count)
         yield messages
+
+        faults = CounterMetricFamily(PREFIX + "peer_faults",
+                                     "Faults charged to remote peers, by kind (node/guard.py).",
+                                     labels=["kind"])
+        for kind, count in sorted(r.peer_faults.items()):
+            faults.add_metric([kind], count)
+        yield faults
+        yield CounterMetricFamily(PREFIX + "peer_bans", "Bans this node imposed on remote peers.",
+                                  value=r.peer_bans)
+        yield gauge("peers_graylisted", "Remote peers banned now (blacklisted, refused).",
+                    r.peers_graylisted)
 
         requests = GaugeMetricFamily(PREFIX + "requests", "Requests this node holds, by state.",
                                      labels=["state"])

@@ -73,6 +73,11 @@ class NodeReadout:
     #: Ledger totals, None when the node runs without a ledger.
     settled_nano: int | None = None
     burned_nano: int | None = None
+    #: Accountability (node/guard.py): faults charged to remote peers by kind, bans imposed
+    #: since start, peers banned now.
+    peer_faults: dict[str, int] = field(default_factory=dict)
+    peer_bans: int = 0
+    peers_graylisted: int = 0
 
     @property
     def work_weight(self) -> float:
@@ -159,6 +164,9 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         requests_by_state=dict(requests),
         settled_nano=None if ledger_totals is None else ledger_totals.paid,
         burned_nano=None if ledger_totals is None else ledger_totals.burned,
+        peer_faults=dict(node.guard.faults),
+        peer_bans=node.guard.bans,
+        peers_graylisted=node.guard.graylisted(now),
     )
 
 

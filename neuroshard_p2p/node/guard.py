@@ -287,7 +287,7 @@ class PeerGuard:
     def _decayed(self, record: _Record, now: float) -> float:
         if record.score == 0.0 or now <= record.at:
             return record.score
-        return record.score * 2.0 ** (-(now - record.at) / self.policy.half_life_s)
+        return record.score * math.pow(2.0, -(now - record.at) / self.policy.half_life_s)
 
     def _record(self, peer: Hashable, now: float) -> _Record:
         record = self._peers.get(peer)

@@ -48,6 +48,7 @@ from neuroshard_p2p.node.backends import (
     SyntheticBackend,
     make_backend,
 )
+from neuroshard_p2p.node.guard import JOB_FRAME, is_peer_fault
 from neuroshard_p2p.node.jobs import (
     BAD_JOB,
     GATEWAY_MISMATCH,
@@ -157,8 +158,14 @@ class JobService:
     def __init__(self, engine: Any, *, settings: JobSettings | None = None,
                  backend: InferenceBackend | None = None, ledger: AsyncLedger | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_demand_change: Callable[[], None] | None = None) -> None:
+                 on_demand_change: Callable[[], None] | None = None,
+                 refuse: Callable[[Any], bool] | None = None,
+                 on_fault: Callable[[Any, str], object] | None = None) -> None:
+        """`refuse(peer id)`: the peer is banned, reset its job streams; `on_fault(peer id,
+        reason)`: a peer broke the job stream's frames (the node's guard charges it)."""
         self.engine = engine
+        self._refuse = refuse
+        self._on_fault = on_fault
         self.settings = settings or JobSettings()
         self.config: MarketConfig = engine.config
         self.private_key: coincurve.PrivateKey = engine.private_key
@@ -204,7 +211,8 @@ class JobService:
             backend_timeout_s=s.backend_timeout_s, accept_timeout_s=s.stream_timeout_s)
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
         return cls(node.engine, settings=settings, backend=backend, ledger=ledger, clock=node.clock,
-                   on_demand_change=lambda: node._poke.set())
+                   on_demand_change=lambda: node._poke.set(), refuse=node.refuses,
+                   on_fault=lambda peer, reason: node.fault(peer, JOB_FRAME, reason))
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -430,6 +438,7 @@ class JobService:
             what = "disconnected mid-job" if accepted else "was unreachable"
             if isinstance(exc, WireError):
                 what = f"broke the job protocol ({exc})"
+                self._fault(ID.from_base58(peer_id), exc)
             else:
                 what = f"{what} ({failure_reason(exc)})"
             gateway.on_lost(rid, attempt, peer_id, what, self.clock())
@@ -484,11 +493,21 @@ class JobService:
 
     # -- provider ------------------------------------------------------------------------------
 
+    def _fault(self, peer: Any, error: WireError) -> None:
+        """Charge `peer` for a broken job-stream frame, unless the reason depends on our clock
+        (node/guard.is_peer_fault)."""
+        if self._on_fault is not None and is_peer_fault(error.reason, authored=False):
+            self._on_fault(peer, error.reason)
+
     async def _serve_job(self, stream: Any) -> None:
         """A gateway sent a job: admit it by our own capacity, serve it, return a receipt."""
         peer = stream.muxed_conn.peer_id
         job: Job | None = None
         admitted = False
+        if self._refuse is not None and self._refuse(peer):
+            self.counters.streams_refused += 1
+            await reset_quietly(stream)
+            return
         try:
             with trio.fail_after(self.settings.accept_timeout_s):
                 data = await FrameStream(stream, MAX_SIZE[KIND_JOB]).next()
@@ -503,6 +522,8 @@ class JobService:
                                                       f"{type(message).__name__}")
             except WireError as exc:
                 self.counters.streams_refused += 1
+                if exc.action == "reject":
+                    self._fault(peer, exc)
                 await self._answer(stream, declined("?", BAD_JOB, str(exc)))
                 return
             job = message
@@ -525,6 +546,8 @@ class JobService:
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), failure_reason(exc))
             await reset_quietly(stream)
+            if isinstance(exc, WireError):  # a frame too large or cut short
+                self._fault(peer, exc)
         except trio.Cancelled:
             await _abandon(stream)  # this node is stopping: the gateway tries the next offer
             raise
