@@ -25,7 +25,7 @@ def test_weights_and_the_threshold_are_the_documented_ones() -> None:
     p = GuardPolicy()
     assert dict(p.weights) == {GOSSIP_REJECT: 1.0, SYNC_ITEM: 10.0, SYNC_FRAME: 10.0,
                                SYNC_OVER_BUDGET: 5.0, JOB_FRAME: 10.0}
-    assert (p.half_life_s, p.graylist_threshold, p.ban_s, p.max_ban_s) == (60.0, -20.0, 300.0,
+    assert (p.half_life_s, p.graylist_threshold, p.ban_s, p.max_ban_s) == (60.0, -19.5, 300.0,
                                                                            86_400.0)
     assert (p.sync_burst, p.sync_refill_s) == (3.0, 10.0)
 
@@ -65,6 +65,18 @@ def test_twenty_gossip_rejects_at_once_ban_for_300_s_and_the_score_starts_again(
     standing = guard.standing("p", 20.0)
     assert (standing.score, standing.banned_until, standing.bans, standing.faults) == (
         0.0, 310.0, 1, 21)
+
+
+def test_a_burst_counts_whole_but_faults_spread_over_minutes_do_not_add_up() -> None:
+    guard = PeerGuard()
+    # 20 rejects over 2 s (one every 0.1 s): decay takes 0.23 points off, the 20th still bans
+    for i in range(19):
+        assert guard.fault("p", GOSSIP_REJECT, i * 0.1) is None
+    assert guard.fault("p", GOSSIP_REJECT, 1.9) is not None
+    # one reject a minute never bans: the score tends to -1 / (1 - 1/2) = -2
+    for minute in range(100):
+        assert guard.fault("q", GOSSIP_REJECT, minute * 60.0) is None
+    assert guard.score("q", 99 * 60.0) == -2.0  # to the last bit of a float
 
 
 def test_decay_between_faults_delays_the_ban() -> None:

@@ -17,9 +17,11 @@ Faults (protocol v2 §14.1; the weights are this node's local policy, not the pr
 
 Score: 0 for a peer with no faults; each fault subtracts its weight; the score decays back
 towards 0 with a half-life of 60 s (`score(t) = score(t0) · 2^-(t - t0)/60`). At or below the
-graylist threshold (-20) the peer is banned and its score starts again from 0. So a burst of 20
-gossip rejects (or two forged sync answers, or four over-budget sync requests) earns a ban, while
-an honest peer whose occasional message we reject (e.g. its clock drifted) never gets near it.
+graylist threshold, -19.5, the peer is banned and its score starts again from 0. The threshold
+is 20 points less half a point, so that faults that come in a burst count whole: 20 gossip
+rejects within about 2 s (decay takes less than half a point off them), two forged sync answers
+within 4 s, or four over-budget sync requests within 2 s earn a ban, exactly; spread over minutes
+it takes more. An honest peer whose occasional message we reject never gets near it.
 
 Bans last 300 s; a peer banned again within a day of its last ban's end gets twice the previous
 period (300, 600, 1,200, ... capped at one day), as Hivemind/Petals double theirs.
@@ -83,7 +85,7 @@ class GuardPolicy:
 
     weights: Mapping[str, float] = field(default_factory=lambda: dict(FAULT_WEIGHTS))
     half_life_s: float = 60.0
-    graylist_threshold: float = -20.0
+    graylist_threshold: float = -19.5
     ban_s: float = 300.0
     max_ban_s: float = 86_400.0
     #: A ban that starts within this long after the peer's previous ban ended doubles its period.

@@ -95,6 +95,7 @@ from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.libp2p_compat import (
     VerdictScorer,
     bind_problem,
+    blacklist,
     close_connections,
     disconnect,
     expand_wildcards,
@@ -433,7 +434,7 @@ class Node:
                     short_id(peer), ban.period_s, ban.kind, f": {reason}" if reason else "",
                     ban.repeat + 1)
         if self.pubsub is not None:
-            self.pubsub.add_to_blacklist(peer)  # drops what it sends or relays from now on
+            blacklist(self.pubsub, peer)  # drops what it sends or relays from now on
         if self._nursery is not None and self.host is not None:
             self._nursery.start_soon(disconnect, self.host, peer)
 

@@ -39,6 +39,11 @@ around, and can go when the defect is fixed.
 9. **No peer-id connection gate** (`disconnect`): py-libp2p's ConnectionGate filters by IP,
    which cannot tell apart peers behind one NAT (or every peer of a test on 127.0.0.1), so a
    banned peer's connections are closed by peer id, and its new ones as they arrive.
+10. **Blacklisting leaves the peer in the router** (`blacklist`): `Pubsub.add_to_blacklist`
+   drops the peer from `pubsub.peers` without closing its outbound queue or telling the router,
+   and the dead-peer handler then returns early (the peer is no longer in `peers`), so the
+   banned peer stayed in the gossipsub mesh for good (measured: a mesh slot held by a banned,
+   disconnected peer) and its sending task waited forever. `blacklist` finishes the job.
 """
 
 from __future__ import annotations
@@ -154,6 +159,16 @@ class VerdictScorer(PeerScorer):
     def charge_invalid(self, peer: ID, topic: str) -> None:
         """A message from `peer` (its forwarder) the node rejected: P4 counts it."""
         super().on_invalid_message(peer, topic)
+
+
+def blacklist(pubsub: Any, peer: ID) -> None:
+    """Blacklist `peer` in pubsub (nothing it sends or relays is validated or forwarded) and
+    remove it from the router's mesh and fanout, closing its outbound queue (defect 10)."""
+    pubsub.add_to_blacklist(peer)
+    queue = pubsub.peer_queues.pop(peer, None)
+    if queue is not None:
+        queue.close()
+    pubsub.router.remove_peer(peer)
 
 
 async def disconnect(host: Any, peer: ID) -> None:
@@ -275,7 +290,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
 
 
 __all__ = ["TEARDOWN_BOUND_S", "muxer_options", "make_gossipsub", "score_params", "VerdictScorer",
-           "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
+           "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
            "close_connections", "stop_libp2p", "unwind"]
