@@ -286,3 +286,31 @@ async def test_a_sync_answer_of_forged_announcements_costs_one_check_and_charges
             print(f"frames the forger got out per answer before the reset: {sent}")
             assert all(n < 12 for n in sent)
         nursery.cancel_scope.cancel()
+
+
+async def test_broken_job_stream_frames_are_charged_and_two_ban(tmp_path: Path) -> None:
+    from neuroshard_p2p.node.guard import JOB_FRAME
+
+    async with trio.open_nursery() as nursery:
+        provider = await start_node(nursery, test_settings(tmp_path / "p", capacity=1000,
+                                                           sync_interval_s=60.0), make_key(1))
+        p = provider.node
+        async with raw_host(73) as gateway:
+            g_id = gateway.get_id()
+            await gateway.connect(info_from_p2p_addr(multiaddr.Multiaddr(p.addrs[0])))
+            protocol = TProtocol(p.jobs.settings.protocol)
+            for frame in (b"\xc1" * 50,         # not msgpack: malformed
+                          b"\x92" * 100_000):   # above a Job's 82 KiB limit: oversize
+                stream = await gateway.new_stream(p.host.get_id(), [protocol])
+                try:
+                    await stream.write(length_prefixed(frame))
+                    await FrameStream(stream, 1 << 20).next()  # a JobDeclined, or a reset
+                except Exception:  # noqa: BLE001 - reset
+                    pass
+            await eventually(lambda: p.guard.faults[JOB_FRAME] == 2, 5,
+                             "the provider charged both broken frames")
+            assert p.jobs.counters.streams_refused == 1  # the malformed Job was declined
+            await eventually(lambda: p.refuses(g_id) and not connected(p, g_id), 5,
+                             "the provider banned and disconnected the gateway")
+            assert p.guard.bans == 1
+        nursery.cancel_scope.cancel()
