@@ -112,6 +112,7 @@ from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quiet
 from neuroshard_p2p.node.work import IdentityWork
 from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.membership import Admission
@@ -593,8 +594,8 @@ class Node:
                 self.counters.syncs_failed += 1
                 if stream is not None:
                     await reset_quietly(stream)
-                if isinstance(exc, WireError):  # a broken frame: the peer's fault (v2 §8.3)
-                    self.counters.syncs_stopped += 1
+                if isinstance(exc, WireError) and exc.action == REJECT:
+                    self.counters.syncs_stopped += 1  # a broken frame: the peer's fault (§8.3)
                     self.fault(peer, SYNC_FRAME, exc.reason)
                 raise NodeError(f"sync with {short_id(peer)} failed: {failure_reason(exc)}") from None
             self.counters.sync_announcements_received += received
@@ -647,7 +648,7 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("sync request from %s refused: %s", short_id(peer), failure_reason(exc))
             await reset_quietly(stream)
-            if isinstance(exc, WireError):  # not a valid sync request frame
+            if isinstance(exc, WireError) and exc.action == REJECT:  # not a sync request frame
                 self.fault(peer, SYNC_FRAME, exc.reason)
 
     async def _sync_new_peers(self) -> None:

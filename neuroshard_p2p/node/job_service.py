@@ -494,9 +494,10 @@ class JobService:
     # -- provider ------------------------------------------------------------------------------
 
     def _fault(self, peer: Any, error: WireError) -> None:
-        """Charge `peer` for a broken job-stream frame, unless the reason depends on our clock
-        (node/guard.is_peer_fault)."""
-        if self._on_fault is not None and is_peer_fault(error.reason, authored=False):
+        """Charge `peer` for a broken job-stream frame: a reject whose reason does not depend on
+        our clock (node/guard.is_peer_fault); a frame cut short is an ignore, not charged."""
+        if (self._on_fault is not None and error.action == "reject"
+                and is_peer_fault(error.reason, authored=False)):
             self._on_fault(peer, error.reason)
 
     async def _serve_job(self, stream: Any) -> None:
@@ -522,8 +523,7 @@ class JobService:
                                                       f"{type(message).__name__}")
             except WireError as exc:
                 self.counters.streams_refused += 1
-                if exc.action == "reject":
-                    self._fault(peer, exc)
+                self._fault(peer, exc)
                 await self._answer(stream, declined("?", BAD_JOB, str(exc)))
                 return
             job = message
@@ -546,7 +546,7 @@ class JobService:
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), failure_reason(exc))
             await reset_quietly(stream)
-            if isinstance(exc, WireError):  # a frame too large or cut short
+            if isinstance(exc, WireError):  # a frame too large (one cut short is not charged)
                 self._fault(peer, exc)
         except trio.Cancelled:
             await _abandon(stream)  # this node is stopping: the gateway tries the next offer

@@ -28,7 +28,9 @@ class FrameStream:
                 chunk = b""
             if not chunk:
                 if self._reader.buffered:
-                    raise WireError("malformed", "reject", "stream ended inside a frame")
+                    # "ignore": a connection lost mid-frame looks the same, so it is not
+                    # charged to the peer as a broken frame (node/guard.py)
+                    raise WireError("truncated", "ignore", "stream ended inside a frame")
                 return None
             self._ready.extend(self._reader.feed(chunk))
         return self._ready.pop(0)
