@@ -239,12 +239,16 @@ def run(signers: int, seconds: float) -> list[tuple[str, float, dict[str, int], 
             unguarded.close()
     print(f"sync abuse: one attacked node (own process, view of {held} announcements) on "
           f"127.0.0.1, {seconds:g} s per row; CPU share = node CPU s per wall s")
+    print("  answers: sync requests the node answered; refused: the attacker's tries that got no"
+          " answer;\n  closed conns / reset streams: a banned peer's connections and streams the"
+          " node refused")
     print(f"  {'row':10} {'cpu share':>9} {'answers':>8} {'MB out':>7} {'refused':>8} "
-          f"{'keys':>5} {'bans':>5}")
+          f"{'keys':>5} {'bans':>5} {'closed conns':>12} {'reset streams':>13}")
     base = rows[0][1]
     for part, share, got, node in rows:
         print(f"  {part:10} {share:9.3f} {node['served']:8d} {got['bytes'] / 1e6:7.2f} "
-              f"{got['refused']:8d} {got['identities']:5d} {node['bans']:5d}"
+              f"{got['refused']:8d} {got['identities']:5d} {node['bans']:5d} "
+              f"{node['refused_connections']:12d} {node['refused_streams']:13d}"
               + ("" if part == "idle" else f"   ({share - base:+.3f} over idle)"))
     return rows
 
