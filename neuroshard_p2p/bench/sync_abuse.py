@@ -35,7 +35,13 @@ from typing import Any, AsyncIterator
 import coincurve
 import trio
 
+from neuroshard_p2p.charter import Charter, builtin
 from neuroshard_p2p.config import MarketConfig
+
+
+def _charter() -> Charter:
+    """The built-in simnet charter (no identity work: the seeded keys count in full)."""
+    return builtin("simnet").replace(market=MarketConfig())
 
 PARTS = ("idle", "one key", "new keys", "unguarded")
 
@@ -50,7 +56,7 @@ async def _serve_victim(signers: int, data_dir: Path, sync_burst: float) -> None
     from neuroshard_p2p.wire import Announcement, encode
 
     settings = NodeSettings(data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
-                            capacity=100, sync_interval_s=3600.0, market=MarketConfig())
+                            capacity=100, sync_interval_s=3600.0, charter=_charter())
     node = Node(settings, private_key=coincurve.PrivateKey((5000).to_bytes(32, "big")))
     if sync_burst != GuardPolicy().sync_burst:  # the unguarded row: no sync budget
         node.guard = PeerGuard(GuardPolicy(sync_burst=sync_burst))
@@ -161,14 +167,13 @@ async def _pull_loop(victim_addr: str, seconds: float, fresh_keys: bool,
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
     from neuroshard_p2p.node.host import sync_protocol
-    from neuroshard_p2p.node.settings import NodeSettings
     from neuroshard_p2p.node.streams import FrameStream
     from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE, encode_sync
     from neuroshard_p2p.wire.framing import length_prefixed
     from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE, SyncRequest
 
     info = info_from_p2p_addr(multiaddr.Multiaddr(victim_addr))
-    protocol = TProtocol(sync_protocol(NodeSettings().network))
+    protocol = TProtocol(sync_protocol(_charter().network_id))
     request = length_prefixed(encode_sync(SyncRequest(b"\0" * 32, (b"\0" * 32,) * 16, b"\0" * 32)))
     got = {"answers": 0, "bytes": 0, "refused": 0, "identities": 0}
     deadline = trio.current_time() + seconds
