@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "only keys holding a credential of one of the charter's "
                                    "authorities count. `issue` and `revoke` sign with the key of "
                                    "--data-dir (an authority's); `show` prints a credential.")
-    member = p.add_subparsers(dest="member_command", metavar="ACTION",
+    member = p.add_subparsers(dest="member_command", metavar="ACTION", help="issue, revoke or show",
                               parser_class=argparse.ArgumentParser)
     member.required = True
     m = member.add_parser("issue", help="sign a member's credential",

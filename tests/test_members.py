@@ -34,7 +34,8 @@ def cli(*args: str) -> int:
     return cli_main(list(args))
 
 
-def members_charter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Charter, dict[str, Path]]:
+def members_charter(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                    ) -> tuple[Charter, dict[str, Path]]:
     """The authority's data dir and three members' (a gateway, a provider, one more), the charter
     written by `charter new --members`, each member's credential installed by `member issue`."""
     dirs = {name: tmp_path / name for name in ("authority", "gateway", "provider", "third")}

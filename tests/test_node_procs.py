@@ -277,7 +277,7 @@ def test_every_command_has_help_for_every_flag() -> None:
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(commands.choices) == set(COMMANDS) == {
         "init", "run", "id", "peers", "market", "register", "withdraw", "submit", "status",
-        "token", "ledger", "charter"}
+        "token", "ledger", "charter", "member"}
     top = parser.format_help()
     for name, sub in commands.choices.items():
         assert name in top
@@ -286,6 +286,15 @@ def test_every_command_has_help_for_every_flag() -> None:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
             for flag in action.option_strings:
                 assert flag in text
+            if isinstance(action, argparse._SubParsersAction):  # charter new, member issue, …
+                for verb, verb_parser in action.choices.items():
+                    verb_text = verb_parser.format_help()
+                    for verb_action in verb_parser._actions:
+                        assert verb_action.help, (
+                            f"{name} {verb} {verb_action.option_strings or verb_action.dest} "
+                            f"has no help")
+                        for flag in verb_action.option_strings:
+                            assert flag in verb_text
 
 
 async def async_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
