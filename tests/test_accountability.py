@@ -32,7 +32,7 @@ from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.node.libp2p_compat import VerdictScorer, muxer_options
 from neuroshard_p2p.node.streams import FrameStream
 from neuroshard_p2p.wire import Announcement, encode
-from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE, encode_sync
+from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE, encode_sync, split_sync_response
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE, SyncRequest, SyncResponse
 from tests.conftest import make_key
@@ -319,4 +319,54 @@ async def test_broken_job_stream_frames_are_charged_and_two_ban(tmp_path: Path) 
             await eventually(lambda: p.refuses(g_id) and not connected(p, g_id), 5,
                              "the provider banned and disconnected the gateway")
             assert p.guard.bans == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_a_hostile_sync_flood_the_honest_views_are_identical_within_one_round(
+        tmp_path: Path) -> None:
+    """The issue's last sync finding: a sync answer of 4,096 announcements of fresh keys left the
+    attacked node with a view no other node held, for good. Now what one honest node accepts,
+    every honest node accepts by sync (it is valid and fresh), and what no peer would accept any
+    more (older than 300 s) every node drops (`PeerEngine.expire`): one sync round later the
+    honest digests are identical."""
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, test_settings(tmp_path / "a", sync_interval_s=60.0),
+                             make_key(1))
+        b = await start_node(nursery, test_settings(tmp_path / "b", sync_interval_s=3.0,
+                                                    bootstrap=(a.node.addrs[0],)), make_key(2))
+        await eventually(lambda: b.node.host.get_id() in a.node.host.get_connected_peers(), 10,
+                         "b connected to a")
+        now_ms = int(time.time() * 1000)
+        flood = [encode(Announcement(make_key(1000 + i).public_key.format(compressed=True),
+                                     now_ms, 1, 10, 0, 100, 1), make_key(1000 + i))
+                 for i in range(4096)]
+        frames = [encode_sync(frame) for frame in split_sync_response(flood)]
+
+        async def answer_with_the_flood(stream: Any) -> None:
+            try:
+                await FrameStream(stream, 1 << 20).next()
+                for frame in frames:
+                    await stream.write(length_prefixed(frame))
+                await stream.close()
+            except Exception:  # noqa: BLE001 - whatever the dialer does with it
+                pass
+
+        async with raw_host(73) as hostile:
+            hostile.set_stream_handler(TProtocol(a.node._sync_protocol), answer_with_the_flood)
+            await hostile.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.node.addrs[0])))
+            await eventually(lambda: a.node.engine.view.message_count >= 4096, 20,
+                             "a merged the flood")
+        # b's next sync round (every 3 s here, 30 s by default) pulls the flood from a.
+        await eventually(lambda: b.node.engine.view.digest() == a.node.engine.view.digest(), 10,
+                         "b's view equals a's again",
+                         show=lambda: (a.node.engine.view.message_count,
+                                       b.node.engine.view.message_count))
+        assert b.node.engine.view.message_count == a.node.engine.view.message_count >= 4096
+        # 300 s later (the engines' clock is an argument): both drop the flood at the same
+        # instant, whichever node saw it first.
+        later = now_ms / 1000 + 300.001
+        a.node.engine.expire(later)
+        b.node.engine.expire(later)
+        assert a.node.engine.view.message_count == b.node.engine.view.message_count == 0
+        assert a.node.engine.view.digest() == b.node.engine.view.digest()
         nursery.cancel_scope.cancel()
