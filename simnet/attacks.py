@@ -11,8 +11,8 @@ weight is the network's defence of protocol v2, not validation. The attacks (sce
 - `key_flood`: 4,096 fresh keys handed to the attacker's neighbours in sync answers.
 - `sync_abuse`: one peer pulls a neighbour's whole view `rate` times a second.
 
-Each identity re-announces like an honest keep-alive (every `announce_interval_s`) while the
-attack lasts, so it keeps counting. In a members network the attackers hold no credential.
+Each identity re-announces while the attack lasts, as rarely as keeps it counting (`keep_alive_s`:
+3/4 of the capacity timeout). In a members network the attackers hold no credential.
 
 `Attacker` is sans-IO: the driver (simulated or real network) asks it which announcements are
 due at a time and sends them. The measure (`Deviation`) compares an attacked run with the honest
@@ -27,7 +27,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -113,6 +115,12 @@ class Attacker:
                                    self._min_price_nano if e.tokens_per_second else 0,
                                    e.pending_tokens or 0, e.pending_requests or 0,
                                    who.work_nonce, b""), who.key)
+
+
+def keep_alive_s(announce_interval_s: float, market: MarketConfig) -> float:
+    """How often an attacker's identity re-announces: as rarely as keeps it counted, at 3/4 of
+    the capacity timeout (or the node's announce interval, if that is longer)."""
+    return max(announce_interval_s, 0.75 * market.capacity_timeout_s)
 
 
 def reference_verdict(wire: bytes, market: MarketConfig, admission: Admission | None,
@@ -318,6 +326,35 @@ def steady_totals(rec: Recorder) -> tuple[int, int]:
     return counts.most_common(1)[0][0] if counts else (0, 0)
 
 
+def _real_run(scenario: Scenario, peers: int, seed: int, sample_s: float,
+              progress: bool) -> Recorder:
+    """One run on real libp2p nodes (in a process of its own). A setup that fails (a node
+    without a gossip mesh after the setup timeout: before t = 0, not part of the run) is tried
+    once more."""
+    import logging
+
+    import trio
+
+    from simnet.real import RealNetwork
+    from simnet.sim import stderr_progress
+
+    import libp2p  # noqa: F401 - configures the "libp2p" logger, which is then quietened
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    for attempt in (1, 2):
+        network = RealNetwork(scenario, peers, seed=seed, sample_s=sample_s,
+                              progress=stderr_progress if progress else None)
+        try:
+            return trio.run(network.run)
+        except BaseException as error:  # noqa: BLE001 - an ExceptionGroup from the nursery
+            if attempt == 2 or "setup:" not in repr(error):
+                raise
+            if progress:
+                stderr_progress(f"[libp2p] setup failed ({error!r}); once more")
+    raise AssertionError("unreachable")
+
+
 class PairRunner:
     """Runs scenarios with attacks and their honest runs (one honest run per distinct honest
     scenario, shared by every attack on the same market) and measures each attack."""
@@ -341,13 +378,12 @@ class PairRunner:
             return SimNetwork(scenario, self.peers, seed=self.seed, sample_s=self.sample_s,
                               observers=self.observers, workers=self.workers,
                               progress=self.progress).run()
-        import trio
-
-        from simnet.real import RealNetwork
-
-        network = RealNetwork(scenario, self.peers, seed=self.seed,
-                              sample_s=self.sample_s or 0.5, progress=self.progress)
-        return trio.run(network.run)
+        # Each real network runs in a fresh interpreter: nothing of one run's py-libp2p hosts
+        # (tasks, sockets, caches) is left in the next, and the memory goes with the process.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(_real_run, scenario, self.peers, self.seed,
+                               self.sample_s or 0.5, self.progress is not None).result()
 
     def honest(self, scenario: Scenario) -> tuple[Recorder, float]:
         honest = scenario.without_attacks()
@@ -382,7 +418,7 @@ class PairRunner:
         return outcomes
 
 
-__all__ = ["Attacker", "attack_identities", "reference_verdict", "counted", "ramp_allows",
+__all__ = ["Attacker", "attack_identities", "keep_alive_s", "reference_verdict", "counted", "ramp_allows",
            "one_identity_bound_nano", "SyncBudget", "Deviation", "deviation", "AttackOutcome",
            "SYNC_BURST", "SYNC_REFILL_S", "attack_events", "stated_bound", "steady_totals",
            "PairRunner"]

@@ -122,8 +122,8 @@ ACTIONS: dict[str, tuple[frozenset[str], str]] = {
                           "pending_requests", "work", "route", "rate", "duration_s"}),
                "an attacker with `keys` identities sends VALID announcements (`attack`: "
                f"{', '.join(ATTACKS)}), by gossip `rate` identities per second or by sync "
-               "(`route`) all in one round of answers, each re-announced like an honest "
-               "keep-alive until `duration_s` is over; sync_abuse pulls a neighbour's view "
+               "(`route`) all in one round of answers, each re-announced as rarely as keeps "
+               "it counted until `duration_s` is over; sync_abuse pulls a neighbour's view "
                "`rate` times per second"),
 }
 
@@ -337,6 +337,27 @@ class Scenario:
             changes["network"] = _build(NetworkModel, {**dataclasses.asdict(self.network),
                                                        **network}, "network")
         return dataclasses.replace(self, **changes)
+
+    def with_attack(self, **changes: Any) -> "Scenario":
+        """A copy whose attack events take these parameters (e.g. keys=2000, rate=200.0),
+        checked as the file's would be."""
+        allowed, _ = ACTIONS["attack"]
+        unknown = sorted(set(changes) - allowed)
+        _need(not unknown, f"attack: unknown parameter(s) {unknown}; it takes {sorted(allowed)}")
+        events = []
+        for i, event in enumerate(self.events):
+            if event.action == "attack":
+                raw: dict[str, Any] = {"at": event.at_s, "action": "attack"}
+                if event.label:
+                    raw["label"] = event.label
+                for key in allowed:
+                    value = getattr(event, key)
+                    if value is not None:
+                        raw[key] = value
+                raw.update(changes)
+                event = _event(i, raw)
+            events.append(event)
+        return dataclasses.replace(self, events=tuple(events))
 
     def without_attacks(self) -> "Scenario":
         """The honest run of this scenario: the same network and timeline without its attack

@@ -106,7 +106,8 @@ from neuroshard_p2p.wire.frames import encode_sync, split_sync_response
 from neuroshard_p2p.wire.messages import SyncRequest
 from neuroshard_p2p.wire.validate import Decoder, decode_stateless
 
-from simnet.attacks import Attacker, SyncBudget, attack_identities, reference_verdict
+from simnet.attacks import (Attacker, SyncBudget, attack_identities, keep_alive_s,
+                            reference_verdict)
 from simnet.hostile import HostileCrafter
 from simnet.identities import Identity, MembersNetwork, WorkedPool
 from simnet.metrics import PeerSample, Recorder
@@ -931,7 +932,8 @@ class SimNetwork:
                 if self._observer_index is None or p.observed]
         entries = sorted(rng.sample(pool, min(self.net.degree, len(pool))))
         identities = attack_identities(event, self.market, self.seed, number, self.worked)
-        attacker = Attacker(event, identities, t, self.settings.announce_interval_s,
+        attacker = Attacker(event, identities, t,
+                            keep_alive_s(self.settings.announce_interval_s, self.market),
                             self.scenario.duration_s)
         attack = _SimAttack(number, event, attacker, entries, rng, np_rng)
         self._attacks.append(attack)

@@ -176,3 +176,40 @@ def test_the_honest_run_of_every_attack_scenario_is_one_run() -> None:
             for n in ("demand-pump", "sybil-capacity", "sybil-demand", "key-flood",
                       "sync-abuse")}
     assert len(keys) == 1 and runner.peers == PEERS
+
+
+# -- real libp2p: five real nodes and a real attacking peer --------------------------------------
+
+#: 20 s runs: a price window of 4 ticks, honest keep-alives every 2.5 s (the attackers re-announce
+#: at 3/4 of the capacity timeout, 45 s: once in a run).
+QUICK = {"market": {"window_ticks": 4}, "node": {"announce_interval_s": 2.5,
+                                                 "sync_interval_s": 5.0}}
+
+
+def real_outcome(name: str, policy: str, duration_s: float, **changes: object) -> object:
+    scenario = load(name).scaled(duration_s).with_overrides(**QUICK, admission={"policy": policy})
+    if changes:
+        scenario = scenario.with_attack(**changes)
+    (outcome,) = PairRunner(5, seed=SEED, transport="libp2p").measure(scenario)
+    return outcome
+
+
+def test_real_nodes_one_identity_moves_the_price_no_more_than_the_caps_allow() -> None:
+    outcome = real_outcome("demand-pump", "open", 20.0)
+    dev, stated = outcome.deviation, outcome.expected  # type: ignore[attr-defined]
+    market = load("demand-pump").market_config()
+    supply, demand = stated["honest_supply"], stated["honest_demand"]
+    assert (supply, demand) == (1_000, 30_000)
+    bound = target_price_nano(supply, demand + market.max_signer_pending_tokens, market) - \
+        target_price_nano(supply, demand, market)
+    assert dev.max_extra_demand == market.max_signer_pending_tokens
+    assert 0 < dev.max_abs_nano <= bound
+
+
+def test_real_nodes_two_thousand_non_member_keys_move_the_price_by_zero() -> None:
+    outcome = real_outcome("sybil-demand", "members", 30.0, rate=150.0)
+    dev = outcome.deviation  # type: ignore[attr-defined]
+    assert outcome.sent == 2_000  # type: ignore[attr-defined]
+    assert dev.samples > 0
+    assert (dev.max_abs_nano, dev.max_extra_supply, dev.max_extra_demand) == (0, 0, 0)
+    assert outcome.reasons["not_member"] > 0  # type: ignore[attr-defined]
