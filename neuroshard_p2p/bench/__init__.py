@@ -23,6 +23,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "jobs": ("neuroshard_p2p.bench.jobs", "routing jobs between two real nodes"),
     "node": ("neuroshard_p2p.bench.node", "a network of real nodes: traffic, CPU, memory"),
     "api": ("neuroshard_p2p.bench.api", "HTTP API latency against a real node"),
+    "members": ("neuroshard_p2p.bench.members",
+                "a members network: memory 2,000 non-member keys add to a real node"),
 }
 
 
