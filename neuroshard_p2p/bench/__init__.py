@@ -25,6 +25,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "api": ("neuroshard_p2p.bench.api", "HTTP API latency against a real node"),
     "sync_abuse": ("neuroshard_p2p.bench.sync_abuse",
                    "a node's CPU share while a peer pulls its view in a loop, vs idle"),
+    "members": ("neuroshard_p2p.bench.members",
+                "a members network: memory 2,000 non-member keys add to a real node"),
 }
 
 
