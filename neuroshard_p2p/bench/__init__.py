@@ -27,6 +27,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
                    "a node's CPU share while a peer pulls its view in a loop, vs idle"),
     "members": ("neuroshard_p2p.bench.members",
                 "a members network: memory 2,000 non-member keys add to a real node"),
+    "members_engine": ("neuroshard_p2p.bench.members_engine",
+                       "a members network: 2,000 non-members' price move and memory, engine path"),
 }
 
 

@@ -35,11 +35,12 @@ import trio
 
 from neuroshard_p2p.charter import charter_for
 from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.datadir import CREDENTIAL_FILE, save_hex_file
 from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire import Announcement, encode
-from neuroshard_p2p.wire.membership import Admission
+from neuroshard_p2p.wire.membership import Admission, issue_credential
 from neuroshard_p2p.wire.messages import ROLE_GATEWAY, ROLE_PROVIDER, Credential
 from neuroshard_p2p.wire.validate import Validator
 
@@ -59,7 +60,7 @@ def _admission() -> Admission:
 
 def _settings(data_dir: Path) -> NodeSettings:
     return NodeSettings(data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
-                        network=NETWORK, market=MARKET, peer_exchange_interval_s=0.5,
+                        charter=CHARTER, peer_exchange_interval_s=0.5,
                         bootstrap_retry_initial_s=0.2, shutdown_grace_s=0.2)
 
 
@@ -71,14 +72,24 @@ def _rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS in /proc")
 
 
+def _admit(data_dir: Path, key: coincurve.PrivateKey) -> None:
+    """The authority's credential for `key` in `data_dir` (a node of a members network refuses
+    to start without one)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    save_hex_file(data_dir / CREDENTIAL_FILE, issue_credential(
+        AUTHORITY, CHARTER.hash, key.public_key.format(compressed=True), roles=3,
+        max_tokens_per_second=50_000, max_pending_tokens=1_000_000, max_pending_requests=1_000,
+        issued_at_ms=0, expires_at_ms=2**62))
+
+
 # -- the victim (its own process) -------------------------------------------------------------
 
 async def _victim(data_dir: Path) -> None:
     """Run a members-network node; print its address, then answer each stdin line with its
     refusal counts and view size (one JSON line)."""
-    node = Node(_settings(data_dir), private_key=coincurve.PrivateKey(
-        hashlib.sha256(b"bench members victim").digest()))
-    node.engine.validator = Validator(MARKET, admission=_admission())
+    key = coincurve.PrivateKey(hashlib.sha256(b"bench members victim").digest())
+    _admit(data_dir, key)
+    node = Node(_settings(data_dir), private_key=key)
     async with node:
         print(json.dumps({"addr": node.addrs[0]}), flush=True)
         stdin = trio.wrap_file(sys.stdin)
@@ -164,9 +175,10 @@ async def _flood(victim: _Victim, keys: int, members: bool, tmp: Path, settle_s:
                  reason: str) -> dict[str, Any]:
     """Connect a hostile node to `victim`, publish the announcements, wait until the victim
     has counted every one under `reason`; RSS before, then and `settle_s` later."""
-    hostile = Node(_settings(tmp / f"hostile-{reason}"), private_key=coincurve.PrivateKey(
-        hashlib.sha256(b"bench members hostile %s" % reason.encode()).digest()))
-    hostile.engine.validator = Validator(MARKET, admission=_admission())
+    hostile_key = coincurve.PrivateKey(
+        hashlib.sha256(b"bench members hostile %s" % reason.encode()).digest())
+    _admit(tmp / f"hostile-{reason}", hostile_key)  # the carrier itself is a member
+    hostile = Node(_settings(tmp / f"hostile-{reason}"), private_key=hostile_key)
     async with hostile:
         await hostile.connect(victim.addr)
         with trio.fail_after(30):
