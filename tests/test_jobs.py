@@ -11,6 +11,7 @@ from neuroshard_p2p import wire
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings, SeenJobs
 from neuroshard_p2p.node.jobs import (
     GatewayDesk,
     GatewaySettings,
@@ -18,6 +19,7 @@ from neuroshard_p2p.node.jobs import (
     declined,
     ViewOffers,
     job_protocol,
+    progress_deadline_s,
 )
 from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import Announcement, Job, decode_job_frame, encode_job_frame
@@ -64,9 +66,24 @@ def test_provider_admits_by_its_own_capacity() -> None:
     assert (answer.accepted, answer.reason) == (False, "full")
     assert answer.detail == "200 of 200 tokens in flight; no room for 100 more"
     desk.finish(first)
-    assert desk.admit(third, pub(GATEWAY), 100, 0, T0).accepted
+    # The gateway sends the request again in a new Job (the declined one's bytes would be a
+    # replay: see below).
+    again = signed_job(100, request_id="r2", now=T0 + 0.5)
+    assert desk.admit(again, pub(GATEWAY), 100, 0, T0 + 0.5).accepted
     assert desk.in_flight_tokens == 200 and desk.peak_in_flight_tokens == 200
     assert desk.counts["accepted"] == 3 and desk.counts["full"] == 1
+
+
+def test_provider_declines_work_queued_past_its_queue_limit() -> None:
+    # 1000 tokens/s × target 60 s would let 60,000 tokens wait; the queue limit (2.5 s of work)
+    # keeps every admitted job inside any gateway's progress deadline (5 s + 2 × its own time).
+    desk = ProviderDesk(pub(CHEAP), MarketConfig(target_response_s=60.0))
+    assert desk.admit(signed_job(2_000, request_id="a"), pub(GATEWAY), 1000, 0, T0).accepted
+    assert desk.admit(signed_job(600, request_id="b"), pub(GATEWAY), 1000, 0, T0).accepted
+    answer = desk.admit(signed_job(10, request_id="c"), pub(GATEWAY), 1000, 0, T0)
+    assert (answer.accepted, answer.reason, answer.detail) == (
+        False, "full", "2.6 s of work queued (limit 2.5 s at 1000 tokens/s)")
+    assert progress_deadline_s(2_600, 1000) == 5.0 + 2 * 2.6
 
 
 @pytest.mark.parametrize("job, sender, tps, min_price, reason", [
@@ -87,8 +104,75 @@ def test_provider_declines_with_a_reason(job: Job, sender: object, tps: int, min
 def test_provider_declines_a_duplicate_in_flight() -> None:
     desk = ProviderDesk(pub(CHEAP), CONFIG)
     assert desk.admit(signed_job(10), pub(GATEWAY), 100, 0, T0).accepted
-    assert desk.admit(signed_job(10), pub(GATEWAY), 100, 0, T0).reason == "duplicate"
+    answer = desk.admit(signed_job(10, now=T0 + 0.001), pub(GATEWAY), 100, 0, T0)
+    assert (answer.reason, answer.detail) == ("duplicate", "request 'r1' is already being served")
     assert desk.in_flight_tokens == 10
+
+
+def test_a_replayed_job_is_declined_until_it_could_no_longer_be_fresh() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG)
+    job = signed_job(10, now=T0)
+    assert desk.admit(job, pub(GATEWAY), 100, 0, T0).accepted
+    desk.finish(job)  # served and done: its bytes sent again are still a replay
+    for at in (T0 + 1, T0 + 300.0):
+        answer = desk.admit(job, pub(GATEWAY), 100, 0, at)
+        assert (answer.accepted, answer.reason) == (False, "duplicate")
+        assert "already received" in answer.detail
+    assert desk.seen.replays == 2 and len(desk.seen) == 1
+    # Past issued_at + 300 s the Job fails W13 at decoding; its id is let go.
+    desk.admit(signed_job(10, request_id="later", now=T0 + 300.002), pub(GATEWAY), 100, 0,
+               T0 + 300.002)
+    assert len(desk.seen) == 1
+    # A Job dated 30 s ahead (W13's limit) is remembered 330 s from its arrival.
+    ahead = signed_job(10, request_id="ahead", now=T0 + 330)
+    assert desk.admit(ahead, pub(GATEWAY), 100, 0, T0 + 300).accepted
+    assert desk.admit(ahead, pub(GATEWAY), 100, 0, T0 + 630).reason == "duplicate"
+
+
+def test_the_seen_jobs_are_bounded_per_gateway_and_in_all() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG, seen=SeenJobs(max_ids=3, max_per_gateway=2))
+    jobs = [signed_job(1, request_id=f"g{i}", now=T0 + i) for i in range(3)]
+    assert [desk.admit(j, pub(GATEWAY), 100, 0, T0 + 3).reason for j in jobs] == [
+        "", "", "full"]
+    other = signed_job(1, gateway=OTHER, request_id="o1", now=T0 + 3)
+    assert desk.admit(other, pub(OTHER), 100, 0, T0 + 3).accepted
+    last = signed_job(1, gateway=OTHER, request_id="o2", now=T0 + 3)
+    answer = desk.admit(last, pub(OTHER), 100, 0, T0 + 3)
+    assert (answer.reason, desk.seen.overflows) == ("full", 2)
+    assert "at most 2 jobs per gateway (3 in all)" in answer.detail
+    # Once the first ids can no longer be fresh, there is room again.
+    later = signed_job(1, request_id="g9", now=T0 + 301)
+    assert desk.admit(later, pub(GATEWAY), 100, 0, T0 + 301).accepted
+
+
+def test_a_gateway_that_does_not_settle_is_declined_unpaid_for_a_while() -> None:
+    payers = Payers(PayerSettings(unpaid_strikes=3, unpaid_window_s=600, unpaid_refusal_s=600))
+    desk = ProviderDesk(pub(CHEAP), CONFIG, payers=payers)
+    gw = pub(GATEWAY)
+    # Settled jobs never count against it; refused receipts and silence do, within 600 s.
+    assert not payers.on_outcome(gw, "settled", T0)
+    assert not payers.on_outcome(gw, "implausible", T0 + 1)
+    assert not payers.on_outcome(gw, NO_SETTLEMENT, T0 + 2)
+    assert not payers.on_outcome(gw, "settled", T0 + 3)
+    assert desk.admit(signed_job(1, request_id="a", now=T0 + 4), gw, 100, 0, T0 + 4).accepted
+    assert payers.on_outcome(gw, "replay", T0 + 5)       # the third strike within 600 s
+    answer = desk.admit(signed_job(1, request_id="b", now=T0 + 6), gw, 100, 0, T0 + 6)
+    assert (answer.accepted, answer.reason, answer.detail) == (
+        False, "unpaid", "3 of the 5 jobs this provider served for your gateway were not "
+                         "settled (last: replay); no jobs from it for 599 s more")
+    # Other gateways are served meanwhile; this one again after 600 s, then 1,200 s next time.
+    other = signed_job(1, gateway=OTHER, request_id="c", now=T0 + 6)
+    assert desk.admit(other, pub(OTHER), 100, 0, T0 + 6).accepted
+    assert desk.admit(signed_job(1, request_id="d", now=T0 + 605), gw, 100, 0,
+                      T0 + 605).accepted
+    for i in range(3):
+        payers.on_outcome(gw, NO_SETTLEMENT, T0 + 610 + i)
+    record = payers.record(gw)
+    assert record is not None and record.refused_until == T0 + 612 + 1200
+    # Strikes older than the window do not add up.
+    lax = Payers()
+    assert not any(lax.on_outcome(gw, NO_SETTLEMENT, T0 + 601 * i) for i in range(10))
+    assert desk.counts["unpaid"] == 1 and payers.declined == 1
 
 
 def test_receipt_names_the_job_and_never_more_tokens_than_requested() -> None:
@@ -550,16 +634,25 @@ async def test_two_gateways_flooding_one_small_provider(tmp_path: Path) -> None:
     # The small provider: 100 tokens/s × target 2 s = 200 tokens in flight (two 100-token jobs).
     async with job_node(tmp_path / "g1", 31) as (g1, gateway1), \
             job_node(tmp_path / "g2", 32) as (g2, gateway2), \
-            job_node(tmp_path / "small", 33, capacity=100, min_price=0.01) as (small, small_jobs), \
-            job_node(tmp_path / "big", 34, capacity=5000, min_price=0.05) as (big, big_jobs):
-        for node in (g1, g2, big):
-            await node.connect(small.addrs[0])
+            job_node(tmp_path / "small", 33, capacity=100, min_price=0.01) as (small, small_jobs):
         for node in (g1, g2):
-            await node.connect(big.addrs[0])
-            await wait_for_offers(node, small, big)
-        ids = [(gateway, gateway.submit(100, 2 * PRICE).request_id)
-               for gateway in (gateway1, gateway2) for _ in range(4)]
-        results = [await finished(gateway, rid) for gateway, rid in ids]
+            await node.connect(small.addrs[0])
+            await wait_for_offers(node, small)
+        # A provider new to a gateway is on probation there (one job at a time): three small
+        # jobs settled at each gateway make it trusted, so both then fill the room they see.
+        warm = [(gateway, gateway.submit(10, 2 * PRICE).request_id)
+                for gateway in (gateway1, gateway2) for _ in range(3)]
+        assert [(await finished(gateway, rid)).state for gateway, rid in warm] == [
+            "completed"] * 6
+        assert gateway1.gateway.reputation.state(small.peer_id, g1.now()) == "trusted"
+        async with job_node(tmp_path / "big", 34, capacity=5000, min_price=0.05) as (big, _):
+            for node in (g1, g2, small):
+                await node.connect(big.addrs[0])
+            for node in (g1, g2):
+                await wait_for_offers(node, small, big)
+            ids = [(gateway, gateway.submit(100, 2 * PRICE).request_id)
+                   for gateway in (gateway1, gateway2) for _ in range(4)]
+            results = [await finished(gateway, rid) for gateway, rid in ids]
     capacity = 200
     assert small_jobs.provider.peak_in_flight_tokens <= capacity
     assert all(r.state == "completed" and r.tokens_served == 100 and r.cost_nano == 10_000
@@ -569,9 +662,11 @@ async def test_two_gateways_flooding_one_small_provider(tmp_path: Path) -> None:
     declines = gateway1.gateway.decline_counts.get("full", 0) + \
         gateway2.gateway.decline_counts.get("full", 0)
     assert declines >= 1 and declines == small_jobs.provider.counts["full"]
+    # A decline is no fault: nothing counts against the small provider.
+    assert gateway1.gateway.reputation.faults == gateway2.gateway.reputation.faults == {}
     # Each declined job went to the next offer and completed there, charged once.
     for name, gateway in (("g1", gateway1), ("g2", gateway2)):
-        assert ledger_totals(tmp_path / name)[:3] == (4, 400, 40_000)
+        assert ledger_totals(tmp_path / name)[:3] == (7, 430, 43_000)
 
 
 async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_elsewhere(
@@ -651,9 +746,12 @@ async def test_openai_backend_serves_jobs_and_its_errors_fail_them(tmp_path: Pat
     # Tokens come from the server's usage (3 words), not from the 50 requested.
     assert (served.state, served.tokens_served, served.cost_nano, served.output) == (
         "completed", 3, 3 * PRICE // 1_000_000, "one two three")
-    assert failed.state == "failed" and failed.cost_nano is None
+    # The failing prompt is tried again once (a provider fault, for all the gateway knows), then
+    # fails for its own reason: the same provider failed on it twice.
+    assert failed.state == "failed" and failed.cost_nano is None and failed.attempts == 2
     assert "backend_http_status" in failed.reason
     assert "HTTP 500: model crashed: out of memory" in failed.reason
-    assert provider.counters.backend_errors == 1
-    assert [r["max_tokens"] for r in server.requests] in ([50, 50],)
+    assert provider.counters.backend_errors == 2
+    assert gateway.gateway.fault_counts == {"declined_after_accept": 1}
+    assert [r["max_tokens"] for r in server.requests] == [50, 50, 50]
     assert ledger_totals(tmp_path / "a") == (1, 3, 300, 285)
