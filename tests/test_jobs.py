@@ -300,6 +300,183 @@ def test_no_offer_at_or_below_the_locked_price() -> None:
         "no offer at or below your locked price 0.10")
 
 
+# --- the gateway's record of providers (node/reputation.py) ---------------------------------------
+
+LIAR, HONEST = make_key(5), make_key(6)
+
+
+def fault_and_route(desk: GatewayDesk, now: float, kind: str = "no_answer") -> list[str]:
+    """Dispatch at `now`; every job to the liar faults at once. The providers of the jobs sent."""
+    sent = []
+    for d in desk.dispatch(now):
+        sent.append(d.peer_id)
+        if d.peer_id == peer_id_of(pub(LIAR)):
+            assert desk.on_fault(d.request_id, d.attempt, d.peer_id, kind, "held it", now)
+    return sent
+
+
+def test_a_liar_draws_three_jobs_then_is_banned_and_no_request_waits_on_it() -> None:
+    # The liar is always cheapest (price 0); the honest provider asks 10 nano. Both new here.
+    desk = gateway_desk(offer(LIAR, 500, 0), offer(HONEST, 10_000, 10))
+    liar, honest = peer_id_of(pub(LIAR)), peer_id_of(pub(HONEST))
+    drawn = 0
+    for second in range(0, 700):
+        now = T0 + second
+        desk.set_view_offers([offer(LIAR, 500, 0, now), offer(HONEST, 10_000, 10, now)], now)
+        desk.submit(f"r{second}", "alice", 50, 2 * PRICE, price_nano=PRICE, now=now)
+        sent = fault_and_route(desk, now)
+        drawn += sent.count(liar)
+        if liar in sent:
+            # The faulted request went back to pending at once: the next dispatch, at the same
+            # instant, hands it to the honest provider.
+            assert fault_and_route(desk, now) == [honest]
+        # Everything sent to the honest provider completes.
+        for rid in [r.request_id for r in desk.book.requests() if r.state == "claimed"]:
+            record = desk.book.get(rid)
+            assert record is not None and record.provider == honest
+            job = signed_job(50, provider=HONEST, request_id=rid, now=now)
+            receipt = wire.sign(ProviderDesk(pub(HONEST), CONFIG).receipt_for(
+                job, 50, now, now, now), HONEST)
+            desk.on_completed(rid, desk._extra[rid].attempt, receipt, "ok", now)
+        if second == 4:
+            assert desk.routing(pub(LIAR), now)["state"] == "backing_off"
+    # 3 faults in a row: at t = 0, after the 5 s back-off (t = 5) and the 10 s one (t = 15);
+    # then banned 600 s; after the ban, on probation again, the 4th fault bans it 1,200 s.
+    assert drawn == 4
+    record = desk.reputation.get(liar)
+    assert record is not None
+    assert (record.sent, record.faults, record.strikes, record.bans, record.settled) == (
+        4, 4, 4, 2, 0)
+    assert record.banned_until == T0 + 615 + 1200
+    assert desk.counts["failed"] == desk.counts["expired"] == 0
+    assert desk.counts["completed"] == 700 and desk.count_by_state() == {"completed": 700}
+    view = desk.routing(pub(LIAR), T0 + 700)
+    assert (view["state"], view["skipped"]) == ("banned", True)
+    assert view["why"].startswith("banned for 1115 s more after 4 faults in a row (last: "
+                                  "no_answer: held it)")
+    assert desk.routing(pub(HONEST), T0 + 700)["state"] == "trusted"
+    assert desk.routing(pub(GATEWAY), T0 + 700)["state"] == "own"
+
+
+def test_probation_is_one_small_job_at_a_time_and_never_starves_a_request() -> None:
+    desk = gateway_desk(offer(CHEAP, 10_000, 10))
+    cheap = peer_id_of(pub(CHEAP))
+    desk.submit("big", "alice", 5_000, 2 * PRICE, price_nano=PRICE, now=T0)
+    desk.submit("small", "alice", 50, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    desk.submit("small2", "alice", 50, 2 * PRICE, price_nano=PRICE, now=T0 + 2)
+    # New here: on probation. One request, the first that is small enough (1,000 tokens).
+    [first] = desk.dispatch(T0 + 3)
+    assert (first.request_id, first.probation) == ("small", True)
+    assert desk.dispatch(T0 + 3) == []
+    complete(desk, first, CHEAP, T0 + 4)
+    [second] = desk.dispatch(T0 + 4)
+    assert second.request_id == "small2"
+    complete(desk, second, CHEAP, T0 + 5)
+    # Nobody else can take the big one: once no small one waits, an idle provider on probation
+    # gets it, whatever its size (small jobs first, never small jobs only).
+    [third] = desk.dispatch(T0 + 5)
+    assert (third.request_id, third.probation) == ("big", True)
+    complete(desk, third, CHEAP, T0 + 6)
+    assert desk.reputation.state(cheap, T0 + 6) == "trusted"
+    for i in range(3):
+        desk.submit(f"more{i}", "alice", 50, 2 * PRICE, price_nano=PRICE, now=T0 + 7)
+    assert [d.probation for d in desk.dispatch(T0 + 7)] == [False] * 3  # as its room allows
+
+
+def complete(desk: GatewayDesk, d: object, key: object, now: float, latency: float = 0.0) -> None:
+    job = wire.sign(d.job, GATEWAY)  # type: ignore[attr-defined]
+    receipt = wire.sign(ProviderDesk(pub(key), CONFIG).receipt_for(
+        job, job.tokens, now, now, now), key)
+    assert desk.on_completed(d.request_id, d.attempt, receipt, "ok", now,  # type: ignore[attr-defined]
+                             latency_s=latency) is not None
+
+
+def test_equal_prices_prefer_a_settled_record_and_low_latency() -> None:
+    desk = gateway_desk(offer(CHEAP, 10_000, 10), offer(DEAR, 10_000, 10))
+    for i, key, latency in ((0, CHEAP, 0.9), (1, DEAR, 0.05)):
+        for j in range(3):  # make both trusted, CHEAP slow and DEAR fast
+            desk.set_view_offers([offer(key, 10_000, 10)], T0)
+            desk.submit(f"w{i}{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0)
+            [d] = desk.dispatch(T0)
+            complete(desk, d, key, T0, latency)
+    desk.set_view_offers([offer(CHEAP, 10_000, 10), offer(DEAR, 10_000, 10)], T0)
+    desk.submit("r", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    [d] = desk.dispatch(T0 + 1)
+    assert d.peer_id == peer_id_of(pub(DEAR))
+    assert desk.reputation.rank(peer_id_of(pub(DEAR))) == 50
+    assert desk.reputation.rank(peer_id_of(pub(CHEAP))) == 900
+    # A cheaper offer still wins whatever its record: price comes first.
+    desk.set_view_offers([offer(CHEAP, 10_000, 9), offer(DEAR, 10_000, 10)], T0 + 2)
+    desk.submit("r2", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 2)
+    [d] = desk.dispatch(T0 + 2)
+    assert d.peer_id == peer_id_of(pub(CHEAP))
+
+
+def test_faults_of_jobs_in_flight_together_make_one_strike() -> None:
+    # A trusted provider with many jobs in flight that restarts loses them all at once: one
+    # strike (5 s back-off), not a ban.
+    desk = gateway_desk(offer(CHEAP, 10_000, 10))
+    cheap = peer_id_of(pub(CHEAP))
+    for j in range(3):
+        desk.submit(f"w{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0)
+        [d] = desk.dispatch(T0)
+        complete(desk, d, CHEAP, T0)
+    for j in range(5):
+        desk.submit(f"r{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    sent = desk.dispatch(T0 + 1)
+    assert len(sent) == 5
+    for d in sent:
+        desk.on_lost(d.request_id, d.attempt, d.peer_id, "disconnected mid-job", T0 + 2)
+    record = desk.reputation.get(cheap)
+    assert record is not None and (record.faults, record.strikes, record.bans) == (5, 1, 0)
+    assert desk.reputation.state(cheap, T0 + 2) == "backing_off"
+    assert desk.count_by_state() == {"pending": 5, "completed": 3}
+    assert desk.dispatch(T0 + 6.9) == [] and desk.next_deadline() == T0 + 7
+    assert desk.reputation.state(cheap, T0 + 7) == "probation"
+    assert len(desk.dispatch(T0 + 7)) == 1  # back, on probation: one at a time
+
+
+def test_a_decline_after_accepting_is_a_fault_and_fails_a_request_only_for_its_input() -> None:
+    desk = gateway_desk(offer(CHEAP, 10_000, 0), offer(DEAR, 10_000, 10))
+    cheap, dear = peer_id_of(pub(CHEAP)), peer_id_of(pub(DEAR))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [d] = desk.dispatch(T0)
+    assert d.peer_id == cheap
+    desk.on_accepted("r1", d.attempt, T0)
+    assert desk.on_declined_after_accept("r1", d.attempt, cheap, "backend_timeout", "slow", T0)
+    status = desk.status("r1")
+    assert status is not None and status.state == "pending"
+    assert status.reason.startswith(f"provider {short(cheap)} accepted, then could not serve "
+                                    f"it: backend_timeout: slow; nothing charged")
+    [d] = desk.dispatch(T0)  # at once, to the other provider
+    assert d.peer_id == dear
+    assert desk.on_declined_after_accept("r1", d.attempt, dear, "backend_http_status", "400",
+                                         T0 + 1)
+    assert desk.status("r1").state == "pending"  # type: ignore[union-attr]
+    # The same provider failing on it again: the input is the likely cause.
+    [d] = desk.dispatch(T0 + 5)
+    assert d.peer_id == cheap
+    assert desk.on_declined_after_accept("r1", d.attempt, cheap, "backend_timeout", "slow",
+                                         T0 + 5)
+    status = desk.status("r1")
+    assert status is not None and (status.state, status.attempts) == ("failed", 3)
+    assert status.reason == f"provider {short(cheap)} could not serve it: backend_timeout: slow"
+    assert desk.fault_counts == {"declined_after_accept": 2}
+
+
+def short(peer_id: str) -> str:
+    return f"{peer_id[:6]}…{peer_id[-6:]}"
+
+
+def test_the_progress_deadline_is_short_and_separate_from_the_total() -> None:
+    desk = gateway_desk(offer(CHEAP, 500, 10))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [d] = desk.dispatch(T0)
+    # 100 tokens at 500 tokens/s: 5 s + 2 × 0.2 s after acceptance; the claim timeout is 30 s.
+    assert d.progress_s == pytest.approx(5.4)
+    assert d.claim_deadline == T0 + 30.0
+
+
 @pytest.mark.parametrize("kwargs, words", [
     ({"max_price_nano": PRICE - 1}, "current price 0.100000000 > max_price 0.099999999"),
     ({"tokens": 0}, "tokens must be a whole number > 0"),

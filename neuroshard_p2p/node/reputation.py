@@ -195,7 +195,7 @@ class Reputation:
         """Order among offers at the same min price: trusted first, then by latency (ms)."""
         record = self._records.get(peer_id)
         latency_ms = 0 if record is None or record.latency_s is None else \
-            min(999_999, int(record.latency_s * 1000))
+            min(999_999, round(record.latency_s * 1000))
         return (1_000_000 if self.on_probation(peer_id) else 0) + latency_ms
 
     def state(self, peer_id: str, now: float) -> str:
