@@ -146,32 +146,35 @@ def test_the_seen_jobs_are_bounded_per_gateway_and_in_all() -> None:
 
 
 def test_a_gateway_that_does_not_settle_is_declined_unpaid_for_a_while() -> None:
-    payers = Payers(PayerSettings(unpaid_strikes=3, unpaid_window_s=600, unpaid_refusal_s=600))
+    payers = Payers(PayerSettings(unpaid_strikes=3, unpaid_share=0.25, unpaid_window_s=600,
+                                  unpaid_refusal_s=600))
     desk = ProviderDesk(pub(CHEAP), CONFIG, payers=payers)
     gw = pub(GATEWAY)
-    # Settled jobs never count against it; refused receipts and silence do, within 600 s.
-    assert not payers.on_outcome(gw, "settled", T0)
-    assert not payers.on_outcome(gw, "implausible", T0 + 1)
-    assert not payers.on_outcome(gw, NO_SETTLEMENT, T0 + 2)
-    assert not payers.on_outcome(gw, "settled", T0 + 3)
+    # Settled jobs never count against it; refused receipts and silence do, within 600 s, once
+    # there are 3 of them and they carry more than a quarter of the tokens served.
+    assert not payers.on_outcome(gw, "settled", 100, T0)
+    assert not payers.on_outcome(gw, "implausible", 10, T0 + 1)
+    assert not payers.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 2)
+    assert not payers.on_outcome(gw, "settled", 100, T0 + 3)
+    assert not payers.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 3.5)  # 3 unpaid, 30 of 230 tokens
     assert desk.admit(signed_job(1, request_id="a", now=T0 + 4), gw, 100, 0, T0 + 4).accepted
-    assert payers.on_outcome(gw, "replay", T0 + 5)       # the third strike within 600 s
+    assert payers.on_outcome(gw, "replay", 50, T0 + 5)   # 4 unpaid, 80 of 280 tokens: > 25 %
     answer = desk.admit(signed_job(1, request_id="b", now=T0 + 6), gw, 100, 0, T0 + 6)
     assert (answer.accepted, answer.reason, answer.detail) == (
-        False, "unpaid", "3 of the 5 jobs this provider served for your gateway were not "
+        False, "unpaid", "4 of the 6 jobs this provider served for your gateway were not "
                          "settled (last: replay); no jobs from it for 599 s more")
     # Other gateways are served meanwhile; this one again after 600 s, then 1,200 s next time.
     other = signed_job(1, gateway=OTHER, request_id="c", now=T0 + 6)
     assert desk.admit(other, pub(OTHER), 100, 0, T0 + 6).accepted
     assert desk.admit(signed_job(1, request_id="d", now=T0 + 605), gw, 100, 0,
                       T0 + 605).accepted
-    for i in range(3):
-        payers.on_outcome(gw, NO_SETTLEMENT, T0 + 610 + i)
+    assert [payers.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 610 + i) for i in range(3)] == [
+        False, False, True]
     record = payers.record(gw)
     assert record is not None and record.refused_until == T0 + 612 + 1200
-    # Strikes older than the window do not add up.
+    # Unpaid jobs older than the window do not add up.
     lax = Payers()
-    assert not any(lax.on_outcome(gw, NO_SETTLEMENT, T0 + 601 * i) for i in range(10))
+    assert not any(lax.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 301 * i) for i in range(10))
     assert desk.counts["unpaid"] == 1 and payers.declined == 1
 
 

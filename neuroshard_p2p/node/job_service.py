@@ -124,8 +124,12 @@ class JobSettings:
     backend_model: str = ""
     backend_timeout_s: float = 60.0
     #: Dial + send the job + read the provider's accept/decline (the accept deadline); also how
-    #: long a provider waits for the Job, and for the gateway's JobSettled after its result.
+    #: long a provider waits for the Job.
     accept_timeout_s: float = 5.0
+    #: How long a provider waits for the gateway's JobSettled after its JobResult (the node's
+    #: stream timeout: a busy gateway checks and stores the receipt first), and how long a
+    #: gateway tries to send it.
+    settle_timeout_s: float = 10.0
     #: How often pending requests are matched again against the view's offers.
     route_interval_s: float = 0.25
     #: Providers set aside after a decline for being full / for other declines.
@@ -144,7 +148,7 @@ class JobSettings:
 
     def __post_init__(self) -> None:
         for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s",
-                     "progress_grace_s"):
+                     "progress_grace_s", "settle_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -237,6 +241,7 @@ class JobService:
             network=s.network, backend=s.backend, backend_url=s.backend_url,
             backend_model=s.backend_model, backend_timeout_s=s.backend_timeout_s,
             accept_timeout_s=min(s.job_accept_timeout_s, s.stream_timeout_s),
+            settle_timeout_s=s.stream_timeout_s,
             progress_grace_s=s.job_progress_grace_s,
             reputation=ReputationSettings(backoff_s=s.job_backoff_s, ban_after=s.job_ban_after,
                                           ban_s=s.job_ban_s))
@@ -568,7 +573,7 @@ class JobService:
         """Tell the provider what became of its receipt (§9 step 5), briefly: a provider that
         has gone costs nothing here."""
         try:
-            with trio.move_on_after(self.settings.accept_timeout_s) as scope:
+            with trio.move_on_after(self.settings.settle_timeout_s) as scope:
                 await stream.write(length_prefixed(encode_job_frame(frame)))
             if scope.cancelled_caught:
                 raise TimeoutError("the provider did not take the frame")
@@ -631,12 +636,12 @@ class JobService:
                 self.provider.finish(job)
 
     async def _await_settlement(self, stream: Any, job: Job, receipt: Receipt) -> None:
-        """After JobResult: read the gateway's JobSettled (§9 step 5) within accept_timeout_s and
+        """After JobResult: read the gateway's JobSettled (§9 step 5) within settle_timeout_s and
         record what this gateway does with what it is served (`Payers`). No frame in time, EOF,
         or a frame that is not this job's JobSettled: not settled. Then close."""
         outcome = NO_SETTLEMENT
         try:
-            with trio.move_on_after(self.settings.accept_timeout_s):
+            with trio.move_on_after(self.settings.settle_timeout_s):
                 data = await FrameStream(stream, MAX_FRAME_SIZE[KIND_JOB_SETTLED]).next()
                 if data is not None:
                     settled = decode_job_settled(data)
@@ -648,7 +653,8 @@ class JobService:
             log.info("no settlement from %s for %s: %s", short_peer(str(stream.muxed_conn.peer_id)),
                      job.request_id, failure_reason(exc))
             await reset_quietly(stream)
-        refused = self.provider.payers.on_outcome(job.signer, outcome, self.clock())
+        refused = self.provider.payers.on_outcome(job.signer, outcome, receipt.tokens_served,
+                                                  self.clock())
         if outcome != SETTLED:
             log.info("gateway %s did not settle %s: %s%s",
                      short_peer(str(stream.muxed_conn.peer_id)), job.request_id, outcome,
