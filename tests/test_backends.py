@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from neuroshard_p2p.node.backends import (
     REASONS,
@@ -88,15 +89,15 @@ async def test_synthetic_cancelled_job_frees_its_time_for_the_jobs_behind_it(
     unpaid = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(job, "head", 100)
-        await trio.sleep(0)
+        await wait_all_tasks_blocked()
         nursery.start_soon(job, "unpaid", 20_000, unpaid)
-        await trio.sleep(0)
+        await wait_all_tasks_blocked()
         nursery.start_soon(job, "honest", 50)
-        await trio.sleep(0)
+        await wait_all_tasks_blocked()
         assert backend.queued_seconds == pytest.approx(201.5)
         await trio.sleep(0.3)
         unpaid.cancel()  # its gateway went away while it waited
-        await trio.sleep(0)
+        await wait_all_tasks_blocked()
         assert backend.queued_seconds == pytest.approx(1.2)
     assert finished == {"head": pytest.approx(1.0), "honest": pytest.approx(1.5)}
     assert backend.calls == 3
@@ -107,7 +108,7 @@ async def test_synthetic_cancelled_job_frees_its_time_for_the_jobs_behind_it(
     unpaid = trio.CancelScope()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(job, "unpaid", 20_000, unpaid)
-        await trio.sleep(0)
+        await wait_all_tasks_blocked()
         nursery.start_soon(job, "honest", 50)
         await trio.sleep(2.0)
         unpaid.cancel()
