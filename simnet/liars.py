@@ -182,4 +182,256 @@ async def send_job_bytes(node: Any, provider_peer_id: str, job_bytes: bytes, *,
     return exchange
 
 
-__all__ = ["Liar", "LIES", "send_job_bytes", "GatewayExchange"]
+# =================================================================================================
+# The hostile-provider scenario (`neuroshard-simnet liars`)
+
+
+@dataclass(frozen=True)
+class LiarsSetup:
+    """A network of `peers` real nodes: `liars` liars (lies cycled from `lies`), `honest` honest
+    providers, the rest gateways. Users submit `rate` requests per second (of `tokens` tokens,
+    spread over the gateways) for `duration_s`; the run then waits up to `drain_s` for them."""
+
+    peers: int = 20
+    liars: int = 3
+    honest: int = 4
+    lies: tuple[str, ...] = ("silent", "hold", "forge")
+    honest_capacity: int = 2_000
+    honest_min_price: float = 0.01
+    liar_capacity: int = 500
+    tokens: int = 100
+    rate: float = 4.0
+    duration_s: float = 60.0
+    drain_s: float = 30.0
+    seed: int = 1
+    #: The nodes' job settings ([node] job_*): the reference's by default.
+    accept_timeout_s: float = 5.0
+    progress_grace_s: float = 5.0
+    backoff_s: float = 5.0
+    ban_after: int = 3
+
+    def __post_init__(self) -> None:
+        if self.liars < 0 or self.honest < 1 or self.peers - self.liars - self.honest < 1:
+            raise ValueError("need at least one honest provider and one gateway besides the "
+                             f"liars (peers {self.peers}, liars {self.liars}, honest "
+                             f"{self.honest})")
+        for lie in self.lies:
+            if lie not in LIES:
+                raise ValueError(f"unknown lie {lie!r}; known: {', '.join(LIES)}")
+        if not self.lies and self.liars:
+            raise ValueError("liars need at least one lie")
+        if self.rate <= 0 or self.duration_s <= 0 or self.drain_s < 0 or self.tokens < 1:
+            raise ValueError("rate, duration_s and tokens must be > 0, drain_s >= 0")
+
+    @property
+    def gateways(self) -> int:
+        return self.peers - self.liars - self.honest
+
+
+def _key(seed: int, index: int) -> coincurve.PrivateKey:
+    import hashlib
+
+    return coincurve.PrivateKey(hashlib.sha256(b"neuroshard-simnet/liars/%d/%d" % (seed, index))
+                                .digest())
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+async def run_liars(setup: LiarsSetup, *, progress: Callable[[str], None] | None = None,
+                    data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the hostile-provider scenario on real nodes in this trio process; return the report
+    (buyer-side figures, per-liar draws, faults)."""
+    from neuroshard_p2p.node.host import Node
+    from neuroshard_p2p.node.settings import NodeSettings
+
+    say = progress or (lambda line: None)
+    rng = random.Random(setup.seed)
+    market = MarketConfig(capacity_timeout_s=30.0)
+    network = f"liars-{setup.seed}-{rng.randrange(1 << 30):x}"
+    tmp = tempfile.TemporaryDirectory(prefix="simnet-liars-") if data_dir is None else None
+    root = Path(tmp.name if tmp is not None else data_dir)  # type: ignore[arg-type]
+    roles = (["liar"] * setup.liars + ["honest"] * setup.honest + ["gateway"] * setup.gateways)
+    nodes: list[Any] = [None] * len(roles)
+    liars: list[Liar] = []
+    stop = trio.Event()
+    report: dict[str, Any] = {}
+
+    def settings(i: int, bootstrap: list[str]) -> NodeSettings:
+        role = roles[i]
+        capacity = {"liar": setup.liar_capacity, "honest": setup.honest_capacity}.get(role, 0)
+        price = setup.honest_min_price if role == "honest" else 0.0
+        return NodeSettings(
+            data_dir=root / f"{role}-{i}", listen=("/ip4/127.0.0.1/tcp/0",), api="off",
+            network=network, bootstrap=tuple(bootstrap), capacity=capacity, min_price=price,
+            announce_interval_s=10.0, sync_interval_s=15.0, peer_exchange_interval_s=2.0,
+            target_peers=8, stream_timeout_s=10.0, shutdown_grace_s=0.2, market=market,
+            job_accept_timeout_s=setup.accept_timeout_s,
+            job_progress_grace_s=setup.progress_grace_s, job_backoff_s=setup.backoff_s,
+            job_ban_after=setup.ban_after)
+
+    async def run_node(i: int, bootstrap: list[str],
+                       task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        s = settings(i, bootstrap)
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        async with Node(s, private_key=_key(setup.seed, i)) as node:
+            nodes[i] = node
+            task_status.started()
+            await stop.wait()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            say(f"[liars] starting {setup.peers} nodes: {setup.liars} liars "
+                f"({', '.join(setup.lies)}), {setup.honest} honest providers, "
+                f"{setup.gateways} gateways …")
+            await nursery.start(run_node, 0, [])
+            boot = nodes[0].addrs[:1]
+            for i in range(1, len(roles)):
+                await nursery.start(run_node, i, boot)
+            for i, role in enumerate(roles):
+                if role == "liar":
+                    liar = Liar(nodes[i], setup.lies[len(liars) % len(setup.lies)])
+                    liar.install()
+                    liars.append(liar)
+            providers = [n for n, r in zip(nodes, roles) if r != "gateway"]
+            gateways = [n for n, r in zip(nodes, roles) if r == "gateway"]
+            honest = {n.peer_id for n, r in zip(nodes, roles) if r == "honest"}
+            # Every gateway dials every provider (as peer exchange would, in time) and waits
+            # until its view holds every provider's offer.
+            for gateway in gateways:
+                for provider in providers:
+                    with trio.move_on_after(10):
+                        await gateway.connect(provider.addrs[0])
+            wanted = {p.engine.signer for p in providers}
+            with trio.fail_after(60):
+                while not all(wanted <= {o.signer for o in g.engine.view.offers_at(g.now())}
+                              for g in gateways):
+                    await trio.sleep(0.2)
+            say(f"[liars] every gateway sees all {len(providers)} offers; users submit "
+                f"{setup.rate:g} requests/s for {setup.duration_s:g} s")
+            cpu0, wall0 = time.process_time(), trio.current_time()
+            submitted: list[tuple[Any, str]] = []
+            next_at = trio.current_time()
+            end = next_at + setup.duration_s
+            k = 0
+            while trio.current_time() < end:
+                gateway = gateways[k % len(gateways)]
+                k += 1
+                status = gateway.jobs.submit(setup.tokens, max_price_nano=10**9, prompt="hello")
+                submitted.append((gateway, status.request_id))
+                next_at += rng.expovariate(setup.rate)
+                await trio.sleep_until(next_at)
+            say(f"[liars] {len(submitted)} requests submitted; waiting up to {setup.drain_s:g} s "
+                f"for the last ones")
+
+            def open_count() -> int:
+                return sum(1 for g, rid in submitted
+                           if g.jobs.status(rid).state in ("pending", "claimed"))
+
+            with trio.move_on_after(setup.drain_s):
+                while open_count():
+                    await trio.sleep(0.2)
+            wall = trio.current_time() - wall0
+            report = _report(setup, submitted, gateways, liars, honest, wall,
+                             time.process_time() - cpu0)
+            stop.set()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return report
+
+
+def _report(setup: LiarsSetup, submitted: list[tuple[Any, str]], gateways: list[Any],
+            liars: list[Liar], honest: set[str], wall_s: float, cpu_s: float) -> dict[str, Any]:
+    statuses = [g.jobs.status(rid) for g, rid in submitted]
+    states = Counter(s.state for s in statuses)
+    done = [s for s in statuses if s.state == "completed"]
+    latency = [s.finished_at - s.submitted_at for s in done]
+    clean = [s.finished_at - s.submitted_at for s in done if s.attempts == 1]
+    met = [s.finished_at - s.submitted_at for s in done if s.attempts > 1]
+    base = statistics.median(clean) if clean else 0.0
+    faults: Counter[str] = Counter()
+    for g in gateways:
+        faults.update(g.jobs.gateway.fault_counts)
+    per_liar = []
+    for liar in liars:
+        draws = [liar.drawn.get(g.peer_id, 0) for g in gateways]
+        states_at = Counter(g.jobs.gateway.reputation.state(liar.node.peer_id, g.now())
+                            for g in gateways)
+        per_liar.append({"peer_id": liar.node.peer_id, "lie": liar.lie,
+                         "jobs_drawn": sum(draws), "max_per_gateway": max(draws),
+                         "gateways_banned": states_at.get("banned", 0),
+                         "routing_at_end": dict(states_at)})
+    served_by_liar = sum(1 for s in done if s.provider not in honest)
+
+    def secs(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
+    return {
+        "setup": {**{k: getattr(setup, k) for k in setup.__dataclass_fields__},
+                  "lies": list(setup.lies), "gateways": setup.gateways},
+        "requests": {"submitted": len(statuses), **{k: states.get(k, 0) for k in (
+            "completed", "failed", "expired", "pending", "claimed")},
+            "completed_share": round(len(done) / max(1, len(statuses)), 4),
+            "served_by_a_liar": served_by_liar,
+            "met_a_liar": len(met),
+            "failed_reasons": Counter(s.reason for s in statuses if s.state == "failed")
+            .most_common(3)},
+        "time_to_complete_s": {
+            "honest_only_median": secs(base), "honest_only_p95": secs(_percentile(clean, 0.95)),
+            "all_p50": secs(_percentile(latency, 0.5)), "all_p95": secs(_percentile(latency, 0.95)),
+            "all_max": secs(max(latency) if latency else None),
+            "met_a_liar_median": secs(statistics.median(met) if met else None),
+            "met_a_liar_max": secs(max(met) if met else None),
+            "worst_extra_over_honest_median": secs((max(latency) - base) if latency else None)},
+        "liars": per_liar,
+        "faults": dict(faults),
+        "attempts": dict(Counter(s.attempts for s in statuses)),
+        "wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1),
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as a short Markdown page."""
+    s, r, t = report["setup"], report["requests"], report["time_to_complete_s"]
+    lines = [
+        "# Hostile providers: what liars do to buyers",
+        "",
+        f"{s['peers']} real libp2p nodes on 127.0.0.1: {s['liars']} liars ({', '.join(s['lies'])};"
+        f" {s['liar_capacity']} tokens/s at price 0, always the cheapest), {s['honest']} honest "
+        f"providers ({s['honest_capacity']} tokens/s at {s['honest_min_price']}), "
+        f"{s['gateways']} gateways. Users submit {s['rate']} requests/s of {s['tokens']} tokens "
+        f"for {s['duration_s']} s. Deadlines: accept {s['accept_timeout_s']} s, result "
+        f"{s['progress_grace_s']} s + 2 × tokens / tokens_per_second; back-off {s['backoff_s']} s "
+        f"doubling, ban after {s['ban_after']} faults in a row.",
+        "",
+        "| requests | completed | failed | expired | served by a liar | met a liar |",
+        "|---|---|---|---|---|---|",
+        f"| {r['submitted']} | {r['completed']} ({r['completed_share']:.2%}) | {r['failed']} | "
+        f"{r['expired']} | {r['served_by_a_liar']} | {r['met_a_liar']} |",
+        "",
+        "| time to complete (s) | median | p95 | max |",
+        "|---|---|---|---|",
+        f"| requests that met no liar | {t['honest_only_median']} | {t['honest_only_p95']} | — |",
+        f"| all requests | {t['all_p50']} | {t['all_p95']} | {t['all_max']} |",
+        f"| requests that met a liar | {t['met_a_liar_median']} | — | {t['met_a_liar_max']} |",
+        "",
+        "| liar | lie | jobs drawn (all gateways) | most at one gateway | gateways that banned it |",
+        "|---|---|---|---|---|",
+    ]
+    for liar in report["liars"]:
+        lines.append(f"| {liar['peer_id'][:8]}…{liar['peer_id'][-6:]} | {liar['lie']} | "
+                     f"{liar['jobs_drawn']} | {liar['max_per_gateway']} | "
+                     f"{liar['gateways_banned']} of {s['gateways']} |")
+    lines += ["", f"Faults seen by the gateways: {report['faults']}.",
+              f"Attempts per request: {report['attempts']}.",
+              f"Wall {report['wall_s']} s, CPU {report['cpu_s']} s (all nodes, one process).", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["Liar", "LIES", "send_job_bytes", "GatewayExchange", "LiarsSetup", "run_liars",
+           "report_markdown"]

@@ -204,3 +204,22 @@ async def test_a_gateway_that_never_settles_is_declined_unpaid(tmp_path: Path) -
 
 
 _ = (JobAccepted, JobResult)
+
+
+async def test_the_liars_scenario_reports_what_buyers_saw() -> None:
+    # `neuroshard-simnet liars` in small: 6 real nodes, one liar holding every job it accepts.
+    from simnet.liars import LiarsSetup, report_markdown, run_liars
+
+    setup = LiarsSetup(peers=6, liars=1, honest=1, lies=("hold",), rate=4.0, duration_s=8.0,
+                       drain_s=20.0, accept_timeout_s=3.0, progress_grace_s=3.0, backoff_s=0.5)
+    report = await run_liars(setup)
+    r = report["requests"]
+    assert r["submitted"] >= 10
+    assert (r["completed"], r["failed"], r["expired"], r["served_by_a_liar"]) == (
+        r["submitted"], 0, 0, 0)
+    [liar] = report["liars"]
+    # Each of the 4 gateways: at most 3 jobs to the liar, one extra attempt per job it drew.
+    assert liar["lie"] == "hold" and liar["max_per_gateway"] <= 3
+    assert r["met_a_liar"] == liar["jobs_drawn"] == report["faults"]["no_result"]
+    assert sum((n - 1) * c for n, c in report["attempts"].items()) == liar["jobs_drawn"]
+    assert "| liar | lie |" in report_markdown(report)
