@@ -73,7 +73,9 @@ def _check_admission(policy: Any, authorities: Any) -> None:
         raise bad("an open network names no authorities (policy = \"members\" uses them)")
 
 
-def _param_value(config: MarketConfig, key: str) -> Any:
+def param_value(config: MarketConfig, key: str) -> Any:
+    """A `[params]` value of a market configuration as the charter writes it (max_step unset is
+    0.0)."""
     value = getattr(config, key)
     if key == "max_step":
         return 0.0 if value is None else float(value)
@@ -109,7 +111,7 @@ class Charter:
     @property
     def params(self) -> dict[str, Any]:
         """The hashed `[params]` values, by key."""
-        return {key: _param_value(self.market, key) for key in PARAM_KEYS}
+        return {key: param_value(self.market, key) for key in PARAM_KEYS}
 
     @property
     def canonical_bytes(self) -> bytes:
@@ -132,6 +134,14 @@ class Charter:
     @property
     def members(self) -> bool:
         return self.policy == "members"
+
+    def describe(self) -> dict[str, Any]:
+        """The charter for people and JSON (`/api/node`, `charter show --json`)."""
+        return {"name": self.name, "network_id": self.network_id, "hash": self._hash.hex(),
+                "model": self.model, "policy": self.policy,
+                "authorities": [key.hex() for key in self.authorities],
+                "params": self.params, "description": self.description,
+                "bootstrap": list(self.bootstrap)}
 
     # -- derived charters ---------------------------------------------------------------------
 
@@ -157,7 +167,7 @@ class Charter:
                 raise CharterError(
                     f"[market] {key} is not a setting (charter params: {', '.join(PARAM_KEYS)}; "
                     f"local: {', '.join(LOCAL_KEYS)})", "unknown_key", key)
-            ours = _param_value(self.market, key)
+            ours = param_value(self.market, key)
             default = ours if key != "max_step" else None
             try:
                 given = coerce_setting("market", key, value, default)
@@ -282,7 +292,7 @@ class Charter:
             return _toml_str(str(v))
 
         lines = [
-            f"# NeuroShard network charter. Network id: {self.network_id}",
+            f"{ID_COMMENT}{self.network_id}",
             "# Every [params] value and the admission policy are hashed into the network id;",
             "# description and bootstrap are not.",
             f"format = {FORMAT}",
@@ -357,6 +367,19 @@ def _param_problem(key: str, values: Mapping[str, Any]) -> str:
     return "" if ok(value) else message
 
 
+#: The first line of a charter file `to_toml` writes: the network id, for people and for
+#: `charter verify` (a comment: the id is computed from the file, never read from it).
+ID_COMMENT = "# NeuroShard network charter. Network id: "
+
+
+def stated_network_id(text: str) -> str | None:
+    """The network id a charter file's comment states (None when it has no such line)."""
+    for line in text.splitlines():
+        if line.startswith(ID_COMMENT):
+            return line[len(ID_COMMENT):].strip()
+    return None
+
+
 def _toml_str(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
@@ -394,5 +417,5 @@ def charter_for(market: MarketConfig, name: str = "simnet", model: str = DEFAULT
     return Charter(name=name, model=model, market=market, **kwargs)
 
 
-__all__ = ["Charter", "CharterError", "PARAM_KEYS", "LOCAL_KEYS", "POLICIES", "FORMAT",
-           "builtin", "BUILTIN", "charter_for", "DEFAULT_MODEL", "TESTNET_WORK_BITS"]
+__all__ = ["Charter", "CharterError", "param_value", "PARAM_KEYS", "LOCAL_KEYS", "POLICIES", "FORMAT",
+           "builtin", "BUILTIN", "ID_COMMENT", "stated_network_id", "charter_for", "DEFAULT_MODEL", "TESTNET_WORK_BITS"]

@@ -11,6 +11,8 @@
     neuroshard-node status REQUEST_ID        a request's state, provider, cost and output
     neuroshard-node token                    print the API token (--rotate for a new one)
     neuroshard-node ledger [verify]          what this node settled; `verify` checks the invariant
+    neuroshard-node charter new|show|verify  make, print or check a network's charter
+    neuroshard-node member issue|revoke|show  admit or revoke members of a members network
 
 Client commands find the running node through `<data-dir>/api` (written by `run`) or `--api`.
 """
@@ -27,6 +29,7 @@ import sys
 from typing import Any, Sequence
 
 from neuroshard_p2p import __version__
+from neuroshard_p2p.charter import DEFAULT_MODEL
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.node.settings import (
     BACKEND_KINDS,
@@ -110,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peer to join through, /ip4/HOST/tcp/PORT/p2p/PEER_ID; repeatable. "
                         "Unreachable ones are retried with back-off.")
     p.add_argument("--network", metavar="NAME",
-                   help="network id; nodes of different networks never mix (default testnet)")
+                   help="a built-in network to join: testnet (the default) or simnet (no "
+                        "identity work; for local tests). Nodes of different networks never mix")
+    p.add_argument("--charter", metavar="FILE",
+                   help="join the network this charter file describes (`neuroshard-node charter "
+                        "new` makes one); instead of --network")
     p.add_argument("--api", metavar="HOST:PORT",
                    help=f"HTTP API and dashboard address (default {DEFAULT_API}; port 0 picks a "
                         f"free one; 'off' runs none)")
@@ -204,6 +211,106 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recent", type=int, default=10, metavar="N",
                    help="how many recent settlements to list (default 10)")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    p = sub.add_parser("charter", help="make, print or check a network charter",
+                       description="A charter is one file per network: every value that enters "
+                                   "validity, expiry or price, the model served and who may take "
+                                   "part. Its hash names the network (<name>-<hash16>), so nodes "
+                                   "of different charters never exchange a market message.")
+    charter = p.add_subparsers(dest="charter_command", metavar="ACTION",
+                               help="new, show or verify")
+    charter.required = True
+    c = charter.add_parser("new", help="write a new charter (testnet's values unless --set)",
+                           description="Write a new network's charter: testnet's parameters "
+                                       "with the name, model, admission and values given. Print "
+                                       "it, or write it with -o.")
+    c.add_argument("--name", default="devnet",
+                   help="network name: 1-32 letters, digits, '-', '_' or '.' (default devnet)")
+    c.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"the model the network serves (default {DEFAULT_MODEL})")
+    c.add_argument("--description", default="", help="one line for people (not hashed)")
+    c.add_argument("--members", action="store_true",
+                   help="a members network: only keys an --authority admitted take part "
+                        "(identity_work_bits 0 unless --set)")
+    c.add_argument("--authority", action="append", default=[], metavar="HEX",
+                   help="a charter authority's 33-byte compressed public key in hex; "
+                        "repeatable; needs --members")
+    c.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="a bootnode, /ip4/HOST/tcp/PORT/p2p/PEER_ID; repeatable (not hashed)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="params",
+                   help="a [params] value, e.g. window_ticks=16 or identity_work_bits=0; "
+                        "repeatable")
+    c.add_argument("-o", "--output", metavar="FILE",
+                   help="write the charter to FILE (refused when it exists) instead of printing")
+    c.set_defaults(command_parser=c)
+    c = charter.add_parser("show", help="print a charter with its network id",
+                           description="Print a charter as TOML, its network id in the first "
+                                       "line: a file, a built-in network (testnet, simnet), or "
+                                       "the one `run` would join with this data dir.")
+    c.add_argument("source", nargs="?", metavar="FILE|BUILTIN",
+                   help="a charter file or a built-in network's name (default: the data dir's)")
+    data_dir(c)
+    c.add_argument("--json", action="store_true",
+                   help="print name, network id, hash, model, admission and params as JSON")
+    c = charter.add_parser("verify", help="check a charter file and its network id",
+                           description="Parse a charter file, recompute its hash and compare "
+                                       "the network id with --id and with the one its first "
+                                       "line states; exit status 1 when the file is not a valid "
+                                       "charter or an id does not match.")
+    c.add_argument("file", metavar="FILE", help="the charter file")
+    c.add_argument("--id", metavar="NETWORK_ID", dest="network_id",
+                   help="the network id the file must have (<name>-<hash16>)")
+
+    p = sub.add_parser("member", help="admit or revoke members of a members network",
+                       description="In a members network (a charter with policy \"members\") "
+                                   "only keys holding a credential of one of the charter's "
+                                   "authorities count. `issue` and `revoke` sign with the key of "
+                                   "--data-dir (an authority's); `show` prints a credential.")
+    member = p.add_subparsers(dest="member_command", metavar="ACTION", help="issue, revoke or show",
+                              parser_class=argparse.ArgumentParser)
+    member.required = True
+    m = member.add_parser("issue", help="sign a member's credential",
+                          description="Sign a credential admitting MEMBER (a peer id or a hex "
+                                      "public key) to the network of --charter, with the "
+                                      "authority key of --data-dir. Caps default to the "
+                                      "charter's per-signer caps.")
+    data_dir(m)
+    m.add_argument("member", metavar="MEMBER", help="the member's peer id or hex public key")
+    m.add_argument("--charter", required=True, metavar="FILE", help="the network's charter file")
+    m.add_argument("--roles", default="provider,gateway",
+                   help="provider, gateway or provider,gateway (default both)")
+    m.add_argument("--max-capacity", type=int, metavar="TOK_PER_S",
+                   help="most tokens/s the member's capacity counts")
+    m.add_argument("--max-demand", type=int, metavar="TOKENS",
+                   help="most waiting tokens the member's demand counts")
+    m.add_argument("--max-requests", type=int, metavar="N",
+                   help="most waiting requests the member's demand counts")
+    m.add_argument("--days", type=finite_float, default=365.0,
+                   help="valid for this many days (default 365)")
+    m.set_defaults(command_parser=m)
+    where = m.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="FILE",
+                       help="write the credential (hex) to FILE for the member")
+    where.add_argument("--install", metavar="MEMBER_DATA_DIR",
+                       help="put it straight into the member's data dir (<dir>/credential)")
+    m = member.add_parser("revoke", help="sign a revocation list that ends a member",
+                          description="Add MEMBER to this authority's revocation list for the "
+                                      "network of --charter (kept in <data-dir>/revocations-<id>, "
+                                      "so every list names everyone still revoked) and sign it. "
+                                      "--publish hands it to the running node, which gossips it.")
+    client(m, json_flag=False)
+    m.add_argument("member", metavar="MEMBER", help="the member's peer id or hex public key")
+    m.add_argument("--charter", required=True, metavar="FILE", help="the network's charter file")
+    m.add_argument("--from-ms", type=int, metavar="MS",
+                   help="revoked from this instant (ms since the epoch; default now)")
+    m.add_argument("-o", "--output", metavar="FILE", help="also write the list (hex) to FILE")
+    m.add_argument("--publish", action="store_true",
+                   help="publish it through the running node of --data-dir / --api")
+    m = member.add_parser("show", help="print a credential",
+                          description="Decode a credential: the data dir's, or FILE.")
+    data_dir(m)
+    m.add_argument("file", nargs="?", metavar="FILE", help="a credential file (hex)")
+    m.add_argument("--json", action="store_true", help="print the fields as JSON")
     return parser
 
 
@@ -278,10 +385,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_settings(args: argparse.Namespace) -> NodeSettings:
     """The settings `run` starts a node with: defaults, then <data-dir>/config.toml, then the
     flags given (an absent flag keeps the file's value)."""
+    if args.network is not None and args.charter is not None:
+        raise UsageError(args.command_parser, "give --network NAME (a built-in network) or "
+                                              "--charter FILE, not both")
     overrides = {
         "listen": tuple(args.listen) if args.listen else None,
         "bootstrap": tuple(args.bootstrap) if args.bootstrap else None,
-        "network": args.network, "api": args.api, "capacity": args.capacity,
+        "network": args.network,
+        "charter": os.path.abspath(args.charter) if args.charter else None,
+        "api": args.api, "capacity": args.capacity,
         "min_price": args.min_price, "backend": args.backend, "backend_url": args.backend_url,
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
     }
@@ -344,7 +456,9 @@ async def _run_node(settings: NodeSettings) -> None:
                 node = daemon.node
                 assert node is not None
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
-                print(f"network {settings.network} (topic {node.topic})", flush=True)
+                charter = settings.charter
+                print(f"network {settings.network} ({charter.policy}, model {charter.model}; "
+                      f"topic {node.topic})", flush=True)
                 print(f"backend {_backend_line(settings)}", flush=True)
                 print("bootstrap other nodes from:", flush=True)
                 for addr in _shareable(node.addrs, settings.listen):
@@ -464,6 +578,9 @@ def cmd_id(args: argparse.Namespace) -> int:
         _print_json(data)
         return EXIT_OK
     print(f"peer id: {data['peer_id']}")
+    from neuroshard_p2p.identity import public_key_from_peer_id
+    print(f"key:     {public_key_from_peer_id(data['peer_id']).hex()}  (as a charter authority: "
+          f"`charter new --members --authority KEY`)")
     if data.get("running") is False:
         print("(node not running; configured listen addresses:)")
     for addr in data.get("addrs", []):
@@ -599,8 +716,270 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------
+# charters (local: no node needed)
+
+
+def cmd_charter(args: argparse.Namespace) -> int:
+    return {"new": cmd_charter_new, "show": cmd_charter_show,
+            "verify": cmd_charter_verify}[args.charter_command](args)
+
+
+def cmd_charter_new(args: argparse.Namespace) -> int:
+    """Testnet's values with the flags' changes, checked as a charter file is (every message
+    names the key); printed or written to -o."""
+    import tomllib
+
+    from neuroshard_p2p.charter import PARAM_KEYS, Charter, builtin
+
+    parser: argparse.ArgumentParser = args.command_parser
+    if args.authority and not args.members:
+        raise UsageError(parser, "--authority needs --members (an open network has no "
+                                 "authorities)")
+    if args.members and not args.authority:
+        raise UsageError(parser, "--members needs at least one --authority HEX (the keys whose "
+                                 "credentials admit members)")
+    params = dict(builtin("testnet").params)
+    if args.members:
+        # Admission is what bounds a members network; the work ramp would only make members
+        # grind (a --set below still asks for it).
+        params["identity_work_bits"] = 0
+    for item in args.params:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in PARAM_KEYS:
+            raise UsageError(parser, f"--set needs KEY=VALUE with KEY one of "
+                                     f"{', '.join(PARAM_KEYS)}; got {item!r}")
+        try:  # a TOML value (16, 0.5, true); anything else is text (curve=normalized)
+            params[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            params[key] = text.strip()
+    if args.output and os.path.exists(args.output):
+        raise CliError(f"{args.output} exists; a charter file is never overwritten (a changed "
+                       f"charter is another network): choose another name or remove it")
+    charter = Charter.from_mapping({
+        "format": 2, "name": args.name, "model": args.model, "description": args.description,
+        "bootstrap": list(args.bootstrap),
+        "admission": {"policy": "members" if args.members else "open",
+                      "authorities": list(args.authority)},
+        "params": params}, source="new charter")
+    text = charter.to_toml()
+    if not args.output:
+        print(text, end="")
+        return EXIT_OK
+    try:
+        with open(args.output, "x", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    print(f"wrote {args.output}: network {charter.network_id}")
+    return EXIT_OK
+
+
+def cmd_charter_show(args: argparse.Namespace) -> int:
+    from neuroshard_p2p.charter import BUILTIN, Charter, builtin
+
+    if args.source is None:
+        charter = NodeSettings.load(args.data_dir).charter
+    elif args.source in BUILTIN and not os.path.exists(args.source):
+        charter = builtin(args.source)
+    else:
+        charter = Charter.from_toml_file(args.source)
+    if args.json:
+        _print_json(charter.describe())
+    else:
+        print(charter.to_toml(), end="")
+    return EXIT_OK
+
+
+def cmd_charter_verify(args: argparse.Namespace) -> int:
+    """Exit 1 unless FILE is a valid charter whose network id is the one --id and its own first
+    line state."""
+    from neuroshard_p2p.charter import Charter, stated_network_id
+
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {args.file}: {getattr(exc, 'strerror', None) or exc}") from None
+    charter = Charter.from_toml(text, args.file)
+    actual = charter.network_id
+    for claimed, where in ((args.network_id, "--id"),
+                           (stated_network_id(text), "its first line")):
+        if claimed is not None and claimed != actual:
+            raise CliError(f"{args.file} is network {actual}, not {claimed} as {where} says: its "
+                           f"hashed content (name, model, admission or a [params] value) differs "
+                           f"from that network's charter")
+    print(f"{args.file}: network {actual} (hash {charter.hash.hex()}): ok")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# members (local: sign with the data dir's key)
+
+
+def _member_key(text: str) -> bytes:
+    from neuroshard_p2p.identity import public_key_from_peer_id
+
+    try:
+        if len(text) == 66:
+            key = bytes.fromhex(text)
+        else:
+            key = public_key_from_peer_id(text)
+        import coincurve
+        coincurve.PublicKey(key)
+    except Exception:  # noqa: BLE001 - any parse failure is the same user error
+        raise CliError(f"{text!r} is neither a peer id (16Uiu2…) nor a 33-byte hex public "
+                       f"key") from None
+    return key
+
+
+def _members_charter(path: str) -> Any:
+    from neuroshard_p2p.charter import Charter
+
+    charter = Charter.from_toml_file(path)
+    if not charter.members:
+        raise CliError(f"{path} is an open network ({charter.network_id}): it has no members")
+    return charter
+
+
+def _authority_key(args: argparse.Namespace, charter: Any) -> Any:
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import load_private_key
+
+    key = load_private_key(args.data_dir)
+    public = key.public_key.format(compressed=True)
+    if public not in charter.authorities:
+        raise CliError(f"the key of {args.data_dir} ({peer_id_of(public)}, {public.hex()}) is "
+                       f"not an authority of network {charter.network_id}")
+    return key
+
+
+def cmd_member(args: argparse.Namespace) -> int:
+    return {"issue": cmd_member_issue, "revoke": cmd_member_revoke,
+            "show": cmd_member_show}[args.member_command](args)
+
+
+def cmd_member_issue(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import CREDENTIAL_FILE, save_hex_file
+    from neuroshard_p2p.wire import WireError
+    from neuroshard_p2p.wire.membership import issue_credential
+    from neuroshard_p2p.wire.messages import ROLE_GATEWAY, ROLE_PROVIDER
+
+    charter = _members_charter(args.charter)
+    key = _authority_key(args, charter)
+    member = _member_key(args.member)
+    roles = 0
+    for role in (r.strip() for r in args.roles.split(",")):
+        if role not in ("provider", "gateway"):
+            raise UsageError(args.command_parser, f"--roles takes provider and/or gateway, got "
+                                                  f"{role!r}")
+        roles |= ROLE_PROVIDER if role == "provider" else ROLE_GATEWAY
+    market = charter.market
+    now_ms = int(time.time() * 1000)
+    if args.days <= 0:
+        raise UsageError(args.command_parser, "--days must be > 0")
+    try:
+        wire = issue_credential(
+            key, charter.hash, member, roles=roles,
+            max_tokens_per_second=(market.max_node_tokens_per_s if args.max_capacity is None
+                                   else args.max_capacity),
+            max_pending_tokens=(market.max_signer_pending_tokens if args.max_demand is None
+                                else args.max_demand),
+            max_pending_requests=(market.max_signer_pending_requests
+                                  if args.max_requests is None else args.max_requests),
+            issued_at_ms=now_ms, expires_at_ms=now_ms + int(args.days * 86_400_000))
+    except WireError as exc:
+        raise CliError(f"cannot issue: {exc}") from None
+    if args.install:
+        target = Path(args.install).expanduser() / CREDENTIAL_FILE
+        save_hex_file(target, wire)
+        print(f"installed {target}: {peer_id_of(member)} is a member of {charter.network_id}")
+    elif args.output:
+        save_hex_file(Path(args.output), wire)
+        print(f"wrote {args.output}: {peer_id_of(member)} is a member of {charter.network_id}; "
+              f"the member puts it at <data-dir>/{CREDENTIAL_FILE}")
+    else:
+        print(wire.hex())
+    return EXIT_OK
+
+
+def cmd_member_revoke(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import load_hex_file, revocations_file, save_hex_file
+    from neuroshard_p2p.wire import decode_unchecked_time
+    from neuroshard_p2p.wire.membership import revoke
+    from neuroshard_p2p.wire.messages import RevocationList
+
+    charter = _members_charter(args.charter)
+    key = _authority_key(args, charter)
+    member = _member_key(args.member)
+    state = Path(args.data_dir).expanduser() / revocations_file(charter.network_id)
+    revoked: dict[bytes, int] = {}
+    seq = 0
+    previous = load_hex_file(state, "revocation list")
+    if previous is not None:
+        held = decode_unchecked_time(previous)
+        if not isinstance(held, RevocationList):
+            raise CliError(f"{state} does not hold a revocation list")
+        revoked, seq = dict(held.revoked), held.seq
+    now_ms = int(time.time() * 1000)
+    revoked[member] = min(revoked.get(member, now_ms if args.from_ms is None else args.from_ms),
+                          now_ms if args.from_ms is None else args.from_ms)
+    wire = revoke(key, charter.hash, revoked, seq=max(seq + 1, now_ms), issued_at_ms=now_ms)
+    save_hex_file(state, wire)
+    if args.output:
+        save_hex_file(Path(args.output), wire)
+    print(f"{peer_id_of(member)} revoked from {revoked[member]} ms; the list of "
+          f"{charter.network_id} names {len(revoked)} member(s), kept in {state}")
+    if args.publish:
+        _call(args, "POST", "/api/revocations", {"list": wire.hex()})
+        print("published through the running node")
+    return EXIT_OK
+
+
+def cmd_member_show(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neuroshard_p2p.identity import peer_id_of
+    from neuroshard_p2p.node.datadir import CREDENTIAL_FILE, load_hex_file
+    from neuroshard_p2p.wire import WireError, decode_unchecked_time
+    from neuroshard_p2p.wire.messages import Credential
+
+    path = Path(args.file) if args.file else Path(args.data_dir).expanduser() / CREDENTIAL_FILE
+    wire = load_hex_file(path, "credential")
+    if wire is None:
+        raise CliError(f"no credential at {path}")
+    try:
+        credential = decode_unchecked_time(wire)
+    except WireError as exc:
+        raise CliError(f"{path}: not a credential: {exc}") from None
+    if not isinstance(credential, Credential):
+        raise CliError(f"{path}: a {type(credential).__name__}, not a credential")
+    roles = [name for bit, name in ((1, "provider"), (2, "gateway")) if credential.roles & bit]
+    data = {"member": peer_id_of(credential.member), "member_key": credential.member.hex(),
+            "authority": credential.signer.hex(), "network_hash": credential.network.hex(),
+            "roles": roles, "max_tokens_per_second": credential.max_tokens_per_second,
+            "max_pending_tokens": credential.max_pending_tokens,
+            "max_pending_requests": credential.max_pending_requests,
+            "issued_at_ms": credential.issued_at_ms, "expires_at_ms": credential.expires_at_ms}
+    if args.json:
+        _print_json(data)
+    else:
+        for name, value in data.items():
+            print(f"{name}: {', '.join(value) if isinstance(value, list) else value}")
+    return EXIT_OK
+
+
 COMMANDS = {
-    "ledger": cmd_ledger,
+    "ledger": cmd_ledger, "charter": cmd_charter, "member": cmd_member,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
     "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "status": cmd_status,
     "token": cmd_token,

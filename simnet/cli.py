@@ -5,6 +5,8 @@
     neuroshard-simnet testnet --peers 5                               # separate processes
     neuroshard-simnet economics --out out/economics
     neuroshard-simnet scaling --peers 10,100,1000,10000                # load per peer vs N
+    neuroshard-simnet attack --peers 1000                             # every attack vs honest
+    neuroshard-simnet attack --peers 20 --transport libp2p --attack demand-pump,sybil-demand
     neuroshard-simnet scenarios                                       # what ships
     neuroshard-simnet liars --peers 20 --liars 3 --out out/liars      # hostile providers vs buyers
 
@@ -29,7 +31,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # Commands whose code imports numpy, an optional dependency (the `simnet` extra): the simulated
 # network's flood model, which `run` on libp2p and `scaling` use too. `testnet`, `economics` and
 # `scenarios` run without it (matplotlib, the extra's other half, only costs the plots).
-NEEDS_NUMPY = frozenset({"run", "scaling"})
+NEEDS_NUMPY = frozenset({"run", "scaling", "attack"})
 MISSING_EXTRA = ("neuroshard-simnet needs the simnet extra (numpy is not installed): "
                  "pip install 'neuroshard-p2p[simnet]'")
 
@@ -67,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sim only: processes to spread the peers' engines over (default: one per "
                         "usable CPU from 200 peers on, else 1); the report is the same for any W")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                   help="override a scenario setting, e.g. market.capacity_timeout_s=8 or "
-                        "node.announce_interval_s=2.5 or network.loss=0.05 (repeatable; VALUE "
+                   help="override a scenario setting, e.g. market.capacity_timeout_s=8, "
+                        "node.announce_interval_s=2.5, network.loss=0.05, peers.providers=0.5, "
+                        "admission.policy=\"members\" or attack.keys=500 (repeatable; VALUE "
                         "is TOML)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -87,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="libp2p TCP port of the first node; node i listens on P+i (default 4011)")
     p.add_argument("--api-port", type=int, default=8000, metavar="P",
                    help="HTTP API/dashboard port of the first node; node i on P+i (default 8000)")
-    p.add_argument("--network", default="testnet", help="network id (default testnet)")
+    p.add_argument("--network", default="simnet",
+                   help="a built-in network (simnet, the default: no identity work to grind; "
+                        "testnet), or any other name: the simnet charter under that name, written "
+                        "to DIR/charter.toml")
     p.add_argument("--capacity", type=int, default=1000, metavar="TOKENS_PER_S",
                    help="capacity each node offers (default 1000; 0 for none)")
     p.add_argument("--host", default="127.0.0.1",
@@ -149,9 +155,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="out/liars", metavar="DIR")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser(
+        "attack", help="valid attacks on the price: deviation from the honest run",
+        description="Run each attack scenario and its honest run (the same scenario without the "
+                    "attack, the same seed) and report the price's largest deviation from the "
+                    "honest run (nano-NEURO and %), the attackers' counted share of supply and "
+                    "demand, and the bound the spec states, in an open network (the identity-"
+                    "work ramp) and in a members network (attackers hold no credential). "
+                    "Writes attack.json and attack.md to --out.")
+    p.add_argument("--peers", type=int, required=True, metavar="N", help="peers at the start")
+    p.add_argument("--attack", metavar="NAME,...",
+                   help="attack scenarios (shipped names or .toml files, comma-separated; "
+                        f"default: every shipped one: {', '.join(attack_scenarios())})")
+    p.add_argument("--policy", default="open,members", metavar="POLICY,...",
+                   help="admission policies to run each attack under (default open,members)")
+    p.add_argument("--transport", choices=("libp2p", "sim"), default="sim",
+                   help="sim: the simulated network (default); libp2p: real nodes on 127.0.0.1 "
+                        "in this process, the attacker a real peer too")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="seconds of network time (the timeline is scaled to it)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of both runs (default 1)")
+    p.add_argument("--observers", type=int, metavar="K",
+                   help="sim only: compute prices at K peers (default: all up to 200 peers, "
+                        "else 100); every peer still announces and relays")
+    p.add_argument("--workers", type=int, metavar="W",
+                   help="sim only: processes (default: one per usable CPU from 200 peers on)")
+    p.add_argument("--sample", type=float, metavar="S", help="seconds between samples")
+    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a scenario setting, e.g. market.identity_work_bits=12, "
+                        "peers.providers=0.5 or attack.keys=2000 (the attack events' "
+                        "parameters; repeatable; VALUE is TOML)")
+    p.add_argument("--out", metavar="DIR", help="report directory (default "
+                                                "out/attacks-<transport>-<N>)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--log-level", default="warning", help="log level of real nodes")
 
     sub.add_parser("scenarios", help="list the shipped scenarios")
     return parser
+
+
+def attack_scenarios() -> list[str]:
+    """Shipped scenarios that run an attack."""
+    return [name for name in shipped_scenarios()
+            if any(e.action == "attack" for e in load(name).events)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "liars":
             return cmd_liars(args)
+        if args.command == "attack":
+            return cmd_attack(args)
         if args.command == "scenarios":
             for name in shipped_scenarios():
                 scenario = load(name)
@@ -212,15 +260,19 @@ def numpy_installed() -> bool:
     return True
 
 
+#: Scenario tables `--set` may change.
+SET_TABLES = ("market", "node", "network", "peers", "admission", "attack")
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     """`table.key=value` strings (value as TOML) → {table: {key: value}}."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         name, sep, text = item.partition("=")
         table, dot, key = name.strip().partition(".")
-        if not sep or not dot or table not in ("market", "node", "network"):
-            raise ScenarioError(f"--set {item!r}: expected market.KEY=VALUE, node.KEY=VALUE or "
-                                "network.KEY=VALUE")
+        if not sep or not dot or table not in SET_TABLES:
+            raise ScenarioError(f"--set {item!r}: expected market.KEY=VALUE (or another "
+                                f"table: {', '.join(SET_TABLES)})")
         out.setdefault(table, {})[key.strip()] = _toml_value(item, text)
     return out
 
@@ -237,9 +289,12 @@ def prepare(args: argparse.Namespace) -> Scenario:
     if args.duration is not None:
         scenario = scenario.scaled(args.duration)
     overrides = parse_overrides(args.set)
+    attack = overrides.pop("attack", None)
     if overrides:
         scenario = scenario.with_overrides(**overrides)
         scenario.market_config()  # checks the merged values
+    if attack:
+        scenario = scenario.with_attack(**attack)
     return scenario
 
 
@@ -337,6 +392,68 @@ def cmd_liars(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'liars.json'} and {out / 'liars.md'}")
     r = report["requests"]
     return EXIT_OK if r["served_by_a_liar"] == 0 and r["failed"] == 0 else EXIT_ERROR
+def cmd_attack(args: argparse.Namespace) -> int:
+    from simnet.attacks import PairRunner
+    from simnet.report import write_attack_report
+    from simnet.sim import default_workers, stderr_progress
+
+    if args.peers < 2:
+        raise ScenarioError("--peers must be at least 2")
+    names = [n.strip() for n in (args.attack or ",".join(attack_scenarios())).split(",")
+             if n.strip()]
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    for policy in policies:
+        if policy not in ("open", "members"):
+            raise ScenarioError(f"--policy {policy!r}: expected open or members")
+    sim = args.transport == "sim"
+    if not sim and (args.observers is not None or args.workers is not None):
+        raise ScenarioError("--observers and --workers are for --transport sim")
+    if sim:
+        observers = args.observers if args.observers is not None else (
+            None if args.peers <= 200 else 100)
+        workers = default_workers(args.peers) if args.workers is None else args.workers
+    else:
+        _setup_logging(args.log_level)
+        observers, workers = None, 1
+    overrides = parse_overrides(args.set)
+    progress = None if args.quiet else stderr_progress
+    runner = PairRunner(args.peers, seed=args.seed, transport=args.transport,
+                        observers=observers, workers=workers, sample_s=args.sample,
+                        progress=progress)
+    outcomes = []
+    for name in names:
+        base = load(name)
+        if not any(e.action == "attack" for e in base.events):
+            raise ScenarioError(f"scenario {name!r} has no attack event")
+        if args.duration is not None:
+            base = base.scaled(args.duration)
+        tables = {k: v for k, v in overrides.items() if k != "attack"}
+        if tables:
+            base = base.with_overrides(**tables)
+        if "attack" in overrides:
+            base = base.with_attack(**overrides["attack"])
+        for policy in policies:
+            scenario = base.with_overrides(admission={"policy": policy})
+            for outcome in runner.measure(scenario):
+                outcomes.append(outcome)
+                print(_attack_line(outcome), flush=True)
+    out = Path(args.out or f"out/attacks-{args.transport}-{args.peers}")
+    meta = {"transport": args.transport, "peers": args.peers, "seed": args.seed,
+            "observers": observers, "workers": workers, "set": list(args.set),
+            "duration_s": args.duration}
+    write_attack_report(outcomes, out, meta)
+    print(f"report: {out / 'attack.md'}")
+    return EXIT_OK
+
+
+def _attack_line(o: Any) -> str:
+    d, e = o.deviation, o.expected
+    pct = f"{100 * d.max_relative:.4f} %"
+    return (f"{o.attack:15s} {o.policy:8s} F={o.work_bits:<2d} identities {o.identities:5d} "
+            f"sent {o.sent:6d}: max |dprice| {d.max_abs_nano} nano ({pct}); counted +supply "
+            f"{d.max_extra_supply} tok/s ({100 * d.supply_share:.2f} %), +demand "
+            f"{d.max_extra_demand} tokens ({100 * d.demand_share:.2f} %); stated bound "
+            f"{e.get('bound_nano')} nano ({e.get('rule')}); wall {o.wall_s} s")
 
 
 def cmd_economics(args: argparse.Namespace) -> int:

@@ -6,12 +6,15 @@ capacity or huge demand):
 - `forged`: an announcement in an honest signer's name with a signature that does not verify;
 - `replayed`: an honest announcement's exact bytes, published again by the hostile peer;
 - `backdated`: signed by the hostile key, issued 400 s ago (beyond the 300 s freshness window);
-- `oversize`: a validly signed announcement padded past the 1 KiB size limit;
+- `oversize`: a validly signed announcement padded past the 2 KiB size limit of an announcement;
 - `future`: signed by the hostile key, issued 120 s ahead (beyond the 30 s future limit);
 - `implausible`: signed by the hostile key, capacity above max_node_tokens_per_s.
 
 The hostile key never sends a valid announcement: a valid one would be legitimate market
-content, not an attack on validation.
+content, not an attack on validation (the valid attacks on the price are `simnet.attacks`).
+Bodies are wire v2 (protocols/market-v2.md §2): an announcement's 11 items end with the work
+nonce and the credential (empty: an open network), so each kind is refused for the rule it aims
+at and not for its version or its length.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import msgpack
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire import Announcement, encode
+from neuroshard_p2p.wire.codec import MAX_SIZE
+from neuroshard_p2p.wire.messages import KIND_ANNOUNCEMENT, VERSION
 
 from simnet.scenario import HOSTILE_KINDS
 
@@ -64,8 +69,8 @@ class HostileCrafter:
             return captured[(self.sent * 7919) % len(captured)]
         if kind == "forged" and honest_signers:
             victim = honest_signers[(self.sent * 104729) % len(honest_signers)]
-            body = msgpack.packb([1, 1, victim, now_ms, now_ms, 50_000, 0, BIG_DEMAND, 1000],
-                                 use_bin_type=True)
+            body = msgpack.packb([VERSION, KIND_ANNOUNCEMENT, victim, now_ms, now_ms, 50_000, 0,
+                                  BIG_DEMAND, 1000, 0, b""], use_bin_type=True)
             signature = hashlib.sha512(body).digest()[:64]  # 64 bytes that are not a signature
             return msgpack.packb([body, signature], use_bin_type=True)
         if kind == "backdated":
@@ -75,9 +80,11 @@ class HostileCrafter:
         if kind == "implausible":
             return self._signed_raw(now_ms, self.config.max_node_tokens_per_s * 10, 0)
         # oversize (also the fallback of replayed/forged before anything was captured): a body
-        # signed by the hostile key, carrying 1.5 KiB of padding as an extra field.
-        body = msgpack.packb([1, 1, self.signer, now_ms, self._seq + now_ms, 50_000, 0,
-                              BIG_DEMAND, 1000, bytes(1536)], use_bin_type=True)
+        # signed by the hostile key whose credential field carries more bytes than a whole
+        # announcement may have (W8 refuses the size before W10 would look at the field).
+        body = msgpack.packb([VERSION, KIND_ANNOUNCEMENT, self.signer, now_ms,
+                              self._seq + now_ms, 50_000, 0, BIG_DEMAND, 1000, 0,
+                              bytes(MAX_SIZE[KIND_ANNOUNCEMENT])], use_bin_type=True)
         signature = _compact_signature(self.key, body)
         return msgpack.packb([body, signature], use_bin_type=True)
 

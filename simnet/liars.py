@@ -43,6 +43,7 @@ import coincurve
 import trio
 
 from neuroshard_p2p import wire
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.streams import FrameStream, close_quietly, reset_quietly
 from neuroshard_p2p.wire import (
@@ -251,8 +252,9 @@ async def run_liars(setup: LiarsSetup, *, progress: Callable[[str], None] | None
 
     say = progress or (lambda line: None)
     rng = random.Random(setup.seed)
-    market = MarketConfig(capacity_timeout_s=30.0)
-    network = f"liars-{setup.seed}-{rng.randrange(1 << 30):x}"
+    # A network of its own (the simnet charter: no identity work), under a name of its own.
+    charter = builtin("simnet").replace(market=MarketConfig(capacity_timeout_s=30.0),
+                                        name=f"liars-{setup.seed}-{rng.randrange(1 << 30):x}")
     tmp = tempfile.TemporaryDirectory(prefix="simnet-liars-") if data_dir is None else None
     root = Path(tmp.name if tmp is not None else data_dir)  # type: ignore[arg-type]
     roles = (["liar"] * setup.liars + ["honest"] * setup.honest + ["gateway"] * setup.gateways)
@@ -267,9 +269,9 @@ async def run_liars(setup: LiarsSetup, *, progress: Callable[[str], None] | None
         price = setup.honest_min_price if role == "honest" else 0.0
         return NodeSettings(
             data_dir=root / f"{role}-{i}", listen=("/ip4/127.0.0.1/tcp/0",), api="off",
-            network=network, bootstrap=tuple(bootstrap), capacity=capacity, min_price=price,
+            charter=charter, bootstrap=tuple(bootstrap), capacity=capacity, min_price=price,
             announce_interval_s=10.0, sync_interval_s=15.0, peer_exchange_interval_s=2.0,
-            target_peers=8, stream_timeout_s=10.0, shutdown_grace_s=0.2, market=market,
+            target_peers=8, stream_timeout_s=10.0, shutdown_grace_s=0.2,
             job_accept_timeout_s=setup.accept_timeout_s,
             job_progress_grace_s=setup.progress_grace_s, job_backoff_s=setup.backoff_s,
             job_ban_after=setup.ban_after)

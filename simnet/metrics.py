@@ -85,6 +85,7 @@ class Recorder:
         self.peer_received: list[int] = []
         self.peer_hostile: list[bool] = []
         self.reasons: Counter[str] = Counter()        # validation outcomes, summed over peers
+        self.attack_counts: Counter[str] = Counter()  # what attacks cost the honest peers (sim)
         self.cpu_s = 0.0                              # CPU spent by the run (process time)
         self.engine_cpu_s = 0.0                       # of which inside the node engines (sim)
         self.engine_messages = 0                      # gossip messages the engines validated (sim)

@@ -16,6 +16,18 @@ How the scenario's actions map onto real nodes:
   denial and every node dials one peer of another group (as its peer exchange would, later);
 - hostile: an extra `Node` that offers nothing (so it never announces) publishes invalid bytes on
   the market topic through its pubsub; honest nodes' validators must refuse them.
+- attack: an extra `Node` (offering nothing) is the attacker. Its identities' announcements go
+  out as gossipsub messages each authored and signed by that identity's own libp2p key (what a
+  hostile client can do: gossipsub relays any correctly signed message), pushed through the
+  attacker's pubsub; through sync, the attacker's neighbours pull them from it (its engine answers
+  every sync request with them); sync_abuse pulls its first neighbour's whole view over the real
+  sync protocol.
+
+Admission and identity work (protocols/market-v2.md): in a members network (`[admission] policy
+= "members"`) the driver is the authority and gives every honest node a credential; with the work
+ramp on, announcing nodes use worked keys (simnet.identities). The node does not read a charter
+yet, so the driver arms each node's engine (validator with the admission, credential, nonce)
+before the node starts.
 
 t = 0 is when every initial node is connected, has a gossip mesh, holds every other node's
 first announcement and the price has settled (settle delay + W ticks later); the setup before is not part
@@ -42,11 +54,18 @@ from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.timeline import seconds_of
 from neuroshard_p2p.node.settings import NodeSettings
+from neuroshard_p2p.view import MarketView
+from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE, encode_sync, split_sync_response
+from neuroshard_p2p.wire.framing import length_prefixed
+from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE, SyncRequest
+from neuroshard_p2p.wire.validate import Validator
 
+from simnet.attacks import Attacker, attack_identities, keep_alive_s
 from simnet.hostile import HostileCrafter
+from simnet.identities import Identity, MembersNetwork, WorkedPool
 from simnet.metrics import PeerSample, Recorder
 from simnet.scenario import Event, Scenario
-from simnet.sim import TOKENS_PER_REQUEST, peer_key
+from simnet.sim import TOKENS_PER_REQUEST, peer_key, simnet_charter
 
 #: How long the setup may take before the run gives up (connections and gossip meshes).
 SETUP_TIMEOUT_S = 60.0
@@ -70,6 +89,7 @@ class RealPeer:
     group: int = 0
     crafter: HostileCrafter | None = None
     error: BaseException | None = None
+    work_nonce: int = 0
 
 
 def read_market(node: Any, now: float) -> tuple[int, int, int, int]:
@@ -105,8 +125,12 @@ class RealNetwork:
             raise ValueError("a network needs at least 2 peers")
         self.scenario = scenario
         self.market: MarketConfig = scenario.market_config()
+        # A network of its own for every run (other runs on the machine never mix with it): the
+        # simnet charter around the scenario's market, under a name of its own.
+        name = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
+        self.charter = simnet_charter(self.market, name)
         self.base_settings = NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."),
-                                                       market=self.market)
+                                                       charter=self.charter)
         self.n_initial = peers
         self.seed = seed
         self.rng = random.Random(seed)
@@ -121,7 +145,7 @@ class RealNetwork:
         self._own_ips = any(e.action == "partition" for e in scenario.events)
         self._tmp = tempfile.TemporaryDirectory(prefix="simnet-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name if self._tmp else data_dir)  # type: ignore[arg-type]
-        self.network = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
+        self.network = self.charter.network_id
         self._nursery: trio.Nursery | None = None
         self._t0 = 0.0
         self._epoch0 = 0.0
@@ -130,6 +154,12 @@ class RealNetwork:
         self._hostile_sent: dict[int, int] = {}
         self._reasons_at_t0: Counter[str] = Counter()
         self._syncs_last = 0
+        #: A members network: this driver is its authority (credentials for honest nodes).
+        self.members = (MembersNetwork(self.market, seed, epoch=time.time(),
+                                       lifetime_s=scenario.duration_s + 3600.0)
+                        if scenario.admission == "members" else None)
+        self.worked = WorkedPool(self.market.identity_work_bits)
+        self._attacks = 0
 
     # ------------------------------------------------------------------ peers
 
@@ -143,7 +173,6 @@ class RealNetwork:
             data_dir=self.data_dir / f"peer-{peer.index}",
             listen=(f"/ip4/{peer.ip}/tcp/0",),
             bootstrap=tuple(bootstrap),
-            network=self.network,
             api="off",
             capacity=peer.capacity,
             min_price=self.scenario.peers.min_price if peer.capacity else 0.0,
@@ -152,8 +181,12 @@ class RealNetwork:
     def _new_peer(self, role: str, capacity: int = 0, demand: int = 0) -> RealPeer:
         index = len(self.peers)
         salt = b"hostile" if role == "hostile" else b"peer"
-        peer = RealPeer(index, peer_key(self.seed, index, salt), role, self._ip(index),
-                        capacity=capacity, demand=demand)
+        key, nonce = peer_key(self.seed, index, salt), 0
+        if (capacity or demand) and role != "hostile" and self.market.identity_work_bits > 0:
+            identity = self.worked.honest()  # an honest node that did its identity work
+            key, nonce = identity.key, identity.work_nonce
+        peer = RealPeer(index, key, role, self._ip(index), capacity=capacity, demand=demand,
+                        work_nonce=nonce)
         self.peers.append(peer)
         self.recorder.add_peer(peer_id_of(peer.key.public_key.format(compressed=True)),
                                self._now_rel(), hostile=role == "hostile")
@@ -177,7 +210,9 @@ class RealNetwork:
         try:
             with trio.CancelScope() as scope:
                 peer.scope = scope
-                async with Node(settings, private_key=peer.key) as node:
+                node = Node(settings, private_key=peer.key)
+                self._arm(node, peer)
+                async with node:
                     peer.node = node
                     peer.alive = True
                     if peer.demand:
@@ -194,6 +229,16 @@ class RealNetwork:
             peer.ended.set()
             if not started:
                 task_status.started()
+
+    def _arm(self, node: Any, peer: RealPeer) -> None:
+        """What the node would take from its charter: the admission its validator checks, its
+        credential (honest nodes of a members network) and its identity-work nonce."""
+        if self.members is not None:
+            node.engine.validator = Validator(self.market, admission=self.members.admission)
+            if peer.role != "hostile":
+                node.engine.set_credential(self.members.credential(node.engine.signer))
+        if peer.work_nonce:
+            node.engine.set_work_nonce(peer.work_nonce)
 
     def _push_demand(self, peer: RealPeer) -> None:
         node = peer.node
@@ -361,6 +406,113 @@ class RealNetwork:
                 self._nursery.start_soon(self._flood_hostile, h,
                                          event.duration_s or self.scenario.duration_s, event.rate)
             rec.record_event(t, event, peers=[h.index for h in hostiles], sent=0)
+        elif action == "attack":
+            await self._start_attack(event, t)
+
+    # ------------------------------------------------------------------ attacks
+
+    async def _start_attack(self, event: Event, t: float) -> None:
+        number = self._attacks
+        self._attacks += 1
+        h = self._new_peer("hostile")
+        live = self._live()
+        entries = self.rng.sample(live, min(3, len(live)))
+        await self._start(h, self._addrs_of(entries, 3))
+        identities = attack_identities(event, self.market, self.seed, number, self.worked)
+        interval = keep_alive_s(self.base_settings.announce_interval_s, self.market)
+        attacker = Attacker(event, identities, t, interval, self.scenario.duration_s)
+        info: dict[str, Any] = {"attack": event.attack, "identities": len(identities),
+                                "entries": [p.index for p in entries],
+                                "policy": self.scenario.admission,
+                                "work_bits": self.market.identity_work_bits, "sent": 0,
+                                "_attacker": attacker}
+        self.recorder.record_event(t, event, **info)
+        assert self._nursery is not None
+        if event.attack == "sync_abuse":
+            self._nursery.start_soon(self._sync_abuse, h, entries[0], attacker, info)
+        elif event.route == "sync":
+            self._nursery.start_soon(self._attack_by_sync, h, entries, attacker)
+        else:
+            self._nursery.start_soon(self._attack_by_gossip, h, attacker)
+
+    async def _attack_by_gossip(self, h: RealPeer, attacker: Attacker) -> None:
+        """Publish each due announcement as a gossipsub message of its own identity. The
+        attacker paces itself by its outbound queues (py-libp2p drops what does not fit in a
+        peer's queue of 32 RPCs): what it sends is what it means to send."""
+        seqno = 0
+        pubsub = h.node.pubsub
+        while h.alive and (at := attacker.next_at()) is not None:
+            await trio.sleep_until(self._t0 + at)
+            for who, wire in attacker.due(self._now_rel(), time.time()):
+                seqno += 1
+                while any(len(q) >= q._queue.max_size // 2 for q in pubsub.peer_queues.values()):
+                    await trio.sleep(0.005)
+                try:
+                    await h.node.pubsub.push_msg(h.node.pubsub.my_id,
+                                                 authored_message(who, wire, h.node.topic, seqno))
+                except Exception:  # noqa: BLE001 - e.g. no peers right now
+                    pass
+
+    async def _attack_by_sync(self, h: RealPeer, entries: list[RealPeer],
+                              attacker: Attacker) -> None:
+        """Serve the identities' announcements to every sync request, and have the attacker's
+        neighbours pull from it at each round (as they do on connecting)."""
+        current: list[bytes] = []
+        h.node.engine.on_sync_request = lambda data, now: [
+            encode_sync(r) for r in split_sync_response(current)]
+        attacker_id = h.node.host.get_id()
+        while h.alive and (at := attacker.next_at()) is not None:
+            await trio.sleep_until(self._t0 + at)
+            current[:] = [wire for _, wire in attacker.due(self._now_rel(), time.time())]
+
+            async def pull(p: RealPeer) -> None:
+                with trio.move_on_after(10.0):
+                    try:
+                        await p.node.sync_with(attacker_id)
+                    except Exception:  # noqa: BLE001 - counted by the node
+                        pass
+
+            async with trio.open_nursery() as nursery:
+                for p in entries:
+                    if p.alive:
+                        nursery.start_soon(pull, p)
+
+    async def _sync_abuse(self, h: RealPeer, target: RealPeer, attacker: Attacker,
+                          info: dict[str, Any]) -> None:
+        """Pull the target's whole view (the digests of an empty view) `rate` times a second
+        over the real sync protocol, one request after another."""
+        from neuroshard_p2p.node.host import sync_protocol
+        from neuroshard_p2p.node.streams import FrameStream, reset_quietly
+
+        view = MarketView(self.market)
+        request = length_prefixed(encode_sync(SyncRequest(
+            view.digest(), tuple(view.bucket_digests()), view.revocations_digest())))
+        protocol = sync_protocol(self.network)
+        counts = Counter[str]()
+        info["sync"] = counts
+        interval = 1.0 / attacker.event.rate
+        next_at = trio.current_time()
+        while h.alive and target.alive and self._now_rel() < attacker.end_t:
+            counts["requests"] += 1
+            counts["bytes_in"] += len(request)
+            stream = None
+            try:
+                with trio.fail_after(5.0):
+                    stream = await h.node.host.new_stream(target.node.host.get_id(), [protocol])
+                    await stream.write(request)
+                    frames = FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
+                    got = 0
+                    while (frame := await frames.next()) is not None:
+                        got += len(frame)
+                    await stream.close()
+                counts["answered"] += 1
+                counts["bytes_out"] += got
+            except Exception:  # noqa: BLE001 - refused (reset) or timed out
+                counts["refused"] += 1
+                if stream is not None:
+                    await reset_quietly(stream)
+            next_at += interval
+            await trio.sleep_until(max(next_at, trio.current_time()))
 
     async def _add(self, event: Event) -> list[RealPeer]:
         live = self._live()
@@ -556,6 +708,11 @@ class RealNetwork:
                     if record.event.action == "hostile":
                         record.info["sent"] = sum(self._hostile_sent.get(i, 0)
                                                   for i in record.info.get("peers", []))
+                    attacker = record.info.pop("_attacker", None)
+                    if attacker is not None:
+                        record.info["sent"] = attacker.sent
+                        for key, value in dict(record.info.pop("sync", {})).items():
+                            rec.attack_counts[f"sync_{key}"] += value
                 for peer in self.peers:
                     if peer.node is not None and peer.role != "hostile":
                         for (_outcome, reason), count in peer.node.engine.gossip_counts.items():
@@ -587,6 +744,22 @@ class RealNetwork:
         self._last_totals = (published, acc, rej, ign)
 
 
+def authored_message(who: Identity, wire: bytes, topic: str, seqno: int) -> Any:
+    """A gossipsub message whose author (`from`) is `who`'s own libp2p peer id, signed by its
+    key as strict signing requires: what a hostile client sends so that each identity's
+    announcement passes the author rule (V4) everywhere."""
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+    from libp2p.pubsub.pb import rpc_pb2
+    from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+
+    keys = create_new_key_pair(who.key.secret)
+    msg = rpc_pb2.Message(data=wire, topicIDs=[topic], from_id=who.peer_bytes,
+                          seqno=seqno.to_bytes(8, "big"))
+    msg.signature = keys.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+    msg.key = keys.public_key.serialize()
+    return msg
+
+
 async def run_real(scenario: Scenario, peers: int, *, seed: int = 1, sample_s: float = 0.5,
                    progress: Callable[[str], None] | None = None) -> Recorder:
     """Run `scenario` on `peers` real nodes in this trio process."""
@@ -594,4 +767,5 @@ async def run_real(scenario: Scenario, peers: int, *, seed: int = 1, sample_s: f
                              progress=progress).run()
 
 
-__all__ = ["RealNetwork", "RealPeer", "run_real", "read_market", "gossip_totals"]
+__all__ = ["RealNetwork", "RealPeer", "run_real", "read_market", "gossip_totals",
+           "authored_message"]

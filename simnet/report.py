@@ -314,6 +314,56 @@ def plot_run(rec: Recorder, out: Path, max_lines: int = 200) -> list[str]:
 # Economics
 
 
+def write_attack_report(outcomes: Sequence[Any], out_dir: str | Path,
+                        meta: dict[str, Any]) -> dict[str, Any]:
+    """Write attack.json and attack.md of `neuroshard-simnet attack`; return the data."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"meta": meta, "attacks": [o.to_dict() for o in outcomes]}
+    (out / "attack.json").write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    (out / "attack.md").write_text(attack_markdown(data))
+    return data
+
+
+def attack_markdown(data: dict[str, Any]) -> str:
+    meta = data["meta"]
+    lines = [
+        "# Attacks on the price: deviation from the honest run", "",
+        f"{meta['peers']} peers on {meta['transport']}, seed {meta['seed']}"
+        + (f", prices computed at {meta['observers']} observers" if meta.get("observers") else "")
+        + ". Each attack ran against the honest run of the same scenario and seed; the "
+          "deviation is the largest |attacked − honest| price over every sample and peer.", "",
+        "| attack | policy | F | identities | sent | max \\|Δ\\| (nano) | max \\|Δ\\| | "
+        "+supply (share) | +demand (share) | stated bound (nano) | rule |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in data["attacks"]:
+        d, e = a["deviation"], a["expected"]
+        lines.append(
+            f"| {a['attack']} | {a['policy']} | {a['work_bits']} | {a['identities']} | "
+            f"{a['sent']} | {d['max_abs_nano']} | {100 * d['max_relative']:.4f} % | "
+            f"{d['max_extra_supply']} tok/s ({100 * d['supply_share']:.2f} %) | "
+            f"{d['max_extra_demand']} ({100 * d['demand_share']:.2f} %) | "
+            f"{e.get('bound_nano')} | {e.get('rule')} |")
+    lines += ["", "Counted share: (attacked − honest) / attacked supply or demand, the largest "
+              "over samples and peers. The stated bound is |target(S + s, D + d) − target(S, D)| "
+              "for the honest market (S, D) and what the attackers may count (s, d): nothing in a "
+              "members network, the per-signer caps for one identity with full work, "
+              "Σ claim >> (F − bits) for fresh keys.", ""]
+    for a in data["attacks"]:
+        counts = a.get("attack_counts") or {}
+        if counts:
+            lines.append(f"- {a['attack']} ({a['policy']}): " + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in sorted(counts.items())))
+        rejected = {k: v for k, v in a["reasons"].items() if k != "accepted"}
+        if rejected:
+            lines.append(f"- {a['attack']} ({a['policy']}): refused by honest validators: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())))
+    lines.append("")
+    return "\n".join(lines)
+
+
 def write_economics_report(results: Sequence[econ.EconomicsResult], out_dir: str | Path,
                            plots: bool = True) -> dict[str, Any]:
     out = Path(out_dir)

@@ -20,6 +20,9 @@ Layout (every table optional except `name`; see `simnet/scenarios/*.toml` for sh
     [market]                  # overrides of neuroshard_p2p.config.MarketConfig
     [node]                    # overrides of the node's timing settings (re-announce, sync, ...)
     [economics]               # parameters of `neuroshard-simnet economics` (simnet.economics)
+    [admission]               # who may take part (the charter's admission, market-v2 §1)
+    policy = "open"           # "open" | "members": the simulator is the network's authority and
+                              # gives every honest peer a credential; attackers get none
     [network]                 # the simulated network (ignored by the libp2p transport)
     degree = 6                # gossip mesh degree D
     latency_median_ms = 40.0  # per-hop latency: lognormal with this median ...
@@ -72,6 +75,32 @@ WHO = ("all", "providers", "demand", "idle", "live")
 #: Kinds of invalid traffic a hostile peer can send.
 HOSTILE_KINDS = ("forged", "replayed", "backdated", "oversize", "future", "implausible")
 
+#: Admission policies of a scenario's network (the charter's `[admission] policy`).
+POLICIES = ("open", "members")
+
+#: Valid attacks on the price (simnet.attacks): what each identity announces by default. Every
+#: message is well formed and correctly signed; what limits its weight is the network's
+#: admission, the per-signer caps and the identity-work ramp.
+ATTACKS: dict[str, dict[str, Any]] = {
+    # One identity announcing the most demand the wire can carry (issue 14: +86 % in 8 s on v1).
+    # It carries full identity work: the worst case one identity that paid can do.
+    "demand_pump": dict(keys=1, tokens_per_second=0, min_price=0.0, pending_tokens=2**63 - 1,
+                        pending_requests=2**63 - 1, work=True, route="gossip", rate=1.0),
+    # 200 fresh keys, each the largest plausible provider at price 0.
+    "sybil_capacity": dict(keys=200, tokens_per_second=50_000, min_price=0.0, pending_tokens=0,
+                           pending_requests=0, work=False, route="gossip", rate=200.0),
+    # 2,000 fresh keys, each one plausible 1,000-token request, all announced within a minute.
+    "sybil_demand": dict(keys=2_000, tokens_per_second=0, min_price=0.0, pending_tokens=1_000,
+                         pending_requests=1, work=False, route="gossip", rate=2_000 / 60),
+    # 4,096 fresh keys (a full sync answer) handed to the attacker's neighbours in sync answers.
+    "key_flood": dict(keys=4_096, tokens_per_second=50_000, min_price=0.0, pending_tokens=0,
+                      pending_requests=0, work=False, route="sync", rate=1.0),
+    # One peer pulling a neighbour's whole view in a loop (issue 14: 428 pulls in 5 s).
+    "sync_abuse": dict(keys=1, tokens_per_second=0, min_price=0.0, pending_tokens=0,
+                       pending_requests=0, work=False, route="sync", rate=428 / 5),
+}
+ROUTES = ("gossip", "sync")
+
 #: Per action: the parameters it takes (besides `at`, `action`, `label`) and what it does.
 ACTIONS: dict[str, tuple[frozenset[str], str]] = {
     "capacity": (frozenset({"who", "fraction", "count", "factor", "tokens_per_second"}),
@@ -89,6 +118,13 @@ ACTIONS: dict[str, tuple[frozenset[str], str]] = {
     "heal": (frozenset(), "end the partition"),
     "hostile": (frozenset({"count", "rate", "duration_s", "kinds"}),
                 "start `count` extra peers that publish `rate` invalid messages per second"),
+    "attack": (frozenset({"attack", "keys", "tokens_per_second", "min_price", "pending_tokens",
+                          "pending_requests", "work", "route", "rate", "duration_s"}),
+               "an attacker with `keys` identities sends VALID announcements (`attack`: "
+               f"{', '.join(ATTACKS)}), by gossip `rate` identities per second or by sync "
+               "(`route`) all in one round of answers, each re-announced as rarely as keeps "
+               "it counted until `duration_s` is over; sync_abuse pulls a neighbour's view "
+               "`rate` times per second"),
 }
 
 ROLES = ("provider", "demand", "idle", "replace")
@@ -160,12 +196,22 @@ class Event:
     rate: float = 20.0
     duration_s: float | None = None
     kinds: tuple[str, ...] = ("forged", "replayed", "backdated", "oversize")
+    # attack (resolved from ATTACKS[attack] when the file leaves them out)
+    attack: str = ""
+    keys: int | None = None
+    min_price: float | None = None
+    pending_tokens: int | None = None
+    pending_requests: int | None = None
+    work: bool | None = None
+    route: str | None = None
 
     @property
     def title(self) -> str:
         """A short human name for reports: the label, or the action and its main parameter."""
         if self.label:
             return self.label
+        if self.action == "attack":
+            return f"{self.attack} {self.keys}"
         detail = ""
         if self.factor is not None:
             detail = f" x{self.factor:g}"
@@ -235,9 +281,12 @@ class Scenario:
     network: NetworkModel = field(default_factory=NetworkModel)
     events: tuple[Event, ...] = ()
     economics: Mapping[str, Any] = field(default_factory=dict)
+    admission: str = "open"
 
     def __post_init__(self) -> None:
         _need(bool(self.name), "name must not be empty")
+        _need(self.admission in POLICIES,
+              f"admission.policy must be one of {POLICIES}, got {self.admission!r}")
         _need(0 < self.duration_s <= 86_400, "duration_s must be in (0, 86400]")
         for event in self.events:
             _need(0 <= event.at_s <= self.duration_s,
@@ -269,10 +318,17 @@ class Scenario:
 
     def with_overrides(self, *, market: Mapping[str, Any] | None = None,
                        node: Mapping[str, Any] | None = None,
-                       network: Mapping[str, Any] | None = None) -> "Scenario":
-        """A copy with some [market], [node] or [network] settings replaced (e.g. short timeouts
-        for a 20 s test run)."""
+                       network: Mapping[str, Any] | None = None,
+                       peers: Mapping[str, Any] | None = None,
+                       admission: Mapping[str, Any] | None = None) -> "Scenario":
+        """A copy with some [market], [node], [network], [peers] or [admission] settings
+        replaced (e.g. short timeouts for a 20 s test run, a members network)."""
         changes: dict[str, Any] = {}
+        if peers:
+            changes["peers"] = _build(PeerSetup, {**dataclasses.asdict(self.peers), **peers},
+                                      "peers")
+        if admission:
+            changes["admission"] = _admission({"policy": self.admission, **admission})
         if market:
             changes["market"] = {**self.market, **market}
         if node:
@@ -281,6 +337,33 @@ class Scenario:
             changes["network"] = _build(NetworkModel, {**dataclasses.asdict(self.network),
                                                        **network}, "network")
         return dataclasses.replace(self, **changes)
+
+    def with_attack(self, **changes: Any) -> "Scenario":
+        """A copy whose attack events take these parameters (e.g. keys=2000, rate=200.0),
+        checked as the file's would be."""
+        allowed, _ = ACTIONS["attack"]
+        unknown = sorted(set(changes) - allowed)
+        _need(not unknown, f"attack: unknown parameter(s) {unknown}; it takes {sorted(allowed)}")
+        events = []
+        for i, event in enumerate(self.events):
+            if event.action == "attack":
+                raw: dict[str, Any] = {"at": event.at_s, "action": "attack"}
+                if event.label:
+                    raw["label"] = event.label
+                for key in allowed:
+                    value = getattr(event, key)
+                    if value is not None:
+                        raw[key] = value
+                raw.update(changes)
+                event = _event(i, raw)
+            events.append(event)
+        return dataclasses.replace(self, events=tuple(events))
+
+    def without_attacks(self) -> "Scenario":
+        """The honest run of this scenario: the same network and timeline without its attack
+        events (what an attack's effect is measured against)."""
+        return dataclasses.replace(self, events=tuple(e for e in self.events
+                                                      if e.action != "attack"))
 
     def to_dict(self) -> dict[str, Any]:
         """A plain mapping for report.json."""
@@ -333,11 +416,11 @@ def loads(text: str, where: str = "<scenario>") -> Scenario:
 
 def from_mapping(data: Mapping[str, Any]) -> Scenario:
     known = {"name", "description", "duration_s", "peers", "market", "node", "network", "event",
-             "economics"}
+             "economics", "admission"}
     unknown = sorted(set(data) - known)
     _need(not unknown, f"unknown top-level key(s) {unknown}; known: {sorted(known)}")
     _need(isinstance(data.get("name"), str), "name (a string) is required")
-    for table in ("peers", "market", "node", "network", "economics"):
+    for table in ("peers", "market", "node", "network", "economics", "admission"):
         _need(isinstance(data.get(table, {}), dict), f"[{table}] must be a table")
     raw_events = data.get("event", [])
     _need(isinstance(raw_events, list), "[[event]] must be an array of tables")
@@ -355,7 +438,16 @@ def from_mapping(data: Mapping[str, Any]) -> Scenario:
         network=_build(NetworkModel, data.get("network", {}), "network"),
         events=events,
         economics=dict(data.get("economics", {})),
+        admission=_admission(data.get("admission", {})),
     )
+
+
+def _admission(table: Mapping[str, Any]) -> str:
+    unknown = sorted(set(table) - {"policy"})
+    _need(not unknown, f"[admission] unknown key(s) {unknown}; known: ['policy']")
+    policy = table.get("policy", "open")
+    _need(policy in POLICIES, f"[admission] policy must be one of {POLICIES}, got {policy!r}")
+    return str(policy)
 
 
 def _event(index: int, raw: Any) -> Event:
@@ -389,7 +481,20 @@ def _event(index: int, raw: Any) -> Event:
         elif key in ("count", "groups", "tokens_per_second"):
             _need(type(value) is int and value >= 0, f"{name} must be an integer >= 0")
             kwargs[key] = value
-        else:  # fraction, factor, utilization, rate, duration_s
+        elif key == "attack":
+            _need(value in ATTACKS, f"{name} must be one of {tuple(ATTACKS)}, got {value!r}")
+            kwargs[key] = value
+        elif key in ("keys", "pending_tokens", "pending_requests"):
+            _need(type(value) is int and 0 <= value <= 2**63 - 1,
+                  f"{name} must be an integer in 0..2^63-1")
+            kwargs[key] = value
+        elif key == "work":
+            _need(isinstance(value, bool), f"{name} must be true or false")
+            kwargs[key] = value
+        elif key == "route":
+            _need(value in ROUTES, f"{name} must be one of {ROUTES}, got {value!r}")
+            kwargs[key] = value
+        else:  # fraction, factor, utilization, rate, duration_s, min_price
             kwargs[key] = _number(name, value)
     event = Event(**kwargs)
     if event.fraction is not None:
@@ -406,6 +511,19 @@ def _event(index: int, raw: Any) -> Event:
         _need(event.groups >= 2, f"{where}.groups must be >= 2")
     if action == "hostile":
         _need(0 < event.rate <= 10_000, f"{where}.rate must be in (0, 10000] messages/s")
+        _need(event.duration_s is None or event.duration_s > 0, f"{where}.duration_s must be > 0")
+    if action == "attack":
+        _need("attack" in raw, f"{where}: attack needs `attack` (one of {tuple(ATTACKS)})")
+        defaults = ATTACKS[event.attack]
+        event = dataclasses.replace(event, **{k: v for k, v in defaults.items()
+                                              if k not in raw})
+        _need(event.keys is not None and 1 <= event.keys <= 100_000,
+              f"{where}.keys must be in 1..100000")
+        _need(event.tokens_per_second is not None and event.tokens_per_second <= 2**63 - 1,
+              f"{where}.tokens_per_second must be in 0..2^63-1")
+        _need(event.min_price is not None and event.min_price >= 0,
+              f"{where}.min_price must be >= 0")
+        _need(0 < event.rate <= 1_000_000, f"{where}.rate must be in (0, 1000000] per second")
         _need(event.duration_s is None or event.duration_s > 0, f"{where}.duration_s must be > 0")
     if action == "add":
         _need(event.role == "replace" or event.count is not None or event.fraction is not None,
@@ -445,4 +563,5 @@ def _need(ok: bool, message: str) -> None:
 
 
 __all__ = ["Scenario", "Event", "PeerSetup", "NetworkModel", "ScenarioError", "ACTIONS", "WHO",
-           "HOSTILE_KINDS", "ROLES", "load", "loads", "from_mapping", "shipped_scenarios"]
+           "HOSTILE_KINDS", "ROLES", "ATTACKS", "ROUTES", "POLICIES", "load", "loads",
+           "from_mapping", "shipped_scenarios"]

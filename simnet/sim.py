@@ -96,14 +96,21 @@ from typing import Any, Callable
 import coincurve
 import numpy as np
 
+from neuroshard_p2p.charter import Charter, builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.settings import NodeSettings
+from neuroshard_p2p.view import MarketView
 from neuroshard_p2p.wire import Message, WireError
+from neuroshard_p2p.wire.frames import encode_sync, split_sync_response
+from neuroshard_p2p.wire.messages import SyncRequest
 from neuroshard_p2p.wire.validate import Decoder, decode_stateless
 
+from simnet.attacks import (Attacker, SyncBudget, attack_identities, keep_alive_s,
+                            reference_verdict)
 from simnet.hostile import HostileCrafter
+from simnet.identities import Identity, MembersNetwork, WorkedPool
 from simnet.metrics import PeerSample, Recorder
 from simnet.scenario import Event, Scenario
 
@@ -119,7 +126,7 @@ TOKENS_PER_REQUEST = 100_000
 
 # Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
 (_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
- _SAMPLE) = range(10)
+ _SAMPLE, _ATTACK) = range(11)
 
 _OUTCOME = operator.attrgetter("outcome")
 _REASON = operator.attrgetter("reason")
@@ -137,6 +144,7 @@ class _EngineTally:
     traffic: dict[int, list[int]] = field(default_factory=dict)
     samples: list[list[PeerSample]] = field(default_factory=list)  # per sample: our peers' rows
     process_cpu_s: float = 0.0         # the whole process, for a worker's share of the run
+    attack: Counter[str] = field(default_factory=Counter)  # what attacks cost our engines
 
     def second(self, t: float) -> list[int]:
         index = max(0, int(t))   # the bucket rule of Recorder.second
@@ -233,6 +241,23 @@ class SimPeer:
         return EPOCH + t + self.skew
 
 
+@dataclass
+class _SimAttack:
+    """A running attack (scenario action `attack`): the attacker, the honest peers it is
+    connected to, and random generators of its own, so that the honest part of an attacked run
+    draws exactly what the honest run draws (the deviation is then the attack's alone)."""
+
+    number: int
+    event: Event
+    attacker: Attacker
+    entries: list[int]
+    rng: random.Random
+    np_rng: np.random.Generator
+    verdicts: Counter[str] = field(default_factory=Counter)   # reference verdicts of what it sent
+    budgets: dict[int, SyncBudget] = field(default_factory=dict)
+    pulls: int = 0
+
+
 class SharedDecoder:
     """The wire's stateless decode (envelope, fields, signature), memoised across all engines of
     this network: every engine's `Validator` is given this as its `decode`. The same bytes always
@@ -266,9 +291,16 @@ def peer_key(seed: int, index: int, salt: bytes = b"peer") -> coincurve.PrivateK
     return coincurve.PrivateKey(secret)
 
 
+def simnet_charter(market: MarketConfig, name: str = "simnet") -> Charter:
+    """The built-in simnet charter (no identity work) around a scenario's market values."""
+    return builtin("simnet").replace(market=market, name=name)
+
+
 def node_settings(scenario: Scenario, market: MarketConfig) -> NodeSettings:
-    """The scenario's [node] table checked by the node's own settings rules."""
-    return NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."), market=market)
+    """The scenario's [node] table checked by the node's own settings rules, on the simnet
+    charter around the scenario's market."""
+    return NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."),
+                                     charter=simnet_charter(market))
 
 
 class SimNetwork:
@@ -339,19 +371,36 @@ class SimNetwork:
         self._children: list[int] = []
         self._tally = _EngineTally()
         self._sample_points: list[tuple[float, tuple[int, int, int]]] = []
+        #: A members network: the simulator is its authority; honest peers hold credentials.
+        self.members = (MembersNetwork(self.market, seed, epoch=EPOCH,
+                                       lifetime_s=scenario.duration_s)
+                        if scenario.admission == "members" else None)
+        self.admission = self.members.admission if self.members is not None else None
+        #: The work ramp: peers that announce use worked keys (simnet.identities).
+        self.worked = WorkedPool(self.market.identity_work_bits)
+        self._attacks: list[_SimAttack] = []
 
     # ------------------------------------------------------------------ building
 
     def _new_peer(self, role: str, t: float, *, observed: bool = True,
                   group: int = 0) -> SimPeer:
         index = len(self.peers)
-        key = peer_key(self.seed, index, b"hostile" if role == "hostile" else b"peer")
+        identity: Identity | None = None
+        if role in ("provider", "demand") and self.market.identity_work_bits > 0:
+            identity = self.worked.honest()  # an honest node that did its identity work
+            key = identity.key
+        else:
+            key = peer_key(self.seed, index, b"hostile" if role == "hostile" else b"peer")
         setup = self.scenario.peers
         capacity = setup.capacity if role == "provider" else 0
         engine = PeerEngine(self.market, key, tokens_per_second=capacity,
                             min_price_nano=to_nano(setup.min_price) if capacity else 0,
                             announce_interval_s=self.settings.announce_interval_s,
-                            decode=self.decoder)
+                            decode=self.decoder, admission=self.admission)
+        if identity is not None:
+            engine.set_work_nonce(identity.work_nonce)
+        if self.members is not None and role != "hostile":
+            engine.set_credential(self.members.credential(engine.signer))
         skew = self.rng.gauss(0.0, self.net.clock_skew_ms / 1000.0)
         peer = SimPeer(index, engine, bytes([0x00, 0x25, 0x08, 0x02, 0x12, 0x21]) + engine.signer,
                        skew, role, capacity=capacity, observed=observed, group=group)
@@ -529,26 +578,30 @@ class SimNetwork:
                 self._spread(t, wire, author, sources, have, delay)
 
     def _spread(self, t: float, wire: bytes, author: bytes, sources: np.ndarray,
-                have: np.ndarray | None, delay: float) -> np.ndarray:
+                have: np.ndarray | None, delay: float, *, rng: np.random.Generator | None = None,
+                entry: np.ndarray | None = None) -> np.ndarray:
         """Flood `wire` over the mesh from `sources` starting at t + delay; every peer reached
         that is not in `have` gets a delivery at its earliest arrival. Returns who has the
-        message afterwards (sources included)."""
+        message afterwards (sources included). With `entry` (an attacker's message), `sources`
+        are the peers it was handed to and `entry` their arrival offsets: they receive it too.
+        `rng` draws the links' latency and loss (default: the network's own generator)."""
         src, dst = self._edges()
         n = len(self.peers)
-        if len(src) == 0:
+        if len(src) == 0 and entry is None:
             held = np.zeros(n, dtype=bool)
             held[sources] = True
             return held
-        lat = self.np_rng.lognormal(self._lat_mu, self.net.latency_sigma, len(src))
+        rng = self.np_rng if rng is None else rng
+        lat = rng.lognormal(self._lat_mu, self.net.latency_sigma, len(src))
         lat += HOP_DELAY_S
         if self.net.loss > 0:
-            ok = self.np_rng.random(len(src)) >= self.net.loss
+            ok = rng.random(len(src)) >= self.net.loss
             lat[~ok] = np.inf  # a lost transmission never arrives
         else:
             ok = np.ones(len(src), dtype=bool)
         s, d = src, dst
         arrival = np.full(n, np.inf)
-        arrival[sources] = 0.0
+        arrival[sources] = 0.0 if entry is None else entry
         changed = np.zeros(n, dtype=bool)
         changed[sources] = True
         # Bellman-Ford, relaxing only the edges out of peers whose arrival improved in the last
@@ -570,10 +623,12 @@ class SimNetwork:
         parent[d[is_parent]] = s[is_parent]
         sends = reached_src & ok & (parent[s] != d)
         copies = np.bincount(d[sends], minlength=n)
-        copies[sources] = 0
+        if entry is None:
+            copies[sources] = 0
         held = np.isfinite(arrival)
         reached = held.copy()
-        reached[sources] = False
+        if entry is None:
+            reached[sources] = False
         if have is not None:
             reached &= ~have
         reached_count = int(np.count_nonzero(reached))
@@ -774,9 +829,12 @@ class SimNetwork:
         carried = 0
         for frame in frames:
             try:
-                carried += peer.engine.on_sync_response(frame, peer.now(t)).received
+                counts = peer.engine.on_sync_response(frame, peer.now(t))
             except WireError:
                 break
+            carried += counts.received
+            if counts.fault is not None:
+                break  # the requester stops at the first rejected item (protocol v2 §8.3)
         self._tally.cpu_s += time.perf_counter() - started
         self._tally.second(t)[4] += carried
 
@@ -869,6 +927,150 @@ class SimNetwork:
                                event.rate)
             rec.record_event(t, event, peers=[h.index for h in hostiles], sent=sent_before,
                              _hostiles=hostiles)
+        elif action == "attack":
+            self._start_attack(event, t)
+
+    # ------------------------------------------------------------------ attacks
+
+    def _start_attack(self, event: Event, t: float) -> None:
+        """An attacker connects to `degree` honest peers (observers, in an observer sample, as
+        only they hold views) and starts sending. It is no peer of the mesh: its randomness and
+        its messages leave every honest draw of the run as in the honest run."""
+        number = len(self._attacks)
+        rng = random.Random(f"neuroshard-simnet/attack/{self.seed}/{number}")
+        np_rng = np.random.default_rng([self.seed, 0xA77AC, number])
+        pool = [p.index for p in self._honest_live()
+                if self._observer_index is None or p.observed]
+        entries = sorted(rng.sample(pool, min(self.net.degree, len(pool))))
+        identities = attack_identities(event, self.market, self.seed, number, self.worked)
+        attacker = Attacker(event, identities, t,
+                            keep_alive_s(self.settings.announce_interval_s, self.market),
+                            self.scenario.duration_s)
+        attack = _SimAttack(number, event, attacker, entries, rng, np_rng)
+        self._attacks.append(attack)
+        self._schedule(t, _ATTACK, number)
+        self.recorder.record_event(t, event, attack=event.attack, identities=len(identities),
+                                   entries=entries, policy=self.scenario.admission,
+                                   work_bits=self.market.identity_work_bits, sent=0,
+                                   _attack=attack)
+
+    def _attack_event(self, payload: tuple[Any, ...], t: float) -> None:
+        attack = self._attacks[payload[0]]
+        if len(payload) == 3:  # a sync answer of the attacker arrives at a neighbour
+            self._attack_sync_arrival(attack, payload[1], payload[2], t)
+            return
+        event = attack.event
+        if event.attack == "sync_abuse":
+            self._sync_abuse_pull(attack, t)
+            return
+        due = attack.attacker.due(t, EPOCH + t)
+        if event.route == "sync":
+            wires = [wire for _, wire in due]
+            for wire in wires:
+                attack.verdicts[reference_verdict(wire, self.market, self.admission, self.decoder)] += 1
+            frames = [encode_sync(r) for r in split_sync_response(wires)]
+            for v in attack.entries:
+                if self.peers[v].alive:
+                    at = t + float(attack.np_rng.lognormal(self._lat_mu, self.net.latency_sigma))
+                    self._schedule(at + HOP_DELAY_S, _ATTACK, attack.number, v, frames)
+        else:
+            for who, wire in due:
+                self._attack_gossip(attack, who, wire, t)
+        following = attack.attacker.next_at()
+        if following is not None and following < self.scenario.duration_s:
+            self._schedule(following, _ATTACK, attack.number)
+
+    def _attack_gossip(self, attack: _SimAttack, who: Identity, wire: bytes, t: float) -> None:
+        """One attacker announcement published to its neighbours: what every validator accepts
+        floods the mesh from them; anything else stops there (gossipsub relays only what its
+        validator accepted)."""
+        verdict = reference_verdict(wire, self.market, self.admission, self.decoder)
+        attack.verdicts[verdict] += 1
+        live = np.array([v for v in attack.entries if self.peers[v].alive], dtype=np.int64)
+        if len(live) == 0:
+            return
+        first = attack.np_rng.lognormal(self._lat_mu, self.net.latency_sigma, len(live))
+        first += HOP_DELAY_S
+        if verdict == "accepted":
+            self._spread(t, wire, who.peer_bytes, live, None, 0.0, rng=attack.np_rng,
+                         entry=first)
+            return
+        self._received[live] += 1
+        for v, offset in zip(live.tolist(), first.tolist()):
+            self._counter += 1
+            if self._mine(v):
+                self._inbox[v].append((t + offset, self._counter, wire, who.peer_bytes))
+
+    def _attack_sync_arrival(self, attack: _SimAttack, v: int, frames: list[bytes],
+                             t: float) -> None:
+        """Neighbour v merges an attacker's sync answer (as on connecting to it)."""
+        peer = self.peers[v]
+        if not peer.alive or not self._mine(v):
+            return
+        self._flush(v, (t, math.inf))
+        started = time.perf_counter()
+        carried = accepted = 0
+        for frame in frames:
+            try:
+                counts = peer.engine.on_sync_response(frame, peer.now(t))
+            except WireError:
+                break
+            carried += counts.received
+            accepted += counts.accepted
+        elapsed = time.perf_counter() - started
+        tally = self._tally
+        tally.cpu_s += elapsed
+        tally.second(t)[4] += carried
+        tally.attack["sync_items_received"] += carried
+        tally.attack["sync_items_accepted"] += accepted
+        tally.attack["sync_merge_cpu_s"] += elapsed
+
+    def _sync_abuse_pull(self, attack: _SimAttack, t: float) -> None:
+        """The abuser asks its first neighbour for the whole view (the digests of an empty
+        view). v2.md §5: the listener answers at most its budget per remote peer (burst 3, one
+        per 10 s) and refuses the rest; the node does not enforce that yet, so the simulator
+        applies the rule here. Every request's answer is computed and timed, answered or not,
+        to state what the budget saves."""
+        event = attack.event
+        end = min(self.scenario.duration_s, attack.attacker.end_t)
+        if t >= end:
+            return
+        target = attack.entries[0]
+        peer = self.peers[target]
+        if peer.alive:
+            attack.pulls += 1
+            budget = attack.budgets.setdefault(target, SyncBudget(t))
+            allowed = budget.allow(t)
+            if self._mine(target):
+                self._flush(target, (t, math.inf))
+                request = self._empty_sync_request()
+                started = time.perf_counter()
+                try:
+                    frames = peer.engine.on_sync_request(request, peer.now(t))
+                except WireError:
+                    frames = []
+                elapsed = time.perf_counter() - started
+                tally = self._tally.attack
+                tally["sync_requests"] += 1
+                tally["sync_bytes_in"] += len(request)
+                tally["sync_cpu_s_unbudgeted"] += elapsed
+                tally["sync_bytes_out_unbudgeted"] += sum(map(len, frames))
+                if allowed:
+                    tally["sync_answered"] += 1
+                    tally["sync_cpu_s"] += elapsed
+                    tally["sync_bytes_out"] += sum(map(len, frames))
+                else:
+                    tally["sync_refused"] += 1
+        self._schedule(t + 1.0 / event.rate, _ATTACK, attack.number)
+
+    def _empty_sync_request(self) -> bytes:
+        request = getattr(self, "_empty_request", None)
+        if request is None:
+            view = MarketView(self.market)
+            request = encode_sync(SyncRequest(view.digest(), tuple(view.bucket_digests()),
+                                              view.revocations_digest()))
+            self._empty_request = request
+        return request
 
     def _add_peers(self, event: Event, t: float) -> list[SimPeer]:
         live = self._honest_live()
@@ -1043,6 +1245,8 @@ class SimNetwork:
                 self._remesh(payload[0], t)
             elif kind == _HOSTILE:
                 self._hostile_tick(peers[payload[0]], payload[1], payload[2], t)
+            elif kind == _ATTACK:
+                self._attack_event(payload, t)
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
 
@@ -1113,6 +1317,7 @@ class SimNetwork:
             rec.engine_cpu_s += tally.cpu_s
             rec.engine_messages += tally.messages
             rec.reasons.update(tally.reasons)
+            rec.attack_counts.update(tally.attack)
             rec.cpu_s += tally.process_cpu_s
             for second, (delivered, accepted, rejected, ignored, carried) in sorted(
                     tally.traffic.items()):
@@ -1159,6 +1364,11 @@ class SimNetwork:
             hostiles = record.info.pop("_hostiles", None)
             if hostiles:
                 record.info["sent"] = sum(h.hostile.sent for h in hostiles if h.hostile)
+            attack = record.info.pop("_attack", None)
+            if attack is not None:
+                record.info["sent"] = attack.attacker.sent
+                record.info["pulls"] = attack.pulls
+                record.info["verdicts"] = dict(attack.verdicts)
         if self.observers_wanted is not None:
             rec.notes.append(f"observer sample: {self.observers_wanted} of {self.n_initial} "
                              "initial peers (and joiners at the same rate) receive gossip and "

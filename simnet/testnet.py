@@ -2,7 +2,9 @@
 
 Node i keeps its data dir in `<data-dir>/node-i` (so its peer id survives restarts), listens for
 libp2p on `port + i` and serves its API and dashboard on `api-port + i`. Node 0 is the bootstrap
-node; the others dial it. The command prints the bootstrap multiaddr an outside
+node; the others dial it. The network is a built-in (`--network simnet`, the default: no identity
+work to grind; or `testnet`), or, for any other name, the simnet charter under that name, written
+to `<data-dir>/charter.toml` (a network of its own: other local networks never mix with it). The command prints the bootstrap multiaddr an outside
 `neuroshard-node run --bootstrap …` uses to join, then waits. Ctrl-C (or SIGTERM) sends SIGINT to
 every node — each publishes its withdrawal and stops — and waits for them; a node that does not
 stop within the grace period is killed.
@@ -59,7 +61,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def run_testnet(peers: int, *, data_dir: str = "out/testnet", port: int = 4011,
-                api_port: int = 8000, network: str = "testnet", capacity: int = 1000,
+                api_port: int = 8000, network: str = "simnet", capacity: int = 1000,
                 host: str = "127.0.0.1", log_level: str = "warning",
                 stop_after_s: float | None = None) -> int:
     """Start the testnet and block until Ctrl-C/SIGTERM (or `stop_after_s`, for tests); stop all
@@ -72,6 +74,7 @@ def run_testnet(peers: int, *, data_dir: str = "out/testnet", port: int = 4011,
             and api_port + peers - 1 <= 65535):
         raise ValueError("ports out of range")
     root = Path(data_dir)
+    network_args, network_id = testnet_charter(network, root)
     nodes = []
     for i in range(peers):
         report = ensure_data_dir(root / f"node-{i}")
@@ -97,7 +100,7 @@ def run_testnet(peers: int, *, data_dir: str = "out/testnet", port: int = 4011,
             args = [*command, "run", "--data-dir", str(node.data_dir),
                     "--listen", f"/ip4/{host}/tcp/{node.port}",
                     "--api", f"{'127.0.0.1' if host == '0.0.0.0' else host}:{node.api_port}",
-                    "--network", network, "--capacity", str(capacity),
+                    *network_args, "--capacity", str(capacity),
                     "--log-level", log_level]
             if node.index > 0:
                 args += ["--bootstrap", nodes[0].multiaddr]
@@ -122,7 +125,7 @@ def run_testnet(peers: int, *, data_dir: str = "out/testnet", port: int = 4011,
                                    f"within {START_TIMEOUT_S:g} s; logs in {root}")
             time.sleep(0.1)
         if not stopping:
-            _print_ready(nodes, network)
+            _print_ready(nodes, network_id, network_args)
         started = time.monotonic()
         while not stopping:
             for node in nodes:
@@ -145,7 +148,21 @@ def run_testnet(peers: int, *, data_dir: str = "out/testnet", port: int = 4011,
     return code
 
 
-def _print_ready(nodes: list[TestnetNode], network: str) -> None:
+def testnet_charter(network: str, root: Path) -> tuple[list[str], str]:
+    """The `run` flags that put a node on `network`, and its network id: a built-in's name, or
+    the simnet charter under that name, kept in `<root>/charter.toml`."""
+    from neuroshard_p2p.charter import BUILTIN, builtin
+
+    if network in BUILTIN:
+        return ["--network", network], builtin(network).network_id
+    charter = builtin("simnet").replace(name=network, description="A local testnet.")
+    path = root / "charter.toml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(charter.to_toml(), encoding="utf-8")
+    return ["--charter", str(path.resolve())], charter.network_id
+
+
+def _print_ready(nodes: list[TestnetNode], network: str, network_args: list[str]) -> None:
     print("", flush=True)
     print(f"testnet '{network}' is up: {len(nodes)} nodes", flush=True)
     for node in nodes:
@@ -155,7 +172,7 @@ def _print_ready(nodes: list[TestnetNode], network: str) -> None:
     print("bootstrap multiaddr:", flush=True)
     print(f"  {nodes[0].multiaddr}", flush=True)
     print("join from another terminal with:", flush=True)
-    print(f"  neuroshard-node run --data-dir ./my-node --network {network} --listen "
+    print(f"  neuroshard-node run --data-dir ./my-node {' '.join(network_args)} --listen "
           f"/ip4/127.0.0.1/tcp/0 --api 127.0.0.1:0 --bootstrap {nodes[0].multiaddr}", flush=True)
     print("Ctrl-C stops every node (each withdraws its capacity first).", flush=True)
 

@@ -16,12 +16,14 @@ from neuroshard_p2p.node.datadir import ensure_data_dir, load_api_token
 from neuroshard_p2p.daemon import Daemon
 from neuroshard_p2p.node.host import Node
 from tests.conftest import make_key
-from tests.node_harness import test_settings
+from tests.node_harness import simnet_charter, test_settings
 
 #: Short ticks and a short smoothing window, so a change in the market moves the price within a
 #: second or two; everything else as the node harness sets it.
 API_MARKET = MarketConfig(capacity_timeout_s=5.0, settle_delay_s=0.5, window_ticks=4, tick_s=0.5,
                           claim_timeout_s=10.0, request_expiry_s=60.0)
+#: The network id of an API test node: the simnet charter around API_MARKET.
+API_NETWORK = simnet_charter(API_MARKET).network_id
 
 
 @dataclass
@@ -52,9 +54,12 @@ class ApiNode:
 
 @asynccontextmanager
 async def api_node(data_dir: Path, key_index: int, *, api: str = "127.0.0.1:0",
-                   market: MarketConfig = API_MARKET, **changes: Any) -> AsyncIterator[ApiNode]:
-    """A node with its API, job service and ledger (a daemon) until the block ends."""
+                   market: MarketConfig | None = None, **changes: Any) -> AsyncIterator[ApiNode]:
+    """A node with its API, job service and ledger (a daemon) until the block ends: on the simnet
+    charter around `market` (API_MARKET unless given), unless `charter` is given."""
     ensure_data_dir(data_dir)
+    if market is None and "charter" not in changes:
+        market = API_MARKET
     settings = test_settings(data_dir, api=api, market=market, announce_interval_s=2.0, **changes)
     async with Daemon(settings, private_key=make_key(key_index)) as daemon:
         assert daemon.node is not None and daemon.api_url is not None

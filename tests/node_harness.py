@@ -10,6 +10,7 @@ from typing import Any
 import coincurve
 import trio
 
+from neuroshard_p2p.charter import Charter, builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.node.settings import NodeSettings
@@ -18,14 +19,24 @@ from neuroshard_p2p.node.settings import NodeSettings
 TEST_MARKET = MarketConfig(capacity_timeout_s=5.0, settle_delay_s=1.0, window_ticks=8)
 
 
+def simnet_charter(market: MarketConfig = TEST_MARKET, **changes: Any) -> Charter:
+    """The built-in `simnet` charter (no identity work, so prices are the v1 tests') with a
+    test's market values; `changes` (e.g. name=) make it another network."""
+    return builtin("simnet").replace(market=market, **changes)
+
+
 def test_settings(data_dir: Path, **changes: Any) -> NodeSettings:
-    base = NodeSettings(
-        data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
+    """Settings of a test node: the simnet charter around `market` (TEST_MARKET unless given)
+    unless `charter` is given."""
+    market = changes.pop("market", None)
+    charter = changes.pop("charter", None) or simnet_charter(market or TEST_MARKET)
+    values: dict[str, Any] = dict(
+        listen=("/ip4/127.0.0.1/tcp/0",), api="off",
         announce_interval_s=2.0, sync_interval_s=3.0, peer_exchange_interval_s=0.5,
         target_peers=8, dial_timeout_s=5.0, stream_timeout_s=5.0,
-        bootstrap_retry_initial_s=0.2, bootstrap_retry_max_s=1.0, shutdown_grace_s=0.5,
-        market=TEST_MARKET)
-    return base.replace(**changes)
+        bootstrap_retry_initial_s=0.2, bootstrap_retry_max_s=1.0, shutdown_grace_s=0.5)
+    values.update(changes)
+    return NodeSettings(data_dir=data_dir, charter=charter, market=market, **values)
 
 
 test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

@@ -24,7 +24,8 @@ from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import from_nano, settle_amounts
 from neuroshard_p2p.node.datadir import rotate_api_token
 from neuroshard_p2p.node.settings import DEFAULT_API, NodeSettings
-from tests.api_harness import API_MARKET, ApiNode, api_node
+from tests.api_harness import API_MARKET, API_NETWORK, ApiNode, api_node
+from tests.node_harness import simnet_charter
 from tests.conftest import make_key
 from tests.waiting import eventually
 
@@ -81,7 +82,7 @@ async def test_the_seeds_three_curl_calls_verbatim(tmp_path: Path) -> None:
         market = await curl(SEED_CURL_MARKET, port)
         for name in SEED_MARKET_FIELDS + ("target_price", "tick", "network"):
             assert name in market, name
-        assert (market["enabled"], market["mode"], market["network"]) == (True, "dynamic", "testnet")
+        assert (market["enabled"], market["mode"], market["network"]) == (True, "dynamic", API_NETWORK)
         assert (market["supply_tokens_per_sec"], market["available_nodes"]) == (0, 0)
 
         registered = await curl(SEED_CURL_REGISTER, port, api.token)
@@ -148,7 +149,7 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
 
         market = await api.market()
         assert market["enabled"] is True and market["mode"] == "dynamic"
-        assert market["network"] == "testnet"
+        assert market["network"] == API_NETWORK
         assert (market["supply_tokens_per_sec"], market["demand_tokens_waiting"],
                 market["pending_requests"], market["available_nodes"], market["peers"]) == (0, 0, 0, 0, 0)
         assert market["utilization"] == 0.0
@@ -169,10 +170,21 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
         assert info["peer_id"] == peer_id == node.peer_id
         assert info["multiaddrs"] and all(a.endswith(f"/p2p/{peer_id}") for a in info["multiaddrs"])
         assert all(a.startswith("/ip4/127.0.0.1/tcp/") for a in info["multiaddrs"])
-        assert (info["network"], info["version"], info["api"]) == ("testnet", __version__, api.url)
+        assert (info["network"], info["version"], info["api"]) == (API_NETWORK, __version__, api.url)
+        charter = simnet_charter(API_MARKET)
+        assert info["charter"] == {
+            "name": "simnet", "network_id": API_NETWORK, "hash": charter.hash.hex(),
+            "model": "neuroshard/synthetic-1", "policy": "open", "authorities": [],
+            "params": charter.params, "description": charter.description, "bootstrap": []}
+        # simnet asks for no identity work: the key counts fully without grinding
+        assert info["work"] == {"bits": 0, "required_bits": 0, "weight": 1.0, "nonce": 0,
+                                "done": True, "hashes": 0, "kept": False}
         assert info["offer"] == {"tokens_per_second": 0, "min_price": 0.0, "min_price_nano": 0}
 
-        assert (await api.get("/api/peers")).json() == {"count": 0, "peers": []}
+        assert (await api.get("/api/peers")).json() == {
+            "count": 0, "peers": [], "others": [], "bans": 0, "graylisted": 0,
+            "faults": {"gossip_reject": 0, "sync_item": 0, "sync_frame": 0,
+                       "sync_over_budget": 0, "job_frame": 0}}
         offers = (await api.get("/api/market/offers")).json()
         assert (offers["count"], offers["offers"], offers["supply_tokens_per_sec"]) == (0, [], 0)
 
@@ -486,6 +498,7 @@ EXPECTED_METRICS = {
     "neuroshard_node_info", "neuroshard_messages_total", "neuroshard_requests",
     "neuroshard_settled_nano_total", "neuroshard_burned_nano_total",
     "neuroshard_provider_bans_total", "neuroshard_jobs_refused_total",
+    "neuroshard_peer_faults_total", "neuroshard_peer_bans_total", "neuroshard_peers_graylisted",
 }
 
 
@@ -533,12 +546,19 @@ async def test_metrics_say_what_the_api_says(tmp_path: Path) -> None:
         assert value("neuroshard_market_available_nodes") == market["available_nodes"] == 1
         assert value("neuroshard_market_tick") == market["tick"]
         assert value("neuroshard_peers") == market["peers"] == info["peers"] == 1
-        assert value("neuroshard_node_info", network="testnet", mode="dynamic") == 1
+        assert value("neuroshard_node_info", network=API_NETWORK, mode="dynamic") == 1
+        assert (value("neuroshard_identity_work_bits"), value("neuroshard_identity_work_required_bits"),
+                value("neuroshard_identity_weight")) == (0, 0, 1.0)
         messages = {(m["outcome"], m["reason"]): m["count"] for m in info["messages"]}
         assert messages[("accepted", "accepted")] >= 1  # b's announcements reached a
         assert {(dict(k)["outcome"], dict(k)["reason"]): v
                 for k, v in samples["neuroshard_messages_total"].items()} == messages
         assert samples["neuroshard_requests"] == {(("state", "pending"),): 1.0}
+        assert {dict(k)["kind"]: v for k, v in samples["neuroshard_peer_faults_total"].items()} \
+            == info["guard"]["faults"] == {"gossip_reject": 0, "sync_item": 0, "sync_frame": 0,
+                                           "sync_over_budget": 0, "job_frame": 0}
+        assert value("neuroshard_peer_bans_total") == info["guard"]["bans"] == 0
+        assert value("neuroshard_peers_graylisted") == info["guard"]["graylisted"] == 0
         ledger = (await a.get("/api/ledger")).json()
         assert value("neuroshard_settled_nano_total") == ledger["totals"]["paid"] == 0
         assert value("neuroshard_burned_nano_total") == ledger["totals"]["burned"] == 0

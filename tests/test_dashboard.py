@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from neuroshard_p2p.core.pricing import target_price_nano
-from tests.api_harness import API_MARKET, ApiNode, api_node
+from tests.api_harness import API_MARKET, API_NETWORK, ApiNode, api_node
 from tests.test_api import expected_level
 from tests.waiting import eventually
 
@@ -43,6 +43,7 @@ return {
   classes: Array.from(price.classList), colour: getComputedStyle(price).color, target_nano: document.getElementById('target-price').dataset.priceNano,
   supply: text('supply'), demand: text('demand'), nodes: text('available-nodes'), peers: text('peers'),
   utilization: text('utilization'), network: text('network'), own_offer: text('own-offer'),
+  policy: text('policy'), model: text('model'), work: text('work'),
   earnings: document.getElementById('earnings').dataset.earnedNano, status: text('status'),
   points: Number(document.getElementById('price-chart').dataset.points),
   window: document.getElementById('price-chart').dataset.window,
@@ -141,7 +142,9 @@ async def test_dashboard_shows_the_price_in_its_colour_and_follows_the_market(
             assert page["level"] == "low"
             assert (page["supply"], page["demand"], page["nodes"], page["peers"]) == ("0", "0", "0", "0")
             assert (page["network"], page["status"], page["own_offer"]) == (
-                "testnet", "live", "not offering capacity")
+                API_NETWORK, "live", "not offering capacity")
+            assert (page["policy"], page["model"], page["work"]) == (
+                "open", "neuroshard/synthetic-1", "none needed")
             assert page["earnings"] == "0" and page["points"] >= 1 and page["window"] == "1h"
             first_refreshes = page["refreshes"]
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
-from neuroshard_p2p.node.engine import PeerEngine, Verdict
+from neuroshard_p2p.node.engine import PeerEngine, SyncCounts, Verdict
 from neuroshard_p2p.wire import Announcement, WireError, decode_unchecked_time, encode
 from neuroshard_p2p.wire.frames import encode_sync
 from neuroshard_p2p.wire.messages import SyncResponse
@@ -368,12 +368,31 @@ def test_sync_still_refuses_forged_stale_and_implausible_announcements() -> None
     limit = CONFIG.max_node_tokens_per_s
     implausible = encode(Announcement(hostile.signer, int(T0 * 1000), 2, limit + 1, 0, 0, 0),
                          hostile.private_key)
-    frame = encode_sync(SyncResponse((bytes(forged), stale, implausible)))
+    # an ignored item is skipped and the session goes on; a rejected one stops it (v2 §8.3)
+    frame = encode_sync(SyncResponse((stale, implausible, bytes(forged))))
     counts = c.on_sync_response(frame, T0 + 1)
-    assert (counts.received, counts.accepted, counts.ignored, counts.rejected) == (3, 0, 1, 2)
-    assert c.sync_counts == {("rejected", "bad_signature"): 1, ("ignored", "stale"): 1,
-                             ("rejected", "implausible"): 1}
+    assert counts == SyncCounts(3, 0, 1, 1, fault="implausible", unchecked=1)
+    assert c.sync_counts == {("ignored", "stale"): 1, ("rejected", "implausible"): 1}
+    frame = encode_sync(SyncResponse((bytes(forged), stale, implausible)))
+    assert c.on_sync_response(frame, T0 + 1) == SyncCounts(3, 0, 0, 1, fault="bad_signature",
+                                                           unchecked=2)
+    assert c.sync_counts == {("ignored", "stale"): 1, ("rejected", "implausible"): 1,
+                             ("rejected", "bad_signature"): 1}
     assert c.view.message_count == 0
+
+
+def test_a_sync_answer_of_forged_items_costs_one_check_not_one_per_item() -> None:
+    honest, c = engine(1, tokens_per_second=100), engine(4)
+    [data] = honest.poll_announcements(T0)
+    [good] = engine(2, tokens_per_second=7).poll_announcements(T0)
+    forged = bytearray(data)
+    forged[-1] ^= 1
+    checks_before = sum(c.validator.counts.values())
+    frame = encode_sync(SyncResponse((good,) + (bytes(forged),) * 4095))
+    counts = c.on_sync_response(frame, T0 + 1)
+    assert counts == SyncCounts(4096, 1, 0, 1, fault="bad_signature", unchecked=4094)
+    assert sum(c.validator.counts.values()) - checks_before == 2  # the good one and one forgery
+    assert c.view.message_count == 1  # what came before the stop stays accepted
 
 
 def test_bad_sync_frames_raise_wire_errors_and_are_counted() -> None:
@@ -386,7 +405,7 @@ def test_bad_sync_frames_raise_wire_errors_and_are_counted() -> None:
     # a response carrying junk announcements: counted per announcement, not raised
     junk = encode_sync(SyncResponse((b"\x01" * 20, b"\x92\xc4\x01\x00\xc4\x01\x00")))
     counts = a.on_sync_response(junk, T0)
-    assert (counts.received, counts.accepted, counts.rejected) == (2, 0, 2)
+    assert counts == SyncCounts(2, 0, 0, 1, fault="malformed", unchecked=1)
 
 
 def test_the_engine_uses_one_key_for_its_peer_id_and_its_signatures() -> None:

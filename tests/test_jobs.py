@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neuroshard_p2p import wire
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
@@ -677,8 +678,12 @@ def test_the_offer_cache_benchmark_runs() -> None:
 
 
 def test_job_protocol_id_carries_the_network() -> None:
-    assert job_protocol("testnet") == "/neuroshard/testnet/job/1.0.0"
-    assert job_protocol("mainnet-2") == "/neuroshard/mainnet-2/job/1.0.0"
+    testnet = builtin("testnet").network_id
+    assert job_protocol(testnet) == f"/neuroshard/{testnet}/job/2.0.0"
+    assert job_protocol("mainnet-0123456789abcdef") == "/neuroshard/mainnet-0123456789abcdef/job/2.0.0"
+    from neuroshard_p2p.node.job_service import JobSettings
+
+    assert JobSettings().protocol == f"/neuroshard/{testnet}/job/2.0.0"
 
 
 # =================================================================================================
@@ -697,6 +702,7 @@ from neuroshard_p2p.node.backends import OpenAIBackend  # noqa: E402
 from neuroshard_p2p.node.host import Node  # noqa: E402
 from neuroshard_p2p.node.job_service import JobService  # noqa: E402
 from neuroshard_p2p.node.settings import NodeSettings  # noqa: E402
+from tests.node_harness import simnet_charter  # noqa: E402
 from tests.openai_compat_server import start_openai_server  # noqa: E402
 from tests.waiting import eventually  # noqa: E402
 
@@ -709,10 +715,10 @@ async def job_node(data_dir: Path, key_index: int, *, capacity: int = 0, min_pri
                    **node_settings: object) -> AsyncIterator[tuple[Node, JobService]]:
     """A real node on 127.0.0.1 run by a daemon (api off), which opens the ledger in its data dir
     for the node's job service (`node.jobs`)."""
+    node_settings.setdefault("charter", simnet_charter(NET_CONFIG))
     settings = NodeSettings(data_dir=data_dir, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
                             capacity=capacity, min_price=min_price, announce_interval_s=5.0,
-                            stream_timeout_s=3.0, market=NET_CONFIG,
-                            **node_settings)  # type: ignore[arg-type]
+                            stream_timeout_s=3.0, **node_settings)  # type: ignore[arg-type]
     async with Daemon(settings, private_key=make_key(key_index)) as daemon:
         assert daemon.node is not None
         yield daemon.node, daemon.node.jobs
@@ -788,11 +794,12 @@ async def test_without_an_offer_the_status_says_why_and_the_gateway_announces_de
 
 
 async def test_a_job_never_reaches_a_provider_of_another_network(tmp_path: Path) -> None:
-    async with job_node(tmp_path / "a", 25, network="net-a") as (a, gateway), \
+    net_a, net_b = simnet_charter(NET_CONFIG, name="net-a"), simnet_charter(NET_CONFIG, name="net-b")
+    async with job_node(tmp_path / "a", 25, charter=net_a) as (a, gateway), \
             job_node(tmp_path / "b", 26, capacity=1000, min_price=0.01,
-                     network="net-b") as (b, provider):
+                     charter=net_b) as (b, provider):
         assert (gateway.settings.protocol, provider.settings.protocol) == (
-            "/neuroshard/net-a/job/1.0.0", "/neuroshard/net-b/job/1.0.0")
+            f"/neuroshard/{net_a.network_id}/job/2.0.0", f"/neuroshard/{net_b.network_id}/job/2.0.0")
         await a.connect(b.addrs[0])
         # The views of two networks never mix (topic and sync carry the network id); hand the
         # gateway b's offer anyway, as a confused or hostile relay might.

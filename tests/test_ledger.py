@@ -558,16 +558,28 @@ async def test_async_ledger_keeps_the_trio_loop_running_while_sqlite_waits(tmp_p
         assert (await ledger.totals()).settlements == 1
 
 
-# --- protocols/vectors/receipts.json (spec §9 step 4, R1–R8) -----------------------------------
+# --- protocols/vectors/v2/receipts.json (spec v2 §9 step 4, R1–R8) -----------------------------
 
-VECTORS = Path(__file__).resolve().parent.parent / "protocols" / "vectors"
-RECEIPT_VECTORS = json.loads((VECTORS / "receipts.json").read_text("utf-8"))["vectors"]
+VECTORS = Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "v2"
+RECEIPTS = json.loads((VECTORS / "receipts.json").read_text("utf-8"))
+RECEIPT_VECTORS = RECEIPTS["vectors"]
 #: The vectors' provider key (messages.json publishes it), to sign the settlements of "the last
 #: 60 s" that a vector's recent_provider_tokens stands for.
 VECTOR_PROVIDER_KEY = next(
     coincurve.PrivateKey(bytes.fromhex(v["private_key"]))
     for v in json.loads((VECTORS / "messages.json").read_text("utf-8"))["vectors"]
     if v["name"] == "receipt")
+
+
+def test_receipt_vectors_use_this_configs_values() -> None:
+    """The vectors' charter (testnet) has the values CONFIG checks receipts with."""
+    d = RECEIPTS["defaults"]
+    charter = next(c for c in json.loads((VECTORS / "charter.json").read_text("utf-8"))["valid"]
+                   if c["name"] == d["charter"])
+    assert (CONFIG.max_node_tokens_per_s, CONFIG.max_tokens_per_minute, CONFIG.burn_rate) == (
+        d["max_node_tokens_per_s"], d["max_tokens_per_minute"], d["burn_rate_percent"] / 100) == (
+        charter["params"]["max_node_tokens_per_s"], charter["params"]["max_tokens_per_minute"],
+        charter["params"]["burn_rate"])
 
 
 def vector_job(vector: dict) -> MatchedJob:

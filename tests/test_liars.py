@@ -93,16 +93,21 @@ async def test_liars_among_honest_providers_serve_no_user_and_draw_three_jobs_ea
         # Each liar drew exactly 3 of this gateway's jobs (faults at t, t + 0.3 s + its
         # deadline, then + 0.6 s + its deadline), then was banned; each job it drew cost one
         # extra attempt and nothing else.
+        expected: Counter[str] = Counter()
         for liar in liars:
-            assert liar.drawn[node.peer_id] == 3, liar.lie
             record = jobs.gateway.reputation.get(liar.node.peer_id)
             assert record is not None
             assert (record.sent, record.faults, record.bans, record.settled) == (3, 3, 1, 0)
-            assert record.fault_kinds == {KIND[liar.lie]: 3}
+            if liar.lie == "wrong" and liar.drawn[node.peer_id] == 2:
+                # Its frames break the protocol: the node's guard (node/guard.py, 10 points per
+                # broken job frame, ban at -19.5, half-life 60 s) may ban the peer after two,
+                # before this record does; the third job then finds it unreachable.
+                assert record.fault_kinds == {"wrong_request": 2, "unreachable": 1}
+            else:
+                assert liar.drawn[node.peer_id] == 3, liar.lie
+                assert record.fault_kinds == {KIND[liar.lie]: 3}
+            expected.update(record.fault_kinds)
         assert sum(r.attempts - 1 for r in mine) == 3 * len(lies)
-        expected: Counter[str] = Counter()
-        for lie in lies:
-            expected[KIND[lie]] += 3
         assert jobs.gateway.fault_counts == expected
         # No request waited on a liar for more than the deadlines of the liars it met.
         worst = max(r.finished_at - r.submitted_at for r in mine)  # type: ignore[operator]

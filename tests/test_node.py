@@ -16,7 +16,7 @@ from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import Announcement, encode
 from tests.conftest import make_key
-from tests.node_harness import TEST_MARKET, RunningNode, start_node, test_settings
+from tests.node_harness import TEST_MARKET, RunningNode, simnet_charter, start_node, test_settings
 from tests.waiting import eventually
 
 
@@ -388,7 +388,7 @@ async def test_an_unreachable_bootstrap_is_retried_with_a_clear_reason(
 async def test_nodes_on_different_networks_never_mix(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         main = await start_node(nursery, test_settings(tmp_path / "m", capacity=1000), make_key(1))
-        other = await start_node(nursery, test_settings(tmp_path / "o", network="devnet",
+        other = await start_node(nursery, test_settings(tmp_path / "o", charter=simnet_charter(name="devnet"),
                                                         bootstrap=(main.node.addrs[0],)),
                                  make_key(2))
         await eventually(lambda: other.node.counters.syncs_failed >= 1, 5,

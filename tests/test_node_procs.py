@@ -36,7 +36,7 @@ def start(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "neuroshard_p2p.cli", "run", "--data-dir", str(data_dir),
          "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--log-level", "warning",
-         *extra],
+         *(extra if "--charter" in extra else ("--network", "simnet", *extra))],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -277,7 +277,7 @@ def test_every_command_has_help_for_every_flag() -> None:
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(commands.choices) == set(COMMANDS) == {
         "init", "run", "id", "peers", "market", "register", "withdraw", "submit", "status",
-        "token", "ledger"}
+        "token", "ledger", "charter", "member"}
     top = parser.format_help()
     for name, sub in commands.choices.items():
         assert name in top
@@ -286,6 +286,15 @@ def test_every_command_has_help_for_every_flag() -> None:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
             for flag in action.option_strings:
                 assert flag in text
+            if isinstance(action, argparse._SubParsersAction):  # charter new, member issue, …
+                for verb, verb_parser in action.choices.items():
+                    verb_text = verb_parser.format_help()
+                    for verb_action in verb_parser._actions:
+                        assert verb_action.help, (
+                            f"{name} {verb} {verb_action.option_strings or verb_action.dest} "
+                            f"has no help")
+                        for flag in verb_action.option_strings:
+                            assert flag in verb_text
 
 
 async def async_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -403,4 +412,4 @@ async def test_client_commands_ask_only_the_node_of_their_data_dir(tmp_path: Pat
         assert running.node.engine.offer.tokens_per_second == 0
         # --api still reaches any node on purpose
         asked = await async_cli("market", "--data-dir", str(stopped), "--api", running.url, "--json")
-        assert json.loads(asked.stdout)["network"] == "testnet"
+        assert json.loads(asked.stdout)["network"] == running.node.settings.network

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.node.datadir import (
@@ -25,8 +26,11 @@ from neuroshard_p2p.node.settings import NodeSettings, market_topic
 
 def test_defaults_and_the_topic_carry_the_network() -> None:
     settings = NodeSettings()
-    assert settings.network == "testnet"
-    assert settings.topic == "/neuroshard/testnet/market/1" == market_topic("testnet")
+    testnet = builtin("testnet")
+    assert settings.charter == testnet and settings.market == testnet.market
+    assert settings.network == testnet.network_id
+    assert settings.topic == f"/neuroshard/{testnet.network_id}/market/2" == \
+        market_topic(testnet.network_id)
     assert settings.api_host_port == ("127.0.0.1", 8000)
     assert settings.announce_interval_s == 20.0 and settings.sync_interval_s == 30.0
     assert settings.meshsub == ("1.1.0",) and settings.muxer == "yamux"
@@ -36,15 +40,17 @@ def test_defaults_and_the_topic_carry_the_network() -> None:
 def test_config_file_then_flags(tmp_path: Path) -> None:
     ensure_data_dir(tmp_path)
     (tmp_path / "config.toml").write_text(
-        '[node]\nnetwork = "devnet"\ncapacity = 500\nbootstrap = "/ip4/1.2.3.4/tcp/1/p2p/X"\n'
-        'announce_interval_s = 10\n[market]\ncapacity_timeout_s = 30\n')
+        '[node]\nnetwork = "simnet"\ncapacity = 500\nbootstrap = "/ip4/1.2.3.4/tcp/1/p2p/X"\n'
+        'announce_interval_s = 10\n[market]\nclaim_timeout_s = 30\n')
     settings = NodeSettings.load(tmp_path, {"capacity": 700, "network": None})
-    assert settings.network == "devnet"  # None: the flag was not given
+    assert settings.network == builtin("simnet").network_id  # None: the flag was not given
     assert settings.capacity == 700
     assert settings.bootstrap == ("/ip4/1.2.3.4/tcp/1/p2p/X",)
     assert settings.announce_interval_s == 10.0
-    assert settings.market.capacity_timeout_s == 30.0
+    assert settings.market == builtin("simnet").market.replace(claim_timeout_s=30.0)
     assert settings.data_dir == tmp_path
+    # a --network flag names the network over the file's
+    assert NodeSettings.load(tmp_path, {"network": "testnet"}).charter == builtin("testnet")
 
 
 @pytest.mark.parametrize(("toml", "message"), [
@@ -54,7 +60,12 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     ("[node]\nmuxer = 'quic'\n", "muxer must be one of"),
     ("[node]\nmeshsub = ['2.0.0']\n", "meshsub versions"),
     ("[node]\nannounce_interval_s = 90\n", "shorter than the market's capacity_timeout_s"),
-    ("[node]\nnetwork = 'a b'\n", "network must be"),
+    ("[node]\nnetwork = 'devnet'\n", "network 'devnet' is not a built-in network"),
+    ("[node]\nnetwork = 'simnet'\ncharter = 'x.toml'\n", "network and charter both name"),
+    ("[node]\ncharter = 'missing.toml'\n", "missing.toml: cannot read"),
+    ("[market]\nwindow_ticks = 16\n", "[market] window_ticks = 16 changes the charter of network "
+                                      "testnet-"),
+    ("[market]\nclaim_timeout_s = 0\n", "claim_timeout_s must be > 0"),
     ("[node]\nbootstrap = ['/ip4/1.2.3.4/tcp/1']\n", "must end in /p2p/<peer id>"),
     ("[node]\napi = 'localhost'\n", "host:port"),
     ("[market]\ntick_s = -1\n", "tick_s"),
@@ -140,6 +151,12 @@ def test_a_network_failure_is_described_by_its_most_specific_cause() -> None:
         "peer id mismatch: 16Uiu2…"
     assert failure_reason(ValueError("bad frame")) == "ValueError: bad frame"
     assert failure_reason(EOFError()) == "EOFError"
+    refused = RuntimeError("failed to open a stream to peer 16Uiu2…")
+    refused.__cause__ = RuntimeError("protocols not supported: tried ['/neuroshard/x/sync/2.0.0'], "
+                                     "timeout=10s. Last error: protocol not supported: "
+                                     "/neuroshard/x/sync/2.0.0, response='na'")
+    assert failure_reason(refused) == \
+        "protocol not supported by the peer (tried ['/neuroshard/x/sync/2.0.0'])"
 
 
 def test_a_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
@@ -153,3 +170,12 @@ def test_a_data_dir_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="not a directory"):
         ensure_data_dir(a_file / "sub")
     assert main(["init", "--data-dir", str(a_file / "sub")]) == EXIT_ERROR
+
+
+def test_another_charter_brings_its_market_and_keeps_the_local_values() -> None:
+    simnet = builtin("simnet")
+    mine = NodeSettings(charter=simnet, market=simnet.market.replace(claim_timeout_s=7.0))
+    other = simnet.with_params(window_ticks=12)
+    moved = mine.replace(charter=other)
+    assert moved.network == other.network_id
+    assert moved.market == other.market.replace(claim_timeout_s=7.0)

@@ -1,7 +1,14 @@
-"""Every vector of protocols/vectors/price.json against core/pricing.py and the merged view.
+"""The price vectors against core/pricing.py and the merged view.
 
-The vectors are data (the generator computes them from the text of protocols/market-v1.md §7 with
-its own code); this test reads the JSON only and asks the project for the same integers.
+- `protocols/vectors/price.json` (v1) → `curve`, `ema`: the target price (§7.2) and the smoothed
+  price (§7.3) do not depend on the wire and did not change in v2 (market-v2.md §7.2, §7.3 point
+  to them), so v1's vectors stay the vectors of both versions.
+- `protocols/vectors/v2/price.json` → `view`: the same announcements, expected ticks and clock as
+  v1's `view`, in v2 bytes, on a charter (simnet with a window of 4 ticks and small caps:
+  identity_work_bits 0, the per-signer caps of v2 not reached, so the view counts what v1 did).
+
+The vectors are data (the generators compute them from the text of the specs with their own
+code); this test reads the JSON only and asks the project for the same integers.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from typing import Any
 import pytest
 
 from neuroshard_p2p import wire
+from neuroshard_p2p.charter import Charter
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import smooth_step, smoothed_price, target_price_nano
 from neuroshard_p2p.view import MarketView
 
-PRICE = json.loads((Path(__file__).resolve().parent.parent / "protocols" / "vectors"
-                    / "price.json").read_text("utf-8"))
-VIEW = PRICE["view"]
+VECTORS = Path(__file__).resolve().parent.parent / "protocols" / "vectors"
+PRICE = json.loads((VECTORS / "price.json").read_text("utf-8"))        # v1: curve, ema
+VIEW = json.loads((VECTORS / "v2" / "price.json").read_text("utf-8"))["view"]
+VIEW_CHARTER = Charter.from_toml(VIEW["charter"]["toml"])
 
 
 def config(overrides: dict[str, Any]) -> MarketConfig:
@@ -46,15 +55,25 @@ def test_ema_fold(vector: dict[str, Any]) -> None:
         assert [smooth_step(p, t, c) for p, t in zip(prices, targets[1:])] == prices[1:]
 
 
+def test_view_charter_is_the_published_one() -> None:
+    """The charter the view vectors count under: its hash and params as published, open, no
+    work ramp."""
+    charter = VIEW["charter"]
+    assert (VIEW_CHARTER.hash.hex(), VIEW_CHARTER.network_id) == (charter["hash"],
+                                                                 charter["network_id"])
+    assert VIEW_CHARTER.params == charter["params"]
+    assert not VIEW_CHARTER.members and VIEW_CHARTER.market.identity_work_bits == 0
+
+
 def view_with_vector_announcements() -> MarketView:
-    view = MarketView(config(VIEW["config"]))
+    view = MarketView(VIEW_CHARTER.market)
     for m in VIEW["announcements"]:
         view.merge_message(wire.decode(bytes.fromhex(m["wire"]), m["issued_at_ms"] / 1000))
     return view
 
 
 def test_view_derived_bounds() -> None:
-    view = MarketView(config(VIEW["config"]))
+    view = MarketView(VIEW_CHARTER.market)
     assert (view.max_per_signer, view.horizon_ms) == (VIEW["keep"], VIEW["horizon_ms"])
 
 
@@ -73,7 +92,7 @@ def test_view_tick(row: dict[str, Any]) -> None:
 
 def test_view_any_arrival_order() -> None:
     """The view is a function of the set: reversed arrival gives the same ticks."""
-    view = MarketView(config(VIEW["config"]))
+    view = MarketView(VIEW_CHARTER.market)
     for m in reversed(VIEW["announcements"]):
         view.merge_message(wire.decode(bytes.fromhex(m["wire"]), m["issued_at_ms"] / 1000))
     assert [view.price_at_tick(r["tick"]).price_nano for r in VIEW["ticks"]] == [

@@ -1,6 +1,9 @@
-"""Stream frames (wire/frames.py, spec §8.2, §9, §10): round trips against the spec's layouts
-packed with plain msgpack, exact limits, old and new peer exchange side by side, and a
-structure-aware fuzz that reaches every frame kind (16–21) and the 1.0.0 peer list.
+"""Stream frames (wire/frames.py, protocols/market-v2.md §8.2, §9, §10): round trips against the
+spec's layouts packed with plain msgpack (version item 2 on the sync and job streams, the 5-item
+SyncRequest with its revocations digest, version 1 for peer exchange), exact limits, old and new
+peer exchange side by side, and a structure-aware fuzz that reaches every frame kind the code
+speaks (16–21) and the 1.0.0 peer list. The published frame vectors (protocols/vectors/v2/
+frames.json, v1's among them in v2 bytes) are checked by test_vectors_v2.py.
 
 The fuzz builds a valid frame of one layout, applies one structural mutation to its item tree
 (or its bytes) and checks the decoder's answer: for most mutations the exact reason the spec's
@@ -40,6 +43,12 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow,
 # in the code fails these tests.
 LIMIT = {16: 1024, 17: 1_048_576, 18: 1024, 19: 1024, 20: 1_048_576, 21: 32_768, "legacy": 32_768}
 ANY_FRAME = 1_048_576
+V = 2  # the version item of sync and job frames; peer exchange keeps 1
+SYNC_ITEM = 65_536  # the largest message a SyncResponse carries (a revocation list)
+#: The kinds each stream carries (§8.2): the job stream also carries 22 (JobSettled).
+STREAM_OF = {16: (16, 17), 17: (16, 17), 18: (18, 19, 20, 22), 19: (18, 19, 20, 22),
+             20: (18, 19, 20, 22), 21: (21,)}
+ZERO = b"\x00" * 32
 
 
 def pack(obj: Any) -> bytes:
@@ -118,35 +127,36 @@ def _peer_limits(at: int) -> tuple[Callable[[list[Any]], None], ...]:
 digests = st.binary(min_size=32, max_size=32)
 LAYOUTS = [
     Layout("sync_request", 16,
-           st.builds(lambda d, b: SyncRequest(d, tuple(b)), digests,
-                     st.lists(digests, min_size=16, max_size=16)),
-           lambda f: [1, 16, f.digest, list(f.bucket_digests)], wire.encode_sync, wire.decode_sync,
+           st.builds(lambda d, b, r: SyncRequest(d, tuple(b), r), digests,
+                     st.lists(digests, min_size=16, max_size=16), digests),
+           lambda f: [V, 16, f.digest, list(f.bucket_digests), f.revocations_digest],
+           wire.encode_sync, wire.decode_sync,
            (_set((2,), b"\x00" * 33), _set((2,), b"\x00" * 31), _grow((3,), b"\x00" * 32, 17),
-            _set((3, 5), b"\x00" * 33)),
+            _set((3, 5), b"\x00" * 33), _set((4,), b"\x00" * 33), _set((4,), b"\x00" * 31)),
            lambda path: path == (3,)),
     Layout("sync_response", 17,
            st.builds(lambda a: SyncResponse(tuple(a)),
                      st.lists(st.binary(min_size=1, max_size=40)
-                              | st.just(b"\x01" * 1024), max_size=5)),
-           lambda f: [1, 17, list(f.announcements)], wire.encode_sync, wire.decode_sync,
-           (lambda t: t[2].append(b"\x01" * 1025), lambda t: t[2].append(b""),
+                              | st.just(b"\x01" * SYNC_ITEM), max_size=5)),
+           lambda f: [V, 17, list(f.announcements)], wire.encode_sync, wire.decode_sync,
+           (lambda t: t[2].append(b"\x01" * (SYNC_ITEM + 1)), lambda t: t[2].append(b""),
             _grow((2,), b"\x01", 4097)),
            lambda path: False),
     Layout("job_declined", 18,
            st.builds(JobDeclined, text(1, 128), text(1, 128), text(0, 512)),
-           lambda f: [1, 18, f.request_id, f.reason, f.detail], wire.encode_job_frame,
+           lambda f: [V, 18, f.request_id, f.reason, f.detail], wire.encode_job_frame,
            wire.decode_job_frame,
            (_set((2,), _over(128)), _set((2,), ""), _set((3,), _over(128)), _set((3,), ""),
             _set((4,), _over(512))),
            lambda path: False),
     Layout("job_accepted", 19, st.builds(JobAccepted, text(1, 128)),
-           lambda f: [1, 19, f.request_id], wire.encode_job_frame, wire.decode_job_frame,
+           lambda f: [V, 19, f.request_id], wire.encode_job_frame, wire.decode_job_frame,
            (_set((2,), _over(128)), _set((2,), ""), _set((2,), "x" * 1100)),
            lambda path: False),
     Layout("job_result", 20,
            st.builds(JobResult, text(1, 128), st.binary(min_size=1, max_size=200),
                      text(0, 1_000_000) | st.just("é" * 500_000)),
-           lambda f: [1, 20, f.request_id, f.receipt, f.output], wire.encode_job_frame,
+           lambda f: [V, 20, f.request_id, f.receipt, f.output], wire.encode_job_frame,
            wire.decode_job_frame,
            (_set((2,), _over(128)), _set((2,), ""), _set((3,), b""),
             _set((4,), _over(1_000_000)), _set((3,), b"\x01" * ANY_FRAME)),
@@ -250,16 +260,18 @@ def mutated(draw: st.DrawFn, layout: Layout, how: str) -> tuple[bytes, set[str] 
         return {"oversize"} if len(data) > limit else {reason}
 
     if how == "version":
-        # Another integer, or 1 in another type (equal to 1 in Python, not on the wire).
-        tree[0] = draw(st.integers(0, 2**64 - 1).filter(lambda v: v != 1)
-                       | st.sampled_from([True, 1.0, "1", b"\x01", [1], None]))
+        # Another integer (v1's 1 on a v2 stream among them), or the version in another type
+        # (equal to it in Python, not on the wire).
+        version = tree[0]
+        tree[0] = draw(st.integers(0, 2**64 - 1).filter(lambda v: v != version)
+                       | st.sampled_from([version == 1, float(version), str(version),
+                                          bytes([version]), [version], None]))
         return pack(tree), {"version"}
     if how == "kind":
         if legacy:  # the 1.0.0 list has no kind: an integer where the peer list belongs
             tree[1] = draw(st.integers(0, 255))
             return pack(tree), {"bad_field"}
-        stream = {16: (16, 17), 17: (16, 17), 18: (18, 19, 20), 19: (18, 19, 20),
-                  20: (18, 19, 20), 21: (21,)}[layout.kind]  # type: ignore[index]
+        stream = STREAM_OF[layout.kind]  # type: ignore[index]
         tree[1] = draw(st.integers(0, 2**64 - 1).filter(lambda k: k not in stream)
                        | st.sampled_from([float(k) for k in stream] + [str(stream[0])]))
         return pack(tree), {"kind"}
@@ -341,13 +353,14 @@ def test_job_frames_round_trip() -> None:
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "malformed"),
-    (b"\x93\x02\x13\xa2r1", "version"),             # [2, 19, "r1"]
-    (b"\x93\x01\x63\xa2r1", "kind"),                # [1, 99, "r1"]
-    (b"\x92\x01\x13", "malformed"),                 # [1, 19]: no request id
-    (b"\x93\x01\x13\xa0", "bad_field"),             # empty request id
-    (b"\x95\x01\x14\xa2r1\xa1x\xa0", "bad_field"),  # receipt is a str, not bytes
-    (b"\x93\x01\x13\xd9\x02r1", "non_canonical"),   # str8 where fixstr fits
-    (pack([1, 16, b"\x00" * 32, [b"\x00" * 32] * 16]), "kind"),  # a sync frame on a job stream
+    (b"\x93\x01\x13\xa2r1", "version"),             # [1, 19, "r1"]: a v1 frame
+    (b"\x93\x03\x13\xa2r1", "version"),             # [3, 19, "r1"]
+    (b"\x93\x02\x63\xa2r1", "kind"),                # [2, 99, "r1"]
+    (b"\x92\x02\x13", "malformed"),                 # [2, 19]: no request id
+    (b"\x93\x02\x13\xa0", "bad_field"),             # empty request id
+    (b"\x95\x02\x14\xa2r1\xa1x\xa0", "bad_field"),  # receipt is a str, not bytes
+    (b"\x93\x02\x13\xd9\x02r1", "non_canonical"),   # str8 where fixstr fits
+    (pack([2, 16, ZERO, [ZERO] * 16, ZERO]), "kind"),  # a sync frame on a job stream
 ])
 def test_bad_job_frames_are_rejected_with_a_reason(data: bytes, reason: str) -> None:
     assert reason_of(lambda: wire.decode_job_frame(data)) == reason
@@ -356,7 +369,7 @@ def test_bad_job_frames_are_rejected_with_a_reason(data: bytes, reason: str) -> 
 def test_job_result_output_limit_is_in_bytes() -> None:
     at_limit = JobResult("r1", b"\x01", "é" * 500_000)  # 1,000,000 bytes, 500,000 characters
     assert wire.decode_job_frame(wire.encode_job_frame(at_limit)) == at_limit
-    over = pack([1, 20, "r1", b"\x01", "é" * 500_000 + "x"])
+    over = pack([V, 20, "r1", b"\x01", "é" * 500_000 + "x"])
     assert reason_of(lambda: wire.decode_job_frame(over)) == "bad_field"
     assert reason_of(lambda: wire.encode_job_frame(JobResult("r1", b"\x01", "x" * 1_000_001))) \
         == "bad_field"
@@ -366,7 +379,7 @@ def test_job_result_output_limit_is_in_bytes() -> None:
 
 def test_each_kind_has_its_own_size_limit() -> None:
     """F5: a frame of a small kind above its limit is `oversize` before its items are read."""
-    accepted = pack([1, 19, "x" * 1100])            # 1,106 bytes: above 19's 1 KiB
+    accepted = pack([V, 19, "x" * 1100])            # 1,106 bytes: above 19's 1 KiB
     assert reason_of(lambda: wire.decode_job_frame(accepted)) == "oversize"
     big = pack([1, 21, [["p" * 100, ["a" * 200] * 8]] * 20])
     assert len(big) > 32_768
@@ -435,10 +448,13 @@ def test_fit_peer_exchange_keeps_what_can_be_sent() -> None:
 
 
 def test_encoders_refuse_frames_of_other_streams() -> None:
-    request = SyncRequest(b"\x00" * 32, (b"\x00" * 32,) * 16)
+    request = SyncRequest(ZERO, (ZERO,) * 16, ZERO)
+    assert wire.encode_sync(request) == pack([V, 16, ZERO, [ZERO] * 16, ZERO])
     assert reason_of(lambda: wire.encode_job_frame(request)) == "kind"  # type: ignore[arg-type]
     assert reason_of(lambda: wire.encode_sync(JobAccepted("r1"))) == "kind"  # type: ignore[arg-type]
-    assert reason_of(lambda: wire.encode_frame(SyncRequest(b"\x00" * 32, None))) == "bad_field"  # type: ignore[arg-type]
+    assert reason_of(lambda: wire.encode_frame(SyncRequest(ZERO, None, ZERO))) == "bad_field"  # type: ignore[arg-type]
+    assert reason_of(lambda: wire.encode_frame(SyncRequest(ZERO, (ZERO,) * 16, ZERO[:31]))) \
+        == "bad_field"
 
 
 # --- old and new nodes on one network -------------------------------------------------------------

@@ -7,8 +7,9 @@ in the daemon's nursery (`neuroshard_p2p.daemon`, which hands it the node, its l
     GET  /api/market/offers             the merged view's offers, cheapest first, each with how
                                         this gateway routes to it (skipped or not, and why)
     GET  /api/market/requests/{id}      a request's status, provider, tokens served, cost
-    GET  /api/peers                     connected peers and their addresses
-    GET  /api/node                      peer id, multiaddrs, network, version, own offer
+    GET  /api/peers                     connected peers, their addresses and standing (score, bans)
+    GET  /api/node                      peer id, multiaddrs, network and charter, identity work,
+                                        version, own offer, the guard's fault and ban counters
     GET  /api/ledger                    settlements, this node's earnings (404 without a ledger)
     GET  /metrics                       Prometheus text
     POST /api/market/register           {"tokens_per_second": 1000, "min_price": 0.0}   (token)
@@ -49,6 +50,7 @@ from neuroshard_p2p.api.inputs import (
     InputError,
     parse_history_window,
     parse_register,
+    parse_revocations,
     parse_request_id,
     parse_submit,
     parse_withdraw,
@@ -137,6 +139,7 @@ class Api:
             ("POST", "/api/market/register"): self.register,
             ("POST", "/api/market/withdraw"): self.withdraw,
             ("POST", "/api/market/requests"): self.submit,
+            ("POST", "/api/revocations"): self.revocations,
         }
 
     # -- ASGI -------------------------------------------------------------------------------
@@ -270,23 +273,40 @@ class Api:
                         "routing": r} for o, r in zip(offers, routing)]})
 
     async def peers(self, request: Request) -> Response:
+        """Connected peers with their addresses and standing (the guard's score, gossipsub's
+        score, faults, bans), then the peers banned or scored that are not connected, and the
+        fault counters."""
         _no_query(request)
-        peers = self.node.connected_peers()
-        return Response(200, {"count": len(peers),
-                              "peers": [{"peer_id": p.peer_id, "addrs": list(p.addrs)}
-                                        for p in peers]})
+        node = self.node
+        peers = node.connected_peers()
+        standings = {s["peer_id"]: s for s in node.peer_standings()}
+        connected = []
+        for p in peers:
+            standing = dict(standings.pop(p.peer_id, {}))
+            standing.pop("connected", None)
+            connected.append({"peer_id": p.peer_id, "addrs": list(p.addrs),
+                              **{k: v for k, v in standing.items() if k != "peer_id"}})
+        others = [{k: v for k, v in s.items() if k != "connected"} for s in standings.values()]
+        return Response(200, {"count": len(peers), "peers": connected, "others": others,
+                              **_guard_json(node)})
 
     async def node_info(self, request: Request) -> Response:
         _no_query(request)
         node = self.node
         offer = node.engine.offer
         addrs = node.addrs
+        work = node.work.progress
         return Response(200, {
             "running": True,
             "peer_id": node.peer_id,
             "multiaddrs": addrs,
             "addrs": addrs,
             "network": node.settings.network,
+            "charter": node.settings.charter.describe(),
+            # What this key weighs in every peer's price: 2^(bits - required), at most 1.
+            "work": {"bits": work.bits, "required_bits": work.required_bits,
+                     "weight": work.weight, "nonce": work.nonce, "done": work.done,
+                     "hashes": work.hashes, "kept": work.loaded},
             "version": __version__,
             "topic": node.topic,
             "api": self.url,
@@ -298,6 +318,7 @@ class Api:
             "messages": [{"outcome": o, "reason": r, "count": c}
                          for (o, r), c in sorted(node.engine.counts().items())],
             "counters": dict(vars(node.counters)),
+            "guard": _guard_json(node),
         })
 
     async def ledger(self, request: Request) -> Response:
@@ -346,6 +367,15 @@ class Api:
             "min_price": from_nano(offer.min_price_nano),
             "min_price_nano": offer.min_price_nano}})
 
+    async def revocations(self, request: Request) -> Response:
+        """Publish an authority's revocation list (members networks): checked as gossip is,
+        merged into this node's view, then gossiped; a refused list answers 422 with the reason."""
+        data = parse_revocations(request.body, request.content_type)
+        verdict = await self.node.publish_revocations(data)
+        if not verdict.accepted:
+            raise InputError(422, f"revocation list refused ({verdict.reason}): {verdict.detail}")
+        return Response(200, {"ok": True, "published": True})
+
     async def withdraw(self, request: Request) -> Response:
         parse_withdraw(request.body, request.content_type)
         self.node.withdraw_offer()
@@ -374,6 +404,13 @@ def create_app(node: "Node", *, ledger: "AsyncLedger | None" = None,
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _guard_json(node: "Node") -> dict[str, Any]:
+    """The node's accountability counters (node/guard.py)."""
+    guard = node.guard
+    return {"faults": dict(guard.faults), "bans": guard.bans,
+            "graylisted": guard.graylisted(node.now())}
 
 
 def _status_json(data: dict[str, Any]) -> dict[str, Any]:

@@ -243,6 +243,20 @@ def parse_register(body: bytes, content_type: str | None, config: MarketConfig) 
     return RegisterCapacity(tokens_per_second=tokens_per_second, min_price_nano=min_price_nano)
 
 
+def parse_revocations(body: bytes, content_type: str | None) -> bytes:
+    """`{"list": "<hex>"}` — an authority's signed revocation list (`neuroshard-node member
+    revoke` writes it); the node checks it like gossip before it publishes it."""
+    data = parse_json_object(body, content_type)
+    _only_known(data, ("list",))
+    text = data.get("list")
+    if not isinstance(text, str) or not text:
+        raise InputError(400, "list must be the hex of a signed revocation list")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise InputError(400, "list is not hex") from None
+
+
 def parse_withdraw(body: bytes, content_type: str | None) -> None:
     """Withdraw takes no parameters: no body, or `{}`."""
     data = parse_json_object(body, content_type, allow_empty=True)

@@ -11,10 +11,13 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     market_utilization (+Inf when demand waits and no supply exists),
     market_supply_tokens_per_second, market_demand_tokens_waiting, market_pending_requests,
     market_available_nodes, market_tick, peers,
+    identity_work_bits, identity_work_required_bits, identity_weight (2^(bits − required), ≤ 1),
     messages_total{outcome="accepted|rejected|ignored", reason},
     requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode},
     provider_faults_total{kind}, provider_bans_total, providers{routing}   (as a gateway)
     jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
+    peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
+    sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
 
 from __future__ import annotations
@@ -66,6 +69,14 @@ class NodeCollector(Collector):
                     r.available_nodes)
         yield gauge("market_tick", "Current price tick (floor(now / tick_s)).", r.tick)
         yield gauge("peers", "Connected libp2p peers.", r.peers)
+        yield gauge("identity_work_bits", "Bits of identity work of this node's key.",
+                    r.work_bits)
+        yield gauge("identity_work_required_bits",
+                    "Bits of identity work the network's charter asks of a key.",
+                    r.work_required_bits)
+        yield gauge("identity_weight",
+                    "What this key counts for in every peer's price: 2^(bits - required), at "
+                    "most 1.", r.work_weight)
 
         info = GaugeMetricFamily(PREFIX + "node_info", "This node's network and pricing mode.",
                                  labels=["network", "mode"])
@@ -78,6 +89,17 @@ class NodeCollector(Collector):
         for (outcome, reason), count in sorted(r.messages.items()):
             messages.add_metric([outcome, reason], count)
         yield messages
+
+        faults = CounterMetricFamily(PREFIX + "peer_faults",
+                                     "Faults charged to remote peers, by kind (node/guard.py).",
+                                     labels=["kind"])
+        for kind, count in sorted(r.peer_faults.items()):
+            faults.add_metric([kind], count)
+        yield faults
+        yield CounterMetricFamily(PREFIX + "peer_bans", "Bans this node imposed on remote peers.",
+                                  value=r.peer_bans)
+        yield gauge("peers_graylisted", "Remote peers banned now (blacklisted, refused).",
+                    r.peers_graylisted)
 
         requests = GaugeMetricFamily(PREFIX + "requests", "Requests this node holds, by state.",
                                      labels=["state"])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuroshard_p2p.api.history import COARSE_WINDOW_S, PriceHistory
 from neuroshard_p2p.money import from_nano, to_nano
+from neuroshard_p2p.wire.work import weight_shift
 
 if TYPE_CHECKING:  # types only: the readout reads the node it is handed
     from neuroshard_p2p.ledger import LedgerTotals
@@ -62,6 +63,9 @@ class NodeReadout:
     pending_requests: int
     available_nodes: int
     peers: int
+    #: This key's identity work: its bits and the bits the charter asks for (weight 2^(bits − F)).
+    work_bits: int = 0
+    work_required_bits: int = 0
     #: (outcome, reason) → count of gossip messages; outcome is accepted / rejected / ignored.
     messages: dict[tuple[str, str], int] = field(default_factory=dict)
     #: request state (pending, claimed, completed, ...) → number of requests this node holds.
@@ -78,6 +82,16 @@ class NodeReadout:
     #: became of the jobs it served (settled, a refusal reason, no_settlement).
     jobs_refused: dict[str, int] = field(default_factory=dict)
     job_settlements: dict[str, int] = field(default_factory=dict)
+    #: Accountability (node/guard.py): faults charged to remote peers by kind, bans imposed
+    #: since start, peers banned now.
+    peer_faults: dict[str, int] = field(default_factory=dict)
+    peer_bans: int = 0
+    peers_graylisted: int = 0
+
+    @property
+    def work_weight(self) -> float:
+        """What this key counts for in every peer's price: 2^(bits − F), at most 1."""
+        return 2.0 ** -weight_shift(self.work_bits, self.work_required_bits)
 
     @property
     def price_level(self) -> str:
@@ -157,6 +171,8 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         pending_requests=totals.pending_requests,
         available_nodes=totals.available_nodes,
         peers=node.peer_count,
+        work_bits=node.work.progress.bits,
+        work_required_bits=node.work.progress.required_bits,
         messages=dict(node.engine.counts()),
         requests_by_state=dict(requests),
         settled_nano=None if ledger_totals is None else ledger_totals.paid,
@@ -166,6 +182,9 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         providers_by_routing=dict(routing),
         jobs_refused={"duplicate": provider.seen.replays, "unpaid": provider.payers.declined},
         job_settlements=dict(provider.payers.outcomes),
+        peer_faults=dict(node.guard.faults),
+        peer_bans=node.guard.bans,
+        peers_graylisted=node.guard.graylisted(now),
     )
 
 

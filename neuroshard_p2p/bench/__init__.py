@@ -23,6 +23,10 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "jobs": ("neuroshard_p2p.bench.jobs", "routing jobs between two real nodes"),
     "node": ("neuroshard_p2p.bench.node", "a network of real nodes: traffic, CPU, memory"),
     "api": ("neuroshard_p2p.bench.api", "HTTP API latency against a real node"),
+    "sync_abuse": ("neuroshard_p2p.bench.sync_abuse",
+                   "a node's CPU share while a peer pulls its view in a loop, vs idle"),
+    "members": ("neuroshard_p2p.bench.members",
+                "a members network: memory 2,000 non-member keys add to a real node"),
 }
 
 
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args and args[0] == "--list":
         for name, (module, what) in SECTIONS.items():
-            print(f"{name:8} {what}  ({module})")
+            print(f"{name:10} {what}  ({module})")
         return 0
     if args and not args[0].startswith("-"):
         name, rest = args[0], args[1:]

@@ -38,6 +38,7 @@ from typing import Any, AsyncIterator, Callable
 import coincurve
 import trio
 
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.ledger.store import ledger_path
@@ -65,7 +66,7 @@ async def _pair(base: Path, *, ledger: str, backend: InferenceBackend | None = N
                     stack: AsyncExitStack) -> tuple[Any, JobService]:
         settings = NodeSettings(data_dir=base / name, listen=("/ip4/127.0.0.1/tcp/0",), api="off",
                                 capacity=capacity, min_price=0.01, announce_interval_s=5.0,
-                                market=CONFIG)
+                                charter=builtin("simnet").replace(market=CONFIG))
         # The ledger a daemon opens for its node ("FULL"), or one in the mode under test.
         store = None
         if ledger != "none":

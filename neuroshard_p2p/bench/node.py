@@ -41,6 +41,7 @@ from typing import Any, Callable
 import coincurve
 import trio
 
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.node.settings import NodeSettings
@@ -55,7 +56,8 @@ def _key(i: int) -> coincurve.PrivateKey:
 def _settings(tmp: Path, i: int, **changes: Any) -> NodeSettings:
     return NodeSettings(data_dir=tmp / f"n{i}", listen=("/ip4/127.0.0.1/tcp/0",), api="off",
                         peer_exchange_interval_s=0.5, bootstrap_retry_initial_s=0.2,
-                        shutdown_grace_s=0.2, market=MarketConfig()).replace(**changes)
+                        shutdown_grace_s=0.2,
+                        charter=builtin("simnet").replace(market=MarketConfig())).replace(**changes)
 
 
 class _Counting:

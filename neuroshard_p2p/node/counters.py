@@ -16,7 +16,13 @@ class NodeCounters:
     syncs_failed: int = 0
     syncs_served: int = 0
     syncs_refused_busy: int = 0  # a peer asked again before its last answer was done, or too many at once
+    syncs_over_budget: int = 0   # a peer asked beyond its sync budget (reset, fault)
+    syncs_stopped: int = 0       # our sync stopped at a rejected item or a bad frame (reset, fault)
+    syncs_paced: int = 0         # our sync skipped: it would exceed the peer's sync budget
     sync_announcements_received: int = 0
+    #: A banned peer's connections closed as they arrived, and its streams reset.
+    connections_refused: int = 0
+    streams_refused: int = 0
     peer_exchanges: int = 0
     dials: int = 0
     dial_failures: int = 0

@@ -5,6 +5,12 @@
     <data-dir>/api_token      the bearer token the HTTP API asks for on every POST (mode 0600)
     <data-dir>/config.toml    [node] and [market] settings, written once with the defaults
     <data-dir>/api            written by a running node: the URL of its HTTP API
+    <data-dir>/work.json      the best identity-work nonce found for the key (node/work.py), so a
+                              restart does not grind again
+    <data-dir>/credential     members networks: hex of this node's Credential, signed by an
+                              authority of the charter (`neuroshard-node member issue`)
+    <data-dir>/revocations-<network id>   an authority's own newest revocation list (hex), so the
+                              next `member revoke` lists everyone still revoked
 
 `ensure_data_dir` makes what is missing and never overwrites what exists, so `run` on a fresh
 machine needs nothing before it and `init` twice is harmless.
@@ -12,6 +18,7 @@ machine needs nothing before it and `init` twice is harmless.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import stat
@@ -22,6 +29,10 @@ import coincurve
 
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire.membership import Admission, credential_of
+from neuroshard_p2p.wire.messages import Credential
+from neuroshard_p2p.wire.work import MAX_NONCE, work_bits
 from neuroshard_p2p.node.settings import (
     API_FILE,
     CONFIG_FILE,
@@ -38,7 +49,9 @@ CONFIG_TEMPLATE = f"""\
 [node]
 # listen = {list(DEFAULT_LISTEN)!r}
 # bootstrap = []                      # e.g. ["/ip4/203.0.113.7/tcp/4011/p2p/16Uiu2..."]
-# network = "testnet"
+# network = "testnet"                 # a built-in network: "testnet" or "simnet"
+# charter = "mynet.toml"              # or a charter file (`neuroshard-node charter new`),
+#                                     # relative to this directory; give network or charter
 # api = "{DEFAULT_API}"              # "off" runs no HTTP API
 # capacity = 0                        # tokens per second this node offers
 # min_price = 0.0                     # NEURO per 1M tokens
@@ -53,11 +66,14 @@ CONFIG_TEMPLATE = f"""\
 # muxer = "yamux"                     # or "mplex"
 
 [market]
-# capacity_timeout_s = 60.0
-# tick_s = 1.0
-# window_ticks = 32
-# settle_delay_s = 2.0
+# Only this node's own queue and ledger: every other market value is the network's charter's
+# (`neuroshard-node charter show`), and a node whose config changes one refuses to start.
+# claim_timeout_s = 60.0
+# request_expiry_s = 600.0
+# retention_s = 3600.0
 """
+
+WORK_FILE = "work.json"
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,47 @@ def remove_api_url(path: str | os.PathLike[str], url: str) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class StoredWork:
+    """The identity work kept for a key: the best nonce, its bits (recomputed on load: the file
+    is a cache, never trusted) and where grinding goes on."""
+
+    nonce: int
+    bits: int
+    next_nonce: int
+
+
+def load_work(path: str | os.PathLike[str], signer: bytes) -> StoredWork | None:
+    """The work kept in `<path>/work.json` for `signer`; None when there is none or it is another
+    key's. ConfigError says what is wrong with a damaged file."""
+    work_path = Path(path).expanduser() / WORK_FILE
+    try:
+        data = json.loads(work_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read {work_path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("signer") != signer.hex():
+        return None
+    nonce, next_nonce = data.get("nonce"), data.get("next_nonce", 0)
+    for name, value in (("nonce", nonce), ("next_nonce", next_nonce)):
+        if type(value) is not int or not 0 <= value <= MAX_NONCE + 1:
+            raise ConfigError(f"{work_path}: {name} must be an integer 0..2^63, got {value!r}")
+    assert isinstance(nonce, int) and isinstance(next_nonce, int)
+    return StoredWork(nonce, work_bits(signer, nonce), next_nonce)
+
+
+def save_work(path: str | os.PathLike[str], signer: bytes, work: StoredWork) -> None:
+    """Keep the work for `signer` in `<path>/work.json` (replaced atomically)."""
+    directory = Path(path).expanduser()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = json.dumps({"signer": signer.hex(), "nonce": work.nonce, "bits": work.bits,
+                       "next_nonce": work.next_nonce}) + "\n"
+    tmp = directory / (WORK_FILE + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, directory / WORK_FILE)
+
+
 def _write_secret(path: Path, text: str) -> None:
     """Write a file that only its owner may read, created with that mode (no window where it is
     world-readable)."""
@@ -176,7 +233,64 @@ def _write_secret(path: Path, text: str) -> None:
         fh.write(text)
 
 
+CREDENTIAL_FILE = "credential"
+
+
+def revocations_file(network_id: str) -> str:
+    return f"revocations-{network_id}"
+
+
+def load_hex_file(path: Path, what: str) -> bytes | None:
+    """The bytes of a file holding one line of hex; None when it does not exist."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{path} does not hold the hex of a {what}") from None
+
+
+def save_hex_file(path: Path, data: bytes) -> None:
+    """Write one line of hex, replacing the file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(data.hex() + "\n", encoding="ascii")
+    os.replace(tmp, path)
+
+
+def member_credential(path: str | os.PathLike[str], admission: Admission, signer: bytes,
+                      now_ms: int) -> Credential:
+    """This node's credential for a members network, from `<path>/credential`, checked: an
+    authority of the charter signed it, for this network, naming this key, not expired.
+    ConfigError says what is missing and how to get it."""
+    cred_path = Path(path).expanduser() / CREDENTIAL_FILE
+    wire = load_hex_file(cred_path, "credential")
+    if wire is None:
+        raise ConfigError(
+            f"this network admits members only, and {cred_path} holds no credential: give an "
+            f"authority of the charter this node's peer id ({peer_id_of(signer)}) and ask for "
+            f"`neuroshard-node member issue {peer_id_of(signer)} --charter CHARTER "
+            f"--install DATA_DIR` (or put the file it writes at {cred_path})")
+    try:
+        credential = credential_of(wire, admission)
+    except WireError as exc:
+        raise ConfigError(f"{cred_path}: {exc}") from None
+    if credential.member != signer:
+        raise ConfigError(f"{cred_path} admits another key ({peer_id_of(credential.member)}), "
+                          f"not this node ({peer_id_of(signer)})")
+    if credential.expires_at_ms <= now_ms:
+        raise ConfigError(f"{cred_path}: the credential expired at {credential.expires_at_ms} ms; "
+                          f"ask an authority for a new one")
+    return credential
+
+
 __all__ = [
+    "CREDENTIAL_FILE", "revocations_file", "load_hex_file", "save_hex_file", "member_credential",
     "DataDirReport", "ensure_data_dir", "load_private_key", "load_api_token", "rotate_api_token",
-    "write_api_url", "read_api_url", "remove_api_url", "CONFIG_TEMPLATE",
+    "write_api_url", "read_api_url", "remove_api_url", "CONFIG_TEMPLATE", "StoredWork",
+    "load_work", "save_work", "WORK_FILE",
 ]

@@ -9,7 +9,8 @@ the simulator — hand it bytes and the time, and take bytes to send:
     withdraw(now)                     the last announcement at shutdown → bytes | None
     sync_request(now)                 open anti-entropy with a peer     → bytes (one frame)
     on_sync_request(data, now)        answer a peer's sync request      → [bytes] (frames)
-    on_sync_response(data, now)       merge what a peer sent            → SyncCounts
+    on_sync_response(data, now)       merge what a peer sent, stopping at
+                                      the first rejected item           → SyncCounts
     next_deadline()                   when poll_announcements has work next (None: only on change)
     expire(now)                       drop what no peer would accept any more (every tick)
 
@@ -124,12 +125,17 @@ _ACCEPTED_KEY = (ACCEPTED, ACCEPTED)
 
 @dataclass(frozen=True)
 class SyncCounts:
-    """What one sync response brought: announcements received and their outcomes."""
+    """What one sync response brought: items received and their outcomes. `fault` is the reason
+    of the rejected item the dialer stopped at (protocol v2 §8.3: the rest of the frame and of
+    the stream go unchecked, `unchecked` of them in this frame), None when no item was rejected;
+    the driver resets the stream and charges the peer."""
 
     received: int
     accepted: int
     ignored: int
     rejected: int
+    fault: str | None = None
+    unchecked: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,7 @@ class PeerEngine:
         #: bytes: both ride in every announcement we sign.
         self.work_nonce = 0
         self.credential = b""
+        self._credential_expires_ms: int | None = None
         #: (outcome, reason) → count, for gossip and for announcements received through sync.
         self.gossip_counts: Counter[tuple[str, str]] = Counter()
         self.sync_counts: Counter[tuple[str, str]] = Counter()
@@ -267,11 +274,18 @@ class PeerEngine:
             self.work_nonce = nonce
             self._refresh_published()
 
-    def set_credential(self, credential: bytes) -> None:
-        """Our credential in a members network (wire bytes of a Credential naming our key)."""
+    def set_credential(self, credential: bytes, expires_at_ms: int | None = None) -> None:
+        """Our credential in a members network (wire bytes of a Credential naming our key). From
+        `expires_at_ms` on we announce nothing: peers would refuse it (`not_member`) and charge
+        whoever relays it."""
+        self._credential_expires_ms = expires_at_ms
         if credential != self.credential:
             self.credential = credential
             self._refresh_published()
+
+    def credential_expired(self, now: float) -> bool:
+        return (self._credential_expires_ms is not None
+                and ms_of(now) >= self._credential_expires_ms)
 
     def _refresh_published(self) -> None:
         if self._published is not None and not self._published.silent:
@@ -352,6 +366,8 @@ class PeerEngine:
         last one and no announcement went out in this tick yet, or a keep-alive when
         `announce_interval_s` has passed and we have anything to say."""
         self.expire(now)
+        if self.credential_expired(now):
+            return []
         state = self.own_state(now)
         if self._published_at is None:
             due = not state.silent
@@ -385,7 +401,7 @@ class PeerEngine:
         self._offer = OwnOffer(0, 0)
         self._requests.clear()
         self._demand_override = None
-        if self._published is None or self._published.silent:
+        if self._published is None or self._published.silent or self.credential_expired(now):
             return None
         return self._announce(OwnState(0, 0, 0, 0), now)
 
@@ -453,7 +469,7 @@ class PeerEngine:
                                   None, str(error))
                 self.gossip_counts[(verdict[0], verdict[1])] += 1
                 return verdict
-            if type(message) is RevocationList:
+            if not isinstance(message, Announcement):  # a members network's revocation list
                 self.view.merge_revocations(message)
                 self.gossip_counts[_ACCEPTED_KEY] += 1
                 return Verdict(ACCEPTED, ACCEPTED, None, "revocation list")
@@ -534,8 +550,11 @@ class PeerEngine:
         return [encode_sync(r) for r in split_sync_response(wires)]
 
     def on_sync_response(self, data: bytes, now: float) -> SyncCounts:
-        """Validate and merge the announcements of one sync response frame. Raises WireError for
-        a frame that is not a sync response; bad announcements inside are counted, not raised."""
+        """Validate and merge the items of one sync response frame, in order, stopping at the
+        first rejected one (protocol v2 §8.3: a peer that sends one bad item among many cannot
+        make us check the rest; the result's `fault` names it, and the driver drops the rest of
+        the stream and charges the peer). Ignored items are skipped. Raises WireError for a frame
+        that is not a sync response."""
         try:
             frame = decode_sync(data)
             if not isinstance(frame, SyncResponse):
@@ -543,13 +562,17 @@ class PeerEngine:
         except WireError as error:
             self.sync_frame_errors[error.reason] += 1
             raise
+        items = frame.announcements
         tally: Counter[str] = Counter()
-        for item in frame.announcements:
-            tally[self._accept_synced(item, now)] += 1
-        return SyncCounts(len(frame.announcements), tally[ACCEPTED], tally[IGNORED],
-                          tally[REJECTED])
+        for index, item in enumerate(items):
+            verdict = self._accept_synced(item, now)
+            tally[verdict.outcome] += 1
+            if verdict.outcome == REJECTED:
+                return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 1,
+                                  fault=verdict.reason, unchecked=len(items) - index - 1)
+        return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 0)
 
-    def _accept_synced(self, data: bytes, now: float) -> str:
+    def _accept_synced(self, data: bytes, now: float) -> Verdict:
         # History rules (protocol §8: no V4, V7's history form, no V8): a retained announcement
         # older than one we hold, or several of one signer in a batch, is what sync is for, not a
         # seq regression or a flood.
@@ -558,7 +581,7 @@ class PeerEngine:
         except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
             verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
         self.sync_counts[(verdict.outcome, verdict.reason)] += 1
-        return verdict.outcome
+        return verdict
 
     # -- reading the market --------------------------------------------------------------------
 

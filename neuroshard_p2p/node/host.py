@@ -4,7 +4,7 @@
         ...                                 # leaving it stops all of them
 
 One `Node` owns everything it starts, in one nursery: the libp2p host (TCP, noise, Yamux or
-Mplex), gossipsub on the topic `/neuroshard/<network>/market/1`, the announcer, the anti-entropy
+Mplex), gossipsub on the topic `/neuroshard/<network id>/market/2`, the announcer, the anti-entropy
 protocol, its peering (bootstrap dialers and peer exchange, `node/peering.py`) and its job
 service. It knows nothing of the HTTP API or where the ledger lives: `neuroshard_p2p.daemon`
 builds those and hands the node an open ledger and a backend. Leaving the `async with` normally is
@@ -14,13 +14,16 @@ peers stop counting the node when its last announcement expires (issued_at + cap
 
 Protocols (besides gossipsub and libp2p's own identify/ping):
 
-- `/neuroshard/<network>/sync/1.0.0` — anti-entropy. The dialer sends one SyncRequest frame (its view's
+The network id is the charter's (`<name>-<hash16>`, `charter.py`), so nodes of different charters
+share no topic and no protocol: they never exchange a market message.
+
+- `/neuroshard/<network id>/sync/2.0.0` — anti-entropy. The dialer sends one SyncRequest frame (its view's
   digest and per-bucket digests); the listener answers with SyncResponse frames carrying every
   announcement of the buckets that differ, then closes. Frames are uvarint length-prefixed
   (wire/framing.py). Both sides of every new connection pull, and every `sync_interval_s` a node
   pulls from one random peer, so a late joiner holds the same view within a round trip.
-- `/neuroshard/<network>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
-- `/neuroshard/<network>/job/1.0.0` — a job from a gateway to the provider it matched, and the
+- `/neuroshard/<network id>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
+- `/neuroshard/<network id>/job/2.0.0` — a job from a gateway to the provider it matched, and the
   provider's signed receipt (`node/job_service.py`, protocol §9).
 
 Gossip validation runs in a synchronous topic validator that calls the engine and never raises
@@ -28,6 +31,15 @@ Gossip validation runs in a synchronous topic validator that calls the engine an
 reading its own subscription (py-libp2p drops messages silently when a subscription's 32-slot
 channel is full, and a publisher receives its own messages). Every other py-libp2p workaround is
 in `node/libp2p_compat.py`.
+
+Accountability (protocol v2 §14.1): every fault a remote peer commits goes to the node's
+`PeerGuard` (`node/guard.py`): a gossip message the validator rejects (charged to the peer that
+forwarded it, and to gossipsub's P4 counter), a sync answer the dialer stopped at a rejected item
+or a broken frame, a sync request over the listener's budget, a broken job-stream frame. When a
+peer's score reaches the guard's threshold the node bans it: pubsub blacklists it (nothing it
+sends or relays is validated or forwarded any more), its connections are closed, and until the
+ban ends its new connections are closed as they arrive and its streams reset. `/api/peers` and
+`/metrics` show each peer's standing and the fault counters.
 """
 
 from __future__ import annotations
@@ -58,13 +70,34 @@ from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.backends import InferenceBackend
 from neuroshard_p2p.node.counters import NodeCounters
-from neuroshard_p2p.node.datadir import load_private_key
-from neuroshard_p2p.node.engine import LocalRequest, MarketSnapshot, PeerEngine, SyncCounts
+from neuroshard_p2p.node.datadir import load_private_key, member_credential
+from neuroshard_p2p.node.engine import (
+    LocalRequest,
+    MarketSnapshot,
+    PeerEngine,
+    SyncCounts,
+    Verdict,
+)
 from neuroshard_p2p.node.errors import NodeError
+from neuroshard_p2p.node.guard import (
+    GOSSIP_REJECT,
+    SYNC_FRAME,
+    SYNC_ITEM,
+    SYNC_OVER_BUDGET,
+    SYNC_PACE,
+    Ban,
+    PeerGuard,
+    PeerStanding,
+    TokenBuckets,
+    is_peer_fault,
+)
 from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.libp2p_compat import (
+    VerdictScorer,
     bind_problem,
+    blacklist,
     close_connections,
+    disconnect,
     expand_wildcards,
     make_gossipsub,
     muxer_options,
@@ -76,9 +109,14 @@ from neuroshard_p2p.node.libp2p_compat import (
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
+from neuroshard_p2p.node.work import IdentityWork
+from neuroshard_p2p.timeline import ms_of
+from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
-from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE
+from neuroshard_p2p.wire.membership import Admission
+from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE, Credential
 
 log = logging.getLogger("neuroshard.node")
 
@@ -87,8 +125,8 @@ FIRST_ANNOUNCE_HOLD_S = 10.0
 
 
 def sync_protocol(network: str) -> TProtocol:
-    """The anti-entropy protocol of a network (nodes of other networks do not speak it)."""
-    return TProtocol(f"/neuroshard/{network}/sync/1.0.0")
+    """The anti-entropy protocol of a network id (nodes of other networks do not speak it)."""
+    return TProtocol(f"/neuroshard/{network}/sync/2.0.0")
 
 
 #: Concurrent outgoing syncs (a burst of new connections must not start a burst of streams).
@@ -120,12 +158,28 @@ class Node:
         self.engine = PeerEngine(settings.market, self.private_key,
                                  tokens_per_second=settings.capacity,
                                  min_price_nano=to_nano(settings.min_price),
-                                 announce_interval_s=settings.announce_interval_s)
+                                 announce_interval_s=settings.announce_interval_s,
+                                 admission=Admission.of(settings.charter))
+        #: Members networks: this node's credential (from the data dir, checked), which rides in
+        #: every announcement and job it signs.
+        self.credential: Credential | None = None
+        admission = Admission.of(settings.charter)
+        if admission is not None:
+            self.credential = member_credential(settings.data_dir, admission, self.engine.signer,
+                                                ms_of(clock()))
+            self.engine.set_credential(self.credential.wire, self.credential.expires_at_ms)
+        #: This key's identity work: ground in the background, kept in the data dir.
+        self.work = IdentityWork(self.engine.signer, settings.market.identity_work_bits,
+                                 settings.data_dir, on_better=self._better_work)
         self.counters = NodeCounters()
+        #: Faults, scores and bans of remote peers (node/guard.py); the listener's sync budget.
+        self.guard = PeerGuard()
+        #: Our own pace per remote peer when we pull (inside its listener's budget).
+        self._sync_pace = TokenBuckets(*SYNC_PACE)
         #: Jobs: routes this node's requests to providers and serves jobs sent to it.
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
         #: Bootstrap dialers and peer exchange.
-        self.peering = Peering(settings, self.counters)
+        self.peering = Peering(settings, self.counters, refuse=self.refuses)
         self.topic = settings.topic
         self._sync_protocol = sync_protocol(settings.network)
         self._listen = [parse_listen_addr(a) for a in settings.listen]
@@ -234,16 +288,20 @@ class Node:
         await self.pubsub.wait_until_ready()
         self.host.set_stream_handler(self._sync_protocol, self._serve_sync)
         self.peering.attach(self.host)
-        self.host.get_network().register_notifee(ConnectionWatcher(self._new_peers_send))
+        self.host.get_network().register_notifee(
+            ConnectionWatcher(self._new_peers_send, refuse=self._refuse_connection))
         self.pubsub.set_topic_validator(self.topic, self._validate_gossip, False)
         self._subscription = await self.pubsub.subscribe(self.topic)
 
     async def _start_tasks(self, nursery: trio.Nursery) -> None:
+        self.work.load()  # before the first announcement, which then carries the kept nonce
+        nursery.start_soon(self.work.run)
         nursery.start_soon(self._drain, self._subscription)
         nursery.start_soon(self._announce_loop)
         nursery.start_soon(self._mesh_watch)
         nursery.start_soon(self._sync_new_peers)
         nursery.start_soon(self._sync_loop)
+        nursery.start_soon(self._guard_loop)
         await nursery.start(self.jobs.run, self.host)
         self.peering.start(nursery)
         log.info("node %s listening on %s (topic %s)", self.peer_id, ", ".join(self.addrs),
@@ -271,6 +329,20 @@ class Node:
 
     def withdraw_offer(self) -> None:
         self.engine.withdraw_offer()
+        self._poke.set()
+
+    async def publish_revocations(self, data: bytes) -> Verdict:
+        """Publish an authority's signed revocation list (members networks; any node may carry
+        one: its authority's signature is what counts, spec §6.3). Checked and merged as gossip
+        would be, then gossiped; a refused list is not sent."""
+        verdict = self.engine.on_gossip(data, self.now())
+        if verdict.accepted:
+            await self._publish(data)
+        return verdict
+
+    def _better_work(self, nonce: int) -> None:
+        """A better identity-work nonce: our next announcement carries it."""
+        self.engine.set_work_nonce(nonce)
         self._poke.set()
 
     def set_demand(self, pending_tokens: int, pending_requests: int) -> None:
@@ -320,15 +392,105 @@ class Node:
             if forwarder == self.host.get_id():
                 return True  # our own publish: the engine made and merged it
             now = self.now()
+            if self.guard.should_refuse(forwarder, now):
+                return False  # pubsub's blacklist drops these first; this is belt and braces
             verdict = self.engine.on_gossip(message.data, now, from_peer=message.from_id)
-            if verdict.outcome == "rejected" and self._worth_logging(message.from_id, verdict.reason, now):
-                log.info("rejected gossip from %s via %s: %s (%s)", short_id(message.from_id),
-                         short_id(forwarder), verdict.reason, verdict.detail)
+            if verdict.outcome == "rejected":
+                if self._worth_logging(message.from_id, verdict.reason, now):
+                    log.info("rejected gossip from %s via %s: %s (%s)", short_id(message.from_id),
+                             short_id(forwarder), verdict.reason, verdict.detail)
+                authored = forwarder.to_bytes() == bytes(message.from_id)
+                if is_peer_fault(verdict.reason, authored=authored):
+                    self._charge_invalid(forwarder)
+                    self.fault(forwarder, GOSSIP_REJECT, verdict.reason)
             return verdict.accepted
         except Exception:  # noqa: BLE001 - never let an exception reach py-libp2p here
             self.counters.validator_errors += 1
             log.exception("gossip validator failed; message dropped")
             return False
+
+    def _charge_invalid(self, forwarder: ID) -> None:
+        """Gossipsub's P4 counter for a reject (py-libp2p counts none itself: libp2p_compat 8)."""
+        scorer = None if self.gossipsub is None else self.gossipsub.scorer
+        if isinstance(scorer, VerdictScorer):
+            scorer.charge_invalid(forwarder, self.topic)
+
+    # -- accountability -----------------------------------------------------------------------
+
+    def fault(self, peer: ID, kind: str, reason: str = "") -> Ban | None:
+        """Charge `peer` a fault of `kind` (node/guard.py); ban it if that reaches the threshold."""
+        ban = self.guard.fault(peer, kind, self.now())
+        if ban is not None:
+            self._ban(ban, reason)
+        return ban
+
+    def refuses(self, peer: ID) -> bool:
+        """Whether `peer` is banned now (its connections and streams are refused)."""
+        return self.guard.should_refuse(peer, self.now())
+
+    def _ban(self, ban: Ban, reason: str) -> None:
+        peer = ban.peer
+        assert isinstance(peer, ID)
+        log.warning("banned peer %s for %g s (%s%s; ban %d in a row): blacklisted and disconnected",
+                    short_id(peer), ban.period_s, ban.kind, f": {reason}" if reason else "",
+                    ban.repeat + 1)
+        if self.pubsub is not None:
+            blacklist(self.pubsub, peer)  # drops what it sends or relays from now on
+        if self._nursery is not None and self.host is not None:
+            self._nursery.start_soon(disconnect, self.host, peer)
+
+    def _refuse_connection(self, peer: ID) -> bool:
+        """A connection arrived (ConnectionWatcher): close it if its peer is banned."""
+        if not self.refuses(peer):
+            return False
+        self.counters.connections_refused += 1
+        if self._nursery is not None:
+            self._nursery.start_soon(disconnect, self.host, peer)
+        return True
+
+    async def _refuse_stream(self, stream: INetStream) -> bool:
+        """Reset a stream a banned peer opened (True), else False."""
+        if not self.refuses(stream.muxed_conn.peer_id):
+            return False
+        self.counters.streams_refused += 1
+        await reset_quietly(stream)
+        return True
+
+    async def _guard_loop(self) -> None:
+        """Let banned peers back in when their bans end."""
+        while True:
+            for peer in self.guard.expire(self.now()):
+                assert isinstance(peer, ID)
+                if self.pubsub is not None:
+                    self.pubsub.remove_from_blacklist(peer)
+                log.info("ban of peer %s ended", short_id(peer))
+            await trio.sleep(1.0)
+
+    def peer_standings(self) -> list[dict[str, Any]]:
+        """Every peer that is connected or that the guard remembers: its guard score, its
+        gossipsub score, and its ban (the API's `peers` section)."""
+        now = self.now()
+        connected = set(self.host.get_connected_peers()) if self.host is not None else set()
+        known: dict[Any, PeerStanding] = {s.peer: s for s in self.guard.standings(now)}
+        for peer in connected:
+            known.setdefault(peer, self.guard.standing(peer, now))
+        scorer = None if self.gossipsub is None else self.gossipsub.scorer
+        rows = []
+        for peer, standing in known.items():
+            rows.append({
+                "peer_id": str(peer),
+                "connected": peer in connected,
+                "score": round(standing.score, 6),
+                # Connected peers only: py-libp2p's scorer would start a record for any other.
+                "gossipsub_score": (round(scorer.score(peer, [self.topic]), 6)
+                                    if scorer is not None and peer in connected else None),
+                "faults": standing.faults,
+                "bans": standing.bans,
+                "banned_until": standing.banned_until,
+                "banned_for_s": (None if standing.banned_until is None
+                                 else round(standing.banned_until - now, 3)),
+            })
+        return sorted(rows, key=lambda r: (r["banned_until"] is None, r["score"], r["peer_id"]))
 
     def _worth_logging(self, origin: bytes, reason: str, now: float) -> bool:
         """One log line per (origin, reason) per minute: a flood must not flood the log too (the
@@ -358,7 +520,7 @@ class Node:
             log.warning("publish failed (%s); peers will get it by sync", failure_reason(exc))
 
     async def _announce_loop(self) -> None:
-        if self.settings.bootstrap:
+        if self.settings.bootstrap_peers:
             # Our first announcement waits (bounded) for a gossip mesh peer. Published before
             # gossipsub grafts anyone, it would reach only the peers that pull it by sync, which
             # do not forward what they pull: the rest would get our next announcement instead,
@@ -398,10 +560,19 @@ class Node:
     # -- anti-entropy -------------------------------------------------------------------------
 
     async def sync_with(self, peer: ID) -> SyncCounts:
-        """Pull from `peer` what our view lacks. Raises NodeError with the reason on failure."""
+        """Pull from `peer` what our view lacks. Stops at the first item we reject (v2 §8.3):
+        resets the stream, charges the peer and returns the counts with `fault` set. Raises
+        NodeError with the reason on failure, and without asking when `peer` is banned or
+        when asking now would exceed our pace for it (SYNC_PACE, inside its listener's budget)."""
+        if self.refuses(peer):
+            raise NodeError(f"sync with {short_id(peer)}: the peer is banned")
+        if not self._sync_pace.take(peer, self.now()):
+            self.counters.syncs_paced += 1
+            raise NodeError(f"sync with {short_id(peer)}: asked too recently (sync budget)")
         async with self._sync_limiter:
             self.counters.syncs_started += 1
-            received = accepted = ignored = rejected = 0
+            received = accepted = ignored = rejected = unchecked = 0
+            fault: str | None = None
             stream: INetStream | None = None
             try:
                 with trio.fail_after(self.settings.stream_timeout_s):
@@ -414,24 +585,48 @@ class Node:
                         accepted += counts.accepted
                         ignored += counts.ignored
                         rejected += counts.rejected
-                    await stream.close()
+                        if counts.fault is not None:
+                            fault, unchecked = counts.fault, counts.unchecked
+                            break  # the rest of the frame and of the stream go unread
+                    if fault is None:
+                        await stream.close()
             except Exception as exc:  # noqa: BLE001 - any failure of a peer is its failure
                 self.counters.syncs_failed += 1
                 if stream is not None:
                     await reset_quietly(stream)
+                if isinstance(exc, WireError) and exc.action == REJECT:
+                    self.counters.syncs_stopped += 1  # a broken frame: the peer's fault (§8.3)
+                    self.fault(peer, SYNC_FRAME, exc.reason)
                 raise NodeError(f"sync with {short_id(peer)} failed: {failure_reason(exc)}") from None
             self.counters.sync_announcements_received += received
-            if accepted:
+            if fault is not None:
+                assert stream is not None
+                await reset_quietly(stream)
+                self.counters.syncs_stopped += 1
+                log.info("sync with %s stopped at a rejected item (%s) after %d accepted",
+                         short_id(peer), fault, accepted)
+                if is_peer_fault(fault, authored=False):
+                    self.fault(peer, SYNC_ITEM, fault)
+            elif accepted:
                 log.info("sync with %s: %d announcements, %d new", short_id(peer), received, accepted)
-            return SyncCounts(received, accepted, ignored, rejected)
+            return SyncCounts(received, accepted, ignored, rejected, fault=fault,
+                              unchecked=unchecked)
 
     async def _serve_sync(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
+        if await self._refuse_stream(stream):
+            return
         # An answer can carry the whole view: one at a time per peer and a few at once overall,
         # so a connected peer cannot make us serve (and buffer) the view many times over.
         if peer in self._serving_sync or self._serve_limiter.available_tokens == 0:
             self.counters.syncs_refused_busy += 1
             await reset_quietly(stream)
+            return
+        # And a few answers per peer in a while (v2 §8.3: 3 at once, then one per 10 s).
+        if not self.guard.take_sync(peer, self.now()):
+            self.counters.syncs_over_budget += 1
+            await reset_quietly(stream)
+            self.fault(peer, SYNC_OVER_BUDGET)
             return
         self._serving_sync.add(peer)
         try:
@@ -453,6 +648,8 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("sync request from %s refused: %s", short_id(peer), failure_reason(exc))
             await reset_quietly(stream)
+            if isinstance(exc, WireError) and exc.action == REJECT:  # not a sync request frame
+                self.fault(peer, SYNC_FRAME, exc.reason)
 
     async def _sync_new_peers(self) -> None:
         """Pull from every newly connected peer (both sides of a connection do)."""
@@ -469,7 +666,11 @@ class Node:
     async def _sync_loop(self) -> None:
         while True:
             await trio.sleep(self.settings.sync_interval_s)
-            peers = self.host.get_connected_peers()
+            now = self.now()
+            # Among the peers our pace lets us ask now (a small network with a short interval
+            # would otherwise ask the same peer beyond its budget).
+            peers = [p for p in self.host.get_connected_peers()
+                     if self._sync_pace.tokens(p, now) >= 1.0]
             if peers:
                 await self._sync_quietly(random.choice(peers))
 

@@ -7,7 +7,7 @@ A node owns one `JobService` (`Node.jobs`, two lines in `Node`):
 
 As a **gateway** it takes requests (`submit`, or whatever was queued through the engine's
 `submit_request`), locks the market price, matches them against the merged view's offers with the
-core book, and sends each matched job to its provider on a `/neuroshard/<network>/job/1.0.0`
+core book, and sends each matched job to its provider on a `/neuroshard/<network id>/job/2.0.0`
 stream; it verifies the provider's signed receipt (ledger checks) and settles it in the ledger,
 and tells the engine its queued demand so the node announces it; it then tells the provider what
 became of its receipt (JobSettled). As a **provider** it answers job streams: it refuses a
@@ -42,6 +42,7 @@ import coincurve
 import trio
 
 from neuroshard_p2p import wire
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import public_key_from_peer_id
@@ -54,6 +55,7 @@ from neuroshard_p2p.node.backends import (
     make_backend,
 )
 from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings
+from neuroshard_p2p.node.guard import JOB_FRAME, is_peer_fault
 from neuroshard_p2p.node.jobs import (
     BAD_JOB,
     GATEWAY_MISMATCH,
@@ -143,8 +145,8 @@ class JobSettings:
     payers: PayerSettings = field(default_factory=PayerSettings)
     #: The ledger file (None: receipts are checked but not recorded; tests of routing only).
     ledger_path: Path | None = None
-    #: Network id: part of the job stream's protocol id (`job_protocol`).
-    network: str = DEFAULT_NETWORK
+    #: Network id (the charter's): part of the job stream's protocol id (`job_protocol`).
+    network: str = builtin(DEFAULT_NETWORK).network_id
 
     def __post_init__(self) -> None:
         for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s",
@@ -198,8 +200,14 @@ class JobService:
     def __init__(self, engine: Any, *, settings: JobSettings | None = None,
                  backend: InferenceBackend | None = None, ledger: AsyncLedger | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_demand_change: Callable[[], None] | None = None) -> None:
+                 on_demand_change: Callable[[], None] | None = None,
+                 refuse: Callable[[Any], bool] | None = None,
+                 on_fault: Callable[[Any, str], object] | None = None) -> None:
+        """`refuse(peer id)`: the peer is banned, reset its job streams; `on_fault(peer id,
+        reason)`: a peer broke the job stream's frames (the node's guard charges it)."""
         self.engine = engine
+        self._refuse = refuse
+        self._on_fault = on_fault
         self.settings = settings or JobSettings()
         self.config: MarketConfig = engine.config
         self.private_key: coincurve.PrivateKey = engine.private_key
@@ -216,7 +224,10 @@ class JobService:
         self.backend = backend
         self.ledger = ledger
         self.gateway = GatewayDesk(self.config, self.signer, s.gateway_settings())
-        self.provider = ProviderDesk(self.signer, self.config, payers=Payers(s.payers))
+        self.provider = ProviderDesk(self.signer, self.config,
+                                     getattr(engine.validator, "admission", None),
+                                     payers=Payers(s.payers))
+        self.gateway.credential = getattr(engine, "credential", b"")
         #: The view's offers, walked again only when they can have changed (hits / misses).
         self.view_offers = ViewOffers()
         self._offers_given: tuple[CountedOffer, ...] | None = None
@@ -247,7 +258,8 @@ class JobService:
                                           ban_s=s.job_ban_s))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
         return cls(node.engine, settings=settings, backend=backend, ledger=ledger, clock=node.clock,
-                   on_demand_change=lambda: node._poke.set())
+                   on_demand_change=lambda: node._poke.set(), refuse=node.refuses,
+                   on_fault=lambda peer, reason: node.fault(peer, JOB_FRAME, reason))
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -493,11 +505,13 @@ class JobService:
             await close_quietly(stream)  # after settling: closing is not on the user's critical path
         except _Fault as exc:
             fault(exc.kind, f"broke the job protocol: {exc.why}")
+            self._fault(ID.from_base58(peer_id), WireError("unexpected", "reject", exc.why))
             if stream is not None:
                 await reset_quietly(stream)
         except Exception as exc:  # noqa: BLE001 - whatever a peer or the network does
             if isinstance(exc, WireError):
                 fault(BROKEN_FRAME, f"broke the job protocol ({exc})")
+                self._fault(ID.from_base58(peer_id), exc)
             elif accepted:
                 fault(DROPPED, f"disconnected mid-job ({failure_reason(exc)})")
             else:
@@ -583,11 +597,22 @@ class JobService:
 
     # -- provider ------------------------------------------------------------------------------
 
+    def _fault(self, peer: Any, error: WireError) -> None:
+        """Charge `peer` for a broken job-stream frame: a reject whose reason does not depend on
+        our clock (node/guard.is_peer_fault); a frame cut short is an ignore, not charged."""
+        if (self._on_fault is not None and error.action == "reject"
+                and is_peer_fault(error.reason, authored=False)):
+            self._on_fault(peer, error.reason)
+
     async def _serve_job(self, stream: Any) -> None:
         """A gateway sent a job: admit it by our own capacity, serve it, return a receipt."""
         peer = stream.muxed_conn.peer_id
         job: Job | None = None
         admitted = False
+        if self._refuse is not None and self._refuse(peer):
+            self.counters.streams_refused += 1
+            await reset_quietly(stream)
+            return
         try:
             with trio.fail_after(self.settings.accept_timeout_s):
                 data = await FrameStream(stream, MAX_SIZE[KIND_JOB]).next()
@@ -602,6 +627,7 @@ class JobService:
                                                       f"{type(message).__name__}")
             except WireError as exc:
                 self.counters.streams_refused += 1
+                self._fault(peer, exc)
                 await self._answer(stream, declined("?", BAD_JOB, str(exc)))
                 return
             job = message
@@ -628,6 +654,8 @@ class JobService:
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), failure_reason(exc))
             await reset_quietly(stream)
+            if isinstance(exc, WireError):  # a frame too large (one cut short is not charged)
+                self._fault(peer, exc)
         except trio.Cancelled:
             await _abandon(stream)  # this node is stopping: the gateway tries the next offer
             raise

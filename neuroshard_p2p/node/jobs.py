@@ -61,13 +61,16 @@ from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import MAX_DETAIL, TIERS, Job, JobDeclined, Receipt, clip_utf8
 from neuroshard_p2p.wire.codec import MAX_PROMPT, MAX_STR
+from neuroshard_p2p.wire.errors import WireError
+from neuroshard_p2p.wire.membership import Admission as Members
+from neuroshard_p2p.wire.membership import check_job
 
 
 def job_protocol(network: str) -> str:
-    """`/neuroshard/<network>/job/1.0.0`: the libp2p protocol id of a network's job stream. It
-    carries the network id, as sync and peer exchange do, so a gateway never hands a job to a
+    """`/neuroshard/<network id>/job/2.0.0`: the libp2p protocol id of a network's job stream.
+    It carries the network id, as sync and peer exchange do, so a gateway never hands a job to a
     node of another network (whose offers it should not even know)."""
-    return f"/neuroshard/{network}/job/1.0.0"
+    return f"/neuroshard/{network}/job/2.0.0"
 
 
 # Decline reason codes (provider → gateway). Stable: they are counted and shown.
@@ -80,8 +83,9 @@ GATEWAY_MISMATCH = "gateway_mismatch"
 DUPLICATE = "duplicate"
 BAD_JOB = "bad_job"
 UNPAID = "unpaid"
+NOT_MEMBER = "not_member"
 DECLINE_REASONS = (FULL, NOT_OFFERING, BELOW_MIN_PRICE, TOO_LARGE, WRONG_PROVIDER,
-                   GATEWAY_MISMATCH, DUPLICATE, BAD_JOB, UNPAID)
+                   GATEWAY_MISMATCH, NOT_MEMBER, UNPAID, DUPLICATE, BAD_JOB)
 
 #: The progress deadline (reference numbers; local settings, the same for both sides by default):
 #: after JobAccepted a gateway waits for the result at most
@@ -137,11 +141,13 @@ class ProviderDesk:
     at once. It also refuses a replayed Job (`seen`, before anything is spent on it) and the jobs
     of a gateway that does not settle what it is served (`payers`)."""
 
-    def __init__(self, provider_key: bytes, config: MarketConfig, *,
-                 queue_limit_s: float = QUEUE_LIMIT_S, seen: SeenJobs | None = None,
-                 payers: Payers | None = None) -> None:
+    def __init__(self, provider_key: bytes, config: MarketConfig,
+                 admission: Members | None = None, *, queue_limit_s: float = QUEUE_LIMIT_S,
+                 seen: SeenJobs | None = None, payers: Payers | None = None) -> None:
         self.provider_key = provider_key
         self.config = config
+        #: A members network's admission (None: open): a job's gateway must be a member (V6m).
+        self.admission = admission
         self.queue_limit_s = queue_limit_s
         self.seen = seen if seen is not None else SeenJobs()
         self.payers = payers if payers is not None else Payers()
@@ -168,6 +174,10 @@ class ProviderDesk:
         if job.signer != gateway_key:
             return self._decline(GATEWAY_MISMATCH,
                                  "the job is signed by another node than the one that sent it")
+        try:
+            check_job(job, self.admission)  # V6m for jobs (spec Appendix J.2)
+        except WireError as error:
+            return self._decline(NOT_MEMBER if error.reason == NOT_MEMBER else BAD_JOB, str(error))
         unpaid = self.payers.refusal(gateway_key, now)
         if unpaid is not None:
             return self._decline(UNPAID, unpaid)
@@ -400,6 +410,8 @@ class GatewayDesk:
         self.config = config
         self.gateway_key = gateway_key
         self.gateway_peer_id = peer_id_of(gateway_key)
+        #: A members network: our credential, which every Job we sign carries.
+        self.credential = b""
         self.settings = settings or GatewaySettings()
         self.book = OrderBook(config)
         #: This gateway's record of providers: faults, back-off, bans, probation, preference.
@@ -600,7 +612,7 @@ class GatewayDesk:
                   request_id=match.request_id, user=record.user, provider=extra.provider_key,
                   tokens=match.tokens, max_price_nano=record.max_price_nano,
                   locked_price_nano=match.locked_price_nano, tier=TIERS.index(record.tier),
-                  prompt=extra.prompt)
+                  prompt=extra.prompt, credential=self.credential)
         self.counts["dispatched"] += 1
         self.reputation.on_sent(match.node_id)
         assert record.claimed_at is not None
@@ -818,6 +830,6 @@ __all__ = [
     "job_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch",
     "GatewaySettings", "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING",
     "BELOW_MIN_PRICE", "TOO_LARGE", "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB",
-    "UNPAID", "short_peer", "ViewOffers", "progress_deadline_s", "PROGRESS_GRACE_S",
+    "UNPAID", "NOT_MEMBER", "short_peer", "ViewOffers", "progress_deadline_s", "PROGRESS_GRACE_S",
     "PROGRESS_RATE_FACTOR", "QUEUE_LIMIT_S",
 ]

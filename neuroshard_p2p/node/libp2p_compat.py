@@ -25,6 +25,25 @@ around, and can go when the defect is fixed.
 7. **Wrapped errors on a failed start** (`unwind`): leaving the nurseries and services of a
    half-started node re-raises the error that stopped it wrapped in exception groups, with
    cancellations.
+8. **Peer scoring** (`score_params`, `VerdictScorer`): (a) pubsub calls the scorer's
+   `on_invalid_message` itself for every message a validator answers False, and a validator can
+   only answer True or False, so our *ignore* outcomes (duplicate, stale, seq_regression) and a
+   cached failure re-delivered by another forwarder would count against honest forwarders,
+   which protocol v2 §4 forbids; `VerdictScorer` makes that call a no-op and counts only the
+   rejects the node hands it (`charge_invalid`). (b) The score subtracts `weight × min(count,
+   cap)` for P4 (linear, where the gossipsub v1.1 spec squares the counter) and `weight ×
+   excess²` for IP colocation (py-libp2p's P7, the spec's P6): a *positive* weight is a
+   penalty, where the spec writes negative weights. We state the weights in the spec's sign and
+   pass their absolute values. (c) Counters decay once per heartbeat, so the decay factor is
+   derived from the heartbeat interval.
+9. **No peer-id connection gate** (`disconnect`): py-libp2p's ConnectionGate filters by IP,
+   which cannot tell apart peers behind one NAT (or every peer of a test on 127.0.0.1), so a
+   banned peer's connections are closed by peer id, and its new ones as they arrive.
+10. **Blacklisting leaves the peer in the router** (`blacklist`): `Pubsub.add_to_blacklist`
+   drops the peer from `pubsub.peers` without closing its outbound queue or telling the router,
+   and the dead-peer handler then returns early (the peer is no longer in `peers`), so the
+   banned peer stayed in the gossipsub mesh for good (measured: a mesh slot held by a banned,
+   disconnected peer) and its sending task waited forever. `blacklist` finishes the job.
 """
 
 from __future__ import annotations
@@ -40,6 +59,7 @@ import trio
 from libp2p.custom_types import TMuxerOptions, TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.score import PeerScorer, ScoreParams, TopicScoreParams
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
@@ -66,17 +86,97 @@ def muxer_options(preferred: str) -> TMuxerOptions:
 
 
 def make_gossipsub(s: NodeSettings) -> GossipSub:
-    """Gossipsub as the settings say (quirk 6)."""
-    return GossipSub(
+    """Gossipsub as the settings say (quirk 6), scored by a `VerdictScorer` (defect 8)."""
+    params = score_params(s)
+    router = GossipSub(
         protocols=[_MESHSUB[v] for v in s.meshsub],
         degree=s.mesh_degree, degree_low=s.mesh_degree_low, degree_high=s.mesh_degree_high,
         heartbeat_interval=s.heartbeat_interval_s,  # type: ignore[arg-type]  # float works
         heartbeat_initial_delay=min(0.1, s.heartbeat_interval_s),
         adaptive_gossip_enabled=False, spam_protection_enabled=False,
         # Eclipse protection grafts extra peers when they share an IP, which on one machine
-        # or behind one NAT fights the D_hi prune every heartbeat; its score weights are 0.
+        # or behind one NAT fights the D_hi prune every heartbeat; IP colocation is scored
+        # instead (score_params).
         eclipse_protection_enabled=False,
+        score_params=params,
     )
+    router.scorer = VerdictScorer(params)
+    return router
+
+
+#: Gossipsub v1.1 score thresholds (the spec's names). The node's own guard (node/guard.py)
+#: bans a peer at 20 gossip rejects; the scorer's P4 counts the same rejects one each, so its
+#: gates close only well after the guard acted: no IHAVE gossip with a peer at -10, its
+#: messages dropped unvalidated at -40 (the guard must see them first to count them), its
+#: GRAFTs refused at -80.
+GOSSIP_THRESHOLD = -10.0
+PUBLISH_THRESHOLD = -40.0
+GRAYLIST_THRESHOLD = -80.0
+#: P4, invalid messages: weight per reject (spec sign), half-life of the counter.
+INVALID_MESSAGE_WEIGHT = -1.0
+INVALID_MESSAGE_CAP = 1000.0
+SCORE_HALF_LIFE_S = 60.0
+
+
+def score_params(s: NodeSettings) -> ScoreParams:
+    """Gossipsub v1.1 score weights for the node (defect 8 for py-libp2p's sign and decay).
+
+    P4 (invalid messages): -1 per reject the node charges (`VerdictScorer.charge_invalid`),
+    decaying with a 60 s half-life like the guard's score.
+
+    IP colocation (py-libp2p's P7): peers beyond `target_peers` on one IP cost
+    w·(excess)², with w set so that the most peers a node can hold (2·max_peers connections)
+    on one IP cost half the graylist threshold (-40 at the cap, about -0.013 per excess² by
+    default). So colocation alone never closes a gate: every honest test, whose peers all share
+    127.0.0.1, keeps grafting and publishing (all of its peers carry the same penalty, so the
+    mesh ranks them as before), while a crowd on one IP ranks below peers elsewhere when the
+    mesh is pruned and reaches the graylist with half the invalid messages. A stronger weight
+    would let one crowded NAT, or one test machine, graylist its honest peers.
+
+    P1–P3 stay 0: mesh-delivery terms punish quiet peers, and this market is quiet by design
+    (keep-alives every 20 s)."""
+    heartbeat = s.heartbeat_interval_s
+    decay = 0.5 ** (heartbeat / SCORE_HALF_LIFE_S)
+    threshold = s.target_peers
+    most = max(2 * s.max_peers - threshold, 1)
+    colocation = (abs(GRAYLIST_THRESHOLD) / 2) / most ** 2
+    return ScoreParams(
+        p4_invalid_messages=TopicScoreParams(weight=abs(INVALID_MESSAGE_WEIGHT),
+                                             cap=INVALID_MESSAGE_CAP, decay=decay),
+        p7_ip_colocation_weight=colocation,
+        p7_ip_colocation_threshold=threshold,
+        gossip_threshold=GOSSIP_THRESHOLD, publish_threshold=PUBLISH_THRESHOLD,
+        graylist_threshold=GRAYLIST_THRESHOLD)
+
+
+class VerdictScorer(PeerScorer):
+    """py-libp2p's scorer, counting only the rejects the node charges (defect 8a)."""
+
+    def on_invalid_message(self, peer: ID, topic: str) -> None:
+        """py-libp2p's own call for every validator False: not counted (see defect 8a)."""
+        return None
+
+    def charge_invalid(self, peer: ID, topic: str) -> None:
+        """A message from `peer` (its forwarder) the node rejected: P4 counts it."""
+        super().on_invalid_message(peer, topic)
+
+
+def blacklist(pubsub: Any, peer: ID) -> None:
+    """Blacklist `peer` in pubsub (nothing it sends or relays is validated or forwarded) and
+    remove it from the router's mesh and fanout, closing its outbound queue (defect 10)."""
+    pubsub.add_to_blacklist(peer)
+    queue = pubsub.peer_queues.pop(peer, None)
+    if queue is not None:
+        queue.close()
+    pubsub.router.remove_peer(peer)
+
+
+async def disconnect(host: Any, peer: ID) -> None:
+    """Close every connection to `peer` (defect 9); a peer already gone is fine."""
+    try:
+        await host.get_network().close_peer(peer)
+    except Exception as error:  # noqa: BLE001 - it may be closing already
+        log.debug("closing connections to %s: %s", peer, failure_reason(error))
 
 
 async def stop_auto_connector(host: Any) -> None:
@@ -189,6 +289,8 @@ def _only(error: BaseException, original: BaseException) -> bool:
     return False
 
 
-__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "make_gossipsub", "stop_auto_connector",
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "make_gossipsub", "score_params", "VerdictScorer",
+           "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
+           "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
            "close_connections", "stop_libp2p", "unwind"]

@@ -8,7 +8,7 @@ its tasks in the node's nursery:
   each attempt failed; after reaching one it asks it for peers.
 - **Peer exchange** (protocol §10): the dialer sends nothing; the listener answers one frame with
   up to 32 of its connected peers and their listen addresses, then closes. A node serves both
-  `/neuroshard/<network>/peers/1.1.0` (frame 21) and `/peers/1.0.0` (the version-1.0 list, for
+  `/neuroshard/<network id>/peers/1.1.0` (frame 21) and `/peers/1.0.0` (the version-1.0 list, for
   nodes that predate frame 21) and asks for 1.1.0 first. A node below `target_peers` asks a
   random peer every `peer_exchange_interval_s` and dials peers it does not know yet. Addresses
   are hints: dialing checks the peer id (noise handshake). The frames are the wire layer's
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, Callable
 
 import multiaddr
 import trio
@@ -45,7 +45,7 @@ log = logging.getLogger("neuroshard.node")
 
 
 def peers_protocols(network: str) -> tuple[TProtocol, TProtocol]:
-    """The peer-exchange protocols of a network, preferred first: 1.1.0 (frame 21) and the
+    """The peer-exchange protocols of a network id, preferred first: 1.1.0 (frame 21) and the
     version-1.0 list that older nodes speak."""
     return (TProtocol(f"/neuroshard/{network}/peers/1.1.0"),
             TProtocol(f"/neuroshard/{network}/peers/1.0.0"))
@@ -54,16 +54,19 @@ def peers_protocols(network: str) -> tuple[TProtocol, TProtocol]:
 class Peering:
     """Bootstrap dialers and peer exchange for one node (see the module docstring)."""
 
-    def __init__(self, settings: NodeSettings, counters: NodeCounters) -> None:
+    def __init__(self, settings: NodeSettings, counters: NodeCounters, *,
+                 refuse: Callable[[ID], bool] | None = None) -> None:
         self.settings = settings
         self.counters = counters
+        #: Whether a peer is banned (the node's guard): never dialled, its requests reset.
+        self.refuse: Callable[[ID], bool] = refuse or (lambda peer: False)
         self.protocols = peers_protocols(settings.network)
         new, legacy = self.protocols
         #: How each protocol's answer is written and read.
         self.codecs = {new: (encode_peer_exchange, decode_peer_exchange),
                        legacy: (encode_peer_exchange_legacy, decode_peer_exchange_legacy)}
         #: Parsed when the node is built, so a bad address is a ConfigError before anything runs.
-        self.bootstrap = [(parse_peer_addr(a, "bootstrap"), a) for a in settings.bootstrap]
+        self.bootstrap = [(parse_peer_addr(a, "bootstrap"), a) for a in settings.bootstrap_peers]
         self.host: Any = None
 
     def attach(self, host: Any) -> None:
@@ -89,6 +92,8 @@ class Peering:
         return str(info.peer_id)
 
     async def dial(self, info: PeerInfo) -> None:
+        if self.refuse(info.peer_id):
+            raise NodeError("the peer is banned")
         self.counters.dials += 1
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
@@ -183,6 +188,10 @@ class Peering:
 
     async def _serve_peers(self, stream: INetStream) -> None:
         asker = stream.muxed_conn.peer_id
+        if self.refuse(asker):
+            self.counters.streams_refused += 1
+            await reset_quietly(stream)
+            return
         try:
             store = self.host.get_peerstore()
             entries: list[tuple[str, list[str]]] = []
@@ -206,14 +215,21 @@ class Peering:
 
 
 class ConnectionWatcher(INotifee):
-    """Tells the node about every new connection (inbound and outbound), without blocking."""
+    """Tells the node about every new connection (inbound and outbound), without blocking.
+    `refuse(peer)`, if given, is asked first: True means the node is closing that connection
+    (its peer is banned), and nobody hears of it."""
 
-    def __init__(self, channel: trio.MemorySendChannel[ID]) -> None:
+    def __init__(self, channel: trio.MemorySendChannel[ID], *,
+                 refuse: Callable[[ID], bool] | None = None) -> None:
         self._channel = channel
+        self._refuse = refuse
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if self._refuse is not None and self._refuse(peer):
+            return
         try:
-            self._channel.send_nowait(conn.muxed_conn.peer_id)
+            self._channel.send_nowait(peer)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # a burst of connections: the periodic sync catches up
 

@@ -1,9 +1,18 @@
 """Node settings: one frozen object, defaults in code, `<data-dir>/config.toml` over them, flags
 over that.
 
-`config.toml` has two tables: `[node]` (this module's `NodeSettings` fields, except `data_dir`
-and `market`) and `[market]` (`config.MarketConfig`). Unknown keys and wrong types are errors with
-the key named, never silently ignored: a typo in a config file must not run a node on defaults.
+A node runs one network, named by its charter (`charter.py`): the built-in `testnet` unless
+`[node] network` names another built-in (`simnet`) or `[node] charter` a charter file. The
+charter's network id is in every topic and protocol name, and its `[params]` are the market's: the
+node's market configuration IS the charter's, plus the few `[market]` keys that shape only this
+node's own queue and ledger (`charter.LOCAL_KEYS`). A `[market]` key that would change a charter
+value is refused by name, since a node computing with other values would silently disagree with
+the network about every price.
+
+`config.toml` has two tables: `[node]` (this module's `NodeSettings` fields, except `data_dir`,
+`charter` and `market`, plus `network` and `charter` naming the network) and `[market]` (local keys
+only). Unknown keys and wrong types are errors with the key named, never silently ignored: a typo
+in a config file must not run a node on defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +25,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from neuroshard_p2p.charter import (
+    BUILTIN,
+    LOCAL_KEYS,
+    PARAM_KEYS,
+    Charter,
+    CharterError,
+    builtin,
+    param_value,
+)
 from neuroshard_p2p.config import ConfigError, MarketConfig, coerce_setting
 
 #: Where a node keeps its key, API token and config when no --data-dir is given.
@@ -24,7 +42,7 @@ DEFAULT_DATA_DIR = "~/.neuroshard"
 DEFAULT_PORT = 4011
 DEFAULT_LISTEN = (f"/ip4/0.0.0.0/tcp/{DEFAULT_PORT}",)
 DEFAULT_API = "127.0.0.1:8000"
-#: The network a node joins when none is configured.
+#: The built-in charter a node runs when none is configured.
 DEFAULT_NETWORK = "testnet"
 MUXERS = ("yamux", "mplex")
 #: Inference backends a node can serve jobs with (node/backends.py).
@@ -47,10 +65,10 @@ class NodeSettings:
     data_dir: Path = Path(DEFAULT_DATA_DIR).expanduser()
     #: libp2p listen multiaddrs (TCP only).
     listen: tuple[str, ...] = DEFAULT_LISTEN
-    #: Multiaddrs with /p2p/<peer id> to join the network through.
+    #: Multiaddrs with /p2p/<peer id> to join the network through (none: the charter's).
     bootstrap: tuple[str, ...] = ()
-    #: Network id: part of every topic, so testnet and other networks never mix.
-    network: str = DEFAULT_NETWORK
+    #: The network's charter: its hash names the network (`network`), its params are the market's.
+    charter: Charter = field(default_factory=lambda: builtin(DEFAULT_NETWORK))
     #: HTTP API "host:port"; port 0 picks a free port; "" or "off" runs no API.
     api: str = DEFAULT_API
     #: Capacity this node offers, tokens per second (0 = none), and its floor price.
@@ -95,12 +113,21 @@ class NodeSettings:
     job_backoff_s: float = 5.0
     job_ban_after: int = 3
     job_ban_s: float = 600.0
-    market: MarketConfig = field(default_factory=MarketConfig)
+    #: The market configuration: the charter's (the default), or the charter's with other values
+    #: of the local keys only; one that changes a charter value is refused by name.
+    market: MarketConfig = None  # type: ignore[assignment]  # None: the charter's
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ConfigError(f"[node] {message}")
+
+        if not isinstance(self.charter, Charter):
+            raise ConfigError(f"[node] charter must be a Charter, got {self.charter!r}")
+        if self.market is None:
+            object.__setattr__(self, "market", self.charter.market)
+        else:
+            self.charter.check_local({k: param_value(self.market, k) for k in PARAM_KEYS})
 
         for f in fields(self):
             value = getattr(self, f.name)
@@ -113,8 +140,10 @@ class NodeSettings:
         for addr in self.bootstrap:
             need(isinstance(addr, str) and "/p2p/" in addr,
                  f"bootstrap address {addr!r} must end in /p2p/<peer id>")
-        need(bool(self.network) and all(c.isalnum() or c in "-_." for c in self.network),
-             f"network must be letters, digits, '-', '_' or '.', got {self.network!r}")
+        for addr in self.charter.bootstrap:
+            if "/p2p/" not in addr:
+                raise ConfigError(f"charter {self.charter.network_id}: bootstrap address "
+                                  f"{addr!r} must end in /p2p/<peer id>")
         if self.api_enabled:
             self.api_host_port  # parses, raising ConfigError when malformed
         need(0 <= self.capacity, "capacity must be >= 0 tokens per second")
@@ -151,9 +180,20 @@ class NodeSettings:
     # -- derived values ---------------------------------------------------------------------
 
     @property
+    def network(self) -> str:
+        """The network id (`<charter name>-<hash16>`): part of every topic and protocol name, so
+        nodes of different charters never exchange a market message."""
+        return self.charter.network_id
+
+    @property
     def topic(self) -> str:
         """The gossip topic of this network's market."""
         return market_topic(self.network)
+
+    @property
+    def bootstrap_peers(self) -> tuple[str, ...]:
+        """The peers to join through: the configured ones, or else the charter's."""
+        return self.bootstrap or self.charter.bootstrap
 
     @property
     def api_enabled(self) -> bool:
@@ -169,35 +209,92 @@ class NodeSettings:
         return self.data_dir / CONFIG_FILE
 
     def replace(self, **changes: Any) -> "NodeSettings":
+        """A copy with some values changed. Another charter without a market brings its own
+        market, with this node's local values kept."""
+        if "charter" in changes and "market" not in changes:
+            local = {key: getattr(self.market, key) for key in LOCAL_KEYS}
+            changes["market"] = changes["charter"].market.replace(**local)
         return dataclasses.replace(self, **changes)
 
     # -- loading ----------------------------------------------------------------------------
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike[str] | None = None,
-             overrides: Mapping[str, Any] | None = None,
-             market_overrides: Mapping[str, Any] | None = None) -> "NodeSettings":
+             overrides: Mapping[str, Any] | None = None) -> "NodeSettings":
         """Defaults, then `<data_dir>/config.toml` if it exists, then `overrides` (e.g. flags;
-        None values are skipped so an absent flag keeps the file's value)."""
+        None values are skipped so an absent flag keeps the file's value). A `network` or
+        `charter` override replaces both of the file's: the flag names the network."""
         directory = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
         node_table, market_table = read_config_tables(directory)
-        node_table.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        market_table.update({k: v for k, v in (market_overrides or {}).items() if v is not None})
-        market = MarketConfig.from_mapping(market_table)
-        return cls.from_mapping(node_table, data_dir=directory, market=market)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if given.keys() & {"network", "charter"}:
+            node_table.pop("network", None)
+            node_table.pop("charter", None)
+        node_table.update(given)
+        return cls.from_mapping(node_table, data_dir=directory, market_table=market_table)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, data_dir: Path,
-                     market: MarketConfig) -> "NodeSettings":
-        """Build from the `[node]` table; every key is checked against the field's type."""
-        known = {f.name: f for f in fields(cls) if f.name not in ("data_dir", "market")}
+                     market_table: Mapping[str, Any] | None = None,
+                     charter: Charter | None = None) -> "NodeSettings":
+        """Build from the `[node]` table (every key checked against the field's type) and the
+        `[market]` table (local keys only: `Charter.check_local`). The network is `charter` if
+        given, else the one `[node] charter` (a file, relative to the data dir) or
+        `[node] network` (a built-in's name) names, else the default built-in."""
+        values = dict(values)
+        network = values.pop("network", None)
+        charter_file = values.pop("charter", None)
+        if charter is None:
+            charter = charter_of(network, charter_file, data_dir)
+        elif network is not None or charter_file is not None:
+            raise ConfigError("[node] network and charter: the network is given already")
+        known = {f.name: f for f in fields(cls) if f.name not in ("data_dir", "market", "charter")}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"[node] unknown setting {key!r}; known: "
-                                  f"{', '.join(sorted(known))}")
+                                  f"{', '.join(sorted([*known, 'network', 'charter']))}")
             kwargs[key] = coerce_setting("node", key, value, getattr(cls, key))
-        return cls(data_dir=data_dir, market=market, **kwargs)
+        return cls(data_dir=data_dir, charter=charter,
+                   market=local_market(charter, market_table or {}), **kwargs)
+
+
+def charter_of(network: Any, charter_file: Any, data_dir: Path) -> Charter:
+    """The charter `[node] network` (a built-in's name) or `[node] charter` (a file; relative
+    paths from the data dir) names; the default built-in when neither is given."""
+    if network is not None and charter_file is not None:
+        raise ConfigError("[node] network and charter both name the network: give one (network "
+                          f"for a built-in: {', '.join(BUILTIN)}; charter for a charter file)")
+    if charter_file is not None:
+        if not isinstance(charter_file, str) or not charter_file:
+            raise ConfigError(f"[node] charter must be the path of a charter file, got "
+                              f"{charter_file!r}")
+        path = Path(charter_file).expanduser()
+        return Charter.from_toml_file(str(path if path.is_absolute() else data_dir / path))
+    name = DEFAULT_NETWORK if network is None else network
+    if not isinstance(name, str):
+        raise ConfigError(f"[node] network has the wrong type: {name!r} (expected str)")
+    try:
+        return builtin(name)
+    except CharterError:
+        raise ConfigError(f"[node] network {name!r} is not a built-in network (built-in: "
+                          f"{', '.join(BUILTIN)}); run another network with a charter file "
+                          f"(`neuroshard-node charter new`, then `run --charter FILE`)") from None
+
+
+def local_market(charter: Charter, market_table: Mapping[str, Any]) -> MarketConfig:
+    """The node's market configuration: the charter's, with this node's values of the local
+    keys. Any other key of `[market]` that differs from the charter is refused, naming the key,
+    the charter's value and the configured one (`Charter.check_local`)."""
+    charter.check_local(market_table)
+    local = {key: coerce_setting("market", key, value, getattr(MarketConfig, key))
+             for key, value in market_table.items() if key in LOCAL_KEYS}
+    if not local:
+        return charter.market
+    try:
+        return charter.market.replace(**local)
+    except ConfigError as exc:
+        raise ConfigError(f"[market] {exc}") from None
 
 
 def read_config_tables(data_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -225,8 +322,8 @@ def read_config_tables(data_dir: str | os.PathLike[str]) -> tuple[dict[str, Any]
 
 
 def market_topic(network: str) -> str:
-    """`/neuroshard/<network>/market/1`: the topic of a network's market announcements."""
-    return f"/neuroshard/{network}/market/1"
+    """`/neuroshard/<network id>/market/2`: the topic of a network's market announcements."""
+    return f"/neuroshard/{network}/market/2"
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -239,7 +336,8 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 
 __all__ = [
-    "NodeSettings", "ConfigError", "market_topic", "parse_host_port", "read_config_tables", "DEFAULT_DATA_DIR",
+    "NodeSettings", "ConfigError", "market_topic", "parse_host_port", "read_config_tables",
+    "charter_of", "local_market", "DEFAULT_DATA_DIR",
     "DEFAULT_LISTEN", "DEFAULT_API", "DEFAULT_PORT", "DEFAULT_NETWORK", "CONFIG_FILE", "KEY_FILE", "TOKEN_FILE",
     "API_FILE", "MUXERS", "MESHSUB_VERSIONS", "BACKEND_KINDS",
 ]

@@ -28,7 +28,9 @@ class FrameStream:
                 chunk = b""
             if not chunk:
                 if self._reader.buffered:
-                    raise WireError("malformed", "reject", "stream ended inside a frame")
+                    # "ignore": a connection lost mid-frame looks the same, so it is not
+                    # charged to the peer as a broken frame (node/guard.py)
+                    raise WireError("truncated", "ignore", "stream ended inside a frame")
                 return None
             self._ready.extend(self._reader.feed(chunk))
         return self._ready.pop(0)
@@ -53,7 +55,8 @@ async def reset_quietly(stream: Any) -> None:
 def failure_reason(exc: BaseException) -> str:
     """The most specific readable cause of a network failure, searched through the exception's
     chain, its exception groups and py-libp2p's MultiError: "connection refused", "timed out",
-    the OS's words for an OSError, a message naming a peer id, else the exception itself."""
+    "protocol not supported …" (the peer does not speak it: another network or version), the
+    OS's words for an OSError, a message naming a peer id, else the exception itself."""
     seen: set[int] = set()
     best = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     stack: list[BaseException] = [exc]
@@ -76,6 +79,10 @@ def failure_reason(exc: BaseException) -> str:
             if nxt is not None:
                 stack.append(nxt)
         text = str(current)
+        if text.startswith(("protocols not supported: tried ", "protocol not supported: ")):
+            # py-libp2p's multistream-select refusal ("na"): name what the peer would not speak
+            tried = text.split(", timeout=")[0].split(", response=")[0]
+            return "protocol not supported by the peer (" + tried.split(": ", 1)[1] + ")"
         if text and "peer id" in text.lower():
             best = text
     return best

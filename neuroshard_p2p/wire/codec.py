@@ -162,9 +162,12 @@ def sign(message: Message, private_key: coincurve.PrivateKey) -> Message:
 
 
 def decode(data: Buffer, now: float) -> Message:
-    """Decode and validate wire bytes received at `now` (seconds since the Unix epoch)."""
+    """Decode and validate wire bytes received at `now` (seconds since the Unix epoch): W1–W13.
+    W13 (freshness) is for announcements, jobs and receipts only: a credential or a revocation
+    list stays valid however old it is (spec §6.1)."""
     message = _decode(data, None)
-    check_freshness(message.issued_at_ms, now)
+    if message.KIND <= KIND_RECEIPT:
+        check_freshness(message.issued_at_ms, now)
     return message
 
 

@@ -19,8 +19,8 @@ of protocols/market-v2.md §6.2, checked in this order):
   different message with the same (signer, seq) is equivocation: the first such one is accepted
   (the merged view needs it to resolve the conflict the same way everywhere) and counted, any
   further one is ignored `equivocation`;
-- V8 announcements per signer: token bucket, burst 5, one token per tick (1 s) → reject
-  `rate_limited`;
+- V8 announcements and revocation lists per signer: token bucket, burst 5, one token per tick
+  (1 s) → reject `rate_limited` (an authority that also announces has one bucket for both);
   (V7 and V8 are for live gossip: an announcement received through anti-entropy sync is history
   a peer retained, checked with `history=True`, which skips them).
 
@@ -207,7 +207,7 @@ class Validator:
                 check_freshness(issued_at_ms, now)
             if type(message) is not Announcement:  # V3
                 if type(message) is RevocationList and self.admission is not None:
-                    self._check_revocations(message)
+                    self._check_revocations(message, now, history)
                     self._remember_slowly(message.msg_id, now)
                     self.counts[ACCEPTED] += 1
                     return message
@@ -320,7 +320,7 @@ class Validator:
             state.seq = seq
             state.msg_id = announcement.msg_id
 
-    def _check_revocations(self, revocations: RevocationList) -> None:
+    def _check_revocations(self, revocations: RevocationList, now: float, history: bool) -> None:
         check_revocations(revocations, self.admission)
         held = self._lists.get(revocations.signer)
         if held is not None:
@@ -330,7 +330,31 @@ class Validator:
             if (revocations.seq, revocations.msg_id) < (seq, msg_id):
                 raise WireError("seq_regression", IGNORE,
                                 f"revocation list seq {revocations.seq} is not above the held {seq}")
+        self._take_token(revocations.signer, now, history)
         self._lists[revocations.signer] = (revocations.seq, revocations.msg_id)
+
+    def _take_token(self, signer: bytes, now: float, history: bool) -> None:
+        """V8 for a revocation list (§6.3): the authority's token bucket, the same one its
+        announcements use, so lists cannot flood where announcements may not. (Announcements
+        inline the same rule on their hot path, in `_check_announcement`.)"""
+        state = self._signers.get(signer)
+        if state is None:
+            state = self._new_signer(signer, now)
+            if not history:
+                state.tokens -= 1.0
+            return
+        if not history:
+            elapsed = now - state.refilled_at
+            if elapsed > 0:
+                state.tokens = min(self.rate_burst, state.tokens + elapsed / self.rate_refill_s)
+                state.refilled_at = now
+            if state.tokens < 1.0:
+                raise WireError("rate_limited", REJECT,
+                                f"authority sends more than {self.rate_burst:.0f} messages at once "
+                                f"or one per {self.rate_refill_s:g} s")
+            state.tokens -= 1.0
+        del self._signers[signer]
+        self._signers[signer] = state
 
     # -- bounded memory -------------------------------------------------------------------------
 

@@ -103,6 +103,19 @@
       setText("own-min-price", "—");
     }
     if (typeof node.peers === "number") setText("peers", formatCount(node.peers));
+    const charter = node.charter;
+    if (charter) {
+      setText("network", charter.network_id);
+      $("network").title = "network id (charter " + charter.name + ", hash " + charter.hash + ")";
+      setText("policy", charter.policy === "members" ? "members only" : "open");
+      setText("model", charter.model);
+    }
+    const work = node.work;
+    if (work) {
+      const weight = work.weight >= 1 ? "full weight" : "weight 1/" + formatCount(Math.round(1 / work.weight));
+      setText("work", work.required_bits === 0 ? "none needed"
+        : work.bits + " / " + work.required_bits + " bits (" + weight + ")");
+    }
     const outcomes = { accepted: 0, rejected: 0, ignored: 0 };
     for (const m of node.messages || []) {
       if (m.outcome in outcomes) outcomes[m.outcome] += m.count;

@@ -10,6 +10,10 @@ text of market-v2.md by this file's own small implementation of it, so the vecto
 independent statement of the protocol that the project's codec, validator and view are tested
 against (the project's tests read the JSON; they never import this script).
 
+`ports.py`, which `documents()` calls, adds the v1 vectors whose behaviour v2 keeps (the validator's
+sequences, the receipt checks, the price view and clock, v1's frames), ported to v2 bytes under
+the same rules: no project import, every outcome checked by this file's reading of the text.
+
 Two statements inside this file check each other before anything is written: every vector's
 expected outcome is written by hand next to the bytes, and the file's own executable reading of
 the spec (`g_decode`, `g_validate`, `g_charter_from_toml`, `g_count`, `g_frame`) must give the same
@@ -2005,6 +2009,12 @@ def work_documents() -> dict[str, Any]:
 # --- write -----------------------------------------------------------------------------------------
 
 def documents() -> dict[str, Any]:
+    # ports.py: the v1 vectors whose behaviour v2 keeps (validator, receipts, the price view and
+    # clock, v1's frames), in v2 bytes. It imports this module as `generate`.
+    sys.modules.setdefault("generate", sys.modules[__name__])
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    import ports
     return {
         "charter.json": charter_documents(),
         "messages.json": {**HEADER, "keys": key_table(),
@@ -2012,8 +2022,9 @@ def documents() -> dict[str, Any]:
                           "vectors": valid_vectors()},
         "work.json": work_documents(),
         "invalid.json": {**HEADER, "vectors": invalid_vectors(), "accepted": accepted_vectors()},
-        "frames.json": frame_vectors(),
+        "frames.json": ports.with_v1_frames(frame_vectors()),
         "counting.json": counting_documents(),
+        **ports.documents(),
     }
 
 
