@@ -8,6 +8,7 @@
     neuroshard-simnet attack --peers 1000                             # every attack vs honest
     neuroshard-simnet attack --peers 20 --transport libp2p --attack demand-pump,sybil-demand
     neuroshard-simnet scenarios                                       # what ships
+    neuroshard-simnet liars --peers 20 --liars 3 --out out/liars      # hostile providers vs buyers
 
 `run` and `scaling` need the `simnet` extra (numpy): pip install 'neuroshard-p2p[simnet]'. Without
 it they say so and exit 2.
@@ -133,6 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write scaling.json and scaling.md here")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("liars", help="hostile providers among honest ones: what buyers see",
+                       description="Real libp2p nodes in this process: liars that announce the "
+                                   "cheapest capacity and then hold, refuse or forge every job, "
+                                   "honest providers, and gateways whose users submit requests. "
+                                   "Reports requests completed / failed, who served them, time "
+                                   "to complete against the honest providers' own, and how many "
+                                   "jobs each liar drew before every gateway set it aside. "
+                                   "Writes liars.json and liars.md to --out.")
+    p.add_argument("--peers", type=int, default=20, metavar="N", help="nodes in all (default 20)")
+    p.add_argument("--liars", type=int, default=3, metavar="K", help="liars among them (3)")
+    p.add_argument("--honest", type=int, default=4, metavar="H", help="honest providers (4)")
+    p.add_argument("--lies", default="silent,hold,forge", metavar="LIE,...",
+                   help="how the liars lie, cycled (silent, hold, decline, forge, inflate, "
+                        "wrong; default silent,hold,forge)")
+    p.add_argument("--rate", type=float, default=4.0, metavar="R",
+                   help="requests per second, all gateways together (default 4)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="seconds users submit requests (default 60)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default="out/liars", metavar="DIR")
+    p.add_argument("--quiet", action="store_true")
     p = sub.add_parser(
         "attack", help="valid attacks on the price: deviation from the honest run",
         description="Run each attack scenario and its honest run (the same scenario without the "
@@ -212,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         seed=args.seed, degree=args.degree, target_rate=args.target_rate,
                         progress=None if args.quiet else stderr_progress)
             return EXIT_OK
+        if args.command == "liars":
+            return cmd_liars(args)
         if args.command == "attack":
             return cmd_attack(args)
         if args.command == "scenarios":
@@ -348,6 +372,26 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def cmd_liars(args: argparse.Namespace) -> int:
+    import trio
+
+    from simnet.liars import LiarsSetup, report_markdown, run_liars
+
+    setup = LiarsSetup(peers=args.peers, liars=args.liars, honest=args.honest,
+                       lies=tuple(x.strip() for x in args.lies.split(",") if x.strip()),
+                       rate=args.rate, duration_s=args.duration, seed=args.seed)
+    _setup_logging("warning")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = trio.run(lambda: run_liars(setup, progress=progress))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "liars.json").write_text(_json(report) + "\n")
+    markdown = report_markdown(report)
+    (out / "liars.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out / 'liars.json'} and {out / 'liars.md'}")
+    r = report["requests"]
+    return EXIT_OK if r["served_by_a_liar"] == 0 and r["failed"] == 0 else EXIT_ERROR
 def cmd_attack(args: argparse.Namespace) -> int:
     from simnet.attacks import PairRunner
     from simnet.report import write_attack_report

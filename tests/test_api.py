@@ -268,9 +268,14 @@ async def test_two_nodes_offers_peers_and_a_request_served_end_to_end(tmp_path: 
             offers = await eventually(sees_the_offer, 10, "the gateway sees the provider's offer")
             assert offers == [{"peer_id": provider.node.peer_id, "own": False,
                                "tokens_per_second": 2000, "min_price": 0.01,
-                               "min_price_nano": 10_000_000, "issued_at": offers[0]["issued_at"]}]
-            own = (await provider.get("/api/market/offers")).json()["offers"]
-            assert [(o["peer_id"], o["own"]) for o in own] == [(provider.node.peer_id, True)]
+                               "min_price_nano": 10_000_000, "issued_at": offers[0]["issued_at"],
+                               "routing": {"state": "probation", "skipped": False,
+                                           "why": "no history here: on probation (one job at a "
+                                                  "time, small jobs first)"}}]
+            own = (await provider.get("/api/market/offers")).json()
+            assert [(o["peer_id"], o["own"], o["routing"]["state"]) for o in own["offers"]] == [
+                (provider.node.peer_id, True, "own")]
+            assert own["skipped"] == 0
 
             peers = (await gateway.get("/api/peers")).json()
             assert peers["count"] == 1 and peers["peers"][0]["peer_id"] == provider.node.peer_id
@@ -310,6 +315,23 @@ async def test_two_nodes_offers_peers_and_a_request_served_end_to_end(tmp_path: 
             assert spent["totals"]["burned"] == payment.burned
             # The spend is booked to the request's user (alice), not to the gateway node itself.
             assert spent["node"]["spent_nano"] == 0
+            # The gateway's record of the provider: one job sent, settled, no fault.
+            [seen] = (await gateway.get("/api/market/offers")).json()["offers"]
+            assert seen["routing"]["state"] == "probation"
+            assert seen["routing"]["why"] == ("on probation: 1 of 3 settled jobs since it was "
+                                              "first seen (one job at a time, small jobs first)")
+            assert {k: seen["routing"]["record"][k] for k in ("sent", "settled", "faults")} == {
+                "sent": 1, "settled": 1, "faults": 0}
+            # The provider heard the gateway settle it (JobSettled), the metrics say so.
+            await eventually(lambda: provider.node.jobs.provider.payers.outcomes == {"settled": 1},
+                             5, "the provider records the settlement")
+            samples = scrape((await provider.get("/metrics")).text)
+            assert samples["neuroshard_job_settlements_total"] == {(("outcome", "settled"),): 1.0}
+            assert samples["neuroshard_jobs_refused_total"] == {
+                (("reason", "duplicate"),): 0.0, (("reason", "unpaid"),): 0.0}
+            samples = scrape((await gateway.get("/metrics")).text)
+            assert samples["neuroshard_providers"] == {(("routing", "probation"),): 1.0}
+            assert samples["neuroshard_provider_bans_total"] == {(): 0.0}
 
             missing = await gateway.get("/api/market/requests/req-0000000000000000")
             assert missing.status_code == 404 and "no request" in missing.json()["error"]
@@ -475,6 +497,7 @@ EXPECTED_METRICS = {
     "neuroshard_market_available_nodes", "neuroshard_market_tick", "neuroshard_peers",
     "neuroshard_node_info", "neuroshard_messages_total", "neuroshard_requests",
     "neuroshard_settled_nano_total", "neuroshard_burned_nano_total",
+    "neuroshard_provider_bans_total", "neuroshard_jobs_refused_total",
     "neuroshard_peer_faults_total", "neuroshard_peer_bans_total", "neuroshard_peers_graylisted",
 }
 

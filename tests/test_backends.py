@@ -7,6 +7,7 @@ import socket
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from neuroshard_p2p.node.backends import (
     REASONS,
@@ -69,6 +70,50 @@ async def test_synthetic_cancelled_job_gives_back_its_unused_time(autojump_clock
     assert backend.queued_seconds == 0.0
     await backend.serve("y", 10, deadline=start + 100)
     assert trio.current_time() - start == pytest.approx(0.4)
+
+
+async def test_synthetic_cancelled_job_frees_its_time_for_the_jobs_behind_it(
+        autojump_clock: trio.abc.Clock) -> None:
+    # Issue 19: an honest 50-token job waited behind a cancelled 20,000-token job for its whole
+    # duration. At 100 tokens/s: a 100-token job (1 s) is served, the unpaid 20,000-token job
+    # (200 s) waits behind it, an honest 50-token job (0.5 s) behind that.
+    backend = SyntheticBackend(tokens_per_second=100)
+    start = trio.current_time()
+    finished: dict[str, float] = {}
+
+    async def job(name: str, tokens: int, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            await backend.serve(name, tokens, deadline=start + 1000)
+            finished[name] = trio.current_time() - start
+
+    unpaid = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(job, "head", 100)
+        await wait_all_tasks_blocked()
+        nursery.start_soon(job, "unpaid", 20_000, unpaid)
+        await wait_all_tasks_blocked()
+        nursery.start_soon(job, "honest", 50)
+        await wait_all_tasks_blocked()
+        assert backend.queued_seconds == pytest.approx(201.5)
+        await trio.sleep(0.3)
+        unpaid.cancel()  # its gateway went away while it waited
+        await wait_all_tasks_blocked()
+        assert backend.queued_seconds == pytest.approx(1.2)
+    assert finished == {"head": pytest.approx(1.0), "honest": pytest.approx(1.5)}
+    assert backend.calls == 3
+
+    # Cancelled while being served: the job behind starts at that instant.
+    start = trio.current_time()
+    finished.clear()
+    unpaid = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(job, "unpaid", 20_000, unpaid)
+        await wait_all_tasks_blocked()
+        nursery.start_soon(job, "honest", 50)
+        await trio.sleep(2.0)
+        unpaid.cancel()
+    assert finished == {"honest": pytest.approx(2.5)}
+    assert backend.queued_seconds == 0.0
 
 
 @pytest.mark.parametrize("tokens", [0, -5, 1.5, "10"])

@@ -37,15 +37,21 @@ def reference_match(offers: list[RestingOffer], pending: list[RequestStatus],
     """The matching rule written the slow, obvious way (O(n·m))."""
     order = sorted(pending, key=lambda r: (RANK[r.tier], -r.locked_price_nano, r.submitted_at,
                                            r.request_id))
-    by_price = sorted(offers, key=lambda o: (o.min_price_nano, o.node_id))
+    by_price = sorted(offers, key=lambda o: (o.min_price_nano, o.rank, o.node_id))
     room = {o.node_id: o.capacity_tokens(config.target_response_s)
             - in_flight.get(o.node_id, 0) for o in offers}
+    for o in offers:  # on probation: one request at a time, of at most probation_tokens
+        if o.probation_tokens:
+            room[o.node_id] = 0 if in_flight.get(o.node_id) else min(room[o.node_id],
+                                                                       o.probation_tokens)
     result = []
     for request in order:
         for offer in by_price:
             if (offer.min_price_nano <= request.locked_price_nano
                     and room[offer.node_id] >= request.tokens):
                 room[offer.node_id] -= request.tokens
+                if offer.probation_tokens:
+                    room[offer.node_id] = 0
                 result.append(Match(request.request_id, offer.node_id,
                                     request.locked_price_nano, request.tokens))
                 break
@@ -277,6 +283,66 @@ def test_match_equals_the_obvious_algorithm(offers: list[tuple[int, int, int, fl
     in_flight = {o.node_id: book.in_flight(o.node_id) for o in book.offers()}
     expected = reference_match(fresh, book.pending(), in_flight, CONFIG)
     assert book.match(now) == expected
+
+
+ranked_offer_lists = st.lists(st.tuples(st.integers(0, 12), st.integers(1, 40), st.integers(0, 3),
+                                        st.integers(0, 3), st.sampled_from([0, 0, 30, 200])),
+                              max_size=20)
+
+
+@given(ranked_offer_lists, request_lists, st.lists(st.integers(0, 59), max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_match_with_ranks_and_probation_equals_the_obvious_algorithm(
+        offers: list[tuple[int, int, int, int, int]], requests: list[tuple[int, int, str, int]],
+        claim_first: list[int]) -> None:
+    # A gateway's preference (rank, among equal prices) and probation (one request at a time,
+    # at most probation_tokens) never change the price order or over-allocate an offer.
+    book = OrderBook(CONFIG)
+    now = T0 + 60
+    book.set_offers([RestingOffer(f"n{node}", tps, price * 10, now, rank=rank,
+                                  probation_tokens=probation)
+                     for node, tps, price, rank, probation in
+                     {o[0]: o for o in offers}.values()], now)
+    for i, (tokens, price, tier, age) in enumerate(requests):
+        submit(book, f"r{i}", tokens=tokens, price=price * 10, at=now - age, tier=tier)
+    for i in claim_first:
+        for offer in book.offers():
+            try:
+                book.claim(f"r{i}", offer.node_id, now)
+                break
+            except MarketError:
+                continue
+    in_flight = {o.node_id: book.in_flight(o.node_id) for o in book.offers()}
+    expected = reference_match(book.offers(), book.pending(), in_flight, CONFIG)
+    assert book.match(now) == expected
+    for offer in book.offers():
+        if offer.probation_tokens:
+            taken = [m.tokens for m in expected if m.node_id == offer.node_id]
+            assert len(taken) <= (0 if in_flight[offer.node_id] else 1)
+            assert all(tokens <= offer.probation_tokens for tokens in taken)
+
+
+def test_probation_takes_one_small_request_at_a_time_and_rank_breaks_price_ties() -> None:
+    book = OrderBook(CONFIG)
+    book.set_offers([RestingOffer("new", 1000, 0, T0, rank=1, probation_tokens=100),
+                     RestingOffer("slow", 1000, 10, T0, rank=5),
+                     RestingOffer("fast", 1000, 10, T0, rank=2)], T0)
+    submit(book, "big", tokens=500, at=T0)
+    submit(book, "small", tokens=50, at=T0 + 1)
+    submit(book, "small2", tokens=50, at=T0 + 2)
+    # The cheapest offer is on probation: it takes the first request that fits its 100 tokens,
+    # and only that one; the rest go to the better ranked of the two equal prices.
+    assert book.match(T0 + 3) == [Match("big", "fast", 100_000_000, 500),
+                                  Match("small", "new", 100_000_000, 50),
+                                  Match("small2", "fast", 100_000_000, 50)]
+    submit(book, "small3", tokens=50, at=T0 + 4)
+    assert book.match(T0 + 4) == [Match("small3", "fast", 100_000_000, 50)]
+    book.complete("small", 50, T0 + 5)
+    submit(book, "small4", tokens=50, at=T0 + 6)
+    assert book.match(T0 + 6) == [Match("small4", "new", 100_000_000, 50)]
+    with pytest.raises(MarketError, match="room for 0 more tokens"):
+        submit(book, "small5", tokens=1, at=T0 + 7)
+        book.claim("small5", "new", T0 + 7)
 
 
 # ------------------------------------------------------------------ lifecycle

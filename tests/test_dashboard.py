@@ -51,6 +51,12 @@ return {
 };
 """
 
+#: The providers table's rows, each as its cells' texts.
+READ_PROVIDERS = """
+return Array.from(document.querySelectorAll('#providers-body tr'))
+  .map((tr) => Array.from(tr.children).map((td) => td.textContent));
+"""
+
 
 class Browser:
     """A headless chromium; every call runs in a worker thread."""
@@ -183,6 +189,15 @@ async def test_dashboard_shows_the_price_in_its_colour_and_follows_the_market(
             assert page["level"] == "low"
             assert (page["supply"], page["nodes"], page["own_offer"]) == ("50,000", "1",
                                                                           "50,000 tokens/s")
+
+            # The providers table: the node's own offer, never routed to by itself.
+            async def providers() -> list[list[str]] | None:
+                rows = await browser.run(browser.driver.execute_script, READ_PROVIDERS)
+                return rows if rows and rows[0][3] == "own" else None
+
+            [row] = await eventually(providers, 10, "the providers table shows the own offer")
+            assert row[1:4] == ["50,000", "0.9000", "own"]
+            assert row[4] == "this node's own offer (a gateway never sends a job to itself)"
 
             # The 24 h view is one click away and needs no reload either.
             await browser.run(lambda: browser.driver.find_element("id", "window-24h").click())

@@ -12,6 +12,7 @@ from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings, SeenJobs
 from neuroshard_p2p.node.jobs import (
     GatewayDesk,
     GatewaySettings,
@@ -19,6 +20,7 @@ from neuroshard_p2p.node.jobs import (
     declined,
     ViewOffers,
     job_protocol,
+    progress_deadline_s,
 )
 from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import Announcement, Job, decode_job_frame, encode_job_frame
@@ -65,9 +67,24 @@ def test_provider_admits_by_its_own_capacity() -> None:
     assert (answer.accepted, answer.reason) == (False, "full")
     assert answer.detail == "200 of 200 tokens in flight; no room for 100 more"
     desk.finish(first)
-    assert desk.admit(third, pub(GATEWAY), 100, 0, T0).accepted
+    # The gateway sends the request again in a new Job (the declined one's bytes would be a
+    # replay: see below).
+    again = signed_job(100, request_id="r2", now=T0 + 0.5)
+    assert desk.admit(again, pub(GATEWAY), 100, 0, T0 + 0.5).accepted
     assert desk.in_flight_tokens == 200 and desk.peak_in_flight_tokens == 200
     assert desk.counts["accepted"] == 3 and desk.counts["full"] == 1
+
+
+def test_provider_declines_work_queued_past_its_queue_limit() -> None:
+    # 1000 tokens/s × target 60 s would let 60,000 tokens wait; the queue limit (2.5 s of work)
+    # keeps every admitted job inside any gateway's progress deadline (5 s + 2 × its own time).
+    desk = ProviderDesk(pub(CHEAP), MarketConfig(target_response_s=60.0))
+    assert desk.admit(signed_job(2_000, request_id="a"), pub(GATEWAY), 1000, 0, T0).accepted
+    assert desk.admit(signed_job(600, request_id="b"), pub(GATEWAY), 1000, 0, T0).accepted
+    answer = desk.admit(signed_job(10, request_id="c"), pub(GATEWAY), 1000, 0, T0)
+    assert (answer.accepted, answer.reason, answer.detail) == (
+        False, "full", "2.6 s of work queued (limit 2.5 s at 1000 tokens/s)")
+    assert progress_deadline_s(2_600, 1000) == 5.0 + 2 * 2.6
 
 
 @pytest.mark.parametrize("job, sender, tps, min_price, reason", [
@@ -88,8 +105,78 @@ def test_provider_declines_with_a_reason(job: Job, sender: object, tps: int, min
 def test_provider_declines_a_duplicate_in_flight() -> None:
     desk = ProviderDesk(pub(CHEAP), CONFIG)
     assert desk.admit(signed_job(10), pub(GATEWAY), 100, 0, T0).accepted
-    assert desk.admit(signed_job(10), pub(GATEWAY), 100, 0, T0).reason == "duplicate"
+    answer = desk.admit(signed_job(10, now=T0 + 0.001), pub(GATEWAY), 100, 0, T0)
+    assert (answer.reason, answer.detail) == ("duplicate", "request 'r1' is already being served")
     assert desk.in_flight_tokens == 10
+
+
+def test_a_replayed_job_is_declined_until_it_could_no_longer_be_fresh() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG)
+    job = signed_job(10, now=T0)
+    assert desk.admit(job, pub(GATEWAY), 100, 0, T0).accepted
+    desk.finish(job)  # served and done: its bytes sent again are still a replay
+    for at in (T0 + 1, T0 + 300.0):
+        answer = desk.admit(job, pub(GATEWAY), 100, 0, at)
+        assert (answer.accepted, answer.reason) == (False, "duplicate")
+        assert "already received" in answer.detail
+    assert desk.seen.replays == 2 and len(desk.seen) == 1
+    # Past issued_at + 300 s the Job fails W13 at decoding; its id is let go.
+    desk.admit(signed_job(10, request_id="later", now=T0 + 300.002), pub(GATEWAY), 100, 0,
+               T0 + 300.002)
+    assert len(desk.seen) == 1
+    # A Job dated 30 s ahead (W13's limit) is remembered 330 s from its arrival.
+    ahead = signed_job(10, request_id="ahead", now=T0 + 330)
+    assert desk.admit(ahead, pub(GATEWAY), 100, 0, T0 + 300).accepted
+    assert desk.admit(ahead, pub(GATEWAY), 100, 0, T0 + 630).reason == "duplicate"
+
+
+def test_the_seen_jobs_are_bounded_per_gateway_and_in_all() -> None:
+    desk = ProviderDesk(pub(CHEAP), CONFIG, seen=SeenJobs(max_ids=3, max_per_gateway=2))
+    jobs = [signed_job(1, request_id=f"g{i}", now=T0 + i) for i in range(3)]
+    assert [desk.admit(j, pub(GATEWAY), 100, 0, T0 + 3).reason for j in jobs] == [
+        "", "", "full"]
+    other = signed_job(1, gateway=OTHER, request_id="o1", now=T0 + 3)
+    assert desk.admit(other, pub(OTHER), 100, 0, T0 + 3).accepted
+    last = signed_job(1, gateway=OTHER, request_id="o2", now=T0 + 3)
+    answer = desk.admit(last, pub(OTHER), 100, 0, T0 + 3)
+    assert (answer.reason, desk.seen.overflows) == ("full", 2)
+    assert "at most 2 jobs per gateway (3 in all)" in answer.detail
+    # Once the first ids can no longer be fresh, there is room again.
+    later = signed_job(1, request_id="g9", now=T0 + 301)
+    assert desk.admit(later, pub(GATEWAY), 100, 0, T0 + 301).accepted
+
+
+def test_a_gateway_that_does_not_settle_is_declined_unpaid_for_a_while() -> None:
+    payers = Payers(PayerSettings(unpaid_strikes=3, unpaid_share=0.25, unpaid_window_s=600,
+                                  unpaid_refusal_s=600))
+    desk = ProviderDesk(pub(CHEAP), CONFIG, payers=payers)
+    gw = pub(GATEWAY)
+    # Settled jobs never count against it; refused receipts and silence do, within 600 s, once
+    # there are 3 of them and they carry more than a quarter of the tokens served.
+    assert not payers.on_outcome(gw, "settled", 100, T0)
+    assert not payers.on_outcome(gw, "implausible", 10, T0 + 1)
+    assert not payers.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 2)
+    assert not payers.on_outcome(gw, "settled", 100, T0 + 3)
+    assert not payers.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 3.5)  # 3 unpaid, 30 of 230 tokens
+    assert desk.admit(signed_job(1, request_id="a", now=T0 + 4), gw, 100, 0, T0 + 4).accepted
+    assert payers.on_outcome(gw, "replay", 50, T0 + 5)   # 4 unpaid, 80 of 280 tokens: > 25 %
+    answer = desk.admit(signed_job(1, request_id="b", now=T0 + 6), gw, 100, 0, T0 + 6)
+    assert (answer.accepted, answer.reason, answer.detail) == (
+        False, "unpaid", "4 of the 6 jobs this provider served for your gateway were not "
+                         "settled (last: replay); no jobs from it for 599 s more")
+    # Other gateways are served meanwhile; this one again after 600 s, then 1,200 s next time.
+    other = signed_job(1, gateway=OTHER, request_id="c", now=T0 + 6)
+    assert desk.admit(other, pub(OTHER), 100, 0, T0 + 6).accepted
+    assert desk.admit(signed_job(1, request_id="d", now=T0 + 605), gw, 100, 0,
+                      T0 + 605).accepted
+    assert [payers.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 610 + i) for i in range(3)] == [
+        False, False, True]
+    record = payers.record(gw)
+    assert record is not None and record.refused_until == T0 + 612 + 1200
+    # Unpaid jobs older than the window do not add up.
+    lax = Payers()
+    assert not any(lax.on_outcome(gw, NO_SETTLEMENT, 10, T0 + 301 * i) for i in range(10))
+    assert desk.counts["unpaid"] == 1 and payers.declined == 1
 
 
 def test_receipt_names_the_job_and_never_more_tokens_than_requested() -> None:
@@ -215,6 +302,183 @@ def test_no_offer_at_or_below_the_locked_price() -> None:
     assert desk.dispatch(T0) == []
     assert desk.status("r1").reason == (  # type: ignore[union-attr]
         "no offer at or below your locked price 0.10")
+
+
+# --- the gateway's record of providers (node/reputation.py) ---------------------------------------
+
+LIAR, HONEST = make_key(5), make_key(6)
+
+
+def fault_and_route(desk: GatewayDesk, now: float, kind: str = "no_answer") -> list[str]:
+    """Dispatch at `now`; every job to the liar faults at once. The providers of the jobs sent."""
+    sent = []
+    for d in desk.dispatch(now):
+        sent.append(d.peer_id)
+        if d.peer_id == peer_id_of(pub(LIAR)):
+            assert desk.on_fault(d.request_id, d.attempt, d.peer_id, kind, "held it", now)
+    return sent
+
+
+def test_a_liar_draws_three_jobs_then_is_banned_and_no_request_waits_on_it() -> None:
+    # The liar is always cheapest (price 0); the honest provider asks 10 nano. Both new here.
+    desk = gateway_desk(offer(LIAR, 500, 0), offer(HONEST, 10_000, 10))
+    liar, honest = peer_id_of(pub(LIAR)), peer_id_of(pub(HONEST))
+    drawn = 0
+    for second in range(0, 700):
+        now = T0 + second
+        desk.set_view_offers([offer(LIAR, 500, 0, now), offer(HONEST, 10_000, 10, now)], now)
+        desk.submit(f"r{second}", "alice", 50, 2 * PRICE, price_nano=PRICE, now=now)
+        sent = fault_and_route(desk, now)
+        drawn += sent.count(liar)
+        if liar in sent:
+            # The faulted request went back to pending at once: the next dispatch, at the same
+            # instant, hands it to the honest provider.
+            assert fault_and_route(desk, now) == [honest]
+        # Everything sent to the honest provider completes.
+        for rid in [r.request_id for r in desk.book.requests() if r.state == "claimed"]:
+            record = desk.book.get(rid)
+            assert record is not None and record.provider == honest
+            job = signed_job(50, provider=HONEST, request_id=rid, now=now)
+            receipt = wire.sign(ProviderDesk(pub(HONEST), CONFIG).receipt_for(
+                job, 50, now, now, now), HONEST)
+            desk.on_completed(rid, desk._extra[rid].attempt, receipt, "ok", now)
+        if second == 4:
+            assert desk.routing(pub(LIAR), now)["state"] == "backing_off"
+    # 3 faults in a row: at t = 0, after the 5 s back-off (t = 5) and the 10 s one (t = 15);
+    # then banned 600 s; after the ban, on probation again, the 4th fault bans it 1,200 s.
+    assert drawn == 4
+    record = desk.reputation.get(liar)
+    assert record is not None
+    assert (record.sent, record.faults, record.strikes, record.bans, record.settled) == (
+        4, 4, 4, 2, 0)
+    assert record.banned_until == T0 + 615 + 1200
+    assert desk.counts["failed"] == desk.counts["expired"] == 0
+    assert desk.counts["completed"] == 700 and desk.count_by_state() == {"completed": 700}
+    view = desk.routing(pub(LIAR), T0 + 700)
+    assert (view["state"], view["skipped"]) == ("banned", True)
+    assert view["why"].startswith("banned for 1115 s more after 4 faults in a row (last: "
+                                  "no_answer: held it)")
+    assert desk.routing(pub(HONEST), T0 + 700)["state"] == "trusted"
+    assert desk.routing(pub(GATEWAY), T0 + 700)["state"] == "own"
+
+
+def test_probation_is_one_small_job_at_a_time_and_never_starves_a_request() -> None:
+    desk = gateway_desk(offer(CHEAP, 10_000, 10))
+    cheap = peer_id_of(pub(CHEAP))
+    desk.submit("big", "alice", 5_000, 2 * PRICE, price_nano=PRICE, now=T0)
+    desk.submit("small", "alice", 50, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    desk.submit("small2", "alice", 50, 2 * PRICE, price_nano=PRICE, now=T0 + 2)
+    # New here: on probation. One request, the first that is small enough (1,000 tokens).
+    [first] = desk.dispatch(T0 + 3)
+    assert (first.request_id, first.probation) == ("small", True)
+    assert desk.dispatch(T0 + 3) == []
+    complete(desk, first, CHEAP, T0 + 4)
+    [second] = desk.dispatch(T0 + 4)
+    assert second.request_id == "small2"
+    complete(desk, second, CHEAP, T0 + 5)
+    # Nobody else can take the big one: once no small one waits, an idle provider on probation
+    # gets it, whatever its size (small jobs first, never small jobs only).
+    [third] = desk.dispatch(T0 + 5)
+    assert (third.request_id, third.probation) == ("big", True)
+    complete(desk, third, CHEAP, T0 + 6)
+    assert desk.reputation.state(cheap, T0 + 6) == "trusted"
+    for i in range(3):
+        desk.submit(f"more{i}", "alice", 50, 2 * PRICE, price_nano=PRICE, now=T0 + 7)
+    assert [d.probation for d in desk.dispatch(T0 + 7)] == [False] * 3  # as its room allows
+
+
+def complete(desk: GatewayDesk, d: object, key: object, now: float, latency: float = 0.0) -> None:
+    job = wire.sign(d.job, GATEWAY)  # type: ignore[attr-defined]
+    receipt = wire.sign(ProviderDesk(pub(key), CONFIG).receipt_for(
+        job, job.tokens, now, now, now), key)
+    assert desk.on_completed(d.request_id, d.attempt, receipt, "ok", now,  # type: ignore[attr-defined]
+                             latency_s=latency) is not None
+
+
+def test_equal_prices_prefer_a_settled_record_and_low_latency() -> None:
+    desk = gateway_desk(offer(CHEAP, 10_000, 10), offer(DEAR, 10_000, 10))
+    for i, key, latency in ((0, CHEAP, 0.9), (1, DEAR, 0.05)):
+        for j in range(3):  # make both trusted, CHEAP slow and DEAR fast
+            desk.set_view_offers([offer(key, 10_000, 10)], T0)
+            desk.submit(f"w{i}{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0)
+            [d] = desk.dispatch(T0)
+            complete(desk, d, key, T0, latency)
+    desk.set_view_offers([offer(CHEAP, 10_000, 10), offer(DEAR, 10_000, 10)], T0)
+    desk.submit("r", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    [d] = desk.dispatch(T0 + 1)
+    assert d.peer_id == peer_id_of(pub(DEAR))
+    assert desk.reputation.rank(peer_id_of(pub(DEAR))) == 50
+    assert desk.reputation.rank(peer_id_of(pub(CHEAP))) == 900
+    # A cheaper offer still wins whatever its record: price comes first.
+    desk.set_view_offers([offer(CHEAP, 10_000, 9), offer(DEAR, 10_000, 10)], T0 + 2)
+    desk.submit("r2", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 2)
+    [d] = desk.dispatch(T0 + 2)
+    assert d.peer_id == peer_id_of(pub(CHEAP))
+
+
+def test_faults_of_jobs_in_flight_together_make_one_strike() -> None:
+    # A trusted provider with many jobs in flight that restarts loses them all at once: one
+    # strike (5 s back-off), not a ban.
+    desk = gateway_desk(offer(CHEAP, 10_000, 10))
+    cheap = peer_id_of(pub(CHEAP))
+    for j in range(3):
+        desk.submit(f"w{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0)
+        [d] = desk.dispatch(T0)
+        complete(desk, d, CHEAP, T0)
+    for j in range(5):
+        desk.submit(f"r{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    sent = desk.dispatch(T0 + 1)
+    assert len(sent) == 5
+    for d in sent:
+        desk.on_lost(d.request_id, d.attempt, d.peer_id, "disconnected mid-job", T0 + 2)
+    record = desk.reputation.get(cheap)
+    assert record is not None and (record.faults, record.strikes, record.bans) == (5, 1, 0)
+    assert desk.reputation.state(cheap, T0 + 2) == "backing_off"
+    assert desk.count_by_state() == {"pending": 5, "completed": 3}
+    assert desk.dispatch(T0 + 6.9) == [] and desk.next_deadline() == T0 + 7
+    assert desk.reputation.state(cheap, T0 + 7) == "probation"
+    assert len(desk.dispatch(T0 + 7)) == 1  # back, on probation: one at a time
+
+
+def test_a_decline_after_accepting_is_a_fault_and_fails_a_request_only_for_its_input() -> None:
+    desk = gateway_desk(offer(CHEAP, 10_000, 0), offer(DEAR, 10_000, 10))
+    cheap, dear = peer_id_of(pub(CHEAP)), peer_id_of(pub(DEAR))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [d] = desk.dispatch(T0)
+    assert d.peer_id == cheap
+    desk.on_accepted("r1", d.attempt, T0)
+    assert desk.on_declined_after_accept("r1", d.attempt, cheap, "backend_timeout", "slow", T0)
+    status = desk.status("r1")
+    assert status is not None and status.state == "pending"
+    assert status.reason.startswith(f"provider {short(cheap)} accepted, then could not serve "
+                                    f"it: backend_timeout: slow; nothing charged")
+    [d] = desk.dispatch(T0)  # at once, to the other provider
+    assert d.peer_id == dear
+    assert desk.on_declined_after_accept("r1", d.attempt, dear, "backend_http_status", "400",
+                                         T0 + 1)
+    assert desk.status("r1").state == "pending"  # type: ignore[union-attr]
+    # The same provider failing on it again: the input is the likely cause.
+    [d] = desk.dispatch(T0 + 5)
+    assert d.peer_id == cheap
+    assert desk.on_declined_after_accept("r1", d.attempt, cheap, "backend_timeout", "slow",
+                                         T0 + 5)
+    status = desk.status("r1")
+    assert status is not None and (status.state, status.attempts) == ("failed", 3)
+    assert status.reason == f"provider {short(cheap)} could not serve it: backend_timeout: slow"
+    assert desk.fault_counts == {"declined_after_accept": 2}
+
+
+def short(peer_id: str) -> str:
+    return f"{peer_id[:6]}…{peer_id[-6:]}"
+
+
+def test_the_progress_deadline_is_short_and_separate_from_the_total() -> None:
+    desk = gateway_desk(offer(CHEAP, 500, 10))
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [d] = desk.dispatch(T0)
+    # 100 tokens at 500 tokens/s: 5 s + 2 × 0.2 s after acceptance; the claim timeout is 30 s.
+    assert d.progress_s == pytest.approx(5.4)
+    assert d.claim_deadline == T0 + 30.0
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -557,16 +821,25 @@ async def test_two_gateways_flooding_one_small_provider(tmp_path: Path) -> None:
     # The small provider: 100 tokens/s × target 2 s = 200 tokens in flight (two 100-token jobs).
     async with job_node(tmp_path / "g1", 31) as (g1, gateway1), \
             job_node(tmp_path / "g2", 32) as (g2, gateway2), \
-            job_node(tmp_path / "small", 33, capacity=100, min_price=0.01) as (small, small_jobs), \
-            job_node(tmp_path / "big", 34, capacity=5000, min_price=0.05) as (big, big_jobs):
-        for node in (g1, g2, big):
-            await node.connect(small.addrs[0])
+            job_node(tmp_path / "small", 33, capacity=100, min_price=0.01) as (small, small_jobs):
         for node in (g1, g2):
-            await node.connect(big.addrs[0])
-            await wait_for_offers(node, small, big)
-        ids = [(gateway, gateway.submit(100, 2 * PRICE).request_id)
-               for gateway in (gateway1, gateway2) for _ in range(4)]
-        results = [await finished(gateway, rid) for gateway, rid in ids]
+            await node.connect(small.addrs[0])
+            await wait_for_offers(node, small)
+        # A provider new to a gateway is on probation there (one job at a time): three small
+        # jobs settled at each gateway make it trusted, so both then fill the room they see.
+        warm = [(gateway, gateway.submit(10, 2 * PRICE).request_id)
+                for gateway in (gateway1, gateway2) for _ in range(3)]
+        assert [(await finished(gateway, rid)).state for gateway, rid in warm] == [
+            "completed"] * 6
+        assert gateway1.gateway.reputation.state(small.peer_id, g1.now()) == "trusted"
+        async with job_node(tmp_path / "big", 34, capacity=5000, min_price=0.05) as (big, _):
+            for node in (g1, g2, small):
+                await node.connect(big.addrs[0])
+            for node in (g1, g2):
+                await wait_for_offers(node, small, big)
+            ids = [(gateway, gateway.submit(100, 2 * PRICE).request_id)
+                   for gateway in (gateway1, gateway2) for _ in range(4)]
+            results = [await finished(gateway, rid) for gateway, rid in ids]
     capacity = 200
     assert small_jobs.provider.peak_in_flight_tokens <= capacity
     assert all(r.state == "completed" and r.tokens_served == 100 and r.cost_nano == 10_000
@@ -576,9 +849,11 @@ async def test_two_gateways_flooding_one_small_provider(tmp_path: Path) -> None:
     declines = gateway1.gateway.decline_counts.get("full", 0) + \
         gateway2.gateway.decline_counts.get("full", 0)
     assert declines >= 1 and declines == small_jobs.provider.counts["full"]
+    # A decline is no fault: nothing counts against the small provider.
+    assert gateway1.gateway.reputation.faults == gateway2.gateway.reputation.faults == {}
     # Each declined job went to the next offer and completed there, charged once.
     for name, gateway in (("g1", gateway1), ("g2", gateway2)):
-        assert ledger_totals(tmp_path / name)[:3] == (4, 400, 40_000)
+        assert ledger_totals(tmp_path / name)[:3] == (7, 430, 43_000)
 
 
 async def test_provider_killed_mid_job_costs_nothing_and_the_request_completes_elsewhere(
@@ -658,9 +933,12 @@ async def test_openai_backend_serves_jobs_and_its_errors_fail_them(tmp_path: Pat
     # Tokens come from the server's usage (3 words), not from the 50 requested.
     assert (served.state, served.tokens_served, served.cost_nano, served.output) == (
         "completed", 3, 3 * PRICE // 1_000_000, "one two three")
-    assert failed.state == "failed" and failed.cost_nano is None
+    # The failing prompt is tried again once (a provider fault, for all the gateway knows), then
+    # fails for its own reason: the same provider failed on it twice.
+    assert failed.state == "failed" and failed.cost_nano is None and failed.attempts == 2
     assert "backend_http_status" in failed.reason
     assert "HTTP 500: model crashed: out of memory" in failed.reason
-    assert provider.counters.backend_errors == 1
-    assert [r["max_tokens"] for r in server.requests] in ([50, 50],)
+    assert provider.counters.backend_errors == 2
+    assert gateway.gateway.fault_counts == {"declined_after_accept": 1}
+    assert [r["max_tokens"] for r in server.requests] == [50, 50, 50]
     assert ledger_totals(tmp_path / "a") == (1, 3, 300, 285)

@@ -4,7 +4,8 @@ in the daemon's nursery (`neuroshard_p2p.daemon`, which hands it the node, its l
     GET  /                              the dashboard (static files in api/static/)
     GET  /api/market[?at=UNIX_S]        the market as this node sees it (the seed's fields first)
     GET  /api/market/history?window=1h|24h   the price series this node recorded
-    GET  /api/market/offers             the merged view's offers, cheapest first
+    GET  /api/market/offers             the merged view's offers, cheapest first, each with how
+                                        this gateway routes to it (skipped or not, and why)
     GET  /api/market/requests/{id}      a request's status, provider, tokens served, cost
     GET  /api/peers                     connected peers, their addresses and standing (score, bans)
     GET  /api/node                      peer id, multiaddrs, network and charter, identity work,
@@ -257,14 +258,19 @@ class Api:
         now = self.node.now()
         own = self.node.engine.signer
         offers = self.node.engine.view.offers_at(now)
+        gateway = self.node.jobs.gateway
+        # How this node, as a gateway, routes to each offer: skipped or not, and why.
+        routing = [gateway.routing(o.signer, now) for o in offers]
         return Response(200, {
             "now": now, "count": len(offers),
             "supply_tokens_per_sec": sum(o.tokens_per_second for o in offers),
+            "skipped": sum(1 for r in routing if r["skipped"] and r["state"] != "own"),
             "offers": [{"peer_id": peer_id_of(o.signer), "own": o.signer == own,
                         "tokens_per_second": o.tokens_per_second,
                         "min_price": from_nano(o.min_price_nano),
                         "min_price_nano": o.min_price_nano,
-                        "issued_at": seconds_of(o.issued_at_ms)} for o in offers]})
+                        "issued_at": seconds_of(o.issued_at_ms),
+                        "routing": r} for o, r in zip(offers, routing)]})
 
     async def peers(self, request: Request) -> Response:
         """Connected peers with their addresses and standing (the guard's score, gossipsub's

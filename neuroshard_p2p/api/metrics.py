@@ -14,6 +14,8 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     identity_work_bits, identity_work_required_bits, identity_weight (2^(bits − required), ≤ 1),
     messages_total{outcome="accepted|rejected|ignored", reason},
     requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode},
+    provider_faults_total{kind}, provider_bans_total, providers{routing}   (as a gateway)
+    jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
     peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
     sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
@@ -104,6 +106,36 @@ class NodeCollector(Collector):
         for state, count in sorted(r.requests_by_state.items()):
             requests.add_metric([state], count)
         yield requests
+
+        faults = CounterMetricFamily(PREFIX + "provider_faults",
+                                     "Provider faults seen by this gateway, by kind (each put a "
+                                     "request back to pending at once).", labels=["kind"])
+        for kind, count in sorted(r.provider_faults.items()):
+            faults.add_metric([kind], count)
+        yield faults
+        yield CounterMetricFamily(PREFIX + "provider_bans",
+                                  "Providers this gateway banned after repeated faults.",
+                                  value=r.provider_bans)
+        routing = GaugeMetricFamily(PREFIX + "providers",
+                                    "Providers in view by how this gateway routes to them.",
+                                    labels=["routing"])
+        for state, count in sorted(r.providers_by_routing.items()):
+            routing.add_metric([state], count)
+        yield routing
+        refused = CounterMetricFamily(PREFIX + "jobs_refused",
+                                      "Jobs this provider declined before serving: replays "
+                                      "(duplicate) and gateways that do not pay (unpaid).",
+                                      labels=["reason"])
+        for reason, count in sorted(r.jobs_refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        settlements = CounterMetricFamily(PREFIX + "job_settlements",
+                                          "Jobs this provider served, by what the gateway said "
+                                          "of the receipt (settled, a refusal reason, or "
+                                          "no_settlement).", labels=["outcome"])
+        for outcome, count in sorted(r.job_settlements.items()):
+            settlements.add_metric([outcome], count)
+        yield settlements
 
         if r.settled_nano is not None:
             yield CounterMetricFamily(PREFIX + "settled_nano",

@@ -73,6 +73,15 @@ class NodeReadout:
     #: Ledger totals, None when the node runs without a ledger.
     settled_nano: int | None = None
     burned_nano: int | None = None
+    #: As a gateway: provider faults by kind, bans given, and the providers in view by how this
+    #: gateway routes to them (trusted, probation, set_aside, backing_off, banned).
+    provider_faults: dict[str, int] = field(default_factory=dict)
+    provider_bans: int = 0
+    providers_by_routing: dict[str, int] = field(default_factory=dict)
+    #: As a provider: jobs declined as replays (duplicate) and for not paying (unpaid), and what
+    #: became of the jobs it served (settled, a refusal reason, no_settlement).
+    jobs_refused: dict[str, int] = field(default_factory=dict)
+    job_settlements: dict[str, int] = field(default_factory=dict)
     #: Accountability (node/guard.py): faults charged to remote peers by kind, bans imposed
     #: since start, peers banned now.
     peer_faults: dict[str, int] = field(default_factory=dict)
@@ -136,6 +145,10 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
     price = view.price_at_tick(tick)
     config = node.settings.market
     requests: Counter[str] = Counter(node.jobs.count_by_state())
+    gateway, provider = node.jobs.gateway, node.jobs.provider
+    routing: Counter[str] = Counter(
+        gateway.routing(offer.signer, now)["state"] for offer in view.offers_at(now)
+        if offer.signer != node.engine.signer)
     # Requests still in the engine's queue (not yet taken by the jobs layer) are pending too.
     queued = len(node.engine.queued_requests(now))
     if queued:
@@ -164,6 +177,11 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         requests_by_state=dict(requests),
         settled_nano=None if ledger_totals is None else ledger_totals.paid,
         burned_nano=None if ledger_totals is None else ledger_totals.burned,
+        provider_faults=dict(gateway.fault_counts),
+        provider_bans=gateway.reputation.bans,
+        providers_by_routing=dict(routing),
+        jobs_refused={"duplicate": provider.seen.replays, "unpaid": provider.payers.declined},
+        job_settlements=dict(provider.payers.outcomes),
         peer_faults=dict(node.guard.faults),
         peer_bans=node.guard.bans,
         peers_graylisted=node.guard.graylisted(now),

@@ -92,6 +92,12 @@ class RestingOffer:
     tokens_per_second: int
     min_price_nano: int
     announced_at: float
+    #: Among offers at the same min price, lower ranks are matched first (a gateway's preference
+    #: for providers with a good record; the price order is never changed by it).
+    rank: int = 0
+    #: > 0: the offer is on probation — it takes one request at a time, of at most this many
+    #: tokens (a gateway tries a provider it has no settled history with on small jobs first).
+    probation_tokens: int = 0
 
     def capacity_tokens(self, target_response_s: float) -> int:
         """How many tokens this offer may have in flight: what it serves in target_response_s."""
@@ -208,8 +214,8 @@ def _priority(request: _Request) -> tuple[int, int, float, str]:
     return request.priority
 
 
-def _offer_order(offer: RestingOffer) -> tuple[int, str]:
-    return (offer.min_price_nano, offer.node_id)
+def _offer_order(offer: RestingOffer) -> tuple[int, int, str]:
+    return (offer.min_price_nano, offer.rank, offer.node_id)
 
 
 def _is_int(value: object) -> bool:
@@ -396,6 +402,10 @@ class OrderBook:
             return f"min_price must be >= 0, got {offer.min_price_nano!r} nano"
         if not _is_time(offer.announced_at):
             return f"announced_at must be a finite time, got {offer.announced_at!r}"
+        if not _is_int(offer.rank) or not _is_int(offer.probation_tokens) \
+                or offer.probation_tokens < 0:
+            return (f"rank must be an integer and probation_tokens an integer >= 0, got "
+                    f"{offer.rank!r} and {offer.probation_tokens!r}")
         return ""
 
     def _put_offer(self, offer: RestingOffer) -> None:
@@ -482,9 +492,13 @@ class OrderBook:
         # Max-segment-tree over the offers' free room, leaves in price order.
         size = 1 << (len(offers) - 1).bit_length()
         tree = [-1] * (2 * size)
+        probation = False
         for i, offer in enumerate(offers):
             tree[size + i] = (offer.capacity_tokens(target_response_s)
                               - in_flight.get(offer.node_id, 0))
+            if offer.probation_tokens > 0:
+                probation = True
+                tree[size + i] = self._room(offer)
         for node in range(size - 1, 0, -1):
             left, right = tree[2 * node], tree[2 * node + 1]
             tree[node] = left if left > right else right
@@ -497,6 +511,7 @@ class OrderBook:
         claimed: list[_Request] = []
         unmatched: list[_Request] = []
         claimed_tokens = 0
+        probation_used: dict[int, int] = {}  # offer index → tokens claimed (one request each)
         # The last offer found by a full search, and the largest room of the offers cheaper than
         # it: while a request needs more than that, the same offer is still the cheapest with
         # room, and the O(log m) search can be skipped.
@@ -530,6 +545,9 @@ class OrderBook:
                 unmatched.append(request)
                 continue
             value = tree[node] - tokens
+            if probation and offers[index].probation_tokens > 0:
+                value = 0  # one request at a time
+                probation_used[index] = tokens
             tree[node] = value
             while node > 1:
                 sibling = tree[node ^ 1]
@@ -549,7 +567,7 @@ class OrderBook:
 
         if claimed:
             for index, before in enumerate(room_before):
-                used = before - tree[size + index]
+                used = probation_used.get(index, before - tree[size + index])
                 if used:
                     in_flight[node_ids[index]] = in_flight.get(node_ids[index], 0) + used
             self._finish_claims(claimed, unmatched, claimed_tokens, now)
@@ -733,8 +751,11 @@ class OrderBook:
         return request.finished_at + self._config.retention_s
 
     def _room(self, offer: RestingOffer) -> int:
-        return (offer.capacity_tokens(self._config.target_response_s)
-                - self._in_flight.get(offer.node_id, 0))
+        in_flight = self._in_flight.get(offer.node_id, 0)
+        room = offer.capacity_tokens(self._config.target_response_s) - in_flight
+        if offer.probation_tokens > 0:
+            return 0 if in_flight else min(room, offer.probation_tokens)
+        return room
 
     def _transition(self, request: _Request, action: str, now: float, *, reason: str = "",
                     node_id: str | None = None) -> None:

@@ -100,11 +100,26 @@ def _check_request(max_tokens: int, deadline: float) -> None:
                            f"deadline must be a time on trio's clock, got {deadline!r}")
 
 
+class _Slot:
+    """One job's place in the synthetic backend's queue: it is served over [start, finish)."""
+
+    __slots__ = ("start", "finish")
+
+    def __init__(self, start: float, finish: float) -> None:
+        self.start = start
+        self.finish = finish
+
+
 class SyntheticBackend:
     """Produces exactly `max_tokens` tokens at `tokens_per_second`, shared by all jobs in FIFO
     order: a job that arrives while others are being served finishes after them. It refuses at
     once (reason "deadline") a job it could not finish before its deadline, instead of sleeping
-    until the deadline only to fail."""
+    until the deadline only to fail.
+
+    A job that is cancelled (its gateway gave up, or stopped paying attention) leaves the queue at
+    once, wherever it stands in it: every job behind it moves up by the time it had not used, and
+    wakes that much earlier. (An unpaid 20,000-token job cancelled at the head of the queue does
+    not keep an honest 50-token job waiting for its whole duration.)"""
 
     kind = "synthetic"
 
@@ -113,8 +128,13 @@ class SyntheticBackend:
                 and tokens_per_second > 0):
             raise ValueError(f"tokens_per_second must be > 0, got {tokens_per_second!r}")
         self.tokens_per_second = float(tokens_per_second)
-        # When the last queued job finishes (trio clock); the next job starts no earlier.
-        self._busy_until = -math.inf
+        # The jobs admitted and not yet finished, in serving order (trio clock).
+        self._queue: list[_Slot] = []
+        # Set (and replaced) whenever a cancelled job moved the ones behind it up.
+        self._moved = trio.Event()
+        #: Jobs handed to `serve` (refused ones included): what a test checks to prove that a
+        #: job never reached the backend.
+        self.calls = 0
 
     def set_rate(self, tokens_per_second: float) -> None:
         """Follow the node's offer: jobs queued from now on are served at the new rate."""
@@ -124,30 +144,50 @@ class SyntheticBackend:
     @property
     def queued_seconds(self) -> float:
         """Seconds of work queued ahead of a job arriving now."""
-        return max(0.0, self._busy_until - trio.current_time())
+        if not self._queue:
+            return 0.0
+        return max(0.0, self._queue[-1].finish - trio.current_time())
 
     async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
+        self.calls += 1
         _check_request(max_tokens, deadline)
         now = trio.current_time()
-        start = max(now, self._busy_until)
+        start = max(now, self._queue[-1].finish) if self._queue else now
         finish = start + max_tokens / self.tokens_per_second
         if finish > deadline:
             raise BackendError(
                 DEADLINE,
                 f"cannot serve {max_tokens} tokens before the deadline: needs {finish - now:.2f} s "
                 f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left")
-        self._busy_until = finish
+        slot = _Slot(start, finish)
+        self._queue.append(slot)
         try:
-            await trio.sleep_until(finish)
+            while trio.current_time() < slot.finish:
+                moved = self._moved
+                with trio.move_on_at(slot.finish):
+                    await moved.wait()
         except trio.Cancelled:
-            # A cancelled job gives back the time it had not used yet, if nothing queued behind it.
-            if self._busy_until == finish:
-                self._busy_until = max(start, trio.current_time())
+            self._leave(slot)
             raise
+        self._queue.remove(slot)
         words = min(max_tokens, SYNTHETIC_MAX_WORDS)
         text = " ".join(_FILLER[i % len(_FILLER)] for i in range(words))
         return BackendResult(tokens_served=max_tokens, text=text, model="synthetic",
                              finish_reason="length")
+
+    def _leave(self, slot: _Slot) -> None:
+        """A cancelled job gives back the time it had not used: the jobs behind it move up."""
+        index = self._queue.index(slot)
+        del self._queue[index]
+        now = trio.current_time()
+        freed = slot.finish - max(now, slot.start)
+        if freed <= 0 or index == len(self._queue):
+            return
+        for later in self._queue[index:]:
+            later.start = max(now, later.start - freed)
+            later.finish -= freed
+        self._moved.set()
+        self._moved = trio.Event()
 
     async def aclose(self) -> None:
         return None

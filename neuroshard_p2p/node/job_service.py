@@ -9,15 +9,21 @@ As a **gateway** it takes requests (`submit`, or whatever was queued through the
 `submit_request`), locks the market price, matches them against the merged view's offers with the
 core book, and sends each matched job to its provider on a `/neuroshard/<network id>/job/2.0.0`
 stream; it verifies the provider's signed receipt (ledger checks) and settles it in the ledger,
-and tells the engine its queued demand so the node announces it. As a **provider** it answers job
-streams: it admits a job by its own capacity, serves it through its inference backend and returns
-a signed receipt, then records its earning.
+and tells the engine its queued demand so the node announces it; it then tells the provider what
+became of its receipt (JobSettled). As a **provider** it answers job streams: it refuses a
+replayed Job and the jobs of a gateway that does not settle, admits a job by its own capacity,
+serves it through its inference backend and returns a signed receipt, records its earning, and
+reads the gateway's JobSettled.
 
 Deadlines: opening a stream, sending the job and reading accept/decline must take at most
-`accept_timeout_s`; the result must arrive before the book's claim timeout (claimed_at +
-claim_timeout_s) minus a margin, so a request is never requeued while its receipt is being settled.
-The provider serves with the same deadline (the job's issued_at + claim_timeout_s − margin), and
-stops serving if the gateway's stream goes away. Prompts travel only on the job stream.
+`accept_timeout_s` (the accept deadline); after JobAccepted the result must arrive within the
+progress deadline (`jobs.progress_deadline_s`: 5 s + 2 × tokens / tokens_per_second by default),
+and never after the book's claim timeout (claimed_at + claim_timeout_s) minus a margin, so a
+request is never requeued while its receipt is being settled. Anything else a provider does to
+hold a request without serving it is a fault: the request is pending again at once and the
+provider's record at this gateway pays (node/reputation.py). The provider serves with the claim
+deadline (the job's issued_at + claim_timeout_s − margin), and stops serving — freeing its
+backend time at once — if the gateway's stream goes away. Prompts travel only on the job stream.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import secrets
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -48,10 +54,12 @@ from neuroshard_p2p.node.backends import (
     SyntheticBackend,
     make_backend,
 )
+from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings
 from neuroshard_p2p.node.guard import JOB_FRAME, is_peer_fault
 from neuroshard_p2p.node.jobs import (
     BAD_JOB,
     GATEWAY_MISMATCH,
+    PROGRESS_GRACE_S,
     Dispatch,
     GatewayDesk,
     GatewaySettings,
@@ -61,6 +69,16 @@ from neuroshard_p2p.node.jobs import (
     declined,
     job_protocol,
     short_peer,
+)
+from neuroshard_p2p.node.reputation import (
+    BROKEN_FRAME,
+    DROPPED,
+    NO_ANSWER,
+    NO_RESULT,
+    RECEIPT_REFUSED,
+    UNREACHABLE,
+    WRONG_REQUEST,
+    ReputationSettings,
 )
 from neuroshard_p2p.node.settings import DEFAULT_NETWORK
 from neuroshard_p2p.node.streams import (
@@ -76,15 +94,18 @@ from neuroshard_p2p.wire import (
     JobAccepted,
     JobDeclined,
     JobResult,
+    JobSettled,
     Receipt,
     WireError,
     clip_utf8,
     decode_job_frame,
+    decode_job_settled,
     encode_job_frame,
 )
 from neuroshard_p2p.wire.codec import MAX_SIZE
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, length_prefixed
-from neuroshard_p2p.wire.messages import KIND_JOB
+from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
+from neuroshard_p2p.wire.messages import KIND_JOB, KIND_JOB_SETTLED, SETTLED
 
 if TYPE_CHECKING:  # trio's own TaskStatus is hidden by the trio-typing stubs
     from trio_typing import TaskStatus
@@ -104,24 +125,42 @@ class JobSettings:
     backend_url: str = ""
     backend_model: str = ""
     backend_timeout_s: float = 60.0
-    #: Dial + send the job + read the provider's accept/decline.
+    #: Dial + send the job + read the provider's accept/decline (the accept deadline); also how
+    #: long a provider waits for the Job.
     accept_timeout_s: float = 5.0
+    #: How long a provider waits for the gateway's JobSettled after its JobResult (the node's
+    #: stream timeout: a busy gateway checks and stores the receipt first), and how long a
+    #: gateway tries to send it.
+    settle_timeout_s: float = 10.0
     #: How often pending requests are matched again against the view's offers.
     route_interval_s: float = 0.25
-    #: Providers set aside after a decline for being full / after a failure.
+    #: Providers set aside after a decline for being full / for other declines.
     full_backoff_s: float = 1.0
     lost_backoff_s: float = 10.0
+    #: After JobAccepted, the result is due within progress_grace_s + 2 × tokens / tps.
+    progress_grace_s: float = PROGRESS_GRACE_S
+    #: Provider faults: back-off, bans, probation (node/reputation.py).
+    reputation: ReputationSettings = field(default_factory=ReputationSettings)
+    #: Gateways that do not settle (node/job_records.py).
+    payers: PayerSettings = field(default_factory=PayerSettings)
     #: The ledger file (None: receipts are checked but not recorded; tests of routing only).
     ledger_path: Path | None = None
     #: Network id (the charter's): part of the job stream's protocol id (`job_protocol`).
     network: str = builtin(DEFAULT_NETWORK).network_id
 
     def __post_init__(self) -> None:
-        for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s"):
+        for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s",
+                     "progress_grace_s", "settle_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
-        GatewaySettings(self.full_backoff_s, self.lost_backoff_s)
+        self.gateway_settings()
+
+    def gateway_settings(self) -> GatewaySettings:
+        """The gateway desk's settings from these."""
+        return GatewaySettings(self.full_backoff_s, self.lost_backoff_s,
+                               progress_grace_s=self.progress_grace_s,
+                               reputation=self.reputation)
 
     @property
     def protocol(self) -> str:
@@ -141,6 +180,9 @@ class JobCounters:
     streams_refused: int = 0
     receipts_settled: int = 0
     receipts_refused: int = 0
+    #: JobSettled frames this gateway sent / could not send (the provider had gone).
+    settlements_sent: int = 0
+    settlements_unsent: int = 0
     earnings_recorded: int = 0
     late_settlements: int = 0
     #: Time spent per phase by the jobs this gateway completed (sums, seconds; divide by
@@ -181,10 +223,10 @@ class JobService:
                                    timeout_s=s.backend_timeout_s)
         self.backend = backend
         self.ledger = ledger
-        self.gateway = GatewayDesk(self.config, self.signer,
-                                   GatewaySettings(s.full_backoff_s, s.lost_backoff_s))
+        self.gateway = GatewayDesk(self.config, self.signer, s.gateway_settings())
         self.provider = ProviderDesk(self.signer, self.config,
-                                     getattr(engine.validator, "admission", None))
+                                     getattr(engine.validator, "admission", None),
+                                     payers=Payers(s.payers))
         self.gateway.credential = getattr(engine, "credential", b"")
         #: The view's offers, walked again only when they can have changed (hits / misses).
         self.view_offers = ViewOffers()
@@ -207,8 +249,13 @@ class JobService:
         open for the node's lifetime (the daemon opens the ledger in the data dir)."""
         s = node.settings
         settings = JobSettings(
-            network=s.network, backend=s.backend, backend_url=s.backend_url, backend_model=s.backend_model,
-            backend_timeout_s=s.backend_timeout_s, accept_timeout_s=s.stream_timeout_s)
+            network=s.network, backend=s.backend, backend_url=s.backend_url,
+            backend_model=s.backend_model, backend_timeout_s=s.backend_timeout_s,
+            accept_timeout_s=min(s.job_accept_timeout_s, s.stream_timeout_s),
+            settle_timeout_s=s.stream_timeout_s,
+            progress_grace_s=s.job_progress_grace_s,
+            reputation=ReputationSettings(backoff_s=s.job_backoff_s, ban_after=s.job_ban_after,
+                                          ban_s=s.job_ban_s))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
         return cls(node.engine, settings=settings, backend=backend, ledger=ledger, clock=node.clock,
                    on_demand_change=lambda: node._poke.set(), refuse=node.refuses,
@@ -368,80 +415,107 @@ class JobService:
                 self._on_demand_change()
 
     async def _send_job(self, dispatch: Dispatch) -> None:
-        """One attempt: stream the job to its provider and report what happened to the desk."""
+        """One attempt: stream the job to its provider and report what happened to the desk.
+
+        Deadlines: the accept deadline (dial, send, first answer: `accept_timeout_s`), then the
+        progress deadline after JobAccepted (`dispatch.progress_s`), never past the job's total
+        deadline (the claim timeout minus a margin). Every way a provider can hold a request
+        without serving it is a fault (`GatewayDesk.on_fault`): the request is pending again at
+        once and the provider's record pays for it."""
         from libp2p.peer.id import ID
 
         gateway = self.gateway
         rid, attempt, peer_id = dispatch.request_id, dispatch.attempt, dispatch.peer_id
         margin = min(2.0, 0.05 * self.config.claim_timeout_s)
+        accept_s = self.settings.accept_timeout_s
         stream: Any = None
         accepted = False
+
+        def fault(kind: str, why: str) -> None:
+            gateway.on_fault(rid, attempt, peer_id, kind, why, self.clock())
+
         try:
             signed = wire.sign(dispatch.job, self.private_key)
             assert isinstance(signed, Job)
             job = signed
             sent_at = self.clock()
             started = time.perf_counter()
-            result_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
+            total_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
             try:
-                with trio.fail_after(self.settings.accept_timeout_s):
-                    stream = await self.host.new_stream(ID.from_base58(peer_id),
-                                                        [self.settings.protocol])
+                with trio.fail_after(accept_s):
+                    try:
+                        stream = await self.host.new_stream(ID.from_base58(peer_id),
+                                                            [self.settings.protocol])
+                    except trio.TooSlowError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - whatever dialing does
+                        fault(UNREACHABLE, f"was unreachable ({failure_reason(exc)})")
+                        return
                     await stream.write(length_prefixed(job.wire))
                     frames = FrameStream(stream, MAX_STREAM_FRAME)
                     first = await frames.next()
             except trio.TooSlowError:
-                gateway.on_lost(rid, attempt, peer_id, f"did not answer within "
-                                f"{self.settings.accept_timeout_s:g} s", self.clock())
+                fault(NO_ANSWER, f"did not accept or decline within {accept_s:g} s (the accept "
+                                 f"deadline)")
+                if stream is not None:
+                    await reset_quietly(stream)
                 return
             if first is None:
-                gateway.on_lost(rid, attempt, peer_id, "closed the stream without an answer",
-                                self.clock())
+                fault(DROPPED, "closed the stream without an answer")
                 return
             frame = decode_job_frame(first)
             if isinstance(frame, JobDeclined):
                 gateway.on_declined(rid, attempt, peer_id, frame.reason, frame.detail, self.clock())
                 await close_quietly(stream)
                 return
-            if not isinstance(frame, JobAccepted) or frame.request_id != rid:
-                raise WireError("unexpected", "reject", "expected accept or decline for this job")
+            if not isinstance(frame, JobAccepted):
+                raise _Fault(BROKEN_FRAME, f"sent a {type(frame).__name__} where JobAccepted or "
+                                           f"JobDeclined was due")
+            if frame.request_id != rid:
+                raise _Fault(WRONG_REQUEST, f"accepted request {frame.request_id!r}, not {rid!r}")
             accepted = True
             answered = time.perf_counter()
             gateway.on_accepted(rid, attempt, self.clock())
+            progress_by = min(total_by, trio.current_time() + dispatch.progress_s)
             try:
-                with trio.fail_at(result_by):
+                with trio.fail_at(progress_by):
                     second = await frames.next()
             except trio.TooSlowError:
-                gateway.on_lost(rid, attempt, peer_id, "did not finish before the claim timeout",
-                                self.clock())
+                fault(NO_RESULT, f"accepted, then sent no result within {dispatch.progress_s:.1f} "
+                                 f"s (the progress deadline for {dispatch.job.tokens} tokens at "
+                                 f"{dispatch.provider_tokens_per_s} tokens/s)")
+                await reset_quietly(stream)
                 return
             if second is None:
-                gateway.on_lost(rid, attempt, peer_id, "closed the stream mid-job", self.clock())
+                fault(DROPPED, "closed the stream mid-job")
                 return
             frame = decode_job_frame(second)
+            if isinstance(frame, (JobDeclined, JobResult)) and frame.request_id != rid:
+                raise _Fault(WRONG_REQUEST, f"answered for request {frame.request_id!r}, not "
+                                            f"{rid!r}")
             if isinstance(frame, JobDeclined):
-                gateway.on_failed(rid, attempt, peer_id,
-                                  f"provider {short_peer(peer_id)} could not serve it: "
-                                  f"{frame.reason}: {frame.detail}", self.clock())
-            elif isinstance(frame, JobResult) and frame.request_id == rid:
-                result_at = time.perf_counter()
-                if await self._settle(dispatch, job, sent_at, frame):
-                    c = self.counters
-                    c.timed_jobs += 1
-                    c.answer_wait_s += answered - started
-                    c.result_wait_s += result_at - answered
-                    c.settle_s += time.perf_counter() - result_at
+                gateway.on_declined_after_accept(rid, attempt, peer_id, frame.reason,
+                                                 frame.detail, self.clock())
+            elif isinstance(frame, JobResult):
+                await self._settle(dispatch, job, sent_at, frame, stream,
+                                   (started, answered, time.perf_counter()))
             else:
-                raise WireError("unexpected", "reject", "expected the result of this job")
+                raise _Fault(BROKEN_FRAME, f"sent a {type(frame).__name__} where the result was "
+                                           f"due")
             await close_quietly(stream)  # after settling: closing is not on the user's critical path
+        except _Fault as exc:
+            fault(exc.kind, f"broke the job protocol: {exc.why}")
+            self._fault(ID.from_base58(peer_id), WireError("unexpected", "reject", exc.why))
+            if stream is not None:
+                await reset_quietly(stream)
         except Exception as exc:  # noqa: BLE001 - whatever a peer or the network does
-            what = "disconnected mid-job" if accepted else "was unreachable"
             if isinstance(exc, WireError):
-                what = f"broke the job protocol ({exc})"
+                fault(BROKEN_FRAME, f"broke the job protocol ({exc})")
                 self._fault(ID.from_base58(peer_id), exc)
+            elif accepted:
+                fault(DROPPED, f"disconnected mid-job ({failure_reason(exc)})")
             else:
-                what = f"{what} ({failure_reason(exc)})"
-            gateway.on_lost(rid, attempt, peer_id, what, self.clock())
+                fault(UNREACHABLE, f"was unreachable ({failure_reason(exc)})")
             if stream is not None:
                 await reset_quietly(stream)
         except trio.Cancelled:
@@ -453,10 +527,12 @@ class JobService:
             self._notify(rid)
             self._wake.set()
 
-    async def _settle(self, dispatch: Dispatch, job: Job, sent_at: float,
-                      result: JobResult) -> bool:
-        """Check the receipt against the job we sent, settle it, complete the request. True if
-        the request completed."""
+    async def _settle(self, dispatch: Dispatch, job: Job, sent_at: float, result: JobResult,
+                      stream: Any, timing: tuple[float, float, float]) -> bool:
+        """Check the receipt against the job we sent, settle it, complete the request, then tell
+        the provider (JobSettled). A refused receipt is a provider fault: the request goes back
+        to pending, nothing charged. True if the request completed. `timing`: perf_counter at
+        sending, at the provider's answer and at the result (`JobCounters`)."""
         rid, attempt, peer_id = dispatch.request_id, dispatch.attempt, dispatch.peer_id
         now = self.clock()
         matched = MatchedJob.from_job(job, sent_at)
@@ -476,20 +552,48 @@ class JobService:
         except LedgerError as exc:
             self.counters.receipts_refused += 1
             log.warning("receipt for %s from %s refused: %s", rid, short_peer(peer_id), exc)
-            self.gateway.on_failed(rid, attempt, peer_id,
-                                   f"receipt from provider {short_peer(peer_id)} refused "
-                                   f"({exc.reason}): {exc}; nothing charged", self.clock())
+            self.gateway.counts["receipt_refused"] += 1
+            self.gateway.on_fault(rid, attempt, peer_id, RECEIPT_REFUSED,
+                                  f"sent a receipt that was refused ({exc.reason}): {exc}",
+                                  self.clock())
+            self._notify(rid)
+            await self._send_settled(stream, JobSettled(rid, b"", exc.reason))
             return False
         self.counters.receipts_settled += 1
         settled = wire.decode_unchecked_time(result.receipt)
         assert isinstance(settled, Receipt)
-        if self.gateway.on_completed(rid, attempt, settled, result.output, self.clock()) is None:
+        ended = self.clock()
+        latency = (ended - sent_at) - job.tokens / max(1, dispatch.provider_tokens_per_s)
+        completed = self.gateway.on_completed(rid, attempt, settled, result.output, ended,
+                                              latency_s=latency)
+        if completed is not None:
+            started, answered, result_at = timing
+            c = self.counters
+            c.timed_jobs += 1
+            c.answer_wait_s += answered - started
+            c.result_wait_s += result_at - answered
+            c.settle_s += time.perf_counter() - result_at
+        self._notify(rid)
+        await self._send_settled(stream, JobSettled(rid, settled.msg_id, SETTLED))
+        if completed is None:
             # Settled, but the book had already given the request up (a disk stall longer than
             # the claim-timeout margin). The user paid for what was served; say so loudly.
             self.counters.late_settlements += 1
             log.warning("request %s settled after its claim timed out", rid)
             return False
         return True
+
+    async def _send_settled(self, stream: Any, frame: JobSettled) -> None:
+        """Tell the provider what became of its receipt (§9 step 5), briefly: a provider that
+        has gone costs nothing here."""
+        try:
+            with trio.move_on_after(self.settings.settle_timeout_s) as scope:
+                await stream.write(length_prefixed(encode_job_frame(frame)))
+            if scope.cancelled_caught:
+                raise TimeoutError("the provider did not take the frame")
+            self.counters.settlements_sent += 1
+        except Exception:  # noqa: BLE001 - the provider reset or left; nothing is owed here
+            self.counters.settlements_unsent += 1
 
     # -- provider ------------------------------------------------------------------------------
 
@@ -542,7 +646,11 @@ class JobService:
                 return
             admitted = True
             await stream.write(length_prefixed(encode_job_frame(JobAccepted(job.request_id))))
-            await self._serve_admitted(stream, job, offer.tokens_per_second)
+            receipt = await self._serve_admitted(stream, job, offer.tokens_per_second)
+            admitted = False
+            self.provider.finish(job)  # its capacity is free before we wait for the gateway
+            if receipt is not None:
+                await self._await_settlement(stream, job, receipt)
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), failure_reason(exc))
             await reset_quietly(stream)
@@ -555,7 +663,36 @@ class JobService:
             if admitted and job is not None:
                 self.provider.finish(job)
 
-    async def _serve_admitted(self, stream: Any, job: Job, tokens_per_second: int) -> None:
+    async def _await_settlement(self, stream: Any, job: Job, receipt: Receipt) -> None:
+        """After JobResult: read the gateway's JobSettled (§9 step 5) within settle_timeout_s and
+        record what this gateway does with what it is served (`Payers`). No frame in time, EOF,
+        or a frame that is not this job's JobSettled: not settled. Then close."""
+        outcome = NO_SETTLEMENT
+        try:
+            with trio.move_on_after(self.settings.settle_timeout_s):
+                data = await FrameStream(stream, MAX_FRAME_SIZE[KIND_JOB_SETTLED]).next()
+                if data is not None:
+                    settled = decode_job_settled(data)
+                    if settled.request_id != job.request_id or (
+                            settled.outcome == SETTLED and settled.receipt_id != receipt.msg_id):
+                        raise WireError("bad_field", "reject", "JobSettled names another job")
+                    outcome = settled.outcome
+        except Exception as exc:  # noqa: BLE001 - a broken or missing answer: not settled
+            log.info("no settlement from %s for %s: %s", short_peer(str(stream.muxed_conn.peer_id)),
+                     job.request_id, failure_reason(exc))
+            await reset_quietly(stream)
+        refused = self.provider.payers.on_outcome(job.signer, outcome, receipt.tokens_served,
+                                                  self.clock())
+        if outcome != SETTLED:
+            log.info("gateway %s did not settle %s: %s%s",
+                     short_peer(str(stream.muxed_conn.peer_id)), job.request_id, outcome,
+                     "; its jobs are declined `unpaid` for a while" if refused else "")
+        await close_quietly(stream)
+
+    async def _serve_admitted(self, stream: Any, job: Job,
+                              tokens_per_second: int) -> Receipt | None:
+        """Serve an admitted job and send its JobResult (the receipt, returned) or a backend
+        JobDeclined (None). None too when the gateway went away mid-job (serving stopped)."""
         margin = min(2.0, 0.05 * self.config.claim_timeout_s)
         now = self.clock()
         serve_by = trio.current_time() + (seconds_of(job.issued_at_ms)
@@ -588,7 +725,7 @@ class JobService:
             log.info("gateway %s gave up on %s; stopped serving", short_peer(
                 str(stream.muxed_conn.peer_id)), job.request_id)
             await reset_quietly(stream)
-            return
+            return None
         result = outcome[0]
         if isinstance(result, BackendError):
             self.counters.backend_errors += 1
@@ -596,7 +733,7 @@ class JobService:
                      result.message)
             await self._answer(stream, declined(job.request_id, f"backend_{result.reason}",
                                                 result.message))
-            return
+            return None
         ended = self.clock()  # one reading: the receipt is issued when serving ended
         unsigned = self.provider.receipt_for(job, result.tokens_served, started, ended, ended)
         receipt = wire.sign(unsigned, self.private_key)
@@ -611,10 +748,20 @@ class JobService:
                 self.counters.earnings_recorded += 1
             except LedgerError as exc:
                 log.warning("could not record earning for %s: %s", job.request_id, exc)
+        return receipt
 
     async def _answer(self, stream: Any, frame: JobDeclined) -> None:
         await stream.write(length_prefixed(encode_job_frame(frame)))
         await close_quietly(stream)
+
+
+class _Fault(Exception):
+    """A provider broke the job protocol in a way that is a fault of `kind` (reputation)."""
+
+    def __init__(self, kind: str, why: str) -> None:
+        super().__init__(why)
+        self.kind = kind
+        self.why = why
 
 
 #: Longest wait for the ledger or the backend to close when the service stops.

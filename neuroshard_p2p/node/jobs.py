@@ -30,11 +30,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.book import (
+    MAX_REQUEST_TOKENS,
     TERMINAL,
     Match,
     OrderBook,
@@ -46,6 +47,16 @@ from neuroshard_p2p.core.book import (
 )
 from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.job_records import Payers, SeenJobs
+from neuroshard_p2p.node.reputation import (
+    BACKING_OFF,
+    BANNED,
+    CLAIM_TIMEOUT,
+    DECLINED_AFTER_ACCEPT,
+    DROPPED,
+    Reputation,
+    ReputationSettings,
+)
 from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import CountedOffer, MarketView
 from neuroshard_p2p.wire import MAX_DETAIL, TIERS, Job, JobDeclined, Receipt, clip_utf8
@@ -71,9 +82,29 @@ WRONG_PROVIDER = "wrong_provider"
 GATEWAY_MISMATCH = "gateway_mismatch"
 DUPLICATE = "duplicate"
 BAD_JOB = "bad_job"
+UNPAID = "unpaid"
 NOT_MEMBER = "not_member"
 DECLINE_REASONS = (FULL, NOT_OFFERING, BELOW_MIN_PRICE, TOO_LARGE, WRONG_PROVIDER,
-                   GATEWAY_MISMATCH, NOT_MEMBER, DUPLICATE, BAD_JOB)
+                   GATEWAY_MISMATCH, NOT_MEMBER, UNPAID, DUPLICATE, BAD_JOB)
+
+#: The progress deadline (reference numbers; local settings, the same for both sides by default):
+#: after JobAccepted a gateway waits for the result at most
+#:     PROGRESS_GRACE_S + PROGRESS_RATE_FACTOR × tokens / tokens_per_second of the offer,
+#: never past the job's total deadline (the claim timeout). A provider admits a job only while
+#: the work queued ahead of it is at most QUEUE_LIMIT_S at its offered rate, so an honest
+#: provider always answers well inside that deadline, and holding a job without serving it is
+#: detected in seconds, not at the claim timeout.
+PROGRESS_GRACE_S = 5.0
+PROGRESS_RATE_FACTOR = 2.0
+QUEUE_LIMIT_S = PROGRESS_GRACE_S / 2
+
+
+def progress_deadline_s(tokens: int, tokens_per_second: int,
+                        grace_s: float = PROGRESS_GRACE_S,
+                        factor: float = PROGRESS_RATE_FACTOR) -> float:
+    """Seconds from JobAccepted within which a provider offering `tokens_per_second` must
+    deliver the result of a `tokens`-token job."""
+    return grace_s + factor * tokens / max(1, tokens_per_second)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,15 +135,22 @@ class ProviderDesk:
 
     `admit` accepts a job only while the tokens in flight, this job's included, stay within
     tokens_per_second × target_response_s — what it can serve within the market's target
-    response time. The offer (capacity and min price) is passed in at each call, so a node that
-    changes or withdraws its offer admits by the new one at once."""
+    response time — and while the work queued ahead of it is at most `queue_limit_s` at that
+    rate (so it meets every gateway's progress deadline). The offer (capacity and min price) is
+    passed in at each call, so a node that changes or withdraws its offer admits by the new one
+    at once. It also refuses a replayed Job (`seen`, before anything is spent on it) and the jobs
+    of a gateway that does not settle what it is served (`payers`)."""
 
     def __init__(self, provider_key: bytes, config: MarketConfig,
-                 admission: Members | None = None) -> None:
+                 admission: Members | None = None, *, queue_limit_s: float = QUEUE_LIMIT_S,
+                 seen: SeenJobs | None = None, payers: Payers | None = None) -> None:
         self.provider_key = provider_key
         self.config = config
         #: A members network's admission (None: open): a job's gateway must be a member (V6m).
         self.admission = admission
+        self.queue_limit_s = queue_limit_s
+        self.seen = seen if seen is not None else SeenJobs()
+        self.payers = payers if payers is not None else Payers()
         self._in_flight: dict[tuple[bytes, str], int] = {}
         self.in_flight_tokens = 0
         #: The most tokens ever in flight at once (tests and metrics check it against capacity).
@@ -140,6 +178,14 @@ class ProviderDesk:
             check_job(job, self.admission)  # V6m for jobs (spec Appendix J.2)
         except WireError as error:
             return self._decline(NOT_MEMBER if error.reason == NOT_MEMBER else BAD_JOB, str(error))
+        unpaid = self.payers.refusal(gateway_key, now)
+        if unpaid is not None:
+            return self._decline(UNPAID, unpaid)
+        # Every Job of its gateway past this point is remembered, so its replay is refused
+        # before the backend is involved, whatever became of the first.
+        replay = self.seen.check(job, now)
+        if replay is not None:
+            return self._decline(*replay)
         if tokens_per_second <= 0:
             return self._decline(NOT_OFFERING, "this node offers no capacity now")
         if job.locked_price_nano < min_price_nano:
@@ -156,6 +202,10 @@ class ProviderDesk:
         if self.in_flight_tokens + job.tokens > capacity:
             return self._decline(FULL, f"{self.in_flight_tokens} of {capacity} tokens in flight; "
                                        f"no room for {job.tokens} more")
+        queued_s = self.in_flight_tokens / tokens_per_second
+        if queued_s > self.queue_limit_s:
+            return self._decline(FULL, f"{queued_s:.1f} s of work queued (limit "
+                                       f"{self.queue_limit_s:g} s at {tokens_per_second} tokens/s)")
         self._in_flight[key] = job.tokens
         self.in_flight_tokens += job.tokens
         self.peak_in_flight_tokens = max(self.peak_in_flight_tokens, self.in_flight_tokens)
@@ -235,6 +285,11 @@ class Dispatch:
     job: Job                         # unsigned; the driver signs it
     provider_tokens_per_s: int       # the offer's capacity when matched (for receipt plausibility)
     claim_deadline: float            # seconds since the epoch: give up and release by then
+    #: After JobAccepted, the result is due within this many seconds (`progress_deadline_s`);
+    #: never later than claim_deadline.
+    progress_s: float = PROGRESS_GRACE_S
+    #: The provider was on probation at this gateway when matched.
+    probation: bool = False
 
 
 class ViewOffers:
@@ -281,6 +336,11 @@ class _Extra:
     attempt: int = 0                 # number of the current attempt (0: none in flight)
     provider_key: bytes = b""
     problem: str = ""                # last thing that went wrong, for the status
+    #: Declines after acceptance (backend failures): by providers with a settled record, and
+    #: per provider. Two from trusted providers, or two from one provider, fail the request —
+    #: its input, not a provider, is then the likely cause.
+    trusted_declines: int = 0
+    declines_by: dict[str, int] = field(default_factory=dict)
     output: str | None = None
     output_dropped: bool = False     # completed, but its output was let go (memory budget)
 
@@ -291,9 +351,19 @@ class GatewaySettings:
 
     #: A provider that declined as full is not tried again for this long.
     full_backoff_s: float = 1.0
-    #: A provider that was unreachable, timed out, died mid-job or declined for a reason that
-    #: will not change soon (not offering, price, wrong provider) is set aside this long.
+    #: A provider that declined (before accepting) for a reason that will not change soon (not
+    #: offering, price, wrong provider) is set aside this long; `unpaid` for `unpaid_backoff_s`.
+    #: (Faults — anything that held a request without serving it — are the reputation's.)
     lost_backoff_s: float = 10.0
+    unpaid_backoff_s: float = 60.0
+    #: The progress deadline after JobAccepted: grace + factor × tokens / tokens_per_second.
+    progress_grace_s: float = PROGRESS_GRACE_S
+    progress_factor: float = PROGRESS_RATE_FACTOR
+    #: Declines after acceptance (backend failures) from providers with a settled record after
+    #: which a request fails with the provider's reason instead of trying another provider.
+    user_fault_after: int = 2
+    #: Back-off, bans, probation and preference (`node.reputation`).
+    reputation: ReputationSettings = field(default_factory=ReputationSettings)
     #: Memory bounds. Requests waiting or being served at once, and the bytes of their prompts
     #: (each up to 64 KiB): past either, a new request is refused until some finish.
     max_open_requests: int = 10_000
@@ -303,11 +373,13 @@ class GatewaySettings:
     max_output_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("full_backoff_s", "lost_backoff_s"):
+        for name in ("full_backoff_s", "lost_backoff_s", "unpaid_backoff_s", "progress_grace_s",
+                     "progress_factor"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
-        for name in ("max_open_requests", "max_prompt_bytes", "max_output_bytes"):
+        for name in ("max_open_requests", "max_prompt_bytes", "max_output_bytes",
+                     "user_fault_after"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -342,6 +414,9 @@ class GatewayDesk:
         self.credential = b""
         self.settings = settings or GatewaySettings()
         self.book = OrderBook(config)
+        #: This gateway's record of providers: faults, back-off, bans, probation, preference.
+        self.reputation = Reputation(self.settings.reputation)
+        self._next_route: float | None = None
         self._extra: dict[str, _Extra] = {}
         self._view_offers: list[CountedOffer] = []
         self._keys: dict[str, bytes] = {}           # peer id → public key, for offers seen
@@ -358,10 +433,12 @@ class GatewayDesk:
         #: per read (walking every record cost ~7 ms per 1,000 held).
         self._finished: Counter[str] = Counter()
         self._prunes: list[tuple[float, str, str]] = []
+        #: "lost" counts every attempt that ended in a provider fault (its kind: fault_counts).
         self.counts: dict[str, int] = dict.fromkeys(
             ("dispatched", "accepted", "declined", "lost", "failed", "completed",
              "receipt_refused", "expired", "requeued"), 0)
         self.decline_counts: dict[str, int] = {}
+        self.fault_counts: Counter[str] = Counter()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -474,27 +551,46 @@ class GatewayDesk:
         self._set_aside[peer_id] = max(until, self._set_aside.get(peer_id, -math.inf))
 
     def dispatch(self, now: float) -> list[Dispatch]:
-        """Match pending requests to the offers (minus providers set aside) and return the jobs
+        """Match pending requests to the offers (minus providers set aside, backing off or
+        banned; those on probation one request at a time, small ones first) and return the jobs
         to send, each request now claimed by its provider in the book."""
+        self._next_route = None
         if not self.book.pending_count:
             return []
         if len(self._peer_ids) > 4 * max(64, len(self._view_offers)):
             # Bounded: ids of offers no longer in view are dropped (rebuilt on demand below).
             self._peer_ids.clear()
             self._keys.clear()
+        reputation = self.reputation
+        small = reputation.settings.probation_tokens
         offers: list[RestingOffer] = []
         for offer in self._view_offers:
             peer_id = self._peer_id(offer.signer)
-            if self._set_aside.get(peer_id, -math.inf) > now:
+            if self._set_aside.get(peer_id, -math.inf) > now or not reputation.available(peer_id,
+                                                                                        now):
                 continue
-            offers.append(RestingOffer(peer_id, offer.tokens_per_second, offer.min_price_nano,
-                                       seconds_of(offer.issued_at_ms)))
+            offers.append(RestingOffer(
+                peer_id, offer.tokens_per_second, offer.min_price_nano,
+                seconds_of(offer.issued_at_ms), rank=reputation.rank(peer_id),
+                probation_tokens=small if reputation.on_probation(peer_id) else 0))
         for peer_id in [p for p, until in self._set_aside.items() if until <= now]:
             del self._set_aside[peer_id]
         self.book.set_offers(offers, now)
         capacity = {o.node_id: o.tokens_per_second for o in offers}
-        return [self._dispatch(match, capacity[match.node_id], now)
-                for match in self.book.match(now)]
+        probation = {o.node_id for o in offers if o.probation_tokens}
+        matches = self.book.match(now)
+        if probation and self.book.pending_count:
+            # Small jobs first, but never only: a request no trusted provider could take may go
+            # to an idle provider on probation whatever its size (still one at a time).
+            self.book.set_offers([replace(o, probation_tokens=MAX_REQUEST_TOKENS)
+                                  if o.probation_tokens else o for o in offers], now)
+            matches += self.book.match(now)
+        if self.book.pending_count:
+            comebacks = [t for t in (min(self._set_aside.values(), default=None),
+                                     reputation.next_change(now)) if t is not None]
+            self._next_route = min(comebacks) if comebacks else None
+        return [self._dispatch(match, capacity[match.node_id], match.node_id in probation, now)
+                for match in matches]
 
     def _peer_id(self, signer: bytes) -> str:
         peer_id = self._peer_ids.get(signer)
@@ -504,7 +600,8 @@ class GatewayDesk:
             self._keys[peer_id] = signer
         return peer_id
 
-    def _dispatch(self, match: Match, provider_tps: int, now: float) -> Dispatch:
+    def _dispatch(self, match: Match, provider_tps: int, probation: bool,
+                  now: float) -> Dispatch:
         record = self.book.get(match.request_id)
         extra = self._extra[match.request_id]
         assert record is not None
@@ -517,9 +614,14 @@ class GatewayDesk:
                   locked_price_nano=match.locked_price_nano, tier=TIERS.index(record.tier),
                   prompt=extra.prompt, credential=self.credential)
         self.counts["dispatched"] += 1
+        self.reputation.on_sent(match.node_id)
         assert record.claimed_at is not None
+        s = self.settings
         return Dispatch(match.request_id, extra.attempt, match.node_id, job, provider_tps,
-                        record.claimed_at + self.config.claim_timeout_s)
+                        record.claimed_at + self.config.claim_timeout_s,
+                        progress_s=progress_deadline_s(match.tokens, provider_tps,
+                                                       s.progress_grace_s, s.progress_factor),
+                        probation=probation)
 
     # -- what the streams report ---------------------------------------------------------------
 
@@ -540,14 +642,16 @@ class GatewayDesk:
     def on_declined(self, request_id: str, attempt: int, peer_id: str, reason: str, detail: str,
                     now: float) -> bool:
         """The provider declined before serving: back to pending, the provider set aside (briefly
-        when full), so the next match tries the next offer. False if the report was stale."""
+        when full), so the next match tries the next offer. Not a fault: it answered at once.
+        False if the report was stale."""
         extra = self._current(request_id, attempt)
         if extra is None:
             return False
         self.counts["declined"] += 1
         self.decline_counts[reason] = self.decline_counts.get(reason, 0) + 1
-        backoff = (self.settings.full_backoff_s if reason in _SHORT_BACKOFF
-                   else self.settings.lost_backoff_s)
+        s = self.settings
+        backoff = (s.full_backoff_s if reason in _SHORT_BACKOFF
+                   else s.unpaid_backoff_s if reason == UNPAID else s.lost_backoff_s)
         self.set_aside(peer_id, now + backoff)
         extra.attempt = 0
         extra.problem = f"provider {short_peer(peer_id)} declined: {reason}" + (
@@ -555,23 +659,54 @@ class GatewayDesk:
         self.book.release(request_id, now, reason="waiting for another offer")
         return True
 
-    def on_lost(self, request_id: str, attempt: int, peer_id: str, why: str, now: float) -> bool:
-        """The stream failed before a result (unreachable, timed out, provider died): back to
-        pending with nothing charged; the provider is set aside. False if stale."""
+    def on_fault(self, request_id: str, attempt: int, peer_id: str, kind: str, why: str,
+                 now: float) -> bool:
+        """A provider fault (`node.reputation.FAULT_KINDS`): the request goes back to pending at
+        once with nothing charged, and the fault counts against the provider (back-off, then a
+        ban). False if the report was stale (the request moved on)."""
         extra = self._current(request_id, attempt)
         if extra is None:
             return False
         self.counts["lost"] += 1
-        self.set_aside(peer_id, now + self.settings.lost_backoff_s)
+        self.fault_counts[kind] += 1
+        self.reputation.on_fault(peer_id, kind, why, now)
         extra.attempt = 0
         extra.problem = f"provider {short_peer(peer_id)} {why}; nothing charged"
         self.book.release(request_id, now, reason="waiting for another offer")
         return True
 
+    def on_lost(self, request_id: str, attempt: int, peer_id: str, why: str, now: float,
+                kind: str = DROPPED) -> bool:
+        """The stream failed before a result (unreachable, timed out, provider died): a fault of
+        `kind` (`on_fault`). False if stale."""
+        return self.on_fault(request_id, attempt, peer_id, kind, why, now)
+
+    def on_declined_after_accept(self, request_id: str, attempt: int, peer_id: str, reason: str,
+                                 detail: str, now: float) -> bool:
+        """The provider accepted, then declined (its backend failed): a provider fault, the
+        request back to pending — unless providers with a settled record, or this same provider,
+        have now failed on it `user_fault_after` times: then its input is the likely cause and it
+        fails with their reason. (A liar on probation cannot make a user's request fail this way
+        while any other provider can serve it: the liar is set aside after its first decline.)"""
+        extra = self._current(request_id, attempt)
+        if extra is None:
+            return False
+        why = f"could not serve it: {reason}" + (f": {detail}" if detail else "")
+        limit = self.settings.user_fault_after
+        if not self.reputation.on_probation(peer_id):
+            extra.trusted_declines += 1
+        extra.declines_by[peer_id] = extra.declines_by.get(peer_id, 0) + 1
+        if extra.trusted_declines >= limit or extra.declines_by[peer_id] >= limit:
+            # The provider was right about this input: no fault of its own.
+            return self.on_failed(request_id, attempt, peer_id,
+                                  f"provider {short_peer(peer_id)} {why}", now)
+        return self.on_fault(request_id, attempt, peer_id, DECLINED_AFTER_ACCEPT,
+                             f"accepted, then {why}", now)
+
     def on_failed(self, request_id: str, attempt: int, peer_id: str, why: str,
                   now: float) -> bool:
-        """The job cannot be served (the provider's backend failed on it, or its receipt was
-        refused): failed, nothing charged. False if stale."""
+        """The request cannot be served for its own reasons (its input failed at providers with
+        a settled record): failed, nothing charged. False if stale."""
         extra = self._current(request_id, attempt)
         if extra is None:
             return False
@@ -583,22 +718,46 @@ class GatewayDesk:
         return True
 
     def on_completed(self, request_id: str, attempt: int, receipt: Receipt, output: str,
-                     now: float) -> JobStatus | None:
+                     now: float, latency_s: float = 0.0) -> JobStatus | None:
         """A receipt the checks accepted (ledger) completes the request at its locked price:
-        cost = tokens_served × locked_price // 1e6. None if stale."""
+        cost = tokens_served × locked_price // 1e6. `latency_s`: how much longer than the
+        offer's rate the job took (the provider's record). None if stale."""
         extra = self._current(request_id, attempt)
         if extra is None:
             return None
         self.counts["completed"] += 1
+        peer_id = peer_id_of(receipt.signer)
+        self.reputation.on_settled(peer_id, latency_s, now)
         extra.attempt = 0
         extra.output = output
         extra.problem = ""
         self._drop_prompt(extra)  # served: the prompt is no longer needed here
         self._keep_output(request_id, len(output.encode("utf-8", "replace")))
-        self.book.complete(request_id, receipt.tokens_served, now,
-                           node_id=peer_id_of(receipt.signer))
+        self.book.complete(request_id, receipt.tokens_served, now, node_id=peer_id)
         self._finished_now(request_id)
         return self.status(request_id)
+
+    # -- what routing shows ----------------------------------------------------------------------
+
+    def routing(self, signer: bytes, now: float) -> dict[str, Any]:
+        """How this gateway routes to the provider `signer` now: its state (own, trusted,
+        probation, set_aside, backing_off, banned), whether it is skipped, why, and its record."""
+        if signer == self.gateway_key:
+            return {"state": "own", "skipped": True,
+                    "why": "this node's own offer (a gateway never sends a job to itself)"}
+        peer_id = self._peer_id(signer)
+        record = self.reputation.get(peer_id)
+        state = self.reputation.state(peer_id, now)
+        why = self.reputation.why(peer_id, now)
+        until = self._set_aside.get(peer_id, -math.inf)
+        skipped = state in (BACKING_OFF, BANNED)
+        if until > now and not skipped:
+            state, skipped = "set_aside", True
+            why = f"declined a job; not tried for {until - now:.1f} s more"
+        out: dict[str, Any] = {"state": state, "skipped": skipped, "why": why}
+        if record is not None:
+            out["record"] = record.to_dict()
+        return out
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -610,7 +769,8 @@ class GatewayDesk:
         for event in self.book.advance(now):
             if isinstance(event, RequestRequeued):
                 self.counts["requeued"] += 1
-                self.set_aside(event.node_id, now + self.settings.lost_backoff_s)
+                self.fault_counts[CLAIM_TIMEOUT] += 1
+                self.reputation.on_fault(event.node_id, CLAIM_TIMEOUT, event.reason, now)
                 extra = self._extra.get(event.request_id)
                 if extra is not None:
                     extra.attempt = 0
@@ -661,13 +821,15 @@ class GatewayDesk:
         """When `advance` (or `dispatch`, for a provider coming back from being set aside) next
         has work; None if only new input can give it work."""
         deadlines = [d for d in (self.book.next_deadline(),) if d is not None]
-        if self.book.pending_count and self._set_aside:
-            deadlines.append(min(self._set_aside.values()))
+        if self.book.pending_count and self._next_route is not None:
+            deadlines.append(self._next_route)
         return min(deadlines) if deadlines else None
 
 
 __all__ = [
-    "job_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch", "GatewaySettings",
-    "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING", "BELOW_MIN_PRICE", "TOO_LARGE",
-    "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB", "short_peer", "ViewOffers",
+    "job_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch",
+    "GatewaySettings", "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING",
+    "BELOW_MIN_PRICE", "TOO_LARGE", "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB",
+    "UNPAID", "NOT_MEMBER", "short_peer", "ViewOffers", "progress_deadline_s", "PROGRESS_GRACE_S",
+    "PROGRESS_RATE_FACTOR", "QUEUE_LIMIT_S",
 ]

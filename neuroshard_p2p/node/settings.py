@@ -103,6 +103,16 @@ class NodeSettings:
     meshsub: tuple[str, ...] = ("1.1.0",)
     #: How long a clean shutdown waits for the withdrawal to leave before closing connections.
     shutdown_grace_s: float = 1.0
+    #: Jobs, local to this node (node/jobs.py, node/reputation.py). A provider must accept or
+    #: decline a job within job_accept_timeout_s (dial included, never more than
+    #: stream_timeout_s), and deliver its result within job_progress_grace_s + 2 × tokens /
+    #: its tokens per second of accepting. A provider that faults is set aside job_backoff_s,
+    #: doubling with each fault in a row, and banned job_ban_s (doubling) at job_ban_after.
+    job_accept_timeout_s: float = 5.0
+    job_progress_grace_s: float = 5.0
+    job_backoff_s: float = 5.0
+    job_ban_after: int = 3
+    job_ban_s: float = 600.0
     #: The market configuration: the charter's (the default), or the charter's with other values
     #: of the local keys only; one that changes a charter value is refused by name.
     market: MarketConfig = None  # type: ignore[assignment]  # None: the charter's
@@ -144,8 +154,11 @@ class NodeSettings:
              f"min_price must be in [0, max_price={self.market.max_price}]")
         for name in ("announce_interval_s", "sync_interval_s", "peer_exchange_interval_s",
                      "dial_timeout_s", "bootstrap_retry_initial_s", "bootstrap_retry_max_s",
-                     "stream_timeout_s", "heartbeat_interval_s", "backend_timeout_s"):
+                     "stream_timeout_s", "heartbeat_interval_s", "backend_timeout_s",
+                     "job_accept_timeout_s", "job_progress_grace_s", "job_ban_s"):
             need(getattr(self, name) > 0, f"{name} must be > 0")
+        need(self.job_backoff_s >= 0, "job_backoff_s must be >= 0")
+        need(self.job_ban_after >= 1, "job_ban_after must be >= 1")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")

@@ -11,12 +11,13 @@
 | 19   | JobAccepted  | job, provider → gateway (§9)             | 1,024 B   |
 | 20   | JobResult    | job, provider → gateway (§9)             | 1 MiB     |
 | 21   | PeerExchange | peers/1.1.0, listener → dialer (§10)     | 32 KiB    |
+| 22   | JobSettled   | job, gateway → provider (§9)             | 1,024 B   |
 
 `decode_frame` applies the rules F1–F8 of §8.2 to every kind, in order, and either returns the
 frame or raises `WireError` (always reject) with the rule's reason; nothing else escapes it,
 whatever the bytes. `encode_frame` checks the same fields, so an invalid frame is never sent. The
 per-stream helpers (`encode_sync`/`decode_sync`, `encode_job_frame`/`decode_job_frame`,
-`encode_peer_exchange`/`decode_peer_exchange`) only restrict the kinds.
+`decode_job_settled`, `encode_peer_exchange`/`decode_peer_exchange`) only restrict the kinds.
 
 One layout predates the kind item: the peer list of `/peers/1.0.0`, `[1, peers]`, which nodes
 still serve for old peers (§10, §11). Its functions use the same msgpack reader, the same checks
@@ -36,11 +37,13 @@ from neuroshard_p2p.wire.messages import (
     KIND_JOB_ACCEPTED,
     KIND_JOB_DECLINED,
     KIND_JOB_RESULT,
+    KIND_JOB_SETTLED,
     KIND_PEER_EXCHANGE,
     KIND_SYNC_REQUEST,
     KIND_REVOCATIONS,
     KIND_SYNC_RESPONSE,
     PEERS_VERSION,
+    SETTLED,
     SYNC_BUCKETS,
     VERSION,
     Frame,
@@ -48,6 +51,7 @@ from neuroshard_p2p.wire.messages import (
     JobDeclined,
     JobFrame,
     JobResult,
+    JobSettled,
     PeerExchange,
     SyncRequest,
     SyncResponse,
@@ -73,12 +77,13 @@ PEERS_MAX_FRAME = 32 * 1024
 MAX_FRAME_SIZE = {
     KIND_SYNC_REQUEST: 1024, KIND_SYNC_RESPONSE: 1024 * 1024, KIND_JOB_DECLINED: 1024,
     KIND_JOB_ACCEPTED: 1024, KIND_JOB_RESULT: 1024 * 1024, KIND_PEER_EXCHANGE: PEERS_MAX_FRAME,
+    KIND_JOB_SETTLED: 1024,
 }
 MAX_ANY_FRAME_SIZE = max(MAX_FRAME_SIZE.values())
 
 #: The kinds each stream carries (rule F4: any other kind is `kind` there).
 SYNC_KINDS = (KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE)
-JOB_KINDS = (KIND_JOB_DECLINED, KIND_JOB_ACCEPTED, KIND_JOB_RESULT)
+JOB_KINDS = (KIND_JOB_DECLINED, KIND_JOB_ACCEPTED, KIND_JOB_RESULT, KIND_JOB_SETTLED)
 PEER_KINDS = (KIND_PEER_EXCHANGE,)
 
 #: Every reason a frame decoder can give (all with action reject).
@@ -138,6 +143,16 @@ def _check_job_result(request_id: Any, receipt: Any, output: Any) -> None:
     check_text("output", output, MAX_OUTPUT_BYTES, False)
 
 
+def _check_job_settled(request_id: Any, receipt_id: Any, outcome: Any) -> None:
+    check_text("request_id", request_id, MAX_STR, True)
+    check_text("outcome", outcome, MAX_STR, True)
+    # The id names a receipt that settled; a refused receipt is not identified (§8.2 F7).
+    if outcome == SETTLED:
+        _check_bin("receipt_id", receipt_id, DIGEST_LEN, DIGEST_LEN)
+    else:
+        _check_bin("receipt_id", receipt_id, 0, 0)
+
+
 def _check_peers(peers: Any) -> None:
     """The peer list of frame 21 and of the 1.0.0 layout: [[peer_id, [addr, ...]], ...]."""
     _check_array("peers", peers, PEERS_MAX_ENTRIES)
@@ -168,6 +183,8 @@ _LAYOUTS: dict[int, _Layout] = {
     KIND_JOB_ACCEPTED: (1, _check_job_accepted, JobAccepted, lambda f: [f.request_id]),
     KIND_JOB_RESULT: (
         3, _check_job_result, JobResult, lambda f: [f.request_id, f.receipt, f.output]),
+    KIND_JOB_SETTLED: (
+        3, _check_job_settled, JobSettled, lambda f: [f.request_id, f.receipt_id, f.outcome]),
     KIND_PEER_EXCHANGE: (
         1, _check_peers,
         lambda peers: PeerExchange(tuple((peer_id, tuple(addrs)) for peer_id, addrs in peers)),
@@ -274,17 +291,28 @@ def split_sync_response(announcements: list[bytes]) -> list[SyncResponse]:
 # --- job stream (§9) --------------------------------------------------------------------------
 
 def encode_job_frame(frame: JobFrame) -> bytes:
-    """Bytes of a frame the provider sends on a job stream (declined, accepted or result)."""
-    if not isinstance(frame, (JobDeclined, JobAccepted, JobResult)):
+    """Bytes of a job-stream frame: declined, accepted or result (provider → gateway), settled
+    (gateway → provider)."""
+    if not isinstance(frame, (JobDeclined, JobAccepted, JobResult, JobSettled)):
         raise WireError("kind", REJECT, f"not a job-stream frame: {type(frame).__name__}")
     return encode_frame(frame)
 
 
 def decode_job_frame(data: Buffer) -> JobFrame:
-    """Decode a frame the provider sent on a job stream, or raise WireError (reject) saying why.
-    The receipt inside a JobResult is returned as bytes, still to be checked (ledger.checks)."""
+    """Decode a job-stream frame, or raise WireError (reject) saying why. Whether the kind is
+    the one expected at this step of §9 (a gateway never expects a JobSettled) is the reader's
+    check. The receipt inside a JobResult is returned as bytes, still to be checked
+    (ledger.checks)."""
     frame = decode_frame(data, JOB_KINDS)
-    assert isinstance(frame, (JobDeclined, JobAccepted, JobResult))
+    assert isinstance(frame, (JobDeclined, JobAccepted, JobResult, JobSettled))
+    return frame
+
+
+def decode_job_settled(data: Buffer) -> JobSettled:
+    """Decode the gateway's JobSettled (what a provider reads after its JobResult), or raise
+    WireError: any other job-stream kind here is `kind`."""
+    frame = decode_frame(data, (KIND_JOB_SETTLED,))
+    assert isinstance(frame, JobSettled)
     return frame
 
 
@@ -386,7 +414,7 @@ def _peer_tuples(entries: PeerEntries) -> tuple[tuple[str, tuple[str, ...]], ...
 
 __all__ = [
     "encode_frame", "decode_frame", "encode_sync", "decode_sync", "split_sync_response",
-    "encode_job_frame", "decode_job_frame", "clip_utf8", "encode_peer_exchange",
+    "encode_job_frame", "decode_job_frame", "decode_job_settled", "clip_utf8", "encode_peer_exchange",
     "decode_peer_exchange", "encode_peer_exchange_legacy", "decode_peer_exchange_legacy",
     "fit_peer_exchange", "MAX_FRAME_SIZE", "MAX_ANY_FRAME_SIZE", "MAX_SYNC_ANNOUNCEMENTS",
     "MAX_DETAIL", "MAX_OUTPUT_BYTES", "DIGEST_LEN", "PEERS_MAX_ENTRIES", "PEERS_MAX_ADDRS",

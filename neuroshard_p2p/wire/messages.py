@@ -7,7 +7,8 @@ Layout (see protocols/market-v2.md, the source of truth):
     signature  = ECDSA secp256k1 over SHA-256(body), compact r‖s, low-s
     message id = SHA-256(wire bytes)
 
-Stream frames (sync request/response, the job stream's declined/accepted/result, peer exchange)
+Stream frames (sync request/response, the job stream's declined/accepted/result/settled, peer
+exchange)
 are unsigned msgpack arrays [version=2, kind, *fields] (peer exchange keeps [1, 21, …]): they travel on a direct stream between two
 peers, and whatever in them needs an author (announcements in a sync response, the receipt in a
 job result) is itself a signed message.
@@ -45,6 +46,7 @@ KIND_JOB_DECLINED = 18
 KIND_JOB_ACCEPTED = 19
 KIND_JOB_RESULT = 20
 KIND_PEER_EXCHANGE = 21
+KIND_JOB_SETTLED = 22
 
 #: Anti-entropy buckets: an announcement's signer falls in bucket SHA-256(signer)[0] >> 4.
 SYNC_BUCKETS = 16
@@ -229,9 +231,27 @@ class PeerExchange:
     peers: tuple[tuple[str, tuple[str, ...]], ...]   # (libp2p peer id, multiaddrs as text)
 
 
+@dataclass(frozen=True)
+class JobSettled:
+    """The gateway's last word on a job stream, after a JobResult: what became of the receipt.
+    `receipt_id` is the receipt's message id and `outcome` "settled" when it settled; when the
+    gateway refused it, `receipt_id` is empty and `outcome` the refusal reason (§9 R1–R8). It
+    lets a provider count the gateways that do not pay instead of guessing."""
+
+    KIND: ClassVar[int] = KIND_JOB_SETTLED
+
+    request_id: str
+    receipt_id: bytes                  # 32 bytes when settled, else empty
+    outcome: str                       # "settled" or the refusal reason
+
+
+#: The outcome of a JobSettled whose receipt settled.
+SETTLED = "settled"
+
 Message = Announcement | Job | Receipt | Credential | RevocationList
-JobFrame = JobDeclined | JobAccepted | JobResult
-Frame = SyncRequest | SyncResponse | JobDeclined | JobAccepted | JobResult | PeerExchange
+JobFrame = JobDeclined | JobAccepted | JobResult | JobSettled
+Frame = (SyncRequest | SyncResponse | JobDeclined | JobAccepted | JobResult | PeerExchange
+         | JobSettled)
 
 MESSAGE_TYPES: dict[int, type] = {
     KIND_ANNOUNCEMENT: Announcement,
@@ -248,6 +268,7 @@ FRAME_TYPES: dict[int, type] = {
     KIND_JOB_ACCEPTED: JobAccepted,
     KIND_JOB_RESULT: JobResult,
     KIND_PEER_EXCHANGE: PeerExchange,
+    KIND_JOB_SETTLED: JobSettled,
 }
 
 
@@ -256,7 +277,8 @@ __all__ = [
     "KIND_CREDENTIAL", "KIND_REVOCATIONS", "Credential", "RevocationList", "ROLE_PROVIDER",
     "ROLE_GATEWAY", "KIND_SYNC_REQUEST",
     "KIND_SYNC_RESPONSE", "KIND_JOB_DECLINED", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT",
-    "KIND_PEER_EXCHANGE", "SYNC_BUCKETS", "TIERS", "Announcement", "Job", "Receipt", "SyncRequest",
+    "KIND_PEER_EXCHANGE", "KIND_JOB_SETTLED", "JobSettled", "SETTLED", "SYNC_BUCKETS", "TIERS",
+    "Announcement", "Job", "Receipt", "SyncRequest",
     "SyncResponse", "JobDeclined", "JobAccepted", "JobResult", "PeerExchange", "Message",
     "JobFrame", "Frame", "MESSAGE_TYPES", "FRAME_TYPES",
 ]

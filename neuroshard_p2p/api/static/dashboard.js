@@ -144,6 +144,36 @@
     setText("burned", formatNano(mine.burned_nano));
   }
 
+  function renderProviders(offers) {
+    // One row per offer in view: how this gateway routes to it, and why a skipped one is skipped.
+    const body = $("providers-body");
+    const rows = (offers.offers || []).map((o) => {
+      const r = o.routing || { state: "—", why: "" };
+      const id = o.peer_id || "";
+      const short = id.length > 16 ? id.slice(0, 8) + "…" + id.slice(-6) : id;
+      const tr = document.createElement("tr");
+      tr.className = "routing-" + r.state + (r.skipped ? " skipped" : "");
+      tr.dataset.peerId = id;
+      for (const text of [short, formatCount(o.tokens_per_second), formatPrice(o.min_price),
+                          r.state.replace("_", " "), r.why || ""]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      tr.firstChild.title = id;
+      return tr;
+    });
+    if (rows.length === 0) {
+      const tr = document.createElement("tr");
+      const td = document.createElement("td");
+      td.colSpan = 5;
+      td.textContent = "no offers in view";
+      tr.appendChild(td);
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+  }
+
   // ---- chart ------------------------------------------------------------------------------
 
   function drawChart(history, market) {
@@ -251,18 +281,21 @@
 
   async function refresh() {
     const errors = [];
-    const [market, node, peers, history, ledger] = await Promise.allSettled([
+    const [market, node, peers, history, ledger, offers] = await Promise.allSettled([
       getJSON("/api/market"),
       getJSON("/api/node"),
       getJSON("/api/peers"),
       getJSON("/api/market/history?window=" + encodeURIComponent(state.window)),
       getJSON("/api/ledger"),
+      getJSON("/api/market/offers"),
     ]);
     if (market.status === "fulfilled") { state.market = market.value; renderMarket(market.value); }
     else errors.push(market.reason.message);
     if (node.status === "fulfilled") renderNode(node.value); else errors.push(node.reason.message);
     if (peers.status === "fulfilled") setText("peers", formatCount(peers.value.count));
     else errors.push(peers.reason.message);
+    if (offers.status === "fulfilled") renderProviders(offers.value);
+    else errors.push(offers.reason.message);
     if (history.status === "fulfilled") state.history = history.value;
     else errors.push(history.reason.message);
     drawChart(state.history, state.market);
