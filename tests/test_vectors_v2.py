@@ -194,10 +194,6 @@ def test_boundary_message_is_accepted(vector: dict[str, Any]) -> None:
 
 # -- frames (§8.2) ---------------------------------------------------------------------------------
 
-def _frame_ok(vector: dict[str, Any]) -> bool:
-    return vector["frame"] != "job_settled" or 22 in JOB_KINDS
-
-
 @pytest.mark.parametrize("vector", FRAMES["valid"], ids=lambda v: v["name"])
 def test_valid_frame_decodes_and_encodes_to_the_same_bytes(vector: dict[str, Any]) -> None:
     data = bytes.fromhex(vector["bytes"])
@@ -205,8 +201,6 @@ def test_valid_frame_decodes_and_encodes_to_the_same_bytes(vector: dict[str, Any
         peers = decode_peer_exchange_legacy(data)
         assert [[p, a] for p, a in peers] == vector["fields"][0]
         return
-    if not _frame_ok(vector):
-        pytest.xfail("JobSettled (frame 22) lands with the job stream's settlement record")
     frame = decode_frame(data, STREAM_KINDS[vector["stream"]])
     assert encode_frame(frame) == data
 
@@ -214,8 +208,6 @@ def test_valid_frame_decodes_and_encodes_to_the_same_bytes(vector: dict[str, Any
 @pytest.mark.parametrize("vector", FRAMES["invalid"], ids=lambda v: v["name"])
 def test_invalid_frame_is_refused_for_its_reason(vector: dict[str, Any]) -> None:
     data = bytes.fromhex(vector["bytes"])
-    if vector["name"].startswith("job-settled") and 22 not in JOB_KINDS:
-        pytest.xfail("JobSettled (frame 22) lands with the job stream's settlement record")
     with pytest.raises(WireError) as refused:
         if vector["stream"] == "peers/1.0.0":
             decode_peer_exchange_legacy(data)
