@@ -370,3 +370,36 @@ async def test_after_a_hostile_sync_flood_the_honest_views_are_identical_within_
         assert a.node.engine.view.message_count == b.node.engine.view.message_count == 0
         assert a.node.engine.view.digest() == b.node.engine.view.digest()
         nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_node_drops_what_a_sync_brought_once_it_is_too_old(tmp_path: Path) -> None:
+    """Issue 19: an idle node (nothing to announce) also runs the expiry timer. A sync brings
+    4,096 announcements; once the node's clock is 300 s past them, its own timer (no call from
+    the test) has dropped every one within a second or two."""
+    shift = [0.0]
+    node = Node(test_settings(tmp_path / "idle", sync_interval_s=60.0), private_key=make_key(5),
+                clock=lambda: time.time() + shift[0])
+    now_ms = int(time.time() * 1000)
+    flood = [encode(Announcement(make_key(3000 + i).public_key.format(compressed=True),
+                                 now_ms, 1, 10, 0, 0, 0), make_key(3000 + i)) for i in range(4096)]
+    frames = [encode_sync(frame) for frame in split_sync_response(flood)]
+
+    async def answer(stream: Any) -> None:
+        try:
+            await FrameStream(stream, 1 << 20).next()
+            for frame in frames:
+                await stream.write(length_prefixed(frame))
+            await stream.close()
+        except Exception:  # noqa: BLE001 - whatever the dialer does with it
+            pass
+
+    async with node, raw_host(74) as hostile:
+        assert node.engine.announcements_published == 0  # idle: it never announces
+        hostile.set_stream_handler(TProtocol(node._sync_protocol), answer)
+        await hostile.connect(info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0])))
+        await eventually(lambda: node.engine.view.message_count == 4096, 20, "the sync arrived")
+        shift[0] = 300.5  # the node's clock passes the 300 s any peer would accept
+        await eventually(lambda: node.engine.view.message_count == 0, 5,
+                         "the idle node's timer dropped them",
+                         show=lambda: node.engine.view.message_count)
+        assert node.engine.announcements_published == 0
