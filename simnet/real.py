@@ -25,9 +25,9 @@ How the scenario's actions map onto real nodes:
 
 Admission and identity work (protocols/market-v2.md): in a members network (`[admission] policy
 = "members"`) the driver is the authority and gives every honest node a credential; with the work
-ramp on, announcing nodes use worked keys (simnet.identities). The node does not read a charter
-yet, so the driver arms each node's engine (validator with the admission, credential, nonce)
-before the node starts.
+ramp on, announcing nodes use worked keys (simnet.identities). Each node runs the run's charter
+and finds its credential and its identity work in its data dir, put there before it starts, as an
+operator would (`member issue` writes the first; a node keeps the second itself).
 
 t = 0 is when every initial node is connected, has a gossip mesh, holds every other node's
 first announcement and the price has settled (settle delay + W ticks later); the setup before is not part
@@ -53,12 +53,13 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.timeline import seconds_of
+from neuroshard_p2p.node.datadir import CREDENTIAL_FILE, StoredWork, save_hex_file, save_work
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.view import MarketView
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE, encode_sync, split_sync_response
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.messages import KIND_SYNC_RESPONSE, SyncRequest
-from neuroshard_p2p.wire.validate import Validator
+from neuroshard_p2p.wire.work import work_bits
 
 from simnet.attacks import Attacker, attack_identities, keep_alive_s
 from simnet.hostile import HostileCrafter
@@ -128,7 +129,13 @@ class RealNetwork:
         # A network of its own for every run (other runs on the machine never mix with it): the
         # simnet charter around the scenario's market, under a name of its own.
         name = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
-        self.charter = simnet_charter(self.market, name)
+        #: A members network: this driver is its authority (credentials for honest nodes), and
+        #: the nodes run its charter (policy "members", the driver's key as the authority).
+        self.members = (MembersNetwork(self.market, seed, epoch=time.time(),
+                                       lifetime_s=scenario.duration_s + 3600.0, name=name)
+                        if scenario.admission == "members" else None)
+        self.charter = (self.members.charter if self.members is not None
+                        else simnet_charter(self.market, name))
         self.base_settings = NodeSettings.from_mapping(dict(scenario.node), data_dir=Path("."),
                                                        charter=self.charter)
         self.n_initial = peers
@@ -154,10 +161,6 @@ class RealNetwork:
         self._hostile_sent: dict[int, int] = {}
         self._reasons_at_t0: Counter[str] = Counter()
         self._syncs_last = 0
-        #: A members network: this driver is its authority (credentials for honest nodes).
-        self.members = (MembersNetwork(self.market, seed, epoch=time.time(),
-                                       lifetime_s=scenario.duration_s + 3600.0)
-                        if scenario.admission == "members" else None)
         self.worked = WorkedPool(self.market.identity_work_bits)
         self._attacks = 0
 
@@ -182,8 +185,11 @@ class RealNetwork:
         index = len(self.peers)
         salt = b"hostile" if role == "hostile" else b"peer"
         key, nonce = peer_key(self.seed, index, salt), 0
-        if (capacity or demand) and role != "hostile" and self.market.identity_work_bits > 0:
-            identity = self.worked.honest()  # an honest node that did its identity work
+        if self.market.identity_work_bits > 0:
+            # Every node did its identity work before the run, the attacker's carrier too: a
+            # node still grinding runs its grinder thread in this one process, and a few of them
+            # starve every node's trio loop of the GIL (streams then time out after 10 s).
+            identity = self.worked.honest()
             key, nonce = identity.key, identity.work_nonce
         peer = RealPeer(index, key, role, self._ip(index), capacity=capacity, demand=demand,
                         work_nonce=nonce)
@@ -210,8 +216,8 @@ class RealNetwork:
         try:
             with trio.CancelScope() as scope:
                 peer.scope = scope
+                self._provision(settings.data_dir, peer)
                 node = Node(settings, private_key=peer.key)
-                self._arm(node, peer)
                 async with node:
                     peer.node = node
                     peer.alive = True
@@ -230,15 +236,18 @@ class RealNetwork:
             if not started:
                 task_status.started()
 
-    def _arm(self, node: Any, peer: RealPeer) -> None:
-        """What the node would take from its charter: the admission its validator checks, its
-        credential (honest nodes of a members network) and its identity-work nonce."""
+    def _provision(self, data_dir: Path, peer: RealPeer) -> None:
+        """What an operator gives a node before it starts, in its data dir, for the node to read
+        as in production: its credential (every node of a members network, the attacker's
+        carrier too: the worst case is a member relaying what non-members sign) and the identity
+        work it did (`work.json`), so its own grinder starts from there instead of below it."""
+        signer = peer.key.public_key.format(compressed=True)
         if self.members is not None:
-            node.engine.validator = Validator(self.market, admission=self.members.admission)
-            if peer.role != "hostile":
-                node.engine.set_credential(self.members.credential(node.engine.signer))
+            save_hex_file(data_dir / CREDENTIAL_FILE, self.members.credential(signer))
         if peer.work_nonce:
-            node.engine.set_work_nonce(peer.work_nonce)
+            save_work(data_dir, signer, StoredWork(peer.work_nonce,
+                                                   work_bits(signer, peer.work_nonce),
+                                                   peer.work_nonce + 1))
 
     def _push_demand(self, peer: RealPeer) -> None:
         node = peer.node
@@ -441,6 +450,12 @@ class RealNetwork:
         peer's queue of 32 RPCs): what it sends is what it means to send."""
         seqno = 0
         pubsub = h.node.pubsub
+        # A message published before the carrier has a gossip mesh reaches nobody (py-libp2p
+        # has no fanout peers yet either), and the attacker would then wait a whole re-announce
+        # period: like an honest node, it starts once it has mesh peers on the topic.
+        with trio.move_on_after(SETUP_TIMEOUT_S):
+            while h.alive and not self._meshed(h):
+                await trio.sleep(0.05)
         while h.alive and (at := attacker.next_at()) is not None:
             await trio.sleep_until(self._t0 + at)
             for who, wire in attacker.due(self._now_rel(), time.time()):
