@@ -29,6 +29,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
                 "a members network: memory 2,000 non-member keys add to a real node"),
     "members_engine": ("neuroshard_p2p.bench.members_engine",
                        "a members network: 2,000 non-members' price move and memory, engine path"),
+    "grind": ("neuroshard_p2p.bench.grind",
+              "a node's event-loop delay while it grinds its identity work, vs idle"),
 }
 
 

@@ -3,9 +3,11 @@ data dir.
 
 A key with fewer than the charter's `identity_work_bits` (F) bits of work counts with weight
 2^(bits − F) in every peer's price. `IdentityWork` grinds nonces for the node's key with the pure
-`wire.work.grind`, one chunk at a time in a worker thread (`trio.to_thread`), so the node's trio
-loop keeps serving gossip, sync and the API between chunks; every better nonce goes to the engine
-at once (it rides in the next announcement). It stops at F bits. The best nonce and where the
+`wire.work.grind`, one chunk at a time in a child process whose result a worker thread awaits
+(`trio.to_thread`): `hashlib` keeps the GIL for inputs this small, so grinding in a thread of the
+node's own process would make its trio loop wait for the GIL after every wake-up (several grinding
+nodes in one process starved each other's streams into timeouts). Every better nonce goes to the
+engine at once (it rides in the next announcement). It stops at F bits. The best nonce and where the
 search stands are kept in `<data-dir>/work.json` (datadir.py) whenever the bits grow, every
 `save_every_s` and when the node stops, so a restart neither grinds again nor starts over.
 A network with F = 0 (simnet) has nothing to grind.
@@ -14,6 +16,8 @@ A network with F = 0 (simnet) has nothing to grind.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -99,11 +103,14 @@ class IdentityWork:
             return
         log.info("identity work: grinding for %d bits (have %d)", p.required_bits, p.bits)
         started = last_save = trio.current_time()
+        # "spawn": a fork of a process running trio and libp2p threads is not safe.
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         try:
             while not p.done:
                 best = Found(p.nonce, p.bits)
-                found = await trio.to_thread.run_sync(grind, self.signer, p.next_nonce,
-                                                      self._chunk, best, p.required_bits)
+                future = pool.submit(grind, self.signer, p.next_nonce, self._chunk, best,
+                                     p.required_bits)
+                found = await trio.to_thread.run_sync(future.result)
                 p.hashes += self._chunk
                 p.next_nonce += self._chunk
                 if found.bits > p.bits:
@@ -116,6 +123,7 @@ class IdentityWork:
                     self._save()
                     last_save = trio.current_time()
         finally:
+            pool.shutdown(wait=False, cancel_futures=True)
             self._save()  # synchronous: also runs when the node is being cancelled
         log.info("identity work done: %d bits after %d hashes in %.1f s", p.bits, p.hashes,
                  trio.current_time() - started)
