@@ -13,8 +13,9 @@ after `--settle` more seconds. The baseline, measured in the same run on a secon
 same number of announcements from *members* (each with a credential), which the node accepts and
 holds: what the same traffic costs when it counts.
 
-The node does not read a charter yet; like simnet, the bench gives each node's engine the
-admission and the hostile keys their gossip authorship directly.
+Since the accountability layer (node/guard.py) the victim bans the carrier at its 20th refused
+message and stops reading it: the non-member flood ends there, and the bench reports how many
+the carrier got out and how many the victim verified before the ban.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire import Announcement, encode
 from neuroshard_p2p.wire.membership import Admission, issue_credential
 from neuroshard_p2p.wire.messages import ROLE_GATEWAY, ROLE_PROVIDER, Credential
-from neuroshard_p2p.wire.validate import Validator
 
 MARKET = MarketConfig(window_ticks=32)
 NETWORK = "bench-members"
@@ -97,7 +97,8 @@ async def _victim(data_dir: Path) -> None:
             counts: dict[str, int] = {}
             for (_outcome, reason), n in node.engine.gossip_counts.items():
                 counts[reason] = counts.get(reason, 0) + n
-            print(json.dumps({"counts": counts, "held": len(node.engine.view)}), flush=True)
+            print(json.dumps({"counts": counts, "held": len(node.engine.view),
+                              "banned": node.guard.graylisted(node.now())}), flush=True)
 
 
 class _Victim:
@@ -189,18 +190,29 @@ async def _flood(victim: _Victim, keys: int, members: bool, tmp: Path, settle_s:
         rss_before = victim.rss_kb
         pubsub = hostile.pubsub
         started = time.perf_counter()
+        sent = 0
         for seqno, (key, wire) in enumerate(_announcements(keys, members, time.time()), 1):
-            while any(len(q) >= 16 for q in pubsub.peer_queues.values()):
-                await trio.sleep(0.002)
+            # The victim bans a carrier of 20 refused messages and stops reading it: its queue
+            # then never drains, and the flood ends there.
+            with trio.move_on_after(5.0) as stuck:
+                while any(len(q) >= 16 for q in pubsub.peer_queues.values()):
+                    await trio.sleep(0.002)
+            if stuck.cancelled_caught or not pubsub.peer_queues:
+                break
             await pubsub.push_msg(pubsub.my_id, _authored(key, wire, hostile.topic, seqno))
+            sent += 1
+        # Every message counted, or the carrier banned (then the rest never reach the view).
         with trio.fail_after(120):
-            while (stats := victim.stats())["counts"].get(reason, 0) - before < keys:
+            while ((stats := victim.stats())["counts"].get(reason, 0) - before < sent
+                   and not stats["banned"]):
                 await trio.sleep(0.2)
         elapsed = time.perf_counter() - started
         rss_done = victim.rss_kb
         await trio.sleep(settle_s)
         rss_settled = victim.rss_kb
+        stats = victim.stats()
     return {"counted": stats["counts"].get(reason, 0) - before, "held": stats["held"],
+            "sent": sent, "banned": stats["banned"],
             "rss_before_kb": rss_before, "rss_done_kb": rss_done, "rss_settled_kb": rss_settled,
             "seconds": elapsed}
 
@@ -235,8 +247,10 @@ def main(argv: list[str] | None = None) -> None:
           "(a process of its own), RSS from /proc")
     for label, r in rows.items():
         added = (r["rss_settled_kb"] - r["rss_before_kb"]) / 1024
-        print(f"  {label:19s} counted {r['counted']:5d} ({'refused' if label == 'non-members' else 'accepted'}) "
-              f"in {r['seconds']:.1f} s; view holds {r['held']}; RSS {r['rss_before_kb'] / 1024:.1f}"
+        print(f"  {label:19s} sent {r['sent']:5d}, counted {r['counted']:5d} "
+              f"({'refused' if label == 'non-members' else 'accepted'}) in {r['seconds']:.1f} s; "
+              f"carrier {'banned' if r['banned'] else 'not banned'}; view holds {r['held']}; "
+              f"RSS {r['rss_before_kb'] / 1024:.1f}"
               f" -> {r['rss_done_kb'] / 1024:.1f} -> {r['rss_settled_kb'] / 1024:.1f} MB "
               f"(+{added:.1f} MB)")
     outsiders, members = rows["non-members"], rows["members (baseline)"]

@@ -1,7 +1,7 @@
 """Memory and price a members-network node's engine gives 2,000 non-member keys' announcements:
 the path every gossip message takes (validator V6m `not_member`, then nothing is kept), measured
-in this process. (`bench members` runs a real victim node; since the accountability layer bans the
-peer that carries 20 rejected messages, that flood no longer completes: the carrier is cut off.)
+in this process. (`bench members` runs a real victim node, which bans the peer that carries 20
+rejected messages: there the flood ends after 20 refusals.)
 
     python -m neuroshard_p2p.bench members_engine
 """
