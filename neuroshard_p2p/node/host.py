@@ -436,16 +436,25 @@ class Node:
                     ban.repeat + 1)
         if self.pubsub is not None:
             blacklist(self.pubsub, peer)  # drops what it sends or relays from now on
-        if self._nursery is not None and self.host is not None:
-            self._nursery.start_soon(disconnect, self.host, peer)
+        if self.host is not None:
+            self._spawn(disconnect, self.host, peer)
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        """Start a background task in the node's nursery; nothing when the node is stopping
+        (its nursery then takes no new task, and the connection goes with the node anyway)."""
+        if self._nursery is None:
+            return
+        try:
+            self._nursery.start_soon(fn, *args)
+        except RuntimeError:  # "Nursery is closed to new arrivals": the node is stopping
+            pass
 
     def _refuse_connection(self, peer: ID) -> bool:
         """A connection arrived (ConnectionWatcher): close it if its peer is banned."""
         if not self.refuses(peer):
             return False
         self.counters.connections_refused += 1
-        if self._nursery is not None:
-            self._nursery.start_soon(disconnect, self.host, peer)
+        self._spawn(disconnect, self.host, peer)
         return True
 
     async def _refuse_stream(self, stream: INetStream) -> bool:
