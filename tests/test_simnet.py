@@ -445,10 +445,11 @@ def test_economics_is_deterministic_and_checks_every_claim() -> None:
 def test_economics_report_says_which_claims_hold(tmp_path: Path) -> None:
     results = [econ.run(m, SHORT) for m in econ.variants(MarketConfig())]
     assert [r.label for r in results] == ["seed", "normalized", "seed, max_step 0.05",
-                                          "normalized, max_step 0.05"]
+                                          "normalized, max_step 0.05", "clearing"]
     report_mod.write_economics_report(results, tmp_path, plots=False)
     text = (tmp_path / "report.md").read_text()
-    assert text.count("| the design claims | model | reproduced? |") == 4
+    assert text.count("| the design claims | model | reproduced? |") == 5
+    assert "## Curve vs clearing, same demand path and nodes" in text
     assert "Break-even price P*" in text and "Inference profit ≈ 50 % of training" in text
 
 
