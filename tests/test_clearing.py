@@ -161,3 +161,132 @@ def _capacities(params: econ.EconomicsParams) -> list[float]:
     spread = params.capacity_spread
     return [params.capacity * (1 - spread + 2 * spread * rng.random())
             for _ in range(params.nodes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The wire, the view and the engine on a clearing network
+
+
+from neuroshard_p2p.core.book import OrderBook  # noqa: E402
+from neuroshard_p2p.core.errors import MarketError  # noqa: E402
+from neuroshard_p2p.core.market import InferenceMarket  # noqa: E402
+from neuroshard_p2p.node.engine import PeerEngine  # noqa: E402
+from neuroshard_p2p.view import MarketView  # noqa: E402
+from neuroshard_p2p.wire import Announcement, WireError, decode_unchecked_time, encode  # noqa: E402
+from neuroshard_p2p.wire.validate import Validator  # noqa: E402
+from tests.conftest import make_key  # noqa: E402
+
+NOW = 1_700_000_000.0
+
+
+def test_announcements_carry_the_bids_exactly_on_clearing_networks() -> None:
+    key = make_key(1)
+    signer = key.public_key.format(compressed=True)
+    hist = tuple(bids(e1000000000=700, e200000000=300))
+    with_bids = Announcement(signer, int(NOW * 1000), 1, 1000, 5, 1000, 2, demand_by_limit=hist)
+    data = encode(with_bids, key)
+    decoded = decode_unchecked_time(data)
+    assert decoded.demand_by_limit == hist and decoded == with_bids
+    plain = encode(Announcement(signer, int(NOW * 1000), 2, 1000, 5, 1000, 2), key)
+    assert decode_unchecked_time(plain).demand_by_limit is None
+    assert len(data) - len(plain) == 3 + 14 + 3 + 3  # array16 header, 14 zeros, two uint16
+    # The histogram must add up to pending_tokens and have 16 buckets (W10).
+    for bad in (hist[:15], (*hist[:-1], 1)):
+        with pytest.raises(WireError, match="demand_by_limit"):
+            encode(Announcement(signer, int(NOW * 1000), 3, 1000, 5, 1000, 2,
+                                demand_by_limit=bad), key)
+    # V6c: a clearing network wants the bids, any other network refuses them.
+    clearing = Validator(CLEARING)
+    curve = Validator(MarketConfig())
+    assert clearing.check(data, NOW).demand_by_limit == hist
+    with pytest.raises(WireError, match="carry demand_by_limit") as err:
+        clearing.check(plain, NOW)
+    assert err.value.reason == "bad_field"
+    with pytest.raises(WireError, match="only on clearing networks"):
+        curve.check(encode(Announcement(signer, int(NOW * 1000), 4, 1000, 5, 1000, 2,
+                                        demand_by_limit=hist), key), NOW)
+
+
+def test_the_book_matches_bids_at_or_above_the_clearing_price_to_asks_at_or_below_it() -> None:
+    book = OrderBook(CLEARING)
+    book.set_offer("cheap", 10, 100_000_000, NOW)       # room for 10 × 60 = 600 tokens
+    book.set_offer("dear", 1000, 350_000_000, NOW)
+    # Bids wait whatever the price now (a curve market would refuse max < price).
+    book.submit("low", "u", 400, 200_000_000, 500_000_000, NOW)
+    book.submit("high", "u", 400, 900_000_000, 500_000_000, NOW)
+    book.submit("mid", "u", 400, 350_000_000, 500_000_000, NOW)
+    with pytest.raises(MarketError, match="clearing price"):
+        book.match(NOW)
+    matches = book.match(NOW, 300_000_000)
+    # Only bids >= 0.3, the highest bid first, only to offers asking <= 0.3, all at 0.3.
+    assert [(m.request_id, m.node_id, m.locked_price_nano) for m in matches] == [
+        ("high", "cheap", 300_000_000)]
+    assert book.get("low").reason == "your max price 0.20 is below the clearing price 0.30"
+    assert book.get("mid").reason == ("no offer at or below the clearing price 0.30 with room "
+                                      "for 400 tokens")
+    matches = book.match(NOW, 350_000_000)
+    assert [(m.request_id, m.node_id, m.locked_price_nano) for m in matches] == [
+        ("mid", "dear", 350_000_000)]
+    assert book.get("mid").locked_price_nano == 350_000_000
+    assert book.get("high").locked_price_nano == 300_000_000
+
+
+def test_the_embedded_market_clears_too() -> None:
+    clock = [NOW]
+    market = InferenceMarket(CLEARING, clock=lambda: clock[0])
+    market.register_capacity("a", 1000, min_price=0.3)
+    market.register_capacity("b", 1000, min_price=0.5)
+    assert market.current_price_nano() == LO   # no bids
+    market.submit_request("r1", "u", 45_000, max_price=1.0)
+    market.submit_request("r2", "u", 45_000, max_price=1.0)  # 1,500 tokens/s over 60 s
+    assert market.current_price_nano() == 500_000_000
+    matches = market.match_requests()
+    assert [(m.request_id, m.node_id, m.locked_price_nano) for m in matches] == [
+        ("r1", "a", 500_000_000), ("r2", "b", 500_000_000)]
+
+
+def clearing_engines(n: int) -> list[PeerEngine]:
+    return [PeerEngine(CLEARING, make_key(100 + i)) for i in range(n)]
+
+
+def test_every_engine_computes_the_clearing_price_of_what_it_holds() -> None:
+    engines = clearing_engines(6)
+    for i, e in enumerate(engines[:4]):
+        e.set_offer(500 + 100 * i, 250_000_000 + 50_000_000 * i)
+    engines[4].submit_request(60_000, 1_000_000_000, NOW)
+    engines[4].submit_request(60_000, 1_000_000_000, NOW)
+    engines[5].set_demand(30_000, 1)                          # no histogram: bids up to P_max
+    published = [d for e in engines for d in e.poll_announcements(NOW)]
+    for e in engines:
+        for data in published:
+            e.on_gossip(data, NOW + 0.1)
+    own = decode_unchecked_time(published[4])
+    assert own.demand_by_limit == tuple(bids(e1000000000=120_000))
+    assert decode_unchecked_time(published[5]).demand_by_limit == tuple(bids(e1000000000=30_000))
+    tick = engines[0].tick_of(NOW) + 3                          # evaluated after the settle delay
+    prices = {e.tick_price(tick).price_nano for e in engines}
+    # 150,000 tokens waiting need 2,500 tokens/s: 500 + 600 + 700 + 800 at asks 0.25 … 0.4.
+    assert prices == {400_000_000}
+    offers, demand = engines[0].view.asks_and_bids_at_ms(engines[0].view.evaluation_ms(tick))
+    assert clearing_price_nano(offers, demand, CLEARING) == 400_000_000
+    # A new ask with the same totals changes the price (the view's cache must notice).
+    engines[3].set_offer(800, 390_000_000)
+    later = NOW + 2
+    for data in engines[3].poll_announcements(later):
+        for e in engines:
+            e.on_gossip(data, later)
+    assert {e.tick_price(engines[0].tick_of(later) + 3).price_nano for e in engines} == {
+        390_000_000}
+
+
+def test_a_views_bids_are_capped_per_signer_like_its_demand() -> None:
+    config = CLEARING.replace(max_signer_pending_tokens=50_000)
+    view = MarketView(config)
+    key = make_key(7)
+    signer = key.public_key.format(compressed=True)
+    hist = tuple(bids(e1000000000=40_000, e200000000=40_000))
+    view.merge_message(decode_unchecked_time(encode(Announcement(
+        signer, int(NOW * 1000), 1, 0, 0, 80_000, 10, demand_by_limit=hist), key)))
+    _, demand = view.asks_and_bids_at_ms(int(NOW * 1000))
+    # 50,000 count, the highest bids first.
+    assert demand == bids(e1000000000=40_000, e200000000=10_000)
