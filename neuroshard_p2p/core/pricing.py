@@ -140,7 +140,7 @@ def demand_histogram(requests: Iterable[tuple[int, int]]) -> tuple[int, ...]:
 
 def clearing_price_nano(offers: Iterable[tuple[int, int]], demand: Sequence[int],
                         config: MarketConfig) -> int:
-    """The uniform clearing price (nano-NEURO per 1M tokens) of asks and bids, protocol v2 §7.3
+    """The uniform clearing price (nano-NEURO per 1M tokens) of asks and bids, protocol v2 §7.7
     (revision 2.1). Integers only, so every peer computes it bit for bit.
 
     `offers` are (ask = min_price_nano, capacity tokens/s); `demand` the waiting tokens per bid

@@ -188,7 +188,7 @@ class MarketView:
         self._requests_cap = config.max_signer_pending_requests
         self._signer_tokens_cap = config.max_signer_pending_tokens
         self._work_bits = config.identity_work_bits
-        #: Revision 2.1: the price is the clearing price of asks and bids (§7.3).
+        #: Revision 2.1: the price is the clearing price of asks and bids (§7.7).
         self._clearing = config.clearing
         self._bids_cache: dict[bytes, tuple[tuple[int, int], ...] | None] = {}
         # Revocation lists: the newest of each authority, and per member the earliest instant
@@ -750,7 +750,7 @@ class MarketView:
         return cached
 
     def asks_and_bids_at_ms(self, t_ms: int) -> tuple[list[tuple[int, int]], list[int]]:
-        """What the clearing price of instant t_ms is computed from (protocol v2 §7.3, revision
+        """What the clearing price of instant t_ms is computed from (protocol v2 §7.7, revision
         2.1): each counted signer's (ask, counted capacity) — capacity after the caps and the
         work shift, as in the supply total — and the sum of the counted bid histograms.
         O(signers)."""
@@ -776,7 +776,7 @@ class MarketView:
         return clearing_price_nano(offers, bids, self.config)
 
     def _counted_bids(self, message: Announcement) -> tuple[tuple[int, int], ...] | None:
-        """(bucket, tokens) of a message's bid histogram as it counts (§7.3): trimmed to the
+        """(bucket, tokens) of a message's bid histogram as it counts (§7.1, revision 2.1): trimmed to the
         signer's counted demand before the work shift (the d of §7.1 without the shift), taking
         the highest buckets first, then each bucket shifted right by the work shift."""
         cache = self._bids_cache
