@@ -36,7 +36,8 @@ def sim_figures(scenario: Scenario, peers: int, seed: int = 1, **kwargs: object)
 
 
 def test_every_shipped_scenario_loads_with_its_timeline_inside_its_duration() -> None:
-    assert shipped_scenarios() == ["churn", "demand-pump", "hostile", "key-flood", "late-join",
+    assert shipped_scenarios() == ["churn", "clearing", "demand-pump", "hostile", "key-flood",
+                                   "late-join",
                                    "partition", "phases", "shock", "steady", "sybil-capacity",
                                    "sybil-demand", "sync-abuse"]
     for name in shipped_scenarios():
