@@ -290,3 +290,56 @@ def test_a_views_bids_are_capped_per_signer_like_its_demand() -> None:
     _, demand = view.asks_and_bids_at_ms(int(NOW * 1000))
     # 50,000 count, the highest bids first.
     assert demand == bids(e1000000000=40_000, e200000000=10_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The view: same messages ⇒ same clearing price, whatever the order and whatever was asked before
+
+_KEYS = [make_key(200 + i) for i in range(6)]
+_SIGNERS = [k.public_key.format(compressed=True) for k in _KEYS]
+_T0_MS = 1_700_000_000_000
+
+announcement_st = st.tuples(
+    st.integers(0, 5),                          # signer
+    st.integers(0, 20_000),                     # issued_at offset (ms)
+    st.integers(0, 3_000),                      # capacity
+    st.sampled_from([0, 50_000_000, 200_000_000, 350_000_000, 600_000_000]),  # ask
+    st.lists(st.integers(0, 40_000), min_size=3, max_size=3),  # bids at 0.2, 0.5, 1.0
+)
+
+
+def _signed(spec: tuple[int, int, int, int, list[int]], seq: int) -> Announcement:
+    who, offset, capacity, ask, three = spec
+    hist = [0] * DEMAND_BUCKETS
+    hist[8], hist[9], hist[10] = three
+    return decode_unchecked_time(encode(Announcement(
+        _SIGNERS[who], _T0_MS + offset, seq, capacity, ask if capacity else 0, sum(hist),
+        1 if sum(hist) else 0, demand_by_limit=tuple(hist)), _KEYS[who]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(announcement_st, min_size=1, max_size=14), st.randoms())
+def test_views_holding_the_same_announcements_clear_at_the_same_price(
+        specs: list[tuple[int, int, int, int, list[int]]], rnd: object) -> None:
+    config = CLEARING.replace(capacity_timeout_s=10.0)
+    messages = [_signed(spec, seq=1 + i) for i, spec in enumerate(specs)]
+    first_tick = _T0_MS // 1000
+    ticks = range(first_tick, first_tick + 26, 3)
+    # One view merges one message at a time and is asked the prices in between (its tick cache
+    # fills and must be invalidated by each merge); the other merges everything, shuffled.
+    stepwise = MarketView(config)
+    for message in messages:
+        stepwise.merge_message(message)
+        for tick in ticks:
+            stepwise.price_at_tick(tick)
+    shuffled = list(messages) * 2
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    at_once = MarketView(config)
+    at_once.merge_messages(shuffled)
+    assert stepwise.digest() == at_once.digest()
+    for tick in ticks:
+        price = stepwise.price_at_tick(tick).price_nano
+        assert price == at_once.price_at_tick(tick).price_nano
+        # … and it is §7.7 of what counts at the tick's evaluation instant.
+        offers, demand = at_once.asks_and_bids_at_ms(at_once.evaluation_ms(tick))
+        assert price == clearing_price_nano(offers, demand, config)
