@@ -356,6 +356,10 @@ def _param_problem(key: str, values: Mapping[str, Any]) -> str:
         return ""
     if key == "max_price":
         return "" if value > values["min_price"] else "max_price must be above min_price"
+    if key == "target_response_s" and values.get("curve") == "clearing" and value > 0 \
+            and not _whole_ms(value):
+        # Revision 2.1: the clearing rule compares supply × T with demand × 1000 in integer ms.
+        return "target_response_s must be a whole number of ms when curve is \"clearing\""
     if key == "window_ticks":
         if not 1 <= value <= MAX_WINDOW_TICKS:
             return f"window_ticks must be stated explicitly, 1..{MAX_WINDOW_TICKS}"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuroshard_p2p.charter import builtin
+from neuroshard_p2p.charter import Charter, CharterError, builtin
 from neuroshard_p2p.config import ConfigError, MarketConfig
 from neuroshard_p2p.core.pricing import (DEMAND_BUCKET_EDGES_NANO, DEMAND_BUCKETS,
                                          clearing_price_nano, demand_bucket, demand_histogram,
@@ -85,6 +85,10 @@ def test_the_clearing_value_is_a_charter_value_that_leaves_the_testnet_alone() -
     assert not MarketConfig(curve="clearing", dynamic_pricing=False).clearing
     with pytest.raises(ConfigError, match="target_response_s"):
         MarketConfig(curve="clearing", target_response_s=60.0004)
+    text = clearing.to_toml().replace("target_response_s = 60.0", "target_response_s = 60.0004")
+    with pytest.raises(CharterError, match="whole number of ms") as refused:
+        Charter.from_toml(text)
+    assert (refused.value.reason, refused.value.key) == ("bad_value", "target_response_s")
     with pytest.raises(ValueError, match="asks and bids"):
         target_price_nano(1000, 1000, CLEARING)
     # No smoothing: a tick's price is its own clearing price.
