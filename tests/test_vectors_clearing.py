@@ -10,6 +10,7 @@ from typing import Any
 import coincurve
 import pytest
 
+from neuroshard_p2p.charter import builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import (DEMAND_BUCKET_EDGES_NANO, clearing_price_nano,
                                          demand_bucket)
@@ -70,3 +71,12 @@ def test_clearing_prices(case: dict[str, Any]) -> None:
                               target_response_s=case["target_response_ms"] / 1000)
     offers = [tuple(o) for o in case["offers"]]
     assert clearing_price_nano(offers, case["bids"], config) == case["price"], case["note"]
+
+
+@pytest.mark.parametrize("case", VECTORS["charters"], ids=lambda c: c["name"])
+def test_a_clearing_charter_is_a_network_of_its_own(case: dict[str, Any]) -> None:
+    base = builtin(case["name"])
+    assert base.network_id == case["network_id"]  # unchanged by the revision
+    clearing = base.with_params(curve="clearing")
+    assert clearing.canonical_bytes.hex() == case["clearing_canonical"]
+    assert clearing.network_id == case["clearing_network_id"]

@@ -204,6 +204,22 @@ def price_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def charter_vectors() -> list[dict[str, Any]]:
+    """§4.1 / §11: the built-in charters with `curve = "clearing"` are networks of their own; the
+    built-in ones keep their ids. Canonical bytes by generate.py's reading of §4.1 (its Charter
+    class; no project import)."""
+    import generate  # this directory: generate.py puts itself on sys.path before calling us
+    out = []
+    for name in ("testnet", "simnet"):
+        base = generate.CHARTERS[name]
+        clearing = generate.Charter(base.name, {**base.params, "curve": "clearing"},
+                                    description=base.description)
+        out.append({"name": name, "network_id": base.network_id,
+                    "clearing_network_id": clearing.network_id,
+                    "clearing_canonical": clearing.canonical.hex()})
+    return out
+
+
 def documents() -> dict[str, Any]:
     buckets = [{"max_price_nano": m, "bucket": bucket(m)}
                for m in (0, 999_999, 1_000_000, 1_999_999, 10_000_000, 350_000_000,
@@ -211,4 +227,5 @@ def documents() -> dict[str, Any]:
                          50_000_000_000, 2**63 - 1)]
     return {"clearing.json": {**HEADER, "edges": EDGES, "buckets": buckets,
                               "announcements": announcement_vectors(),
-                              "counted_bids": counted_vectors(), "prices": price_vectors()}}
+                              "counted_bids": counted_vectors(), "prices": price_vectors(),
+                              "charters": charter_vectors()}}
