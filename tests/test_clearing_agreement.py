@@ -45,7 +45,10 @@ def test_a_thousand_simulated_peers_agree_on_the_clearing_price_after_every_even
 
 
 async def test_real_peers_agree_on_the_clearing_price_after_every_event() -> None:
-    scenario = load("clearing").scaled(16.0).with_overrides(**FAST)
+    # 30 s of scenario time, events 7.5 s apart. Under a load average of 3-4 on 2 cores some
+    # hosts miss gossip and catch up only by sync (5 s): then this fails, and so does the curve's
+    # `shock` at 16 s on the same harness (measured: never agreed in its window, both events).
+    scenario = load("clearing").scaled(30.0).with_overrides(**FAST)
     rec = await RealNetwork(scenario, REAL_PEERS, seed=1, sample_s=0.5).run()
     figs = figures(rec)
     assert_the_clearing_price_moves_as_the_asks_say(figs, 3.0)
