@@ -318,7 +318,8 @@ _ALLOWED: dict[str, tuple[Any, str]] = {
     "burn_rate": (lambda x: 0 <= x < 1, "burn_rate must be in [0, 1)"),
     "capacity_timeout_s": (lambda x: x > 0 and _whole_ms(x),
                            "capacity_timeout_s must be > 0 and a whole number of ms"),
-    "curve": (lambda x: x in ("seed", "normalized"), "curve must be \"seed\" or \"normalized\""),
+    "curve": (lambda x: x in ("seed", "normalized", "clearing"),
+              "curve must be \"seed\", \"normalized\" or \"clearing\""),
     "dynamic_pricing": (lambda x: True, ""),
     "identity_work_bits": (lambda x: 0 <= x <= 48, "identity_work_bits must be in 0..48"),
     "max_node_tokens_per_s": (lambda x: 1 <= x <= _U63, "max_node_tokens_per_s must be >= 1"),
@@ -355,6 +356,10 @@ def _param_problem(key: str, values: Mapping[str, Any]) -> str:
         return ""
     if key == "max_price":
         return "" if value > values["min_price"] else "max_price must be above min_price"
+    if key == "target_response_s" and values.get("curve") == "clearing" and value > 0 \
+            and not _whole_ms(value):
+        # Revision 2.1: the clearing rule compares supply × T with demand × 1000 in integer ms.
+        return "target_response_s must be a whole number of ms when curve is \"clearing\""
     if key == "window_ticks":
         if not 1 <= value <= MAX_WINDOW_TICKS:
             return f"window_ticks must be stated explicitly, 1..{MAX_WINDOW_TICKS}"

@@ -14,7 +14,10 @@ from typing import Any, Mapping
 
 from neuroshard_p2p.timeline import whole_ms
 
-CURVES = ("seed", "normalized")
+#: "clearing" (revision 2.1, issue 18) is not a curve but the uniform clearing price of asks and
+#: bids (core.pricing.clearing_price_nano); it lives in the same charter key so that the canonical
+#: bytes of every existing charter stay what they were.
+CURVES = ("seed", "normalized", "clearing")
 DEFAULT_WINDOW_TICKS = 32   # 0.7^32 ≈ 1e-5: the EMA has forgotten where the window started
 MAX_WINDOW_TICKS = 4096
 #: More bits of identity work than anyone could grind is a configuration error.
@@ -76,6 +79,12 @@ class MarketConfig:
         need(self.target_response_s > 0, "target_response_s must be > 0")
         need(self.curve in CURVES, f"curve must be one of {CURVES}, got {self.curve!r}")
         need(0 <= self.smoothing < 1, "smoothing must be in [0, 1)")
+        if self.curve == "clearing":
+            # The clearing rule compares supply × T with demand × 1000 in integers.
+            try:
+                whole_ms(self.target_response_s, "target_response_s")
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (the clearing rule uses it in integer ms)") from None
         need(self.max_step is None or self.max_step > 0, "max_step must be > 0 or unset")
         need(self.window_ticks == 0 or 1 <= self.window_ticks <= MAX_WINDOW_TICKS,
              f"window_ticks must be in 1..{MAX_WINDOW_TICKS}, or 0 for automatic")
@@ -142,6 +151,12 @@ class MarketConfig:
             gap = max(1.0, self.max_step * lo) / (hi - lo)
             settle = max(1, math.ceil(math.log(gap) / math.log(self.smoothing)))
         return max(up, down) + settle
+
+    @property
+    def clearing(self) -> bool:
+        """True when the price is the uniform clearing price of asks and bids (curve
+        "clearing", revision 2.1) rather than the utilisation curve."""
+        return self.curve == "clearing" and self.dynamic_pricing
 
     @property
     def mode(self) -> str:

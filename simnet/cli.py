@@ -101,11 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "machines join)")
     p.add_argument("--log-level", default="warning", help="log level of the nodes")
 
-    p = sub.add_parser("economics", help="serve-or-train model of the price curve",
+    p = sub.add_parser("economics", help="serve-or-train model of the price curves and the "
+                                          "clearing mode",
                        description="Nodes choose each period to serve inference or train; demand "
                                    "grows through phases. Reports the price per phase, the "
-                                   "equilibrium profit ratio, overshoot and oscillation, and which "
-                                   "of the design's claims the formula reproduces.")
+                                   "equilibrium profit ratio, overshoot and oscillation, unmet "
+                                   "demand and time to settle, and which of the design's claims "
+                                   "the formula reproduces, for the seed and normalized curves "
+                                   "(with and without a step cap) and the clearing mode (each "
+                                   "node asks its break-even against training) side by side.")
     p.add_argument("--scenario", default="phases", metavar="NAME|FILE",
                    help="scenario whose [economics] and [market] tables to use (default phases)")
     p.add_argument("--out", default="out/economics", metavar="DIR")

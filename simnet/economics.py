@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from neuroshard_p2p.config import MarketConfig
-from neuroshard_p2p.core.pricing import curve_price, smoothed_price, target_price_nano
-from neuroshard_p2p.money import NANO_PER_NEURO, TOKENS_PER_PRICE_UNIT
+from neuroshard_p2p.core.pricing import (DEMAND_BUCKETS, clearing_price_nano, curve_price,
+                                         demand_bucket, smoothed_price,
+                                         target_price_nano, window_price)
+from neuroshard_p2p.money import NANO_PER_NEURO, TOKENS_PER_PRICE_UNIT, to_nano
 
 
 class EconomicsError(ValueError):
@@ -152,6 +154,9 @@ class Series:
     queue: list[float] = field(default_factory=list)         # tokens waiting
     earning_per_server: list[float] = field(default_factory=list)  # NEURO/s, mean of the minute
     phase: list[str] = field(default_factory=list)
+    # Demand (tokens/s) the serving nodes left uncovered while an idle node asked no more than
+    # the users pay, mean of the minute (see `unmet_rate`).
+    unmet: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -172,6 +177,10 @@ class PhaseFigures:
     oscillation_amplitude: float   # (p90 - p10) / 2 of the settled price
     swings_per_hour: float         # crossings of the settled median per hour
     utilization_mean: float
+    # Added with the clearing mode (issue 18); the columns above are computed as before.
+    unmet_share: float = 0.0       # unmet demand / arrivals over the settled half
+    settle_minutes: float | None = None  # phase start → the price stays within ±10 % of the
+    #                                      settled median to the phase's end (None: never)
 
 
 @dataclass
@@ -213,8 +222,27 @@ def demand_level(params: EconomicsParams, minute: float) -> tuple[float, str]:
     raise AssertionError("unreachable")
 
 
+def node_ask_nano(params: EconomicsParams, market: MarketConfig, capacity: float) -> int:
+    """A node's break-even ask against training (nano-NEURO per 1M tokens): the price at which
+    serving at full speed pays exactly its training reward. What a rational node posts as its
+    `min_price` on a clearing network."""
+    per_token = params.training_reward_per_s / (capacity * (1.0 - market.burn_rate))
+    return to_nano(per_token * TOKENS_PER_PRICE_UNIT)
+
+
+def unmet_rate(queue: float, supply: float, idle_capacity: float, market: MarketConfig) -> float:
+    """Demand (tokens/s) left unmet that some idle node would have served at its ask: what the
+    waiting tokens need to be served within target_response_s beyond the serving supply, up to
+    the capacity of the idle nodes whose ask is within what users pay (P_max)."""
+    return min(max(0.0, queue / market.target_response_s - supply), idle_capacity)
+
+
 def run(market: MarketConfig, params: EconomicsParams, label: str = "") -> EconomicsResult:
-    """Run the model for the phases' total time, one market tick at a time."""
+    """Run the model for the phases' total time, one market tick at a time. On a clearing
+    market (curve "clearing") every node posts its break-even ask and serves whenever the price
+    clears it (`_run_clearing`); otherwise nodes choose between serving and training."""
+    if market.clearing:
+        return _run_clearing(market, params, label)
     rng = random.Random(params.seed)
     tick_s = market.tick_s
     spread = params.capacity_spread
@@ -241,6 +269,11 @@ def run(market: MarketConfig, params: EconomicsParams, label: str = "") -> Econo
     price_nano = 0
     recent_arrivals = 0.0  # arrival rate estimate (EMA over ~ a decision period)
     alpha = min(1.0, tick_s / params.decision_period_s)
+    # Only for the unmet-demand figure: the same asks the clearing mode's nodes post. Computed
+    # without touching `rng`, so the run itself is exactly what it was before that figure.
+    asks = [node_ask_nano(params, market, c) for c in capacity]
+    limit = to_nano(market.max_price)
+    minute_unmet = 0.0
 
     for k in range(total_ticks):
         minute = k * tick_s / 60.0
@@ -253,6 +286,10 @@ def run(market: MarketConfig, params: EconomicsParams, label: str = "") -> Econo
         price_nano = smoothed_price(targets, market)
         price = price_nano / NANO_PER_NEURO
 
+        # Before the queue drains: what the waiting tokens needed beyond the serving supply,
+        # up to what the idle nodes asking no more than users pay (P_max) could have served.
+        minute_unmet += unmet_rate(queue, supply, sum(
+            c for c, s_, a in zip(capacity, serving, asks) if not s_ and a <= limit), market)
         served = min(supply * tick_s, queue)
         queue -= served
         earned = served * price / TOKENS_PER_PRICE_UNIT * keep  # NEURO this tick, all servers
@@ -292,7 +329,9 @@ def run(market: MarketConfig, params: EconomicsParams, label: str = "") -> Econo
             series.queue.append(queue)
             series.earning_per_server.append(minute_earning / ticks_per_minute)
             series.phase.append(phase_name)
+            series.unmet.append(minute_unmet / ticks_per_minute)
             minute_earning = 0.0
+            minute_unmet = 0.0
             minute_prices = []
 
     figures = [_phase_figures(series, p, params, market) for p in params.phases]
@@ -302,9 +341,87 @@ def run(market: MarketConfig, params: EconomicsParams, label: str = "") -> Econo
         floor_price=curve_price(0.0, market) if market.dynamic_pricing else market.fixed_price)
 
 
+def _run_clearing(market: MarketConfig, params: EconomicsParams, label: str) -> EconomicsResult:
+    """The clearing mode on the same demand path and the same nodes (capacities drawn from the
+    same seed): each node's offer is its break-even ask, posted all the time; users' requests
+    bid up to P_max. Each tick's price is `clearing_price_nano` of those asks and the waiting
+    tokens (no smoothing: `window_price`), and the nodes whose ask is at or below it serve (the book matches them at that price); the others train."""
+    rng = random.Random(params.seed)
+    tick_s = market.tick_s
+    spread = params.capacity_spread
+    capacity = [params.capacity * (1 - spread + 2 * spread * rng.random())
+                for _ in range(params.nodes)]
+    total_capacity = sum(capacity)
+    asks = [node_ask_nano(params, market, c) for c in capacity]
+    # Integer offers, as announcements carry them (tokens/s floored, never below 1).
+    offers = [(ask, max(1, int(c))) for ask, c in zip(asks, capacity)]
+    by_ask = sorted(range(params.nodes), key=lambda i: (asks[i], -capacity[i], i))
+    limit = to_nano(market.max_price)
+    bid_bucket = demand_bucket(limit)
+    keep = 1.0 - market.burn_rate
+    targets: deque[int] = deque(maxlen=market.window_ticks)
+    queue = 0.0
+    series = Series()
+    ticks_per_minute = max(1, round(60.0 / tick_s))
+    total_ticks = round(params.total_minutes * 60.0 / tick_s)
+    minute_earning = minute_unmet = 0.0
+    minute_prices: list[float] = []
+    demand = [0] * DEMAND_BUCKETS
+    serving_count = 0
+    supply = 0.0
+    arrival_rate = 0.0
+    for k in range(total_ticks):
+        minute = k * tick_s / 60.0
+        level, phase_name = demand_level(params, minute)
+        arrival_rate = level * total_capacity
+        queue += arrival_rate * tick_s
+        demand[bid_bucket] = int(queue)
+        targets.append(clearing_price_nano(offers, demand, market))
+        price_nano = window_price(list(targets)[-1:], market)
+        price = price_nano / NANO_PER_NEURO
+        # Every offer asking at most the price is matched at it; the others train.
+        serving_count = 0
+        supply = 0.0
+        for i in by_ask:
+            if asks[i] > price_nano:
+                break
+            serving_count += 1
+            supply += capacity[i]
+        idle = sum(capacity[i] for i in by_ask[serving_count:] if asks[i] <= limit)
+        minute_unmet += unmet_rate(queue, supply, idle, market)
+        served = min(supply * tick_s, queue)
+        queue -= served
+        earned = served * price / TOKENS_PER_PRICE_UNIT * keep
+        if serving_count:
+            minute_earning += earned / tick_s / serving_count
+        minute_prices.append(price)
+        if (k + 1) % ticks_per_minute == 0:
+            series.minute.append((k + 1) * tick_s / 60.0)
+            series.price.append(price)
+            series.price_min.append(min(minute_prices))
+            series.price_max.append(max(minute_prices))
+            series.target.append(targets[-1] / NANO_PER_NEURO)
+            series.serving.append(serving_count)
+            series.supply.append(supply)
+            series.arrivals.append(arrival_rate)
+            series.queue.append(queue)
+            series.earning_per_server.append(minute_earning / ticks_per_minute)
+            series.phase.append(phase_name)
+            series.unmet.append(minute_unmet / ticks_per_minute)
+            minute_earning = minute_unmet = 0.0
+            minute_prices = []
+    figures = [_phase_figures(series, p, params, market) for p in params.phases]
+    return EconomicsResult(
+        label=label or describe(market), market=market, params=params, series=series,
+        phases=figures, break_even_price=break_even_price(params, market),
+        floor_price=market.min_price)
+
+
 def describe(market: MarketConfig) -> str:
     """A short name of a market variant, e.g. 'seed' or 'normalized, max_step 0.05'."""
     name = market.curve
+    if market.clearing:
+        return "clearing"
     if market.max_step is not None:
         name += f", max_step {market.max_step:g}"
     return name
@@ -337,6 +454,8 @@ def _phase_figures(series: Series, phase: Phase, params: EconomicsParams,
         s, q = series.supply[i], series.queue[i]
         utils.append((q / market.target_response_s) / s if s > 0 else (math.inf if q > 0 else 0.0))
     finite = [u for u in utils if math.isfinite(u)]
+    arrived = sum(series.arrivals[i] for i in settled)
+    unmet = sum(series.unmet[i] for i in settled) if series.unmet else 0.0
     return PhaseFigures(
         name=phase.name, demand=phase.demand,
         price_mean=sum(prices) / len(prices), price_median=median,
@@ -348,7 +467,29 @@ def _phase_figures(series: Series, phase: Phase, params: EconomicsParams,
         oscillation_amplitude=(_percentile(prices, 0.9) - _percentile(prices, 0.1)) / 2,
         swings_per_hour=crossings / hours if hours > 0 else 0.0,
         utilization_mean=(sum(finite) / len(finite)) if finite else math.inf,
+        unmet_share=unmet / arrived if arrived > 0 else 0.0,
+        settle_minutes=_settle_minutes(series, idx, median),
     )
+
+
+def _settle_minutes(series: Series, idx: Sequence[int], median: float,
+                    band: float = 0.10) -> float | None:
+    """Minutes from the phase's start until every later minute of the phase keeps its lowest and
+    highest price within ±band of the settled median; None if the last minute is still outside."""
+    if not idx or median <= 0:
+        return None
+    lo, hi = median * (1 - band), median * (1 + band)
+    first_ok = None
+    for i in idx:
+        inside = lo <= series.price_min[i] and series.price_max[i] <= hi
+        if inside and first_ok is None:
+            first_ok = i
+        elif not inside:
+            first_ok = None
+    if first_ok is None:
+        return None
+    # Samples are one per minute: the index difference is the minutes spent outside the band.
+    return float(first_ok - idx[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,6 +554,7 @@ def variants(base: MarketConfig, max_step: float = 0.05) -> list[MarketConfig]:
         base.replace(curve="normalized", max_step=None),
         base.replace(curve="seed", max_step=max_step),
         base.replace(curve="normalized", max_step=max_step),
+        base.replace(curve="clearing", max_step=None),
     ]
 
 
@@ -431,4 +573,5 @@ def result_to_dict(result: EconomicsResult) -> dict[str, Any]:
 
 __all__ = ["EconomicsParams", "EconomicsResult", "Phase", "PhaseFigures", "Series", "Claim",
            "CLAIMS", "DEFAULT_PHASES", "EconomicsError", "run", "check_claims", "variants",
-           "break_even_price", "demand_level", "describe", "result_to_dict"]
+           "break_even_price", "demand_level", "describe", "result_to_dict", "node_ask_nano",
+           "unmet_rate"]

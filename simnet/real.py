@@ -178,7 +178,7 @@ class RealNetwork:
             bootstrap=tuple(bootstrap),
             api="off",
             capacity=peer.capacity,
-            min_price=self.scenario.peers.min_price if peer.capacity else 0.0,
+            min_price=self.scenario.peers.ask_of(peer.index) if peer.capacity else 0.0,
         )
 
     def _new_peer(self, role: str, capacity: int = 0, demand: int = 0) -> RealPeer:
@@ -350,7 +350,7 @@ class RealNetwork:
             chosen = self._choose(event, self._live())
             for p in chosen:
                 p.capacity = event.new_capacity(p.capacity, self.market.max_node_tokens_per_s)
-                price = to_nano(self.scenario.peers.min_price) if p.capacity else 0
+                price = to_nano(self.scenario.peers.ask_of(p.index)) if p.capacity else 0
                 p.node.set_offer(p.capacity, price)
             rec.record_event(t, event, peers=[p.index for p in chosen])
         elif action == "demand":

@@ -392,7 +392,7 @@ def economics_markdown(data: dict[str, Any], results: Sequence[econ.EconomicsRes
     market = results[0].market
     train_min = p.training_reward_per_s * 60
     lines = [
-        "# Serve or train: the price curve under node choice",
+        "# Serve or train: the price curve under node choice, and the clearing mode",
         "",
         f"{p.nodes} nodes of {p.capacity:g} tokens/s (± {p.capacity_spread:.0%}, uniform); "
         f"training pays {p.batches_per_minute:g} batches/min × {p.reward_per_batch:g} NEURO = "
@@ -416,17 +416,15 @@ def economics_markdown(data: dict[str, Any], results: Sequence[econ.EconomicsRes
         lines.append(f"| {ph.name} | {ph.demand:g} of capacity | {ph.minutes:g} |")
     lines.append("")
     for r in results:
-        lines += [f"## {r.label} (floor price at u = 0: {r.floor_price:.4f})", "",
+        floor = ("clearing: P_min " if r.market.clearing else "floor price at u = 0: ") + \
+            f"{r.floor_price:.4f}"
+        lines += [f"## {r.label} ({floor})", "",
                   "| phase | price median | mean | p10–p90 | min–max | nodes serving | "
-                  "inference / training profit | overshoot | swings/h | mean u |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "inference / training profit | overshoot | swings/h | mean u | unmet demand | "
+                  "settles after |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for f in r.phases:
-            ratio = "— (no server)" if f.profit_ratio is None else f"{f.profit_ratio:.2f}"
-            lines.append(
-                f"| {f.name} | {f.price_median:.3f} | {f.price_mean:.3f} | "
-                f"{f.price_p10:.3f}–{f.price_p90:.3f} | {f.price_min:.3f}–{f.price_max:.3f} | "
-                f"{f.serving_mean:.1f} | {ratio} | {f.overshoot:.0%} | {f.swings_per_hour:.1f} | "
-                f"{_fmt(f.utilization_mean)} |")
+            lines.append(_phase_row(f))
         lines += ["", "| the design claims | model | reproduced? |", "|---|---|---|"]
         for c in econ.check_claims(r):
             value = "—" if c["model"] is None else f"{c['model']:.3f}"
@@ -434,15 +432,50 @@ def economics_markdown(data: dict[str, Any], results: Sequence[econ.EconomicsRes
             lines.append(f"| {c['claim']} ({c['range'][0]:g}–{c['range'][1]:g}) | {value}{why} | "
                          f"{'yes' if c['reproduced'] else '**no**'} |")
         lines.append("")
+    lines += side_by_side(results)
     lines += ["## What this says", ""] + verdict(results) + [""]
     if data.get("plots"):
         lines += ["## Plots", ""] + [f"![{x}]({x})" for x in data["plots"]] + [""]
     return "\n".join(lines)
 
 
+def _phase_row(f: econ.PhaseFigures, label: str = "") -> str:
+    ratio = "— (no server)" if f.profit_ratio is None else f"{f.profit_ratio:.2f}"
+    settle = "never" if f.settle_minutes is None else f"{f.settle_minutes:.0f} min"
+    return (f"| {label or f.name} | {f.price_median:.3f} | {f.price_mean:.3f} | "
+            f"{f.price_p10:.3f}–{f.price_p90:.3f} | {f.price_min:.3f}–{f.price_max:.3f} | "
+            f"{f.serving_mean:.1f} | {ratio} | {f.overshoot:.0%} | {f.swings_per_hour:.1f} | "
+            f"{_fmt(f.utilization_mean)} | {f.unmet_share:.2%} | {settle} |")
+
+
+def side_by_side(results: Sequence[econ.EconomicsResult]) -> list[str]:
+    """The seed curve and the clearing mode, phase by phase, in the same columns (issue 18)."""
+    curve = next((r for r in results if r.market.curve == "seed" and r.market.max_step is None),
+                 None)
+    clearing = next((r for r in results if r.market.clearing), None)
+    if curve is None or clearing is None:
+        return []
+    lines = ["## Curve vs clearing, same demand path and nodes", "",
+             "Unmet demand: tokens/s the serving nodes left short of draining the queue within "
+             "target_response_s while an idle node asked no more than users pay (P_max), as a "
+             "share of arrivals. Settles after: minutes from the phase's start until every later "
+             "minute's price stays within ±10 % of the settled median.", "",
+             "| phase, mode | price median | mean | p10–p90 | min–max | nodes serving | "
+             "inference / training profit | overshoot | swings/h | mean u | unmet demand | "
+             "settles after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a, b in zip(curve.phases, clearing.phases):
+        lines.append(_phase_row(a, f"{a.name}, seed curve"))
+        lines.append(_phase_row(b, f"{b.name}, **clearing**"))
+    lines.append("")
+    return lines
+
+
 def verdict(results: Sequence[econ.EconomicsResult]) -> list[str]:
     """Plain sentences on the claims, with the numbers, across all variants."""
     out = []
+    clearing = [r for r in results if r.market.clearing]
+    results = [r for r in results if not r.market.clearing]
     seed = results[0]
     pstar = seed.break_even_price
     floors = ", ".join(f"{r.label}: {r.floor_price:.4f}" for r in results
@@ -481,6 +514,15 @@ def verdict(results: Sequence[econ.EconomicsResult]) -> list[str]:
                    + "; ".join(parts) + ". A step cap makes the price lag the supply it causes; "
                    "it does not remove the swing of nodes flipping between serving and training, "
                    "and it leaves the settled mature price where it was.")
+    for r in clearing:
+        parts = [f"{f.name} {f.price_median:.3f} (p10–p90 {f.price_p10:.3f}–{f.price_p90:.3f}, "
+                 f"{f.swings_per_hour:.1f} swings/h, overshoot {f.overshoot:.0%}, unmet "
+                 f"{f.unmet_share:.2%})" for f in r.phases]
+        out.append("- **Clearing.** Every node posts its break-even ask and the price is the "
+                   "lowest at which the offers asking no more cover the waiting demand: "
+                   + "; ".join(parts) + ". The price rests on the marginal node's ask, so no node "
+                   "flips between serving and training and there is no swing to chase; bootstrap "
+                   "rests at the cheapest node's ask instead of swinging to P_max.")
     return out
 
 
@@ -513,7 +555,7 @@ def plot_economics(results: Sequence[econ.EconomicsResult], out: Path) -> list[s
 
     # Nodes serving, demand and the profit ratio, for the first (seed) variant and the normalized.
     fig, axes = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
-    for r in results[:2]:
+    for r in [*results[:2], *(r for r in results if r.market.clearing)]:
         s = r.series
         axes[0].plot(s.minute, s.serving, linewidth=0.8, label=f"nodes serving ({r.label})")
         ratio = [e / r.params.training_reward_per_s if n else math.nan

@@ -139,13 +139,27 @@ class PeerSetup:
     min_price: float = 0.0
     demand_peers: float = 0.25
     utilization: float = 0.8
+    # Providers' asks spread over [min_price, min_price + min_price_spread] (NEURO per 1M
+    # tokens), by peer index: a clearing market (curve = "clearing") needs asks that differ.
+    min_price_spread: float = 0.0
 
     def __post_init__(self) -> None:
+        _need(self.min_price_spread >= 0, "peers.min_price_spread must be >= 0")
         _need(0 <= self.providers <= 1, "peers.providers must be a fraction in [0, 1]")
         _need(0 < self.capacity <= 50_000, "peers.capacity must be in 1..50000 tokens/s")
         _need(self.min_price >= 0, "peers.min_price must be >= 0")
         _need(0 <= self.demand_peers <= 1, "peers.demand_peers must be a fraction in [0, 1]")
         _need(0 <= self.utilization <= 1000, "peers.utilization must be in [0, 1000]")
+
+    def ask_of(self, index: int, price: float | None = None) -> float:
+        """The ask (NEURO per 1M tokens) of the provider numbered `index`: `price` (default
+        min_price) plus its share of the spread, a golden-ratio sequence of the index, so asks
+        differ without drawing on the scenario's random numbers (runs without a spread are
+        what they were)."""
+        base = self.min_price if price is None else price
+        if not self.min_price_spread:
+            return base
+        return base + self.min_price_spread * ((index * 0.6180339887498949) % 1.0)
 
     def assign(self, n: int, rng: random.Random) -> tuple[set[int], set[int]]:
         """Which of `n` peers offer capacity and which queue demand, drawn with `rng`. Demand is

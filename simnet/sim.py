@@ -394,7 +394,7 @@ class SimNetwork:
         setup = self.scenario.peers
         capacity = setup.capacity if role == "provider" else 0
         engine = PeerEngine(self.market, key, tokens_per_second=capacity,
-                            min_price_nano=to_nano(setup.min_price) if capacity else 0,
+                            min_price_nano=to_nano(setup.ask_of(index)) if capacity else 0,
                             announce_interval_s=self.settings.announce_interval_s,
                             decode=self.decoder, admission=self.admission)
         if identity is not None:
@@ -855,7 +855,7 @@ class SimNetwork:
             chosen = self._choose(event, self._honest_live())
             for p in chosen:
                 p.capacity = event.new_capacity(p.capacity, self.market.max_node_tokens_per_s)
-                price = to_nano(self.scenario.peers.min_price) if p.capacity else 0
+                price = to_nano(self.scenario.peers.ask_of(p.index)) if p.capacity else 0
                 p.engine.set_offer(p.capacity, price)
                 self._schedule_poll(p, t)
             rec.record_event(t, event, peers=[p.index for p in chosen])
@@ -1097,7 +1097,8 @@ class SimNetwork:
                                observed=k < watch)
             if capacity != p.capacity:
                 p.capacity = capacity
-                p.engine.set_offer(capacity, to_nano(self.scenario.peers.min_price) if capacity else 0)
+                p.engine.set_offer(capacity, to_nano(self.scenario.peers.ask_of(p.index))
+                                   if capacity else 0)
             if demand:
                 self._set_demand(p, demand)
             joined.append(p)

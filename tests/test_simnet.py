@@ -36,7 +36,8 @@ def sim_figures(scenario: Scenario, peers: int, seed: int = 1, **kwargs: object)
 
 
 def test_every_shipped_scenario_loads_with_its_timeline_inside_its_duration() -> None:
-    assert shipped_scenarios() == ["churn", "demand-pump", "hostile", "key-flood", "late-join",
+    assert shipped_scenarios() == ["churn", "clearing", "demand-pump", "hostile", "key-flood",
+                                   "late-join",
                                    "partition", "phases", "shock", "steady", "sybil-capacity",
                                    "sybil-demand", "sync-abuse"]
     for name in shipped_scenarios():
@@ -445,10 +446,11 @@ def test_economics_is_deterministic_and_checks_every_claim() -> None:
 def test_economics_report_says_which_claims_hold(tmp_path: Path) -> None:
     results = [econ.run(m, SHORT) for m in econ.variants(MarketConfig())]
     assert [r.label for r in results] == ["seed", "normalized", "seed, max_step 0.05",
-                                          "normalized, max_step 0.05"]
+                                          "normalized, max_step 0.05", "clearing"]
     report_mod.write_economics_report(results, tmp_path, plots=False)
     text = (tmp_path / "report.md").read_text()
-    assert text.count("| the design claims | model | reproduced? |") == 4
+    assert text.count("| the design claims | model | reproduced? |") == 5
+    assert "## Curve vs clearing, same demand path and nodes" in text
     assert "Break-even price P*" in text and "Inference profit ≈ 50 % of training" in text
 
 

@@ -447,7 +447,13 @@ class OrderBook:
         existing = self._requests.get(request_id)
         if existing is not None:
             raise MarketError(f"request id {request_id!r} is already taken ({existing.state})")
-        if price_nano > max_price_nano:
+        if self._config.clearing:
+            # Revision 2.1: on a clearing market a request is a bid. It waits, whatever the
+            # price now, and locks the clearing price when it is matched (`match`); until then
+            # its locked price reads as its max price, which also ranks it among its tier (the
+            # higher bid first, as the higher locked price is first on a curve market).
+            price_nano = max_price_nano
+        elif price_nano > max_price_nano:
             current, limit = format_prices(price_nano, max_price_nano)
             raise MarketError(f"current price {current} > max_price {limit}")
         request = _Request(request_id, user, tokens, max_price_nano, tier, now, price_nano,
@@ -460,24 +466,30 @@ class OrderBook:
         self._compact_timers()
         return request.status()
 
-    def match(self, now: float) -> list[Match]:
+    def match(self, now: float, clearing_price_nano: int | None = None) -> list[Match]:
         """Match pending requests to offers: requests by tier, then locked price (higher first),
         then age; each to the cheapest fresh offer whose min_price <= its locked price and whose
         tokens in flight stay <= capacity with it. Matched requests are claimed. Requests left
         pending get a reason saying why. Timeouts due by `now` are applied only by `advance`:
-        call it first with the same `now` (the embedded market and the node's desk do)."""
+        call it first with the same `now` (the embedded market and the node's desk do).
+
+        On a clearing market (revision 2.1) pass the clearing price p of the tick: only requests
+        whose max price is >= p are matched, only to offers asking <= p, and each locks p (the
+        same priority rules; a request's locked price before that is its bid)."""
+        if self._config.clearing and clearing_price_nano is None:
+            raise MarketError("a clearing market matches at the clearing price: pass it")
         # One call can make 100k Match records; each batch of 700 would trigger a collection,
         # and the older generations walk the whole book. Matching makes no reference cycles, so
         # the collector waits until it is done (measured: 2.3x faster at 100k requests).
         enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._match(now)
+            return self._match(now, clearing_price_nano if self._config.clearing else None)
         finally:
             if enabled:
                 gc.enable()
 
-    def _match(self, now: float) -> list[Match]:
+    def _match(self, now: float, clearing: int | None) -> list[Match]:
         pending = self._pending
         if not pending:
             return []
@@ -519,6 +531,9 @@ class OrderBook:
         room_left_of_last = 0
         for request in pending:
             tokens = request.tokens
+            if clearing is not None and request.max_price_nano < clearing:
+                unmatched.append(request)
+                continue
             if last >= 0 and tokens > room_left_of_last and tree[size + last] >= tokens:
                 node = size + last
             else:
@@ -538,7 +553,7 @@ class OrderBook:
                         node += 1
                 last = node - size
             index = node - size
-            locked = request.locked_price_nano
+            locked = request.locked_price_nano if clearing is None else clearing
             # The cheapest offer with room: if even it asks more than the locked price, so does
             # every offer with room.
             if prices[index] > locked:
@@ -559,6 +574,7 @@ class OrderBook:
                 tree[node] = value
             node_id = node_ids[index]
             request.state = claimed_state
+            request.locked_price_nano = locked
             request.provider = node_id
             request.claimed_at = now
             claimed.append(request)
@@ -573,7 +589,17 @@ class OrderBook:
             self._finish_claims(claimed, unmatched, claimed_tokens, now)
         cheapest = prices[0]
         for request in unmatched:
-            if cheapest > request.locked_price_nano:
+            if clearing is not None and request.max_price_nano < clearing:
+                request.reason = (f"your max price {format_price(request.max_price_nano)} is "
+                                  f"below the clearing price {format_price(clearing)}")
+            elif clearing is not None and cheapest > clearing:
+                request.reason = (f"no offer at or below the clearing price "
+                                  f"{format_price(clearing)}")
+            elif clearing is not None:
+                request.reason = (f"no offer at or below the clearing price "
+                                  f"{format_price(clearing)} with room for {request.tokens} "
+                                  f"tokens")
+            elif cheapest > request.locked_price_nano:
                 request.reason = (f"no offer at or below your locked price "
                                   f"{format_price(request.locked_price_nano)}")
             else:

@@ -21,8 +21,8 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.average import PricePoint, TickAverage
 from neuroshard_p2p.core.book import Match, OrderBook, RequestStatus, RestingOffer
 from neuroshard_p2p.core.errors import MarketError
-from neuroshard_p2p.core.pricing import (smoothed_price, target_price_nano, tick_of, tick_start,
-                                         utilization)
+from neuroshard_p2p.core.pricing import (clearing_price_nano, demand_histogram, target_price_nano,
+                                         tick_of, tick_start, utilization, window_price)
 from neuroshard_p2p.money import Settlement, from_nano, to_nano
 
 def _neuro(name: str, value: object) -> float:
@@ -138,7 +138,8 @@ class InferenceMarket:
     def match_requests(self) -> list[Match]:
         """Match every pending request that can be matched now (see OrderBook.match); the
         matched ones are claimed by their providers."""
-        return self._book.match(self._catch_up())
+        now = self._catch_up()
+        return self._book.match(now, self._price_nano() if self._config.clearing else None)
 
     def claim_request(self, node_id: str) -> Match | None:
         """`node_id` takes the next pending request it can serve; None if there is none."""
@@ -210,6 +211,12 @@ class InferenceMarket:
         return max(float(now), not_before)
 
     def _target_nano(self) -> int:
+        if self._config.clearing:
+            book = self._book
+            return clearing_price_nano(
+                [(o.min_price_nano, o.tokens_per_second) for o in book.offers()],
+                demand_histogram((r.max_price_nano, r.tokens) for r in book.pending()),
+                self._config)
         return target_price_nano(self._book.supply_tokens_per_sec,
                                  self._book.demand_tokens_waiting, self._config)
 
@@ -218,7 +225,7 @@ class InferenceMarket:
         target of the state now."""
         keep = self._config.window_ticks - 1
         finished = list(self._targets)[max(0, len(self._targets) - keep):] if keep else []
-        return smoothed_price([*finished, self._target_nano()], self._config)
+        return window_price([*finished, self._target_nano()], self._config)
 
     def _catch_up(self) -> float:
         """Read the clock, finish every tick before the current one, apply timeouts up to now."""
@@ -248,12 +255,12 @@ class InferenceMarket:
         for offset in range(min(count, window)):
             self._targets.append(target_nano)
             self._average.add_run(first + offset, first + offset,
-                                  smoothed_price(self._targets, self._config))
+                                  window_price(list(self._targets), self._config))
         if count > window:
             # The window now holds only this target, so every later tick of the run has the
             # same price.
             self._average.add_run(first + window, last,
-                                  smoothed_price(self._targets, self._config))
+                                  window_price(list(self._targets), self._config))
 
 
 __all__ = ["InferenceMarket", "PricePoint"]

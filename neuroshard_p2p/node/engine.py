@@ -41,13 +41,15 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import coincurve
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
+from neuroshard_p2p.core.pricing import DEMAND_BUCKETS, demand_bucket, demand_histogram
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import MAX_AGE_S, Announcement, WireError, encode
@@ -170,6 +172,8 @@ class OwnState:
     min_price_nano: int
     pending_tokens: int
     pending_requests: int
+    #: Clearing networks (revision 2.1): pending_tokens by bid bucket; None elsewhere.
+    demand_by_limit: tuple[int, ...] | None = None
 
     @property
     def silent(self) -> bool:
@@ -238,7 +242,10 @@ class PeerEngine:
         self._offer = OwnOffer(0, 0)
         self.set_offer(tokens_per_second, min_price_nano)
         self._requests: dict[str, LocalRequest] = {}
-        self._demand_override: tuple[int, int] | None = None
+        self._demand_override: tuple[int, int, tuple[int, ...] | None] | None = None
+        #: Revision 2.1: announcements on a clearing network carry the bid histogram.
+        self._bids = config.curve == "clearing"
+        self._top_bucket = demand_bucket(to_nano(config.max_price))
         self._last_seq = 0
         self._published: OwnState | None = None  # content of our newest announcement
         self._published_at: float | None = None
@@ -329,12 +336,21 @@ class PeerEngine:
         self._expire_requests(now)
         return sorted(self._requests.values(), key=lambda r: (r.submitted_at, r.request_id))
 
-    def set_demand(self, pending_tokens: int, pending_requests: int) -> None:
+    def set_demand(self, pending_tokens: int, pending_requests: int,
+                   demand_by_limit: Sequence[int] | None = None) -> None:
         """Announce this demand instead of the local queue's (for a jobs layer that keeps its own
-        order book); `clear_demand_override` goes back to the queue."""
+        order book); `clear_demand_override` goes back to the queue. On a clearing network
+        `demand_by_limit` splits the tokens by bid bucket (it must add up to pending_tokens);
+        without it every token bids up to the charter's max_price."""
         if pending_tokens < 0 or pending_requests < 0:
             raise MarketError("pending tokens and requests must be >= 0")
-        self._demand_override = (int(pending_tokens), int(pending_requests))
+        bids: tuple[int, ...] | None = None
+        if demand_by_limit is not None:
+            bids = tuple(int(t) for t in demand_by_limit)
+            if len(bids) != DEMAND_BUCKETS or min(bids) < 0 or sum(bids) != pending_tokens:
+                raise MarketError(f"demand_by_limit must be {DEMAND_BUCKETS} counts >= 0 adding "
+                                  f"up to pending_tokens {pending_tokens}")
+        self._demand_override = (int(pending_tokens), int(pending_requests), bids)
         self._dirty = True
 
     def clear_demand_override(self) -> None:
@@ -343,14 +359,24 @@ class PeerEngine:
 
     def own_state(self, now: float) -> OwnState:
         """What this node's announcement says at `now`."""
+        bids: tuple[int, ...] | None = None
         if self._demand_override is not None:
-            pending_tokens, pending_requests = self._demand_override
+            pending_tokens, pending_requests, bids = self._demand_override
+            if self._bids and bids is None:
+                top = [0] * DEMAND_BUCKETS
+                top[self._top_bucket] = pending_tokens
+                bids = tuple(top)
         else:
             self._expire_requests(now)
             pending_tokens = sum(r.tokens for r in self._requests.values())
             pending_requests = len(self._requests)
+            if self._bids:
+                bids = demand_histogram((r.max_price_nano, r.tokens)
+                                        for r in self._requests.values())
+        if not self._bids:
+            bids = None
         return OwnState(self._offer.tokens_per_second, self._offer.min_price_nano,
-                        pending_tokens, pending_requests)
+                        pending_tokens, pending_requests, bids)
 
     def _expire_requests(self, now: float) -> None:
         expired = [rid for rid, r in self._requests.items() if r.expires_at <= now]
@@ -403,7 +429,8 @@ class PeerEngine:
         self._demand_override = None
         if self._published is None or self._published.silent or self.credential_expired(now):
             return None
-        return self._announce(OwnState(0, 0, 0, 0), now)
+        return self._announce(OwnState(0, 0, 0, 0, (0,) * DEMAND_BUCKETS if self._bids else None),
+                              now)
 
     def next_deadline(self) -> float | None:
         """When `poll_announcements` next has work if nothing else changes (a keep-alive, a
@@ -439,7 +466,8 @@ class PeerEngine:
             signer=self.signer, issued_at_ms=now_ms, seq=seq,
             tokens_per_second=state.tokens_per_second, min_price_nano=state.min_price_nano,
             pending_tokens=state.pending_tokens, pending_requests=state.pending_requests,
-            work_nonce=self.work_nonce, credential=self.credential)
+            work_nonce=self.work_nonce, credential=self.credential,
+            demand_by_limit=state.demand_by_limit)
         data = encode(announcement, self.private_key)
         self._last_seq = seq
         self._published = state
@@ -517,7 +545,8 @@ class PeerEngine:
         above it and say again what is true now."""
         self._last_seq = message.seq
         self._published = OwnState(message.tokens_per_second, message.min_price_nano,
-                                   message.pending_tokens, message.pending_requests)
+                                   message.pending_tokens, message.pending_requests,
+                                   message.demand_by_limit)
         self._published_at = seconds_of(message.issued_at_ms)
         self._dirty = True
 

@@ -237,7 +237,7 @@ class JobService:
         self._wake = trio.Event()
         self._changed: dict[str, trio.Event] = {}
         self._refused: OrderedDict[str, JobStatus] = OrderedDict()
-        self._demand: tuple[int, int] | None = None
+        self._demand: tuple[int, int, tuple[int, ...] | None] | None = None
         self._seen_receipts: set[bytes] = set()  # without a ledger only
         self._closed = False
 
@@ -390,7 +390,8 @@ class JobService:
                 if offers is not self._offers_given:  # the desk holds these already otherwise
                     self.gateway.set_view_offers(offers, now)
                     self._offers_given = offers
-                for dispatch in self.gateway.dispatch(now):
+                clearing = self.price_nano(now) if self.engine.config.clearing else None
+                for dispatch in self.gateway.dispatch(now, clearing):
                     self.counters.jobs_sent += 1
                     self._nursery.start_soon(self._send_job, dispatch)
             self._announce_demand()
@@ -407,7 +408,9 @@ class JobService:
         self._wake.set()
 
     def _announce_demand(self) -> None:
-        demand = (self.gateway.pending_tokens, self.gateway.pending_requests)
+        demand = (self.gateway.pending_tokens, self.gateway.pending_requests,
+                  self.gateway.pending_by_limit() if self.engine.config.curve == "clearing"
+                  else None)
         if demand != self._demand:
             self._demand = demand
             self.engine.set_demand(*demand)

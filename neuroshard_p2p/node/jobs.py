@@ -46,6 +46,7 @@ from neuroshard_p2p.core.book import (
     State,
 )
 from neuroshard_p2p.core.errors import MarketError, format_price
+from neuroshard_p2p.core.pricing import demand_histogram
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.node.job_records import Payers, SeenJobs
 from neuroshard_p2p.node.reputation import (
@@ -534,6 +535,11 @@ class GatewayDesk:
     def pending_requests(self) -> int:
         return self.book.pending_count
 
+    def pending_by_limit(self) -> tuple[int, ...]:
+        """The waiting tokens by bid bucket (a clearing network's announced demand, revision
+        2.1). O(pending requests)."""
+        return demand_histogram((r.max_price_nano, r.tokens) for r in self.book.pending())
+
     # -- offers and matching -----------------------------------------------------------------
 
     def set_view_offers(self, offers: Iterable[CountedOffer], now: float) -> None:
@@ -550,7 +556,7 @@ class GatewayDesk:
         """Do not send jobs to `peer_id` before `until`."""
         self._set_aside[peer_id] = max(until, self._set_aside.get(peer_id, -math.inf))
 
-    def dispatch(self, now: float) -> list[Dispatch]:
+    def dispatch(self, now: float, clearing_price_nano: int | None = None) -> list[Dispatch]:
         """Match pending requests to the offers (minus providers set aside, backing off or
         banned; those on probation one request at a time, small ones first) and return the jobs
         to send, each request now claimed by its provider in the book."""
@@ -578,13 +584,13 @@ class GatewayDesk:
         self.book.set_offers(offers, now)
         capacity = {o.node_id: o.tokens_per_second for o in offers}
         probation = {o.node_id for o in offers if o.probation_tokens}
-        matches = self.book.match(now)
+        matches = self.book.match(now, clearing_price_nano)
         if probation and self.book.pending_count:
             # Small jobs first, but never only: a request no trusted provider could take may go
             # to an idle provider on probation whatever its size (still one at a time).
             self.book.set_offers([replace(o, probation_tokens=MAX_REQUEST_TOKENS)
                                   if o.probation_tokens else o for o in offers], now)
-            matches += self.book.match(now)
+            matches += self.book.match(now, clearing_price_nano)
         if self.book.pending_count:
             comebacks = [t for t in (min(self._set_aside.values(), default=None),
                                      reputation.next_change(now)) if t is not None]

@@ -30,22 +30,28 @@ LANE_BITS = 128
 LANE_MASK = (1 << LANE_BITS) - 1
 
 
-def pack(available_nodes: int, supply: int, demand: int, requests: int, counted: int) -> int:
-    """One contribution as a packed integer (all quantities must be >= 0 and < 2^128)."""
+def pack(available_nodes: int, supply: int, demand: int, requests: int, counted: int,
+         marker: int = 0) -> int:
+    """One contribution as a packed integer (all quantities must be >= 0 and < 2^128).
+    `marker` is a sixth lane that only makes contributions of different messages differ (a
+    clearing network's price depends on each counted message's ask and bids, not only on the
+    totals, so replacing a message by one with equal totals must still register as a change)."""
     return (available_nodes
             | supply << LANE_BITS
             | demand << (2 * LANE_BITS)
             | requests << (3 * LANE_BITS)
-            | counted << (4 * LANE_BITS))
+            | counted << (4 * LANE_BITS)
+            | marker << (5 * LANE_BITS))
 
 
 def unpack(value: int) -> tuple[int, int, int, int, int]:
-    """The lanes of a packed total. Only valid for a total whose every lane is >= 0."""
+    """The lanes of a packed total (without the marker). Only valid for a total whose every lane
+    is >= 0."""
     return (value & LANE_MASK,
             (value >> LANE_BITS) & LANE_MASK,
             (value >> (2 * LANE_BITS)) & LANE_MASK,
             (value >> (3 * LANE_BITS)) & LANE_MASK,
-            value >> (4 * LANE_BITS))
+            (value >> (4 * LANE_BITS)) & LANE_MASK)
 
 
 class StepSum:

@@ -48,10 +48,11 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from neuroshard_p2p.config import MarketConfig
-from neuroshard_p2p.core.pricing import smoothed_price, target_price_nano, utilization
+from neuroshard_p2p.core.pricing import (DEMAND_BUCKETS, clearing_price_nano, smoothed_price,
+                                         target_price_nano, utilization)
 from neuroshard_p2p.timeline import ms_of, whole_ms
 from neuroshard_p2p.view.register import Register, Segment, order_key
-from neuroshard_p2p.view.steps import StepSum, pack, unpack
+from neuroshard_p2p.view.steps import LANE_BITS, StepSum, pack, unpack
 from neuroshard_p2p.wire import MAX_FUTURE_S, SYNC_BUCKETS, Announcement
 from neuroshard_p2p.wire.codec import MAX_U63
 from neuroshard_p2p.wire.messages import RevocationList
@@ -82,6 +83,8 @@ _DIGEST_TAG = b"neuroshard/view/v2"
 _BUCKET_TAG = b"neuroshard/view-bucket/v2"
 _REVOCATIONS_TAG = b"neuroshard/revocations/v2"
 _NEVER = 1 << 63
+_LANE_MASK = (1 << LANE_BITS) - 1
+_MISSING = object()
 _SUM_MOD = 1 << 256
 _PUBKEY_LEN = 33
 _ID_LEN = 32
@@ -185,6 +188,9 @@ class MarketView:
         self._requests_cap = config.max_signer_pending_requests
         self._signer_tokens_cap = config.max_signer_pending_tokens
         self._work_bits = config.identity_work_bits
+        #: Revision 2.1: the price is the clearing price of asks and bids (§7.7).
+        self._clearing = config.clearing
+        self._bids_cache: dict[bytes, tuple[tuple[int, int], ...] | None] = {}
         # Revocation lists: the newest of each authority, and per member the earliest instant
         # any of them revokes it from.
         self._lists: dict[bytes, RevocationList] = {}
@@ -466,7 +472,8 @@ class MarketView:
                 capacity >>= shift
                 demand >>= shift
                 requests >>= shift
-        return pack(1 if capacity > 0 else 0, capacity, demand, requests, 1)
+        marker = int.from_bytes(message.msg_id[:8], "big") if self._clearing else 0
+        return pack(1 if capacity > 0 else 0, capacity, demand, requests, 1, marker)
 
     def _member_end(self, message: Announcement) -> int:
         """The instant a member stops counting (credential expiry, or the earliest revocation
@@ -734,9 +741,74 @@ class MarketView:
         if cached is None:
             lanes = unpack(self._steps.value_at_block_start(tick))
             supply, demand = lanes[1], lanes[2]
-            cached = (supply, demand, target_price_nano(supply, demand, self.config))
+            if self._clearing:
+                target = self.clearing_price_at_ms(self.evaluation_ms(tick))
+            else:
+                target = target_price_nano(supply, demand, self.config)
+            cached = (supply, demand, target)
             self._tick_cache[tick] = cached
         return cached
+
+    def asks_and_bids_at_ms(self, t_ms: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """What the clearing price of instant t_ms is computed from (protocol v2 §7.7, revision
+        2.1): each counted signer's (ask, counted capacity) — capacity after the caps and the
+        work shift, as in the supply total — and the sum of the counted bid histograms.
+        O(signers)."""
+        offers: list[tuple[int, int]] = []
+        bids = [0] * DEMAND_BUCKETS
+        for register in self._registers.values():
+            segment = register.counted_at(t_ms)
+            if segment is None:
+                continue
+            message = segment.message
+            capacity = (segment.weight >> LANE_BITS) & _LANE_MASK
+            if capacity:
+                offers.append((message.min_price_nano, capacity))
+            counted = self._counted_bids(message)
+            if counted is not None:
+                for b, tokens in counted:
+                    bids[b] += tokens
+        return offers, bids
+
+    def clearing_price_at_ms(self, t_ms: int) -> int:
+        """The clearing price (nano per 1M tokens) of the announcements counting at t_ms."""
+        offers, bids = self.asks_and_bids_at_ms(t_ms)
+        return clearing_price_nano(offers, bids, self.config)
+
+    def _counted_bids(self, message: Announcement) -> tuple[tuple[int, int], ...] | None:
+        """(bucket, tokens) of a message's bid histogram as it counts (§7.1, revision 2.1): trimmed to the
+        signer's counted demand before the work shift (the d of §7.1 without the shift), taking
+        the highest buckets first, then each bucket shifted right by the work shift."""
+        cache = self._bids_cache
+        found = cache.get(message.msg_id, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        histogram = message.demand_by_limit
+        result: tuple[tuple[int, int], ...] | None = None
+        if histogram is not None and message.pending_tokens:
+            requests = min(message.pending_requests, self._requests_cap)
+            tokens_cap = self._signer_tokens_cap
+            member = message.member
+            if member is not None:
+                requests = min(requests, member.max_pending_requests)
+                tokens_cap = min(tokens_cap, member.max_pending_tokens)
+            left = min(message.pending_tokens, requests * self._tokens_per_request_cap,
+                       tokens_cap)
+            shift = (weight_shift(work_bits(message.signer, message.work_nonce), self._work_bits)
+                     if self._work_bits else 0)
+            taken: list[tuple[int, int]] = []
+            for b in range(DEMAND_BUCKETS - 1, -1, -1):
+                if left <= 0:
+                    break
+                tokens = min(histogram[b], left)
+                left -= tokens
+                if tokens >> shift:
+                    taken.append((b, tokens >> shift))
+            result = tuple(taken)
+        if len(cache) > 2 * len(self._held) + 1024:
+            cache.clear()
+        cache[message.msg_id] = result
+        return result
 
     def _validate_tick_cache(self) -> None:
         changed = self._steps.changed_from
@@ -758,6 +830,12 @@ class MarketView:
         """The price at tick k: the smoothed price over the targets of ticks k−W+1 … k, each tick
         evaluated on this view as of its start minus the settle delay. A pure function of the
         retained announcements, the config and k."""
+        if self._clearing:
+            # Revision 2.1: a clearing network's price is its tick's own clearing price.
+            self._validate_tick_cache()
+            supply, demand, target = self._tick_state(tick)
+            return TickPrice(tick=tick, price_nano=target, target_nano=target, supply=supply,
+                             demand=demand)
         window = self.config.window_ticks
         targets = self.targets(tick - window + 1, tick)
         supply, demand, target = self._tick_state(tick)

@@ -29,6 +29,7 @@ from coincurve.ecdsa import cdata_to_der, der_to_cdata, serialize_compact
 from neuroshard_p2p.timeline import ms_of, seconds_of, whole_ms
 from neuroshard_p2p.wire.errors import IGNORE, REJECT, WireError
 from neuroshard_p2p.wire.messages import (
+    DEMAND_BUCKETS,
     KIND_ANNOUNCEMENT,
     KIND_JOB,
     KIND_CREDENTIAL,
@@ -71,12 +72,12 @@ _MAX_FUTURE_MS = whole_ms(MAX_FUTURE_S, "MAX_FUTURE_S")
 
 # Per kind: the body fields after the common header, with their type and range.
 _INT, _PUBKEY, _STR, _PROMPT = "int", "pubkey", "str", "prompt"
-_CRED, _HASH, _REVOKED = "credential", "hash", "revoked"
+_CRED, _HASH, _REVOKED, _BIDS = "credential", "hash", "revoked", "bids"
 SCHEMA: dict[int, tuple[tuple[str, str], ...]] = {
     KIND_ANNOUNCEMENT: (
         ("seq", _INT), ("tokens_per_second", _INT), ("min_price_nano", _INT),
         ("pending_tokens", _INT), ("pending_requests", _INT), ("work_nonce", _INT),
-        ("credential", _CRED),
+        ("credential", _CRED), ("demand_by_limit", _BIDS),
     ),
     KIND_JOB: (
         ("request_id", _STR), ("user", _STR), ("provider", _PUBKEY), ("tokens", _INT),
@@ -97,6 +98,10 @@ SCHEMA: dict[int, tuple[tuple[str, str], ...]] = {
 }
 _FIELD_NAMES = {kind: tuple(name for name, _ in schema) for kind, schema in SCHEMA.items()}
 _BODY_LEN = {kind: 4 + len(schema) for kind, schema in SCHEMA.items()}
+#: An announcement's last item, the bid histogram, exists only on clearing networks (revision
+#: 2.1): its body has 11 items without it, 12 with it. Which one a network wants is the
+#: validator's rule (V6c), not the codec's.
+_ANNOUNCEMENT_LENS = (_BODY_LEN[KIND_ANNOUNCEMENT] - 1, _BODY_LEN[KIND_ANNOUNCEMENT])
 # Decoding builds messages positionally: the dataclass fields must follow the schema's order.
 for _kind, _names in _FIELD_NAMES.items():
     _declared = [f.name for f in dataclasses.fields(MESSAGE_TYPES[_kind])]
@@ -129,6 +134,11 @@ def body_of(message: Message) -> bytes:
     fields = [getattr(message, name) for name in _FIELD_NAMES[message.KIND]]
     if message.KIND == KIND_REVOCATIONS:
         fields[-1] = [list(entry) for entry in fields[-1]]
+    elif message.KIND == KIND_ANNOUNCEMENT:
+        if fields[-1] is None:
+            fields.pop()
+        else:
+            fields[-1] = list(fields[-1])
     return _pack([VERSION, message.KIND, message.signer, message.issued_at_ms, *fields])
 
 
@@ -145,8 +155,10 @@ def encode(message: Message, private_key: coincurve.PrivateKey) -> bytes:
         raise WireError("kind", REJECT, f"cannot encode a {type(message).__name__} as a signed message")
     if message.signer != public_key_of(private_key):
         raise WireError("signer_mismatch", REJECT, "signer is not the public key of the signing key")
-    _check_fields(kind, [getattr(message, n) for n in _FIELD_NAMES[kind]],
-                  message.signer, message.issued_at_ms)
+    values = [getattr(message, n) for n in _FIELD_NAMES[kind]]
+    if kind == KIND_ANNOUNCEMENT and values[-1] is None:
+        values.pop()
+    _check_fields(kind, values, message.signer, message.issued_at_ms)
     body = body_of(message)
     # libsecp256k1 signs deterministically (RFC 6979) and always produces low-s signatures.
     signature = serialize_compact(der_to_cdata(private_key.sign(body)))
@@ -220,13 +232,17 @@ def _decode(data: Any, msg_id: bytes | None) -> Message:
         raise WireError("kind", REJECT, f"unknown message kind {kind!r}")
     if size > MAX_SIZE[kind]:  # W8
         raise WireError("oversize", REJECT, f"message is {size} bytes (limit {MAX_SIZE[kind]})")
-    if len(fields) != _BODY_LEN[kind]:  # W9
+    if len(fields) != _BODY_LEN[kind] and not (kind == KIND_ANNOUNCEMENT
+                                               and len(fields) in _ANNOUNCEMENT_LENS):  # W9
+        expected = ("11 or 12" if kind == KIND_ANNOUNCEMENT else str(_BODY_LEN[kind]))
         raise WireError("malformed", REJECT,
-                        f"kind {kind} body has {len(fields)} items, expected {_BODY_LEN[kind]}")
+                        f"kind {kind} body has {len(fields)} items, expected {expected}")
     values = fields[4:]
     key = _check_fields(kind, values, signer, issued_at_ms)  # W10
     if kind == KIND_REVOCATIONS:
         values[-1] = tuple((member, from_ms) for member, from_ms in values[-1])
+    elif kind == KIND_ANNOUNCEMENT and len(values) == len(SCHEMA[kind]):
+        values[-1] = tuple(values[-1])
     if _pack(fields) != body:  # W11
         raise WireError("non_canonical", REJECT, "body is not canonically encoded")
     if not _verify(key, signature, body):  # W12
@@ -309,10 +325,12 @@ def _check_fields(kind: int, values: list[Any], signer: Any,
     key = _parsed_pubkey("signer", signer)
     _check_int("issued_at_ms", issued_at_ms)
     if kind == KIND_ANNOUNCEMENT:  # the hot path: six integers and a (usually empty) bin
-        for name, value in zip(_FIELD_NAMES[kind], values[:-1]):
+        for name, value in zip(_FIELD_NAMES[kind], values[:6]):
             if type(value) is not int or not 0 <= value <= MAX_U63:
                 _check_int(name, value)
-        _check_credential(values[-1])
+        _check_credential(values[6])
+        if len(values) == 8:
+            _check_bids(values[7], values[3])
         return key
     for (name, typ), value in zip(SCHEMA[kind], values):
         if typ == _INT:
@@ -357,6 +375,20 @@ def _check_credential(value: Any) -> None:
     if type(value) is not bytes or len(value) > MAX_CREDENTIAL:
         raise WireError("bad_field", REJECT,
                         f"credential must be bytes of at most {MAX_CREDENTIAL} (empty: none)")
+
+
+def _check_bids(value: Any, pending_tokens: int) -> None:
+    """W10 for an announcement's bid histogram (revision 2.1): exactly DEMAND_BUCKETS integers
+    0..2^63-1 that add up to pending_tokens."""
+    if type(value) not in (list, tuple) or len(value) != DEMAND_BUCKETS:
+        raise WireError("bad_field", REJECT,
+                        f"demand_by_limit must be an array of {DEMAND_BUCKETS} integers")
+    for tokens in value:
+        _check_int("demand_by_limit item", tokens)
+    if sum(value) != pending_tokens:
+        raise WireError("bad_field", REJECT,
+                        f"demand_by_limit adds up to {sum(value)}, not pending_tokens "
+                        f"{pending_tokens}")
 
 
 def _check_revoked(value: Any) -> None:

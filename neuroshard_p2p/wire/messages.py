@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from neuroshard_p2p.core.book import TIERS  # the wire names a job's tier by its index here
+#: Bid buckets of an announcement on a clearing network (their edges are the core's).
+from neuroshard_p2p.core.pricing import DEMAND_BUCKETS
 
 VERSION = 2
 #: Peer exchange (frame 21 on /peers/1.1.0) did not change in v2 and keeps its version item.
@@ -73,6 +75,10 @@ class Announcement:
     pending_requests: int
     work_nonce: int = 0      # the signer's identity work (wire.work); 0 when it has none
     credential: bytes = b""  # members networks: a Credential's wire bytes naming this signer
+    # Clearing networks only (revision 2.1): pending_tokens split by the requests' max price into
+    # the fixed bid buckets (core.pricing.DEMAND_BUCKET_EDGES_NANO), 16 integers summing to
+    # pending_tokens; the 12th body item. None (absent from the body) on every other network.
+    demand_by_limit: tuple[int, ...] | None = None
     # Filled by the codec: the exact signed bytes and their id. Not part of equality of content.
     signature: bytes = field(default=b"", compare=False, repr=False)
     wire: bytes = field(default=b"", compare=False, repr=False)
@@ -280,5 +286,5 @@ __all__ = [
     "KIND_PEER_EXCHANGE", "KIND_JOB_SETTLED", "JobSettled", "SETTLED", "SYNC_BUCKETS", "TIERS",
     "Announcement", "Job", "Receipt", "SyncRequest",
     "SyncResponse", "JobDeclined", "JobAccepted", "JobResult", "PeerExchange", "Message",
-    "JobFrame", "Frame", "MESSAGE_TYPES", "FRAME_TYPES",
+    "JobFrame", "Frame", "MESSAGE_TYPES", "FRAME_TYPES", "DEMAND_BUCKETS",
 ]

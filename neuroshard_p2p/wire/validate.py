@@ -10,6 +10,8 @@ of protocols/market-v2.md §6.2, checked in this order):
 - V3 only announcements travel where a validator is used (the gossip topic, sync responses):
   any other kind → reject `kind`; V4 the author is the peer it came from (`wrong_signer`);
 - V6 announcement capacity ≤ `max_node_tokens_per_s` → reject `implausible`;
+- V6c (revision 2.1) an announcement carries its bid histogram `demand_by_limit` exactly when
+  the network's charter says curve = "clearing" → else reject `bad_field`;
 - V6m membership (members networks): a credential of one of the charter's authorities naming
   the signer, in the roles it acts in → reject `not_member`; an open network's announcements
   carry no credential (`bad_field`). A members network's RevocationList (kind 5) passes V1–V3,
@@ -140,6 +142,9 @@ class Validator:
         if rate_burst < 1 or max_seen < 1 or max_signers < 1 or seen_ttl_s <= 0:
             raise ValueError("rate_burst, max_seen and max_signers must be >= 1, seen_ttl_s > 0")
         self.config = config
+        #: Revision 2.1: on a clearing network (charter curve "clearing") every announcement
+        #: carries the bid histogram, on any other none (V6c).
+        self._bids_wanted = config.curve == "clearing"
         self._decode = decode
         #: None: an open network. Otherwise the members network's charter hash and authorities.
         self.admission = admission
@@ -271,6 +276,11 @@ class Validator:
             raise WireError("implausible", REJECT,
                             f"capacity {tokens_per_second} tokens/s is above "
                             f"max_node_tokens_per_s = {limit}")
+        if (announcement.demand_by_limit is not None) != self._bids_wanted:  # V6c
+            raise WireError("bad_field", REJECT,
+                            "a clearing network's announcements carry demand_by_limit (12 items)"
+                            if self._bids_wanted else
+                            "demand_by_limit exists only on clearing networks (11 items here)")
         if self.admission is not None or announcement.credential:  # V6m
             member = check_announcement(announcement, self.admission)
             if member is not None and announcement.member is not member:
