@@ -2025,6 +2025,7 @@ def documents() -> dict[str, Any]:
         "frames.json": ports.with_v1_frames(frame_vectors()),
         "counting.json": counting_documents(),
         **ports.documents(),
+        **__import__("gen_streaming").documents(),  # revision 2.1: streaming (issue 16)
     }
 
 
