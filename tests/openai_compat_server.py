@@ -95,7 +95,8 @@ class OpenAICompatServer:
         rate = None
         if command == "!rate":
             rate = float(words[1])
-            words = [f"w{i}" for i in range(max_tokens)]
+            tag = words[2] if len(words) > 2 else "w"  # "!rate R TAG": words TAG0 TAG1 …
+            words = [f"{tag}{i}" for i in range(max_tokens)]
         if request.get("stream"):
             usage = bool((request.get("stream_options") or {}).get("include_usage"))
             await self._stream(receive, send, request, chat, words[:max_tokens], rate, usage)

@@ -132,6 +132,14 @@ async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> Non
         assert completion.choices[0].text == "one two"
         assert completion.usage.completion_tokens == 2
 
+        # `neuroshard-node chat` streams the same from the terminal.
+        done = await trio.run_process(
+            [sys.executable, "-m", "neuroshard_p2p.cli", "chat", "--data-dir",
+             str(gateway.data_dir), "--api", gateway.url, "--max-tokens", "4", "!rate 0"],
+            capture_stdout=True, capture_stderr=True)
+        assert done.stdout.decode() == "w0 w1 w2 w3\n"
+        assert f"[4 tokens from {provider.node.peer_id} at " in done.stderr.decode()
+
 
 async def test_client_going_away_mid_stream_settles_exactly_what_was_served(
         tmp_path: Path) -> None:
