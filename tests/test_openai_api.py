@@ -81,7 +81,7 @@ async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> Non
 
         def stream() -> tuple[list[str], Any]:
             chunks = list(oa.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "!rate 0"}], max_tokens=12,
+                model=MODEL, messages=[{"role": "user", "content": "!rate 50"}], max_tokens=12,
                 stream=True, stream_options={"include_usage": True},
                 extra_body={"provider": {"max_price": {"completion": 0.5}}}))
             texts = [c.choices[0].delta.content for c in chunks
@@ -90,7 +90,8 @@ async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> Non
 
         texts, chunks = await trio.to_thread.run_sync(stream)
         assert "".join(texts) == " ".join(f"w{i}" for i in range(12))
-        assert len(texts) == 12  # one SSE chunk per backend token, in order
+        # Pieces as the backend paced them (20 ms apart: alone, unless the machine stalls).
+        assert len(texts) > 1
         usage = chunks[-1].usage
         assert (usage.completion_tokens, usage.prompt_tokens) == (12, 0)
         market_fields = chunks[-1].model_extra["neuroshard"]
@@ -182,13 +183,14 @@ async def test_client_going_away_mid_stream_settles_exactly_what_was_served(
         assert (g.tokens, g.payment, g.burned, g.earned) == (served, paid.payment, paid.burned,
                                                             paid.earned)
         assert (p.tokens, p.payment, p.receipt_id) == (served, paid.payment, g.receipt_id)
-        # The provider stopped its backend: the server saw the disconnect, having sent exactly
-        # the tokens the receipt charges (one per event).
+        # The provider stopped its backend: the server saw the disconnect, having sent the
+        # tokens the receipt charges (one per event) and at most the few still in the
+        # provider's buffer when JobCancel came (those were never sent on, so not charged).
         async def backend_stopped() -> dict[str, Any] | None:
             record = (await stats(url))["streams"][-1]
             return record if record["disconnected"] else None
         record = await eventually(backend_stopped, 5, "the backend sees its client leave")
-        assert record["sent"] == served and not record["done"]
+        assert served <= record["sent"] <= served + 3 and not record["done"]
         counters = provider.node.jobs.counters
         assert (counters.jobs_cancelled, gateway.node.jobs.counters.cancels_sent) == (1, 1)
         assert "".join(received) == " ".join(f"w{i}" for i in range(10))

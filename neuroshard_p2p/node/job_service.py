@@ -127,6 +127,8 @@ MAX_REFUSED_KEPT = 1024
 #: cancelled and settles what was served, rather than holding the provider's stream (and its
 #: progress deadline) hostage.
 STREAM_BUFFER = 256
+#: Text a provider holds while a chunk is being written before its backend has to wait.
+STREAM_BUFFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -982,28 +984,69 @@ class JobService:
         served = 0
         write_s = self.settings.accept_timeout_s
 
+        # Pieces wait here while a chunk is being written, and go out together as the next
+        # chunk: a slow backend's tokens leave one by one, a fast one's in batches (one frame
+        # per token would cost py-libp2p a few ms each). The buffer is bounded: past it, the
+        # backend waits for the stream (back-pressure).
+        buffered: list[str] = []
+        buffer = {"tokens": 0, "bytes": 0, "finished": False}
+        wake = [trio.Event()]
+        drained = [trio.Event()]
+        flushed = trio.Event()
+
         async def emit(text: str, tokens: int) -> None:
+            while buffer["bytes"] >= STREAM_BUFFER_BYTES:
+                await drained[0].wait()
+            buffered.append(text)
+            buffer["tokens"] += tokens
+            buffer["bytes"] += len(text.encode("utf-8", "replace"))
+            wake[0].set()
+
+        async def write_chunks() -> None:
             nonlocal served
-            pieces = _split_utf8(text, MAX_CHUNK_TEXT)
-            for i, piece in enumerate(pieces):
-                frame = JobChunk(job.request_id, tokens if i == 0 else 0, piece)
-                # A frame is written whole or the stream is given up: a cancellation must not
-                # cut one in half (the JobResult follows it on the same stream).
-                with trio.CancelScope(shield=True), trio.move_on_after(write_s) as scope:
-                    await stream.write(length_prefixed(encode_job_frame(frame)))
-                if scope.cancelled_caught:
-                    raise _GatewayGone(f"the gateway took no data for {write_s:g} s")
-                if i == 0:
-                    served += tokens
+            while True:
+                if not buffered and not buffer["tokens"]:
+                    if buffer["finished"]:
+                        flushed.set()
+                        return
+                    await wake[0].wait()
+                    wake[0] = trio.Event()
+                    continue
+                text, tokens = "".join(buffered), buffer["tokens"]
+                buffered.clear()
+                buffer["tokens"] = buffer["bytes"] = 0
+                for i, piece in enumerate(_split_utf8(text, MAX_CHUNK_TEXT)):
+                    frame = JobChunk(job.request_id, tokens if i == 0 else 0, piece)
+                    # A frame is written whole or the stream is given up: a cancellation must
+                    # not cut one in half (the JobResult follows it on the same stream).
+                    with trio.CancelScope(shield=True), trio.move_on_after(write_s) as scope:
+                        await stream.write(length_prefixed(encode_job_frame(frame)))
+                    if scope.cancelled_caught:
+                        raise _GatewayGone(f"the gateway took no data for {write_s:g} s")
+                    if i == 0:
+                        served += tokens
+                drained[0].set()
+                drained[0] = trio.Event()
 
         async def serve(cancel: trio.CancelScope) -> None:
             try:
-                outcome.append(await serve_stream(self.backend, job.prompt, job.tokens, serve_by,
-                                                  emit))
+                async with trio.open_nursery() as writing:
+                    writing.start_soon(write_chunks)
+                    result = await serve_stream(self.backend, job.prompt, job.tokens, serve_by,
+                                                emit)
+                    buffer["finished"] = True
+                    wake[0].set()
+                    await flushed.wait()
+                outcome.append(result)
             except BackendError as exc:
                 outcome.append(exc)
             except _GatewayGone as exc:
                 stopped.append(str(exc))
+            except BaseExceptionGroup as group:  # the writer gave up inside the nursery
+                gone = group.subgroup(_GatewayGone)
+                if gone is None:
+                    raise
+                stopped.append(str(gone.exceptions[0]))
             cancel.cancel()
 
         async def watch_gateway(cancel: trio.CancelScope) -> None:
