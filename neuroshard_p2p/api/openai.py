@@ -317,13 +317,18 @@ class OpenAIApi:
         rid = status.request_id
         created = int(node.now())
         answer = _Answer(self, request, rid, created, send)
+        refusal: OpenAIError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_client, receive, rid, nursery.cancel_scope)
             try:
                 await answer.run(pieces)
+            except OpenAIError as error:  # raised outside the nursery, not in a group
+                refusal = error
             finally:
                 pieces.close()
                 nursery.cancel_scope.cancel()
+        if refusal is not None:
+            raise refusal
 
     async def _watch_client(self, receive: Receive, rid: str, scope: trio.CancelScope) -> None:
         """The client went away (http.disconnect): cancel its request; the answer stops."""

@@ -68,6 +68,7 @@ async def _stream(client: httpx.AsyncClient, url: str, token: str | None, prompt
     started = time.perf_counter()
     first = last = None
     texts: list[str] = []
+    first_words = 0
     market: dict[str, Any] = {}
     async with client.stream("POST", url + "/v1/chat/completions", json=body,
                              headers=headers) as response:
@@ -85,11 +86,16 @@ async def _stream(client: httpx.AsyncClient, url: str, token: str | None, prompt
                 text = (choice.get("delta") or {}).get("content")
                 if text:
                     now = time.perf_counter()
-                    first = first or now
+                    if first is None:
+                        first = now
+                        first_words = len(text.split())
                     last = now
                     texts.append(text)
     assert first is not None and last is not None
-    return {"ttft": first - started, "tps": (len(texts) - 1) / max(last - first, 1e-9),
+    # Tokens are words here (the backend sends one per event; the market may carry several in
+    # one piece), counted after the first piece over the time after it.
+    words = len("".join(texts).split())
+    return {"ttft": first - started, "tps": (words - first_words) / max(last - first, 1e-9),
             "text": "".join(texts), "pieces": len(texts), "market": market}
 
 

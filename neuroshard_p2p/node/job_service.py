@@ -127,8 +127,16 @@ MAX_REFUSED_KEPT = 1024
 #: cancelled and settles what was served, rather than holding the provider's stream (and its
 #: progress deadline) hostage.
 STREAM_BUFFER = 256
+#: Job streams a gateway opens at once (the rest wait their turn before their accept deadline).
+OPENING_AT_ONCE = 16
 #: Text a provider holds while a chunk is being written before its backend has to wait.
 STREAM_BUFFER_BYTES = 64 * 1024
+#: A provider paces its chunk frames: after writing one for a job it waits this long times the
+#: number of jobs it is streaming before the next (what arrived meanwhile goes in one frame). A
+#: lone stream sends a frame every 2 ms at most, so tokens leave as they come; 100 streams share
+#: about 500 frames/s, which py-libp2p (noise + yamux, a few ms of CPU per frame) keeps up with.
+#: Tokens per second are the backend's either way; the first piece is never held.
+STREAM_FRAME_BUDGET_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -317,6 +325,10 @@ class JobService:
         self._demand: tuple[int, int] | None = None
         self._seen_receipts: set[bytes] = set()  # without a ledger only
         self._sinks: dict[str, _Sink] = {}
+        #: Job streams this gateway may be opening at once (`_send_job`).
+        self._opening = trio.Semaphore(OPENING_AT_ONCE)
+        #: Jobs this provider is streaming now (paces their chunk frames).
+        self._streaming_jobs = 0
         self._closed = False
 
     @classmethod
@@ -553,8 +565,14 @@ class JobService:
             protocols.insert(0, self.settings.stream_protocol)
             sink.tokens, sink.parts, sink.text_bytes = 0, [], 0
         streamed = False
+        opening = False
         try:
             job = dispatch.job
+            # A burst of jobs opens its streams a few at a time: py-libp2p takes seconds to open
+            # a hundred at once, and waiting for our own turn is no fault of the provider's (the
+            # accept deadline starts when the turn comes).
+            await self._opening.acquire()
+            opening = True
             sent_at = self.clock()
             started = time.perf_counter()
             total_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
@@ -585,6 +603,10 @@ class JobService:
                 if stream is not None:
                     await reset_quietly(stream)
                 return
+            finally:
+                if opening:
+                    opening = False
+                    self._opening.release()
             if first is None:
                 fault(DROPPED, "closed the stream without an answer")
                 return
@@ -668,6 +690,8 @@ class JobService:
                 await _abandon(stream)
             raise
         finally:
+            if opening:
+                self._opening.release()
             if sink is not None and (sink.delivered or sink.cancelled.is_set()):
                 # Its user has seen part of the output (or gave up): the request cannot start
                 # over at another provider. Nothing is charged for an attempt that did not
@@ -993,6 +1017,7 @@ class JobService:
         wake = [trio.Event()]
         drained = [trio.Event()]
         flushed = trio.Event()
+        finished = trio.Event()
 
         async def emit(text: str, tokens: int) -> None:
             while buffer["bytes"] >= STREAM_BUFFER_BYTES:
@@ -1027,6 +1052,9 @@ class JobService:
                         served += tokens
                 drained[0].set()
                 drained[0] = trio.Event()
+                if not buffer["finished"]:
+                    with trio.move_on_after(STREAM_FRAME_BUDGET_S * self._streaming_jobs):
+                        await finished.wait()
 
         async def serve(cancel: trio.CancelScope) -> None:
             try:
@@ -1035,6 +1063,7 @@ class JobService:
                     result = await serve_stream(self.backend, job.prompt, job.tokens, serve_by,
                                                 emit)
                     buffer["finished"] = True
+                    finished.set()
                     wake[0].set()
                     await flushed.wait()
                 outcome.append(result)
@@ -1063,9 +1092,13 @@ class JobService:
                 stopped.append("gone")
             cancel.cancel()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve, nursery.cancel_scope)
-            nursery.start_soon(watch_gateway, nursery.cancel_scope)
+        self._streaming_jobs += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve, nursery.cancel_scope)
+                nursery.start_soon(watch_gateway, nursery.cancel_scope)
+        finally:
+            self._streaming_jobs -= 1
         result = outcome[0] if outcome else None
         if isinstance(result, BackendError):
             self.counters.backend_errors += 1
