@@ -268,3 +268,32 @@ async def test_errors_in_openais_shape(tmp_path: Path) -> None:
         # Nothing was charged for any of it.
         assert await gateway.node.jobs.ledger.recent(10) == []  # type: ignore[union-attr]
         _ = json
+
+
+async def test_the_synthetic_backend_streams_at_its_rate(tmp_path: Path) -> None:
+    """A provider on the default synthetic backend streams too: pieces as the tokens fall due
+    at its offered rate (200 tokens/s: 100 tokens take about 0.5 s), not one piece at the end."""
+    async with api_node(tmp_path / "provider", 3, capacity=200, min_price=0.01) as provider:
+        async with api_node(tmp_path / "gateway", 4,
+                            bootstrap=(provider.node.addrs[0],)) as gateway:
+            async def sees_offer() -> bool:
+                return bool((await gateway.get("/api/market/offers")).json()["offers"])
+            await eventually(sees_offer, 10, "the gateway sees the provider's offer")
+            oa = client(gateway)
+
+            def stream() -> list[Any]:
+                return list(oa.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=100,
+                    stream=True))
+
+            chunks = await trio.to_thread.run_sync(stream)
+            texts = [c.choices[0].delta.content for c in chunks
+                     if c.choices and c.choices[0].delta.content]
+            filler = ("the", "market", "routes", "tokens", "to", "providers", "at", "a",
+                      "locked", "price")
+            assert "".join(texts) == " ".join(filler[i % 10] for i in range(100))
+            assert len(texts) >= 5  # streamed in pieces over about half a second
+            market_fields = chunks[-1].model_extra["neuroshard"]
+            assert market_fields["tokens_served"] == 100
+            assert market_fields["cost_nano"] == settle_amounts(
+                100, market_fields["locked_price_nano"], API_MARKET.burn_rate).payment
