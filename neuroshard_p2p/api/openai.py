@@ -417,16 +417,22 @@ class _Answer:
         await self.send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")]})
-        if self.request.chat:
-            await self._event(self._chunk({"role": "assistant", "content": ""}, None))
+        # The role chunk and the first piece leave in one write: the first token is not held
+        # behind a separate send.
+        opening = [self._chunk({"role": "assistant", "content": ""}, None)] if self.request.chat \
+            else []
         piece = first
         while piece is not None:
-            if piece.text:
-                await self._event(self._chunk(piece.text, None))
+            if piece.text or opening:
+                await self._events(opening + ([self._chunk(piece.text, None)]
+                                              if piece.text else []))
+                opening = []
             try:
                 piece = await pieces.receive()
             except trio.EndOfChannel:
                 piece = None
+        if opening:
+            await self._events(opening)
         status = jobs.status(self.rid)
         if status is None or status.state != "completed":
             error = self._failure(status)
@@ -461,7 +467,11 @@ class _Answer:
                 "model": self.request.model, "choices": [choice]}
 
     async def _event(self, payload: dict[str, Any]) -> None:
-        data = b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+        await self._events([payload])
+
+    async def _events(self, payloads: list[dict[str, Any]]) -> None:
+        data = b"".join(b"data: " + json.dumps(p, ensure_ascii=False).encode() + b"\n\n"
+                        for p in payloads)
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
     def _finish(self, status: "JobStatus") -> str:
