@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -254,6 +255,16 @@ async def test_errors_in_openais_shape(tmp_path: Path) -> None:
                 model=MODEL, messages=[{"role": "user", "content": "x"}],
                 extra_body={"max_price": 1e-9}))
         assert caught.value.status_code == 402
+        # The gateway at its limit of open requests: 429 with Retry-After.
+        desk = gateway.node.jobs.gateway
+        limits = desk.settings
+        desk.settings = dataclasses.replace(limits, max_prompt_bytes=1)
+        response = await call("/v1/chat/completions", chat)
+        desk.settings = limits
+        assert response.status_code == 429, response.text
+        assert response.headers["retry-after"] == "2"
+        assert (response.json()["error"]["type"], response.json()["error"]["code"]) == (
+            "rate_limit_error", "rate_limit_exceeded")
         # No capacity: the provider withdraws; 503 with Retry-After.
         assert (await provider.post("/api/market/withdraw", headers=provider.auth)).status_code \
             == 200
