@@ -9,7 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -47,12 +47,15 @@ async def stats(url: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def market(tmp_path: Path, *, provider_streams: bool = True,
-                 capacity: int = 2000) -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
-    """A provider whose backend is the server process, and a gateway that sees its offer."""
-    async with backend_process() as url:
+async def market(tmp_path: Path, *, provider_streams: bool = True, capacity: int = 2000,
+                 backend_url: str | None = None, backend_model: str = "tiny",
+                 ) -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
+    """A provider whose backend is the server process (or the server at `backend_url`), and a
+    gateway that sees its offer."""
+    async with AsyncExitStack() as stack:
+        url = backend_url or await stack.enter_async_context(backend_process())
         async with api_node(tmp_path / "provider", 3, capacity=capacity, min_price=0.01,
-                            backend="openai", backend_url=url, backend_model="tiny",
+                            backend="openai", backend_url=url, backend_model=backend_model,
                             job_streaming=provider_streams) as provider:
             async with api_node(tmp_path / "gateway", 4,
                                 bootstrap=(provider.node.addrs[0],)) as gateway:
