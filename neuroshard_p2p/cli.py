@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-timeout", type=finite_float, metavar="SECONDS",
                    help="longest wait for the server's answer to one job (default 60; a job's "
                         "own deadline may cut it shorter)")
+    p.add_argument("--openai-max-price", type=finite_float, metavar="NEURO",
+                   help="price cap of a /v1 request that names none, NEURO per 1M tokens "
+                        "(default 0: the market's max_price)")
+    p.add_argument("--openai-max-tokens", type=int, metavar="N",
+                   help="tokens a /v1 request without max_tokens buys (default 1024)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log detail (default info)")
     p.set_defaults(command_parser=p)
@@ -411,6 +416,8 @@ def run_settings(args: argparse.Namespace) -> NodeSettings:
         "api": args.api, "capacity": args.capacity,
         "min_price": args.min_price, "backend": args.backend, "backend_url": args.backend_url,
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
+        "openai_max_price": args.openai_max_price,
+        "openai_default_max_tokens": args.openai_max_tokens,
     }
     return NodeSettings.load(args.data_dir, overrides)
 
