@@ -130,6 +130,9 @@ STREAM_BUFFER = 256
 #: How long a stream opened ahead for a provider's next streamed job waits for one (below the
 #: provider's accept deadline, 5 s by reference), and at most how many wait at once.
 WARM_STREAM_S = 3.0
+#: How long after a provider's last streamed job the gateway keeps a stream open ahead to it.
+WARM_KEEP_S = 60.0
+WARM_REOPEN_DELAY_S = 0.25
 MAX_WARM = 64
 #: Job streams a gateway opens at once (the rest wait their turn before their accept deadline).
 OPENING_AT_ONCE = 16
@@ -335,6 +338,8 @@ class JobService:
         #: Streams opened ahead to providers of streamed jobs: peer id → (stream, opened at).
         self._warm: dict[str, tuple[Any, float]] = {}
         self._warming: set[str] = set()
+        self._warm_taken: dict[str, trio.Event] = {}
+        self._warm_until: dict[str, float] = {}
         #: Job streams this gateway may be opening at once (`_send_job`).
         self._opening = trio.Semaphore(OPENING_AT_ONCE)
         #: Jobs this provider is streaming now (paces their chunk frames).
@@ -632,8 +637,6 @@ class JobService:
                         await stream.write(length_prefixed(job.wire))
                         frames = FrameStream(stream, MAX_STREAM_FRAME)
                         first = await frames.next()
-                    if streamed:
-                        self._nursery_soon(self._prewarm, peer_id)
             except trio.TooSlowError:
                 fault(NO_ANSWER, f"did not accept or decline within {accept_s:g} s (the accept "
                                  f"deadline)")
@@ -729,6 +732,10 @@ class JobService:
         finally:
             if opening:
                 self._opening.release()
+            if streamed and accepted:
+                # Opened after the job, not during it: an open takes the event loop ~10 ms,
+                # which would sit between this job's first chunk and its user.
+                self._nursery_soon(self._prewarm, peer_id)
             if sink is not None and (sink.delivered or sink.cancelled.is_set()):
                 # Its user has seen part of the output (or gave up): the request cannot start
                 # over at another provider. Nothing is charged for an attempt that did not
@@ -751,6 +758,9 @@ class JobService:
         warm = self._warm.pop(peer_id, None)
         if warm is None:
             return None
+        taken = self._warm_taken.get(peer_id)
+        if taken is not None:
+            taken.set()  # the keeper opens the next one
         stream, opened_at = warm
         if trio.current_time() - opened_at > WARM_STREAM_S:
             self._nursery_soon(close_quietly, stream)
@@ -758,35 +768,47 @@ class JobService:
         return stream
 
     async def _prewarm(self, peer_id: str) -> None:
-        """Open the next job/2.1.0 stream to a provider that just took a streamed job, so the
-        next request to it starts without the open. It waits at most WARM_STREAM_S (under
-        the provider's accept deadline) and is then closed: a stream closed before its Job is
-        nothing to the provider (spec §9.1)."""
+        """Keep a job/2.1.0 stream open ahead to a provider that took a streamed job, for
+        WARM_KEEP_S after its last one, so the next request to it starts without the open. Each
+        stream waits at most WARM_STREAM_S (under the provider's accept deadline) and is then
+        closed and replaced: a stream closed before its Job is nothing to the provider (spec
+        §9.1). One task per provider; it ends when the provider has been idle WARM_KEEP_S."""
         from libp2p.peer.id import ID
 
-        if peer_id in self._warm or peer_id in self._warming or len(self._warm) >= MAX_WARM:
+        self._warm_until[peer_id] = trio.current_time() + WARM_KEEP_S
+        if peer_id in self._warming:
+            return
+        if len(self._warming) >= MAX_WARM:
             return
         self._warming.add(peer_id)
-        stream = None
         try:
-            with trio.move_on_after(self.settings.accept_timeout_s):
-                stream = await self.host.new_stream(ID.from_base58(peer_id),
-                                                    [self.settings.stream_protocol])
-        except Exception:  # noqa: BLE001 - no warm stream, then
-            return
+            while trio.current_time() < self._warm_until.get(peer_id, 0.0):
+                stream = None
+                with trio.move_on_after(self.settings.accept_timeout_s):
+                    try:
+                        stream = await self.host.new_stream(ID.from_base58(peer_id),
+                                                            [self.settings.stream_protocol])
+                    except Exception:  # noqa: BLE001 - no warm stream, then
+                        return
+                if stream is None:
+                    return
+                self._warm[peer_id] = (stream, trio.current_time())
+                taken = trio.Event()
+                self._warm_taken[peer_id] = taken
+                with trio.move_on_after(WARM_STREAM_S):
+                    await taken.wait()
+                current = self._warm.get(peer_id)
+                if current is not None and current[0] is stream:
+                    del self._warm[peer_id]
+                    await close_quietly(stream)
+                else:
+                    # Taken: open the next one after the job's first tokens, not among them.
+                    await trio.sleep(WARM_REOPEN_DELAY_S)
         finally:
             self._warming.discard(peer_id)
-        if stream is None or peer_id in self._warm:
-            if stream is not None:
-                await close_quietly(stream)
-            return
-        opened_at = trio.current_time()
-        self._warm[peer_id] = (stream, opened_at)
-        await trio.sleep(WARM_STREAM_S)
-        current = self._warm.get(peer_id)
-        if current is not None and current[0] is stream:
-            del self._warm[peer_id]
-            await close_quietly(stream)
+            self._warm_taken.pop(peer_id, None)
+            if trio.current_time() >= self._warm_until.get(peer_id, 0.0):
+                self._warm_until.pop(peer_id, None)
 
     async def _read_chunks(self, stream: Any, frames: FrameStream, rid: str, sink: _Sink,
                            progress_by: float) -> bytes | None:
