@@ -122,10 +122,16 @@ async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> Non
                                                       "done": True}
         assert provider.node.jobs.counters.jobs_streamed == 1
 
+        # The gateway now keeps a job/2.1.0 stream open ahead to this provider; the next
+        # request goes out on it (no stream open on its way to the first token).
+        async def warm() -> bool:
+            return provider.node.peer_id in gateway.node.jobs._warm
+        await eventually(warm, 5, "a stream is open ahead to the provider")
         plain = await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
             model=MODEL, messages=[{"role": "system", "content": "be brief"},
                                    {"role": "user", "content": "hello there market"}],
             max_tokens=50))
+        assert gateway.node.jobs.counters.warm_streams_used == 1
         assert plain.choices[0].message.content == "hello there market"
         assert plain.usage.completion_tokens == 3
         assert plain.choices[0].finish_reason == "stop"
