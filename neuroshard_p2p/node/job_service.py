@@ -132,7 +132,6 @@ STREAM_BUFFER = 256
 WARM_STREAM_S = 3.0
 #: How long after a provider's last streamed job the gateway keeps a stream open ahead to it.
 WARM_KEEP_S = 60.0
-WARM_REOPEN_DELAY_S = 0.25
 MAX_WARM = 64
 #: Job streams a gateway opens at once (the rest wait their turn before their accept deadline).
 OPENING_AT_ONCE = 16
@@ -339,6 +338,7 @@ class JobService:
         self._warm: dict[str, tuple[Any, float]] = {}
         self._warming: set[str] = set()
         self._warm_taken: dict[str, trio.Event] = {}
+        self._warm_job_done: dict[str, trio.Event] = {}
         self._warm_until: dict[str, float] = {}
         #: Job streams this gateway may be opening at once (`_send_job`).
         self._opening = trio.Semaphore(OPENING_AT_ONCE)
@@ -733,8 +733,11 @@ class JobService:
             if opening:
                 self._opening.release()
             if streamed and accepted:
-                # Opened after the job, not during it: an open takes the event loop ~10 ms,
-                # which would sit between this job's first chunk and its user.
+                # The next stream ahead is opened after this job, not during it: an open takes
+                # the event loop ~10 ms, which would sit between its chunks and its user.
+                done = self._warm_job_done.pop(peer_id, None)
+                if done is not None:
+                    done.set()
                 self._nursery_soon(self._prewarm, peer_id)
             if sink is not None and (sink.delivered or sink.cancelled.is_set()):
                 # Its user has seen part of the output (or gave up): the request cannot start
@@ -802,11 +805,15 @@ class JobService:
                     del self._warm[peer_id]
                     await close_quietly(stream)
                 else:
-                    # Taken: open the next one after the job's first tokens, not among them.
-                    await trio.sleep(WARM_REOPEN_DELAY_S)
+                    # Taken: open the next one once that job is over, not among its tokens.
+                    done = trio.Event()
+                    self._warm_job_done[peer_id] = done
+                    with trio.move_on_after(WARM_STREAM_S):
+                        await done.wait()
         finally:
             self._warming.discard(peer_id)
             self._warm_taken.pop(peer_id, None)
+            self._warm_job_done.pop(peer_id, None)
             if trio.current_time() >= self._warm_until.get(peer_id, 0.0):
                 self._warm_until.pop(peer_id, None)
 
