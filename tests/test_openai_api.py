@@ -203,6 +203,11 @@ async def test_client_going_away_mid_stream_settles_exactly_what_was_served(
         assert served <= record["sent"] <= served + 3 and not record["done"]
         counters = provider.node.jobs.counters
         assert (counters.jobs_cancelled, gateway.node.jobs.counters.cancels_sent) == (1, 1)
+        samples = (await gateway.get("/metrics")).text
+        assert 'neuroshard_job_streams_total{event="cancelled"} 1.0' in samples
+        assert 'neuroshard_job_streams_total{event="opened"} 1.0' in samples
+        assert 'neuroshard_job_streams_total{event="stopped"} 1.0' in (
+            await provider.get("/metrics")).text
         assert "".join(received) == " ".join(f"w{i}" for i in range(10))
 
 
