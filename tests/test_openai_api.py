@@ -322,3 +322,35 @@ async def test_the_synthetic_backend_streams_at_its_rate(tmp_path: Path) -> None
             assert market_fields["tokens_served"] == 100
             assert market_fields["cost_nano"] == settle_amounts(
                 100, market_fields["locked_price_nano"], API_MARKET.burn_rate).payment
+
+
+async def test_per_user_keys_name_the_buyer_in_both_ledgers(tmp_path: Path) -> None:
+    async with market(tmp_path) as (provider, gateway, url):
+        alice_key = "sk-alice-0123456789abcdef"
+        (gateway.data_dir / "api_keys.toml").write_text(
+            f'[users]\nalice = "{alice_key}"\nbob = "short"\n', "utf-8")
+        oa = client(gateway, key=alice_key)
+        answer = await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "one two three"}]))
+        rid = answer.model_extra["neuroshard"]["request_id"]
+        [g] = await rows(gateway, rid)
+
+        async def provider_row() -> list[Any]:
+            return await rows(provider, rid)
+        [p] = await eventually(provider_row, 5, "the provider records its earning")
+        assert (g.user, p.user, g.tokens) == ("alice", "alice", 3)
+        # A key buys for its own user only; a key shorter than 16 characters is no key.
+        with pytest.raises(openai.PermissionDeniedError):
+            await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], user="mallory"))
+        with pytest.raises(openai.AuthenticationError):
+            await trio.to_thread.run_sync(lambda: client(gateway, key="short").models.list())
+        # The node's own token still buys for any user it names.
+        named = await trio.to_thread.run_sync(lambda: client(gateway).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], user="carol"))
+        [c] = await rows(gateway, named.model_extra["neuroshard"]["request_id"])
+        assert c.user == "carol"
+        # User keys reach only /v1: the node's other writes still need the node's token.
+        response = await gateway.post("/api/market/withdraw",
+                                      headers={"Authorization": f"Bearer {alice_key}"})
+        assert response.status_code == 403

@@ -23,7 +23,9 @@ import hmac
 import json
 import logging
 import math
-from dataclasses import dataclass
+import tomllib
+from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
@@ -50,6 +52,9 @@ QUEUE_WAIT_S = 30.0
 #: Retry-After (seconds) on 429 and 503: the price moves once a tick, offers every few seconds.
 RETRY_AFTER_S = 2
 MAX_USER_BYTES = 128
+#: Per-user keys for the /v1 endpoints: `[users]` name = "key" (node/datadir.py's data dir).
+USER_KEYS_FILE = "api_keys.toml"
+MIN_USER_KEY_CHARS = 16
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -229,6 +234,32 @@ class OpenAIApi:
     def __init__(self, node: "Node", token: Callable[[], str]) -> None:
         self.node = node
         self.token = token
+        self._keys_read: tuple[float, dict[str, str]] = (-1.0, {})
+
+    def user_keys(self) -> dict[str, str]:
+        """key → user name from `<data-dir>/api_keys.toml` (`[users]` name = "key"), read again
+        when the file changes. A missing or broken file gives no keys (logged once)."""
+        path = Path(self.node.settings.data_dir) / USER_KEYS_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return {}
+        if mtime == self._keys_read[0]:
+            return self._keys_read[1]
+        keys: dict[str, str] = {}
+        try:
+            users = tomllib.loads(path.read_text("utf-8")).get("users", {})
+            for name, key in users.items():
+                if (isinstance(key, str) and len(key) >= MIN_USER_KEY_CHARS
+                        and 0 < len(name.encode()) <= MAX_USER_BYTES):
+                    keys[key] = name
+                else:
+                    log.warning("%s: user %r skipped (keys need %d characters or more)",
+                                path, name, MIN_USER_KEY_CHARS)
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s); no per-user keys", path, exc)
+        self._keys_read = (mtime, keys)
+        return keys
 
     @property
     def model(self) -> str:
@@ -237,7 +268,7 @@ class OpenAIApi:
     async def __call__(self, method: str, path: str, headers: dict[bytes, str], body: bytes,
                        receive: Receive, send: Send) -> None:
         try:
-            self._authorize(headers)
+            user = self._authorize(headers)
             if path == "/v1/models":
                 if method != "GET":
                     raise OpenAIError(405, f"{method} is not allowed on {path}; use GET")
@@ -245,22 +276,34 @@ class OpenAIApi:
             elif path in ("/v1/chat/completions", "/v1/completions"):
                 if method != "POST":
                     raise OpenAIError(405, f"{method} is not allowed on {path}; use POST")
-                await self.complete(path == "/v1/chat/completions", headers, body, receive, send)
+                await self.complete(path == "/v1/chat/completions", headers, body, receive, send,
+                                    user)
             else:
                 raise OpenAIError(404, f"no such endpoint: {method} {path}",
                                   code="unknown_url")
         except OpenAIError as error:
             await _reply(send, error.status, error.body(), error.headers())
 
-    def _authorize(self, headers: dict[bytes, str]) -> None:
+    def _authorize(self, headers: dict[bytes, str]) -> str | None:
+        """The node's token (None: the request may name its user) or a user's key (that user's
+        name: every request made with it is theirs in the ledgers)."""
         scheme, _, token = headers.get(b"authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise OpenAIError(401, "this endpoint needs 'Authorization: Bearer <token>' (the "
                                    "node's API token: `neuroshard-node token` prints it)",
                               "authentication_error", "missing_api_key")
-        if not hmac.compare_digest(token.strip().encode(), self.token().encode()):
-            raise OpenAIError(401, "wrong API key (`neuroshard-node token` prints this node's)",
+        given = token.strip().encode()
+        if hmac.compare_digest(given, self.token().encode()):
+            return None
+        user = None
+        for key, name in self.user_keys().items():
+            if hmac.compare_digest(given, key.encode()):
+                user = name
+        if user is None:
+            raise OpenAIError(401, "wrong API key (`neuroshard-node token` prints this node's; "
+                                   f"users' keys are in <data-dir>/{USER_KEYS_FILE})",
                               "authentication_error", "invalid_api_key")
+        return user
 
     def models(self) -> dict[str, Any]:
         settings = self.node.settings
@@ -295,12 +338,18 @@ class OpenAIApi:
         return cap, price
 
     async def complete(self, chat: bool, headers: dict[bytes, str], body: bytes,
-                       receive: Receive, send: Send) -> None:
+                       receive: Receive, send: Send, key_user: str | None = None) -> None:
         node = self.node
         request = parse_completion(
             body, headers.get(b"content-type"), chat=chat, model=self.model,
             default_max_tokens=node.settings.openai_default_max_tokens,
             max_tokens_limit=node.settings.market.max_tokens_per_minute)
+        if key_user is not None:
+            if request.user not in (None, key_user):
+                raise OpenAIError(403, f"this key is {key_user!r}'s; it cannot buy for "
+                                       f"{request.user!r}", "permission_error",
+                                  "user_mismatch", "user")
+            request = replace(request, user=key_user)
         cap, _ = self._admit(request)
         try:
             status, pieces = node.jobs.submit_streamed(request.max_tokens, cap,
