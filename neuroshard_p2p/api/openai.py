@@ -14,7 +14,8 @@ stops and its receipt charges the tokens it served, which settle exactly as any 
 
 Every answer carries `usage` and the market's figures in the `neuroshard` field; every refusal is
 OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with a status that says what
-happened (docs/readme-api.md lists them). All endpoints need the node's bearer token.
+happened (docs/readme-api.md lists them). All endpoints need the node's bearer token or a
+user's key from `<data-dir>/api_keys.toml` (whose requests are then that user's).
 """
 
 from __future__ import annotations
