@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-timeout", type=finite_float, metavar="SECONDS",
                    help="longest wait for the server's answer to one job (default 60; a job's "
                         "own deadline may cut it shorter)")
+    p.add_argument("--openai-max-price", type=finite_float, metavar="NEURO",
+                   help="price cap of a /v1 request that names none, NEURO per 1M tokens "
+                        "(default 0: the market's max_price)")
+    p.add_argument("--openai-max-tokens", type=int, metavar="N",
+                   help="tokens a /v1 request without max_tokens buys (default 1024)")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log detail (default info)")
     p.set_defaults(command_parser=p)
@@ -185,6 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="service tier carried in the job (default standard)")
     p.add_argument("--prompt", default="", help="the prompt text")
     p.add_argument("--user", help="user name (default: the node's peer id)")
+
+    p = sub.add_parser("chat", help="stream a completion for a prompt through the market",
+                       description="Send PROMPT to the running node's OpenAI-compatible "
+                                   "endpoint (/v1/chat/completions, stream=true) and print the "
+                                   "tokens as the provider generates them, then what the market "
+                                   "charged (to stderr). Ctrl-C cancels: the provider stops and "
+                                   "you pay for the tokens served.")
+    client(p)
+    p.add_argument("prompt", metavar="PROMPT", help="what to ask")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="tokens to buy (default: the node's openai_default_max_tokens)")
+    p.add_argument("--max-price", type=finite_float, default=None, metavar="NEURO",
+                   help="highest price to pay, NEURO per 1M tokens (default: the node's "
+                        "openai_max_price)")
+    p.add_argument("--system", default=None, help="a system message before the prompt")
 
     p = sub.add_parser("status", help="a submitted request's state, provider, cost and output",
                        description="Show a request submitted at this node: its state (pending, "
@@ -396,6 +416,8 @@ def run_settings(args: argparse.Namespace) -> NodeSettings:
         "api": args.api, "capacity": args.capacity,
         "min_price": args.min_price, "backend": args.backend, "backend_url": args.backend_url,
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
+        "openai_max_price": args.openai_max_price,
+        "openai_default_max_tokens": args.openai_max_tokens,
     }
     return NodeSettings.load(args.data_dir, overrides)
 
@@ -650,6 +672,70 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return EXIT_OK
     for line in describe_request(data, _api_base(args).rstrip("/")):
         print(line)
+    return EXIT_OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Stream a chat completion from the node's /v1 endpoint to the terminal."""
+    import httpx
+
+    from neuroshard_p2p.node.datadir import load_api_token
+
+    base = _api_base(args).rstrip("/")
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    body: dict[str, Any] = {"messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if args.max_tokens is not None:
+        body["max_tokens"] = args.max_tokens
+    if args.max_price is not None:
+        body["provider"] = {"max_price": {"completion": args.max_price}}
+    headers = {"Authorization": f"Bearer {load_api_token(args.data_dir)}"}
+    market: dict[str, Any] = {}
+    raw: list[Any] = []
+    try:
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, headers=headers,
+                          timeout=httpx.Timeout(10.0, read=None)) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    error = response.json()["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    error = response.text[:300]
+                retry = response.headers.get("retry-after")
+                raise CliError(f"{response.status_code}: {error}"
+                               + (f" (retry after {retry} s)" if retry else ""))
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                raw.append(event)
+                if "error" in event:
+                    raise CliError(f"the request failed: {event['error'].get('message')}")
+                market = event.get("neuroshard", market)
+                for choice in event.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text and not args.json:
+                        sys.stdout.write(text)
+                        sys.stdout.flush()
+    except httpx.ConnectError:
+        raise CliError(f"no node answers at {base} (is `neuroshard-node run` running with "
+                       f"--data-dir {args.data_dir}?)") from None
+    except KeyboardInterrupt:
+        print("\n(cancelled: the provider stops; you pay for the tokens served so far)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        _print_json(raw)
+        return EXIT_OK
+    print()
+    if market:
+        print(f"[{market['tokens_served']} tokens from {market['provider']} at "
+              f"{market['locked_price']:.9f} NEURO per 1M tokens: cost {market['cost_nano']} "
+              f"nano-NEURO, burned {market['burn_nano']}]", file=sys.stderr)
     return EXIT_OK
 
 
@@ -981,7 +1067,7 @@ def cmd_member_show(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ledger": cmd_ledger, "charter": cmd_charter, "member": cmd_member,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
-    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "status": cmd_status,
+    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "chat": cmd_chat, "status": cmd_status,
     "token": cmd_token,
 }
 

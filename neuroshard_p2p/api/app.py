@@ -56,6 +56,7 @@ from neuroshard_p2p.api.inputs import (
     parse_withdraw,
 )
 from neuroshard_p2p.api.metrics import node_registry, render
+from neuroshard_p2p.api.openai import OpenAIApi, OpenAIError
 from neuroshard_p2p.api.readout import NodeReadout, read_node
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
@@ -123,6 +124,8 @@ class Api:
         #: Where this API answers, once its server has bound (shown by /api/node).
         self.url: str | None = None
         self.history = PriceHistory(node.settings.market.tick_s)
+        #: /v1/...: the OpenAI-compatible endpoints (api/openai.py).
+        self.openai = OpenAIApi(node, token)
         #: Bound to loopback, the API answers only requests addressed to a loopback name: a web
         #: page whose DNS name is rebound to 127.0.0.1 would otherwise read it as same-origin.
         self.loopback_only = _is_loopback(node.settings.api_host_port[0])
@@ -157,6 +160,9 @@ class Api:
                                          keep_blank_values=True),
                           headers={k.lower(): v.decode("latin-1")
                                    for k, v in scope.get("headers", [])})
+        if request.path.startswith("/v1/") or request.path == "/v1":
+            await self._openai(request, receive, send)
+            return
         try:
             response = await self._dispatch(request, receive)
         except InputError as error:
@@ -175,6 +181,32 @@ class Api:
             response = Response(500, {"error": "internal error (see the node's log)",
                                       "status": 500})
         await _send(send, response, head=head)
+
+    async def _openai(self, request: Request, receive: Receive, send: Send) -> None:
+        """/v1/...: OpenAI's shapes for answers and errors, and streamed answers, so the
+        handler sends for itself."""
+        try:
+            if self.loopback_only and not _loopback_host_header(request.headers.get(b"host")):
+                raise OpenAIError(421, "this node's API answers only requests to localhost, "
+                                       "127.0.0.1 or [::1] (it is bound to loopback)")
+            body = b""
+            if request.method == "POST":
+                try:
+                    body = await _read_body(receive, request.headers)
+                except InputError as error:
+                    raise OpenAIError(error.status, str(error)) from None
+            await self.openai(request.method, request.path, request.headers, body, receive, send)
+        except OpenAIError as error:
+            await _send(send, Response(error.status, error.body(), headers=error.headers()),
+                        head=False)
+        except Exception:  # noqa: BLE001 - a bug answers 500 (if nothing was sent yet)
+            log.exception("API error on %s %s", request.method, request.path)
+            try:
+                await _send(send, Response(500, OpenAIError(
+                    500, "internal error (see the node's log)", "server_error").body()),
+                    head=False)
+            except Exception:  # noqa: BLE001 - the answer had started: nothing more to say
+                pass
 
     async def _dispatch(self, request: Request, receive: Receive) -> Response:
         if self.loopback_only and not _loopback_host_header(request.headers.get(b"host")):

@@ -16,6 +16,7 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode},
     provider_faults_total{kind}, provider_bans_total, providers{routing}   (as a gateway)
     jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
+    job_streams_total{event}                                   (streamed jobs, both roles)
     peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
     sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
@@ -136,6 +137,14 @@ class NodeCollector(Collector):
         for outcome, count in sorted(r.job_settlements.items()):
             settlements.add_metric([outcome], count)
         yield settlements
+        streams = CounterMetricFamily(PREFIX + "job_streams",
+                                      "Streamed jobs (job/2.1.0, the /v1 endpoints) by event: "
+                                      "opened, cancelled, fallback (job/2.0.0), ahead (on a "
+                                      "stream opened ahead) as a gateway; served, stopped (at "
+                                      "a JobCancel) as a provider.", labels=["event"])
+        for event, count in sorted(r.job_streams.items()):
+            streams.add_metric([event], count)
+        yield streams
 
         if r.settled_nano is not None:
             yield CounterMetricFamily(PREFIX + "settled_nano",

@@ -82,6 +82,10 @@ class NodeReadout:
     #: became of the jobs it served (settled, a refusal reason, no_settlement).
     jobs_refused: dict[str, int] = field(default_factory=dict)
     job_settlements: dict[str, int] = field(default_factory=dict)
+    #: Streamed jobs (job/2.1.0) by event: as a gateway `opened`, `cancelled` (JobCancel sent),
+    #: `fallback` (the provider spoke only job/2.0.0), `ahead` (sent on a stream opened ahead);
+    #: as a provider `served`, `stopped` (at a JobCancel).
+    job_streams: dict[str, int] = field(default_factory=dict)
     #: Accountability (node/guard.py): faults charged to remote peers by kind, bans imposed
     #: since start, peers banned now.
     peer_faults: dict[str, int] = field(default_factory=dict)
@@ -182,6 +186,7 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         providers_by_routing=dict(routing),
         jobs_refused={"duplicate": provider.seen.replays, "unpaid": provider.payers.declined},
         job_settlements=dict(provider.payers.outcomes),
+        job_streams=_job_streams(node.jobs.counters),
         peer_faults=dict(node.guard.faults),
         peer_bans=node.guard.bans,
         peers_graylisted=node.guard.graylisted(now),
@@ -189,3 +194,10 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
 
 
 __all__ = ["NodeReadout", "read_node", "price_level", "PRICE_LEVELS", "LEVEL_THRESHOLDS"]
+
+
+def _job_streams(c: Any) -> dict[str, int]:
+    """`NodeReadout.job_streams` from the job service's counters."""
+    return {"opened": c.streams_opened, "cancelled": c.cancels_sent,
+            "fallback": c.stream_fallbacks, "ahead": c.warm_streams_used,
+            "served": c.jobs_streamed, "stopped": c.jobs_cancelled}

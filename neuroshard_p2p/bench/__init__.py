@@ -23,6 +23,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "jobs": ("neuroshard_p2p.bench.jobs", "routing jobs between two real nodes"),
     "node": ("neuroshard_p2p.bench.node", "a network of real nodes: traffic, CPU, memory"),
     "api": ("neuroshard_p2p.bench.api", "HTTP API latency against a real node"),
+    "openai": ("neuroshard_p2p.bench.openai",
+               "streamed /v1 completions via the market vs direct: TTFT, tokens/s, 100 at once"),
     "sync_abuse": ("neuroshard_p2p.bench.sync_abuse",
                    "a node's CPU share while a peer pulls its view in a loop, vs idle"),
     "members": ("neuroshard_p2p.bench.members",

@@ -1,6 +1,8 @@
 """Inference backends: what a provider actually runs when it accepts a job.
 
-One small interface, `InferenceBackend.serve(prompt, max_tokens, deadline)`, and two drivers:
+One small interface, `InferenceBackend.serve(prompt, max_tokens, deadline)` (and, for job/2.1.0,
+`serve_stream(prompt, max_tokens, deadline, emit)`, which hands each piece of output to `emit` as
+it is produced), and two drivers:
 
 - `SyntheticBackend` (the default) produces the requested tokens at the node's announced rate.
   Jobs queue behind one another (first come, first served), so the backend never delivers more than
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
 
 import httpx
 import trio
@@ -74,6 +76,45 @@ class BackendError(Exception):
         return f"BackendError({self.reason!r}, {self.message!r})"
 
 
+#: Where a streaming backend hands each piece of output: `await emit(text, tokens)`. It may block
+#: (back-pressure: the gateway, or the user behind it, is slower than the backend).
+Emit = Callable[[str, int], Awaitable[None]]
+
+#: A prompt that starts with this is a chat (revision 2.1): the rest is the JSON array of the
+#: request's messages, [{"role": ..., "content": ...}, ...]. Anything else is plain text.
+CHAT_PROMPT_PREFIX = "\x00chat/1\n"
+
+
+def chat_prompt(messages: list[dict[str, str]]) -> str:
+    """The Job prompt that carries chat `messages` (job/2.1.0)."""
+    return CHAT_PROMPT_PREFIX + json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+
+
+def chat_messages(prompt: str) -> list[dict[str, str]] | None:
+    """The messages of a chat prompt, or None if `prompt` is plain text (or a broken chat
+    prompt, which is then served as the text it is)."""
+    if not prompt.startswith(CHAT_PROMPT_PREFIX):
+        return None
+    try:
+        messages = json.loads(prompt[len(CHAT_PROMPT_PREFIX):])
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str) for m in messages)):
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def plain_prompt(prompt: str) -> str:
+    """`prompt` as plain text: a chat prompt becomes a transcript ("role: content" lines, then
+    "assistant:"), for a provider that reads only text (job/2.0.0) or a completions backend."""
+    messages = chat_messages(prompt)
+    if messages is None:
+        return prompt
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
 @runtime_checkable
 class InferenceBackend(Protocol):
     """What a provider serves jobs with."""
@@ -89,6 +130,19 @@ class InferenceBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections. Safe to call more than once."""
         ...
+
+
+async def serve_stream(backend: InferenceBackend, prompt: str, max_tokens: int, deadline: float,
+                       emit: Emit) -> BackendResult:
+    """Serve through `backend`'s own `serve_stream` when it has one, else in one piece (its
+    whole output, as one emit counting every token it charges)."""
+    streaming = getattr(backend, "serve_stream", None)
+    if streaming is not None:
+        result: BackendResult = await streaming(prompt, max_tokens, deadline, emit)
+        return result
+    result = await backend.serve(plain_prompt(prompt), max_tokens, deadline)
+    await emit(result.text, result.tokens_served)
+    return result
 
 
 def _check_request(max_tokens: int, deadline: float) -> None:
@@ -108,6 +162,17 @@ class _Slot:
     def __init__(self, start: float, finish: float) -> None:
         self.start = start
         self.finish = finish
+
+
+#: Shortest time between two pieces the synthetic backend streams.
+STREAM_INTERVAL_S = 0.005
+
+
+def _filler(first: int, end: int) -> str:
+    """The synthetic text of tokens [first, end): one filler word per token, none past
+    SYNTHETIC_MAX_WORDS."""
+    words = [_FILLER[i % len(_FILLER)] for i in range(first, min(end, SYNTHETIC_MAX_WORDS))]
+    return "".join(("" if i == 0 else " ") + w for i, w in enumerate(words, start=first))
 
 
 class SyntheticBackend:
@@ -175,6 +240,47 @@ class SyntheticBackend:
         return BackendResult(tokens_served=max_tokens, text=text, model="synthetic",
                              finish_reason="length")
 
+    async def serve_stream(self, prompt: str, max_tokens: int, deadline: float,
+                           emit: Emit) -> BackendResult:
+        """As `serve`, with the tokens handed to `emit` as they fall due at the job's rate (one
+        word per token; pieces at least `STREAM_INTERVAL_S` apart, so a fast backend sends a few
+        hundred pieces a second, not one per token)."""
+        self.calls += 1
+        _check_request(max_tokens, deadline)
+        now = trio.current_time()
+        start = max(now, self._queue[-1].finish) if self._queue else now
+        finish = start + max_tokens / self.tokens_per_second
+        if finish > deadline:
+            raise BackendError(
+                DEADLINE,
+                f"cannot serve {max_tokens} tokens before the deadline: needs {finish - now:.2f} s "
+                f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left")
+        slot = _Slot(start, finish)
+        self._queue.append(slot)
+        emitted = 0
+        try:
+            while emitted < max_tokens:
+                now = trio.current_time()
+                # The slot moves up when jobs ahead leave; its length stays max_tokens / rate.
+                per_token = (slot.finish - slot.start) / max_tokens
+                due = max_tokens if now >= slot.finish else max(0, min(
+                    max_tokens, int((now - slot.start) / per_token)))
+                if due > emitted:
+                    await emit(_filler(emitted, due), due - emitted)
+                    emitted = due
+                    wake = trio.current_time() + STREAM_INTERVAL_S
+                else:
+                    wake = slot.start + (emitted + 1) * per_token
+                moved = self._moved
+                with trio.move_on_at(min(wake, slot.finish)):
+                    await moved.wait()
+        except trio.Cancelled:
+            self._leave(slot)
+            raise
+        self._queue.remove(slot)
+        return BackendResult(tokens_served=max_tokens, text="", model="synthetic",
+                             finish_reason="length")
+
     def _leave(self, slot: _Slot) -> None:
         """A cancelled job gives back the time it had not used: the jobs behind it move up."""
         index = self._queue.index(slot)
@@ -225,11 +331,111 @@ class OpenAIBackend:
         # One client per backend keeps connections to the server alive between jobs.
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), headers=headers)
 
-    def _payload(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+    def _payload(self, prompt: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
+                                   "stream": stream}
+        if stream:
+            # Servers that know it end with a chunk carrying `usage` (OpenAI, vLLM, llama.cpp).
+            payload["stream_options"] = {"include_usage": True}
         if self.endpoint == "chat":
-            return {"model": self.model, "max_tokens": max_tokens, "stream": False,
-                    "messages": [{"role": "user", "content": prompt}]}
-        return {"model": self.model, "max_tokens": max_tokens, "stream": False, "prompt": prompt}
+            payload["messages"] = (chat_messages(prompt)
+                                   or [{"role": "user", "content": prompt}])
+        else:
+            payload["prompt"] = plain_prompt(prompt)
+        return payload
+
+    async def serve_stream(self, prompt: str, max_tokens: int, deadline: float,
+                           emit: Emit) -> BackendResult:
+        """Serve with `"stream": true`: each server-sent event's text goes to `emit` as it
+        arrives, counted as one token (what llama.cpp, vLLM and Ollama send per event). When the
+        server reports `usage.completion_tokens` at the end, that is the count, capped at
+        `max_tokens`: more than the events counted is emitted as a last, empty piece carrying
+        the difference, so the pieces always add up to at least what the receipt charges.
+        Reading stops at `max_tokens` events."""
+        _check_request(max_tokens, deadline)
+        if not isinstance(prompt, str):
+            raise BackendError(BAD_REQUEST, "prompt must be a string")
+        limit = min(deadline, trio.current_time() + self.timeout_s)
+        waited = max(0.0, limit - trio.current_time())
+        counted = 0
+        usage: int | None = None
+        finish = ""
+        model = self.model
+        try:
+            with trio.fail_at(limit):
+                async with self._client.stream(
+                        "POST", self.url, json=self._payload(prompt, max_tokens, True)) as response:
+                    if response.status_code != 200:
+                        body = b""
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > 65536:
+                                break
+                        self._parse(response.status_code, body, max_tokens)  # raises
+                    size = 0
+                    async for line in response.aiter_lines():
+                        size += len(line) + 1
+                        if size > MAX_RESPONSE_BYTES:
+                            raise BackendError(BAD_RESPONSE, f"backend {self.url} streamed more "
+                                                             f"than {MAX_RESPONSE_BYTES} bytes")
+                        if not line.startswith("data:"):
+                            continue  # comments, event names, blank separators
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        event = _event(data, self.url)
+                        if isinstance(event.get("model"), str):
+                            model = event["model"]
+                        reported = event.get("usage")
+                        if isinstance(reported, dict):
+                            tokens = reported.get("completion_tokens")
+                            if type(tokens) is int and tokens >= 0:
+                                usage = tokens
+                        text, reason = self._delta(event)
+                        if reason:
+                            finish = reason
+                        if text and counted < max_tokens:
+                            counted += 1
+                            await emit(text, 1)
+                            if counted >= max_tokens:
+                                finish = finish or "length"
+                                break
+        except trio.TooSlowError:
+            raise BackendError(TIMEOUT, f"backend {self.url} did not finish within "
+                                        f"{waited:.1f} s") from None
+        except httpx.TimeoutException:
+            raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
+                                        f"{waited:.1f} s") from None
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
+            raise BackendError(UNREACHABLE,
+                               f"cannot reach backend {self.url}: {_describe(exc)}") from None
+        tokens = counted
+        if usage is not None:
+            tokens = min(usage, max_tokens)
+            if tokens > counted:
+                await emit("", tokens - counted)
+        return BackendResult(tokens_served=tokens, text="", model=model, finish_reason=finish)
+
+    def _delta(self, event: dict[str, Any]) -> tuple[str, str]:
+        """The text and finish reason of one streamed event (chat: choices[0].delta.content;
+        completions: choices[0].text)."""
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return "", ""
+        first = choices[0]
+        if not isinstance(first, dict):
+            raise BackendError(BAD_RESPONSE, f"backend {self.url} streamed a choice that is "
+                                             f"not an object")
+        if self.endpoint == "chat":
+            delta = first.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else None
+        else:
+            text = first.get("text")
+        if text is not None and not isinstance(text, str):
+            raise BackendError(BAD_RESPONSE, f"backend {self.url} streamed text that is not "
+                                             f"a string")
+        reason = first.get("finish_reason")
+        return text or "", reason if isinstance(reason, str) else ""
 
     async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
         _check_request(max_tokens, deadline)
@@ -307,6 +513,21 @@ class OpenAIBackend:
         await self._client.aclose()
 
 
+def _event(data: str, url: str) -> dict[str, Any]:
+    """One server-sent event's JSON object, or BackendError."""
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError):
+        event = None
+    if not isinstance(event, dict):
+        raise BackendError(BAD_RESPONSE, f"backend {url} streamed an event that is not a JSON "
+                                         f"object")
+    if isinstance(event.get("error"), (dict, str)):
+        raise BackendError(HTTP_STATUS, f"backend {url} streamed an error: "
+                                        f"{_error_message(event)}")
+    return event
+
+
 def _error_message(data: Any) -> str:
     """The human part of an OpenAI-style error body ({"error": {"message": ...}})."""
     if isinstance(data, dict):
@@ -337,4 +558,6 @@ def make_backend(kind: str, *, tokens_per_second: float, url: str = "", model: s
 
 
 __all__ = ["InferenceBackend", "BackendResult", "BackendError", "REASONS", "SyntheticBackend",
+           "Emit", "serve_stream", "chat_prompt", "chat_messages", "plain_prompt",
+           "CHAT_PROMPT_PREFIX",
            "OpenAIBackend", "make_backend", "BACKEND_KINDS", "MAX_RESPONSE_BYTES"]

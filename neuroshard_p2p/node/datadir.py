@@ -59,6 +59,9 @@ CONFIG_TEMPLATE = f"""\
 # backend_url = ""                    # e.g. "http://127.0.0.1:8080" (Ollama: ".../11434/v1")
 # backend_model = ""                  # e.g. "qwen2.5-0.5b-instruct"
 # backend_timeout_s = 60.0
+# openai_max_price = 0.0              # /v1 requests naming no price cap pay at most this (0: the
+#                                     # market's max_price), NEURO per 1M tokens
+# openai_default_max_tokens = 1024    # /v1 requests without max_tokens buy this many
 # announce_interval_s = 20.0
 # sync_interval_s = 30.0
 # target_peers = 8

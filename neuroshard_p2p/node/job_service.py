@@ -34,7 +34,7 @@ import secrets
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -53,6 +53,8 @@ from neuroshard_p2p.node.backends import (
     InferenceBackend,
     SyntheticBackend,
     make_backend,
+    plain_prompt,
+    serve_stream,
 )
 from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings
 from neuroshard_p2p.node.guard import JOB_FRAME, is_peer_fault
@@ -68,6 +70,7 @@ from neuroshard_p2p.node.jobs import (
     ViewOffers,
     declined,
     job_protocol,
+    job_stream_protocol,
     short_peer,
 )
 from neuroshard_p2p.node.reputation import (
@@ -89,9 +92,12 @@ from neuroshard_p2p.node.streams import (
 )
 from neuroshard_p2p.view import CountedOffer, TickPrice
 from neuroshard_p2p.wire import (
+    MAX_CHUNK_TEXT,
     MAX_OUTPUT_BYTES,
     Job,
     JobAccepted,
+    JobCancel,
+    JobChunk,
     JobDeclined,
     JobResult,
     JobSettled,
@@ -99,13 +105,14 @@ from neuroshard_p2p.wire import (
     WireError,
     clip_utf8,
     decode_job_frame,
+    decode_job_gateway_frame,
     decode_job_settled,
     encode_job_frame,
 )
 from neuroshard_p2p.wire.codec import MAX_SIZE
 from neuroshard_p2p.wire.framing import MAX_STREAM_FRAME, length_prefixed
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
-from neuroshard_p2p.wire.messages import KIND_JOB, KIND_JOB_SETTLED, SETTLED
+from neuroshard_p2p.wire.messages import KIND_JOB, KIND_JOB_CANCEL, KIND_JOB_SETTLED, SETTLED
 
 if TYPE_CHECKING:  # trio's own TaskStatus is hidden by the trio-typing stubs
     from trio_typing import TaskStatus
@@ -114,6 +121,74 @@ log = logging.getLogger("neuroshard.jobs")
 
 #: Requests refused when they were taken from the engine's queue (their status stays readable).
 MAX_REFUSED_KEPT = 1024
+
+#: Pieces of a streamed job the gateway holds for a user who reads slower than the provider
+#: sends (each at most 16 KiB of text). A user this far behind is treated as gone: the job is
+#: cancelled and settles what was served, rather than holding the provider's stream (and its
+#: progress deadline) hostage.
+STREAM_BUFFER = 256
+#: How long a stream opened ahead for a provider's next streamed job waits for one (below the
+#: provider's accept deadline, 5 s by reference), and at most how many wait at once.
+WARM_STREAM_S = 3.0
+#: How long after a provider's last streamed job the gateway keeps a stream open ahead to it.
+WARM_KEEP_S = 60.0
+MAX_WARM = 64
+#: Job streams a gateway opens at once (the rest wait their turn before their accept deadline).
+OPENING_AT_ONCE = 16
+#: Text a provider holds while a chunk is being written before its backend has to wait.
+STREAM_BUFFER_BYTES = 64 * 1024
+#: A provider paces its chunk frames: after writing one for a job it waits this long times the
+#: number of jobs it is streaming before the next (what arrived meanwhile goes in one frame). A
+#: lone stream sends a frame every 2 ms at most, so tokens leave as they come; 100 streams share
+#: about 500 frames/s, which py-libp2p (noise + yamux, a few ms of CPU per frame) keeps up with.
+#: Tokens per second are the backend's either way; the first piece is never held.
+STREAM_FRAME_BUDGET_S = 0.002
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of a streamed job's output as the provider sent it (JobChunk), or the whole
+    output in one piece from a provider without job/2.1.0."""
+
+    text: str
+    tokens: int
+
+
+class _Sink:
+    """Where the pieces of one streamed request go (the API reads the other end), and how its
+    user cancels it."""
+
+    def __init__(self, send: "trio.MemorySendChannel[Piece]") -> None:
+        self.send = send
+        self.cancelled = trio.Event()
+        self.why = ""
+        #: Tokens and text the provider streamed for the current attempt (JobChunk sums).
+        self.tokens = 0
+        self.parts: list[str] = []
+        self.text_bytes = 0
+        #: Pieces handed to the user, over all attempts: once any is, the request cannot start
+        #: over at another provider.
+        self.delivered = 0
+
+    def cancel(self, why: str) -> None:
+        if not self.cancelled.is_set():
+            self.why = why
+            self.cancelled.set()
+
+    def deliver(self, piece: Piece) -> None:
+        size = len(piece.text.encode("utf-8", "replace"))
+        if self.text_bytes + size <= MAX_OUTPUT_BYTES:
+            self.parts.append(piece.text)
+            self.text_bytes += size
+        if self.cancelled.is_set():
+            return
+        try:
+            self.send.send_nowait(piece)
+            self.delivered += 1
+        except trio.WouldBlock:
+            self.cancel(f"the client fell {STREAM_BUFFER} pieces behind the stream")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.cancel("the client went away")
 
 
 @dataclass(frozen=True)
@@ -147,6 +222,9 @@ class JobSettings:
     ledger_path: Path | None = None
     #: Network id (the charter's): part of the job stream's protocol id (`job_protocol`).
     network: str = builtin(DEFAULT_NETWORK).network_id
+    #: Speak job/2.1.0 (revision 2.1: streamed output, cancellation) besides job/2.0.0. False
+    #: behaves as a node from before it (tests of the fallback).
+    streaming: bool = True
 
     def __post_init__(self) -> None:
         for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s",
@@ -167,6 +245,11 @@ class JobSettings:
         """The job stream's protocol id on this network."""
         return job_protocol(self.network)
 
+    @property
+    def stream_protocol(self) -> str:
+        """The streaming job stream's protocol id on this network (job/2.1.0)."""
+        return job_stream_protocol(self.network)
+
 
 @dataclass
 class JobCounters:
@@ -176,6 +259,17 @@ class JobCounters:
     jobs_served: int = 0
     #: Jobs this provider stopped serving because their gateway went away mid-job.
     jobs_abandoned: int = 0
+    #: Streamed jobs (job/2.1.0) this provider served / stopped at its gateway's JobCancel.
+    jobs_streamed: int = 0
+    jobs_cancelled: int = 0
+    #: Streamed requests at this gateway / JobCancel frames sent / attempts that fell back to
+    #: job/2.0.0 (the provider does not stream).
+    streams_opened: int = 0
+    cancels_sent: int = 0
+    stream_fallbacks: int = 0
+    #: Streams opened ahead that a streamed job used / found closed (then opened anew).
+    warm_streams_used: int = 0
+    warm_streams_stale: int = 0
     backend_errors: int = 0
     streams_refused: int = 0
     receipts_settled: int = 0
@@ -239,6 +333,17 @@ class JobService:
         self._refused: OrderedDict[str, JobStatus] = OrderedDict()
         self._demand: tuple[int, int, tuple[int, ...] | None] | None = None
         self._seen_receipts: set[bytes] = set()  # without a ledger only
+        self._sinks: dict[str, _Sink] = {}
+        #: Streams opened ahead to providers of streamed jobs: peer id → (stream, opened at).
+        self._warm: dict[str, tuple[Any, float]] = {}
+        self._warming: set[str] = set()
+        self._warm_taken: dict[str, trio.Event] = {}
+        self._warm_job_done: dict[str, trio.Event] = {}
+        self._warm_until: dict[str, float] = {}
+        #: Job streams this gateway may be opening at once (`_send_job`).
+        self._opening = trio.Semaphore(OPENING_AT_ONCE)
+        #: Jobs this provider is streaming now (paces their chunk frames).
+        self._streaming_jobs = 0
         self._closed = False
 
     @classmethod
@@ -253,7 +358,7 @@ class JobService:
             backend_model=s.backend_model, backend_timeout_s=s.backend_timeout_s,
             accept_timeout_s=min(s.job_accept_timeout_s, s.stream_timeout_s),
             settle_timeout_s=s.stream_timeout_s,
-            progress_grace_s=s.job_progress_grace_s,
+            progress_grace_s=s.job_progress_grace_s, streaming=s.job_streaming,
             reputation=ReputationSettings(backoff_s=s.job_backoff_s, ban_after=s.job_ban_after,
                                           ban_s=s.job_ban_s))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
@@ -280,6 +385,9 @@ class JobService:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     host.set_stream_handler(self.settings.protocol, self._serve_job)
+                    if self.settings.streaming:
+                        host.set_stream_handler(self.settings.stream_protocol,
+                                                self._serve_job_streamed)
                     task_status.started()
                     await self._route_loop()
             finally:
@@ -304,6 +412,32 @@ class JobService:
         self._refused.pop(rid, None)
         self._wake.set()
         return status
+
+    def submit_streamed(self, tokens: int, max_price_nano: int, *, prompt: str = "",
+                        tier: str = "standard", user: str | None = None,
+                        request_id: str | None = None,
+                        ) -> tuple[JobStatus, "trio.MemoryReceiveChannel[Piece]"]:
+        """`submit`, with the output streamed: the channel gives the pieces as the provider
+        sends them (job/2.1.0; one piece from a provider without it) and closes when the request
+        ends (`status` then says how). Close the channel, or call `cancel`, to give up: a request
+        being served stops and settles the tokens served so far."""
+        send, receive = trio.open_memory_channel[Piece](STREAM_BUFFER)
+        status = self.submit(tokens, max_price_nano, prompt=prompt, tier=tier, user=user,
+                             request_id=request_id)
+        self._sinks[status.request_id] = _Sink(send)
+        self.counters.streams_opened += 1
+        return status, receive
+
+    def cancel(self, request_id: str, why: str = "cancelled by its user") -> None:
+        """The user gives up: a pending request fails at once (nothing charged); a streamed one
+        being served is cancelled on its job stream and settles what was served."""
+        if self.gateway.cancel(request_id, why, self.clock()):
+            self._notify(request_id)
+            self._wake.set()
+            return
+        sink = self._sinks.get(request_id)
+        if sink is not None:
+            sink.cancel(why)
 
     def status(self, request_id: str) -> JobStatus | None:
         """A request's status (state, provider, tokens served, cost, why), or None if unknown."""
@@ -350,6 +484,12 @@ class JobService:
         event = self._changed.pop(request_id, None)
         if event is not None:
             event.set()
+        sink = self._sinks.get(request_id)
+        if sink is not None:
+            status = self.status(request_id)
+            if status is None or status.state in ("completed", "failed", "expired"):
+                del self._sinks[request_id]
+                sink.send.close()
 
     def _take_engine_queue(self, now: float) -> None:
         """Requests queued through the engine (`Node.submit_request`) move into the book."""
@@ -437,32 +577,79 @@ class JobService:
         def fault(kind: str, why: str) -> None:
             gateway.on_fault(rid, attempt, peer_id, kind, why, self.clock())
 
+        sink = self._sinks.get(rid)
+        protocols = [self.settings.protocol]
+        if sink is not None and self.settings.streaming:
+            protocols.insert(0, self.settings.stream_protocol)
+            sink.tokens, sink.parts, sink.text_bytes = 0, [], 0
+        streamed = False
+        opening = False
         try:
-            signed = wire.sign(dispatch.job, self.private_key)
-            assert isinstance(signed, Job)
-            job = signed
+            job = dispatch.job
+            # A burst of jobs opens its streams a few at a time: py-libp2p takes seconds to open
+            # a hundred at once, and waiting for our own turn is no fault of the provider's (the
+            # accept deadline starts when the turn comes).
+            await self._opening.acquire()
+            opening = True
             sent_at = self.clock()
             started = time.perf_counter()
             total_by = trio.current_time() + (dispatch.claim_deadline - margin - sent_at)
             try:
                 with trio.fail_after(accept_s):
-                    try:
-                        stream = await self.host.new_stream(ID.from_base58(peer_id),
-                                                            [self.settings.protocol])
-                    except trio.TooSlowError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - whatever dialing does
-                        fault(UNREACHABLE, f"was unreachable ({failure_reason(exc)})")
-                        return
-                    await stream.write(length_prefixed(job.wire))
-                    frames = FrameStream(stream, MAX_STREAM_FRAME)
-                    first = await frames.next()
+                    first = None
+                    # A stream this gateway opened ahead for this provider (job/2.1.0) saves
+                    # the open, about 10 ms of py-libp2p, on the way to the first token. One
+                    # that fails before any answer is no news of the provider: open a new one.
+                    warm = self._take_warm(peer_id) if sink is not None else None
+                    if warm is not None:
+                        signed = wire.sign(job, self.private_key)
+                        assert isinstance(signed, Job)
+                        try:
+                            await warm.write(length_prefixed(signed.wire))
+                            frames = FrameStream(warm, MAX_STREAM_FRAME)
+                            first = await frames.next()
+                        except trio.TooSlowError:
+                            stream = warm
+                            raise
+                        except Exception:  # noqa: BLE001 - a stale warm stream
+                            first = None
+                        if first is None:
+                            self.counters.warm_streams_stale += 1
+                            await reset_quietly(warm)
+                        else:
+                            stream, job, streamed = warm, signed, True
+                            self.counters.warm_streams_used += 1
+                    if first is None:
+                        try:
+                            stream = await self.host.new_stream(ID.from_base58(peer_id),
+                                                                protocols)
+                        except trio.TooSlowError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - whatever dialing does
+                            fault(UNREACHABLE, f"was unreachable ({failure_reason(exc)})")
+                            return
+                        streamed = (sink is not None and str(stream.get_protocol())
+                                    == self.settings.stream_protocol)
+                        if sink is not None and not streamed:
+                            # A provider without job/2.1.0 reads the prompt as text.
+                            self.counters.stream_fallbacks += 1
+                            job = replace(job, prompt=plain_prompt(job.prompt))
+                        signed = wire.sign(job, self.private_key)
+                        assert isinstance(signed, Job)
+                        job = signed
+                        await stream.write(length_prefixed(job.wire))
+                        frames = FrameStream(stream, MAX_STREAM_FRAME)
+                        first = await frames.next()
             except trio.TooSlowError:
                 fault(NO_ANSWER, f"did not accept or decline within {accept_s:g} s (the accept "
                                  f"deadline)")
                 if stream is not None:
                     await reset_quietly(stream)
                 return
+            finally:
+                if opening:
+                    opening = False
+                    self._opening.release()
             if first is None:
                 fault(DROPPED, "closed the stream without an answer")
                 return
@@ -481,18 +668,26 @@ class JobService:
             gateway.on_accepted(rid, attempt, self.clock())
             progress_by = min(total_by, trio.current_time() + dispatch.progress_s)
             try:
-                with trio.fail_at(progress_by):
-                    second = await frames.next()
+                if streamed:
+                    assert sink is not None
+                    second = await self._read_chunks(stream, frames, rid, sink, progress_by)
+                else:
+                    with trio.fail_at(progress_by):
+                        second = await frames.next()
             except trio.TooSlowError:
+                cancelled = (f" (cancelled: {sink.why})"
+                             if sink is not None and sink.cancelled.is_set() else "")
                 fault(NO_RESULT, f"accepted, then sent no result within {dispatch.progress_s:.1f} "
                                  f"s (the progress deadline for {dispatch.job.tokens} tokens at "
-                                 f"{dispatch.provider_tokens_per_s} tokens/s)")
+                                 f"{dispatch.provider_tokens_per_s} tokens/s){cancelled}")
                 await reset_quietly(stream)
                 return
             if second is None:
                 fault(DROPPED, "closed the stream mid-job")
                 return
-            frame = decode_job_frame(second)
+            frame = decode_job_frame(second, streaming=streamed)
+            if isinstance(frame, JobChunk):
+                raise _Fault(BROKEN_FRAME, "sent a JobChunk on job/2.0.0")
             if isinstance(frame, (JobDeclined, JobResult)) and frame.request_id != rid:
                 raise _Fault(WRONG_REQUEST, f"answered for request {frame.request_id!r}, not "
                                             f"{rid!r}")
@@ -500,8 +695,19 @@ class JobService:
                 gateway.on_declined_after_accept(rid, attempt, peer_id, frame.reason,
                                                  frame.detail, self.clock())
             elif isinstance(frame, JobResult):
+                if sink is not None and not streamed:
+                    # One piece: the whole output of a provider that does not stream.
+                    try:
+                        charged = getattr(wire.decode_unchecked_time(frame.receipt),
+                                          "tokens_served", 0)
+                    except WireError:  # the receipt checks refuse it below
+                        charged = 0
+                    sink.deliver(Piece(frame.output, charged))
                 await self._settle(dispatch, job, sent_at, frame, stream,
-                                   (started, answered, time.perf_counter()))
+                                   (started, answered, time.perf_counter()),
+                                   sink.tokens if streamed and sink is not None else None,
+                                   "".join(sink.parts) if streamed and sink is not None
+                                   else None)
             else:
                 raise _Fault(BROKEN_FRAME, f"sent a {type(frame).__name__} where the result was "
                                            f"due")
@@ -527,11 +733,132 @@ class JobService:
                 await _abandon(stream)
             raise
         finally:
+            if opening:
+                self._opening.release()
+            if streamed and accepted:
+                # The next stream ahead is opened after this job, not during it: an open takes
+                # the event loop ~10 ms, which would sit between its chunks and its user.
+                done = self._warm_job_done.pop(peer_id, None)
+                if done is not None:
+                    done.set()
+                self._nursery_soon(self._prewarm, peer_id)
+            if sink is not None and (sink.delivered or sink.cancelled.is_set()):
+                # Its user has seen part of the output (or gave up): the request cannot start
+                # over at another provider. Nothing is charged for an attempt that did not
+                # settle.
+                status = self.gateway.status(rid)
+                if status is not None and status.state == "pending":
+                    why = (f"cancelled: {sink.why}" if sink.cancelled.is_set() else
+                           f"the provider failed after streaming part of the output "
+                           f"({status.reason}); a stream cannot start over")
+                    self.gateway.cancel(rid, why, self.clock())
             self._notify(rid)
             self._wake.set()
 
+    def _nursery_soon(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self._nursery is not None and not self._closed:
+            self._nursery.start_soon(fn, *args)
+
+    def _take_warm(self, peer_id: str) -> Any:
+        """The stream opened ahead to `peer_id`, if one is waiting and still fresh."""
+        warm = self._warm.pop(peer_id, None)
+        if warm is None:
+            return None
+        taken = self._warm_taken.get(peer_id)
+        if taken is not None:
+            taken.set()  # the keeper opens the next one
+        stream, opened_at = warm
+        if trio.current_time() - opened_at > WARM_STREAM_S:
+            self._nursery_soon(close_quietly, stream)
+            return None
+        return stream
+
+    async def _prewarm(self, peer_id: str) -> None:
+        """Keep a job/2.1.0 stream open ahead to a provider that took a streamed job, for
+        WARM_KEEP_S after its last one, so the next request to it starts without the open. Each
+        stream waits at most WARM_STREAM_S (under the provider's accept deadline) and is then
+        closed and replaced: a stream closed before its Job is nothing to the provider (spec
+        §9.1). One task per provider; it ends when the provider has been idle WARM_KEEP_S."""
+        from libp2p.peer.id import ID
+
+        self._warm_until[peer_id] = trio.current_time() + WARM_KEEP_S
+        if peer_id in self._warming:
+            return
+        if len(self._warming) >= MAX_WARM:
+            return
+        self._warming.add(peer_id)
+        try:
+            while trio.current_time() < self._warm_until.get(peer_id, 0.0):
+                stream = None
+                with trio.move_on_after(self.settings.accept_timeout_s):
+                    try:
+                        stream = await self.host.new_stream(ID.from_base58(peer_id),
+                                                            [self.settings.stream_protocol])
+                    except Exception:  # noqa: BLE001 - no warm stream, then
+                        return
+                if stream is None:
+                    return
+                self._warm[peer_id] = (stream, trio.current_time())
+                taken = trio.Event()
+                self._warm_taken[peer_id] = taken
+                with trio.move_on_after(WARM_STREAM_S):
+                    await taken.wait()
+                current = self._warm.get(peer_id)
+                if current is not None and current[0] is stream:
+                    del self._warm[peer_id]
+                    await close_quietly(stream)
+                else:
+                    # Taken: open the next one once that job is over, not among its tokens.
+                    done = trio.Event()
+                    self._warm_job_done[peer_id] = done
+                    with trio.move_on_after(WARM_STREAM_S):
+                        await done.wait()
+        finally:
+            self._warming.discard(peer_id)
+            self._warm_taken.pop(peer_id, None)
+            self._warm_job_done.pop(peer_id, None)
+            if trio.current_time() >= self._warm_until.get(peer_id, 0.0):
+                self._warm_until.pop(peer_id, None)
+
+    async def _read_chunks(self, stream: Any, frames: FrameStream, rid: str, sink: _Sink,
+                           progress_by: float) -> bytes | None:
+        """job/2.1.0 after JobAccepted: hand each JobChunk to the user until the frame that
+        ends the job (returned; None at EOF), by the progress deadline (trio.TooSlowError).
+        When the user cancels, send JobCancel: the provider then has the accept deadline to
+        answer with its JobResult."""
+        accept_s = self.settings.accept_timeout_s
+
+        async def send_cancel(reading: trio.CancelScope) -> None:
+            await sink.cancelled.wait()
+            with trio.CancelScope(shield=True), trio.move_on_after(accept_s):
+                await stream.write(length_prefixed(encode_job_frame(JobCancel(rid))))
+                self.counters.cancels_sent += 1
+            reading.deadline = min(reading.deadline, trio.current_time() + accept_s)
+
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope(deadline=progress_by) as reading:
+                nursery.start_soon(send_cancel, reading)
+                while True:
+                    data = await frames.next()
+                    if data is None:
+                        break
+                    frame = decode_job_frame(data, streaming=True)
+                    if not isinstance(frame, JobChunk):
+                        break
+                    if frame.request_id != rid:
+                        raise _Fault(WRONG_REQUEST, f"streamed request {frame.request_id!r}, "
+                                                    f"not {rid!r}")
+                    sink.tokens += frame.tokens
+                    sink.deliver(Piece(frame.text, frame.tokens))
+            nursery.cancel_scope.cancel()
+        if reading.cancelled_caught:
+            raise trio.TooSlowError
+        return data
+
     async def _settle(self, dispatch: Dispatch, job: Job, sent_at: float, result: JobResult,
-                      stream: Any, timing: tuple[float, float, float]) -> bool:
+                      stream: Any, timing: tuple[float, float, float],
+                      chunk_tokens: int | None = None, streamed_output: str | None = None,
+                      ) -> bool:
         """Check the receipt against the job we sent, settle it, complete the request, then tell
         the provider (JobSettled). A refused receipt is a provider fault: the request goes back
         to pending, nothing charged. True if the request completed. `timing`: perf_counter at
@@ -539,6 +866,10 @@ class JobService:
         rid, attempt, peer_id = dispatch.request_id, dispatch.attempt, dispatch.peer_id
         now = self.clock()
         matched = MatchedJob.from_job(job, sent_at)
+        if chunk_tokens is not None:
+            # Revision 2.1: a streamed job's receipt charges at most what its chunks counted
+            # (R6 refuses more as `implausible`).
+            matched = replace(matched, tokens_requested=min(job.tokens, chunk_tokens))
         try:
             if self.ledger is not None:
                 await self.ledger.accept(result.receipt, matched,
@@ -567,7 +898,8 @@ class JobService:
         assert isinstance(settled, Receipt)
         ended = self.clock()
         latency = (ended - sent_at) - job.tokens / max(1, dispatch.provider_tokens_per_s)
-        completed = self.gateway.on_completed(rid, attempt, settled, result.output, ended,
+        output = result.output if streamed_output is None else streamed_output
+        completed = self.gateway.on_completed(rid, attempt, settled, output, ended,
                                               latency_s=latency)
         if completed is not None:
             started, answered, result_at = timing
@@ -607,7 +939,11 @@ class JobService:
                 and is_peer_fault(error.reason, authored=False)):
             self._on_fault(peer, error.reason)
 
-    async def _serve_job(self, stream: Any) -> None:
+    async def _serve_job_streamed(self, stream: Any) -> None:
+        """job/2.1.0: as job/2.0.0, with the output streamed and the gateway able to cancel."""
+        await self._serve_job(stream, streaming=True)
+
+    async def _serve_job(self, stream: Any, streaming: bool = False) -> None:
         """A gateway sent a job: admit it by our own capacity, serve it, return a receipt."""
         peer = stream.muxed_conn.peer_id
         job: Job | None = None
@@ -649,11 +985,18 @@ class JobService:
                 return
             admitted = True
             await stream.write(length_prefixed(encode_job_frame(JobAccepted(job.request_id))))
-            receipt = await self._serve_admitted(stream, job, offer.tokens_per_second)
+            gateway_frames = None
+            if streaming:
+                gateway_frames = FrameStream(stream, max(MAX_FRAME_SIZE[KIND_JOB_SETTLED],
+                                                         MAX_FRAME_SIZE[KIND_JOB_CANCEL]))
+                receipt = await self._serve_streamed(stream, job, offer.tokens_per_second,
+                                                     gateway_frames)
+            else:
+                receipt = await self._serve_admitted(stream, job, offer.tokens_per_second)
             admitted = False
             self.provider.finish(job)  # its capacity is free before we wait for the gateway
             if receipt is not None:
-                await self._await_settlement(stream, job, receipt)
+                await self._await_settlement(stream, job, receipt, gateway_frames)
         except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
             log.info("job stream from %s ended: %s", short_peer(str(peer)), failure_reason(exc))
             await reset_quietly(stream)
@@ -666,14 +1009,21 @@ class JobService:
             if admitted and job is not None:
                 self.provider.finish(job)
 
-    async def _await_settlement(self, stream: Any, job: Job, receipt: Receipt) -> None:
+    async def _await_settlement(self, stream: Any, job: Job, receipt: Receipt,
+                                frames: FrameStream | None = None) -> None:
         """After JobResult: read the gateway's JobSettled (§9 step 5) within settle_timeout_s and
         record what this gateway does with what it is served (`Payers`). No frame in time, EOF,
         or a frame that is not this job's JobSettled: not settled. Then close."""
         outcome = NO_SETTLEMENT
         try:
             with trio.move_on_after(self.settings.settle_timeout_s):
-                data = await FrameStream(stream, MAX_FRAME_SIZE[KIND_JOB_SETTLED]).next()
+                if frames is None:
+                    data = await FrameStream(stream, MAX_FRAME_SIZE[KIND_JOB_SETTLED]).next()
+                else:
+                    # job/2.1.0: a JobCancel that crossed our JobResult comes first; skip it.
+                    while (data := await frames.next()) is not None and isinstance(
+                            decode_job_gateway_frame(data), JobCancel):
+                        pass
                 if data is not None:
                     settled = decode_job_settled(data)
                     if settled.request_id != job.request_id or (
@@ -753,9 +1103,174 @@ class JobService:
                 log.warning("could not record earning for %s: %s", job.request_id, exc)
         return receipt
 
+    async def _serve_streamed(self, stream: Any, job: Job, tokens_per_second: int,
+                              gateway_frames: FrameStream) -> Receipt | None:
+        """job/2.1.0: serve an admitted job, sending each piece of output as a JobChunk as the
+        backend produces it (writes wait for the gateway: back-pressure reaches the backend).
+        A JobCancel stops the backend and the receipt charges the tokens the chunks counted;
+        EOF or a reset means the gateway gave up (serving stops, no receipt). Sends the
+        JobResult (receipt, empty output: the text went in the chunks) and returns its receipt,
+        or None after a backend JobDeclined or when abandoned."""
+        margin = min(2.0, 0.05 * self.config.claim_timeout_s)
+        now = self.clock()
+        serve_by = trio.current_time() + (seconds_of(job.issued_at_ms)
+                                          + self.config.claim_timeout_s - margin - now)
+        if isinstance(self.backend, SyntheticBackend):
+            self.backend.set_rate(tokens_per_second)
+        started = self.clock()
+        outcome: list[Any] = []
+        stopped: list[str] = []
+        served = 0
+        write_s = self.settings.accept_timeout_s
+
+        # Pieces wait here while a chunk is being written, and go out together as the next
+        # chunk: a slow backend's tokens leave one by one, a fast one's in batches (one frame
+        # per token would cost py-libp2p a few ms each). The buffer is bounded: past it, the
+        # backend waits for the stream (back-pressure).
+        buffered: list[str] = []
+        buffer = {"tokens": 0, "bytes": 0, "finished": False}
+        wake = [trio.Event()]
+        drained = [trio.Event()]
+        flushed = trio.Event()
+        finished = trio.Event()
+
+        async def emit(text: str, tokens: int) -> None:
+            while buffer["bytes"] >= STREAM_BUFFER_BYTES:
+                await drained[0].wait()
+            buffered.append(text)
+            buffer["tokens"] += tokens
+            buffer["bytes"] += len(text.encode("utf-8", "replace"))
+            wake[0].set()
+
+        async def write_chunks() -> None:
+            nonlocal served
+            while True:
+                if not buffered and not buffer["tokens"]:
+                    if buffer["finished"]:
+                        flushed.set()
+                        return
+                    await wake[0].wait()
+                    wake[0] = trio.Event()
+                    continue
+                text, tokens = "".join(buffered), buffer["tokens"]
+                buffered.clear()
+                buffer["tokens"] = buffer["bytes"] = 0
+                for i, piece in enumerate(_split_utf8(text, MAX_CHUNK_TEXT)):
+                    frame = JobChunk(job.request_id, tokens if i == 0 else 0, piece)
+                    # A frame is written whole or the stream is given up: a cancellation must
+                    # not cut one in half (the JobResult follows it on the same stream).
+                    with trio.CancelScope(shield=True), trio.move_on_after(write_s) as scope:
+                        await stream.write(length_prefixed(encode_job_frame(frame)))
+                    if scope.cancelled_caught:
+                        raise _GatewayGone(f"the gateway took no data for {write_s:g} s")
+                    if i == 0:
+                        served += tokens
+                drained[0].set()
+                drained[0] = trio.Event()
+                if not buffer["finished"]:
+                    with trio.move_on_after(STREAM_FRAME_BUDGET_S * self._streaming_jobs):
+                        await finished.wait()
+
+        async def serve(cancel: trio.CancelScope) -> None:
+            try:
+                async with trio.open_nursery() as writing:
+                    writing.start_soon(write_chunks)
+                    result = await serve_stream(self.backend, job.prompt, job.tokens, serve_by,
+                                                emit)
+                    buffer["finished"] = True
+                    finished.set()
+                    wake[0].set()
+                    await flushed.wait()
+                outcome.append(result)
+            except BackendError as exc:
+                outcome.append(exc)
+            except _GatewayGone as exc:
+                stopped.append(str(exc))
+            except BaseExceptionGroup as group:  # the writer gave up inside the nursery
+                gone = group.subgroup(_GatewayGone)
+                if gone is None:
+                    raise
+                stopped.append(str(gone.exceptions[0]))
+            cancel.cancel()
+
+        async def watch_gateway(cancel: trio.CancelScope) -> None:
+            # The gateway sends nothing before JobResult but a JobCancel; EOF, a reset or any
+            # other frame means it gave up (or broke the protocol).
+            try:
+                data = await gateway_frames.next()
+                frame = decode_job_gateway_frame(data) if data is not None else None
+                if isinstance(frame, JobCancel) and frame.request_id == job.request_id:
+                    stopped.append("cancel")
+                else:
+                    stopped.append("gone")
+            except Exception:  # noqa: BLE001 - reset / broken frame: the same news
+                stopped.append("gone")
+            cancel.cancel()
+
+        self._streaming_jobs += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve, nursery.cancel_scope)
+                nursery.start_soon(watch_gateway, nursery.cancel_scope)
+        finally:
+            self._streaming_jobs -= 1
+        result = outcome[0] if outcome else None
+        if isinstance(result, BackendError):
+            self.counters.backend_errors += 1
+            log.info("backend failed on %s (%s): %s", job.request_id, result.reason,
+                     result.message)
+            await self._answer(stream, declined(job.request_id, f"backend_{result.reason}",
+                                                result.message))
+            return None
+        if result is None and stopped[:1] != ["cancel"]:
+            self.counters.jobs_abandoned += 1
+            log.info("gateway %s gave up on %s; stopped serving", short_peer(
+                str(stream.muxed_conn.peer_id)), job.request_id)
+            await reset_quietly(stream)
+            return None
+        if result is None:
+            self.counters.jobs_cancelled += 1
+            tokens = served
+        else:
+            tokens = min(result.tokens_served, served)
+        ended = self.clock()
+        unsigned = self.provider.receipt_for(job, tokens, started, ended, ended)
+        receipt = wire.sign(unsigned, self.private_key)
+        await stream.write(length_prefixed(encode_job_frame(
+            JobResult(job.request_id, receipt.wire, ""))))
+        await close_quietly(stream)
+        self.counters.jobs_served += 1
+        self.counters.jobs_streamed += 1
+        if self.ledger is not None and not self._closed:
+            try:
+                await self.ledger.settle(receipt.wire, "provider", self.clock(),
+                                         self.config.burn_rate)
+                self.counters.earnings_recorded += 1
+            except LedgerError as exc:
+                log.warning("could not record earning for %s: %s", job.request_id, exc)
+        return receipt
+
     async def _answer(self, stream: Any, frame: JobDeclined) -> None:
         await stream.write(length_prefixed(encode_job_frame(frame)))
         await close_quietly(stream)
+
+
+class _GatewayGone(Exception):
+    """The gateway stopped taking a streamed job's chunks."""
+
+
+def _split_utf8(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` UTF-8 bytes, cut at character boundaries (one
+    empty piece for empty text)."""
+    pieces: list[str] = []
+    while len(text.encode("utf-8", "replace")) > limit:
+        piece = clip_utf8(text, limit)
+        if not piece:
+            break
+        pieces.append(piece)
+        text = text[len(piece):]
+    pieces.append(text)
+    return pieces
 
 
 class _Fault(Exception):

@@ -67,6 +67,13 @@ from neuroshard_p2p.wire.membership import Admission as Members
 from neuroshard_p2p.wire.membership import check_job
 
 
+def job_stream_protocol(network: str) -> str:
+    """`/neuroshard/<network id>/job/2.1.0` (revision 2.1: streaming): job/2.0.0's exchange plus
+    JobChunk frames while serving and the gateway's JobCancel. A gateway offers it first and
+    job/2.0.0 second, so a provider without it serves the job in one piece."""
+    return f"/neuroshard/{network}/job/2.1.0"
+
+
 def job_protocol(network: str) -> str:
     """`/neuroshard/<network id>/job/2.0.0`: the libp2p protocol id of a network's job stream.
     It carries the network id, as sync and peer exchange do, so a gateway never hands a job to a
@@ -640,6 +647,22 @@ class GatewayDesk:
             return None
         return extra
 
+    def cancel(self, request_id: str, reason: str, now: float) -> bool:
+        """The user gave up on a request that is not being served (pending): it fails with
+        `reason`, nothing charged. False if it is not pending (a claimed request is cancelled on
+        its job stream, and settles what was served)."""
+        record = self.book.get(request_id)
+        extra = self._extra.get(request_id)
+        if record is None or record.state is not State.PENDING:
+            return False
+        self.counts["cancelled"] = self.counts.get("cancelled", 0) + 1
+        if extra is not None:
+            extra.attempt = 0
+            self._drop_prompt(extra)
+        self.book.fail(request_id, now, reason=reason)
+        self._finished_now(request_id)
+        return True
+
     def on_accepted(self, request_id: str, attempt: int, now: float) -> None:
         """The provider admitted the job."""
         if self._current(request_id, attempt) is not None:
@@ -833,7 +856,7 @@ class GatewayDesk:
 
 
 __all__ = [
-    "job_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch",
+    "job_protocol", "job_stream_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch",
     "GatewaySettings", "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING",
     "BELOW_MIN_PRICE", "TOO_LARGE", "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB",
     "UNPAID", "NOT_MEMBER", "short_peer", "ViewOffers", "progress_deadline_s", "PROGRESS_GRACE_S",

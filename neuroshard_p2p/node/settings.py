@@ -113,6 +113,13 @@ class NodeSettings:
     job_backoff_s: float = 5.0
     job_ban_after: int = 3
     job_ban_s: float = 600.0
+    #: Speak job/2.1.0 (streamed output, cancellation) besides job/2.0.0 (revision 2.1).
+    job_streaming: bool = True
+    #: The OpenAI-compatible API (`/v1/...`, api/openai.py): the price cap of a request that
+    #: names none (NEURO per 1M tokens; 0 = the market's max_price), and the token count of one
+    #: that gives no max_tokens.
+    openai_max_price: float = 0.0
+    openai_default_max_tokens: int = 1024
     #: The market configuration: the charter's (the default), or the charter's with other values
     #: of the local keys only; one that changes a charter value is refused by name.
     market: MarketConfig = None  # type: ignore[assignment]  # None: the charter's
@@ -159,6 +166,10 @@ class NodeSettings:
             need(getattr(self, name) > 0, f"{name} must be > 0")
         need(self.job_backoff_s >= 0, "job_backoff_s must be >= 0")
         need(self.job_ban_after >= 1, "job_ban_after must be >= 1")
+        need(0 <= self.openai_max_price <= self.market.max_price,
+             f"openai_max_price must be in [0, max_price={self.market.max_price}] (0: max_price)")
+        need(1 <= self.openai_default_max_tokens <= self.market.max_tokens_per_minute,
+             f"openai_default_max_tokens must be 1..{self.market.max_tokens_per_minute}")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")

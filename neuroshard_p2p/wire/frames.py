@@ -35,6 +35,8 @@ from neuroshard_p2p.wire.messages import (
     FRAME_TYPES,
     KIND_ANNOUNCEMENT,
     KIND_JOB_ACCEPTED,
+    KIND_JOB_CANCEL,
+    KIND_JOB_CHUNK,
     KIND_JOB_DECLINED,
     KIND_JOB_RESULT,
     KIND_JOB_SETTLED,
@@ -48,6 +50,8 @@ from neuroshard_p2p.wire.messages import (
     VERSION,
     Frame,
     JobAccepted,
+    JobCancel,
+    JobChunk,
     JobDeclined,
     JobFrame,
     JobResult,
@@ -65,6 +69,9 @@ MAX_DETAIL = 512                # bytes of UTF-8 in a decline's detail
 #: Largest completion text in a JobResult (bytes of UTF-8); a provider cuts longer output at a
 #: character boundary (`clip_utf8`), which keeps the frame within its 1 MiB.
 MAX_OUTPUT_BYTES = 1_000_000
+#: Revision 2.1: text in one JobChunk (bytes of UTF-8), and the largest token count one may carry.
+MAX_CHUNK_TEXT = 16_384
+MAX_CHUNK_TOKENS = 2**32 - 1
 #: Peer exchange: peers per answer, addresses per peer, bytes of a peer id and of an address
 #: (UTF-8 text), bytes of the whole frame. The same for frame 21 and the 1.0.0 peer list.
 PEERS_MAX_ENTRIES = 32
@@ -77,13 +84,15 @@ PEERS_MAX_FRAME = 32 * 1024
 MAX_FRAME_SIZE = {
     KIND_SYNC_REQUEST: 1024, KIND_SYNC_RESPONSE: 1024 * 1024, KIND_JOB_DECLINED: 1024,
     KIND_JOB_ACCEPTED: 1024, KIND_JOB_RESULT: 1024 * 1024, KIND_PEER_EXCHANGE: PEERS_MAX_FRAME,
-    KIND_JOB_SETTLED: 1024,
+    KIND_JOB_SETTLED: 1024, KIND_JOB_CHUNK: 17_408, KIND_JOB_CANCEL: 1024,
 }
 MAX_ANY_FRAME_SIZE = max(MAX_FRAME_SIZE.values())
 
 #: The kinds each stream carries (rule F4: any other kind is `kind` there).
 SYNC_KINDS = (KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE)
 JOB_KINDS = (KIND_JOB_DECLINED, KIND_JOB_ACCEPTED, KIND_JOB_RESULT, KIND_JOB_SETTLED)
+#: job/2.1.0 (revision 2.1: streaming) carries these two more.
+JOB_STREAM_KINDS = JOB_KINDS + (KIND_JOB_CHUNK, KIND_JOB_CANCEL)
 PEER_KINDS = (KIND_PEER_EXCHANGE,)
 
 #: Every reason a frame decoder can give (all with action reject).
@@ -153,6 +162,17 @@ def _check_job_settled(request_id: Any, receipt_id: Any, outcome: Any) -> None:
         _check_bin("receipt_id", receipt_id, 0, 0)
 
 
+def _check_job_chunk(request_id: Any, tokens: Any, text: Any) -> None:
+    check_text("request_id", request_id, MAX_STR, True)
+    if type(tokens) is not int or not 0 <= tokens <= MAX_CHUNK_TOKENS:
+        raise _bad(f"tokens must be an integer 0..{MAX_CHUNK_TOKENS}, got {tokens!r}")
+    check_text("text", text, MAX_CHUNK_TEXT, False)
+
+
+def _check_job_cancel(request_id: Any) -> None:
+    check_text("request_id", request_id, MAX_STR, True)
+
+
 def _check_peers(peers: Any) -> None:
     """The peer list of frame 21 and of the 1.0.0 layout: [[peer_id, [addr, ...]], ...]."""
     _check_array("peers", peers, PEERS_MAX_ENTRIES)
@@ -185,6 +205,9 @@ _LAYOUTS: dict[int, _Layout] = {
         3, _check_job_result, JobResult, lambda f: [f.request_id, f.receipt, f.output]),
     KIND_JOB_SETTLED: (
         3, _check_job_settled, JobSettled, lambda f: [f.request_id, f.receipt_id, f.outcome]),
+    KIND_JOB_CHUNK: (
+        3, _check_job_chunk, JobChunk, lambda f: [f.request_id, f.tokens, f.text]),
+    KIND_JOB_CANCEL: (1, _check_job_cancel, JobCancel, lambda f: [f.request_id]),
     KIND_PEER_EXCHANGE: (
         1, _check_peers,
         lambda peers: PeerExchange(tuple((peer_id, tuple(addrs)) for peer_id, addrs in peers)),
@@ -293,18 +316,28 @@ def split_sync_response(announcements: list[bytes]) -> list[SyncResponse]:
 def encode_job_frame(frame: JobFrame) -> bytes:
     """Bytes of a job-stream frame: declined, accepted or result (provider → gateway), settled
     (gateway → provider)."""
-    if not isinstance(frame, (JobDeclined, JobAccepted, JobResult, JobSettled)):
+    if not isinstance(frame, (JobDeclined, JobAccepted, JobResult, JobSettled, JobChunk,
+                              JobCancel)):
         raise WireError("kind", REJECT, f"not a job-stream frame: {type(frame).__name__}")
     return encode_frame(frame)
 
 
-def decode_job_frame(data: Buffer) -> JobFrame:
+def decode_job_frame(data: Buffer, streaming: bool = False) -> JobFrame:
     """Decode a job-stream frame, or raise WireError (reject) saying why. Whether the kind is
     the one expected at this step of §9 (a gateway never expects a JobSettled) is the reader's
     check. The receipt inside a JobResult is returned as bytes, still to be checked
     (ledger.checks)."""
-    frame = decode_frame(data, JOB_KINDS)
-    assert isinstance(frame, (JobDeclined, JobAccepted, JobResult, JobSettled))
+    frame = decode_frame(data, JOB_STREAM_KINDS if streaming else JOB_KINDS)
+    assert isinstance(frame, (JobDeclined, JobAccepted, JobResult, JobSettled, JobChunk,
+                              JobCancel))
+    return frame
+
+
+def decode_job_gateway_frame(data: Buffer) -> JobSettled | JobCancel:
+    """Revision 2.1: what a provider may read from the gateway on job/2.1.0 after JobAccepted:
+    a JobCancel (while serving) or a JobSettled (after its JobResult); else WireError."""
+    frame = decode_frame(data, (KIND_JOB_SETTLED, KIND_JOB_CANCEL))
+    assert isinstance(frame, (JobSettled, JobCancel))
     return frame
 
 

@@ -49,6 +49,10 @@ KIND_JOB_ACCEPTED = 19
 KIND_JOB_RESULT = 20
 KIND_PEER_EXCHANGE = 21
 KIND_JOB_SETTLED = 22
+#: Revision 2.1 (streaming), on job/2.1.0 only: a piece of the output as it is generated, and
+#: the gateway's request to stop serving (its user went away).
+KIND_JOB_CHUNK = 23
+KIND_JOB_CANCEL = 24
 
 #: Anti-entropy buckets: an announcement's signer falls in bucket SHA-256(signer)[0] >> 4.
 SYNC_BUCKETS = 16
@@ -251,13 +255,37 @@ class JobSettled:
     outcome: str                       # "settled" or the refusal reason
 
 
+@dataclass(frozen=True)
+class JobChunk:
+    """Revision 2.1 (job/2.1.0): a piece of the completion as the backend produced it,
+    provider → gateway, between JobAccepted and JobResult, in order. `tokens` is how many tokens
+    this piece counts; on a streamed job the receipt charges at most the sum over its chunks."""
+
+    KIND: ClassVar[int] = KIND_JOB_CHUNK
+
+    request_id: str
+    tokens: int
+    text: str
+
+
+@dataclass(frozen=True)
+class JobCancel:
+    """Revision 2.1 (job/2.1.0): the gateway asks the provider to stop serving now (its user
+    went away); the provider stops its backend and answers with a JobResult whose receipt
+    charges the tokens it served, no more than its chunks counted."""
+
+    KIND: ClassVar[int] = KIND_JOB_CANCEL
+
+    request_id: str
+
+
 #: The outcome of a JobSettled whose receipt settled.
 SETTLED = "settled"
 
 Message = Announcement | Job | Receipt | Credential | RevocationList
-JobFrame = JobDeclined | JobAccepted | JobResult | JobSettled
+JobFrame = JobDeclined | JobAccepted | JobResult | JobSettled | JobChunk | JobCancel
 Frame = (SyncRequest | SyncResponse | JobDeclined | JobAccepted | JobResult | PeerExchange
-         | JobSettled)
+         | JobSettled | JobChunk | JobCancel)
 
 MESSAGE_TYPES: dict[int, type] = {
     KIND_ANNOUNCEMENT: Announcement,
@@ -275,6 +303,8 @@ FRAME_TYPES: dict[int, type] = {
     KIND_JOB_RESULT: JobResult,
     KIND_PEER_EXCHANGE: PeerExchange,
     KIND_JOB_SETTLED: JobSettled,
+    KIND_JOB_CHUNK: JobChunk,
+    KIND_JOB_CANCEL: JobCancel,
 }
 
 
@@ -283,7 +313,8 @@ __all__ = [
     "KIND_CREDENTIAL", "KIND_REVOCATIONS", "Credential", "RevocationList", "ROLE_PROVIDER",
     "ROLE_GATEWAY", "KIND_SYNC_REQUEST",
     "KIND_SYNC_RESPONSE", "KIND_JOB_DECLINED", "KIND_JOB_ACCEPTED", "KIND_JOB_RESULT",
-    "KIND_PEER_EXCHANGE", "KIND_JOB_SETTLED", "JobSettled", "SETTLED", "SYNC_BUCKETS", "TIERS",
+    "KIND_PEER_EXCHANGE", "KIND_JOB_SETTLED", "JobSettled", "KIND_JOB_CHUNK",
+    "KIND_JOB_CANCEL", "JobChunk", "JobCancel", "SETTLED", "SYNC_BUCKETS", "TIERS",
     "Announcement", "Job", "Receipt", "SyncRequest",
     "SyncResponse", "JobDeclined", "JobAccepted", "JobResult", "PeerExchange", "Message",
     "JobFrame", "Frame", "MESSAGE_TYPES", "FRAME_TYPES", "DEMAND_BUCKETS",

@@ -2026,6 +2026,7 @@ def documents() -> dict[str, Any]:
         "counting.json": counting_documents(),
         **ports.documents(),
         **__import__("gen_clearing").documents(),  # revision 2.1: clearing
+        **__import__("gen_streaming").documents(),  # revision 2.1: streaming (issue 16)
     }
 
 
