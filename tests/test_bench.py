@@ -11,8 +11,8 @@ import pytest
 
 from neuroshard_p2p.bench import SECTIONS, main
 
-NAMES = ["core", "wire", "view", "ledger", "jobs", "node", "api", "sync_abuse", "members",
-         "members_engine", "grind"]
+NAMES = ["core", "wire", "view", "ledger", "jobs", "node", "api", "openai", "sync_abuse",
+         "members", "members_engine", "grind"]
 
 
 def test_list_names_every_section_with_its_module() -> None:
