@@ -92,6 +92,7 @@ from neuroshard_p2p.node.guard import (
     is_peer_fault,
 )
 from neuroshard_p2p.node.job_service import JobService
+from neuroshard_p2p.node.reach import Reach
 from neuroshard_p2p.node.libp2p_compat import (
     VerdictScorer,
     bind_problem,
@@ -180,6 +181,8 @@ class Node:
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
         #: Bootstrap dialers and peer exchange.
         self.peering = Peering(settings, self.counters, refuse=self.refuses)
+        #: mDNS, AutoNAT reachability, circuit relay, UPnP (node/reach.py).
+        self.reach = Reach(settings, now=self.now)
         self.topic = settings.topic
         self._sync_protocol = sync_protocol(settings.network)
         self._listen = [parse_listen_addr(a) for a in settings.listen]
@@ -262,7 +265,8 @@ class Node:
                                        dial_timeout=s.dial_timeout_s)
         self.host = new_host(key_pair=self._key_pair, muxer_opt=muxer_options(s.muxer),
                              listen_addrs=self._listen, connection_config=connections,
-                             addrs_factory=expand_wildcards)
+                             addrs_factory=lambda addrs: [*expand_wildcards(addrs),
+                                                          *self.reach.relayed_addrs()])
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would
@@ -288,6 +292,7 @@ class Node:
         await self.pubsub.wait_until_ready()
         self.host.set_stream_handler(self._sync_protocol, self._serve_sync)
         self.peering.attach(self.host)
+        await self.reach.attach(self.host, stack)
         self.host.get_network().register_notifee(
             ConnectionWatcher(self._new_peers_send, refuse=self._refuse_connection))
         self.pubsub.set_topic_validator(self.topic, self._validate_gossip, False)
@@ -304,6 +309,7 @@ class Node:
         nursery.start_soon(self._guard_loop)
         await nursery.start(self.jobs.run, self.host)
         self.peering.start(nursery)
+        self.reach.start(nursery)
         log.info("node %s listening on %s (topic %s)", self.peer_id, ", ".join(self.addrs),
                  self.topic)
 
