@@ -312,8 +312,10 @@ def make_mdns(host: Any, network: str) -> Any:
     from libp2p.discovery.mdns.mdns import MDNSDiscovery
     addrs = [str(a) for a in host.get_addrs() if "/tcp/" in str(a) and "p2p-circuit" not in str(a)]
     port = int(multiaddr.Multiaddr(addrs[0]).value_for_protocol("tcp")) if addrs else 0
+    # Not host=host: the broadcaster then announces the host's *transport* addresses, the
+    # wildcard 0.0.0.0 among them, which a peer dialled as itself (defect 11f).
     return MDNSDiscovery(swarm=host.get_network(), port=port, listen_addrs=addrs,
-                         service_type=mdns_service_type(network), host=host)
+                         service_type=mdns_service_type(network))
 
 
 def mdns_handler(send: Any, token: trio.lowlevel.TrioToken) -> Any:
@@ -331,6 +333,21 @@ def mdns_handler(send: Any, token: trio.lowlevel.TrioToken) -> Any:
         except trio.RunFinishedError:
             pass
     return handler
+
+
+def lan_addrs(host: Any, info: Any) -> list[multiaddr.Multiaddr]:
+    """The addresses of a peer found by mDNS worth dialling, also left in the peerstore in place
+    of what the listener stored (defect 11e): py-libp2p's broadcaster announces loopback
+    addresses too, and its listener stores them, so a node dialled 127.0.0.1 (itself, by the
+    same port, and the noise handshake failed on the peer id)."""
+    keep = [a for a in info.addrs if "/ip4/127." not in str(a) and "/ip6/::1/" not in str(a)]
+    store = host.get_peerstore()
+    try:
+        store.clear_addrs(info.peer_id)
+        store.add_addrs(info.peer_id, keep, 600)
+    except Exception:  # noqa: BLE001 - the peerstore is a hint cache
+        pass
+    return keep
 
 
 def observed_dialback_targets(addrs: list[bytes], observed_ip: str | None) -> list[tuple[str, int]]:

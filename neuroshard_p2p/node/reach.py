@@ -343,15 +343,22 @@ class Reach:
                 await trio.to_thread.run_sync(_stop_mdns, discovery, abandon_on_cancel=True)
 
     async def _dial_found(self, info: PeerInfo) -> None:
-        if info.peer_id == self.host.get_id() or info.peer_id in self.host.get_connected_peers():
+        if info.peer_id == self.host.get_id():
             return
         self.state.mdns_found += 1
+        if info.peer_id in self.host.get_connected_peers():
+            return
+        from neuroshard_p2p.node.libp2p_compat import lan_addrs
+        addrs = lan_addrs(self.host, info)
+        if not addrs:
+            return
         try:
             with trio.fail_after(self.settings.dial_timeout_s):
-                await self.host.connect(info)
+                await self.host.connect(PeerInfo(info.peer_id, addrs))
             log.info("mDNS: connected to %s on the LAN", info.peer_id)
         except Exception as exc:  # noqa: BLE001 - another network's node, or gone
-            log.info("mDNS: %s found but not dialled: %s", info.peer_id, failure_reason(exc))
+            log.info("mDNS: %s found at %s but not dialled: %s", info.peer_id,
+                     ", ".join(map(str, addrs)), failure_reason(exc))
 
     # -- UPnP -----------------------------------------------------------------------------------
 
@@ -379,6 +386,26 @@ class Reach:
             with trio.CancelScope(shield=True), trio.move_on_after(3):
                 await manager.remove_port_mapping(port, "TCP")
 
+    def connections_by_kind(self) -> dict[str, int]:
+        """Connected peers by "direct" / "relayed"."""
+        from neuroshard_p2p.node.libp2p_compat import connection_kind
+        counts = {"direct": 0, "relayed": 0}
+        if self.host is None:
+            return counts
+        for peer in self.host.get_connected_peers():
+            kind = connection_kind(self.host, peer)
+            if kind is not None:
+                counts[kind] += 1
+        return counts
+
+    def peer_connection(self, peer_id: str) -> str | None:
+        """How we are connected to `peer_id` now: "direct", "relayed" or None."""
+        from neuroshard_p2p.node.libp2p_compat import connection_kind
+        try:
+            return connection_kind(self.host, ID.from_base58(peer_id))
+        except Exception:  # noqa: BLE001 - not a peer id
+            return None
+
     def snapshot(self) -> dict[str, Any]:
         st = self.state
         return {
@@ -394,6 +421,9 @@ class Reach:
             "upnp": st.upnp,
             "direct_dials": st.direct_dials,
             "relayed_dials": st.relayed_dials,
+            "connections": self.connections_by_kind(),
+            "peer_connections": {str(p): self.peer_connection(str(p))
+                                 for p in (self.host.get_connected_peers() if self.host else [])},
         }
 
 
