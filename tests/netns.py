@@ -99,13 +99,15 @@ class Netns:
         punching cannot work through it."""
         run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=ns)
         flavour = "masquerade fully-random" if symmetric else "masquerade"
-        rules = (f"table ip nat {{ chain post {{ type nat hook postrouting priority 100; "
-                 f"oifname \"{wan_dev}\" {flavour} }} }}\n"
-                 f"table ip filter {{ chain fwd {{ type filter hook forward priority 0; "
-                 f"policy drop; ct state established,related accept; "
-                 f"iifname != \"{wan_dev}\" accept }} }}\n")
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True,
-                       check=True, capture_output=True, timeout=30)
+        rules = (f"table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n"
+                 f"  oifname \"{wan_dev}\" {flavour}\n }}\n}}\n"
+                 f"table ip filter {{\n chain forward_in {{\n  type filter hook forward priority 0; "
+                 f"policy drop;\n  ct state established,related accept\n"
+                 f"  iifname != \"{wan_dev}\" accept\n }}\n}}\n")
+        done = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
+                              text=True, capture_output=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"nft in {ns}: {done.stderr.strip()}\n{rules}")
 
     def route(self, ns: str, *args: str) -> None:
         run("ip", "route", "add", *args, ns=ns)

@@ -171,14 +171,16 @@ def test_a_seller_behind_nat_is_counted_and_serves_a_buyer_behind_another_nat(
             return cli_json(c, "status", rid, "--data-dir", str(dc))
 
         wait_for(lambda: status()["state"] in ("completed", "failed", "expired"), 30,
-                 "C's request is served")
+                 "C's request is served", show=status)
         done = status()
         assert done["state"] == "completed", done
         assert done["provider"] == node_b["peer_id"], done
         reach_c = cli_json(c, "id", "--data-dir", str(dc))["reach"]
         kind = reach_c["peer_connections"].get(node_b["peer_id"])
-        print(f"{'symmetric' if symmetric else 'port-preserving'} NAT: C reached B {kind} "
-              f"(relayed dials {reach_c['relayed_dials']}); B's relays {list(reach_c)}")
+        reach_b = cli_json(b, "id", "--data-dir", str(db))["reach"]
+        print(f"{'symmetric' if symmetric else 'port-preserving'} NAT: B {reach_b['reachability']}"
+              f", relayed at {reach_b['relayed_addrs']}; C reached B {kind} (relayed dials "
+              f"{reach_c['relayed_dials']}); job {rid} served by B: {done['state']}")
         # No hole punching yet (DCUtR is not wired in): C reaches B through A's relay.
         assert kind == "relayed" and reach_c["relayed_dials"] >= 1
     except (AssertionError, pytest.fail.Exception) as exc:

@@ -213,7 +213,10 @@ class Node:
         """Full multiaddrs (with /p2p/<peer id>) others can bootstrap from."""
         if self.host is None:
             return []
-        return [str(a) for a in self.host.get_addrs()]
+        # Relayed addresses are added here, not through the host's addrs_factory: py-libp2p cuts
+        # an advertised address at its first /p2p/ and appends ours, which turned
+        # <relay addr>/p2p/<relay>/p2p-circuit into the relay's own address (libp2p_compat 11g).
+        return [str(a) for a in self.host.get_addrs()] + [str(a) for a in self.reach.relayed_addrs()]
 
     def now(self) -> float:
         return self.clock()
@@ -265,8 +268,7 @@ class Node:
                                        dial_timeout=s.dial_timeout_s)
         self.host = new_host(key_pair=self._key_pair, muxer_opt=muxer_options(s.muxer),
                              listen_addrs=self._listen, connection_config=connections,
-                             addrs_factory=lambda addrs: [*expand_wildcards(addrs),
-                                                          *self.reach.relayed_addrs()])
+                             addrs_factory=expand_wildcards)
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would

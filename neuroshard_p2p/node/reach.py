@@ -48,6 +48,8 @@ RELAYS_WANTED = 2
 #: First reachability check this long after the node has a peer; re-checks while the verdict is
 #: unknown every UNKNOWN_RECHECK_S, afterwards every settings.reachability_interval_s.
 UNKNOWN_RECHECK_S = 3.0
+#: How long a direct dial may take before a relayed one is tried, for a peer not connected yet.
+DIRECT_FIRST_S = 1.5
 
 PUBLIC, PRIVATE, UNKNOWN = "public", "private", "unknown"
 
@@ -141,9 +143,13 @@ class Reach:
             nursery.start_soon(self._upnp)
 
     def relayed_addrs(self) -> list[multiaddr.Multiaddr]:
-        """The circuit addresses of the relays we hold a reservation on, as the host advertises
-        them (py-libp2p appends /p2p/<our id>)."""
-        return [multiaddr.Multiaddr(f"{addr}/p2p-circuit") for addr in self.state.relays.values()]
+        """The circuit addresses of the relays we hold a reservation on:
+        `<relay addr>/p2p/<relay>/p2p-circuit/p2p/<us>`."""
+        if self.host is None:
+            return []
+        me = self.host.get_id()
+        return [multiaddr.Multiaddr(f"{addr}/p2p-circuit/p2p/{me}")
+                for addr in self.state.relays.values()]
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
@@ -271,13 +277,23 @@ class Reach:
         relay both of us are connected to. Raises NodeError with each way's failure."""
         from neuroshard_p2p.node.libp2p_compat import allow_redial
         failures: list[str] = []
-        try:
-            stream = await self.host.new_stream(peer, protocols)
-            self.state.direct_dials += 1
-            return stream
-        except Exception as exc:  # noqa: BLE001 - whatever dialing does
-            failures.append(f"direct: {failure_reason(exc)}")
-        for circuit in self._circuits_to(peer):
+        circuits = self._circuits_to(peer)
+        connected = peer in self.host.get_network().connections
+        # A peer we are not connected to and could reach by relay gets a short direct try: its
+        # advertised addresses are often private ones nobody outside its LAN can reach, and
+        # py-libp2p retries each of them (the job's accept deadline would pass meanwhile).
+        direct_s = self.settings.dial_timeout_s if connected or not circuits else DIRECT_FIRST_S
+        with trio.move_on_after(direct_s):
+            try:
+                stream = await self.host.new_stream(peer, protocols)
+                if not connected:
+                    self.state.direct_dials += 1
+                return stream
+            except Exception as exc:  # noqa: BLE001 - whatever dialing does
+                failures.append(f"direct: {failure_reason(exc)}")
+        if not failures:
+            failures.append(f"direct: no answer within {direct_s:g} s")
+        for circuit in circuits:
             try:
                 with trio.fail_after(self.settings.dial_timeout_s):
                     await self.transport.dial(multiaddr.Multiaddr(circuit))
@@ -289,6 +305,7 @@ class Reach:
             log.info("reached %s through relay %s", peer, circuit.split("/p2p-circuit")[0])
             return stream
         allow_redial(self.host, peer)
+        log.info("could not reach %s: %s", peer, "; ".join(failures))
         raise NodeError("; ".join(failures) or "no way to reach the peer")
 
     def _circuits_to(self, peer: ID) -> list[str]:
