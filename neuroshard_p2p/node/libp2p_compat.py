@@ -44,6 +44,16 @@ around, and can go when the defect is fixed.
    and the dead-peer handler then returns early (the peer is no longer in `peers`), so the
    banned peer stayed in the gossipsub mesh for good (measured: a mesh slot held by a banned,
    disconnected peer) and its sending task waited forever. `blacklist` finishes the job.
+11. **Reach** (node/reach.py; reproductions in docs/py-libp2p-defects.md): (a) mDNS reports
+   peers on zeroconf's thread through a process-wide singleton (`mdns_handler`); (b) the AutoNAT
+   server dials back over the connection the request came on (every asker "reachable") and only
+   to addresses with the observed IP (a NATed node never judged) (`autonat_service`,
+   `observed_dialback_targets`); (c) a DNS-SD service name holds 15 bytes
+   (`mdns_service_type`); (d) `MDNSDiscovery.start` blocks trio (the node registers in a thread);
+   (e, f) mDNS announces loopback and wildcard addresses, which peers dial as themselves
+   (`make_mdns` without `host`, `lan_addrs`); (g) `get_addrs` cuts an `addrs_factory` address at
+   its first /p2p/, turning a circuit address into the relay's (relayed addresses go through
+   `Node.addrs` instead). `connection_kind` reads whether a connection is relayed.
 """
 
 from __future__ import annotations
