@@ -181,8 +181,9 @@ def test_a_seller_behind_nat_is_counted_and_serves_a_buyer_behind_another_nat(
         print(f"{'symmetric' if symmetric else 'port-preserving'} NAT: B {reach_b['reachability']}"
               f", relayed at {reach_b['relayed_addrs']}; C reached B {kind} (relayed dials "
               f"{reach_c['relayed_dials']}); job {rid} served by B: {done['state']}")
-        # No hole punching yet (DCUtR is not wired in): C reaches B through A's relay.
-        assert kind == "relayed" and reach_c["relayed_dials"] >= 1
+        # C's job went through A's relay (C had no way to dial B); DCUtR may have upgraded
+        # the connection to a direct one since, where the NATs allow.
+        assert reach_c["relayed_dials"] >= 1 and kind in ("direct", "relayed"), reach_c
     except (AssertionError, pytest.fail.Exception) as exc:
         raise AssertionError(f"{exc}\n{logs(da, db, dc)}") from None
     assert node_c["peer_id"] not in (node_a["peer_id"], node_b["peer_id"])

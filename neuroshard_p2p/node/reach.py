@@ -101,6 +101,7 @@ class Reach:
         self.relay: Any = None  # CircuitV2Protocol
         self.transport: Any = None  # CircuitV2Transport
         self.autonat: Any = None
+        self.dcutr: Any = None
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
 
@@ -129,6 +130,12 @@ class Reach:
         await stack.enter_async_context(background_trio_service(self.relay))
         host.set_stream_handler(PROTOCOL_ID, self.relay._handle_hop_stream)
         host.set_stream_handler(STOP_PROTOCOL_ID, self.relay._handle_stop_stream)
+        if s.hole_punching:
+            from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+            # Drives itself: every 2 s it tries to upgrade each relayed connection to a direct
+            # one (simultaneous TCP open from the listen port, both sides' observed addresses).
+            self.dcutr = DCUtRProtocol(host, dial_timeout=int(s.dial_timeout_s))
+            await stack.enter_async_context(background_trio_service(self.dcutr))
         self.transport = CircuitV2Transport(
             host, self.relay, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits))
 

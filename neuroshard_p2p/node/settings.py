@@ -104,6 +104,8 @@ class NodeSettings:
     relay_max_circuits: int = 32
     relay_max_bytes: int = 64 * 1024 * 1024
     relay_client: bool = True
+    #: DCUtR: upgrade relayed connections to direct ones by hole punching where the NATs allow.
+    hole_punching: bool = True
     upnp: bool = True
     #: Timeout of one sync or peer-exchange exchange on a stream.
     stream_timeout_s: float = 10.0
