@@ -94,7 +94,7 @@ class Netns:
 
     def nat_router(self, ns: str, wan_dev: str, *, symmetric: bool = False) -> None:
         """Forward and masquerade everything leaving by `wan_dev`; nothing is forwarded in
-        unasked. `symmetric`: a new random source port for every connection (fully-random),
+        unasked, and what arrives unasked for the router itself is dropped silently. `symmetric`: a new random source port for every connection (fully-random),
         so the port a peer sees for one destination says nothing about the next: hole
         punching cannot work through it."""
         run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=ns)
@@ -103,7 +103,13 @@ class Netns:
                  f"  oifname \"{wan_dev}\" {flavour}\n }}\n}}\n"
                  f"table ip filter {{\n chain forward_in {{\n  type filter hook forward priority 0; "
                  f"policy drop;\n  ct state established,related accept\n"
-                 f"  iifname != \"{wan_dev}\" accept\n }}\n}}\n")
+                 f"  iifname != \"{wan_dev}\" accept\n }}\n"
+                 # Like most home routers: what arrives unasked at the router itself is
+                 # dropped, not answered with a reset (a reset would also kill a hole punch's
+                 # first SYN before the other side's own SYN opened the mapping).
+                 f" chain router_in {{\n  type filter hook input priority 0; policy accept;\n"
+                 f"  ct state established,related accept\n"
+                 f"  iifname \"{wan_dev}\" drop\n }}\n}}\n")
         done = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules,
                               text=True, capture_output=True, timeout=30)
         if done.returncode != 0:

@@ -53,7 +53,9 @@ around, and can go when the defect is fixed.
    (e, f) mDNS announces loopback and wildcard addresses, which peers dial as themselves
    (`make_mdns` without `host`, `lan_addrs`); (g) `get_addrs` cuts an `addrs_factory` address at
    its first /p2p/, turning a circuit address into the relay's (relayed addresses go through
-   `Node.addrs` instead). `connection_kind` reads whether a connection is relayed.
+   `Node.addrs` instead); (h) `CircuitV2Protocol.allow_hop` is read once, at start, and the hop
+   handler never checks it, so a node registering the handler served reservations whatever it
+   said (`Reach._serve_hop` gates it). `connection_kind` reads whether a connection is relayed.
 """
 
 from __future__ import annotations
@@ -404,16 +406,19 @@ def autonat_service(host: Any, dial_timeout_s: float) -> Any:
                 response.dialResponse.status = Message.E_DIAL_REFUSED
                 response.dialResponse.statusText = "no TCP address to dial back"
                 return response
-            for ip, port in targets:
-                try:
-                    with trio.fail_after(dial_timeout_s):
+            # One budget for every target: the asker waits for our answer (a router that drops
+            # unasked SYNs makes every dial-back last until the timeout).
+            with trio.move_on_after(dial_timeout_s):
+                for ip, port in targets:
+                    try:
                         stream = await trio.open_tcp_stream(ip, port)
-                    await stream.aclose()
-                except (OSError, trio.TooSlowError):
-                    continue
-                response.dialResponse.status = Message.OK
-                response.dialResponse.addr = multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}").to_bytes()
-                return response
+                        await stream.aclose()
+                    except OSError:
+                        continue
+                    response.dialResponse.status = Message.OK
+                    response.dialResponse.addr = multiaddr.Multiaddr(
+                        f"/ip4/{ip}/tcp/{port}").to_bytes()
+                    return response
             response.dialResponse.status = Message.E_DIAL_ERROR
             response.dialResponse.statusText = "all dials failed"
             return response

@@ -48,6 +48,9 @@ RELAYS_WANTED = 2
 #: First reachability check this long after the node has a peer; re-checks while the verdict is
 #: unknown every UNKNOWN_RECHECK_S, afterwards every settings.reachability_interval_s.
 UNKNOWN_RECHECK_S = 3.0
+#: How long an AutoNAT server tries to dial a client back (all of its ports together); the
+#: client waits that much longer than for any other answer.
+DIAL_BACK_S = 5.0
 #: How long a direct dial may take before a relayed one is tried, for a peer not connected yet.
 DIRECT_FIRST_S = 1.5
 
@@ -87,6 +90,7 @@ class ReachState:
     mdns_found: int = 0
     upnp: str = "off"
     relayed_dials: int = 0
+    hop_refused: int = 0
     direct_dials: int = 0
 
 
@@ -120,7 +124,7 @@ class Reach:
 
         s = self.settings
         self.host = host
-        self.autonat = autonat_service(host, s.dial_timeout_s)
+        self.autonat = autonat_service(host, min(s.dial_timeout_s, DIAL_BACK_S))
         host.set_stream_handler(AUTONAT_PROTOCOL_ID, self.autonat.handle_stream)
         limits = RelayLimits(duration=3600, data=s.relay_max_bytes,
                              max_circuit_conns=s.relay_max_circuits,
@@ -128,7 +132,10 @@ class Reach:
         self.relay = CircuitV2Protocol(host, limits=limits, allow_hop=s.relay_service == "on")
         self.state.relay_service = self.relay.allow_hop
         await stack.enter_async_context(background_trio_service(self.relay))
-        host.set_stream_handler(PROTOCOL_ID, self.relay._handle_hop_stream)
+        # py-libp2p reads allow_hop once, when the service starts, to register the hop handler
+        # or not, and the handler itself never checks it (libp2p_compat 11h): the node's gate
+        # follows the verdict ("auto"), so a private node never takes a reservation.
+        host.set_stream_handler(PROTOCOL_ID, self._serve_hop)
         host.set_stream_handler(STOP_PROTOCOL_ID, self.relay._handle_stop_stream)
         if s.hole_punching:
             from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
@@ -138,6 +145,14 @@ class Reach:
             await stack.enter_async_context(background_trio_service(self.dcutr))
         self.transport = CircuitV2Transport(
             host, self.relay, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits))
+
+    async def _serve_hop(self, stream: Any) -> None:
+        if not self.relay.allow_hop:
+            self.state.hop_refused += 1
+            from neuroshard_p2p.node.streams import reset_quietly
+            await reset_quietly(stream)
+            return
+        await self.relay._handle_hop_stream(stream)
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -183,7 +198,8 @@ class Reach:
         addrs = [a.to_bytes() for a in self.host.get_addrs() if "p2p-circuit" not in str(a)]
         for peer in peers:
             try:
-                status, _ = await self.autonat.query_server(peer, addrs, timeout=self.settings.stream_timeout_s)
+                status, _ = await self.autonat.query_server(
+                    peer, addrs, timeout=self.settings.stream_timeout_s + DIAL_BACK_S)
             except Exception as exc:  # noqa: BLE001 - a peer without AutoNAT, or gone
                 log.debug("AutoNAT query to %s: %s", peer, failure_reason(exc))
                 continue
@@ -445,6 +461,7 @@ class Reach:
             "upnp": st.upnp,
             "direct_dials": st.direct_dials,
             "relayed_dials": st.relayed_dials,
+            "relay_requests_refused": st.hop_refused,
             "connections": self.connections_by_kind(),
             "peer_connections": {str(p): self.peer_connection(str(p))
                                  for p in (self.host.get_connected_peers() if self.host else [])},
