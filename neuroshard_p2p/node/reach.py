@@ -20,8 +20,10 @@ through `node/libp2p_compat.py` where py-libp2p needs working around:
 - **UPnP** (`settings.upnp`): a node whose router answers UPnP maps its TCP port; the mapping
   is reported and removed when the node stops.
 
-Not done: DCUtR hole punching. py-libp2p 0.8.1 ships `relay/circuit_v2/dcutr.py`, but every
-connection a relayed peer gets stays relayed here (`connection_kind` reports which).
+- **DCUtR** (`settings.hole_punching`): py-libp2p's DCUtR service tries, every 2 s, to turn each
+  relayed connection into a direct one by a simultaneous TCP open from the listen port. Through
+  port-preserving NATs it succeeds; through a symmetric NAT the connection stays relayed
+  (`connection_kind` reports which, `/api/node` per peer).
 """
 
 from __future__ import annotations
