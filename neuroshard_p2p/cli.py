@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0: the market's max_price)")
     p.add_argument("--openai-max-tokens", type=int, metavar="N",
                    help="tokens a /v1 request without max_tokens buys (default 1024)")
+    p.add_argument("--no-mdns", dest="mdns", action="store_const", const=False,
+                   help="do not look for (or announce to) nodes of the network on the LAN by "
+                        "mDNS (on by default)")
+    p.add_argument("--relay-service", choices=("auto", "on", "off"),
+                   help="relay circuits for nodes behind NAT: 'auto' (the default) once this "
+                        "node is found publicly reachable, 'on', 'off'")
+    p.add_argument("--no-upnp", dest="upnp", action="store_const", const=False,
+                   help="do not ask the router to forward the listen port by UPnP")
     p.add_argument("--log-level", default="info",
                    choices=("debug", "info", "warning", "error"), help="log detail (default info)")
     p.set_defaults(command_parser=p)
@@ -418,6 +426,7 @@ def run_settings(args: argparse.Namespace) -> NodeSettings:
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
         "openai_max_price": args.openai_max_price,
         "openai_default_max_tokens": args.openai_max_tokens,
+        "mdns": args.mdns, "relay_service": args.relay_service, "upnp": args.upnp,
     }
     return NodeSettings.load(args.data_dir, overrides)
 
@@ -490,12 +499,32 @@ async def _run_node(settings: NodeSettings) -> None:
                     print(f"API token: neuroshard-node token --data-dir {settings.data_dir}",
                           flush=True)
                 print("ready (Ctrl-C to stop)", flush=True)
-                async for signum in signals:
-                    print(f"{signal.Signals(signum).name}: withdrawing and stopping", flush=True)
-                    break
+                async with trio.open_nursery() as printer:
+                    printer.start_soon(_print_reachability, node)
+                    async for signum in signals:
+                        print(f"{signal.Signals(signum).name}: withdrawing and stopping",
+                              flush=True)
+                        break
+                    printer.cancel_scope.cancel()
         except (NodeError, ConfigError) as exc:
             raise CliError(str(exc)) from None
     print("stopped", flush=True)
+
+
+async def _print_reachability(node: Any) -> None:
+    """One line each time the AutoNAT verdict or the relay reservations change:
+    `reachability: private — <advice>` (README: "join a testnet from home")."""
+    reach = node.reach
+    shown = None
+    while True:
+        line = f"reachability: {reach.state.reachability} — {reach.advice()}"
+        if reach.state.relays:
+            line += "; relayed addresses: " + ", ".join(str(a) for a in node.addrs
+                                                      if "p2p-circuit" in a)
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        await reach.wait_changed()
 
 
 def _backend_line(settings: NodeSettings) -> str:

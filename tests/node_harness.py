@@ -34,7 +34,9 @@ def test_settings(data_dir: Path, **changes: Any) -> NodeSettings:
         listen=("/ip4/127.0.0.1/tcp/0",), api="off",
         announce_interval_s=2.0, sync_interval_s=3.0, peer_exchange_interval_s=0.5,
         target_peers=8, dial_timeout_s=5.0, stream_timeout_s=5.0,
-        bootstrap_retry_initial_s=0.2, bootstrap_retry_max_s=1.0, shutdown_grace_s=0.5)
+        bootstrap_retry_initial_s=0.2, bootstrap_retry_max_s=1.0, shutdown_grace_s=0.5,
+        # One process holds many test nodes: no LAN discovery or router probing among them.
+        mdns=False, upnp=False)
     values.update(changes)
     return NodeSettings(data_dir=data_dir, charter=charter, market=market, **values)
 

@@ -351,6 +351,7 @@ class Api:
                          for (o, r), c in sorted(node.engine.counts().items())],
             "counters": dict(vars(node.counters)),
             "guard": _guard_json(node),
+            "reach": node.reach.snapshot(),
         })
 
     async def ledger(self, request: Request) -> Response:

@@ -79,6 +79,21 @@ class NodeCollector(Collector):
                     "What this key counts for in every peer's price: 2^(bits - required), at "
                     "most 1.", r.work_weight)
 
+        reach = GaugeMetricFamily(PREFIX + "reachability",
+                                  "AutoNAT verdict: 1 for the current one (public, private, "
+                                  "unknown).", labels=["verdict"])
+        for verdict in ("public", "private", "unknown"):
+            reach.add_metric([verdict], 1 if r.reachability == verdict else 0)
+        yield reach
+        yield gauge("relay_reservations", "Circuit relay reservations this node holds.",
+                    r.relay_reservations)
+        yield gauge("relay_service", "1 when this node relays for others.", int(r.relay_service))
+        kinds = GaugeMetricFamily(PREFIX + "peer_connections",
+                                  "Connected peers by how they are connected.", labels=["kind"])
+        for kind in ("direct", "relayed"):
+            kinds.add_metric([kind], r.connections_by_kind.get(kind, 0))
+        yield kinds
+
         info = GaugeMetricFamily(PREFIX + "node_info", "This node's network and pricing mode.",
                                  labels=["network", "mode"])
         info.add_metric([r.network, r.mode], 1)

@@ -91,6 +91,12 @@ class NodeReadout:
     peer_faults: dict[str, int] = field(default_factory=dict)
     peer_bans: int = 0
     peers_graylisted: int = 0
+    #: Reach (node/reach.py): the AutoNAT verdict (public / private / unknown), relay
+    #: reservations held, whether this node relays for others, peers reached directly/relayed.
+    reachability: str = "unknown"
+    relay_reservations: int = 0
+    relay_service: bool = False
+    connections_by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
     def work_weight(self) -> float:
@@ -190,6 +196,10 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         peer_faults=dict(node.guard.faults),
         peer_bans=node.guard.bans,
         peers_graylisted=node.guard.graylisted(now),
+        reachability=node.reach.state.reachability,
+        relay_reservations=len(node.reach.state.relays),
+        relay_service=node.reach.state.relay_service,
+        connections_by_kind=node.reach.connections_by_kind(),
     )
 
 

@@ -92,6 +92,7 @@ from neuroshard_p2p.node.guard import (
     is_peer_fault,
 )
 from neuroshard_p2p.node.job_service import JobService
+from neuroshard_p2p.node.reach import Reach
 from neuroshard_p2p.node.libp2p_compat import (
     VerdictScorer,
     bind_problem,
@@ -180,6 +181,8 @@ class Node:
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
         #: Bootstrap dialers and peer exchange.
         self.peering = Peering(settings, self.counters, refuse=self.refuses)
+        #: mDNS, AutoNAT reachability, circuit relay, UPnP (node/reach.py).
+        self.reach = Reach(settings, now=self.now)
         self.topic = settings.topic
         self._sync_protocol = sync_protocol(settings.network)
         self._listen = [parse_listen_addr(a) for a in settings.listen]
@@ -210,7 +213,10 @@ class Node:
         """Full multiaddrs (with /p2p/<peer id>) others can bootstrap from."""
         if self.host is None:
             return []
-        return [str(a) for a in self.host.get_addrs()]
+        # Relayed addresses are added here, not through the host's addrs_factory: py-libp2p cuts
+        # an advertised address at its first /p2p/ and appends ours, which turned
+        # <relay addr>/p2p/<relay>/p2p-circuit into the relay's own address (libp2p_compat 11g).
+        return [str(a) for a in self.host.get_addrs()] + [str(a) for a in self.reach.relayed_addrs()]
 
     def now(self) -> float:
         return self.clock()
@@ -288,6 +294,7 @@ class Node:
         await self.pubsub.wait_until_ready()
         self.host.set_stream_handler(self._sync_protocol, self._serve_sync)
         self.peering.attach(self.host)
+        await self.reach.attach(self.host, stack)
         self.host.get_network().register_notifee(
             ConnectionWatcher(self._new_peers_send, refuse=self._refuse_connection))
         self.pubsub.set_topic_validator(self.topic, self._validate_gossip, False)
@@ -304,6 +311,7 @@ class Node:
         nursery.start_soon(self._guard_loop)
         await nursery.start(self.jobs.run, self.host)
         self.peering.start(nursery)
+        self.reach.start(nursery)
         log.info("node %s listening on %s (topic %s)", self.peer_id, ", ".join(self.addrs),
                  self.topic)
 

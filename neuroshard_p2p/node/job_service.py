@@ -327,6 +327,9 @@ class JobService:
         self._offers_given: tuple[CountedOffer, ...] | None = None
         self.counters = JobCounters()
         self.host: Any = None
+        #: How a stream to a provider is opened: the node's (`Reach.open_stream`: directly, or
+        #: through a circuit relay); by default the host's own dial.
+        self.open_stream: Any = None
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._changed: dict[str, trio.Event] = {}
@@ -362,9 +365,12 @@ class JobService:
             reputation=ReputationSettings(backoff_s=s.job_backoff_s, ban_after=s.job_ban_after,
                                           ban_s=s.job_ban_s))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
-        return cls(node.engine, settings=settings, backend=backend, ledger=ledger, clock=node.clock,
-                   on_demand_change=lambda: node._poke.set(), refuse=node.refuses,
-                   on_fault=lambda peer, reason: node.fault(peer, JOB_FRAME, reason))
+        service = cls(node.engine, settings=settings, backend=backend, ledger=ledger,
+                      clock=node.clock, on_demand_change=lambda: node._poke.set(),
+                      refuse=node.refuses,
+                      on_fault=lambda peer, reason: node.fault(peer, JOB_FRAME, reason))
+        service.open_stream = lambda peer, protocols: node.reach.open_stream(peer, protocols)
+        return service
 
     # -- lifetime ------------------------------------------------------------------------------
 
@@ -621,8 +627,8 @@ class JobService:
                             self.counters.warm_streams_used += 1
                     if first is None:
                         try:
-                            stream = await self.host.new_stream(ID.from_base58(peer_id),
-                                                                protocols)
+                            opener = self.open_stream or self.host.new_stream
+                            stream = await opener(ID.from_base58(peer_id), protocols)
                         except trio.TooSlowError:
                             raise
                         except Exception as exc:  # noqa: BLE001 - whatever dialing does
@@ -792,8 +798,9 @@ class JobService:
                 stream = None
                 with trio.move_on_after(self.settings.accept_timeout_s):
                     try:
-                        stream = await self.host.new_stream(ID.from_base58(peer_id),
-                                                            [self.settings.stream_protocol])
+                        opener = self.open_stream or self.host.new_stream
+                        stream = await opener(ID.from_base58(peer_id),
+                                              [self.settings.stream_protocol])
                     except Exception:  # noqa: BLE001 - no warm stream, then
                         return
                 if stream is None:

@@ -44,6 +44,18 @@ around, and can go when the defect is fixed.
    and the dead-peer handler then returns early (the peer is no longer in `peers`), so the
    banned peer stayed in the gossipsub mesh for good (measured: a mesh slot held by a banned,
    disconnected peer) and its sending task waited forever. `blacklist` finishes the job.
+11. **Reach** (node/reach.py; reproductions in docs/py-libp2p-defects.md): (a) mDNS reports
+   peers on zeroconf's thread through a process-wide singleton (`mdns_handler`); (b) the AutoNAT
+   server dials back over the connection the request came on (every asker "reachable") and only
+   to addresses with the observed IP (a NATed node never judged) (`autonat_service`,
+   `observed_dialback_targets`); (c) a DNS-SD service name holds 15 bytes
+   (`mdns_service_type`); (d) `MDNSDiscovery.start` blocks trio (the node registers in a thread);
+   (e, f) mDNS announces loopback and wildcard addresses, which peers dial as themselves
+   (`make_mdns` without `host`, `lan_addrs`); (g) `get_addrs` cuts an `addrs_factory` address at
+   its first /p2p/, turning a circuit address into the relay's (relayed addresses go through
+   `Node.addrs` instead); (h) `CircuitV2Protocol.allow_hop` is read once, at start, and the hop
+   handler never checks it, so a node registering the handler served reservations whatever it
+   said (`Reach._serve_hop` gates it). `connection_kind` reads whether a connection is relayed.
 """
 
 from __future__ import annotations
@@ -294,3 +306,139 @@ __all__ = ["TEARDOWN_BOUND_S", "muxer_options", "make_gossipsub", "score_params"
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
            "close_connections", "stop_libp2p", "unwind"]
+
+
+# -- reach: mDNS, AutoNAT, circuit relay v2 (node/reach.py) ------------------------------------
+
+def mdns_service_type(network: str) -> str:
+    """The mDNS service type of a network: `_p2p-<10 hex>._udp.local.` (defect 11c: a DNS-SD
+    service name holds at most 15 characters, so the network id itself does not fit)."""
+    import hashlib
+    return f"_p2p-{hashlib.sha256(network.encode()).hexdigest()[:10]}._udp.local."
+
+
+def make_mdns(host: Any, network: str) -> Any:
+    """py-libp2p's mDNS discovery for `host`, announcing its TCP addresses under the network's
+    service type. Its listener reports peers from zeroconf's own thread through a process-wide
+    singleton (defect 11a); `mdns_handler` brings them back to trio."""
+    from libp2p.discovery.mdns.mdns import MDNSDiscovery
+    addrs = [str(a) for a in host.get_addrs() if "/tcp/" in str(a) and "p2p-circuit" not in str(a)]
+    port = int(multiaddr.Multiaddr(addrs[0]).value_for_protocol("tcp")) if addrs else 0
+    # Not host=host: the broadcaster then announces the host's *transport* addresses, the
+    # wildcard 0.0.0.0 among them, which a peer dialled as itself (defect 11f).
+    return MDNSDiscovery(swarm=host.get_network(), port=port, listen_addrs=addrs,
+                         service_type=mdns_service_type(network))
+
+
+def mdns_handler(send: Any, token: trio.lowlevel.TrioToken) -> Any:
+    """A handler for py-libp2p's process-wide `peerDiscovery` (defect 11a): called on zeroconf's
+    thread, it hands each found peer to `send` (a trio memory channel) in trio's thread; a full
+    or closed channel drops it (the peer is announced again)."""
+    def handler(info: Any) -> None:
+        def put() -> None:
+            try:
+                send.send_nowait(info)
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        try:
+            token.run_sync_soon(put)
+        except trio.RunFinishedError:
+            pass
+    return handler
+
+
+def lan_addrs(host: Any, info: Any) -> list[multiaddr.Multiaddr]:
+    """The addresses of a peer found by mDNS worth dialling, also left in the peerstore in place
+    of what the listener stored (defect 11e): py-libp2p's broadcaster announces loopback
+    addresses too, and its listener stores them, so a node dialled 127.0.0.1 (itself, by the
+    same port, and the noise handshake failed on the peer id)."""
+    keep = [a for a in info.addrs if "/ip4/127." not in str(a) and "/ip6/::1/" not in str(a)]
+    store = host.get_peerstore()
+    try:
+        store.clear_addrs(info.peer_id)
+        store.add_addrs(info.peer_id, keep, 600)
+    except Exception:  # noqa: BLE001 - the peerstore is a hint cache
+        pass
+    return keep
+
+
+def observed_dialback_targets(addrs: list[bytes], observed_ip: str | None) -> list[tuple[str, int]]:
+    """Where an AutoNAT server dials a client back (defect 11b): the IP it sees the request come
+    from, with each TCP port the client advertises. py-libp2p keeps only advertised addresses
+    whose IP *equals* the observed one, so a client behind NAT (advertising its LAN address)
+    was always refused, never judged, and a forwarded port could never be confirmed."""
+    if observed_ip is None:
+        return []
+    ports: list[int] = []
+    for raw in addrs:
+        try:
+            ma = multiaddr.Multiaddr(raw)
+            if "p2p-circuit" in str(ma):
+                continue
+            port = int(ma.value_for_protocol("tcp"))
+        except Exception:  # noqa: BLE001 - not a TCP address
+            continue
+        if 0 < port < 65536 and port not in ports:
+            ports.append(port)
+    return [(observed_ip, p) for p in ports[:4]]
+
+
+def autonat_service(host: Any, dial_timeout_s: float) -> Any:
+    """py-libp2p's AutoNAT v1 service with a dial-back that proves something (defect 11b):
+    py-libp2p's server dials back with `host.connect`, which returns the connection the client
+    asked over, so every client was "reachable"; this one opens a fresh TCP connection to the
+    observed IP and the advertised port."""
+    from libp2p.host.autonat.autonat import AutoNATService
+    from libp2p.host.autonat.pb.autonat_pb2 import Message
+
+    class FreshDialAutoNAT(AutoNATService):  # type: ignore[misc]
+        async def _handle_dial(self, message: Any, observed_ip: str | None,
+                               is_relayed: bool) -> Any:
+            response = Message()
+            response.type = Message.DIAL_RESPONSE
+            if is_relayed:
+                response.dialResponse.status = Message.E_DIAL_REFUSED
+                response.dialResponse.statusText = "dial requests over relayed connections are refused"
+                return response
+            targets = observed_dialback_targets([bytes(a) for a in message.dial.peer.addrs],
+                                                observed_ip)
+            if not targets:
+                response.dialResponse.status = Message.E_DIAL_REFUSED
+                response.dialResponse.statusText = "no TCP address to dial back"
+                return response
+            # One budget for every target: the asker waits for our answer (a router that drops
+            # unasked SYNs makes every dial-back last until the timeout).
+            with trio.move_on_after(dial_timeout_s):
+                for ip, port in targets:
+                    try:
+                        stream = await trio.open_tcp_stream(ip, port)
+                        await stream.aclose()
+                    except OSError:
+                        continue
+                    response.dialResponse.status = Message.OK
+                    response.dialResponse.addr = multiaddr.Multiaddr(
+                        f"/ip4/{ip}/tcp/{port}").to_bytes()
+                    return response
+            response.dialResponse.status = Message.E_DIAL_ERROR
+            response.dialResponse.statusText = "all dials failed"
+            return response
+
+    return FreshDialAutoNAT(host)
+
+
+def connection_kind(host: Any, peer: ID) -> str | None:
+    """"direct", "relayed" (every connection to `peer` goes through a circuit relay) or None (not
+    connected), read from the swarm's connections."""
+    conns = host.get_network().connections.get(peer)
+    if not conns:
+        return None
+    if not isinstance(conns, list):
+        conns = [conns]
+    for conn in conns:
+        try:
+            addrs = [str(a) for a in conn.get_transport_addresses()]
+        except Exception:  # noqa: BLE001 - a connection without transport info
+            addrs = []
+        if not any("p2p-circuit" in a for a in addrs):
+            return "direct"
+    return "relayed"

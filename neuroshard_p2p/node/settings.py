@@ -92,6 +92,21 @@ class NodeSettings:
     dial_timeout_s: float = 10.0
     bootstrap_retry_initial_s: float = 1.0
     bootstrap_retry_max_s: float = 60.0
+    #: Reach (node/reach.py): mDNS LAN discovery; AutoNAT reachability checks (re-checked every
+    #: reachability_interval_s once known); the circuit relay v2 service for others ("auto": on
+    #: once this node is public; "on"; "off") within these limits; reservations on relays when
+    #: private (relay_client); UPnP port mapping.
+    mdns: bool = True
+    autonat: bool = True
+    reachability_interval_s: float = 60.0
+    relay_service: str = "auto"
+    relay_max_reservations: int = 16
+    relay_max_circuits: int = 32
+    relay_max_bytes: int = 64 * 1024 * 1024
+    relay_client: bool = True
+    #: DCUtR: upgrade relayed connections to direct ones by hole punching where the NATs allow.
+    hole_punching: bool = True
+    upnp: bool = True
     #: Timeout of one sync or peer-exchange exchange on a stream.
     stream_timeout_s: float = 10.0
     #: Gossipsub tuning (see docs/readme-node.md for the measurements behind the defaults).
@@ -179,6 +194,10 @@ class NodeSettings:
         need(self.announce_interval_s < self.market.capacity_timeout_s,
              "announce_interval_s must be shorter than the market's capacity_timeout_s, or a "
              "live node would expire between its own announcements")
+        need(self.relay_service in ("auto", "on", "off"),
+             f"relay_service must be auto, on or off, got {self.relay_service!r}")
+        need(min(self.relay_max_reservations, self.relay_max_circuits, self.relay_max_bytes) >= 0,
+             "relay limits must be >= 0")
         need(self.bootstrap_retry_initial_s <= self.bootstrap_retry_max_s,
              "bootstrap_retry_initial_s must be <= bootstrap_retry_max_s")
         need(1 <= self.target_peers <= self.max_peers, "need 1 <= target_peers <= max_peers")

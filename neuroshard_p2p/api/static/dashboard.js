@@ -103,6 +103,15 @@
       setText("own-min-price", "—");
     }
     if (typeof node.peers === "number") setText("peers", formatCount(node.peers));
+    const reach = node.reach;
+    if (reach) {
+      setText("reachability", reach.reachability);
+      $("reachability").title = reach.advice;
+      const conns = reach.connections || {};
+      const relays = Object.keys(reach.relays || {}).length;
+      setText("reachability-hint", (conns.direct || 0) + " direct, " + (conns.relayed || 0) +
+        " relayed" + (relays ? "; " + relays + " relay reservation" + (relays > 1 ? "s" : "") : ""));
+    }
     const charter = node.charter;
     if (charter) {
       setText("network", charter.network_id);
