@@ -1096,8 +1096,8 @@ def cmd_member_show(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ledger": cmd_ledger, "charter": cmd_charter, "member": cmd_member,
     "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
-    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "chat": cmd_chat, "status": cmd_status,
-    "token": cmd_token,
+    "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "chat": cmd_chat,
+    "status": cmd_status, "token": cmd_token,
 }
 
 

@@ -277,7 +277,7 @@ def test_every_command_has_help_for_every_flag() -> None:
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(commands.choices) == set(COMMANDS) == {
         "init", "run", "id", "peers", "market", "register", "withdraw", "submit", "status",
-        "token", "ledger", "charter", "member"}
+        "token", "ledger", "charter", "member", "chat"}
     top = parser.format_help()
     for name, sub in commands.choices.items():
         assert name in top
