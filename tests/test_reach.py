@@ -9,7 +9,7 @@ import multiaddr
 import trio
 
 from neuroshard_p2p.node.libp2p_compat import mdns_service_type, observed_dialback_targets
-from neuroshard_p2p.node.reach import reachability_verdict
+from neuroshard_p2p.node.reach import beyond_loopback, reachability_verdict
 from tests.conftest import make_key
 from tests.node_harness import start_node, test_settings
 from tests.waiting import eventually
@@ -38,6 +38,25 @@ def test_the_mdns_service_type_names_the_network_within_dns_sd_limits() -> None:
     assert kind == mdns_service_type("testnet-3094f19bc2e8b045") != mdns_service_type("simnet-x")
     assert kind.startswith("_p2p-") and kind.endswith("._udp.local.")
     assert len(kind.split(".")[0].lstrip("_")) <= 15  # RFC 6763 §7.2
+
+
+def test_only_a_node_listening_beyond_loopback_is_on_a_lan() -> None:
+    assert not beyond_loopback(("/ip4/127.0.0.1/tcp/0",))
+    assert not beyond_loopback(("/ip4/127.0.1.7/tcp/4011", "/ip6/::1/tcp/4011"))
+    assert beyond_loopback(("/ip4/127.0.0.1/tcp/0", "/ip4/0.0.0.0/tcp/4011"))
+    assert beyond_loopback(("/ip4/10.0.0.2/tcp/4011",))
+    assert beyond_loopback(("/ip6/::/tcp/4011",))
+    assert beyond_loopback(("/dns4/node.example/tcp/4011",))
+
+
+async def test_a_node_on_loopback_sends_nothing_to_the_lan(tmp_path: Path) -> None:
+    """mDNS and UPnP on (the defaults), listening on 127.0.0.1: neither starts."""
+    settings = test_settings(tmp_path / "a").replace(mdns=True, upnp=True)
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, settings, make_key(1))
+        snap = a.node.reach.snapshot()
+        assert (snap["mdns"], snap["upnp"]) == (False, "off (listening on loopback only)")
+        await a.stop()
 
 
 async def test_two_nodes_on_loopback_judge_each_other_public_and_serve_relays(

@@ -28,9 +28,10 @@ through `node/libp2p_compat.py` where py-libp2p needs working around:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import multiaddr
 import trio
@@ -161,10 +162,18 @@ class Reach:
         if self.settings.autonat:
             nursery.start_soon(self._reachability_loop)
         nursery.start_soon(self._relay_loop)
-        if self.settings.mdns:
+        # A node that listens on loopback only cannot be dialled from the LAN: announcing it by
+        # mDNS or mapping its port by UPnP would only send multicast onto a network it is not
+        # on (and tests and simulators that run many nodes on 127.0.0.1 would flood the host's
+        # real LAN with it).
+        lan = beyond_loopback(self.settings.listen)
+        if self.settings.mdns and lan:
             nursery.start_soon(self._mdns)
         if self.settings.upnp:
-            nursery.start_soon(self._upnp)
+            if lan:
+                nursery.start_soon(self._upnp)
+            else:
+                self.state.upnp = "off (listening on loopback only)"
 
     def relayed_addrs(self) -> list[multiaddr.Multiaddr]:
         """The circuit addresses of the relays we hold a reservation on:
@@ -468,6 +477,21 @@ class Reach:
             "peer_connections": {str(p): self.peer_connection(str(p))
                                  for p in (self.host.get_connected_peers() if self.host else [])},
         }
+
+
+def beyond_loopback(listen: Sequence[str]) -> bool:
+    """Whether any of these listen multiaddrs can be reached from off this host: a wildcard or
+    a non-loopback IP (a name, e.g. /dns4/…, counts as reachable)."""
+    for addr in listen:
+        parts = str(addr).split("/")
+        if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
+            return True
+        try:
+            if not ipaddress.ip_address(parts[2]).is_loopback:
+                return True
+        except ValueError:
+            return True
+    return False
 
 
 def _stop_mdns(discovery: Any) -> None:
