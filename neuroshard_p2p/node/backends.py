@@ -213,7 +213,9 @@ class SyntheticBackend:
             return 0.0
         return max(0.0, self._queue[-1].finish - trio.current_time())
 
-    async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
+    def _reserve(self, max_tokens: int, deadline: float) -> _Slot:
+        """Queue a job of `max_tokens` behind the others at this backend's rate, or refuse it
+        when it would end after `deadline`."""
         self.calls += 1
         _check_request(max_tokens, deadline)
         now = trio.current_time()
@@ -226,6 +228,10 @@ class SyntheticBackend:
                 f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left")
         slot = _Slot(start, finish)
         self._queue.append(slot)
+        return slot
+
+    async def serve(self, prompt: str, max_tokens: int, deadline: float) -> BackendResult:
+        slot = self._reserve(max_tokens, deadline)
         try:
             while trio.current_time() < slot.finish:
                 moved = self._moved
@@ -245,18 +251,7 @@ class SyntheticBackend:
         """As `serve`, with the tokens handed to `emit` as they fall due at the job's rate (one
         word per token; pieces at least `STREAM_INTERVAL_S` apart, so a fast backend sends a few
         hundred pieces a second, not one per token)."""
-        self.calls += 1
-        _check_request(max_tokens, deadline)
-        now = trio.current_time()
-        start = max(now, self._queue[-1].finish) if self._queue else now
-        finish = start + max_tokens / self.tokens_per_second
-        if finish > deadline:
-            raise BackendError(
-                DEADLINE,
-                f"cannot serve {max_tokens} tokens before the deadline: needs {finish - now:.2f} s "
-                f"at {self.tokens_per_second:g} tokens/s, {max(0.0, deadline - now):.2f} s left")
-        slot = _Slot(start, finish)
-        self._queue.append(slot)
+        slot = self._reserve(max_tokens, deadline)
         emitted = 0
         try:
             while emitted < max_tokens:

@@ -1098,6 +1098,10 @@ class JobService:
         unsigned = self.provider.receipt_for(job, result.tokens_served, started, ended, ended)
         receipt = wire.sign(unsigned, self.private_key)
         frame = JobResult(job.request_id, receipt.wire, clip_utf8(result.text, MAX_OUTPUT_BYTES))
+        return await self._deliver(stream, job, receipt, frame)
+
+    async def _deliver(self, stream: Any, job: Job, receipt: Receipt, frame: JobResult) -> Receipt:
+        """Send the signed receipt in the job's last frame, close, and record the earning."""
         await stream.write(length_prefixed(encode_job_frame(frame)))
         await close_quietly(stream)
         self.counters.jobs_served += 1
@@ -1243,19 +1247,10 @@ class JobService:
         ended = self.clock()
         unsigned = self.provider.receipt_for(job, tokens, started, ended, ended)
         receipt = wire.sign(unsigned, self.private_key)
-        await stream.write(length_prefixed(encode_job_frame(
-            JobResult(job.request_id, receipt.wire, ""))))
-        await close_quietly(stream)
-        self.counters.jobs_served += 1
+        delivered = await self._deliver(stream, job, receipt,
+                                        JobResult(job.request_id, receipt.wire, ""))
         self.counters.jobs_streamed += 1
-        if self.ledger is not None and not self._closed:
-            try:
-                await self.ledger.settle(receipt.wire, "provider", self.clock(),
-                                         self.config.burn_rate)
-                self.counters.earnings_recorded += 1
-            except LedgerError as exc:
-                log.warning("could not record earning for %s: %s", job.request_id, exc)
-        return receipt
+        return delivered
 
     async def _answer(self, stream: Any, frame: JobDeclined) -> None:
         await stream.write(length_prefixed(encode_job_frame(frame)))
