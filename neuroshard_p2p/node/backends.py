@@ -395,15 +395,9 @@ class OpenAIBackend:
                             if counted >= max_tokens:
                                 finish = finish or "length"
                                 break
-        except trio.TooSlowError:
-            raise BackendError(TIMEOUT, f"backend {self.url} did not finish within "
-                                        f"{waited:.1f} s") from None
-        except httpx.TimeoutException:
-            raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
-                                        f"{waited:.1f} s") from None
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
-            raise BackendError(UNREACHABLE,
-                               f"cannot reach backend {self.url}: {_describe(exc)}") from None
+        except BaseException as exc:
+            self._raise_for(exc, waited, "finish")
+            raise
         tokens = counted
         if usage is not None:
             tokens = min(usage, max_tokens)
@@ -441,16 +435,24 @@ class OpenAIBackend:
         try:
             with trio.fail_at(limit):
                 status, body = await self._post(self._payload(prompt, max_tokens))
-        except trio.TooSlowError:
+        except BaseException as exc:
+            self._raise_for(exc, waited, "answer")
+            raise
+        return self._parse(status, body, max_tokens)
+
+    def _raise_for(self, exc: BaseException, waited: float, what: str) -> None:
+        """The BackendError for a failed call to the backend (a deadline that ran out while it
+        had yet to `what`, a timeout of httpx, an unreachable server); nothing for any other
+        exception, which the caller re-raises as it is."""
+        if isinstance(exc, trio.TooSlowError):
+            raise BackendError(TIMEOUT, f"backend {self.url} did not {what} within "
+                                        f"{waited:.1f} s") from None
+        if isinstance(exc, httpx.TimeoutException):
             raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
                                         f"{waited:.1f} s") from None
-        except httpx.TimeoutException:
-            raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
-                                        f"{waited:.1f} s") from None
-        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError) as exc:
+        if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError)):
             raise BackendError(UNREACHABLE,
                                f"cannot reach backend {self.url}: {_describe(exc)}") from None
-        return self._parse(status, body, max_tokens)
 
     async def _post(self, payload: dict[str, Any]) -> tuple[int, bytes]:
         async with self._client.stream("POST", self.url, json=payload) as response:
