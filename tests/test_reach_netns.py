@@ -29,8 +29,9 @@ from tests.waiting import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 PORT = 4001
-#: How long the NAT test gives DCUtR to turn the relayed connection into a direct one.
-HOLE_PUNCH_WAIT_S = 10
+#: How long the NAT test gives DCUtR to turn the relayed connection into a direct one. It tries
+#: every 2 s; in one clean-clone CI run of three, five tries (10 s) all missed under load.
+HOLE_PUNCH_WAIT_S = 30
 
 REASON = why_not()
 pytestmark = [pytest.mark.slow,
