@@ -1049,17 +1049,23 @@ class JobService:
                      "; its jobs are declined `unpaid` for a while" if refused else "")
         await close_quietly(stream)
 
-    async def _serve_admitted(self, stream: Any, job: Job,
-                              tokens_per_second: int) -> Receipt | None:
-        """Serve an admitted job and send its JobResult (the receipt, returned) or a backend
-        JobDeclined (None). None too when the gateway went away mid-job (serving stopped)."""
+    def _start_serving(self, job: Job, tokens_per_second: int) -> tuple[float, float]:
+        """The trio instant by which an admitted job must be served (its claim timeout, less a
+        margin for the receipt), with the synthetic backend set to the job's rate, and the clock
+        reading at which serving starts (the receipt's start)."""
         margin = min(2.0, 0.05 * self.config.claim_timeout_s)
         now = self.clock()
         serve_by = trio.current_time() + (seconds_of(job.issued_at_ms)
                                           + self.config.claim_timeout_s - margin - now)
         if isinstance(self.backend, SyntheticBackend):
             self.backend.set_rate(tokens_per_second)
-        started = self.clock()
+        return serve_by, self.clock()
+
+    async def _serve_admitted(self, stream: Any, job: Job,
+                              tokens_per_second: int) -> Receipt | None:
+        """Serve an admitted job and send its JobResult (the receipt, returned) or a backend
+        JobDeclined (None). None too when the gateway went away mid-job (serving stopped)."""
+        serve_by, started = self._start_serving(job, tokens_per_second)
         outcome: list[Any] = []
 
         async def serve(cancel: trio.CancelScope) -> None:
@@ -1122,13 +1128,7 @@ class JobService:
         EOF or a reset means the gateway gave up (serving stops, no receipt). Sends the
         JobResult (receipt, empty output: the text went in the chunks) and returns its receipt,
         or None after a backend JobDeclined or when abandoned."""
-        margin = min(2.0, 0.05 * self.config.claim_timeout_s)
-        now = self.clock()
-        serve_by = trio.current_time() + (seconds_of(job.issued_at_ms)
-                                          + self.config.claim_timeout_s - margin - now)
-        if isinstance(self.backend, SyntheticBackend):
-            self.backend.set_rate(tokens_per_second)
-        started = self.clock()
+        serve_by, started = self._start_serving(job, tokens_per_second)
         outcome: list[Any] = []
         stopped: list[str] = []
         served = 0
