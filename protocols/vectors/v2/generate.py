@@ -2015,6 +2015,7 @@ def documents() -> dict[str, Any]:
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
     import ports
+    import gen_recon
     return {
         "charter.json": charter_documents(),
         "messages.json": {**HEADER, "keys": key_table(),
@@ -2025,6 +2026,7 @@ def documents() -> dict[str, Any]:
         "frames.json": ports.with_v1_frames(frame_vectors()),
         "counting.json": counting_documents(),
         **ports.documents(),
+        **gen_recon.documents(),
     }
 
 
