@@ -106,6 +106,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     stop_libp2p,
     unwind,
 )
+from neuroshard_p2p.node.policy import periods
 from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
@@ -717,6 +718,14 @@ class Node:
             if isinstance(exc, WireError) and exc.action == REJECT:  # not a sync request frame
                 self.fault(peer, SYNC_FRAME, exc.reason)
 
+    def _sync_period(self) -> float:
+        """`sync_interval_s`; with quiet keep-alives (revision 2.1, §1.3) the reconciliation
+        period derived from the capacity timeout and the signers our view holds, if shorter."""
+        if not self.settings.quiet_keep_alives:
+            return self.settings.sync_interval_s
+        _, reconcile = periods(self.settings.market.capacity_timeout_s, len(self.engine.view))
+        return min(self.settings.sync_interval_s, reconcile)
+
     async def _sync_new_peers(self) -> None:
         """Pull from every newly connected peer (both sides of a connection do)."""
         async with trio.open_nursery() as nursery:
@@ -731,7 +740,7 @@ class Node:
 
     async def _sync_loop(self) -> None:
         while True:
-            await trio.sleep(self.settings.sync_interval_s)
+            await trio.sleep(self._sync_period())
             now = self.now()
             # Among the peers our pace lets us ask now (a small network with a short interval
             # would otherwise ask the same peer beyond its budget).
