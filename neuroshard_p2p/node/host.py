@@ -22,6 +22,10 @@ share no topic and no protocol: they never exchange a market message.
   announcement of the buckets that differ, then closes. Frames are uvarint length-prefixed
   (wire/framing.py). Both sides of every new connection pull, and every `sync_interval_s` a node
   pulls from one random peer, so a late joiner holds the same view within a round trip.
+- `/neuroshard/<network id>/sync/2.1.0` — the same exchange by range-based reconciliation
+  (protocol §8.4, `node/reconcile.py`), offered first when `reconcile` is on (the default); a
+  peer without it answers on 2.0.0. With `quiet_keep_alives`, keep-alives travel only this way
+  and the loop's period comes from the capacity timeout and the signers seen (`node/policy.py`).
 - `/neuroshard/<network id>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
 - `/neuroshard/<network id>/job/2.0.0` — a job from a gateway to the provider it matched, and the
   provider's signed receipt (`node/job_service.py`, protocol §9).
