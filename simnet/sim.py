@@ -396,7 +396,8 @@ class SimNetwork:
         engine = PeerEngine(self.market, key, tokens_per_second=capacity,
                             min_price_nano=to_nano(setup.ask_of(index)) if capacity else 0,
                             announce_interval_s=self.settings.announce_interval_s,
-                            decode=self.decoder, admission=self.admission)
+                            decode=self.decoder, admission=self.admission,
+                            quiet_keep_alives=self.settings.quiet_keep_alives)
         if identity is not None:
             engine.set_work_nonce(identity.work_nonce)
         if self.members is not None and role != "hostile":

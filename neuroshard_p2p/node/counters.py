@@ -15,6 +15,7 @@ class NodeCounters:
     syncs_started: int = 0
     syncs_failed: int = 0
     syncs_served: int = 0
+    reconciliations: int = 0     # syncs (either side) that ran sync/2.1.0 (§8.4), in syncs_*
     syncs_refused_busy: int = 0  # a peer asked again before its last answer was done, or too many at once
     syncs_over_budget: int = 0   # a peer asked beyond its sync budget (reset, fault)
     syncs_stopped: int = 0       # our sync stopped at a rejected item or a bad frame (reset, fault)

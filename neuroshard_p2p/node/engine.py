@@ -39,7 +39,7 @@ import hashlib
 import math
 import secrets
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Sequence
 
@@ -50,6 +50,7 @@ from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.core.pricing import DEMAND_BUCKETS, demand_bucket, demand_histogram
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import to_nano
+from neuroshard_p2p.node.policy import material_change
 from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import MAX_AGE_S, Announcement, WireError, encode
@@ -218,7 +219,8 @@ class PeerEngine:
                  announce_interval_s: float = 20.0,
                  view: MarketView | None = None, validator: Validator | None = None,
                  decode: Decoder = decode_stateless,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 quiet_keep_alives: bool = False) -> None:
         if not 0 < announce_interval_s < config.capacity_timeout_s:
             raise ValueError("announce_interval_s must be in (0, capacity_timeout_s)")
         self.config = config
@@ -253,6 +255,12 @@ class PeerEngine:
         self._repeat = False  # publish our unchanged state again at the next tick
         self._dirty = False
         self.announcements_published = 0
+        #: Revision 2.1 (§1.3): keep-alives are signed into our own view but not gossiped (peers
+        #: get them by sync/2.1.0 reconciliation), and only a material change (capacity, or
+        #: demand crossing a 12.5 % log step, `node.policy`) gossips at once; a smaller change
+        #: rides the next keep-alive.
+        self.quiet_keep_alives = quiet_keep_alives
+        self.keep_alives_unpublished = 0
 
     # -- own state --------------------------------------------------------------------------
 
@@ -399,6 +407,8 @@ class PeerEngine:
             due = not state.silent
         else:
             changed = state != self._published
+            if changed and self.quiet_keep_alives and self._published is not None:
+                changed = material_change(astuple(self._published), astuple(state))
             same_tick = self.tick_of(now) == self.tick_of(self._published_at)
             keep_alive = (not state.silent
                           and now >= self._published_at + self._keep_alive_after)
@@ -408,7 +418,14 @@ class PeerEngine:
             if self._repeat or (self._published is not None and state != self._published):
                 self._dirty = True  # changed within this tick: due at the next one
             return []
-        return [self._announce(state, now)]
+        gossip = (not self.quiet_keep_alives or self._published_at is None
+                  or state != self._published and material_change(astuple(self._published), astuple(state))
+                  or self._repeat or state.silent)
+        data = self._announce(state, now)
+        if not gossip:
+            self.keep_alives_unpublished += 1
+            return []
+        return [data]
 
     def reannounce(self) -> None:
         """Publish our current state again at the next tick, changed or not. The driver calls

@@ -22,6 +22,10 @@ share no topic and no protocol: they never exchange a market message.
   announcement of the buckets that differ, then closes. Frames are uvarint length-prefixed
   (wire/framing.py). Both sides of every new connection pull, and every `sync_interval_s` a node
   pulls from one random peer, so a late joiner holds the same view within a round trip.
+- `/neuroshard/<network id>/sync/2.1.0` — the same exchange by range-based reconciliation
+  (protocol §8.4, `node/reconcile.py`), offered first when `reconcile` is on (the default); a
+  peer without it answers on 2.0.0. With `quiet_keep_alives`, keep-alives travel only this way
+  and the loop's period comes from the capacity timeout and the signers seen (`node/policy.py`).
 - `/neuroshard/<network id>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
 - `/neuroshard/<network id>/job/2.0.0` — a job from a gateway to the provider it matched, and the
   provider's signed receipt (`node/job_service.py`, protocol §9).
@@ -107,6 +111,8 @@ from neuroshard_p2p.node.libp2p_compat import (
     stop_libp2p,
     unwind,
 )
+from neuroshard_p2p.node.policy import periods
+from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
@@ -118,6 +124,7 @@ from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.membership import Admission
 from neuroshard_p2p.wire.messages import KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE, Credential
+from neuroshard_p2p.wire.recon import MAX_RECONCILE_FRAME
 
 log = logging.getLogger("neuroshard.node")
 
@@ -128,6 +135,11 @@ FIRST_ANNOUNCE_HOLD_S = 10.0
 def sync_protocol(network: str) -> TProtocol:
     """The anti-entropy protocol of a network id (nodes of other networks do not speak it)."""
     return TProtocol(f"/neuroshard/{network}/sync/2.0.0")
+
+
+def recon_protocol(network: str) -> TProtocol:
+    """sync/2.1.0: range-based reconciliation (§8.4, revision 2.1), offered before 2.0.0."""
+    return TProtocol(f"/neuroshard/{network}/sync/2.1.0")
 
 
 #: Concurrent outgoing syncs (a burst of new connections must not start a burst of streams).
@@ -160,7 +172,8 @@ class Node:
                                  tokens_per_second=settings.capacity,
                                  min_price_nano=to_nano(settings.min_price),
                                  announce_interval_s=settings.announce_interval_s,
-                                 admission=Admission.of(settings.charter))
+                                 admission=Admission.of(settings.charter),
+                                 quiet_keep_alives=settings.quiet_keep_alives)
         #: Members networks: this node's credential (from the data dir, checked), which rides in
         #: every announcement and job it signs.
         self.credential: Credential | None = None
@@ -185,6 +198,7 @@ class Node:
         self.reach = Reach(settings, now=self.now)
         self.topic = settings.topic
         self._sync_protocol = sync_protocol(settings.network)
+        self._recon_protocol = recon_protocol(settings.network)
         self._listen = [parse_listen_addr(a) for a in settings.listen]
         self._key_pair = create_new_key_pair(self.private_key.secret)
         self._stack: AsyncExitStack | None = None
@@ -293,6 +307,8 @@ class Node:
         await stack.enter_async_context(background_trio_service(self.gossipsub))
         await self.pubsub.wait_until_ready()
         self.host.set_stream_handler(self._sync_protocol, self._serve_sync)
+        if self.settings.reconcile:
+            self.host.set_stream_handler(self._recon_protocol, self._serve_sync)
         self.peering.attach(self.host)
         await self.reach.attach(self.host, stack)
         self.host.get_network().register_notifee(
@@ -593,10 +609,18 @@ class Node:
             stream: INetStream | None = None
             try:
                 with trio.fail_after(self.settings.stream_timeout_s):
-                    stream = await self.host.new_stream(peer, [self._sync_protocol])
-                    await stream.write(length_prefixed(self.engine.sync_request(self.now())))
-                    frames = FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
-                    while (frame := await frames.next()) is not None:
+                    offered = ([self._recon_protocol] if self.settings.reconcile else []) + [self._sync_protocol]
+                    stream = await self.host.new_stream(peer, offered)
+                    if stream.get_protocol() == self._recon_protocol:
+                        counts = await self._reconcile(stream, ReconSession(self.engine, dialer=True))
+                        received, accepted, ignored, rejected = (
+                            counts.received, counts.accepted, counts.ignored, counts.rejected)
+                        fault, unchecked = counts.fault, counts.unchecked
+                        frames = None
+                    else:
+                        await stream.write(length_prefixed(self.engine.sync_request(self.now())))
+                        frames = FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
+                    while frames is not None and (frame := await frames.next()) is not None:
                         counts = self.engine.on_sync_response(frame, self.now())
                         received += counts.received
                         accepted += counts.accepted
@@ -652,7 +676,45 @@ class Node:
         finally:
             self._serving_sync.discard(peer)
 
+    async def _reconcile(self, stream: INetStream, session: ReconSession) -> SyncCounts:
+        """Run one sync/2.1.0 session on an open stream (both roles): write what the session
+        says, close our writing side when it is done, read until the peer closes. Returns what
+        we received; a rejected item ends it with `fault` set (the caller resets and charges)."""
+        self.counters.reconciliations += 1
+        for frame in session.start(self.now()):
+            await stream.write(length_prefixed(frame))
+        frames = FrameStream(stream, MAX_RECONCILE_FRAME)
+        closed = False
+        while (data := await frames.next()) is not None:
+            for frame in session.receive(data, self.now()):
+                await stream.write(length_prefixed(frame))
+            if session.fault is not None:
+                return session.counts
+            if session.done and not closed:
+                await stream.close()
+                closed = True
+        session.on_peer_closed()
+        if not closed:
+            await stream.close()
+        return session.counts
+
     async def _answer_sync(self, stream: INetStream, peer: ID) -> None:
+        if stream.get_protocol() == self._recon_protocol:
+            try:
+                with trio.fail_after(self.settings.stream_timeout_s):
+                    counts = await self._reconcile(stream, ReconSession(self.engine, dialer=False))
+                self.counters.syncs_served += 1
+                self.counters.sync_announcements_received += counts.received
+                if counts.fault is not None:
+                    await reset_quietly(stream)
+                    if is_peer_fault(counts.fault, authored=False):
+                        self.fault(peer, SYNC_ITEM, counts.fault)
+            except Exception as exc:  # noqa: BLE001 - a peer's stream must never crash the node
+                log.info("reconciliation with %s refused: %s", short_id(peer), failure_reason(exc))
+                await reset_quietly(stream)
+                if isinstance(exc, WireError) and exc.action == REJECT:
+                    self.fault(peer, SYNC_FRAME, exc.reason)
+            return
         try:
             with trio.fail_after(self.settings.stream_timeout_s):
                 request = await FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_REQUEST]).next()
@@ -668,6 +730,14 @@ class Node:
             if isinstance(exc, WireError) and exc.action == REJECT:  # not a sync request frame
                 self.fault(peer, SYNC_FRAME, exc.reason)
 
+    def _sync_period(self) -> float:
+        """`sync_interval_s`; with quiet keep-alives (revision 2.1, §1.3) the reconciliation
+        period derived from the capacity timeout and the signers our view holds, if shorter."""
+        if not self.settings.quiet_keep_alives:
+            return self.settings.sync_interval_s
+        _, reconcile = periods(self.settings.market.capacity_timeout_s, len(self.engine.view))
+        return min(self.settings.sync_interval_s, reconcile)
+
     async def _sync_new_peers(self) -> None:
         """Pull from every newly connected peer (both sides of a connection do)."""
         async with trio.open_nursery() as nursery:
@@ -682,7 +752,7 @@ class Node:
 
     async def _sync_loop(self) -> None:
         while True:
-            await trio.sleep(self.settings.sync_interval_s)
+            await trio.sleep(self._sync_period())
             now = self.now()
             # Among the peers our pace lets us ask now (a small network with a short interval
             # would otherwise ask the same peer beyond its budget).
@@ -692,4 +762,4 @@ class Node:
                 await self._sync_quietly(random.choice(peers))
 
 
-__all__ = ["Node", "NodeError", "PeerSummary", "NodeCounters", "sync_protocol"]
+__all__ = ["Node", "NodeError", "PeerSummary", "NodeCounters", "sync_protocol", "recon_protocol"]

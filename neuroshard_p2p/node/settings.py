@@ -83,6 +83,11 @@ class NodeSettings:
     #: Re-announce period (keep-alive) and anti-entropy period.
     announce_interval_s: float = 20.0
     sync_interval_s: float = 30.0
+    #: Revision 2.1 (protocols/market-v2.md §8.4, §1.3): offer sync/2.1.0 (range-based
+    #: reconciliation) before sync/2.0.0, and keep keep-alives off gossip (only for networks
+    #: whose nodes all speak sync/2.1.0: §1.3).
+    reconcile: bool = True
+    quiet_keep_alives: bool = False
     #: Peers: a node asks a peer for more peers until it has `target_peers` connections, checks
     #: every `peer_exchange_interval_s`, and accepts at most `max_peers` before refusing dials.
     target_peers: int = 8

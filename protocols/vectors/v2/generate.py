@@ -2015,6 +2015,7 @@ def documents() -> dict[str, Any]:
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
     import ports
+    import gen_recon
     return {
         "charter.json": charter_documents(),
         "messages.json": {**HEADER, "keys": key_table(),
@@ -2027,6 +2028,7 @@ def documents() -> dict[str, Any]:
         **ports.documents(),
         **__import__("gen_clearing").documents(),  # revision 2.1: clearing
         **__import__("gen_streaming").documents(),  # revision 2.1: streaming (issue 16)
+        **gen_recon.documents(),
     }
 
 

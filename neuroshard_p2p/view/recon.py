@@ -1,0 +1,202 @@
+"""Range-based set reconciliation (Meyer 2023; the Negentropy protocol), sans-IO.
+
+protocols/market-v2.md §8.4 (revision 2.1: reconciliation). Two peers hold sets of items
+(issued_at_ms, message id); each learns which ids it lacks and which the other lacks, with traffic
+that grows with the difference, not with the set:
+
+- Items are ordered by (ts, id). A range is [lower, upper) of bounds (ts, id prefix).
+- The **fingerprint** of a range is the first 16 bytes of
+  SHA-256("neuroshard/recon/v2.1" ‖ u64be(count) ‖ u256be(Σ ids mod 2^256)), ids read as 256-bit
+  big-endian integers: incremental (a sum), order-free, and the count makes a range of k items
+  differ from one of k+1 even in the unlikely case their sums collide.
+- On a Fingerprint range that differs from ours, we answer the same span as our ids if we hold
+  at most IDLIST_MAX (32) items there, else as B = 16 sub-ranges of equal item count, each with its
+  fingerprint. On an IdList, we compute what each side lacks and answer Skip.
+- A turn whose ranges are all Skip ends the exchange; each side then sends what the other
+  `want`s and pushes what it learnt the other lacks.
+
+`ReconSet.process` is the whole machine: a Reconcile frame in, the reply frame and the ids learnt
+out. It reads no clock and does no I/O; `reconcile_pair` runs two sets against each other through
+the real codec (used by tests, the simulator and the benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from neuroshard_p2p.wire.recon import (
+    FINGERPRINT_LEN, IDLIST_MAX, INFINITE_TS, MAX_RANGES, MAX_RECONCILE_FRAME, MAX_WANT,
+    MODE_FINGERPRINT, MODE_IDLIST, MODE_SKIP, ReconRange, Reconcile, decode_reconcile,
+    encode_reconcile,
+)
+
+#: Sub-ranges a differing range is split into.
+BRANCHES = 16
+_TAG = b"neuroshard/recon/v2.1"
+_MOD = 1 << 256
+_INF = (INFINITE_TS, b"")
+#: Worst-case bytes of one encoded range: bound (9 + 34) + mode + an IdList of 32 ids (3 + 32 × 34).
+_RANGE_MAX_BYTES = 9 + 34 + 1 + 3 + IDLIST_MAX * 34 + 1
+#: Room kept for the frame header, the want array and the final catch-all range.
+_FRAME_RESERVE = 8 + 5 + MAX_WANT * 34 + _RANGE_MAX_BYTES
+
+Item = tuple[int, bytes]
+
+
+def fingerprint(count: int, id_sum: int) -> bytes:
+    """The fingerprint of a range holding `count` items whose ids sum to `id_sum` (mod 2^256)."""
+    return hashlib.sha256(_TAG + count.to_bytes(8, "big")
+                          + (id_sum % _MOD).to_bytes(32, "big")).digest()[:FINGERPRINT_LEN]
+
+
+def bound_between(below: Item, above: Item) -> tuple[int, bytes]:
+    """The shortest bound b with below < b <= above: (above.ts, b"") if the timestamps differ,
+    else above's id cut one byte after the prefix it shares with below's."""
+    if below[0] != above[0]:
+        return (above[0], b"")
+    a, b = below[1], above[1]
+    k = 0
+    while k < len(a) and k < len(b) and a[k] == b[k]:
+        k += 1
+    return (above[0], b[:k + 1])
+
+
+@dataclass
+class Learnt:
+    """What one reconciliation turn taught a side: ids the peer lacks (`have`) and ids it lacks
+    that the peer holds (`need`)."""
+    have: list[bytes] = field(default_factory=list)
+    need: list[bytes] = field(default_factory=list)
+
+
+class ReconSet:
+    """A snapshot of (ts, id) items with prefix sums, for fingerprints in O(log n)."""
+
+    def __init__(self, items: Iterable[Item]) -> None:
+        self.items: list[Item] = sorted(set(items))
+        self._sums = [0]
+        total = 0
+        for _, msg_id in self.items:
+            total = (total + int.from_bytes(msg_id, "big")) % _MOD
+            self._sums.append(total)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def index(self, bound: tuple[int, bytes]) -> int:
+        """Index of the first item at or above `bound`."""
+        if bound == _INF:
+            return len(self.items)
+        return bisect_left(self.items, bound)
+
+    def fingerprint_of(self, lo: int, hi: int) -> bytes:
+        return fingerprint(hi - lo, self._sums[hi] - self._sums[lo])
+
+    def initiate(self) -> Reconcile:
+        """The opening frame: one range over everything, as ids if small, else a fingerprint."""
+        if len(self.items) <= IDLIST_MAX:
+            return Reconcile((ReconRange(*_INF, MODE_IDLIST, ids=self._ids(0, len(self.items))),))
+        return Reconcile((ReconRange(*_INF, MODE_FINGERPRINT, self.fingerprint_of(0, len(self.items))),))
+
+    def _ids(self, lo: int, hi: int) -> tuple[bytes, ...]:
+        return tuple(sorted(msg_id for _, msg_id in self.items[lo:hi]))
+
+    def _split(self, lo: int, hi: int, upper: tuple[int, bytes]) -> list[ReconRange]:
+        count = hi - lo
+        if count <= IDLIST_MAX:
+            return [ReconRange(*upper, MODE_IDLIST, ids=self._ids(lo, hi))]
+        out: list[ReconRange] = []
+        start = lo
+        for part in range(1, BRANCHES + 1):
+            end = lo + count * part // BRANCHES
+            bound = upper if part == BRANCHES else bound_between(self.items[end - 1], self.items[end])
+            out.append(ReconRange(*bound, MODE_FINGERPRINT, self.fingerprint_of(start, end)))
+            start = end
+        return out
+
+    def process(self, frame: Reconcile, learnt: Learnt) -> Reconcile:
+        """Answer one Reconcile frame; add what it teaches to `learnt`. The reply keeps the
+        frame limits: past them, the rest of the span goes back as one Fingerprint range, which
+        the peer will split in the next turn (nothing is lost, it only takes a turn more)."""
+        out: list[ReconRange] = []
+        size = 0
+        lower: tuple[int, bytes] = (0, b"")
+        lo = 0
+        for position, r in enumerate(frame.ranges):
+            hi = self.index(r.bound)
+            if len(out) + BRANCHES + 1 >= MAX_RANGES or size + _FRAME_RESERVE + BRANCHES * _RANGE_MAX_BYTES > MAX_RECONCILE_FRAME:
+                rest = self.index(lower)
+                out.append(ReconRange(*_INF, MODE_FINGERPRINT, self.fingerprint_of(rest, len(self.items))))
+                # What the remaining IdLists would have taught is learnt next turn instead.
+                break
+            if r.mode == MODE_SKIP:
+                out.append(ReconRange(*r.bound, MODE_SKIP))
+            elif r.mode == MODE_FINGERPRINT:
+                if self.fingerprint_of(lo, hi) == r.fingerprint:
+                    out.append(ReconRange(*r.bound, MODE_SKIP))
+                else:
+                    parts = self._split(lo, hi, r.bound)
+                    out.extend(parts)
+                    size += sum(_range_bytes(p) for p in parts)
+            else:  # MODE_IDLIST
+                theirs = set(r.ids)
+                ours = {msg_id for _, msg_id in self.items[lo:hi]}
+                learnt.have.extend(sorted(ours - theirs))
+                learnt.need.extend(sorted(theirs - ours))
+                out.append(ReconRange(*r.bound, MODE_SKIP))
+            lower, lo = r.bound, hi
+        return Reconcile(_merge_skips(out))
+
+
+def _range_bytes(r: ReconRange) -> int:
+    """An upper estimate of a range's encoded size."""
+    return 9 + 34 + 1 + (17 if r.mode == MODE_FINGERPRINT else 3 + 34 * len(r.ids) if r.mode == MODE_IDLIST else 1)
+
+
+def _merge_skips(ranges: list[ReconRange]) -> tuple[ReconRange, ...]:
+    """Consecutive Skips as one; a frame of Skips only as no range at all (the end)."""
+    merged: list[ReconRange] = []
+    for r in ranges:
+        if r.mode == MODE_SKIP and merged and merged[-1].mode == MODE_SKIP:
+            merged[-1] = r
+        else:
+            merged.append(r)
+    if all(r.mode == MODE_SKIP for r in merged):
+        return ()
+    return tuple(merged)
+
+
+@dataclass
+class PairResult:
+    """One reconciliation between an initiator A and a responder B, run through the codec."""
+    a_lacks: set[bytes]
+    b_lacks: set[bytes]
+    turns: int
+    frame_bytes: int
+    frames: list[bytes]
+
+
+def reconcile_pair(a: ReconSet, b: ReconSet, max_turns: int = 64) -> PairResult:
+    """Run the exchange of §8.4 between `a` (dialer) and `b` (listener) until a turn carries no
+    range; return what each side learnt it lacks. Every frame goes through encode and decode."""
+    learnt_a, learnt_b = Learnt(), Learnt()
+    frames: list[bytes] = []
+    message = a.initiate()
+    sides = ((b, learnt_b), (a, learnt_a))
+    turn = 0
+    while message.ranges and turn < max_turns:
+        wire = encode_reconcile(message)
+        frames.append(wire)
+        side, learnt = sides[turn % 2]
+        message = side.process(decode_reconcile(wire), learnt)
+        turn += 1
+    a_lacks = set(learnt_a.need) | set(learnt_b.have)
+    b_lacks = set(learnt_b.need) | set(learnt_a.have)
+    return PairResult(a_lacks, b_lacks, turn, sum(len(f) for f in frames), frames)
+
+
+__all__ = ["BRANCHES", "ReconSet", "Learnt", "PairResult", "fingerprint", "bound_between",
+           "reconcile_pair"]

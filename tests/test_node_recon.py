@@ -1,0 +1,46 @@
+"""sync/2.1.0 between real libp2p nodes, with fallback to sync/2.0.0 for a node without it
+(market-v2.md §8.4, §11, revision 2.1: reconciliation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from neuroshard_p2p.node.host import Node
+from tests.conftest import make_key
+from tests.node_harness import start_node, test_settings
+from tests.waiting import eventually
+
+
+def newest_ms(node: Node, of: Node) -> int:
+    message = node.engine.view.current(of.engine.signer)
+    return message.issued_at_ms if message is not None else -1
+
+
+async def test_quiet_keep_alives_reach_new_and_old_peers_by_sync(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        quiet = await start_node(nursery, test_settings(tmp_path / "q", capacity=100,
+                                                        quiet_keep_alives=True), make_key(1))
+        entry = (quiet.node.addrs[0],)
+        new = await start_node(nursery, test_settings(tmp_path / "n", bootstrap=entry, sync_interval_s=1.0),
+                               make_key(2))
+        old = await start_node(nursery, test_settings(tmp_path / "o", bootstrap=entry, reconcile=False,
+                                                      sync_interval_s=1.0), make_key(3))
+        q, n, o = quiet.node, new.node, old.node
+        await eventually(lambda: q.engine.keep_alives_unpublished >= 2, 15,
+                         "the quiet node signed two keep-alives without gossiping them")
+        target = newest_ms(q, q)
+        # Neither keep-alive was gossiped: the new node got it by reconciliation, the old one
+        # by its bucket sync on sync/2.0.0.
+        await eventually(lambda: newest_ms(n, q) >= target and newest_ms(o, q) >= target, 10,
+                         "both peers hold the quiet node's newest keep-alive")
+        # Gossiped: the first announcement and its repeat when the mesh formed (§1.3), no more.
+        assert q.engine.announcements_published - q.engine.keep_alives_unpublished <= 3
+        # The new node reconciled (both roles count); the old one never did.
+        assert n.counters.reconciliations >= 1 and o.counters.reconciliations == 0
+        # (A sync may fail while another with the same peer runs: a peer gets one answer at a
+        # time and the second stream is reset during negotiation; that is sync/2.0.0's rule too.)
+        await eventually(lambda: n.engine.view.digest() == q.engine.view.digest(), 10,
+                         "the new node's view equals the quiet node's")
+        nursery.cancel_scope.cancel()

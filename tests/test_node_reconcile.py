@@ -1,0 +1,117 @@
+"""sync/2.1.0 sessions between real engines, keep-alives off gossip, the material-change rule and
+the periods (market-v2.md §1.3, §8.4, revision 2.1: reconciliation)."""
+
+from __future__ import annotations
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.node.policy import demand_step, material_change, periods, rounds_to_reach
+from neuroshard_p2p.node.reconcile import ReconSession
+from neuroshard_p2p.wire.frames import encode_sync
+from neuroshard_p2p.wire.messages import SyncResponse
+from tests.conftest import make_key
+
+T0 = 1_700_000_000.0
+CONFIG = MarketConfig(capacity_timeout_s=60.0)
+
+
+def engine(i: int, **kwargs: object) -> PeerEngine:
+    return PeerEngine(CONFIG, make_key(i), **kwargs)  # type: ignore[arg-type]
+
+
+def run_session(dialer: PeerEngine, listener: PeerEngine, now: float) -> tuple[ReconSession, ReconSession, int]:
+    """Both sides of one session, frames passed as bytes until both are done; returns bytes sent."""
+    a, b = ReconSession(dialer, dialer=True), ReconSession(listener, dialer=False)
+    in_flight = [(b, f) for f in a.start(now)]
+    sent = sum(len(f) for _, f in in_flight)
+    while in_flight:
+        to, frame = in_flight.pop(0)
+        other = a if to is b else b
+        replies = to.receive(frame, now)
+        sent += sum(len(r) for r in replies)
+        in_flight += [(other, r) for r in replies]
+    # Nothing in flight: a side that is done has closed its writing side; the other reads EOF.
+    assert a.done or b.done
+    for side in (a, b):
+        side.on_peer_closed()
+    return a, b, sent
+
+
+def test_a_session_leaves_both_views_equal_and_costs_the_difference() -> None:
+    nodes = [engine(i, tokens_per_second=100 + i) for i in range(1, 61)]
+    first, second = engine(100), engine(101)
+    for i, node in enumerate(nodes):
+        (data,) = node.poll_announcements(T0)
+        if i < 50:
+            assert first.on_gossip(data, T0 + 1).accepted
+        if i >= 10:
+            assert second.on_gossip(data, T0 + 1).accepted
+    a, b, sent = run_session(first, second, T0 + 2)
+    assert first.view.digest() == second.view.digest()
+    assert first.view.message_count == second.view.message_count == 60
+    assert (a.sent_messages, b.sent_messages) == (10, 10)
+    assert a.counts.accepted == b.counts.accepted == 10
+    # Equal views now: one 36-byte fingerprint, no answer.
+    _, _, again = run_session(first, second, T0 + 3)
+    assert again == 36
+    assert sent < 20 * 700  # the twenty messages and a few ranges, not the sixty
+
+
+def test_keep_alives_leave_gossip_and_arrive_by_reconciliation() -> None:
+    node = engine(1, tokens_per_second=1000, min_price_nano=5, quiet_keep_alives=True)
+    peer = engine(2)
+    (first,) = node.poll_announcements(T0)            # the first announcement gossips
+    assert peer.on_gossip(first, T0).accepted
+    assert node.poll_announcements(T0 + 20.0) == []   # the keep-alive does not
+    assert node.keep_alives_unpublished == 1
+    assert node.view.message_count == 2
+    run_session(peer, node, T0 + 21)
+    assert peer.view.digest() == node.view.digest()
+    newest = peer.view.current(node.signer)
+    assert newest is not None and newest.issued_at_ms > int(T0 * 1000)
+
+
+def test_only_material_changes_gossip_at_once() -> None:
+    node = engine(1, tokens_per_second=1000, min_price_nano=5, quiet_keep_alives=True)
+    assert len(node.poll_announcements(T0)) == 1
+    node.set_demand(100_000, 100)
+    assert len(node.poll_announcements(T0 + 1)) == 1           # demand appears: new step
+    node.set_demand(102_000, 102)                               # +2 %: same step
+    assert node.poll_announcements(T0 + 2) == []
+    assert node.view.current(node.signer).pending_tokens == 100_000
+    node.set_demand(120_000, 102)                               # +20 %: next step
+    assert len(node.poll_announcements(T0 + 3)) == 1
+    node.set_offer(900, 5)                                      # capacity: always
+    assert len(node.poll_announcements(T0 + 4)) == 1
+    node.set_demand(0, 0)
+    assert len(node.poll_announcements(T0 + 5)) == 1
+
+
+def test_demand_steps_are_12_5_percent_wide() -> None:
+    assert demand_step(0) == 0 and demand_step(1) == 1
+    # Same step ⇒ within 12.5 %: 1.125·x is always on a higher step than x.
+    for x in list(range(1, 20_000)) + [10**k + 7 for k in range(5, 18)]:
+        assert demand_step(-(-9 * x // 8)) > demand_step(x)
+    assert demand_step(2**62) - demand_step(1) <= 372  # 62 octaves × 6 steps: few steps at all
+    assert not material_change((1, 2, 100, 10), (1, 2, 105, 10))
+    assert material_change((1, 2, 100, 10), (1, 3, 100, 10))
+
+
+def test_periods_follow_the_network_size() -> None:
+    assert [rounds_to_reach(n) for n in (100, 1_000, 10_000, 100_000)] == [9, 12, 14, 16]
+    keep_alive, reconcile = periods(60.0, 10_000)
+    assert keep_alive == 20.0 and round(reconcile, 3) == round(40 / 2 / 14, 3)
+    assert periods(60.0, 2) == (20.0, 40 / 2 / rounds_to_reach(2))
+    assert periods(6.0, 100_000) == (2.0, 1.0)  # never below 1 s
+
+
+def test_a_bad_item_ends_the_session_with_a_fault() -> None:
+    honest = engine(1, tokens_per_second=10)
+    (data,) = honest.poll_announcements(T0)
+    victim = ReconSession(engine(2), dialer=True)
+    victim.start(T0)
+    bad = bytearray(data)
+    bad[-1] ^= 1
+    assert victim.receive(encode_sync(SyncResponse((bytes(bad), data))), T0) == []
+    assert victim.fault == "bad_signature" and victim.done
+    assert victim.counts.accepted == 0 and victim.counts.unchecked == 1
