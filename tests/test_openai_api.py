@@ -295,6 +295,30 @@ async def test_errors_in_openais_shape(tmp_path: Path) -> None:
         _ = json
 
 
+async def test_a_backend_error_mid_stream_reaches_the_client_as_the_backends_reason(
+        tmp_path: Path) -> None:
+    """A streamed job whose backend answers HTTP 500: the provider declines it with the
+    backend's reason after accepting (it does not just drop the stream), the client gets an
+    error naming that reason, and nothing is charged on either side. The provider had accepted,
+    so the answer had begun (HTTP 200): the error is an SSE event, which the official client
+    raises as APIError."""
+    async with market(tmp_path) as (provider, gateway, url):
+        oa = client(gateway)
+        with pytest.raises(openai.APIError) as caught:
+            await trio.to_thread.run_sync(lambda: list(oa.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "!error"}], max_tokens=5,
+                stream=True)))
+        assert not isinstance(caught.value, openai.APIStatusError)
+        error = caught.value.body
+        assert isinstance(error, dict), error
+        assert (error["type"], error["code"]) == ("upstream_error", "provider_error")
+        assert "could not serve it: backend_http_status" in error["message"], error
+        # The same input failed twice at the provider (`user_fault_after`): the input is blamed.
+        assert provider.node.jobs.counters.backend_errors == 2
+        assert await gateway.node.jobs.ledger.recent(10) == []  # type: ignore[union-attr]
+        assert await provider.node.jobs.ledger.recent(10) == []  # type: ignore[union-attr]
+
+
 async def test_the_synthetic_backend_streams_at_its_rate(tmp_path: Path) -> None:
     """A provider on the default synthetic backend streams too: pieces as the tokens fall due
     at its offered rate (200 tokens/s: 100 tokens take about 0.5 s), not one piece at the end."""

@@ -452,35 +452,38 @@ class _Answer:
         jobs = self.api.node.jobs
         first = await self._first(pieces)
         if not self.request.stream:
-            parts = [] if first is None else [first.text]
+            parts = [] if first is None or first.accepted else [first.text]
             async for piece in pieces:
-                parts.append(piece.text)
+                if not piece.accepted:
+                    parts.append(piece.text)
             status = jobs.status(self.rid)
             if status is None or status.state != "completed":
                 raise self._failure(status)
             await _reply(self.send, 200, self._body("".join(parts), status))
             return
-        if first is None:
+        piece = first
+        if piece is not None and piece.accepted:
+            # A provider took it: the answer begins now, so the headers are not on the first
+            # token's way (a failure from here on is an SSE error event, as in OpenAI's API).
+            await self._start()
+            piece = await _next(pieces)
+        elif piece is None:
             status = jobs.status(self.rid)
             if status is None or status.state != "completed":
                 raise self._failure(status)
-        await self.send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")]})
+            await self._start()
+        else:
+            await self._start()
         # The role chunk and the first piece leave in one write: the first token is not held
         # behind a separate send.
         opening = [self._chunk({"role": "assistant", "content": ""}, None)] if self.request.chat \
             else []
-        piece = first
         while piece is not None:
             if piece.text or opening:
                 await self._events(opening + ([self._chunk(piece.text, None)]
                                               if piece.text else []))
                 opening = []
-            try:
-                piece = await pieces.receive()
-            except trio.EndOfChannel:
-                piece = None
+            piece = await _next(pieces)
         if opening:
             await self._events(opening)
         status = jobs.status(self.rid)
@@ -498,6 +501,11 @@ class _Answer:
                                    "neuroshard": self.api.market_fields(status)})
         await self.send({"type": "http.response.body", "body": b"data: [DONE]\n\n",
                          "more_body": False})
+
+    async def _start(self) -> None:
+        await self.send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"), (b"x-accel-buffering", b"no")]})
 
     @property
     def _chunk_object(self) -> str:
@@ -544,6 +552,17 @@ def _usage(status: "JobStatus") -> dict[str, int]:
     """OpenAI's usage: the market sells completion tokens; the prompt is not counted (0)."""
     served = status.tokens_served or 0
     return {"prompt_tokens": 0, "completion_tokens": served, "total_tokens": served}
+
+
+async def _next(pieces: "trio.MemoryReceiveChannel[Piece]") -> "Piece | None":
+    """The next piece of output (markers skipped), or None when the request has ended."""
+    while True:
+        try:
+            piece = await pieces.receive()
+        except trio.EndOfChannel:
+            return None
+        if not piece.accepted:
+            return piece
 
 
 async def _reply(send: Send, status: int, body: dict[str, Any],

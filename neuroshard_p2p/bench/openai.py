@@ -1,10 +1,12 @@
 """`python -m neuroshard_p2p.bench openai`: streamed completions through the market vs straight
 from the backend, in one run.
 
-Three processes on 127.0.0.1: the backend (tests/openai_compat_server.py, an OpenAI-compatible
-server streaming SSE at a paced rate), the market (a provider whose backend is that server and a
-gateway with its HTTP API, two real nodes in one process, `--nodes`), and this one, the client
-(httpx on trio). Measured in the same run, alternating:
+Four processes on 127.0.0.1: the backend (tests/openai_compat_server.py, an OpenAI-compatible
+server streaming SSE at a paced rate), the provider node whose backend is that server, the
+gateway node with its HTTP API (each node its own process, as on two machines), and this one,
+the client (httpx on trio). On a machine shared with other work, run it at real-time priority
+(`chrt -r 1 python -m neuroshard_p2p.bench openai`): every hop of the market's path is a process
+waking up, and a busy scheduler delays each (the report says which way it ran). Measured in the same run, alternating:
 - time to first token (TTFT) and streamed tokens/s, direct to the backend vs through the
   gateway's /v1/chat/completions (median of `--rounds` sequential streams each);
 - `--concurrent` streams at once through the one gateway, each with its own words, checked for
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -31,8 +34,9 @@ SERVER = Path(__file__).resolve().parents[2] / "tests" / "openai_compat_server.p
 PROVIDER_TPS = 50_000
 
 
-async def _run_nodes(backend_url: str, base: Path) -> None:
-    """The market process: provider + gateway (with its API), until stdin closes."""
+async def _run_node(role: str, arg: str, base: Path) -> None:
+    """One market process, until stdin closes: the provider (whose backend is the server at
+    `arg`) or the gateway with its API (bootstrapping from the provider's address `arg`)."""
     from neuroshard_p2p.charter import builtin
     from neuroshard_p2p.daemon import Daemon
     from neuroshard_p2p.node.datadir import ensure_data_dir, load_api_token
@@ -40,23 +44,24 @@ async def _run_nodes(backend_url: str, base: Path) -> None:
 
     charter = builtin("simnet")
     common = dict(listen=("/ip4/127.0.0.1/tcp/0",), charter=charter, announce_interval_s=5.0)
-    ensure_data_dir(base / "provider")
-    ensure_data_dir(base / "gateway")
-    provider_settings = NodeSettings(data_dir=base / "provider", api="off", capacity=PROVIDER_TPS,
-                                     min_price=0.01, backend="openai", backend_url=backend_url,
-                                     backend_model="bench", **common)  # type: ignore[arg-type]
-    async with Daemon(provider_settings) as provider:
-        assert provider.node is not None
-        gateway_settings = NodeSettings(data_dir=base / "gateway", api="127.0.0.1:0",
-                                        bootstrap=(provider.node.addrs[0],),
-                                        **common)  # type: ignore[arg-type]
-        async with Daemon(gateway_settings) as gateway:
-            assert gateway.node is not None
+    ensure_data_dir(base / role)
+    if role == "provider":
+        settings = NodeSettings(data_dir=base / role, api="off", capacity=PROVIDER_TPS,
+                                min_price=0.01, backend="openai", backend_url=arg,
+                                backend_model="bench", **common)  # type: ignore[arg-type]
+    else:
+        settings = NodeSettings(data_dir=base / role, api="127.0.0.1:0", bootstrap=(arg,),
+                                **common)  # type: ignore[arg-type]
+    async with Daemon(settings) as daemon:
+        assert daemon.node is not None
+        if role == "provider":
+            print("ready", daemon.node.addrs[0], flush=True)
+        else:
             with trio.fail_after(20):
-                while not gateway.node.engine.view.offers_at(gateway.node.now()):
+                while not daemon.node.engine.view.offers_at(daemon.node.now()):
                     await trio.sleep(0.05)
-            print("ready", gateway.api_url, load_api_token(base / "gateway"), flush=True)
-            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+            print("ready", daemon.api_url, load_api_token(base / role), flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
 
 
 async def _stream(client: httpx.AsyncClient, url: str, token: str | None, prompt: str,
@@ -107,16 +112,24 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="neuroshard-bench-openai-"))
     backend = subprocess.Popen([sys.executable, str(SERVER), "--port", "0"],
                                stdout=subprocess.PIPE, text=True)
-    market = None
+    nodes: list[subprocess.Popen[str]] = []
+
+    async def start(role: str, arg: str) -> list[str]:
+        node = subprocess.Popen([sys.executable, "-m", "neuroshard_p2p.bench.openai", "--node",
+                                 role, arg, str(base)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        nodes.append(node)
+        assert node.stdout is not None
+        line = await trio.to_thread.run_sync(node.stdout.readline)
+        if not line.startswith("ready"):
+            raise RuntimeError(f"the {role} process did not start")
+        return line.split()[1:]
+
     try:
         assert backend.stdout is not None
         backend_url = backend.stdout.readline().split()[-1]
-        market = subprocess.Popen([sys.executable, "-m", "neuroshard_p2p.bench.openai", "--nodes",
-                                   backend_url, str(base)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        assert market.stdout is not None
-        line = await trio.to_thread.run_sync(market.stdout.readline)
-        _, gateway_url, token = line.split()
+        (provider_addr,) = await start("provider", backend_url)
+        gateway_url, token = await start("gateway", provider_addr)
         results: dict[str, Any] = {"rounds": args.rounds, "tokens": args.tokens,
                                    "rate": args.rate, "concurrent": args.concurrent}
         limits = httpx.Limits(max_connections=args.concurrent + 10,
@@ -165,12 +178,13 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         results["concurrent_settled_exactly"] = _check_ledgers(base, rids)
         return results
     finally:
-        if market is not None and market.stdin is not None:
-            market.stdin.close()
+        for node in reversed(nodes):
+            if node.stdin is not None:
+                node.stdin.close()
             try:
-                market.wait(timeout=15)
+                node.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                market.kill()
+                node.kill()
         backend.terminate()
         backend.wait()
 
@@ -203,6 +217,14 @@ def _check_ledgers(base: Path, markets: dict[str, dict[str, Any]]) -> int:
     return exact
 
 
+def _policy() -> str:
+    """How this process is scheduled (the children inherit it)."""
+    policy = os.sched_getscheduler(0)
+    if policy in (os.SCHED_FIFO, os.SCHED_RR):
+        return f"real-time priority {os.sched_getparam(0).sched_priority}"
+    return f"normal (nice {os.nice(0)})"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench openai",
                                      description=(__doc__ or "").split("\n\n")[0])
@@ -211,14 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=100.0,
                         help="the backend's pace, tokens per second per stream")
     parser.add_argument("--concurrent", type=int, default=100, help="streams at once")
-    parser.add_argument("--nodes", nargs=2, metavar=("BACKEND_URL", "DIR"),
-                        help=argparse.SUPPRESS)  # the market process
+    parser.add_argument("--node", nargs=3, metavar=("ROLE", "ARG", "DIR"),
+                        help=argparse.SUPPRESS)  # a market process
     args = parser.parse_args(argv)
-    if args.nodes:
-        trio.run(_run_nodes, args.nodes[0], Path(args.nodes[1]))
+    if args.node:
+        trio.run(_run_node, args.node[0], args.node[1], Path(args.node[2]))
         return
     r = trio.run(_bench, args)
-    print(f"openai benchmark: backend process (SSE) -> provider node -> gateway node -> client, "
+    print(f"openai benchmark: backend process (SSE) -> provider node process -> gateway node "
+          f"process -> client, scheduling {_policy()}, "
           f"127.0.0.1; {r['tokens']} tokens per stream; medians of {r['rounds']} sequential "
           f"streams each, alternating")
     for label, what in (("paced", f"backend paced at {r['rate']:g} tokens/s"),

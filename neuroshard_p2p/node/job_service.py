@@ -36,7 +36,7 @@ from collections import OrderedDict
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
 import coincurve
 import trio
@@ -118,6 +118,7 @@ if TYPE_CHECKING:  # trio's own TaskStatus is hidden by the trio-typing stubs
     from trio_typing import TaskStatus
 
 log = logging.getLogger("neuroshard.jobs")
+E = TypeVar("E", bound=BaseException)
 
 #: Requests refused when they were taken from the engine's queue (their status stays readable).
 MAX_REFUSED_KEPT = 1024
@@ -152,6 +153,9 @@ class Piece:
 
     text: str
     tokens: int
+    #: A marker, not output: a provider accepted the request (streamed, job/2.1.0), so its
+    #: answer can begin before the first token (text "" and tokens 0; sent once per request).
+    accepted: bool = False
 
 
 class _Sink:
@@ -169,11 +173,24 @@ class _Sink:
         #: Pieces handed to the user, over all attempts: once any is, the request cannot start
         #: over at another provider.
         self.delivered = 0
+        #: Whether the reader was told a provider accepted the request (`accept`).
+        self.announced = False
 
     def cancel(self, why: str) -> None:
         if not self.cancelled.is_set():
             self.why = why
             self.cancelled.set()
+
+    def accept(self) -> None:
+        """A provider accepted the request: tell the reader once (not output; it does not count
+        as delivered, so a failure before the first piece may still go to another provider)."""
+        if self.announced or self.cancelled.is_set():
+            return
+        self.announced = True
+        try:
+            self.send.send_nowait(Piece("", 0, accepted=True))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # a reader that is gone or full learns of the output instead
 
     def deliver(self, piece: Piece) -> None:
         size = len(piece.text.encode("utf-8", "replace"))
@@ -432,6 +449,10 @@ class JobService:
                              request_id=request_id)
         self._sinks[status.request_id] = _Sink(send)
         self.counters.streams_opened += 1
+        if self._nursery is not None and not self._closed:
+            # Routed in this task, now: a streamed request's first token does not wait for the
+            # route loop's turn (the loop would only find it already claimed).
+            self._route()
         return status, receive
 
     def cancel(self, request_id: str, why: str = "cancelled by its user") -> None:
@@ -521,26 +542,31 @@ class JobService:
 
     # -- gateway: routing ----------------------------------------------------------------------
 
-    async def _route_loop(self) -> None:
+    def _route(self) -> None:
+        """One routing pass: expire, match pending requests to offers, start their jobs,
+        announce the demand left. Synchronous, so any task may run it between two awaits."""
         assert self._nursery is not None
+        now = self.clock()
+        # Requests queued through the engine (Node.submit_request) do not wake the loop: it
+        # looks for them every route_interval_s.
+        self._take_engine_queue(now)
+        for event in self.gateway.advance(now):
+            log.info("request %s: %s", event.request_id, event.reason)
+            self._notify(event.request_id)
+        if self.gateway.pending_requests:
+            offers = self.view_offers.at(self.engine.view, now)
+            if offers is not self._offers_given:  # the desk holds these already otherwise
+                self.gateway.set_view_offers(offers, now)
+                self._offers_given = offers
+            clearing = self.price_nano(now) if self.engine.config.clearing else None
+            for dispatch in self.gateway.dispatch(now, clearing):
+                self.counters.jobs_sent += 1
+                self._nursery.start_soon(self._send_job, dispatch)
+        self._announce_demand()
+
+    async def _route_loop(self) -> None:
         while True:
-            now = self.clock()
-            # Requests queued through the engine (Node.submit_request) do not wake this loop:
-            # it looks for them every route_interval_s.
-            self._take_engine_queue(now)
-            for event in self.gateway.advance(now):
-                log.info("request %s: %s", event.request_id, event.reason)
-                self._notify(event.request_id)
-            if self.gateway.pending_requests:
-                offers = self.view_offers.at(self.engine.view, now)
-                if offers is not self._offers_given:  # the desk holds these already otherwise
-                    self.gateway.set_view_offers(offers, now)
-                    self._offers_given = offers
-                clearing = self.price_nano(now) if self.engine.config.clearing else None
-                for dispatch in self.gateway.dispatch(now, clearing):
-                    self.counters.jobs_sent += 1
-                    self._nursery.start_soon(self._send_job, dispatch)
-            self._announce_demand()
+            self._route()
             wait = self.settings.route_interval_s
             deadline = self.gateway.next_deadline()
             if deadline is not None:
@@ -676,6 +702,7 @@ class JobService:
             try:
                 if streamed:
                     assert sink is not None
+                    sink.accept()
                     second = await self._read_chunks(stream, frames, rid, sink, progress_by)
                 else:
                     with trio.fail_at(progress_by):
@@ -991,14 +1018,17 @@ class JobService:
                                                     admission.detail))
                 return
             admitted = True
-            await stream.write(length_prefixed(encode_job_frame(JobAccepted(job.request_id))))
+            accepted = length_prefixed(encode_job_frame(JobAccepted(job.request_id)))
             gateway_frames = None
             if streaming:
+                # The backend call starts before JobAccepted is written (the write goes out
+                # while the backend works on its first token); the chunks follow it.
                 gateway_frames = FrameStream(stream, max(MAX_FRAME_SIZE[KIND_JOB_SETTLED],
                                                          MAX_FRAME_SIZE[KIND_JOB_CANCEL]))
                 receipt = await self._serve_streamed(stream, job, offer.tokens_per_second,
-                                                     gateway_frames)
+                                                     gateway_frames, accepted)
             else:
+                await stream.write(accepted)
                 receipt = await self._serve_admitted(stream, job, offer.tokens_per_second)
             admitted = False
             self.provider.finish(job)  # its capacity is free before we wait for the gateway
@@ -1121,9 +1151,11 @@ class JobService:
         return receipt
 
     async def _serve_streamed(self, stream: Any, job: Job, tokens_per_second: int,
-                              gateway_frames: FrameStream) -> Receipt | None:
+                              gateway_frames: FrameStream, accepted: bytes) -> Receipt | None:
         """job/2.1.0: serve an admitted job, sending each piece of output as a JobChunk as the
         backend produces it (writes wait for the gateway: back-pressure reaches the backend).
+        `accepted` (the JobAccepted frame's bytes) is written once the backend call has gone
+        out, and before any chunk.
         A JobCancel stops the backend and the receipt charges the tokens the chunks counted;
         EOF or a reset means the gateway gave up (serving stops, no receipt). Sends the
         JobResult (receipt, empty output: the text went in the chunks) and returns its receipt,
@@ -1145,7 +1177,22 @@ class JobService:
         flushed = trio.Event()
         finished = trio.Event()
 
+        async def write_pieces(text: str, tokens: int) -> None:
+            nonlocal served
+            for i, piece in enumerate(_split_utf8(text, MAX_CHUNK_TEXT)):
+                frame = JobChunk(job.request_id, tokens if i == 0 else 0, piece)
+                await write(length_prefixed(encode_job_frame(frame)))
+                if i == 0:
+                    served += tokens
+
         async def emit(text: str, tokens: int) -> None:
+            if not first_out:
+                # The first piece leaves at once, from the backend's own task: nothing the
+                # backend sends next is parsed ahead of it (the writer task takes the rest).
+                first_out.append(True)
+                await accept_written.wait()
+                await write_pieces(text, tokens)
+                return
             while buffer["bytes"] >= STREAM_BUFFER_BYTES:
                 await drained[0].wait()
             buffered.append(text)
@@ -1153,8 +1200,23 @@ class JobService:
             buffer["bytes"] += len(text.encode("utf-8", "replace"))
             wake[0].set()
 
+        accept_written = trio.Event()
+        first_out: list[bool] = []
+
+        async def write(data: bytes) -> None:
+            # A frame is written whole or the stream is given up: a cancellation must not cut
+            # one in half (the JobResult follows it on the same stream).
+            with trio.CancelScope(shield=True), trio.move_on_after(write_s) as scope:
+                await stream.write(data)
+            if scope.cancelled_caught:
+                raise _GatewayGone(f"the gateway took no data for {write_s:g} s")
+
+        async def write_accepted() -> None:
+            await write(accepted)
+            accept_written.set()
+
         async def write_chunks() -> None:
-            nonlocal served
+            await accept_written.wait()
             while True:
                 if not buffered and not buffer["tokens"]:
                     if buffer["finished"]:
@@ -1166,16 +1228,7 @@ class JobService:
                 text, tokens = "".join(buffered), buffer["tokens"]
                 buffered.clear()
                 buffer["tokens"] = buffer["bytes"] = 0
-                for i, piece in enumerate(_split_utf8(text, MAX_CHUNK_TEXT)):
-                    frame = JobChunk(job.request_id, tokens if i == 0 else 0, piece)
-                    # A frame is written whole or the stream is given up: a cancellation must
-                    # not cut one in half (the JobResult follows it on the same stream).
-                    with trio.CancelScope(shield=True), trio.move_on_after(write_s) as scope:
-                        await stream.write(length_prefixed(encode_job_frame(frame)))
-                    if scope.cancelled_caught:
-                        raise _GatewayGone(f"the gateway took no data for {write_s:g} s")
-                    if i == 0:
-                        served += tokens
+                await write_pieces(text, tokens)
                 drained[0].set()
                 drained[0] = trio.Event()
                 if not buffer["finished"]:
@@ -1185,6 +1238,7 @@ class JobService:
         async def serve(cancel: trio.CancelScope) -> None:
             try:
                 async with trio.open_nursery() as writing:
+                    writing.start_soon(write_accepted)
                     writing.start_soon(write_chunks)
                     result = await serve_stream(self.backend, job.prompt, job.tokens, serve_by,
                                                 emit)
@@ -1193,15 +1247,14 @@ class JobService:
                     wake[0].set()
                     await flushed.wait()
                 outcome.append(result)
-            except BackendError as exc:
-                outcome.append(exc)
-            except _GatewayGone as exc:
-                stopped.append(str(exc))
-            except BaseExceptionGroup as group:  # the writer gave up inside the nursery
-                gone = group.subgroup(_GatewayGone)
-                if gone is None:
+            except BaseExceptionGroup as group:  # trio's nurseries wrap what they raise
+                gone, failed = _leaf(group, _GatewayGone), _leaf(group, BackendError)
+                if gone is not None:
+                    stopped.append(str(gone))
+                elif failed is not None:
+                    outcome.append(failed)
+                else:
                     raise
-                stopped.append(str(gone.exceptions[0]))
             cancel.cancel()
 
         async def watch_gateway(cancel: trio.CancelScope) -> None:
@@ -1286,6 +1339,18 @@ class _Fault(Exception):
 
 #: Longest wait for the ledger or the backend to close when the service stops.
 CLOSE_BOUND_S = 5.0
+
+
+def _leaf(group: BaseExceptionGroup, kind: type[E]) -> E | None:
+    """The first exception of type `kind` in a (nested) exception group, if any."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _leaf(exc, kind)
+            if found is not None:
+                return found
+    return None
 
 
 async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:
