@@ -34,7 +34,7 @@ SERVER = Path(__file__).resolve().parents[2] / "tests" / "openai_compat_server.p
 PROVIDER_TPS = 50_000
 
 
-async def _run_node(role: str, arg: str, base: Path) -> None:
+async def _run_node(role: str, arg: str, base: Path, capacity: int) -> None:
     """One market process, until stdin closes: the provider (whose backend is the server at
     `arg`) or the gateway with its API (bootstrapping from the provider's address `arg`)."""
     from neuroshard_p2p.charter import builtin
@@ -46,7 +46,7 @@ async def _run_node(role: str, arg: str, base: Path) -> None:
     common = dict(listen=("/ip4/127.0.0.1/tcp/0",), charter=charter, announce_interval_s=5.0)
     ensure_data_dir(base / role)
     if role == "provider":
-        settings = NodeSettings(data_dir=base / role, api="off", capacity=PROVIDER_TPS,
+        settings = NodeSettings(data_dir=base / role, api="off", capacity=capacity,
                                 min_price=0.01, backend="openai", backend_url=arg,
                                 backend_model="bench", **common)  # type: ignore[arg-type]
     else:
@@ -110,13 +110,18 @@ def _median(values: list[float]) -> float:
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="neuroshard-bench-openai-"))
-    backend = subprocess.Popen([sys.executable, str(SERVER), "--port", "0"],
-                               stdout=subprocess.PIPE, text=True)
+    # The test server (its prompts "!rate R" pace it), or a real engine at --backend-url (then
+    # one phase with --prompt, and no concurrent phase: its text cannot be checked).
+    backend = None if args.backend_url else subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", "0"], stdout=subprocess.PIPE, text=True)
+    phases = ([("engine", args.prompt)] if args.backend_url else
+              [("paced", f"!rate {args.rate:g}"), ("unpaced", "!rate 0")])
+    warm = args.prompt if args.backend_url else "!rate 0"
     nodes: list[subprocess.Popen[str]] = []
 
     async def start(role: str, arg: str) -> list[str]:
         node = subprocess.Popen([sys.executable, "-m", "neuroshard_p2p.bench.openai", "--node",
-                                 role, arg, str(base)], stdin=subprocess.PIPE,
+                                 role, arg, str(base), "--capacity", str(args.capacity)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         nodes.append(node)
         assert node.stdout is not None
@@ -126,23 +131,26 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         return line.split()[1:]
 
     try:
-        assert backend.stdout is not None
-        backend_url = backend.stdout.readline().split()[-1]
+        if backend is None:
+            backend_url = args.backend_url.rstrip("/")
+        else:
+            assert backend.stdout is not None
+            backend_url = backend.stdout.readline().split()[-1]
         (provider_addr,) = await start("provider", backend_url)
         gateway_url, token = await start("gateway", provider_addr)
         results: dict[str, Any] = {"rounds": args.rounds, "tokens": args.tokens,
-                                   "rate": args.rate, "concurrent": args.concurrent}
+                                   "rate": args.rate, "phases": [label for label, _ in phases],
+                                   "concurrent": 0 if args.backend_url else args.concurrent}
         limits = httpx.Limits(max_connections=args.concurrent + 10,
                               max_keepalive_connections=args.concurrent + 10)
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             # Warm-up: connections, and three settled jobs so the provider is off probation.
             for _ in range(4):
-                await _stream(client, gateway_url, token, "!rate 0", 5)
-                await _stream(client, backend_url, None, "!rate 0", 5)
-            for label, rate in (("paced", args.rate), ("unpaced", 0)):
+                await _stream(client, gateway_url, token, warm, 5)
+                await _stream(client, backend_url, None, warm, 5)
+            for label, prompt in phases:
                 direct: list[dict[str, Any]] = []
                 routed: list[dict[str, Any]] = []
-                prompt = f"!rate {rate:g}"
                 for _ in range(args.rounds):
                     direct.append(await _stream(client, backend_url, None, prompt, args.tokens))
                     routed.append(await _stream(client, gateway_url, token, prompt, args.tokens))
@@ -153,6 +161,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                                                      - results[f"{label}_direct_ttft_ms"])
                 results[f"{label}_tps_ratio"] = (results[f"{label}_market_tps"]
                                                  / results[f"{label}_direct_tps"])
+            if not results["concurrent"]:
+                return results
             # Concurrent streams through the one gateway, each with its own words.
             outcomes: dict[int, dict[str, Any]] = {}
 
@@ -185,8 +195,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 node.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 node.kill()
-        backend.terminate()
-        backend.wait()
+        if backend is not None:
+            backend.terminate()
+            backend.wait()
 
 
 def _check_ledgers(base: Path, markets: dict[str, dict[str, Any]]) -> int:
@@ -233,26 +244,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=100.0,
                         help="the backend's pace, tokens per second per stream")
     parser.add_argument("--concurrent", type=int, default=100, help="streams at once")
+    parser.add_argument("--backend-url", default="",
+                        help="a running OpenAI-compatible engine (e.g. llama.cpp's server) "
+                             "instead of the test server")
+    parser.add_argument("--capacity", type=int, default=PROVIDER_TPS,
+                        help="tokens/s the provider offers (its jobs' deadlines follow from it: "
+                             "give a real engine its real rate)")
+    parser.add_argument("--prompt", default="Tell me about the sea.",
+                        help="the prompt sent to --backend-url")
     parser.add_argument("--node", nargs=3, metavar=("ROLE", "ARG", "DIR"),
                         help=argparse.SUPPRESS)  # a market process
     args = parser.parse_args(argv)
     if args.node:
-        trio.run(_run_node, args.node[0], args.node[1], Path(args.node[2]))
+        trio.run(_run_node, args.node[0], args.node[1], Path(args.node[2]), args.capacity)
         return
     r = trio.run(_bench, args)
-    print(f"openai benchmark: backend process (SSE) -> provider node process -> gateway node "
+    print(f"openai benchmark: {'engine at ' + args.backend_url if args.backend_url else 'backend process'} (SSE) -> provider node process -> gateway node "
           f"process -> client, scheduling {_policy()}, "
           f"127.0.0.1; {r['tokens']} tokens per stream; medians of {r['rounds']} sequential "
           f"streams each, alternating")
-    for label, what in (("paced", f"backend paced at {r['rate']:g} tokens/s"),
-                        ("unpaced", "backend as fast as it can")):
-        print(f"  {what}")
+    what = {"paced": f"backend paced at {r['rate']:g} tokens/s",
+            "unpaced": "backend as fast as it can", "engine": f"the engine, prompt {args.prompt!r}"}
+    for label in r["phases"]:
+        print(f"  {what[label]}")
         print(f"    TTFT        direct {r[label + '_direct_ttft_ms']:7.2f} ms   market "
               f"{r[label + '_market_ttft_ms']:7.2f} ms   market - direct "
               f"{r[label + '_ttft_extra_ms']:6.2f} ms")
         print(f"    tokens/s    direct {r[label + '_direct_tps']:9.1f}   market "
               f"{r[label + '_market_tps']:9.1f}   market / direct {r[label + '_tps_ratio']:.3f}")
     n = r["concurrent"]
+    if not n:
+        return
     print(f"  {n} concurrent streams through one gateway (backend {r['rate']:g} tokens/s each): "
           f"{r['concurrent_complete']}/{n} complete and in order, {r['concurrent_mixed']} "
           f"lost or mixed up, {r['concurrent_settled_exactly']}/{n} settled exactly in both "
