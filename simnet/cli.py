@@ -367,6 +367,10 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
           f"(steady {traffic['steady_published_per_peer_s']}); received "
           f"{traffic['received_per_peer_s']}; CPU per message {traffic['cpu_per_message_ms']} ms; "
           f"wall {traffic['wall_s']} s")
+    if traffic.get("wall_per_engine_message_ops") is not None:
+        print(f"speed: wall {traffic['wall_per_engine_message_ops']} calibration ops per engine "
+              f"message (engine CPU {traffic['engine_cpu_per_message_ops']}); one op "
+              f"{traffic['calibration_op_us']} us on this machine now")
     for goal in data["goals"]:
         print(f"goal: {goal['goal']}: {goal['measured']} -> {'met' if goal['met'] else 'NOT met'}")
     print(f"report: {out / 'report.md'}")
