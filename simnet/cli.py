@@ -325,6 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else stderr_progress
     out = Path(args.out or f"out/{scenario.name}-{args.transport}-{args.peers}")
     workers: int | None = None
+    rss_before = _peak_rss_bytes()[0]
     if args.transport == "sim":
         from simnet.sim import SimNetwork, default_workers
 
@@ -353,7 +354,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             "settings": scenario.to_dict()}
     data = write_run_report(rec, out, meta, plots=not args.no_plots)
     _print_summary(data, out)
+    own, child = _peak_rss_bytes()
+    # Peak RSS is what bounds the size a machine can run; the part the network added, divided by
+    # its peers, is what a larger run needs per peer (workers hold disjoint shares of the peers).
+    total = own + workers * child if workers and workers > 1 else own
+    print(f"memory: peak RSS {own / 2**20:.0f} MiB (largest worker {child / 2**20:.0f} MiB; "
+          f"at most {total / 2**20:.0f} MiB in all); "
+          f"{(total - rss_before) / args.peers / 1024:.1f} KiB per peer above the "
+          f"{rss_before / 2**20:.0f} MiB before the network")
     return EXIT_OK
+
+
+def _peak_rss_bytes() -> tuple[int, int]:
+    """Peak resident set of this process and of its largest finished child, in bytes."""
+    import resource
+
+    # ru_maxrss is in KiB on Linux.
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 
 
 def _print_summary(data: dict[str, Any], out: Path) -> None:
@@ -371,6 +389,10 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
           f"(steady {traffic['steady_published_per_peer_s']}); received "
           f"{traffic['received_per_peer_s']}; CPU per message {traffic['cpu_per_message_ms']} ms; "
           f"wall {traffic['wall_s']} s")
+    if traffic.get("wall_per_engine_message_ops") is not None:
+        print(f"speed: wall {traffic['wall_per_engine_message_ops']} calibration ops per engine "
+              f"message (engine CPU {traffic['engine_cpu_per_message_ops']}); one op "
+              f"{traffic['calibration_op_us']} us on this machine now")
     for goal in data["goals"]:
         print(f"goal: {goal['goal']}: {goal['measured']} -> {'met' if goal['met'] else 'NOT met'}")
     print(f"report: {out / 'report.md'}")

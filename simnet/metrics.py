@@ -90,6 +90,7 @@ class Recorder:
         self.engine_cpu_s = 0.0                       # of which inside the node engines (sim)
         self.engine_messages = 0                      # gossip messages the engines validated (sim)
         self.wall_s = 0.0
+        self.calibration_op_s = 0.0                   # one `simnet.calibrate` op, same process
         self.network_s = 0.0
         self.observers: list[int] | None = None       # None: every peer is observed
         self.notes: list[str] = []
@@ -312,6 +313,14 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
         "cpu_s": _round(rec.cpu_s),
         "engine_cpu_s": _round(rec.engine_cpu_s),
         "wall_s": _round(rec.wall_s),
+        # Ratios that travel between machines: time per engine message in calibration ops.
+        "calibration_op_us": _round(1e6 * rec.calibration_op_s, 3) if rec.calibration_op_s else None,
+        "wall_per_engine_message_ops": _round(
+            rec.wall_s / rec.engine_messages / rec.calibration_op_s
+            if rec.engine_messages and rec.calibration_op_s else None, 3),
+        "engine_cpu_per_message_ops": _round(
+            rec.engine_cpu_s / rec.engine_messages / rec.calibration_op_s
+            if rec.engine_messages and rec.calibration_op_s and rec.engine_cpu_s else None, 3),
         "cpu_per_message_ms": _round(1000 * rec.cpu_s / hops if hops else None, 4),
         "engine_cpu_per_message_us": _round(1e6 * rec.engine_cpu_s / rec.engine_messages
                                             if rec.engine_messages and rec.engine_cpu_s else None, 2),
