@@ -392,7 +392,9 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
     if traffic.get("wall_per_engine_message_ops") is not None:
         print(f"speed: wall {traffic['wall_per_engine_message_ops']} calibration ops per engine "
               f"message (engine CPU {traffic['engine_cpu_per_message_ops']}); one op "
-              f"{traffic['calibration_op_us']} us on this machine now")
+              f"{traffic['calibration_op_us']} us on this machine now (median of "
+              f"{traffic['calibration_samples']} timings during the run, range "
+              f"{traffic['calibration_op_range_us'][0]}–{traffic['calibration_op_range_us'][1]} us)")
     for goal in data["goals"]:
         print(f"goal: {goal['goal']}: {goal['measured']} -> {'met' if goal['met'] else 'NOT met'}")
     print(f"report: {out / 'report.md'}")

@@ -91,6 +91,9 @@ class Recorder:
         self.engine_messages = 0                      # gossip messages the engines validated (sim)
         self.wall_s = 0.0
         self.calibration_op_s = 0.0                   # one `simnet.calibrate` op, same process
+        # (the median of its timings before, during — every progress step — and after the run)
+        self.calibration_op_range_s = (0.0, 0.0)      # fastest and slowest of those timings
+        self.calibration_samples = 0
         self.network_s = 0.0
         self.observers: list[int] | None = None       # None: every peer is observed
         self.notes: list[str] = []
@@ -315,6 +318,9 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
         "wall_s": _round(rec.wall_s),
         # Ratios that travel between machines: time per engine message in calibration ops.
         "calibration_op_us": _round(1e6 * rec.calibration_op_s, 3) if rec.calibration_op_s else None,
+        "calibration_op_range_us": [_round(1e6 * x, 3) for x in rec.calibration_op_range_s]
+        if rec.calibration_op_s else None,
+        "calibration_samples": rec.calibration_samples or None,
         "wall_per_engine_message_ops": _round(
             rec.wall_s / rec.engine_messages / rec.calibration_op_s
             if rec.engine_messages and rec.calibration_op_s else None, 3),
