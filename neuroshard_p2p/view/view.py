@@ -321,7 +321,8 @@ class MarketView:
             register = Register(signer, bucket_of(signer))
             self._registers[signer] = register
             self._bucket_signers[register.bucket].add(signer)
-            if self._member_end(message) > message.issued_at_ms:
+            if ((message.member is None and not self._revoked_from)
+                    or self._member_end(message) > message.issued_at_ms):
                 # An empty register is simple: its first message is the newest.
                 if entry is None:
                     self._append(register, message)
@@ -330,7 +331,8 @@ class MarketView:
                 return MergeOutcome.NEW
             old_newest: int | None = None
         else:
-            if register.simple and self._member_end(message) > message.issued_at_ms:
+            if register.simple and ((message.member is None and not self._revoked_from)
+                                    or self._member_end(message) > message.issued_at_ms):
                 last = register.messages[-1]
                 if message.issued_at_ms > last.issued_at_ms and message.seq > last.seq:
                     if entry is None:
