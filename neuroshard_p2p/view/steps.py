@@ -138,13 +138,17 @@ class StepSum:
             if points is None:
                 points_of[block] = {t_ms: delta}
             else:
-                value = points.get(t_ms, 0) + delta
-                if value:
-                    points[t_ms] = value
+                value = points.get(t_ms)
+                if value is None:
+                    points[t_ms] = delta  # the caller's object: views may share it
                 else:
-                    del points[t_ms]
-                    if not points:
-                        del points_of[block]
+                    value += delta
+                    if value:
+                        points[t_ms] = value
+                    else:
+                        del points[t_ms]
+                        if not points:
+                            del points_of[block]
             valid = self._valid
             if valid and keys[valid - 1] >= block:
                 self._valid = bisect_left(keys, block, 0, valid)

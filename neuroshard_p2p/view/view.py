@@ -171,26 +171,41 @@ class SharedFacts:
     def __init__(self, config: MarketConfig, max_entries: int = 200_000) -> None:
         self.config = config
         self.max_entries = max_entries
-        #: msg_id → (message, its member, packed weight, id as an integer, `order_key`, its
-        #: segment when it counts to its timeout)
-        self.entries: dict[bytes, tuple[Announcement, object, int, int, tuple[int, int, bytes],
-                                        Segment]] = {}
+        #: msg_id → what every view derives from that announcement (see `AnnouncementFacts`)
+        self.entries: dict[bytes, AnnouncementFacts] = {}
         #: The smoothed price of a window of targets (`MarketView.price_at_tick`): views that
         #: agree compute the same 32-step fold, once here.
         self.prices: dict[tuple[int, ...], int] = {}
 
-    def learn(self, message: Announcement, weight: int, timeout_ms: int
-              ) -> tuple[Announcement, object, int, int, tuple[int, int, bytes], Segment]:
+    def learn(self, message: Announcement, weight: int, timeout_ms: int) -> "AnnouncementFacts":
         """Remember the facts of a well-formed `message` whose weight is `weight`."""
         entries = self.entries
         if len(entries) >= self.max_entries:
             entries.clear()
+        facts = entries[message.msg_id] = AnnouncementFacts(message, weight, timeout_ms)
+        return facts
+
+
+class AnnouncementFacts:
+    """One announcement's share of a `SharedFacts`: objects every view would otherwise build
+    for itself (same values, one copy). `cut` and `cut_delta` are filled by the first view
+    that merges this announcement after its signer's previous one: that one's segment cut where
+    this one starts, and the step at this one's start (this weight minus the previous one)."""
+
+    __slots__ = ("message", "member", "weight", "neg_weight", "id_int", "key", "segment", "cut",
+                 "cut_delta")
+
+    def __init__(self, message: Announcement, weight: int, timeout_ms: int) -> None:
         start = message.issued_at_ms
-        entry = entries[message.msg_id] = (
-            message, message.member, weight, int.from_bytes(message.msg_id, "big"),
-            (start, message.seq, message.msg_id),
-            Segment(start, start + timeout_ms, weight, message))
-        return entry
+        self.message = message
+        self.member = message.member
+        self.weight = weight
+        self.neg_weight = -weight
+        self.id_int = int.from_bytes(message.msg_id, "big")
+        self.key = (start, message.seq, message.msg_id)
+        self.segment = Segment(start, start + timeout_ms, weight, message)
+        self.cut: Segment | None = None
+        self.cut_delta = 0
 
 
 class MarketView:
@@ -294,10 +309,10 @@ class MarketView:
 
     def _merge_one(self, message: Announcement, touched: dict[bytes, Register]) -> MergeOutcome:
         facts = self._facts
-        entry: tuple[Announcement, object, int, int, tuple[int, int, bytes], Segment] | None
+        entry: AnnouncementFacts | None
         if facts is not None and type(message) is Announcement:
             entry = facts.entries.get(message.msg_id)  # type: ignore[arg-type]
-            if entry is None or entry[0] is not message or entry[1] is not message.member:
+            if entry is None or entry.message is not message or entry.member is not message.member:
                 if not _well_formed(message):
                     return MergeOutcome.INVALID
                 entry = facts.learn(message, self._weigh(message), self.timeout_ms)
@@ -324,10 +339,7 @@ class MarketView:
             if ((message.member is None and not self._revoked_from)
                     or self._member_end(message) > message.issued_at_ms):
                 # An empty register is simple: its first message is the newest.
-                if entry is None:
-                    self._append(register, message)
-                else:
-                    self._append(register, message, entry[2], entry[3], entry[4], entry[5])
+                self._append(register, message, entry)
                 return MergeOutcome.NEW
             old_newest: int | None = None
         else:
@@ -335,10 +347,7 @@ class MarketView:
                                     or self._member_end(message) > message.issued_at_ms):
                 last = register.messages[-1]
                 if message.issued_at_ms > last.issued_at_ms and message.seq > last.seq:
-                    if entry is None:
-                        return self._append(register, message)
-                    return self._append(register, message, entry[2], entry[3], entry[4],
-                                        entry[5])
+                    return self._append(register, message, entry)
             old_newest = register.newest_ms
         retained, dropped = register.insert(message, self.max_per_signer, self.horizon_ms)
         if not retained:
@@ -361,21 +370,19 @@ class MarketView:
             return MergeOutcome.NEWER
         return MergeOutcome.OLDER
 
-    def _append(self, register: Register, message: Announcement, weight: int | None = None,
-                id_int: int | None = None, key: tuple[int, int, bytes] | None = None,
-                segment: Segment | None = None) -> MergeOutcome:
+    def _append(self, register: Register, message: Announcement,
+                facts: AnnouncementFacts | None = None) -> MergeOutcome:
         """The common case, in O(changes): `message` is newer, in both issued_at and seq, than
         everything a simple register holds (see `Register.simple`; an empty one is), so its
         segments stay one per message. The retention rule drops the oldest, the previous
         newest's segment is cut where `message` starts to count, and `message`'s own segment is
         added. Gives exactly what the general path (`Register.insert` + `_refresh_segments`)
-        gives. `weight`, `id_int`, `key` (its `order_key`) and `segment` (its uncut segment when
-        its signer counts to the timeout) are the message's own when known (see
-        `SharedFacts`): every view then holds the same objects instead of copies."""
+        gives. With `facts` (see `SharedFacts`) the view holds the objects every view of the
+        config shares (weight, order key, segments, steps) instead of copies."""
         messages, keys = register.messages, register.keys
         start = message.issued_at_ms
         messages.append(message)
-        keys.append((start, message.seq, message.msg_id) if key is None else key)
+        keys.append((start, message.seq, message.msg_id) if facts is None else facts.key)
         count = len(keys)
         first = count - self.max_per_signer if count > self.max_per_signer else 0
         oldest_kept = start - self.horizon_ms
@@ -394,25 +401,37 @@ class MarketView:
             for dropped in segments[:first]:
                 steps.add_many(dropped.start_ms, -dropped.weight, dropped.end_ms, dropped.weight)
             segments = segments[first:]
-        if weight is None:
-            weight = self._weigh(message)
         end = start + self.timeout_ms
         if message.member is not None or self._revoked_from:
             member_end = self._member_end(message)
             if member_end < end:
                 end = member_end
-        if segment is None or segment.end_ms != end or segment.message is not message:
+        if facts is None:
+            weight = self._weigh(message)
+            neg_weight = -weight
             segment = Segment(start, end, weight, message)
+        else:
+            weight, neg_weight, segment = facts.weight, facts.neg_weight, facts.segment
+            if segment.end_ms != end:
+                segment = Segment(start, end, weight, message)
         if segments and segments[-1].end_ms > start:
             # The previous newest now counts until `message` is issued.
             previous = segments[-1]
-            steps.add_many(previous.end_ms, previous.weight, start, weight - previous.weight,
-                           end, -weight)
-            register.segments = segments[:-1] + (
-                Segment(previous.start_ms, start, previous.weight, previous.message), segment)
+            cut = None if facts is None else facts.cut
+            if (cut is not None and cut.message is previous.message
+                    and cut.start_ms == previous.start_ms and cut.weight == previous.weight):
+                delta = facts.cut_delta  # type: ignore[union-attr]
+            else:
+                cut = Segment(previous.start_ms, start, previous.weight, previous.message)
+                delta = weight - previous.weight
+                if facts is not None:
+                    facts.cut, facts.cut_delta = cut, delta
+            steps.add_many(previous.end_ms, previous.weight, start, delta, end, neg_weight)
+            register.segments = segments[:-1] + (cut, segment)
         else:
-            steps.add_many(start, weight, end, -weight)
+            steps.add_many(start, weight, end, neg_weight)
             register.segments = segments + (segment,)
+        id_int = None if facts is None else facts.id_int
         held.add(message.msg_id)
         # _account(bucket, msg_id, +1), inlined
         self.version += 1
@@ -975,6 +994,6 @@ def _well_formed(message: object) -> bool:
     return True
 
 
-__all__ = ["MarketView", "SharedFacts", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
+__all__ = ["MarketView", "SharedFacts", "AnnouncementFacts", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
            "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer", "order_key",
            "Segment"]
