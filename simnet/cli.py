@@ -362,6 +362,16 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"at most {total / 2**20:.0f} MiB in all); "
           f"{(total - rss_before) / args.peers / 1024:.1f} KiB per peer above the "
           f"{rss_before / 2**20:.0f} MiB before the network")
+    if args.transport == "sim" and rec.views and rec.view_announcements:
+        # What one view costs per announcement it holds: the figure that says how far full
+        # fidelity goes (a view holds every announcing peer's last few announcements, so the
+        # network's memory grows as N²). Exact in one process; forked workers share pages.
+        grown = (own if workers == 1 else total) - rss_before
+        print(f"views: {rec.views} at the end holding {rec.view_signers / rec.views:.0f} signers "
+              f"and {rec.view_announcements / rec.views:.0f} announcements each; "
+              f"{grown / rec.view_announcements:.0f} bytes per held announcement per view "
+              f"({grown / rec.view_signers:.0f} per signer per view"
+              f"{'' if workers == 1 else '; an upper bound: measure with --workers 1'})")
     return EXIT_OK
 
 

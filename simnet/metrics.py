@@ -94,6 +94,10 @@ class Recorder:
         # (the median of its timings before, during — every progress step — and after the run)
         self.calibration_op_range_s = (0.0, 0.0)      # fastest and slowest of those timings
         self.calibration_samples = 0
+        # At the end of a sim run: engine views, and the signers and announcements they hold.
+        self.views = 0
+        self.view_signers = 0
+        self.view_announcements = 0
         self.network_s = 0.0
         self.observers: list[int] | None = None       # None: every peer is observed
         self.notes: list[str] = []

@@ -149,6 +149,10 @@ class _EngineTally:
     samples: list[list[PeerSample]] = field(default_factory=list)  # per sample: our peers' rows
     process_cpu_s: float = 0.0         # the whole process, for a worker's share of the run
     attack: Counter[str] = field(default_factory=Counter)  # what attacks cost our engines
+    # At the end: our live observed peers' views, the signers and announcements they hold.
+    views: int = 0
+    view_signers: int = 0
+    view_announcements: int = 0
 
     def second(self, t: float) -> list[int]:
         index = max(0, int(t))   # the bucket rule of Recorder.second
@@ -1268,6 +1272,12 @@ class SimNetwork:
                 self._attack_event(payload, t)
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
+        tally = self._tally
+        for p in peers:
+            if p.alive and p.observed and p.role != "hostile" and self._mine(p.index):
+                tally.views += 1
+                tally.view_signers += len(p.engine.view)
+                tally.view_announcements += p.engine.view.message_count
 
     def _fork(self) -> None:
         """Spread the run over `workers` processes: fork the built network, so every process
@@ -1338,6 +1348,9 @@ class SimNetwork:
             rec.reasons.update(tally.reasons)
             rec.attack_counts.update(tally.attack)
             rec.cpu_s += tally.process_cpu_s
+            rec.views += tally.views
+            rec.view_signers += tally.view_signers
+            rec.view_announcements += tally.view_announcements
             for second, (delivered, accepted, rejected, ignored, carried) in sorted(
                     tally.traffic.items()):
                 traffic = rec.second(second)
