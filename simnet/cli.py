@@ -399,6 +399,13 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
           f"(steady {traffic['steady_published_per_peer_s']}); received "
           f"{traffic['received_per_peer_s']}; CPU per message {traffic['cpu_per_message_ms']} ms; "
           f"wall {traffic['wall_s']} s")
+    for kill in data["figures"].get("churn", []):
+        if "signed_timeout_pairs" in kill:
+            print(f"crash at {kill['t']} s ({kill['killed']} killed, no withdrawal): "
+                  f"{kill['signed_timeout_exact']} of {kill['signed_timeout_pairs']} live peer × "
+                  "killed signer pairs stop counting it exactly at its last announcement + "
+                  f"capacity_timeout; all peers' totals right {kill['stopped_counting_after_s']} s "
+                  f"after the kill (bound {kill['bound_after_s']} s)")
     if traffic.get("wall_per_engine_message_ops") is not None:
         print(f"speed: wall {traffic['wall_per_engine_message_ops']} calibration ops per engine "
               f"message (engine CPU {traffic['engine_cpu_per_message_ops']}); one op "

@@ -96,6 +96,9 @@ class Recorder:
         self.calibration_samples = 0
         # At the end of a sim run: engine views, and the signers and announcements they hold.
         self.views = 0
+        # kill event index → [live peer × killed signer pairs, pairs that stop counting it
+        # exactly at its last announcement + capacity_timeout] (sim)
+        self.crash_timeouts: dict[int, list[int]] = {}
         self.view_signers = 0
         self.view_announcements = 0
         self.network_s = 0.0
@@ -409,6 +412,12 @@ def _churn(rec: Recorder) -> list[dict[str, Any]]:
             "bound_rule": "last announcement + capacity_timeout_s + settle/tick granularity",
             "resolution_s": rec.sample_s,
         })
+        if n in rec.crash_timeouts:
+            # Read off every live peer's view at the end of a sim run: each killed signer's last
+            # announcement counts until, and not from, its issued_at + capacity_timeout.
+            pairs, exact = rec.crash_timeouts[n]
+            out[-1]["signed_timeout_pairs"] = pairs
+            out[-1]["signed_timeout_exact"] = exact
     return out
 
 

@@ -153,6 +153,10 @@ class _EngineTally:
     views: int = 0
     view_signers: int = 0
     view_announcements: int = 0
+    # Per kill event (its index in the recorder's events): [live peer × dead signer pairs
+    # checked, pairs whose view stops counting the dead signer exactly at its last signed
+    # announcement's issued_at + capacity_timeout] (see `_check_crash_timeouts`).
+    crash_timeouts: dict[int, list[int]] = field(default_factory=dict)
 
     def second(self, t: float) -> list[int]:
         index = max(0, int(t))   # the bucket rule of Recorder.second
@@ -390,6 +394,8 @@ class SimNetwork:
         #: The work ramp: peers that announce use worked keys (simnet.identities).
         self.worked = WorkedPool(self.market.identity_work_bits)
         self._attacks: list[_SimAttack] = []
+        #: Each peer's newest published announcement (for `_check_crash_timeouts`).
+        self._last_wire: dict[int, bytes] = {}
         #: Seconds per calibration op, timed before the run, at every progress step and after.
         self._calibrations: list[float] = []
 
@@ -779,6 +785,7 @@ class SimNetwork:
             peer.last_announced = t
             if len(self._captured) < 256:
                 self._captured.append(wire)
+            self._last_wire[peer.index] = wire
             self._flood(peer.index, t, wire)
         if deadline is not None:
             at = max(t, deadline - EPOCH - peer.skew)
@@ -1273,11 +1280,42 @@ class SimNetwork:
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
         tally = self._tally
+        self._check_crash_timeouts()
         for p in peers:
             if p.alive and p.observed and p.role != "hostile" and self._mine(p.index):
                 tally.views += 1
                 tally.view_signers += len(p.engine.view)
                 tally.view_announcements += p.engine.view.message_count
+
+    def _check_crash_timeouts(self) -> None:
+        """For every kill: does every live peer (of this process) stop counting each killed
+        signer exactly where the signed timeline says — the killed peer's last announcement
+        counts at issued_at + capacity_timeout − 1 ms and nothing of it counts from
+        issued_at + capacity_timeout on? Read off each peer's own view at the end of the run."""
+        timeout_ms = round(self.market.capacity_timeout_s * 1000)
+        for number, record in enumerate(self.recorder.events):
+            if record.event.action != "kill":
+                continue
+            last = []
+            for index in record.info.get("peers", []):
+                wire = self._last_wire.get(index)
+                if wire is not None:
+                    message = self.decoder(wire, None)
+                    last.append((self.peers[index].engine.signer, message))
+            if not last:
+                continue
+            row = self._tally.crash_timeouts.setdefault(number, [0, 0])
+            for p in self.peers:
+                if not (p.alive and p.observed and p.role != "hostile" and self._mine(p.index)):
+                    continue
+                view = p.engine.view
+                for signer, message in last:
+                    row[0] += 1
+                    expires = message.issued_at_ms + timeout_ms
+                    counted = view.counted_at_ms(signer, expires - 1)
+                    if (counted is not None and counted.msg_id == message.msg_id
+                            and view.contribution_at_ms(signer, expires) is None):
+                        row[1] += 1
 
     def _fork(self) -> None:
         """Spread the run over `workers` processes: fork the built network, so every process
@@ -1349,6 +1387,10 @@ class SimNetwork:
             rec.attack_counts.update(tally.attack)
             rec.cpu_s += tally.process_cpu_s
             rec.views += tally.views
+            for number, (pairs, exact) in tally.crash_timeouts.items():
+                row = rec.crash_timeouts.setdefault(number, [0, 0])
+                row[0] += pairs
+                row[1] += exact
             rec.view_signers += tally.view_signers
             rec.view_announcements += tally.view_announcements
             for second, (delivered, accepted, rejected, ignored, carried) in sorted(

@@ -215,6 +215,14 @@ class _CallLogNetwork(SimNetwork):
                 return _m(*args)
 
             setattr(peer.engine, name, logged)
+        many = peer.engine.on_gossip_many
+
+        def logged_many(deliveries, _m=many):  # type: ignore[no-untyped-def]
+            deliveries = list(deliveries)
+            log.extend(("on_gossip", float(now)) for _, now, _ in deliveries)
+            return _m(deliveries)
+
+        peer.engine.on_gossip_many = logged_many  # a batch logs one on_gossip per delivery
         return peer
 
 

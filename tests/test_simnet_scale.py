@@ -106,3 +106,17 @@ def test_a_run_times_the_calibration_op_during_the_run_and_reports_the_median() 
     assert low <= traffic["calibration_op_us"] <= high
     view = deterministic_view({"figures": figures(rec)})["traffic"]
     assert not {"calibration_op_us", "calibration_op_range_us", "calibration_samples"} & set(view)
+
+
+def test_every_live_peer_stops_counting_a_crashed_node_at_its_signed_timeout() -> None:
+    """`churn` kills a quarter of the peers without withdrawal: every live peer's own view
+    (joiners' too) holds each killed signer's last announcement and counts it until, and not
+    from, its issued_at + capacity_timeout; the same in one process and in two."""
+    rows = []
+    for workers in (1, 2):
+        rec = SimNetwork(load("churn").scaled(100.0), 40, seed=4, workers=workers).run()
+        (kill,) = figures(rec)["churn"]
+        rows.append((kill["signed_timeout_pairs"], kill["signed_timeout_exact"]))
+    pairs, exact = rows[0]
+    assert rows[1] == rows[0]
+    assert pairs >= 40 * 5 and exact == pairs
