@@ -551,7 +551,7 @@ class PeerEngine:
                     counts[(verdict[0], verdict[1])] += 1
                     append(verdict)
                     continue
-                if type(message) is not Announcement:  # a members network's revocation list
+                if not isinstance(message, Announcement):  # a members network's revocation list
                     self.view.merge_revocations(message)
                     counts[_ACCEPTED_KEY] += 1
                     append(Verdict(ACCEPTED, ACCEPTED, None, "revocation list"))

@@ -14,6 +14,6 @@ from neuroshard_p2p.view.view import (
 )
 
 __all__ = [
-    "MarketView", "MergeOutcome", "SharedFacts", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
-    "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
+    "MarketView", "MergeOutcome", "SharedFacts", "TickPrice", "MarketStats", "CountedOffer",
+    "bucket_of", "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
 ]
