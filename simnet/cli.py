@@ -329,7 +329,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.transport == "sim":
         from simnet.sim import SimNetwork, default_workers
 
-        workers = default_workers(args.peers) if args.workers is None else args.workers
+        workers = (default_workers(args.peers, args.observers) if args.workers is None
+                   else args.workers)
         if workers < 1:
             raise ScenarioError("--workers must be at least 1")
         rec = SimNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample,

@@ -120,3 +120,12 @@ def test_every_live_peer_stops_counting_a_crashed_node_at_its_signed_timeout() -
     pairs, exact = rows[0]
     assert rows[1] == rows[0]
     assert pairs >= 40 * 5 and exact == pairs
+
+
+def test_an_observer_sample_runs_in_one_process_by_default() -> None:
+    """With few observers the floods, which every process computes, are the work: more
+    processes would only add CPU."""
+    from simnet.sim import PARALLEL_FROM_PEERS, default_workers
+    assert default_workers(10_000, observers=100) == 1
+    assert default_workers(100_000, observers=PARALLEL_FROM_PEERS - 1) == 1
+    assert default_workers(1_000, observers=None) == default_workers(1_000)
