@@ -325,10 +325,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = None if args.quiet else stderr_progress
     out = Path(args.out or f"out/{scenario.name}-{args.transport}-{args.peers}")
     workers: int | None = None
+    rss_before = _peak_rss_bytes()[0]
     if args.transport == "sim":
         from simnet.sim import SimNetwork, default_workers
 
-        workers = default_workers(args.peers) if args.workers is None else args.workers
+        workers = (default_workers(args.peers, args.observers) if args.workers is None
+                   else args.workers)
         if workers < 1:
             raise ScenarioError("--workers must be at least 1")
         rec = SimNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample,
@@ -353,7 +355,34 @@ def cmd_run(args: argparse.Namespace) -> int:
             "settings": scenario.to_dict()}
     data = write_run_report(rec, out, meta, plots=not args.no_plots)
     _print_summary(data, out)
+    own, child = _peak_rss_bytes()
+    # Peak RSS is what bounds the size a machine can run; the part the network added, divided by
+    # its peers, is what a larger run needs per peer (workers hold disjoint shares of the peers).
+    total = own + workers * child if workers and workers > 1 else own
+    print(f"memory: peak RSS {own / 2**20:.0f} MiB (largest worker {child / 2**20:.0f} MiB; "
+          f"at most {total / 2**20:.0f} MiB in all); "
+          f"{(total - rss_before) / args.peers / 1024:.1f} KiB per peer above the "
+          f"{rss_before / 2**20:.0f} MiB before the network")
+    if args.transport == "sim" and rec.views and rec.view_announcements:
+        # What one view costs per announcement it holds: the figure that says how far full
+        # fidelity goes (a view holds every announcing peer's last few announcements, so the
+        # network's memory grows as N²). Exact in one process; forked workers share pages.
+        grown = (own if workers == 1 else total) - rss_before
+        print(f"views: {rec.views} at the end holding {rec.view_signers / rec.views:.0f} signers "
+              f"and {rec.view_announcements / rec.views:.0f} announcements each; "
+              f"{grown / rec.view_announcements:.0f} bytes per held announcement per view "
+              f"({grown / rec.view_signers:.0f} per signer per view"
+              f"{'' if workers == 1 else '; an upper bound: measure with --workers 1'})")
     return EXIT_OK
+
+
+def _peak_rss_bytes() -> tuple[int, int]:
+    """Peak resident set of this process and of its largest finished child, in bytes."""
+    import resource
+
+    # ru_maxrss is in KiB on Linux.
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 
 
 def _print_summary(data: dict[str, Any], out: Path) -> None:
@@ -371,6 +400,19 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
           f"(steady {traffic['steady_published_per_peer_s']}); received "
           f"{traffic['received_per_peer_s']}; CPU per message {traffic['cpu_per_message_ms']} ms; "
           f"wall {traffic['wall_s']} s")
+    for kill in data["figures"].get("churn", []):
+        if "signed_timeout_pairs" in kill:
+            print(f"crash at {kill['t']} s ({kill['killed']} killed, no withdrawal): "
+                  f"{kill['signed_timeout_exact']} of {kill['signed_timeout_pairs']} live peer × "
+                  "killed signer pairs stop counting it exactly at its last announcement + "
+                  f"capacity_timeout; all peers' totals right {kill['stopped_counting_after_s']} s "
+                  f"after the kill (bound {kill['bound_after_s']} s)")
+    if traffic.get("wall_per_engine_message_ops") is not None:
+        print(f"speed: wall {traffic['wall_per_engine_message_ops']} calibration ops per engine "
+              f"message (engine CPU {traffic['engine_cpu_per_message_ops']}); one op "
+              f"{traffic['calibration_op_us']} us on this machine now (median of "
+              f"{traffic['calibration_samples']} timings during the run, range "
+              f"{traffic['calibration_op_range_us'][0]}–{traffic['calibration_op_range_us'][1]} us)")
     for goal in data["goals"]:
         print(f"goal: {goal['goal']}: {goal['measured']} -> {'met' if goal['met'] else 'NOT met'}")
     print(f"report: {out / 'report.md'}")

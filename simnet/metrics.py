@@ -90,6 +90,17 @@ class Recorder:
         self.engine_cpu_s = 0.0                       # of which inside the node engines (sim)
         self.engine_messages = 0                      # gossip messages the engines validated (sim)
         self.wall_s = 0.0
+        self.calibration_op_s = 0.0                   # one `simnet.calibrate` op, same process
+        # (the median of its timings before, during — every progress step — and after the run)
+        self.calibration_op_range_s = (0.0, 0.0)      # fastest and slowest of those timings
+        self.calibration_samples = 0
+        # At the end of a sim run: engine views, and the signers and announcements they hold.
+        self.views = 0
+        # kill event index → [live peer × killed signer pairs, pairs that stop counting it
+        # exactly at its last announcement + capacity_timeout] (sim)
+        self.crash_timeouts: dict[int, list[int]] = {}
+        self.view_signers = 0
+        self.view_announcements = 0
         self.network_s = 0.0
         self.observers: list[int] | None = None       # None: every peer is observed
         self.notes: list[str] = []
@@ -312,6 +323,17 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
         "cpu_s": _round(rec.cpu_s),
         "engine_cpu_s": _round(rec.engine_cpu_s),
         "wall_s": _round(rec.wall_s),
+        # Ratios that travel between machines: time per engine message in calibration ops.
+        "calibration_op_us": _round(1e6 * rec.calibration_op_s, 3) if rec.calibration_op_s else None,
+        "calibration_op_range_us": [_round(1e6 * x, 3) for x in rec.calibration_op_range_s]
+        if rec.calibration_op_s else None,
+        "calibration_samples": rec.calibration_samples or None,
+        "wall_per_engine_message_ops": _round(
+            rec.wall_s / rec.engine_messages / rec.calibration_op_s
+            if rec.engine_messages and rec.calibration_op_s else None, 3),
+        "engine_cpu_per_message_ops": _round(
+            rec.engine_cpu_s / rec.engine_messages / rec.calibration_op_s
+            if rec.engine_messages and rec.calibration_op_s and rec.engine_cpu_s else None, 3),
         "cpu_per_message_ms": _round(1000 * rec.cpu_s / hops if hops else None, 4),
         "engine_cpu_per_message_us": _round(1e6 * rec.engine_cpu_s / rec.engine_messages
                                             if rec.engine_messages and rec.engine_cpu_s else None, 2),
@@ -390,6 +412,12 @@ def _churn(rec: Recorder) -> list[dict[str, Any]]:
             "bound_rule": "last announcement + capacity_timeout_s + settle/tick granularity",
             "resolution_s": rec.sample_s,
         })
+        if n in rec.crash_timeouts:
+            # Read off every live peer's view at the end of a sim run: each killed signer's last
+            # announcement counts until, and not from, its issued_at + capacity_timeout.
+            pairs, exact = rec.crash_timeouts[n]
+            out[-1]["signed_timeout_pairs"] = pairs
+            out[-1]["signed_timeout_exact"] = exact
     return out
 
 

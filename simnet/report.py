@@ -39,7 +39,9 @@ def write_run_report(rec: Recorder, out_dir: str | Path, meta: dict[str, Any],
 def deterministic_view(data: dict[str, Any]) -> dict[str, Any]:
     """The part of a report that must not depend on the machine: everything but wall/CPU times."""
     figs = json.loads(json.dumps(data["figures"], default=str))
-    for key in ("cpu_s", "engine_cpu_s", "wall_s", "cpu_per_message_ms", "engine_cpu_per_message_us"):
+    for key in ("cpu_s", "engine_cpu_s", "wall_s", "cpu_per_message_ms", "engine_cpu_per_message_us",
+                "calibration_op_us", "wall_per_engine_message_ops", "engine_cpu_per_message_ops",
+                "calibration_op_range_us", "calibration_samples"):
         figs["traffic"].pop(key, None)
     return figs
 

@@ -85,6 +85,7 @@ import operator
 import os
 import pickle
 import random
+import statistics
 import sys
 import time
 import traceback
@@ -101,7 +102,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.settings import NodeSettings
-from neuroshard_p2p.view import MarketView
+from neuroshard_p2p.view import MarketView, SharedFacts
 from neuroshard_p2p.wire import Message, WireError
 from neuroshard_p2p.wire.frames import encode_sync, split_sync_response
 from neuroshard_p2p.wire.messages import SyncRequest
@@ -109,6 +110,7 @@ from neuroshard_p2p.wire.validate import Decoder, decode_stateless
 
 from simnet.attacks import (Attacker, SyncBudget, attack_identities, keep_alive_s,
                             reference_verdict)
+from simnet.calibrate import time_calibration_op
 from simnet.hostile import HostileCrafter
 from simnet.identities import Identity, MembersNetwork, WorkedPool
 from simnet.metrics import PeerSample, Recorder
@@ -121,6 +123,8 @@ HOP_DELAY_S = 0.003
 #: Gossipsub's lazy-gossip window: message ids of the last 3 heartbeats of 1 s are offered
 #: (IHAVE) to other peers (py-libp2p's gossip_history default).
 GOSSIP_WINDOW_S = 3.0
+#: Calibration ops timed at each progress step (best of 3 rounds of this many: ~0.04 s).
+CALIBRATION_STEP_OPS = 2_000
 #: Tokens per pending request a demand peer announces (the view caps demand per request).
 TOKENS_PER_REQUEST = 100_000
 
@@ -145,6 +149,14 @@ class _EngineTally:
     samples: list[list[PeerSample]] = field(default_factory=list)  # per sample: our peers' rows
     process_cpu_s: float = 0.0         # the whole process, for a worker's share of the run
     attack: Counter[str] = field(default_factory=Counter)  # what attacks cost our engines
+    # At the end: our live observed peers' views, the signers and announcements they hold.
+    views: int = 0
+    view_signers: int = 0
+    view_announcements: int = 0
+    # Per kill event (its index in the recorder's events): [live peer × dead signer pairs
+    # checked, pairs whose view stops counting the dead signer exactly at its last signed
+    # announcement's issued_at + capacity_timeout] (see `_check_crash_timeouts`).
+    crash_timeouts: dict[int, list[int]] = field(default_factory=dict)
 
     def second(self, t: float) -> list[int]:
         index = max(0, int(t))   # the bucket rule of Recorder.second
@@ -338,6 +350,9 @@ class SimNetwork:
         self.peers: list[SimPeer] = []
         #: Every engine's validator decodes through this one memo (see `SharedDecoder`).
         self.decoder = SharedDecoder()
+        #: … and every view memoises what it derives from one announcement alone in this one
+        #: (its weight, its id as an integer; see `SharedFacts`).
+        self.facts = SharedFacts(self.market)
         self.neighbours: list[set[int]] = []
         self._queue: list[tuple[float, int, int, Any]] = []
         self._counter = 0
@@ -379,6 +394,10 @@ class SimNetwork:
         #: The work ramp: peers that announce use worked keys (simnet.identities).
         self.worked = WorkedPool(self.market.identity_work_bits)
         self._attacks: list[_SimAttack] = []
+        #: Each peer's newest published announcement (for `_check_crash_timeouts`).
+        self._last_wire: dict[int, bytes] = {}
+        #: Seconds per calibration op, timed before the run, at every progress step and after.
+        self._calibrations: list[float] = []
 
     # ------------------------------------------------------------------ building
 
@@ -394,6 +413,7 @@ class SimNetwork:
         setup = self.scenario.peers
         capacity = setup.capacity if role == "provider" else 0
         engine = PeerEngine(self.market, key, tokens_per_second=capacity,
+                            view=MarketView(self.market, facts=self.facts),
                             min_price_nano=to_nano(setup.ask_of(index)) if capacity else 0,
                             announce_interval_s=self.settings.announce_interval_s,
                             decode=self.decoder, admission=self.admission,
@@ -692,10 +712,12 @@ class SimNetwork:
         due = box[:k]
         del box[:k]
         tally = self._tally
-        on_gossip = peer.engine.on_gossip
         skew = peer.skew
+        # EPOCH + at + skew, in this order: floats do not add associatively, and `now` must be
+        # what `SimPeer.now` gives.
+        deliveries = [(wire, EPOCH + at + skew, author) for at, _, wire, author in due]
         started = time.perf_counter()
-        verdicts = [on_gossip(wire, EPOCH + at + skew, author) for at, _, wire, author in due]
+        verdicts = peer.engine.on_gossip_many(deliveries)
         tally.cpu_s += time.perf_counter() - started
         tally.messages += k
         tally.reasons.update(map(_REASON, verdicts))
@@ -763,6 +785,7 @@ class SimNetwork:
             peer.last_announced = t
             if len(self._captured) < 256:
                 self._captured.append(wire)
+            self._last_wire[peer.index] = wire
             self._flood(peer.index, t, wire)
         if deadline is not None:
             at = max(t, deadline - EPOCH - peer.skew)
@@ -1230,9 +1253,14 @@ class SimNetwork:
                     self._poll(peer, t)
             elif kind == _SAMPLE:
                 self._sample(t)
-                if self.progress is not None and time.perf_counter() >= next_progress:
+                if self.rank == 0 and time.perf_counter() >= next_progress:
+                    # The calibration op is timed at every progress step, so the run's speed
+                    # can be stated against the op as the machine ran during the run (the
+                    # median), not only at its ends, when other load may differ.
+                    self._calibrations.append(time_calibration_op(CALIBRATION_STEP_OPS))
                     next_progress = time.perf_counter() + self.progress_every_s
-                    self._report_progress(t, wall0 or 0.0)
+                    if self.progress is not None:
+                        self._report_progress(t, wall0 or 0.0)
             elif kind == _SYNC_TIMER:
                 self._sync_timer(peers[payload[0]], t)
             elif kind == _SYNC_CONNECT:
@@ -1251,6 +1279,43 @@ class SimNetwork:
                 self._attack_event(payload, t)
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
+        tally = self._tally
+        self._check_crash_timeouts()
+        for p in peers:
+            if p.alive and p.observed and p.role != "hostile" and self._mine(p.index):
+                tally.views += 1
+                tally.view_signers += len(p.engine.view)
+                tally.view_announcements += p.engine.view.message_count
+
+    def _check_crash_timeouts(self) -> None:
+        """For every kill: does every live peer (of this process) stop counting each killed
+        signer exactly where the signed timeline says — the killed peer's last announcement
+        counts at issued_at + capacity_timeout − 1 ms and nothing of it counts from
+        issued_at + capacity_timeout on? Read off each peer's own view at the end of the run."""
+        timeout_ms = round(self.market.capacity_timeout_s * 1000)
+        for number, record in enumerate(self.recorder.events):
+            if record.event.action != "kill":
+                continue
+            last = []
+            for index in record.info.get("peers", []):
+                wire = self._last_wire.get(index)
+                if wire is not None:
+                    message = self.decoder(wire, None)
+                    last.append((self.peers[index].engine.signer, message))
+            if not last:
+                continue
+            row = self._tally.crash_timeouts.setdefault(number, [0, 0])
+            for p in self.peers:
+                if not (p.alive and p.observed and p.role != "hostile" and self._mine(p.index)):
+                    continue
+                view = p.engine.view
+                for signer, message in last:
+                    row[0] += 1
+                    expires = message.issued_at_ms + timeout_ms
+                    counted = view.counted_at_ms(signer, expires - 1)
+                    if (counted is not None and counted.msg_id == message.msg_id
+                            and view.contribution_at_ms(signer, expires) is None):
+                        row[1] += 1
 
     def _fork(self) -> None:
         """Spread the run over `workers` processes: fork the built network, so every process
@@ -1321,6 +1386,13 @@ class SimNetwork:
             rec.reasons.update(tally.reasons)
             rec.attack_counts.update(tally.attack)
             rec.cpu_s += tally.process_cpu_s
+            rec.views += tally.views
+            for number, (pairs, exact) in tally.crash_timeouts.items():
+                row = rec.crash_timeouts.setdefault(number, [0, 0])
+                row[0] += pairs
+                row[1] += exact
+            rec.view_signers += tally.view_signers
+            rec.view_announcements += tally.view_announcements
             for second, (delivered, accepted, rejected, ignored, carried) in sorted(
                     tally.traffic.items()):
                 traffic = rec.second(second)
@@ -1336,6 +1408,9 @@ class SimNetwork:
 
     def run(self) -> Recorder:
         rec = self.recorder
+        # Timed before and after the run (the faster counts): the run's wall time is stated
+        # against it too, so the figure travels between machines and loads.
+        self._calibrations = [time_calibration_op()]
         wall0 = time.perf_counter()
         cpu0 = time.process_time()
         duration = self.scenario.duration_s
@@ -1351,6 +1426,7 @@ class SimNetwork:
         finally:
             self._stop_workers()
             self.decoder.cache.clear()  # the run is over: no engine decodes these bytes again
+            self.facts.entries.clear()
             if gc_was_enabled:
                 if gc.get_freeze_count() == 0:
                     # Everything the run allocated is still in the youngest generation; its first
@@ -1362,6 +1438,10 @@ class SimNetwork:
         rec.network_s = duration
         rec.peer_received = [int(x) for x in self._received[: len(self.peers)]]
         rec.wall_s = time.perf_counter() - wall0
+        self._calibrations.append(time_calibration_op())
+        rec.calibration_op_s = statistics.median(self._calibrations)
+        rec.calibration_op_range_s = (min(self._calibrations), max(self._calibrations))
+        rec.calibration_samples = len(self._calibrations)
         for record in rec.events:
             hostiles = record.info.pop("_hostiles", None)
             if hostiles:
@@ -1401,10 +1481,14 @@ class SimNetwork:
 PARALLEL_FROM_PEERS = 200
 
 
-def default_workers(peers: int) -> int:
+def default_workers(peers: int, observers: int | None = None) -> int:
     """Processes for a run of `peers` simulated peers: one per CPU this process may use (at most
-    8) from PARALLEL_FROM_PEERS on, else 1. Any number gives the same report."""
-    if peers < PARALLEL_FROM_PEERS or not hasattr(os, "fork"):
+    8) when at least PARALLEL_FROM_PEERS peers run engines on gossip, else 1. With fewer
+    observers the floods are the work, and every process computes every flood, so more
+    processes only add CPU (10,000 peers, 100 observers: the start took ~2× the CPU in two).
+    Any number gives the same report."""
+    engines = peers if observers is None else min(peers, observers)
+    if engines < PARALLEL_FROM_PEERS or not hasattr(os, "fork"):
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))

@@ -108,6 +108,20 @@ def test_the_simulated_network_is_deterministic_same_seed_same_report(name: str)
     assert [vars(b) for b in runs[2].traffic] != [vars(b) for b in runs[0].traffic]
 
 
+
+def test_a_run_states_its_speed_in_calibration_ops_and_keeps_them_out_of_the_deterministic_view(
+) -> None:
+    rec = SimNetwork(load("shock").scaled(20.0), 8, seed=3).run()
+    traffic = figures(rec)["traffic"]
+    # The calibration op is timed in the same process; the ratios follow from the recorded times.
+    assert rec.calibration_op_s > 0 and rec.engine_messages > 0
+    assert traffic["calibration_op_us"] == round(1e6 * rec.calibration_op_s, 3)
+    assert traffic["wall_per_engine_message_ops"] == round(
+        rec.wall_s / rec.engine_messages / rec.calibration_op_s, 3)
+    view = report_mod.deterministic_view({"figures": figures(rec)})["traffic"]
+    for key in ("calibration_op_us", "wall_per_engine_message_ops", "engine_cpu_per_message_ops"):
+        assert key in traffic and key not in view
+
 @pytest.mark.parametrize("name, peers, observers", [
     ("hostile", 12, None),      # a hostile message goes on only where an engine accepted it
     ("churn", 16, None),        # kills, replacements syncing on joining
@@ -201,6 +215,14 @@ class _CallLogNetwork(SimNetwork):
                 return _m(*args)
 
             setattr(peer.engine, name, logged)
+        many = peer.engine.on_gossip_many
+
+        def logged_many(deliveries, _m=many):  # type: ignore[no-untyped-def]
+            deliveries = list(deliveries)
+            log.extend(("on_gossip", float(now)) for _, now, _ in deliveries)
+            return _m(deliveries)
+
+        peer.engine.on_gossip_many = logged_many  # a batch logs one on_gossip per delivery
         return peer
 
 

@@ -41,7 +41,7 @@ import secrets
 from collections import Counter
 from dataclasses import astuple, dataclass
 from operator import itemgetter
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import coincurve
 
@@ -527,6 +527,45 @@ class PeerEngine:
             verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
             self.gossip_counts[(verdict.outcome, verdict.reason)] += 1
             return verdict
+
+    def on_gossip_many(self, deliveries: Iterable[tuple[bytes, float, bytes | str | None]]
+                       ) -> list[Verdict]:
+        """`on_gossip(data, now, from_peer)` for each delivery in order: the same verdicts, counts
+        and state, with the lookups of a call done once per batch (the simulator hands each
+        peer its deliveries in batches; every gossip message of every simulated peer comes
+        through here). Never raises."""
+        check = self.validator.check
+        merge = self.view.merge_message
+        counts = self.gossip_counts
+        own = self.signer
+        verdicts: list[Verdict] = []
+        append = verdicts.append
+        make = tuple.__new__
+        for data, now, from_peer in deliveries:
+            try:
+                try:
+                    message = check(data, now, from_peer=from_peer)
+                except WireError as error:
+                    verdict = Verdict(REJECTED if error.action == REJECT else IGNORED,
+                                      error.reason, None, str(error))
+                    counts[(verdict[0], verdict[1])] += 1
+                    append(verdict)
+                    continue
+                if not isinstance(message, Announcement):  # a members network's revocation list
+                    self.view.merge_revocations(message)
+                    counts[_ACCEPTED_KEY] += 1
+                    append(Verdict(ACCEPTED, ACCEPTED, None, "revocation list"))
+                    continue
+                merge(message)
+                if message.signer == own and message.seq > self._last_seq:
+                    self._continue_above(message)
+                counts[_ACCEPTED_KEY] += 1
+                append(make(Verdict, (ACCEPTED, ACCEPTED, message, "")))
+            except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
+                verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
+                counts[(verdict.outcome, verdict.reason)] += 1
+                append(verdict)
+        return verdicts
 
     def _accept(self, data: bytes, now: float, from_peer: bytes | str | None,
                 counts: Counter[tuple[str, str]] | None, history: bool = False) -> Verdict:

@@ -7,12 +7,13 @@ from neuroshard_p2p.view.view import (
     MarketStats,
     MarketView,
     MergeOutcome,
+    SharedFacts,
     TickPrice,
     bucket_of,
     default_max_per_signer,
 )
 
 __all__ = [
-    "MarketView", "MergeOutcome", "TickPrice", "MarketStats", "CountedOffer", "bucket_of",
-    "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
+    "MarketView", "MergeOutcome", "SharedFacts", "TickPrice", "MarketStats", "CountedOffer",
+    "bucket_of", "BUCKETS", "DEFAULT_MAX_SIGNERS", "default_max_per_signer",
 ]

@@ -119,6 +119,57 @@ class StepSum:
         if changed is None or block < changed:
             self.changed_from = block
 
+    def add_many(self, *changes: int) -> None:
+        """`add(t, delta)` for each pair of the flat list t1, delta1, t2, delta2, …: the same
+        result as that many `add` calls (a sum does not depend on order), with the lookups
+        done once (a view's merge adds three steps per announcement)."""
+        points_of = self._points
+        blocks = self._blocks
+        keys = self._keys
+        block_ms, shift_ms = self._block_ms, self._shift_ms
+        changed = self.changed_from
+        for i in range(0, len(changes), 2):
+            delta = changes[i + 1]
+            if not delta:
+                continue
+            t_ms = changes[i]
+            block = (t_ms + shift_ms) // block_ms
+            points = points_of.get(block)
+            if points is None:
+                points_of[block] = {t_ms: delta}
+            else:
+                value = points.get(t_ms)
+                if value is None:
+                    points[t_ms] = delta  # the caller's object: views may share it
+                else:
+                    value += delta
+                    if value:
+                        points[t_ms] = value
+                    else:
+                        del points[t_ms]
+                        if not points:
+                            del points_of[block]
+            valid = self._valid
+            if valid and keys[valid - 1] >= block:
+                self._valid = bisect_left(keys, block, 0, valid)
+            total = blocks.get(block)
+            if total is None:
+                blocks[block] = delta
+                if keys and block < keys[-1]:
+                    insort(keys, block)
+                else:
+                    keys.append(block)
+            else:
+                total += delta
+                if total:
+                    blocks[block] = total
+                else:
+                    del blocks[block]
+                    del keys[bisect_left(keys, block)]
+            if changed is None or block < changed:
+                changed = block
+        self.changed_from = changed
+
     def _before(self, block: int) -> int:
         """Sum of all deltas in blocks < block."""
         keys = self._keys
