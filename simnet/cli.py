@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--setup-timeout", type=float, metavar="S",
                    help="give up when the nodes are not meshed and synced after S seconds "
                         "(default 60 + 1 s per node)")
+    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a scenario setting (market, node or peers table), e.g. "
+                        "market.window_ticks=4 (repeatable; VALUE is TOML)")
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
                    help="also time K sync/2.1.0 sessions between two real hosts (0: none)")
     p.add_argument("--out", default="out/measure-real", metavar="DIR")

@@ -75,16 +75,20 @@ class PlannedPeer:
 
 def build_scenario(name: str, *, duration_s: float | None, protocol: str,
                    kill_at_s: float | None = None, kill_count: int = 1,
-                   node: dict[str, Any] | None = None) -> Scenario:
-    """The scenario a measurement runs: shipped or a file, scaled to `duration_s`, the measured
-    nodes' settings, and (for the crash check) a kill of `kill_count` providers at `kill_at_s`."""
+                   overrides: dict[str, dict[str, Any]] | None = None) -> Scenario:
+    """The scenario a measurement runs: shipped or a file, scaled to `duration_s`, `overrides`
+    ({table: {key: value}}, as `--set`), the measured nodes' settings, and (for the crash check)
+    a kill of `kill_count` providers at `kill_at_s`."""
     if protocol not in PROTOCOLS:
         raise ScenarioError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     scenario = load(name)
     if duration_s is not None:
         scenario = scenario.scaled(duration_s)
-    settings = {**MEASURE_NODE, **(node or {}), "quiet_keep_alives": PROTOCOLS[protocol]}
-    scenario = scenario.with_overrides(node=settings)
+    tables = {k: dict(v) for k, v in (overrides or {}).items()}
+    tables["node"] = {**MEASURE_NODE, **tables.get("node", {}),
+                      "quiet_keep_alives": PROTOCOLS[protocol]}
+    scenario = scenario.with_overrides(**tables)
+    scenario.market_config()  # checks the merged values
     for event in scenario.events:
         if event.action not in ("capacity", "demand", "kill", "stop"):
             raise ScenarioError(f"measure-real runs capacity, demand, kill and stop events; "
@@ -205,7 +209,7 @@ class Worker:
                                        protocol=config["protocol"],
                                        kill_at_s=config.get("kill_at_s"),
                                        kill_count=config.get("kill_count", 1),
-                                       node=config.get("node"))
+                                       overrides=config.get("overrides"))
         self.net: Any = None
         self.signers: list[bytes] = []
         self.announcers: list[int] = []
@@ -356,7 +360,8 @@ class Worker:
                     p = net.peers[i]
                     if p.alive and p.node is not None:
                         rows.append([i, *read_market(p.node, now)])
-                sample: dict[str, Any] = {"k": k, "rows": rows, "lag": self._loop_lag}
+                sample: dict[str, Any] = {"k": k, "rows": rows, "lag": self._loop_lag,
+                                          "counting": self._counting(actions, now - t0, now)}
                 self._loop_lag = 0.0
                 if k % LAG_EVERY == LAG_EVERY - 1:
                     sample["views"] = self._views()
@@ -380,6 +385,22 @@ class Worker:
                 "kills": kills, "held_last": held_last,
                 "maxrss_mb": round(usage.ru_maxrss / 1024, 1),
                 "sampling_cpu_s": round(self._sampling_cpu, 3)}
+
+    def _counting(self, actions: list[dict[str, Any]], t: float, now: float) -> dict[str, int]:
+        """For every node killed by `t`: how many of our live nodes count it at `now` (the
+        view's own rule, `counted_at_ms`)."""
+        from neuroshard_p2p.timeline import ms_of
+
+        out: dict[str, int] = {}
+        for act in actions:
+            if act["at"] > t:
+                continue
+            for i in act["kill"]:
+                out[str(i)] = sum(
+                    1 for j in self.own
+                    if (p := self.net.peers[j]).alive and p.node is not None and
+                    p.node.engine.view.counted_at_ms(self.signers[i], ms_of(now)) is not None)
+        return out
 
     def _views(self) -> dict[str, Any]:
         """Every live own node's held issued_at_ms per announcer, and each own announcer's own."""
@@ -480,7 +501,8 @@ class Measurement:
 
 def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             duration_s: float | None = 60.0, seed: int = 1, sample_s: float = 0.5,
-            kill_at_s: float | None = None, kill_count: int = 1, out: Path | None = None,
+            kill_at_s: float | None = None, kill_count: int = 1,
+            overrides: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
             setup_timeout_s: float | None = None,
             progress: Callable[[str], None] | None = None) -> Measurement:
     """Run one scenario on `peers` real nodes spread over `workers` processes; see the module
@@ -490,7 +512,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
         raise ScenarioError("measure-real needs at least 2 peers and 1 worker")
     workers = min(workers, peers)
     scenario = build_scenario(scenario_name, duration_s=duration_s, protocol=protocol,
-                              kill_at_s=kill_at_s, kill_count=kill_count)
+                              kill_at_s=kill_at_s, kill_count=kill_count, overrides=overrides)
     market = scenario.market_config()
     planned = plan_peers(scenario, peers, seed)
     actions, truth = plan_events(scenario, planned, seed)
@@ -501,7 +523,8 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     setup_timeout = setup_timeout_s if setup_timeout_s is not None else 60.0 + 1.0 * peers
     warmup = market.settle_delay_s + (market.window_ticks + 1) * market.tick_s
     base = {"scenario": scenario_name, "duration_s": duration_s, "protocol": protocol,
-            "kill_at_s": kill_at_s, "kill_count": kill_count, "peers": peers, "seed": seed,
+            "kill_at_s": kill_at_s, "kill_count": kill_count, "overrides": overrides or {},
+            "peers": peers, "seed": seed,
             "network": network, "sample_s": sample_s}
     shares = [list(range(w, peers, workers)) for w in range(workers)]
     procs: list[WorkerProc] = []
@@ -604,7 +627,7 @@ def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s
     row["events_never_agreed"] = sum(1 for e in events if e["agree_s"] is None)
     row["identical_share"] = figs["agreement"]["identical_share"]
     m = Measurement(scenario.name, protocol, peers, workers, duration, row, windows, figs)
-    m.crash = _crash(results, actions, figs, market)
+    m.crash = _crash(results, actions, figs, market, sample_s)
     m.lag = _lag(results, market)
     row["view_lag_p99_s"] = m.lag.get("p99_s")
     row["view_lag_max_s"] = m.lag.get("max_s")
@@ -635,9 +658,15 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
     }
-    published = delta("published")
-    out["delivery_ratio"] = (round(delta("delivered") / (published * (peers - 1)), 4)
-                             if published else None)
+    # Deliveries expected: each message published in a sample interval, to every other node
+    # alive then.
+    expected = 0.0
+    for k in range(a + 1 if a > 0 else 0, b + 1):
+        published = sum(r["samples"][k]["published"] - (r["samples"][k - 1]["published"]
+                                                        if k > 0 else 0) for r in results)
+        live = sum(len(r["samples"][k]["rows"]) for r in results)
+        expected += published * max(0, live - 1)
+    out["delivery_ratio"] = round(delta("delivered") / expected, 4) if expected else None
     # Raw sums, for the fit.
     out["_raw"] = {"cpu_s": cpu, "rpcs": rpcs, "copies": delta("copies"),
                    "validated": delta("delivered"), "streams": delta("streams"),
@@ -646,7 +675,7 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
 
 
 def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
-           figs: dict[str, Any], market: Any) -> list[dict[str, Any]]:
+           figs: dict[str, Any], market: Any, sample_s: float) -> list[dict[str, Any]]:
     """Per killed node: its own last announcement, whether every live node holds exactly that
     one (then every node stops counting it at the same signed instant, issued_at + timeout), and
     simnet/metrics.py's churn figure (when every node's supply stopped counting it)."""
@@ -661,6 +690,11 @@ def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
             held = {int(j): ms for r in results for j, ms in r["held_last"].get(str(i), {}).items()}
             own_s, own_ms = kills.get(i, (None, None))
             values = sorted(set(held.values()))
+            counting = [(s["k"], sum(r["samples"][s["k"]].get("counting", {}).get(str(i), 0)
+                                    for r in results))
+                        for s in results[0]["samples"] if str(i) in s.get("counting", {})]
+            last_counted = max((k for k, c in counting if c > 0), default=None)
+            gone = [k for k, c in counting if c == 0 and (last_counted is None or k > last_counted)]
             out.append({"node": i, "killed_at_s": act["at"],
                         "last_announced_s": None if own_s is None else round(own_s, 3),
                         "signed_timeout_at_s": (None if own_s is None
@@ -668,6 +702,10 @@ def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
                         "live_nodes": len(held),
                         "distinct_last_held": len(values),
                         "all_hold_its_last": bool(held) and values == [own_ms],
+                        "last_counted_at_s": (None if last_counted is None
+                                              else (last_counted + 0.5) * sample_s),
+                        "no_node_counts_from_s": (None if not gone
+                                                  else (gone[0] + 0.5) * sample_s),
                         "stopped_counting_after_s": figure.get("stopped_counting_after_s"),
                         "first_node_after_s": figure.get("first_peer_after_s"),
                         "bound_after_s": figure.get("bound_after_s"),

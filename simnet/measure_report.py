@@ -111,6 +111,13 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
         raise ScenarioError("--workers must be at least 1")
     scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    from simnet.cli import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    unknown = set(overrides) - {"market", "node", "peers"}
+    if unknown:
+        raise ScenarioError(f"--set: measure-real takes market, node and peers tables, not "
+                            f"{', '.join(sorted(unknown))}")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +130,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     m = measure(name, n, protocol, workers=args.workers, duration_s=args.duration,
                                 seed=args.seed, sample_s=args.sample, kill_at_s=args.kill_at,
                                 kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
+                                overrides=overrides,
                                 out=out / f"{name}-{protocol}-{n}", progress=progress)
                 except RuntimeError as exc:
                     print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
@@ -182,7 +190,8 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
     lines += ["", f"command: neuroshard-simnet measure-real --peers {args.peers} --workers "
                   f"{args.workers} --scenario {args.scenario} --protocol {args.protocol} "
                   f"--duration {args.duration:g}" + (f" --kill-at {args.kill_at:g}"
-                                                     if args.kill_at is not None else "")]
+                                                     if args.kill_at is not None else "")
+              + "".join(f" --set {item}" for item in args.set)]
     return "\n".join(lines) + "\n"
 
 
