@@ -177,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a scenario setting (market, node or peers table), e.g. "
                         "market.window_ticks=4 (repeatable; VALUE is TOML)")
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
-                   help="also time K sync/2.1.0 sessions between two real hosts (0: none)")
+                   help="also time K sync/2.1.0 sessions between two real hosts, views of the "
+                        "largest N signers, with 0 and 10 differences (0: none)")
+    p.add_argument("--bench-only", action="store_true",
+                   help="only the --stream-bench micro-benchmark, no network runs")
     p.add_argument("--out", default="out/measure-real", metavar="DIR")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 

@@ -549,6 +549,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
         say(f"[measure-real] {peers} nodes started in {time.perf_counter() - wall0:.1f} s; "
             f"waiting for meshes and first announcements …")
         next_sync = started + 2.0
+        next_say = started + 10.0
         while True:
             states = [p.ask({"cmd": "status"}) for p in procs]
             meshed = sum(s["meshed"] for s in states)
@@ -559,6 +560,10 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                 raise RuntimeError(f"setup: {peers - meshed} of {peers} nodes without a gossip "
                                    f"mesh and {missing} (node, announcer) pairs missing after "
                                    f"{setup_timeout:g} s")
+            if time.monotonic() >= next_say:
+                say(f"[measure-real] setup {time.monotonic() - started:.0f} s: {meshed}/{peers} "
+                    f"meshed, {missing} (node, announcer) pairs missing")
+                next_say = time.monotonic() + 10.0
             if meshed == peers and time.monotonic() >= next_sync:
                 for p in procs:
                     p.ask({"cmd": "sync"})

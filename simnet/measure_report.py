@@ -123,7 +123,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    for n in sizes:
+    for n in ([] if args.bench_only else sizes):
         for name in scenarios:
             for protocol in protocols:
                 try:
@@ -149,7 +149,10 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                           f"node stopped counting it {crash['stopped_counting_after_s']} s after "
                           f"the kill (bound {crash['bound_after_s']} s)", flush=True)
     bench = None
+    if args.bench_only and not args.stream_bench:
+        raise ScenarioError("--bench-only needs --stream-bench K")
     if args.stream_bench:
+        _quiet_libp2p()
         bench = [trio.run(lambda d=d: stream_bench(args.stream_bench, signers=max(sizes),
                                                    differences=d)) for d in (0, 10)]
         for b in bench:
@@ -165,6 +168,14 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
     print(md)
     print(f"report: {out / 'measure-real.md'}")
     return 1 if any("failed" in r for r in runs) else 0
+
+
+def _quiet_libp2p() -> None:
+    import logging
+
+    import libp2p  # noqa: F401 - configures (and resets) its logger first
+
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
 
 def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str, Any],
