@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
                    help="also time K sync/2.1.0 sessions between two real hosts, views of the "
                         "largest N signers, with 0 and 10 differences (0: none)")
+    p.add_argument("--from", dest="from_dirs", action="append", default=[], metavar="DIR",
+                   help="no new runs: the table, fit and model error of the measure.json files "
+                        "under DIR (repeatable), e.g. runs made by earlier invocations")
     p.add_argument("--bench-only", action="store_true",
                    help="only the --stream-bench micro-benchmark, no network runs")
     p.add_argument("--out", default="out/measure-real", metavar="DIR")

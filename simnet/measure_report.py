@@ -123,7 +123,12 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    for n in ([] if args.bench_only else sizes):
+    for path in sorted(p for d in args.from_dirs for p in Path(d).rglob("measure.json")):
+        data = json.loads(path.read_text())
+        rows.append(data["row"])
+        runs.append({"row": data["row"], "crash": data["crash"], "lag": data["lag"],
+                     "windows": data["windows"], "model": model_error(data["row"])})
+    for n in ([] if args.bench_only or args.from_dirs else sizes):
         for name in scenarios:
             for protocol in protocols:
                 try:
@@ -198,6 +203,9 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
     failed = [r for r in runs if "failed" in r]
     lines += [f"FAILED: N={r['peers']} {r['scenario']} {r['protocol']}: {r['failed']}"
               for r in failed]
+    if args.from_dirs:
+        lines += ["", "runs read from " + ", ".join(args.from_dirs)]
+        return "\n".join(lines) + "\n"
     lines += ["", f"command: neuroshard-simnet measure-real --peers {args.peers} --workers "
                   f"{args.workers} --scenario {args.scenario} --protocol {args.protocol} "
                   f"--duration {args.duration:g}" + (f" --kill-at {args.kill_at:g}"
