@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--setup-timeout", type=float, metavar="S",
                    help="give up when the nodes are not meshed and synced after S seconds "
-                        "(default 60 + 1 s per node)")
+                        "(default 60 + 2 s per node)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a scenario setting (market, node or peers table), e.g. "
                         "market.window_ticks=4 (repeatable; VALUE is TOML)")

@@ -250,7 +250,9 @@ class Worker:
             rng = random.Random(cfg["seed"] * 1009 + cfg["worker"])
             addrs: dict[int, str] = {}
             for i in self.own:
-                boot = rng.sample(known, min(2, len(known)))
+                # Four random earlier nodes (not all the first one): no hub whose gossip mesh
+                # is full (D_hi) for every newcomer, and a mesh within a heartbeat or two.
+                boot = rng.sample(known, min(4, len(known)))
                 await net._start(net.peers[i], boot)
                 addr = net.peers[i].node.addrs[0]
                 known.append(addr)
@@ -520,7 +522,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     out = Path(out or f"out/measure-real/{scenario.name}-{protocol}-{peers}")
     out.mkdir(parents=True, exist_ok=True)
     network = f"measure-{seed}-{random.randrange(1 << 30):x}"
-    setup_timeout = setup_timeout_s if setup_timeout_s is not None else 60.0 + 1.0 * peers
+    setup_timeout = setup_timeout_s if setup_timeout_s is not None else 60.0 + 2.0 * peers
     warmup = market.settle_delay_s + (market.window_ticks + 1) * market.tick_s
     base = {"scenario": scenario_name, "duration_s": duration_s, "protocol": protocol,
             "kill_at_s": kill_at_s, "kill_count": kill_count, "overrides": overrides or {},
