@@ -254,7 +254,15 @@ class Worker:
                 # is full (D_hi) for every newcomer, and a mesh within a heartbeat or two.
                 boot = rng.sample(known, min(4, len(known)))
                 await net._start(net.peers[i], boot)
-                addr = net.peers[i].node.addrs[0]
+                node = net.peers[i].node
+                if boot:
+                    # One node at a time into the network: started all at once on a loaded
+                    # machine, a process's handshakes timed out (dials "no answer within
+                    # 10 s") and nodes sat with connections but no pubsub peer for minutes.
+                    with trio.move_on_after(5.0):
+                        while not node.pubsub.peer_topics.get(node.topic):
+                            await trio.sleep(0.05)
+                addr = node.addrs[0]
                 known.append(addr)
                 addrs[i] = addr
             self.reply({"addrs": addrs})
@@ -278,7 +286,14 @@ class Worker:
         meshed = sum(1 for p in own if net._meshed(p))
         missing = sum(1 for p in own if p.alive for a in self.announcers
                       if p.node.engine.view.current(self.signers[a]) is None)
-        return {"meshed": meshed, "n": len(own), "missing": missing}
+        unmeshed = []
+        for p in own:
+            if not net._meshed(p) and p.node is not None and len(unmeshed) < 3:
+                gs = p.node.gossipsub
+                unmeshed.append({"node": p.index, "connected": p.node.peer_count,
+                                 "topic_peers": len(p.node.pubsub.peer_topics.get(p.node.topic, ())),
+                                 "mesh": len(gs.mesh.get(p.node.topic, ()))})
+        return {"meshed": meshed, "n": len(own), "missing": missing, "unmeshed": unmeshed}
 
     async def _watch_loop(self) -> None:
         """The trio loop's lag: how late a 50 ms sleep wakes (the largest since the last read)."""
@@ -564,7 +579,8 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                                    f"{setup_timeout:g} s")
             if time.monotonic() >= next_say:
                 say(f"[measure-real] setup {time.monotonic() - started:.0f} s: {meshed}/{peers} "
-                    f"meshed, {missing} (node, announcer) pairs missing")
+                    f"meshed, {missing} (node, announcer) pairs missing; without a mesh: "
+                    f"{[u for st in states for u in st.get('unmeshed', [])][:4]}")
                 next_say = time.monotonic() + 10.0
             if meshed == peers and time.monotonic() >= next_sync:
                 for p in procs:
