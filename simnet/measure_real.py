@@ -286,6 +286,19 @@ class Worker:
         meshed = sum(1 for p in own if net._meshed(p))
         missing = sum(1 for p in own if p.alive for a in self.announcers
                       if p.node.engine.view.current(self.signers[a]) is None)
+        # Connected peers pubsub holds no stream with. py-libp2p 0.8.1 retries opening the
+        # pubsub stream only on SwarmException/StreamClosed; any other failure (a negotiation
+        # timing out on a loaded machine) ends its registration for good, and a node whose
+        # every connection went that way sits connected with no pubsub peer (seen for 9 of 50
+        # nodes at load 12). The setup asks pubsub to retry them, as the node itself should.
+        repaired = 0
+        for p in own:
+            if p.alive and p.node is not None and p.node.pubsub is not None:
+                pubsub = p.node.pubsub
+                for peer in p.node.host.get_connected_peers():
+                    if peer not in pubsub.peers:
+                        pubsub._schedule_peer_stream_retry(peer)
+                        repaired += 1
         unmeshed = []
         for p in own:
             if not net._meshed(p) and p.node is not None and len(unmeshed) < 3:
@@ -293,7 +306,8 @@ class Worker:
                 unmeshed.append({"node": p.index, "connected": p.node.peer_count,
                                  "topic_peers": len(p.node.pubsub.peer_topics.get(p.node.topic, ())),
                                  "mesh": len(gs.mesh.get(p.node.topic, ()))})
-        return {"meshed": meshed, "n": len(own), "missing": missing, "unmeshed": unmeshed}
+        return {"meshed": meshed, "n": len(own), "missing": missing, "unmeshed": unmeshed,
+                "pubsub_retries": repaired}
 
     async def _watch_loop(self) -> None:
         """The trio loop's lag: how late a 50 ms sleep wakes (the largest since the last read)."""
@@ -579,7 +593,8 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                                    f"{setup_timeout:g} s")
             if time.monotonic() >= next_say:
                 say(f"[measure-real] setup {time.monotonic() - started:.0f} s: {meshed}/{peers} "
-                    f"meshed, {missing} (node, announcer) pairs missing; without a mesh: "
+                    f"meshed, {missing} (node, announcer) pairs missing; pubsub streams "
+                    f"retried {sum(st.get('pubsub_retries', 0) for st in states)}; without a mesh: "
                     f"{[u for st in states for u in st.get('unmeshed', [])][:4]}")
                 next_say = time.monotonic() + 10.0
             if meshed == peers and time.monotonic() >= next_sync:
