@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a scenario setting (market, node or peers table), e.g. "
                         "market.window_ticks=4 (repeatable; VALUE is TOML)")
+    p.add_argument("--min-ready", type=float, default=1.0, metavar="F",
+                   help="start once this share of the nodes has a gossip mesh and at most "
+                        "1 - F of the (node, announcer) pairs miss a first announcement "
+                        "(default 1: all; a loaded machine may never get there)")
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
                    help="also time K sync/2.1.0 sessions between two real hosts, views of the "
                         "largest N signers, with 0 and 10 differences (0: none)")

@@ -135,7 +135,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     m = measure(name, n, protocol, workers=args.workers, duration_s=args.duration,
                                 seed=args.seed, sample_s=args.sample, kill_at_s=args.kill_at,
                                 kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
-                                overrides=overrides,
+                                overrides=overrides, min_ready=args.min_ready,
                                 out=out / f"{name}-{protocol}-{n}", progress=progress)
                 except RuntimeError as exc:
                     print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
