@@ -700,7 +700,7 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
     }
     # Deliveries expected: each message published in a sample interval, to every other node
-    # alive then.
+    # alive then. Messages still in flight at the end of the window count as not delivered.
     expected = 0.0
     for k in range(a + 1 if a > 0 else 0, b + 1):
         published = sum(r["samples"][k]["published"] - (r["samples"][k - 1]["published"]
