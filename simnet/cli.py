@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_dirs", action="append", default=[], metavar="DIR",
                    help="no new runs: the table, fit and model error of the measure.json files "
                         "under DIR (repeatable), e.g. runs made by earlier invocations")
+    p.add_argument("--stream-ms", type=float, metavar="MS",
+                   help="pin the fit's per-stream cost (one end) to MS, e.g. half the "
+                        "micro-benchmark's session (default: from --stream-bench if run)")
     p.add_argument("--bench-only", action="store_true",
                    help="only the --stream-bench micro-benchmark, no network runs")
     p.add_argument("--out", default="out/measure-real", metavar="DIR")

@@ -165,10 +165,13 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                   f"{b['ms_cpu_per_session']} ms CPU (both ends), {b['ms_wall_per_session']} ms "
                   f"wall", flush=True)
     fit = fit_costs(rows)
-    md = render(rows, runs, fit, bench, args)
+    stream_ms = args.stream_ms if args.stream_ms is not None else (
+        bench[0]["ms_cpu_per_session"] / 2 if bench else None)
+    pinned = fit_costs(rows, stream_ms) if stream_ms is not None else None
+    md = render(rows, runs, fit, bench, args, pinned)
     (out / "measure-real.md").write_text(md)
     (out / "measure-real.json").write_text(json.dumps(
-        {"runs": runs, "fit": fit, "stream_bench": bench, "sim_model": SIM_MODEL,
+        {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "stream_bench": bench, "sim_model": SIM_MODEL,
          "load": os.getloadavg()}, indent=2, default=str) + "\n")
     print(md)
     print(f"report: {out / 'measure-real.md'}")
@@ -184,7 +187,8 @@ def _quiet_libp2p() -> None:
 
 
 def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str, Any],
-           bench: list[dict[str, Any]] | None, args: argparse.Namespace) -> str:
+           bench: list[dict[str, Any]] | None, args: argparse.Namespace,
+           pinned: dict[str, Any] | None = None) -> str:
     lines = ["# measure-real", "", TABLE_HEAD]
     lines += [format_row(r) for r in rows]
     lines += ["", "| N | scenario | protocol | model (sim) CPU % | measured CPU % | model error | "
@@ -198,6 +202,8 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
                      f"{r['load_before'][0]} → {r['load_after'][0]} | {r['setup_s']} | "
                      f"{r['wall_s']} |")
     lines += ["", f"fit: {json.dumps(fit)}"]
+    if pinned is not None:
+        lines += [f"fit with the stream cost pinned: {json.dumps(pinned)}"]
     if bench:
         lines += [f"stream bench: {json.dumps(b)}" for b in bench]
     failed = [r for r in runs if "failed" in r]
