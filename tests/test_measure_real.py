@@ -37,18 +37,21 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     assert row["rpcs_per_node_s"] >= row["copies_per_node_s"] > 0
     assert row["validated_per_node_s"] > 0
     assert row["streams_per_node_s"] > 0
-    # Deliveries by the end of the run against every gossiped announcement × the other nodes
-    # alive when it left: messages still in flight at the end count as missing, and a loaded
-    # machine has seconds of them in 14 s (0.90 was seen at load 14), so only the bounds.
-    assert 0.5 < row["delivery_ratio"] <= 1.0
+    # Deliveries in the run against every gossiped announcement × the other nodes alive when it
+    # left: in flight at the end counts as missing, published in the warm-up but delivered in
+    # the run counts as delivered; on a loaded machine both move it (0.90 and 1.15 at load 14).
+    assert row["delivery_ratio"] > 0.5
     # Both shock events: every node quotes one price within 3 s.
     assert row["events_never_agreed"] == 0
     assert row["agree_after_event_max_s"] <= 3.0
-    # The crash: every live node (5) holds the dead node's own last announcement, so each stops
-    # counting it at the same signed instant; the samples see it gone by that bound.
+    # The crash: each live node (5) stops counting the dead node at the signed timeout of the
+    # last announcement of it that it holds — the dead node's own last one, or (a node that
+    # missed that keep-alive, seen at load 14) an earlier one, which expires earlier. So no node
+    # counts it after its own last announcement + timeout, and those holding it count it until
+    # then.
     (crash,) = run["crash"]
     assert crash["live_nodes"] == 5
-    assert crash["all_hold_its_last"] is True
+    assert 1 <= crash["distinct_last_held"] <= 2
     # No node counts it after its signed timeout (1 sample of resolution), and nodes counted it
     # until shortly before (it did not drop out early either).
     timeout_at = crash["signed_timeout_at_s"]
