@@ -188,7 +188,7 @@ def install_counters() -> None:
         _Counts.rpcs += 1
         return data
 
-    pubsub_module.read_varint_prefixed_bytes_limited = counted_read
+    pubsub_module.read_varint_prefixed_bytes_limited = counted_read  # type: ignore[assignment]
     push = pubsub_module.Pubsub.push_msg
 
     async def counted_push(self: Any, msg_forwarder: Any, msg: Any) -> None:
@@ -299,7 +299,7 @@ class Worker:
                     if peer not in pubsub.peers:
                         pubsub._schedule_peer_stream_retry(peer)
                         repaired += 1
-        unmeshed = []
+        unmeshed: list[dict[str, int]] = []
         for p in own:
             if not net._meshed(p) and p.node is not None and len(unmeshed) < 3:
                 gs = p.node.gossipsub
@@ -560,7 +560,11 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     shares = [list(range(w, peers, workers)) for w in range(workers)]
     procs: list[WorkerProc] = []
     deadline = time.monotonic() + setup_timeout + warmup + scenario.duration_s + 120.0
-    watchdog = threading.Timer(deadline - time.monotonic(), lambda: [p.proc.kill() for p in procs])
+    def kill_all() -> None:
+        for proc in procs:
+            proc.proc.kill()
+
+    watchdog = threading.Timer(deadline - time.monotonic(), kill_all)
     watchdog.daemon = True
     watchdog.start()
     load_before = os.getloadavg()
@@ -726,7 +730,7 @@ def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
     for act in actions:
         if not act["kill"]:
             continue
-        figure = next(churn, {})
+        figure: dict[str, Any] = next(churn, {})
         for i in act["kill"]:
             held = {int(j): ms for r in results for j, ms in r["held_last"].get(str(i), {}).items()}
             own_s, own_ms = kills.get(i, (None, None))
