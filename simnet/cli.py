@@ -5,6 +5,7 @@
     neuroshard-simnet testnet --peers 5                               # separate processes
     neuroshard-simnet economics --out out/economics
     neuroshard-simnet scaling --peers 10,100,1000,10000                # load per peer vs N
+    neuroshard-simnet measure-real --peers 25,50,100 --workers 4       # real nodes, measured
     neuroshard-simnet attack --peers 1000                             # every attack vs honest
     neuroshard-simnet attack --peers 20 --transport libp2p --attack demand-pump,sybil-demand
     neuroshard-simnet scenarios                                       # what ships
@@ -31,7 +32,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 # Commands whose code imports numpy, an optional dependency (the `simnet` extra): the simulated
 # network's flood model, which `run` on libp2p and `scaling` use too. `testnet`, `economics` and
 # `scenarios` run without it (matplotlib, the extra's other half, only costs the plots).
-NEEDS_NUMPY = frozenset({"run", "scaling", "attack"})
+NEEDS_NUMPY = frozenset({"run", "scaling", "attack", "measure-real"})
 MISSING_EXTRA = ("neuroshard-simnet needs the simnet extra (numpy is not installed): "
                  "pip install 'neuroshard-p2p[simnet]'")
 
@@ -138,6 +139,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write scaling.json and scaling.md here")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser(
+        "measure-real", help="real libp2p nodes in several processes: CPU and traffic per node",
+        description="Start W worker processes, each hosting its share of N real nodes on "
+                    "127.0.0.1, joined into one network; run each scenario for each N and "
+                    "protocol (keep-alives by gossip, or quiet keep-alives by sync/2.1.0) and "
+                    "print per node: CPU (process CPU time, not wall) as %% of a core, received "
+                    "gossip RPCs, message copies, validated messages and sync streams per "
+                    "second, the loop lag, gossip delivery, view lag and price agreement after "
+                    "each event; then the per-RPC and per-stream costs fitted over all runs "
+                    "and the simulator's cost model against the measured CPU. Writes "
+                    "measure.json per run and measure-real.md to --out.")
+    p.add_argument("--peers", default="25,50,100", metavar="N,N,...",
+                   help="network sizes (default 25,50,100)")
+    p.add_argument("--workers", type=int, default=4, metavar="W",
+                   help="worker processes (default 4; the nodes are dealt round-robin)")
+    p.add_argument("--scenario", default="steady,shock", metavar="NAME,...",
+                   help="scenarios (default steady,shock; capacity, demand, kill and stop "
+                        "events only)")
+    p.add_argument("--protocol", default="gossip,quiet", metavar="P,...",
+                   help="gossip: keep-alives by gossip (quiet_keep_alives off); quiet: only "
+                        "material changes gossip (default both)")
+    p.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="measured seconds per run, after setup and the price's warm-up "
+                        "(the scenario's timeline is scaled to it; default 60)")
+    p.add_argument("--kill-at", type=float, metavar="S",
+                   help="also crash (kill, no withdrawal) --kill-count providers at S: checks "
+                        "every node stops counting them at their signed timeout")
+    p.add_argument("--kill-count", type=int, default=1, metavar="K")
+    p.add_argument("--sample", type=float, default=0.5, metavar="S",
+                   help="seconds between samples of every node's price (default 0.5)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--setup-timeout", type=float, metavar="S",
+                   help="give up when the nodes are not meshed and synced after S seconds "
+                        "(default 60 + 2 s per node)")
+    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a scenario setting (market, node or peers table), e.g. "
+                        "market.window_ticks=4 (repeatable; VALUE is TOML)")
+    p.add_argument("--min-ready", type=float, default=1.0, metavar="F",
+                   help="start once this share of the nodes has a gossip mesh and at most "
+                        "1 - F of the (node, announcer) pairs miss a first announcement "
+                        "(default 1: all; a loaded machine may never get there)")
+    p.add_argument("--stream-bench", type=int, default=0, metavar="K",
+                   help="also time K sync/2.1.0 sessions between two real hosts, views of the "
+                        "largest N signers, with 0 and 10 differences (0: none)")
+    p.add_argument("--from", dest="from_dirs", action="append", default=[], metavar="DIR",
+                   help="no new runs: the table, fit and model error of the measure.json files "
+                        "under DIR (repeatable), e.g. runs made by earlier invocations")
+    p.add_argument("--stream-ms", type=float, metavar="MS",
+                   help="pin the fit's per-stream cost (one end) to MS, e.g. half the "
+                        "micro-benchmark's session (default: from --stream-bench if run)")
+    p.add_argument("--bench-only", action="store_true",
+                   help="only the --stream-bench micro-benchmark, no network runs")
+    p.add_argument("--out", default="out/measure-real", metavar="DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
     p = sub.add_parser("liars", help="hostile providers among honest ones: what buyers see",
                        description="Real libp2p nodes in this process: liars that announce the "
                                    "cheapest capacity and then hold, refuse or forge every job, "
@@ -240,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "liars":
             return cmd_liars(args)
+        if args.command == "measure-real":
+            from simnet.measure_report import cmd_measure_real
+
+            return cmd_measure_real(args)
         if args.command == "attack":
             return cmd_attack(args)
         if args.command == "scenarios":

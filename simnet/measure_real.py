@@ -1,0 +1,887 @@
+"""`neuroshard-simnet measure-real`: real libp2p nodes in several processes, measured.
+
+Issue 15 item 4: the simulator's cost model (docs/scaling.md) prices a node's market work as
+gossip copies × a per-hop cost + validated messages × a per-message cost + sync streams × a
+per-stream cost. This command measures the real thing: W worker processes, each hosting n real
+`Node`s (simnet/real.py's peers: py-libp2p hosts on 127.0.0.1, gossipsub, sync, peer exchange,
+the engine) joined into one network, run a scenario in real time, and each worker counts, for
+its own nodes:
+
+- process CPU seconds (`time.process_time`, not wall: the machine is shared), minus what the
+  measurement itself spends reading prices (timed around every sample and taken off);
+- gossip RPC frames received (every length-prefixed RPC py-libp2p's pubsub reads off a stream:
+  message copies, IHAVE/IWANT/GRAFT/PRUNE and subscriptions alike) and, of those, the message
+  copies handed to pubsub's `push_msg` (first copies and duplicates);
+- messages validated (first copies the engine judged), sync/2.x streams (started + served);
+- the trio loop's lag (a 50 ms sleep's overshoot): a process whose nodes cannot keep up shows it
+  here first.
+
+Counting RPC frames and copies wraps two py-libp2p functions in the worker processes only (the
+measured nodes are otherwise the product, untouched); the wrappers add two integer increments.
+
+The coordinator (this process) starts the workers, gives each the others' addresses to
+bootstrap from, waits until every node has a gossip mesh and every first announcement (as
+`RealNetwork` does), starts the run at one wall-clock instant t0 after the price's warm-up,
+tells every worker the scenario's events as per-node actions (chosen here, with the same rules
+as simnet/real.py), and merges what the workers sampled at shared instants into one `Recorder`:
+the agreement and churn figures are simnet/metrics.py's, the same as for `run`.
+
+Workers talk to the coordinator in JSON lines over stdin/stdout; their logs go to
+`<out>/worker-<k>.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from simnet.metrics import PeerSample, Recorder, figures
+from simnet.scenario import Event, Scenario, ScenarioError, load
+
+#: Node settings of every measured node: market traffic only. On loopback mDNS and UPnP are off
+#: already (node/reach.py); AutoNAT probes and relay reservations are the reach layer's traffic,
+#: not the market's, and would only add noise to the per-node figures.
+MEASURE_NODE = {"autonat": False, "relay_service": "off", "relay_client": False,
+                "hole_punching": False}
+PROTOCOLS = {"gossip": False, "quiet": True}  # name -> quiet_keep_alives
+#: How often (in samples) workers report every node's view of every announcer (lag check).
+LAG_EVERY = 10
+
+
+# ------------------------------------------------------------------------------------------
+# The plan: who is who, and what each event does to which node (the coordinator decides).
+
+
+@dataclass
+class PlannedPeer:
+    """A node of the measured network as the coordinator plans it (mirrors real.RealPeer)."""
+
+    index: int
+    role: str
+    capacity: int
+    demand: int
+    alive: bool = True
+
+
+def build_scenario(name: str, *, duration_s: float | None, protocol: str,
+                   kill_at_s: float | None = None, kill_count: int = 1,
+                   overrides: dict[str, dict[str, Any]] | None = None) -> Scenario:
+    """The scenario a measurement runs: shipped or a file, scaled to `duration_s`, `overrides`
+    ({table: {key: value}}, as `--set`), the measured nodes' settings, and (for the crash check)
+    a kill of `kill_count` providers at `kill_at_s`."""
+    if protocol not in PROTOCOLS:
+        raise ScenarioError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    scenario = load(name)
+    if duration_s is not None:
+        scenario = scenario.scaled(duration_s)
+    tables = {k: dict(v) for k, v in (overrides or {}).items()}
+    tables["node"] = {**MEASURE_NODE, **tables.get("node", {}),
+                      "quiet_keep_alives": PROTOCOLS[protocol]}
+    scenario = scenario.with_overrides(**tables)
+    scenario.market_config()  # checks the merged values
+    for event in scenario.events:
+        if event.action not in ("capacity", "demand", "kill", "stop"):
+            raise ScenarioError(f"measure-real runs capacity, demand, kill and stop events; "
+                                f"{scenario.name} has {event.action!r}")
+    if kill_at_s is not None:
+        if not 0 <= kill_at_s < scenario.duration_s:
+            raise ScenarioError(f"--kill-at {kill_at_s:g}: must be inside the run "
+                                f"(0..{scenario.duration_s:g} s)")
+        kill = Event(at_s=kill_at_s, action="kill", who="providers", count=kill_count,
+                     label=f"crash {kill_count} provider(s)")
+        events = tuple(sorted((*scenario.events, kill), key=lambda e: e.at_s))
+        scenario = replace(scenario, events=events)
+    return scenario
+
+
+def plan_peers(scenario: Scenario, n: int, seed: int) -> list[PlannedPeer]:
+    """Roles, capacities and demands of `n` nodes: RealNetwork._setup's rule and random draws
+    (the same seed gives the same assignment in every process)."""
+    rng = random.Random(seed)
+    setup = scenario.peers
+    market = scenario.market_config()
+    providers, demand = setup.assign(n, rng)
+    total_supply = len(providers) * setup.capacity
+    total_demand = setup.utilization * market.target_response_s * total_supply
+    out = []
+    for i in range(n):
+        role = "provider" if i in providers else ("demand" if i in demand else "idle")
+        out.append(PlannedPeer(i, role, setup.capacity if i in providers else 0,
+                               round(total_demand / max(1, len(demand))) if i in demand else 0))
+    return out
+
+
+def plan_events(scenario: Scenario, peers: list[PlannedPeer], seed: int
+                ) -> tuple[list[dict[str, Any]], list[tuple[float, tuple[int, int, int]]]]:
+    """Every event as per-node actions ({"at", "offer": {i: [tokens/s, min price nano]},
+    "demand": {i: tokens}, "kill": [i], "stop": [i]}) and the true market after each
+    (time, (supply, demand, live nodes)), with simnet/real.py's choices."""
+    from neuroshard_p2p.money import to_nano
+
+    market = scenario.market_config()
+    rng = random.Random(seed + 7919)
+    peers = [replace(p) for p in peers]
+    actions: list[dict[str, Any]] = []
+    truth = [(0.0, _truth(peers))]
+    for event in scenario.events:
+        live = [p for p in peers if p.alive]
+        act: dict[str, Any] = {"at": event.at_s, "offer": {}, "demand": {}, "kill": [],
+                               "stop": [], "title": event.title, "action": event.action}
+        if event.action == "capacity":
+            for p in event.choose(live, rng, spare_first=True):
+                p.capacity = event.new_capacity(p.capacity, market.max_node_tokens_per_s)
+                price = to_nano(scenario.peers.ask_of(p.index)) if p.capacity else 0
+                act["offer"][p.index] = [p.capacity, price]
+        elif event.action == "demand":
+            chosen = [p for p in live if p.demand > 0] or [p for p in live if p.role == "demand"]
+            supply = sum(p.capacity for p in live)
+            for p, d in zip(chosen, event.new_demands([p.demand for p in chosen], supply,
+                                                      market.target_response_s)):
+                p.demand = d
+                act["demand"][p.index] = d
+        else:  # kill / stop
+            chosen = event.choose(live, rng, spare_first=True)
+            for p in chosen:
+                p.alive = False
+            act[event.action] = [p.index for p in chosen]
+            act["capacity_removed"] = sum(p.capacity for p in chosen)
+            act["demand_removed"] = sum(p.demand for p in chosen)
+        actions.append(act)
+        truth.append((event.at_s, _truth(peers)))
+    return actions, truth
+
+
+def _truth(peers: list[PlannedPeer]) -> tuple[int, int, int]:
+    live = [p for p in peers if p.alive]
+    return (sum(p.capacity for p in live), sum(p.demand for p in live), len(live))
+
+
+# ------------------------------------------------------------------------------------------
+# Worker process: hosts its share of the nodes.
+
+
+class _Counts:
+    """Process-wide counters of the two wrapped py-libp2p functions."""
+
+    rpcs = 0
+    copies: dict[int, int] = {}
+
+
+def install_counters() -> None:
+    """Count every pubsub RPC frame read and every received message copy (by pubsub instance)."""
+    import libp2p.pubsub.pubsub as pubsub_module
+
+    read = pubsub_module.read_varint_prefixed_bytes_limited
+
+    async def counted_read(stream: Any, limit: int) -> bytes:
+        data = await read(stream, limit)
+        _Counts.rpcs += 1
+        return data
+
+    pubsub_module.read_varint_prefixed_bytes_limited = counted_read  # type: ignore[assignment]
+    push = pubsub_module.Pubsub.push_msg
+
+    async def counted_push(self: Any, msg_forwarder: Any, msg: Any) -> None:
+        if msg_forwarder != self.my_id:
+            _Counts.copies[id(self)] = _Counts.copies.get(id(self), 0) + 1
+        await push(self, msg_forwarder, msg)
+
+    pubsub_module.Pubsub.push_msg = counted_push  # type: ignore[method-assign]
+
+
+class Worker:
+    """One worker process: starts its nodes, answers the coordinator's commands."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.own: list[int] = list(config["own"])
+        self.scenario = build_scenario(config["scenario"], duration_s=config["duration_s"],
+                                       protocol=config["protocol"],
+                                       kill_at_s=config.get("kill_at_s"),
+                                       kill_count=config.get("kill_count", 1),
+                                       overrides=config.get("overrides"))
+        self.net: Any = None
+        self.signers: list[bytes] = []
+        self.announcers: list[int] = []
+        self._sampling_cpu = 0.0
+        self._loop_lag = 0.0
+
+    @staticmethod
+    def reply(data: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(data, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    @staticmethod
+    async def command() -> dict[str, Any]:
+        import trio
+
+        line = await trio.to_thread.run_sync(sys.stdin.readline)
+        if not line:
+            return {"cmd": "stop"}
+        return json.loads(line)
+
+    async def main(self) -> None:
+        import trio
+
+        from simnet.real import RealNetwork
+
+        cfg = self.config
+        n = cfg["peers"]
+        self.net = net = RealNetwork(self.scenario, n, seed=cfg["seed"], network=cfg["network"],
+                                     sample_s=cfg["sample_s"])
+        planned = plan_peers(self.scenario, n, cfg["seed"])
+        async with trio.open_nursery() as nursery:
+            net._nursery = nursery
+            for p in planned:
+                net._new_peer(p.role, p.capacity, p.demand)
+            self.signers = [p.key.public_key.format(compressed=True) for p in net.peers]
+            self.announcers = [p.index for p in planned if p.capacity or p.demand]
+            others = list(cfg["bootstrap"])
+            mine: list[str] = []
+            rng = random.Random(cfg["seed"] * 1009 + cfg["worker"])
+            addrs: dict[int, str] = {}
+            for i in self.own:
+                # Four random earlier nodes, two of them (once there are) our own: every worker
+                # knows only worker 0's addresses, and when every node dialled those, worker 0's
+                # nodes filled up (max_peers) and the same two nodes of 100 (seed 1) stayed with
+                # no connection at all through 400 s of setup, twice.
+                boot = rng.sample(mine, min(2, len(mine)))
+                boot += rng.sample(others, min(4 - len(boot), len(others)))
+                await net._start(net.peers[i], boot)
+                node = net.peers[i].node
+                if boot:
+                    # One node at a time into the network: started all at once on a loaded
+                    # machine, a process's handshakes timed out (dials "no answer within
+                    # 10 s") and nodes sat with connections but no pubsub peer for minutes.
+                    with trio.move_on_after(5.0):
+                        while not node.pubsub.peer_topics.get(node.topic):
+                            await trio.sleep(0.05)
+                addr = node.addrs[0]
+                mine.append(addr)
+                addrs[i] = addr
+            self.reply({"addrs": addrs})
+            nursery.start_soon(self._watch_loop)
+            while True:
+                cmd = await self.command()
+                if cmd["cmd"] == "status":
+                    self.reply(self.status())
+                elif cmd["cmd"] == "sync":
+                    await net._sync_round()
+                    self.reply({"ok": True})
+                elif cmd["cmd"] == "run":
+                    self.reply(await self.run(cmd["t0"], cmd["actions"]))
+                else:
+                    break
+            nursery.cancel_scope.cancel()
+
+    def status(self) -> dict[str, Any]:
+        net = self.net
+        own = [net.peers[i] for i in self.own]
+        meshed = sum(1 for p in own if net._meshed(p))
+        missing = sum(1 for p in own if p.alive for a in self.announcers
+                      if p.node.engine.view.current(self.signers[a]) is None)
+        # Connected peers pubsub holds no stream with. py-libp2p 0.8.1 retries opening the
+        # pubsub stream only on SwarmException/StreamClosed; any other failure (a negotiation
+        # timing out on a loaded machine) ends its registration for good, and a node whose
+        # every connection went that way sits connected with no pubsub peer (seen for 9 of 50
+        # nodes at load 12). The setup asks pubsub to retry them, as the node itself should.
+        repaired = 0
+        for p in own:
+            if p.alive and p.node is not None and p.node.pubsub is not None:
+                pubsub = p.node.pubsub
+                for peer in p.node.host.get_connected_peers():
+                    if peer not in pubsub.peers:
+                        pubsub._schedule_peer_stream_retry(peer)
+                        repaired += 1
+        unmeshed: list[dict[str, int]] = []
+        for p in own:
+            if not net._meshed(p) and p.node is not None and len(unmeshed) < 3:
+                gs = p.node.gossipsub
+                unmeshed.append({"node": p.index, "connected": p.node.peer_count,
+                                 "topic_peers": len(p.node.pubsub.peer_topics.get(p.node.topic, ())),
+                                 "mesh": len(gs.mesh.get(p.node.topic, ()))})
+        return {"meshed": meshed, "n": len(own), "missing": missing, "unmeshed": unmeshed,
+                "pubsub_retries": repaired}
+
+    async def _watch_loop(self) -> None:
+        """The trio loop's lag: how late a 50 ms sleep wakes (the largest since the last read)."""
+        import trio
+
+        while True:
+            start = trio.current_time()
+            await trio.sleep(0.05)
+            self._loop_lag = max(self._loop_lag, trio.current_time() - start - 0.05)
+
+    def _totals(self) -> dict[str, float]:
+        from simnet.real import gossip_totals
+
+        delivered = streams = published = copies = 0
+        for i in self.own:
+            node = self.net.peers[i].node
+            if node is None:
+                continue
+            delivered += sum(gossip_totals(node))
+            streams += node.counters.syncs_started + node.counters.syncs_served
+            published += node.counters.published
+            copies += _Counts.copies.get(id(node.pubsub), 0)
+        return {"cpu": time.process_time() - self._sampling_cpu, "rpcs": _Counts.rpcs,
+                "copies": copies, "delivered": delivered, "streams": streams,
+                "published": published}
+
+    async def run(self, t0: float, actions: list[dict[str, Any]]) -> dict[str, Any]:
+        import trio
+
+        from neuroshard_p2p.timeline import seconds_of
+        from simnet.real import read_market
+
+        net = self.net
+        duration, sample_s = self.scenario.duration_s, self.config["sample_s"]
+        trio_t0 = trio.current_time() + (t0 - time.time())
+        await trio.sleep_until(trio_t0)
+        base = self._totals()
+        self._loop_lag = 0.0
+        own = set(self.own)
+        kills: dict[str, list[float]] = {}
+        held_last: dict[str, dict[str, int]] = {}
+
+        async def apply(act: dict[str, Any]) -> None:
+            await trio.sleep_until(trio_t0 + act["at"])
+            for key, (tokens, price) in act["offer"].items():
+                p = net.peers[int(key)]
+                if int(key) in own and p.alive:
+                    p.capacity = tokens
+                    p.node.set_offer(tokens, price)
+            for key, demand in act["demand"].items():
+                p = net.peers[int(key)]
+                if int(key) in own and p.alive:
+                    p.demand = demand
+                    net._push_demand(p)
+            for how in ("kill", "stop"):
+                for i in act[how]:
+                    p = net.peers[i]
+                    if i not in own or not p.alive:
+                        continue
+                    mine = p.node.engine.view.current(p.node.engine.signer)
+                    if mine is not None:
+                        kills[str(i)] = [seconds_of(mine.issued_at_ms) - t0, mine.issued_at_ms]
+                    p.alive = False
+                    if how == "kill":
+                        assert p.scope is not None
+                        p.scope.cancel()  # a hard stop: no withdrawal
+                    else:
+                        p.stop.set()
+
+        samples = []
+        async with trio.open_nursery() as nursery:
+            for act in actions:
+                nursery.start_soon(apply, act)
+            k = 0
+            while (k + 0.5) * sample_s < duration:
+                await trio.sleep_until(trio_t0 + (k + 0.5) * sample_s)
+                c0 = time.process_time()
+                now = t0 + (k + 0.5) * sample_s
+                rows = []
+                for i in self.own:
+                    p = net.peers[i]
+                    if p.alive and p.node is not None:
+                        rows.append([i, *read_market(p.node, now)])
+                sample: dict[str, Any] = {"k": k, "rows": rows, "lag": self._loop_lag,
+                                          "counting": self._counting(actions, now - t0, now)}
+                self._loop_lag = 0.0
+                if k % LAG_EVERY == LAG_EVERY - 1:
+                    sample["views"] = self._views()
+                self._sampling_cpu += time.process_time() - c0
+                totals = self._totals()
+                sample.update({key: totals[key] - base[key] for key in totals})
+                samples.append(sample)
+                k += 1
+            nursery.cancel_scope.cancel()
+        # Which last announcement of each killed node every live node of ours holds.
+        for act in actions:
+            for i in act["kill"]:
+                held_last[str(i)] = {}
+                for j in self.own:
+                    p = net.peers[j]
+                    if p.alive and p.node is not None:
+                        held = p.node.engine.view.current(self.signers[i])
+                        held_last[str(i)][str(j)] = 0 if held is None else held.issued_at_ms
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {"worker": self.config["worker"], "n": len(self.own), "samples": samples,
+                "kills": kills, "held_last": held_last,
+                "maxrss_mb": round(usage.ru_maxrss / 1024, 1),
+                "sampling_cpu_s": round(self._sampling_cpu, 3)}
+
+    def _counting(self, actions: list[dict[str, Any]], t: float, now: float) -> dict[str, int]:
+        """For every node killed by `t`: how many of our live nodes count it at `now` (the
+        view's own rule, `counted_at_ms`)."""
+        from neuroshard_p2p.timeline import ms_of
+
+        out: dict[str, int] = {}
+        for act in actions:
+            if act["at"] > t:
+                continue
+            for i in act["kill"]:
+                out[str(i)] = sum(
+                    1 for j in self.own
+                    if (p := self.net.peers[j]).alive and p.node is not None and
+                    p.node.engine.view.counted_at_ms(self.signers[i], ms_of(now)) is not None)
+        return out
+
+    def _views(self) -> dict[str, Any]:
+        """Every live own node's held issued_at_ms per announcer, and each own announcer's own."""
+        held, mine = {}, {}
+        for i in self.own:
+            p = self.net.peers[i]
+            if not (p.alive and p.node is not None):
+                continue
+            view = p.node.engine.view
+            held[str(i)] = [getattr(view.current(self.signers[a]), "issued_at_ms", 0)
+                            for a in self.announcers]
+            own = view.current(self.signers[i])
+            if own is not None:
+                mine[str(i)] = own.issued_at_ms
+        return {"held": held, "own": mine, "announcers": self.announcers}
+
+
+def worker_entry(argv: Sequence[str]) -> int:
+    import logging
+
+    import trio
+
+    import libp2p  # noqa: F401 - configures (and resets) its logger first
+
+    config = json.loads(argv[0])
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    logging.getLogger("multiaddr").setLevel(logging.WARNING)
+    install_counters()
+    trio.run(Worker(config).main)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# Coordinator
+
+
+class WorkerProc:
+    """A worker process and its JSON-lines pipe."""
+
+    def __init__(self, config: dict[str, Any], log_path: Path) -> None:
+        self.config = config
+        self.log = open(log_path, "w")
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simnet.measure_real", json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+
+    def send(self, data: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(data) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.config['worker']} ended (exit code "
+                               f"{self.proc.poll()}); see {self.log.name}")
+        return json.loads(line)
+
+    def ask(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.send(data)
+        return self.receive()
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.send({"cmd": "stop"})
+                self.proc.wait(timeout=20)
+        except Exception:  # noqa: BLE001 - a stuck worker is ended below
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@dataclass
+class Measurement:
+    """One measured run: the figures of the table and the report's figures."""
+
+    scenario: str
+    protocol: str
+    peers: int
+    workers: int
+    duration_s: float
+    row: dict[str, Any]
+    windows: dict[str, dict[str, Any]]
+    figures: dict[str, Any]
+    crash: list[dict[str, Any]] = field(default_factory=list)
+    lag: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
+            duration_s: float | None = 60.0, seed: int = 1, sample_s: float = 0.5,
+            kill_at_s: float | None = None, kill_count: int = 1,
+            overrides: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
+            setup_timeout_s: float | None = None, min_ready: float = 1.0,
+            progress: Callable[[str], None] | None = None) -> Measurement:
+    """Run one scenario on `peers` real nodes spread over `workers` processes; see the module
+    docstring. Every wait is bounded: the whole run is abandoned (workers killed) past
+    setup + warm-up + duration + 120 s."""
+    if peers < 2 or workers < 1:
+        raise ScenarioError("measure-real needs at least 2 peers and 1 worker")
+    workers = min(workers, peers)
+    scenario = build_scenario(scenario_name, duration_s=duration_s, protocol=protocol,
+                              kill_at_s=kill_at_s, kill_count=kill_count, overrides=overrides)
+    market = scenario.market_config()
+    planned = plan_peers(scenario, peers, seed)
+    actions, truth = plan_events(scenario, planned, seed)
+    say = progress or (lambda _line: None)
+    out = Path(out or f"out/measure-real/{scenario.name}-{protocol}-{peers}")
+    out.mkdir(parents=True, exist_ok=True)
+    network = f"measure-{seed}-{random.randrange(1 << 30):x}"
+    setup_timeout = setup_timeout_s if setup_timeout_s is not None else 60.0 + 2.0 * peers
+    warmup = market.settle_delay_s + (market.window_ticks + 1) * market.tick_s
+    base = {"scenario": scenario_name, "duration_s": duration_s, "protocol": protocol,
+            "kill_at_s": kill_at_s, "kill_count": kill_count, "overrides": overrides or {},
+            "peers": peers, "seed": seed,
+            "network": network, "sample_s": sample_s}
+    shares = [list(range(w, peers, workers)) for w in range(workers)]
+    procs: list[WorkerProc] = []
+    deadline = time.monotonic() + setup_timeout + warmup + scenario.duration_s + 120.0
+    def kill_all() -> None:
+        for proc in procs:
+            proc.proc.kill()
+
+    watchdog = threading.Timer(deadline - time.monotonic(), kill_all)
+    watchdog.daemon = True
+    watchdog.start()
+    load_before = os.getloadavg()
+    wall0 = time.perf_counter()
+    try:
+        say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes")
+        first = WorkerProc({**base, "worker": 0, "own": shares[0], "bootstrap": []},
+                           out / "worker-0.log")
+        procs.append(first)
+        known = list(first.receive()["addrs"].values())
+        for w in range(1, workers):
+            procs.append(WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": known},
+                                    out / f"worker-{w}.log"))
+        for p in procs[1:]:
+            p.receive()
+        started = time.monotonic()
+        say(f"[measure-real] {peers} nodes started in {time.perf_counter() - wall0:.1f} s; "
+            f"waiting for meshes and first announcements …")
+        next_sync = started + 2.0
+        next_say = started + 10.0
+        while True:
+            states = [p.ask({"cmd": "status"}) for p in procs]
+            meshed = sum(s["meshed"] for s in states)
+            missing = sum(s["missing"] for s in states)
+            announcers = sum(1 for p in planned if p.capacity or p.demand)
+            if meshed >= min_ready * peers and missing <= (1 - min_ready) * peers * announcers:
+                break
+            if time.monotonic() - started > setup_timeout:
+                raise RuntimeError(f"setup: {peers - meshed} of {peers} nodes without a gossip "
+                                   f"mesh and {missing} (node, announcer) pairs missing after "
+                                   f"{setup_timeout:g} s")
+            if time.monotonic() >= next_say:
+                say(f"[measure-real] setup {time.monotonic() - started:.0f} s: {meshed}/{peers} "
+                    f"meshed, {missing} (node, announcer) pairs missing; pubsub streams "
+                    f"retried {sum(st.get('pubsub_retries', 0) for st in states)}; without a mesh: "
+                    f"{[u for st in states for u in st.get('unmeshed', [])][:4]}")
+                next_say = time.monotonic() + 10.0
+            if meshed >= min_ready * peers and time.monotonic() >= next_sync:
+                for p in procs:
+                    p.ask({"cmd": "sync"})
+                next_sync = time.monotonic() + 2.0
+            time.sleep(0.5)
+        setup_s = time.perf_counter() - wall0
+        ready = {"meshed": meshed, "missing_pairs": missing}
+        say(f"[measure-real] ready after {setup_s:.1f} s; warm-up {warmup:g} s, then "
+            f"{scenario.duration_s:g} s measured")
+        t0 = time.time() + warmup
+        for p in procs:
+            p.send({"cmd": "run", "t0": t0, "actions": actions})
+        results = [p.receive() for p in procs]
+    finally:
+        watchdog.cancel()
+        for p in procs:
+            p.close()
+    load_after = os.getloadavg()
+    m = _merge(scenario, peers, protocol, workers, sample_s, results, actions, truth, market)
+    m.row.update(setup_s=round(setup_s, 1), ready_meshed=ready["meshed"],
+                 ready_missing_pairs=ready["missing_pairs"], wall_s=round(time.perf_counter() - wall0, 1),
+                 load_before=[round(x, 2) for x in load_before],
+                 load_after=[round(x, 2) for x in load_after],
+                 maxrss_mb=max(r["maxrss_mb"] for r in results))
+    (out / "measure.json").write_text(json.dumps(_as_dict(m), indent=2, default=str) + "\n")
+    say(f"[measure-real] done in {m.row['wall_s']} s wall: {format_row(m.row)}")
+    return m
+
+
+def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s: float,
+           results: list[dict[str, Any]], actions: list[dict[str, Any]],
+           truth: list[tuple[float, tuple[int, int, int]]], market: Any) -> Measurement:
+    duration = scenario.duration_s
+    rec = Recorder(scenario.name, "libp2p", market, sample_s)
+    for i in range(peers):
+        rec.add_peer(f"peer-{i}", 0.0)
+    kills = {int(k): v[0] for r in results for k, v in r["kills"].items()}
+    for event, act in zip(scenario.events, actions):
+        info: dict[str, Any] = {"peers": act["kill"] + act["stop"] +
+                                [int(k) for k in act["offer"]] + [int(k) for k in act["demand"]]}
+        if act["action"] in ("kill", "stop"):
+            for i in act["kill"] + act["stop"]:
+                rec.stop_peer(i, act["at"])
+            info.update(capacity_removed=act["capacity_removed"],
+                        demand_removed=act["demand_removed"],
+                        last_announced=[kills[i] for i in act["kill"] + act["stop"] if i in kills])
+        rec.record_event(act["at"], event, **info)
+    n_samples = min(len(r["samples"]) for r in results)
+    for k in range(n_samples):
+        t = (k + 0.5) * sample_s
+        rows = [PeerSample(row[0], row[1], row[2], row[3], row[4])
+                for r in results for row in r["samples"][k]["rows"]]
+        rows.sort(key=lambda s: s.peer)
+        current = [tr for at, tr in truth if at <= t][-1]
+        rec.sample(t, rows, current)
+    rec.network_s = duration
+    rec.cpu_s = sum(r["samples"][n_samples - 1]["cpu"] for r in results)
+    figs = figures(rec)
+    windows = {"run": _window(results, 0, n_samples - 1, peers, sample_s)}
+    if scenario.events and scenario.events[0].at_s > 4 * sample_s:
+        last = max(0, int(scenario.events[0].at_s / sample_s - 0.5) - 1)
+        windows["before_first_event"] = _window(results, 0, last, peers, sample_s)
+    row = {"scenario": scenario.name, "protocol": protocol, "peers": peers, "workers": workers,
+           "duration_s": duration, **windows["run"]}
+    events = [e for e in figs["events"] if e["action"] in ("capacity", "demand")]
+    row["agree_after_event_max_s"] = max((e["agree_s"] for e in events if e["agree_s"] is not None),
+                                         default=None)
+    row["events_never_agreed"] = sum(1 for e in events if e["agree_s"] is None)
+    row["identical_share"] = figs["agreement"]["identical_share"]
+    m = Measurement(scenario.name, protocol, peers, workers, duration, row, windows, figs)
+    m.crash = _crash(results, actions, figs, market, sample_s)
+    m.lag = _lag(results, market)
+    row["view_lag_p99_s"] = m.lag.get("p99_s")
+    row["view_lag_max_s"] = m.lag.get("max_s")
+    row["expired_pairs"] = m.lag.get("expired_pairs")
+    return m
+
+
+def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
+            sample_s: float) -> dict[str, Any]:
+    """Per node per second over samples (a, b]: counters are cumulative since t0, so sample a's
+    values are the start (a = 0 counts from t0 when `a` is 0: the first half sample is in)."""
+    seconds = (b - a) * sample_s if a > 0 else (b + 0.5) * sample_s
+    def delta(key: str) -> float:
+        return sum(r["samples"][b][key] - (r["samples"][a][key] if a > 0 else 0) for r in results)
+    per_worker_cpu = [(r["samples"][b]["cpu"] - (r["samples"][a]["cpu"] if a > 0 else 0))
+                      / seconds for r in results]
+    cpu = delta("cpu")
+    rpcs = delta("rpcs")
+    out = {
+        "seconds": round(seconds, 2),
+        "cpu_core_per_node_pct": round(100 * cpu / seconds / peers, 3),
+        "cpu_process_pct": [round(100 * c, 1) for c in per_worker_cpu],
+        "rpcs_per_node_s": round(rpcs / seconds / peers, 3),
+        "copies_per_node_s": round(delta("copies") / seconds / peers, 3),
+        "validated_per_node_s": round(delta("delivered") / seconds / peers, 3),
+        "streams_per_node_s": round(delta("streams") / seconds / peers, 4),
+        "published_per_node_s": round(delta("published") / seconds / peers, 4),
+        "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
+        "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
+    }
+    # Deliveries expected: each message published in a sample interval, to every other node
+    # alive then. Messages still in flight at the end of the window count as not delivered.
+    expected = 0.0
+    for k in range(a + 1 if a > 0 else 0, b + 1):
+        published = sum(r["samples"][k]["published"] - (r["samples"][k - 1]["published"]
+                                                        if k > 0 else 0) for r in results)
+        live = sum(len(r["samples"][k]["rows"]) for r in results)
+        expected += published * max(0, live - 1)
+    out["delivery_ratio"] = round(delta("delivered") / expected, 4) if expected else None
+    # Raw sums, for the fit.
+    out["_raw"] = {"cpu_s": cpu, "rpcs": rpcs, "copies": delta("copies"),
+                   "validated": delta("delivered"), "streams": delta("streams"),
+                   "node_seconds": seconds * peers}
+    return out
+
+
+def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
+           figs: dict[str, Any], market: Any, sample_s: float) -> list[dict[str, Any]]:
+    """Per killed node: its own last announcement, whether every live node holds exactly that
+    one (then every node stops counting it at the same signed instant, issued_at + timeout), and
+    simnet/metrics.py's churn figure (when every node's supply stopped counting it)."""
+    out = []
+    churn = iter(figs["churn"])
+    kills = {int(k): v for r in results for k, v in r["kills"].items()}
+    for act in actions:
+        if not act["kill"]:
+            continue
+        figure: dict[str, Any] = next(churn, {})
+        for i in act["kill"]:
+            held = {int(j): ms for r in results for j, ms in r["held_last"].get(str(i), {}).items()}
+            own_s, own_ms = kills.get(i, (None, None))
+            values = sorted(set(held.values()))
+            counting = [(s["k"], sum(r["samples"][s["k"]].get("counting", {}).get(str(i), 0)
+                                    for r in results))
+                        for s in results[0]["samples"] if str(i) in s.get("counting", {})]
+            last_counted = max((k for k, c in counting if c > 0), default=None)
+            gone = [k for k, c in counting if c == 0 and (last_counted is None or k > last_counted)]
+            out.append({"node": i, "killed_at_s": act["at"],
+                        "last_announced_s": None if own_s is None else round(own_s, 3),
+                        "signed_timeout_at_s": (None if own_s is None
+                                                else round(own_s + market.capacity_timeout_s, 3)),
+                        "live_nodes": len(held),
+                        "distinct_last_held": len(values),
+                        "all_hold_its_last": bool(held) and values == [own_ms],
+                        "last_counted_at_s": (None if last_counted is None
+                                              else (last_counted + 0.5) * sample_s),
+                        "no_node_counts_from_s": (None if not gone
+                                                  else (gone[0] + 0.5) * sample_s),
+                        "stopped_counting_after_s": figure.get("stopped_counting_after_s"),
+                        "first_node_after_s": figure.get("first_peer_after_s"),
+                        "bound_after_s": figure.get("bound_after_s"),
+                        "resolution_s": figure.get("resolution_s")})
+    return out
+
+
+def _lag(results: list[dict[str, Any]], market: Any) -> dict[str, Any]:
+    """How far behind views were at the lag checks: for every (node, announcer) pair, how much
+    older the node's copy of the announcer's current announcement was than the announcer's own
+    (0 when up to date); pairs whose copy had expired (or was missing) while the announcer lived
+    are `expired_pairs`."""
+    lags: list[float] = []
+    expired = pairs = 0
+    timeout_ms = market.capacity_timeout_s * 1000
+    n_samples = min(len(r["samples"]) for r in results)
+    for k in range(n_samples):
+        views = [r["samples"][k].get("views") for r in results]
+        if any(v is None for v in views):
+            continue
+        own = {int(i): ms for v in views for i, ms in v["own"].items()}
+        announcers = views[0]["announcers"]
+        for v in views:
+            for _node, held in v["held"].items():
+                for a, ms in zip(announcers, held):
+                    if a not in own:
+                        continue  # the announcer is dead (or has not announced)
+                    pairs += 1
+                    lag = max(0, own[a] - ms)
+                    if ms == 0 or own[a] - ms >= timeout_ms:
+                        expired += 1
+                    lags.append(lag / 1000)
+    if not lags:
+        return {}
+    lags.sort()
+    return {"pairs": pairs, "p50_s": round(lags[len(lags) // 2], 3),
+            "p99_s": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 3),
+            "max_s": round(lags[-1], 3), "expired_pairs": expired,
+            "up_to_date_share": round(sum(1 for x in lags if x == 0) / len(lags), 4)}
+
+
+def _as_dict(m: Measurement) -> dict[str, Any]:
+    return {"scenario": m.scenario, "protocol": m.protocol, "peers": m.peers,
+            "workers": m.workers, "duration_s": m.duration_s, "row": m.row,
+            "windows": m.windows, "crash": m.crash, "lag": m.lag,
+            "events": m.figures["events"], "agreement": m.figures["agreement"],
+            "churn": m.figures["churn"]}
+
+
+# ------------------------------------------------------------------------------------------
+# Output
+
+
+TABLE_HEAD = ("| N | scenario | protocol | CPU % of a core per node | received RPCs /node/s | "
+              "copies /node/s | validated /node/s | streams /node/s | ms CPU per RPC | "
+              "loop lag max | delivery | view lag p99 / max | agree after event (max) |\n"
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+
+def format_row(row: dict[str, Any]) -> str:
+    agree = row.get("agree_after_event_max_s")
+    never = row.get("events_never_agreed") or 0
+    agree_text = ("—" if agree is None and not never else
+                  f"{agree} s" + (f" ({never} never)" if never else ""))
+    delivery = row.get("delivery_ratio")
+    return (f"| {row['peers']} | {row['scenario']} | {row['protocol']} | "
+            f"{row['cpu_core_per_node_pct']:.2f} | {row['rpcs_per_node_s']:.1f} | "
+            f"{row['copies_per_node_s']:.1f} | {row['validated_per_node_s']:.2f} | "
+            f"{row['streams_per_node_s']:.3f} | {row['cpu_ms_per_rpc']} | "
+            f"{row['loop_lag_max_s']} s | "
+            f"{'—' if delivery is None else f'{100 * delivery:.1f} %'} | "
+            f"{row.get('view_lag_p99_s')} / {row.get('view_lag_max_s')} s | {agree_text} |")
+
+
+def fit_costs(rows: list[dict[str, Any]], stream_ms: float | None = None) -> dict[str, Any]:
+    """Least squares over runs: CPU per node-second = base + a × RPCs/s + b × streams/s (per
+    node). `base` is what a node spends with no traffic (its loops, gossipsub's heartbeat, the
+    announcer's tick); validated messages are not a term of their own: they move with the RPCs
+    and their engine cost (~45 µs, `bench wire`) is inside the per-RPC figure.
+
+    Runs of one protocol all have about the same streams/s (the period is fixed), so base and b
+    are nearly collinear: with `stream_ms` (one stream end's CPU from the micro-benchmark) b is
+    pinned to it and only base and a are fitted. Needs 3 runs or more (2 with `stream_ms`)."""
+    import numpy as np
+
+    raw = [r["_raw"] for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
+    if len(raw) < (2 if stream_ms is not None else 3):
+        return {"runs": len(raw), "note": "too few runs: no fit"}
+    per = [(w["rpcs"] / w["node_seconds"], w["streams"] / w["node_seconds"],
+            w["cpu_s"] / w["node_seconds"]) for w in raw]
+    if stream_ms is None:
+        x = np.array([[1.0, r, st] for r, st, _ in per])
+        y = np.array([c for _, _, c in per])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        base, a, b = coef
+    else:
+        x = np.array([[1.0, r] for r, _, _ in per])
+        y = np.array([c - st * stream_ms / 1e3 for _, st, c in per])
+        (base, a), *_ = np.linalg.lstsq(x, y, rcond=None)
+        b = stream_ms / 1e3
+    pred = [base + a * r + b * st for r, st, _ in per]
+    rel = [abs(p - c) / c for p, (_, _, c) in zip(pred, per) if c > 0]
+    return {"runs": len(raw), "base_pct": round(100 * base, 3), "ms_per_rpc": round(1000 * a, 3),
+            "ms_per_stream": round(1000 * b, 3),
+            "stream_cost": "pinned (micro-benchmark)" if stream_ms is not None else "fitted",
+            "fit_error_max": round(max(rel), 4) if rel else None,
+            "fit_error_mean": round(sum(rel) / len(rel), 4) if rel else None}
+
+
+#: docs/scaling.md's model (the sim's): per gossip copy, per validated message, per stream.
+SIM_MODEL = {"ms_per_copy": 0.7, "us_per_message": 70.0, "ms_per_stream": 10.0}
+
+
+def model_error(row: dict[str, Any]) -> dict[str, Any]:
+    """The sim's model applied to the measured counts of a run, against the measured CPU."""
+    w = row["_raw"]
+    ns = w["node_seconds"]
+    predicted = (w["copies"] * SIM_MODEL["ms_per_copy"] / 1e3 + w["validated"] *
+                 SIM_MODEL["us_per_message"] / 1e6 + w["streams"] * SIM_MODEL["ms_per_stream"] / 1e3) / ns
+    measured = w["cpu_s"] / ns
+    return {"model_pct": round(100 * predicted, 3), "measured_pct": round(100 * measured, 3),
+            "error": round((predicted - measured) / measured, 3) if measured else None}
+
+
+def main(argv: Sequence[str]) -> int:  # the worker's entry (`python -m simnet.measure_real`)
+    return worker_entry(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,223 @@
+"""`neuroshard-simnet measure-real`'s driver and report: the runs of simnet/measure_real.py for
+each size, scenario and protocol, the table, the fitted costs, the simulator's model against
+them, and a micro-benchmark of one sync/2.1.0 session between two real hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from simnet.measure_real import (
+    MEASURE_NODE,
+    SIM_MODEL,
+    TABLE_HEAD,
+    fit_costs,
+    format_row,
+    measure,
+    model_error,
+)
+from simnet.scenario import ScenarioError
+
+
+async def stream_bench(sessions: int, *, signers: int = 100, differences: int = 0,
+                       seed: int = 1) -> dict[str, Any]:
+    """CPU of one sync/2.1.0 session (open, reconcile, close) between two real `Node`s in this
+    process, both ends together: `sessions` sessions one after another, views of `signers`
+    announcing nodes each, and before each session `differences` announcements (of fresh
+    signers) that only the dialer holds. The two idle nodes' own CPU over the same wall time
+    (heartbeats, their loops) is measured just before and taken off. The pacing budgets are
+    lifted on both nodes (a benchmark asks far more often than a node may)."""
+    import coincurve
+    import trio
+
+    from neuroshard_p2p.node.engine import PeerEngine
+    from neuroshard_p2p.node.guard import TokenBuckets
+    from neuroshard_p2p.node.host import Node
+    from neuroshard_p2p.node.settings import NodeSettings
+    from simnet.sim import peer_key, simnet_charter
+    from simnet.scenario import load
+
+    market = load("steady").market_config()
+    charter = simnet_charter(market, f"bench-{random.randrange(1 << 30):x}")
+    rng = random.Random(seed)
+
+    def announcement(index: int, now: float) -> bytes:
+        key = peer_key(seed, 10_000 + index, b"bench")
+        engine = PeerEngine(market, key, tokens_per_second=1000, announce_interval_s=20.0)
+        return engine.poll_announcements(now)[0]
+
+    with tempfile.TemporaryDirectory(prefix="stream-bench-") as tmp:
+        def settings(name: str) -> NodeSettings:
+            return NodeSettings(data_dir=Path(tmp) / name, listen=("/ip4/127.0.0.1/tcp/0",),
+                                api="off", charter=charter, mdns=False, upnp=False,
+                                **MEASURE_NODE)  # type: ignore[arg-type]
+
+        for name in ("a", "b"):
+            (Path(tmp) / name).mkdir()
+        a = Node(settings("a"), private_key=coincurve.PrivateKey(rng.randbytes(32)))
+        b = Node(settings("b"), private_key=coincurve.PrivateKey(rng.randbytes(32)))
+        async with a, b:
+            now = time.time()
+            for i in range(signers):
+                data = announcement(i, now)
+                a.engine.on_gossip(data, now)
+                b.engine.on_gossip(data, now)
+            for node in (a, b):
+                node._sync_pace = TokenBuckets(1e9, 1e-3)
+                node.guard.sync_budget = TokenBuckets(1e9, 1e-3)
+            await a.connect(b.addrs[0])
+            await trio.sleep(2.0)  # the syncs on connecting, identify, the first heartbeats
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            await trio.sleep(3.0)
+            idle_per_s = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+            fresh = signers
+            spent = wall = 0.0
+            received = 0
+            for _ in range(sessions):
+                now = time.time()
+                for _ in range(differences):
+                    a.engine.on_gossip(announcement(fresh, now), now)
+                    fresh += 1
+                w0, c0 = time.perf_counter(), time.process_time()
+                counts = await b.sync_with(a.host.get_id())
+                spent += time.process_time() - c0
+                wall += time.perf_counter() - w0
+                received += counts.received
+            cpu = spent - idle_per_s * wall
+            return {"sessions": sessions, "signers": signers, "differences": differences,
+                    "view_items": len(a.engine.view), "received_per_session": received / sessions,
+                    "ms_cpu_per_session": round(1000 * cpu / sessions, 3),
+                    "ms_wall_per_session": round(1000 * wall / sessions, 3),
+                    "idle_cpu_pct": round(100 * idle_per_s, 2)}
+
+
+def cmd_measure_real(args: argparse.Namespace) -> int:
+    import trio
+
+    try:
+        sizes = [int(x) for x in args.peers.split(",") if x.strip()]
+    except ValueError:
+        raise ScenarioError(f"--peers {args.peers!r}: expected sizes like 25,50,100") from None
+    if not sizes or min(sizes) < 2:
+        raise ScenarioError("--peers: every size must be at least 2")
+    if args.workers < 1:
+        raise ScenarioError("--workers must be at least 1")
+    scenarios = [s.strip() for s in args.scenario.split(",") if s.strip()]
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    from simnet.cli import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    unknown = set(overrides) - {"market", "node", "peers"}
+    if unknown:
+        raise ScenarioError(f"--set: measure-real takes market, node and peers tables, not "
+                            f"{', '.join(sorted(unknown))}")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for path in sorted(p for d in args.from_dirs for p in Path(d).rglob("measure.json")):
+        data = json.loads(path.read_text())
+        rows.append(data["row"])
+        runs.append({"row": data["row"], "crash": data["crash"], "lag": data["lag"],
+                     "windows": data["windows"], "model": model_error(data["row"])})
+    for n in ([] if args.bench_only or args.from_dirs else sizes):
+        for name in scenarios:
+            for protocol in protocols:
+                try:
+                    m = measure(name, n, protocol, workers=args.workers, duration_s=args.duration,
+                                seed=args.seed, sample_s=args.sample, kill_at_s=args.kill_at,
+                                kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
+                                overrides=overrides, min_ready=args.min_ready,
+                                out=out / f"{name}-{protocol}-{n}", progress=progress)
+                except RuntimeError as exc:
+                    print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
+                    runs.append({"peers": n, "scenario": name, "protocol": protocol,
+                                 "failed": str(exc)})
+                    continue
+                rows.append(m.row)
+                runs.append({"row": m.row, "crash": m.crash, "lag": m.lag,
+                             "windows": m.windows, "model": model_error(m.row)})
+                print(format_row(m.row), flush=True)
+                for crash in m.crash:
+                    print(f"   crash of node {crash['node']} at {crash['killed_at_s']} s: last "
+                          f"announced {crash['last_announced_s']} s, signed timeout at "
+                          f"{crash['signed_timeout_at_s']} s; {crash['live_nodes']} live nodes, "
+                          f"all hold its last announcement: {crash['all_hold_its_last']}; every "
+                          f"node stopped counting it {crash['stopped_counting_after_s']} s after "
+                          f"the kill (bound {crash['bound_after_s']} s)", flush=True)
+    bench = None
+    if args.bench_only and not args.stream_bench:
+        raise ScenarioError("--bench-only needs --stream-bench K")
+    if args.stream_bench:
+        _quiet_libp2p()
+        bench = [trio.run(lambda d=d: stream_bench(args.stream_bench, signers=max(sizes),
+                                                   differences=d)) for d in (0, 10)]
+        for b in bench:
+            print(f"sync/2.1.0 session, {b['view_items']} items, {b['differences']} differences: "
+                  f"{b['ms_cpu_per_session']} ms CPU (both ends), {b['ms_wall_per_session']} ms "
+                  f"wall", flush=True)
+    fit = fit_costs(rows)
+    stream_ms = args.stream_ms if args.stream_ms is not None else (
+        bench[0]["ms_cpu_per_session"] / 2 if bench else None)
+    pinned = fit_costs(rows, stream_ms) if stream_ms is not None else None
+    md = render(rows, runs, fit, bench, args, pinned)
+    (out / "measure-real.md").write_text(md)
+    (out / "measure-real.json").write_text(json.dumps(
+        {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "stream_bench": bench, "sim_model": SIM_MODEL,
+         "load": os.getloadavg()}, indent=2, default=str) + "\n")
+    print(md)
+    print(f"report: {out / 'measure-real.md'}")
+    return 1 if any("failed" in r for r in runs) else 0
+
+
+def _quiet_libp2p() -> None:
+    import logging
+
+    import libp2p  # noqa: F401 - configures (and resets) its logger first
+
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+
+
+def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str, Any],
+           bench: list[dict[str, Any]] | None, args: argparse.Namespace,
+           pinned: dict[str, Any] | None = None) -> str:
+    lines = ["# measure-real", "", TABLE_HEAD]
+    lines += [format_row(r) for r in rows]
+    lines += ["", "| N | scenario | protocol | model (sim) CPU % | measured CPU % | model error | "
+              "load before → after | setup s | wall s |", "|---:|---|---|---:|---:|---:|---|---:|---:|"]
+    for run in runs:
+        if "row" not in run:
+            continue
+        r, m = run["row"], run["model"]
+        lines.append(f"| {r['peers']} | {r['scenario']} | {r['protocol']} | {m['model_pct']} | "
+                     f"{m['measured_pct']} | {m['error']:+.0%} | "
+                     f"{r['load_before'][0]} → {r['load_after'][0]} | {r['setup_s']} | "
+                     f"{r['wall_s']} |")
+    lines += ["", f"fit: {json.dumps(fit)}"]
+    if pinned is not None:
+        lines += [f"fit with the stream cost pinned: {json.dumps(pinned)}"]
+    if bench:
+        lines += [f"stream bench: {json.dumps(b)}" for b in bench]
+    failed = [r for r in runs if "failed" in r]
+    lines += [f"FAILED: N={r['peers']} {r['scenario']} {r['protocol']}: {r['failed']}"
+              for r in failed]
+    if args.from_dirs:
+        lines += ["", "runs read from " + ", ".join(args.from_dirs)]
+        return "\n".join(lines) + "\n"
+    lines += ["", f"command: neuroshard-simnet measure-real --peers {args.peers} --workers "
+                  f"{args.workers} --scenario {args.scenario} --protocol {args.protocol} "
+                  f"--duration {args.duration:g}" + (f" --kill-at {args.kill_at:g}"
+                                                     if args.kill_at is not None else "")
+              + "".join(f" --set {item}" for item in args.set)]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["cmd_measure_real", "stream_bench", "render"]
