@@ -104,3 +104,46 @@ def test_frame_rules_refuse_bad_frames():
 def test_bound_between_is_the_shortest_separator():
     assert bound_between((1, b"\xff" * 32), (2, b"\x00" * 32)) == (2, b"")
     assert bound_between((2, b"\x10\x20" + b"\x00" * 30), (2, b"\x10\x30" + b"\x00" * 30)) == (2, b"\x10\x30")
+
+
+# ---------------------------------------------------------------------------------------------
+# The incremental set (revision 2.1 performance): after any sequence of inserts and removals,
+# and across snapshots, it answers exactly as a set built from scratch.
+
+def same_answers(kept: ReconSet, fresh: ReconSet) -> None:
+    n = len(fresh)
+    assert len(kept) == n and list(kept) == list(fresh)
+    cuts = sorted({0, n, n // 3, n // 2, (2 * n) // 3, max(0, n - 1)})
+    for lo in cuts:
+        for hi in cuts:
+            if lo <= hi:
+                assert kept.fingerprint_of(lo, hi) == fresh.fingerprint_of(lo, hi)
+                assert kept.items_between(lo, hi) == fresh.items_between(lo, hi)
+    for item in list(fresh)[:: max(1, n // 7)] + [(0, b""), (17, b"\x80")]:
+        assert kept.index(item) == fresh.index(item)
+    assert kept.initiate() == fresh.initiate()
+
+
+ops = st.lists(st.tuples(st.booleans(), st.integers(0, 300)), max_size=400)
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.sets(st.integers(0, 300), max_size=60), changes=ops, load=st.sampled_from([1, 2, 4, 256]),
+       snap_at=st.integers(0, 400))
+def test_incremental_set_equals_a_fresh_one(start, changes, load, snap_at):
+    kept = ReconSet((make_item(n, 40) for n in start), load=load)
+    model = {make_item(n, 40) for n in start}
+    snapshot, at_snapshot = None, None
+    for step, (insert, n) in enumerate(changes):
+        if step == snap_at:
+            snapshot, at_snapshot = kept.snapshot(), set(model)
+        item = make_item(n, 40)
+        if insert:
+            assert kept.add(item) == (item not in model)
+            model.add(item)
+        else:
+            assert kept.discard(item) == (item in model)
+            model.discard(item)
+    same_answers(kept, ReconSet(model))
+    if snapshot is not None:
+        same_answers(snapshot, ReconSet(at_snapshot))
