@@ -51,9 +51,13 @@ def test_a_session_leaves_both_views_equal_and_costs_the_difference() -> None:
     assert first.view.message_count == second.view.message_count == 60
     assert (a.sent_messages, b.sent_messages) == (10, 10)
     assert a.counts.accepted == b.counts.accepted == 10
-    # Equal views now: one 36-byte fingerprint, no answer.
+    # Equal views now. The dialer's opening lists the ids issued in the last T/3 = 20 s (the 60
+    # announcements: 60 × 34 B and 2 IdList bounds, §8.4 "since" opening); nothing comes back.
     _, _, again = run_session(first, second, T0 + 3)
-    assert again == 36
+    assert again == 2_092
+    # Once they are older than that window: one 36-byte fingerprint.
+    _, _, later = run_session(first, second, T0 + 21)
+    assert later == 36
     assert sent < 20 * 700  # the twenty messages and a few ranges, not the sixty
 
 

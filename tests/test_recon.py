@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuroshard_p2p.view.recon import BRANCHES, ReconSet, bound_between, reconcile_pair
+from neuroshard_p2p.view.recon import BRANCHES, RECENT_MAX, ReconSet, bound_between, reconcile_pair
 from neuroshard_p2p.wire.errors import WireError
 from neuroshard_p2p.wire.recon import (
     IDLIST_MAX, INFINITE_TS, MODE_FINGERPRINT, MODE_IDLIST, ReconRange, Reconcile, decode_reconcile,
@@ -63,6 +63,45 @@ def test_traffic_follows_the_difference_not_the_view(difference):
         assert costs == {100: 36, 20_000: 36}  # one fingerprint each way: nothing differs
     # Against listing the view (what a digest-bucket resend costs at least): under 3 %.
     assert costs[20_000] <= 0.03 * 32 * 20_000
+
+
+@settings(max_examples=150, deadline=None)
+@given(common=sets, only_a=sets, only_b=sets, spread=st.sampled_from([1, 3, 1000]),
+       since=st.integers(-5, 1100))
+def test_the_recent_opening_learns_exactly_the_naive_difference(common, only_a, only_b, spread, since):
+    """The "since" opening (§8.4, revision 2.1): items before `since` as one range, the rest by
+    id; whatever `since` is (before everything, inside, after everything), the result is the
+    naive set difference."""
+    a_items = {make_item(n, spread) for n in common | only_a}
+    b_items = {make_item(n, spread) for n in common | only_b}
+    result = reconcile_pair(ReconSet(a_items), ReconSet(b_items), since_ms=since)
+    ids_a = {i for _, i in a_items}
+    ids_b = {i for _, i in b_items}
+    assert result.a_lacks == ids_b - ids_a
+    assert result.b_lacks == ids_a - ids_b
+
+
+def test_the_recent_opening_settles_recent_differences_in_one_round_trip():
+    """10,000 old items held by both, 2,000 recent ones of which each side lacks 200: the
+    opening lists the recent ids, the answer is the responder's want: two frames, no split."""
+    old = {(n, hashlib.sha256(n.to_bytes(8, "big")).digest()) for n in range(10_000)}
+    recent = [(20_000 + n, hashlib.sha256(n.to_bytes(8, "big") + b"r").digest()) for n in range(2_000)]
+    a = ReconSet(old | set(recent[200:]))
+    b = ReconSet(old | set(recent[:1_800]))
+    result = reconcile_pair(a, b, since_ms=20_000)
+    assert len(result.a_lacks) == len(result.b_lacks) == 200
+    assert result.turns == 1  # the responder's answer is all Skip: only its want goes back
+    assert len(result.frames) == 1 and len(result.frames[0]) < 1_800 * 35 + 64 * 20
+    with_ranges = reconcile_pair(a, b)
+    assert with_ranges.turns > 3 and with_ranges.a_lacks == result.a_lacks
+
+
+def test_the_recent_opening_lists_at_most_recent_max_ids():
+    items = {make_item(n, 10**6) for n in range(RECENT_MAX + 5_000)}
+    opening = ReconSet(items).initiate(since_ms=0)
+    listed = sum(len(r.ids) for r in opening.ranges if r.mode == MODE_IDLIST)
+    assert listed == RECENT_MAX and opening.ranges[0].mode == MODE_FINGERPRINT
+    assert len(encode_reconcile(opening)) < 300_000
 
 
 def test_a_large_difference_spans_several_frames_within_limits():

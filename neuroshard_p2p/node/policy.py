@@ -45,4 +45,12 @@ def periods(capacity_timeout_s: float, peers_seen: int) -> tuple[float, float]:
     return keep_alive, min(30.0, max(1.0, reconcile))
 
 
-__all__ = ["DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]
+def recent_window_s(capacity_timeout_s: float) -> float:
+    """How far back a dialer's opening lists items by id (§8.4, the "since" opening): the time
+    `periods` gives a keep-alive to reach ≥ 99.9 % of the peers, (T − T/3) / 2 = T/3 (20 s).
+    Two views differ mostly in what is still spreading, i.e. in this window; what differs
+    before it is found by the fingerprint ranges as before."""
+    return capacity_timeout_s / 3
+
+
+__all__ = ["recent_window_s", "DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]

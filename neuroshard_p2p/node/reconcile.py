@@ -21,8 +21,9 @@ from collections.abc import Iterable
 
 from neuroshard_p2p.node.engine import PeerEngine, SyncCounts
 from neuroshard_p2p.node.policy import (
-    DEMAND_STEP, demand_step, material_change, periods, rounds_to_reach,
+    DEMAND_STEP, demand_step, material_change, periods, recent_window_s, rounds_to_reach,
 )
+from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.view.recon import Learnt, ReconSet
 from neuroshard_p2p.wire import WireError
 from neuroshard_p2p.wire.errors import REJECT
@@ -63,7 +64,8 @@ class ReconSession:
         if not self.dialer:
             return []
         self.turns = 1
-        return [encode_reconcile(self._snapshot().initiate())]
+        since_ms = ms_of(now - recent_window_s(self.engine.config.capacity_timeout_s))
+        return [encode_reconcile(self._snapshot().initiate(since_ms))]
 
     def on_peer_closed(self) -> None:
         """The peer closed its writing side: it has nothing more to say (a turn of Skips only
