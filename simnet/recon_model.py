@@ -33,9 +33,10 @@ import math
 import random
 import sys
 import time
+from typing import Callable
 
 from neuroshard_p2p.node.policy import material_change, periods, recent_window_s
-from neuroshard_p2p.view.recon import ReconSet, reconcile_pair
+from neuroshard_p2p.view.recon import PairResult, ReconSet, reconcile_pair
 
 CAPACITY_TIMEOUT_S = 60.0
 SESSION_S = 0.2          # a session's duration (a few round trips on a WAN)
@@ -151,6 +152,17 @@ def views_of_two_peers(n: int, times: list[float], now_ms: int, seed: int = 3
     return a, b
 
 
+def _fastest(run: Callable[[], PairResult], repeat: int = 5) -> tuple[float, PairResult]:
+    """The least CPU time of `repeat` runs (the machine is shared: the least is the code's)."""
+    best, result = math.inf, None
+    for _ in range(repeat):
+        start = time.process_time()
+        result = run()
+        best = min(best, time.process_time() - start)
+    assert result is not None
+    return best, result
+
+
 def recon_cpu(n: int, times: list[float], sessions_per_s: float, items_per_s: float
               ) -> dict[str, float]:
     """Seconds of CPU per node per second for keeping the view's ReconSet and for the exchanges
@@ -176,13 +188,10 @@ def recon_cpu(n: int, times: list[float], sessions_per_s: float, items_per_s: fl
     upkeep = (time.process_time() - start) / 5
     # The live sets hold their prefix sums already (their upkeep, above): snapshot before timing.
     a_now, b_now = a.snapshot(), b.snapshot()
-    start = time.process_time()
-    result = reconcile_pair(a_now, b_now, since_ms=since_ms)
-    exchange = (time.process_time() - start) / 2
+    exchange, result = _fastest(lambda: reconcile_pair(a_now, b_now, since_ms=since_ms))
     assert result.a_lacks | result.b_lacks == {i for _, i in set(a_items) ^ set(b_items)}
-    start = time.process_time()
-    old_result = reconcile_pair(a_now, b_now)
-    old_exchange = (time.process_time() - start) / 2
+    old_exchange, old_result = _fastest(lambda: reconcile_pair(a_now, b_now))
+    exchange, old_exchange = exchange / 2, old_exchange / 2  # per side
     assert old_result.a_lacks == result.a_lacks
     start = time.process_time()
     ReconSet(a_items)
