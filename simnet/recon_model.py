@@ -95,17 +95,25 @@ def held_fraction(times: list[float], n: int, age_s: float) -> float:
 
 def busy_gossip_rate(gateways: int, counted: int, seconds: int = 120, seed: int = 2,
                      network_relative: bool = True) -> float:
+    """Material changes per second (see `busy_gateways`)."""
+    return busy_gateways(gateways, counted, seconds, seed, network_relative)[0]
+
+
+def busy_gateways(gateways: int, counted: int, seconds: int = 120, seed: int = 2,
+                  network_relative: bool = True) -> tuple[float, float, float]:
     """Material changes per second among `gateways` whose queue changes every second: a queue of
     pending requests doing a ±1..3 random walk around its own level (5..60), tokens = 500 ×
     requests; gossiped by `node.policy.material_change` against the last published state, with
     the network figures of a view that counts `counted` signers (`network_relative`) or without
     (12.5 % per node). A quiet keep-alive every 16–20 s publishes the exact state (resets the
-    reference) without gossip."""
+    reference) without gossip. Returns (material changes per second, RMS and largest relative
+    error of the counted total of pending requests, Σ published / Σ true − 1, over the seconds)."""
     rnd = random.Random(seed)
     queues = [rnd.randint(5, 60) for _ in range(gateways)]
     published = list(queues)
     keep_alive_at = [rnd.uniform(0, KEEP_ALIVE_MEAN_S) for _ in range(gateways)]
     changes = 0
+    squares = worst = 0.0
     for second in range(seconds):
         requests_total = sum(queues)
         network = (500 * requests_total, requests_total, counted) if network_relative else None
@@ -120,7 +128,10 @@ def busy_gossip_rate(gateways: int, counted: int, seconds: int = 120, seed: int 
             elif second >= keep_alive_at[g]:
                 published[g] = q
                 keep_alive_at[g] = second + rnd.uniform(0.8, 1.0) * 20
-    return changes / seconds
+        error = sum(published) / max(1, sum(queues)) - 1
+        squares += error * error
+        worst = max(worst, abs(error))
+    return changes / seconds, math.sqrt(squares / seconds), worst
 
 
 def _item(k: int, ts: int) -> tuple[int, bytes]:
@@ -238,10 +249,12 @@ def main(argv: list[str]) -> int:
               f"{t100:.1f} s (previous keep-alive expires after 40 s)")
     print("gossip copies received per peer per second (busy: every 4th node a gateway, ¾ counted):")
     for n in (100, 1_000, 10_000):
-        rate = busy_gossip_rate(n // 4, 3 * n // 4) * COPIES_PER_MESSAGE
-        per_node = busy_gossip_rate(n // 4, 3 * n // 4, network_relative=False) * COPIES_PER_MESSAGE
-        print(f"  {n:>7,} peers: steady 0 (keep-alives off gossip), busy {rate:.1f} "
-              f"(with the 12.5 % per-node step alone: {per_node:.1f})")
+        rate, rms, worst = busy_gateways(n // 4, 3 * n // 4)
+        per_node, rms_node, worst_node = busy_gateways(n // 4, 3 * n // 4, network_relative=False)
+        print(f"  {n:>7,} peers: steady 0 (keep-alives off gossip), busy "
+              f"{rate * COPIES_PER_MESSAGE:.1f}, counted total off by {rms:.2%} RMS, "
+              f"{worst:.2%} at most (12.5 % per-node step alone: "
+              f"{per_node * COPIES_PER_MESSAGE:.1f}, {rms_node:.2%} RMS, {worst_node:.2%})")
     n = 10_000
     _, period = periods(CAPACITY_TIMEOUT_S, n)
     recon = recon_cpu(n, curves[n], 2 / period, 0.75 * n / KEEP_ALIVE_MEAN_S)
