@@ -3,9 +3,17 @@ the periods (market-v2.md §1.3, §8.4, revision 2.1: reconciliation)."""
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.engine import PeerEngine
-from neuroshard_p2p.node.policy import demand_step, material_change, periods, rounds_to_reach
+from neuroshard_p2p.node.policy import (
+    DEMAND_STEP, NETWORK_NOISE, demand_step, demand_threshold, material_change, periods,
+    rounds_to_reach,
+)
 from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.wire.frames import encode_sync
 from neuroshard_p2p.wire.messages import SyncResponse
@@ -51,9 +59,13 @@ def test_a_session_leaves_both_views_equal_and_costs_the_difference() -> None:
     assert first.view.message_count == second.view.message_count == 60
     assert (a.sent_messages, b.sent_messages) == (10, 10)
     assert a.counts.accepted == b.counts.accepted == 10
-    # Equal views now: one 36-byte fingerprint, no answer.
+    # Equal views now. The dialer's opening lists the ids issued in the last T/3 = 20 s (the 60
+    # announcements: 60 × 34 B and 2 IdList bounds, §8.4 "since" opening); nothing comes back.
     _, _, again = run_session(first, second, T0 + 3)
-    assert again == 36
+    assert again == 2_092
+    # Once they are older than that window: one 36-byte fingerprint.
+    _, _, later = run_session(first, second, T0 + 21)
+    assert later == 36
     assert sent < 20 * 700  # the twenty messages and a few ranges, not the sixty
 
 
@@ -115,3 +127,40 @@ def test_a_bad_item_ends_the_session_with_a_fault() -> None:
     assert victim.receive(encode_sync(SyncResponse((bytes(bad), data))), T0) == []
     assert victim.fault == "bad_signature" and victim.done
     assert victim.counts.accepted == 0 and victim.counts.unchecked == 1
+
+
+def test_the_demand_step_widens_with_the_network() -> None:
+    """On a network of 100 counted signers each queueing 100,000 tokens / 100 requests, the
+    step is ε × total / √100 = 0.04 × 10,000,000 / 10 = 40,000 tokens (40 requests): a +20 %
+    move rides the next keep-alive, a +50 % one gossips at once."""
+    node = engine(1, quiet_keep_alives=True)
+    node.set_demand(100_000, 100)
+    assert len(node.poll_announcements(T0)) == 1
+    for i in range(2, 101):
+        peer = engine(i)
+        peer.set_demand(100_000, 100)
+        (data,) = peer.poll_announcements(T0)
+        assert node.on_gossip(data, T0).accepted
+    assert node._network_demand(T0 + 1) == (10_000_000, 10_000, 100)
+    node.set_demand(120_000, 120)                    # +20 %: above 12.5 %, below the step
+    assert node.poll_announcements(T0 + 1) == []
+    node.set_demand(150_000, 150)                    # +50 %: above it
+    assert len(node.poll_announcements(T0 + 2)) == 1
+    node.set_demand(0, 0)                            # silent: always
+    assert len(node.poll_announcements(T0 + 3)) == 1
+
+
+@given(demands=st.lists(st.integers(0, 10**6), min_size=1, max_size=200),
+       idle=st.integers(0, 600))
+@settings(max_examples=200, deadline=None)
+def test_independent_step_errors_stay_within_the_stated_fraction(demands, idle) -> None:
+    """The bound of §1.3 / Appendix D 30: with every node's step s_i = demand_threshold(p_i,
+    D, n), √(Σ s_i²) ≤ D × √(ε² + 0.125² / n_eff), n_eff = D² / Σ p_i² — so independent
+    moves, each under its step, leave the total's error with SD ≤ that fraction of D."""
+    total = sum(demands)
+    if total == 0:
+        return
+    nodes = len(demands) + idle                      # counted signers: gateways and others
+    spread = math.sqrt(sum(demand_threshold(p, total, nodes) ** 2 for p in demands))
+    n_eff = total ** 2 / sum(p * p for p in demands)
+    assert spread <= total * math.sqrt(NETWORK_NOISE ** 2 + DEMAND_STEP ** 2 / n_eff) * (1 + 1e-9)

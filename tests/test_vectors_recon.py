@@ -50,7 +50,7 @@ def test_invalid_frames(case):
 def test_sessions(case):
     a = ReconSet(item_of(n, case["spread"]) for n in range(*case["a"]))
     b = ReconSet(item_of(n, case["spread"]) for n in range(*case["b"]))
-    result = reconcile_pair(a, b)
+    result = reconcile_pair(a, b, since_ms=case.get("since"))
     assert [f.hex() for f in result.frames] == case["frames"]
     assert sorted(x.hex() for x in result.a_lacks) == case["a_lacks"]
     assert sorted(x.hex() for x in result.b_lacks) == case["b_lacks"]

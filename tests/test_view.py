@@ -629,3 +629,47 @@ def test_digest_without_equals_the_digest_of_the_view_without_those_messages() -
     # A message the view does not hold changes nothing.
     other = announce(3, 1, BASE_MS)
     assert view_of([a1]).digest_without([(other.signer, other.msg_id)]) == view_of([a1]).digest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Revision 2.1: the reconciliation set the view keeps alongside merges and expiries (§8.4).
+
+view_steps = st.lists(st.one_of(
+    st.tuples(st.just("merge"), st.sampled_from(POOL)),
+    st.tuples(st.just("expire"), st.integers(0, 90_000)),
+    st.tuples(st.just("forget"), st.integers(0, 90_000)),
+    st.tuples(st.just("recon"), st.just(0)),
+), max_size=60)
+
+
+@SETTINGS
+@given(steps=view_steps, max_signers=st.sampled_from([2, 100]))
+def test_recon_set_kept_with_merges_and_expiry_equals_a_fresh_one(steps, max_signers) -> None:
+    from neuroshard_p2p.view.recon import ReconSet
+
+    view = new_view(max_signers=max_signers)
+    snapshots = []
+    for action, arg in steps:
+        if action == "merge":
+            view.merge_message(arg)
+        elif action == "expire":
+            view.expire_before(BASE_MS + arg)
+        elif action == "forget":
+            view.forget_silent_before(BASE_MS + arg)
+        else:
+            kept = view.recon_set()
+            snapshots.append((kept.snapshot(), sorted((m.issued_at_ms, m.msg_id)
+                                                      for m in view.all_messages())))
+    kept = view.recon_set()
+    held = view.all_messages()
+    fresh = ReconSet((m.issued_at_ms, m.msg_id) for m in held)
+    assert list(kept) == list(fresh)
+    n = len(fresh)
+    for lo in range(n + 1):
+        assert kept.fingerprint_of(lo, n) == fresh.fingerprint_of(lo, n)
+        assert kept.fingerprint_of(0, lo) == fresh.fingerprint_of(0, lo)
+    assert {m.msg_id: view.wire_of(m.msg_id) for m in held} == {m.msg_id: m.wire for m in held}
+    assert all(view.wire_of(m.msg_id) is None for m in POOL if m.msg_id not in {h.msg_id for h in held})
+    for snapshot, items in snapshots:  # a session's snapshot does not move with later merges
+        assert list(snapshot) == items
+        assert snapshot.fingerprint_of(0, len(items)) == ReconSet(items).fingerprint_of(0, len(items))

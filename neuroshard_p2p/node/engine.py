@@ -257,8 +257,8 @@ class PeerEngine:
         self.announcements_published = 0
         #: Revision 2.1 (§1.3): keep-alives are signed into our own view but not gossiped (peers
         #: get them by sync/2.1.0 reconciliation), and only a material change (capacity, or
-        #: demand crossing a 12.5 % log step, `node.policy`) gossips at once; a smaller change
-        #: rides the next keep-alive.
+        #: demand moving by its step: 12.5 %, wider on a large network, `node.policy`)
+        #: gossips at once; a smaller change rides the next keep-alive.
         self.quiet_keep_alives = quiet_keep_alives
         self.keep_alives_unpublished = 0
 
@@ -408,7 +408,8 @@ class PeerEngine:
         else:
             changed = state != self._published
             if changed and self.quiet_keep_alives and self._published is not None:
-                changed = material_change(astuple(self._published), astuple(state))
+                changed = material_change(astuple(self._published), astuple(state),
+                                          self._network_demand(now))
             same_tick = self.tick_of(now) == self.tick_of(self._published_at)
             keep_alive = (not state.silent
                           and now >= self._published_at + self._keep_alive_after)
@@ -419,13 +420,20 @@ class PeerEngine:
                 self._dirty = True  # changed within this tick: due at the next one
             return []
         gossip = (not self.quiet_keep_alives or self._published_at is None
-                  or state != self._published and material_change(astuple(self._published), astuple(state))
+                  or state != self._published and material_change(
+                      astuple(self._published), astuple(state), self._network_demand(now))
                   or self._repeat or state.silent)
         data = self._announce(state, now)
         if not gossip:
             self.keep_alives_unpublished += 1
             return []
         return [data]
+
+    def _network_demand(self, now: float) -> tuple[int, int, int]:
+        """(counted pending tokens, counted pending requests, counted signers) of our view at
+        `now`: what the network-relative demand step of `node.policy` widens with."""
+        stats = self.view.stats_at(now)
+        return stats.demand_tokens_waiting, stats.pending_requests, stats.counted_nodes
 
     def reannounce(self) -> None:
         """Publish our current state again at the next tick, changed or not. The driver calls

@@ -7,9 +7,16 @@ from __future__ import annotations
 import math
 
 #: A demand change gossips at once when it moves the demand to another step of this log scale:
-#: steps are [1.125^k, 1.125^(k+1)), so what peers count is within 12.5 % of the true demand
-#: until the next keep-alive carries the exact figure. Capacity changes always gossip.
+#: steps are [1.125^k, 1.125^(k+1)) (`demand_step`, kept for reference and tests). The rule in
+#: force (`material_change`) is by distance instead: a move of at least 12.5 % of the published
+#: value, or of the network-relative step below when that is wider. Capacity changes always
+#: gossip.
 DEMAND_STEP = 0.125
+#: ε of the network-relative step (revision 2.1, §1.3): a node's demand step is at least
+#: ε × (network total) / √(counted signers). Independent moves add in quadrature, so the counted
+#: total's error has a standard deviation of at most ε of the total (√(Σ step²) ≤ ε × total),
+#: while each node's step widens with √N and the network-wide gossip rate stays flat in N.
+NETWORK_NOISE = 0.04
 
 
 def demand_step(quantity: int) -> int:
@@ -19,12 +26,31 @@ def demand_step(quantity: int) -> int:
     return 1 + math.floor(math.log(quantity) / math.log1p(DEMAND_STEP) + 1e-9)
 
 
-def material_change(old: tuple[int, int, int, int], new: tuple[int, int, int, int]) -> bool:
-    """(tokens_per_second, min_price_nano, pending_tokens, pending_requests): gossip at once?"""
+def demand_threshold(published: int, network_total: int = 0, counted_nodes: int = 0) -> float:
+    """The smallest move of a demand quantity (pending tokens or pending requests) from its
+    published value that gossips at once: max(12.5 % of the published value, ε × the network's
+    counted total of that quantity / √(counted signers)). Without network figures, 12.5 %."""
+    relative = DEMAND_STEP * published
+    if counted_nodes <= 0 or network_total <= 0:
+        return relative
+    return max(relative, NETWORK_NOISE * network_total / math.sqrt(counted_nodes))
+
+
+def material_change(old: tuple[int, ...], new: tuple[int, ...],
+                    network: tuple[int, int, int] | None = None) -> bool:
+    """(tokens_per_second, min_price_nano, pending_tokens, pending_requests, ...): gossip at once?
+    `network` is (counted pending tokens, counted pending requests, counted signers) of the
+    node's view; None gives the plain 12.5 % rule. New demand (0 → x) always gossips; x → 0
+    when it crosses the step, or when the whole state turns silent (the caller gossips that)."""
     if old[:2] != new[:2]:
         return True
-    return (demand_step(old[2]) != demand_step(new[2])
-            or demand_step(old[3]) != demand_step(new[3]))
+    tokens_total, requests_total, nodes = network if network is not None else (0, 0, 0)
+    for published, now, total in ((old[2], new[2], tokens_total), (old[3], new[3], requests_total)):
+        if published == 0 and now != 0:
+            return True  # new demand counts at once, however small
+        if published != now and abs(now - published) >= demand_threshold(published, total, nodes):
+            return True
+    return False
 
 
 def rounds_to_reach(peers_seen: int) -> int:
@@ -45,4 +71,12 @@ def periods(capacity_timeout_s: float, peers_seen: int) -> tuple[float, float]:
     return keep_alive, min(30.0, max(1.0, reconcile))
 
 
-__all__ = ["DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]
+def recent_window_s(capacity_timeout_s: float) -> float:
+    """How far back a dialer's opening lists items by id (§8.4, the "since" opening): the time
+    `periods` gives a keep-alive to reach ≥ 99.9 % of the peers, (T − T/3) / 2 = T/3 (20 s).
+    Two views differ mostly in what is still spreading, i.e. in this window; what differs
+    before it is found by the fingerprint ranges as before."""
+    return capacity_timeout_s / 3
+
+
+__all__ = ["recent_window_s", "NETWORK_NOISE", "demand_threshold", "DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]

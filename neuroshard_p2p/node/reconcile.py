@@ -5,8 +5,9 @@
     out = session.receive(frame, now)      # each frame from the peer → frames to send back
     session.done                           # True: close the writing side, read to the end
 
-A session snapshots the engine's view as (ts, id) items when it starts (what arrives meanwhile is
-for the next session), answers each Reconcile with `view.recon.ReconSet.process`, sends the
+A session reads a snapshot of the (ts, id) items the view keeps incrementally
+(`MarketView.recon_set`), taken when it starts in O(blocks) (what arrives meanwhile is for the next
+session), answers each Reconcile with `view.recon.ReconSet.process`, sends the
 messages the peer lacks and the ones it asks for as SyncResponse frames (kind 17), asks in `want`
 for the ones it lacks, and checks what it receives with the engine's sync rules (§8, §8.3: the
 first rejected item ends the session with a fault).
@@ -20,8 +21,9 @@ from collections.abc import Iterable
 
 from neuroshard_p2p.node.engine import PeerEngine, SyncCounts
 from neuroshard_p2p.node.policy import (
-    DEMAND_STEP, demand_step, material_change, periods, rounds_to_reach,
+    DEMAND_STEP, demand_step, material_change, periods, recent_window_s, rounds_to_reach,
 )
+from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.view.recon import Learnt, ReconSet
 from neuroshard_p2p.wire import WireError
 from neuroshard_p2p.wire.errors import REJECT
@@ -34,10 +36,9 @@ from neuroshard_p2p.wire.recon import (
 #: Turns after which a session stops whatever happens (§8.4).
 MAX_TURNS = 64
 def recon_items(engine: PeerEngine) -> ReconSet:
-    """The engine's view as §8.4 items: announcements by issued_at_ms, revocation lists at 0."""
-    items = [(m.issued_at_ms, m.msg_id) for m in engine.view.all_messages()]
-    items += [(0, r.msg_id) for r in engine.view.revocation_lists()]
-    return ReconSet(items)
+    """The engine's view as §8.4 items (announcements by issued_at_ms, revocation lists at 0):
+    a snapshot of the set the view keeps incrementally (O(blocks), not O(view))."""
+    return engine.view.recon_set().snapshot()
 
 
 class ReconSession:
@@ -52,13 +53,9 @@ class ReconSession:
         self.fault: str | None = None
         self.sent_messages = 0
         self._set: ReconSet | None = None
-        self._by_id: dict[bytes, bytes] = {}
 
     def _snapshot(self) -> ReconSet:
         if self._set is None:
-            view = self.engine.view
-            self._by_id = {m.msg_id: m.wire for m in view.all_messages()}
-            self._by_id.update((r.msg_id, r.wire) for r in view.revocation_lists())
             self._set = recon_items(self.engine)
         return self._set
 
@@ -67,7 +64,8 @@ class ReconSession:
         if not self.dialer:
             return []
         self.turns = 1
-        return [encode_reconcile(self._snapshot().initiate())]
+        since_ms = ms_of(now - recent_window_s(self.engine.config.capacity_timeout_s))
+        return [encode_reconcile(self._snapshot().initiate(since_ms))]
 
     def on_peer_closed(self) -> None:
         """The peer closed its writing side: it has nothing more to say (a turn of Skips only
@@ -75,7 +73,9 @@ class ReconSession:
         self.done = True
 
     def _messages(self, ids: Iterable[bytes]) -> list[bytes]:
-        wires = [self._by_id[i] for i in ids if i in self._by_id]
+        # Looked up in the live view: what expired since the snapshot is no longer sent.
+        view = self.engine.view
+        wires = [w for w in map(view.wire_of, ids) if w is not None]
         self.sent_messages += len(wires)
         return [encode_sync(r) for r in split_sync_response(wires)]
 

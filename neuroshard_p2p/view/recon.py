@@ -23,9 +23,9 @@ the real codec (used by tests, the simulator and the benchmarks).
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from neuroshard_p2p.wire.recon import (
     FINGERPRINT_LEN, IDLIST_MAX, INFINITE_TS, MAX_RANGES, MAX_RECONCILE_FRAME, MAX_WANT,
@@ -35,6 +35,9 @@ from neuroshard_p2p.wire.recon import (
 
 #: Sub-ranges a differing range is split into.
 BRANCHES = 16
+#: Recent items a "since" opening lists by id at most (8,192 × 34 B ≈ 280 KB, a quarter of the
+#: frame limit; 256 IdList ranges).
+RECENT_MAX = 8192
 _TAG = b"neuroshard/recon/v2.1"
 _MOD = 1 << 256
 _INF = (INFINITE_TS, b"")
@@ -72,37 +75,216 @@ class Learnt:
     need: list[bytes] = field(default_factory=list)
 
 
-class ReconSet:
-    """A snapshot of (ts, id) items with prefix sums, for fingerprints in O(log n)."""
+#: Items per block of a ReconSet: a block is copied on its first change after a snapshot and its
+#: prefix sums rebuilt on the first read after a change, so both cost O(_LOAD); lookups cost
+#: O(log n). New items carry recent timestamps and land in the last blocks, expiry takes the
+#: first: between two sessions only a few blocks change.
+_LOAD = 256
 
-    def __init__(self, items: Iterable[Item]) -> None:
-        self.items: list[Item] = sorted(set(items))
-        self._sums = [0]
-        total = 0
-        for _, msg_id in self.items:
-            total = (total + int.from_bytes(msg_id, "big")) % _MOD
-            self._sums.append(total)
+
+class ReconSet:
+    """(ts, id) items in order with prefix sums of their ids, for fingerprints in O(log n).
+
+    Kept incrementally (`add`, `discard`: O(log n + _LOAD)), so a node's view maintains one
+    alongside its merges and expiries (`MarketView.recon_set`) instead of building one per
+    session. `snapshot()` is a read-only copy in O(n / _LOAD): it shares the blocks, and the set
+    copies a block the first time it changes one afterwards (copy on write), so a session
+    answers every turn from the view as it was when the session started.
+    """
+
+    def __init__(self, items: Iterable[Item] = (), load: int = _LOAD) -> None:
+        ordered = sorted(set(items))
+        self._load = load
+        self._blocks: list[list[Item]] = [ordered[i:i + load]
+                                          for i in range(0, len(ordered), load)]
+        self._maxes: list[Item] = [block[-1] for block in self._blocks]
+        #: Per block: prefix sums of its ids (len + 1 values), None until read after a change.
+        self._block_sums: list[list[int] | None] = [None] * len(self._blocks)
+        #: Per block: False while a snapshot may share it (copy before changing it).
+        self._owned: list[bool] = [True] * len(self._blocks)
+        #: Items before block k, and the sum of their ids (k = 0 .. blocks); None after a change.
+        self._offsets: list[int] | None = None
+        self._totals: list[int] | None = None
+        self._len = len(ordered)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return self._len
+
+    def __iter__(self) -> Iterator[Item]:
+        for block in self._blocks:
+            yield from block
+
+    # -- changes ----------------------------------------------------------------------------
+
+    def _own(self, k: int) -> list[Item]:
+        if not self._owned[k]:
+            self._blocks[k] = list(self._blocks[k])
+            self._owned[k] = True
+        self._block_sums[k] = None
+        self._offsets = self._totals = None
+        return self._blocks[k]
+
+    def add(self, item: Item) -> bool:
+        """Insert an item; False if it was held already."""
+        blocks, maxes = self._blocks, self._maxes
+        if not blocks:
+            blocks.append([item])
+            maxes.append(item)
+            self._block_sums.append(None)
+            self._owned.append(True)
+            self._offsets = self._totals = None
+            self._len = 1
+            return True
+        k = bisect_left(maxes, item)
+        if k == len(blocks):
+            k -= 1
+        block = blocks[k]
+        j = bisect_left(block, item)
+        if j < len(block) and block[j] == item:
+            return False
+        block = self._own(k)
+        block.insert(j, item)
+        maxes[k] = block[-1]
+        self._len += 1
+        if len(block) > 2 * self._load:
+            half = len(block) // 2
+            blocks[k:k + 1] = [block[:half], block[half:]]
+            maxes[k:k + 1] = [block[half - 1], block[-1]]
+            self._block_sums[k:k + 1] = [None, None]
+            self._owned[k:k + 1] = [True, True]
+        return True
+
+    def discard(self, item: Item) -> bool:
+        """Remove an item; False if it was not held."""
+        blocks, maxes = self._blocks, self._maxes
+        k = bisect_left(maxes, item)
+        if k == len(blocks):
+            return False
+        j = bisect_left(blocks[k], item)
+        if j == len(blocks[k]) or blocks[k][j] != item:
+            return False
+        block = self._own(k)
+        del block[j]
+        self._len -= 1
+        if block:
+            maxes[k] = block[-1]
+        else:
+            del blocks[k], maxes[k], self._block_sums[k], self._owned[k]
+        return True
+
+    def snapshot(self) -> "ReconSet":
+        """A read-only copy of the set as it is now, in O(blocks) (see the class docstring)."""
+        self._prefix()
+        copy = ReconSet.__new__(ReconSet)
+        copy._blocks = list(self._blocks)
+        copy._maxes = list(self._maxes)
+        copy._block_sums = list(self._block_sums)
+        copy._owned = [False] * len(self._blocks)  # read-only: never changed
+        copy._offsets, copy._totals, copy._len = self._offsets, self._totals, self._len
+        copy._load = self._load
+        self._owned = [False] * len(self._blocks)
+        return copy
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _sums_of(self, k: int) -> list[int]:
+        sums = self._block_sums[k]
+        if sums is None:
+            total = 0
+            sums = [0]
+            for _, msg_id in self._blocks[k]:
+                total += int.from_bytes(msg_id, "big")
+                sums.append(total)
+            self._block_sums[k] = sums
+        return sums
+
+    def _prefix(self) -> tuple[list[int], list[int]]:
+        if self._offsets is None or self._totals is None:
+            offsets, totals = [0], [0]
+            count = total = 0
+            for k, block in enumerate(self._blocks):
+                count += len(block)
+                total += self._sums_of(k)[-1]
+                offsets.append(count)
+                totals.append(total)
+            self._offsets, self._totals = offsets, totals
+        return self._offsets, self._totals
 
     def index(self, bound: tuple[int, bytes]) -> int:
         """Index of the first item at or above `bound`."""
         if bound == _INF:
-            return len(self.items)
-        return bisect_left(self.items, bound)
+            return self._len
+        k = bisect_left(self._maxes, bound)
+        if k == len(self._blocks):
+            return self._len
+        offsets, _ = self._prefix()
+        return offsets[k] + bisect_left(self._blocks[k], bound)
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        offsets, _ = self._prefix()
+        k = bisect_right(offsets, i) - 1
+        return k, i - offsets[k]
+
+    def item_at(self, i: int) -> Item:
+        k, j = self._locate(i)
+        return self._blocks[k][j]
+
+    def _sum_before(self, i: int) -> int:
+        _, totals = self._prefix()
+        if i >= self._len:
+            return totals[-1]
+        k, j = self._locate(i)
+        return totals[k] + self._sums_of(k)[j]
 
     def fingerprint_of(self, lo: int, hi: int) -> bytes:
-        return fingerprint(hi - lo, self._sums[hi] - self._sums[lo])
+        return fingerprint(hi - lo, self._sum_before(hi) - self._sum_before(lo))
 
-    def initiate(self) -> Reconcile:
-        """The opening frame: one range over everything, as ids if small, else a fingerprint."""
-        if len(self.items) <= IDLIST_MAX:
-            return Reconcile((ReconRange(*_INF, MODE_IDLIST, ids=self._ids(0, len(self.items))),))
-        return Reconcile((ReconRange(*_INF, MODE_FINGERPRINT, self.fingerprint_of(0, len(self.items))),))
+    def items_between(self, lo: int, hi: int) -> list[Item]:
+        """Items lo .. hi − 1."""
+        if lo >= hi:
+            return []
+        k, j = self._locate(lo)
+        out: list[Item] = []
+        want = hi - lo
+        blocks = self._blocks
+        while len(out) < want:
+            out.extend(blocks[k][j:j + want - len(out)])
+            k, j = k + 1, 0
+        return out
+
+    def initiate(self, since_ms: int | None = None) -> Reconcile:
+        """The opening frame (§8.4). At most 32 items: one IdList of all of them. Else, without
+        `since_ms`: one Fingerprint range over everything. With `since_ms` (the "recent"
+        opening, revision 2.1): the items issued before since_ms as one range (ids if at most
+        32, else a fingerprint), then every item from since_ms on by id, in IdList ranges of 32
+        items — the last at most RECENT_MAX of them (an earlier since bound otherwise). Recent
+        items are where two views differ (a keep-alive spreads for ~20 s), and there a
+        difference costs the responder one set lookup instead of a split of 16 fingerprints at
+        every level of the range tree."""
+        n = self._len
+        if n <= IDLIST_MAX:
+            return Reconcile((ReconRange(*_INF, MODE_IDLIST, ids=self._ids(0, n)),))
+        lo = n if since_ms is None else self.index((max(0, since_ms), b""))
+        if lo >= n:
+            return Reconcile((ReconRange(*_INF, MODE_FINGERPRINT, self.fingerprint_of(0, n)),))
+        lower: tuple[int, bytes] = (max(0, since_ms or 0), b"")
+        if n - lo > RECENT_MAX:
+            lo = n - RECENT_MAX
+            lower = bound_between(self.item_at(lo - 1), self.item_at(lo))
+        ranges: list[ReconRange] = []
+        if lower > (0, b""):
+            if lo <= IDLIST_MAX:
+                ranges.append(ReconRange(*lower, MODE_IDLIST, ids=self._ids(0, lo)))
+            else:
+                ranges.append(ReconRange(*lower, MODE_FINGERPRINT, self.fingerprint_of(0, lo)))
+        for start in range(lo, n, IDLIST_MAX):
+            end = min(start + IDLIST_MAX, n)
+            bound = _INF if end == n else bound_between(self.item_at(end - 1), self.item_at(end))
+            ranges.append(ReconRange(*bound, MODE_IDLIST, ids=self._ids(start, end)))
+        return Reconcile(tuple(ranges))
 
     def _ids(self, lo: int, hi: int) -> tuple[bytes, ...]:
-        return tuple(sorted(msg_id for _, msg_id in self.items[lo:hi]))
+        return tuple(sorted(msg_id for _, msg_id in self.items_between(lo, hi)))
 
     def _split(self, lo: int, hi: int, upper: tuple[int, bytes]) -> list[ReconRange]:
         count = hi - lo
@@ -112,7 +294,7 @@ class ReconSet:
         start = lo
         for part in range(1, BRANCHES + 1):
             end = lo + count * part // BRANCHES
-            bound = upper if part == BRANCHES else bound_between(self.items[end - 1], self.items[end])
+            bound = upper if part == BRANCHES else bound_between(self.item_at(end - 1), self.item_at(end))
             out.append(ReconRange(*bound, MODE_FINGERPRINT, self.fingerprint_of(start, end)))
             start = end
         return out
@@ -129,7 +311,7 @@ class ReconSet:
             hi = self.index(r.bound)
             if len(out) + BRANCHES + 1 >= MAX_RANGES or size + _FRAME_RESERVE + BRANCHES * _RANGE_MAX_BYTES > MAX_RECONCILE_FRAME:
                 rest = self.index(lower)
-                out.append(ReconRange(*_INF, MODE_FINGERPRINT, self.fingerprint_of(rest, len(self.items))))
+                out.append(ReconRange(*_INF, MODE_FINGERPRINT, self.fingerprint_of(rest, self._len)))
                 # What the remaining IdLists would have taught is learnt next turn instead.
                 break
             if r.mode == MODE_SKIP:
@@ -143,7 +325,7 @@ class ReconSet:
                     size += sum(_range_bytes(p) for p in parts)
             else:  # MODE_IDLIST
                 theirs = set(r.ids)
-                ours = {msg_id for _, msg_id in self.items[lo:hi]}
+                ours = {msg_id for _, msg_id in self.items_between(lo, hi)}
                 learnt.have.extend(sorted(ours - theirs))
                 learnt.need.extend(sorted(theirs - ours))
                 out.append(ReconRange(*r.bound, MODE_SKIP))
@@ -179,12 +361,14 @@ class PairResult:
     frames: list[bytes]
 
 
-def reconcile_pair(a: ReconSet, b: ReconSet, max_turns: int = 64) -> PairResult:
-    """Run the exchange of §8.4 between `a` (dialer) and `b` (listener) until a turn carries no
-    range; return what each side learnt it lacks. Every frame goes through encode and decode."""
+def reconcile_pair(a: ReconSet, b: ReconSet, max_turns: int = 64,
+                   since_ms: int | None = None) -> PairResult:
+    """Run the exchange of §8.4 between `a` (dialer, opening with `initiate(since_ms)`) and `b`
+    (listener) until a turn carries no range; return what each side learnt it lacks. Every
+    frame goes through encode and decode."""
     learnt_a, learnt_b = Learnt(), Learnt()
     frames: list[bytes] = []
-    message = a.initiate()
+    message = a.initiate(since_ms)
     sides = ((b, learnt_b), (a, learnt_a))
     turn = 0
     while message.ranges and turn < max_turns:
@@ -198,5 +382,5 @@ def reconcile_pair(a: ReconSet, b: ReconSet, max_turns: int = 64) -> PairResult:
     return PairResult(a_lacks, b_lacks, turn, sum(len(f) for f in frames), frames)
 
 
-__all__ = ["BRANCHES", "ReconSet", "Learnt", "PairResult", "fingerprint", "bound_between",
+__all__ = ["BRANCHES", "RECENT_MAX", "ReconSet", "Learnt", "PairResult", "fingerprint", "bound_between",
            "reconcile_pair"]

@@ -51,6 +51,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.pricing import (DEMAND_BUCKETS, clearing_price_nano, smoothed_price,
                                          target_price_nano, utilization)
 from neuroshard_p2p.timeline import ms_of, whole_ms
+from neuroshard_p2p.view.recon import ReconSet
 from neuroshard_p2p.view.register import Register, Segment, order_key
 from neuroshard_p2p.view.steps import LANE_BITS, StepSum, pack, unpack
 from neuroshard_p2p.wire import MAX_FUTURE_S, SYNC_BUCKETS, Announcement
@@ -272,6 +273,11 @@ class MarketView:
         # Block j of the step sums starts exactly at tick j's evaluation instant.
         self._steps = StepSum(self.tick_ms, self.settle_ms)
         self._tick_cache: dict[int, tuple[int, int, int]] = {}  # tick → (supply, demand, target)
+        #: Revision 2.1 (§8.4): the (ts, id) items of the retained announcements and held
+        #: revocation lists, kept alongside merges and expiries once `recon_set` is first
+        #: asked for (a view that never reconciles pays nothing), with each item's wire bytes.
+        self._recon: ReconSet | None = None
+        self._recon_wires: dict[bytes, bytes] = {}
         #: Signers evicted to respect max_signers (for metrics).
         self.evictions = 0
         #: Grows by one whenever the retained set changes, so a caller can cache what it derives
@@ -358,9 +364,9 @@ class MarketView:
         bucket = register.bucket
         for gone in dropped:
             self._held.discard(gone.msg_id)
-            self._account(bucket, gone.msg_id, -1)
+            self._account(bucket, gone, -1)
         self._held.add(message.msg_id)
-        self._account(bucket, message.msg_id, +1)
+        self._account(bucket, message, +1)
         if register.newest_ms != old_newest:
             self._note_silence(register)
         self._note_oldest(register)
@@ -398,7 +404,7 @@ class MarketView:
         if first:
             for gone in messages[:first]:
                 held.discard(gone.msg_id)
-                self._account(bucket, gone.msg_id, -1)
+                self._account(bucket, gone, -1)
             del messages[:first]
             del keys[:first]
             for dropped in segments[:first]:
@@ -436,8 +442,11 @@ class MarketView:
             register.segments = segments + (segment,)
         id_int = None if facts is None else facts.id_int
         held.add(message.msg_id)
-        # _account(bucket, msg_id, +1), inlined
+        # _account(bucket, message, +1), inlined
         self.version += 1
+        if self._recon is not None:
+            self._recon.add((message.issued_at_ms, message.msg_id))
+            self._recon_wires[message.msg_id] = message.wire
         self._bucket_count[bucket] += 1
         self._bucket_sum[bucket] = (self._bucket_sum[bucket]
                                     + (int.from_bytes(message.msg_id, "big") if id_int is None
@@ -500,7 +509,7 @@ class MarketView:
                 continue
             for gone in register.messages[:count]:
                 self._held.discard(gone.msg_id)
-                self._account(register.bucket, gone.msg_id, -1)
+                self._account(register.bucket, gone, -1)
             del register.messages[:count]
             del register.keys[:count]
             register.equivocating = len({m.seq for m in register.messages}) < len(register.messages)
@@ -522,8 +531,18 @@ class MarketView:
             heapq.heappop(heap)
         return None
 
-    def _account(self, bucket: int, msg_id: bytes, sign: int, id_int: int | None = None) -> None:
+    def _account(self, bucket: int, message: Announcement, sign: int,
+                 id_int: int | None = None) -> None:
         self.version += 1
+        msg_id = message.msg_id
+        if self._recon is not None:
+            item = (message.issued_at_ms, msg_id)
+            if sign > 0:
+                self._recon.add(item)
+                self._recon_wires[msg_id] = message.wire
+            else:
+                self._recon.discard(item)
+                self._recon_wires.pop(msg_id, None)
         self._bucket_count[bucket] += sign
         if id_int is None:
             id_int = int.from_bytes(msg_id, "big")
@@ -535,7 +554,7 @@ class MarketView:
         self._bucket_signers[register.bucket].discard(signer)
         for message in register.messages:
             self._held.discard(message.msg_id)
-            self._account(register.bucket, message.msg_id, -1)
+            self._account(register.bucket, message, -1)
         register.messages.clear()
         register.keys.clear()
         register.equivocating = False
@@ -601,6 +620,12 @@ class MarketView:
         if held is not None and (held.seq, held.msg_id) >= (revocations.seq, revocations.msg_id):
             return False
         self._lists[revocations.signer] = revocations
+        if self._recon is not None:
+            if held is not None:
+                self._recon.discard((0, held.msg_id))
+                self._recon_wires.pop(held.msg_id, None)
+            self._recon.add((0, revocations.msg_id))
+            self._recon_wires[revocations.msg_id] = revocations.wire
         before = self._revoked_from
         after: dict[bytes, int] = {}
         for revocation_list in self._lists.values():
@@ -616,6 +641,25 @@ class MarketView:
                 if register is not None and register.messages:
                     self._refresh_segments(register)
         return True
+
+    def recon_set(self) -> ReconSet:
+        """The view as §8.4 items — announcements at issued_at_ms, revocation lists at 0 —
+        maintained incrementally from the first call on (built once then, O(n log n)). Callers
+        must not change it; a session reads a `snapshot()` of it."""
+        if self._recon is None:
+            items = [(m.issued_at_ms, m.msg_id) for r in self._registers.values()
+                     for m in r.messages]
+            items += [(0, r.msg_id) for r in self._lists.values()]
+            self._recon = ReconSet(items)
+            self._recon_wires = {m.msg_id: m.wire for r in self._registers.values()
+                                 for m in r.messages}
+            self._recon_wires.update((r.msg_id, r.wire) for r in self._lists.values())
+        return self._recon
+
+    def wire_of(self, msg_id: bytes) -> bytes | None:
+        """The wire bytes of a held announcement or revocation list by message id, once
+        `recon_set` has been asked for (None before, or if not held)."""
+        return self._recon_wires.get(msg_id)
 
     def revocation_lists(self) -> list[RevocationList]:
         """The newest list of each authority, by authority key."""

@@ -20,6 +20,7 @@ TAG = b"neuroshard/recon/v2.1"
 INF = (2**63 - 1, b"")
 SMALL = 32
 SPLIT = 16
+RECENT_MAX = 8192
 
 
 def item_of(n: int, spread: int) -> tuple[int, bytes]:
@@ -91,12 +92,36 @@ def answer(items: list[tuple[int, bytes]], ranges: list[list[Any]], lacks: set[b
     return [] if all(r[2] == 0 for r in merged) else merged
 
 
-def session(a_items: list[tuple[int, bytes]], b_items: list[tuple[int, bytes]]) -> dict[str, Any]:
-    a, b = sorted(a_items), sorted(b_items)
+def opening(a: list[tuple[int, bytes]], since: int | None) -> list[list[Any]]:
+    """The dialer's first ranges: all ids if at most 32; else without `since` one fingerprint;
+    with it, the items below (since, empty) as one range and the rest by id, 32 per range, the
+    last RECENT_MAX of them at most."""
     if len(a) <= SMALL:
-        ranges = [[INF[0], INF[1], 2, sorted(i for _, i in a)]]
-    else:
-        ranges = [[INF[0], INF[1], 1, fp([i for _, i in a])]]
+        return [[INF[0], INF[1], 2, sorted(i for _, i in a)]]
+    recent = [x for x in a if since is not None and x >= (since, b"")]
+    if not recent:
+        return [[INF[0], INF[1], 1, fp([i for _, i in a])]]
+    lower = (since, b"")
+    if len(recent) > RECENT_MAX:
+        recent = recent[-RECENT_MAX:]
+        lower = separator(a[len(a) - RECENT_MAX - 1], recent[0])
+    head = a[:len(a) - len(recent)]
+    ranges: list[list[Any]] = []
+    if lower > (0, b""):
+        ids = [i for _, i in head]
+        ranges.append([lower[0], lower[1], 2, sorted(ids)] if len(ids) <= SMALL
+                      else [lower[0], lower[1], 1, fp(ids)])
+    for k in range(0, len(recent), SMALL):
+        chunk = recent[k:k + SMALL]
+        upper = INF if k + SMALL >= len(recent) else separator(chunk[-1], recent[k + SMALL])
+        ranges.append([upper[0], upper[1], 2, sorted(i for _, i in chunk)])
+    return ranges
+
+
+def session(a_items: list[tuple[int, bytes]], b_items: list[tuple[int, bytes]],
+            since: int | None = None) -> dict[str, Any]:
+    a, b = sorted(a_items), sorted(b_items)
+    ranges = opening(a, since)
     a_lacks: set[bytes] = set()
     b_lacks: set[bytes] = set()
     frames: list[str] = []
@@ -162,13 +187,21 @@ def documents() -> dict[str, Any]:
         {"note": "600 shared, 3 only in a, 2 only in b", "spread": 1000, "a": [0, 603], "b": [3, 605]},
         {"note": "all items at one ts (bounds by id prefix)", "spread": 1, "a": [0, 300], "b": [5, 300]},
         {"note": "a empty", "spread": 1000, "a": [0, 0], "b": [0, 50]},
+        {"note": "recent opening: a lists its ids from ts 900 on", "spread": 1000,
+         "a": [0, 603], "b": [3, 605], "since": 900},
+        {"note": "recent opening: since before every item (all listed by id)", "spread": 1000,
+         "a": [0, 200], "b": [10, 210], "since": 0},
+        {"note": "recent opening: since after every item (one fingerprint)", "spread": 1000,
+         "a": [0, 100], "b": [0, 101], "since": 5000},
     ]
     for s in sessions:
-        s.update(session(items(range(*s["a"]), s["spread"]), items(range(*s["b"]), s["spread"])))
+        s.update(session(items(range(*s["a"]), s["spread"]), items(range(*s["b"]), s["spread"]),
+                         s.get("since")))
     return {"recon.json": {
         "spec": "protocols/market-v2.md §8.4 (revision 2.1: reconciliation)",
         "item": "item n: id = SHA-256('neuroshard recon vector item' || u32be(n)), ts = u32be(id[0..4]) mod spread; "
-                "a session's sides hold items a[0] <= n < a[1] and b[0] <= n < b[1]; a dials",
+                "a session's sides hold items a[0] <= n < a[1] and b[0] <= n < b[1]; a dials, opening with "
+                "the recent opening of §8.4 from `since` ms when the session has one",
         "fingerprints": fingerprints, "bounds": bounds, "valid": valid, "invalid": invalid,
         "sessions": sessions}}
 
