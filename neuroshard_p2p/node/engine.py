@@ -419,9 +419,10 @@ class PeerEngine:
             if self._repeat or (self._published is not None and state != self._published):
                 self._dirty = True  # changed within this tick: due at the next one
             return []
-        gossip = (not self.quiet_keep_alives or self._published_at is None
-                  or state != self._published and material_change(
-                      astuple(self._published), astuple(state), self._network_demand(now))
+        published = self._published
+        gossip = (not self.quiet_keep_alives or self._published_at is None or published is None
+                  or state != published and material_change(
+                      astuple(published), astuple(state), self._network_demand(now))
                   or self._repeat or state.silent)
         data = self._announce(state, now)
         if not gossip:
