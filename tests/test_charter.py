@@ -71,7 +71,7 @@ import trio  # noqa: E402
 from neuroshard_p2p.config import ConfigError  # noqa: E402
 from neuroshard_p2p.node.datadir import WORK_FILE, ensure_data_dir, load_work  # noqa: E402
 from neuroshard_p2p.node.errors import NodeError  # noqa: E402
-from neuroshard_p2p.node.host import recon_protocol, sync_protocol  # noqa: E402
+from neuroshard_p2p.node.host import sync_protocol  # noqa: E402
 from neuroshard_p2p.node.jobs import job_protocol  # noqa: E402
 from neuroshard_p2p.node.peering import peers_protocols  # noqa: E402
 from neuroshard_p2p.node.settings import NodeSettings, market_topic  # noqa: E402
@@ -266,11 +266,10 @@ async def test_two_nodes_of_different_charters_never_exchange_a_market_message(
         assert held(a) == {a_s, a2_s} and held(b) == {b_s}
         assert b.node.stats().supply_tokens_per_sec == 200
         assert a.node.stats().supply_tokens_per_sec == a2.node.stats().supply_tokens_per_sec == 400
-        # sync: a does not speak b's sync protocols (2.1.0, then 2.0.0), nor b a's
+        # sync: a does not speak b's sync protocol, nor b a's
         for asking, asked in ((b, a), (a, b)):
-            network = asking.node.settings.network
             refused = (f"failed: protocol not supported by the peer (tried "
-                       f"['{recon_protocol(network)}', '{sync_protocol(network)}'])")
+                       f"['{sync_protocol(asking.node.settings.network)}'])")
             with pytest.raises(NodeError, match=re.escape(refused)):
                 await asking.node.sync_with(asked.node.host.get_id())
         assert held(a) == {a_s, a2_s} and held(b) == {b_s}
