@@ -23,7 +23,8 @@ async def test_quiet_keep_alives_reach_new_and_old_peers_by_sync(tmp_path: Path)
         quiet = await start_node(nursery, test_settings(tmp_path / "q", capacity=100,
                                                         quiet_keep_alives=True), make_key(1))
         entry = (quiet.node.addrs[0],)
-        new = await start_node(nursery, test_settings(tmp_path / "n", bootstrap=entry, sync_interval_s=1.0),
+        new = await start_node(nursery, test_settings(tmp_path / "n", bootstrap=entry, reconcile=True,
+                                                      sync_interval_s=1.0),
                                make_key(2))
         old = await start_node(nursery, test_settings(tmp_path / "o", bootstrap=entry, reconcile=False,
                                                       sync_interval_s=1.0), make_key(3))

@@ -23,7 +23,7 @@ share no topic and no protocol: they never exchange a market message.
   (wire/framing.py). Both sides of every new connection pull, and every `sync_interval_s` a node
   pulls from one random peer, so a late joiner holds the same view within a round trip.
 - `/neuroshard/<network id>/sync/2.1.0` — the same exchange by range-based reconciliation
-  (protocol §8.4, `node/reconcile.py`), offered first when `reconcile` is on (the default); a
+  (protocol §8.4, `node/reconcile.py`), offered first when `reconcile` (or `quiet_keep_alives`) is on; a
   peer without it answers on 2.0.0. With `quiet_keep_alives`, keep-alives travel only this way
   and the loop's period comes from the capacity timeout and the signers seen (`node/policy.py`).
 - `/neuroshard/<network id>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
@@ -307,7 +307,7 @@ class Node:
         await stack.enter_async_context(background_trio_service(self.gossipsub))
         await self.pubsub.wait_until_ready()
         self.host.set_stream_handler(self._sync_protocol, self._serve_sync)
-        if self.settings.reconcile:
+        if self._reconciles:
             self.host.set_stream_handler(self._recon_protocol, self._serve_sync)
         self.peering.attach(self.host)
         await self.reach.attach(self.host, stack)
@@ -609,7 +609,7 @@ class Node:
             stream: INetStream | None = None
             try:
                 with trio.fail_after(self.settings.stream_timeout_s):
-                    offered = ([self._recon_protocol] if self.settings.reconcile else []) + [self._sync_protocol]
+                    offered = ([self._recon_protocol] if self._reconciles else []) + [self._sync_protocol]
                     stream = await self.host.new_stream(peer, offered)
                     if stream.get_protocol() == self._recon_protocol:
                         counts = await self._reconcile(stream, ReconSession(self.engine, dialer=True))
@@ -675,6 +675,11 @@ class Node:
                 await self._answer_sync(stream, peer)
         finally:
             self._serving_sync.discard(peer)
+
+    @property
+    def _reconciles(self) -> bool:
+        """Whether this node serves and offers sync/2.1.0 (quiet keep-alives need it)."""
+        return self.settings.reconcile or self.settings.quiet_keep_alives
 
     async def _reconcile(self, stream: INetStream, session: ReconSession) -> SyncCounts:
         """Run one sync/2.1.0 session on an open stream (both roles): write what the session
