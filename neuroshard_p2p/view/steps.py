@@ -78,46 +78,7 @@ class StepSum:
 
     def add(self, t_ms: int, delta: int) -> None:
         """Add a packed delta at instant t_ms (a step up or down from t_ms on)."""
-        if not delta:
-            return
-        block = (t_ms + self._shift_ms) // self._block_ms
-        points = self._points.get(block)
-        if points is None:
-            self._points[block] = {t_ms: delta}
-        else:
-            value = points.get(t_ms, 0) + delta
-            if value:
-                points[t_ms] = value
-            else:
-                del points[t_ms]
-                if not points:
-                    del self._points[block]
-        keys = self._keys
-        valid = self._valid
-        if valid and keys[valid - 1] >= block:
-            # The prefix sums are exact below this block only (checked before `keys` changes:
-            # an insertion or removal happens at this same position).
-            self._valid = bisect_left(keys, block, 0, valid)
-        blocks = self._blocks
-        total = blocks.get(block)
-        if total is None:
-            # A new block: its key joins the sorted list (usually at the end).
-            blocks[block] = delta
-            if keys and block < keys[-1]:
-                insort(keys, block)
-            else:
-                keys.append(block)
-        else:
-            total += delta
-            if total:
-                blocks[block] = total
-            else:
-                # A block whose deltas cancel adds nothing to the prefix sums: keep the map small.
-                del blocks[block]
-                del keys[bisect_left(keys, block)]
-        changed = self.changed_from
-        if changed is None or block < changed:
-            self.changed_from = block
+        self.add_many(t_ms, delta)
 
     def add_many(self, *changes: int) -> None:
         """`add(t, delta)` for each pair of the flat list t1, delta1, t2, delta2, …: the same
