@@ -1124,11 +1124,7 @@ class JobService:
             return None
         result = outcome[0]
         if isinstance(result, BackendError):
-            self.counters.backend_errors += 1
-            log.info("backend failed on %s (%s): %s", job.request_id, result.reason,
-                     result.message)
-            await self._answer(stream, declined(job.request_id, f"backend_{result.reason}",
-                                                result.message))
+            await self._decline_failed(stream, job, result)
             return None
         ended = self.clock()  # one reading: the receipt is issued when serving ended
         unsigned = self.provider.receipt_for(job, result.tokens_served, started, ended, ended)
@@ -1280,11 +1276,7 @@ class JobService:
             self._streaming_jobs -= 1
         result = outcome[0] if outcome else None
         if isinstance(result, BackendError):
-            self.counters.backend_errors += 1
-            log.info("backend failed on %s (%s): %s", job.request_id, result.reason,
-                     result.message)
-            await self._answer(stream, declined(job.request_id, f"backend_{result.reason}",
-                                                result.message))
+            await self._decline_failed(stream, job, result)
             return None
         if result is None and stopped[:1] != ["cancel"]:
             self.counters.jobs_abandoned += 1
@@ -1304,6 +1296,13 @@ class JobService:
                                         JobResult(job.request_id, receipt.wire, ""))
         self.counters.jobs_streamed += 1
         return delivered
+
+    async def _decline_failed(self, stream: Any, job: Job, error: BackendError) -> None:
+        """The backend failed on an accepted job: count it and decline with its reason."""
+        self.counters.backend_errors += 1
+        log.info("backend failed on %s (%s): %s", job.request_id, error.reason, error.message)
+        await self._answer(stream, declined(job.request_id, f"backend_{error.reason}",
+                                            error.message))
 
     async def _answer(self, stream: Any, frame: JobDeclined) -> None:
         await stream.write(length_prefixed(encode_job_frame(frame)))
