@@ -24,10 +24,11 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
-import httpx
 import trio
 
+from neuroshard_p2p.node.http1 import Http1Client, TransportError
 from neuroshard_p2p.node.settings import BACKEND_KINDS
 
 #: Largest response body accepted from an OpenAI-compatible server. A completion is text; a body
@@ -322,9 +323,16 @@ class OpenAIBackend:
         self.timeout_s = float(timeout_s)
         self.endpoint = endpoint
         self.url = f"{root}/v1/{'chat/completions' if endpoint == 'chat' else 'completions'}"
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._target = urlsplit(self.url).path
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
         # One client per backend keeps connections to the server alive between jobs.
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), headers=headers)
+        self._client = Http1Client(root, headers)
+
+    def _request(self, payload: dict[str, Any]) -> Any:
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        return self._client.request("POST", self._target, body)
 
     def _payload(self, prompt: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
@@ -358,15 +366,14 @@ class OpenAIBackend:
         model = self.model
         try:
             with trio.fail_at(limit):
-                async with self._client.stream(
-                        "POST", self.url, json=self._payload(prompt, max_tokens, True)) as response:
-                    if response.status_code != 200:
+                async with self._request(self._payload(prompt, max_tokens, True)) as response:
+                    if response.status != 200:
                         body = b""
                         async for chunk in response.aiter_bytes():
                             body += chunk
                             if len(body) > 65536:
                                 break
-                        self._parse(response.status_code, body, max_tokens)  # raises
+                        self._parse(response.status, body, max_tokens)  # raises
                     size = 0
                     async for line in response.aiter_lines():
                         size += len(line) + 1
@@ -442,20 +449,17 @@ class OpenAIBackend:
 
     def _raise_for(self, exc: BaseException, waited: float, what: str) -> None:
         """The BackendError for a failed call to the backend (a deadline that ran out while it
-        had yet to `what`, a timeout of httpx, an unreachable server); nothing for any other
+        had yet to `what`, an unreachable server, a broken connection); nothing for any other
         exception, which the caller re-raises as it is."""
         if isinstance(exc, trio.TooSlowError):
             raise BackendError(TIMEOUT, f"backend {self.url} did not {what} within "
                                         f"{waited:.1f} s") from None
-        if isinstance(exc, httpx.TimeoutException):
-            raise BackendError(TIMEOUT, f"backend {self.url} did not answer within "
-                                        f"{waited:.1f} s") from None
-        if isinstance(exc, (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, OSError)):
+        if isinstance(exc, (TransportError, OSError)):
             raise BackendError(UNREACHABLE,
-                               f"cannot reach backend {self.url}: {_describe(exc)}") from None
+                               f"cannot reach backend {self.url}: {exc}") from None
 
     async def _post(self, payload: dict[str, Any]) -> tuple[int, bytes]:
-        async with self._client.stream("POST", self.url, json=payload) as response:
+        async with self._request(payload) as response:
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.aiter_bytes():
@@ -465,7 +469,7 @@ class OpenAIBackend:
                         BAD_RESPONSE,
                         f"backend {self.url} answered more than {MAX_RESPONSE_BYTES} bytes")
                 chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
+            return response.status, b"".join(chunks)
 
     def _parse(self, status: int, body: bytes, max_tokens: int) -> BackendResult:
         data: Any
@@ -534,11 +538,6 @@ def _error_message(data: Any) -> str:
         if isinstance(error, str):
             return error[:300]
     return ""
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def make_backend(kind: str, *, tokens_per_second: float, url: str = "", model: str = "",
