@@ -49,16 +49,16 @@ async def stats(url: str) -> dict[str, Any]:
 @asynccontextmanager
 async def market(tmp_path: Path, *, provider_streams: bool = True, capacity: int = 2000,
                  backend_url: str | None = None, backend_model: str = "tiny",
-                 ) -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
+                 muxer: str = "yamux") -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
     """A provider whose backend is the server process (or the server at `backend_url`), and a
     gateway that sees its offer."""
     async with AsyncExitStack() as stack:
         url = backend_url or await stack.enter_async_context(backend_process())
         async with api_node(tmp_path / "provider", 3, capacity=capacity, min_price=0.01,
                             backend="openai", backend_url=url, backend_model=backend_model,
-                            job_streaming=provider_streams) as provider:
-            async with api_node(tmp_path / "gateway", 4,
-                                bootstrap=(provider.node.addrs[0],)) as gateway:
+                            job_streaming=provider_streams, muxer=muxer) as provider:
+            async with api_node(tmp_path / "gateway", 4, bootstrap=(provider.node.addrs[0],),
+                                muxer=muxer) as gateway:
                 async def sees_offer() -> bool:
                     offers = (await gateway.get("/api/market/offers")).json()["offers"]
                     return bool(offers)
@@ -150,6 +150,24 @@ async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> Non
             capture_stdout=True, capture_stderr=True)
         assert done.stdout.decode() == "w0 w1 w2 w3\n"
         assert f"[4 tokens from {provider.node.peer_id} at " in done.stderr.decode()
+
+
+async def test_a_stream_through_two_mplex_nodes(tmp_path: Path) -> None:
+    # The provider reads the gateway's side while it writes the output: on py-libp2p's own
+    # Mplex that deadlocked and every job failed (libp2p_compat entry 12).
+    async with market(tmp_path, muxer="mplex") as (provider, gateway, url):
+        oa = client(gateway)
+
+        def stream() -> list[str]:
+            chunks = oa.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "!rate 200"}], max_tokens=8,
+                stream=True)
+            return [c.choices[0].delta.content for c in chunks
+                    if c.choices and c.choices[0].delta.content]
+
+        texts = await trio.to_thread.run_sync(stream)
+        assert "".join(texts) == " ".join(f"w{i}" for i in range(8))
+        assert provider.node.jobs.counters.jobs_streamed == 1
 
 
 async def test_client_going_away_mid_stream_settles_exactly_what_was_served(

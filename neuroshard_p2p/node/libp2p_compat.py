@@ -56,6 +56,13 @@ around, and can go when the defect is fixed.
    `Node.addrs` instead); (h) `CircuitV2Protocol.allow_hop` is read once, at start, and the hop
    handler never checks it, so a node registering the handler served reservations whatever it
    said (`Reach._serve_hop` gates it). `connection_kind` reads whether a connection is relayed.
+12. **An Mplex stream is half-duplex** (`DuplexMplex`, used by `muxer_options`): `MplexStream`
+   guards reads and writes with one readers-writer lock, so while a task waits in `read()` no
+   other task can `write()` on that stream. A job/2.x provider reads the gateway's side (a
+   JobCancel, or EOF when the user leaves) while it writes the job's output: on Mplex its writes
+   waited until the gateway gave up (measured: every job through two `muxer = "mplex"` nodes
+   failed, "closed the stream mid-job"). Its streams get separate read and write locks, as
+   Yamux's have. Reproduction: docs/py-libp2p-defects.md, 12.
 """
 
 from __future__ import annotations
@@ -88,11 +95,35 @@ TEARDOWN_BOUND_S = 5.0
 _MESHSUB = {v: TProtocol(f"/meshsub/{v}") for v in ("1.0.0", "1.1.0", "1.2.0")}
 
 
+class _DuplexLock:
+    """What `MplexStream.rw_lock` is used as (`read_lock()`, `write_lock()`), with a reader and
+    a writer that do not wait for each other: one lock per direction."""
+
+    def __init__(self) -> None:
+        self._read = trio.Lock()
+        self._write = trio.Lock()
+
+    def read_lock(self) -> trio.Lock:
+        return self._read
+
+    def write_lock(self) -> trio.Lock:
+        return self._write
+
+
+class DuplexMplex(Mplex):
+    """py-libp2p's Mplex whose streams can be read and written at once (entry 12)."""
+
+    async def _initialize_stream(self, stream_id: Any, name: str) -> Any:
+        stream = await super()._initialize_stream(stream_id, name)
+        stream.rw_lock = _DuplexLock()
+        return stream
+
+
 def muxer_options(preferred: str) -> TMuxerOptions:
     """Both muxers, the configured one first (docs/readme-node.md: Yamux is what other libp2p
     stacks speak, Mplex costs less CPU in py-libp2p)."""
     yamux = (TProtocol(YAMUX_PROTOCOL_ID), Yamux)
-    mplex = (TProtocol(MPLEX_PROTOCOL_ID), Mplex)
+    mplex = (TProtocol(MPLEX_PROTOCOL_ID), DuplexMplex)
     first, second = (mplex, yamux) if preferred == "mplex" else (yamux, mplex)
     return dict([first, second])
 
@@ -301,7 +332,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
     return False
 
 
-__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "make_gossipsub", "score_params", "VerdictScorer",
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "make_gossipsub", "score_params", "VerdictScorer",
            "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
