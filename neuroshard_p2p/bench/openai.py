@@ -148,6 +148,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(4):
                 await _stream(client, gateway_url, token, warm, 5)
                 await _stream(client, backend_url, None, warm, 5)
+            procs = {"gateway": nodes[1].pid, "provider": nodes[0].pid,
+                     **({"backend": backend.pid} if backend is not None else {})}
+            waits_before = {name: _schedstat(pid) for name, pid in procs.items()}
             for label, prompt in phases:
                 direct: list[dict[str, Any]] = []
                 routed: list[dict[str, Any]] = []
@@ -161,6 +164,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                                                      - results[f"{label}_direct_ttft_ms"])
                 results[f"{label}_tps_ratio"] = (results[f"{label}_market_tps"]
                                                  / results[f"{label}_direct_tps"])
+            results["run_queue_wait_us"] = _waits(waits_before, procs)
             if not results["concurrent"]:
                 return results
             # Concurrent streams through the one gateway, each with its own words.
@@ -228,6 +232,28 @@ def _check_ledgers(base: Path, markets: dict[str, dict[str, Any]]) -> int:
     return exact
 
 
+def _schedstat(pid: int) -> tuple[int, int, int] | None:
+    """(ns on a CPU, ns waiting on a run queue, time slices) of a process (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            cpu, wait, slices = (int(x) for x in f.read().split()[:3])
+    except (OSError, ValueError):
+        return None
+    return cpu, wait, slices
+
+
+def _waits(before: dict[str, Any], procs: dict[str, int]) -> dict[str, float]:
+    """Microseconds each process waited on a run queue per time slice since `before`: how long
+    a process that woke (a chunk arrived) waited for a CPU."""
+    out = {}
+    for name, pid in procs.items():
+        after = _schedstat(pid)
+        if after is not None and before.get(name) is not None:
+            slices = after[2] - before[name][2]
+            out[name] = (after[1] - before[name][1]) / 1e3 / max(slices, 1)
+    return out
+
+
 def _policy() -> str:
     """How this process is scheduled (the children inherit it)."""
     policy = os.sched_getscheduler(0)
@@ -272,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{r[label + '_ttft_extra_ms']:6.2f} ms")
         print(f"    tokens/s    direct {r[label + '_direct_tps']:9.1f}   market "
               f"{r[label + '_market_tps']:9.1f}   market / direct {r[label + '_tps_ratio']:.3f}")
+    if r.get("run_queue_wait_us"):
+        print("  run-queue wait per time slice (/proc/PID/schedstat, sequential phases): "
+              + ", ".join(f"{name} {us:.0f} us" for name, us in r["run_queue_wait_us"].items()))
     n = r["concurrent"]
     if not n:
         return
