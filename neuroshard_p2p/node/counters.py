@@ -28,6 +28,8 @@ class NodeCounters:
     dials: int = 0
     dial_failures: int = 0
     validator_errors: int = 0
+    #: Connected peers pubsub had given up on, asked to register again (libp2p_compat 13).
+    pubsub_repairs: int = 0
 
 
 __all__ = ["NodeCounters"]

@@ -98,6 +98,7 @@ from neuroshard_p2p.node.guard import (
 from neuroshard_p2p.node.job_service import JobService
 from neuroshard_p2p.node.reach import Reach
 from neuroshard_p2p.node.libp2p_compat import (
+    PubsubRepair,
     VerdictScorer,
     bind_problem,
     blacklist,
@@ -130,6 +131,8 @@ log = logging.getLogger("neuroshard.node")
 
 #: How long a node that has bootstrap peers holds its first announcement for a gossip mesh peer.
 FIRST_ANNOUNCE_HOLD_S = 10.0
+#: How often the node looks for connected peers pubsub gave up on (libp2p_compat 13).
+PUBSUB_REPAIR_S = 2.0
 
 
 def sync_protocol(network: str) -> TProtocol:
@@ -325,6 +328,7 @@ class Node:
         nursery.start_soon(self._sync_new_peers)
         nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._guard_loop)
+        nursery.start_soon(self._pubsub_repair_loop)
         await nursery.start(self.jobs.run, self.host)
         self.peering.start(nursery)
         self.reach.start(nursery)
@@ -498,6 +502,15 @@ class Node:
                     self.pubsub.remove_from_blacklist(peer)
                 log.info("ban of peer %s ended", short_id(peer))
             await trio.sleep(1.0)
+
+    async def _pubsub_repair_loop(self) -> None:
+        """Connected peers pubsub gave up on get another registration (libp2p_compat 13)."""
+        repair = PubsubRepair()
+        while True:
+            await trio.sleep(PUBSUB_REPAIR_S)
+            if self.pubsub is not None and self.host is not None:
+                self.counters.pubsub_repairs += repair.check(
+                    self.pubsub, self.host.get_connected_peers(), trio.current_time())
 
     def peer_standings(self) -> list[dict[str, Any]]:
         """Every peer that is connected or that the guard remembers: its guard score, its

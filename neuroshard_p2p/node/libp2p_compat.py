@@ -63,6 +63,14 @@ around, and can go when the defect is fixed.
    waited until the gateway gave up (measured: every job through two `muxer = "mplex"` nodes
    failed, "closed the stream mid-job"). Its streams get separate read and write locks, as
    Yamux's have. Reproduction: docs/py-libp2p-defects.md, 12.
+13. **A connected peer pubsub gave up on** (`PubsubRepair`): pubsub retries opening its stream
+   to a new peer only after SwarmException or StreamClosed; any other failure (the peer's
+   pubsub handler not registered yet, a negotiation cut short under load) ends its attempt, and
+   nothing tries again while the connection lasts. Measured: under load nodes sat connected for
+   minutes with no pubsub peer (9 of 50 in one `measure-real` setup), and a peer that connects
+   before its pubsub runs is never added by the other side. The node checks every few seconds
+   and asks pubsub to register such a peer again, backing off per peer. Reproduction:
+   docs/py-libp2p-defects.md, 13.
 """
 
 from __future__ import annotations
@@ -117,6 +125,44 @@ class DuplexMplex(Mplex):
         stream = await super()._initialize_stream(stream_id, name)
         stream.rw_lock = _DuplexLock()
         return stream
+
+
+class PubsubRepair:
+    """Re-registers connected peers that pubsub holds no stream for (entry 13).
+
+    `check(pubsub, connected, now)` every few seconds: a peer connected, not blacklisted and
+    missing from `pubsub.peers` for `grace_s` gets one more registration attempt (pubsub's own
+    retry task, which keeps trying while the failure is SwarmException/StreamClosed); if it is
+    still missing, the next attempt waits twice as long, up to `max_wait_s` (a peer that does
+    not speak our pubsub at all costs one stream negotiation per `max_wait_s`). The grace lets
+    pubsub's own first attempt finish, so the two rarely race (a race registers the peer twice,
+    the second stream replacing the first)."""
+
+    def __init__(self, grace_s: float = 10.0, max_wait_s: float = 300.0) -> None:
+        self.grace_s = grace_s
+        self.max_wait_s = max_wait_s
+        self._missing: dict[Any, tuple[float, float]] = {}  # peer -> (next attempt, wait)
+        self.repairs = 0
+
+    def check(self, pubsub: Any, connected: Any, now: float) -> int:
+        """Attempts started now."""
+        connected = set(connected)
+        for peer in list(self._missing):
+            if peer not in connected or peer in pubsub.peers:
+                del self._missing[peer]
+        started = 0
+        for peer in connected:
+            if peer in pubsub.peers or pubsub.is_peer_blacklisted(peer):
+                continue
+            at, wait = self._missing.setdefault(peer, (now + self.grace_s, self.grace_s))
+            if now < at:
+                continue
+            pubsub._schedule_peer_stream_retry(peer)
+            wait = min(2 * wait, self.max_wait_s)
+            self._missing[peer] = (now + wait, wait)
+            started += 1
+        self.repairs += started
+        return started
 
 
 def muxer_options(preferred: str) -> TMuxerOptions:
@@ -332,7 +378,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
     return False
 
 
-__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "make_gossipsub", "score_params", "VerdictScorer",
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "make_gossipsub", "score_params", "VerdictScorer",
            "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
