@@ -294,7 +294,8 @@ class Worker:
         # pubsub stream only on SwarmException/StreamClosed; any other failure (a negotiation
         # timing out on a loaded machine) ends its registration for good, and a node whose
         # every connection went that way sits connected with no pubsub peer (seen for 9 of 50
-        # nodes at load 12). The setup asks pubsub to retry them, as the node itself should.
+        # nodes at load 12). The node repairs this itself now, after 10 s (libp2p_compat 13,
+        # PubsubRepair); the setup asks at once so a measured run starts meshed.
         repaired = 0
         for p in own:
             if p.alive and p.node is not None and p.node.pubsub is not None:
