@@ -105,6 +105,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     close_connections,
     disconnect,
     expand_wildcards,
+    install_record_caches,
     make_gossipsub,
     muxer_options,
     senders_idle,
@@ -286,6 +287,7 @@ class Node:
         self.host = new_host(key_pair=self._key_pair, muxer_opt=muxer_options(s.muxer),
                              listen_addrs=self._listen, connection_config=connections,
                              addrs_factory=expand_wildcards)
+        install_record_caches()
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would

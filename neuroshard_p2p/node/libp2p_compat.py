@@ -71,6 +71,13 @@ around, and can go when the defect is fixed.
    before its pubsub runs is never added by the other side. The node checks every few seconds
    and asks pubsub to register such a peer again, backing off per peer. Reproduction:
    docs/py-libp2p-defects.md, 13.
+14. **A signed peer record built and checked for every pubsub RPC** (`install_record_caches`):
+   every RPC pubsub sends carries the host's signed peer record, and `env_to_send_in_RPC`
+   rebuilds the address set and re-marshals the envelope each time (225 µs); every RPC received
+   has it verified and stored again (`maybe_consume_signed_record`, 177 µs, twice for an RPC
+   with control messages), though it is the same record from the same peer each time. The
+   record sent is cached for 1 s, and a record already verified from that peer is not verified
+   again for 60 s (the peerstore keeps it for 2 hours); the bytes on the wire do not change.
 """
 
 from __future__ import annotations
@@ -163,6 +170,67 @@ class PubsubRepair:
             started += 1
         self.repairs += started
         return started
+
+
+#: How long the signed peer record pubsub sends is reused before it is looked at again (14).
+RECORD_SEND_REFRESH_S = 1.0
+#: How long a peer's record, once verified, is taken as verified when it arrives unchanged (14).
+RECORD_RECHECK_S = 60.0
+#: Peers per host whose last verified record is remembered (the oldest goes first).
+RECORD_CACHE_PEERS = 4096
+_record_caches_installed = False
+
+
+def install_record_caches() -> None:
+    """Entry 14: cache the signed peer record pubsub puts in every RPC it sends, and skip
+    re-verifying a record that arrives unchanged from the peer it was verified for. Replaces the
+    two functions in the modules of py-libp2p's pubsub that call them; idempotent."""
+    global _record_caches_installed
+    if _record_caches_installed:
+        return
+    import time
+    import weakref
+
+    import libp2p.pubsub.gossipsub as gossipsub_module
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.peer.peerstore import env_to_send_in_RPC
+    from libp2p.pubsub.utils import maybe_consume_signed_record
+
+    sent: Any = weakref.WeakKeyDictionary()      # host -> (envelope bytes, when)
+    verified: Any = weakref.WeakKeyDictionary()  # host -> {peer: (envelope bytes, when)}
+
+    def cached_env(host: Any) -> tuple[bytes, bool]:
+        now = time.monotonic()
+        entry = sent.get(host)
+        if entry is not None and now - entry[1] < RECORD_SEND_REFRESH_S:
+            return entry[0], False
+        envelope, created = env_to_send_in_RPC(host)
+        sent[host] = (envelope, now)
+        return envelope, created
+
+    def consume_once(msg: Any, host: Any, peer_id: Any) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        record = msg.senderRecord
+        now = time.monotonic()
+        peers = verified.get(host)
+        if peers is None:
+            peers = verified[host] = {}
+        entry = peers.get(peer_id)
+        if entry is not None and entry[0] == record and now - entry[1] < RECORD_RECHECK_S:
+            return True
+        ok = maybe_consume_signed_record(msg, host, peer_id)
+        if ok:
+            peers.pop(peer_id, None)
+            peers[peer_id] = (record, now)
+            if len(peers) > RECORD_CACHE_PEERS:
+                del peers[next(iter(peers))]
+        return ok
+
+    for module in (pubsub_module, gossipsub_module):
+        module.env_to_send_in_RPC = cached_env  # type: ignore[attr-defined]
+        module.maybe_consume_signed_record = consume_once  # type: ignore[attr-defined]
+    _record_caches_installed = True
 
 
 def muxer_options(preferred: str) -> TMuxerOptions:
@@ -378,7 +446,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
     return False
 
 
-__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "make_gossipsub", "score_params", "VerdictScorer",
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "install_record_caches", "make_gossipsub", "score_params", "VerdictScorer",
            "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",

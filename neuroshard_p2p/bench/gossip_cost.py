@@ -1,0 +1,201 @@
+"""`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC,
+with py-libp2p's pubsub as shipped and with libp2p_compat's record caches (entry 14), in one run.
+
+Per side, two processes on 127.0.0.1: the receiver (one host, gossipsub as the node configures
+it, subscribed to one topic) and the senders (`--senders` hosts in one process, each connected
+to the receiver and to each other, all subscribed; each publishes `--rate` messages per second
+of 200 bytes for `--seconds`). The receiver counts the messages it delivers and the RPC frames
+it reads (counting wrappers, as `neuroshard-simnet measure-real`), and its process CPU time over
+the publishing window (`time.process_time`, not wall time, so a busy machine disturbs it less).
+It forwards what it receives to its mesh, as a node does. The sides alternate, twice each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import trio
+
+TOPIC = "/neuroshard-bench/gossip-cost"
+
+
+def _gossipsub() -> Any:
+    from neuroshard_p2p.node.libp2p_compat import make_gossipsub
+    from neuroshard_p2p.node.settings import NodeSettings
+
+    return make_gossipsub(NodeSettings())
+
+
+async def _host(index: int) -> Any:
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+
+    from neuroshard_p2p.node.libp2p_compat import muxer_options
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    return new_host(key_pair=create_new_key_pair((950_000 + index).to_bytes(32, "big")),
+                    muxer_opt=muxer_options("yamux"), listen_addrs=listen), listen
+
+
+async def _receiver(cached: bool, seconds: float) -> None:
+    import libp2p.pubsub.pubsub as pubsub_module
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    from neuroshard_p2p.node.libp2p_compat import install_record_caches
+
+    if cached:
+        install_record_caches()
+    frames = [0]
+    read = pubsub_module.read_varint_prefixed_bytes_limited
+
+    async def counted(*args: Any, **kwargs: Any) -> bytes:
+        data = await read(*args, **kwargs)
+        frames[0] += 1
+        return data
+    pubsub_module.read_varint_prefixed_bytes_limited = counted  # type: ignore[assignment]
+    host, listen = await _host(0)
+    async with host.run(listen):
+        router = _gossipsub()
+        pubsub = Pubsub(host, router, strict_signing=True)
+        async with background_trio_service(pubsub), background_trio_service(router):
+            await pubsub.wait_until_ready()
+            sub = await pubsub.subscribe(TOPIC)
+            print("ready", f"{host.get_addrs()[0]}", flush=True)
+            delivered = [0]
+
+            async def drain() -> None:
+                while True:
+                    await sub.get()
+                    delivered[0] += 1
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await trio.to_thread.run_sync(sys.stdin.readline)  # "go"
+                cpu0, frames0, got0 = time.process_time(), frames[0], delivered[0]
+                await trio.sleep(seconds)
+                cpu = time.process_time() - cpu0
+                print("result", cpu, frames[0] - frames0, delivered[0] - got0, flush=True)
+                nursery.cancel_scope.cancel()
+
+
+async def _senders(addr: str, count: int, rate: float, seconds: float) -> None:
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    from neuroshard_p2p.node.libp2p_compat import install_record_caches
+
+    install_record_caches()  # the senders' own cost is not measured
+    async with trio.open_nursery() as nursery:
+        pubsubs: list[Any] = []
+        ready = trio.Event()
+        done = trio.Event()
+
+        async def one(i: int) -> None:
+            host, listen = await _host(1 + i)
+            async with host.run(listen):
+                router = _gossipsub()
+                pubsub = Pubsub(host, router, strict_signing=True)
+                async with background_trio_service(pubsub), background_trio_service(router):
+                    await pubsub.wait_until_ready()
+                    await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                    sub = await pubsub.subscribe(TOPIC)
+                    pubsubs.append((host, pubsub, sub))
+                    if len(pubsubs) == count:
+                        ready.set()
+                    async with trio.open_nursery() as inner:
+                        async def drain() -> None:
+                            while True:
+                                await sub.get()
+                        inner.start_soon(drain)
+                        await done.wait()
+                        inner.cancel_scope.cancel()
+
+        for i in range(count):
+            nursery.start_soon(one, i)
+        with trio.fail_after(30):
+            await ready.wait()
+        for host, _, _ in pubsubs:  # a full mesh among the senders too
+            for other, _, _ in pubsubs:
+                if other is not host:
+                    addrs = [a for a in other.get_addrs()]
+                    await host.connect(info_from_p2p_addr(addrs[0]))
+        await trio.sleep(3)  # meshes form at the 1 s heartbeat
+        print("ready", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)  # "go"
+        payload = b"x" * 200
+        end = trio.current_time() + seconds
+        k = 0
+        while trio.current_time() < end:
+            for _, pubsub, _ in pubsubs:
+                await pubsub.publish(TOPIC, payload + k.to_bytes(8, "big"))
+                k += 1
+            await trio.sleep(1.0 / rate)
+        done.set()
+
+
+def _side(cached: bool, args: argparse.Namespace) -> tuple[float, int, int]:
+    me = [sys.executable, "-m", "neuroshard_p2p.bench.gossip_cost"]
+    rx = subprocess.Popen(me + ["--role", "receiver", "--seconds", str(args.seconds)]
+                          + (["--cached"] if cached else []),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert rx.stdin is not None and rx.stdout is not None
+    addr = rx.stdout.readline().split()[1]
+    tx = subprocess.Popen(me + ["--role", "senders", "--addr", addr, "--senders",
+                                str(args.senders), "--rate", str(args.rate), "--seconds",
+                                str(args.seconds + 1)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert tx.stdin is not None and tx.stdout is not None
+    try:
+        assert tx.stdout.readline().startswith("ready")
+        for p in (rx, tx):
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        line = rx.stdout.readline().split()
+        return float(line[1]), int(line[2]), int(line[3])
+    finally:
+        for p in (tx, rx):
+            p.kill()
+            p.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m neuroshard_p2p.bench gossip_cost",
+                                     description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=5.0, help="messages/s per sender")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--role", choices=("receiver", "senders"), help=argparse.SUPPRESS)
+    parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--addr", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "receiver":
+        trio.run(_receiver, args.cached, args.seconds)
+        return
+    if args.role == "senders":
+        trio.run(_senders, args.addr, args.senders, args.rate, args.seconds)
+        return
+    per_rpc: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(2):
+        for cached in (False, True):
+            cpu, frames, delivered = _side(cached, args)
+            per_rpc[cached].append(cpu / max(frames, 1))
+            print(f"  {'cached ' if cached else 'shipped'}: {cpu:.2f} s CPU, {frames} RPCs "
+                  f"read, {delivered} messages delivered: {cpu / max(frames, 1) * 1e3:.2f} ms "
+                  f"per RPC", flush=True)
+    before, after = statistics.median(per_rpc[False]), statistics.median(per_rpc[True])
+    print(f"gossip_cost: receiver CPU per RPC read, py-libp2p as shipped {before * 1e3:.2f} ms, "
+          f"with the record caches {after * 1e3:.2f} ms: after/before {after / before:.2f} "
+          f"({args.senders} senders x {args.rate:g} messages/s, {args.seconds:g} s, medians of 2)")
+
+
+if __name__ == "__main__":
+    main()
