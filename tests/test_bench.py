@@ -11,7 +11,7 @@ import pytest
 
 from neuroshard_p2p.bench import SECTIONS, main
 
-NAMES = ["core", "wire", "view", "ledger", "jobs", "node", "api", "openai", "sync_abuse",
+NAMES = ["core", "wire", "view", "ledger", "jobs", "node", "api", "gossip_cost", "openai", "sync_abuse",
          "members", "members_engine", "grind"]
 
 
