@@ -125,8 +125,7 @@ async def _senders(addr: str, count: int, rate: float, seconds: float) -> None:
         for host, _, _ in pubsubs:  # a full mesh among the senders too
             for other, _, _ in pubsubs:
                 if other is not host:
-                    addrs = [a for a in other.get_addrs()]
-                    await host.connect(info_from_p2p_addr(addrs[0]))
+                    await host.connect(info_from_p2p_addr(other.get_addrs()[0]))
         await trio.sleep(3)  # meshes form at the 1 s heartbeat
         print("ready", flush=True)
         await trio.to_thread.run_sync(sys.stdin.readline)  # "go"
