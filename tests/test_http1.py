@@ -155,7 +155,7 @@ async def test_nobody_listening_is_a_transport_error() -> None:
         await sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
         client = Http1Client(f"http://127.0.0.1:{port}")
-        with pytest.raises(TransportError, match="OSError|ConnectionRefused|connect"):
+        with pytest.raises(TransportError, match="^connection refused$"):
             await fetch(client, b"a")
 
 
@@ -207,7 +207,8 @@ async def test_https_with_the_servers_ca_and_a_refusal_without_it(nursery: trio.
     assert await fetch(client, b"b") == (200, b"echo:b")
     assert server.connections == 1
     stranger = Http1Client(f"https://127.0.0.1:{server.port}")  # the system's CAs only
-    with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(TransportError,
+                       match=r"^\[ssl: certificate_verify_failed\] certificate verify failed"):
         await fetch(stranger, b"c")
 
 

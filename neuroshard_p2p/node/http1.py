@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from neuroshard_p2p.node.streams import failure_reason
+
 #: Idle connections kept per origin (more concurrent jobs open more; the extra ones are closed
 #: when they finish).
 MAX_IDLE = 32
@@ -96,7 +98,7 @@ class _Connection:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise TransportError(_describe(exc)) from None
+            raise TransportError(failure_reason(exc)) from None
 
     async def next_event(self) -> h11.Event:
         while True:
@@ -109,7 +111,7 @@ class _Connection:
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise TransportError(_describe(exc)) from None
+                raise TransportError(failure_reason(exc)) from None
             if data:
                 self.received = True
             elif not self.received:
@@ -160,7 +162,7 @@ class Http1Client:
         try:
             tcp = await trio.open_tcp_stream(self.host, self.port)
         except OSError as exc:
-            raise TransportError(_describe(exc)) from None
+            raise TransportError(failure_reason(exc)) from None
         sock = tcp.socket  # trio's SocketStream sets TCP_NODELAY
         if not self.tls:
             return _Connection(tcp, sock)  # type: ignore[arg-type]
@@ -171,7 +173,7 @@ class Http1Client:
         except (trio.BrokenResourceError, OSError) as exc:
             await trio.aclose_forcefully(tcp)
             cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-            raise TransportError(_describe(cause or exc)) from None
+            raise TransportError(failure_reason(cause or exc)) from None
         return _Connection(stream, sock)  # type: ignore[arg-type]
 
     async def _take_idle(self) -> _Connection | None:
@@ -234,11 +236,6 @@ class Http1Client:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.aclose()
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 __all__ = ["Http1Client", "Response", "TransportError", "MAX_IDLE"]
