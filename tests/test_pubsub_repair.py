@@ -10,27 +10,17 @@ from typing import Any, AsyncIterator
 
 import multiaddr
 import trio
-from libp2p import new_host
-from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from neuroshard_p2p.node.libp2p_compat import PubsubRepair, muxer_options
+from neuroshard_p2p.node.libp2p_compat import PubsubRepair
+from tests.test_accountability import raw_host
 from tests.waiting import eventually
 
 TOPIC = "/neuroshard-test/repair"
-
-
-@asynccontextmanager
-async def host(index: int) -> AsyncIterator[Any]:
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    h = new_host(key_pair=create_new_key_pair((800_000 + index).to_bytes(32, "big")),
-                 muxer_opt=muxer_options("yamux"), listen_addrs=listen)
-    async with h.run(listen):
-        yield h
 
 
 @asynccontextmanager
@@ -49,7 +39,7 @@ async def connect_before_pubsub(a: Any, b: Any) -> None:
 
 async def test_a_peer_that_connected_before_its_pubsub_ran_is_never_registered() -> None:
     # The defect, so this test fails (and the workaround can go) once py-libp2p retries.
-    async with host(1) as a, host(2) as b, pubsub_on(a) as pa:
+    async with raw_host(1) as a, raw_host(2) as b, pubsub_on(a) as pa:
         await connect_before_pubsub(a, b)
         await eventually(lambda: b.get_id() in a.get_connected_peers(), 5, "connected")
         async with pubsub_on(b) as pb:
@@ -61,7 +51,7 @@ async def test_a_peer_that_connected_before_its_pubsub_ran_is_never_registered()
 
 
 async def test_the_repair_registers_it_and_gossip_flows() -> None:
-    async with host(3) as a, host(4) as b, pubsub_on(a) as pa:
+    async with raw_host(3) as a, raw_host(4) as b, pubsub_on(a) as pa:
         await connect_before_pubsub(a, b)
         await eventually(lambda: b.get_id() in a.get_connected_peers(), 5, "connected")
         async with pubsub_on(b) as pb:

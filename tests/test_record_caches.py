@@ -8,21 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import multiaddr
-import trio
-from libp2p import new_host
-from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.pb import rpc_pb2
 
 from neuroshard_p2p.bench import gossip_cost
-from neuroshard_p2p.node.libp2p_compat import install_record_caches, muxer_options
-
-
-def host(index: int) -> tuple[Any, list[Any]]:
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    return new_host(key_pair=create_new_key_pair((960_000 + index).to_bytes(32, "big")),
-                    muxer_opt=muxer_options("yamux"), listen_addrs=listen), listen
+from neuroshard_p2p.node.libp2p_compat import install_record_caches
+from tests.test_accountability import raw_host
 
 
 def rpc(record: bytes) -> Any:
@@ -35,8 +26,7 @@ async def test_only_the_same_record_from_the_same_peer_skips_the_check() -> None
     install_record_caches()
     import libp2p.pubsub.pubsub as pubsub_module
     consume = pubsub_module.maybe_consume_signed_record
-    (a, la), (b, lb), (c, lc) = host(1), host(2), host(3)
-    async with a.run(la), b.run(lb), c.run(lc):
+    async with raw_host(1) as a, raw_host(2) as b, raw_host(3) as c:
         record_a = pubsub_module.env_to_send_in_RPC(a)[0]
         assert record_a == env_to_send_in_RPC(a)[0]  # the same bytes as py-libp2p sends
         record_c = env_to_send_in_RPC(c)[0]

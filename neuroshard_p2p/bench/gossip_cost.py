@@ -31,7 +31,7 @@ def _gossipsub() -> Any:
     return make_gossipsub(NodeSettings())
 
 
-async def _host(index: int) -> Any:
+def _host(index: int) -> Any:
     import multiaddr
     from libp2p import new_host
     from libp2p.crypto.secp256k1 import create_new_key_pair
@@ -60,7 +60,7 @@ async def _receiver(cached: bool, seconds: float) -> None:
         frames[0] += 1
         return data
     pubsub_module.read_varint_prefixed_bytes_limited = counted  # type: ignore[assignment]
-    host, listen = await _host(0)
+    host, listen = _host(0)
     async with host.run(listen):
         router = _gossipsub()
         pubsub = Pubsub(host, router, strict_signing=True)
@@ -99,7 +99,7 @@ async def _senders(addr: str, count: int, rate: float, seconds: float) -> None:
         done = trio.Event()
 
         async def one(i: int) -> None:
-            host, listen = await _host(1 + i)
+            host, listen = _host(1 + i)
             async with host.run(listen):
                 router = _gossipsub()
                 pubsub = Pubsub(host, router, strict_signing=True)
