@@ -101,6 +101,8 @@ from neuroshard_p2p.charter import Charter, builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.node.policy import periods
+from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.view import MarketView, SharedFacts
 from neuroshard_p2p.wire import Message, WireError
@@ -130,7 +132,7 @@ TOKENS_PER_REQUEST = 100_000
 
 # Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
 (_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
- _SAMPLE, _ATTACK) = range(11)
+ _SAMPLE, _ATTACK, _RECON) = range(12)
 
 _OUTCOME = operator.attrgetter("outcome")
 _REASON = operator.attrgetter("reason")
@@ -378,6 +380,14 @@ class SimNetwork:
         self.t = 0.0
         self._lat_mu = math.log(self.net.latency_median_ms / 1000.0)
         self._sync_s = self.settings.sync_interval_s
+        #: sync/2.1.0 (range-based reconciliation, protocol §8.4) instead of 2.0.0's pull, as a
+        #: node with `reconcile` or `quiet_keep_alives` speaks it to a peer that does too (every
+        #: simulated peer has the same settings). Sessions by (session number, peer): a side
+        #: lives in the process that runs its peer's engine, as [session, it closed, the other
+        #: side closed]; see `_recon_leg`.
+        self._reconciles = self.settings.reconcile or self.settings.quiet_keep_alives
+        self._recon_sessions: dict[tuple[int, int], list[Any]] = {}
+        self._recon_next = 0
         #: Processes the run is spread over (see `_fork`); peer v's engine runs in process
         #: v % workers, every process runs the whole network.
         self.workers = workers
@@ -800,6 +810,14 @@ class SimNetwork:
         other = self.peers[partner]
         if not (other.alive and other.observed) or other.group != peer.group:
             return
+        if self._reconciles:
+            number = self._recon_next
+            self._recon_next += 1
+            frames = self._shared(peer.index, lambda: self._recon_open(peer, number, t))
+            self.recorder.second(t).sync_exchanges += 1
+            self._schedule(t + self._latency(), _RECON, number, peer.index, partner, frames,
+                           False)
+            return
         data = self._shared(peer.index, lambda: self._sync_request_engine(peer, t))
         self.recorder.second(t).sync_exchanges += 1
         self._schedule(t + self._latency(), _SYNC_REQ, peer.index, partner, data)
@@ -831,7 +849,87 @@ class SimNetwork:
                           and self.peers[u].group == peer.group]
         if candidates:
             self._start_sync(peer, candidates[self.rng.randrange(len(candidates))], t)
-        self._schedule(t + self._sync_s, _SYNC_TIMER, peer.index)
+        period = self._sync_s
+        if self.settings.quiet_keep_alives and peer.observed:
+            period = self._shared(peer.index, lambda: self._sync_period_engine(peer))
+        self._schedule(t + period, _SYNC_TIMER, peer.index)
+
+    def _sync_period_engine(self, peer: SimPeer) -> float:
+        """`Node._sync_period`: with quiet keep-alives, the reconciliation period derived from
+        the capacity timeout and the signers the peer's view holds, if shorter than
+        `sync_interval_s`."""
+        _, reconcile = periods(self.market.capacity_timeout_s, len(peer.engine.view))
+        return min(self._sync_s, reconcile)
+
+    # sync/2.1.0: a session is a sequence of legs, each one side's frames (and whether that side
+    # has closed its writing side) arriving at the other one link latency later, as the node's
+    # `_reconcile` writes and reads them on one stream.
+
+    def _recon_open(self, peer: SimPeer, number: int, t: float) -> list[bytes]:
+        """The dialer's side: a new session and its opening frames."""
+        self._flush(peer.index, (t, math.inf))
+        started = time.perf_counter()
+        session = ReconSession(peer.engine, dialer=True)
+        frames = session.start(peer.now(t))
+        self._tally.cpu_s += time.perf_counter() - started
+        self._recon_sessions[(number, peer.index)] = [session, False, False]
+        return frames
+
+    def _recon_leg(self, number: int, sender: int, receiver: int, frames: list[bytes],
+                   closed: bool, t: float) -> None:
+        """One side's frames arrive at the other side, which answers (if it has anything to
+        say or has just finished) one latency later. A side closes once, when its session is
+        done; the session ends when both have closed. A dead or partitioned receiver ends it
+        (the stream breaks), as does a broken frame or a rejected item (the node resets)."""
+        peer = self.peers[receiver]
+        if not peer.alive or peer.group != self.peers[sender].group:
+            self._recon_sessions.pop((number, sender), None)
+            self._recon_sessions.pop((number, receiver), None)
+            return
+        reply, close = self._shared(
+            receiver, lambda: self._recon_step(peer, number, frames, closed, t))
+        if close is None:  # reset
+            self._recon_sessions.pop((number, sender), None)
+            return
+        if reply or close:
+            self._schedule(t + self._latency(), _RECON, number, receiver, sender, reply, close)
+
+    def _recon_step(self, peer: SimPeer, number: int, frames: list[bytes], peer_closed: bool,
+                    t: float) -> tuple[list[bytes], bool | None]:
+        """In the receiver's process: its session takes the frames; returns (frames to send,
+        whether it closes now), or ([], None) when it resets the session."""
+        self._flush(peer.index, (t, math.inf))
+        key = (number, peer.index)
+        state = self._recon_sessions.get(key)
+        if state is None:
+            state = self._recon_sessions[key] = [ReconSession(peer.engine, dialer=False), False,
+                                                  False]
+        session: ReconSession = state[0]
+        now = peer.now(t)
+        before = session.counts.received
+        out: list[bytes] = []
+        started = time.perf_counter()
+        try:
+            for frame in frames:
+                out += session.receive(frame, now)
+                if session.fault is not None:
+                    break
+        except WireError:
+            session.fault = session.fault or "frame"
+        self._tally.cpu_s += time.perf_counter() - started
+        self._tally.second(t)[4] += session.counts.received - before
+        if session.fault is not None:
+            del self._recon_sessions[key]
+            return [], None
+        if peer_closed:
+            session.on_peer_closed()
+            state[2] = True
+        close = session.done and not state[1]
+        if close:
+            state[1] = True
+        if state[1] and state[2]:  # both sides closed: the session is over
+            del self._recon_sessions[key]
+        return out, close
 
     def _sync_request(self, requester: int, responder: int, data: bytes, t: float) -> None:
         peer = self.peers[responder]
@@ -1269,6 +1367,8 @@ class SimNetwork:
                 self._sync_request(payload[0], payload[1], payload[2], t)
             elif kind == _SYNC_RESP:
                 self._sync_response(payload[0], payload[1], payload[2], t)
+            elif kind == _RECON:
+                self._recon_leg(*payload, t)
             elif kind == _SCENARIO:
                 self._apply(self.scenario.events[payload[0]], t)
             elif kind == _REMESH:

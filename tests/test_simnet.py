@@ -127,6 +127,7 @@ def test_a_run_states_its_speed_in_calibration_ops_and_keeps_them_out_of_the_det
     ("churn", 16, None),        # kills, replacements syncing on joining
     ("partition", 16, None),    # group meshes, heal syncs, view digests
     ("stop-late-join", 24, 8),  # withdrawals, joiners, an observer sample
+    ("churn-quiet", 16, None),  # sync/2.1.0 sessions whose sides run in different processes
 ])
 def test_a_run_spread_over_processes_gives_the_report_of_one_process(
         name: str, peers: int, observers: int | None) -> None:
@@ -148,6 +149,8 @@ action = "capacity"
 who = "providers"
 factor = 0.5
 ''')
+    elif name == "churn-quiet":
+        scenario = load("churn").scaled(40.0).with_overrides(node={"quiet_keep_alives": True})
     else:
         scenario = load(name).scaled(40.0)
     runs = [SimNetwork(scenario, peers, seed=11, workers=w, observers=observers).run()
@@ -162,6 +165,9 @@ factor = 0.5
         assert (rec.reasons, rec.engine_messages, rec.peer_received, rec.peer_published) == \
             (one.reasons, one.engine_messages, one.peer_received, one.peer_published)
     assert runs[2].notes[-1].startswith("run in 3 processes")
+    if name == "churn-quiet":  # the sessions ran and carried keep-alives
+        assert sum(b.sync_exchanges for b in one.traffic) > 0
+        assert sum(b.sync_announcements for b in one.traffic) > 0
     if name == "hostile":
         assert one.reasons["accepted"] < one.engine_messages  # the flood was refused somewhere
 
@@ -498,3 +504,29 @@ def test_cli_refuses_a_bad_override_with_the_reason(capsys: pytest.CaptureFixtur
     assert "expected market.KEY=VALUE" in capsys.readouterr().err
     assert simnet_main(["run", "--peers", "4", "--scenario", "nope"]) == 1
     assert "unknown scenario 'nope'" in capsys.readouterr().err
+
+
+def test_quiet_keep_alives_ride_sync_2_1_sessions_and_no_live_capacity_ever_lapses() -> None:
+    """With quiet keep-alives the simulator runs sync/2.1.0 (range-based reconciliation, the
+    node's own ReconSession on both sides) at the period `node.policy.periods` derives: after
+    the first announcements nothing is gossiped, yet every peer counts every live provider and
+    every queue at every sample of 150 s (keep-alives every 20 s, capacity timeout 60 s), so
+    each keep-alive reached every peer before the one before it lapsed."""
+    scenario = load("steady").scaled(150.0).with_overrides(node={"quiet_keep_alives": True})
+    net = SimNetwork(scenario, 30, seed=2)
+    rec = net.run()
+    providers = [p for p in net.peers if p.capacity > 0]
+    queued = [p for p in net.peers if p.demand > 0]
+    assert (len(providers), len(queued)) == (15, 8)
+    published = sum(b.published for b in rec.traffic)
+    assert published == len(providers) + len(queued)  # the first announcements, then silence
+    supply = sum(p.capacity for p in providers)
+    demand = sum(p.demand for p in queued)
+    assert len(rec.samples) == 150
+    for row in rec.samples[10:]:  # every peer has started and announced by 5 s
+        assert {(s.supply, s.demand, s.nodes) for s in row} == {(supply, demand, 15)}
+    # Every keep-alive after the first came by sync: 14 or 15 (150 s / 20 s, minus the first)
+    # per announcer, to each of the 29 other peers.
+    carried = sum(b.sync_announcements for b in rec.traffic)
+    assert carried >= 23 * 29 * 6
+    assert len(net._recon_sessions) <= 10  # only sessions still in flight at the end
