@@ -456,6 +456,11 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
     print(f"all peers agree after an event: p50 {after['all_peers_p50']} s, p99 "
           f"{after['all_peers_p99']} s, max {after['all_peers_max']} s "
           f"({after['never_agreed']} of {after['events']} events never settled)")
+    lapses = agree.get("lapses")
+    if lapses and lapses["rows"]:
+        print(f"live capacity not counted: {lapses['lapsed_rows']} of {lapses['rows']} peer "
+              f"samples (outside start-up and event windows; "
+              f"{lapses['samples_with_a_lapse']} samples had one)")
     print(f"published per peer per second: {traffic['published_per_peer_s']} "
           f"(steady {traffic['steady_published_per_peer_s']}); received "
           f"{traffic['received_per_peer_s']}; CPU per message {traffic['cpu_per_message_ms']} ms; "

@@ -189,6 +189,7 @@ def figures(rec: Recorder) -> dict[str, Any]:
         "never_agreed": sum(1 for e in counted if e["agree_s"] is None),
         "resolution_s": rec.sample_s,
     }
+    out["agreement"]["lapses"] = _lapses(rec)
     out["traffic"] = _traffic(rec)
     out["churn"] = _churn(rec)
     out["partition"] = _partition(rec)
@@ -370,6 +371,33 @@ def _mean_live(rec: Recorder, seconds: list[int]) -> float:
                                                        rec.peer_hostile)
                      if not hostile and start <= mid and (stop is None or stop > mid))
     return total / len(seconds)
+
+
+def _lapses(rec: Recorder) -> dict[str, Any]:
+    """Did a live announcer's capacity ever stop counting at some peer? Every (sample, live
+    peer) row outside the start-up and the AFTER_EVENT_S + settle window after each event (when
+    views follow a change) whose supply is below the true supply: a keep-alive that did not reach
+    that peer before the one before it lapsed (keep-alives by reconciliation, issue 15 item 3),
+    or a change still missing. Kills leave dead capacity counted (supply above the truth) until
+    its signed timeout, which is the churn figure's, not a lapse. A partition lapses by design:
+    each side stops counting the other's capacity at its timeout."""
+    settle = rec.market.settle_delay_s
+    busy: list[tuple[float, float]] = [(0.0, STARTUP_S + settle)]
+    for record in rec.events:
+        busy.append((record.t, record.t + AFTER_EVENT_S + settle))
+    rows = lapsed = samples_lapsed = 0
+    worst = 0
+    for i, t in enumerate(rec.times):
+        if any(a <= t < b for a, b in busy):
+            continue
+        truth_supply = rec.truth[i][0]
+        short = sum(1 for r in rec.samples[i] if r.supply < truth_supply)
+        rows += len(rec.samples[i])
+        lapsed += short
+        samples_lapsed += 1 if short else 0
+        worst = max(worst, short)
+    return {"rows": rows, "lapsed_rows": lapsed, "samples_with_a_lapse": samples_lapsed,
+            "most_peers_lapsed_at_once": worst}
 
 
 def _churn(rec: Recorder) -> list[dict[str, Any]]:

@@ -121,6 +121,9 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
            if after.get("events_during_partition") else "") + ") |",
         f"| one peer agrees after an event: p50 / p99 | {_fmt(after['per_peer_p50'], ' s')} / "
         f"{_fmt(after['per_peer_p99'], ' s')} |",
+        *([f"| peer samples on which live capacity was not counted (outside start-up and event "
+           f"windows) | {agree['lapses']['lapsed_rows']} of {agree['lapses']['rows']} |"]
+          if agree.get("lapses", {}).get("rows") else []),
         "",
         "\"Agree after an event\" is the time from the event until the last sample, before the next "
         "event, on which some live peer quoted a different price (0 when none ever did). A price "

@@ -37,7 +37,7 @@ def sim_figures(scenario: Scenario, peers: int, seed: int = 1, **kwargs: object)
 
 def test_every_shipped_scenario_loads_with_its_timeline_inside_its_duration() -> None:
     assert shipped_scenarios() == ["churn", "clearing", "demand-pump", "hostile", "key-flood",
-                                   "late-join",
+                                   "late-join", "local-moves",
                                    "partition", "phases", "shock", "steady", "sybil-capacity",
                                    "sybil-demand", "sync-abuse"]
     for name in shipped_scenarios():
@@ -525,6 +525,8 @@ def test_quiet_keep_alives_ride_sync_2_1_sessions_and_no_live_capacity_ever_laps
     assert len(rec.samples) == 150
     for row in rec.samples[10:]:  # every peer has started and announced by 5 s
         assert {(s.supply, s.demand, s.nodes) for s in row} == {(supply, demand, 15)}
+    lapses = figures(rec)["agreement"]["lapses"]
+    assert (lapses["rows"], lapses["lapsed_rows"]) == ((150 - 8) * 30, 0)
     # Every keep-alive after the first came by sync: 14 or 15 (150 s / 20 s, minus the first)
     # per announcer, to each of the 29 other peers.
     carried = sum(b.sync_announcements for b in rec.traffic)
