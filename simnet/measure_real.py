@@ -215,6 +215,10 @@ class Worker:
         self.announcers: list[int] = []
         self._sampling_cpu = 0.0
         self._loop_lag = 0.0
+        # The longest cyclic garbage collection since the last sample (a stop-the-world pause
+        # the loop lag includes), and its generation; see `_watch_gc`.
+        self._gc_pause = 0.0
+        self._gc_started = 0.0
 
     @staticmethod
     def reply(data: dict[str, Any]) -> None:
@@ -271,6 +275,8 @@ class Worker:
                 addrs[i] = addr
             self.reply({"addrs": addrs})
             nursery.start_soon(self._watch_loop)
+            import gc
+            gc.callbacks.append(self._watch_gc)
             while True:
                 cmd = await self.command()
                 if cmd["cmd"] == "status":
@@ -313,6 +319,13 @@ class Worker:
                                  "mesh": len(gs.mesh.get(p.node.topic, ()))})
         return {"meshed": meshed, "n": len(own), "missing": missing, "unmeshed": unmeshed,
                 "pubsub_retries": repaired}
+
+    def _watch_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """gc.callbacks hook: time every collection."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self._gc_pause = max(self._gc_pause, time.perf_counter() - self._gc_started)
 
     async def _watch_loop(self) -> None:
         """The trio loop's lag: how late a 50 ms sleep wakes (the largest since the last read)."""
@@ -397,8 +410,9 @@ class Worker:
                     if p.alive and p.node is not None:
                         rows.append([i, *read_market(p.node, now)])
                 sample: dict[str, Any] = {"k": k, "rows": rows, "lag": self._loop_lag,
+                                          "gc": self._gc_pause,
                                           "counting": self._counting(actions, now - t0, now)}
-                self._loop_lag = 0.0
+                self._loop_lag = self._gc_pause = 0.0
                 if k % LAG_EVERY == LAG_EVERY - 1:
                     sample["views"] = self._views()
                 self._sampling_cpu += time.process_time() - c0
@@ -707,6 +721,8 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "published_per_node_s": round(delta("published") / seconds / peers, 4),
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
+        "gc_pause_max_s": round(max(s.get("gc", 0.0) for r in results
+                                    for s in r["samples"][a:b + 1]), 3),
     }
     # Deliveries expected: each message published in a sample interval, to every other node
     # alive then. Messages still in flight at the end of the window count as not delivered.

@@ -779,7 +779,12 @@ class MarketView:
         register = self._registers.get(signer)
         if not register:
             return None
-        return max(register.messages, key=lambda m: (m.seq, _negated(m.msg_id)))
+        best = None
+        for message in register.messages:  # highest seq, then lowest id (ids are all 32 bytes)
+            if (best is None or message.seq > best.seq
+                    or (message.seq == best.seq and message.msg_id < best.msg_id)):
+                best = message
+        return best
 
     def is_equivocating(self, signer: bytes) -> bool:
         register = self._registers.get(signer)
@@ -1017,10 +1022,6 @@ def _view_digest(bucket_digests: list[bytes], revocations_digest: bytes) -> byte
 
 def _segment_end(segment: Segment) -> int:
     return segment.end_ms
-
-
-def _negated(msg_id: bytes) -> bytes:
-    return bytes(255 - b for b in msg_id)
 
 
 def _well_formed(message: object) -> bool:
