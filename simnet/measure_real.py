@@ -363,7 +363,7 @@ class Worker:
         trio_t0 = trio.current_time() + (t0 - time.time())
         await trio.sleep_until(trio_t0)
         base = self._totals()
-        self._loop_lag = 0.0
+        self._loop_lag = self._gc_pause = 0.0
         own = set(self.own)
         kills: dict[str, list[float]] = {}
         held_last: dict[str, dict[str, int]] = {}
