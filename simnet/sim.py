@@ -337,6 +337,11 @@ class SimNetwork:
         self.n_initial = peers
         self.seed = seed
         self.rng = random.Random(seed)
+        #: Which peers an event picks (kill, stop, capacity, partition groups) is drawn from its
+        #: own stream, so that runs of one seed that differ in their traffic (e.g. keep-alives
+        #: by gossip or by reconciliation, which draw link latencies differently) still kill,
+        #: stop and split the same peers, and their prices can be compared sample by sample.
+        self.event_rng = random.Random(f"{seed}/events")
         self.np_rng = np.random.default_rng(seed)
         self.sample_s = sample_s or self.market.tick_s
         self.observers_wanted = observers if observers is not None and observers < peers else None
@@ -963,7 +968,7 @@ class SimNetwork:
     # ------------------------------------------------------------------ scenario events
 
     def _choose(self, event: Event, pool: list[SimPeer]) -> list[SimPeer]:
-        return event.choose(pool, self.rng)
+        return event.choose(pool, self.event_rng)
 
     def _honest_live(self) -> list[SimPeer]:
         return [p for p in self.peers if p.alive and p.role != "hostile"]
@@ -1019,7 +1024,7 @@ class SimNetwork:
         elif action == "partition":
             live = self._honest_live()
             order = [p.index for p in live]
-            self.rng.shuffle(order)
+            self.event_rng.shuffle(order)
             groups = max(2, event.groups)
             for rank, index in enumerate(order):
                 self.peers[index].group = 1 + rank * groups // len(order)
