@@ -546,3 +546,20 @@ def test_quant_error_compares_the_quiet_run_with_the_shipped_one(capsys: Any) ->
     assert line.startswith("shock (20 peers, 120 samples): price error max 0.00%, p99 0.00%, "
                            "mean 0.000%; quiet run: live capacity not counted on 0 of 2040 peer "
                            "samples, all peers agree after an event max 0.0 s"), line
+
+
+def test_lapses_count_the_peer_samples_that_lost_a_live_announcers_capacity() -> None:
+    """The lapse figure is not vacuous: with 90 % of gossip transmissions lost, an 8 s capacity
+    timeout and 2.5 s keep-alives, peers miss keep-alives for longer than the timeout and stop
+    counting live providers; the figure counts exactly the rows whose supply is below the
+    truth outside the start-up and event windows."""
+    scenario = load("steady").scaled(40.0).with_overrides(
+        market={"capacity_timeout_s": 8.0}, node={"announce_interval_s": 2.5},
+        network={"loss": 0.9})
+    rec = SimNetwork(scenario, 30, seed=4).run()
+    lapses = figures(rec)["agreement"]["lapses"]
+    settle = rec.market.settle_delay_s
+    rows = [(i, r) for i, t in enumerate(rec.times) if t >= 6.0 + settle for r in rec.samples[i]]
+    short = sum(1 for i, r in rows if r.supply < rec.truth[i][0])
+    assert lapses["rows"] == len(rows) == 30 * len([t for t in rec.times if t >= 6.0 + settle])
+    assert lapses["lapsed_rows"] == short > 0
