@@ -25,7 +25,10 @@ The network model:
   one IHAVE/IWANT round trip later (gossipsub's mcache gossip; see `_regossip`).
 - **Sync.** Every peer runs anti-entropy with a random mesh neighbour every `sync_interval_s`
   (NodeSettings), and with a neighbour when it joins or when a partition heals: request and
-  response frames are the engines' own, each leg delayed by one link latency.
+  response frames are the engines' own, each leg delayed by one link latency. With
+  `reconcile` or `quiet_keep_alives` set, a sync is a sync/2.1.0 session instead: the node's own
+  `ReconSession` on both sides, leg after leg (see `_recon_leg`), at the period the node
+  derives from its view (`node.policy.periods`).
 - **Clocks.** Each peer's clock is off by a normal offset (`clock_skew_ms`).
 
 Large networks: with `observers=K`, only K peers (chosen at random, and joiners at the same rate,
