@@ -216,7 +216,7 @@ class Worker:
         self._sampling_cpu = 0.0
         self._loop_lag = 0.0
         # The longest cyclic garbage collection since the last sample (a stop-the-world pause
-        # the loop lag includes), and its generation; see `_watch_gc`.
+        # the loop lag includes); see `_watch_gc`.
         self._gc_pause = 0.0
         self._gc_started = 0.0
 

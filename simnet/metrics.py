@@ -351,12 +351,19 @@ STARTUP_S = 6.0
 AFTER_EVENT_S = 3.0
 
 
+def _busy_windows(rec: Recorder, slack_s: float = 0.0) -> list[tuple[float, float]]:
+    """The start-up and AFTER_EVENT_S after each event, each `slack_s` longer: when peers
+    announce changes (and, with the settle delay as slack, when views follow them)."""
+    busy: list[tuple[float, float]] = [(0.0, STARTUP_S + slack_s)]
+    for record in rec.events:
+        busy.append((record.t, record.t + AFTER_EVENT_S + slack_s))
+    return busy
+
+
 def _quiet_seconds(rec: Recorder) -> list[int]:
     """Whole seconds of network time with only keep-alives expected: not in the start-up and not
     within AFTER_EVENT_S of an event (announcements of changes)."""
-    busy: list[tuple[float, float]] = [(0.0, STARTUP_S)]
-    for record in rec.events:
-        busy.append((record.t, record.t + AFTER_EVENT_S))
+    busy = _busy_windows(rec)
     return [s for s in range(int(rec.network_s))
             if not any(a < s + 1 and s < b for a, b in busy)]
 
@@ -381,10 +388,7 @@ def _lapses(rec: Recorder) -> dict[str, Any]:
     or a change still missing. Kills leave dead capacity counted (supply above the truth) until
     its signed timeout, which is the churn figure's, not a lapse. A partition lapses by design:
     each side stops counting the other's capacity at its timeout."""
-    settle = rec.market.settle_delay_s
-    busy: list[tuple[float, float]] = [(0.0, STARTUP_S + settle)]
-    for record in rec.events:
-        busy.append((record.t, record.t + AFTER_EVENT_S + settle))
+    busy = _busy_windows(rec, rec.market.settle_delay_s)
     rows = lapsed = samples_lapsed = 0
     worst = 0
     for i, t in enumerate(rec.times):
