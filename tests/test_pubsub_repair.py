@@ -5,8 +5,9 @@ which the node runs every PUBSUB_REPAIR_S, registers it and gossip flows."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+import logging
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator
 
 import multiaddr
 import trio
@@ -37,17 +38,49 @@ async def connect_before_pubsub(a: Any, b: Any) -> None:
     await b.connect(info_from_p2p_addr(multiaddr.Multiaddr(f"{a.get_addrs()[0]}")))
 
 
+class GaveUp(logging.Handler):
+    """Pubsub's own record that it abandoned registering a peer: the one attempt A makes fails
+    with an error it does not retry ("failed to register pubsub peer <id>: ...")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.peers: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("failed to register pubsub peer"):
+            self.peers.append(str(record.args[0]) if record.args else "")
+
+
+@contextmanager
+def watching_pubsub() -> Iterator[GaveUp]:
+    log = logging.getLogger("libp2p.pubsub.pubsub")
+    handler, level = GaveUp(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 async def test_a_peer_that_connected_before_its_pubsub_ran_is_never_registered() -> None:
     # The defect, so this test fails (and the workaround can go) once py-libp2p retries.
-    async with raw_host(1) as a, raw_host(2) as b, pubsub_on(a) as pa:
-        await connect_before_pubsub(a, b)
-        await eventually(lambda: b.get_id() in a.get_connected_peers(), 5, "connected")
-        async with pubsub_on(b) as pb:
-            with trio.move_on_after(5):
-                while b.get_id() not in pa.peers and a.get_id() not in pb.peers:
-                    await trio.sleep(0.1)
-            assert (b.get_id() in pa.peers, a.get_id() in pb.peers) == (False, False)
-            assert b.get_id() in a.get_connected_peers()
+    # B's pubsub starts only after A's one registration attempt has been abandoned: started
+    # earlier, under load, A's attempt can meet B's handler and succeed, and the test would
+    # measure the race instead of the defect.
+    with watching_pubsub() as gave_up:
+        async with raw_host(1) as a, raw_host(2) as b, pubsub_on(a) as pa:
+            await connect_before_pubsub(a, b)
+            await eventually(lambda: str(b.get_id()) in gave_up.peers, 10,
+                             "A's pubsub abandons B", show=lambda: gave_up.peers)
+            assert b.get_id() in a.get_connected_peers() and b.get_id() not in pa.peers
+            async with pubsub_on(b) as pb:
+                with trio.move_on_after(5):
+                    while b.get_id() not in pa.peers and a.get_id() not in pb.peers:
+                        await trio.sleep(0.1)
+                assert (b.get_id() in pa.peers, a.get_id() in pb.peers) == (False, False)
+                assert b.get_id() in a.get_connected_peers()
 
 
 async def test_the_repair_registers_it_and_gossip_flows() -> None:
