@@ -1,5 +1,6 @@
 """`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC,
-with py-libp2p's pubsub as shipped and with libp2p_compat's record caches (entry 14), in one run.
+with py-libp2p's pubsub as shipped, with libp2p_compat's record caches (entry 14), and with those
+and go-yamux's window-update rule (entry 15), in one run.
 
 Per side, two processes on 127.0.0.1: the receiver (one host, gossipsub as the node configures
 it, subscribed to one topic) and the senders (`--senders` hosts in one process, each connected
@@ -7,7 +8,9 @@ to the receiver and to each other, all subscribed; each publishes `--rate` messa
 of 200 bytes for `--seconds`). The receiver counts the messages it delivers and the RPC frames
 it reads (counting wrappers, as `neuroshard-simnet measure-real`), and its process CPU time over
 the publishing window (`time.process_time`, not wall time, so a busy machine disturbs it less).
-It forwards what it receives to its mesh, as a node does. The sides alternate, twice each.
+It forwards what it receives to its mesh, as a node does. Entry 15 changes what both ends
+send (fewer window updates), so the senders run with the receiver's workarounds. The three sides
+alternate, twice each.
 """
 
 from __future__ import annotations
@@ -43,15 +46,25 @@ def _host(index: int) -> Any:
                     muxer_opt=muxer_options("yamux"), listen_addrs=listen), listen
 
 
-async def _receiver(cached: bool, seconds: float) -> None:
+#: The sides: which of libp2p_compat's pubsub workarounds each runs.
+SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15")}
+
+
+def _install(entries: tuple[str, ...] | list[str]) -> None:
+    from neuroshard_p2p.node.libp2p_compat import install_record_caches, install_window_hysteresis
+
+    if "14" in entries:
+        install_record_caches()
+    if "15" in entries:
+        install_window_hysteresis()
+
+
+async def _receiver(entries: list[str], seconds: float) -> None:
     import libp2p.pubsub.pubsub as pubsub_module
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.tools.anyio_service import background_trio_service
 
-    from neuroshard_p2p.node.libp2p_compat import install_record_caches
-
-    if cached:
-        install_record_caches()
+    _install(entries)
     frames = [0]
     read = pubsub_module.read_varint_prefixed_bytes_limited
 
@@ -84,15 +97,14 @@ async def _receiver(cached: bool, seconds: float) -> None:
                 nursery.cancel_scope.cancel()
 
 
-async def _senders(addr: str, count: int, rate: float, seconds: float) -> None:
+async def _senders(addr: str, count: int, rate: float, seconds: float,
+                   entries: list[str]) -> None:
     import multiaddr
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.pubsub.pubsub import Pubsub
     from libp2p.tools.anyio_service import background_trio_service
 
-    from neuroshard_p2p.node.libp2p_compat import install_record_caches
-
-    install_record_caches()  # the senders' own cost is not measured
+    _install(["14"] + entries)  # the senders' own cost is not measured
     async with trio.open_nursery() as nursery:
         pubsubs: list[Any] = []
         ready = trio.Event()
@@ -140,16 +152,16 @@ async def _senders(addr: str, count: int, rate: float, seconds: float) -> None:
         done.set()
 
 
-def _side(cached: bool, args: argparse.Namespace) -> tuple[float, int, int]:
+def _side(side: str, args: argparse.Namespace) -> tuple[float, int, int]:
     me = [sys.executable, "-m", "neuroshard_p2p.bench.gossip_cost"]
-    rx = subprocess.Popen(me + ["--role", "receiver", "--seconds", str(args.seconds)]
-                          + (["--cached"] if cached else []),
+    entries = [f"--entry={e}" for e in SIDES[side]]
+    rx = subprocess.Popen(me + ["--role", "receiver", "--seconds", str(args.seconds)] + entries,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert rx.stdin is not None and rx.stdout is not None
     addr = rx.stdout.readline().split()[1]
     tx = subprocess.Popen(me + ["--role", "senders", "--addr", addr, "--senders",
                                 str(args.senders), "--rate", str(args.rate), "--seconds",
-                                str(args.seconds + 1)],
+                                str(args.seconds + 1)] + entries,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert tx.stdin is not None and tx.stdout is not None
     try:
@@ -173,27 +185,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=5.0, help="messages/s per sender")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--role", choices=("receiver", "senders"), help=argparse.SUPPRESS)
-    parser.add_argument("--cached", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--entry", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--addr", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "receiver":
-        trio.run(_receiver, args.cached, args.seconds)
+        trio.run(_receiver, args.entry, args.seconds)
         return
     if args.role == "senders":
-        trio.run(_senders, args.addr, args.senders, args.rate, args.seconds)
+        trio.run(_senders, args.addr, args.senders, args.rate, args.seconds, args.entry)
         return
-    per_rpc: dict[bool, list[float]] = {False: [], True: []}
+    per_rpc: dict[str, list[float]] = {side: [] for side in SIDES}
     for _ in range(2):
-        for cached in (False, True):
-            cpu, frames, delivered = _side(cached, args)
-            per_rpc[cached].append(cpu / max(frames, 1))
-            print(f"  {'cached ' if cached else 'shipped'}: {cpu:.2f} s CPU, {frames} RPCs "
-                  f"read, {delivered} messages delivered: {cpu / max(frames, 1) * 1e3:.2f} ms "
-                  f"per RPC", flush=True)
-    before, after = statistics.median(per_rpc[False]), statistics.median(per_rpc[True])
-    print(f"gossip_cost: receiver CPU per RPC read, py-libp2p as shipped {before * 1e3:.2f} ms, "
-          f"with the record caches {after * 1e3:.2f} ms: after/before {after / before:.2f} "
-          f"({args.senders} senders x {args.rate:g} messages/s, {args.seconds:g} s, medians of 2)")
+        for side in SIDES:
+            cpu, frames, delivered = _side(side, args)
+            per_rpc[side].append(cpu / max(frames, 1))
+            print(f"  {side:>13}: {cpu:.2f} s CPU, {frames} RPCs read, {delivered} messages "
+                  f"delivered: {cpu / max(frames, 1) * 1e3:.2f} ms per RPC", flush=True)
+    ms = {side: statistics.median(v) * 1e3 for side, v in per_rpc.items()}
+    base = ms["shipped"]
+    print("gossip_cost: receiver CPU per RPC read, " + ", ".join(
+        f"{side} {value:.2f} ms ({value / base:.2f}x)" for side, value in ms.items())
+        + f" ({args.senders} senders x {args.rate:g} messages/s, {args.seconds:g} s, medians of 2)")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     disconnect,
     expand_wildcards,
     install_record_caches,
+    install_window_hysteresis,
     make_gossipsub,
     muxer_options,
     senders_idle,
@@ -288,6 +289,7 @@ class Node:
                              listen_addrs=self._listen, connection_config=connections,
                              addrs_factory=expand_wildcards)
         install_record_caches()
+        install_window_hysteresis()
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would

@@ -78,6 +78,14 @@ around, and can go when the defect is fixed.
    with control messages), though it is the same record from the same peer each time. The
    record sent is cached for 1 s, and a record already verified from that peer is not verified
    again for 60 s (the peerstore keeps it for 2 hours); the bytes on the wire do not change.
+15. **A yamux window update for every read** (`install_window_hysteresis`): a yamux stream
+   sends a WINDOW_UPDATE frame after every read that leaves its window short of the target at
+   all ("partial slack"), whatever `PY_YAMUX_RELEASE_ON_READ` says, though its docstring
+   promises go-yamux's rule (update only once half the window has been consumed). Half the
+   frames of a sync/2.1.0 session were window updates (9 of 18), and every pubsub RPC read
+   costs the sender a window-update frame to read back. The rule is replaced by go-yamux's:
+   credit is returned when the consumed bytes reach half the target window (with py-libp2p's
+   auto-tuning of that target kept). What a peer may send never exceeds what we advertised.
 """
 
 from __future__ import annotations
@@ -231,6 +239,34 @@ def install_record_caches() -> None:
         module.env_to_send_in_RPC = cached_env  # type: ignore[attr-defined]
         module.maybe_consume_signed_record = consume_once  # type: ignore[attr-defined]
     _record_caches_installed = True
+
+
+_window_hysteresis_installed = False
+
+
+def install_window_hysteresis() -> None:
+    """Entry 15: a yamux stream returns receive credit as go-yamux does (`sendWindowUpdate`):
+    only when what has been read since the last update reaches half the target window, instead
+    of after every read. Replaces `YamuxStream._auto_tune_and_send_window_update`; idempotent."""
+    global _window_hysteresis_installed
+    if _window_hysteresis_installed:
+        return
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    async def window_update(self: Any, *, bytes_read: int = 0) -> None:
+        increment = 0
+        async with self.window_lock:
+            # What arrived was taken off recv_window and sits in the buffer until read, so
+            # this is what has been read since credit was last returned.
+            buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+            consumed = self.target_recv_window - (self.recv_window + buffered)
+            if consumed > 0 and consumed >= self._grow_threshold():
+                increment = self._grow_to_delta(buffered) + self._apply_autotune_epoch(buffered)
+        if increment > 0:
+            await self.send_window_update(increment, skip_lock=True)
+
+    YamuxStream._auto_tune_and_send_window_update = window_update  # type: ignore[method-assign]
+    _window_hysteresis_installed = True
 
 
 def muxer_options(preferred: str) -> TMuxerOptions:
@@ -446,7 +482,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
     return False
 
 
-__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "install_record_caches", "make_gossipsub", "score_params", "VerdictScorer",
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "install_record_caches", "install_window_hysteresis", "make_gossipsub", "score_params", "VerdictScorer",
            "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
