@@ -45,15 +45,16 @@ DEGREE = 20              # connected peers per node (gossip mesh D = 6 plus the 
 #: Costs (seconds of CPU), all measured. Per gossip RPC received (a copy: the RPC, decode,
 #: validation or the seen-cache drop) and a node's base (loops, gossipsub heartbeat, announcer):
 #: fitted on real nodes, `neuroshard-simnet measure-real` (docs/scaling.md, "Real nodes
-#: measured": 2.26 ms and 0.89 % of a core with libp2p_compat's record caches, entry 14; 3.09 ms
-#: and 0.58 % before them). Per sync/2.1.0 stream, one end: the same command's benchmark between
-#: two real hosts (9.74 ms, views that agree; the exchange's own work is timed below). Per
+#: measured", "Fourth pass": 1.57 ms and 1.00 % of a core with libp2p_compat's entries 14 and 15;
+#: 2.26 ms and 0.89 % with entry 14 only; 3.09 ms and 0.58 % before both). Per sync/2.1.0
+#: stream, one end: the same command's benchmark between two real hosts in the same run (5.91 ms,
+#: views that agree; 9.74 ms before entry 15; the exchange's own work is timed below). Per
 #: message received over a stream: signature check 45 µs + engine 12 µs + decode
 #: (docs/scaling.md, notes/py-libp2p.md).
-COST_GOSSIP_COPY = 2.26e-3
-COST_BASE = 0.0089
+COST_GOSSIP_COPY = 1.57e-3
+COST_BASE = 0.0100
 COST_ITEM = 70e-6
-COST_STREAM = 9.74e-3
+COST_STREAM = 5.91e-3
 COPIES_PER_MESSAGE = 5.0  # gossipsub D = 6: copies of each message per peer (docs/scaling.md)
 KEEP_ALIVE_MEAN_S = 18.0  # 20 s with up to 20 % jitter
 RETAINED_PER_SIGNER = 7   # announcements a view keeps of an honest signer (view.py)
