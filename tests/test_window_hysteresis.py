@@ -12,6 +12,7 @@ from typing import Any
 import multiaddr
 import trio
 from libp2p.custom_types import TProtocol
+from libp2p.io.utils import read_exactly
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.stream_muxer.yamux.yamux import DEFAULT_WINDOW_SIZE
 
@@ -20,15 +21,6 @@ from tests.test_accountability import raw_host
 
 PROTOCOL = TProtocol("/neuroshard-test/window/1")
 HALF = DEFAULT_WINDOW_SIZE // 2
-
-
-async def read_exactly(stream: Any, n: int, chunk: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        part = await stream.read(min(chunk, n - len(data)))
-        assert part, "the stream ended early"
-        data += part
-    return data
 
 
 async def test_credit_returns_after_half_a_window_not_after_every_read() -> None:
@@ -46,14 +38,14 @@ async def test_credit_returns_after_half_a_window_not_after_every_read() -> None
             dialer = await a.new_stream(b.get_id(), [PROTOCOL])
             await dialer.write(b"hello")
             listener = await receive.receive()
-            sent = len(await read_exactly(listener, 5, 5))
+            sent = len(await read_exactly(listener, 5))
             window = dialer.muxed_stream
 
             async def round_trip() -> None:
                 # Frames on one connection arrive in order: any window update B sent before
                 # its "ok" has reached A when A reads it.
                 await listener.write(b"ok")
-                assert await read_exactly(dialer, 2, 2) == b"ok"
+                assert await read_exactly(dialer, 2) == b"ok"
 
             await round_trip()
             # What A may still send: the window less what it sent, the protocol negotiation's
@@ -62,13 +54,13 @@ async def test_credit_returns_after_half_a_window_not_after_every_read() -> None
             assert DEFAULT_WINDOW_SIZE - 100 < before <= DEFAULT_WINDOW_SIZE - sent
             for _ in range(10):  # ten small messages, each read as it arrives
                 await dialer.write(b"x" * 100)
-                sent += len(await read_exactly(listener, 100, 100))
+                sent += len(await read_exactly(listener, 100))
             await round_trip()
             assert window.send_window == before - 1000  # no credit came back
             # Past half the window, read in 1,000-byte reads: the credit comes back.
             while sent < HALF + 10_000:
                 await dialer.write(b"y" * 1000)
-                sent += len(await read_exactly(listener, 1000, 1000))
+                sent += len(await read_exactly(listener, 1000))
             await round_trip()
             assert window.send_window >= DEFAULT_WINDOW_SIZE - (sent - HALF)
             done.set()
@@ -117,7 +109,8 @@ async def test_bulk_transfers_flow_both_ways_with_py_libp2p_as_shipped() -> None
                         await stream.write(payload[i:i + 16_384])
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(write_all)
-                    echoed = await read_exactly(stream, total, 3000)
+                    while len(echoed) < total:  # in reads of 3,000 bytes at most
+                        echoed += await read_exactly(stream, min(3000, total - len(echoed)))
             assert echoed == payload
     finally:
         if peer.stdin is not None:
