@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start once this share of the nodes has a gossip mesh and at most "
                         "1 - F of the (node, announcer) pairs miss a first announcement "
                         "(default 1: all; a loaded machine may never get there)")
+    p.add_argument("--views-every", type=int, default=10, metavar="K",
+                   help="read every node's view of every announcer every K samples (default "
+                        "10): the view-lag figures, and with 1 when each announcement reached "
+                        "each node (measure.json 'arrivals')")
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
                    help="also time K sync/2.1.0 sessions between two real hosts, views of the "
                         "largest N signers, with 0 and 10 differences (0: none)")

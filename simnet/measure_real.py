@@ -360,6 +360,7 @@ class Worker:
 
         net = self.net
         duration, sample_s = self.scenario.duration_s, self.config["sample_s"]
+        views_every = max(1, int(self.config.get("views_every", LAG_EVERY)))
         trio_t0 = trio.current_time() + (t0 - time.time())
         await trio.sleep_until(trio_t0)
         base = self._totals()
@@ -413,7 +414,7 @@ class Worker:
                                           "gc": self._gc_pause,
                                           "counting": self._counting(actions, now - t0, now)}
                 self._loop_lag = self._gc_pause = 0.0
-                if k % LAG_EVERY == LAG_EVERY - 1:
+                if k % views_every == views_every - 1:
                     sample["views"] = self._views()
                 self._sampling_cpu += time.process_time() - c0
                 totals = self._totals()
@@ -454,18 +455,19 @@ class Worker:
 
     def _views(self) -> dict[str, Any]:
         """Every live own node's held issued_at_ms per announcer, and each own announcer's own."""
-        held, mine = {}, {}
+        held, mine, quiet = {}, {}, {}
         for i in self.own:
             p = self.net.peers[i]
             if not (p.alive and p.node is not None):
                 continue
             view = p.node.engine.view
+            quiet[str(i)] = p.node.engine.keep_alives_unpublished
             held[str(i)] = [getattr(view.current(self.signers[a]), "issued_at_ms", 0)
                             for a in self.announcers]
             own = view.current(self.signers[i])
             if own is not None:
                 mine[str(i)] = own.issued_at_ms
-        return {"held": held, "own": mine, "announcers": self.announcers}
+        return {"held": held, "own": mine, "quiet": quiet, "announcers": self.announcers}
 
 
 def worker_entry(argv: Sequence[str]) -> int:
@@ -546,6 +548,7 @@ class Measurement:
     figures: dict[str, Any]
     crash: list[dict[str, Any]] = field(default_factory=list)
     lag: dict[str, Any] = field(default_factory=dict)
+    arrivals: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -554,6 +557,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             kill_at_s: float | None = None, kill_count: int = 1,
             overrides: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
             setup_timeout_s: float | None = None, min_ready: float = 1.0,
+            views_every: int = LAG_EVERY,
             progress: Callable[[str], None] | None = None) -> Measurement:
     """Run one scenario on `peers` real nodes spread over `workers` processes; see the module
     docstring. Every wait is bounded: the whole run is abandoned (workers killed) past
@@ -575,7 +579,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     base = {"scenario": scenario_name, "duration_s": duration_s, "protocol": protocol,
             "kill_at_s": kill_at_s, "kill_count": kill_count, "overrides": overrides or {},
             "peers": peers, "seed": seed,
-            "network": network, "sample_s": sample_s}
+            "network": network, "sample_s": sample_s, "views_every": views_every}
     shares = [list(range(w, peers, workers)) for w in range(workers)]
     procs: list[WorkerProc] = []
     deadline = time.monotonic() + setup_timeout + warmup + scenario.duration_s + 120.0
@@ -640,6 +644,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             p.close()
     load_after = os.getloadavg()
     m = _merge(scenario, peers, protocol, workers, sample_s, results, actions, truth, market)
+    m.arrivals = _arrivals(results, t0, sample_s, market)
     m.row.update(setup_s=round(setup_s, 1), ready_meshed=ready["meshed"],
                  ready_missing_pairs=ready["missing_pairs"], wall_s=round(time.perf_counter() - wall0, 1),
                  load_before=[round(x, 2) for x in load_before],
@@ -779,6 +784,76 @@ def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
     return out
 
 
+def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
+              market: Any) -> dict[str, Any]:
+    """When each announcement reached each live node, from the view checks (`--views-every 1`
+    makes that every sample): for every new announcement an announcer was seen to hold of its
+    own, the first check at which each node held it (or a newer one), as seconds after its
+    signed issued_at (an upper bound, `views_every` samples coarse). Split by whether it was
+    gossiped or left to reconciliation (its announcer's `keep_alives_unpublished` grew). A
+    node that gets an announcement later than the settle delay quotes another price meanwhile."""
+    n_samples = min(len(r["samples"]) for r in results)
+    checks = [k for k in range(n_samples)
+              if all(r["samples"][k].get("views") is not None for r in results)]
+    if len(checks) < 2:
+        return {}
+    announcers = results[0]["samples"][checks[0]]["views"]["announcers"]
+    # Each announcer's own announcements, first seen at which check, and whether gossiped.
+    seen: list[tuple[int, int, int, bool]] = []  # (announcer, issued_at_ms, check, gossiped)
+    last: dict[int, tuple[int, int]] = {}
+    for c, k in enumerate(checks):
+        views = [r["samples"][k]["views"] for r in results]
+        own = {int(i): ms for v in views for i, ms in v["own"].items()}
+        quiet = {int(i): n for v in views for i, n in v.get("quiet", {}).items()}
+        for a, ms in own.items():
+            before = last.get(a)
+            if before is not None and ms > before[0]:
+                seen.append((a, ms, c, quiet.get(a, 0) == before[1]))
+            last[a] = (ms, quiet.get(a, 0))
+    column = {a: j for j, a in enumerate(announcers)}
+    held_at: list[dict[int, list[int]]] = []  # per check: node -> held issued_at per announcer
+    for k in checks:
+        held_at.append({int(n): h for r in results
+                        for n, h in r["samples"][k]["views"]["held"].items()})
+    settle = market.settle_delay_s
+    out: dict[str, Any] = {"checks": len(checks), "check_every_s": _round_s(
+        (checks[1] - checks[0]) * sample_s), "settle_delay_s": settle}
+    worst: list[tuple[float, int, int, float, bool]] = []
+    for gossiped in (True, False):
+        delays: list[float] = []
+        for a, ms, c, g in seen:
+            if g is not gossiped or a not in column:
+                continue
+            j = column[a]
+            for n in held_at[c]:
+                for c2 in range(c, len(checks)):
+                    row = held_at[c2].get(n)
+                    if row is None:
+                        break  # the node died
+                    if row[j] >= ms:
+                        at = t0 + (checks[c2] + 0.5) * sample_s
+                        delay = max(0.0, at - ms / 1000)
+                        delays.append(delay)
+                        worst.append((delay, a, n, ms / 1000 - t0, g))
+                        break
+        delays.sort()
+        name = "gossiped" if gossiped else "reconciled"
+        if delays:
+            out[name] = {"arrivals": len(delays),
+                         "p50_s": _round_s(delays[len(delays) // 2]),
+                         "p99_s": _round_s(delays[min(len(delays) - 1, int(0.99 * len(delays)))]),
+                         "max_s": _round_s(delays[-1]),
+                         "after_settle_delay": sum(1 for d in delays if d > settle + sample_s)}
+    worst.sort(reverse=True)
+    out["latest"] = [{"delay_s": _round_s(d), "announcer": a, "node": n, "issued_at_s":
+                      _round_s(at), "gossiped": g} for d, a, n, at, g in worst[:20]]
+    return out
+
+
+def _round_s(x: float) -> float:
+    return round(x, 3)
+
+
 def _lag(results: list[dict[str, Any]], market: Any) -> dict[str, Any]:
     """How far behind views were at the lag checks: for every (node, announcer) pair, how much
     older the node's copy of the announcer's current announcement was than the announcer's own
@@ -816,7 +891,7 @@ def _lag(results: list[dict[str, Any]], market: Any) -> dict[str, Any]:
 def _as_dict(m: Measurement) -> dict[str, Any]:
     return {"scenario": m.scenario, "protocol": m.protocol, "peers": m.peers,
             "workers": m.workers, "duration_s": m.duration_s, "row": m.row,
-            "windows": m.windows, "crash": m.crash, "lag": m.lag,
+            "windows": m.windows, "crash": m.crash, "lag": m.lag, "arrivals": m.arrivals,
             "events": m.figures["events"], "agreement": m.figures["agreement"],
             "churn": m.figures["churn"]}
 

@@ -127,6 +127,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
         data = json.loads(path.read_text())
         rows.append(data["row"])
         runs.append({"row": data["row"], "crash": data["crash"], "lag": data["lag"],
+                     "arrivals": data.get("arrivals", {}),
                      "windows": data["windows"], "model": model_error(data["row"])})
     for n in ([] if args.bench_only or args.from_dirs else sizes):
         for name in scenarios:
@@ -136,7 +137,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                                 seed=args.seed, sample_s=args.sample, kill_at_s=args.kill_at,
                                 kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
                                 overrides=overrides, min_ready=args.min_ready,
-                                out=out / f"{name}-{protocol}-{n}", progress=progress)
+                                views_every=args.views_every, out=out / f"{name}-{protocol}-{n}", progress=progress)
                 except RuntimeError as exc:
                     print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
                     runs.append({"peers": n, "scenario": name, "protocol": protocol,
@@ -144,8 +145,17 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     continue
                 rows.append(m.row)
                 runs.append({"row": m.row, "crash": m.crash, "lag": m.lag,
+                             "arrivals": m.arrivals,
                              "windows": m.windows, "model": model_error(m.row)})
                 print(format_row(m.row), flush=True)
+                for kind in ("gossiped", "reconciled"):
+                    a = m.arrivals.get(kind)
+                    if a:
+                        print(f"   {kind} announcements reached nodes (checks every "
+                              f"{m.arrivals['check_every_s']} s): p50 {a['p50_s']} s, p99 "
+                              f"{a['p99_s']} s, max {a['max_s']} s after issue; "
+                              f"{a['after_settle_delay']} of {a['arrivals']} arrivals later than "
+                              f"the settle delay + a sample", flush=True)
                 for crash in m.crash:
                     print(f"   crash of node {crash['node']} at {crash['killed_at_s']} s: last "
                           f"announced {crash['last_announced_s']} s, signed timeout at "

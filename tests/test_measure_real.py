@@ -23,7 +23,7 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     out = tmp_path / "mr"
     args = ["measure-real", "--peers", "6", "--workers", "2", "--scenario", "shock",
             "--protocol", "gossip", "--duration", "14", "--kill-at", "1", "--quiet",
-            "--out", str(out)]
+            "--views-every", "1", "--out", str(out)]
     for item in FAST:
         args += ["--set", item]
     assert main(args) == 0
@@ -58,4 +58,13 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     assert crash["no_node_counts_from_s"] is not None
     assert timeout_at <= crash["no_node_counts_from_s"] <= timeout_at + 0.5
     assert timeout_at - 0.5 <= crash["last_counted_at_s"] < timeout_at
+    # When each announcement reached each node (views read at every sample): with keep-alives
+    # by gossip nothing is left to reconciliation, and the median arrival is within the settle
+    # delay (2 s), which is what lets every node move at the same tick.
+    arrivals = run["arrivals"]
+    assert arrivals["check_every_s"] == 0.5
+    assert "reconciled" not in arrivals
+    gossiped = arrivals["gossiped"]
+    assert gossiped["arrivals"] >= 5 * 4  # at least the 4 providers' first changes, at 5 nodes
+    assert gossiped["p50_s"] <= arrivals["settle_delay_s"]
     assert "| 6 | shock | gossip |" in (out / "measure-real.md").read_text()
