@@ -1,16 +1,18 @@
-"""`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC,
-with py-libp2p's pubsub as shipped, with libp2p_compat's record caches (entry 14), and with those
-and go-yamux's window-update rule (entry 15), in one run.
+"""`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC and
+per message, with py-libp2p's pubsub as shipped, with libp2p_compat's record caches (entry 14),
+with those and go-yamux's window-update rule (entry 15), and with all three and RPC coalescing
+(entry 16), in one run.
 
 Per side, two processes on 127.0.0.1: the receiver (one host, gossipsub as the node configures
 it, subscribed to one topic) and the senders (`--senders` hosts in one process, each connected
 to the receiver and to each other, all subscribed; each publishes `--rate` messages per second
-of 200 bytes for `--seconds`). The receiver counts the messages it delivers and the RPC frames
-it reads (counting wrappers, as `neuroshard-simnet measure-real`), and its process CPU time over
-the publishing window (`time.process_time`, not wall time, so a busy machine disturbs it less).
-It forwards what it receives to its mesh, as a node does. Entry 15 changes what both ends
-send (fewer window updates), so the senders run with the receiver's workarounds. The three sides
-alternate, twice each.
+of 200 bytes for `--seconds`, `--burst` at a time). The receiver counts the messages it delivers
+and the RPC frames it reads (counting wrappers, as `neuroshard-simnet measure-real`), and its
+process CPU time over the publishing window (`time.process_time`, not wall time, so a busy
+machine disturbs it less). It forwards what it receives to its mesh, as a node does. Entries 15
+and 16 change what both ends send (fewer window updates, fewer RPCs), so the senders run with
+the receiver's workarounds. The sides alternate, twice each. Per RPC is the figure for evenly
+spread messages; per message is the one for bursts (entry 16 packs what waits into one RPC).
 """
 
 from __future__ import annotations
@@ -47,16 +49,23 @@ def _host(index: int) -> Any:
 
 
 #: The sides: which of libp2p_compat's pubsub workarounds each runs.
-SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15")}
+SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15"),
+         "+coalescing": ("14", "15", "16")}
 
 
 def _install(entries: tuple[str, ...] | list[str]) -> None:
-    from neuroshard_p2p.node.libp2p_compat import install_record_caches, install_window_hysteresis
+    from neuroshard_p2p.node.libp2p_compat import (
+        install_record_caches,
+        install_rpc_coalescing,
+        install_window_hysteresis,
+    )
 
     if "14" in entries:
         install_record_caches()
     if "15" in entries:
         install_window_hysteresis()
+    if "16" in entries:
+        install_rpc_coalescing()
 
 
 async def _receiver(entries: list[str], seconds: float) -> None:
@@ -98,7 +107,7 @@ async def _receiver(entries: list[str], seconds: float) -> None:
 
 
 async def _senders(addr: str, count: int, rate: float, seconds: float,
-                   entries: list[str]) -> None:
+                   entries: list[str], burst: int) -> None:
     import multiaddr
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.pubsub.pubsub import Pubsub
@@ -145,10 +154,11 @@ async def _senders(addr: str, count: int, rate: float, seconds: float,
         end = trio.current_time() + seconds
         k = 0
         while trio.current_time() < end:
-            for _, pubsub, _ in pubsubs:
-                await pubsub.publish(TOPIC, payload + k.to_bytes(8, "big"))
-                k += 1
-            await trio.sleep(1.0 / rate)
+            for _ in range(burst):
+                for _, pubsub, _ in pubsubs:
+                    await pubsub.publish(TOPIC, payload + k.to_bytes(8, "big"))
+                    k += 1
+            await trio.sleep(burst / rate)
         done.set()
 
 
@@ -161,7 +171,8 @@ def _side(side: str, args: argparse.Namespace) -> tuple[float, int, int]:
     addr = rx.stdout.readline().split()[1]
     tx = subprocess.Popen(me + ["--role", "senders", "--addr", addr, "--senders",
                                 str(args.senders), "--rate", str(args.rate), "--seconds",
-                                str(args.seconds + 1)] + entries,
+                                str(args.seconds + 1), "--burst", str(getattr(args, "burst", 1))]
+                          + entries,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert tx.stdin is not None and tx.stdout is not None
     try:
@@ -184,6 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--rate", type=float, default=5.0, help="messages/s per sender")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--burst", type=int, default=1,
+                        help="messages each sender publishes at once, every burst/rate seconds "
+                             "(default 1: evenly spread; a burst is what an event causes)")
     parser.add_argument("--role", choices=("receiver", "senders"), help=argparse.SUPPRESS)
     parser.add_argument("--entry", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--addr", help=argparse.SUPPRESS)
@@ -192,20 +206,27 @@ def main(argv: list[str] | None = None) -> None:
         trio.run(_receiver, args.entry, args.seconds)
         return
     if args.role == "senders":
-        trio.run(_senders, args.addr, args.senders, args.rate, args.seconds, args.entry)
+        trio.run(_senders, args.addr, args.senders, args.rate, args.seconds, args.entry,
+                 args.burst)
         return
     per_rpc: dict[str, list[float]] = {side: [] for side in SIDES}
+    per_message: dict[str, list[float]] = {side: [] for side in SIDES}
     for _ in range(2):
         for side in SIDES:
             cpu, frames, delivered = _side(side, args)
             per_rpc[side].append(cpu / max(frames, 1))
+            per_message[side].append(cpu / max(delivered, 1))
             print(f"  {side:>13}: {cpu:.2f} s CPU, {frames} RPCs read, {delivered} messages "
-                  f"delivered: {cpu / max(frames, 1) * 1e3:.2f} ms per RPC", flush=True)
-    ms = {side: statistics.median(v) * 1e3 for side, v in per_rpc.items()}
-    base = ms["shipped"]
-    print("gossip_cost: receiver CPU per RPC read, " + ", ".join(
-        f"{side} {value:.2f} ms ({value / base:.2f}x)" for side, value in ms.items())
-        + f" ({args.senders} senders x {args.rate:g} messages/s, {args.seconds:g} s, medians of 2)")
+                  f"delivered: {cpu / max(frames, 1) * 1e3:.2f} ms per RPC, "
+                  f"{cpu / max(delivered, 1) * 1e3:.2f} ms per message", flush=True)
+    setup = (f" ({args.senders} senders x {args.rate:g} messages/s"
+             f"{f' in bursts of {args.burst}' if args.burst > 1 else ''}, {args.seconds:g} s, "
+             "medians of 2)")
+    for name, figures in (("RPC read", per_rpc), ("message delivered", per_message)):
+        ms = {side: statistics.median(v) * 1e3 for side, v in figures.items()}
+        base = ms["shipped"]
+        print(f"gossip_cost: receiver CPU per {name}, " + ", ".join(
+            f"{side} {value:.2f} ms ({value / base:.2f}x)" for side, value in ms.items()) + setup)
 
 
 if __name__ == "__main__":

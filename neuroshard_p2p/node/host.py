@@ -106,6 +106,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     disconnect,
     expand_wildcards,
     install_record_caches,
+    install_rpc_coalescing,
     install_window_hysteresis,
     make_gossipsub,
     muxer_options,
@@ -290,6 +291,7 @@ class Node:
                              addrs_factory=expand_wildcards)
         install_record_caches()
         install_window_hysteresis()
+        install_rpc_coalescing()
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would
