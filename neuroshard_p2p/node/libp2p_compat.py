@@ -327,7 +327,6 @@ def install_rpc_coalescing() -> None:
                         size += extra
                     if merged is not None:
                         rpc = merged
-                        self.coalesced_rpcs = getattr(self, "coalesced_rpcs", 0) + 1
                 if not await self.write_msg(stream, rpc):
                     return
         except Exception:
