@@ -367,6 +367,20 @@ def test_forget_silent_before_drops_dead_signers_only() -> None:
 # ---------------------------------------------------------------------------------------------
 # Laws
 
+def test_joining_a_view_whose_batch_inserts_then_appends_for_one_signer() -> None:
+    """Found by the property below (5 December): joining two views merges the other's messages
+    as one batch; a message inserted out of order left its signer's segments stale until the
+    batch's end, and a newer message of the same signer in that batch still took the append
+    shortcut, which reads them: the joined view held the right messages and digest but counted
+    no supply (0 against 207 tokens/s) at the ticks after."""
+    order = [POOL[i] for i in (0, 0, 0, 13, 0, 0, 14, 15, 0, 0, 0, 0, 0, 0, 12, 36)]
+    expected = fingerprint(view_of(order))
+    left, right = view_of(order[:4]), view_of(order[4:])
+    left.merge(right)
+    assert fingerprint(left) == expected
+    assert left.price_at_tick(1_700_000_050).supply == 207
+
+
 @SETTINGS
 @given(msgs=messages, data=st.data())
 def test_merge_order_and_grouping_do_not_change_the_view(msgs: list[Announcement],

@@ -361,6 +361,9 @@ class MarketView:
         retained, dropped = register.insert(message, self.max_per_signer, self.horizon_ms)
         if not retained:
             return MergeOutcome.STALE
+        # Its segments are stale until `_refresh_segments` (at the end of a batch): until then
+        # no later message of this batch may take `_append`'s shortcut, which reads them.
+        register.simple = False
         bucket = register.bucket
         for gone in dropped:
             self._held.discard(gone.msg_id)
