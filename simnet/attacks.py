@@ -385,42 +385,41 @@ class PairRunner:
             return SimNetwork(scenario, self.peers, seed=self.seed, sample_s=self.sample_s,
                               observers=self.observers, workers=self.workers,
                               progress=self.progress).run()
-        # Each real network runs in a fresh interpreter: nothing of one run's py-libp2p hosts
-        # (tasks, sockets, caches) is left in the next, and the memory goes with the process.
+        ((rec, _),) = self._real_runs([scenario])
+        return rec
+
+    def _real_runs(self, scenarios: Sequence[Scenario]) -> list[tuple[Recorder, float]]:
+        """Real networks, each in a fresh interpreter (nothing of one run's py-libp2p hosts —
+        tasks, sockets, caches — is left in the next, and the memory goes with the process),
+        all at the same time: they share nothing but the machine. (recorder, wall s) each."""
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(_real_run, scenario, self.peers, self.seed,
-                               self.sample_s or 0.5, self.progress is not None).result()
+        with ProcessPoolExecutor(max_workers=len(scenarios), mp_context=context) as pool:
+            jobs = [pool.submit(_timed_real_run, s, self.peers, self.seed, self.sample_s or 0.5,
+                                self.progress is not None) for s in scenarios]
+            return [job.result() for job in jobs]
 
     @staticmethod
-    def _honest_key(scenario: Scenario) -> str:
-        return repr(dataclasses.replace(scenario.without_attacks(), name="honest",
-                                        description=""))
+    def _honest_of(scenario: Scenario) -> tuple[str, Scenario]:
+        """The honest run of `scenario`, and the key it is shared under."""
+        honest = scenario.without_attacks()
+        key = repr(dataclasses.replace(honest, name="honest", description=""))
+        return key, dataclasses.replace(honest, name=f"{scenario.name} (honest)")
 
     def honest(self, scenario: Scenario) -> tuple[Recorder, float]:
-        honest = scenario.without_attacks()
-        key = self._honest_key(scenario)
+        key, honest = self._honest_of(scenario)
         if key not in self._honest:
             started = time.perf_counter()
-            rec = self._run(dataclasses.replace(honest, name=f"{scenario.name} (honest)"))
+            rec = self._run(honest)
             self._honest[key] = (rec, time.perf_counter() - started)
         return self._honest[key]
 
     def measure(self, scenario: Scenario) -> list[AttackOutcome]:
         """Run `scenario` and its honest run; one outcome per attack event. On real libp2p
-        nodes the two networks (each in its own interpreter, on its own ports) run at the same
-        time when the honest one is not known yet: they share nothing but the machine, and
+        nodes the two networks run at the same time when the honest one is not known yet, and
         together take about the time of one."""
-        key = self._honest_key(scenario)
+        key, honest_scenario = self._honest_of(scenario)
         if self.transport != "sim" and key not in self._honest:
-            honest_scenario = dataclasses.replace(scenario.without_attacks(),
-                                                  name=f"{scenario.name} (honest)")
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
-                jobs = [pool.submit(_timed_real_run, s, self.peers, self.seed,
-                                    self.sample_s or 0.5, self.progress is not None)
-                        for s in (honest_scenario, scenario)]
-                (honest, honest_wall), (attacked, wall) = [job.result() for job in jobs]
+            (honest, honest_wall), (attacked, wall) = self._real_runs([honest_scenario, scenario])
             self._honest[key] = (honest, honest_wall)
         else:
             honest, honest_wall = self.honest(scenario)

@@ -34,7 +34,9 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
                                                                                 "gossip")
     assert len(row["cpu_process_pct"]) == 2  # one CPU figure per worker process
     assert row["cpu_core_per_node_pct"] > 0
-    assert row["rpcs_per_node_s"] >= row["copies_per_node_s"] > 0
+    # An RPC may carry several copies (libp2p_compat 16 packs what waits for a peer, at most
+    # the 33 its queue holds), so copies are at most 33 per RPC read.
+    assert 0 < row["copies_per_node_s"] <= 33 * row["rpcs_per_node_s"]
     assert row["validated_per_node_s"] > 0
     assert row["streams_per_node_s"] > 0
     # Deliveries in the run against every gossiped announcement × the other nodes alive when it

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import trio
+import trio.testing
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.engine import PeerEngine
@@ -329,6 +330,11 @@ async def test_a_hostile_peer_crashes_no_one_and_moves_no_price(tmp_path: Path) 
         attacks += [signed(now_ms + 50, 100 + 50)] * 2            # exact replay of our own
         for data in attacks:
             await h.pubsub.publish(h.topic, data)
+            # One RPC per attack, as an attacker who wants each counted sends them: the hostile
+            # node's pubsub would pack what waits into one RPC (libp2p_compat 16), whose
+            # messages py-libp2p validates in an order trio chooses, so most of a flood would
+            # meet seq_regression before the rate limit.
+            await trio.testing.wait_all_tasks_blocked()
         def reasons(node: Node) -> set[str]:
             return {reason for (outcome, reason), n in node.engine.gossip_counts.items()
                     if outcome != "accepted" and n}

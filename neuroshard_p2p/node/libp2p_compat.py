@@ -281,7 +281,7 @@ def install_window_hysteresis() -> None:
 
 
 _rpc_coalescing_installed = False
-#: Messages a pubsub subscription holds before pubsub drops them (16; py-libp2p's is 32).
+#: Messages a pubsub subscription holds before pubsub drops them (entry 16; py-libp2p: 32).
 SUBSCRIPTION_CHANNEL = 256
 
 
