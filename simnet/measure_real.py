@@ -816,8 +816,8 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
         held_at.append({int(n): h for r in results
                         for n, h in r["samples"][k]["views"]["held"].items()})
     settle = market.settle_delay_s
-    out: dict[str, Any] = {"checks": len(checks), "check_every_s": _round_s(
-        (checks[1] - checks[0]) * sample_s), "settle_delay_s": settle}
+    out: dict[str, Any] = {"checks": len(checks), "check_every_s": round(
+        (checks[1] - checks[0]) * sample_s, 3), "settle_delay_s": settle}
     worst: list[tuple[float, int, int, float, bool]] = []
     for gossiped in (True, False):
         delays: list[float] = []
@@ -840,18 +840,14 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
         name = "gossiped" if gossiped else "reconciled"
         if delays:
             out[name] = {"arrivals": len(delays),
-                         "p50_s": _round_s(delays[len(delays) // 2]),
-                         "p99_s": _round_s(delays[min(len(delays) - 1, int(0.99 * len(delays)))]),
-                         "max_s": _round_s(delays[-1]),
+                         "p50_s": round(delays[len(delays) // 2], 3),
+                         "p99_s": round(delays[min(len(delays) - 1, int(0.99 * len(delays)))], 3),
+                         "max_s": round(delays[-1], 3),
                          "after_settle_delay": sum(1 for d in delays if d > settle + sample_s)}
     worst.sort(reverse=True)
-    out["latest"] = [{"delay_s": _round_s(d), "announcer": a, "node": n, "issued_at_s":
-                      _round_s(at), "gossiped": g} for d, a, n, at, g in worst[:20]]
+    out["latest"] = [{"delay_s": round(d, 3), "announcer": a, "node": n, "issued_at_s":
+                      round(at, 3), "gossiped": g} for d, a, n, at, g in worst[:20]]
     return out
-
-
-def _round_s(x: float) -> float:
-    return round(x, 3)
 
 
 def _lag(results: list[dict[str, Any]], market: Any) -> dict[str, Any]:

@@ -137,7 +137,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                                 seed=args.seed, sample_s=args.sample, kill_at_s=args.kill_at,
                                 kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
                                 overrides=overrides, min_ready=args.min_ready,
-                                views_every=args.views_every, out=out / f"{name}-{protocol}-{n}", progress=progress)
+                                views_every=args.views_every,
+                                out=out / f"{name}-{protocol}-{n}", progress=progress)
                 except RuntimeError as exc:
                     print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
                     runs.append({"peers": n, "scenario": name, "protocol": protocol,

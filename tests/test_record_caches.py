@@ -43,7 +43,7 @@ async def test_only_the_same_record_from_the_same_peer_skips_the_check() -> None
 def test_a_node_with_the_caches_gossips_with_py_libp2p_as_shipped() -> None:
     # The benchmark's two sides: a receiver as shipped (its own process) fed by senders with the
     # caches (another process), then a receiver with them too.
-    options = argparse.Namespace(seconds=3.0, senders=2, rate=5.0)
+    options = argparse.Namespace(seconds=3.0, senders=2, rate=5.0, burst=1)
     for side in ("shipped", "caches"):
         cpu, frames, delivered = gossip_cost._side(side, options)
         # 2 senders x 5 messages/s x 3 s, counted over the receiver's 3 s window.

@@ -171,8 +171,7 @@ def _side(side: str, args: argparse.Namespace) -> tuple[float, int, int]:
     addr = rx.stdout.readline().split()[1]
     tx = subprocess.Popen(me + ["--role", "senders", "--addr", addr, "--senders",
                                 str(args.senders), "--rate", str(args.rate), "--seconds",
-                                str(args.seconds + 1), "--burst", str(getattr(args, "burst", 1))]
-                          + entries,
+                                str(args.seconds + 1), "--burst", str(args.burst)] + entries,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert tx.stdin is not None and tx.stdout is not None
     try:
