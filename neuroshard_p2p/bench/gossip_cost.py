@@ -1,7 +1,7 @@
 """`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC and
 per message, with py-libp2p's pubsub as shipped, with libp2p_compat's record caches (entry 14),
-with those and go-yamux's window-update rule (entry 15), and with all three and RPC coalescing
-(entry 16), in one run.
+with those and go-yamux's window-update rule (entry 15), with all three and RPC coalescing
+(entry 16), and with all four and the task manager's task index (entry 17), in one run.
 
 Per side, two processes on 127.0.0.1: the receiver (one host, gossipsub as the node configures
 it, subscribed to one topic) and the senders (`--senders` hosts in one process, each connected
@@ -50,13 +50,16 @@ def _host(index: int) -> Any:
 
 #: The sides: which of libp2p_compat's pubsub workarounds each runs.
 SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15"),
-         "+coalescing": ("14", "15", "16")}
+         "+coalescing": ("14", "15", "16"), "+task index": ("14", "15", "16", "17"),
+         "+early drop": ("14", "15", "16", "17", "18")}
 
 
 def _install(entries: tuple[str, ...] | list[str]) -> None:
     from neuroshard_p2p.node.libp2p_compat import (
         install_record_caches,
+        install_early_duplicate_drop,
         install_rpc_coalescing,
+        install_task_index,
         install_window_hysteresis,
     )
 
@@ -66,6 +69,10 @@ def _install(entries: tuple[str, ...] | list[str]) -> None:
         install_window_hysteresis()
     if "16" in entries:
         install_rpc_coalescing()
+    if "17" in entries:
+        install_task_index()
+    if "18" in entries:
+        install_early_duplicate_drop()
 
 
 async def _receiver(entries: list[str], seconds: float) -> None:

@@ -105,8 +105,10 @@ from neuroshard_p2p.node.libp2p_compat import (
     close_connections,
     disconnect,
     expand_wildcards,
+    install_early_duplicate_drop,
     install_record_caches,
     install_rpc_coalescing,
+    install_task_index,
     install_window_hysteresis,
     make_gossipsub,
     muxer_options,
@@ -292,6 +294,8 @@ class Node:
         install_record_caches()
         install_window_hysteresis()
         install_rpc_coalescing()
+        install_task_index()
+        install_early_duplicate_drop()
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would
