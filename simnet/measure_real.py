@@ -189,14 +189,15 @@ def install_counters() -> None:
         return data
 
     pubsub_module.read_varint_prefixed_bytes_limited = counted_read  # type: ignore[assignment]
-    push = pubsub_module.Pubsub.push_msg
+    # The reading loop asks this of every message of every RPC read, before anything else
+    # (libp2p_compat 18 drops a copy already seen there, so push_msg no longer sees every copy).
+    subscribed = pubsub_module.Pubsub._is_subscribed_to_msg
 
-    async def counted_push(self: Any, msg_forwarder: Any, msg: Any) -> None:
-        if msg_forwarder != self.my_id:
-            _Counts.copies[id(self)] = _Counts.copies.get(id(self), 0) + 1
-        await push(self, msg_forwarder, msg)
+    def counted_copy(self: Any, msg: Any) -> bool:
+        _Counts.copies[id(self)] = _Counts.copies.get(id(self), 0) + 1
+        return subscribed(self, msg)
 
-    pubsub_module.Pubsub.push_msg = counted_push  # type: ignore[method-assign]
+    pubsub_module.Pubsub._is_subscribed_to_msg = counted_copy  # type: ignore[method-assign]
 
 
 class Worker:
@@ -691,6 +692,7 @@ def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s
     row = {"scenario": scenario.name, "protocol": protocol, "peers": peers, "workers": workers,
            "duration_s": duration, **windows["run"]}
     events = [e for e in figs["events"] if e["action"] in ("capacity", "demand")]
+    _event_cpu(results, events, windows, n_samples, peers, sample_s)
     row["agree_after_event_max_s"] = max((e["agree_s"] for e in events if e["agree_s"] is not None),
                                          default=None)
     row["events_never_agreed"] = sum(1 for e in events if e["agree_s"] is None)
@@ -702,6 +704,30 @@ def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s
     row["view_lag_max_s"] = m.lag.get("max_s")
     row["expired_pairs"] = m.lag.get("expired_pairs")
     return m
+
+
+#: Seconds after a market event over which its CPU is counted (`_event_cpu`).
+EVENT_CPU_WINDOW_S = 10.0
+
+
+def _event_cpu(results: list[dict[str, Any]], events: list[dict[str, Any]],
+               windows: dict[str, Any], n_samples: int, peers: int, sample_s: float) -> None:
+    """What each capacity or demand event cost: the nodes' CPU over the EVENT_CPU_WINDOW_S after
+    it (a window `after <event>`) above the rate before the first event (the whole run's when
+    there is no such window), as ms per node (`cpu_ms_per_node` on the event). The harness's
+    own sampling is not in it; the machine's share of the event is this times the nodes."""
+    base = windows.get("before_first_event", windows["run"])["_raw"]
+    rate = base["cpu_s"] / base["node_seconds"] if base["node_seconds"] else 0.0
+    span = int(round(EVENT_CPU_WINDOW_S / sample_s))
+    for e in events:
+        a = max(0, int(e["t"] / sample_s - 0.5))  # the last sample before the event
+        b = min(n_samples - 1, a + span)
+        if b <= a:
+            continue
+        w = _window(results, a, b, peers, sample_s)
+        excess = w["_raw"]["cpu_s"] - rate * w["_raw"]["node_seconds"]
+        e["cpu_ms_per_node"] = w["cpu_ms_per_node"] = round(1000 * excess / peers, 1)
+        windows[f"after {e['event']}"] = w
 
 
 def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,

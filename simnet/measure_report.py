@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from simnet.measure_real import (
+    EVENT_CPU_WINDOW_S,
     MEASURE_NODE,
     SIM_MODEL,
     TABLE_HEAD,
@@ -157,6 +158,11 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"{a['p99_s']} s, max {a['max_s']} s after issue; "
                               f"{a['after_settle_delay']} of {a['arrivals']} arrivals later than "
                               f"the settle delay + a sample", flush=True)
+                spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
+                         for e in m.figures["events"] if "cpu_ms_per_node" in e]
+                if spent:
+                    print(f"   CPU per node for each event (over {EVENT_CPU_WINDOW_S:g} s, above "
+                          f"the rate before the first event): {', '.join(spent)}", flush=True)
                 for crash in m.crash:
                     print(f"   crash of node {crash['node']} at {crash['killed_at_s']} s: last "
                           f"announced {crash['last_announced_s']} s, signed timeout at "

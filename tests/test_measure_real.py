@@ -69,4 +69,13 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     gossiped = arrivals["gossiped"]
     assert gossiped["arrivals"] >= 5 * 4  # at least the 4 providers' first changes, at 5 nodes
     assert gossiped["p50_s"] <= arrivals["settle_delay_s"]
+    # What each event cost the nodes: a window from the sample before it, up to 10 s or the
+    # end of the run, with its CPU above the rate before the first event, per node.
+    events = json.loads((out / "shock-gossip-6" / "measure.json").read_text())["events"]
+    titled = [e for e in events if e["action"] in ("capacity", "demand")]
+    assert len(titled) == 2
+    for e in titled:
+        window = run["windows"][f"after {e['event']}"]
+        assert 0 < window["seconds"] <= 10.0
+        assert window["cpu_ms_per_node"] == e["cpu_ms_per_node"]
     assert "| 6 | shock | gossip |" in (out / "measure-real.md").read_text()
