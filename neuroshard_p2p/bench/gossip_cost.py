@@ -1,7 +1,8 @@
 """`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC and
 per message, with py-libp2p's pubsub as shipped, with libp2p_compat's record caches (entry 14),
 with those and go-yamux's window-update rule (entry 15), with all three and RPC coalescing
-(entry 16), and with all four and the task manager's task index (entry 17), in one run.
+(entry 16), with all four and the task manager's task index (entry 17), and with all five and
+seen copies dropped before a task is started for them (entry 18), in one run.
 
 Per side, two processes on 127.0.0.1: the receiver (one host, gossipsub as the node configures
 it, subscribed to one topic) and the senders (`--senders` hosts in one process, each connected
@@ -56,8 +57,8 @@ SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15"),
 
 def _install(entries: tuple[str, ...] | list[str]) -> None:
     from neuroshard_p2p.node.libp2p_compat import (
-        install_record_caches,
         install_early_duplicate_drop,
+        install_record_caches,
         install_rpc_coalescing,
         install_task_index,
         install_window_hysteresis,

@@ -381,8 +381,7 @@ def install_task_index() -> None:
         try:
             await run(self)
         finally:
-            if running.get(trio_task) is self:
-                del running[trio_task]
+            del running[trio_task]  # a trio task runs one FunctionTask
 
     def find_parent_task(self: Any, trio_task: Any) -> Any:
         task = running.get(trio_task)
