@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-ms", type=float, metavar="MS",
                    help="pin the fit's per-stream cost (one end) to MS, e.g. half the "
                         "micro-benchmark's session (default: from --stream-bench if run)")
+    p.add_argument("--fit-out", metavar="FILE",
+                   help="also write the runs' counts (CPU, copies, streams per node-second) in "
+                        "the form of simnet/data/cost-fit.json, the runs simnet/costs.py is "
+                        "fitted on")
     p.add_argument("--bench-only", action="store_true",
                    help="only the --stream-bench micro-benchmark, no network runs")
     p.add_argument("--out", default="out/measure-real", metavar="DIR")

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from simnet.costs import COSTS
 from simnet.metrics import PeerSample, Recorder, figures
 from simnet.scenario import Event, Scenario, ScenarioError, load
 
@@ -943,51 +944,12 @@ def format_row(row: dict[str, Any]) -> str:
             f"{row.get('view_lag_p99_s')} / {row.get('view_lag_max_s')} s | {agree_text} |")
 
 
-def fit_costs(rows: list[dict[str, Any]], stream_ms: float | None = None) -> dict[str, Any]:
-    """Least squares over runs: CPU per node-second = base + a × RPCs/s + b × streams/s (per
-    node). `base` is what a node spends with no traffic (its loops, gossipsub's heartbeat, the
-    announcer's tick); validated messages are not a term of their own: they move with the RPCs
-    and their engine cost (~45 µs, `bench wire`) is inside the per-RPC figure.
-
-    Runs of one protocol all have about the same streams/s (the period is fixed), so base and b
-    are nearly collinear: with `stream_ms` (one stream end's CPU from the micro-benchmark) b is
-    pinned to it and only base and a are fitted. Needs 3 runs or more (2 with `stream_ms`)."""
-    import numpy as np
-
-    raw = [r["_raw"] for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
-    if len(raw) < (2 if stream_ms is not None else 3):
-        return {"runs": len(raw), "note": "too few runs: no fit"}
-    per = [(w["rpcs"] / w["node_seconds"], w["streams"] / w["node_seconds"],
-            w["cpu_s"] / w["node_seconds"]) for w in raw]
-    if stream_ms is None:
-        x = np.array([[1.0, r, st] for r, st, _ in per])
-        y = np.array([c for _, _, c in per])
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        base, a, b = coef
-    else:
-        x = np.array([[1.0, r] for r, _, _ in per])
-        y = np.array([c - st * stream_ms / 1e3 for _, st, c in per])
-        (base, a), *_ = np.linalg.lstsq(x, y, rcond=None)
-        b = stream_ms / 1e3
-    pred = [base + a * r + b * st for r, st, _ in per]
-    rel = [abs(p - c) / c for p, (_, _, c) in zip(pred, per) if c > 0]
-    return {"runs": len(raw), "base_pct": round(100 * base, 3), "ms_per_rpc": round(1000 * a, 3),
-            "ms_per_stream": round(1000 * b, 3),
-            "stream_cost": "pinned (micro-benchmark)" if stream_ms is not None else "fitted",
-            "fit_error_max": round(max(rel), 4) if rel else None,
-            "fit_error_mean": round(sum(rel) / len(rel), 4) if rel else None}
-
-
-#: docs/scaling.md's model (the sim's): per gossip copy, per validated message, per stream.
-SIM_MODEL = {"ms_per_copy": 0.7, "us_per_message": 70.0, "ms_per_stream": 10.0}
-
-
 def model_error(row: dict[str, Any]) -> dict[str, Any]:
-    """The sim's model applied to the measured counts of a run, against the measured CPU."""
+    """The simulator's cost model (simnet/costs.py) applied to the counts a run measured
+    (copies received, stream ends), against the CPU it measured."""
     w = row["_raw"]
     ns = w["node_seconds"]
-    predicted = (w["copies"] * SIM_MODEL["ms_per_copy"] / 1e3 + w["validated"] *
-                 SIM_MODEL["us_per_message"] / 1e6 + w["streams"] * SIM_MODEL["ms_per_stream"] / 1e3) / ns
+    predicted = COSTS.node_cpu(w["copies"] / ns, w["streams"] / ns)
     measured = w["cpu_s"] / ns
     return {"model_pct": round(100 * predicted, 3), "measured_pct": round(100 * measured, 3),
             "error": round((predicted - measured) / measured, 3) if measured else None}

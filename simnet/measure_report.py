@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simnet.costs import COSTS, fit_costs
 from simnet.measure_real import (
     EVENT_CPU_WINDOW_S,
     MEASURE_NODE,
-    SIM_MODEL,
     TABLE_HEAD,
-    fit_costs,
     format_row,
     measure,
     model_error,
@@ -188,14 +187,44 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
     stream_ms = args.stream_ms if args.stream_ms is not None else (
         bench[0]["ms_cpu_per_session"] / 2 if bench else None)
     pinned = fit_costs(rows, stream_ms) if stream_ms is not None else None
-    md = render(rows, runs, fit, bench, args, pinned)
+    per_rpc = fit_costs(rows, per="rpcs")
+    md = render(rows, runs, fit, bench, args, pinned, per_rpc)
     (out / "measure-real.md").write_text(md)
     (out / "measure-real.json").write_text(json.dumps(
-        {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "stream_bench": bench, "sim_model": SIM_MODEL,
-         "load": os.getloadavg()}, indent=2, default=str) + "\n")
+        {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "fit_per_rpc": per_rpc,
+         "stream_bench": bench, "sim_model": COSTS.as_dict(), "load": os.getloadavg()}, indent=2, default=str) + "\n")
+    if args.fit_out:
+        write_fit_runs(Path(args.fit_out), rows, args)
     print(md)
     print(f"report: {out / 'measure-real.md'}")
     return 1 if any("failed" in r for r in runs) else 0
+
+
+def write_fit_runs(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The runs' counts, as simnet/costs.py's shipped fit reads them."""
+    import platform
+
+    model = "unknown CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in
+                     Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    keys = ("cpu_s", "copies", "rpcs", "validated", "streams", "node_seconds")
+    runs = [{"peers": r["peers"], "scenario": r["scenario"], "protocol": r["protocol"],
+             "counts": {k: round(r["_raw"][k], 4) for k in keys}}
+            for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
+    source = (f"{command_line(args)} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"{os.cpu_count()} × "
+              f"{model}, {platform.python_implementation()} {platform.python_version()})")
+    from simnet.calibrate import time_calibration_op
+
+    # The machine's speed as it wrote the file: costs scale with it (docs/scaling.md: one
+    # machine ran 3x faster on one day than on the day before).
+    op_us = round(1e6 * time_calibration_op(), 3)
+    path.write_text(json.dumps({"source": source, "calibration_op_us": op_us, "runs": runs},
+                               indent=1) + "\n")
+    print(f"runs for the cost fit: {path}", file=sys.stderr)
 
 
 def _quiet_libp2p() -> None:
@@ -208,7 +237,8 @@ def _quiet_libp2p() -> None:
 
 def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str, Any],
            bench: list[dict[str, Any]] | None, args: argparse.Namespace,
-           pinned: dict[str, Any] | None = None) -> str:
+           pinned: dict[str, Any] | None = None,
+           per_rpc: dict[str, Any] | None = None) -> str:
     lines = ["# measure-real", "", TABLE_HEAD]
     lines += [format_row(r) for r in rows]
     lines += ["", "| N | scenario | protocol | model (sim) CPU % | measured CPU % | model error | "
@@ -221,9 +251,12 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
                      f"{m['measured_pct']} | {m['error']:+.0%} | "
                      f"{r['load_before'][0]} → {r['load_after'][0]} | {r['setup_s']} | "
                      f"{r['wall_s']} |")
-    lines += ["", f"fit: {json.dumps(fit)}"]
+    lines += ["", f"the simulator's model (simnet/costs.py): {json.dumps(COSTS.as_dict())}",
+              f"fit (per copy, as the model): {json.dumps(fit)}"]
     if pinned is not None:
         lines += [f"fit with the stream cost pinned: {json.dumps(pinned)}"]
+    if per_rpc is not None:
+        lines += [f"fit per RPC read (for reference): {json.dumps(per_rpc)}"]
     if bench:
         lines += [f"stream bench: {json.dumps(b)}" for b in bench]
     failed = [r for r in runs if "failed" in r]
@@ -232,12 +265,18 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
     if args.from_dirs:
         lines += ["", "runs read from " + ", ".join(args.from_dirs)]
         return "\n".join(lines) + "\n"
-    lines += ["", f"command: neuroshard-simnet measure-real --peers {args.peers} --workers "
-                  f"{args.workers} --scenario {args.scenario} --protocol {args.protocol} "
-                  f"--duration {args.duration:g}" + (f" --kill-at {args.kill_at:g}"
-                                                     if args.kill_at is not None else "")
-              + "".join(f" --set {item}" for item in args.set)]
+    lines += ["", f"command: {command_line(args)}"]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["cmd_measure_real", "stream_bench", "render"]
+def command_line(args: argparse.Namespace) -> str:
+    """The command that made these runs (its measuring options)."""
+    if args.from_dirs:
+        return "neuroshard-simnet measure-real" + "".join(f" --from {d}" for d in args.from_dirs)
+    return (f"neuroshard-simnet measure-real --peers {args.peers} --workers {args.workers} "
+            f"--scenario {args.scenario} --protocol {args.protocol} --duration {args.duration:g}"
+            + (f" --kill-at {args.kill_at:g}" if args.kill_at is not None else "")
+            + "".join(f" --set {item}" for item in args.set))
+
+
+__all__ = ["cmd_measure_real", "command_line", "render", "stream_bench"]

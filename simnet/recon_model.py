@@ -21,9 +21,10 @@
    gossip (`node.policy.material_change`, with the network-relative step), counted on simulated
    gateway queues, with the 12.5 % per-node rule alone for reference.
 
-The costs are measured (`COST_*`, real nodes: docs/scaling.md); `--stream-ms X` changes the
-per-stream one, and the run prints the largest per-stream cost that keeps the busy total within
-10 % of a core.
+The costs are measured (`COST_*`: the simulator's one cost model, simnet/costs.py, fitted on
+real nodes; docs/scaling.md); `--stream-ms X` changes the per-stream one, the run prints the
+largest per-stream cost that keeps the busy total within 10 % of a core, and its totals with the
+fitted costs scaled to this machine's speed (its calibration op against the fit's).
 """
 
 from __future__ import annotations
@@ -38,23 +39,22 @@ from typing import Callable
 
 from neuroshard_p2p.node.policy import material_change, periods, recent_window_s
 from neuroshard_p2p.view.recon import PairResult, ReconSet, reconcile_pair
+from simnet.calibrate import time_calibration_op
+from simnet.costs import CALIBRATION_OP_US, COSTS
 
 CAPACITY_TIMEOUT_S = 60.0
 SESSION_S = 0.2          # a session's duration (a few round trips on a WAN)
 DEGREE = 20              # connected peers per node (gossip mesh D = 6 plus the rest)
-#: Costs (seconds of CPU), all measured. Per gossip RPC received (a copy: the RPC, decode,
-#: validation or the seen-cache drop) and a node's base (loops, gossipsub heartbeat, announcer):
-#: fitted on real nodes, `neuroshard-simnet measure-real` (docs/scaling.md, "Real nodes
-#: measured", "Fourth pass": 1.57 ms and 1.00 % of a core with libp2p_compat's entries 14 and 15;
-#: 2.26 ms and 0.89 % with entry 14 only; 3.09 ms and 0.58 % before both). Per sync/2.1.0
-#: stream, one end: the same command's benchmark between two real hosts in the same run (5.91 ms,
-#: views that agree; 9.74 ms before entry 15; the exchange's own work is timed below). Per
-#: message received over a stream: signature check 45 µs + engine 12 µs + decode
-#: (docs/scaling.md, notes/py-libp2p.md).
-COST_GOSSIP_COPY = 1.57e-3
-COST_BASE = 0.0100
+#: Costs (seconds of CPU), all measured: the simulator's one cost model (simnet/costs.py: a
+#: node's base, per gossip copy received, per sync stream end; fitted on real nodes), and per
+#: announcement received over a stream: signature check 45 µs + engine 12 µs + decode
+#: (docs/scaling.md, notes/py-libp2p.md). The fitted stream cost already carries the few
+#: announcements a session held at ≤ 100 nodes (~5 per end, ~0.35 ms): counting them again here
+#: errs high.
+COST_GOSSIP_COPY = COSTS.copy_s
+COST_BASE = COSTS.base
 COST_ITEM = 70e-6
-COST_STREAM = 5.91e-3
+COST_STREAM = COSTS.stream_s
 COPIES_PER_MESSAGE = 5.0  # gossipsub D = 6: copies of each message per peer (docs/scaling.md)
 KEEP_ALIVE_MEAN_S = 18.0  # 20 s with up to 20 % jitter
 RETAINED_PER_SIGNER = 7   # announcements a view keeps of an honest signer (view.py)
@@ -220,7 +220,8 @@ def recon_cpu(n: int, times: list[float], sessions_per_s: float, items_per_s: fl
 
 
 def cpu_at(n: int, times: list[float], busy: bool, cost_stream: float = COST_STREAM,
-           recon: dict[str, float] | None = None) -> dict[str, float]:
+           recon: dict[str, float] | None = None, base: float = COST_BASE,
+           copy: float = COST_GOSSIP_COPY) -> dict[str, float]:
     _, period = periods(CAPACITY_TIMEOUT_S, n)
     sessions = 2 / period                      # dialled + answered, per node per second
     announcing = 0.75 * n                      # steady: ¾ of the peers offer or queue
@@ -233,8 +234,8 @@ def cpu_at(n: int, times: list[float], busy: bool, cost_stream: float = COST_STR
         "upkeep": recon["upkeep"],
         "exchange": recon["exchange"],
         "items": items * COST_ITEM,
-        "gossip": gossip * COPIES_PER_MESSAGE * COST_GOSSIP_COPY,  # validation included
-        "base": COST_BASE,
+        "gossip": gossip * COPIES_PER_MESSAGE * copy,  # validation included
+        "base": base,
     }
     parts["total"] = sum(parts.values())
     parts["gossip_copies_per_s"] = gossip * COPIES_PER_MESSAGE
@@ -277,6 +278,16 @@ def main(argv: list[str]) -> int:
               + ", ".join(f"{k} {v * 100:.2f} %" for k, v in parts.items()
                           if k not in ("gossip_copies_per_s", "period_s"))
               + f" (R = {parts['period_s']:.2f} s, gossip copies {parts['gossip_copies_per_s']:.1f}/s)")
+    # The fitted costs are this machine's at the speed it had when they were measured; the timed
+    # parts above are this run's. Scaled by the calibration operation of both (simnet/calibrate):
+    op_us = 1e6 * time_calibration_op()
+    k = op_us / CALIBRATION_OP_US
+    for busy in (False, True):
+        scaled = cpu_at(n, curves[n], busy, cost_stream * k, recon,
+                        base=COST_BASE * k, copy=COST_GOSSIP_COPY * k)
+        print(f"  with the fitted costs scaled to this machine now (one calibration op {op_us:.3f} "
+              f"us, {k:.2f}x the {CALIBRATION_OP_US} us they were measured at): "
+              f"{'busy' if busy else 'steady'} total {scaled['total'] * 100:.2f} %")
     rest = parts["total"] - parts["streams"]
     sessions = 2 / parts["period_s"]
     print(f"busy total within 10 % of a core while a stream costs at most "

@@ -3,8 +3,10 @@
 For each network size N the `steady` scenario (only keep-alives) runs on the simulator; every
 peer's received copies are counted by the flood model (all peers, whether observers or not), and
 the node engine's own CPU per validated message is measured at the observer peers. The CPU a real
-peer would spend is then received copies per second × py-libp2p's measured 2–6 ms per message
-hop (docs: ../shared/notes/py-libp2p.md), plus the engine's share.
+peer would spend is then received copies per second × py-libp2p's 2–6 ms per message hop as
+first measured (docs: ../shared/notes/py-libp2p.md), plus the engine's share; and, as the
+simulator's one cost model (simnet/costs.py, fitted on real nodes with libp2p_compat's
+workarounds), its base + received copies per second × its per-copy cost.
 
 `neuroshard-simnet scaling` prints the table and writes scaling.json; docs/scaling.md quotes it.
 """
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from simnet.costs import COSTS
 from simnet.metrics import figures
 from simnet.scenario import load
 from simnet.sim import SimNetwork
@@ -45,6 +48,7 @@ class ScalingRow:
     libp2p_core_share_low: float      # received/s × 2 ms
     libp2p_core_share_high: float     # received/s × 6 ms
     wall_s: float
+    model_core_share: float = 0.0     # simnet/costs.py: base + received/s × per-copy cost
 
 
 def interval_for(peers: int, announcing_share: float, target_rate: float | None,
@@ -92,7 +96,7 @@ def measure(peers: int, *, duration_s: float = 60.0, observers: int = 50, seed: 
         engine_core_share=None if engine_us is None else validated * engine_us / 1e6,
         libp2p_core_share_low=received * HOP_MS[0] / 1000,
         libp2p_core_share_high=received * HOP_MS[1] / 1000,
-        wall_s=rec.wall_s)
+        wall_s=rec.wall_s, model_core_share=COSTS.node_cpu(received, 0.0))
 
 
 def break_even_peers(rows: Sequence[ScalingRow], hop_ms: float) -> float | None:
@@ -108,8 +112,8 @@ def break_even_peers(rows: Sequence[ScalingRow], hop_ms: float) -> float | None:
 def table(rows: Sequence[ScalingRow]) -> str:
     lines = ["| peers | observers | keep-alive / timeout (s) | D | published/peer/s | "
              "received/peer/s (all copies) | validated/peer/s | engine µs/msg | engine core | "
-             "py-libp2p core at 2–6 ms/hop | sim wall (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "py-libp2p core at 2–6 ms/hop | model (costs.py) | sim wall (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         engine = "—" if r.engine_us_per_message is None else f"{r.engine_us_per_message:.0f}"
         share = "—" if r.engine_core_share is None else f"{100 * r.engine_core_share:.2f} %"
@@ -118,7 +122,7 @@ def table(rows: Sequence[ScalingRow]) -> str:
             f"{r.degree} | {r.published_per_peer_s:.4f} | {r.received_per_peer_s:.2f} | "
             f"{r.validated_per_peer_s:.2f} | {engine} | {share} | "
             f"{100 * r.libp2p_core_share_low:.1f}–{100 * r.libp2p_core_share_high:.1f} % | "
-            f"{r.wall_s:.0f} |")
+            f"{100 * r.model_core_share:.1f} % | {r.wall_s:.0f} |")
     return "\n".join(lines)
 
 
@@ -133,10 +137,16 @@ def run_scaling(sizes: Sequence[int], *, out: str | Path | None, duration_s: flo
                             degree=degree, target_rate=target_rate, progress=progress))
     print(table(rows))
     for hop in HOP_MS:
-        n = break_even_peers(rows, hop) if target_rate is None else None
-        if n is not None:
-            print(f"gossip work reaches {CORE_BUDGET:.0%} of a core at about {n:,.0f} peers "
+        peers_at = break_even_peers(rows, hop) if target_rate is None else None
+        if peers_at is not None:
+            print(f"gossip work reaches {CORE_BUDGET:.0%} of a core at about {peers_at:,.0f} peers "
                   f"(at {hop:g} ms per message hop)")
+    slopes = [r.received_per_peer_s / r.peers for r in rows if r.peers >= 50 and r.received_per_peer_s]
+    if target_rate is None and slopes and COSTS.copy_s > 0 and COSTS.base < CORE_BUDGET:
+        at_budget = (CORE_BUDGET - COSTS.base) / COSTS.copy_s / (sum(slopes) / len(slopes))
+        print(f"with the simulator's cost model (simnet/costs.py: base {100 * COSTS.base:.2f} %, "
+              f"{1000 * COSTS.copy_s:.2f} ms per copy): {CORE_BUDGET:.0%} of a core at about "
+              f"{at_budget:,.0f} peers")
     if out is not None:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)

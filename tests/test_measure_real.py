@@ -23,7 +23,7 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     out = tmp_path / "mr"
     args = ["measure-real", "--peers", "6", "--workers", "2", "--scenario", "shock",
             "--protocol", "gossip", "--duration", "14", "--kill-at", "1", "--quiet",
-            "--views-every", "1", "--out", str(out)]
+            "--views-every", "1", "--out", str(out), "--fit-out", str(tmp_path / "fit.json")]
     for item in FAST:
         args += ["--set", item]
     assert main(args) == 0
@@ -78,4 +78,13 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
         window = run["windows"][f"after {e['event']}"]
         assert 0 < window["seconds"] <= 10.0
         assert window["cpu_ms_per_node"] == e["cpu_ms_per_node"]
-    assert "| 6 | shock | gossip |" in (out / "measure-real.md").read_text()
+    md = (out / "measure-real.md").read_text()
+    assert "| 6 | shock | gossip |" in md
+    # The counts the simulator's cost model is fitted on (simnet/costs.py), as the shipped runs.
+    fit_runs = json.loads((tmp_path / "fit.json").read_text())
+    assert fit_runs["source"].startswith("neuroshard-simnet measure-real --peers 6 ")
+    (counted,) = fit_runs["runs"]
+    assert (counted["peers"], counted["scenario"], counted["protocol"]) == (6, "shock", "gossip")
+    assert counted["counts"] == {k: round(v, 4) for k, v in row["_raw"].items()}
+    assert "model error" in md and run["model"]["measured_pct"] == round(
+        100 * row["_raw"]["cpu_s"] / row["_raw"]["node_seconds"], 3)

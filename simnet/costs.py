@@ -1,0 +1,151 @@
+"""The simulator's cost model: a node's market CPU from the traffic the simulator counts.
+
+One model, used everywhere the simulator turns counts into CPU: `simnet/recon_model.py`'s
+figures at 10,000 peers, `neuroshard-simnet scaling`'s model column and `measure-real`'s "model error" (the model applied
+to the counts a run of real nodes measured, against the CPU it measured). A node's CPU, as a
+share of one core, is
+
+    BASE + COPY × gossip copies received per second + STREAM × sync stream ends per second
+
+- BASE: a node with no market traffic (its loops, gossipsub's heartbeat, the announcer's tick,
+  the reconciliation pacing).
+- COPY: one gossip copy received, whatever it costs: the read (Noise, yamux, protobuf), the
+  seen-cache drop of a duplicate or the validation, merge and forwarding of a first copy.
+  Copies, not RPCs: with libp2p_compat's RPC coalescing (defects 16) one RPC carries several
+  copies, and how many depends on timing the simulator does not model; the simulator counts
+  copies (its flood model).
+- STREAM: one end of one sync/2.1.0 session (open, reconcile, close), including the
+  announcements it carries at the rates measured.
+
+The figures are fitted by least squares over real-node runs of every size and both protocols.
+The runs' counts are shipped (`simnet/data/cost-fit.json`, written by `measure-real`'s
+`--fit-out`), and
+
+    python -m simnet.costs
+
+fits them again and prints each run's CPU against the model's (docs/scaling.md, "Seventh pass").
+tests/test_costs.py holds COSTS to that fit: change them only with a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Costs:
+    base: float          # share of a core
+    copy_s: float        # seconds of CPU per gossip copy received
+    stream_s: float      # seconds of CPU per sync stream end
+
+    def node_cpu(self, copies_per_s: float, streams_per_s: float) -> float:
+        """Share of one core a node spends on the market at these rates."""
+        return self.base + self.copy_s * copies_per_s + self.stream_s * streams_per_s
+
+    def as_dict(self) -> dict[str, float]:
+        return {"base_pct": round(100 * self.base, 3), "ms_per_copy": round(1000 * self.copy_s, 3),
+                "ms_per_stream": round(1000 * self.stream_s, 3)}
+
+
+#: Fitted on real nodes with libp2p_compat's entries 13-18 (docs/scaling.md, "Seventh pass"):
+#: 12 runs, 25 / 50 / 100 nodes, `steady` and `shock`, keep-alives by gossip and quiet.
+COSTS = Costs(base=0.363 / 100, copy_s=0.477 / 1000, stream_s=2.928 / 1000)
+#: The machine's speed when they were measured: one calibration operation (simnet/calibrate.py)
+#: in microseconds. On a machine where it takes k times as long, the costs are about k times.
+CALIBRATION_OP_US = 2.087
+
+#: The largest error of the model against any run it was fitted on, as stated in docs/scaling.md
+#: (tests/test_costs.py checks it on the shipped runs).
+STATED_ERROR = 0.22
+
+
+def shipped_runs() -> dict[str, Any]:
+    """The runs COSTS was fitted on (simnet/data/cost-fit.json)."""
+    return json.loads(resources.files("simnet").joinpath("data/cost-fit.json").read_text())
+
+
+def fit_costs(rows: list[dict[str, Any]], stream_ms: float | None = None,
+              per: str = "copies") -> dict[str, Any]:
+    """Least squares over runs: CPU per node-second = base + a × X/s + b × streams/s (per node),
+    X the gossip copies received (`per="copies"`, what the simulator counts: the model above) or
+    the RPCs read (`per="rpcs"`). `base` is what a node spends with no traffic (its loops,
+    gossipsub's heartbeat, the announcer's tick); validated messages are not a term of their own:
+    they move with the copies and their engine cost (~45 µs, `bench wire`) is inside a.
+
+    Runs of one protocol all have about the same streams/s (the period is fixed), so with one
+    protocol base and b are nearly collinear: fit runs of both, or pin b with `stream_ms` (one
+    stream end's CPU from the micro-benchmark) and fit base and a only. Needs 3 runs or more (2
+    with `stream_ms`)."""
+    import numpy as np
+
+    raw = [r["_raw"] for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
+    if len(raw) < (2 if stream_ms is not None else 3):
+        return {"runs": len(raw), "note": "too few runs: no fit"}
+    per_run = [(w[per] / w["node_seconds"], w["streams"] / w["node_seconds"],
+                w["cpu_s"] / w["node_seconds"]) for w in raw]
+    if stream_ms is None:
+        x = np.array([[1.0, r, st] for r, st, _ in per_run])
+        y = np.array([c for _, _, c in per_run])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        base, a, b = coef
+    else:
+        x = np.array([[1.0, r] for r, _, _ in per_run])
+        y = np.array([c - st * stream_ms / 1e3 for _, st, c in per_run])
+        (base, a), *_ = np.linalg.lstsq(x, y, rcond=None)
+        b = stream_ms / 1e3
+    pred = [base + a * r + b * st for r, st, _ in per_run]
+    rel = [(p - c) / c for p, (_, _, c) in zip(pred, per_run) if c > 0]
+    unit = "copy" if per == "copies" else "rpc"
+    return {"runs": len(raw), "base_pct": round(100 * base, 3), f"ms_per_{unit}": round(1000 * a, 3),
+            "ms_per_stream": round(1000 * b, 3),
+            "stream_cost": "pinned (micro-benchmark)" if stream_ms is not None else "fitted",
+            "fit_error_max": round(max(abs(e) for e in rel), 4) if rel else None,
+            "fit_error_mean": round(sum(abs(e) for e in rel) / len(rel), 4) if rel else None}
+
+
+def refit(runs: list[dict[str, Any]]) -> tuple[Costs, list[dict[str, Any]]]:
+    """Least squares over runs (CPU per node-second = base + a × copies/s + b × streams/s), and
+    each run with the fitted model's CPU and its error against the measured CPU."""
+    fit = fit_costs([{"_raw": r["counts"]} for r in runs])
+    costs = Costs(base=fit["base_pct"] / 100, copy_s=fit["ms_per_copy"] / 1000,
+                  stream_s=fit["ms_per_stream"] / 1000)
+    out = []
+    for r in runs:
+        c = r["counts"]
+        ns = c["node_seconds"]
+        measured = c["cpu_s"] / ns
+        model = costs.node_cpu(c["copies"] / ns, c["streams"] / ns)
+        out.append({**{k: r[k] for k in ("peers", "scenario", "protocol")},
+                    "copies_per_node_s": round(c["copies"] / ns, 3),
+                    "streams_per_node_s": round(c["streams"] / ns, 4),
+                    "measured_pct": round(100 * measured, 3), "model_pct": round(100 * model, 3),
+                    "error": round((model - measured) / measured, 4)})
+    return costs, out
+
+
+def main(argv: list[str]) -> int:
+    data = shipped_runs()
+    costs, rows = refit(data["runs"])
+    print(f"runs: {data['source']}")
+    print("| N | scenario | protocol | copies /node/s | streams /node/s | measured CPU % | "
+          "model CPU % | error |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['peers']} | {r['scenario']} | {r['protocol']} | {r['copies_per_node_s']} | "
+              f"{r['streams_per_node_s']} | {r['measured_pct']} | {r['model_pct']} | "
+              f"{r['error']:+.1%} |")
+    print(f"fit: {json.dumps(costs.as_dict())}; shipped COSTS: {json.dumps(COSTS.as_dict())}")
+    print(f"largest error {max(abs(r['error']) for r in rows):.1%} (stated: {STATED_ERROR:.0%}); "
+          f"measured at one calibration op = {data['calibration_op_us']} us")
+    return 0
+
+
+__all__ = ["CALIBRATION_OP_US", "COSTS", "Costs", "STATED_ERROR", "fit_costs", "refit", "shipped_runs"]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,70 @@
+"""The simulator's one cost model (simnet/costs.py) is the least-squares fit of the real-node runs
+shipped with it, and `measure-real` judges its model by the same costs.
+
+Real runs are too slow for the suite (minutes each, docs/scaling.md); their counts are shipped
+(simnet/data/cost-fit.json, from `neuroshard-simnet measure-real ... --fit-out`), so what is
+checked here is that the shipped costs are exactly that fit and within the stated error of every
+run, and that the fit recovers known costs exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simnet.costs import (
+    CALIBRATION_OP_US,
+    COSTS,
+    STATED_ERROR,
+    Costs,
+    fit_costs,
+    refit,
+    shipped_runs,
+)
+from simnet.measure_real import model_error
+
+
+def test_the_shipped_costs_are_the_fit_of_the_shipped_runs() -> None:
+    data = shipped_runs()
+    costs, rows = refit(data["runs"])
+    assert costs == COSTS
+    assert data["calibration_op_us"] == CALIBRATION_OP_US
+    # Sizes and both protocols: with one protocol every run has about the same streams/s and
+    # the base and the stream cost cannot be told apart.
+    assert {r["peers"] for r in rows} >= {25, 50, 100}
+    assert {r["protocol"] for r in rows} == {"gossip", "quiet"}
+    assert {r["scenario"] for r in rows} == {"steady", "shock"}
+    assert max(abs(r["error"]) for r in rows) <= STATED_ERROR
+    assert 0 < COSTS.base < 0.05 and 0 < COSTS.copy_s < 5e-3 and 0 < COSTS.stream_s < 0.05
+
+
+def _run(costs: Costs, copies: float, streams: float, rpcs: float, node_seconds: float = 600.0
+         ) -> dict:
+    cpu = costs.node_cpu(copies / node_seconds, streams / node_seconds) * node_seconds
+    return {"_raw": {"cpu_s": cpu, "copies": copies, "rpcs": rpcs, "validated": copies / 5,
+                     "streams": streams, "node_seconds": node_seconds}}
+
+
+def test_the_fit_recovers_known_costs_exactly() -> None:
+    known = Costs(base=0.006, copy_s=0.4e-3, stream_s=7e-3)
+    rows = [_run(known, copies, streams, rpcs=copies / 2)
+            for copies, streams in ((600, 40), (3_000, 40), (1_800, 500), (9_000, 520))]
+    fit = fit_costs(rows)
+    assert (fit["base_pct"], fit["ms_per_copy"], fit["ms_per_stream"]) == (0.6, 0.4, 7.0)
+    assert fit["fit_error_max"] == 0.0 and fit["runs"] == 4
+    pinned = fit_costs(rows, stream_ms=7.0)
+    assert (pinned["base_pct"], pinned["ms_per_copy"]) == (0.6, 0.4)
+    assert pinned["stream_cost"] == "pinned (micro-benchmark)"
+    # Per RPC read: one RPC carried two copies here, so an RPC costs two copies.
+    assert fit_costs(rows, per="rpcs")["ms_per_rpc"] == 0.8
+    assert fit_costs(rows[:2]) == {"runs": 2, "note": "too few runs: no fit"}
+
+
+@pytest.mark.parametrize("copies,streams", [(0, 0), (3_000, 40), (120, 510)])
+def test_measure_real_judges_the_model_by_the_shipped_costs(copies: int, streams: int) -> None:
+    row = _run(Costs(base=0.01, copy_s=1e-3, stream_s=1e-2), copies, streams, rpcs=copies)
+    m = model_error(row)
+    assert m["model_pct"] == round(100 * COSTS.node_cpu(copies / 600, streams / 600), 3)
+    measured = row["_raw"]["cpu_s"] / 600
+    assert m["measured_pct"] == round(100 * measured, 3)
+    assert m["error"] == round((COSTS.node_cpu(copies / 600, streams / 600) - measured)
+                               / measured, 3)
