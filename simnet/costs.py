@@ -1,9 +1,9 @@
 """The simulator's cost model: a node's market CPU from the traffic the simulator counts.
 
 One model, used everywhere the simulator turns counts into CPU: `simnet/recon_model.py`'s
-figures at 10,000 peers, `neuroshard-simnet scaling`'s model column and `measure-real`'s "model error" (the model applied
-to the counts a run of real nodes measured, against the CPU it measured). A node's CPU, as a
-share of one core, is
+figures at 10,000 peers, `neuroshard-simnet scaling`'s model column and `measure-real`'s "model
+error" (the model applied to the counts a run of real nodes measured, against the CPU it
+measured). A node's CPU, as a share of one core, is
 
     BASE + COPY × gossip copies received per second + STREAM × sync stream ends per second
 
