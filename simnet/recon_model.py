@@ -15,7 +15,8 @@
    of the view's incremental ReconSet (a second of received keep-alives added, as many expired,
    one snapshot per session) and one exchange between two views built from the reach curve (an
    item `age` s old is held by each peer with the probability that part 1 gives, independently),
-   opened with the recent items by id (§8.4). The code as merged (a ReconSet rebuilt per session,
+   opened with the recent items by id (§8.4), and each keep-alive received over a stream, through
+   the engine's sync path (`item_cost`). The code as merged (a ReconSet rebuilt per session,
    the fingerprint opening) is timed on the same views for reference.
 3. **Gossip copies received per peer per second** at 100 / 1,000 / 10,000: only material changes
    gossip (`node.policy.material_change`, with the network-relative step), counted on simulated
@@ -46,14 +47,12 @@ CAPACITY_TIMEOUT_S = 60.0
 SESSION_S = 0.2          # a session's duration (a few round trips on a WAN)
 DEGREE = 20              # connected peers per node (gossip mesh D = 6 plus the rest)
 #: Costs (seconds of CPU), all measured: the simulator's one cost model (simnet/costs.py: a
-#: node's base, per gossip copy received, per sync stream end; fitted on real nodes), and per
-#: announcement received over a stream: signature check 45 µs + engine 12 µs + decode
-#: (docs/scaling.md, notes/py-libp2p.md). The fitted stream cost already carries the few
-#: announcements a session held at ≤ 100 nodes (~5 per end, ~0.35 ms): counting them again here
-#: errs high.
+#: node's base, per gossip copy received, per sync stream end; fitted on real nodes). Per
+#: announcement received over a stream, `item_cost` times the real path in the run. The fitted
+#: stream cost already carries the few announcements a session held at ≤ 100 nodes (~5 per
+#: end, ~0.3 ms): counting them again here errs high.
 COST_GOSSIP_COPY = COSTS.copy_s
 COST_BASE = COSTS.base
-COST_ITEM = 70e-6
 COST_STREAM = COSTS.stream_s
 COPIES_PER_MESSAGE = 5.0  # gossipsub D = 6: copies of each message per peer (docs/scaling.md)
 KEEP_ALIVE_MEAN_S = 18.0  # 20 s with up to 20 % jitter
@@ -213,10 +212,48 @@ def recon_cpu(n: int, times: list[float], sessions_per_s: float, items_per_s: fl
     ReconSet(a_items)
     rebuild = time.process_time() - start
     return {"upkeep": upkeep, "exchange": sessions_per_s * exchange,
+            "item_s": item_cost(int(0.75 * n)),
             "old_exchange": sessions_per_s * old_exchange, "old_snapshot": sessions_per_s * rebuild,
             "view_items": float(len(a_items)), "differing": float(differing),
             "recent_bytes": float(len(result.frames[0])), "turns": float(result.turns),
             "old_turns": float(old_result.turns)}
+
+
+def item_cost(signers: int, repeat: int = 3) -> float:
+    """Seconds of CPU per keep-alive received over a stream, timed here with the real code: an
+    engine whose view holds `signers` signers takes each one's next keep-alive (seq + 1, 18 s
+    later) through `PeerEngine.on_sync_response` (decode, signature, the validator's rules, the
+    merge), in sync frames as a session delivers them. The least of `repeat` rounds, each on a
+    fresh engine."""
+    import coincurve
+
+    from neuroshard_p2p.charter import builtin
+    from neuroshard_p2p.node.engine import PeerEngine
+    from neuroshard_p2p.wire import Announcement, encode
+    from neuroshard_p2p.wire.frames import encode_sync, split_sync_response
+
+    keys = [coincurve.PrivateKey(hashlib.sha256(b"recon-model item %d" % i).digest())
+            for i in range(signers)]
+    now = 1_800_000_000.0
+
+    def keep_alives(seq: int, at: float) -> list[bytes]:
+        return [encode(Announcement(k.public_key.format(), int(at * 1000), seq, 1000, 0,
+                                    7_000 * (i % 3), i % 3), k) for i, k in enumerate(keys)]
+
+    first, second = keep_alives(1, now), keep_alives(2, now + KEEP_ALIVE_MEAN_S)
+    frames = [encode_sync(f) for f in split_sync_response(second)]
+    market = builtin("simnet").market
+    best = math.inf
+    for _ in range(repeat):
+        engine = PeerEngine(market, coincurve.PrivateKey(hashlib.sha256(b"me").digest()))
+        for data in first:
+            engine.on_gossip(data, now)
+        start = time.process_time()
+        accepted = sum(engine.on_sync_response(f, now + KEEP_ALIVE_MEAN_S).accepted
+                       for f in frames)
+        best = min(best, time.process_time() - start)
+        assert accepted == signers, accepted
+    return best / signers
 
 
 def cpu_at(n: int, times: list[float], busy: bool, cost_stream: float = COST_STREAM,
@@ -233,7 +270,7 @@ def cpu_at(n: int, times: list[float], busy: bool, cost_stream: float = COST_STR
         "streams": sessions * cost_stream,
         "upkeep": recon["upkeep"],
         "exchange": recon["exchange"],
-        "items": items * COST_ITEM,
+        "items": items * recon["item_s"],
         "gossip": gossip * COPIES_PER_MESSAGE * copy,  # validation included
         "base": base,
     }
@@ -265,6 +302,8 @@ def main(argv: list[str]) -> int:
     n = 10_000
     _, period = periods(CAPACITY_TIMEOUT_S, n)
     recon = recon_cpu(n, curves[n], 2 / period, 0.75 * n / KEEP_ALIVE_MEAN_S)
+    print(f"one keep-alive received over a stream (engine sync path, a view of {int(0.75 * n):,} "
+          f"signers, timed here): {recon['item_s'] * 1e6:.1f} us")
     print(f"two peers' views at {n:,} peers: {recon['view_items']:,.0f} items, "
           f"{recon['differing']:,.0f} differ; recent opening {recon['recent_bytes']:,.0f} B, "
           f"{recon['turns']:.0f} turn(s) (fingerprint opening: {recon['old_turns']:.0f} turns)")
@@ -288,6 +327,10 @@ def main(argv: list[str]) -> int:
         print(f"  with the fitted costs scaled to this machine now (one calibration op {op_us:.3f} "
               f"us, {k:.2f}x the {CALIBRATION_OP_US} us they were measured at): "
               f"{'busy' if busy else 'steady'} total {scaled['total'] * 100:.2f} %")
+    # Every part is CPU time, so on a machine k times slower the total is about k times.
+    slower = 0.10 / scaled["total"]
+    print(f"  busy reaches 10 % of a core on a machine {slower:.1f}x slower than this one now "
+          f"(one calibration op ~{slower * op_us:.1f} us)")
     rest = parts["total"] - parts["streams"]
     sessions = 2 / parts["period_s"]
     print(f"busy total within 10 % of a core while a stream costs at most "

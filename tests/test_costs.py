@@ -68,3 +68,22 @@ def test_measure_real_judges_the_model_by_the_shipped_costs(copies: int, streams
     assert m["measured_pct"] == round(100 * measured, 3)
     assert m["error"] == round((COSTS.node_cpu(copies / 600, streams / 600) - measured)
                                / measured, 3)
+
+
+def test_the_10000_peer_projection_uses_the_one_model() -> None:
+    from neuroshard_p2p.node.policy import periods
+    from simnet.recon_model import CAPACITY_TIMEOUT_S, cpu_at, item_cost
+
+    # A keep-alive received over a stream, through the engine's real sync path: every one of
+    # 300 signers' next keep-alive is accepted (item_cost asserts it) at a plausible cost.
+    per_item = item_cost(300, repeat=1)
+    assert 5e-6 < per_item < 5e-3
+    timed = {"upkeep": 0.001, "exchange": 0.002, "item_s": per_item}
+    parts = cpu_at(1_000, [], True, recon=timed)
+    _, period = periods(CAPACITY_TIMEOUT_S, 1_000)
+    assert parts["base"] == COSTS.base
+    assert parts["streams"] == pytest.approx(2 / period * COSTS.stream_s)
+    assert parts["gossip"] == pytest.approx(parts["gossip_copies_per_s"] * COSTS.copy_s)
+    assert parts["items"] == pytest.approx(750 / 18.0 * per_item)
+    assert parts["total"] == pytest.approx(sum(parts[k] for k in (
+        "base", "streams", "gossip", "items", "upkeep", "exchange")))
