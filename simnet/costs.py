@@ -46,6 +46,15 @@ class Costs:
         """Share of one core a node spends on the market at these rates."""
         return self.base + self.copy_s * copies_per_s + self.stream_s * streams_per_s
 
+    def judge(self, counts: dict[str, float]) -> dict[str, float | None]:
+        """The model on a run's counts (copies, streams, cpu_s over node_seconds) against the
+        CPU the run measured: both as % of a core, and the model's relative error."""
+        ns = counts["node_seconds"]
+        model = self.node_cpu(counts["copies"] / ns, counts["streams"] / ns)
+        measured = counts["cpu_s"] / ns
+        return {"model_pct": round(100 * model, 3), "measured_pct": round(100 * measured, 3),
+                "error": round((model - measured) / measured, 4) if measured else None}
+
     def as_dict(self) -> dict[str, float]:
         return {"base_pct": round(100 * self.base, 3), "ms_per_copy": round(1000 * self.copy_s, 3),
                 "ms_per_stream": round(1000 * self.stream_s, 3)}
@@ -116,14 +125,10 @@ def refit(runs: list[dict[str, Any]]) -> tuple[Costs, list[dict[str, Any]]]:
     out = []
     for r in runs:
         c = r["counts"]
-        ns = c["node_seconds"]
-        measured = c["cpu_s"] / ns
-        model = costs.node_cpu(c["copies"] / ns, c["streams"] / ns)
         out.append({**{k: r[k] for k in ("peers", "scenario", "protocol")},
-                    "copies_per_node_s": round(c["copies"] / ns, 3),
-                    "streams_per_node_s": round(c["streams"] / ns, 4),
-                    "measured_pct": round(100 * measured, 3), "model_pct": round(100 * model, 3),
-                    "error": round((model - measured) / measured, 4)})
+                    "copies_per_node_s": round(c["copies"] / c["node_seconds"], 3),
+                    "streams_per_node_s": round(c["streams"] / c["node_seconds"], 4),
+                    **costs.judge(c)})
     return costs, out
 
 

@@ -947,12 +947,7 @@ def format_row(row: dict[str, Any]) -> str:
 def model_error(row: dict[str, Any]) -> dict[str, Any]:
     """The simulator's cost model (simnet/costs.py) applied to the counts a run measured
     (copies received, stream ends), against the CPU it measured."""
-    w = row["_raw"]
-    ns = w["node_seconds"]
-    predicted = COSTS.node_cpu(w["copies"] / ns, w["streams"] / ns)
-    measured = w["cpu_s"] / ns
-    return {"model_pct": round(100 * predicted, 3), "measured_pct": round(100 * measured, 3),
-            "error": round((predicted - measured) / measured, 3) if measured else None}
+    return COSTS.judge(row["_raw"])
 
 
 def main(argv: Sequence[str]) -> int:  # the worker's entry (`python -m simnet.measure_real`)
