@@ -106,6 +106,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     disconnect,
     expand_wildcards,
     install_early_duplicate_drop,
+    install_punch_reset_on_close,
     install_record_caches,
     install_rpc_coalescing,
     install_task_index,
@@ -296,6 +297,7 @@ class Node:
         install_rpc_coalescing()
         install_task_index()
         install_early_duplicate_drop()
+        install_punch_reset_on_close()
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would

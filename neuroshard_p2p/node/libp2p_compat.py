@@ -114,12 +114,22 @@ around, and can go when the defect is fixed.
    there; `push_msg` keeps its own check (a copy arriving while the first is still being
    validated is dropped there, as before). A seen copy does nothing else in `push_msg`:
    no score, no IDONTWANT, no forward.
+19. **A hole punch blocks its own retries** (`install_punch_reset_on_close`): DCUtR's dials
+   leave from the listen port to the peer's address (`_open_tcp_stream_from`), every try from
+   the same port to the same address. A connection of one of them that we close (the upgrade
+   failed, or it lost the simultaneous open) waits in TIME-WAIT for 60 s, and unless it holds a
+   TCP timestamp of the peer, every connect() from that port to that address fails meanwhile
+   with EADDRNOTAVAIL ("Cannot assign requested address"). Such a connection is reset on close
+   instead (SO_LINGER 0), as go-libp2p does for every TCP dial, so the 4-tuple is free for the
+   next try. Only these source-bound dials: an ordinary connection still ends with a FIN, its
+   last bytes delivered.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import struct
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -415,6 +425,33 @@ def install_early_duplicate_drop() -> None:
 
     Pubsub._is_subscribed_to_msg = subscribed_and_unseen  # type: ignore[method-assign]
     _early_duplicate_drop_installed = True
+
+
+_punch_reset_installed = False
+#: SO_LINGER on, 0 s: close() resets the connection, leaving no TIME-WAIT behind.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+def install_punch_reset_on_close() -> None:
+    """Entry 19: a connection dialled from a bound source port (DCUtR's hole punch) is reset
+    when closed, so it leaves no TIME-WAIT to refuse the next try from that port. Idempotent."""
+    global _punch_reset_installed
+    if _punch_reset_installed:
+        return
+    from libp2p.transport.tcp import tcp
+
+    open_from = tcp._open_tcp_stream_from
+
+    async def open_from_reset_on_close(host: str, port: int, source: tuple[str, int]) -> Any:
+        stream = await open_from(host, port, source)
+        try:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        except OSError:  # a socket the kernel already closed: nothing to linger on
+            pass
+        return stream
+
+    tcp._open_tcp_stream_from = open_from_reset_on_close
+    _punch_reset_installed = True
 
 
 def muxer_options(preferred: str) -> TMuxerOptions:
