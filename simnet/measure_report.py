@@ -192,7 +192,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
     (out / "measure-real.md").write_text(md)
     (out / "measure-real.json").write_text(json.dumps(
         {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "fit_per_rpc": per_rpc,
-         "stream_bench": bench, "sim_model": COSTS.as_dict(), "load": os.getloadavg()}, indent=2, default=str) + "\n")
+         "stream_bench": bench, "sim_model": COSTS.as_dict(), "load": os.getloadavg()},
+        indent=2, default=str) + "\n")
     if args.fit_out:
         write_fit_runs(Path(args.fit_out), rows, args)
     print(md)
@@ -201,8 +202,12 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
 
 
 def write_fit_runs(path: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """The runs' counts, as simnet/costs.py's shipped fit reads them."""
+    """The runs' counts, as simnet/costs.py's shipped fit reads them, with the machine and its
+    speed as the file is written (the costs scale with it: docs/scaling.md saw one machine run
+    3x faster on one day than on the day before)."""
     import platform
+
+    from simnet.calibrate import time_calibration_op
 
     model = "unknown CPU"
     try:
@@ -215,12 +220,8 @@ def write_fit_runs(path: Path, rows: list[dict[str, Any]], args: argparse.Namesp
              "counts": {k: round(r["_raw"][k], 4) for k in keys}}
             for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
     source = (f"{command_line(args)} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-              f"{os.cpu_count()} × "
-              f"{model}, {platform.python_implementation()} {platform.python_version()})")
-    from simnet.calibrate import time_calibration_op
-
-    # The machine's speed as it wrote the file: costs scale with it (docs/scaling.md: one
-    # machine ran 3x faster on one day than on the day before).
+              f"{os.cpu_count()} × {model}, {platform.python_implementation()} "
+              f"{platform.python_version()})")
     op_us = round(1e6 * time_calibration_op(), 3)
     path.write_text(json.dumps({"source": source, "calibration_op_us": op_us, "runs": runs},
                                indent=1) + "\n")

@@ -99,14 +99,15 @@ def measure(peers: int, *, duration_s: float = 60.0, observers: int = 50, seed: 
         wall_s=rec.wall_s, model_core_share=COSTS.node_cpu(received, 0.0))
 
 
-def break_even_peers(rows: Sequence[ScalingRow], hop_ms: float) -> float | None:
-    """The N at which received copies × hop_ms reach CORE_BUDGET of a core, from the
+def break_even_peers(rows: Sequence[ScalingRow], hop_ms: float, base: float = 0.0
+                     ) -> float | None:
+    """The N at which `base` + received copies × hop_ms reach CORE_BUDGET of a core, from the
     measured received-per-peer slope (received grows linearly with N at a fixed interval)."""
     slopes = [r.received_per_peer_s / r.peers for r in rows if r.peers >= 50 and r.received_per_peer_s]
-    if not slopes:
+    if not slopes or hop_ms <= 0 or base >= CORE_BUDGET:
         return None
     per_peer = sum(slopes) / len(slopes)
-    return CORE_BUDGET / (hop_ms / 1000) / per_peer
+    return (CORE_BUDGET - base) / (hop_ms / 1000) / per_peer
 
 
 def table(rows: Sequence[ScalingRow]) -> str:
@@ -141,9 +142,9 @@ def run_scaling(sizes: Sequence[int], *, out: str | Path | None, duration_s: flo
         if peers_at is not None:
             print(f"gossip work reaches {CORE_BUDGET:.0%} of a core at about {peers_at:,.0f} peers "
                   f"(at {hop:g} ms per message hop)")
-    slopes = [r.received_per_peer_s / r.peers for r in rows if r.peers >= 50 and r.received_per_peer_s]
-    if target_rate is None and slopes and COSTS.copy_s > 0 and COSTS.base < CORE_BUDGET:
-        at_budget = (CORE_BUDGET - COSTS.base) / COSTS.copy_s / (sum(slopes) / len(slopes))
+    at_budget = (break_even_peers(rows, 1000 * COSTS.copy_s, COSTS.base)
+                 if target_rate is None else None)
+    if at_budget is not None:
         print(f"with the simulator's cost model (simnet/costs.py: base {100 * COSTS.base:.2f} %, "
               f"{1000 * COSTS.copy_s:.2f} ms per copy): {CORE_BUDGET:.0%} of a core at about "
               f"{at_budget:,.0f} peers")

@@ -87,3 +87,17 @@ def test_the_10000_peer_projection_uses_the_one_model() -> None:
     assert parts["items"] == pytest.approx(750 / 18.0 * per_item)
     assert parts["total"] == pytest.approx(sum(parts[k] for k in (
         "base", "streams", "gossip", "items", "upkeep", "exchange")))
+
+
+def test_the_break_even_size_counts_the_base() -> None:
+    from simnet.scaling import ScalingRow, break_even_peers
+
+    rows = [ScalingRow(peers=n, observers=50, announce_interval_s=20.0, capacity_timeout_s=60.0,
+                       degree=6, published_per_peer_s=0.04, received_per_peer_s=0.2 * n,
+                       validated_per_peer_s=0.04 * n, engine_us_per_message=None,
+                       engine_core_share=None, libp2p_core_share_low=0.0,
+                       libp2p_core_share_high=0.0, wall_s=0.0) for n in (100, 1_000)]
+    # 0.2 copies per peer per second for each peer in the network, 0.5 ms each.
+    assert break_even_peers(rows, 0.5) == pytest.approx(0.10 / 0.0005 / 0.2)         # 1,000
+    assert break_even_peers(rows, 0.5, base=0.0036) == pytest.approx(0.0964 / 0.0001)  # 964
+    assert break_even_peers(rows, 0.5, base=0.10) is None
