@@ -7,8 +7,7 @@ process-wide."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.sides import run_side
 
 PEERS = """
 import sys, trio, multiaddr
@@ -54,10 +53,7 @@ trio.run(main)
 def test_a_copy_already_seen_starts_no_task() -> None:
     counts = {}
     for side in ("shipped", "early"):
-        run = subprocess.run([sys.executable, "-c", PEERS, side], capture_output=True,
-                             text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-3000:]
-        counts[side] = tuple(map(int, run.stdout.split()))
+        counts[side] = tuple(map(int, run_side(PEERS, side, timeout=120).split()))
     # A new message: one task at c either way. The copy and a second new message: two tasks as
     # shipped (the copy's own finds it seen and ends), one with the early drop.
     assert counts == {"shipped": (1, 2), "early": (1, 1)}

@@ -24,6 +24,7 @@ from typing import Iterator
 import pytest
 
 from tests.netns import Netns, namespaces_left, why_not
+from tests.sides import run_side
 
 ROOT = Path(__file__).resolve().parent.parent
 REASON = why_not()
@@ -110,10 +111,7 @@ def pair() -> Iterator[tuple[Netns, str, str]]:
 
 
 def dial_three_times(b: str, side: str) -> str:
-    done = subprocess.run(["ip", "netns", "exec", b, sys.executable, "-c", DIALER, str(ROOT),
-                           side], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    return run_side(DIALER, str(ROOT), side, timeout=60, prefix=["ip", "netns", "exec", b])
 
 
 def time_waits(b: str) -> int:

@@ -6,8 +6,6 @@ a task (no parent), and a task of another service (not this manager's)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import trio
@@ -15,6 +13,7 @@ from libp2p.tools.anyio_service import Service, background_trio_service
 from libp2p.tools.anyio_service.trio_tasks import FunctionTask
 
 from neuroshard_p2p.node.libp2p_compat import install_task_index
+from tests.sides import run_side
 
 
 def walked_parent(manager: Any) -> Any:
@@ -148,10 +147,7 @@ trio.run(main)
 def test_a_spawn_walks_every_task_as_shipped_and_none_with_the_index() -> None:
     visits = {}
     for side in ("shipped", "index"):
-        run = subprocess.run([sys.executable, "-c", WALKS, side], capture_output=True,
-                             text=True, timeout=60)
-        assert run.returncode == 0, run.stderr[-2000:]
-        visits[side] = int(run.stdout.split()[0])
+        visits[side] = int(run_side(WALKS, side, timeout=60).split()[0])
     # As shipped, the k-th spawn walks the 200 sleeping tasks, the service's run task and the
     # k - 1 spawned before it (not started yet), finding none of them running: 100 x 201 +
     # 99 x 100 / 2. With the index, no task is walked.
