@@ -109,6 +109,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     install_punch_reset_on_close,
     install_record_caches,
     install_rpc_coalescing,
+    install_send_when_idle,
     install_task_index,
     install_window_hysteresis,
     make_gossipsub,
@@ -295,6 +296,7 @@ class Node:
         install_record_caches()
         install_window_hysteresis()
         install_rpc_coalescing()
+        install_send_when_idle(s.send_linger_s)
         install_task_index()
         install_early_duplicate_drop()
         install_punch_reset_on_close()

@@ -123,6 +123,14 @@ around, and can go when the defect is fixed.
    instead (SO_LINGER 0), as go-libp2p does for every TCP dial, so the 4-tuple is free for the
    next try. Only these source-bound dials: an ordinary connection still ends with a FIN, its
    last bytes delivered.
+20. **A burst's forwards leave one by one** (`install_send_when_idle`; a sending policy, not a
+   defect): entry 16 joins only the RPCs already waiting when a peer's sending loop runs, and
+   that loop runs as soon as the first message of a burst is queued, between the tasks that
+   validate and forward the rest. The loop now first waits, at most `send_linger_s`
+   (NodeSettings; default `SEND_LINGER_S`, 0.25 s), until the process has nothing else to run
+   and no I/O ready (trio's `wait_all_tasks_blocked`), then sends what waits as one RPC. An idle
+   process sends at once; a busy one sends each peer what its current work produced, together;
+   a process never idle (a flood) still sends every `send_linger_s`.
 """
 
 from __future__ import annotations
@@ -135,6 +143,7 @@ from typing import Any
 
 import multiaddr
 import trio
+import trio.testing  # wait_all_tasks_blocked (entry 20)
 
 from libp2p.custom_types import TMuxerOptions, TProtocol
 from libp2p.peer.id import ID
@@ -310,6 +319,10 @@ def install_window_hysteresis() -> None:
 _rpc_coalescing_installed = False
 #: Messages a pubsub subscription holds before pubsub drops them (entry 16; py-libp2p: 32).
 SUBSCRIPTION_CHANNEL = 256
+#: Entry 20: the longest a sending loop waits for its process to run out of other work
+#: (NodeSettings.send_linger_s).
+SEND_LINGER_S = 0.25
+_send_linger_s: float | None = None  # set by install_send_when_idle
 
 
 def _messages_only(rpc: Any) -> bool:
@@ -337,6 +350,10 @@ def install_rpc_coalescing() -> None:
                 held = None
                 if rpc is None:
                     return  # the queue was closed
+                linger = _send_linger_s
+                if linger is not None and _messages_only(rpc):
+                    with trio.move_on_after(linger):  # entry 20
+                        await trio.testing.wait_all_tasks_blocked()
                 if _messages_only(rpc) and len(waiting):
                     limit = queue.max_message_size
                     size = rpc.ByteSize()
@@ -364,6 +381,16 @@ def install_rpc_coalescing() -> None:
     pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = max(  # type: ignore[attr-defined]
         pubsub_module.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_CHANNEL)  # type: ignore[attr-defined]
     _rpc_coalescing_installed = True
+
+
+def install_send_when_idle(linger_s: float = SEND_LINGER_S) -> None:
+    """Entry 20 (on entry 16, which it installs): a sending loop holding a message-only RPC
+    waits, at most `linger_s`, until the process has no task to run and no I/O ready, then
+    sends everything that waits for that peer as one RPC. `linger_s` 0 sends at once (entry 16
+    alone). Process-wide; the last call sets the bound."""
+    global _send_linger_s
+    install_rpc_coalescing()
+    _send_linger_s = linger_s if linger_s > 0 else None
 
 
 _task_index_installed = False

@@ -125,6 +125,9 @@ class NodeSettings:
     mesh_degree_high: int = 12
     muxer: str = "yamux"
     meshsub: tuple[str, ...] = ("1.1.0",)
+    #: The longest pubsub waits for the process to be idle before it sends a peer what is queued
+    #: for it (libp2p_compat entry 20; docs/scaling.md, "Eighth pass"); 0: send at once.
+    send_linger_s: float = 0.25
     #: How long a clean shutdown waits for the withdrawal to leave before closing connections.
     shutdown_grace_s: float = 1.0
     #: Jobs, local to this node (node/jobs.py, node/reputation.py). A provider must accept or
@@ -195,6 +198,7 @@ class NodeSettings:
         need(1 <= self.openai_default_max_tokens <= self.market.max_tokens_per_minute,
              f"openai_default_max_tokens must be 1..{self.market.max_tokens_per_minute}")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
+        need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
         need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")
         need(self.backend != "openai" or (self.backend_url.startswith(("http://", "https://"))
