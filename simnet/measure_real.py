@@ -646,7 +646,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             p.close()
     load_after = os.getloadavg()
     m = _merge(scenario, peers, protocol, workers, sample_s, results, actions, truth, market)
-    m.arrivals = _arrivals(results, t0, sample_s, market)
+    m.arrivals = _arrivals(results, t0, sample_s, market, m.figures["events"])
     m.row.update(setup_s=round(setup_s, 1), ready_meshed=ready["meshed"],
                  ready_missing_pairs=ready["missing_pairs"], wall_s=round(time.perf_counter() - wall0, 1),
                  load_before=[round(x, 2) for x in load_before],
@@ -811,14 +811,23 @@ def _crash(results: list[dict[str, Any]], actions: list[dict[str, Any]],
     return out
 
 
+#: An event's own announcements (`_arrivals`' `events`): gossiped ones issued from this long
+#: before the event to EVENT_ISSUE_AFTER_S after it.
+EVENT_ISSUE_BEFORE_S = 0.5
+EVENT_ISSUE_AFTER_S = 2.0
+
+
 def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
-              market: Any) -> dict[str, Any]:
+              market: Any, events: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """When each announcement reached each live node, from the view checks (`--views-every 1`
     makes that every sample): for every new announcement an announcer was seen to hold of its
     own, the first check at which each node held it (or a newer one), as seconds after its
     signed issued_at (an upper bound, `views_every` samples coarse). Split by whether it was
     gossiped or left to reconciliation (its announcer's `keep_alives_unpublished` grew). A
-    node that gets an announcement later than the settle delay quotes another price meanwhile."""
+    node that gets an announcement later than the settle delay quotes another price meanwhile.
+    Per capacity or demand event (`events`), the same for the gossiped announcements it caused
+    (issued within EVENT_ISSUE_BEFORE_S before and EVENT_ISSUE_AFTER_S after it): how many,
+    and when the median and the last of their arrivals came."""
     n_samples = min(len(r["samples"]) for r in results)
     checks = [k for k in range(n_samples)
               if all(r["samples"][k].get("views") is not None for r in results)]
@@ -846,12 +855,20 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
     out: dict[str, Any] = {"checks": len(checks), "check_every_s": round(
         (checks[1] - checks[0]) * sample_s, 3), "settle_delay_s": settle}
     worst: list[tuple[float, int, int, float, bool]] = []
+    event_delays: dict[int, list[float]] = {}
+    event_announcements: dict[int, int] = {}
+    marked = [(k, e["t"]) for k, e in enumerate(events) if e.get("action") in ("capacity", "demand")]
     for gossiped in (True, False):
         delays: list[float] = []
         for a, ms, c, g in seen:
             if g is not gossiped or a not in column:
                 continue
             j = column[a]
+            issued = ms / 1000 - t0
+            of_event = next((k for k, t in marked if gossiped and
+                             t - EVENT_ISSUE_BEFORE_S <= issued < t + EVENT_ISSUE_AFTER_S), None)
+            if of_event is not None:
+                event_announcements[of_event] = event_announcements.get(of_event, 0) + 1
             for n in held_at[c]:
                 for c2 in range(c, len(checks)):
                     row = held_at[c2].get(n)
@@ -862,6 +879,8 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
                         delay = max(0.0, at - ms / 1000)
                         delays.append(delay)
                         worst.append((delay, a, n, ms / 1000 - t0, g))
+                        if of_event is not None:
+                            event_delays.setdefault(of_event, []).append(delay)
                         break
         delays.sort()
         name = "gossiped" if gossiped else "reconciled"
@@ -871,6 +890,14 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
                          "p99_s": round(delays[min(len(delays) - 1, int(0.99 * len(delays)))], 3),
                          "max_s": round(delays[-1], 3),
                          "after_settle_delay": sum(1 for d in delays if d > settle + sample_s)}
+    out["events"] = []
+    for k, t in marked:
+        ds = sorted(event_delays.get(k, []))
+        out["events"].append({"event": events[k]["event"], "t": t,
+                              "announcements": event_announcements.get(k, 0),
+                              "arrivals": len(ds),
+                              "p50_s": round(ds[len(ds) // 2], 3) if ds else None,
+                              "max_s": round(ds[-1], 3) if ds else None})
     worst.sort(reverse=True)
     out["latest"] = [{"delay_s": round(d, 3), "announcer": a, "node": n, "issued_at_s":
                       round(at, 3), "gossiped": g} for d, a, n, at, g in worst[:20]]

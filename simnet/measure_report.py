@@ -157,6 +157,15 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"{a['p99_s']} s, max {a['max_s']} s after issue; "
                               f"{a['after_settle_delay']} of {a['arrivals']} arrivals later than "
                               f"the settle delay + a sample", flush=True)
+                for e in m.arrivals.get("events", []):
+                    window = m.windows.get(f"after {e['event']}", {})
+                    rpcs, copies = window.get("rpcs_per_node_s"), window.get("copies_per_node_s")
+                    packed = (f"; over {window['seconds']:g} s after it, {copies} copies in "
+                              f"{rpcs} RPCs per node per s ({copies / rpcs:.2f} per RPC)"
+                              if rpcs else "")
+                    print(f"   {e['event']} at {e['t']} s: {e['announcements']} gossiped "
+                          f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "
+                          f"after issue{packed}", flush=True)
                 spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
                          for e in m.figures["events"] if "cpu_ms_per_node" in e]
                 if spent:

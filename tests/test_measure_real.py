@@ -78,6 +78,14 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
         window = run["windows"][f"after {e['event']}"]
         assert 0 < window["seconds"] <= 10.0
         assert window["cpu_ms_per_node"] == e["cpu_ms_per_node"]
+    # The gossiped announcements each event caused, and when they reached the 5 live nodes (the
+    # announcer's own view among them): every one reached every live node.
+    caused = arrivals["events"]
+    assert [c["event"] for c in caused] == [e["event"] for e in titled]
+    for c in caused:
+        assert c["announcements"] >= 1
+        assert c["arrivals"] == 5 * c["announcements"]
+        assert 0 <= c["p50_s"] <= c["max_s"]
     md = (out / "measure-real.md").read_text()
     assert "| 6 | shock | gossip |" in md
     # The counts the simulator's cost model is fitted on (simnet/costs.py), as the shipped runs.
