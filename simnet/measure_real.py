@@ -865,8 +865,9 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
                 continue
             j = column[a]
             issued = ms / 1000 - t0
-            of_event = next((k for k, t in marked if gossiped and
-                             t - EVENT_ISSUE_BEFORE_S <= issued < t + EVENT_ISSUE_AFTER_S), None)
+            of_event = None if not gossiped else next(
+                (k for k, t in marked
+                 if t - EVENT_ISSUE_BEFORE_S <= issued < t + EVENT_ISSUE_AFTER_S), None)
             if of_event is not None:
                 event_announcements[of_event] = event_announcements.get(of_event, 0) + 1
             for n in held_at[c]:
@@ -878,7 +879,7 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
                         at = t0 + (checks[c2] + 0.5) * sample_s
                         delay = max(0.0, at - ms / 1000)
                         delays.append(delay)
-                        worst.append((delay, a, n, ms / 1000 - t0, g))
+                        worst.append((delay, a, n, issued, g))
                         if of_event is not None:
                             event_delays.setdefault(of_event, []).append(delay)
                         break

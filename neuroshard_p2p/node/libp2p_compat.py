@@ -350,11 +350,12 @@ def install_rpc_coalescing() -> None:
                 held = None
                 if rpc is None:
                     return  # the queue was closed
+                messages_only = _messages_only(rpc)
                 linger = _send_linger_s
-                if linger is not None and _messages_only(rpc):
+                if linger is not None and messages_only:
                     with trio.move_on_after(linger):  # entry 20
                         await trio.testing.wait_all_tasks_blocked()
-                if _messages_only(rpc) and len(waiting):
+                if messages_only and len(waiting):
                     limit = queue.max_message_size
                     size = rpc.ByteSize()
                     merged = None
