@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="W",
                    help="sim only: processes to spread the peers' engines over (default: one per "
                         "usable CPU from 200 peers on, else 1); the report is the same for any W")
+    p.add_argument("--flood", choices=("exact", "paths"), default="exact",
+                   help="sim only, with --observers: how a message's arrivals are computed; "
+                        "exact (default): fresh latencies on every link per message; paths: "
+                        "looked up in 8 latency draws of the mesh precomputed towards the "
+                        "observers (for 100,000 peers; docs/scaling.md, \"Ninth pass\")")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a scenario setting, e.g. market.capacity_timeout_s=8, "
                         "node.announce_interval_s=2.5, network.loss=0.05, peers.providers=0.5, "
@@ -401,11 +406,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                    else args.workers)
         if workers < 1:
             raise ScenarioError("--workers must be at least 1")
+        if args.flood == "paths" and (args.observers is None or args.observers >= args.peers):
+            raise ScenarioError("--flood paths needs --observers K with K < --peers")
         rec = SimNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample,
-                         observers=args.observers, progress=progress, workers=workers).run()
+                         observers=args.observers, progress=progress, workers=workers,
+                         flood=args.flood).run()
     else:
         if args.observers is not None:
             raise ScenarioError("--observers is for --transport sim (real nodes all compute prices)")
+        if args.flood != "exact":
+            raise ScenarioError("--flood is for --transport sim")
         if args.workers is not None:
             raise ScenarioError("--workers is for --transport sim (real nodes share one trio "
                                 "process; `testnet` runs separate processes)")

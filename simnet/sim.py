@@ -128,6 +128,27 @@ HOP_DELAY_S = 0.003
 #: Gossipsub's lazy-gossip window: message ids of the last 3 heartbeats of 1 s are offered
 #: (IHAVE) to other peers (py-libp2p's gossip_history default).
 GOSSIP_WINDOW_S = 3.0
+#: Flood models (`SimNetwork(flood=...)`, `run --flood`), and the latency draws of "paths".
+FLOOD_MODELS = ("exact", "paths")
+PATH_DRAWS = 8
+
+
+def _relax(s: np.ndarray, d: np.ndarray, lat: np.ndarray, arrival: np.ndarray,
+           sources: np.ndarray) -> np.ndarray:
+    """Earliest arrivals over edges s[i] -> d[i] taking lat[i], from `arrival` (finite at
+    `sources`): Bellman-Ford, relaxing only the edges out of peers whose arrival improved in
+    the last round (numpy's unbuffered minimum.at keeps the per-destination minimum)."""
+    changed = np.zeros(len(arrival), dtype=bool)
+    changed[sources] = True
+    for _ in range(64):
+        e = np.flatnonzero(changed[s])
+        if len(e) == 0:
+            break
+        improved = arrival.copy()
+        np.minimum.at(improved, d[e], arrival[s[e]] + lat[e])
+        changed = improved < arrival
+        arrival = improved
+    return arrival
 #: Calibration ops timed at each progress step (best of 3 rounds of this many: ~0.04 s).
 CALIBRATION_STEP_OPS = 2_000
 #: Tokens per pending request a demand peer announces (the view caps demand per request).
@@ -328,11 +349,15 @@ class SimNetwork:
                  record_digests: bool | None = None,
                  progress: Callable[[str], None] | None = None,
                  progress_every_s: float = 5.0, start_spread_s: float | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, flood: str = "exact") -> None:
         if peers < 2:
             raise ValueError("a network needs at least 2 peers")
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        if flood not in FLOOD_MODELS:
+            raise ValueError(f"flood must be one of {', '.join(FLOOD_MODELS)}")
+        if flood == "paths" and (observers is None or observers >= peers):
+            raise ValueError("the paths flood model needs observers (fewer than the peers)")
         self.scenario = scenario
         self.market = scenario.market_config()
         self.settings = node_settings(scenario, self.market)
@@ -382,6 +407,12 @@ class SimNetwork:
         self._received = np.zeros(1024, dtype=np.int64)   # copies received, per peer
         # Peers whose engines receive gossip (None: all of them).
         self._observer_index: np.ndarray | None = None
+        #: How an honest flood's arrivals are computed (see `_spread_paths`): "exact" relaxes
+        #: every edge with fresh latencies per message; "paths" looks the observers' arrivals
+        #: up in PATH_DRAWS precomputed latency draws of the whole mesh.
+        self.flood = flood
+        self._edges_version = 0
+        self._paths: tuple[Any, ...] | None = None
         self._killed_last: list[SimPeer] = []
         self._partitioned = False
         self._groups_before_heal: dict[int, int] = {}
@@ -545,6 +576,7 @@ class SimNetwork:
             self._src = np.array([src[i] for i in order], dtype=np.int64)
             self._dst = np.array([dst[i] for i in order], dtype=np.int64)
             self._edges_dirty = False
+            self._edges_version += 1
         return self._src, self._dst
 
     # ------------------------------------------------------------------ processes
@@ -593,7 +625,11 @@ class SimNetwork:
         if self.record_digests:
             self._in_flight.append((t, self.peers[origin].engine.signer,
                                     hashlib.sha256(wire).digest()))
-        have = self._spread(t, wire, self.peers[origin].peer_bytes, np.array([origin]), None, 0.0)
+        if self.flood == "paths":
+            have = self._spread_paths(t, wire, self.peers[origin].peer_bytes, origin)
+        else:
+            have = self._spread(t, wire, self.peers[origin].peer_bytes, np.array([origin]),
+                                None, 0.0)
         recent = self._recent_floods
         recent.append((t, wire, self.peers[origin].peer_bytes, have))
         while recent and recent[0][0] <= t - GOSSIP_WINDOW_S:
@@ -641,18 +677,7 @@ class SimNetwork:
         s, d = src, dst
         arrival = np.full(n, np.inf)
         arrival[sources] = 0.0 if entry is None else entry
-        changed = np.zeros(n, dtype=bool)
-        changed[sources] = True
-        # Bellman-Ford, relaxing only the edges out of peers whose arrival improved in the last
-        # round (numpy's unbuffered minimum.at keeps the per-destination minimum).
-        for _ in range(64):
-            e = np.flatnonzero(changed[s])
-            if len(e) == 0:
-                break
-            improved = arrival.copy()
-            np.minimum.at(improved, d[e], arrival[s[e]] + lat[e])
-            changed = improved < arrival
-            arrival = improved
+        arrival = _relax(s, d, lat, arrival, sources)
         # Copies: every peer that has the message forwards it to its mesh neighbours except the
         # one it came from (its parent on the earliest path); extra copies are duplicates.
         reached_src = np.isfinite(arrival[s])
@@ -680,8 +705,15 @@ class SimNetwork:
             obs = self._observer_index
             targets = obs[reached[obs]]
             self.recorder.second(t).delivered += reached_count - len(targets)
-        # Each target's delivery waits in its inbox (see `_flush`), numbered from the same
-        # counter as queued events, in the order they used to be queued.
+        self._to_inboxes(t + delay, targets, arrival[targets], wire, author)
+        self.recorder.second(t).duplicates += max(0, hops - reached_count)
+        return held
+
+    def _to_inboxes(self, t: float, targets: np.ndarray, arrival: np.ndarray, wire: bytes,
+                    author: bytes) -> None:
+        """Deliver `wire` to `targets` at t + their `arrival` offsets. Each delivery waits in its
+        peer's inbox (see `_flush`), numbered from the same counter as queued events, in the
+        order they used to be queued."""
         inbox = self._inbox
         counter = self._counter
         count = len(targets)
@@ -692,14 +724,71 @@ class SimNetwork:
             # whole list, so every process orders deliveries as one process would.
             numbers = np.arange(counter + 1, counter + 1 + count, dtype=np.int64)
             mine = targets % self.workers == self.rank
-            targets, numbers = targets[mine], numbers[mine].tolist()
-        entries = zip((t + delay + arrival[targets]).tolist(), numbers,
-                      itertools.repeat(wire), itertools.repeat(author))
+            targets, arrival, numbers = targets[mine], arrival[mine], numbers[mine].tolist()
+        entries = zip((t + arrival).tolist(), numbers, itertools.repeat(wire),
+                      itertools.repeat(author))
         for v, entry in zip(targets.tolist(), entries):
             inbox[v].append(entry)
         self._counter = counter + count
+
+    def _path_tables(self) -> tuple[Any, ...]:
+        """For the paths flood model: PATH_DRAWS draws of every mesh link's latency (and loss),
+        and in each the earliest arrival at every observer from every peer (a shortest-path
+        relaxation from each observer over the reversed mesh); recomputed when the mesh or
+        the observers change. Also each peer's copies per flood (its in-degree less the one
+        that brought the message first), the live peers a flood reaches, and the draws."""
+        src, dst = self._edges()
+        obs = self._observer_index
+        assert obs is not None
+        key = (self._edges_version, len(obs), len(self.peers))
+        if self._paths is not None and self._paths[0] == key:
+            return self._paths
+        n = len(self.peers)
+        rng = np.random.default_rng([self.seed, 0x9A745, self._edges_version])
+        dist = np.full((PATH_DRAWS, len(obs), n), np.inf, dtype=np.float32)
+        lats = []
+        for r in range(PATH_DRAWS):
+            lat = rng.lognormal(self._lat_mu, self.net.latency_sigma, len(src)) + HOP_DELAY_S
+            if self.net.loss > 0:
+                lat[rng.random(len(src)) < self.net.loss] = np.inf
+            lats.append(lat)
+            for j, o in enumerate(obs.tolist()):
+                if not self.peers[o].alive:
+                    continue
+                start = np.full(n, np.inf)
+                start[o] = 0.0
+                # Reversed edges: the time from peer v to observer o is the time from o to v
+                # along the links taken backwards.
+                dist[r, j] = _relax(dst, src, lat, start, np.array([o]))
+        indeg = np.bincount(dst, minlength=n) if len(dst) else np.zeros(n, dtype=np.int64)
+        copies = np.maximum(indeg - 1, 0)
+        live = sum(1 for p in self.peers if p.alive)
+        self._paths = (key, dist, copies, int(copies.sum()), live, np.ones(n, dtype=bool), lats)
+        return self._paths
+
+    def _spread_paths(self, t: float, wire: bytes, author: bytes, origin: int) -> np.ndarray:
+        """The paths flood model (`flood="paths"`, observer samples only): the observers'
+        arrivals are those of one of PATH_DRAWS latency draws of the whole mesh, chosen at
+        random per message, instead of fresh draws on every link per message; copies are
+        counted as each peer's in-degree less one (exact in total to within the origin's
+        degree when the message reaches everybody, per peer on average). The mesh is assumed
+        connected within the origin's group: partitions and loss leave the observers' arrivals
+        right and the bulk counts approximate. Returns who has the message (everybody)."""
+        _, dist, copies, copies_total, live, everybody, _ = self._path_tables()
+        obs = self._observer_index
+        assert obs is not None
+        arrival = dist[int(self.np_rng.integers(PATH_DRAWS)), :, origin].astype(np.float64)
+        reach = np.isfinite(arrival) & (obs != origin)
+        targets = obs[reach]
+        n = len(copies)
+        self._received[:n] += copies
+        self._received[origin] -= copies[origin]
+        hops = copies_total - int(copies[origin])
+        reached_count = live - 1
+        self.recorder.second(t).delivered += reached_count - len(targets)
+        self._to_inboxes(t, targets, arrival[reach], wire, author)
         self.recorder.second(t).duplicates += max(0, hops - reached_count)
-        return held
+        return everybody
 
     def _flush(self, v: int, bound: tuple[float, ...]) -> None:
         """Hand peer `v`'s engine the honest deliveries of its inbox that come before `bound`
@@ -1563,6 +1652,10 @@ class SimNetwork:
             rec.notes.append(f"observer sample: {self.observers_wanted} of {self.n_initial} "
                              "initial peers (and joiners at the same rate) receive gossip and "
                              "compute prices; all peers announce and forward")
+        if self.flood == "paths":
+            rec.notes.append(f"flood model: paths (the observers' arrivals looked up in "
+                             f"{PATH_DRAWS} latency draws of the mesh, one chosen per message; "
+                             "copies per peer = its mesh in-degree less one)")
         rec.notes.append("signature checks of identical bytes are shared between simulated peers "
                          "(decode is memoised); every other validation rule runs at every peer")
         if self.workers > 1:
