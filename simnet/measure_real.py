@@ -698,6 +698,8 @@ def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s
                                          default=None)
     row["events_never_agreed"] = sum(1 for e in events if e["agree_s"] is None)
     row["identical_share"] = figs["agreement"]["identical_share"]
+    # The harness's CPU for reading prices and views (kept out of every node figure).
+    row["sampling_cpu_s"] = round(sum(r.get("sampling_cpu_s", 0.0) for r in results), 3)
     m = Measurement(scenario.name, protocol, peers, workers, duration, row, windows, figs)
     m.crash = _crash(results, actions, figs, market, sample_s)
     m.lag = _lag(results, market)

@@ -33,7 +33,9 @@ The network model:
 
 Large networks: with `observers=K`, only K peers (chosen at random, and joiners at the same rate,
 at least one per event) receive gossip and compute prices; all peers still announce and the mesh
-still floods through all of them, so traffic figures stay whole. Reports say so.
+still floods through all of them, so traffic figures stay whole. Reports say so. With
+`flood="paths"` (observer samples only) a flood's arrivals at the observers are looked up in
+`PATH_DRAWS` latency draws of the mesh precomputed backwards from them (`_spread_paths`).
 
 Verifying the same signed bytes once per peer would cost 1,000× the CPU at 1,000 peers without
 changing any outcome (decoding is a pure function of the bytes), so within a run the stateless
