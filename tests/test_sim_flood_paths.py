@@ -122,3 +122,17 @@ def test_run_flood_paths_from_the_command_line(tmp_path: Path) -> None:
     done = _cli(["run", "--peers", "4", "--scenario", "shock", "--flood", "paths",
                  "--out", str(tmp_path / "real")])
     assert done.returncode == 1 and "--flood is for --transport sim" in done.stderr
+
+
+def test_a_paths_run_is_the_same_in_one_process_and_in_two() -> None:
+    """Every process computes the same tables and draws the same draw per message, so the
+    report does not depend on how the engines are spread (as for the exact model)."""
+    from simnet import report as report_mod
+    runs = [SimNetwork(load("shock").scaled(20.0), 120, seed=4, observers=10, flood="paths",
+                       workers=w).run() for w in (1, 2)]
+    one, two = runs
+    assert one.engine_messages > 0
+    assert report_mod.deterministic_view({"figures": figures(two)}) == \
+        report_mod.deterministic_view({"figures": figures(one)})
+    assert two.samples == one.samples
+    assert (two.peer_received, two.peer_published) == (one.peer_received, one.peer_published)
