@@ -133,6 +133,17 @@ GOSSIP_WINDOW_S = 3.0
 #: Flood models (`SimNetwork(flood=...)`, `run --flood`), and the latency draws of "paths".
 FLOOD_MODELS = ("exact", "paths")
 PATH_DRAWS = 8
+#: Calibration ops timed at each progress step (best of 3 rounds of this many: ~0.04 s).
+CALIBRATION_STEP_OPS = 2_000
+#: Tokens per pending request a demand peer announces (the view caps demand per request).
+TOKENS_PER_REQUEST = 100_000
+
+# Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
+(_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
+ _SAMPLE, _ATTACK, _RECON) = range(12)
+
+_OUTCOME = operator.attrgetter("outcome")
+_REASON = operator.attrgetter("reason")
 
 
 def _relax(s: np.ndarray, d: np.ndarray, lat: np.ndarray, arrival: np.ndarray,
@@ -151,17 +162,6 @@ def _relax(s: np.ndarray, d: np.ndarray, lat: np.ndarray, arrival: np.ndarray,
         changed = improved < arrival
         arrival = improved
     return arrival
-#: Calibration ops timed at each progress step (best of 3 rounds of this many: ~0.04 s).
-CALIBRATION_STEP_OPS = 2_000
-#: Tokens per pending request a demand peer announces (the view caps demand per request).
-TOKENS_PER_REQUEST = 100_000
-
-# Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
-(_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
- _SAMPLE, _ATTACK, _RECON) = range(12)
-
-_OUTCOME = operator.attrgetter("outcome")
-_REASON = operator.attrgetter("reason")
 
 
 @dataclass
