@@ -172,10 +172,9 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                 if spent:
                     print(f"   CPU per node for each event (over {EVENT_CPU_WINDOW_S:g} s, above "
                           f"the rate before the first event): {', '.join(spent)}", flush=True)
-                if m.row.get("sampling_cpu_s") is not None:
-                    print(f"   the harness's own sampling (prices every sample, views every "
-                          f"{args.views_every}): {m.row['sampling_cpu_s']} CPU-s in all workers, "
-                          "not counted as the nodes' CPU", flush=True)
+                print(f"   the harness's own sampling (prices every sample, views every "
+                      f"{args.views_every}): {m.row['sampling_cpu_s']} CPU-s in all workers, "
+                      "not counted as the nodes' CPU", flush=True)
                 for crash in m.crash:
                     print(f"   crash of node {crash['node']} at {crash['killed_at_s']} s: last "
                           f"announced {crash['last_announced_s']} s, signed timeout at "
