@@ -55,6 +55,10 @@ class Costs:
         return {"model_pct": round(100 * model, 3), "measured_pct": round(100 * measured, 3),
                 "error": round((model - measured) / measured, 4) if measured else None}
 
+    def scaled(self, k: float) -> "Costs":
+        """The same work on a machine k times slower: every part is CPU time."""
+        return Costs(self.base * k, self.copy_s * k, self.stream_s * k) if k != 1.0 else self
+
     def as_dict(self) -> dict[str, float]:
         return {"base_pct": round(100 * self.base, 3), "ms_per_copy": round(1000 * self.copy_s, 3),
                 "ms_per_stream": round(1000 * self.stream_s, 3)}
@@ -78,7 +82,7 @@ def shipped_runs() -> dict[str, Any]:
 
 
 def fit_costs(rows: list[dict[str, Any]], stream_ms: float | None = None,
-              per: str = "copies") -> dict[str, Any]:
+              per: str = "copies", reference_op_us: float | None = None) -> dict[str, Any]:
     """Least squares over runs: CPU per node-second = base + a × X/s + b × streams/s (per node),
     X the gossip copies received (`per="copies"`, what the simulator counts: the model above) or
     the RPCs read (`per="rpcs"`). `base` is what a node spends with no traffic (its loops,
@@ -88,14 +92,25 @@ def fit_costs(rows: list[dict[str, Any]], stream_ms: float | None = None,
     Runs of one protocol all have about the same streams/s (the period is fixed), so with one
     protocol base and b are nearly collinear: fit runs of both, or pin b with `stream_ms` (one
     stream end's CPU from the micro-benchmark) and fit base and a only. Needs 3 runs or more (2
-    with `stream_ms`)."""
+    with `stream_ms`).
+
+    When every run carries the machine's speed during it (`row["calibration"]["mean_us"]`, the
+    mean calibration op: simnet/calibrate.py `SpeedSampler`), each run's CPU is first brought to
+    one speed, `reference_op_us` (default: the runs' mean), by op_ref / op_run: the same work on
+    a slower moment of the machine costs more CPU seconds, and is counted as at the reference."""
     import numpy as np
 
-    raw = [r["_raw"] for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
+    used = [r for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
+    raw = [r["_raw"] for r in used]
     if len(raw) < (2 if stream_ms is not None else 3):
         return {"runs": len(raw), "note": "too few runs: no fit"}
+    ops = [r.get("calibration", {}).get("mean_us") for r in used]
+    ref = None
+    if all(ops):
+        ref = reference_op_us if reference_op_us is not None else sum(ops) / len(ops)
+    speed = [ref / op if ref else 1.0 for op in ops]
     per_run = [(w[per] / w["node_seconds"], w["streams"] / w["node_seconds"],
-                w["cpu_s"] / w["node_seconds"]) for w in raw]
+                k * w["cpu_s"] / w["node_seconds"]) for w, k in zip(raw, speed)]
     if stream_ms is None:
         x = np.array([[1.0, r, st] for r, st, _ in per_run])
         y = np.array([c for _, _, c in per_run])
@@ -113,28 +128,42 @@ def fit_costs(rows: list[dict[str, Any]], stream_ms: float | None = None,
             "ms_per_stream": round(1000 * b, 3),
             "stream_cost": "pinned (micro-benchmark)" if stream_ms is not None else "fitted",
             "fit_error_max": round(max(abs(e) for e in rel), 4) if rel else None,
-            "fit_error_mean": round(sum(abs(e) for e in rel) / len(rel), 4) if rel else None}
+            "fit_error_mean": round(sum(abs(e) for e in rel) / len(rel), 4) if rel else None,
+            "at_calibration_op_us": round(ref, 3) if ref else None}
 
 
-def refit(runs: list[dict[str, Any]]) -> tuple[Costs, list[dict[str, Any]]]:
+def refit(runs: list[dict[str, Any]], reference_op_us: float | None = None
+          ) -> tuple[Costs, list[dict[str, Any]]]:
     """Least squares over runs (CPU per node-second = base + a × copies/s + b × streams/s), and
-    each run with the fitted model's CPU and its error against the measured CPU."""
-    fit = fit_costs([{"_raw": r["counts"]} for r in runs])
+    each run with the fitted model's CPU (scaled to the run's own speed when it has one) and its
+    error against the measured CPU."""
+    fit = fit_costs([_as_row(r) for r in runs], reference_op_us=reference_op_us)
     costs = Costs(base=fit["base_pct"] / 100, copy_s=fit["ms_per_copy"] / 1000,
                   stream_s=fit["ms_per_stream"] / 1000)
     out = []
     for r in runs:
         c = r["counts"]
+        op = r.get("calibration_op_us")
+        scale = op / fit["at_calibration_op_us"] if op and fit["at_calibration_op_us"] else 1.0
         out.append({**{k: r[k] for k in ("peers", "scenario", "protocol")},
                     "copies_per_node_s": round(c["copies"] / c["node_seconds"], 3),
                     "streams_per_node_s": round(c["streams"] / c["node_seconds"], 4),
-                    **costs.judge(c)})
+                    "calibration_op_us": op, "speed_scale": round(scale, 4),
+                    **costs.scaled(scale).judge(c)})
     return costs, out
+
+
+def _as_row(run: dict[str, Any]) -> dict[str, Any]:
+    """A shipped run as `fit_costs` reads a row (its counts, and its speed when it has one)."""
+    row: dict[str, Any] = {"_raw": run["counts"]}
+    if run.get("calibration_op_us"):
+        row["calibration"] = {"mean_us": run["calibration_op_us"]}
+    return row
 
 
 def main(argv: list[str]) -> int:
     data = shipped_runs()
-    costs, rows = refit(data["runs"])
+    costs, rows = refit(data["runs"], data["calibration_op_us"])
     print(f"runs: {data['source']}")
     print("| N | scenario | protocol | copies /node/s | streams /node/s | measured CPU % | "
           "model CPU % | error |")

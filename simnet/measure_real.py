@@ -45,7 +45,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from simnet.costs import COSTS
+from simnet.calibrate import SpeedSampler, summary
+from simnet.costs import CALIBRATION_OP_US, COSTS
 from simnet.metrics import PeerSample, Recorder, figures
 from simnet.scenario import Event, Scenario, ScenarioError, load
 
@@ -594,6 +595,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     watchdog.start()
     load_before = os.getloadavg()
     wall0 = time.perf_counter()
+    speed = SpeedSampler()
     try:
         say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes")
         first = WorkerProc({**base, "worker": 0, "own": shares[0], "bootstrap": []},
@@ -637,13 +639,18 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
         say(f"[measure-real] ready after {setup_s:.1f} s; warm-up {warmup:g} s, then "
             f"{scenario.duration_s:g} s measured")
         t0 = time.time() + warmup
+        # The machine's speed during the run (simnet/calibrate.py), timed in this process,
+        # which only waits meanwhile: the model's costs scale with it (`model_error`).
+        speed.start()
         for p in procs:
             p.send({"cmd": "run", "t0": t0, "actions": actions})
         results = [p.receive() for p in procs]
     finally:
+        speed.stop()
         watchdog.cancel()
         for p in procs:
             p.close()
+    ops = [s for at, s in speed.samples if t0 <= at <= t0 + scenario.duration_s]
     load_after = os.getloadavg()
     m = _merge(scenario, peers, protocol, workers, sample_s, results, actions, truth, market)
     m.arrivals = _arrivals(results, t0, sample_s, market, m.figures["events"])
@@ -652,6 +659,12 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                  load_before=[round(x, 2) for x in load_before],
                  load_after=[round(x, 2) for x in load_after],
                  maxrss_mb=max(r["maxrss_mb"] for r in results))
+    m.row["calibration"] = summary(ops)
+    # And over each event's burst (the window its CPU is counted over, `_event_cpu`).
+    for e in m.arrivals.get("events", []):
+        start = t0 + e["t"]
+        e["calibration"] = summary([s for at, s in speed.samples
+                                    if start <= at <= start + EVENT_CPU_WINDOW_S])
     (out / "measure.json").write_text(json.dumps(_as_dict(m), indent=2, default=str) + "\n")
     say(f"[measure-real] done in {m.row['wall_s']} s wall: {format_row(m.row)}")
     return m
@@ -976,8 +989,13 @@ def format_row(row: dict[str, Any]) -> str:
 
 def model_error(row: dict[str, Any]) -> dict[str, Any]:
     """The simulator's cost model (simnet/costs.py) applied to the counts a run measured
-    (copies received, stream ends), against the CPU it measured."""
-    return COSTS.judge(row["_raw"])
+    (copies received, stream ends), against the CPU it measured; with the machine's speed
+    during the run (`row["calibration"]`, the mean calibration op) the costs are scaled by it
+    against the speed they were fitted at (`speed_scale`), so a run on a slower moment of the
+    machine is judged by what the same work costs then."""
+    op = row.get("calibration", {}).get("mean_us")
+    scale = op / CALIBRATION_OP_US if op else 1.0
+    return {**COSTS.scaled(scale).judge(row["_raw"]), "speed_scale": round(scale, 4)}
 
 
 def main(argv: Sequence[str]) -> int:  # the worker's entry (`python -m simnet.measure_real`)

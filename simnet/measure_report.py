@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simnet.costs import COSTS, fit_costs
+from simnet.costs import CALIBRATION_OP_US, COSTS, fit_costs
 from simnet.measure_real import (
     EVENT_CPU_WINDOW_S,
     MEASURE_NODE,
@@ -163,10 +163,13 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     packed = (f"; over {window['seconds']:g} s after it, {copies} copies in "
                               f"{rpcs} RPCs per node per s ({copies / rpcs:.2f} per RPC)"
                               if rpcs else "")
+                    speed = e.get("calibration", {})
+                    op = (f"; calibration op {speed['mean_us']} us (mean of {speed['samples']})"
+                          if speed.get("samples") else "")
                     print(f"   {e['event']} at {e['t']} s: {e['announcements']} gossiped "
                           f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "
                           f"after issue (views read every {m.arrivals['check_every_s']} s)"
-                          f"{packed}", flush=True)
+                          f"{packed}{op}", flush=True)
                 spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
                          for e in m.figures["events"] if "cpu_ms_per_node" in e]
                 if spent:
@@ -230,12 +233,18 @@ def write_fit_runs(path: Path, rows: list[dict[str, Any]], args: argparse.Namesp
         pass
     keys = ("cpu_s", "copies", "rpcs", "validated", "streams", "node_seconds")
     runs = [{"peers": r["peers"], "scenario": r["scenario"], "protocol": r["protocol"],
-             "counts": {k: round(r["_raw"][k], 4) for k in keys}}
+             "counts": {k: round(r["_raw"][k], 4) for k in keys},
+             **({"calibration_op_us": r["calibration"]["mean_us"]}
+                if r.get("calibration", {}).get("samples") else {})}
             for r in rows if r.get("_raw") and r["_raw"]["node_seconds"] > 0]
     source = (f"{command_line(args)} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
               f"{os.cpu_count()} × {model}, {platform.python_implementation()} "
               f"{platform.python_version()})")
-    op_us = round(1e6 * time_calibration_op(), 3)
+    # The reference speed the fit is normalised to (simnet/costs.py `fit_costs`): the mean of the
+    # runs' own (each the mean over its run); without them, one timing now.
+    ops = [r["calibration_op_us"] for r in runs if "calibration_op_us" in r]
+    op_us = (round(sum(ops) / len(ops), 3) if ops and len(ops) == len(runs)
+             else round(1e6 * time_calibration_op(), 3))
     path.write_text(json.dumps({"source": source, "calibration_op_us": op_us, "runs": runs},
                                indent=1) + "\n")
     print(f"runs for the cost fit: {path}", file=sys.stderr)
@@ -255,17 +264,24 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
            per_rpc: dict[str, Any] | None = None) -> str:
     lines = ["# measure-real", "", TABLE_HEAD]
     lines += [format_row(r) for r in rows]
-    lines += ["", "| N | scenario | protocol | model (sim) CPU % | measured CPU % | model error | "
-              "load before → after | setup s | wall s |", "|---:|---|---|---:|---:|---:|---|---:|---:|"]
+    lines += ["", "| N | scenario | protocol | calibration op (mean, range) | costs × | "
+              "model (sim) CPU % | measured CPU % | model error | load before → after | setup s | "
+              "wall s |", "|---:|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
     for run in runs:
         if "row" not in run:
             continue
         r, m = run["row"], run["model"]
-        lines.append(f"| {r['peers']} | {r['scenario']} | {r['protocol']} | {m['model_pct']} | "
+        speed = r.get("calibration", {})
+        op = (f"{speed['mean_us']} us ({speed['range_us'][0]}–{speed['range_us'][1]}, "
+              f"{speed['samples']} rounds)" if speed.get("samples") else "—")
+        lines.append(f"| {r['peers']} | {r['scenario']} | {r['protocol']} | {op} | "
+                     f"{m.get('speed_scale', 1.0)} | {m['model_pct']} | "
                      f"{m['measured_pct']} | {m['error']:+.0%} | "
                      f"{r['load_before'][0]} → {r['load_after'][0]} | {r['setup_s']} | "
                      f"{r['wall_s']} |")
-    lines += ["", f"the simulator's model (simnet/costs.py): {json.dumps(COSTS.as_dict())}",
+    lines += ["", f"the simulator's model (simnet/costs.py): {json.dumps(COSTS.as_dict())} at one "
+              f"calibration op = {CALIBRATION_OP_US} us (mean over the fitted runs; each run's "
+              "model scaled by its own mean op against it: costs ×)",
               f"fit (per copy, as the model): {json.dumps(fit)}"]
     if pinned is not None:
         lines += [f"fit with the stream cost pinned: {json.dumps(pinned)}"]
