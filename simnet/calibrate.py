@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 import msgpack
 
@@ -87,7 +88,7 @@ class SpeedSampler:
             self.samples.append((time.time(), time_round_cpu()))
 
 
-def summary(samples: list[float]) -> dict[str, float | int | list[float]]:
+def summary(samples: list[float]) -> dict[str, Any]:
     """Seconds-per-op samples as microseconds: mean (the figure to scale by), median, range."""
     import statistics
 
@@ -98,10 +99,10 @@ def summary(samples: list[float]) -> dict[str, float | int | list[float]]:
             "range_us": [round(us[0], 3), round(us[-1], 3)], "samples": len(us)}
 
 
-def sample_speed(seconds: float, every_s: float = 0.25) -> dict[str, float | int | list[float]]:
+def sample_speed(seconds: float, every_s: float = 0.25) -> dict[str, Any]:
     """`SpeedSampler`'s rounds in this thread for `seconds` (for a command that has nothing
     else to do meanwhile), summarised."""
-    rounds = max(1, int(seconds / every_s))
+    rounds = max(1, round(seconds / every_s))
     out = []
     for _ in range(rounds):
         out.append(time_round_cpu())

@@ -199,15 +199,15 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
             print(f"sync/2.1.0 session, {b['view_items']} items, {b['differences']} differences: "
                   f"{b['ms_cpu_per_session']} ms CPU (both ends), {b['ms_wall_per_session']} ms "
                   f"wall", flush=True)
-    fit = fit_costs(rows)
+    fit = fit_costs(rows)  # per RPC read: the model
     stream_ms = args.stream_ms if args.stream_ms is not None else (
         bench[0]["ms_cpu_per_session"] / 2 if bench else None)
     pinned = fit_costs(rows, stream_ms) if stream_ms is not None else None
-    per_rpc = fit_costs(rows, per="rpcs")
-    md = render(rows, runs, fit, bench, args, pinned, per_rpc)
+    per_copy = fit_costs(rows, per="copies")
+    md = render(rows, runs, fit, bench, args, pinned, per_copy)
     (out / "measure-real.md").write_text(md)
     (out / "measure-real.json").write_text(json.dumps(
-        {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "fit_per_rpc": per_rpc,
+        {"runs": runs, "fit": fit, "fit_stream_pinned": pinned, "fit_per_copy": per_copy,
          "stream_bench": bench, "sim_model": COSTS.as_dict(), "load": os.getloadavg()},
         indent=2, default=str) + "\n")
     if args.fit_out:
@@ -261,7 +261,7 @@ def _quiet_libp2p() -> None:
 def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str, Any],
            bench: list[dict[str, Any]] | None, args: argparse.Namespace,
            pinned: dict[str, Any] | None = None,
-           per_rpc: dict[str, Any] | None = None) -> str:
+           per_copy: dict[str, Any] | None = None) -> str:
     lines = ["# measure-real", "", TABLE_HEAD]
     lines += [format_row(r) for r in rows]
     lines += ["", "| N | scenario | protocol | calibration op (mean, range) | costs × | "
@@ -282,11 +282,11 @@ def render(rows: list[dict[str, Any]], runs: list[dict[str, Any]], fit: dict[str
     lines += ["", f"the simulator's model (simnet/costs.py): {json.dumps(COSTS.as_dict())} at one "
               f"calibration op = {CALIBRATION_OP_US} us (mean over the fitted runs; each run's "
               "model scaled by its own mean op against it: costs ×)",
-              f"fit (per copy, as the model): {json.dumps(fit)}"]
+              f"fit (per RPC read, as the model): {json.dumps(fit)}"]
     if pinned is not None:
         lines += [f"fit with the stream cost pinned: {json.dumps(pinned)}"]
-    if per_rpc is not None:
-        lines += [f"fit per RPC read (for reference): {json.dumps(per_rpc)}"]
+    if per_copy is not None:
+        lines += [f"fit per copy received (for reference): {json.dumps(per_copy)}"]
     if bench:
         lines += [f"stream bench: {json.dumps(b)}" for b in bench]
     failed = [r for r in runs if "failed" in r]

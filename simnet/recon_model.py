@@ -40,18 +40,19 @@ from typing import Callable
 
 from neuroshard_p2p.node.policy import material_change, periods, recent_window_s
 from neuroshard_p2p.view.recon import PairResult, ReconSet, reconcile_pair
-from simnet.calibrate import time_calibration_op
+from simnet.calibrate import sample_speed
 from simnet.costs import CALIBRATION_OP_US, COSTS
 
 CAPACITY_TIMEOUT_S = 60.0
 SESSION_S = 0.2          # a session's duration (a few round trips on a WAN)
 DEGREE = 20              # connected peers per node (gossip mesh D = 6 plus the rest)
 #: Costs (seconds of CPU), all measured: the simulator's one cost model (simnet/costs.py: a
-#: node's base, per gossip copy received, per sync stream end; fitted on real nodes). Per
+#: node's base, per gossip RPC read, per sync stream end; fitted on real nodes; every gossip
+#: copy priced as its own RPC, an upper bound: busy gateways' changes come apart in time). Per
 #: announcement received over a stream, `item_cost` times the real path in the run. The fitted
 #: stream cost already carries the few announcements a session held at ≤ 100 nodes (~5 per
 #: end, ~0.3 ms): counting them again here errs high.
-COST_GOSSIP_COPY = COSTS.copy_s
+COST_GOSSIP_COPY = COSTS.rpc_s
 COST_BASE = COSTS.base
 COST_STREAM = COSTS.stream_s
 COPIES_PER_MESSAGE = 5.0  # gossipsub D = 6: copies of each message per peer (docs/scaling.md)
@@ -318,8 +319,10 @@ def main(argv: list[str]) -> int:
                           if k not in ("gossip_copies_per_s", "period_s"))
               + f" (R = {parts['period_s']:.2f} s, gossip copies {parts['gossip_copies_per_s']:.1f}/s)")
     # The fitted costs are this machine's at the speed it had when they were measured; the timed
-    # parts above are this run's. Scaled by the calibration operation of both (simnet/calibrate):
-    op_us = 1e6 * time_calibration_op()
+    # parts above are this run's. Scaled by the calibration operation of both, measured the same
+    # way (simnet/calibrate: the mean of CPU-clock rounds over a few seconds; the fit's is the
+    # mean over its runs):
+    op_us = sample_speed(5.0)["mean_us"]
     k = op_us / CALIBRATION_OP_US
     for busy in (False, True):
         scaled = cpu_at(n, curves[n], busy, cost_stream * k, recon,

@@ -6,7 +6,8 @@ the node engine's own CPU per validated message is measured at the observer peer
 peer would spend is then received copies per second × py-libp2p's 2–6 ms per message hop as
 first measured (docs: ../shared/notes/py-libp2p.md), plus the engine's share; and, as the
 simulator's one cost model (simnet/costs.py, fitted on real nodes with libp2p_compat's
-workarounds), its base + received copies per second × its per-copy cost.
+workarounds), its base + received copies per second × its per-RPC cost (every copy priced as
+its own RPC: an upper bound).
 
 `neuroshard-simnet scaling` prints the table and writes scaling.json; docs/scaling.md quotes it.
 """
@@ -48,7 +49,7 @@ class ScalingRow:
     libp2p_core_share_low: float      # received/s × 2 ms
     libp2p_core_share_high: float     # received/s × 6 ms
     wall_s: float
-    model_core_share: float = 0.0     # simnet/costs.py: base + received/s × per-copy cost
+    model_core_share: float = 0.0     # simnet/costs.py: base + received/s × per-RPC cost
 
 
 def interval_for(peers: int, announcing_share: float, target_rate: float | None,
@@ -142,12 +143,12 @@ def run_scaling(sizes: Sequence[int], *, out: str | Path | None, duration_s: flo
         if peers_at is not None:
             print(f"gossip work reaches {CORE_BUDGET:.0%} of a core at about {peers_at:,.0f} peers "
                   f"(at {hop:g} ms per message hop)")
-    at_budget = (break_even_peers(rows, 1000 * COSTS.copy_s, COSTS.base)
+    at_budget = (break_even_peers(rows, 1000 * COSTS.rpc_s, COSTS.base)
                  if target_rate is None else None)
     if at_budget is not None:
         print(f"with the simulator's cost model (simnet/costs.py: base {100 * COSTS.base:.2f} %, "
-              f"{1000 * COSTS.copy_s:.2f} ms per copy): {CORE_BUDGET:.0%} of a core at about "
-              f"{at_budget:,.0f} peers")
+              f"{1000 * COSTS.rpc_s:.2f} ms per copy, each priced as an RPC): "
+              f"{CORE_BUDGET:.0%} of a core at about {at_budget:,.0f} peers")
     if out is not None:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)

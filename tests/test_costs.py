@@ -25,48 +25,54 @@ from simnet.measure_real import model_error
 
 def test_the_shipped_costs_are_the_fit_of_the_shipped_runs() -> None:
     data = shipped_runs()
-    costs, rows = refit(data["runs"])
+    costs, rows = refit(data["runs"], data["calibration_op_us"])
     assert costs == COSTS
-    assert data["calibration_op_us"] == CALIBRATION_OP_US
+    # Every run carries its own speed (the mean calibration op over it), and the costs are at
+    # their mean: each run is judged with the costs scaled to its own speed.
+    ops = [r["calibration_op_us"] for r in data["runs"]]
+    assert data["calibration_op_us"] == CALIBRATION_OP_US == round(sum(ops) / len(ops), 3)
+    assert [r["speed_scale"] for r in rows] == [round(op / CALIBRATION_OP_US, 4) for op in ops]
     # Sizes and both protocols: with one protocol every run has about the same streams/s and
     # the base and the stream cost cannot be told apart.
     assert {r["peers"] for r in rows} >= {25, 50, 100}
     assert {r["protocol"] for r in rows} == {"gossip", "quiet"}
     assert {r["scenario"] for r in rows} == {"steady", "shock"}
     assert max(abs(r["error"]) for r in rows) <= STATED_ERROR
-    assert 0 < COSTS.base < 0.05 and 0 < COSTS.copy_s < 5e-3 and 0 < COSTS.stream_s < 0.05
+    assert 0 < COSTS.base < 0.05 and 0 < COSTS.rpc_s < 5e-3 and 0 < COSTS.stream_s < 0.05
 
 
-def _run(costs: Costs, copies: float, streams: float, rpcs: float, node_seconds: float = 600.0
+def _run(costs: Costs, rpcs: float, streams: float, copies: float, node_seconds: float = 600.0
          ) -> dict:
-    cpu = costs.node_cpu(copies / node_seconds, streams / node_seconds) * node_seconds
+    cpu = costs.node_cpu(rpcs / node_seconds, streams / node_seconds) * node_seconds
     return {"_raw": {"cpu_s": cpu, "copies": copies, "rpcs": rpcs, "validated": copies / 5,
                      "streams": streams, "node_seconds": node_seconds}}
 
 
 def test_the_fit_recovers_known_costs_exactly() -> None:
-    known = Costs(base=0.006, copy_s=0.4e-3, stream_s=7e-3)
-    rows = [_run(known, copies, streams, rpcs=copies / 2)
-            for copies, streams in ((600, 40), (3_000, 40), (1_800, 500), (9_000, 520))]
+    known = Costs(base=0.006, rpc_s=0.4e-3, stream_s=7e-3)
+    rows = [_run(known, rpcs, streams, copies=2 * rpcs)
+            for rpcs, streams in ((600, 40), (3_000, 40), (1_800, 500), (9_000, 520))]
     fit = fit_costs(rows)
-    assert (fit["base_pct"], fit["ms_per_copy"], fit["ms_per_stream"]) == (0.6, 0.4, 7.0)
+    assert (fit["base_pct"], fit["ms_per_rpc"], fit["ms_per_stream"]) == (0.6, 0.4, 7.0)
     assert fit["fit_error_max"] == 0.0 and fit["runs"] == 4
     pinned = fit_costs(rows, stream_ms=7.0)
-    assert (pinned["base_pct"], pinned["ms_per_copy"]) == (0.6, 0.4)
+    assert (pinned["base_pct"], pinned["ms_per_rpc"]) == (0.6, 0.4)
     assert pinned["stream_cost"] == "pinned (micro-benchmark)"
-    # Per RPC read: one RPC carried two copies here, so an RPC costs two copies.
-    assert fit_costs(rows, per="rpcs")["ms_per_rpc"] == 0.8
+    # Per copy received (for reference): every RPC carried two copies here, so a copy costs half.
+    assert fit_costs(rows, per="copies")["ms_per_copy"] == 0.2
     assert fit_costs(rows[:2]) == {"runs": 2, "note": "too few runs: no fit"}
 
 
-@pytest.mark.parametrize("copies,streams", [(0, 0), (3_000, 40), (120, 510)])
-def test_measure_real_judges_the_model_by_the_shipped_costs(copies: int, streams: int) -> None:
-    row = _run(Costs(base=0.01, copy_s=1e-3, stream_s=1e-2), copies, streams, rpcs=copies)
+@pytest.mark.parametrize("rpcs,streams", [(0, 0), (3_000, 40), (120, 510)])
+def test_measure_real_judges_the_model_by_the_shipped_costs(rpcs: int, streams: int) -> None:
+    # Judged on the RPCs read, not the copies (three per RPC here).
+    row = _run(Costs(base=0.01, rpc_s=1e-3, stream_s=1e-2), rpcs, streams, copies=3 * rpcs)
     m = model_error(row)
-    assert m["model_pct"] == round(100 * COSTS.node_cpu(copies / 600, streams / 600), 3)
+    assert m["speed_scale"] == 1.0  # the run has no speed of its own
+    assert m["model_pct"] == round(100 * COSTS.node_cpu(rpcs / 600, streams / 600), 3)
     measured = row["_raw"]["cpu_s"] / 600
     assert m["measured_pct"] == round(100 * measured, 3)
-    assert m["error"] == round((COSTS.node_cpu(copies / 600, streams / 600) - measured)
+    assert m["error"] == round((COSTS.node_cpu(rpcs / 600, streams / 600) - measured)
                                / measured, 4)
 
 
@@ -83,7 +89,7 @@ def test_the_10000_peer_projection_uses_the_one_model() -> None:
     _, period = periods(CAPACITY_TIMEOUT_S, 1_000)
     assert parts["base"] == COSTS.base
     assert parts["streams"] == pytest.approx(2 / period * COSTS.stream_s)
-    assert parts["gossip"] == pytest.approx(parts["gossip_copies_per_s"] * COSTS.copy_s)
+    assert parts["gossip"] == pytest.approx(parts["gossip_copies_per_s"] * COSTS.rpc_s)
     assert parts["items"] == pytest.approx(750 / 18.0 * per_item)
     assert parts["total"] == pytest.approx(sum(parts[k] for k in (
         "base", "streams", "gossip", "items", "upkeep", "exchange")))
@@ -101,3 +107,43 @@ def test_the_break_even_size_counts_the_base() -> None:
     assert break_even_peers(rows, 0.5) == pytest.approx(0.10 / 0.0005 / 0.2)         # 1,000
     assert break_even_peers(rows, 0.5, base=0.0036) == pytest.approx(0.0964 / 0.0001)  # 964
     assert break_even_peers(rows, 0.5, base=0.10) is None
+
+
+def test_costs_scale_with_the_machine() -> None:
+    costs = Costs(base=0.004, rpc_s=0.5e-3, stream_s=3e-3)
+    assert costs.scaled(1.0) is costs
+    assert costs.scaled(2.0) == Costs(base=0.008, rpc_s=1e-3, stream_s=6e-3)
+    assert costs.scaled(2.0).node_cpu(10, 1) == 2 * costs.node_cpu(10, 1)
+
+
+def test_the_fit_brings_runs_on_a_faster_or_slower_machine_to_one_speed() -> None:
+    # The same known costs at the reference speed (3 us a calibration op); each run took place
+    # on a moment of the machine k times slower, so its CPU is k times the model's.
+    known = Costs(base=0.006, rpc_s=0.4e-3, stream_s=7e-3)
+    rows = []
+    for (rpcs, streams), k in zip(((600, 40), (3_000, 40), (1_800, 500), (9_000, 520)),
+                                  (1.0, 1.5, 0.8, 1.25)):
+        row = _run(known.scaled(k), rpcs, streams, copies=2 * rpcs)
+        row["calibration"] = {"mean_us": 3.0 * k}
+        rows.append(row)
+    fit = fit_costs(rows, reference_op_us=3.0)
+    assert (fit["base_pct"], fit["ms_per_rpc"], fit["ms_per_stream"]) == (0.6, 0.4, 7.0)
+    assert fit["fit_error_max"] == 0.0 and fit["at_calibration_op_us"] == 3.0
+    # Without the speeds the same runs do not fit one model.
+    blind = fit_costs([{"_raw": r["_raw"]} for r in rows])
+    assert blind["fit_error_max"] > 0.05 and blind["at_calibration_op_us"] is None
+    # refit (the shipped file's form) judges each run at its own speed: no error left.
+    runs = [{"peers": 10, "scenario": "steady", "protocol": "quiet", "counts": r["_raw"],
+             "calibration_op_us": r["calibration"]["mean_us"]} for r in rows]
+    costs, judged = refit(runs, reference_op_us=3.0)
+    assert costs == known
+    assert [j["speed_scale"] for j in judged] == [1.0, 1.5, 0.8, 1.25]
+    assert all(j["error"] == 0.0 for j in judged)
+
+
+def test_measure_real_scales_the_model_by_the_runs_speed() -> None:
+    row = _run(Costs(base=0.01, rpc_s=1e-3, stream_s=1e-2), 3_000, 40, copies=3_000)
+    row["calibration"] = {"mean_us": 2 * CALIBRATION_OP_US, "samples": 10}
+    m = model_error(row)
+    assert m["speed_scale"] == 2.0
+    assert m["model_pct"] == round(100 * 2 * COSTS.node_cpu(3_000 / 600, 40 / 600), 3)

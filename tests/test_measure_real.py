@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from simnet.cli import main
+from simnet.costs import CALIBRATION_OP_US
 
 #: A dead node expires 8 s after its last announcement (a keep-alive comes every 2.5 s, by
 #: gossip); the price window is 4 ticks.
@@ -98,3 +99,14 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     assert counted["counts"] == {k: round(v, 4) for k, v in row["_raw"].items()}
     assert "model error" in md and run["model"]["measured_pct"] == round(
         100 * row["_raw"]["cpu_s"] / row["_raw"]["node_seconds"], 3)
+    # The machine's speed over the measured 14 s: a round every 0.5 s in the coordinator (27-28
+    # on an idle machine; a loaded one delays the thread's wake-ups), the model's costs scaled by its
+    # mean against the speed they were fitted at, and the run's speed written for the fit.
+    speed = row["calibration"]
+    assert 10 <= speed["samples"] <= 28
+    assert speed["range_us"][0] <= speed["median_us"] <= speed["range_us"][1]
+    assert speed["range_us"][0] <= speed["mean_us"] <= speed["range_us"][1]
+    assert run["model"]["speed_scale"] == round(speed["mean_us"] / CALIBRATION_OP_US, 4)
+    assert counted["calibration_op_us"] == speed["mean_us"] == fit_runs["calibration_op_us"]
+    for c in caused:  # and over each event's 10 s (or what is left of the run)
+        assert 1 <= c["calibration"]["samples"] <= 21
