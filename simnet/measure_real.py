@@ -1,8 +1,9 @@
 """`neuroshard-simnet measure-real`: real libp2p nodes in several processes, measured.
 
-Issue 15 item 4: the simulator's cost model (docs/scaling.md) prices a node's market work as
-gossip copies × a per-hop cost + validated messages × a per-message cost + sync streams × a
-per-stream cost. This command measures the real thing: W worker processes, each hosting n real
+Issue 15 item 4: the simulator's cost model (simnet/costs.py) prices a node's market work as a
+base + gossip RPCs read × a per-RPC cost + sync stream ends × a per-stream cost, at one speed of
+the machine. This command measures the real thing, and the machine's speed while it runs
+(simnet/calibrate.py's `SpeedSampler`, in this process): W worker processes, each hosting n real
 `Node`s (simnet/real.py's peers: py-libp2p hosts on 127.0.0.1, gossipsub, sync, peer exchange,
 the engine) joined into one network, run a scenario in real time, and each worker counts, for
 its own nodes:
@@ -989,7 +990,7 @@ def format_row(row: dict[str, Any]) -> str:
 
 def model_error(row: dict[str, Any]) -> dict[str, Any]:
     """The simulator's cost model (simnet/costs.py) applied to the counts a run measured
-    (copies received, stream ends), against the CPU it measured; with the machine's speed
+    (gossip RPCs read, stream ends), against the CPU it measured; with the machine's speed
     during the run (`row["calibration"]`, the mean calibration op) the costs are scaled by it
     against the speed they were fitted at (`speed_scale`), so a run on a slower moment of the
     machine is judged by what the same work costs then."""
