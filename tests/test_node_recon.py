@@ -48,3 +48,38 @@ async def test_quiet_keep_alives_reach_new_and_old_peers_by_sync(tmp_path: Path)
         await eventually(lambda: n.engine.view.digest() == q.engine.view.digest(), 10,
                          "the new node's view equals the quiet node's")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_periodic_sync_waits_for_a_lull_in_gossip_and_keeps_its_cadence(
+        tmp_path: Path) -> None:
+    # A provider changes its capacity about every 1.1 s (each change gossips at once); two nodes
+    # sync every 1 s: one waits for 2.5 s without news, which never come while the changes go
+    # on (so each of its due syncs runs one period late, at its deadline); the other (0) never
+    # waits.
+    async with trio.open_nursery() as nursery:
+        provider = await start_node(nursery, test_settings(tmp_path / "p", capacity=100),
+                                    make_key(1))
+        entry = (provider.node.addrs[0],)
+        waits = await start_node(nursery, test_settings(
+            tmp_path / "w", bootstrap=entry, sync_interval_s=1.0, sync_gossip_quiet_s=2.5),
+            make_key(2))
+        never = await start_node(nursery, test_settings(
+            tmp_path / "n", bootstrap=entry, sync_interval_s=1.0, sync_gossip_quiet_s=0.0),
+            make_key(3))
+        p, w, n = provider.node, waits.node, never.node
+        await eventually(lambda: newest_ms(w, p) > 0 and newest_ms(n, p) > 0, 20,
+                         "both nodes hold the provider's first announcement")
+        deferred = w.counters.syncs_deferred
+        price = p.engine.offer.min_price_nano
+        for k in range(1, 9):
+            p.set_offer(100 + 10 * k, price)
+            await eventually(lambda: all(
+                (m := node.engine.view.current(p.engine.signer)) is not None
+                and m.tokens_per_second == 100 + 10 * k for node in (w, n)), 10,
+                f"change {k} reached both nodes")
+            await trio.sleep(1.0)  # the producer's pace (the signer's gossip budget is 1/s)
+        # ~9 s of gossip news at most ~1.1 s apart: every due sync of the waiting node waited
+        # (one count per due sync, whatever its wait), none of the other's.
+        assert w.counters.syncs_deferred - deferred >= 5
+        assert n.counters.syncs_deferred == 0
+        nursery.cancel_scope.cancel()

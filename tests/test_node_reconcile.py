@@ -12,7 +12,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.policy import (
     DEMAND_STEP, NETWORK_NOISE, demand_step, demand_threshold, material_change, periods,
-    rounds_to_reach,
+    rounds_to_reach, session_start,
 )
 from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.wire.frames import encode_sync
@@ -115,6 +115,17 @@ def test_periods_follow_the_network_size() -> None:
     assert keep_alive == 20.0 and round(reconcile, 3) == round(40 / 2 / 14, 3)
     assert periods(60.0, 2) == (20.0, 40 / 2 / rounds_to_reach(2))
     assert periods(6.0, 100_000) == (2.0, 1.0)  # never below 1 s
+
+
+def test_a_session_due_during_a_gossip_burst_waits_for_a_lull_at_most_until_its_deadline() -> None:
+    # Due at 100 s, may wait until 102.5 s (one period), waits for 1 s without new gossip.
+    assert session_start(100.0, None, 102.5, 1.0) == 100.0        # no gossip yet: at once
+    assert session_start(100.0, 98.9, 102.5, 1.0) == 100.0        # quiet for 1.1 s: at once
+    assert session_start(100.0, 99.5, 102.5, 1.0) == 100.5        # 0.5 s ago: in 0.5 s
+    assert session_start(100.5, 100.2, 102.5, 1.0) == 101.2       # more came meanwhile
+    assert session_start(102.0, 101.9, 102.5, 1.0) == 102.5       # never after the deadline
+    assert session_start(102.5, 102.4, 102.5, 1.0) == 102.5       # at the deadline: now
+    assert session_start(100.0, 99.9, 102.5, 0.0) == 100.0        # 0: never waits
 
 
 def test_a_bad_item_ends_the_session_with_a_fault() -> None:

@@ -20,6 +20,7 @@ class NodeCounters:
     syncs_over_budget: int = 0   # a peer asked beyond its sync budget (reset, fault)
     syncs_stopped: int = 0       # our sync stopped at a rejected item or a bad frame (reset, fault)
     syncs_paced: int = 0         # our sync skipped: it would exceed the peer's sync budget
+    syncs_deferred: int = 0      # our periodic sync waited for a lull in gossip (policy.session_start)
     sync_announcements_received: int = 0
     #: A banned peer's connections closed as they arrived, and its streams reset.
     connections_refused: int = 0

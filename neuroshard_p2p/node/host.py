@@ -119,7 +119,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     stop_libp2p,
     unwind,
 )
-from neuroshard_p2p.node.policy import periods
+from neuroshard_p2p.node.policy import periods, session_start
 from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.node.peering import ConnectionWatcher, Peering, parse_listen_addr, short_id
 from neuroshard_p2p.node.settings import NodeSettings
@@ -200,6 +200,8 @@ class Node:
         self.guard = PeerGuard()
         #: Our own pace per remote peer when we pull (inside its listener's budget).
         self._sync_pace = TokenBuckets(*SYNC_PACE)
+        #: When gossip last brought an announcement we accepted (`_sync_loop` waits for a lull).
+        self._last_gossip: float | None = None
         #: Jobs: routes this node's requests to providers and serves jobs sent to it.
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
         #: Bootstrap dialers and peer exchange.
@@ -437,6 +439,8 @@ class Node:
             if self.guard.should_refuse(forwarder, now):
                 return False  # pubsub's blacklist drops these first; this is belt and braces
             verdict = self.engine.on_gossip(message.data, now, from_peer=message.from_id)
+            if verdict.accepted:
+                self._last_gossip = now
             if verdict.outcome == "rejected":
                 if self._worth_logging(message.from_id, verdict.reason, now):
                     log.info("rejected gossip from %s via %s: %s (%s)", short_id(message.from_id),
@@ -770,6 +774,21 @@ class Node:
         _, reconcile = periods(self.settings.market.capacity_timeout_s, len(self.engine.view))
         return min(self.settings.sync_interval_s, reconcile)
 
+    async def _gossip_lull(self, deadline: float) -> None:
+        """Wait until gossip has brought nothing new for `sync_gossip_quiet_s`, or `deadline`
+        (node/policy.py `session_start`). Bounded: every wait ends by the deadline."""
+        quiet = self.settings.sync_gossip_quiet_s
+        deferred = False
+        for _ in range(1000):  # each wait ends at a lull or at the deadline; a cap all the same
+            now = self.now()
+            start = session_start(now, self._last_gossip, deadline, quiet)
+            if start <= now:
+                return
+            if not deferred:
+                self.counters.syncs_deferred += 1
+                deferred = True
+            await trio.sleep(start - now)
+
     async def _sync_new_peers(self) -> None:
         """Pull from every newly connected peer (both sides of a connection do)."""
         async with trio.open_nursery() as nursery:
@@ -783,8 +802,14 @@ class Node:
             log.debug("%s", exc)
 
     async def _sync_loop(self) -> None:
+        due = self.now()
         while True:
-            await trio.sleep(self._sync_period())
+            period = self._sync_period()
+            # The cadence is kept from one due time to the next (a late session does not push
+            # the next one back); a node that fell behind (a stopped process) starts afresh.
+            due = max(due + period, self.now())
+            await trio.sleep(max(0.0, due - self.now()))
+            await self._gossip_lull(deadline=due + period)
             now = self.now()
             # Among the peers our pace lets us ask now (a small network with a short interval
             # would otherwise ask the same peer beyond its budget).

@@ -71,6 +71,19 @@ def periods(capacity_timeout_s: float, peers_seen: int) -> tuple[float, float]:
     return keep_alive, min(30.0, max(1.0, reconcile))
 
 
+def session_start(now: float, last_gossip: float | None, deadline: float, quiet_s: float) -> float:
+    """When a reconciliation session that is due now starts: now, unless an announcement came
+    by gossip less than `quiet_s` ago; then when gossip has been quiet for `quiet_s` (asked again
+    then: more may have come), and never after `deadline`. A session during a gossip burst
+    competes with it for the CPU and ships what gossip is delivering anyway (docs/scaling.md,
+    "Tenth pass"). The caller keeps its cadence (the next session is due a period after this
+    one was due, not after it ran), so a network where gossip never pauses loses no sessions,
+    it only runs each one later by at most the deadline."""
+    if quiet_s <= 0 or last_gossip is None:
+        return now
+    return max(now, min(deadline, last_gossip + quiet_s))
+
+
 def recent_window_s(capacity_timeout_s: float) -> float:
     """How far back a dialer's opening lists items by id (§8.4, the "since" opening): the time
     `periods` gives a keep-alive to reach ≥ 99.9 % of the peers, (T − T/3) / 2 = T/3 (20 s).
@@ -79,4 +92,4 @@ def recent_window_s(capacity_timeout_s: float) -> float:
     return capacity_timeout_s / 3
 
 
-__all__ = ["recent_window_s", "NETWORK_NOISE", "demand_threshold", "DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]
+__all__ = ["recent_window_s", "session_start", "NETWORK_NOISE", "demand_threshold", "DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]

@@ -128,6 +128,9 @@ class NodeSettings:
     #: The longest pubsub waits for the process to be idle before it sends a peer what is queued
     #: for it (libp2p_compat entry 20; docs/scaling.md, "Eighth pass"); 0: send at once.
     send_linger_s: float = 0.25
+    #: A reconciliation session due while gossip brings new announcements waits until gossip has
+    #: been quiet this long, at most one period (node/policy.py `session_start`); 0: never waits.
+    sync_gossip_quiet_s: float = 1.0
     #: How long a clean shutdown waits for the withdrawal to leave before closing connections.
     shutdown_grace_s: float = 1.0
     #: Jobs, local to this node (node/jobs.py, node/reputation.py). A provider must accept or
@@ -199,6 +202,7 @@ class NodeSettings:
              f"openai_default_max_tokens must be 1..{self.market.max_tokens_per_minute}")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
+        need(0 <= self.sync_gossip_quiet_s <= 10, "sync_gossip_quiet_s must be in [0, 10] seconds")
         need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")
         need(self.backend != "openai" or (self.backend_url.startswith(("http://", "https://"))
