@@ -343,7 +343,7 @@ class Worker:
     def _totals(self) -> dict[str, float]:
         from simnet.real import gossip_totals
 
-        delivered = streams = published = copies = 0
+        delivered = streams = published = copies = deferred = 0
         for i in self.own:
             node = self.net.peers[i].node
             if node is None:
@@ -351,10 +351,11 @@ class Worker:
             delivered += sum(gossip_totals(node))
             streams += node.counters.syncs_started + node.counters.syncs_served
             published += node.counters.published
+            deferred += node.counters.syncs_deferred
             copies += _Counts.copies.get(id(node.pubsub), 0)
         return {"cpu": time.process_time() - self._sampling_cpu, "rpcs": _Counts.rpcs,
                 "copies": copies, "delivered": delivered, "streams": streams,
-                "published": published}
+                "published": published, "deferred": deferred}
 
     async def run(self, t0: float, actions: list[dict[str, Any]]) -> dict[str, Any]:
         import trio
@@ -725,6 +726,10 @@ def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s
 
 #: Seconds after a market event over which its CPU is counted (`_event_cpu`).
 EVENT_CPU_WINDOW_S = 10.0
+#: Seconds after a market event that its gossip burst takes on 100 nodes of a 2-core machine
+#: (docs/scaling.md, "Tenth pass"): the window `first 4 s after <event>` shows what else the
+#: nodes did meanwhile (reconciliation sessions, and how many of them waited for a lull).
+BURST_WINDOW_S = 4.0
 
 
 def _event_cpu(results: list[dict[str, Any]], events: list[dict[str, Any]],
@@ -745,6 +750,10 @@ def _event_cpu(results: list[dict[str, Any]], events: list[dict[str, Any]],
         excess = w["_raw"]["cpu_s"] - rate * w["_raw"]["node_seconds"]
         e["cpu_ms_per_node"] = w["cpu_ms_per_node"] = round(1000 * excess / peers, 1)
         windows[f"after {e['event']}"] = w
+        burst = min(n_samples - 1, a + int(round(BURST_WINDOW_S / sample_s)))
+        if burst > a:
+            windows[f"first {BURST_WINDOW_S:g} s after {e['event']}"] = _window(
+                results, a, burst, peers, sample_s)
 
 
 def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
@@ -766,6 +775,7 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "copies_per_node_s": round(delta("copies") / seconds / peers, 3),
         "validated_per_node_s": round(delta("delivered") / seconds / peers, 3),
         "streams_per_node_s": round(delta("streams") / seconds / peers, 4),
+        "syncs_deferred_per_node_s": round(delta("deferred") / seconds / peers, 4),
         "published_per_node_s": round(delta("published") / seconds / peers, 4),
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),

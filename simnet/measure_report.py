@@ -16,6 +16,7 @@ from typing import Any
 
 from simnet.costs import CALIBRATION_OP_US, COSTS, fit_costs
 from simnet.measure_real import (
+    BURST_WINDOW_S,
     EVENT_CPU_WINDOW_S,
     MEASURE_NODE,
     TABLE_HEAD,
@@ -170,6 +171,13 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                           f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "
                           f"after issue (views read every {m.arrivals['check_every_s']} s)"
                           f"{packed}{op}", flush=True)
+                    burst = m.windows.get(f"first {BURST_WINDOW_S:g} s after {e['event']}")
+                    if burst:
+                        print(f"      in its first {burst['seconds']:g} s: sync stream ends "
+                              f"{burst['streams_per_node_s']} per node per s (run "
+                              f"{m.row['streams_per_node_s']}), periodic syncs that waited for a "
+                              f"lull in gossip {burst.get('syncs_deferred_per_node_s', 0)} per node "
+                              f"per s", flush=True)
                 spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
                          for e in m.figures["events"] if "cpu_ms_per_node" in e]
                 if spent:
