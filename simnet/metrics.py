@@ -61,6 +61,7 @@ class Traffic:
     rejected: int = 0
     ignored: int = 0
     sync_exchanges: int = 0
+    syncs_deferred: int = 0       # periodic syncs that waited for a lull in gossip
     sync_announcements: int = 0   # announcements carried by sync responses
 
 
@@ -312,6 +313,7 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
         "rejected_total": total.rejected,
         "ignored_total": total.ignored,
         "sync_exchanges_total": total.sync_exchanges,
+        "syncs_deferred_total": total.syncs_deferred,
         "published_per_peer_s": _round(total.published / alive, 4),
         "received_per_peer_s": _round(hops / alive, 3),
         "delivered_per_peer_s": _round(total.delivered / alive, 3),

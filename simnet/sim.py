@@ -106,7 +106,7 @@ from neuroshard_p2p.charter import Charter, builtin
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.engine import PeerEngine
-from neuroshard_p2p.node.policy import periods
+from neuroshard_p2p.node.policy import periods, session_start
 from neuroshard_p2p.node.reconcile import ReconSession
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.view import MarketView, SharedFacts
@@ -140,7 +140,7 @@ TOKENS_PER_REQUEST = 100_000
 
 # Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
 (_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
- _SAMPLE, _ATTACK, _RECON) = range(12)
+ _SAMPLE, _ATTACK, _RECON, _SYNC_LULL) = range(13)
 
 _OUTCOME = operator.attrgetter("outcome")
 _REASON = operator.attrgetter("reason")
@@ -273,6 +273,7 @@ class SimPeer:
     observed: bool = True
     group: int = 0
     last_announced: float | None = None   # network time of its newest announcement
+    last_gossip: float | None = None      # network time of the last gossip its engine accepted
     poll_at: float | None = None          # when the next poll is scheduled
     poll_version: int = 0                 # polls scheduled before a sooner one are void
     hostile: HostileCrafter | None = None
@@ -831,6 +832,10 @@ class SimNetwork:
         tally.messages += k
         tally.reasons.update(map(_REASON, verdicts))
         outcomes = list(map(_OUTCOME, verdicts))
+        for i in range(k - 1, -1, -1):  # `Node._last_gossip`: when an announcement last came
+            if outcomes[i] == "accepted":
+                peer.last_gossip = due[i][0]
+                break
         # Traffic is counted in the second each message arrived in (`due` is in time order).
         i = 0
         while i < k:
@@ -878,6 +883,8 @@ class SimNetwork:
         outcome = verdict.outcome
         row[1 if outcome == "accepted" else 2 if outcome == "rejected" else 3] += 1
         tally.reasons[verdict.reason] += 1
+        if verdict.accepted:
+            peer.last_gossip = t
         return verdict.accepted
 
     def _poll_engine(self, peer: SimPeer, t: float) -> tuple[list[bytes], float | None]:
@@ -936,8 +943,52 @@ class SimNetwork:
         return frames
 
     def _sync_timer(self, peer: SimPeer, t: float) -> None:
+        """A periodic sync falls due (`Node._sync_loop`): it starts now or, within
+        `sync_gossip_quiet_s` of gossip the peer accepted, at the next lull (`_SYNC_LULL`), at
+        most a period late; the next one is due a period after this one either way."""
         if not peer.alive:
             return
+        if self.settings.sync_gossip_quiet_s > 0 and peer.observed:
+            period, start = self._shared(peer.index, lambda: self._sync_due_engine(peer, t))
+        else:
+            period, start = None, t
+        if start > t:
+            self.recorder.second(t).syncs_deferred += 1
+            self._schedule(start, _SYNC_LULL, peer.index, t + period)
+        else:
+            self._sync_now(peer, t)
+        if period is None:
+            period = self._sync_s
+            if self.settings.quiet_keep_alives and peer.observed:
+                period = self._shared(peer.index, lambda: self._sync_period_engine(peer))
+        self._schedule(t + period, _SYNC_TIMER, peer.index)
+
+    def _sync_due_engine(self, peer: SimPeer, t: float) -> tuple[float, float]:
+        """(period, start) of the sync due at t: `Node._sync_period`, and when
+        `Node._gossip_lull` lets it start (node/policy.py `session_start`, deadline one period
+        on), given what gossip brought the peer until t."""
+        self._flush(peer.index, (t, math.inf))
+        period = self._sync_s
+        if self.settings.quiet_keep_alives:
+            period = self._sync_period_engine(peer)
+        start = session_start(t, peer.last_gossip, t + period, self.settings.sync_gossip_quiet_s)
+        return period, start
+
+    def _sync_lull(self, peer: SimPeer, t: float, deadline: float) -> None:
+        """A deferred sync, at the lull it waited for: asked again (more may have come)."""
+        if not peer.alive:
+            return
+        start = self._shared(peer.index, lambda: self._sync_lull_engine(peer, t, deadline))
+        if start > t:
+            self._schedule(start, _SYNC_LULL, peer.index, deadline)
+        else:
+            self._sync_now(peer, t)
+
+    def _sync_lull_engine(self, peer: SimPeer, t: float, deadline: float) -> float:
+        self._flush(peer.index, (t, math.inf))
+        return session_start(t, peer.last_gossip, deadline, self.settings.sync_gossip_quiet_s)
+
+    def _sync_now(self, peer: SimPeer, t: float) -> None:
         if self._observer_index is None:
             candidates = sorted(u for u in self.neighbours[peer.index] if self.peers[u].alive)
         else:
@@ -948,10 +999,6 @@ class SimNetwork:
                           and self.peers[u].group == peer.group]
         if candidates:
             self._start_sync(peer, candidates[self.rng.randrange(len(candidates))], t)
-        period = self._sync_s
-        if self.settings.quiet_keep_alives and peer.observed:
-            period = self._shared(peer.index, lambda: self._sync_period_engine(peer))
-        self._schedule(t + period, _SYNC_TIMER, peer.index)
 
     def _sync_period_engine(self, peer: SimPeer) -> float:
         """`Node._sync_period`: with quiet keep-alives, the reconciliation period derived from
@@ -1460,6 +1507,8 @@ class SimNetwork:
                         self._report_progress(t, wall0 or 0.0)
             elif kind == _SYNC_TIMER:
                 self._sync_timer(peers[payload[0]], t)
+            elif kind == _SYNC_LULL:
+                self._sync_lull(peers[payload[0]], t, payload[1])
             elif kind == _SYNC_CONNECT:
                 self._start_sync(peers[payload[0]], payload[1], t)
             elif kind == _SYNC_REQ:

@@ -535,6 +535,41 @@ def test_quiet_keep_alives_ride_sync_2_1_sessions_and_no_live_capacity_ever_laps
     assert len(net._recon_sessions) <= 10  # only sessions still in flight at the end
 
 
+def test_syncs_due_during_gossip_wait_for_a_lull_and_keep_their_cadence() -> None:
+    """The simulator drives `Node._sync_loop`'s rule (node/policy.py `session_start`): a
+    periodic sync due within `sync_gossip_quiet_s` (1 s) of gossip the peer accepted waits for a
+    lull, at most one period. With quiet keep-alives gossip only carries the first announcements
+    and the two `shock` events, so syncs wait only then; none is lost (the cadence is kept),
+    and the market is the same: every peer agrees after both events, no live capacity lapses."""
+    base = load("shock").scaled(90.0).with_overrides(node={"quiet_keep_alives": True})
+    events = [e.at_s for e in base.events if e.action in ("capacity", "demand")]
+    assert events == [30.0, 60.0]
+    runs = {}
+    for quiet in (1.0, 0.0):
+        scenario = base.with_overrides(node={"quiet_keep_alives": True,
+                                             "sync_gossip_quiet_s": quiet})
+        net = SimNetwork(scenario, 30, seed=3)
+        rec = net.run()
+        runs[quiet] = (rec, figures(rec))
+    (waiting, figs), (eager, eager_figs) = runs[1.0], runs[0.0]
+    assert eager_figs["traffic"]["syncs_deferred_total"] == 0
+    assert figs["traffic"]["syncs_deferred_total"] >= 10
+    # Only around gossip: the start (every peer's first announcements over the first 5 s) and
+    # each event's burst, within a period (≤ 2 s at 30 peers) of its last copy.
+    late = [s for s, b in enumerate(waiting.traffic) if b.syncs_deferred
+            and not (s < 8 or any(e <= s < e + 5 for e in events))]
+    assert late == []
+    assert sum(b.syncs_deferred for s, b in enumerate(waiting.traffic) if 30 <= s < 35) >= 1
+    # No sync is lost: both runs start the same number, less at most one per peer still
+    # waiting at the end.
+    total = figs["traffic"]["sync_exchanges_total"]
+    assert 0 <= eager_figs["traffic"]["sync_exchanges_total"] - total <= 30
+    for f in (figs, eager_figs):
+        assert [e["agree_s"] for e in f["events"] if e["action"] in ("capacity", "demand")] \
+            == [0.0, 0.0]
+        assert f["agreement"]["lapses"]["lapsed_rows"] == 0
+
+
 def test_quant_error_compares_the_quiet_run_with_the_shipped_one(capsys: Any) -> None:
     """`python -m simnet.quant_error`: in `shock` at 20 peers the quiet run (sync/2.1.0) quotes
     the shipped run's price at every sample (the events' changes gossip at once in both) and
