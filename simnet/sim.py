@@ -28,7 +28,9 @@ The network model:
   response frames are the engines' own, each leg delayed by one link latency. With
   `reconcile` or `quiet_keep_alives` set, a sync is a sync/2.1.0 session instead: the node's own
   `ReconSession` on both sides, leg after leg (see `_recon_leg`), at the period the node
-  derives from its view (`node.policy.periods`).
+  derives from its view (`node.policy.periods`). A periodic sync due within
+  `sync_gossip_quiet_s` of gossip the peer accepted waits for a lull, as a node's does
+  (`node.policy.session_start`, `_sync_timer`).
 - **Clocks.** Each peer's clock is off by a normal offset (`clock_skew_ms`).
 
 Large networks: with `observers=K`, only K peers (chosen at random, and joiners at the same rate,
