@@ -177,6 +177,8 @@ class _Counts:
     """Process-wide counters of the two wrapped py-libp2p functions."""
 
     rpcs = 0
+    control = 0   # RPCs read that carry control (IHAVE, IWANT, GRAFT, PRUNE), with messages or not
+    ihave = 0     # IHAVE entries among them (gossipsub's heartbeat gossip)
     copies: dict[int, int] = {}
 
 
@@ -201,6 +203,17 @@ def install_counters() -> None:
         return subscribed(self, msg)
 
     pubsub_module.Pubsub._is_subscribed_to_msg = counted_copy  # type: ignore[method-assign]
+    # The reading loop hands the router every RPC that carries control, once.
+    from libp2p.pubsub.gossipsub import GossipSub
+
+    handle_rpc = GossipSub.handle_rpc
+
+    async def counted_control(self: Any, rpc: Any, sender: Any) -> None:
+        _Counts.control += 1
+        _Counts.ihave += len(rpc.control.ihave)
+        await handle_rpc(self, rpc, sender)
+
+    GossipSub.handle_rpc = counted_control  # type: ignore[method-assign]
 
 
 class Worker:
@@ -354,6 +367,7 @@ class Worker:
             deferred += node.counters.syncs_deferred
             copies += _Counts.copies.get(id(node.pubsub), 0)
         return {"cpu": time.process_time() - self._sampling_cpu, "rpcs": _Counts.rpcs,
+                "control": _Counts.control, "ihave": _Counts.ihave,
                 "copies": copies, "delivered": delivered, "streams": streams,
                 "published": published, "deferred": deferred}
 
@@ -772,6 +786,8 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "cpu_core_per_node_pct": round(100 * cpu / seconds / peers, 3),
         "cpu_process_pct": [round(100 * c, 1) for c in per_worker_cpu],
         "rpcs_per_node_s": round(rpcs / seconds / peers, 3),
+        "control_rpcs_per_node_s": round(delta("control") / seconds / peers, 3),
+        "ihave_per_node_s": round(delta("ihave") / seconds / peers, 3),
         "copies_per_node_s": round(delta("copies") / seconds / peers, 3),
         "validated_per_node_s": round(delta("delivered") / seconds / peers, 3),
         "streams_per_node_s": round(delta("streams") / seconds / peers, 4),

@@ -177,7 +177,9 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"{burst['streams_per_node_s']} per node per s (run "
                               f"{m.row['streams_per_node_s']}), periodic syncs that waited for a "
                               f"lull in gossip {burst.get('syncs_deferred_per_node_s', 0)} per node "
-                              f"per s", flush=True)
+                              f"per s; RPCs read {burst['rpcs_per_node_s']} per node per s, "
+                              f"{burst.get('control_rpcs_per_node_s')} of them with control "
+                              f"({burst.get('ihave_per_node_s')} IHAVE)", flush=True)
                 spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
                          for e in m.figures["events"] if "cpu_ms_per_node" in e]
                 if spent:

@@ -40,6 +40,10 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     assert 0 < row["copies_per_node_s"] <= 33 * row["rpcs_per_node_s"]
     assert row["validated_per_node_s"] > 0
     assert row["streams_per_node_s"] > 0
+    # RPCs that carry control (GRAFT, PRUNE, IHAVE, IWANT) are among those read; six nodes of
+    # mesh degree 6 mesh with every peer, so no heartbeat gossip (IHAVE goes to non-mesh peers).
+    assert 0 <= row["control_rpcs_per_node_s"] <= row["rpcs_per_node_s"]
+    assert row["ihave_per_node_s"] == 0
     # The harness's own sampling CPU is reported apart from the nodes' (views read every sample).
     assert 0 < row["sampling_cpu_s"] < row["_raw"]["cpu_s"]
     # Deliveries in the run against every gossiped announcement × the other nodes alive when it
