@@ -969,12 +969,11 @@ class SimNetwork:
         """(period, start) of the sync due at t: `Node._sync_period`, and when
         `Node._gossip_lull` lets it start (node/policy.py `session_start`, deadline one period
         on), given what gossip brought the peer until t."""
-        self._flush(peer.index, (t, math.inf))
+        self._flush(peer.index, (t, math.inf))  # the period follows the view as of now
         period = self._sync_s
         if self.settings.quiet_keep_alives:
             period = self._sync_period_engine(peer)
-        start = session_start(t, peer.last_gossip, t + period, self.settings.sync_gossip_quiet_s)
-        return period, start
+        return period, self._sync_lull_engine(peer, t, t + period)
 
     def _sync_lull(self, peer: SimPeer, t: float, deadline: float) -> None:
         """A deferred sync, at the lull it waited for: asked again (more may have come)."""
@@ -987,6 +986,7 @@ class SimNetwork:
             self._sync_now(peer, t)
 
     def _sync_lull_engine(self, peer: SimPeer, t: float, deadline: float) -> float:
+        """When the sync waiting for `deadline` may start, given what gossip brought until t."""
         self._flush(peer.index, (t, math.inf))
         return session_start(t, peer.last_gossip, deadline, self.settings.sync_gossip_quiet_s)
 
