@@ -236,6 +236,14 @@ class Worker:
         # the loop lag includes); see `_watch_gc`.
         self._gc_pause = 0.0
         self._gc_started = 0.0
+        # All collections' time and the full (generation 2) ones' count since the start: how
+        # much of a node's CPU the cyclic collector takes (`gc_cpu_share` of a window). In
+        # process time: a pause's wall time also holds the time the OS gave the core to other
+        # processes, which on 100 nodes sharing two cores is most of it in a burst (the same
+        # window measured 4.0 % of the CPU in process time and 28.6 % in wall time).
+        self._gc_cpu_started = 0.0
+        self._gc_total = 0.0
+        self._gc_full = 0
 
     @staticmethod
     def reply(data: dict[str, Any]) -> None:
@@ -341,8 +349,11 @@ class Worker:
         """gc.callbacks hook: time every collection."""
         if phase == "start":
             self._gc_started = time.perf_counter()
+            self._gc_cpu_started = time.process_time()
         else:
             self._gc_pause = max(self._gc_pause, time.perf_counter() - self._gc_started)
+            self._gc_total += time.process_time() - self._gc_cpu_started
+            self._gc_full += info.get("generation") == 2
 
     async def _watch_loop(self) -> None:
         """The trio loop's lag: how late a 50 ms sleep wakes (the largest since the last read)."""
@@ -369,7 +380,8 @@ class Worker:
         return {"cpu": time.process_time() - self._sampling_cpu, "rpcs": _Counts.rpcs,
                 "control": _Counts.control, "ihave": _Counts.ihave,
                 "copies": copies, "delivered": delivered, "streams": streams,
-                "published": published, "deferred": deferred}
+                "published": published, "deferred": deferred,
+                "gc_s": self._gc_total, "gc_full": self._gc_full}
 
     async def run(self, t0: float, actions: list[dict[str, Any]]) -> dict[str, Any]:
         import trio
@@ -797,6 +809,10 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
         "gc_pause_max_s": round(max(s.get("gc", 0.0) for r in results
                                     for s in r["samples"][a:b + 1]), 3),
+        # The cyclic collector's share of the nodes' CPU (both in process time) and its full
+        # collections per process per minute.
+        "gc_cpu_share": round(delta("gc_s") / cpu, 4) if cpu else None,
+        "gc_full_per_process_min": round(60 * delta("gc_full") / seconds / len(results), 2),
     }
     # Deliveries expected: each message published in a sample interval, to every other node
     # alive then. Messages still in flight at the end of the window count as not delivered.

@@ -179,12 +179,21 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"lull in gossip {burst.get('syncs_deferred_per_node_s', 0)} per node "
                               f"per s; RPCs read {burst['rpcs_per_node_s']} per node per s, "
                               f"{burst.get('control_rpcs_per_node_s')} of them with control "
-                              f"({burst.get('ihave_per_node_s')} IHAVE)", flush=True)
+                              f"({burst.get('ihave_per_node_s')} IHAVE); cyclic GC "
+                              f"{_pct(burst.get('gc_cpu_share'))} of the nodes' CPU, "
+                              f"{burst.get('gc_full_per_process_min')} full collections per "
+                              f"process per min", flush=True)
                 spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
                          for e in m.figures["events"] if "cpu_ms_per_node" in e]
                 if spent:
                     print(f"   CPU per node for each event (over {EVENT_CPU_WINDOW_S:g} s, above "
                           f"the rate before the first event): {', '.join(spent)}", flush=True)
+                run_w = m.windows.get("run", {})
+                if run_w.get("gc_cpu_share") is not None:
+                    print(f"   cyclic GC over the run: {_pct(run_w['gc_cpu_share'])} of the "
+                          f"nodes' CPU, {run_w['gc_full_per_process_min']} full collections "
+                          f"per process per min, longest pause {run_w['gc_pause_max_s']} s",
+                          flush=True)
                 print(f"   the harness's own sampling (prices every sample, views every "
                       f"{args.views_every}): {m.row['sampling_cpu_s']} CPU-s in all workers, "
                       "not counted as the nodes' CPU", flush=True)
@@ -317,6 +326,10 @@ def command_line(args: argparse.Namespace) -> str:
             f"--scenario {args.scenario} --protocol {args.protocol} --duration {args.duration:g}"
             + (f" --kill-at {args.kill_at:g}" if args.kill_at is not None else "")
             + "".join(f" --set {item}" for item in args.set))
+
+
+def _pct(share: float | None) -> str:
+    return "—" if share is None else f"{100 * share:.1f} %"
 
 
 __all__ = ["cmd_measure_real", "command_line", "render", "stream_bench"]
