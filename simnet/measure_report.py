@@ -130,6 +130,15 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
         runs.append({"row": data["row"], "crash": data["crash"], "lag": data["lag"],
                      "arrivals": data.get("arrivals", {}),
                      "windows": data["windows"], "model": model_error(data["row"])})
+        # Per event, what decides it on a shared machine: the last arrival against the
+        # machine's speed during the event (docs/scaling.md, "Twelfth pass").
+        agree = {e.get("event"): e.get("agree_s") for e in data.get("events", [])}
+        for e in data.get("arrivals", {}).get("events", []):
+            speed = e.get("calibration", {})
+            print(f"{path.parent}: {e['event']}: all agree after {agree.get(e['event'])} s; "
+                  f"{e['announcements']} gossiped announcements, the last reached every node "
+                  f"{e['max_s']} s after issue; calibration op "
+                  f"{speed.get('mean_us', '—')} us during it", flush=True)
     for n in ([] if args.bench_only or args.from_dirs else sizes):
         for name in scenarios:
             for protocol in protocols:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from simnet.cli import main
 from simnet.costs import CALIBRATION_OP_US
 
@@ -20,7 +22,8 @@ FAST = ["market.capacity_timeout_s=8.0", "market.window_ticks=4", "node.announce
         "node.sync_interval_s=5.0"]
 
 
-def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
+def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "mr"
     args = ["measure-real", "--peers", "6", "--workers", "2", "--scenario", "shock",
             "--protocol", "gossip", "--duration", "14", "--kill-at", "1", "--quiet",
@@ -128,3 +131,15 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path) -> None:
     assert counted["calibration_op_us"] == speed["mean_us"] == fit_runs["calibration_op_us"]
     for c in caused:  # and over each event's 10 s (or what is left of the run)
         assert 1 <= c["calibration"]["samples"] <= 21
+    # Read back (`--from`), a run prints per event what decides it on a shared machine: when
+    # all agreed, when the last node got the event's announcements, and the speed meanwhile.
+    capsys.readouterr()
+    assert main(["measure-real", "--from", str(out), "--out", str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    agree = {e["event"]: e["agree_s"] for e in events}
+    for c in caused:
+        line = (f"{out / 'shock-gossip-6'}: {c['event']}: all agree after {agree[c['event']]} s; "
+                f"{c['announcements']} gossiped announcements, the last reached every node "
+                f"{c['max_s']} s after issue; calibration op {c['calibration']['mean_us']} us "
+                f"during it")
+        assert line in printed, (line, printed[:6])
