@@ -381,7 +381,8 @@ class Worker:
                 "control": _Counts.control, "ihave": _Counts.ihave,
                 "copies": copies, "delivered": delivered, "streams": streams,
                 "published": published, "deferred": deferred,
-                "gc_s": self._gc_total, "gc_full": self._gc_full}
+                "gc_s": self._gc_total, "gc_full": self._gc_full,
+                "sampling": self._sampling_cpu}
 
     async def run(self, t0: float, actions: list[dict[str, Any]]) -> dict[str, Any]:
         import trio
@@ -813,6 +814,10 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         # collections per process per minute.
         "gc_cpu_share": round(delta("gc_s") / cpu, 4) if cpu else None,
         "gc_full_per_process_min": round(60 * delta("gc_full") / seconds / len(results), 2),
+        # The harness's own sampling (price reads, view reads) as a share of all the workers'
+        # CPU in the window: not the nodes' CPU, but it runs on the same cores.
+        "harness_cpu_share": (round(delta("sampling") / (cpu + delta("sampling")), 4)
+                              if cpu + delta("sampling") > 0 else None),
     }
     # Deliveries expected: each message published in a sample interval, to every other node
     # alive then. Messages still in flight at the end of the window count as not delivered.

@@ -191,7 +191,9 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"({burst.get('ihave_per_node_s')} IHAVE); cyclic GC "
                               f"{_pct(burst.get('gc_cpu_share'))} of the nodes' CPU, "
                               f"{burst.get('gc_full_per_process_min')} full collections per "
-                              f"process per min", flush=True)
+                              f"process per min; the harness's sampling "
+                              f"{_pct(burst.get('harness_cpu_share'))} of the workers' CPU",
+                              flush=True)
                 spent = [f"{e['event']} {e['cpu_ms_per_node']} ms"
                          for e in m.figures["events"] if "cpu_ms_per_node" in e]
                 if spent:

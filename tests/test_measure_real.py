@@ -53,6 +53,11 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     assert row["gc_full_per_process_min"] >= 0
     # The harness's own sampling CPU is reported apart from the nodes' (views read every sample).
     assert 0 < row["sampling_cpu_s"] < row["_raw"]["cpu_s"]
+    # Its share of the workers' CPU over the run's window: the run's sampling total over all
+    # (the window's first sample and the ms rounding of the total move it by a little).
+    total = row["sampling_cpu_s"] / (row["sampling_cpu_s"] + row["_raw"]["cpu_s"])
+    assert 0 < row["harness_cpu_share"] < 0.5
+    assert abs(row["harness_cpu_share"] - total) < 0.002
     # Deliveries in the run against every gossiped announcement × the other nodes alive when it
     # left: in flight at the end counts as missing, published in the warm-up but delivered in
     # the run counts as delivered; on a loaded machine both move it (0.90 and 1.15 at load 14).
