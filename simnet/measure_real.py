@@ -794,6 +794,7 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
                       / seconds for r in results]
     cpu = delta("cpu")
     rpcs = delta("rpcs")
+    sampling = delta("sampling")
     out = {
         "seconds": round(seconds, 2),
         "cpu_core_per_node_pct": round(100 * cpu / seconds / peers, 3),
@@ -816,8 +817,7 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "gc_full_per_process_min": round(60 * delta("gc_full") / seconds / len(results), 2),
         # The harness's own sampling (price reads, view reads) as a share of all the workers'
         # CPU in the window: not the nodes' CPU, but it runs on the same cores.
-        "harness_cpu_share": (round(delta("sampling") / (cpu + delta("sampling")), 4)
-                              if cpu + delta("sampling") > 0 else None),
+        "harness_cpu_share": round(sampling / (cpu + sampling), 4) if cpu + sampling else None,
     }
     # Deliveries expected: each message published in a sample interval, to every other node
     # alive then. Messages still in flight at the end of the window count as not delivered.
