@@ -496,6 +496,11 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
               f"{traffic['calibration_op_us']} us on this machine now (median of "
               f"{traffic['calibration_samples']} timings during the run, range "
               f"{traffic['calibration_op_range_us'][0]}–{traffic['calibration_op_range_us'][1]} us)")
+    if traffic.get("parallel_wait_share") is not None:
+        print(f"parallel: {traffic['processes']} processes, each blocked "
+              f"{100 * traffic['parallel_wait_share']:.1f} % of the wall time waiting for another; "
+              f"{100 * traffic['engine_messages_ahead_share']:.1f} % of engine messages handed "
+              "over while waiting")
     for goal in data["goals"]:
         print(f"goal: {goal['goal']}: {goal['measured']} -> {'met' if goal['met'] else 'NOT met'}")
     print(f"report: {out / 'report.md'}")

@@ -90,6 +90,11 @@ class Recorder:
         self.cpu_s = 0.0                              # CPU spent by the run (process time)
         self.engine_cpu_s = 0.0                       # of which inside the node engines (sim)
         self.engine_messages = 0                      # gossip messages the engines validated (sim)
+        # A run in several processes (sim): the time they spent blocked waiting for each other,
+        # and the engine messages a waiting process handed its peers meanwhile.
+        self.workers = 1
+        self.parallel_wait_s = 0.0
+        self.engine_messages_ahead = 0
         self.wall_s = 0.0
         self.calibration_op_s = 0.0                   # one `simnet.calibrate` op, same process
         # (the median of its timings before, during — every progress step — and after the run)
@@ -338,6 +343,14 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
             rec.engine_cpu_s / rec.engine_messages / rec.calibration_op_s
             if rec.engine_messages and rec.calibration_op_s and rec.engine_cpu_s else None, 3),
         "cpu_per_message_ms": _round(1000 * rec.cpu_s / hops if hops else None, 4),
+        # In several processes: the share of their time they were blocked waiting for each
+        # other, and the share of engine messages a waiting process handed over meanwhile.
+        "processes": rec.workers,
+        "parallel_wait_share": _round(rec.parallel_wait_s / (rec.wall_s * rec.workers)
+                                      if rec.workers > 1 and rec.wall_s else None, 4),
+        "engine_messages_ahead_share": _round(rec.engine_messages_ahead / rec.engine_messages
+                                              if rec.workers > 1 and rec.engine_messages
+                                              else None, 4),
         "engine_cpu_per_message_us": _round(1e6 * rec.engine_cpu_s / rec.engine_messages
                                             if rec.engine_messages and rec.engine_cpu_s else None, 2),
         "sync_announcements_total": total.sync_announcements,

@@ -41,7 +41,8 @@ def deterministic_view(data: dict[str, Any]) -> dict[str, Any]:
     figs = json.loads(json.dumps(data["figures"], default=str))
     for key in ("cpu_s", "engine_cpu_s", "wall_s", "cpu_per_message_ms", "engine_cpu_per_message_us",
                 "calibration_op_us", "wall_per_engine_message_ops", "engine_cpu_per_message_ops",
-                "calibration_op_range_us", "calibration_samples"):
+                "calibration_op_range_us", "calibration_samples", "processes",
+                "parallel_wait_share", "engine_messages_ahead_share"):
         figs["traffic"].pop(key, None)
     return figs
 

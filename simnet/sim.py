@@ -92,6 +92,7 @@ import operator
 import os
 import pickle
 import random
+import select
 import statistics
 import sys
 import time
@@ -178,6 +179,8 @@ class _EngineTally:
     traffic: dict[int, list[int]] = field(default_factory=dict)
     samples: list[list[PeerSample]] = field(default_factory=list)  # per sample: our peers' rows
     process_cpu_s: float = 0.0         # the whole process, for a worker's share of the run
+    wait_s: float = 0.0                # blocked, waiting for another process's value
+    ahead: int = 0                     # of `messages`, handed over while waiting (`_work_ahead`)
     attack: Counter[str] = field(default_factory=Counter)  # what attacks cost our engines
     # At the end: our live observed peers' views, the signers and announcements they hold.
     views: int = 0
@@ -199,9 +202,14 @@ class _EngineTally:
 class _Exchange:
     """One-way pipes between every two processes of a parallel run. Every process runs the same
     event loop; a value only one of them can compute (its own peer's engine output) is sent by
-    that process to all the others, in event order, so each reads it at the same event."""
+    that process to all the others, in event order, so each reads it at the same event.
+
+    Reads are buffered here, not by a file object, so that `ready` can tell without blocking
+    whether a sender's next value has arrived: a process waiting for one does other work first
+    (`SimNetwork._shared`)."""
 
     _HEADER = 8
+    _CHUNK = 1 << 20
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -214,7 +222,9 @@ class _Exchange:
             except (ImportError, OSError):
                 pass
         self._out: dict[int, Any] = {}
-        self._in: dict[int, Any] = {}
+        self._in: dict[int, int] = {}
+        self._buf: dict[int, bytearray] = {}
+        self._pos: dict[int, int] = {}
 
     def attach(self, rank: int) -> None:
         """Keep this process's ends (rank `rank`), close the rest."""
@@ -225,7 +235,9 @@ class _Exchange:
                 self._out[b] = os.fdopen(write_fd, "wb", buffering=1 << 16)
             elif b == rank:
                 os.close(write_fd)
-                self._in[a] = os.fdopen(read_fd, "rb", buffering=1 << 16)
+                self._in[a] = read_fd
+                self._buf[a] = bytearray()
+                self._pos[a] = 0
             else:
                 os.close(read_fd)
                 os.close(write_fd)
@@ -239,25 +251,60 @@ class _Exchange:
                 out.write(frame)
                 out.flush()
 
-    def receive(self, sender: int) -> Any:
-        source = self._in[sender]
-        header = source.read(self._HEADER)
-        if len(header) < self._HEADER:
+    def _complete(self, sender: int) -> int:
+        """The size of the sender's next value if all of it is buffered, else -1."""
+        buf, pos = self._buf[sender], self._pos[sender]
+        if len(buf) - pos < self._HEADER:
+            return -1
+        size = int.from_bytes(buf[pos:pos + self._HEADER], "big")
+        return size if len(buf) - pos - self._HEADER >= size else -1
+
+    def _read(self, sender: int, block: bool) -> bool:
+        """Buffer what the sender's pipe holds (waiting for some if `block`); False if nothing
+        was there to read without waiting."""
+        fd = self._in[sender]
+        if not block and not select.select([fd], [], [], 0)[0]:
+            return False
+        chunk = os.read(fd, self._CHUNK)
+        if not chunk:
             raise RuntimeError(f"simulation worker {sender} stopped before the run ended "
                                "(its error is on stderr)")
-        size = int.from_bytes(header, "big")
-        data = source.read(size)
-        if len(data) < size:
-            raise RuntimeError(f"simulation worker {sender} stopped mid-message")
-        return pickle.loads(data)
+        buf, pos = self._buf[sender], self._pos[sender]
+        if pos and pos * 2 >= len(buf):
+            del buf[:pos]
+            self._pos[sender] = 0
+        buf += chunk
+        return True
+
+    def ready(self, sender: int) -> bool:
+        """Whether `receive(sender)` would return without waiting."""
+        return self._complete(sender) >= 0 or (self._read(sender, block=False)
+                                               and self._complete(sender) >= 0)
+
+    def receive(self, sender: int) -> Any:
+        size = self._complete(sender)
+        while size < 0:
+            self._read(sender, block=True)
+            size = self._complete(sender)
+        buf = self._buf[sender]
+        start = self._pos[sender] + self._HEADER
+        with memoryview(buf) as whole, whole[start:start + size] as data:
+            value = pickle.loads(data)
+        self._pos[sender] = start + size
+        return value
 
     def close(self) -> None:
-        for f in [*self._out.values(), *self._in.values()]:
+        for f in self._out.values():
             try:
                 f.close()
             except OSError:
                 pass
-        self._out, self._in = {}, {}
+        for fd in self._in.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._out, self._in, self._buf, self._pos = {}, {}, {}, {}
 
 
 @dataclass
@@ -422,6 +469,7 @@ class SimNetwork:
         self._partitioned = False
         self._groups_before_heal: dict[int, int] = {}
         self.t = 0.0
+        self._ahead_next = 0   # where `_work_ahead` goes on
         self._lat_mu = math.log(self.net.latency_median_ms / 1000.0)
         self._sync_s = self.settings.sync_interval_s
         #: sync/2.1.0 (range-based reconciliation, protocol §8.4) instead of 2.0.0's pull, as a
@@ -601,7 +649,45 @@ class SimNetwork:
             value = compute()
             exchange.send(value)
             return value
+        if not exchange.ready(owner):
+            self._work_ahead(exchange, owner)
+            started = time.perf_counter()
+            value = exchange.receive(owner)
+            self._tally.wait_s += time.perf_counter() - started
+            return value
         return exchange.receive(owner)
+
+    def _work_ahead(self, exchange: _Exchange, owner: int) -> None:
+        """While this process waits for a value from `owner`: hand this process's peers the
+        deliveries they will be handed anyway (those that arrived before now) until the value
+        is there or none is left. A delivery before the current event's time precedes every
+        event still to come, so handing it over now leaves every engine where the event order
+        puts it (`_flush`); only when, not what, changes."""
+        inbox = self._inbox
+        n = len(inbox)
+        workers = self.workers
+        bound = (self.t,)
+        v = self._ahead_next
+        if v >= n:
+            v = self.rank
+        idle = 0
+        mine = (n - self.rank + workers - 1) // workers
+        while idle < mine:
+            box = inbox[v]
+            handed = self._flush(v, bound) if box else 0
+            if handed:
+                self._tally.ahead += handed
+                idle = 0
+                if exchange.ready(owner):
+                    break
+            else:
+                idle += 1
+                if idle % 32 == 0 and exchange.ready(owner):
+                    break
+            v += workers
+            if v >= n:
+                v = self.rank
+        self._ahead_next = v
 
     # ------------------------------------------------------------------ queue
 
@@ -795,7 +881,7 @@ class SimNetwork:
         self.recorder.second(t).duplicates += max(0, hops - reached_count)
         return everybody
 
-    def _flush(self, v: int, bound: tuple[float, ...]) -> None:
+    def _flush(self, v: int, bound: tuple[float, ...]) -> int:
         """Hand peer `v`'s engine the honest deliveries of its inbox that come before `bound`
         in the event order (time, then counter).
 
@@ -812,15 +898,15 @@ class SimNetwork:
         end of the run (strictly before t)."""
         box = self._inbox[v]
         if not box:
-            return
+            return 0
         peer = self.peers[v]
         if not peer.alive:
             box.clear()
-            return
+            return 0
         box.sort()
         k = bisect.bisect_left(box, bound)
         if k == 0:
-            return
+            return 0
         due = box[:k]
         del box[:k]
         tally = self._tally
@@ -852,6 +938,7 @@ class SimNetwork:
             row[2] += rejected
             row[3] += j - i - accepted - rejected
             i = j
+        return k
 
     def _flush_all(self, bound: tuple[float, ...]) -> None:
         inbox = self._inbox
@@ -962,7 +1049,7 @@ class SimNetwork:
         if period is None:
             period = self._sync_s
             if self.settings.quiet_keep_alives and peer.observed:
-                period = self._shared(peer.index, lambda: self._sync_period_engine(peer))
+                period = self._shared(peer.index, lambda: self._sync_period_engine(peer, t))
         self._schedule(t + period, _SYNC_TIMER, peer.index)
 
     def _sync_due_engine(self, peer: SimPeer, t: float) -> tuple[float, float]:
@@ -972,7 +1059,7 @@ class SimNetwork:
         self._flush(peer.index, (t, math.inf))  # the period follows the view as of now
         period = self._sync_s
         if self.settings.quiet_keep_alives:
-            period = self._sync_period_engine(peer)
+            period = self._sync_period_engine(peer, t)
         return period, self._sync_lull_engine(peer, t, t + period)
 
     def _sync_lull(self, peer: SimPeer, t: float, deadline: float) -> None:
@@ -1002,10 +1089,11 @@ class SimNetwork:
         if candidates:
             self._start_sync(peer, candidates[self.rng.randrange(len(candidates))], t)
 
-    def _sync_period_engine(self, peer: SimPeer) -> float:
+    def _sync_period_engine(self, peer: SimPeer, t: float) -> float:
         """`Node._sync_period`: with quiet keep-alives, the reconciliation period derived from
-        the capacity timeout and the signers the peer's view holds, if shorter than
+        the capacity timeout and the signers the peer's view holds at t, if shorter than
         `sync_interval_s`."""
+        self._flush(peer.index, (t, math.inf))
         _, reconcile = periods(self.market.capacity_timeout_s, len(peer.engine.view))
         return min(self._sync_s, reconcile)
 
@@ -1636,6 +1724,8 @@ class SimNetwork:
             rec.reasons.update(tally.reasons)
             rec.attack_counts.update(tally.attack)
             rec.cpu_s += tally.process_cpu_s
+            rec.parallel_wait_s += tally.wait_s
+            rec.engine_messages_ahead += tally.ahead
             rec.views += tally.views
             for number, (pairs, exact) in tally.crash_timeouts.items():
                 row = rec.crash_timeouts.setdefault(number, [0, 0])
@@ -1711,6 +1801,7 @@ class SimNetwork:
                              "copies per peer = its mesh in-degree less one)")
         rec.notes.append("signature checks of identical bytes are shared between simulated peers "
                          "(decode is memoised); every other validation rule runs at every peer")
+        rec.workers = self.workers
         if self.workers > 1:
             rec.notes.append(f"run in {self.workers} processes (peer v's engine in process "
                              f"v mod {self.workers}); cpu_s is their sum")

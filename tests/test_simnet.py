@@ -172,6 +172,30 @@ factor = 0.5
         assert one.reasons["accepted"] < one.engine_messages  # the flood was refused somewhere
 
 
+def test_a_process_waiting_for_another_hands_its_peers_their_past_deliveries_report_unchanged(
+) -> None:
+    # 240 peers in 2 processes: each waits for the other's poll and sync values thousands of
+    # times and hands its own peers deliveries meanwhile (`SimNetwork._work_ahead`); the
+    # report must be the one process's, and the report says how much was handed over.
+    scenario = load("shock").scaled(20.0)
+    one, two = (SimNetwork(scenario, 240, seed=5, workers=w).run() for w in (1, 2))
+    assert report_mod.deterministic_view({"figures": figures(two)}) == \
+        report_mod.deterministic_view({"figures": figures(one)})
+    assert two.samples == one.samples
+    assert [vars(b) for b in two.traffic] == [vars(b) for b in one.traffic]
+    assert two.engine_messages == one.engine_messages == 86_040
+    assert 0 < two.engine_messages_ahead < two.engine_messages
+    assert 0 < two.parallel_wait_s < two.wall_s
+    traffic = figures(two)["traffic"]
+    assert traffic["processes"] == 2
+    assert traffic["engine_messages_ahead_share"] == round(
+        two.engine_messages_ahead / two.engine_messages, 4)
+    assert traffic["parallel_wait_share"] == round(two.parallel_wait_s / (2 * two.wall_s), 4)
+    alone = figures(one)["traffic"]
+    assert (one.engine_messages_ahead, alone["processes"], alone["parallel_wait_share"],
+            alone["engine_messages_ahead_share"]) == (0, 1, None, None)
+
+
 @pytest.mark.parametrize("peers, seed", [(40, 3), (30, 1)])
 def test_after_healing_lazy_gossip_brings_what_was_published_as_the_mesh_changed(
         peers: int, seed: int) -> None:
