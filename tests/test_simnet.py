@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from simnet.metrics import STARTUP_S, PeerSample, Recorder, figures
 from simnet.scenario import Event, Scenario, ScenarioError, load, loads, shipped_scenarios
 from simnet.sim import EPOCH, SimNetwork, peer_key
 from tests.conftest import make_key
+from tests.waiting import wait_for
 
 
 def sim_figures(scenario: Scenario, peers: int, seed: int = 1, **kwargs: object) -> dict:
@@ -194,6 +198,33 @@ def test_a_process_waiting_for_another_hands_its_peers_their_past_deliveries_rep
     alone = figures(one)["traffic"]
     assert (one.engine_messages_ahead, alone["processes"], alone["parallel_wait_share"],
             alone["engine_messages_ahead_share"]) == (0, 1, None, None)
+
+
+
+def test_a_worker_process_that_dies_mid_run_ends_the_run_with_a_clear_error() -> None:
+    # The exchange reads its pipes itself; a worker killed mid-run (here SIGKILL, as the OOM
+    # killer would) must end rank 0's run with an error naming it, not a hang, and leave no
+    # process behind. The run goes in a thread so that a hang fails the test instead of
+    # stopping the suite.
+    net = SimNetwork(load("shock").scaled(120.0), 400, seed=2, workers=2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            net.run()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            errors.append(error)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    (pid,) = wait_for(lambda: net._children, 30.0, "the worker process forked", 0.001)
+    os.kill(pid, signal.SIGKILL)
+    runner.join(timeout=60.0)
+    assert not runner.is_alive(), "the run hung after its worker died"
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "simulation worker 1 stopped before the run ended" in str(errors[0])
+    with pytest.raises(ChildProcessError):  # reaped: nothing is left of it
+        os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.mark.parametrize("peers, seed", [(40, 3), (30, 1)])
