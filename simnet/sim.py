@@ -892,7 +892,8 @@ class SimNetwork:
         event that touches a peer flushes it first, up to the event's own place in the order,
         which is exactly the order the event queue would have used. Nothing drawn from the RNGs
         depends on when a delivery runs, so the same seed gives the same run as queuing each
-        delivery. A dead peer's pending deliveries are dropped, as deliveries to the dead are.
+        delivery. (For the same reason a process waiting for another may hand over what
+        arrived before the current event's time sooner: `_work_ahead`.) A dead peer's pending deliveries are dropped, as deliveries to the dead are.
         `bound` is (t, counter) for a queued delivery at t (strictly before it), (t, inf) for
         any other event at t (deliveries precede other kinds at equal times) and (t,) for the
         end of the run (strictly before t)."""
