@@ -209,15 +209,21 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                       f"{args.views_every}): {m.row['sampling_cpu_s']} CPU-s in all workers, "
                       "not counted as the nodes' CPU", flush=True)
                 for crash in m.crash:
+                    if crash["stopped_counting_after_s"] is not None:
+                        totals = (f"every node's supply stopped counting it "
+                                  f"{crash['stopped_counting_after_s']} s after the kill "
+                                  f"(bound {crash['bound_after_s']} s)")
+                    else:  # the supply totals changed for another reason first
+                        totals = (f"the supply totals cannot show when it stopped counting "
+                                  f"(bound {crash['bound_after_s']} s after the kill): another "
+                                  "event changed them first; the view checks above do")
                     print(f"   crash of node {crash['node']} at {crash['killed_at_s']} s: last "
                           f"announced {crash['last_announced_s']} s, signed timeout at "
                           f"{crash['signed_timeout_at_s']} s; {crash['live_nodes']} live nodes, "
                           f"all hold its last announcement: {crash['all_hold_its_last']}; some "
                           f"node counted it at {crash['last_counted_at_s']} s, none from "
                           f"{crash['no_node_counts_from_s']} s (samples every {args.sample:g} s); "
-                          f"every node's supply stopped counting it "
-                          f"{crash['stopped_counting_after_s']} s after the kill (bound "
-                          f"{crash['bound_after_s']} s)", flush=True)
+                          f"{totals}", flush=True)
     bench = None
     if args.bench_only and not args.stream_bench:
         raise ScenarioError("--bench-only needs --stream-bench K")

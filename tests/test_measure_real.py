@@ -31,6 +31,7 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     for item in FAST:
         args += ["--set", item]
     assert main(args) == 0
+    printed = capsys.readouterr().out
     report = json.loads((out / "measure-real.json").read_text())
     (run,) = report["runs"]
     row = run["row"]
@@ -78,6 +79,13 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     timeout_at = crash["signed_timeout_at_s"]
     assert crash["no_node_counts_from_s"] is not None
     assert timeout_at <= crash["no_node_counts_from_s"] <= timeout_at + 0.5
+    # The supply totals cannot show it here: "supply halves" (at 14 / 3 s) changes them before
+    # the bound (the last announcement + 8 s); the line says so instead of printing "None s".
+    assert crash["stopped_counting_after_s"] is None
+    (line,) = [x for x in printed.splitlines() if x.startswith(f"   crash of node {crash['node']}")]
+    assert line.endswith(f"the supply totals cannot show when it stopped counting (bound "
+                         f"{crash['bound_after_s']} s after the kill): another event changed "
+                         "them first; the view checks above do")
     assert timeout_at - 0.5 <= crash["last_counted_at_s"] < timeout_at
     # When each announcement reached each node (views read at every sample): with keep-alives
     # by gossip nothing is left to reconciliation, and the median arrival is within the settle
