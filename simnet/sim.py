@@ -1057,9 +1057,8 @@ class SimNetwork:
         """(period, start) of the sync due at t: `Node._sync_period`, and when
         `Node._gossip_lull` lets it start (node/policy.py `session_start`, deadline one period
         on), given what gossip brought the peer until t."""
-        self._flush(peer.index, (t, math.inf))  # the period follows the view as of now
         period = self._sync_s
-        if self.settings.quiet_keep_alives:
+        if self.settings.quiet_keep_alives:  # it follows the view as of now (flushed there)
             period = self._sync_period_engine(peer, t)
         return period, self._sync_lull_engine(peer, t, t + period)
 
