@@ -367,7 +367,7 @@ class Worker:
     def _totals(self) -> dict[str, float]:
         from simnet.real import gossip_totals
 
-        delivered = streams = published = copies = deferred = 0
+        delivered = streams = published = copies = deferred = served_deferred = 0
         for i in self.own:
             node = self.net.peers[i].node
             if node is None:
@@ -376,11 +376,13 @@ class Worker:
             streams += node.counters.syncs_started + node.counters.syncs_served
             published += node.counters.published
             deferred += node.counters.syncs_deferred
+            served_deferred += node.counters.syncs_served_deferred
             copies += _Counts.copies.get(id(node.pubsub), 0)
         return {"cpu": time.process_time() - self._sampling_cpu, "rpcs": _Counts.rpcs,
                 "control": _Counts.control, "ihave": _Counts.ihave,
                 "copies": copies, "delivered": delivered, "streams": streams,
                 "published": published, "deferred": deferred,
+                "served_deferred": served_deferred,
                 "gc_s": self._gc_total, "gc_full": self._gc_full,
                 "sampling": self._sampling_cpu}
 
@@ -789,7 +791,9 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
     values are the start (a = 0 counts from t0 when `a` is 0: the first half sample is in)."""
     seconds = (b - a) * sample_s if a > 0 else (b + 0.5) * sample_s
     def delta(key: str) -> float:
-        return sum(r["samples"][b][key] - (r["samples"][a][key] if a > 0 else 0) for r in results)
+        # .get: runs kept from before a counter existed read it as 0
+        return sum(r["samples"][b].get(key, 0) - (r["samples"][a].get(key, 0) if a > 0 else 0)
+                   for r in results)
     per_worker_cpu = [(r["samples"][b]["cpu"] - (r["samples"][a]["cpu"] if a > 0 else 0))
                       / seconds for r in results]
     cpu = delta("cpu")
@@ -806,6 +810,7 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "validated_per_node_s": round(delta("delivered") / seconds / peers, 3),
         "streams_per_node_s": round(delta("streams") / seconds / peers, 4),
         "syncs_deferred_per_node_s": round(delta("deferred") / seconds / peers, 4),
+        "syncs_served_deferred_per_node_s": round(delta("served_deferred") / seconds / peers, 4),
         "published_per_node_s": round(delta("published") / seconds / peers, 4),
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),

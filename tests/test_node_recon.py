@@ -83,3 +83,72 @@ async def test_a_periodic_sync_waits_for_a_lull_in_gossip_and_keeps_its_cadence(
         assert w.counters.syncs_deferred - deferred >= 5
         assert n.counters.syncs_deferred == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_session_a_peer_opens_during_our_gossip_waits_for_our_lull_briefly(
+        tmp_path: Path) -> None:
+    # A provider changes its capacity about every 1.1 s; two listeners hear it and count 2.5 s
+    # without news as a lull, which never comes while the changes go on. One holds a session a
+    # peer opens meanwhile up to its sync_serve_wait_s (1.2 s), the other answers at once (0). A
+    # dialer that never waits itself asks each in turn, during the changes and after them.
+    async with trio.open_nursery() as nursery:
+        provider = await start_node(nursery, test_settings(tmp_path / "p", capacity=100),
+                                    make_key(1))
+        entry = (provider.node.addrs[0],)
+        listeners = [await start_node(nursery, test_settings(
+            tmp_path / f"l{wait}", bootstrap=entry, reconcile=True, sync_interval_s=3600.0,
+            sync_gossip_quiet_s=2.5, sync_serve_wait_s=wait), make_key(2 + i))
+            for i, wait in enumerate((1.2, 0.0))]
+        holds, answers = (running.node for running in listeners)
+        dialer = (await start_node(nursery, test_settings(
+            tmp_path / "d", bootstrap=(holds.addrs[0], answers.addrs[0]), reconcile=True,
+            sync_interval_s=3600.0, sync_gossip_quiet_s=0.0), make_key(4))).node
+        p = provider.node
+        await eventually(lambda: all(newest_ms(n, p) > 0 for n in (holds, answers, dialer))
+                         and {holds.host.get_id(), answers.host.get_id()}
+                         <= set(dialer.host.get_connected_peers()), 20,
+                         "every node holds the provider's first announcement, the dialer is "
+                         "connected to both listeners")
+
+        async def session(listener: Node) -> float:
+            before = listener.counters.syncs_served
+            start = trio.current_time()
+            counts = await dialer.sync_with(listener.host.get_id())
+            assert counts.fault is None
+            await eventually(lambda: listener.counters.syncs_served == before + 1, 5,
+                             "the listener counts the session it served")
+            return trio.current_time() - start
+
+        price = p.engine.offer.min_price_nano
+        for k in range(1, 4):
+            p.set_offer(100 + 10 * k, price)
+            await eventually(lambda: all(
+                (m := node.engine.view.current(p.engine.signer)) is not None
+                and m.tokens_per_second == 100 + 10 * k for node in (holds, answers)), 10,
+                f"change {k} reached both listeners")
+            await trio.sleep(1.0)  # the producer's pace (the signer's gossip budget is 1/s)
+        held_before = holds.counters.syncs_served_deferred
+        p.set_offer(200, price)  # fresh news at both listeners: neither is in a lull for 2.5 s
+        await eventually(lambda: all(
+            (m := node.engine.view.current(p.engine.signer)) is not None
+            and m.tokens_per_second == 200 for node in (holds, answers)), 10,
+            "the last change reached both listeners")
+        held = await session(holds)
+        answered = await session(answers)
+        # The listener that holds did, for its whole wait (the dialer's time includes it); the
+        # other never holds.
+        assert holds.counters.syncs_served_deferred == held_before + 1
+        assert answers.counters.syncs_served_deferred == 0
+        assert held >= 1.2 - 0.05 and held > answered + 0.5, (held, answered)
+        # Once the provider is gone (killed: no withdrawal to gossip) and 2.5 s have passed
+        # without news, the listener is in its lull and answers at once. (The dialer's own pace
+        # lets it ask the same peer again after up to SYNC_PACE[1] s.)
+        await provider.kill()
+        quiet_from = trio.current_time() + 2.6
+        asked = holds.host.get_id()
+        await eventually(lambda: trio.current_time() >= quiet_from
+                         and dialer._sync_pace.tokens(asked, dialer.now()) >= 1.0,
+                         SYNC_PACE[1] + 5, "the listener is quiet and the dialer may ask it again")
+        await session(holds)
+        assert holds.counters.syncs_served_deferred == held_before + 1
+        nursery.cancel_scope.cancel()

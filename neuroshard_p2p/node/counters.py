@@ -21,6 +21,7 @@ class NodeCounters:
     syncs_stopped: int = 0       # our sync stopped at a rejected item or a bad frame (reset, fault)
     syncs_paced: int = 0         # our sync skipped: it would exceed the peer's sync budget
     syncs_deferred: int = 0      # our periodic sync waited for a lull in gossip (policy.session_start)
+    syncs_served_deferred: int = 0  # a session a peer opened waited for our lull (sync_serve_wait_s)
     sync_announcements_received: int = 0
     #: A banned peer's connections closed as they arrived, and its streams reset.
     connections_refused: int = 0

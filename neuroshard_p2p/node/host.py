@@ -702,6 +702,13 @@ class Node:
             return
         self._serving_sync.add(peer)
         try:
+            # The listener's side of the sync wait: a session opened while gossip is bringing us
+            # news competes with it for the CPU and mostly ships what gossip is delivering, so it
+            # waits for our own lull, briefly (sync_serve_wait_s, well inside the dialer's stream
+            # timeout), and without holding one of the few answer slots meanwhile.
+            wait = min(self.settings.sync_serve_wait_s, self.settings.stream_timeout_s / 4)
+            if wait > 0 and stream.get_protocol() == self._recon_protocol:
+                await self._gossip_lull(deadline=self.now() + wait, count="syncs_served_deferred")
             async with self._serve_limiter:
                 await self._answer_sync(stream, peer)
         finally:
@@ -774,19 +781,20 @@ class Node:
         _, reconcile = periods(self.settings.market.capacity_timeout_s, len(self.engine.view))
         return min(self.settings.sync_interval_s, reconcile)
 
-    async def _gossip_lull(self, deadline: float) -> None:
+    async def _gossip_lull(self, deadline: float, count: str) -> None:
         """Wait until gossip has brought nothing new for `sync_gossip_quiet_s`, or `deadline`
-        (node/policy.py `session_start`). Bounded: every wait ends by the deadline."""
+        (node/policy.py `session_start`); a wait adds one to the counter named `count` as it
+        begins. Bounded: every wait ends by the deadline."""
         quiet = self.settings.sync_gossip_quiet_s
-        deferred = False
+        waited = False
         for _ in range(1000):  # each wait ends at a lull or at the deadline; a cap all the same
             now = self.now()
             start = session_start(now, self._last_gossip, deadline, quiet)
             if start <= now:
                 return
-            if not deferred:
-                self.counters.syncs_deferred += 1
-                deferred = True
+            if not waited:
+                setattr(self.counters, count, getattr(self.counters, count) + 1)
+                waited = True
             await trio.sleep(start - now)
 
     async def _sync_new_peers(self) -> None:
@@ -809,7 +817,7 @@ class Node:
             # the next one back); a node that fell behind (a stopped process) starts afresh.
             due = max(due + period, self.now())
             await trio.sleep(max(0.0, due - self.now()))
-            await self._gossip_lull(deadline=due + period)
+            await self._gossip_lull(deadline=due + period, count="syncs_deferred")
             now = self.now()
             # Among the peers our pace lets us ask now (a small network with a short interval
             # would otherwise ask the same peer beyond its budget).

@@ -131,6 +131,11 @@ class NodeSettings:
     #: A reconciliation session due while gossip brings new announcements waits until gossip has
     #: been quiet this long, at most one period (node/policy.py `session_start`); 0: never waits.
     sync_gossip_quiet_s: float = 1.0
+    #: A reconciliation session a peer opens while gossip brings us new announcements waits, at
+    #: most this long, until our gossip has been quiet sync_gossip_quiet_s (the listener's side of
+    #: the same wait; docs/scaling.md, "Fourteenth pass"); 0: answers at once. Never more than a
+    #: quarter of stream_timeout_s, so that the dialer's whole session still fits in its timeout.
+    sync_serve_wait_s: float = 2.0
     #: How long a clean shutdown waits for the withdrawal to leave before closing connections.
     shutdown_grace_s: float = 1.0
     #: Jobs, local to this node (node/jobs.py, node/reputation.py). A provider must accept or
@@ -203,6 +208,7 @@ class NodeSettings:
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
         need(0 <= self.sync_gossip_quiet_s <= 10, "sync_gossip_quiet_s must be in [0, 10] seconds")
+        need(0 <= self.sync_serve_wait_s <= 10, "sync_serve_wait_s must be in [0, 10] seconds")
         need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")
         need(self.backend != "openai" or (self.backend_url.startswith(("http://", "https://"))
