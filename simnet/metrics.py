@@ -62,6 +62,7 @@ class Traffic:
     ignored: int = 0
     sync_exchanges: int = 0
     syncs_deferred: int = 0       # periodic syncs that waited for a lull in gossip
+    syncs_served_deferred: int = 0  # sessions a listener held for a lull in its gossip
     sync_announcements: int = 0   # announcements carried by sync responses
 
 
@@ -319,6 +320,7 @@ def _traffic(rec: Recorder) -> dict[str, Any]:
         "ignored_total": total.ignored,
         "sync_exchanges_total": total.sync_exchanges,
         "syncs_deferred_total": total.syncs_deferred,
+        "syncs_served_deferred_total": total.syncs_served_deferred,
         "published_per_peer_s": _round(total.published / alive, 4),
         "received_per_peer_s": _round(hops / alive, 3),
         "delivered_per_peer_s": _round(total.delivered / alive, 3),

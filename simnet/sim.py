@@ -143,7 +143,7 @@ TOKENS_PER_REQUEST = 100_000
 
 # Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
 (_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
- _SAMPLE, _ATTACK, _RECON, _SYNC_LULL) = range(13)
+ _SAMPLE, _ATTACK, _RECON, _SYNC_LULL, _RECON_OPEN) = range(14)
 
 _OUTCOME = operator.attrgetter("outcome")
 _REASON = operator.attrgetter("reason")
@@ -472,6 +472,9 @@ class SimNetwork:
         self._ahead_next = 0   # where `_work_ahead` goes on
         self._lat_mu = math.log(self.net.latency_median_ms / 1000.0)
         self._sync_s = self.settings.sync_interval_s
+        # `Node._serve_sync`: how long a listener holds a session opened during its gossip.
+        self._serve_wait_s = (min(self.settings.sync_serve_wait_s, self.settings.stream_timeout_s / 4)
+                              if self.settings.sync_gossip_quiet_s > 0 else 0.0)
         #: sync/2.1.0 (range-based reconciliation, protocol §8.4) instead of 2.0.0's pull, as a
         #: node with `reconcile` or `quiet_keep_alives` speaks it to a peer that does too (every
         #: simulated peer has the same settings). Sessions by (session number, peer): a side
@@ -1011,8 +1014,12 @@ class SimNetwork:
             self._recon_next += 1
             frames = self._shared(peer.index, lambda: self._recon_open(peer, number, t))
             self.recorder.second(t).sync_exchanges += 1
-            self._schedule(t + self._latency(), _RECON, number, peer.index, partner, frames,
-                           False)
+            if self._serve_wait_s > 0:
+                self._schedule(t + self._latency(), _RECON_OPEN, number, peer.index, partner,
+                               frames, None)
+            else:
+                self._schedule(t + self._latency(), _RECON, number, peer.index, partner, frames,
+                               False)
             return
         data = self._shared(peer.index, lambda: self._sync_request_engine(peer, t))
         self.recorder.second(t).sync_exchanges += 1
@@ -1110,6 +1117,24 @@ class SimNetwork:
         self._tally.cpu_s += time.perf_counter() - started
         self._recon_sessions[(number, peer.index)] = [session, False, False]
         return frames
+
+    def _recon_opening(self, number: int, dialer: int, listener: int, frames: list[bytes],
+                       deadline: float | None, t: float) -> None:
+        """The dialer's opening reaches the listener (`Node._serve_sync`). A listener that
+        gossip brought an announcement within `sync_gossip_quiet_s` holds the session until
+        its own lull, at most `sync_serve_wait_s` (asked again at each lull it waited for:
+        more may have come), then answers it as any leg."""
+        peer = self.peers[listener]
+        if peer.alive and peer.observed and peer.group == self.peers[dialer].group:
+            first = deadline is None
+            until = t + self._serve_wait_s if deadline is None else deadline
+            start = self._shared(listener, lambda: self._sync_lull_engine(peer, t, until))
+            if start > t:
+                if first:
+                    self.recorder.second(t).syncs_served_deferred += 1
+                self._schedule(start, _RECON_OPEN, number, dialer, listener, frames, until)
+                return
+        self._recon_leg(number, dialer, listener, frames, False, t)
 
     def _recon_leg(self, number: int, sender: int, receiver: int, frames: list[bytes],
                    closed: bool, t: float) -> None:
@@ -1607,6 +1632,8 @@ class SimNetwork:
                 self._sync_response(payload[0], payload[1], payload[2], t)
             elif kind == _RECON:
                 self._recon_leg(*payload, t)
+            elif kind == _RECON_OPEN:
+                self._recon_opening(*payload, t)
             elif kind == _SCENARIO:
                 self._apply(self.scenario.events[payload[0]], t)
             elif kind == _REMESH:

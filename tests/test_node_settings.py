@@ -60,6 +60,7 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     ("[node]\nmuxer = 'quic'\n", "muxer must be one of"),
     ("[node]\nmeshsub = ['2.0.0']\n", "meshsub versions"),
     ("[node]\nsend_linger_s = 2\n", "send_linger_s must be in [0, 1] seconds"),
+    ("[node]\nsync_serve_wait_s = 3\n", "sync_serve_wait_s must be in [0, 2.5] seconds"),
     ("[node]\nannounce_interval_s = 90\n", "shorter than the market's capacity_timeout_s"),
     ("[node]\nnetwork = 'devnet'\n", "network 'devnet' is not a built-in network"),
     ("[node]\nnetwork = 'simnet'\ncharter = 'x.toml'\n", "network and charter both name"),

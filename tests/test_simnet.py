@@ -615,6 +615,13 @@ def test_syncs_due_during_gossip_wait_for_a_lull_and_keep_their_cadence() -> Non
             and not (s < 8 or any(e <= s < e + 5 for e in events))]
     assert late == []
     assert sum(b.syncs_deferred for s, b in enumerate(waiting.traffic) if 30 <= s < 35) >= 1
+    # The listener's side (`Node._serve_sync`, sync_serve_wait_s 2 s): a session opened within
+    # 1 s of gossip the listener accepted waits for its lull; only around gossip too.
+    assert eager_figs["traffic"]["syncs_served_deferred_total"] == 0
+    assert figs["traffic"]["syncs_served_deferred_total"] >= 3
+    held = [s for s, b in enumerate(waiting.traffic) if b.syncs_served_deferred]
+    assert [s for s in held if not (s < 8 or any(e <= s < e + 5 for e in events))] == []
+    assert any(e <= s < e + 5 for e in events for s in held), held  # (at 30 peers: [2, 4, 5, 60])
     # No sync is lost: both runs start the same number, less at most one per peer still
     # waiting at the end.
     total = figs["traffic"]["sync_exchanges_total"]

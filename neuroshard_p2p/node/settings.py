@@ -208,7 +208,8 @@ class NodeSettings:
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
         need(0 <= self.sync_gossip_quiet_s <= 10, "sync_gossip_quiet_s must be in [0, 10] seconds")
-        need(0 <= self.sync_serve_wait_s <= 10, "sync_serve_wait_s must be in [0, 10] seconds")
+        need(0 <= self.sync_serve_wait_s <= 2.5,
+             "sync_serve_wait_s must be in [0, 2.5] seconds (market-v2.md §8.4, Timing)")
         need(self.backend in BACKEND_KINDS,
              f"backend must be 'synthetic' or 'openai', got {self.backend!r}")
         need(self.backend != "openai" or (self.backend_url.startswith(("http://", "https://"))
