@@ -916,6 +916,8 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
             last[a] = (ms, quiet.get(a, 0))
     column = {a: j for j, a in enumerate(announcers)}
     held_at: list[dict[int, list[int]]] = []  # per check: node -> held issued_at per announcer
+    worker_of = {int(n): w for w, r in enumerate(results)
+                 for n in r["samples"][checks[0]]["views"]["held"]}
     for k in checks:
         held_at.append({int(n): h for r in results
                         for n, h in r["samples"][k]["views"]["held"].items()})
@@ -924,6 +926,9 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
         (checks[1] - checks[0]) * sample_s, 3), "settle_delay_s": settle}
     worst: list[tuple[float, int, int, float, bool]] = []
     event_delays: dict[int, list[float]] = {}
+    # Per event announcement: (first arrival at another node, last arrival, announcer, last node)
+    event_spread: dict[int, list[tuple[float, float, int, int]]] = {}
+    event_node_last: dict[int, dict[int, float]] = {}  # per event: node -> its last arrival
     event_announcements: dict[int, int] = {}
     marked = [(k, e["t"]) for k, e in enumerate(events) if e.get("action") in ("capacity", "demand")]
     for gossiped in (True, False):
@@ -938,6 +943,7 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
                  if t - EVENT_ISSUE_BEFORE_S <= issued < t + EVENT_ISSUE_AFTER_S), None)
             if of_event is not None:
                 event_announcements[of_event] = event_announcements.get(of_event, 0) + 1
+            first, latest, latest_node = math.inf, -1.0, -1
             for n in held_at[c]:
                 for c2 in range(c, len(checks)):
                     row = held_at[c2].get(n)
@@ -950,7 +956,15 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
                         worst.append((delay, a, n, issued, g))
                         if of_event is not None:
                             event_delays.setdefault(of_event, []).append(delay)
+                            mine = event_node_last.setdefault(of_event, {})
+                            mine[n] = max(mine.get(n, 0.0), delay)
+                            if n != a:
+                                first = min(first, delay)
+                                if delay > latest:
+                                    latest, latest_node = delay, n
                         break
+            if of_event is not None and latest_node >= 0:
+                event_spread.setdefault(of_event, []).append((first, latest, a, latest_node))
         delays.sort()
         name = "gossiped" if gossiped else "reconciled"
         if delays:
@@ -962,11 +976,28 @@ def _arrivals(results: list[dict[str, Any]], t0: float, sample_s: float,
     out["events"] = []
     for k, t in marked:
         ds = sorted(event_delays.get(k, []))
-        out["events"].append({"event": events[k]["event"], "t": t,
-                              "announcements": event_announcements.get(k, 0),
-                              "arrivals": len(ds),
-                              "p50_s": round(ds[len(ds) // 2], 3) if ds else None,
-                              "max_s": round(ds[-1], 3) if ds else None})
+        entry: dict[str, Any] = {"event": events[k]["event"], "t": t,
+                                 "announcements": event_announcements.get(k, 0),
+                                 "arrivals": len(ds),
+                                 "p50_s": round(ds[len(ds) // 2], 3) if ds else None,
+                                 "max_s": round(ds[-1], 3) if ds else None}
+        spread = event_spread.get(k)
+        if spread:
+            # Did the last arrival leave its publisher late, or spread slowly once out? The
+            # first arrival at another node bounds when it left (both as coarse as the checks).
+            firsts = sorted(f for f, _, _, _ in spread)
+            first, latest, a, n = max(spread, key=lambda x: x[1])
+            entry["first_p50_s"] = round(firsts[len(firsts) // 2], 3)
+            entry["first_max_s"] = round(firsts[-1], 3)
+            entry["spread_max_s"] = round(max(last - f for f, last, _, _ in spread), 3)
+            entry["last"] = {"announcer": a, "announcer_worker": worker_of.get(a),
+                             "node": n, "node_worker": worker_of.get(n),
+                             "first_s": round(first, 3), "last_s": round(latest, 3)}
+            # The nodes last to hold every one of the event's announcements, and their workers.
+            complete = sorted(((d, m) for m, d in event_node_last.get(k, {}).items()),
+                              reverse=True)[:5]
+            entry["last_nodes"] = [[m, worker_of.get(m), round(d, 3)] for d, m in complete]
+        out["events"].append(entry)
     worst.sort(reverse=True)
     out["latest"] = [{"delay_s": round(d, 3), "announcer": a, "node": n, "issued_at_s":
                       round(at, 3), "gossiped": g} for d, a, n, at, g in worst[:20]]

@@ -99,6 +99,20 @@ async def stream_bench(sessions: int, *, signers: int = 100, differences: int = 
                     "idle_cpu_pct": round(100 * idle_per_s, 2)}
 
 
+
+def _where_late(e: dict[str, Any]) -> str:
+    """An event's late arrival: did it leave its publisher late or spread slowly once out, and
+    on which worker processes were the last nodes (measure_real `_arrivals`)."""
+    last = e.get("last")
+    if not last:
+        return ""
+    nodes = ", ".join(f"{n} (worker {w}) {d} s" for n, w, d in e.get("last_nodes", []))
+    return (f"; first arrival at another node p50 {e['first_p50_s']} s, latest "
+            f"{e['first_max_s']} s; the last arrival, of node {last['announcer']}'s (worker "
+            f"{last['announcer_worker']}), first reached another node at {last['first_s']} s and "
+            f"node {last['node']} (worker {last['node_worker']}) at {last['last_s']} s; last to "
+            f"hold all: {nodes}")
+
 def cmd_measure_real(args: argparse.Namespace) -> int:
     import trio
 
@@ -138,7 +152,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
             print(f"{path.parent}: {e['event']}: all agree after {agree.get(e['event'])} s; "
                   f"{e['announcements']} gossiped announcements, the last reached every node "
                   f"{e['max_s']} s after issue; calibration op "
-                  f"{speed.get('mean_us', '—')} us during it", flush=True)
+                  f"{speed.get('mean_us', '—')} us during it{_where_late(e)}", flush=True)
     for n in ([] if args.bench_only or args.from_dirs else sizes):
         for name in scenarios:
             for protocol in protocols:
@@ -179,7 +193,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     print(f"   {e['event']} at {e['t']} s: {e['announcements']} gossiped "
                           f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "
                           f"after issue (views read every {m.arrivals['check_every_s']} s)"
-                          f"{packed}{op}", flush=True)
+                          f"{packed}{op}{_where_late(e)}", flush=True)
                     burst = m.windows.get(f"first {BURST_WINDOW_S:g} s after {e['event']}")
                     if burst:
                         print(f"      in its first {burst['seconds']:g} s: sync stream ends "

@@ -123,6 +123,17 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
         assert c["announcements"] >= 1
         assert c["arrivals"] == 5 * c["announcements"]
         assert 0 <= c["p50_s"] <= c["max_s"]
+        # Where its late arrival was: when the announcements first reached another node (they
+        # left their publisher by then), the one whose last arrival is the event's, and the 5
+        # nodes in the order they came to hold all of them, each on its worker (2 processes).
+        assert 0 <= c["first_p50_s"] <= c["first_max_s"] <= c["max_s"]
+        last = c["last"]
+        assert last["last_s"] == c["max_s"] and last["first_s"] <= last["last_s"]
+        assert last["announcer"] != last["node"]
+        assert c["spread_max_s"] >= last["last_s"] - last["first_s"]
+        assert [n[1] in (0, 1) for n in c["last_nodes"]] == [True] * 5
+        assert c["last_nodes"][0][2] == c["max_s"]
+        assert sorted({n[0] for n in c["last_nodes"]}) == sorted(n[0] for n in c["last_nodes"])
     md = (out / "measure-real.md").read_text()
     assert "| 6 | shock | gossip |" in md
     # The counts the simulator's cost model is fitted on (simnet/costs.py), as the shipped runs.
@@ -154,5 +165,10 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
         line = (f"{out / 'shock-gossip-6'}: {c['event']}: all agree after {agree[c['event']]} s; "
                 f"{c['announcements']} gossiped announcements, the last reached every node "
                 f"{c['max_s']} s after issue; calibration op {c['calibration']['mean_us']} us "
-                f"during it")
+                f"during it; first arrival at another node p50 {c['first_p50_s']} s, latest "
+                f"{c['first_max_s']} s; the last arrival, of node {c['last']['announcer']}'s "
+                f"(worker {c['last']['announcer_worker']}), first reached another node at "
+                f"{c['last']['first_s']} s and node {c['last']['node']} (worker "
+                f"{c['last']['node_worker']}) at {c['last']['last_s']} s; last to hold all: "
+                + ", ".join(f"{n} (worker {w}) {d} s" for n, w, d in c["last_nodes"]))
         assert line in printed, (line, printed[:6])
