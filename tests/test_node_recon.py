@@ -19,6 +19,14 @@ def newest_ms(node: Node, of: Node) -> int:
     return message.issued_at_ms if message is not None else -1
 
 
+async def change_capacity(provider: Node, nodes: tuple[Node, ...], tokens: int, what: str) -> None:
+    """The provider announces `tokens` per second (gossiped at once); wait until `nodes` hold it."""
+    provider.set_offer(tokens, provider.engine.offer.min_price_nano)
+    await eventually(lambda: all(
+        (m := node.engine.view.current(provider.engine.signer)) is not None
+        and m.tokens_per_second == tokens for node in nodes), 10, what)
+
+
 async def test_quiet_keep_alives_reach_new_and_old_peers_by_sync(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         quiet = await start_node(nursery, test_settings(tmp_path / "q", capacity=100,
@@ -70,13 +78,8 @@ async def test_a_periodic_sync_waits_for_a_lull_in_gossip_and_keeps_its_cadence(
         await eventually(lambda: newest_ms(w, p) > 0 and newest_ms(n, p) > 0, 20,
                          "both nodes hold the provider's first announcement")
         deferred = w.counters.syncs_deferred
-        price = p.engine.offer.min_price_nano
         for k in range(1, 9):
-            p.set_offer(100 + 10 * k, price)
-            await eventually(lambda: all(
-                (m := node.engine.view.current(p.engine.signer)) is not None
-                and m.tokens_per_second == 100 + 10 * k for node in (w, n)), 10,
-                f"change {k} reached both nodes")
+            await change_capacity(p, (w, n), 100 + 10 * k, f"change {k} reached both nodes")
             await trio.sleep(1.0)  # the producer's pace (the signer's gossip budget is 1/s)
         # ~9 s of gossip news at most ~1.1 s apart: every due sync of the waiting node waited
         # (one count per due sync, whatever its wait), none of the other's.
@@ -119,20 +122,13 @@ async def test_a_session_a_peer_opens_during_our_gossip_waits_for_our_lull_brief
                              "the listener counts the session it served")
             return trio.current_time() - start
 
-        price = p.engine.offer.min_price_nano
         for k in range(1, 4):
-            p.set_offer(100 + 10 * k, price)
-            await eventually(lambda: all(
-                (m := node.engine.view.current(p.engine.signer)) is not None
-                and m.tokens_per_second == 100 + 10 * k for node in (holds, answers)), 10,
-                f"change {k} reached both listeners")
+            await change_capacity(p, (holds, answers), 100 + 10 * k,
+                                  f"change {k} reached both listeners")
             await trio.sleep(1.0)  # the producer's pace (the signer's gossip budget is 1/s)
         held_before = holds.counters.syncs_served_deferred
-        p.set_offer(200, price)  # fresh news at both listeners: neither is in a lull for 2.5 s
-        await eventually(lambda: all(
-            (m := node.engine.view.current(p.engine.signer)) is not None
-            and m.tokens_per_second == 200 for node in (holds, answers)), 10,
-            "the last change reached both listeners")
+        # Fresh news at both listeners: neither is in a lull for 2.5 s.
+        await change_capacity(p, (holds, answers), 200, "the last change reached both listeners")
         held = await session(holds)
         answered = await session(answers)
         # The listener that holds did, for its whole wait (the dialer's time includes it); the
