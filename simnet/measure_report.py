@@ -99,7 +99,6 @@ async def stream_bench(sessions: int, *, signers: int = 100, differences: int = 
                     "idle_cpu_pct": round(100 * idle_per_s, 2)}
 
 
-
 def _where_late(e: dict[str, Any]) -> str:
     """An event's late arrival: did it leave its publisher late or spread slowly once out, and
     on which worker processes were the last nodes (measure_real `_arrivals`)."""
@@ -112,6 +111,7 @@ def _where_late(e: dict[str, Any]) -> str:
             f"{last['announcer_worker']}), first reached another node at {last['first_s']} s and "
             f"node {last['node']} (worker {last['node_worker']}) at {last['last_s']} s; last to "
             f"hold all: {nodes}")
+
 
 def cmd_measure_real(args: argparse.Namespace) -> int:
     import trio
@@ -201,7 +201,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"{m.row['streams_per_node_s']}), periodic syncs that waited for a "
                               f"lull in gossip {burst.get('syncs_deferred_per_node_s', 0)} per node "
                               f"per s, sessions served that waited for one "
-                              f"{burst.get('syncs_served_deferred_per_node_s', 0)}; RPCs read {burst['rpcs_per_node_s']} per node per s, "
+                              f"{burst.get('syncs_served_deferred_per_node_s', 0)}; RPCs read "
+                              f"{burst['rpcs_per_node_s']} per node per s, "
                               f"{burst.get('control_rpcs_per_node_s')} of them with control "
                               f"({burst.get('ihave_per_node_s')} IHAVE); cyclic GC "
                               f"{_pct(burst.get('gc_cpu_share'))} of the nodes' CPU, "

@@ -472,9 +472,6 @@ class SimNetwork:
         self._ahead_next = 0   # where `_work_ahead` goes on
         self._lat_mu = math.log(self.net.latency_median_ms / 1000.0)
         self._sync_s = self.settings.sync_interval_s
-        # `Node._serve_sync`: how long a listener holds a session opened during its gossip.
-        self._serve_wait_s = (min(self.settings.sync_serve_wait_s, self.settings.stream_timeout_s / 4)
-                              if self.settings.sync_gossip_quiet_s > 0 else 0.0)
         #: sync/2.1.0 (range-based reconciliation, protocol §8.4) instead of 2.0.0's pull, as a
         #: node with `reconcile` or `quiet_keep_alives` speaks it to a peer that does too (every
         #: simulated peer has the same settings). Sessions by (session number, peer): a side
@@ -1014,7 +1011,7 @@ class SimNetwork:
             self._recon_next += 1
             frames = self._shared(peer.index, lambda: self._recon_open(peer, number, t))
             self.recorder.second(t).sync_exchanges += 1
-            if self._serve_wait_s > 0:
+            if self.settings.serve_wait_s > 0:
                 self._schedule(t + self._latency(), _RECON_OPEN, number, peer.index, partner,
                                frames, None)
             else:
@@ -1127,7 +1124,7 @@ class SimNetwork:
         peer = self.peers[listener]
         if peer.alive and peer.observed and peer.group == self.peers[dialer].group:
             first = deadline is None
-            until = t + self._serve_wait_s if deadline is None else deadline
+            until = t + self.settings.serve_wait_s if deadline is None else deadline
             start = self._shared(listener, lambda: self._sync_lull_engine(peer, t, until))
             if start > t:
                 if first:

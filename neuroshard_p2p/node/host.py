@@ -706,7 +706,7 @@ class Node:
             # news competes with it for the CPU and mostly ships what gossip is delivering, so it
             # waits for our own lull, briefly (sync_serve_wait_s, well inside the dialer's stream
             # timeout), and without holding one of the few answer slots meanwhile.
-            wait = min(self.settings.sync_serve_wait_s, self.settings.stream_timeout_s / 4)
+            wait = self.settings.serve_wait_s
             if wait > 0 and stream.get_protocol() == self._recon_protocol:
                 await self._gossip_lull(deadline=self.now() + wait, count="syncs_served_deferred")
             async with self._serve_limiter:

@@ -250,6 +250,14 @@ class NodeSettings:
         return self.bootstrap or self.charter.bootstrap
 
     @property
+    def serve_wait_s(self) -> float:
+        """The longest a listener holds a session opened during its gossip (`Node._serve_sync`):
+        `sync_serve_wait_s`, at most a quarter of `stream_timeout_s`; 0 when lulls are off."""
+        if self.sync_gossip_quiet_s <= 0:
+            return 0.0
+        return min(self.sync_serve_wait_s, self.stream_timeout_s / 4)
+
+    @property
     def api_enabled(self) -> bool:
         return self.api.strip().lower() not in ("", "off", "none")
 
