@@ -430,10 +430,29 @@ class Worker:
                     else:
                         p.stop.set()
 
+        # Prices alone, every FINE_CHECK_S over each market event's first FINE_WINDOW_S (up to
+        # the next event or the end): when all agreed, 5× finer than the samples.
+        fine: list[dict[str, Any]] = []
+
+        async def fine_checks(at: float, until: float) -> None:
+            checks: list[list[list[int]]] = []
+            fine.append({"at": at, "every_s": FINE_CHECK_S, "checks": checks})
+            j = 0
+            while at + (j + 1) * FINE_CHECK_S <= until + 1e-9:
+                await trio.sleep_until(trio_t0 + at + (j + 0.5) * FINE_CHECK_S)
+                c0 = time.process_time()
+                now = t0 + at + (j + 0.5) * FINE_CHECK_S
+                checks.append([[i, p.node.engine.price(now)] for i in self.own
+                               if (p := net.peers[i]).alive and p.node is not None])
+                self._sampling_cpu += time.process_time() - c0
+                j += 1
+
         samples = []
         async with trio.open_nursery() as nursery:
             for act in actions:
                 nursery.start_soon(apply, act)
+            for at, until in fine_windows(actions, duration, sample_s):
+                nursery.start_soon(fine_checks, at, until)
             k = 0
             while (k + 0.5) * sample_s < duration:
                 await trio.sleep_until(trio_t0 + (k + 0.5) * sample_s)
@@ -465,9 +484,13 @@ class Worker:
                     if p.alive and p.node is not None:
                         held = p.node.engine.view.current(self.signers[i])
                         held_last[str(i)][str(j)] = 0 if held is None else held.issued_at_ms
+        # The network's shape at the end: each live node's connections and gossip mesh.
+        shape = [[i, p.node.peer_count, len(p.node.gossipsub.mesh.get(p.node.topic, ()))]
+                 for i in self.own if (p := net.peers[i]).alive and p.node is not None
+                 and p.node.gossipsub is not None]
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {"worker": self.config["worker"], "n": len(self.own), "samples": samples,
-                "kills": kills, "held_last": held_last,
+                "kills": kills, "held_last": held_last, "fine": fine, "shape": shape,
                 "maxrss_mb": round(usage.ru_maxrss / 1024, 1),
                 "sampling_cpu_s": round(self._sampling_cpu, 3)}
 
@@ -591,13 +614,15 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             kill_at_s: float | None = None, kill_count: int = 1,
             overrides: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
             setup_timeout_s: float | None = None, min_ready: float = 1.0,
-            views_every: int = LAG_EVERY,
+            views_every: int = LAG_EVERY, bootstrap: str = "first",
             progress: Callable[[str], None] | None = None) -> Measurement:
     """Run one scenario on `peers` real nodes spread over `workers` processes; see the module
     docstring. Every wait is bounded: the whole run is abandoned (workers killed) past
     setup + warm-up + duration + 120 s."""
     if peers < 2 or workers < 1:
         raise ScenarioError("measure-real needs at least 2 peers and 1 worker")
+    if bootstrap not in BOOTSTRAP:
+        raise ScenarioError(f"bootstrap must be one of {', '.join(BOOTSTRAP)}, not {bootstrap!r}")
     workers = min(workers, peers)
     scenario = build_scenario(scenario_name, duration_s=duration_s, protocol=protocol,
                               kill_at_s=kill_at_s, kill_count=kill_count, overrides=overrides)
@@ -629,15 +654,16 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     speed = SpeedSampler()
     try:
         say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes")
-        first = WorkerProc({**base, "worker": 0, "own": shares[0], "bootstrap": []},
-                           out / "worker-0.log")
-        procs.append(first)
-        known = list(first.receive()["addrs"].values())
-        for w in range(1, workers):
-            procs.append(WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": known},
-                                    out / f"worker-{w}.log"))
-        for p in procs[1:]:
-            p.receive()
+        # Who bootstraps from whom (`bootstrap_plan`): in waves, each from every node started
+        # before it, or (bootstrap="first") everyone from worker 0's nodes.
+        known: list[str] = []
+        for wave in bootstrap_plan(workers, bootstrap):
+            started_now = [WorkerProc({**base, "worker": w, "own": shares[w],
+                                       "bootstrap": list(known)}, out / f"worker-{w}.log")
+                           for w in wave]
+            procs.extend(started_now)
+            for p in started_now:
+                known.extend(p.receive()["addrs"].values())
         started = time.monotonic()
         say(f"[measure-real] {peers} nodes started in {time.perf_counter() - wall0:.1f} s; "
             f"waiting for meshes and first announcements …")
@@ -685,7 +711,8 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     load_after = os.getloadavg()
     m = _merge(scenario, peers, protocol, workers, sample_s, results, actions, truth, market)
     m.arrivals = _arrivals(results, t0, sample_s, market, m.figures["events"])
-    m.row.update(setup_s=round(setup_s, 1), ready_meshed=ready["meshed"],
+    m.row.update(_shape(results))
+    m.row.update(bootstrap=bootstrap, setup_s=round(setup_s, 1), ready_meshed=ready["meshed"],
                  ready_missing_pairs=ready["missing_pairs"], wall_s=round(time.perf_counter() - wall0, 1),
                  load_before=[round(x, 2) for x in load_before],
                  load_after=[round(x, 2) for x in load_after],
@@ -738,9 +765,12 @@ def _merge(scenario: Scenario, peers: int, protocol: str, workers: int, sample_s
            "duration_s": duration, **windows["run"]}
     events = [e for e in figs["events"] if e["action"] in ("capacity", "demand")]
     _event_cpu(results, events, windows, n_samples, peers, sample_s)
+    _fine_agreement(results, events)
     row["agree_after_event_max_s"] = max((e["agree_s"] for e in events if e["agree_s"] is not None),
                                          default=None)
     row["events_never_agreed"] = sum(1 for e in events if e["agree_s"] is None)
+    fine = [e.get("agree_fine_s") for e in events if "fine_check_s" in e]
+    row["agree_after_event_fine_max_s"] = (None if not fine or None in fine else max(fine))
     row["identical_share"] = figs["agreement"]["identical_share"]
     # The harness's CPU for reading prices and views (kept out of every node figure).
     row["sampling_cpu_s"] = round(sum(r.get("sampling_cpu_s", 0.0) for r in results), 3)
@@ -759,6 +789,85 @@ EVENT_CPU_WINDOW_S = 10.0
 #: (docs/scaling.md, "Tenth pass"): the window `first 4 s after <event>` shows what else the
 #: nodes did meanwhile (reconciliation sessions, and how many of them waited for a lull).
 BURST_WINDOW_S = 4.0
+
+
+def _shape(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The network's shape at the end of the run, over the live nodes: connections and gossip
+    mesh sizes (mean, max). Copies per message follow the mesh (docs/scaling.md)."""
+    shape = [s for r in results for s in r.get("shape", [])]
+    if not shape:
+        return {}
+    links, mesh = [s[1] for s in shape], [s[2] for s in shape]
+    return {"connections_mean": round(sum(links) / len(links), 2), "connections_max": max(links),
+            "mesh_mean": round(sum(mesh) / len(mesh), 2), "mesh_max": max(mesh)}
+
+
+#: How the worker processes' nodes find the network (`bootstrap_plan`).
+BOOTSTRAP = ("waves", "first")
+
+
+def bootstrap_plan(workers: int, how: str = "waves") -> list[list[int]]:
+    """The worker processes in the order they start, in waves; each wave's nodes bootstrap from
+    every node of the waves before it (a node dials four of them, two of its own process's once
+    there are). "first" (the default): worker 0, then all the others from it, so worker 0's
+    nodes are everyone's first peers, the network's hubs, in one process (it spends ~2× the CPU
+    of the median one). "waves": 0, then 1, then 2–3, 4–7, … (each wave as large as all before
+    it), which spreads the first peers over processes but leaves every node more connections
+    and a denser gossip mesh, so more copies per message and more CPU in all (docs/scaling.md,
+    "Fifteenth pass")."""
+    if how == "first":
+        return [[0], list(range(1, workers))] if workers > 1 else [[0]]
+    waves, start = [[0]], 1
+    while start < workers:
+        waves.append(list(range(start, min(workers, 2 * start))))
+        start *= 2
+    return waves
+
+
+#: Prices are also read every FINE_CHECK_S over the first FINE_WINDOW_S after each market event
+#: (`fine_windows`): when all nodes agreed, to a tenth of a second rather than a sample.
+FINE_CHECK_S = 0.1
+FINE_WINDOW_S = 6.0
+
+
+def fine_windows(actions: list[dict[str, Any]], duration: float,
+                 sample_s: float = 0.5) -> list[tuple[float, float]]:
+    """(start, end) of the fine price checks after each capacity or demand event: FINE_WINDOW_S,
+    cut at the next such event and a sample before the end of the run."""
+    starts = sorted(a["at"] for a in actions if a["action"] in ("capacity", "demand"))
+    out = []
+    for n, at in enumerate(starts):
+        until = min(at + FINE_WINDOW_S, starts[n + 1] if n + 1 < len(starts) else math.inf,
+                    duration - sample_s)
+        if until - at >= FINE_CHECK_S:
+            out.append((at, until))
+    return out
+
+
+def _fine_agreement(results: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """Per market event, from the fine price checks of every worker: `agree_fine_s`, the time
+    from the event to the first check after the last one at which live nodes quoted more than
+    one price (0.0 if none did; None if they still did at the window's last check), with the
+    window checked (`fine_window_s`) and its checks' spacing (`fine_check_s`)."""
+    for e in events:
+        series = [f for r in results for f in r.get("fine", []) if abs(f["at"] - e["t"]) < 0.01]
+        if not series:
+            continue
+        n = min(len(f["checks"]) for f in series)
+        every = series[0]["every_s"]
+        last_split = None
+        for j in range(n):
+            if len({price for f in series for _, price in f["checks"][j]}) > 1:
+                last_split = j
+        if n == 0:
+            agree = None
+        elif last_split is None:
+            agree = 0.0
+        elif last_split == n - 1:
+            agree = None
+        else:
+            agree = round((last_split + 1.5) * every, 3)
+        e.update(agree_fine_s=agree, fine_check_s=every, fine_window_s=round(n * every, 3))
 
 
 def _event_cpu(results: list[dict[str, Any]], events: list[dict[str, Any]],
@@ -1061,6 +1170,8 @@ def format_row(row: dict[str, Any]) -> str:
     never = row.get("events_never_agreed") or 0
     agree_text = ("—" if agree is None and not never else
                   f"{agree} s" + (f" ({never} never)" if never else ""))
+    if row.get("agree_after_event_fine_max_s") is not None:
+        agree_text += f" ({row['agree_after_event_fine_max_s']} s by {FINE_CHECK_S:g} s checks)"
     delivery = row.get("delivery_ratio")
     return (f"| {row['peers']} | {row['scenario']} | {row['protocol']} | "
             f"{row['cpu_core_per_node_pct']:.2f} | {row['rpcs_per_node_s']:.1f} | "

@@ -113,6 +113,18 @@ def _where_late(e: dict[str, Any]) -> str:
             f"hold all: {nodes}")
 
 
+def _agreed(e: dict[str, Any]) -> str:
+    """When all nodes agreed after a market event: by the samples, and by the fine price checks
+    (measure_real `_fine_agreement`) where the run made them."""
+    line = f"all agree after {e.get('agree_s')} s"
+    if "fine_check_s" in e:
+        fine = e["agree_fine_s"]
+        line += (f" ({fine} s by prices checked every {e['fine_check_s']:g} s)" if fine is not None
+                 else f" (not within the {e['fine_window_s']:g} s of prices checked every "
+                      f"{e['fine_check_s']:g} s)")
+    return line
+
+
 def cmd_measure_real(args: argparse.Namespace) -> int:
     import trio
 
@@ -146,10 +158,10 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                      "windows": data["windows"], "model": model_error(data["row"])})
         # Per event, what decides it on a shared machine: the last arrival against the
         # machine's speed during the event (docs/scaling.md, "Twelfth pass").
-        agree = {e.get("event"): e.get("agree_s") for e in data.get("events", [])}
+        agree = {e.get("event"): _agreed(e) for e in data.get("events", [])}
         for e in data.get("arrivals", {}).get("events", []):
             speed = e.get("calibration", {})
-            print(f"{path.parent}: {e['event']}: all agree after {agree.get(e['event'])} s; "
+            print(f"{path.parent}: {e['event']}: {agree.get(e['event'])}; "
                   f"{e['announcements']} gossiped announcements, the last reached every node "
                   f"{e['max_s']} s after issue; calibration op "
                   f"{speed.get('mean_us', '—')} us during it{_where_late(e)}", flush=True)
@@ -161,7 +173,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                                 seed=args.seed, sample_s=args.sample, kill_at_s=args.kill_at,
                                 kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
                                 overrides=overrides, min_ready=args.min_ready,
-                                views_every=args.views_every,
+                                views_every=args.views_every, bootstrap=args.bootstrap,
                                 out=out / f"{name}-{protocol}-{n}", progress=progress)
                 except RuntimeError as exc:
                     print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
@@ -173,6 +185,13 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                              "arrivals": m.arrivals,
                              "windows": m.windows, "model": model_error(m.row)})
                 print(format_row(m.row), flush=True)
+                if "mesh_mean" in m.row:
+                    procs = sorted(m.row["cpu_process_pct"])
+                    print(f"   at the end: {m.row['connections_mean']} connections per node (max "
+                          f"{m.row['connections_max']}), gossip mesh {m.row['mesh_mean']} (max "
+                          f"{m.row['mesh_max']}); nodes joined by bootstrap plan "
+                          f"{m.row['bootstrap']!r}; worker CPU % of a core: busiest {procs[-1]}, "
+                          f"median {procs[len(procs) // 2]}", flush=True)
                 for kind in ("gossiped", "reconciled"):
                     a = m.arrivals.get(kind)
                     if a:
@@ -181,6 +200,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               f"{a['p99_s']} s, max {a['max_s']} s after issue; "
                               f"{a['after_settle_delay']} of {a['arrivals']} arrivals later than "
                               f"the settle delay + a sample", flush=True)
+                agreed = {e.get("event"): _agreed(e) for e in m.figures["events"]}
                 for e in m.arrivals.get("events", []):
                     window = m.windows.get(f"after {e['event']}", {})
                     rpcs, copies = window.get("rpcs_per_node_s"), window.get("copies_per_node_s")
@@ -190,7 +210,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     speed = e.get("calibration", {})
                     op = (f"; calibration op {speed['mean_us']} us (mean of {speed['samples']})"
                           if speed.get("samples") else "")
-                    print(f"   {e['event']} at {e['t']} s: {e['announcements']} gossiped "
+                    print(f"   {e['event']} at {e['t']} s: {agreed.get(e['event'])}; "
+                          f"{e['announcements']} gossiped "
                           f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "
                           f"after issue (views read every {m.arrivals['check_every_s']} s)"
                           f"{packed}{op}{_where_late(e)}", flush=True)

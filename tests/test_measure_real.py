@@ -134,7 +134,19 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
         assert [n[1] in (0, 1) for n in c["last_nodes"]] == [True] * 5
         assert c["last_nodes"][0][2] == c["max_s"]
         assert sorted({n[0] for n in c["last_nodes"]}) == sorted(n[0] for n in c["last_nodes"])
+    # And by prices read every 0.1 s over each event's first 6 s, cut 0.5 s before the end of
+    # the run and at the next event (at 14 / 3 and 28 / 3 s): 46 checks after the first, 41
+    # after the second. All six agreed within 3 s by them too, and the table says so.
+    assert [(e["fine_check_s"], e["fine_window_s"]) for e in titled] == [(0.1, 4.6), (0.1, 4.1)]
+    assert all(e["agree_fine_s"] is not None and 0 <= e["agree_fine_s"] <= 3.0 for e in titled)
+    assert row["agree_after_event_fine_max_s"] == max(e["agree_fine_s"] for e in titled)
+    # The network's shape at the end, over the 5 live nodes (each has at most 4 live peers; a
+    # node's mesh is among its connections), and the bootstrap plan it was built by.
+    assert 1 <= row["connections_mean"] <= row["connections_max"] <= 5
+    assert 1 <= row["mesh_mean"] <= row["mesh_max"] <= row["connections_max"]
+    assert row["bootstrap"] == "first"
     md = (out / "measure-real.md").read_text()
+    assert f"({row['agree_after_event_fine_max_s']} s by 0.1 s checks) |" in md
     assert "| 6 | shock | gossip |" in md
     # The counts the simulator's cost model is fitted on (simnet/costs.py), as the shipped runs.
     fit_runs = json.loads((tmp_path / "fit.json").read_text())
@@ -160,9 +172,11 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     capsys.readouterr()
     assert main(["measure-real", "--from", str(out), "--out", str(tmp_path / "again")]) == 0
     printed = capsys.readouterr().out.splitlines()
-    agree = {e["event"]: e["agree_s"] for e in events}
+    agree = {e["event"]: (e["agree_s"], e["agree_fine_s"]) for e in titled}
     for c in caused:
-        line = (f"{out / 'shock-gossip-6'}: {c['event']}: all agree after {agree[c['event']]} s; "
+        coarse, fine = agree[c["event"]]
+        line = (f"{out / 'shock-gossip-6'}: {c['event']}: all agree after {coarse} s ({fine} s by "
+                f"prices checked every 0.1 s); "
                 f"{c['announcements']} gossiped announcements, the last reached every node "
                 f"{c['max_s']} s after issue; calibration op {c['calibration']['mean_us']} us "
                 f"during it; first arrival at another node p50 {c['first_p50_s']} s, latest "
@@ -172,3 +186,43 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
                 f"{c['last']['node_worker']}) at {c['last']['last_s']} s; last to hold all: "
                 + ", ".join(f"{n} (worker {w}) {d} s" for n, w, d in c["last_nodes"]))
         assert line in printed, (line, printed[:6])
+
+
+def test_fine_agreement_is_the_check_after_the_last_split_over_every_worker() -> None:
+    """`_fine_agreement` on hand-made checks of two workers (node, price) at 0.1 s: nodes 0 and
+    1 quote different prices at checks 0–3, so all agree from check 4, at (4 + 0.5) × 0.1 s
+    after the event; a window whose last check still splits never agreed; one without a split
+    agreed at once; an event without checks gets no fine figure."""
+    from simnet.measure_real import _fine_agreement, fine_windows
+
+    def worker(at: float, prices: list[int], node: int) -> dict[str, object]:
+        return {"at": at, "every_s": 0.1, "checks": [[[node, p]] for p in prices]}
+
+    results = [{"fine": [worker(40.0, [7, 7, 9, 9, 8, 8], 0), worker(80.0, [5, 5, 5], 0),
+                         worker(100.0, [1, 2], 0)]},
+               {"fine": [worker(40.0, [8, 8, 8, 8, 8, 8, 8], 1), worker(80.0, [5, 5, 5], 1),
+                         worker(100.0, [1, 1], 1)]}]
+    events = [{"t": 40.0}, {"t": 80.0}, {"t": 100.0}, {"t": 110.0}]
+    _fine_agreement(results, events)  # type: ignore[arg-type]
+    assert events == [{"t": 40.0, "agree_fine_s": 0.45, "fine_check_s": 0.1, "fine_window_s": 0.6},
+                      {"t": 80.0, "agree_fine_s": 0.0, "fine_check_s": 0.1, "fine_window_s": 0.3},
+                      {"t": 100.0, "agree_fine_s": None, "fine_check_s": 0.1,
+                       "fine_window_s": 0.2},
+                      {"t": 110.0}]
+    # The windows: 6 s after each market event, cut at the next one and a sample before the end.
+    actions = [{"at": 5.0, "action": "kill"}, {"at": 40.0, "action": "capacity"},
+               {"at": 43.0, "action": "demand"}, {"at": 118.0, "action": "demand"}]
+    assert fine_windows(actions, 120.0) == [(40.0, 43.0), (43.0, 49.0), (118.0, 119.5)]
+
+
+def test_bootstrap_waves_double_and_first_puts_everyone_on_worker_zero() -> None:
+    """measure-real's processes join in waves, each as large as all before it, so the network's
+    first peers are spread over processes; "first" is the old plan (everyone from worker 0)."""
+    from simnet.measure_real import bootstrap_plan
+
+    assert bootstrap_plan(20) == [[0], [1], [2, 3], [4, 5, 6, 7], list(range(8, 16)),
+                                  [16, 17, 18, 19]]
+    assert bootstrap_plan(2) == [[0], [1]]
+    assert bootstrap_plan(1) == [[0]]
+    assert bootstrap_plan(20, "first") == [[0], list(range(1, 20))]
+    assert bootstrap_plan(1, "first") == [[0]]
