@@ -189,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read every node's view of every announcer every K samples (default "
                         "10): the view-lag figures, and with 1 when each announcement reached "
                         "each node (measure.json 'arrivals')")
-    p.add_argument("--bootstrap", choices=("first", "waves"), default="first",
+    p.add_argument("--bootstrap", choices=("first", "spread", "waves"), default="first",
                    help="how the processes' nodes join: all from the first process's nodes "
-                        "(default; those become the network's hubs, all in one process), or in "
-                        "waves, each from every node started before it (a denser mesh: ~7.4 "
-                        "copies per message instead of ~5.3; docs/scaling.md, fifteenth pass)")
+                        "(default; those become the network's hubs, all in one process); "
+                        "spread: the same from five hubs, one in each of five processes; waves: "
+                        "each from every node started before it (a denser mesh: ~7.4 copies "
+                        "per message instead of ~5.3; docs/scaling.md, fifteenth pass)")
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
                    help="also time K sync/2.1.0 sessions between two real hosts, views of the "
                         "largest N signers, with 0 and 10 differences (0: none)")

@@ -275,30 +275,13 @@ class Worker:
                 net._new_peer(p.role, p.capacity, p.demand)
             self.signers = [p.key.public_key.format(compressed=True) for p in net.peers]
             self.announcers = [p.index for p in planned if p.capacity or p.demand]
-            others = list(cfg["bootstrap"])
             mine: list[str] = []
             rng = random.Random(cfg["seed"] * 1009 + cfg["worker"])
-            addrs: dict[int, str] = {}
-            for i in self.own:
-                # Four random earlier nodes, two of them (once there are) our own: every worker
-                # knows only worker 0's addresses, and when every node dialled those, worker 0's
-                # nodes filled up (max_peers) and the same two nodes of 100 (seed 1) stayed with
-                # no connection at all through 400 s of setup, twice.
-                boot = rng.sample(mine, min(2, len(mine)))
-                boot += rng.sample(others, min(4 - len(boot), len(others)))
-                await net._start(net.peers[i], boot)
-                node = net.peers[i].node
-                if boot:
-                    # One node at a time into the network: started all at once on a loaded
-                    # machine, a process's handshakes timed out (dials "no answer within
-                    # 10 s") and nodes sat with connections but no pubsub peer for minutes.
-                    with trio.move_on_after(5.0):
-                        while not node.pubsub.peer_topics.get(node.topic):
-                            await trio.sleep(0.05)
-                addr = node.addrs[0]
-                mine.append(addr)
-                addrs[i] = addr
-            self.reply({"addrs": addrs})
+            # The first `start_first` nodes now, the rest when asked ("grow"; see
+            # `bootstrap_plan`'s "spread").
+            first = int(cfg.get("start_first", len(self.own)))
+            self.reply({"addrs": await self._start_own(self.own[:first], cfg["bootstrap"], mine,
+                                                       rng)})
             nursery.start_soon(self._watch_loop)
             import gc
             gc.callbacks.append(self._watch_gc)
@@ -311,9 +294,42 @@ class Worker:
                     self.reply({"ok": True})
                 elif cmd["cmd"] == "run":
                     self.reply(await self.run(cmd["t0"], cmd["actions"]))
+                elif cmd["cmd"] == "grow":
+                    self.reply({"addrs": await self._start_own(self.own[first:], cmd["bootstrap"],
+                                                               mine, rng)})
                 else:
                     break
             nursery.cancel_scope.cancel()
+
+    async def _start_own(self, nodes: list[int], bootstrap: list[str], mine: list[str],
+                         rng: random.Random) -> dict[int, str]:
+        """Start `nodes` one at a time, each bootstrapping from four random earlier nodes, two
+        of them (once there are) our own (`mine`, which grows) and the rest from `bootstrap`.
+        Returns their addresses."""
+        import trio
+
+        others = [a for a in bootstrap if a not in mine]
+        addrs: dict[int, str] = {}
+        for i in nodes:
+            # Four random earlier nodes, two of them our own: every worker knows only a few
+            # processes' addresses, and when every node dialled those, their nodes filled up
+            # (max_peers) and the same two nodes of 100 (seed 1) stayed with no connection at
+            # all through 400 s of setup, twice.
+            boot = rng.sample(mine, min(2, len(mine)))
+            boot += rng.sample(others, min(4 - len(boot), len(others)))
+            await self.net._start(self.net.peers[i], boot)
+            node = self.net.peers[i].node
+            if boot:
+                # One node at a time into the network: started all at once on a loaded
+                # machine, a process's handshakes timed out (dials "no answer within
+                # 10 s") and nodes sat with connections but no pubsub peer for minutes.
+                with trio.move_on_after(5.0):
+                    while not node.pubsub.peer_topics.get(node.topic):
+                        await trio.sleep(0.05)
+            addr = node.addrs[0]
+            mine.append(addr)
+            addrs[i] = addr
+        return addrs
 
     def status(self) -> dict[str, Any]:
         net = self.net
@@ -657,13 +673,31 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
         # Who bootstraps from whom (`bootstrap_plan`): in waves, each from every node started
         # before it, or (bootstrap="first") everyone from worker 0's nodes.
         known: list[str] = []
-        for wave in bootstrap_plan(workers, bootstrap):
-            started_now = [WorkerProc({**base, "worker": w, "own": shares[w],
-                                       "bootstrap": list(known)}, out / f"worker-{w}.log")
-                           for w in wave]
-            procs.extend(started_now)
-            for p in started_now:
-                known.extend(p.receive()["addrs"].values())
+        if bootstrap == "spread":
+            # The hubs first, one node in each of the first HUB_PROCESSES processes (the first
+            # alone, the others from it); then those processes' other nodes and every other
+            # process's, all from the hubs.
+            hubs = min(HUB_PROCESSES, workers)
+            for w in range(hubs):
+                proc = WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": list(known),
+                                   "start_first": 1}, out / f"worker-{w}.log")
+                procs.append(proc)
+                known.extend(proc.receive()["addrs"].values())
+            for proc in procs:
+                proc.send({"cmd": "grow", "bootstrap": known})
+            rest = [WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": known},
+                               out / f"worker-{w}.log") for w in range(hubs, workers)]
+            for proc in procs + rest:
+                proc.receive()
+            procs.extend(rest)
+        else:
+            for wave in bootstrap_plan(workers, bootstrap):
+                started_now = [WorkerProc({**base, "worker": w, "own": shares[w],
+                                           "bootstrap": list(known)}, out / f"worker-{w}.log")
+                               for w in wave]
+                procs.extend(started_now)
+                for p in started_now:
+                    known.extend(p.receive()["addrs"].values())
         started = time.monotonic()
         say(f"[measure-real] {peers} nodes started in {time.perf_counter() - wall0:.1f} s; "
             f"waiting for meshes and first announcements …")
@@ -802,8 +836,12 @@ def _shape(results: list[dict[str, Any]]) -> dict[str, Any]:
             "mesh_mean": round(sum(mesh) / len(mesh), 2), "mesh_max": max(mesh)}
 
 
-#: How the worker processes' nodes find the network (`bootstrap_plan`).
-BOOTSTRAP = ("waves", "first")
+#: How the worker processes' nodes find the network: "first" and "waves" as `bootstrap_plan`
+#: says; "spread" keeps "first"'s shape (everyone bootstraps from five hubs) but puts the hubs in
+#: HUB_PROCESSES different processes: one node of each starts first, then the rest of the
+#: network from those.
+BOOTSTRAP = ("first", "spread", "waves")
+HUB_PROCESSES = 5
 
 
 def bootstrap_plan(workers: int, how: str = "waves") -> list[list[int]]:

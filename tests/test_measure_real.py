@@ -226,3 +226,27 @@ def test_bootstrap_waves_double_and_first_puts_everyone_on_worker_zero() -> None
     assert bootstrap_plan(1) == [[0]]
     assert bootstrap_plan(20, "first") == [[0], list(range(1, 20))]
     assert bootstrap_plan(1, "first") == [[0]]
+
+
+def test_measure_real_spread_starts_a_hub_in_each_process_then_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--bootstrap spread`: each of the first processes (here both) starts one node, the first
+    alone and the other from it; then the processes' other nodes start from those ("grow").
+    Four nodes end fully connected and meshed, and all four are measured."""
+    out = tmp_path / "sp"
+    args = ["measure-real", "--peers", "4", "--workers", "2", "--scenario", "steady",
+            "--protocol", "quiet", "--duration", "6", "--quiet", "--bootstrap", "spread",
+            "--out", str(out)]
+    for item in FAST:
+        args += ["--set", item]
+    assert main(args) == 0
+    (run,) = json.loads((out / "measure-real.json").read_text())["runs"]
+    row = run["row"]
+    assert row["bootstrap"] == "spread"
+    assert (row["connections_mean"], row["connections_max"]) == (3.0, 3)
+    assert (row["mesh_mean"], row["mesh_max"]) == (3.0, 3)
+    assert len(row["cpu_process_pct"]) == 2
+    measured = json.loads((out / "steady-quiet-4" / "measure.json").read_text())
+    assert measured["agreement"]["samples"] == 12  # at 0.25, 0.75, … 5.75 s
+    assert "at the end: 3.0 connections per node (max 3), gossip mesh 3.0 (max 3); nodes joined " \
+           "by bootstrap plan 'spread'" in capsys.readouterr().out
