@@ -10,7 +10,7 @@ import trio
 from neuroshard_p2p.node.guard import SYNC_PACE
 from neuroshard_p2p.node.host import Node
 from tests.conftest import make_key
-from tests.node_harness import start_node, test_settings
+from tests.node_harness import RunningNode, start_node, test_settings
 from tests.waiting import eventually
 
 
@@ -25,6 +25,12 @@ async def change_capacity(provider: Node, nodes: tuple[Node, ...], tokens: int, 
     await eventually(lambda: all(
         (m := node.engine.view.current(provider.engine.signer)) is not None
         and m.tokens_per_second == tokens for node in nodes), 10, what)
+
+
+async def start_provider(nursery: trio.Nursery, tmp_path: Path) -> tuple[RunningNode, tuple[str]]:
+    """A provider of 100 tokens/s (key 1), and the address others bootstrap from."""
+    provider = await start_node(nursery, test_settings(tmp_path / "p", capacity=100), make_key(1))
+    return provider, (provider.node.addrs[0],)
 
 
 async def test_quiet_keep_alives_reach_new_and_old_peers_by_sync(tmp_path: Path) -> None:
@@ -65,9 +71,7 @@ async def test_a_periodic_sync_waits_for_a_lull_in_gossip_and_keeps_its_cadence(
     # on (so each of its due syncs runs one period late, at its deadline); the other (0) never
     # waits.
     async with trio.open_nursery() as nursery:
-        provider = await start_node(nursery, test_settings(tmp_path / "p", capacity=100),
-                                    make_key(1))
-        entry = (provider.node.addrs[0],)
+        provider, entry = await start_provider(nursery, tmp_path)
         waits = await start_node(nursery, test_settings(
             tmp_path / "w", bootstrap=entry, sync_interval_s=1.0, sync_gossip_quiet_s=2.5),
             make_key(2))
@@ -95,9 +99,7 @@ async def test_a_session_a_peer_opens_during_our_gossip_waits_for_our_lull_brief
     # peer opens meanwhile up to its sync_serve_wait_s (1.2 s), the other answers at once (0). A
     # dialer that never waits itself asks each in turn, during the changes and after them.
     async with trio.open_nursery() as nursery:
-        provider = await start_node(nursery, test_settings(tmp_path / "p", capacity=100),
-                                    make_key(1))
-        entry = (provider.node.addrs[0],)
+        provider, entry = await start_provider(nursery, tmp_path)
         listeners = [await start_node(nursery, test_settings(
             tmp_path / f"l{wait}", bootstrap=entry, reconcile=True, sync_interval_s=3600.0,
             sync_gossip_quiet_s=2.5, sync_serve_wait_s=wait), make_key(2 + i))
