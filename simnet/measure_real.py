@@ -670,8 +670,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     speed = SpeedSampler()
     try:
         say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes")
-        # Who bootstraps from whom (`bootstrap_plan`): in waves, each from every node started
-        # before it, or (bootstrap="first") everyone from worker 0's nodes.
+        # Who bootstraps from whom (`BOOTSTRAP`).
         known: list[str] = []
         if bootstrap == "spread":
             # The hubs first, one node in each of the first HUB_PROCESSES processes (the first
@@ -844,7 +843,7 @@ BOOTSTRAP = ("first", "spread", "waves")
 HUB_PROCESSES = 5
 
 
-def bootstrap_plan(workers: int, how: str = "waves") -> list[list[int]]:
+def bootstrap_plan(workers: int, how: str = "first") -> list[list[int]]:
     """The worker processes in the order they start, in waves; each wave's nodes bootstrap from
     every node of the waves before it (a node dials four of them, two of its own process's once
     there are). "first" (the default): worker 0, then all the others from it, so worker 0's

@@ -220,10 +220,11 @@ def test_bootstrap_waves_double_and_first_puts_everyone_on_worker_zero() -> None
     first peers are spread over processes; "first" is the old plan (everyone from worker 0)."""
     from simnet.measure_real import bootstrap_plan
 
-    assert bootstrap_plan(20) == [[0], [1], [2, 3], [4, 5, 6, 7], list(range(8, 16)),
-                                  [16, 17, 18, 19]]
-    assert bootstrap_plan(2) == [[0], [1]]
-    assert bootstrap_plan(1) == [[0]]
+    assert bootstrap_plan(20, "waves") == [[0], [1], [2, 3], [4, 5, 6, 7], list(range(8, 16)),
+                                           [16, 17, 18, 19]]
+    assert bootstrap_plan(2, "waves") == [[0], [1]]
+    assert bootstrap_plan(1, "waves") == [[0]]
+    assert bootstrap_plan(20) == bootstrap_plan(20, "first")
     assert bootstrap_plan(20, "first") == [[0], list(range(1, 20))]
     assert bootstrap_plan(1, "first") == [[0]]
 
