@@ -672,28 +672,28 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
         say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes")
         # Who bootstraps from whom (`BOOTSTRAP`).
         known: list[str] = []
+
+        def spawn(w: int, **extra: Any) -> WorkerProc:
+            return WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": list(known),
+                               **extra}, out / f"worker-{w}.log")
+
         if bootstrap == "spread":
             # The hubs first, one node in each of the first HUB_PROCESSES processes (the first
             # alone, the others from it); then those processes' other nodes and every other
             # process's, all from the hubs.
             hubs = min(HUB_PROCESSES, workers)
             for w in range(hubs):
-                proc = WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": list(known),
-                                   "start_first": 1}, out / f"worker-{w}.log")
-                procs.append(proc)
-                known.extend(proc.receive()["addrs"].values())
+                procs.append(spawn(w, start_first=1))
+                known.extend(procs[-1].receive()["addrs"].values())
             for proc in procs:
                 proc.send({"cmd": "grow", "bootstrap": known})
-            rest = [WorkerProc({**base, "worker": w, "own": shares[w], "bootstrap": known},
-                               out / f"worker-{w}.log") for w in range(hubs, workers)]
+            rest = [spawn(w) for w in range(hubs, workers)]
             for proc in procs + rest:
                 proc.receive()
             procs.extend(rest)
         else:
             for wave in bootstrap_plan(workers, bootstrap):
-                started_now = [WorkerProc({**base, "worker": w, "own": shares[w],
-                                           "bootstrap": list(known)}, out / f"worker-{w}.log")
-                               for w in wave]
+                started_now = [spawn(w) for w in wave]
                 procs.extend(started_now)
                 for p in started_now:
                     known.extend(p.receive()["addrs"].values())
