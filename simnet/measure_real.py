@@ -501,8 +501,7 @@ class Worker:
                         held = p.node.engine.view.current(self.signers[i])
                         held_last[str(i)][str(j)] = 0 if held is None else held.issued_at_ms
         # The network's shape at the end: each live node's connections and gossip mesh.
-        shape = [[i, p.node.peer_count, len(p.node.gossipsub.mesh.get(p.node.topic, ())),
-                  p.node.counters.connections_trimmed, p.node.counters.dials]
+        shape = [[i, p.node.peer_count, len(p.node.gossipsub.mesh.get(p.node.topic, ()))]
                  for i in self.own if (p := net.peers[i]).alive and p.node is not None
                  and p.node.gossipsub is not None]
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -827,19 +826,13 @@ BURST_WINDOW_S = 4.0
 
 def _shape(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The network's shape at the end of the run, over the live nodes: connections and gossip
-    mesh sizes (mean, max), and the peers let go and dials made over the nodes' lives. Copies
-    per message follow the mesh (docs/scaling.md)."""
+    mesh sizes (mean, max). Copies per message follow the mesh (docs/scaling.md)."""
     shape = [s for r in results for s in r.get("shape", [])]
     if not shape:
         return {}
     links, mesh = [s[1] for s in shape], [s[2] for s in shape]
     return {"connections_mean": round(sum(links) / len(links), 2), "connections_max": max(links),
-            "mesh_mean": round(sum(mesh) / len(mesh), 2), "mesh_max": max(mesh),
-            # Over each live node's life, setup included: peers it let go above max_peers
-            # (node/peering.py), and dials it made (bootstrap, peer exchange).
-            "trimmed_per_node": round(sum(s[3] for s in shape) / len(shape), 2),
-            "trimmed_max": max(s[3] for s in shape),
-            "dials_per_node": round(sum(s[4] for s in shape) / len(shape), 2)}
+            "mesh_mean": round(sum(mesh) / len(mesh), 2), "mesh_max": max(mesh)}
 
 
 #: How the worker processes' nodes find the network: "first" and "waves" as `bootstrap_plan`

@@ -189,9 +189,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     procs = sorted(m.row["cpu_process_pct"])
                     print(f"   at the end: {m.row['connections_mean']} connections per node (max "
                           f"{m.row['connections_max']}), gossip mesh {m.row['mesh_mean']} (max "
-                          f"{m.row['mesh_max']}); over their lives {m.row['trimmed_per_node']} "
-                          f"peers let go above max_peers per node (max {m.row['trimmed_max']}), "
-                          f"{m.row['dials_per_node']} dials; nodes joined by bootstrap plan "
+                          f"{m.row['mesh_max']}); nodes joined by bootstrap plan "
                           f"{m.row['bootstrap']!r}; worker CPU % of a core: busiest {procs[-1]}, "
                           f"median {procs[len(procs) // 2]}", flush=True)
                 for kind in ("gossiped", "reconciled"):

@@ -145,9 +145,6 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     assert 1 <= row["connections_mean"] <= row["connections_max"] <= 5
     assert 1 <= row["mesh_mean"] <= row["mesh_max"] <= row["connections_max"]
     assert row["bootstrap"] == "first"
-    # Six nodes never reach max_peers (32): nobody is let go; every node but the first dialled.
-    assert (row["trimmed_per_node"], row["trimmed_max"]) == (0, 0)
-    assert row["dials_per_node"] >= 4 / 5
     md = (out / "measure-real.md").read_text()
     assert f"({row['agree_after_event_fine_max_s']} s by 0.1 s checks) |" in md
     assert "| 6 | shock | gossip |" in md
@@ -252,8 +249,5 @@ def test_measure_real_spread_starts_a_hub_in_each_process_then_the_rest(
     assert len(row["cpu_process_pct"]) == 2
     measured = json.loads((out / "steady-quiet-4" / "measure.json").read_text())
     assert measured["agreement"]["samples"] == 12  # at 0.25, 0.75, … 5.75 s
-    assert (row["trimmed_per_node"], row["trimmed_max"]) == (0, 0)
-    assert "at the end: 3.0 connections per node (max 3), gossip mesh 3.0 (max 3); over their " \
-           "lives 0.0 peers let go above max_peers per node (max 0), " \
-           f"{row['dials_per_node']} dials; nodes joined by bootstrap plan 'spread'" \
-        in capsys.readouterr().out
+    assert "at the end: 3.0 connections per node (max 3), gossip mesh 3.0 (max 3); nodes joined " \
+           "by bootstrap plan 'spread'" in capsys.readouterr().out

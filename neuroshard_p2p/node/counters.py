@@ -29,8 +29,6 @@ class NodeCounters:
     peer_exchanges: int = 0
     dials: int = 0
     dial_failures: int = 0
-    #: Peers let go above max_peers (Peering.trim, libp2p_compat 21).
-    connections_trimmed: int = 0
     validator_errors: int = 0
     #: Connected peers pubsub had given up on, asked to register again (libp2p_compat 13).
     pubsub_repairs: int = 0

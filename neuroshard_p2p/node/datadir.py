@@ -65,8 +65,7 @@ CONFIG_TEMPLATE = f"""\
 # announce_interval_s = 20.0
 # sync_interval_s = 30.0
 # target_peers = 8
-# max_peers = 32                      # above it, peers outside the gossip mesh are let go,
-# connection_grace_s = 30.0           # once connected this long, down to target_peers
+# max_peers = 32
 # muxer = "yamux"                     # or "mplex"
 
 [market]

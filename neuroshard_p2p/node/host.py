@@ -205,8 +205,7 @@ class Node:
         #: Jobs: routes this node's requests to providers and serves jobs sent to it.
         self.jobs = JobService.for_node(self, backend=backend, ledger=ledger)
         #: Bootstrap dialers and peer exchange.
-        self.peering = Peering(settings, self.counters, refuse=self.refuses,
-                               mesh=self._mesh_peers, gossip=self._gossip_protocols)
+        self.peering = Peering(settings, self.counters, refuse=self.refuses)
         #: mDNS, AutoNAT reachability, circuit relay, UPnP (node/reach.py).
         self.reach = Reach(settings, now=self.now)
         self.topic = settings.topic
@@ -495,18 +494,6 @@ class Node:
             self._nursery.start_soon(fn, *args)
         except RuntimeError:  # "Nursery is closed to new arrivals": the node is stopping
             pass
-
-    def _mesh_peers(self) -> set[ID]:
-        """Our gossip mesh on the market topic (Peering never trims these)."""
-        if self.gossipsub is None:
-            return set()
-        return set(self.gossipsub.mesh.get(self.topic, ()))
-
-    def _gossip_protocols(self) -> set[str]:
-        """The protocols of pubsub's streams (a connection with only these is not in use)."""
-        if self.gossipsub is None:
-            return set()
-        return {str(p) for p in self.gossipsub.protocols}
 
     def _refuse_connection(self, peer: ID) -> bool:
         """A connection arrived (ConnectionWatcher): close it if its peer is banned."""

@@ -131,14 +131,6 @@ around, and can go when the defect is fixed.
    and no I/O ready (trio's `wait_all_tasks_blocked`), then sends what waits as one RPC. An idle
    process sends at once; a busy one sends each peer what its current work produced, together;
    a process never idle (a flood) still sends every `send_linger_s`.
-21. **`max_peers` is never enforced** (`connections_by_peer`, used by `Peering`): py-libp2p's
-   connection pruner closes only connections with no open stream, and every gossip connection
-   holds pubsub's stream, so above the high watermark nothing is pruned and a node keeps every
-   connection up to the hard cap (2 × max_peers): the bootstrap nodes of 100 real nodes held
-   50–63. go-libp2p's connection manager trims regardless of streams, sparing protected peers.
-   `Peering` does that itself: above `max_peers`, it lets go of peers outside our gossip mesh,
-   with no stream but gossip open and connected for at least `connection_grace_s`, down to
-   `target_peers` (node/policy.py `connections_to_trim`).
 """
 
 from __future__ import annotations
@@ -146,7 +138,6 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -594,33 +585,8 @@ async def disconnect(host: Any, peer: ID) -> None:
         log.debug("closing connections to %s: %s", peer, failure_reason(error))
 
 
-def connections_by_peer(host: Any, gossip: set[str]) -> dict[ID, tuple[float, bool]]:
-    """Entry 21: for each connected peer, how long (s) its oldest connection has been open and
-    whether any of its connections carries a stream of a protocol not in `gossip` (a sync
-    session, a job, a relayed circuit: in use, not to be trimmed). Reads py-libp2p's
-    `SwarmConn._created_at` (wall time); a connection without it counts as just opened."""
-    now = time.time()
-    out: dict[ID, tuple[float, bool]] = {}
-    for peer, conns in list(host.get_network().connections.items()):
-        if not isinstance(conns, (list, tuple, set)):
-            conns = [conns]
-        age, busy = 0.0, False
-        for conn in conns:
-            created = getattr(conn, "_created_at", None)
-            if isinstance(created, (int, float)):
-                age = max(age, now - float(created))
-            try:
-                streams = conn.get_streams()
-            except Exception:  # noqa: BLE001 - a connection closing under us
-                streams = ()
-            busy = busy or any(str(s.get_protocol()) not in gossip for s in streams)
-        out[peer] = (age, busy)
-    return out
-
-
 async def stop_auto_connector(host: Any) -> None:
-    """Above max_peers connections libp2p would prune idle ones down to target_peers, but no
-    gossip connection is ever idle (entry 21: `Peering` trims instead). Its
+    """Above max_peers connections libp2p prunes idle ones down to target_peers. Its
     auto-connector (dial everything in the peerstore up to the watermarks' midpoint) is stopped
     once the host runs: peers are the node's job (bootstrap + peer exchange)."""
     await host.get_network().auto_connector.stop()
@@ -731,7 +697,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
 
 __all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "install_record_caches", "install_window_hysteresis", "install_rpc_coalescing", "make_gossipsub", "score_params", "VerdictScorer",
            "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
-           "stop_auto_connector", "connections_by_peer",
+           "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
            "close_connections", "stop_libp2p", "unwind"]
 

@@ -14,11 +14,6 @@ its tasks in the node's nursery:
   are hints: dialing checks the peer id (noise handshake). The frames are the wire layer's
   (`wire.encode_peer_exchange` and friends); this module turns their texts into peer ids and
   multiaddrs and skips entries that do not parse or cannot be dialled.
-- **Trimming** (libp2p_compat 21): above `max_peers` connections, every
-  `peer_exchange_interval_s`, the node lets go of the peers outside its gossip mesh that have no
-  stream but gossip open and have been connected for at least `connection_grace_s`, the most
-  recent first, down to `target_peers` (node/policy.py `connections_to_trim`, go-libp2p's
-  connection manager's rule). A bootstrap node thus introduces newcomers and lets them go.
 """
 
 from __future__ import annotations
@@ -38,8 +33,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.node.counters import NodeCounters
 from neuroshard_p2p.node.errors import NodeError
-from neuroshard_p2p.node.libp2p_compat import allow_redial, connections_by_peer, disconnect
-from neuroshard_p2p.node.policy import connections_to_trim
+from neuroshard_p2p.node.libp2p_compat import allow_redial
 from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
 from neuroshard_p2p.wire import (PEERS_MAX_FRAME, decode_peer_exchange, decode_peer_exchange_legacy,
@@ -61,17 +55,11 @@ class Peering:
     """Bootstrap dialers and peer exchange for one node (see the module docstring)."""
 
     def __init__(self, settings: NodeSettings, counters: NodeCounters, *,
-                 refuse: Callable[[ID], bool] | None = None,
-                 mesh: Callable[[], set[ID]] | None = None,
-                 gossip: Callable[[], set[str]] | None = None) -> None:
+                 refuse: Callable[[ID], bool] | None = None) -> None:
         self.settings = settings
         self.counters = counters
         #: Whether a peer is banned (the node's guard): never dialled, its requests reset.
         self.refuse: Callable[[ID], bool] = refuse or (lambda peer: False)
-        #: Our gossip mesh peers (never trimmed) and the gossip protocols (a connection with a
-        #: stream of any other protocol is in use, not trimmed either).
-        self.mesh: Callable[[], set[ID]] = mesh or set
-        self.gossip: Callable[[], set[str]] = gossip or set
         self.protocols = peers_protocols(settings.network)
         new, legacy = self.protocols
         #: How each protocol's answer is written and read.
@@ -90,7 +78,6 @@ class Peering:
     def start(self, nursery: trio.Nursery) -> None:
         """Start the peer-exchange loop and one dialer per bootstrap peer in the node's nursery."""
         nursery.start_soon(self._peer_exchange_loop)
-        nursery.start_soon(self._trim_loop)
         for info, text in self.bootstrap:
             nursery.start_soon(self._bootstrap_loop, info, text)
 
@@ -157,29 +144,6 @@ class Peering:
             if peers and len(peers) < self.settings.target_peers:
                 dialed = await self._exchange_peers_quietly(random.choice(peers))
                 interval = base if dialed else min(interval * 2, base * 32)
-
-    async def _trim_loop(self) -> None:
-        while True:
-            await trio.sleep(self.settings.peer_exchange_interval_s)
-            await self.trim()
-
-    async def trim(self) -> int:
-        """Above max_peers, disconnect the peers `connections_to_trim` picks (see the module
-        docstring); returns how many."""
-        s = self.settings
-        connections = connections_by_peer(self.host, self.gossip())
-        keep = set(self.mesh()) | {info.peer_id for info, _ in self.bootstrap}
-        keep |= {peer for peer, (_, busy) in connections.items() if busy}
-        ages = {peer: age for peer, (age, _) in connections.items()}
-        chosen = connections_to_trim(ages, keep, low=s.target_peers, high=s.max_peers,
-                                     grace_s=s.connection_grace_s)
-        for peer in chosen:
-            await disconnect(self.host, peer)
-        self.counters.connections_trimmed += len(chosen)
-        if chosen:
-            log.info("%d connections above max_peers (%d): let %d peers go",
-                     len(ages), s.max_peers, len(chosen))
-        return len(chosen)
 
     async def _exchange_peers_quietly(self, peer: ID) -> int:
         try:

@@ -1,12 +1,10 @@
 """What gossips at once and how often a node reconciles (protocols/market-v2.md §1.3, revision
-2.1: reconciliation), and which connections a node lets go above `max_peers`. Local policy: peers
-need not agree on it, only on the capacity timeout.
+2.1: reconciliation). Local policy: peers need not agree on it, only on the capacity timeout.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 #: A demand change gossips at once when it moves the demand to another step of this log scale:
 #: steps are [1.125^k, 1.125^(k+1)) (`demand_step`, kept for reference and tests). The rule in
@@ -94,18 +92,4 @@ def recent_window_s(capacity_timeout_s: float) -> float:
     return capacity_timeout_s / 3
 
 
-def connections_to_trim(ages: dict[Any, float], keep: set[Any], *, low: int, high: int,
-                        grace_s: float) -> list[Any]:
-    """The peers to disconnect, go-libp2p's connection manager's way (TrimOpenConns): none while
-    at most `high` peers are connected; above it, down to `low`, the peers not in `keep` and
-    connected for at least `grace_s` (`ages`: seconds each peer has been connected), the most
-    recently connected first (ties by peer, as text), as many as there are. A bootstrap node thus
-    introduces newcomers and lets them go, and keeps the peers it has long had."""
-    if len(ages) <= high:
-        return []
-    candidates = sorted((age, str(peer), peer) for peer, age in ages.items()
-                        if peer not in keep and age >= grace_s)
-    return [peer for _, _, peer in candidates[:max(0, len(ages) - low)]]
-
-
-__all__ = ["connections_to_trim", "recent_window_s", "session_start", "NETWORK_NOISE", "demand_threshold", "DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]
+__all__ = ["recent_window_s", "session_start", "NETWORK_NOISE", "demand_threshold", "DEMAND_STEP", "demand_step", "material_change", "rounds_to_reach", "periods"]

@@ -93,14 +93,10 @@ class NodeSettings:
     reconcile: bool = False
     quiet_keep_alives: bool = False
     #: Peers: a node asks a peer for more peers until it has `target_peers` connections, checks
-    #: every `peer_exchange_interval_s`; above `max_peers` it lets peers go, down to
-    #: `target_peers`: those outside its gossip mesh, with no stream but gossip open, connected
-    #: for at least `connection_grace_s` (node/peering.py). libp2p refuses connections beyond
-    #: 2 × max_peers.
+    #: every `peer_exchange_interval_s`, and accepts at most `max_peers` before refusing dials.
     target_peers: int = 8
     max_peers: int = 32
     peer_exchange_interval_s: float = 10.0
-    connection_grace_s: float = 30.0
     #: Bootstrap dials: timeout per attempt, back-off from initial doubling up to max.
     dial_timeout_s: float = 10.0
     bootstrap_retry_initial_s: float = 1.0
@@ -204,7 +200,6 @@ class NodeSettings:
                      "job_accept_timeout_s", "job_progress_grace_s", "job_ban_s"):
             need(getattr(self, name) > 0, f"{name} must be > 0")
         need(self.job_backoff_s >= 0, "job_backoff_s must be >= 0")
-        need(self.connection_grace_s >= 0, "connection_grace_s must be >= 0")
         need(self.job_ban_after >= 1, "job_ban_after must be >= 1")
         need(0 <= self.openai_max_price <= self.market.max_price,
              f"openai_max_price must be in [0, max_price={self.market.max_price}] (0: max_price)")
