@@ -287,8 +287,9 @@ class Node:
 
     async def _start_libp2p(self, stack: AsyncExitStack) -> None:
         s = self.settings
-        # Above max_peers connections libp2p prunes idle ones down to target_peers (its
-        # auto-connector is stopped once the host runs: see stop_auto_connector).
+        # At most 2 × max_peers connections; above max_peers libp2p prunes idle ones down to
+        # target_peers, which gossip connections never are (see stop_auto_connector, which
+        # also stops its auto-connector once the host runs).
         connections = ConnectionConfig(min_connections=0, low_watermark=s.target_peers,
                                        high_watermark=s.max_peers, max_connections=2 * s.max_peers,
                                        dial_timeout=s.dial_timeout_s)

@@ -93,7 +93,9 @@ class NodeSettings:
     reconcile: bool = False
     quiet_keep_alives: bool = False
     #: Peers: a node asks a peer for more peers until it has `target_peers` connections, checks
-    #: every `peer_exchange_interval_s`, and accepts at most `max_peers` before refusing dials.
+    #: every `peer_exchange_interval_s`. libp2p refuses connections beyond 2 × `max_peers`; above
+    #: `max_peers` it prunes only connections with no stream open, and a gossip connection always
+    #: has one, so a node holds up to 2 × `max_peers` (docs/readme-node.md, Peers).
     target_peers: int = 8
     max_peers: int = 32
     peer_exchange_interval_s: float = 10.0
