@@ -588,8 +588,9 @@ async def disconnect(host: Any, peer: ID) -> None:
 async def stop_auto_connector(host: Any) -> None:
     """Above max_peers connections libp2p prunes idle ones down to target_peers, and no gossip
     connection is idle (pubsub's stream stays open): a node holds up to its hard cap,
-    2 × max_peers (docs/py-libp2p-defects.md, "Seen, not worked around"). Its auto-connector (dial everything in the peerstore up to the watermarks' midpoint) is stopped
-    once the host runs: peers are the node's job (bootstrap + peer exchange)."""
+    2 × max_peers (docs/py-libp2p-defects.md, "Seen, not worked around"). Its auto-connector
+    (dial everything in the peerstore up to the watermarks' midpoint) is stopped once the host
+    runs: peers are the node's job (bootstrap + peer exchange)."""
     await host.get_network().auto_connector.stop()
 
 
