@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--setup-timeout", type=float, metavar="S",
                    help="give up when the nodes are not meshed and synced after S seconds "
-                        "(default 60 + 2 s per node)")
+                        "(default 60 + 2 s per node; network seconds with --dilation)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a scenario setting (market, node or peers table), e.g. "
                         "market.window_ticks=4 (repeatable; VALUE is TOML)")
@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "spread: the same from five hubs, one in each of five processes; waves: "
                         "each from every node started before it (a denser mesh: ~7.4 copies "
                         "per message instead of ~5.3; docs/scaling.md, fifteenth pass)")
+    p.add_argument("--dilation", type=float, default=1.0, metavar="K",
+                   help="run every clock (the nodes', their trio loops', the timeline's) K times "
+                        "slower than the wall: each node gets K times the CPU per second of "
+                        "network time that it gets at 1 (time-warped emulation; default 1, "
+                        "real time; docs/scaling.md, seventeenth pass)")
     p.add_argument("--stream-bench", type=int, default=0, metavar="K",
                    help="also time K sync/2.1.0 sessions between two real hosts, views of the "
                         "largest N signers, with 0 and 10 differences (0: none)")

@@ -22,10 +22,12 @@ measured nodes are otherwise the product, untouched); the wrappers add two integ
 
 The coordinator (this process) starts the workers, gives each the others' addresses to
 bootstrap from, waits until every node has a gossip mesh and every first announcement (as
-`RealNetwork` does), starts the run at one wall-clock instant t0 after the price's warm-up,
-tells every worker the scenario's events as per-node actions (chosen here, with the same rules
-as simnet/real.py), and merges what the workers sampled at shared instants into one `Recorder`:
-the agreement and churn figures are simnet/metrics.py's, the same as for `run`.
+`RealNetwork` does), starts the run at one instant t0 after the price's warm-up, tells every
+worker the scenario's events as per-node actions (chosen here, with the same rules as
+simnet/real.py), and merges what the workers sampled at shared instants into one `Recorder`:
+the agreement and churn figures are simnet/metrics.py's, the same as for `run`. Instants are
+the wall's, or with `--dilation K` the network's, whose clocks (every node's and every worker's
+trio loop) run K times slower than the wall (simnet/dilation.py).
 
 Workers talk to the coordinator in JSON lines over stdin/stdout; their logs go to
 `<out>/worker-<k>.log`.
@@ -48,6 +50,7 @@ from typing import Any, Callable, Sequence
 
 from simnet.calibrate import SpeedSampler, summary
 from simnet.costs import CALIBRATION_OP_US, COSTS
+from simnet.dilation import DilatedClock, NetClock
 from simnet.metrics import PeerSample, Recorder, figures
 from simnet.scenario import Event, Scenario, ScenarioError, load
 
@@ -227,6 +230,8 @@ class Worker:
                                        kill_at_s=config.get("kill_at_s"),
                                        kill_count=config.get("kill_count", 1),
                                        overrides=config.get("overrides"))
+        #: The network's clock (simnet/dilation.py): the wall's, or K times slower.
+        self.clock = NetClock(config.get("dilation", 1.0), config.get("origin"))
         self.net: Any = None
         self.signers: list[bytes] = []
         self.announcers: list[int] = []
@@ -267,7 +272,7 @@ class Worker:
         cfg = self.config
         n = cfg["peers"]
         self.net = net = RealNetwork(self.scenario, n, seed=cfg["seed"], network=cfg["network"],
-                                     sample_s=cfg["sample_s"])
+                                     sample_s=cfg["sample_s"], clock=self.clock)
         planned = plan_peers(self.scenario, n, cfg["seed"])
         async with trio.open_nursery() as nursery:
             net._nursery = nursery
@@ -411,7 +416,7 @@ class Worker:
         net = self.net
         duration, sample_s = self.scenario.duration_s, self.config["sample_s"]
         views_every = max(1, int(self.config.get("views_every", LAG_EVERY)))
-        trio_t0 = trio.current_time() + (t0 - time.time())
+        trio_t0 = trio.current_time() + (t0 - self.clock())
         await trio.sleep_until(trio_t0)
         base = self._totals()
         self._loop_lag = self._gc_pause = 0.0
@@ -556,7 +561,8 @@ def worker_entry(argv: Sequence[str]) -> int:
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     logging.getLogger("multiaddr").setLevel(logging.WARNING)
     install_counters()
-    trio.run(Worker(config).main)
+    k = float(config.get("dilation", 1.0))
+    trio.run(Worker(config).main, clock=DilatedClock(k) if k != 1.0 else None)
     return 0
 
 
@@ -573,6 +579,7 @@ class WorkerProc:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.stopping = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "simnet.measure_real", json.dumps(config)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
@@ -594,10 +601,19 @@ class WorkerProc:
         self.send(data)
         return self.receive()
 
+    def stop(self) -> None:
+        """Ask the worker to stop its nodes and exit; `close` waits for it."""
+        try:
+            if self.proc.poll() is None and not self.stopping:
+                self.stopping = True
+                self.send({"cmd": "stop"})
+        except Exception:  # noqa: BLE001 - a broken pipe: `close` ends it
+            pass
+
     def close(self) -> None:
         try:
+            self.stop()
             if self.proc.poll() is None:
-                self.send({"cmd": "stop"})
                 self.proc.wait(timeout=20)
         except Exception:  # noqa: BLE001 - a stuck worker is ended below
             pass
@@ -630,13 +646,18 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             kill_at_s: float | None = None, kill_count: int = 1,
             overrides: dict[str, dict[str, Any]] | None = None, out: Path | None = None,
             setup_timeout_s: float | None = None, min_ready: float = 1.0,
-            views_every: int = LAG_EVERY, bootstrap: str = "first",
+            views_every: int = LAG_EVERY, bootstrap: str = "first", dilation: float = 1.0,
             progress: Callable[[str], None] | None = None) -> Measurement:
     """Run one scenario on `peers` real nodes spread over `workers` processes; see the module
-    docstring. Every wait is bounded: the whole run is abandoned (workers killed) past
-    setup + warm-up + duration + 120 s."""
+    docstring. With `dilation` K > 1 every clock of the run (the workers' trio loops, the nodes'
+    clocks, the timeline) runs K times slower than the wall (simnet/dilation.py): times and rates
+    are in network seconds, and the setup timeout too. Every wait is bounded: the whole run is
+    abandoned (workers killed) past K × (setup + warm-up + duration) + 120 s of wall time."""
     if peers < 2 or workers < 1:
         raise ScenarioError("measure-real needs at least 2 peers and 1 worker")
+    if not (isinstance(dilation, (int, float)) and 1.0 <= dilation <= 100.0):
+        raise ScenarioError(f"dilation must be between 1 and 100, not {dilation!r}")
+    net_clock = NetClock(dilation)
     if bootstrap not in BOOTSTRAP:
         raise ScenarioError(f"bootstrap must be one of {', '.join(BOOTSTRAP)}, not {bootstrap!r}")
     workers = min(workers, peers)
@@ -654,10 +675,11 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     base = {"scenario": scenario_name, "duration_s": duration_s, "protocol": protocol,
             "kill_at_s": kill_at_s, "kill_count": kill_count, "overrides": overrides or {},
             "peers": peers, "seed": seed,
-            "network": network, "sample_s": sample_s, "views_every": views_every}
+            "network": network, "sample_s": sample_s, "views_every": views_every,
+            "dilation": net_clock.k, "origin": net_clock.origin}
     shares = [list(range(w, peers, workers)) for w in range(workers)]
     procs: list[WorkerProc] = []
-    deadline = time.monotonic() + setup_timeout + warmup + scenario.duration_s + 120.0
+    deadline = time.monotonic() + dilation * (setup_timeout + warmup + scenario.duration_s) + 120.0
     def kill_all() -> None:
         for proc in procs:
             proc.proc.kill()
@@ -669,7 +691,8 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     wall0 = time.perf_counter()
     speed = SpeedSampler()
     try:
-        say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes")
+        say(f"[measure-real] {scenario.name} {protocol}: {peers} nodes in {workers} processes"
+            + (f", every clock {dilation:g}x slower than the wall" if dilation != 1.0 else ""))
         # Who bootstraps from whom (`BOOTSTRAP`).
         known: list[str] = []
 
@@ -709,7 +732,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
             announcers = sum(1 for p in planned if p.capacity or p.demand)
             if meshed >= min_ready * peers and missing <= (1 - min_ready) * peers * announcers:
                 break
-            if time.monotonic() - started > setup_timeout:
+            if (time.monotonic() - started) / dilation > setup_timeout:
                 raise RuntimeError(f"setup: {peers - meshed} of {peers} nodes without a gossip "
                                    f"mesh and {missing} (node, announcer) pairs missing after "
                                    f"{setup_timeout:g} s")
@@ -728,7 +751,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
         ready = {"meshed": meshed, "missing_pairs": missing}
         say(f"[measure-real] ready after {setup_s:.1f} s; warm-up {warmup:g} s, then "
             f"{scenario.duration_s:g} s measured")
-        t0 = time.time() + warmup
+        t0 = net_clock() + warmup
         # The machine's speed during the run (simnet/calibrate.py), timed in this process,
         # which only waits meanwhile: the model's costs scale with it (`model_error`).
         speed.start()
@@ -738,9 +761,13 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
     finally:
         speed.stop()
         watchdog.cancel()
+        for p in procs:  # all stop at once, then each is waited for (at most 20 s)
+            p.stop()
         for p in procs:
             p.close()
-    ops = [s for at, s in speed.samples if t0 <= at <= t0 + scenario.duration_s]
+    # The speed samples' instants in network time (the wall's unless dilated).
+    samples = [(net_clock.of(at), s) for at, s in speed.samples]
+    ops = [s for at, s in samples if t0 <= at <= t0 + scenario.duration_s]
     load_after = os.getloadavg()
     m = _merge(scenario, peers, protocol, workers, sample_s, results, actions, truth, market)
     m.arrivals = _arrivals(results, t0, sample_s, market, m.figures["events"])
@@ -749,12 +776,12 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                  ready_missing_pairs=ready["missing_pairs"], wall_s=round(time.perf_counter() - wall0, 1),
                  load_before=[round(x, 2) for x in load_before],
                  load_after=[round(x, 2) for x in load_after],
-                 maxrss_mb=max(r["maxrss_mb"] for r in results))
+                 maxrss_mb=max(r["maxrss_mb"] for r in results), dilation=net_clock.k)
     m.row["calibration"] = summary(ops)
     # And over each event's burst (the window its CPU is counted over, `_event_cpu`).
     for e in m.arrivals.get("events", []):
         start = t0 + e["t"]
-        e["calibration"] = summary([s for at, s in speed.samples
+        e["calibration"] = summary([s for at, s in samples
                                     if start <= at <= start + EVENT_CPU_WINDOW_S])
     (out / "measure.json").write_text(json.dumps(_as_dict(m), indent=2, default=str) + "\n")
     say(f"[measure-real] done in {m.row['wall_s']} s wall: {format_row(m.row)}")
@@ -1210,7 +1237,9 @@ def format_row(row: dict[str, Any]) -> str:
     if row.get("agree_after_event_fine_max_s") is not None:
         agree_text += f" ({row['agree_after_event_fine_max_s']} s by {FINE_CHECK_S:g} s checks)"
     delivery = row.get("delivery_ratio")
-    return (f"| {row['peers']} | {row['scenario']} | {row['protocol']} | "
+    k = row.get("dilation", 1.0)
+    scenario = row["scenario"] + (f" (clocks {k:g}x slower)" if k != 1.0 else "")
+    return (f"| {row['peers']} | {scenario} | {row['protocol']} | "
             f"{row['cpu_core_per_node_pct']:.2f} | {row['rpcs_per_node_s']:.1f} | "
             f"{row['copies_per_node_s']:.1f} | {row['validated_per_node_s']:.2f} | "
             f"{row['streams_per_node_s']:.3f} | {row['cpu_ms_per_rpc']} | "

@@ -18,6 +18,7 @@ from simnet.costs import CALIBRATION_OP_US, COSTS, fit_costs
 from simnet.measure_real import (
     BURST_WINDOW_S,
     EVENT_CPU_WINDOW_S,
+    LAG_EVERY,
     MEASURE_NODE,
     TABLE_HEAD,
     format_row,
@@ -161,7 +162,9 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
         agree = {e.get("event"): _agreed(e) for e in data.get("events", [])}
         for e in data.get("arrivals", {}).get("events", []):
             speed = e.get("calibration", {})
+            k = data["row"].get("dilation", 1.0)
             print(f"{path.parent}: {e['event']}: {agree.get(e['event'])}; "
+                  + (f"clocks {k:g}x slower than the wall; " if k != 1.0 else "") +
                   f"{e['announcements']} gossiped announcements, the last reached every node "
                   f"{e['max_s']} s after issue; calibration op "
                   f"{speed.get('mean_us', '—')} us during it{_where_late(e)}", flush=True)
@@ -174,6 +177,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                                 kill_count=args.kill_count, setup_timeout_s=args.setup_timeout,
                                 overrides=overrides, min_ready=args.min_ready,
                                 views_every=args.views_every, bootstrap=args.bootstrap,
+                                dilation=args.dilation,
                                 out=out / f"{name}-{protocol}-{n}", progress=progress)
                 except RuntimeError as exc:
                     print(f"N={n} {name} {protocol}: FAILED: {exc}", flush=True)
@@ -379,6 +383,9 @@ def command_line(args: argparse.Namespace) -> str:
     return (f"neuroshard-simnet measure-real --peers {args.peers} --workers {args.workers} "
             f"--scenario {args.scenario} --protocol {args.protocol} --duration {args.duration:g}"
             + (f" --kill-at {args.kill_at:g}" if args.kill_at is not None else "")
+            + (f" --views-every {args.views_every}" if args.views_every != LAG_EVERY else "")
+            + (f" --bootstrap {args.bootstrap}" if args.bootstrap != "first" else "")
+            + (f" --dilation {args.dilation:g}" if args.dilation != 1.0 else "")
             + "".join(f" --set {item}" for item in args.set))
 
 

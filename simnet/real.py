@@ -121,17 +121,20 @@ class RealNetwork:
 
     def __init__(self, scenario: Scenario, peers: int, *, seed: int = 1, sample_s: float = 0.5,
                  progress: Callable[[str], None] | None = None, progress_every_s: float = 5.0,
-                 data_dir: str | Path | None = None, network: str | None = None) -> None:
+                 data_dir: str | Path | None = None, network: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if peers < 2:
             raise ValueError("a network needs at least 2 peers")
         self.scenario = scenario
+        #: Every node's clock, and this driver's (`measure-real --dilation` slows it down).
+        self.clock = clock
         self.market: MarketConfig = scenario.market_config()
         # A network of its own for every run (other runs on the machine never mix with it): the
         # simnet charter around the scenario's market, under a name of its own.
         name = network or f"simnet-{seed}-{random.randrange(1 << 30):x}"
         #: A members network: this driver is its authority (credentials for honest nodes), and
         #: the nodes run its charter (policy "members", the driver's key as the authority).
-        self.members = (MembersNetwork(self.market, seed, epoch=time.time(),
+        self.members = (MembersNetwork(self.market, seed, epoch=clock(),
                                        lifetime_s=scenario.duration_s + 3600.0, name=name)
                         if scenario.admission == "members" else None)
         self.charter = (self.members.charter if self.members is not None
@@ -217,7 +220,7 @@ class RealNetwork:
             with trio.CancelScope() as scope:
                 peer.scope = scope
                 self._provision(settings.data_dir, peer)
-                node = Node(settings, private_key=peer.key)
+                node = Node(settings, private_key=peer.key, clock=self.clock)
                 async with node:
                     peer.node = node
                     peer.alive = True
@@ -458,7 +461,7 @@ class RealNetwork:
                 await trio.sleep(0.05)
         while h.alive and (at := attacker.next_at()) is not None:
             await trio.sleep_until(self._t0 + at)
-            for who, wire in attacker.due(self._now_rel(), time.time()):
+            for who, wire in attacker.due(self._now_rel(), self.clock()):
                 seqno += 1
                 while any(len(q) >= q._queue.max_size // 2 for q in pubsub.peer_queues.values()):
                     await trio.sleep(0.005)
@@ -478,7 +481,7 @@ class RealNetwork:
         attacker_id = h.node.host.get_id()
         while h.alive and (at := attacker.next_at()) is not None:
             await trio.sleep_until(self._t0 + at)
-            current[:] = [wire for _, wire in attacker.due(self._now_rel(), time.time())]
+            current[:] = [wire for _, wire in attacker.due(self._now_rel(), self.clock())]
 
             async def pull(p: RealPeer) -> None:
                 with trio.move_on_after(10.0):
@@ -623,7 +626,7 @@ class RealNetwork:
         while trio.current_time() < end and h.alive:
             captured = [m.wire for p in honest[:3] if p.alive
                         for m in p.node.engine.view.all_messages()[:64]]
-            data = crafter.craft(crafter.next_kind(), time.time(), captured, signers)
+            data = crafter.craft(crafter.next_kind(), self.clock(), captured, signers)
             try:
                 await h.node.pubsub.publish(h.node.topic, data)
             except Exception:  # noqa: BLE001 - e.g. no peers right now
@@ -636,7 +639,7 @@ class RealNetwork:
     # ------------------------------------------------------------------ sampling
 
     def _sample(self, t: float) -> None:
-        now = time.time()
+        now = self.clock()
         rows = []
         record_digests = True
         for p in self.peers:
@@ -704,7 +707,7 @@ class RealNetwork:
                     self.progress(f"[libp2p] starting {self.n_initial} nodes on loopback …")
                 await self._setup()
                 self._t0 = trio.current_time()
-                self._epoch0 = time.time()
+                self._epoch0 = self.clock()
                 for peer in self.peers:
                     rec.peer_started[peer.index] = 0.0
                 cpu0 = time.process_time()
