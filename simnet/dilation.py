@@ -10,9 +10,9 @@ Emulation", NSDI 2006): the same code, the same messages, only the clocks scaled
 what the protocol does from what the machine's share of a core does to it.
 
 What it does not scale: loopback's own latency (tens of µs, already far below any timer) and
-py-libp2p's few reads of `time.time()` (TTLs of its seen cache, fanout and pending queues, each
-many seconds long), which then pass K times faster in network time. docs/scaling.md, "Seventeenth
-pass", says what this does and does not show.
+py-libp2p's reads of `time.time()` (gossipsub's prune backoff, GRAFT-flood threshold, spam-rate
+windows and fanout TTL, pubsub's seen-message TTL), which then pass K times faster in network
+time. docs/scaling.md, "Seventeenth pass", says what this does and does not show.
 
 Network time is `origin + (wall − origin) / K`, one `origin` (a wall instant) for all the
 processes of a run, so every process and node agrees on it as they agree on the wall.

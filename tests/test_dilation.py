@@ -87,4 +87,5 @@ def test_measure_real_refuses_a_dilation_below_one(tmp_path: Path,
     assert main(["measure-real", "--peers", "4", "--workers", "2", "--scenario", "steady",
                  "--protocol", "gossip", "--quiet", "--dilation", "0.5",
                  "--out", str(tmp_path / "no")]) != 0
-    assert "dilation must be between 1 and 100, not 0.5" in capsys.readouterr().err
+    assert "error: dilation must be at least 1, not 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "no" / "steady-gossip-4").exists()  # refused before any node ran
