@@ -25,13 +25,18 @@ import time
 import trio
 
 
+def dilation(k: float) -> float:
+    """`k` as a float, or ValueError unless it is at least 1 (NaN included)."""
+    if not k >= 1.0:
+        raise ValueError(f"dilation must be at least 1, not {k!r}")
+    return float(k)
+
+
 class NetClock:
     """The network's clock in seconds since the epoch: `origin + (time.time() − origin) / k`."""
 
     def __init__(self, k: float = 1.0, origin: float | None = None) -> None:
-        if not k >= 1.0:
-            raise ValueError(f"dilation must be at least 1, not {k!r}")
-        self.k = float(k)
+        self.k = dilation(k)
         self.origin = time.time() if origin is None else float(origin)
 
     def __call__(self) -> float:
@@ -47,9 +52,7 @@ class DilatedClock(trio.abc.Clock):
     `k` seconds of wall time, and `trio.current_time()` advances 1 s per `k` s."""
 
     def __init__(self, k: float) -> None:
-        if not k >= 1.0:
-            raise ValueError(f"dilation must be at least 1, not {k!r}")
-        self.k = float(k)
+        self.k = dilation(k)
 
     def start_clock(self) -> None:
         pass
