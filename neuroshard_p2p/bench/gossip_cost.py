@@ -1,8 +1,9 @@
 """`python -m neuroshard_p2p.bench gossip_cost`: CPU a receiving host spends per gossip RPC and
 per message, with py-libp2p's pubsub as shipped, with libp2p_compat's record caches (entry 14),
 with those and go-yamux's window-update rule (entry 15), with all three and RPC coalescing
-(entry 16), with all four and the task manager's task index (entry 17), and with all five and
-seen copies dropped before a task is started for them (entry 18), in one run.
+(entry 16), with all four and the task manager's task index (entry 17), with all five and seen
+copies dropped before a task is started for them (entry 18), and with those five over mplex
+instead of yamux (`muxer = "mplex"`; entry 15 is yamux's, so it does nothing there), in one run.
 
 Per side, two processes on 127.0.0.1: the receiver (one host, gossipsub as the node configures
 it, subscribed to one topic) and the senders (`--senders` hosts in one process, each connected
@@ -37,6 +38,10 @@ def _gossipsub() -> Any:
     return make_gossipsub(NodeSettings())
 
 
+#: The stream muxer both sides' hosts use: yamux, as a node prefers, unless a side says "mplex".
+_muxer = "yamux"
+
+
 def _host(index: int) -> Any:
     import multiaddr
     from libp2p import new_host
@@ -46,16 +51,18 @@ def _host(index: int) -> Any:
 
     listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
     return new_host(key_pair=create_new_key_pair((950_000 + index).to_bytes(32, "big")),
-                    muxer_opt=muxer_options("yamux"), listen_addrs=listen), listen
+                    muxer_opt=muxer_options(_muxer), listen_addrs=listen), listen
 
 
 #: The sides: which of libp2p_compat's pubsub workarounds each runs.
 SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15"),
          "+coalescing": ("14", "15", "16"), "+task index": ("14", "15", "16", "17"),
-         "+early drop": ("14", "15", "16", "17", "18")}
+         "+early drop": ("14", "15", "16", "17", "18"),
+         "mplex": ("14", "15", "16", "17", "18", "mplex")}
 
 
 def _install(entries: tuple[str, ...] | list[str]) -> None:
+    global _muxer
     from neuroshard_p2p.node.libp2p_compat import (
         install_early_duplicate_drop,
         install_record_caches,
@@ -74,6 +81,8 @@ def _install(entries: tuple[str, ...] | list[str]) -> None:
         install_task_index()
     if "18" in entries:
         install_early_duplicate_drop()
+    if "mplex" in entries:
+        _muxer = "mplex"
 
 
 async def _receiver(entries: list[str], seconds: float) -> None:
