@@ -54,7 +54,7 @@ def _host(index: int) -> Any:
                     muxer_opt=muxer_options(_muxer), listen_addrs=listen), listen
 
 
-#: The sides: which of libp2p_compat's pubsub workarounds each runs.
+#: The sides: which of libp2p_compat's pubsub workarounds each runs ("mplex": over mplex).
 SIDES = {"shipped": (), "caches": ("14",), "caches+window": ("14", "15"),
          "+coalescing": ("14", "15", "16"), "+task index": ("14", "15", "16", "17"),
          "+early drop": ("14", "15", "16", "17", "18"),
