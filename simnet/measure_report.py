@@ -160,11 +160,11 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
         # Per event, what decides it on a shared machine: the last arrival against the
         # machine's speed during the event (docs/scaling.md, "Twelfth pass").
         agree = {e.get("event"): _agreed(e) for e in data.get("events", [])}
+        k = data["row"].get("dilation", 1.0)
+        dilated = f"clocks {k:g}x slower than the wall; " if k != 1.0 else ""
         for e in data.get("arrivals", {}).get("events", []):
             speed = e.get("calibration", {})
-            k = data["row"].get("dilation", 1.0)
-            print(f"{path.parent}: {e['event']}: {agree.get(e['event'])}; "
-                  + (f"clocks {k:g}x slower than the wall; " if k != 1.0 else "") +
+            print(f"{path.parent}: {e['event']}: {agree.get(e['event'])}; {dilated}"
                   f"{e['announcements']} gossiped announcements, the last reached every node "
                   f"{e['max_s']} s after issue; calibration op "
                   f"{speed.get('mean_us', '—')} us during it{_where_late(e)}", flush=True)
