@@ -12,6 +12,10 @@ always allows the reuse): a plain TCP server in one, and in the other a process 
 its port with SO_REUSEPORT (as py-libp2p's listener does), dials the server from that port,
 closes, and dials again. Each side of the comparison runs in its own process (installing the
 workaround patches py-libp2p for the process).
+
+The first dial may instead be cancelled just after the kernel connected it, before the dial
+returns (as DCUtR's round timeout can land): trio then closes the socket inside connect(), and
+only a socket set to reset before it connected leaves no TIME-WAIT.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ while True:
 """
 
 DIALER = """
-import socket, sys, trio
+import socket, sys, time, trio
 sys.path.insert(0, sys.argv[1])
 from libp2p.transport.tcp import tcp
 if sys.argv[2] == "workaround":
@@ -73,10 +77,39 @@ async def closed():
     with trio.fail_after(5):
         while any(state != "06" for state in states()):
             await trio.sleep(0.01)
+class CancelOnceConnected(trio.abc.Instrument):
+    # Right before trio next polls for I/O (so before the dialling task can learn that its
+    # connect() finished): wait until the kernel has completed the handshake, then cancel the
+    # dial, as DCUtR's round timeout or a sibling's success does when it lands there.
+    def __init__(self, scope):
+        self.scope = scope
+    def before_io_wait(self, timeout):
+        if self.scope.cancel_called or not states():
+            return  # not yet dialling
+        deadline = time.monotonic() + 5
+        while states() != ["01"] and time.monotonic() < deadline:
+            time.sleep(0.001)  # blocking on purpose: no task may run meanwhile
+        self.scope.cancel()
+        # The poll about to run was given its timeout already (a day, nothing being due): a
+        # callback in trio's queue wakes it at once.
+        trio.lowlevel.current_trio_token().run_sync_soon(lambda: None)
+async def cancelled_once_connected():
+    with trio.CancelScope() as scope:
+        instrument = CancelOnceConnected(scope)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            await tcp._open_tcp_stream_from("10.77.0.1", 4001, ("10.77.0.2", 4001))
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+    return "cancelled" if scope.cancelled_caught else "not cancelled"
 async def main():
     outcomes = []
     for attempt in range(3):
         try:
+            if attempt == 0 and sys.argv[3] == "cancel":
+                outcomes.append(await cancelled_once_connected())
+                await closed()
+                continue
             with trio.fail_after(5):
                 stream = await tcp._open_tcp_stream_from("10.77.0.1", 4001, ("10.77.0.2", 4001))
             await stream.aclose()  # as the upgrade failing would
@@ -110,8 +143,11 @@ def pair() -> Iterator[tuple[Netns, str, str]]:
         assert namespaces_left(net.tag) == []
 
 
-def dial_three_times(b: str, side: str) -> str:
-    return run_side(DIALER, str(ROOT), side, timeout=60, prefix=["ip", "netns", "exec", b])
+def dial_three_times(b: str, side: str, first: str = "close") -> str:
+    """Three dials from the listen port; the first closed after connecting ("close") or
+    cancelled once the kernel has connected it, before the dial returns ("cancel")."""
+    return run_side(DIALER, str(ROOT), side, first, timeout=60,
+                    prefix=["ip", "netns", "exec", b])
 
 
 def time_waits(b: str) -> int:
@@ -132,4 +168,22 @@ def test_with_the_workaround_every_try_from_the_listen_port_connects(
         pair: tuple[Netns, str, str]) -> None:
     _, _, b = pair
     assert dial_three_times(b, "workaround") == "connected connected connected"
+    assert time_waits(b) == 0
+
+
+
+def test_a_punch_cancelled_after_the_kernel_connected_leaves_time_wait_as_shipped(
+        pair: tuple[Netns, str, str]) -> None:
+    # trio closes a socket whose connect() it cancels; the kernel had finished the handshake,
+    # so that close is a FIN and the 4-tuple waits in TIME-WAIT.
+    _, _, b = pair
+    assert dial_three_times(b, "shipped", "cancel") == "cancelled refused refused"
+    assert time_waits(b) == 1
+
+
+def test_with_the_workaround_a_punch_cancelled_after_connecting_refuses_nothing(
+        pair: tuple[Netns, str, str]) -> None:
+    # The socket is set to reset before it connects, so trio's close is a reset too.
+    _, _, b = pair
+    assert dial_three_times(b, "workaround", "cancel") == "cancelled connected connected"
     assert time_waits(b) == 0

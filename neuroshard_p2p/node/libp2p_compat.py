@@ -121,8 +121,13 @@ around, and can go when the defect is fixed.
    TCP timestamp of the peer, every connect() from that port to that address fails meanwhile
    with EADDRNOTAVAIL ("Cannot assign requested address"). Such a connection is reset on close
    instead (SO_LINGER 0), as go-libp2p does for every TCP dial, so the 4-tuple is free for the
-   next try. Only these source-bound dials: an ordinary connection still ends with a FIN, its
-   last bytes delivered.
+   next try. The socket is set so before it connects, not when the dial returns: a dial
+   cancelled (DCUtR's 5 s round ending, or a sibling dial succeeding) just after the kernel
+   finished the handshake is closed by trio inside connect(), and that close was a FIN (the
+   likely cause of a clean-clone CI run in which both sides' punches were refused with
+   EADDRNOTAVAIL for the rest of the NAT test; tests/test_punch_reset.py makes it happen). Only
+   these source-bound dials: an ordinary connection still ends with a FIN, its last bytes
+   delivered.
 20. **A burst's forwards leave one by one** (`install_send_when_idle`; a sending policy, not a
    defect): entry 16 joins only the RPCs already waiting when a peer's sending loop runs, and
    that loop runs as soon as the first message of a burst is queued, between the tasks that
@@ -152,6 +157,7 @@ from libp2p.pubsub.score import PeerScorer, ScoreParams, TopicScoreParams
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.exceptions import OpenConnectionError
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from neuroshard_p2p.node.settings import NodeSettings
@@ -462,7 +468,9 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 def install_punch_reset_on_close() -> None:
     """Entry 19: a connection dialled from a bound source port (DCUtR's hole punch) is reset
-    when closed, so it leaves no TIME-WAIT to refuse the next try from that port. Idempotent."""
+    when closed, so it leaves no TIME-WAIT to refuse the next try from that port. The socket is
+    set to reset before it connects: trio closes a socket whose connect() is cancelled, and if
+    the kernel had finished the handshake by then, a plain close would be a FIN. Idempotent."""
     global _punch_reset_installed
     if _punch_reset_installed:
         return
@@ -471,12 +479,31 @@ def install_punch_reset_on_close() -> None:
     open_from = tcp._open_tcp_stream_from
 
     async def open_from_reset_on_close(host: str, port: int, source: tuple[str, int]) -> Any:
-        stream = await open_from(host, port, source)
+        src_ip, src_port = source
+        if (":" in src_ip) != (":" in host):
+            return await open_from(host, port, source)  # py-libp2p's error for the mismatch
+        sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                  socket.SOCK_STREAM)
         try:
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-        except OSError:  # a socket the kernel already closed: nothing to linger on
-            pass
-        return stream
+            tcp._set_reuse_flags(sock)  # shares the listener's port, as py-libp2p does
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            try:
+                await sock.bind((src_ip, src_port))
+            except OSError:
+                # The port cannot be shared here: py-libp2p's own path falls back to an
+                # ephemeral source, whose TIME-WAIT refuses nothing.
+                sock.close()
+                return await open_from(host, port, source)
+            try:
+                await sock.connect((host, port))
+            except OSError as error:
+                raise OpenConnectionError(
+                    f"Failed to connect {host}:{port} from {src_ip}:{src_port}: {error}"
+                ) from error
+        except BaseException:
+            sock.close()  # a reset, whatever state the connect reached
+            raise
+        return trio.SocketStream(sock)
 
     tcp._open_tcp_stream_from = open_from_reset_on_close
     _punch_reset_installed = True
@@ -484,7 +511,7 @@ def install_punch_reset_on_close() -> None:
 
 def muxer_options(preferred: str) -> TMuxerOptions:
     """Both muxers, the configured one first (docs/readme-node.md: Yamux is what other libp2p
-    stacks speak, Mplex costs less CPU in py-libp2p)."""
+    stacks speak, and with entries 14-18 it also costs py-libp2p less CPU than Mplex)."""
     yamux = (TProtocol(YAMUX_PROTOCOL_ID), Yamux)
     mplex = (TProtocol(MPLEX_PROTOCOL_ID), DuplexMplex)
     first, second = (mplex, yamux) if preferred == "mplex" else (yamux, mplex)
