@@ -11,13 +11,26 @@ engine at once (it rides in the next announcement). It stops at F bits. The best
 search stands are kept in `<data-dir>/work.json` (datadir.py) whenever the bits grow, every
 `save_every_s` and when the node stops, so a restart neither grinds again nor starts over.
 A network with F = 0 (simnet) has nothing to grind.
+
+The grinding process ignores SIGINT and SIGTERM: Ctrl-C in a terminal and a service manager's stop
+reach every process of the node's group, and the node, not its helper, decides how it stops (a
+grinder that died of them broke the pool, and the node crashed before it could withdraw). On
+Linux it dies with the node (a parent-death signal), so a node killed outright leaves no grinder
+behind. A
+grinder that dies anyway (killed, out of memory) is replaced, at most `RESTARTS` times in a row;
+then the node runs on with the work it has.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import os
+import signal
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +48,49 @@ log = logging.getLogger("neuroshard.node")
 CHUNK = 1 << 16
 #: How often the search position is written while nothing better turns up.
 SAVE_EVERY_S = 10.0
+#: Grinding processes that may die in a row, each replaced, before the node stops grinding.
+RESTARTS = 3
+
+
+#: prctl(2): deliver a signal to this process when the thread that created it ends (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+#: What a terminal's Ctrl-C and a service manager's stop send to every process of the group.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _start_grinder(node_pid: int) -> None:
+    """The grinding process's initializer (see the module docstring): the node decides when it
+    stops, and on Linux it dies with the node, even one killed outright (SIGKILL), instead of
+    waiting forever for its next chunk."""
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != node_pid:  # the node died before the line above
+            os._exit(0)
+
+
+def _submit(pool: ProcessPoolExecutor, *args: object) -> Future[Found]:
+    """`pool.submit(grind, *args)`, which starts the grinding process when there is none, with
+    the stop signals blocked meanwhile: the process inherits the mask, so one of them arriving
+    while it starts up, before `_start_grinder` ignores them, waits instead of killing it (and
+    its traceback in the node's output). The node's own arrive as soon as the mask is back."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return pool.submit(grind, *args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _grinding_pool() -> ProcessPoolExecutor:
+    # "spawn": a fork of a process running trio and libp2p threads is not safe. Made (and its
+    # process started, by `submit`) on trio's thread, which lives as long as the node: the
+    # death signal follows the creating thread, not the process.
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_grinder, initargs=(os.getpid(),))
 
 
 @dataclass
@@ -103,14 +159,26 @@ class IdentityWork:
             return
         log.info("identity work: grinding for %d bits (have %d)", p.required_bits, p.bits)
         started = last_save = trio.current_time()
-        # "spawn": a fork of a process running trio and libp2p threads is not safe.
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool = _grinding_pool()
+        deaths = 0
         try:
             while not p.done:
                 best = Found(p.nonce, p.bits)
-                future = pool.submit(grind, self.signer, p.next_nonce, self._chunk, best,
+                try:
+                    future = _submit(pool, self.signer, p.next_nonce, self._chunk, best,
                                      p.required_bits)
-                found = await trio.to_thread.run_sync(future.result)
+                    found = await trio.to_thread.run_sync(future.result)
+                except BrokenProcessPool:
+                    deaths += 1
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    if deaths > RESTARTS:
+                        log.error("identity work: the grinding process died %d times in a row; "
+                                  "stopping at %d of %d bits", deaths, p.bits, p.required_bits)
+                        return
+                    log.warning("identity work: the grinding process died; starting another")
+                    pool = _grinding_pool()
+                    continue
+                deaths = 0
                 p.hashes += self._chunk
                 p.next_nonce += self._chunk
                 if found.bits > p.bits:
@@ -141,4 +209,4 @@ class IdentityWork:
                         exc.strerror or exc)
 
 
-__all__ = ["IdentityWork", "WorkProgress", "CHUNK", "SAVE_EVERY_S"]
+__all__ = ["IdentityWork", "WorkProgress", "CHUNK", "RESTARTS", "SAVE_EVERY_S"]
