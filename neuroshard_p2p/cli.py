@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
 
     p = sub.add_parser("run", help="run a node (creates the data dir on first run)",
-                       description="Run a market node until SIGINT/SIGTERM; a clean stop "
+                       description="Run a market node until SIGINT/SIGTERM (or SIGHUP, the "
+                                   "terminal going away, unless run under nohup); a clean stop "
                                    "publishes a withdrawal so peers stop counting this node at "
                                    "once. Prints the multiaddr others bootstrap from and the "
                                    "dashboard URL. Flags override <data-dir>/config.toml.")
@@ -475,13 +476,35 @@ def check_backend_flags(args: argparse.Namespace) -> None:
                                      f"backend_url and backend_model in {where})")
 
 
+def _stop_signals() -> list[int]:
+    """The signals on which `run` withdraws and stops: Ctrl-C, a service manager's stop, and, as
+    kubo's daemon does, the terminal going away (SIGHUP: an SSH session that drops), unless
+    SIGHUP is ignored already (`nohup`), which the node leaves as it is."""
+    stops = [signal.SIGINT, signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        stops.append(hangup)
+    return stops
+
+
+def _say(line: str) -> None:
+    """print() for `run`: after a hangup the terminal refuses writes (EIO), and a reader that
+    left refuses them too (EPIPE); the node still stops cleanly, its lines going to /dev/null."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 async def _run_node(settings: NodeSettings) -> None:
     import trio
 
     from neuroshard_p2p.daemon import Daemon
     from neuroshard_p2p.node.errors import NodeError
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*_stop_signals()) as signals:
         try:
             async with Daemon(settings) as daemon:
                 node = daemon.node
@@ -502,13 +525,12 @@ async def _run_node(settings: NodeSettings) -> None:
                 async with trio.open_nursery() as printer:
                     printer.start_soon(_print_reachability, node)
                     async for signum in signals:
-                        print(f"{signal.Signals(signum).name}: withdrawing and stopping",
-                              flush=True)
+                        _say(f"{signal.Signals(signum).name}: withdrawing and stopping")
                         break
                     printer.cancel_scope.cancel()
         except (NodeError, ConfigError) as exc:
             raise CliError(str(exc)) from None
-    print("stopped", flush=True)
+    _say("stopped")
 
 
 async def _print_reachability(node: Any) -> None:
@@ -522,7 +544,7 @@ async def _print_reachability(node: Any) -> None:
             line += "; relayed addresses: " + ", ".join(str(a) for a in node.addrs
                                                       if "p2p-circuit" in a)
         if line != shown:
-            print(line, flush=True)
+            _say(line)
             shown = line
         await reach.wait_changed()
 

@@ -413,3 +413,94 @@ async def test_client_commands_ask_only_the_node_of_their_data_dir(tmp_path: Pat
         # --api still reaches any node on purpose
         asked = await async_cli("market", "--data-dir", str(stopped), "--api", running.url, "--json")
         assert json.loads(asked.stdout)["network"] == running.node.settings.network
+
+
+def start_on_a_terminal(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    """`run` in a session of its own whose controlling terminal is a new pty, as in an SSH login;
+    returns the process and the pty's master end (closing it is the terminal going away)."""
+    import fcntl
+    import termios
+
+    master, slave = os.openpty()
+
+    def take_the_terminal() -> None:  # after setsid (start_new_session)
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    try:
+        node = subprocess.Popen(
+            [sys.executable, "-m", "neuroshard_p2p.cli", "run", "--data-dir", str(data_dir),
+             "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--network", "simnet",
+             "--no-mdns", "--no-upnp", *extra],
+            cwd=ROOT, env=ENV, stdin=slave, stdout=slave, stderr=slave, text=True,
+            start_new_session=True, preexec_fn=take_the_terminal)
+    finally:
+        os.close(slave)
+    return node, master
+
+
+def drain(master: int) -> None:
+    """Read what the node wrote to its terminal so far (it would block on a full pty); nothing
+    once the terminal is gone (-1)."""
+    import select
+
+    while master >= 0 and select.select([master], [], [], 0)[0]:
+        try:
+            if not os.read(master, 65536):
+                return
+        except OSError:  # EIO: every slave end closed
+            return
+
+
+@pytest.mark.slow
+def test_a_node_whose_terminal_goes_away_withdraws_before_it_stops(tmp_path: Path) -> None:
+    # An SSH session that drops: the kernel sends SIGHUP, and writes to the terminal fail (EIO).
+    # The node stops as on Ctrl-C, withdrawing first, so its peer stops counting its capacity at
+    # once instead of after the 60 s timeout.
+    seller_dir, peer_dir = tmp_path / "seller", tmp_path / "peer"
+    seller, master = start_on_a_terminal(seller_dir, "--capacity", "1000")
+    peer: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: drain(master) or (seller_dir / "api").exists(), 20,
+                 "the seller serves its API")
+        address = cli_json("id", "--data-dir", str(seller_dir))["addrs"][0]
+        peer = start(peer_dir, "--bootstrap", address, "--no-mdns", "--no-upnp")
+
+        def supply() -> int:
+            drain(master)
+            return int(cli_json("market", "--data-dir", str(peer_dir))["supply_tokens_per_sec"])
+
+        wait_for(lambda: (peer_dir / "api").exists() and supply() == 1000, 30,
+                 "the peer counts the seller's 1000 tokens/s")
+        os.close(master)  # the terminal goes away
+        master = -1
+        assert seller.wait(timeout=20) == 0
+        wait_for(lambda: supply() == 0, 10, "the peer stops counting the seller at once")
+    finally:
+        if master >= 0:
+            os.close(master)
+        for proc in (seller, peer):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_node_run_under_nohup_is_not_stopped_by_sighup(tmp_path: Path) -> None:
+    # nohup sets SIGHUP to be ignored; the node leaves it so, and stops on SIGTERM as usual.
+    node = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "neuroshard_p2p.cli", "run", "--data-dir",
+         str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--network",
+         "simnet", "--no-mdns", "--no-upnp"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "api").exists(), 20, "the node serves its API")
+        node.send_signal(signal.SIGHUP)
+        assert cli_json("id", "--data-dir", str(tmp_path))["running"] is True
+        node.send_signal(signal.SIGTERM)
+        out, _ = node.communicate(timeout=20)
+        assert node.returncode == 0, out
+        assert "SIGTERM: withdrawing and stopping" in out and "SIGHUP" not in out, out
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.communicate(timeout=10)
