@@ -6,8 +6,9 @@
 This module is where the layers meet, so none of them has to know the others: the node does not
 know the API exists, the API reads the node it is handed, the ledger knows neither. In order:
 
-1. the ledger of the data dir (`<data-dir>/ledger.sqlite3`) is opened and the inference backend
-   made from the settings;
+1. the data dir is taken (`<data-dir>/lock`: a second node on it stops with an error naming the
+   first), the ledger of the data dir (`<data-dir>/ledger.sqlite3`) is opened and the inference
+   backend made from the settings;
 2. the node (`node.host.Node`) is started with both; its job service settles receipts in that
    ledger and serves jobs through that backend;
 3. the HTTP API (`api.app`) is served by hypercorn's trio worker in the daemon's nursery, and its
@@ -32,7 +33,12 @@ import trio
 from neuroshard_p2p.api.app import Api, create_app
 from neuroshard_p2p.ledger import AsyncLedger, ledger_path
 from neuroshard_p2p.node.backends import InferenceBackend, make_backend
-from neuroshard_p2p.node.datadir import load_api_token, remove_api_url, write_api_url
+from neuroshard_p2p.node.datadir import (
+    load_api_token,
+    lock_data_dir,
+    remove_api_url,
+    write_api_url,
+)
 from neuroshard_p2p.node.errors import NodeError
 from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.node.libp2p_compat import unwind
@@ -84,6 +90,7 @@ class Daemon:
 
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
+        stack.callback(lock_data_dir(s.data_dir))
         self.ledger = await AsyncLedger.open(ledger_path(s.data_dir))
         stack.push_async_callback(_close_shielded, self.ledger.aclose)
         self.backend = make_backend(s.backend, tokens_per_second=max(1, s.capacity),

@@ -504,3 +504,35 @@ def test_a_node_run_under_nohup_is_not_stopped_by_sighup(tmp_path: Path) -> None
         if node.poll() is None:
             node.kill()
             node.communicate(timeout=10)
+
+
+@pytest.mark.slow
+def test_a_second_node_on_a_data_dir_in_use_is_refused_and_a_killed_node_leaves_no_lock(
+        tmp_path: Path) -> None:
+    # One identity, two nodes: two sequence counters signing as one key, one ledger, and each
+    # writing the API file the client commands read. The second is refused, naming the first.
+    first = start(tmp_path)
+    second: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: (tmp_path / "api").exists(), 20, "the first node serves its API")
+        url = (tmp_path / "api").read_text()
+        second = start(tmp_path)  # other ports (0), the same data dir
+        out, _ = second.communicate(timeout=30)
+        assert second.returncode == 1, out
+        assert out.strip().splitlines()[-1] == (
+            f"error: {tmp_path} is in use by another running node (pid {first.pid}): stop it, "
+            f"or give this one another --data-dir"), out
+        assert (tmp_path / "api").read_text() == url
+        assert cli_json("id", "--data-dir", str(tmp_path))["running"] is True
+        # killed outright: the kernel drops the lock with the process, so a new node starts
+        first.kill()
+        first.communicate(timeout=10)
+        second = start(tmp_path)
+        wait_for(lambda: (tmp_path / "api").exists() and (tmp_path / "api").read_text() != url,
+                 20, "a new node serves its API on the same data dir")
+        assert (tmp_path / "lock").read_text() == f"{second.pid}\n"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)

@@ -5,6 +5,8 @@
     <data-dir>/api_token      the bearer token the HTTP API asks for on every POST (mode 0600)
     <data-dir>/config.toml    [node] and [market] settings, written once with the defaults
     <data-dir>/api            written by a running node: the URL of its HTTP API
+    <data-dir>/lock           held (flock) by the node running on this directory, which wrote its
+                              pid there: one node per data dir, as kubo's repo.lock
     <data-dir>/work.json      the best identity-work nonce found for the key (node/work.py), so a
                               restart does not grind again
     <data-dir>/credential     members networks: hex of this node's Credential, signed by an
@@ -18,17 +20,20 @@ machine needs nothing before it and `init` twice is harmless.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import coincurve
 
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.identity import peer_id_of
+from neuroshard_p2p.node.errors import NodeError
 from neuroshard_p2p.wire import WireError
 from neuroshard_p2p.wire.membership import Admission, credential_of
 from neuroshard_p2p.wire.messages import Credential
@@ -187,6 +192,33 @@ def remove_api_url(path: str | os.PathLike[str], url: str) -> None:
             pass
 
 
+LOCK_FILE = "lock"
+
+
+def lock_data_dir(path: str | os.PathLike[str]) -> Callable[[], None]:
+    """Take the data dir for this process: an exclusive flock on `<data-dir>/lock`, holding this
+    process's pid. Two nodes on one directory would sign as one identity with two sequence
+    counters and share one ledger and one API file. The kernel drops the lock when the process
+    ends, however it ends, so a crashed node leaves none behind. Returns the function that
+    releases it; raises NodeError naming the holder when another process has it."""
+    lock_path = Path(path).expanduser() / LOCK_FILE
+    lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise NodeError(f"{Path(path).expanduser()} is in use by another running node (pid "
+                        f"{holder}): stop it, or give this one another --data-dir") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    return lambda: os.close(fd)
+
+
 @dataclass(frozen=True)
 class StoredWork:
     """The identity work kept for a key: the best nonce, its bits (recomputed on load: the file
@@ -295,5 +327,5 @@ __all__ = [
     "CREDENTIAL_FILE", "revocations_file", "load_hex_file", "save_hex_file", "member_credential",
     "DataDirReport", "ensure_data_dir", "load_private_key", "load_api_token", "rotate_api_token",
     "write_api_url", "read_api_url", "remove_api_url", "CONFIG_TEMPLATE", "StoredWork",
-    "load_work", "save_work", "WORK_FILE",
+    "load_work", "save_work", "WORK_FILE", "LOCK_FILE", "lock_data_dir",
 ]
