@@ -827,7 +827,7 @@ def describe_request(status: dict[str, Any], api: str) -> list[str]:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    from neuroshard_p2p.ledger import ledger_summary, ledger_verify
+    from neuroshard_p2p.ledger import LedgerError, ledger_summary, ledger_verify
 
     if args.action == "verify":
         ok, report = ledger_verify(args.data_dir)
@@ -835,7 +835,10 @@ def cmd_ledger(args: argparse.Namespace) -> int:
         return EXIT_OK if ok else EXIT_ERROR
     if args.recent < 0:
         raise CliError("--recent must be >= 0")
-    data = ledger_summary(args.data_dir, recent_limit=args.recent)
+    try:
+        data = ledger_summary(args.data_dir, recent_limit=args.recent)
+    except LedgerError as exc:  # a damaged file
+        raise CliError(str(exc)) from None
     if args.json:
         _print_json(data)
         return EXIT_OK

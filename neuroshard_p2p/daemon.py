@@ -31,7 +31,7 @@ import coincurve
 import trio
 
 from neuroshard_p2p.api.app import Api, create_app
-from neuroshard_p2p.ledger import AsyncLedger, ledger_path
+from neuroshard_p2p.ledger import AsyncLedger, LedgerError, ledger_path
 from neuroshard_p2p.node.backends import InferenceBackend, make_backend
 from neuroshard_p2p.node.datadir import (
     load_api_token,
@@ -91,7 +91,10 @@ class Daemon:
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         stack.callback(lock_data_dir(s.data_dir))
-        self.ledger = await AsyncLedger.open(ledger_path(s.data_dir))
+        try:
+            self.ledger = await AsyncLedger.open(ledger_path(s.data_dir))
+        except LedgerError as exc:  # a damaged file: said, and left as it is
+            raise NodeError(str(exc)) from None
         stack.push_async_callback(_close_shielded, self.ledger.aclose)
         self.backend = make_backend(s.backend, tokens_per_second=max(1, s.capacity),
                                     url=s.backend_url, model=s.backend_model,

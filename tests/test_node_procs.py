@@ -536,3 +536,18 @@ def test_a_second_node_on_a_data_dir_in_use_is_refused_and_a_killed_node_leaves_
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.communicate(timeout=10)
+
+
+def test_a_damaged_ledger_is_a_clear_error_and_is_left_as_it_was(tmp_path: Path) -> None:
+    cli("init", "--data-dir", str(tmp_path))
+    ledger = tmp_path / "ledger.sqlite3"
+    damaged = b"not a database, whatever it was\n" * 64
+    ledger.write_bytes(damaged)
+    expected = f"error: {ledger} is not a usable ledger: file is not a database"
+    node = start(tmp_path)
+    out, _ = node.communicate(timeout=30)
+    assert (node.returncode, out.strip().splitlines()[-1]) == (1, expected), out
+    assert "Traceback" not in out, out
+    summary = cli("ledger", "--data-dir", str(tmp_path), check=False)
+    assert (summary.returncode, summary.stdout, summary.stderr.strip()) == (1, "", expected)
+    assert ledger.read_bytes() == damaged
