@@ -551,3 +551,22 @@ def test_a_damaged_ledger_is_a_clear_error_and_is_left_as_it_was(tmp_path: Path)
     summary = cli("ledger", "--data-dir", str(tmp_path), check=False)
     assert (summary.returncode, summary.stdout, summary.stderr.strip()) == (1, "", expected)
     assert ledger.read_bytes() == damaged
+
+
+def test_the_data_dir_lock_holds_where_its_pid_cannot_be_written(tmp_path: Path) -> None:
+    # A full disk: the pid is only for the message, so the lock still holds and a second taker
+    # is refused with the holder unknown (the node then stops at its ledger, which says why).
+    from neuroshard_p2p.node.datadir import LOCK_FILE, lock_data_dir
+    from neuroshard_p2p.node.errors import NodeError
+
+    (tmp_path / LOCK_FILE).symlink_to("/dev/full")  # every write: ENOSPC
+    release = lock_data_dir(tmp_path)
+    try:
+        with pytest.raises(NodeError) as refused:
+            lock_data_dir(tmp_path)
+        assert str(refused.value) == (
+            f"{tmp_path} is in use by another running node (pid unknown): stop it, or give "
+            f"this one another --data-dir")
+    finally:
+        release()
+    lock_data_dir(tmp_path)()  # released: free to take again

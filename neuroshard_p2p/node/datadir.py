@@ -207,15 +207,19 @@ def lock_data_dir(path: str | os.PathLike[str]) -> Callable[[], None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        written = os.read(fd, 32).decode("ascii", "replace").strip()
+        holder = written if written.isdigit() else "unknown"
         os.close(fd)
         raise NodeError(f"{Path(path).expanduser()} is in use by another running node (pid "
                         f"{holder}): stop it, or give this one another --data-dir") from None
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    try:  # only for the message above: a full disk does not stop the node here
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    except OSError:
+        pass
     return lambda: os.close(fd)
 
 
