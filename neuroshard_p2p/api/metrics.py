@@ -17,6 +17,7 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     provider_faults_total{kind}, provider_bans_total, providers{routing}   (as a gateway)
     jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
     job_streams_total{event}                                   (streamed jobs, both roles)
+    ledger_write_failures_total (settlements the ledger file could not take: disk full, I/O)
     peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
     sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
@@ -160,6 +161,11 @@ class NodeCollector(Collector):
         for event, count in sorted(r.job_streams.items()):
             streams.add_metric([event], count)
         yield streams
+        yield CounterMetricFamily(PREFIX + "ledger_write_failures",
+                                  "Settlements this node could not write to its ledger (disk "
+                                  "full, I/O error): as a gateway the request failed, nothing "
+                                  "charged; as a provider the earning is only in the log.",
+                                  value=r.ledger_write_failures)
 
         if r.settled_nano is not None:
             yield CounterMetricFamily(PREFIX + "settled_nano",

@@ -46,6 +46,9 @@ IMPLAUSIBLE = "implausible"
 OVER_RATE = "over_rate"
 OVERFLOW = "overflow"
 REASONS = (MALFORMED, BAD_SIGNATURE, STALE, MISMATCH, REPLAY, IMPLAUSIBLE, OVER_RATE, OVERFLOW)
+#: Not a refusal: this node could not write its ledger (disk full, I/O error, read-only). Says
+#: nothing about the receipt, is never counted among the refusals and never goes on the wire.
+STORAGE = "storage"
 
 #: Window of the per-provider rate limit (max_tokens_per_minute).
 RATE_WINDOW_S = 60.0

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,6 +38,7 @@ from neuroshard_p2p.ledger.checks import (
     RATE_WINDOW_S,
     REASONS,
     REPLAY,
+    STORAGE,
     LedgerError,
     MatchedJob,
     amounts_of,
@@ -105,6 +107,19 @@ CREATE TABLE IF NOT EXISTS refusals (
 
 _ROW_COLUMNS = ("id, receipt_id, request_id, role, user, provider, gateway, tokens, price_nano, "
                 "burn_rate, payment, burned, earned, settled_at")
+
+
+#: SQLite's primary result codes for a file that cannot take a write just now.
+_STORAGE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY,
+                            sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
+                            sqlite3.SQLITE_NOMEM})
+
+
+def _storage_failure(exc: sqlite3.Error) -> bool:
+    """Whether SQLite failed for the file's sake (its extended code's low byte is the primary
+    code), not for what was written."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _STORAGE_CODES
 
 
 @dataclass(frozen=True)
@@ -261,11 +276,12 @@ class Ledger:
                 raise ValueError(f"role must be one of {ROLES}, got {role!r}")
             checked = _verified_receipt(receipt)
             amounts = amounts_of(checked, burn_rate)
-            with self._lock, self._write():
+            with self._lock, self._storage(), self._write():
                 self._insert(checked, role, now, burn_rate, amounts)
             return amounts
         except LedgerError as exc:
-            self.record_refusal(exc.reason)
+            if exc.reason != STORAGE:
+                self.record_refusal(exc.reason)
             raise
 
     def accept(self, data: bytes, job: MatchedJob, *, capacity_tokens_per_s: int, now: float,
@@ -278,7 +294,7 @@ class Ledger:
         try:
             if role not in ROLES:
                 raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-            with self._lock, self._write():
+            with self._lock, self._storage(), self._write():
                 recent = self._recent_tokens(job.provider, now)
                 receipt = check_receipt(data, job, capacity_tokens_per_s=capacity_tokens_per_s,
                                         now=now, recent_provider_tokens=recent, config=config,
@@ -287,7 +303,8 @@ class Ledger:
                 self._insert(receipt, role, now, config.burn_rate, amounts)
             return amounts
         except LedgerError as exc:
-            self.record_refusal(exc.reason)
+            if exc.reason != STORAGE:
+                self.record_refusal(exc.reason)
             raise
 
     def record_refusal(self, reason: str) -> None:
@@ -329,9 +346,22 @@ class Ledger:
                 "paid = paid + ?, burned = burned + ?, earned = earned + ? WHERE role = ?",
                 (receipt.tokens_served, amounts.payment, amounts.burned, amounts.earned, role))
         except (sqlite3.IntegrityError, sqlite3.OperationalError) as exc:
+            if _storage_failure(exc):
+                raise  # not the sums: `_storage` says so
             # A 64-bit sum overflowing (SQLite turns it into a REAL the STRICT columns refuse):
             # refuse the settlement, never wrap or round.
             raise LedgerError(OVERFLOW, f"ledger totals would overflow: {exc}") from None
+
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        """A write the file cannot take (disk full, I/O error, read-only, locked past the
+        timeout) is LedgerError `storage`: this node's trouble, not the receipt's."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if not _storage_failure(exc):
+                raise
+            raise LedgerError(STORAGE, f"cannot write {self.path}: {exc}") from None
 
     class _Transaction:
         def __init__(self, conn: sqlite3.Connection) -> None:

@@ -48,6 +48,7 @@ from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import public_key_from_peer_id
 from neuroshard_p2p.timeline import seconds_of
 from neuroshard_p2p.ledger import AsyncLedger, LedgerError, MatchedJob, check_receipt
+from neuroshard_p2p.ledger.checks import STORAGE
 from neuroshard_p2p.node.backends import (
     BackendError,
     InferenceBackend,
@@ -295,6 +296,9 @@ class JobCounters:
     settlements_sent: int = 0
     settlements_unsent: int = 0
     earnings_recorded: int = 0
+    #: Settlements this node could not write to its ledger (disk full, I/O error): a gateway's
+    #: request then fails, nothing charged; a provider's earning is only in its log.
+    ledger_write_failures: int = 0
     late_settlements: int = 0
     #: Time spent per phase by the jobs this gateway completed (sums, seconds; divide by
     #: `timed_jobs`): opening the stream and getting the provider's answer, waiting for the
@@ -918,6 +922,19 @@ class JobService:
                     self._seen_receipts.clear()
                 self._seen_receipts.add(receipt.msg_id)
         except LedgerError as exc:
+            if exc.reason == STORAGE:
+                # This node's disk, not the provider's receipt: no fault of the provider's, and
+                # the request is not sent again (the provider has served it). It fails, nothing
+                # charged; no JobSettled, so the provider counts it unpaid, as it was.
+                self.counters.ledger_write_failures += 1
+                log.error("could not record the settlement of %s (served by %s): %s; the request "
+                          "fails, nothing charged", rid, short_peer(peer_id), exc)
+                self.gateway.on_failed(rid, attempt, peer_id,
+                                       f"this node could not record its payment ({exc}); nothing "
+                                       f"charged", self.clock())
+                self._notify(rid)
+                await reset_quietly(stream)
+                return False
             self.counters.receipts_refused += 1
             log.warning("receipt for %s from %s refused: %s", rid, short_peer(peer_id), exc)
             self.gateway.counts["receipt_refused"] += 1
@@ -1143,6 +1160,8 @@ class JobService:
                                          self.config.burn_rate)
                 self.counters.earnings_recorded += 1
             except LedgerError as exc:
+                if exc.reason == STORAGE:
+                    self.counters.ledger_write_failures += 1
                 log.warning("could not record earning for %s: %s", job.request_id, exc)
         return receipt
 
