@@ -365,9 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `neuroshard-node market | head -3`: the reader left; that is not our error. Point
         # stdout at /dev/null so the interpreter's final flush does not complain either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         return EXIT_OK
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at /dev/null (nobody reads it any more)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,9 +499,7 @@ def _say(line: str) -> None:
     try:
         print(line, flush=True)
     except OSError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        _stdout_to_devnull()
 
 
 async def _run_node(settings: NodeSettings) -> None:

@@ -9,6 +9,7 @@
 from neuroshard_p2p.ledger.aio import AsyncLedger
 from neuroshard_p2p.ledger.checks import (
     REASONS,
+    STORAGE,
     LedgerError,
     MatchedJob,
     check_receipt,
@@ -28,5 +29,5 @@ from neuroshard_p2p.ledger.store import (
 __all__ = [
     "Ledger", "AsyncLedger", "LedgerError", "MatchedJob", "check_receipt", "LedgerTotals",
     "SettlementRecord", "VerifyReport", "ledger_path", "ledger_summary", "ledger_verify",
-    "LEDGER_FILE", "ROLES", "REASONS",
+    "LEDGER_FILE", "ROLES", "REASONS", "STORAGE",
 ]

@@ -47,8 +47,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import public_key_from_peer_id
 from neuroshard_p2p.timeline import seconds_of
-from neuroshard_p2p.ledger import AsyncLedger, LedgerError, MatchedJob, check_receipt
-from neuroshard_p2p.ledger.checks import STORAGE
+from neuroshard_p2p.ledger import STORAGE, AsyncLedger, LedgerError, MatchedJob, check_receipt
 from neuroshard_p2p.node.backends import (
     BackendError,
     InferenceBackend,
