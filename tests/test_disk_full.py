@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from neuroshard_p2p import wire
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +116,91 @@ def test_a_gateway_that_cannot_record_a_payment_fails_the_request_and_blames_no_
         gateway.send_signal(signal.SIGTERM)
         out, _ = gateway.communicate(timeout=20)
         assert f"could not record the settlement of {rid}" in out, out[-3000:]
+    finally:
+        for proc in (gateway, provider):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+
+
+
+def metric(text: str, name: str) -> float:
+    (line,) = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_a_provider_keeps_the_earnings_its_full_disk_cannot_take_and_records_them_later(
+        tmp_path: Path) -> None:
+    # The provider now runs in the mount namespace. Its disk fills; the job is served and paid
+    # at the gateway; the earning is kept in memory and recorded once there is room. A second
+    # one, still unrecorded when the provider stops, goes to its log with its signed receipt.
+    gateway_dir, small = tmp_path / "gateway", tmp_path / "small"
+    small.mkdir()
+    provider_dir = small / "provider"
+    provider = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(small),
+         *CLI, "run", "--data-dir", str(provider_dir), *NODE_FLAGS, "--capacity", "1000"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    inside = ["nsenter", "-t", str(provider.pid), "-m", "--"]
+    gateway: subprocess.Popen[str] | None = None
+    try:
+        def provider_json(*args: str) -> Any:
+            return json.loads(run([*inside, *CLI, *args, "--data-dir", str(provider_dir),
+                                   "--json"]).stdout)
+
+        def provider_metrics() -> str:
+            url = run([*inside, "cat", str(provider_dir / "api")]).stdout.strip()
+            return httpx.get(url + "/metrics", timeout=10).text
+
+        wait_for(lambda: run([*inside, "cat", str(provider_dir / "api")], check=False)
+                 .returncode == 0, 20, "the provider serves its API")
+        address = provider_json("id")["addrs"][0]
+        gateway = subprocess.Popen([*CLI, "run", "--data-dir", str(gateway_dir), *NODE_FLAGS,
+                                    "--bootstrap", address], cwd=ROOT, env=ENV,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+        def gateway_json(*args: str) -> Any:
+            return json.loads(run([*CLI, *args, "--data-dir", str(gateway_dir), "--json"]).stdout)
+
+        wait_for(lambda: (gateway_dir / "api").exists() and
+                 gateway_json("market")["supply_tokens_per_sec"] == 1000, 30,
+                 "the gateway counts the provider's 1000 tokens/s")
+
+        def served_while_full() -> str:
+            filled = run([*inside, "dd", "if=/dev/zero", f"of={small / 'fill'}", "bs=64k"],
+                         check=False)
+            assert "No space left on device" in filled.stderr, filled.stderr
+            rid = run([*CLI, "submit", "--data-dir", str(gateway_dir), "--tokens", "200",
+                       "--max-price", "0.9"]).stdout.split()[1].rstrip(":")
+            wait_for(lambda: gateway_json("status", rid)["state"] == "completed", 30,
+                     f"{rid} is served and paid at the gateway")
+            return rid
+
+        first = served_while_full()
+        wait_for(lambda: metric(provider_metrics(), "neuroshard_unrecorded_earnings") == 1, 10,
+                 "the provider keeps the earning its disk could not take")
+        assert metric(provider_metrics(), "neuroshard_ledger_write_failures_total") == 1
+
+        run([*inside, "rm", str(small / "fill")])  # room again: recorded within the retry
+        wait_for(lambda: metric(provider_metrics(), "neuroshard_unrecorded_earnings") == 0, 30,
+                 "the kept earning is recorded")
+        (row,) = provider_json("ledger")["recent"]
+        assert (row["request_id"], row["role"], row["tokens"]) == (first, "provider", 200), row
+
+        second = served_while_full()
+        wait_for(lambda: metric(provider_metrics(), "neuroshard_unrecorded_earnings") == 1, 10,
+                 "the provider keeps the second earning")
+        provider.send_signal(signal.SIGTERM)
+        out, _ = provider.communicate(timeout=30)
+        assert provider.returncode == 0, out[-3000:]
+        (line,) = [line for line in out.splitlines() if f"earning for {second} not recorded" in
+                   line]
+        receipt = wire.decode_unchecked_time(bytes.fromhex(line.rsplit(" ", 1)[1]))
+        assert isinstance(receipt, wire.Receipt), line  # signed, whole: it can be recorded
+        assert (receipt.request_id, receipt.tokens_served) == (second, 200), receipt
+        paid = gateway_json("ledger")["recent"]
+        assert any(r["request_id"] == second for r in paid), paid
     finally:
         for proc in (gateway, provider):
             if proc is not None and proc.poll() is None:

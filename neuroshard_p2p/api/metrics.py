@@ -17,7 +17,8 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     provider_faults_total{kind}, provider_bans_total, providers{routing}   (as a gateway)
     jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
     job_streams_total{event}                                   (streamed jobs, both roles)
-    ledger_write_failures_total (settlements the ledger file could not take: disk full, I/O)
+    ledger_write_failures_total (settlements the ledger file could not take: disk full, I/O),
+    unrecorded_earnings (a provider's earnings kept in memory until its ledger can take them)
     peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
     sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
@@ -164,8 +165,12 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(PREFIX + "ledger_write_failures",
                                   "Settlements this node could not write to its ledger (disk "
                                   "full, I/O error): as a gateway the request failed, nothing "
-                                  "charged; as a provider the earning is only in the log.",
+                                  "charged; as a provider the earning is kept and tried again.",
                                   value=r.ledger_write_failures)
+        yield GaugeMetricFamily(PREFIX + "unrecorded_earnings",
+                                "Earnings this provider served but its ledger could not take "
+                                "yet, kept in memory and tried again.",
+                                value=r.unrecorded_earnings)
 
         if r.settled_nano is not None:
             yield CounterMetricFamily(PREFIX + "settled_nano",

@@ -86,8 +86,10 @@ class NodeReadout:
     #: `fallback` (the provider spoke only job/2.0.0), `ahead` (sent on a stream opened ahead);
     #: as a provider `served`, `stopped` (at a JobCancel).
     job_streams: dict[str, int] = field(default_factory=dict)
-    #: Settlements this node could not write to its ledger (disk full, I/O error), both roles.
+    #: Settlements this node could not write to its ledger (disk full, I/O error), both roles,
+    #: and a provider's earnings kept in memory until its ledger can take them.
     ledger_write_failures: int = 0
+    unrecorded_earnings: int = 0
     #: Accountability (node/guard.py): faults charged to remote peers by kind, bans imposed
     #: since start, peers banned now.
     peer_faults: dict[str, int] = field(default_factory=dict)
@@ -196,6 +198,7 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         job_settlements=dict(provider.payers.outcomes),
         job_streams=_job_streams(node.jobs.counters),
         ledger_write_failures=node.jobs.counters.ledger_write_failures,
+        unrecorded_earnings=node.jobs.unrecorded_earnings,
         peer_faults=dict(node.guard.faults),
         peer_bans=node.guard.bans,
         peers_graylisted=node.guard.graylisted(now),

@@ -32,7 +32,7 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -208,6 +208,10 @@ class _Sink:
             self.cancel("the client went away")
 
 
+#: How long a stopping provider tries once more to record its kept earnings.
+CLOSE_RECORD_S = 5.0
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """How a node serves and routes jobs (seconds)."""
@@ -242,10 +246,14 @@ class JobSettings:
     #: Speak job/2.1.0 (revision 2.1: streamed output, cancellation) besides job/2.0.0. False
     #: behaves as a node from before it (tests of the fallback).
     streaming: bool = True
+    #: A provider's earnings its ledger could not take (disk full): tried again this often, and
+    #: at most this many kept (~250 bytes each); past it, the oldest is logged and let go.
+    unrecorded_retry_s: float = 10.0
+    unrecorded_max: int = 10_000
 
     def __post_init__(self) -> None:
         for name in ("backend_timeout_s", "accept_timeout_s", "route_interval_s",
-                     "progress_grace_s", "settle_timeout_s"):
+                     "progress_grace_s", "settle_timeout_s", "unrecorded_retry_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value!r}")
@@ -367,6 +375,9 @@ class JobService:
         self._opening = trio.Semaphore(OPENING_AT_ONCE)
         #: Jobs this provider is streaming now (paces their chunk frames).
         self._streaming_jobs = 0
+        #: Earnings the ledger could not take (STORAGE): (request id, receipt bytes, served at),
+        #: oldest first; `_record_kept` tries them again.
+        self._unrecorded: deque[tuple[str, bytes, float]] = deque()
         self._closed = False
 
     @classmethod
@@ -414,10 +425,16 @@ class JobService:
                     if self.settings.streaming:
                         host.set_stream_handler(self.settings.stream_protocol,
                                                 self._serve_job_streamed)
+                    nursery.start_soon(self._record_kept_loop)
                     task_status.started()
                     await self._route_loop()
             finally:
                 self._closed = True
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_RECORD_S):
+                    await self._record_kept()
+                for request_id, wire_bytes, _ in self._unrecorded:
+                    log.error("earning for %s not recorded (the ledger cannot write); its signed "
+                              "receipt: %s", request_id, wire_bytes.hex())
 
     # -- gateway: requests ---------------------------------------------------------------------
 
@@ -1154,15 +1171,60 @@ class JobService:
         await close_quietly(stream)
         self.counters.jobs_served += 1
         if self.ledger is not None and not self._closed:
+            served_at = self.clock()
             try:
-                await self.ledger.settle(receipt.wire, "provider", self.clock(),
+                await self.ledger.settle(receipt.wire, "provider", served_at,
                                          self.config.burn_rate)
                 self.counters.earnings_recorded += 1
             except LedgerError as exc:
                 if exc.reason == STORAGE:
                     self.counters.ledger_write_failures += 1
-                log.warning("could not record earning for %s: %s", job.request_id, exc)
+                    self._keep_unrecorded(job.request_id, receipt.wire, served_at, exc)
+                else:
+                    log.warning("could not record earning for %s: %s", job.request_id, exc)
         return receipt
+
+    @property
+    def unrecorded_earnings(self) -> int:
+        """Earnings kept in memory because the ledger could not take them (yet)."""
+        return len(self._unrecorded)
+
+    def _keep_unrecorded(self, request_id: str, wire_bytes: bytes, served_at: float,
+                         exc: LedgerError) -> None:
+        if len(self._unrecorded) >= self.settings.unrecorded_max:
+            dropped, dropped_wire, _ = self._unrecorded.popleft()
+            log.error("earning for %s not recorded and no longer kept (%d kept); its signed "
+                      "receipt: %s", dropped, len(self._unrecorded), dropped_wire.hex())
+        self._unrecorded.append((request_id, wire_bytes, served_at))
+        log.warning("could not record earning for %s: %s; kept with %d other(s), tried again "
+                    "every %.0f s", request_id, exc, len(self._unrecorded) - 1,
+                    self.settings.unrecorded_retry_s)
+
+    async def _record_kept_loop(self) -> None:
+        while True:
+            await trio.sleep(self.settings.unrecorded_retry_s)
+            await self._record_kept()
+
+    async def _record_kept(self) -> None:
+        """Record the kept earnings, oldest first, until the ledger still cannot write."""
+        if self.ledger is None or not self._unrecorded:
+            return
+        recorded = 0
+        while self._unrecorded:
+            request_id, wire_bytes, served_at = self._unrecorded[0]
+            try:
+                await self.ledger.settle(wire_bytes, "provider", served_at,
+                                         self.config.burn_rate)
+                self.counters.earnings_recorded += 1
+                recorded += 1
+            except LedgerError as exc:
+                if exc.reason == STORAGE:
+                    break
+                log.warning("kept earning for %s refused by the ledger: %s", request_id, exc)
+            self._unrecorded.popleft()
+        if recorded:
+            log.warning("recorded %d kept earning(s); %d still kept", recorded,
+                        len(self._unrecorded))
 
     async def _serve_streamed(self, stream: Any, job: Job, tokens_per_second: int,
                               gateway_frames: FrameStream, accepted: bytes) -> Receipt | None:
