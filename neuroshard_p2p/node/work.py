@@ -16,9 +16,8 @@ The grinding process ignores SIGINT and SIGTERM: Ctrl-C in a terminal and a serv
 reach every process of the node's group, and the node, not its helper, decides how it stops (a
 grinder that died of them broke the pool, and the node crashed before it could withdraw). On
 Linux it dies with the node (a parent-death signal), so a node killed outright leaves no grinder
-behind. A
-grinder that dies anyway (killed, out of memory) is replaced, at most `RESTARTS` times in a row;
-then the node runs on with the work it has.
+behind. A grinder that dies anyway (killed, out of memory) is replaced, at most `RESTARTS` times
+in a row; then the node runs on with the work it has.
 """
 
 from __future__ import annotations
