@@ -232,6 +232,9 @@ for name, write in (
         print(name, "written")
     except LedgerError as error:
         print(name, error.reason, "disk is full" in str(error))
+reader = Ledger.open(ledger_path(small))  # `neuroshard-node ledger` on the full disk
+print("read", reader.totals().settlements)
+reader.close()
 os.remove(os.path.join(small, "fill"))
 print("refusals", sum(ledger.refusals().values()), "settlements", ledger.totals().settlements)
 ledger.settle(make_receipt(request_id="req-1").wire, "provider", NOW, 0.05)
@@ -242,7 +245,8 @@ print("after", ledger.totals().settlements)
 def test_a_ledger_write_on_a_full_disk_is_a_storage_error_not_a_refusal(tmp_path: Path) -> None:
     # The provider's path (settle) and the gateway's (accept), on a real full tmpfs in a mount
     # namespace of the script's own: LedgerError `storage`, no refusal counted, nothing
-    # half-written, and the same receipt settles once there is room again.
+    # half-written; the file still opens for reading; and the same receipt settles once there is
+    # room again.
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
          'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(tmp_path),
@@ -251,4 +255,5 @@ def test_a_ledger_write_on_a_full_disk_is_a_storage_error_not_a_refusal(tmp_path
         capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == [
-        "settle storage True", "accept storage True", "refusals 0 settlements 0", "after 1"]
+        "settle storage True", "accept storage True", "read 0", "refusals 0 settlements 0",
+        "after 1"]

@@ -238,12 +238,20 @@ class Ledger:
             if version not in (0, SCHEMA_VERSION):
                 raise LedgerError(MALFORMED, f"{file}: ledger schema version {version}, this "
                                              f"program knows {SCHEMA_VERSION}")
-            conn.execute("BEGIN IMMEDIATE")
-            # Statements one by one: executescript() would COMMIT the transaction we opened.
-            for statement in _statements(_SCHEMA):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # Statements one by one: executescript() would COMMIT the transaction we opened.
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # A file of this version has its tables: on a full disk it still opens, for
+                # reading (`neuroshard-node ledger`), and each write says why it cannot.
+                if version != SCHEMA_VERSION or not _storage_failure(exc):
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise LedgerError(MALFORMED, f"{file} is not a usable ledger: {exc}") from None
