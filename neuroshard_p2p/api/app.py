@@ -346,6 +346,8 @@ class Api:
             "offer": {"tokens_per_second": offer.tokens_per_second,
                       "min_price": from_nano(offer.min_price_nano),
                       "min_price_nano": offer.min_price_nano},
+            # False while the offer waits for a backend that refuses connections.
+            "backend_reachable": node.backend_reachable,
             "queued_requests": len(node.engine.queued_requests(node.now())),
             "messages": [{"outcome": o, "reason": r, "count": c}
                          for (o, r), c in sorted(node.engine.counts().items())],

@@ -18,7 +18,8 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
     job_streams_total{event}                                   (streamed jobs, both roles)
     ledger_write_failures_total (settlements the ledger file could not take: disk full, I/O),
-    unrecorded_earnings (a provider's earnings kept in memory until its ledger can take them)
+    unrecorded_earnings (a provider's earnings kept in memory until its ledger can take them),
+    backend_reachable (0 while the offer waits for a backend that refuses connections)
     peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
     sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
@@ -171,6 +172,10 @@ class NodeCollector(Collector):
                                 "Earnings this provider served but its ledger could not take "
                                 "yet, kept in memory and tried again.",
                                 value=r.unrecorded_earnings)
+        yield GaugeMetricFamily(PREFIX + "backend_reachable",
+                                "1, or 0 while this node offers no capacity because its "
+                                "inference backend refuses connections.",
+                                value=int(r.backend_reachable))
 
         if r.settled_nano is not None:
             yield CounterMetricFamily(PREFIX + "settled_nano",

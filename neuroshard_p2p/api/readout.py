@@ -90,6 +90,8 @@ class NodeReadout:
     #: and a provider's earnings kept in memory until its ledger can take them.
     ledger_write_failures: int = 0
     unrecorded_earnings: int = 0
+    #: False while this node offers nothing because its backend refuses connections.
+    backend_reachable: bool = True
     #: Accountability (node/guard.py): faults charged to remote peers by kind, bans imposed
     #: since start, peers banned now.
     peer_faults: dict[str, int] = field(default_factory=dict)
@@ -199,6 +201,7 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         job_streams=_job_streams(node.jobs.counters),
         ledger_write_failures=node.jobs.counters.ledger_write_failures,
         unrecorded_earnings=node.jobs.unrecorded_earnings,
+        backend_reachable=node.backend_reachable,
         peer_faults=dict(node.guard.faults),
         peer_bans=node.guard.bans,
         peers_graylisted=node.guard.graylisted(now),

@@ -54,6 +54,8 @@ class BackendResult:
 #: Why a backend failed, short stable codes (for counters; the job stream sends `backend_<reason>`).
 TIMEOUT = "timeout"            # the server did not answer in time
 UNREACHABLE = "unreachable"    # no connection to the server
+#: How long `OpenAIBackend.reachable` waits for a connection.
+REACHABLE_TIMEOUT_S = 5.0
 HTTP_STATUS = "http_status"    # the server answered with a status other than 200
 BAD_RESPONSE = "bad_response"  # the answer is not a usable completion
 DEADLINE = "deadline"          # the job cannot be finished before its deadline
@@ -509,6 +511,19 @@ class OpenAIBackend:
         return BackendResult(tokens_served=min(tokens, max_tokens), text=text,
                              model=model if isinstance(model, str) else self.model,
                              finish_reason=finish if isinstance(finish, str) else "")
+
+    async def reachable(self) -> bool:
+        """Whether the server takes a connection now (what an `unreachable` failure lacked);
+        the node asks this while it offers nothing for want of its backend."""
+        parts = urlsplit(self.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with trio.fail_after(REACHABLE_TIMEOUT_S):
+                stream = await trio.open_tcp_stream(parts.hostname or "", port)
+        except (OSError, trio.TooSlowError):
+            return False
+        await stream.aclose()
+        return True
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -78,6 +78,7 @@ from neuroshard_p2p.node.datadir import load_private_key, member_credential
 from neuroshard_p2p.node.engine import (
     LocalRequest,
     MarketSnapshot,
+    OwnOffer,
     PeerEngine,
     SyncCounts,
     Verdict,
@@ -140,6 +141,8 @@ log = logging.getLogger("neuroshard.node")
 FIRST_ANNOUNCE_HOLD_S = 10.0
 #: How often the node looks for connected peers pubsub gave up on (libp2p_compat 13).
 PUBSUB_REPAIR_S = 2.0
+#: How often a node whose backend refused connections checks whether it takes one again.
+BACKEND_CHECK_S = 5.0
 
 
 def sync_protocol(network: str) -> TProtocol:
@@ -219,6 +222,9 @@ class Node:
         self._logged: dict[tuple[bytes, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._poke = trio.Event()
+        #: The offer set aside while the backend refuses connections (`backend_unreachable`);
+        #: None while it answers.
+        self._held_offer: OwnOffer | None = None
         self._mesh_ready = trio.Event()
         self._sync_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNCS)
         self._serve_limiter = trio.CapacityLimiter(MAX_CONCURRENT_SYNC_ANSWERS)
@@ -347,6 +353,7 @@ class Node:
         nursery.start_soon(self._guard_loop)
         nursery.start_soon(self._pubsub_repair_loop)
         await nursery.start(self.jobs.run, self.host)
+        nursery.start_soon(self._check_backend)
         self.peering.start(nursery)
         self.reach.start(nursery)
         log.info("node %s listening on %s (topic %s)", self.peer_id, ", ".join(self.addrs),
@@ -368,13 +375,57 @@ class Node:
     # -- market operations (the API and the CLI call these) ---------------------------------
 
     def set_offer(self, tokens_per_second: int, min_price_nano: int) -> None:
-        """Offer capacity (announced within a tick); raises core.errors.MarketError."""
+        """Offer capacity (announced within a tick); raises core.errors.MarketError. While the
+        backend refuses connections the offer waits, and is announced once it answers."""
         self.engine.set_offer(tokens_per_second, min_price_nano)
+        if self._held_offer is not None:
+            self._held_offer = self.engine.offer
+            self.engine.withdraw_offer()
         self._poke.set()
 
     def withdraw_offer(self) -> None:
         self.engine.withdraw_offer()
+        if self._held_offer is not None:
+            self._held_offer = self.engine.offer
         self._poke.set()
+
+    @property
+    def backend_reachable(self) -> bool:
+        """False while the node offers nothing because its backend refuses connections."""
+        return self._held_offer is None
+
+    def backend_unreachable(self) -> None:
+        """The backend refused a connection (a job failed `unreachable`, or the check at start):
+        offer nothing, so no peer counts capacity this node cannot serve, until the backend
+        takes a connection again (`_wait_for_backend`). Nothing to do without an offer."""
+        if self._held_offer is not None or not self.engine.offer.tokens_per_second:
+            return
+        self._held_offer = self.engine.offer
+        self.engine.withdraw_offer()
+        self._poke.set()
+        log.warning("backend unreachable: offering no capacity until it takes a connection "
+                    "(checked every %.0f s)", BACKEND_CHECK_S)
+        self._spawn(self._wait_for_backend)
+
+    async def _check_backend(self) -> None:
+        """At start: a backend that refuses connections gets no capacity announced for it."""
+        reachable = getattr(self.jobs.backend, "reachable", None)
+        if reachable is not None and self.engine.offer.tokens_per_second:
+            if not await reachable():
+                self.backend_unreachable()
+
+    async def _wait_for_backend(self) -> None:
+        reachable = getattr(self.jobs.backend, "reachable", None)
+        while True:
+            await trio.sleep(BACKEND_CHECK_S)
+            if reachable is None or await reachable():
+                break
+        held, self._held_offer = self._held_offer, None
+        if held is not None and held.tokens_per_second:
+            self.engine.set_offer(held.tokens_per_second, held.min_price_nano)
+            self._poke.set()
+        log.warning("backend reachable again: offering %d tokens/s",
+                    self.engine.offer.tokens_per_second)
 
     async def publish_revocations(self, data: bytes) -> Verdict:
         """Publish an authority's signed revocation list (members networks; any node may carry

@@ -49,6 +49,7 @@ from neuroshard_p2p.identity import public_key_from_peer_id
 from neuroshard_p2p.timeline import seconds_of
 from neuroshard_p2p.ledger import STORAGE, AsyncLedger, LedgerError, MatchedJob, check_receipt
 from neuroshard_p2p.node.backends import (
+    UNREACHABLE,
     BackendError,
     InferenceBackend,
     SyntheticBackend,
@@ -324,12 +325,14 @@ class JobService:
                  clock: Callable[[], float] = time.time,
                  on_demand_change: Callable[[], None] | None = None,
                  refuse: Callable[[Any], bool] | None = None,
-                 on_fault: Callable[[Any, str], object] | None = None) -> None:
+                 on_fault: Callable[[Any, str], object] | None = None,
+                 on_backend_unreachable: Callable[[], None] | None = None) -> None:
         """`refuse(peer id)`: the peer is banned, reset its job streams; `on_fault(peer id,
         reason)`: a peer broke the job stream's frames (the node's guard charges it)."""
         self.engine = engine
         self._refuse = refuse
         self._on_fault = on_fault
+        self._on_backend_unreachable = on_backend_unreachable
         self.settings = settings or JobSettings()
         self.config: MarketConfig = engine.config
         self.private_key: coincurve.PrivateKey = engine.private_key
@@ -399,7 +402,8 @@ class JobService:
         service = cls(node.engine, settings=settings, backend=backend, ledger=ledger,
                       clock=node.clock, on_demand_change=lambda: node._poke.set(),
                       refuse=node.refuses,
-                      on_fault=lambda peer, reason: node.fault(peer, JOB_FRAME, reason))
+                      on_fault=lambda peer, reason: node.fault(peer, JOB_FRAME, reason),
+                      on_backend_unreachable=node.backend_unreachable)
         service.open_stream = lambda peer, protocols: node.reach.open_stream(peer, protocols)
         return service
 
@@ -1381,6 +1385,8 @@ class JobService:
         """The backend failed on an accepted job: count it and decline with its reason."""
         self.counters.backend_errors += 1
         log.info("backend failed on %s (%s): %s", job.request_id, error.reason, error.message)
+        if error.reason == UNREACHABLE and self._on_backend_unreachable is not None:
+            self._on_backend_unreachable()
         await self._answer(stream, declined(job.request_id, f"backend_{error.reason}",
                                             error.message))
 
