@@ -91,12 +91,19 @@ def test_a_provider_offers_nothing_while_its_backend_refuses_connections(tmp_pat
         wait_for(lambda: cli_json(gateway_dir, "peers")["count"] >= 1 and
                  supply_at_gateway() == 0, 20, "the gateway counts no capacity")
 
-        # 2. The server comes up: within a check (5 s) the offer is announced.
+        # The operator changes the offer meanwhile: it waits with the rest.
+        done = subprocess.run([*CLI, "register", "--data-dir", str(provider_dir), "--capacity",
+                               "800"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert provider_state() == (False, 0, 0.0)
+
+        # 2. The server comes up: within a check (5 s) the offer, as last set, is announced.
         server = start_server(port)
         procs.append(server)
-        wait_for(lambda: provider_state() == (True, 1000, 1.0), 15,
+        wait_for(lambda: provider_state() == (True, 800, 1.0), 15,
                  "the provider offers again", show=provider_state)
-        wait_for(lambda: supply_at_gateway() == 1000, 15, "the gateway counts 1000 tokens/s")
+        wait_for(lambda: supply_at_gateway() == 800, 15, "the gateway counts 800 tokens/s")
 
         # 3. The server goes down: the next job meets it, and the offer is withdrawn at once.
         server.send_signal(signal.SIGKILL)
@@ -117,4 +124,4 @@ def test_a_provider_offers_nothing_while_its_backend_refuses_connections(tmp_pat
             if proc.stdout is not None and not proc.stdout.closed:  # not read yet
                 proc.communicate(timeout=10)
     assert out.count("backend unreachable: offering no capacity") == 2, out[-3000:]
-    assert out.count("backend reachable again: offering 1000 tokens/s") == 1, out[-3000:]
+    assert out.count("backend reachable again: offering 800 tokens/s") == 1, out[-3000:]
