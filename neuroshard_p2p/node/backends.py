@@ -54,13 +54,13 @@ class BackendResult:
 #: Why a backend failed, short stable codes (for counters; the job stream sends `backend_<reason>`).
 TIMEOUT = "timeout"            # the server did not answer in time
 UNREACHABLE = "unreachable"    # no connection to the server
-#: How long `OpenAIBackend.reachable` waits for a connection.
-REACHABLE_TIMEOUT_S = 5.0
 HTTP_STATUS = "http_status"    # the server answered with a status other than 200
 BAD_RESPONSE = "bad_response"  # the answer is not a usable completion
 DEADLINE = "deadline"          # the job cannot be finished before its deadline
 BAD_REQUEST = "bad_request"    # the job itself is unusable (tokens, deadline, prompt)
 REASONS = (TIMEOUT, UNREACHABLE, HTTP_STATUS, BAD_RESPONSE, DEADLINE, BAD_REQUEST)
+#: How long `OpenAIBackend.reachable` waits for a connection.
+REACHABLE_TIMEOUT_S = 5.0
 
 
 class BackendError(Exception):
