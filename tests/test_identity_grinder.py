@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import trio
@@ -73,9 +75,11 @@ async def test_a_grinder_that_dies_is_replaced_and_the_node_gives_up_after_resta
     await eventually(lambda: not grinders(), 10, "no grinder left")
 
 
-def start_grinding_node(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+@contextmanager
+def grinding_node(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """`neuroshard-node run` on a network asking BITS bits of identity work, in a session (and
-    process group) of its own, as a terminal would start it; returns once it grinds."""
+    process group) of its own, as a terminal would start it; entered once it grinds, killed on
+    leaving if it still runs."""
     charter = tmp_path / "charter.toml"
     subprocess.run([sys.executable, "-m", "neuroshard_p2p.cli", "charter", "new", "--name",
                     "grinder", "--set", f"identity_work_bits={BITS}", "-o", str(charter)],
@@ -86,9 +90,16 @@ def start_grinding_node(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
          "--charter", str(charter), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0",
          "--no-mdns", "--no-upnp"], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    wait_for(lambda: (data_dir / "api").exists() and len(in_session(node)) >= 2, 30,
-             "the node serves its API and has started its grinder")
-    return node, data_dir
+    try:
+        wait_for(lambda: (data_dir / "api").exists() and len(in_session(node)) >= 2, 30,
+                 "the node serves its API and has started its grinder")
+        yield node, data_dir
+        wait_for(lambda: in_session(node) == [], 10, "nothing of the node's left running",
+                 show=lambda: in_session(node))
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.communicate(timeout=10)
 
 
 def in_session(node: subprocess.Popen[str]) -> list[str]:
@@ -98,29 +109,17 @@ def in_session(node: subprocess.Popen[str]) -> list[str]:
 
 
 def test_ctrl_c_while_grinding_stops_the_node_cleanly(tmp_path: Path) -> None:
-    node, data_dir = start_grinding_node(tmp_path)
-    try:
+    # Leaving the block also waits until nothing of the node's session is left running.
+    with grinding_node(tmp_path) as (node, data_dir):
         os.killpg(node.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         out, _ = node.communicate(timeout=30)
         assert node.returncode == 0, out[-3000:]
         assert "SIGINT: withdrawing and stopping" in out and "Traceback" not in out, out[-3000:]
         assert (data_dir / "work.json").exists()  # the search position kept for a restart
-        wait_for(lambda: in_session(node) == [], 10, "nothing of the node's left running",
-                 show=lambda: in_session(node))
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.communicate(timeout=10)
 
 
 def test_a_node_killed_outright_takes_its_grinder_with_it(tmp_path: Path) -> None:
-    node, _ = start_grinding_node(tmp_path)
-    try:
+    # Leaving the block also waits until nothing of the node's session is left running.
+    with grinding_node(tmp_path) as (node, _):
         node.kill()
         node.communicate(timeout=10)
-        wait_for(lambda: in_session(node) == [], 10, "nothing of the node's left running",
-                 show=lambda: in_session(node))
-    finally:
-        if node.poll() is None:
-            node.kill()
-            node.communicate(timeout=10)

@@ -305,7 +305,7 @@ class JobCounters:
     settlements_unsent: int = 0
     earnings_recorded: int = 0
     #: Settlements this node could not write to its ledger (disk full, I/O error): a gateway's
-    #: request then fails, nothing charged; a provider's earning is only in its log.
+    #: request then fails, nothing charged; a provider's earning is kept and tried again.
     ledger_write_failures: int = 0
     late_settlements: int = 0
     #: Time spent per phase by the jobs this gateway completed (sums, seconds; divide by
