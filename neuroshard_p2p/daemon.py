@@ -31,6 +31,7 @@ import coincurve
 import trio
 
 from neuroshard_p2p.api.app import Api, create_app
+from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.ledger import AsyncLedger, LedgerError, ledger_path
 from neuroshard_p2p.node.backends import InferenceBackend, make_backend
 from neuroshard_p2p.node.datadir import (
@@ -91,6 +92,11 @@ class Daemon:
     async def _start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         stack.callback(lock_data_dir(s.data_dir))
+        if s.api_enabled:  # with a broken token file the API would refuse every write: say so now
+            try:
+                load_api_token(s.data_dir)
+            except ConfigError as exc:
+                raise NodeError(str(exc)) from None
         try:
             self.ledger = await AsyncLedger.open(ledger_path(s.data_dir))
         except LedgerError as exc:  # a damaged file: said, and left as it is

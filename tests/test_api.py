@@ -385,6 +385,39 @@ async def test_writes_need_the_token_from_the_data_dir_reads_do_not(tmp_path: Pa
         assert new.status_code == 200 and node.engine.offer.tokens_per_second == 0
 
 
+async def test_a_token_file_gone_from_a_running_node_refuses_writes_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Deleted or emptied under a running node, the token file cannot check anyone: every write,
+    /api and /v1, is refused 503 naming the file and the command that mends it, logged once;
+    `token --rotate` restores writes without a restart. (It was a 500 and a traceback per
+    request.)"""
+    caplog.set_level(logging.ERROR, logger="neuroshard.api")
+    async with api_node(tmp_path / "a", 5) as api:
+        token_file = api.data_dir / "api_token"
+        mend = f"`neuroshard-node token --rotate --data-dir {api.data_dir}` writes a new one"
+        for damage, reason in ((token_file.unlink, f"no API token at {token_file}"),
+                               (lambda: token_file.write_text("\n"),
+                                f"the API token file {token_file} is empty")):
+            damage()
+            for _ in range(3):
+                own = await api.post("/api/market/register", headers=api.auth,
+                                     json={"tokens_per_second": 10})
+                assert own.status_code == 503
+                assert own.json()["error"] == f"this node cannot check API tokens: {reason}: {mend}"
+                v1 = await api.client.get(f"{api.url}/v1/models", headers=api.auth)
+                assert v1.status_code == 503
+                assert v1.json()["error"]["message"] == own.json()["error"]
+                assert v1.json()["error"]["code"] == "api_token_unreadable"
+            assert api.node.engine.offer.tokens_per_second == 0
+        refused = [r.getMessage() for r in caplog.records if "API writes refused" in r.getMessage()]
+        assert refused == [f"API writes refused: no API token at {token_file}: {mend}",
+                           f"API writes refused: the API token file {token_file} is empty: {mend}"]
+        new_token = rotate_api_token(api.data_dir)
+        ok = await api.post("/api/market/register", headers={"Authorization": f"Bearer {new_token}"},
+                            json={"tokens_per_second": 10})
+        assert ok.status_code == 200 and api.node.engine.offer.tokens_per_second == 10
+
+
 JSON = {"Content-Type": "application/json"}
 BIG = b'{"tokens_per_second": 10, "pad": "' + b"x" * (MAX_BODY_BYTES + 1) + b'"}'
 

@@ -570,3 +570,22 @@ def test_the_data_dir_lock_holds_where_its_pid_cannot_be_written(tmp_path: Path)
     finally:
         release()
     lock_data_dir(tmp_path)()  # released: free to take again
+
+
+def test_a_broken_token_file_stops_the_start_and_token_rotate_mends_it(tmp_path: Path) -> None:
+    # An empty token file let the node run with an API that answered every write 500.
+    cli("init", "--data-dir", str(tmp_path))
+    (tmp_path / "api_token").write_text("\n")
+    node = start(tmp_path)
+    out, _ = node.communicate(timeout=30)
+    assert (node.returncode, out.strip().splitlines()[-1]) == (
+        1, f"error: the API token file {tmp_path / 'api_token'} is empty: `neuroshard-node token "
+           f"--rotate --data-dir {tmp_path}` writes a new one"), out
+    assert "Traceback" not in out, out
+    token = cli("token", "--data-dir", str(tmp_path), "--rotate").stdout.strip()
+    assert len(token) == 43 and (tmp_path / "api_token").read_text() == token + "\n"
+    missing = tmp_path / "missing"
+    gone = cli("token", "--data-dir", str(missing), "--rotate", check=False)
+    assert (gone.returncode, gone.stdout, gone.stderr.strip()) == (
+        1, "", f"error: no data dir at {missing}: run `neuroshard-node init` first")
+    assert not missing.exists()

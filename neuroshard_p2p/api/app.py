@@ -56,7 +56,7 @@ from neuroshard_p2p.api.inputs import (
     parse_withdraw,
 )
 from neuroshard_p2p.api.metrics import node_registry, render
-from neuroshard_p2p.api.openai import OpenAIApi, OpenAIError
+from neuroshard_p2p.api.openai import ApiToken, OpenAIApi, OpenAIError
 from neuroshard_p2p.api.readout import NodeReadout, read_node
 from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.identity import peer_id_of
@@ -119,13 +119,13 @@ class Api:
                  token: Callable[[], str]) -> None:
         self.node = node
         self._node_ledger = ledger
-        #: The bearer token writes must carry, asked for at every write.
-        self.token = token
+        #: The bearer token writes must carry, read (`token()`) at every write.
+        self.token = ApiToken(token)
         #: Where this API answers, once its server has bound (shown by /api/node).
         self.url: str | None = None
         self.history = PriceHistory(node.settings.market.tick_s)
         #: /v1/...: the OpenAI-compatible endpoints (api/openai.py).
-        self.openai = OpenAIApi(node, token)
+        self.openai = OpenAIApi(node, self.token)
         #: Bound to loopback, the API answers only requests addressed to a loopback name: a web
         #: page whose DNS name is rebound to 127.0.0.1 would otherwise read it as same-origin.
         self.loopback_only = _is_loopback(node.settings.api_host_port[0])
@@ -258,7 +258,7 @@ class Api:
         if scheme.lower() != "bearer" or not token.strip():
             raise InputError(401, "this endpoint needs 'Authorization: Bearer <token>' "
                                   "(`neuroshard-node token` prints it)")
-        if not hmac.compare_digest(token.strip().encode(), self.token().encode()):
+        if not hmac.compare_digest(token.strip().encode(), self.token.expected().encode()):
             raise InputError(403, "wrong API token (`neuroshard-node token` prints the right one)")
 
     # -- reads ------------------------------------------------------------------------------

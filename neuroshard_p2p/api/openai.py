@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 
 from neuroshard_p2p.api.inputs import InputError, parse_json_object
+from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.money import from_nano, settle_amounts, to_nano
 from neuroshard_p2p.node.backends import chat_prompt
@@ -229,10 +230,32 @@ def parse_completion(body: bytes, content_type: str | None, *, chat: bool, model
                              model=model)
 
 
+class ApiToken:
+    """The token API writes must carry, read through `read` at every check (so `neuroshard-node
+    token --rotate` takes effect at once). When its file cannot give one (deleted, emptied,
+    unreadable: `read` raises ConfigError saying which), `expected` raises InputError 503: every
+    write is refused, with the reason, until the file is mended. Logged once per reason."""
+
+    def __init__(self, read: Callable[[], str]) -> None:
+        self.read = read
+        self._problem = ""
+
+    def expected(self) -> str:
+        try:
+            token = self.read()
+        except ConfigError as exc:
+            if str(exc) != self._problem:
+                self._problem = str(exc)
+                log.error("API writes refused: %s", exc)
+            raise InputError(503, f"this node cannot check API tokens: {exc}") from None
+        self._problem = ""
+        return token
+
+
 class OpenAIApi:
     """The /v1 endpoints of one node's API (`api.app.Api` routes every /v1 path here)."""
 
-    def __init__(self, node: "Node", token: Callable[[], str]) -> None:
+    def __init__(self, node: "Node", token: ApiToken) -> None:
         self.node = node
         self.token = token
         self._keys_read: tuple[float, dict[str, str]] = (-1.0, {})
@@ -294,7 +317,11 @@ class OpenAIApi:
                                    "node's API token: `neuroshard-node token` prints it)",
                               "authentication_error", "missing_api_key")
         given = token.strip().encode()
-        if hmac.compare_digest(given, self.token().encode()):
+        try:
+            own = self.token.expected()
+        except InputError as exc:
+            raise OpenAIError(exc.status, str(exc), "server_error", "api_token_unreadable") from None
+        if hmac.compare_digest(given, own.encode()):
             return None
         user = None
         for key, name in self.user_keys().items():
@@ -574,5 +601,5 @@ async def _reply(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
-__all__ = ["OpenAIApi", "OpenAIError", "CompletionRequest", "parse_completion", "QUEUE_WAIT_S",
+__all__ = ["ApiToken", "OpenAIApi", "OpenAIError", "CompletionRequest", "parse_completion", "QUEUE_WAIT_S",
            "RETRY_AFTER_S"]

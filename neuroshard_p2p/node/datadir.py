@@ -148,25 +148,41 @@ def load_private_key(path: str | os.PathLike[str]) -> coincurve.PrivateKey:
 
 
 def load_api_token(path: str | os.PathLike[str]) -> str:
-    """The API bearer token from `<path>/api_token`."""
-    token_path = Path(path).expanduser() / TOKEN_FILE
+    """The API bearer token from `<path>/api_token`; ConfigError says what is wrong with the file
+    (missing, unreadable, empty) and how to make a new one."""
+    directory = Path(path).expanduser()
+    token_path = directory / TOKEN_FILE
+    rotate = f"`neuroshard-node token --rotate --data-dir {directory}` writes a new one"
     try:
         token = token_path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise ConfigError(f"no API token at {token_path}: run `neuroshard-node init` first") from None
+        if not directory.is_dir():
+            raise ConfigError(f"no API token at {token_path}: run `neuroshard-node init` "
+                              f"first") from None
+        raise ConfigError(f"no API token at {token_path}: {rotate}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API token {token_path}: {exc}; {rotate}") from None
     if not token:
-        raise ConfigError(f"{token_path} is empty: delete it and run `neuroshard-node init`")
+        raise ConfigError(f"the API token file {token_path} is empty: {rotate}")
     return token
 
 
 def rotate_api_token(path: str | os.PathLike[str]) -> str:
-    """Replace the API token with a new random one (a running node reads it on each request)."""
+    """Replace the API token with a new random one (a running node reads it on each request);
+    ConfigError when the data dir is missing or the file cannot be written."""
     token = secrets.token_urlsafe(32)
-    token_path = Path(path).expanduser() / TOKEN_FILE
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(f"no data dir at {directory}: run `neuroshard-node init` first")
+    token_path = directory / TOKEN_FILE
     tmp = token_path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)  # left over from an interrupted rotation
-    _write_secret(tmp, token + "\n")
-    os.replace(tmp, token_path)
+    try:
+        tmp.unlink(missing_ok=True)  # left over from an interrupted rotation
+        _write_secret(tmp, token + "\n")
+        os.replace(tmp, token_path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write a new API token to {token_path}: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
     return token
 
 
