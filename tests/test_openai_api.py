@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -77,7 +78,9 @@ async def rows(node: ApiNode, request_id: str) -> list[Any]:
     return [r for r in await ledger.recent(1000) if r.request_id == request_id]
 
 
-async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> None:
+async def test_streamed_and_plain_chat_through_the_market(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="neuroshard.api.openai")
     async with market(tmp_path) as (provider, gateway, url):
         oa = client(gateway)
         models = await trio.to_thread.run_sync(oa.models.list)
@@ -150,6 +153,9 @@ async def test_streamed_and_plain_chat_through_the_market(tmp_path: Path) -> Non
             capture_stdout=True, capture_stderr=True)
         assert done.stdout.decode() == "w0 w1 w2 w3\n"
         assert f"[4 tokens from {provider.node.peer_id} at " in done.stderr.decode()
+        # Every answer was whole: the disconnect that ends each cancelled nothing, and said
+        # nothing (it logged "went away; cancelling it" for every request served).
+        assert [r.getMessage() for r in caplog.records if "went away" in r.getMessage()] == []
 
 
 async def test_a_stream_through_two_mplex_nodes(tmp_path: Path) -> None:
@@ -175,7 +181,8 @@ async def test_a_stream_through_two_mplex_nodes(tmp_path: Path) -> None:
 
 
 async def test_client_going_away_mid_stream_settles_exactly_what_was_served(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="neuroshard.api.openai")
     async with market(tmp_path) as (provider, gateway, url):
         oa = client(gateway)
         received: list[str] = []
@@ -231,6 +238,8 @@ async def test_client_going_away_mid_stream_settles_exactly_what_was_served(
         assert 'neuroshard_job_streams_total{event="stopped"} 1.0' in (
             await provider.get("/metrics")).text
         assert "".join(received) == " ".join(f"w{i}" for i in range(10))
+        assert [r.getMessage() for r in caplog.records if "went away" in r.getMessage()] == [
+            f"client of {rid} went away; cancelling it"]
 
 
 async def test_an_old_provider_serves_a_stream_in_one_piece(tmp_path: Path) -> None:

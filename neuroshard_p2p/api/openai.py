@@ -408,11 +408,13 @@ class OpenAIApi:
             raise refusal
 
     async def _watch_client(self, receive: Receive, rid: str, scope: trio.CancelScope) -> None:
-        """The client went away (http.disconnect): cancel its request; the answer stops."""
+        """The client went away (http.disconnect): cancel its request; the answer stops. A
+        disconnect once the answer is whole (every finished request ends with one) cancels
+        nothing and is not logged."""
         while (await receive())["type"] != "http.disconnect":
             pass
-        log.info("client of %s went away; cancelling it", rid)
-        self.node.jobs.cancel(rid, "the client went away")
+        if self.node.jobs.cancel(rid, "the client went away"):
+            log.info("client of %s went away; cancelling it", rid)
         scope.cancel()
 
     def market_fields(self, status: "JobStatus") -> dict[str, Any]:

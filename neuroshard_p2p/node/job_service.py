@@ -479,16 +479,19 @@ class JobService:
             self._route()
         return status, receive
 
-    def cancel(self, request_id: str, why: str = "cancelled by its user") -> None:
+    def cancel(self, request_id: str, why: str = "cancelled by its user") -> bool:
         """The user gives up: a pending request fails at once (nothing charged); a streamed one
-        being served is cancelled on its job stream and settles what was served."""
+        being served is cancelled on its job stream and settles what was served. False when
+        there was nothing to cancel (finished, unknown, or cancelled already)."""
         if self.gateway.cancel(request_id, why, self.clock()):
             self._notify(request_id)
             self._wake.set()
-            return
+            return True
         sink = self._sinks.get(request_id)
-        if sink is not None:
-            sink.cancel(why)
+        if sink is None or sink.cancelled.is_set():
+            return False
+        sink.cancel(why)
+        return True
 
     def status(self, request_id: str) -> JobStatus | None:
         """A request's status (state, provider, tokens served, cost, why), or None if unknown."""
