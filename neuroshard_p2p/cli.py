@@ -510,7 +510,9 @@ async def _run_node(settings: NodeSettings) -> None:
 
     with trio.open_signal_receiver(*_stop_signals()) as signals:
         try:
-            async with Daemon(settings) as daemon:
+            # A second signal cuts the stop's wait for the jobs under way short (the stop stays
+            # clean: the withdrawal is still published).
+            async with Daemon(settings, stop_now=lambda: _next_signal(signals)) as daemon:
                 node = daemon.node
                 assert node is not None
                 print(f"neuroshard-node {__version__}: peer id {node.peer_id}", flush=True)
@@ -529,12 +531,23 @@ async def _run_node(settings: NodeSettings) -> None:
                 async with trio.open_nursery() as printer:
                     printer.start_soon(_print_reachability, node)
                     async for signum in signals:
-                        _say(f"{signal.Signals(signum).name}: withdrawing and stopping")
+                        name = signal.Signals(signum).name
+                        _say(f"{name}: withdrawing and stopping")
+                        if node.jobs.under_way and settings.shutdown_drain_s > 0:
+                            _say(f"waiting up to {settings.shutdown_drain_s:g} s for "
+                                 f"{node.jobs.under_way} job(s) under way to end ({name} "
+                                 f"again: stop now)")
                         break
                     printer.cancel_scope.cancel()
         except (NodeError, ConfigError) as exc:
             raise CliError(str(exc)) from None
     _say("stopped")
+
+
+async def _next_signal(signals: Any) -> None:
+    async for signum in signals:
+        _say(f"{signal.Signals(signum).name}: not waiting for the jobs under way")
+        return
 
 
 async def _print_reachability(node: Any) -> None:

@@ -14,9 +14,11 @@ know the API exists, the API reads the node it is handed, the ledger knows neith
 3. the HTTP API (`api.app`) is served by hypercorn's trio worker in the daemon's nursery, and its
    URL written to `<data-dir>/api` (the CLI's client commands read it).
 
-Leaving reverses that: the URL file is removed, the API stops, the node leaves (withdrawing its
-offer on a clean stop), then the backend and the ledger close (shielded and bounded, so a hard
-stop closes them too).
+Leaving reverses that. A clean stop first withdraws the node's offer and lets the jobs under way
+end (`Node.drain`: at most `shutdown_drain_s`, while the API still streams their answers; new
+requests are refused). Then the URL file is removed, the API stops, the node leaves (publishing
+its withdrawal on a clean stop), and the backend and the ledger close (shielded and bounded, so
+a hard stop closes them too).
 """
 
 from __future__ import annotations
@@ -57,8 +59,12 @@ class Daemon:
     `async with`; `node`, `ledger`, `backend` and `api` are set while it runs."""
 
     def __init__(self, settings: NodeSettings, *, private_key: coincurve.PrivateKey | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 stop_now: Callable[[], Awaitable[object]] | None = None) -> None:
+        """`stop_now()`, awaited during a clean stop's wait for the jobs under way, returns
+        when that wait should end at once (`run`: a second signal)."""
         self.settings = settings
+        self._stop_now = stop_now
         self._private_key = private_key
         self._clock = clock
         self.node: Node | None = None
@@ -66,6 +72,8 @@ class Daemon:
         self.backend: InferenceBackend | None = None
         self.api: Api | None = None
         self._stack: AsyncExitStack | None = None
+        #: Set when a clean stop's wait for the jobs under way is to end at once.
+        self.stop_now = trio.Event()
 
     @property
     def api_url(self) -> str | None:
@@ -115,6 +123,24 @@ class Daemon:
             url = await self._serve_api(nursery, self.node)
             write_api_url(s.data_dir, url)
             stack.callback(remove_api_url, s.data_dir, url)
+        # First on a clean stop, while the API still streams the answers under way.
+        stack.push_async_exit(self._drain)
+
+    async def _drain(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                     tb: TracebackType | None) -> bool:
+        """A clean stop lets the jobs under way end first (`Node.drain`, at most
+        `shutdown_drain_s`, or until `stop_now` is set); a hard stop does not wait."""
+        if exc_type is None and self.node is not None:
+            async with trio.open_nursery() as nursery:
+                if self._stop_now is not None:
+                    nursery.start_soon(self._stop_now_when, self._stop_now)
+                await self.node.drain(self.settings.shutdown_drain_s, self.stop_now)
+                nursery.cancel_scope.cancel()
+        return False
+
+    async def _stop_now_when(self, happens: Callable[[], Awaitable[object]]) -> None:
+        await happens()
+        self.stop_now.set()
 
     async def _serve_api(self, nursery: trio.Nursery, node: Node) -> str:
         """Serve the API in `nursery`; returns its URL. Raises NodeError when it cannot bind."""

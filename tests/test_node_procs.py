@@ -589,3 +589,58 @@ def test_a_broken_token_file_stops_the_start_and_token_rotate_mends_it(tmp_path:
     assert (gone.returncode, gone.stdout, gone.stderr.strip()) == (
         1, "", f"error: no data dir at {missing}: run `neuroshard-node init` first")
     assert not missing.exists()
+
+
+def read_so_far(process: subprocess.Popen[str], seen: list[str]) -> str:
+    """What `process` has written to its stdout pipe so far, without blocking."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    os.set_blocking(fd, False)
+    try:
+        while chunk := os.read(fd, 65536):
+            seen.append(chunk.decode("utf-8", "replace"))
+    except BlockingIOError:
+        pass
+    return "".join(seen)
+
+
+def test_a_stop_waits_for_the_job_under_way_and_a_second_signal_ends_the_wait(
+        tmp_path: Path) -> None:
+    provider = start(tmp_path / "p", "--capacity", "1000")
+    gateway: subprocess.Popen[str] | None = None
+    try:
+        def answer(*args: str) -> Any:  # None until the node is up
+            found = cli(*args, "--json", check=False)
+            return json.loads(found.stdout) if found.returncode == 0 else {}
+
+        def running_addrs() -> list[str] | None:
+            data = answer("id", "--data-dir", str(tmp_path / "p"))
+            return data.get("addrs") if data.get("running") is not False else None
+        addr = wait_for(running_addrs, 20, "the provider is up")[0]
+        gateway = start(tmp_path / "g", "--bootstrap", addr)
+        wait_for(lambda: answer("market", "--data-dir", str(tmp_path / "g")).get(
+            "supply_tokens_per_sec") == 1000, 20, "the gateway counts the provider")
+        submitted = cli("submit", "--data-dir", str(tmp_path / "g"), "--tokens", "30000",
+                        "--max-price", "1").stdout  # 30 s of serving
+        rid = submitted.split()[1].rstrip(":")
+        wait_for(lambda: cli_json("status", "--data-dir", str(tmp_path / "g"), rid)["state"]
+                 == "claimed", 20, "the provider serves the request")
+        gateway.send_signal(signal.SIGTERM)
+        seen: list[str] = []
+        waiting = "waiting up to 30 s for 1 job(s) under way to end (SIGTERM again: stop now)"
+        wait_for(lambda: waiting in read_so_far(gateway, seen), 10, "the stop waits for the job")
+        assert gateway.poll() is None  # still waiting, the job 30 s from its end
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=10)
+        out = read_so_far(gateway, seen)
+        assert gateway.returncode == 0, out
+        lines = [line.split(" neuroshard.jobs: ")[-1] for line in out.splitlines()]
+        assert lines[-4:] == [waiting, "SIGTERM: not waiting for the jobs under way",
+                              "stopping with 1 job(s) still under way: their peers see them cut "
+                              "off", "stopped"], out
+        assert "Traceback" not in out, out
+    finally:
+        for process in (gateway, provider):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

@@ -72,6 +72,7 @@ CONFIG_TEMPLATE = f"""\
 # target_peers = 8
 # max_peers = 32
 # muxer = "yamux"                     # or "mplex"
+# shutdown_drain_s = 30.0             # a clean stop lets the jobs under way end for this long
 
 [market]
 # Only this node's own queue and ledger: every other market value is the network's charter's

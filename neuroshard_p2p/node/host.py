@@ -359,6 +359,14 @@ class Node:
         log.info("node %s listening on %s (topic %s)", self.peer_id, ", ".join(self.addrs),
                  self.topic)
 
+    async def drain(self, timeout_s: float, cut_short: trio.Event | None = None) -> int:
+        """Before a clean stop: withdraw this node's offer (peers stop matching requests to it
+        within a tick) and give the jobs under way up to `timeout_s` to end well
+        (`JobService.drain`). Returns how many were still under way."""
+        if self.engine.offer.tokens_per_second > 0 or self._held_offer is not None:
+            self.withdraw_offer()
+        return await self.jobs.drain(timeout_s, cut_short)
+
     async def _withdraw_and_flush(self) -> None:
         """Publish the withdrawal and wait (at most shutdown_grace_s) until it has left."""
         data = self.engine.withdraw(self.now())

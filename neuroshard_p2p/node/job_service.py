@@ -176,10 +176,14 @@ class _Sink:
         self.delivered = 0
         #: Whether the reader was told a provider accepted the request (`accept`).
         self.announced = False
+        self.reader_stays = False
 
-    def cancel(self, why: str) -> None:
+    def cancel(self, why: str, *, reader_stays: bool = False) -> None:
+        """Stop the job (JobCancel). `reader_stays`: the cancel is not the reader's (this node
+        is stopping), so what is served until the provider stops still reaches it, as paid."""
         if not self.cancelled.is_set():
             self.why = why
+            self.reader_stays = reader_stays
             self.cancelled.set()
 
     def accept(self) -> None:
@@ -198,7 +202,7 @@ class _Sink:
         if self.text_bytes + size <= MAX_OUTPUT_BYTES:
             self.parts.append(piece.text)
             self.text_bytes += size
-        if self.cancelled.is_set():
+        if self.cancelled.is_set() and not self.reader_stays:
             return
         try:
             self.send.send_nowait(piece)
@@ -211,6 +215,10 @@ class _Sink:
 
 #: How long a stopping provider tries once more to record its kept earnings.
 CLOSE_RECORD_S = 5.0
+#: Why a stopping node refuses a request, and fails or cancels the ones it holds.
+STOPPING = "this node is stopping; submit at another node"
+#: How long a stopping gateway waits for the streamed jobs it cancelled to settle what was served.
+CANCEL_SETTLE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -382,6 +390,12 @@ class JobService:
         #: oldest first; `_record_kept` tries them again.
         self._unrecorded: deque[tuple[str, bytes, float]] = deque()
         self._closed = False
+        #: A clean stop has begun (`drain`): no request is taken or dispatched, no job admitted.
+        self.stopping = False
+        #: Jobs under way here: attempts this gateway sent that have not ended, and jobs this
+        #: provider admitted, until their settlement is read. `drain` waits for them.
+        self.under_way = 0
+        self._quiet = trio.Event()
 
     @classmethod
     def for_node(cls, node: Any, *, backend: InferenceBackend | None = None,
@@ -440,6 +454,63 @@ class JobService:
                     log.error("earning for %s not recorded (the ledger cannot write); its signed "
                               "receipt: %s", request_id, wire_bytes.hex())
 
+    async def drain(self, timeout_s: float, cut_short: trio.Event | None = None) -> int:
+        """A clean stop's first step: take no new work, and give the jobs under way up to
+        `timeout_s` (or until `cut_short` is set) to end well, so that nobody is left unpaid
+        or charged a fault by this node's leaving. Requests waiting here for a provider fail
+        at once (nothing charged); new requests are refused `STOPPING`. Jobs this provider
+        serves run to their end and read their settlement (its offer is withdrawn by the
+        node, so no new one is admitted). Streamed requests this gateway still has with a
+        provider when the time is up are cancelled, and settle what was served (up to
+        CANCEL_SETTLE_S more). Returns how many jobs were still under way (0: all ended)."""
+        self.stopping = True
+        self._fail_pending(self.clock())
+        self._wake.set()
+        if self.under_way:
+            log.info("stopping: %d job(s) under way; waiting up to %g s for them to end "
+                     "(signal again to stop now)", self.under_way, timeout_s)
+        if not await self._wait_quiet(timeout_s, cut_short) and not (
+                cut_short is not None and cut_short.is_set()):
+            streamed = [sink for sink in self._sinks.values() if not sink.cancelled.is_set()]
+            for sink in streamed:
+                sink.cancel(STOPPING, reader_stays=True)
+            if streamed:
+                await self._wait_quiet(CANCEL_SETTLE_S, cut_short)
+        if self.under_way:
+            log.warning("stopping with %d job(s) still under way: their peers see them cut "
+                        "off", self.under_way)
+        return self.under_way
+
+    async def _wait_quiet(self, timeout_s: float, cut_short: trio.Event | None) -> bool:
+        """Wait until no job is under way: True if none is, False at the timeout or the cut."""
+        async def watch_cut(scope: trio.CancelScope) -> None:
+            assert cut_short is not None
+            await cut_short.wait()
+            scope.cancel()
+
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+                if cut_short is not None:
+                    nursery.start_soon(watch_cut, nursery.cancel_scope)
+                while self.under_way:
+                    self._quiet = trio.Event()
+                    await self._quiet.wait()
+                nursery.cancel_scope.cancel()
+        return self.under_way == 0
+
+    def _fail_pending(self, now: float) -> None:
+        for status in self.gateway.statuses():
+            if status.state == "pending" and self.gateway.cancel(status.request_id, STOPPING, now):
+                self._notify(status.request_id)
+
+    def _job_started(self) -> None:
+        self.under_way += 1
+
+    def _job_ended(self) -> None:
+        self.under_way -= 1
+        if self.under_way == 0:
+            self._quiet.set()
+
     # -- gateway: requests ---------------------------------------------------------------------
 
     def price_nano(self, now: float | None = None) -> int:
@@ -451,6 +522,8 @@ class JobService:
                user: str | None = None, request_id: str | None = None) -> JobStatus:
         """Take a request at this gateway: it locks the current price and is routed to a provider.
         Raises MarketError with the reason (bad fields, max price below the price, …)."""
+        if self.stopping:
+            raise MarketError(STOPPING)
         now = self.clock()
         rid = request_id or f"req-{secrets.token_hex(8)}"
         status = self.gateway.submit(rid, user or self.engine.peer_id, tokens, max_price_nano,
@@ -580,6 +653,8 @@ class JobService:
         for event in self.gateway.advance(now):
             log.info("request %s: %s", event.request_id, event.reason)
             self._notify(event.request_id)
+        if self.stopping and self.gateway.pending_requests:
+            self._fail_pending(now)
         if self.gateway.pending_requests:
             offers = self.view_offers.at(self.engine.view, now)
             if offers is not self._offers_given:  # the desk holds these already otherwise
@@ -617,6 +692,13 @@ class JobService:
                 self._on_demand_change()
 
     async def _send_job(self, dispatch: Dispatch) -> None:
+        self._job_started()
+        try:
+            await self._attempt(dispatch)
+        finally:
+            self._job_ended()
+
+    async def _attempt(self, dispatch: Dispatch) -> None:
         """One attempt: stream the job to its provider and report what happened to the desk.
 
         Deadlines: the accept deadline (dial, send, first answer: `accept_timeout_s`), then the
@@ -1021,7 +1103,7 @@ class JobService:
         """A gateway sent a job: admit it by our own capacity, serve it, return a receipt."""
         peer = stream.muxed_conn.peer_id
         job: Job | None = None
-        admitted = False
+        admitted = counted = False
         if self._refuse is not None and self._refuse(peer):
             self.counters.streams_refused += 1
             await reset_quietly(stream)
@@ -1057,7 +1139,8 @@ class JobService:
                 await self._answer(stream, declined(job.request_id, admission.reason,
                                                     admission.detail))
                 return
-            admitted = True
+            admitted = counted = True
+            self._job_started()
             accepted = length_prefixed(encode_job_frame(JobAccepted(job.request_id)))
             gateway_frames = None
             if streaming:
@@ -1085,6 +1168,8 @@ class JobService:
         finally:
             if admitted and job is not None:
                 self.provider.finish(job)
+            if counted:
+                self._job_ended()
 
     async def _await_settlement(self, stream: Any, job: Job, receipt: Receipt,
                                 frames: FrameStream | None = None) -> None:

@@ -140,6 +140,8 @@ class NodeSettings:
     sync_serve_wait_s: float = 2.0
     #: How long a clean shutdown waits for the withdrawal to leave before closing connections.
     shutdown_grace_s: float = 1.0
+    #: On a clean stop, how long the jobs under way (served or sent) get to end and settle.
+    shutdown_drain_s: float = 30.0
     #: Jobs, local to this node (node/jobs.py, node/reputation.py). A provider must accept or
     #: decline a job within job_accept_timeout_s (dial included, never more than
     #: stream_timeout_s), and deliver its result within job_progress_grace_s + 2 × tokens /
@@ -208,6 +210,7 @@ class NodeSettings:
         need(1 <= self.openai_default_max_tokens <= self.market.max_tokens_per_minute,
              f"openai_default_max_tokens must be 1..{self.market.max_tokens_per_minute}")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
+        need(self.shutdown_drain_s >= 0, "shutdown_drain_s must be >= 0")
         need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
         need(0 <= self.sync_gossip_quiet_s <= 10, "sync_gossip_quiet_s must be in [0, 10] seconds")
         need(0 <= self.sync_serve_wait_s <= 2.5,
