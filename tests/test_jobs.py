@@ -540,20 +540,44 @@ def test_the_gateway_keeps_the_newest_outputs_within_its_byte_budget() -> None:
     assert (desk.status("r2"), desk.output_bytes) == (None, 0)
 
 
+def test_the_gateway_keeps_the_newest_finished_requests_within_its_count() -> None:
+    # Each finished request held costs ~2 KB for retention_s (an hour): a busy gateway's memory
+    # grew by its rate times an hour (a soak: 65 requests/s, 2.07 KB each, linear).
+    desk = GatewayDesk(CONFIG, pub(GATEWAY), GatewaySettings(max_finished_requests=2))
+    desk.set_view_offers([offer(CHEAP, 10_000, 10)], T0)
+    provider = ProviderDesk(pub(CHEAP), CONFIG)
+    for i, rid in enumerate(("r1", "r2", "r3")):
+        desk.submit(rid, "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + i, prompt="p")
+        [dispatch] = desk.dispatch(T0 + i)
+        job = wire.sign(dispatch.job, GATEWAY)
+        receipt = wire.sign(provider.receipt_for(job, 10, T0 + i, T0 + i + 1, T0 + i + 1), CHEAP)
+        desk.on_completed(rid, dispatch.attempt, receipt, "out", T0 + i + 1)
+    desk.submit("r4", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 5)  # open: not counted
+    assert [desk.status(r) is not None for r in ("r1", "r2", "r3", "r4")] == [False, True, True,
+                                                                             True]
+    assert desk.count_by_state() == {"completed": 2, "pending": 1}
+    assert (desk.output_bytes, desk.book.counters["pruned"]) == (6, 1)
+    desk.submit("r1", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 6)  # its id is free
+    desk.advance(T0 + 4 + CONFIG.retention_s)  # r2 and r3 go at their own time, once each
+    assert desk.count_by_state() == {"pending": 2} and desk.output_bytes == 0
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["submit", "dispatch", "complete", "decline", "lose",
                                            "fail", "wait"]),
-                          st.integers(0, 40)), max_size=60))
+                          st.integers(0, 40)), max_size=60),
+       st.sampled_from([2, 100_000]))
 def test_counting_requests_by_state_equals_counting_their_statuses(
-        steps: list[tuple[str, int]]) -> None:
+        steps: list[tuple[str, int]], max_finished: int) -> None:
     """`count_by_state` (what /api/market and /metrics read) keeps its counts as requests move
-    and are pruned; it always equals counting `statuses()`, which walks every record."""
+    and are pruned, by their time or by the count of finished ones held; it always equals
+    counting `statuses()`, which walks every record."""
     from collections import Counter
 
     config = MarketConfig(dynamic_pricing=False, target_response_s=2.0, claim_timeout_s=5.0,
                           request_expiry_s=20.0, retention_s=15.0)
-    desk = GatewayDesk(config, pub(GATEWAY), GatewaySettings(full_backoff_s=0.0,
-                                                             lost_backoff_s=0.0))
+    desk = GatewayDesk(config, pub(GATEWAY), GatewaySettings(
+        full_backoff_s=0.0, lost_backoff_s=0.0, max_finished_requests=max_finished))
     desk.set_view_offers([offer(CHEAP, 100, 10)], T0)
     provider = ProviderDesk(pub(CHEAP), config)
     now, sent = T0, []
@@ -580,7 +604,10 @@ def test_counting_requests_by_state_equals_counting_their_statuses(
                 desk.on_lost(d.request_id, d.attempt, d.peer_id, "died", now)
             else:
                 desk.on_failed(d.request_id, d.attempt, d.peer_id, "backend failed", now)
-        assert desk.count_by_state() == dict(Counter(s.state for s in desk.statuses()))
+        counts = desk.count_by_state()
+        assert counts == dict(Counter(s.state for s in desk.statuses()))
+        assert sum(n for state, n in counts.items() if state not in ("pending", "claimed")
+                   ) <= max_finished
     desk.advance(now + 100)
     assert desk.count_by_state() == {} and desk.statuses() == []
 

@@ -691,6 +691,13 @@ class OrderBook:
         self.counters["released"] += 1
         return request.status()
 
+    def forget(self, request_id: str, now: float) -> None:
+        """Prune a finished request before its retention_s is up (its holder keeps fewer
+        records than retention_s would). Raises MarketError unless it is finished."""
+        request = self._get(request_id)
+        self._transition(request, "prune", now)
+        self.counters["pruned"] += 1
+
     def fail(self, request_id: str, now: float, reason: str) -> RequestStatus:
         """A pending or claimed request ends unserved, e.g. the backend cannot run it. Nothing is
         paid."""
