@@ -605,11 +605,20 @@ def test_counting_requests_by_state_equals_counting_their_statuses(
             else:
                 desk.on_failed(d.request_id, d.attempt, d.peer_id, "backend failed", now)
         counts = desk.count_by_state()
-        assert counts == dict(Counter(s.state for s in desk.statuses()))
+        statuses = desk.statuses()
+        assert counts == dict(Counter(s.state for s in statuses))
         assert sum(n for state, n in counts.items() if state not in ("pending", "claimed")
                    ) <= max_finished
+        # What the desk keeps beside the book goes with the book's records, prompts with the
+        # request's end, at once (no periodic walk over every record does it).
+        assert set(desk._extra) <= {s.request_id for s in statuses}
+        assert desk.output_bytes == sum(desk._outputs.values())
+        assert desk.prompt_bytes == sum(len(e.prompt.encode()) for e in desk._extra.values())
+        assert all(not desk._extra[s.request_id].prompt for s in statuses
+                   if s.state not in ("pending", "claimed") and s.request_id in desk._extra)
     desk.advance(now + 100)
     assert desk.count_by_state() == {} and desk.statuses() == []
+    assert (desk._extra, desk._outputs, desk.output_bytes, desk.prompt_bytes) == ({}, {}, 0, 0)
 
 
 # --- the view's offers, kept while they cannot change --------------------------------------------

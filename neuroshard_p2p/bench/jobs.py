@@ -18,6 +18,10 @@ the CPU of *both* sides of the exchange on one core.
   py-libp2p's floor for such an exchange (open a stream, a few bytes each way, close); and
   where the routed time goes at the gateway (`JobService.counters`: stream open + the
   provider's answer, the wait for the result after acceptance, receipt check + ledger).
+- held (`--held-only` runs just this): the gateway desk's `advance`, which the route loop calls
+  every 0.1 s, with 1,000 and 100,000 finished requests held: its longest and median call over
+  30 s of its clock, and the ratio of the longest calls (it walked every record every 10 s:
+  ~9 us a record, a 0.9 s stall of the event loop with 100,000 held).
 - offers (`--offers-only` runs just this): the gateway's cache of the view's offer list
   (`jobs.ViewOffers`) against reading `view.offers_at` each time, on views of 10, 100 and 1,000
   signers (three announcements each): a miss (read + the view's next boundary) and a hit, as
@@ -254,6 +258,51 @@ def offer_cache(sizes: tuple[int, ...] = (10, 100, 1000), repeat: int = 200
     return rows
 
 
+def _held_rows(sizes: tuple[int, ...] = (1_000, 100_000), seconds: float = 30.0
+               ) -> list[tuple[int, float, float]]:
+    """The gateway desk's `advance` (called every 0.1 s of its clock by the route loop) with
+    `size` finished requests held: (size, its longest call over `seconds` of simulated time, the
+    median call), in ms. Each call blocks the node's event loop for as long as it takes."""
+    from neuroshard_p2p.view.view import CountedOffer
+    from neuroshard_p2p.node.jobs import GatewayDesk, GatewaySettings, ProviderDesk
+    from neuroshard_p2p.wire import sign
+
+    gateway, provider_key = _key(1), _key(2)
+    provider_pub = provider_key.public_key.format(compressed=True)
+    config = MarketConfig(dynamic_pricing=False, target_response_s=2.0, retention_s=3600.0)
+    rows = []
+    for size in sizes:
+        desk = GatewayDesk(config, gateway.public_key.format(compressed=True), GatewaySettings(
+            max_open_requests=size + 10, max_finished_requests=size + 10))
+        t0 = 1_700_000_000.0
+        desk.set_view_offers([CountedOffer(provider_pub, 50_000, 10, int(t0 * 1000))], t0)
+        provider = ProviderDesk(provider_pub, config)
+        for i in range(size):
+            rid = f"r{i}"
+            desk.submit(rid, "alice", 10, 2 * PRICE_NANO, price_nano=PRICE_NANO, now=t0)
+            [dispatch] = desk.dispatch(t0)
+            job = sign(dispatch.job, gateway)
+            receipt = sign(provider.receipt_for(job, 10, t0, t0, t0), provider_key)
+            desk.on_completed(rid, dispatch.attempt, receipt, "out", t0)
+        calls = []
+        for k in range(int(seconds * 10)):
+            started = time.perf_counter()
+            desk.advance(t0 + 1 + k / 10)
+            calls.append((time.perf_counter() - started) * 1000)
+        rows.append((size, max(calls), statistics.median(calls)))
+    return rows
+
+
+def _print_held() -> None:
+    rows = _held_rows()
+    print("gateway desk's advance with finished requests held (every 0.1 s for 30 s of its "
+          "clock; ms)")
+    for size, longest, median in rows:
+        print(f"  {size:>9,} held   longest {longest:8.3f}   median {median:8.4f}")
+    print(f"  longest call, {rows[-1][0]:,} held / {rows[0][0]:,} held: "
+          f"{rows[-1][1] / rows[0][1]:.1f} (flat: no call walks what is held)")
+
+
 def run(jobs: int = 300, calls: int = 40, tokens: int = 10) -> dict[str, Any]:
     """Measure and return the figures described in the module docstring."""
     results: dict[str, Any] = {"jobs": jobs, "calls": calls, "tokens": tokens}
@@ -289,9 +338,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=10, help="tokens per request")
     parser.add_argument("--offers-only", action="store_true",
                         help="only the view-offer cache rows (no nodes, about a second)")
+    parser.add_argument("--held-only", action="store_true",
+                        help="only the desk's advance with 1,000 and 100,000 finished requests "
+                             "held (no nodes, about 20 s)")
     args = parser.parse_args(argv)
     if args.offers_only:
         _print_offer_cache()
+        return
+    if args.held_only:
+        _print_held()
         return
     r = run(args.jobs, args.calls, args.tokens)
     print(f"jobs benchmark: gateway + provider in one process on 127.0.0.1, "

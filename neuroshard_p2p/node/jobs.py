@@ -434,7 +434,6 @@ class GatewayDesk:
         self._keys: dict[str, bytes] = {}           # peer id → public key, for offers seen
         self._peer_ids: dict[bytes, str] = {}       # and back
         self._set_aside: dict[str, float] = {}      # peer id → until when it is not tried
-        self._next_cleanup = -math.inf
         #: Bytes of the prompts held (open requests); request id → bytes of its kept output,
         #: oldest completion first.
         self.prompt_bytes = 0
@@ -507,7 +506,10 @@ class GatewayDesk:
     def _finished_now(self, request_id: str) -> None:
         """A request reached a terminal state: count it until the book prunes it."""
         record = self.book.get(request_id)
-        if record is None or record.state not in TERMINAL or record.finished_at is None:
+        if record is None:  # it ended and was pruned within one `advance`: nothing to count
+            self._let_go(request_id)
+            return
+        if record.state not in TERMINAL or record.finished_at is None:
             return
         state = str(record.state)
         self._finished[state] += 1
@@ -516,14 +518,9 @@ class GatewayDesk:
                                       state))
         while self._finished_total > self.settings.max_finished_requests:
             _, oldest, oldest_state = heapq.heappop(self._prunes)
-            self._finished[oldest_state] -= 1
-            self._finished_total -= 1
             if self.book.get(oldest) is not None:  # the book may have just let it go itself
                 self.book.forget(oldest, record.finished_at)
-            extra = self._extra.pop(oldest, None)
-            if extra is not None:
-                self._drop_prompt(extra)
-            self.output_bytes -= self._outputs.pop(oldest, 0)
+            self._let_go(oldest, oldest_state)
 
     def statuses(self) -> list[JobStatus]:
         """Every request held, newest first."""
@@ -829,21 +826,24 @@ class GatewayDesk:
                     self._drop_prompt(extra)
                 events.append(event)
         # The book prunes a finished request at the same instant (finished_at + retention_s),
-        # in its advance just above.
+        # in its advance just above: what this desk kept about it goes with it. (A walk over
+        # every record every 10 s did this: 9 us a record, a 0.9 s stall of the event loop
+        # every 10 s with 100,000 held.)
         while self._prunes and self._prunes[0][0] <= now:
             _, request_id, state = heapq.heappop(self._prunes)
-            self._finished[state] -= 1
-            self._finished_total -= 1
-        if now >= self._next_cleanup:
-            self._next_cleanup = now + min(10.0, self.config.retention_s or 10.0)
-            for request_id in [r for r in self._extra if self.book.get(r) is None]:
-                self._drop_prompt(self._extra.pop(request_id))
-                self.output_bytes -= self._outputs.pop(request_id, 0)
-            for request_id, extra in self._extra.items():
-                record = self.book.get(request_id)
-                if record is not None and record.state in TERMINAL:
-                    self._drop_prompt(extra)
+            self._let_go(request_id, state)
         return events
+
+    def _let_go(self, request_id: str, counted_as: str | None = None) -> None:
+        """A finished request left the book: forget what this desk kept about it (and stop
+        counting it in the state it was `counted_as`, if it was counted)."""
+        if counted_as is not None:
+            self._finished[counted_as] -= 1
+            self._finished_total -= 1
+        extra = self._extra.pop(request_id, None)
+        if extra is not None:
+            self._drop_prompt(extra)
+        self.output_bytes -= self._outputs.pop(request_id, 0)
 
     def _drop_prompt(self, extra: _Extra) -> None:
         if extra.prompt:
