@@ -499,8 +499,8 @@ class JobService:
         return self.under_way == 0
 
     def _fail_pending(self, now: float) -> None:
-        for status in self.gateway.statuses():
-            if status.state == "pending" and self.gateway.cancel(status.request_id, STOPPING, now):
+        for status in self.gateway.book.pending():
+            if self.gateway.cancel(status.request_id, STOPPING, now):
                 self._notify(status.request_id)
 
     def _job_started(self) -> None:
