@@ -148,3 +148,29 @@ async def test_past_its_limit_a_stopping_gateway_cancels_and_pays_what_was_serve
             return payments(provider, gateway)
         assert await eventually(provider_paid, 5, "the provider reads its settlement") == [
             (served, True)]
+
+
+async def test_past_its_limit_a_stopping_provider_ends_its_job_and_is_paid_for_it(
+        tmp_path: Path) -> None:
+    # Cut off at the limit, the job was a `dropped` fault at the gateway and unpaid.
+    async with api_node(tmp_path / "gateway", 4) as gateway:
+        with trio.fail_after(BOUND_S):  # the reader ends when the request does
+            async with trio.open_nursery() as nursery:
+                async with AsyncExitStack() as stack:
+                    provider = await stack.enter_async_context(api_node(
+                        tmp_path / "provider", 3, capacity=RATE, min_price=0.01,
+                        bootstrap=(gateway.node.addrs[0],), shutdown_drain_s=1.0))
+                    rid, received = await started(gateway, provider, 8000, nursery)
+                    begun = trio.current_time()
+                took = trio.current_time() - begun
+        done = gateway.node.jobs.status(rid)
+        assert done.state == "completed", done
+        served = done.tokens_served
+        assert 0 < served < 8000 and sum(p.tokens for p in received) == served, served
+        assert 1.0 <= took < 1.0 + 3.0 + 2.0, took
+        assert provider.node.jobs.counters.jobs_ended_at_stop == 1
+        assert (gateway.node.jobs.gateway.counts["lost"],
+                dict(gateway.node.jobs.gateway.fault_counts)) == (0, {})
+        assert payments(provider, gateway) == [(served, True)]
+        paid = settle_amounts(served, done.locked_price_nano, API_MARKET.burn_rate).payment
+        assert ledger_rows(provider.data_dir) == [(rid, "provider", served, paid)]

@@ -296,6 +296,9 @@ class JobCounters:
     #: Streamed jobs (job/2.1.0) this provider served / stopped at its gateway's JobCancel.
     jobs_streamed: int = 0
     jobs_cancelled: int = 0
+    #: Streamed jobs this provider ended itself, paid for what it served, when its stop's wait
+    #: for the jobs under way ran out (`drain`).
+    jobs_ended_at_stop: int = 0
     #: Streamed requests at this gateway / JobCancel frames sent / attempts that fell back to
     #: job/2.0.0 (the provider does not stream).
     streams_opened: int = 0
@@ -396,6 +399,8 @@ class JobService:
         #: provider admitted, until their settlement is read. `drain` waits for them.
         self.under_way = 0
         self._quiet = trio.Event()
+        #: Set when a stopping provider's wait is up: its streamed jobs end where they are.
+        self._stop_serving = trio.Event()
 
     @classmethod
     def for_node(cls, node: Any, *, backend: InferenceBackend | None = None,
@@ -460,9 +465,11 @@ class JobService:
         or charged a fault by this node's leaving. Requests waiting here for a provider fail
         at once (nothing charged); new requests are refused `STOPPING`. Jobs this provider
         serves run to their end and read their settlement (its offer is withdrawn by the
-        node, so no new one is admitted). Streamed requests this gateway still has with a
-        provider when the time is up are cancelled, and settle what was served (up to
-        CANCEL_SETTLE_S more). Returns how many jobs were still under way (0: all ended)."""
+        node, so no new one is admitted). When the time is up, streamed requests this gateway
+        still has with a provider are cancelled, and streamed jobs this provider still serves
+        end where they are: either way the receipt charges what was served, and the job
+        settles (up to CANCEL_SETTLE_S more). Returns how many jobs were still under way (0:
+        all ended)."""
         self.stopping = True
         self._fail_pending(self.clock())
         self._wake.set()
@@ -474,7 +481,9 @@ class JobService:
             streamed = [sink for sink in self._sinks.values() if not sink.cancelled.is_set()]
             for sink in streamed:
                 sink.cancel(STOPPING, reader_stays=True)
-            if streamed:
+            serving = self._streaming_jobs
+            self._stop_serving.set()
+            if streamed or serving:
                 await self._wait_quiet(CANCEL_SETTLE_S, cut_short)
         if self.under_way:
             log.warning("stopping with %d job(s) still under way: their peers see them cut "
@@ -853,7 +862,15 @@ class JobService:
             else:
                 raise _Fault(BROKEN_FRAME, f"sent a {type(frame).__name__} where the result was "
                                            f"due")
-            await close_quietly(stream)  # after settling: closing is not on the user's critical path
+            # After settling (not on the user's critical path): until the provider closes its
+            # side, which it does once it has read the JobSettled (§J.2; a provider of this
+            # code before 7 December closed right after its JobResult, and this returns at
+            # once). A node that stops right after this attempt would otherwise close the
+            # connection with the frame unread, and py-libp2p's yamux drops a stream's unread
+            # data when its connection goes (the provider saw StreamReset, and the job unpaid).
+            # Then close ours.
+            await _await_close(stream, self.settings.settle_timeout_s)
+            await close_quietly(stream)
         except _Fault as exc:
             fault(exc.kind, f"broke the job protocol: {exc.why}")
             self._fault(ID.from_base58(peer_id), WireError("unexpected", "reject", exc.why))
@@ -1258,9 +1275,10 @@ class JobService:
         return await self._deliver(stream, job, receipt, frame)
 
     async def _deliver(self, stream: Any, job: Job, receipt: Receipt, frame: JobResult) -> Receipt:
-        """Send the signed receipt in the job's last frame, close, and record the earning."""
+        """Send the signed receipt in the job's last frame and record the earning. The stream
+        stays open until the JobSettled is read (§J.2; `_await_settlement` closes it): the
+        gateway takes this side's close as word that its JobSettled arrived."""
         await stream.write(length_prefixed(encode_job_frame(frame)))
-        await close_quietly(stream)
         self.counters.jobs_served += 1
         if self.ledger is not None and not self._closed:
             served_at = self.clock()
@@ -1425,6 +1443,13 @@ class JobService:
                     raise
             cancel.cancel()
 
+        async def watch_stop(cancel: trio.CancelScope) -> None:
+            # This node is stopping and its wait for the jobs under way is up: end here, and
+            # send the receipt for what was served, as at a JobCancel.
+            await self._stop_serving.wait()
+            stopped.append("stop")
+            cancel.cancel()
+
         async def watch_gateway(cancel: trio.CancelScope) -> None:
             # The gateway sends nothing before JobResult but a JobCancel; EOF, a reset or any
             # other frame means it gave up (or broke the protocol).
@@ -1444,20 +1469,24 @@ class JobService:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(serve, nursery.cancel_scope)
                 nursery.start_soon(watch_gateway, nursery.cancel_scope)
+                nursery.start_soon(watch_stop, nursery.cancel_scope)
         finally:
             self._streaming_jobs -= 1
         result = outcome[0] if outcome else None
         if isinstance(result, BackendError):
             await self._decline_failed(stream, job, result)
             return None
-        if result is None and stopped[:1] != ["cancel"]:
+        if result is None and stopped[:1] not in (["cancel"], ["stop"]):
             self.counters.jobs_abandoned += 1
             log.info("gateway %s gave up on %s; stopped serving", short_peer(
                 str(stream.muxed_conn.peer_id)), job.request_id)
             await reset_quietly(stream)
             return None
         if result is None:
-            self.counters.jobs_cancelled += 1
+            if stopped[:1] == ["stop"]:
+                self.counters.jobs_ended_at_stop += 1
+            else:
+                self.counters.jobs_cancelled += 1
             tokens = served
         else:
             tokens = min(result.tokens_served, served)
@@ -1530,6 +1559,17 @@ async def _close_shielded(aclose: Callable[[], Awaitable[None]]) -> None:
     """Run `aclose` even while this task is being cancelled, for at most CLOSE_BOUND_S."""
     with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_BOUND_S):
         await aclose()
+
+
+async def _await_close(stream: Any, timeout_s: float) -> None:
+    """Until the peer has closed its side of `stream` (EOF, a reset, or `timeout_s`); anything it
+    still sends is read and dropped."""
+    with trio.move_on_after(timeout_s):
+        try:
+            while await stream.read(MAX_FRAME_SIZE[KIND_JOB_SETTLED]):
+                pass
+        except Exception:  # noqa: BLE001 - reset or gone: closed either way
+            pass
 
 
 async def _abandon(stream: Any) -> None:
