@@ -96,7 +96,8 @@ from neuroshard_p2p.node.guard import (
     TokenBuckets,
     is_peer_fault,
 )
-from neuroshard_p2p.node.job_service import JobService
+from neuroshard_p2p.core.errors import MarketError
+from neuroshard_p2p.node.job_service import STOPPING, JobService
 from neuroshard_p2p.node.reach import Reach
 from neuroshard_p2p.node.libp2p_compat import (
     PubsubRepair,
@@ -360,19 +361,23 @@ class Node:
                  self.topic)
 
     async def drain(self, timeout_s: float, cut_short: trio.Event | None = None) -> int:
-        """Before a clean stop: withdraw this node's offer (peers stop matching requests to it
-        within a tick) and give the jobs under way up to `timeout_s` to end well
+        """Before a clean stop: publish the withdrawal now (peers stop counting this node and
+        matching requests to it at once; an offer held while the backend is down is not
+        restored), then give the jobs under way up to `timeout_s` to end well
         (`JobService.drain`). Returns how many were still under way."""
-        if self.engine.offer.tokens_per_second > 0 or self._held_offer is not None:
-            self.withdraw_offer()
+        self._held_offer = None
+        await self._withdraw_and_flush()
         return await self.jobs.drain(timeout_s, cut_short)
 
     async def _withdraw_and_flush(self) -> None:
-        """Publish the withdrawal and wait (at most shutdown_grace_s) until it has left."""
-        data = self.engine.withdraw(self.now())
-        if data is None or self.pubsub is None:
+        """Publish the withdrawal and wait (at most shutdown_grace_s) until it has left. With
+        nothing left to withdraw (the announcer has just published the offer's withdrawal:
+        `drain`), wait for that to leave the same way."""
+        if self.pubsub is None:
             return
-        await self._publish(data)
+        data = self.engine.withdraw(self.now())
+        if data is not None:
+            await self._publish(data)
         # Until every peer's sender has written it: closing the connections while a write is
         # under way loses the withdrawal (a loaded machine took longer than a fixed pause), and
         # peers would count this node until its timeout.
@@ -385,6 +390,8 @@ class Node:
     def set_offer(self, tokens_per_second: int, min_price_nano: int) -> None:
         """Offer capacity (announced within a tick); raises core.errors.MarketError. While the
         backend refuses connections the offer waits, and is announced once it answers."""
+        if self.jobs.stopping:
+            raise MarketError(STOPPING)
         self.engine.set_offer(tokens_per_second, min_price_nano)
         if self._held_offer is not None:
             self._held_offer = self.engine.offer
