@@ -14,11 +14,11 @@ know the API exists, the API reads the node it is handed, the ledger knows neith
 3. the HTTP API (`api.app`) is served by hypercorn's trio worker in the daemon's nursery, and its
    URL written to `<data-dir>/api` (the CLI's client commands read it).
 
-Leaving reverses that. A clean stop first withdraws the node's offer and lets the jobs under way
-end (`Node.drain`: at most `shutdown_drain_s`, while the API still streams their answers; new
-requests are refused). Then the URL file is removed, the API stops, the node leaves (publishing
-its withdrawal on a clean stop), and the backend and the ledger close (shielded and bounded, so
-a hard stop closes them too).
+Leaving reverses that. A clean stop first publishes the node's withdrawal and lets the jobs
+under way end (`Node.drain`: at most `shutdown_drain_s`, while the API still streams their
+answers; new requests and offers are refused). Then the URL file is removed, the API stops, the
+node leaves, and the backend and the ledger close (shielded and bounded, so a hard stop closes
+them too).
 """
 
 from __future__ import annotations

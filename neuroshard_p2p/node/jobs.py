@@ -443,7 +443,6 @@ class GatewayDesk:
         #: (prune at, request id, state), a heap. Counting requests by state then costs nothing
         #: per read (walking every record cost ~7 ms per 1,000 held).
         self._finished: Counter[str] = Counter()
-        self._finished_total = 0
         self._prunes: list[tuple[float, str, str]] = []
         #: "lost" counts every attempt that ended in a provider fault (its kind: fault_counts).
         self.counts: dict[str, int] = dict.fromkeys(
@@ -513,10 +512,9 @@ class GatewayDesk:
             return
         state = str(record.state)
         self._finished[state] += 1
-        self._finished_total += 1
         heapq.heappush(self._prunes, (record.finished_at + self.config.retention_s, request_id,
                                       state))
-        while self._finished_total > self.settings.max_finished_requests:
+        while sum(self._finished.values()) > self.settings.max_finished_requests:
             _, oldest, oldest_state = heapq.heappop(self._prunes)
             if self.book.get(oldest) is not None:  # the book may have just let it go itself
                 self.book.forget(oldest, record.finished_at)
@@ -839,7 +837,6 @@ class GatewayDesk:
         counting it in the state it was `counted_as`, if it was counted)."""
         if counted_as is not None:
             self._finished[counted_as] -= 1
-            self._finished_total -= 1
         extra = self._extra.pop(request_id, None)
         if extra is not None:
             self._drop_prompt(extra)
