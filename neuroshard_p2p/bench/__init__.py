@@ -35,6 +35,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
                        "a members network: 2,000 non-members' price move and memory, engine path"),
     "grind": ("neuroshard_p2p.bench.grind",
               "a node's event-loop delay while it grinds its identity work, vs idle"),
+    "soak": ("neuroshard_p2p.bench.soak",
+             "a gateway and a provider under steady /v1 buying: memory per request over time"),
 }
 
 
