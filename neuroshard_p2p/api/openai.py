@@ -320,7 +320,8 @@ class OpenAIApi:
         try:
             own = self.token.expected()
         except InputError as exc:
-            raise OpenAIError(exc.status, str(exc), "server_error", "api_token_unreadable") from None
+            raise OpenAIError(exc.status, str(exc), "server_error",
+                              "api_token_unreadable") from None
         if hmac.compare_digest(given, own.encode()):
             return None
         user = None
@@ -603,5 +604,5 @@ async def _reply(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.body", "body": data})
 
 
-__all__ = ["ApiToken", "OpenAIApi", "OpenAIError", "CompletionRequest", "parse_completion", "QUEUE_WAIT_S",
-           "RETRY_AFTER_S"]
+__all__ = ["ApiToken", "OpenAIApi", "OpenAIError", "CompletionRequest", "parse_completion",
+           "QUEUE_WAIT_S", "RETRY_AFTER_S"]

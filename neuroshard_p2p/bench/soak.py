@@ -5,9 +5,9 @@
 Two `neuroshard-node run` processes on 127.0.0.1 (network simnet): a provider offering 50,000
 tokens/s with the synthetic backend, and a gateway bootstrapped from it. `--clients` threads
 of the official `openai` client (installed with the test extras) buy through the gateway's
-/v1/chat/completions without a pause, half the requests streamed, 50 tokens each. Every `--every` seconds it prints the requests done
-and each process's resident memory (VmRSS); at the end, each process's growth per request over
-the run (KB), and the errors seen.
+/v1/chat/completions without a pause, half the requests streamed, 50 tokens each. Every
+`--every` seconds it prints the requests done and each process's resident memory (VmRSS); at the
+end, each process's growth per request over the run (KB), and the errors seen.
 
 What it showed (7 December, 16 minutes, 62,062 requests, 0 errors): the provider levelled off
 (107 → 122 MB, flat after ~10 minutes: its seen-job ids last 330 s); the gateway grew linearly by

@@ -370,9 +370,9 @@ class Node:
         return await self.jobs.drain(timeout_s, cut_short)
 
     async def _withdraw_and_flush(self) -> None:
-        """Publish the withdrawal and wait (at most shutdown_grace_s) until it has left. With
-        nothing left to withdraw (the announcer has just published the offer's withdrawal:
-        `drain`), wait for that to leave the same way."""
+        """Publish the withdrawal and wait (at most shutdown_grace_s) until it has left. Called
+        by `drain` and again when the node leaves: the second time there is nothing left to
+        withdraw, and it only waits for whatever is still being written."""
         if self.pubsub is None:
             return
         data = self.engine.withdraw(self.now())
