@@ -675,6 +675,9 @@ def cmd_id(args: argparse.Namespace) -> int:
         print("(node not running; configured listen addresses:)")
     for addr in data.get("addrs", []):
         print(f"  {addr}")
+    clock = data.get("clock")
+    if clock:
+        print(f"clock:   {clock['text']}")
     return EXIT_OK
 
 

@@ -4,10 +4,11 @@ client. Nothing here stands in for project code."""
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 
@@ -54,14 +55,16 @@ class ApiNode:
 
 @asynccontextmanager
 async def api_node(data_dir: Path, key_index: int, *, api: str = "127.0.0.1:0",
-                   market: MarketConfig | None = None, **changes: Any) -> AsyncIterator[ApiNode]:
+                   market: MarketConfig | None = None,
+                   clock: Callable[[], float] = time.time,
+                   **changes: Any) -> AsyncIterator[ApiNode]:
     """A node with its API, job service and ledger (a daemon) until the block ends: on the simnet
     charter around `market` (API_MARKET unless given), unless `charter` is given."""
     ensure_data_dir(data_dir)
     if market is None and "charter" not in changes:
         market = API_MARKET
     settings = test_settings(data_dir, api=api, market=market, announce_interval_s=2.0, **changes)
-    async with Daemon(settings, private_key=make_key(key_index)) as daemon:
+    async with Daemon(settings, private_key=make_key(key_index), clock=clock) as daemon:
         assert daemon.node is not None and daemon.api_url is not None
         async with httpx.AsyncClient(timeout=10.0) as client:
             yield ApiNode(daemon.node, daemon.api_url, load_api_token(data_dir), client, data_dir)

@@ -3,9 +3,10 @@ condition is tests/waiting.py's). Nothing here stands in for project code."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import coincurve
 import trio
@@ -64,8 +65,9 @@ class RunningNode:
 
 
 async def start_node(nursery: trio.Nursery, settings: NodeSettings,
-                     key: coincurve.PrivateKey) -> RunningNode:
-    node = Node(settings, private_key=key)
+                     key: coincurve.PrivateKey, *,
+                     clock: Callable[[], float] = time.time) -> RunningNode:
+    node = Node(settings, private_key=key, clock=clock)
     running = RunningNode(node, trio.CancelScope(), trio.Event(), trio.Event())
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -18,6 +19,8 @@ import trio
 
 from neuroshard_p2p.core.pricing import target_price_nano
 from tests.api_harness import API_MARKET, API_NETWORK, ApiNode, api_node
+from tests.conftest import make_key
+from tests.node_harness import start_node, test_settings
 from tests.test_api import expected_level
 from tests.waiting import eventually
 
@@ -44,6 +47,9 @@ return {
   supply: text('supply'), demand: text('demand'), nodes: text('available-nodes'), peers: text('peers'),
   utilization: text('utilization'), network: text('network'), own_offer: text('own-offer'),
   policy: text('policy'), model: text('model'), work: text('work'),
+  clock: text('clock'), clock_hint: text('clock-hint'),
+  clock_title: document.getElementById('clock').title,
+  clock_colour: getComputedStyle(document.getElementById('clock')).color,
   earnings: document.getElementById('earnings').dataset.earnedNano, status: text('status'),
   points: Number(document.getElementById('price-chart').dataset.points),
   window: document.getElementById('price-chart').dataset.window,
@@ -145,6 +151,8 @@ async def test_dashboard_shows_the_price_in_its_colour_and_follows_the_market(
                 API_NETWORK, "live", "not offering capacity")
             assert (page["policy"], page["model"], page["work"]) == (
                 "open", "neuroshard/synthetic-1", "none needed")
+            assert (page["clock"], page["clock_title"]) == (
+                "not measured yet", "no signed time heard from peers yet")
             assert page["earnings"] == "0" and page["points"] >= 1 and page["window"] == "1h"
             first_refreshes = page["refreshes"]
 
@@ -216,3 +224,38 @@ async def test_dashboard_shows_the_price_in_its_colour_and_follows_the_market(
             assert shot.stat().st_size > 10_000
         finally:
             await close_browser(browser)
+
+
+async def test_dashboard_shows_a_wrong_clock(tmp_path: Path) -> None:
+    """A node 45 s ahead of its two peers: the node card says so, in the warning colour, and its
+    tooltip says what it breaks (nobody counts its capacity)."""
+    async with trio.open_nursery() as nursery:
+        peers = []
+        for i, capacity in ((1, 500), (2, 300)):
+            boot = tuple(peers[0].node.addrs) if peers else ()
+            peers.append(await start_node(nursery, test_settings(
+                tmp_path / str(i), market=API_MARKET, capacity=capacity, bootstrap=boot),
+                make_key(i)))
+        async with api_node(tmp_path / "c", 3, bootstrap=tuple(peers[0].node.addrs),
+                            capacity=1000, clock=lambda: time.time() + 45.0) as api:
+            browser = await open_browser()
+            try:
+                await browser.run(browser.driver.get, api.url + "/")
+
+                async def shows() -> dict[str, Any] | None:
+                    page = await browser.read()
+                    return page if page["clock"] == "45 s ahead" and \
+                        page["clock_hint"] == "against 2 signers" else None
+
+                page = await eventually(shows, 30, "the dashboard shows the clock 45 s ahead")
+                assert page["clock_colour"] == LEVEL_COLOURS["high"]
+                assert page["clock_title"].startswith(
+                    "this node's clock is 45 s ahead of 2 of 2 signer(s): peers refuse its "
+                    "announcements")
+                logs = await browser.run(browser.driver.get_log, "browser")
+                assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
+            finally:
+                await close_browser(browser)
+        for peer in reversed(peers):
+            await peer.stop()
+

@@ -79,6 +79,10 @@ def test_three_processes_bootstrapped_from_the_first_agree_on_the_price(tmp_path
         wait_for(agreed, 20, "the three nodes report one price, supply 1500 and demand 100000")
         prices = {m["current_price_nano"] for m in markets()}
         assert len(prices) == 1
+        # `id` says whether b's clock is in step with the two others' signed times
+        wait_for(lambda: "\nclock:   agrees with 2 of 2 signer(s) within 5 s (median "
+                 in cli("id", "--data-dir", str(dirs[1])).stdout, 20,
+                 "b's clock is measured against a's and c's")
 
         # peer exchange across processes: b and c, which only knew a, found each other
         peer_ids = [cli_json("id", "--data-dir", str(d))["peer_id"] for d in dirs]

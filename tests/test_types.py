@@ -1,5 +1,5 @@
-"""`mypy --strict` is clean on the sans-IO core (core/, wire/, view/, node/engine.py, node/guard.py and the
-pure helpers they import), and it catches a planted type error: the check can fail."""
+"""`mypy --strict` is clean on the sans-IO core (core/, wire/, view/, node/engine.py, node/guard.py,
+node/clockwatch.py and the pure helpers they import), and it catches a planted type error: the check can fail."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: What `mypy --strict` checks (docs/architecture.md). Modules these import are checked too.
 STRICT = ("neuroshard_p2p/core", "neuroshard_p2p/wire", "neuroshard_p2p/view",
           "neuroshard_p2p/node/engine.py", "neuroshard_p2p/node/guard.py",
-          "neuroshard_p2p/timeline.py")
+          "neuroshard_p2p/node/clockwatch.py", "neuroshard_p2p/timeline.py")
 
 
 def mypy_strict(tree: Path, cache: Path) -> subprocess.CompletedProcess[str]:

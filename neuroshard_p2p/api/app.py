@@ -354,6 +354,8 @@ class Api:
             "counters": dict(vars(node.counters)),
             "guard": _guard_json(node),
             "reach": node.reach.snapshot(),
+            # Whether this node's clock agrees with its peers' signed times (clockwatch.py).
+            "clock": node.clock_json(),
         })
 
     async def ledger(self, request: Request) -> Response:

@@ -20,6 +20,9 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     ledger_write_failures_total (settlements the ledger file could not take: disk full, I/O),
     unrecorded_earnings (a provider's earnings kept in memory until its ledger can take them),
     backend_reachable (0 while the offer waits for a backend that refuses connections)
+    clock{state="agrees|ahead|behind|differs|unknown"} (1 for this node's clock against its peers'
+    signed times), clock_offset_seconds (median of peers' clock − ours; absent while unknown),
+    clock_signers (signers it was measured against)
     peer_faults_total{kind} (faults charged to remote peers: gossip_reject, sync_item, sync_frame,
     sync_over_budget, job_frame), peer_bans_total, peers_graylisted (peers banned now)
 """
@@ -33,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from neuroshard_p2p.api.readout import NodeReadout
+from neuroshard_p2p.node.clockwatch import STATES as CLOCK_STATES
 
 PREFIX = "neuroshard_"
 MESSAGE_OUTCOMES = ("accepted", "rejected", "ignored")
@@ -176,6 +180,19 @@ class NodeCollector(Collector):
                                 "1, or 0 while this node offers no capacity because its "
                                 "inference backend refuses connections.",
                                 value=int(r.backend_reachable))
+        clock = GaugeMetricFamily(PREFIX + "clock",
+                                  "This node's clock against its peers' signed times: 1 for the "
+                                  "current state (agrees, ahead, behind, differs, unknown).",
+                                  labels=["state"])
+        for state in CLOCK_STATES:
+            clock.add_metric([state], 1 if r.clock_state == state else 0)
+        yield clock
+        if r.clock_offset_s is not None:
+            yield gauge("clock_offset_seconds",
+                        "Median of (peers' signed clock - this node's clock), seconds; negative "
+                        "when this node's clock is ahead.", r.clock_offset_s)
+        yield gauge("clock_signers", "Peers' signers the clock was measured against.",
+                    r.clock_signers)
 
         if r.settled_nano is not None:
             yield CounterMetricFamily(PREFIX + "settled_nano",

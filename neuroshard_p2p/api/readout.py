@@ -103,6 +103,11 @@ class NodeReadout:
     relay_reservations: int = 0
     relay_service: bool = False
     connections_by_kind: dict[str, int] = field(default_factory=dict)
+    #: This node's clock against its peers' signed times (node/clockwatch.py): agrees, ahead,
+    #: behind or unknown; the median (peers' clock − ours) in seconds; signers heard from.
+    clock_state: str = "unknown"
+    clock_offset_s: float | None = None
+    clock_signers: int = 0
 
     @property
     def work_weight(self) -> float:
@@ -209,6 +214,9 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         relay_reservations=len(node.reach.state.relays),
         relay_service=node.reach.state.relay_service,
         connections_by_kind=node.reach.connections_by_kind(),
+        clock_state=node.clock_reading.state,
+        clock_offset_s=node.clock_reading.offset_s,
+        clock_signers=node.clock_reading.signers,
     )
 
 

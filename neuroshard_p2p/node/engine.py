@@ -50,6 +50,7 @@ from neuroshard_p2p.core.errors import MarketError
 from neuroshard_p2p.core.pricing import DEMAND_BUCKETS, demand_bucket, demand_histogram
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import to_nano
+from neuroshard_p2p.node.clockwatch import ClockWatch
 from neuroshard_p2p.node.policy import material_change
 from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import MarketView, TickPrice
@@ -261,6 +262,10 @@ class PeerEngine:
         #: gossips at once; a smaller change rides the next keep-alive.
         self.quiet_keep_alives = quiet_keep_alives
         self.keep_alives_unpublished = 0
+        #: Told the signed time of every peer's announcement that arrives (accepted, or refused
+        #: as `future` or `stale`), so the node learns when its own clock is wrong. A node's
+        #: driver sets one; the simulator, whose peers share one clock, does not.
+        self.clock_watch: ClockWatch | None = None
 
     # -- own state --------------------------------------------------------------------------
 
@@ -522,12 +527,16 @@ class PeerEngine:
                 verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                                   None, str(error))
                 self.gossip_counts[(verdict[0], verdict[1])] += 1
+                if error.signed_time is not None and self.clock_watch is not None:
+                    self._heard(error.signed_time, now)
                 return verdict
             if not isinstance(message, Announcement):  # a members network's revocation list
                 self.view.merge_revocations(message)
                 self.gossip_counts[_ACCEPTED_KEY] += 1
                 return Verdict(ACCEPTED, ACCEPTED, None, "revocation list")
             self.view.merge_message(message)
+            if self.clock_watch is not None:
+                self._heard((message.signer, message.issued_at_ms), now)
             if message.signer == self.signer and message.seq > self._last_seq:
                 self._continue_above(message)
             self.gossip_counts[_ACCEPTED_KEY] += 1
@@ -547,6 +556,7 @@ class PeerEngine:
         merge = self.view.merge_message
         counts = self.gossip_counts
         own = self.signer
+        watch = self.clock_watch
         verdicts: list[Verdict] = []
         append = verdicts.append
         make = tuple.__new__
@@ -558,6 +568,8 @@ class PeerEngine:
                     verdict = Verdict(REJECTED if error.action == REJECT else IGNORED,
                                       error.reason, None, str(error))
                     counts[(verdict[0], verdict[1])] += 1
+                    if error.signed_time is not None and watch is not None:
+                        self._heard(error.signed_time, now)
                     append(verdict)
                     continue
                 if not isinstance(message, Announcement):  # a members network's revocation list
@@ -566,6 +578,8 @@ class PeerEngine:
                     append(Verdict(ACCEPTED, ACCEPTED, None, "revocation list"))
                     continue
                 merge(message)
+                if watch is not None:
+                    self._heard((message.signer, message.issued_at_ms), now)
                 if message.signer == own and message.seq > self._last_seq:
                     self._continue_above(message)
                 counts[_ACCEPTED_KEY] += 1
@@ -584,8 +598,12 @@ class PeerEngine:
             verdict = Verdict(REJECTED if error.action == REJECT else IGNORED, error.reason,
                               None, str(error))
             key = (verdict[0], verdict[1])
+            if error.signed_time is not None and self.clock_watch is not None:
+                self._heard(error.signed_time, now)
         else:
             verdict, key = self._merge_accepted(message, history)
+            if self.clock_watch is not None and type(message) is Announcement:
+                self._heard((message.signer, message.issued_at_ms), now)
         if counts is not None:
             counts[key] += 1
         return verdict
@@ -604,6 +622,12 @@ class PeerEngine:
             reason = HISTORY if newest is not None and message.seq < newest else ACCEPTED
             return Verdict(ACCEPTED, reason, message), (ACCEPTED, reason)
         return tuple.__new__(Verdict, (ACCEPTED, ACCEPTED, message, "")), _ACCEPTED_KEY
+
+    def _heard(self, signed_time: tuple[bytes, int], now: float) -> None:
+        """Tell the clock watch a peer's signed time (never our own: it is our clock)."""
+        signer, issued_at_ms = signed_time
+        if signer != self.signer and self.clock_watch is not None:
+            self.clock_watch.observe(signer, issued_at_ms, now)
 
     def _continue_above(self, message: Announcement) -> None:
         """A previous run of this key announced a higher seq (`message`, just merged): continue

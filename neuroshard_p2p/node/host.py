@@ -73,6 +73,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.backends import InferenceBackend
+from neuroshard_p2p.node.clockwatch import UNKNOWN, ClockReading, ClockWatch
 from neuroshard_p2p.node.counters import NodeCounters
 from neuroshard_p2p.node.datadir import load_private_key, member_credential
 from neuroshard_p2p.node.engine import (
@@ -128,7 +129,7 @@ from neuroshard_p2p.node.settings import NodeSettings
 from neuroshard_p2p.node.streams import FrameStream, failure_reason, reset_quietly
 from neuroshard_p2p.node.work import IdentityWork
 from neuroshard_p2p.timeline import ms_of
-from neuroshard_p2p.wire import WireError
+from neuroshard_p2p.wire import MAX_AGE_S, MAX_FUTURE_S, WireError
 from neuroshard_p2p.wire.errors import REJECT
 from neuroshard_p2p.wire.frames import MAX_FRAME_SIZE
 from neuroshard_p2p.wire.framing import length_prefixed
@@ -144,6 +145,11 @@ FIRST_ANNOUNCE_HOLD_S = 10.0
 PUBSUB_REPAIR_S = 2.0
 #: How often a node whose backend refused connections checks whether it takes one again.
 BACKEND_CHECK_S = 5.0
+#: How often the node reads its clock watch; a reading that stays wrong is logged again after
+#: CLOCK_REMIND_S; a step of the clock larger than CLOCK_STEP_S starts the watch again.
+CLOCK_CHECK_S = 2.0
+CLOCK_REMIND_S = 600.0
+CLOCK_STEP_S = 1.0
 
 
 def sync_protocol(network: str) -> TProtocol:
@@ -188,6 +194,9 @@ class Node:
                                  announce_interval_s=settings.announce_interval_s,
                                  admission=Admission.of(settings.charter),
                                  quiet_keep_alives=settings.quiet_keep_alives)
+        #: Whether this node's clock agrees with its peers' signed times (node/clockwatch.py).
+        self.engine.clock_watch = ClockWatch()
+        self.clock_reading = self.engine.clock_watch.reading(clock())
         #: Members networks: this node's credential (from the data dir, checked), which rides in
         #: every announcement and job it signs.
         self.credential: Credential | None = None
@@ -352,6 +361,7 @@ class Node:
         nursery.start_soon(self._sync_new_peers)
         nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._guard_loop)
+        nursery.start_soon(self._clock_loop)
         nursery.start_soon(self._pubsub_repair_loop)
         await nursery.start(self.jobs.run, self.host)
         nursery.start_soon(self._check_backend)
@@ -587,6 +597,46 @@ class Node:
                     self.pubsub.remove_from_blacklist(peer)
                 log.info("ban of peer %s ended", short_id(peer))
             await trio.sleep(1.0)
+
+    async def _clock_loop(self) -> None:
+        """Read the clock watch: warn when this node's clock disagrees with its peers' (or with
+        its only peer's), again when the verdict changes or every CLOCK_REMIND_S while it
+        stands, and once when it agrees again; start the watch again when the clock is stepped
+        (NTP setting it right must not leave a stale warning)."""
+        watch = self.engine.clock_watch
+        assert watch is not None
+        step = self.clock() - time.monotonic()
+        warned_at: float | None = None
+        warned = UNKNOWN
+        while True:
+            await trio.sleep(CLOCK_CHECK_S)
+            now = self.clock()
+            new_step = now - time.monotonic()
+            if abs(new_step - step) > CLOCK_STEP_S:
+                log.warning("this node's clock was set by %+.1f s: measuring it against its "
+                            "peers' again", new_step - step)
+                watch.reset()
+            step = new_step
+            reading = self.clock_reading = watch.reading(now)
+            if reading.warns:
+                if (warned_at is None or reading.state != warned
+                        or not 0 <= now - warned_at < CLOCK_REMIND_S):
+                    log.warning("clock: %s", self._describe_clock(reading))
+                    warned_at, warned = now, reading.state
+            elif warned_at is not None and reading.state != UNKNOWN:
+                log.warning("clock: %s", self._describe_clock(reading))
+                warned_at, warned = None, UNKNOWN
+
+    @staticmethod
+    def _describe_clock(reading: ClockReading) -> str:
+        return reading.describe(MAX_FUTURE_S, MAX_AGE_S)
+
+    def clock_json(self) -> dict[str, Any]:
+        """The clock watch's reading, for the API (`/api/node`, the dashboard, `id`)."""
+        reading = self.clock_reading
+        return {"state": reading.state, "offset_s": reading.offset_s, "signers": reading.signers,
+                "off": reading.off, "warn_s": reading.warn_s,
+                "text": self._describe_clock(reading)}
 
     async def _pubsub_repair_loop(self) -> None:
         """Connected peers pubsub gave up on get another registration (libp2p_compat 13)."""

@@ -209,7 +209,11 @@ class Validator:
             age_ms = (round(now * 1000) if _isfinite(now) else _now_ms(now)) - issued_at_ms
             if ((age_ms > _MAX_AGE_MS or -age_ms > _MAX_FUTURE_MS)
                     and message.KIND <= KIND_RECEIPT):  # W13 is for kinds 1–3 (§6.1)
-                check_freshness(issued_at_ms, now)
+                try:
+                    check_freshness(issued_at_ms, now)
+                except WireError as error:  # signed, so evidence of the signer's clock
+                    error.signed_time = (message.signer, issued_at_ms)
+                    raise
             if type(message) is not Announcement:  # V3
                 if type(message) is RevocationList and self.admission is not None:
                     self._check_revocations(message, now, history)

@@ -112,6 +112,21 @@
       setText("reachability-hint", (conns.direct || 0) + " direct, " + (conns.relayed || 0) +
         " relayed" + (relays ? "; " + relays + " relay reservation" + (relays > 1 ? "s" : "") : ""));
     }
+    const clock = node.clock;
+    if (clock) {
+      // The clock watch's verdict (node/clockwatch.py): a wrong clock silently stops peers
+      // counting this node's capacity, so it is shown where the operator looks.
+      const off = clock.offset_s === null ? "" : Math.round(Math.abs(clock.offset_s)) + " s ";
+      const words = { agrees: "in step", unknown: "not measured yet",
+                      ahead: off + "ahead", behind: off + "behind",
+                      differs: off + "off its only peer's" };
+      setText("clock", words[clock.state] || clock.state);
+      $("clock").className = "value" + (["ahead", "behind", "differs"].includes(clock.state)
+        ? " clock-wrong" : "");
+      $("clock").title = clock.text;
+      setText("clock-hint", clock.signers ? "against " + formatCount(clock.signers) + " signer" +
+        (clock.signers > 1 ? "s" : "") : "against peers' signed time");
+    }
     const charter = node.charter;
     if (charter) {
       setText("network", charter.network_id);

@@ -1,0 +1,197 @@
+"""Whether this node's clock agrees with its peers', from the times they sign (sans-IO).
+
+Every rule of the market runs on signed time: a peer refuses an announcement issued more than
+30 s after its own clock (W13), capacity counts for 60 s of signed time, and the price of an
+instant uses what was signed before it. A node whose clock is wrong breaks quietly: 45 s ahead,
+every peer refuses its announcements and nobody counts its capacity, while it goes on offering;
+45 s behind, it refuses every peer's announcement as "from the future" and prices an empty
+market. Its peers log the rejects; the node itself saw nothing. The watch is how it finds out.
+
+What it measures: each verified announcement's signed issue time minus this node's clock when
+it arrived (`observe`), kept per signer as the largest such difference over the last 5 to 10
+minutes. An announcement arrives after it was signed, by gossip in well under a second and by
+reconciliation up to a period later, so the largest difference is the one that waited least:
+the signer's clock minus ours, less a delay. Announcements refused as `future` or `stale` count
+too: their signature was checked, and they are the evidence when the gap is largest.
+
+The verdict (`reading`): when more than half of the signers heard from in the window, and at
+least two, are ahead of this node by `warn_s` (5 s) or more, this node's clock is behind; when
+as many are behind by that much, it is ahead; when the only signer heard from is off by that
+much, the two clocks differ and the node cannot tell which is wrong (`differs`); otherwise it
+agrees with its peers, and the signers that are off by that much are counted as peers with a
+wrong clock. One signer's claim never decides the verdict while two others disagree with it. A
+majority of identities can make the node warn (a warning is all the watch does: nothing is
+refused or priced by it).
+
+It reads no clock: `now` comes in as an argument (seconds of this node's clock).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from neuroshard_p2p.timeline import ms_of
+
+#: A difference this large, in seconds, is a wrong clock rather than a slow network.
+WARN_S = 5.0
+#: Each signer's best difference is kept per bucket of this many seconds; the reading uses the
+#: current bucket and the one before (so 5 to 10 minutes of arrivals).
+BUCKET_S = 300.0
+#: Signers remembered at most, least recently heard dropped first.
+MAX_SIGNERS = 512
+
+AGREES = "agrees"
+AHEAD = "ahead"
+BEHIND = "behind"
+DIFFERS = "differs"
+UNKNOWN = "unknown"
+STATES = (AGREES, AHEAD, BEHIND, DIFFERS, UNKNOWN)
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """This node's clock against its peers' at one instant.
+
+    `state`: `agrees`, `ahead` (this node's clock is ahead of most signers'), `behind`,
+    `differs` (the only signer heard from is off), or `unknown` (no signer heard from in the
+    window). `offset_s`: the median of (signer's clock − ours) over the signers that decided
+    the state (when it agrees, those within `warn_s`); negative when this node is ahead.
+    `signers`: signers heard from in the window; `off`: how many of them are `warn_s` or more
+    away from this node's clock, either way."""
+
+    state: str
+    offset_s: float | None
+    signers: int
+    off: int
+    warn_s: float = WARN_S
+
+    @property
+    def wrong(self) -> bool:
+        """This node's clock is wrong by the majority of its peers."""
+        return self.state in (AHEAD, BEHIND)
+
+    @property
+    def warns(self) -> bool:
+        """Worth an operator's attention: wrong, or differing from the only peer's."""
+        return self.state in (AHEAD, BEHIND, DIFFERS)
+
+    def describe(self, max_future_s: float, max_age_s: float) -> str:
+        """One line for an operator: the state, the gap and what it breaks."""
+        if self.state == UNKNOWN:
+            return "no signed time heard from peers yet"
+        assert self.offset_s is not None
+        gap = abs(self.offset_s)
+        if self.state == AGREES:
+            text = (f"agrees with {self.signers - self.off} of {self.signers} signer(s) within "
+                    f"{self.warn_s:g} s (median {self.offset_s:+.1f} s)")
+            if self.off:
+                text += f"; {self.off} {'is' if self.off == 1 else 'are'} off by more"
+            return text
+        if self.state == DIFFERS:
+            way = "ahead of" if self.offset_s > 0 else "behind"
+            return (f"the only signer heard from is {gap:.0f} s {way} this node's clock: one of "
+                    "the two clocks is wrong, and the other's announcements are refused or "
+                    "counted short. Check this node's clock (e.g. enable NTP).")
+        majority = f"{self.off} of {self.signers} signer(s)"
+        if self.state == AHEAD:
+            text = f"this node's clock is {gap:.0f} s ahead of {majority}"
+            if gap > max_future_s:
+                text += (f": peers refuse its announcements (more than {max_future_s:g} s in the "
+                         "future), so nobody counts its capacity or demand")
+            else:
+                text += ": peers' capacity stops counting early here, and its price runs high"
+        else:
+            text = f"this node's clock is {gap:.0f} s behind {majority}"
+            if gap > max_age_s:
+                text += (f": peers ignore its announcements (more than {max_age_s:g} s old), so "
+                         "nobody counts its capacity or demand")
+            elif gap > max_future_s:
+                text += (f": it refuses peers' announcements (more than {max_future_s:g} s in "
+                         "the future), so it counts no peer's capacity")
+            else:
+                text += ": its price lags the network's"
+        return text + ". Set the clock right (e.g. enable NTP)."
+
+
+class _Heard:
+    """One signer's best differences (ms): in bucket `bucket`, and in the bucket before it."""
+
+    __slots__ = ("bucket", "best", "before")
+
+    def __init__(self, bucket: int, best: int, before: int | None) -> None:
+        self.bucket = bucket
+        self.best = best
+        self.before = before
+
+
+class ClockWatch:
+    """Per-signer clock differences and the verdict on this node's clock (module docstring)."""
+
+    def __init__(self, *, warn_s: float = WARN_S, bucket_s: float = BUCKET_S,
+                 max_signers: int = MAX_SIGNERS) -> None:
+        if warn_s <= 0 or bucket_s <= 0 or max_signers < 1:
+            raise ValueError("warn_s and bucket_s must be > 0 and max_signers >= 1")
+        self.warn_s = warn_s
+        self.bucket_s = bucket_s
+        self.max_signers = max_signers
+        self._signers: dict[bytes, _Heard] = {}  # least recently heard first
+
+    def observe(self, signer: bytes, issued_at_ms: int, now: float) -> None:
+        """A verified message of `signer`, signed at `issued_at_ms`, arrived at `now`."""
+        difference = issued_at_ms - ms_of(now)
+        bucket = int(now // self.bucket_s)
+        heard = self._signers.pop(signer, None)
+        if heard is None or heard.bucket < bucket - 1 or heard.bucket > bucket:
+            # new, not heard for a whole bucket, or our clock was set back: start from here
+            heard = _Heard(bucket, difference, None)
+        elif heard.bucket == bucket - 1:
+            heard = _Heard(bucket, difference, heard.best)
+        elif difference > heard.best:
+            heard.best = difference
+        self._signers[signer] = heard
+        if len(self._signers) > self.max_signers:
+            del self._signers[next(iter(self._signers))]
+
+    def reset(self) -> None:
+        """Forget every difference: the driver saw this node's clock set (stepped), so what was
+        measured before describes a clock that is gone."""
+        self._signers.clear()
+
+    def offsets(self, now: float) -> dict[bytes, float]:
+        """Each signer heard from in the window: its best (signer's clock − ours), in seconds."""
+        bucket = int(now // self.bucket_s)
+        result: dict[bytes, float] = {}
+        for signer, heard in self._signers.items():
+            if heard.bucket == bucket:
+                best = heard.best if heard.before is None else max(heard.best, heard.before)
+            elif heard.bucket == bucket - 1:
+                best = heard.best
+            else:
+                continue
+            result[signer] = best / 1000
+        return result
+
+    def reading(self, now: float) -> ClockReading:
+        """The verdict at `now` (module docstring)."""
+        offsets = list(self.offsets(now).values())
+        if not offsets:
+            return ClockReading(UNKNOWN, None, 0, 0, self.warn_s)
+        ahead = [o for o in offsets if o >= self.warn_s]      # signers ahead of us: we are behind
+        behind = [o for o in offsets if o <= -self.warn_s]    # signers behind us: we are ahead
+        half = len(offsets) / 2
+        if len(offsets) == 1 and (ahead or behind):
+            return ClockReading(DIFFERS, offsets[0], 1, 1, self.warn_s)
+        if len(ahead) > half:
+            return ClockReading(BEHIND, statistics.median(ahead), len(offsets), len(ahead),
+                                self.warn_s)
+        if len(behind) > half:
+            return ClockReading(AHEAD, statistics.median(behind), len(offsets), len(behind),
+                                self.warn_s)
+        in_step = [o for o in offsets if -self.warn_s < o < self.warn_s] or offsets
+        return ClockReading(AGREES, statistics.median(in_step), len(offsets),
+                            len(ahead) + len(behind), self.warn_s)
+
+
+__all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "DIFFERS", "STATES", "ClockReading",
+           "ClockWatch", "MAX_SIGNERS", "UNKNOWN", "WARN_S"]

@@ -1,0 +1,139 @@
+"""A node whose clock is wrong, on a real network: it is told, and says what it breaks.
+
+Real parts: four libp2p nodes on loopback in this process, each with its own clock (the `clock`
+a node is given, here `time.time` plus an offset, as a machine without NTP would have), and the
+wrong-clocked node's HTTP API and metrics over real HTTP.
+
+The failure this guards against, as measured before the clock watch: a node 45 s ahead offered
+capacity that every peer refused as "from the future", so nobody counted it, and a node 45 s
+behind refused every peer's announcement, so it priced an empty market; neither logged a word,
+and only their peers' INFO lines said anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import trio
+
+from tests.api_harness import API_MARKET, api_node
+from tests.conftest import make_key
+from tests.node_harness import start_node, test_settings
+from tests.waiting import eventually
+
+
+def offset_clock(offset_s: float) -> Callable[[], float]:
+    return lambda: time.time() + offset_s
+
+
+def clock_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and r.getMessage().startswith("clock: ")]
+
+
+async def test_a_node_with_a_wrong_clock_is_told_and_its_peers_are_not(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="neuroshard")
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, test_settings(tmp_path / "a", market=API_MARKET,
+                                                    capacity=500), make_key(1))
+        boot = tuple(a.node.addrs)
+        b = await start_node(nursery, test_settings(tmp_path / "b", market=API_MARKET,
+                                                    capacity=300, bootstrap=boot), make_key(2))
+        # the honest two hear each other first, as a network that was there before
+        for node, other in ((a.node, b.node), (b.node, a.node)):
+            watch = node.engine.clock_watch
+            assert watch is not None
+            await eventually(lambda: other.engine.signer in watch.offsets(node.now()), 20,
+                             "the honest nodes hear each other")
+        behind = await start_node(nursery, test_settings(tmp_path / "d", market=API_MARKET,
+                                                         capacity=200, bootstrap=boot),
+                                  make_key(4), clock=offset_clock(-45.0))
+        async with api_node(tmp_path / "c", 3, market=API_MARKET, capacity=1000, bootstrap=boot,
+                            clock=offset_clock(45.0)) as ahead:
+
+            async def told() -> dict[str, Any] | None:
+                response = await ahead.get("/api/node")
+                clock = response.json()["clock"]
+                return clock if clock["state"] == "ahead" and clock["signers"] == 3 else None
+
+            clock = await eventually(told, 30, "the node 45 s ahead is told, against 3 signers")
+            # Its peers' announcements, signed 45 s (A, B) and 90 s (D) before its clock, arrive
+            # within a second: the median of the three is A's or B's, 45 s and a delay.
+            assert -46.0 < clock["offset_s"] <= -44.999
+            assert (clock["off"], clock["warn_s"]) == (3, 5.0)
+            assert clock["text"] == (
+                "this node's clock is 45 s ahead of 3 of 3 signer(s): peers refuse its "
+                "announcements (more than 30 s in the future), so nobody counts its capacity or "
+                "demand. Set the clock right (e.g. enable NTP).")
+            # ... and that is what happened: the honest nodes count 500 + 300, not its 1,000 (nor
+            # the node behind, whose announcements they hold as 45 s old); it counts only its own.
+            market = await ahead.market()
+            assert market["supply_tokens_per_sec"] == 1000
+            assert a.node.stats().supply_tokens_per_sec == 800
+            assert a.node.engine.counts()[("rejected", "future")] >= 1
+
+            metrics = (await ahead.get("/metrics")).text
+            assert 'neuroshard_clock{state="ahead"} 1.0' in metrics
+            assert 'neuroshard_clock{state="agrees"} 0.0' in metrics
+            assert "neuroshard_clock_signers 3.0" in metrics
+            [offset_line] = [line for line in metrics.splitlines()
+                             if line.startswith("neuroshard_clock_offset_seconds ")]
+            assert -46.0 < float(offset_line.split()[1]) <= -44.999
+
+            # The node behind refuses every peer's announcement as from the future, and is told.
+            reading = await eventually(
+                lambda: behind.node.clock_reading if behind.node.clock_reading.state == "behind"
+                and behind.node.clock_reading.signers >= 2 else None, 30,
+                "the node 45 s behind is told")
+            assert reading.offset_s is not None and 44.0 < reading.offset_s <= 45.001
+            assert behind.node.engine.counts().get(("accepted", "accepted"), 0) == 0
+            assert behind.node.stats().supply_tokens_per_sec == 200
+
+            # The honest nodes agree with each other, and count the two wrong clocks as such.
+            await eventually(lambda: a.node.clock_reading.signers == 3, 20,
+                             "A measured B, C and D")
+            assert (a.node.clock_reading.state, a.node.clock_reading.off) == ("agrees", 2)
+            assert b.node.clock_reading.state == "agrees"
+
+        warned = clock_warnings(caplog)
+        assert any(" 45 s ahead of " in w for w in warned), warned
+        assert any(" 45 s behind " in w for w in warned), warned
+        # nothing from the honest nodes: no warning they could have logged names a clock in step
+        assert not [w for w in warned if "agrees" in w], warned
+        await behind.stop()
+        await b.stop()
+        await a.stop()
+
+
+async def test_a_clock_set_right_starts_the_measure_again(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """NTP steps a wrong clock right: the warning must not outlive the wrong clock by the
+    watch's 5–10 minute window."""
+    caplog.set_level(logging.WARNING, logger="neuroshard")
+    offset = [45.0]
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, test_settings(tmp_path / "a", market=API_MARKET,
+                                                    capacity=500), make_key(1))
+        boot = tuple(a.node.addrs)
+        b = await start_node(nursery, test_settings(tmp_path / "b", market=API_MARKET,
+                                                    capacity=300, bootstrap=boot), make_key(2))
+        c = await start_node(nursery, test_settings(tmp_path / "c", market=API_MARKET,
+                                                    capacity=100, bootstrap=boot),
+                             make_key(3), clock=lambda: time.time() + offset[0])
+        await eventually(lambda: c.node.clock_reading.state == "ahead", 30, "C is told")
+        offset[0] = 0.0  # the clock is set right
+        reading = await eventually(
+            lambda: c.node.clock_reading if c.node.clock_reading.state == "agrees"
+            and c.node.clock_reading.signers == 2 else None, 30, "C agrees again")
+        assert reading.offset_s is not None and -1.0 < reading.offset_s <= 0.001
+        warned = clock_warnings(caplog)
+        assert any(w.startswith("clock: agrees with 2 of 2 signer(s)") for w in warned), warned
+        assert [r.getMessage() for r in caplog.records
+                if "this node's clock was set by -45" in r.getMessage()], warned
+        for node in (c, b, a):
+            await node.stop()

@@ -1,0 +1,207 @@
+"""The clock watch (node/clockwatch.py): how a node learns that its own clock is wrong, from the
+times its peers sign. Sans-IO, driven with exact times; then through the engine, with real
+signed announcements from engines whose clocks are set apart."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from neuroshard_p2p.config import MarketConfig
+from neuroshard_p2p.node.clockwatch import (
+    AGREES, AHEAD, BEHIND, DIFFERS, UNKNOWN, ClockReading, ClockWatch,
+)
+from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.wire import MAX_AGE_S, MAX_FUTURE_S
+from neuroshard_p2p.wire.frames import encode_sync
+from neuroshard_p2p.wire.messages import SyncResponse
+from tests.conftest import assert_sans_io, make_key
+
+T0 = 1_700_000_200.0  # 100 s into a 300 s bucket (1_700_000_100 starts one)
+CONFIG = MarketConfig(capacity_timeout_s=60.0)
+
+
+def signer(i: int) -> bytes:
+    return bytes([2]) + i.to_bytes(32, "big")
+
+
+def watch_with(*differences_s: float, now: float = T0) -> ClockWatch:
+    """A watch that heard signer i's message signed differences_s[i] after its own clock."""
+    watch = ClockWatch()
+    for i, difference in enumerate(differences_s):
+        watch.observe(signer(i), round((now + difference) * 1000), now)
+    return watch
+
+
+def test_the_module_is_sans_io() -> None:
+    assert assert_sans_io("neuroshard_p2p.node.clockwatch") > 0
+
+
+def test_nothing_heard_is_unknown() -> None:
+    reading = ClockWatch().reading(T0)
+    assert reading == ClockReading(UNKNOWN, None, 0, 0)
+    assert not reading.warns
+    assert reading.describe(MAX_FUTURE_S, MAX_AGE_S) == "no signed time heard from peers yet"
+
+
+def test_peers_in_step_agree_and_one_liar_is_counted_not_believed() -> None:
+    reading = watch_with(0.2, -0.4, 0.1, 45.0).reading(T0)
+    assert reading == ClockReading(AGREES, 0.1, 4, 1)
+    assert not reading.warns
+    assert reading.describe(MAX_FUTURE_S, MAX_AGE_S) == (
+        "agrees with 3 of 4 signer(s) within 5 s (median +0.1 s); 1 is off by more")
+
+
+def test_most_peers_behind_means_this_clock_is_ahead() -> None:
+    reading = watch_with(-45.0, -44.5, -46.0, 0.3).reading(T0)
+    assert (reading.state, reading.offset_s, reading.signers, reading.off) == (AHEAD, -45.0, 4, 3)
+    assert reading.wrong and reading.warns
+    assert reading.describe(MAX_FUTURE_S, MAX_AGE_S) == (
+        "this node's clock is 45 s ahead of 3 of 4 signer(s): peers refuse its announcements "
+        "(more than 30 s in the future), so nobody counts its capacity or demand. Set the clock "
+        "right (e.g. enable NTP).")
+    # a smaller gap breaks less, and says what
+    assert watch_with(-10.0, -10.0).reading(T0).describe(MAX_FUTURE_S, MAX_AGE_S) == (
+        "this node's clock is 10 s ahead of 2 of 2 signer(s): peers' capacity stops counting "
+        "early here, and its price runs high. Set the clock right (e.g. enable NTP).")
+
+
+def test_most_peers_ahead_means_this_clock_is_behind() -> None:
+    reading = watch_with(40.0, 45.0, 50.0).reading(T0)
+    assert (reading.state, reading.offset_s, reading.off) == (BEHIND, 45.0, 3)
+    assert "it refuses peers' announcements (more than 30 s in the future), so it counts no " \
+           "peer's capacity" in reading.describe(MAX_FUTURE_S, MAX_AGE_S)
+    assert "its price lags the network's" in watch_with(8.0, 9.0).reading(T0).describe(
+        MAX_FUTURE_S, MAX_AGE_S)
+    assert "peers ignore its announcements (more than 300 s old)" in watch_with(
+        400.0, 401.0).reading(T0).describe(MAX_FUTURE_S, MAX_AGE_S)
+
+
+def test_half_is_not_a_majority_and_two_are_needed() -> None:
+    assert watch_with(45.0, 0.0).reading(T0).state == AGREES        # 1 of 2 ahead
+    assert watch_with(45.0, -45.0).reading(T0).state == AGREES      # one each way
+    reading = watch_with(45.0).reading(T0)                          # the only one
+    assert (reading.state, reading.offset_s, reading.signers, reading.off) == (DIFFERS, 45.0, 1, 1)
+    assert reading.warns and not reading.wrong
+    assert reading.describe(MAX_FUTURE_S, MAX_AGE_S).startswith(
+        "the only signer heard from is 45 s ahead of this node's clock: one of the two clocks "
+        "is wrong")
+    assert watch_with(3.0).reading(T0).state == AGREES              # within 5 s
+
+
+def test_the_copy_that_waited_least_is_the_one_that_counts() -> None:
+    watch = ClockWatch()
+    # A clock 2 s behind ours: a message it signed arrives 6 s late (by sync), then one arrives
+    # 0.25 s late (by gossip).
+    watch.observe(signer(1), round((T0 - 10.0) * 1000), T0 - 2.0)
+    assert watch.offsets(T0) == {signer(1): -8.0}
+    watch.observe(signer(1), round((T0 - 2.0) * 1000), T0 + 0.25)
+    assert watch.offsets(T0 + 1) == {signer(1): -2.25}
+    watch.observe(signer(1), round((T0 - 20.0) * 1000), T0 + 2)   # an old one, late: no change
+    assert watch.offsets(T0 + 2) == {signer(1): -2.25}
+
+
+def test_differences_last_five_to_ten_minutes() -> None:
+    watch = watch_with(45.0, 45.0)                         # heard in bucket k (T0 is 100 s in)
+    assert watch.reading(T0 + 199.9).state == BEHIND       # still bucket k
+    assert watch.reading(T0 + 200.0).state == BEHIND       # bucket k + 1: the bucket before
+    assert watch.reading(T0 + 499.9).state == BEHIND
+    assert watch.reading(T0 + 500.0).state == UNKNOWN      # bucket k + 2: gone
+    # heard again in bucket k + 1: the best of k and k + 1, then of k + 1 alone
+    watch = watch_with(45.0)
+    watch.observe(signer(0), round((T0 + 250.0 + 1.0) * 1000), T0 + 250.0)
+    assert watch.offsets(T0 + 250.0) == {signer(0): 45.0}
+    assert watch.offsets(T0 + 500.0) == {signer(0): 1.0}
+
+
+def test_reset_forgets_and_signers_are_bounded() -> None:
+    watch = watch_with(45.0, 45.0)
+    watch.reset()
+    assert watch.reading(T0).state == UNKNOWN
+    small = ClockWatch(max_signers=3)
+    for i in range(5):
+        small.observe(signer(i), round(T0 * 1000), T0)
+    small.observe(signer(2), round(T0 * 1000), T0)  # heard again: the most recent
+    assert list(small.offsets(T0)) == [signer(3), signer(4), signer(2)]
+    with pytest.raises(ValueError):
+        ClockWatch(max_signers=0)
+
+
+differences = st.floats(min_value=-400.0, max_value=400.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), differences), min_size=1, max_size=30),
+       st.randoms(use_true_random=False))
+def test_the_reading_does_not_depend_on_arrival_order(
+        arrivals: list[tuple[int, float]], random: object) -> None:
+    first, second = ClockWatch(), ClockWatch()
+    shuffled = list(arrivals)
+    random.shuffle(shuffled)  # type: ignore[attr-defined]
+    for watch, order in ((first, arrivals), (second, shuffled)):
+        for i, difference in order:
+            watch.observe(signer(i), round((T0 + difference) * 1000), T0)
+    assert first.reading(T0) == second.reading(T0)
+    assert first.offsets(T0) == {signer(i): max(round((T0 + d) * 1000) - round(T0 * 1000)
+                                                for j, d in arrivals if j == i) / 1000
+                                 for i, _ in arrivals}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-4.9, 4.9), min_size=2, max_size=10), differences)
+def test_one_signer_never_makes_a_node_in_step_with_two_others_warn(
+        honest: list[float], liar: float) -> None:
+    assert watch_with(*honest, liar).reading(T0).state == AGREES
+
+
+# -- through the engine: real signed announcements ----------------------------------------------
+
+
+def announcing(i: int) -> PeerEngine:
+    return PeerEngine(CONFIG, make_key(i), tokens_per_second=100)
+
+
+def watched(i: int) -> PeerEngine:
+    engine = PeerEngine(CONFIG, make_key(i))
+    engine.clock_watch = ClockWatch()
+    return engine
+
+
+def test_the_engine_tells_the_watch_what_it_accepts_and_what_it_refuses_for_time() -> None:
+    node = watched(1)
+    on_time, ahead, behind = announcing(2), announcing(3), announcing(4)
+    # signed by their own clocks: on time, 45 s ahead of ours (refused: future), 400 s behind
+    # (ignored: stale)
+    verdicts = [node.on_gossip(on_time.poll_announcements(T0 - 0.5)[0], T0, on_time.peer_id),
+                node.on_gossip(ahead.poll_announcements(T0 + 45.0)[0], T0, ahead.peer_id),
+                node.on_gossip(behind.poll_announcements(T0 - 400.0)[0], T0, behind.peer_id)]
+    assert [(v.outcome, v.reason) for v in verdicts] == [
+        ("accepted", "accepted"), ("rejected", "future"), ("ignored", "stale")]
+    assert node.clock_watch is not None
+    assert node.clock_watch.offsets(T0) == {on_time.signer: -0.5, ahead.signer: 45.0,
+                                            behind.signer: -400.0}
+    # its own announcement is its own clock, not evidence
+    node.set_offer(10, 0)
+    own = node.poll_announcements(T0 + 1)
+    assert own and node.signer not in node.clock_watch.offsets(T0 + 1)
+
+
+def test_sync_and_batched_gossip_tell_the_watch_too() -> None:
+    node, other = watched(1), announcing(2)
+    early, late = other.poll_announcements(T0 + 40.0), None
+    node.on_sync_response(encode_sync(SyncResponse(tuple(early))), T0)
+    assert node.clock_watch is not None
+    assert node.clock_watch.offsets(T0) == {other.signer: 40.0}
+    batched = watched(5)
+    late = announcing(6).poll_announcements(T0 - 3.0)
+    batched.on_gossip_many([(late[0], T0, None)])
+    assert batched.clock_watch is not None
+    assert list(batched.clock_watch.offsets(T0).values()) == [-3.0]
+
+
+def test_an_engine_without_a_watch_keeps_none() -> None:
+    node = PeerEngine(CONFIG, make_key(1))  # the simulator's peers share one clock
+    other = announcing(2)
+    assert node.on_gossip(other.poll_announcements(T0 + 45.0)[0], T0).reason == "future"
+    assert node.clock_watch is None
