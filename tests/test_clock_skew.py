@@ -13,6 +13,8 @@ and only their peers' INFO lines said anything.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +26,8 @@ from tests.api_harness import API_MARKET, api_node
 from tests.conftest import make_key
 from tests.node_harness import start_node, test_settings
 from tests.waiting import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def offset_clock(offset_s: float) -> Callable[[], float]:
@@ -94,11 +98,22 @@ async def test_a_node_with_a_wrong_clock_is_told_and_its_peers_are_not(
             assert behind.node.engine.counts().get(("accepted", "accepted"), 0) == 0
             assert behind.node.stats().supply_tokens_per_sec == 200
 
-            # The honest nodes agree with each other, and count the two wrong clocks as such.
+            # The honest nodes agree with each other, and count the two wrong clocks as such; A
+            # can tell C's and D's operators by how much (its peers list).
             await eventually(lambda: a.node.clock_reading.signers == 3, 20,
                              "A measured B, C and D")
             assert (a.node.clock_reading.state, a.node.clock_reading.off) == ("agrees", 2)
             assert b.node.clock_reading.state == "agrees"
+            clocks = {row["peer_id"]: row["clock_offset_s"] for row in a.node.peer_standings()}
+            assert 44.0 < clocks[ahead.node.peer_id] <= 45.001
+            assert -46.0 < clocks[behind.node.peer_id] <= -44.999
+            assert -1.0 < clocks[b.node.peer_id] <= 0.001
+            # and C's operator sees A's clock 45 s behind its own, in `peers`
+            listed = await trio.run_process(
+                [sys.executable, "-m", "neuroshard_p2p.cli", "peers", "--api", ahead.url],
+                capture_stdout=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            line = next(x for x in listed.stdout.decode().splitlines() if a.node.peer_id in x)
+            assert line.endswith("  (clock -45 s from ours)"), line
 
         warned = clock_warnings(caplog)
         assert any(" 45 s ahead of " in w for w in warned), warned
@@ -126,7 +141,12 @@ async def test_a_clock_set_right_starts_the_measure_again(tmp_path: Path,
                                                     capacity=100, bootstrap=boot),
                              make_key(3), clock=lambda: time.time() + offset[0])
         await eventually(lambda: c.node.clock_reading.state == "ahead", 30, "C is told")
+        assert a.node.stats().supply_tokens_per_sec == 800  # C's 100 refused as from the future
         offset[0] = 0.0  # the clock is set right
+        # C says its offer again at once, not when its old clock's keep-alive falls due (45 s +
+        # 20 s later): the others count it within a tick or two.
+        await eventually(lambda: a.node.stats().supply_tokens_per_sec == 900, 5,
+                         "A counts C's capacity soon after C's clock is set right")
         reading = await eventually(
             lambda: c.node.clock_reading if c.node.clock_reading.state == "agrees"
             and c.node.clock_reading.signers == 2 else None, 30, "C agrees again")

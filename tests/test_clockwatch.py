@@ -4,6 +4,8 @@ signed announcements from engines whose clocks are set apart."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -205,3 +207,59 @@ def test_an_engine_without_a_watch_keeps_none() -> None:
     other = announcing(2)
     assert node.on_gossip(other.poll_announcements(T0 + 45.0)[0], T0).reason == "future"
     assert node.clock_watch is None
+
+
+# -- a clock set back ---------------------------------------------------------------------------
+
+
+def test_a_clock_set_back_announces_at_once_and_keeps_announcing() -> None:
+    """NTP sets back a clock that ran an hour ahead. Before: the unchanged offer was not said
+    again until the old time came back (peers, which refused the hour-ahead announcement, counted
+    nothing of it for an hour), and the sixth change within that hour was refused by the node's
+    own validator (its token bucket waited for the old time too), which stopped the node."""
+    node, peer = announcing(1), watched(2)
+    assert node.poll_announcements(T0 + 3600.0)                  # signed an hour ahead
+    published = node.poll_announcements(T0)                      # set back: said again now
+    assert [peer.on_gossip(d, T0, node.peer_id).reason for d in published] == ["accepted"]
+    assert peer.stats(T0).supply_tokens_per_sec == 100
+    # keep-alives every 20 s from the new time, and a change per tick, for longer than the
+    # five tokens the bucket held
+    said: list[int] = []
+    keep_alive_due = math.inf
+    for second in range(1, 41):
+        now = T0 + second
+        if second <= 8:
+            node.set_offer(100 + second, 0)
+        for data in node.poll_announcements(now):
+            said.append(second)
+            assert peer.on_gossip(data, now, node.peer_id).reason == "accepted"
+        if second == 8:
+            keep_alive_due = node.next_deadline() or math.inf  # 16-20 s on (jittered)
+    assert 24.0 <= keep_alive_due - T0 <= 28.0
+    assert said == [1, 2, 3, 4, 5, 6, 7, 8, math.ceil(keep_alive_due - T0)]
+    assert peer.stats(T0 + 40).supply_tokens_per_sec == 108
+
+
+def test_a_small_step_back_holds_nothing_and_sends_nothing_extra() -> None:
+    node = announcing(1)
+    assert node.poll_announcements(T0 + 10.5)
+    due = node.next_deadline()
+    assert due is not None and 26.5 <= due - T0 <= 30.5
+    assert node.poll_announcements(T0 + 10.0) == []   # half a tick back: not a step
+    assert node.poll_announcements(due - 0.001) == []
+    assert node.poll_announcements(due)               # the keep-alive on time
+
+
+def test_the_token_bucket_refills_from_a_clock_set_back() -> None:
+    """V8 at a receiver whose clock was set back 40 s after a signer's burst of five: the sixth
+    message then is refused, one a second later accepted (protocol v2 §6.2, the vector
+    rate-limit-clock-set-back), not every one for 40 s."""
+    receiver, sender = watched(1), announcing(2)
+    burst = []
+    for i in range(7):
+        sender.set_offer(100 + i, 0)
+        burst.append(sender.poll_announcements(T0 + i)[0])
+    reasons = [receiver.on_gossip(burst[i], T0 + 60.0, sender.peer_id).reason for i in range(5)]
+    reasons.append(receiver.on_gossip(burst[5], T0 + 20.0, sender.peer_id).reason)
+    reasons.append(receiver.on_gossip(burst[6], T0 + 21.0, sender.peer_id).reason)
+    assert reasons == ["accepted"] * 5 + ["rate_limited", "accepted"]

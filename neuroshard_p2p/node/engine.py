@@ -416,8 +416,13 @@ class PeerEngine:
                 changed = material_change(astuple(self._published), astuple(state),
                                           self._network_demand(now))
             same_tick = self.tick_of(now) == self.tick_of(self._published_at)
+            # A clock set back by more than a tick (NTP correcting a clock that ran ahead; or a
+            # previous run of this key, `_continue_above`, that signed with one) would hold our
+            # keep-alive back by the whole step, and peers that refused or expired what we
+            # signed then would count nothing of ours until it passed: say it again now.
             keep_alive = (not state.silent
-                          and now >= self._published_at + self._keep_alive_after)
+                          and (now >= self._published_at + self._keep_alive_after
+                               or now < self._published_at - self.config.tick_s))
             due = ((changed or self._repeat) and not same_tick) or keep_alive
         self._dirty = False
         if not due:

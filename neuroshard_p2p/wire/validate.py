@@ -314,6 +314,8 @@ class Validator:
                     tokens = state.tokens + elapsed / self.rate_refill_s
                     state.tokens = tokens if tokens < self.rate_burst else self.rate_burst
                     state.refilled_at = now
+                elif elapsed < 0:  # our clock was set back: refill from here, not from then
+                    state.refilled_at = now
                 if state.tokens < 1.0:
                     raise WireError("rate_limited", REJECT,
                                     f"signer sends more than {self.rate_burst:.0f} announcements "
@@ -361,6 +363,8 @@ class Validator:
             elapsed = now - state.refilled_at
             if elapsed > 0:
                 state.tokens = min(self.rate_burst, state.tokens + elapsed / self.rate_refill_s)
+                state.refilled_at = now
+            elif elapsed < 0:  # our clock was set back: refill from here, not from then
                 state.refilled_at = now
             if state.tokens < 1.0:
                 raise WireError("rate_limited", REJECT,

@@ -812,6 +812,8 @@ class Validator:
         tokens, at = self.bucket[signer]
         if now > at:
             tokens, at = min(5.0, tokens + (now - at) / tick), now
+        elif now < at:  # the receiver's clock went back: the refill restarts from now
+            at = now
         if tokens < 1:
             self.bucket[signer] = (tokens, at)
             raise Rejected("rate_limited", "reject", "V8")

@@ -146,6 +146,13 @@ def validator_vectors() -> list[dict[str, Any]]:
                          [*(Step(flood[i], T0 + 1000, ok) for i in range(5)),
                           Step(flood[5], T0 + 1000, ("rate_limited", "reject")),
                           Step(flood[6], T0 + 2000, ok)]),
+        validator_vector("rate-limit-clock-set-back", TESTNET,
+                         "the receiver's clock is set back 40 s after a burst of 5: the bucket "
+                         "refills from the new time (the 6th message then is rejected, one a "
+                         "second later accepted), not from the old one 40 s ahead (V8)",
+                         [*(Step(flood[i], T0 + 60_000, ok) for i in range(5)),
+                          Step(flood[5], T0 + 20_000, ("rate_limited", "reject")),
+                          Step(flood[6], T0 + 21_000, ok)]),
         validator_vector("implausible-capacity", TESTNET,
                          "capacity above max_node_tokens_per_s (testnet 50,000) (V6)",
                          [Step(announcement(PROVIDER, 1, T0, tokens_per_second=50_001), T0 + 1000,
