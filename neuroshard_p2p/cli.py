@@ -688,7 +688,10 @@ def cmd_peers(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{data['count']} peer(s)")
     for peer in data["peers"]:
-        print(f"  {peer['peer_id']}  {' '.join(peer['addrs'])}")
+        clock = peer.get("clock_offset_s")
+        # a clock 5 s or more from ours (clockwatch.WARN_S) is worth telling its operator about
+        note = f"  (clock {clock:+.0f} s from ours)" if clock is not None and abs(clock) >= 5 else ""
+        print(f"  {peer['peer_id']}  {' '.join(peer['addrs'])}{note}")
     return EXIT_OK
 
 

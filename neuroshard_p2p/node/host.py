@@ -70,6 +70,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.backends import InferenceBackend
@@ -605,13 +606,15 @@ class Node:
         (NTP setting it right must not leave a stale warning)."""
         watch = self.engine.clock_watch
         assert watch is not None
-        step = self.clock() - time.monotonic()
+        # Against trio's clock, not time.monotonic(): the two run together in a node, and also
+        # in the simulator's time-dilated workers, whose trio loop runs as slow as the node's.
+        step = self.clock() - trio.current_time()
         warned_at: float | None = None
         warned = UNKNOWN
         while True:
             await trio.sleep(CLOCK_CHECK_S)
             now = self.clock()
-            new_step = now - time.monotonic()
+            new_step = now - trio.current_time()
             if abs(new_step - step) > CLOCK_STEP_S:
                 log.warning("this node's clock was set by %+.1f s: measuring it against its "
                             "peers' again", new_step - step)
@@ -649,8 +652,12 @@ class Node:
 
     def peer_standings(self) -> list[dict[str, Any]]:
         """Every peer that is connected or that the guard remembers: its guard score, its
-        gossipsub score, and its ban (the API's `peers` section)."""
+        gossipsub score, its ban, and its clock against ours when it signed something we heard
+        (the API's `peers` section)."""
         now = self.now()
+        watch = self.engine.clock_watch
+        clocks = ({} if watch is None else
+                  {peer_id_of(signer): offset for signer, offset in watch.offsets(now).items()})
         connected = set(self.host.get_connected_peers()) if self.host is not None else set()
         known: dict[Any, PeerStanding] = {s.peer: s for s in self.guard.standings(now)}
         for peer in connected:
@@ -670,6 +677,8 @@ class Node:
                 "banned_until": standing.banned_until,
                 "banned_for_s": (None if standing.banned_until is None
                                  else round(standing.banned_until - now, 3)),
+                # its signed clock − ours (node/clockwatch.py), None if it signed nothing heard
+                "clock_offset_s": clocks.get(str(peer)),
             })
         return sorted(rows, key=lambda r: (r["banned_until"] is None, r["score"], r["peer_id"]))
 
