@@ -530,6 +530,7 @@ async def _run_node(settings: NodeSettings) -> None:
                 print("ready (Ctrl-C to stop)", flush=True)
                 async with trio.open_nursery() as printer:
                     printer.start_soon(_print_reachability, node)
+                    printer.start_soon(_print_alone, node, settings)
                     async for signum in signals:
                         name = signal.Signals(signum).name
                         _say(f"{name}: withdrawing and stopping")
@@ -564,6 +565,36 @@ async def _print_reachability(node: Any) -> None:
             _say(line)
             shown = line
         await reach.wait_changed()
+
+
+#: How long `run` waits for a first peer before it says how to get one.
+ALONE_AFTER_S = 20.0
+
+
+async def _print_alone(node: Any, settings: NodeSettings, after_s: float = ALONE_AFTER_S) -> None:
+    """A node that has no peer ALONE_AFTER_S after it started says why and what to do (a first
+    run on the default network: its charter names no bootstrap peer, so the node waits for
+    someone to dial it or for mDNS to find a node on this LAN); then one line when the first
+    peer arrives. Nothing while it has peers."""
+    import trio
+
+    with trio.move_on_after(after_s):
+        while node.peer_count == 0:
+            await trio.sleep(0.5)
+        return
+    if settings.bootstrap_peers:
+        how = (f"none of its {len(settings.bootstrap_peers)} bootstrap peer(s) answered (see "
+               "the log), and nobody dialled it")
+    else:
+        how = ("it has no bootstrap peer (--bootstrap, or the network's charter)"
+               + (" and found no node on this LAN by mDNS" if settings.mdns else "")
+               + ", and nobody dialled it")
+    _say(f"no peers after {after_s:g} s: {how}. Give it one: neuroshard-node run "
+         "--bootstrap <a node's multiaddr> (`neuroshard-node id` on that node prints it); "
+         "until then it prices only what it offers and queues itself")
+    while node.peer_count == 0:
+        await trio.sleep(0.5)
+    _say(f"first peer connected ({node.peer_count} now)")
 
 
 def _backend_line(settings: NodeSettings) -> str:

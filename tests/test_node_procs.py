@@ -648,3 +648,39 @@ def test_a_stop_waits_for_the_job_under_way_and_a_second_signal_ends_the_wait(
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+async def test_a_node_alone_says_how_to_get_a_peer_and_when_it_has_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run`'s line for a node nobody joined (a first run on the default network, whose charter
+    names no bootstrap peer): after its wait (20 s in `run`; 1 s here), what is missing and the
+    flag that mends it; then one line when a peer arrives. Real nodes, in this process."""
+    import trio
+
+    from neuroshard_p2p.cli import _print_alone
+    from tests.conftest import make_key
+    from tests.node_harness import start_node, test_settings
+
+    async with trio.open_nursery() as nursery:
+        lone_settings = test_settings(tmp_path / "lone")
+        lone = await start_node(nursery, lone_settings, make_key(1))
+        printer = trio.CancelScope()
+
+        async def watch() -> None:
+            with printer:
+                await _print_alone(lone.node, lone_settings, after_s=1.0)
+
+        nursery.start_soon(watch)
+        said = await eventually(lambda: capsys.readouterr().out or None, 10, "the hint")
+        assert said == (
+            "no peers after 1 s: it has no bootstrap peer (--bootstrap, or the network's charter), "
+            "and nobody dialled it. Give it one: neuroshard-node run --bootstrap <a node's "
+            "multiaddr> (`neuroshard-node id` on that node prints it); until then it prices only "
+            "what it offers and queues itself\n")
+        other = await start_node(nursery, test_settings(
+            tmp_path / "other", bootstrap=tuple(lone.node.addrs)), make_key(2))
+        said = await eventually(lambda: capsys.readouterr().out or None, 20, "the peer line")
+        assert said == "first peer connected (1 now)\n"
+        printer.cancel()
+        await other.stop()
+        await lone.stop()
