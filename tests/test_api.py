@@ -483,6 +483,44 @@ BAD_INPUTS: list[tuple[str, str, bytes | None, dict[str, str], int, str | None, 
 ]
 
 
+async def test_health_names_what_keeps_a_node_from_its_work(tmp_path: Path) -> None:
+    """/api/health for a load balancer or a monitor: 503 naming each failed check (a node
+    alone; a broken token file), 200 with none once it has a peer and the file is mended."""
+    async with api_node(tmp_path / "a", 6) as api:
+        alone = await api.get("/api/health")
+        assert alone.status_code == 503
+        assert alone.json() == {
+            "ok": False, "peers": 0, "clock": "unknown", "backend_reachable": True,
+            "stopping": False, "unrecorded_earnings": 0,
+            "problems": [{"check": "peers", "detail": "no connected peer: it sees no market but "
+                                                      "its own (give it one with --bootstrap)"}]}
+        async with api_node(tmp_path / "b", 7, bootstrap=(api.node.addrs[0],), capacity=100):
+            async def healthy() -> httpx.Response | None:
+                answer = await api.get("/api/health")
+                return answer if answer.status_code == 200 and \
+                    answer.json()["clock"] == "agrees" else None
+
+            answer = await eventually(healthy, 20, "the node with a peer is healthy, its clock "
+                                                   "measured against the peer's")
+            assert answer.json() == {"ok": True, "problems": [], "peers": 1, "clock": "agrees",
+                                     "backend_reachable": True, "stopping": False,
+                                     "unrecorded_earnings": 0}
+            head = await api.client.head(api.url + "/api/health")
+            assert (head.status_code, head.content) == (200, b"")
+            token_file = api.data_dir / "api_token"
+            token_file.write_text("\n")
+            broken = await api.get("/api/health")
+            assert broken.status_code == 503
+            assert broken.json()["problems"] == [{
+                "check": "api_token",
+                "detail": f"API writes and /v1 are refused: the API token file {token_file} is "
+                          f"empty: `neuroshard-node token --rotate --data-dir {api.data_dir}` "
+                          "writes a new one"}]
+            rotate_api_token(api.data_dir)
+            assert (await api.get("/api/health")).status_code == 200
+            assert (await api.get("/api/health?x=1")).status_code == 400
+
+
 async def test_bad_inputs_are_4xx_json_and_change_nothing(tmp_path: Path) -> None:
     async with api_node(tmp_path / "a", 6) as api:
         node = api.node

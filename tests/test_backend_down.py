@@ -90,6 +90,11 @@ def test_a_provider_offers_nothing_while_its_backend_refuses_connections(tmp_pat
                  "the provider holds its offer back", show=provider_state)
         wait_for(lambda: cli_json(gateway_dir, "peers")["count"] >= 1 and
                  supply_at_gateway() == 0, 20, "the gateway counts no capacity")
+        # /api/health says why this provider is not doing its work (a monitor's view)
+        provider_api = cli_json(provider_dir, "id")["api"]
+        health = httpx.get(provider_api + "/api/health", timeout=10)
+        assert health.status_code == 503
+        assert [p["check"] for p in health.json()["problems"]] == ["backend"], health.json()
 
         # The operator changes the offer meanwhile: it waits with the rest.
         done = subprocess.run([*CLI, "register", "--data-dir", str(provider_dir), "--capacity",
@@ -104,6 +109,8 @@ def test_a_provider_offers_nothing_while_its_backend_refuses_connections(tmp_pat
         wait_for(lambda: provider_state() == (True, 800, 1.0), 15,
                  "the provider offers again", show=provider_state)
         wait_for(lambda: supply_at_gateway() == 800, 15, "the gateway counts 800 tokens/s")
+        health = httpx.get(provider_api + "/api/health", timeout=10)
+        assert (health.status_code, health.json()["problems"]) == (200, []), health.json()
 
         # 3. The server goes down: the next job meets it, and the offer is withdrawn at once.
         server.send_signal(signal.SIGKILL)

@@ -81,6 +81,9 @@ async def test_a_node_with_a_wrong_clock_is_told_and_its_peers_are_not(
             assert a.node.stats().supply_tokens_per_sec == 800
             assert a.node.engine.counts()[("rejected", "future")] >= 1
 
+            health = await ahead.get("/api/health")
+            assert health.status_code == 503
+            assert health.json()["problems"] == [{"check": "clock", "detail": clock["text"]}]
             metrics = (await ahead.get("/metrics")).text
             assert 'neuroshard_clock{state="ahead"} 1.0' in metrics
             assert 'neuroshard_clock{state="agrees"} 0.0' in metrics

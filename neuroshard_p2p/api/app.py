@@ -135,6 +135,7 @@ class Api:
             ("GET", "/api/market/offers"): self.offers,
             ("GET", "/api/peers"): self.peers,
             ("GET", "/api/node"): self.node_info,
+            ("GET", "/api/health"): self.health,
             ("GET", "/api/ledger"): self.ledger,
             ("GET", "/metrics"): self.metrics,
         }
@@ -357,6 +358,41 @@ class Api:
             # Whether this node's clock agrees with its peers' signed times (clockwatch.py).
             "clock": node.clock_json(),
         })
+
+    async def health(self, request: Request) -> Response:
+        """Whether this node can do its work now, for a load balancer, a monitor or a script
+        (`curl -f`): 200 when every check passes, 503 naming each one that does not. No token:
+        it says no more than /api/node does."""
+        _no_query(request)
+        node = self.node
+        problems: list[dict[str, str]] = []
+
+        def problem(check: str, detail: str) -> None:
+            problems.append({"check": check, "detail": detail})
+
+        if node.jobs.stopping:
+            problem("stopping", "this node is stopping; it takes no new request or offer")
+        if node.peer_count == 0:
+            problem("peers", "no connected peer: it sees no market but its own (give it one "
+                             "with --bootstrap)")
+        clock = node.clock_json()
+        if node.clock_reading.warns:
+            problem("clock", clock["text"])
+        if not node.backend_reachable:
+            problem("backend", "its inference backend refuses connections: its offer is held "
+                               "until the backend answers")
+        unrecorded = node.jobs.unrecorded_earnings
+        if unrecorded:
+            problem("ledger", f"{unrecorded} earning(s) its ledger could not write (disk full or "
+                              "an I/O error), kept in memory and tried again")
+        token_problem = self.token.problem()
+        if token_problem is not None:
+            problem("api_token", f"API writes and /v1 are refused: {token_problem}")
+        return Response(503 if problems else 200, {
+            "ok": not problems, "problems": problems,
+            "peers": node.peer_count, "clock": clock["state"],
+            "backend_reachable": node.backend_reachable, "stopping": node.jobs.stopping,
+            "unrecorded_earnings": unrecorded})
 
     async def ledger(self, request: Request) -> Response:
         _no_query(request)

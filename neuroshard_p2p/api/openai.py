@@ -251,6 +251,14 @@ class ApiToken:
         self._problem = ""
         return token
 
+    def problem(self) -> str | None:
+        """Why the token file cannot give a token now, or None when it can (no log line)."""
+        try:
+            self.read()
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
 
 class OpenAIApi:
     """The /v1 endpoints of one node's API (`api.app.Api` routes every /v1 path here)."""
