@@ -4,6 +4,7 @@
     neuroshard-node init                     create the data dir (key, API token, config.toml)
     neuroshard-node id                       peer id and the multiaddrs others bootstrap from
     neuroshard-node peers                    connected peers
+    neuroshard-node health                   can it do its work now? (exit status 1 if not)
     neuroshard-node market                   the market as the node sees it (price, supply, demand)
     neuroshard-node register --capacity N    offer N tokens/s of inference capacity
     neuroshard-node withdraw                 stop offering capacity
@@ -163,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     client(p)
 
     p = sub.add_parser("peers", help="connected peers")
+    client(p)
+
+    p = sub.add_parser("health", help="whether the node can do its work; exit status 1 if not",
+                       description="Ask the running node whether it can do its work now: it "
+                                   "prints `ok`, or each failed check and why (no peer, a wrong "
+                                   "clock, a backend that refuses connections, earnings the "
+                                   "ledger could not write, an unreadable token file, stopping),"
+                                   " and exits with status 1. For scripts and monitors.")
     client(p)
 
     p = sub.add_parser("market", help="current market stats as this node sees them",
@@ -652,7 +661,8 @@ def _api_base(args: argparse.Namespace) -> str:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
-          params: dict[str, Any] | None = None) -> Any:
+          params: dict[str, Any] | None = None, answers: tuple[int, ...] = ()) -> Any:
+    """The node's JSON answer; a 4xx/5xx is a CliError unless its status is in `answers`."""
     import httpx
 
     base = _api_base(args).rstrip("/")
@@ -673,7 +683,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
         data = response.json()
     except ValueError:
         raise CliError(f"{base}{path} answered {response.status_code} without JSON") from None
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in answers:
         message = data.get("error") if isinstance(data, dict) else None
         raise CliError(f"node refused ({response.status_code}): {message or data}")
     return data
@@ -724,6 +734,18 @@ def cmd_peers(args: argparse.Namespace) -> int:
         note = f"  (clock {clock:+.0f} s from ours)" if clock is not None and abs(clock) >= 5 else ""
         print(f"  {peer['peer_id']}  {' '.join(peer['addrs'])}{note}")
     return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    data = _call(args, "GET", "/api/health", answers=(503,))
+    if args.json:
+        _print_json(data)
+    elif data["ok"]:
+        print(f"ok: {data['peers']} peer(s), clock {data['clock']}")
+    else:
+        for problem in data["problems"]:
+            print(f"{problem['check']}: {problem['detail']}")
+    return EXIT_OK if data["ok"] else EXIT_ERROR
 
 
 def cmd_market(args: argparse.Namespace) -> int:
@@ -1174,7 +1196,8 @@ def cmd_member_show(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "ledger": cmd_ledger, "charter": cmd_charter, "member": cmd_member,
-    "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "market": cmd_market,
+    "init": cmd_init, "run": cmd_run, "id": cmd_id, "peers": cmd_peers, "health": cmd_health,
+    "market": cmd_market,
     "register": cmd_register, "withdraw": cmd_withdraw, "submit": cmd_submit, "chat": cmd_chat,
     "status": cmd_status, "token": cmd_token,
 }

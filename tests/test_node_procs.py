@@ -83,6 +83,7 @@ def test_three_processes_bootstrapped_from_the_first_agree_on_the_price(tmp_path
         wait_for(lambda: "\nclock:   agrees with 2 of 2 signer(s) within 5 s (median "
                  in cli("id", "--data-dir", str(dirs[1])).stdout, 20,
                  "b's clock is measured against a's and c's")
+        assert cli("health", "--data-dir", str(dirs[1])).stdout == "ok: 2 peer(s), clock agrees\n"
 
         # peer exchange across processes: b and c, which only knew a, found each other
         peer_ids = [cli_json("id", "--data-dir", str(d))["peer_id"] for d in dirs]
@@ -281,7 +282,7 @@ def test_every_command_has_help_for_every_flag() -> None:
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(commands.choices) == set(COMMANDS) == {
         "init", "run", "id", "peers", "market", "register", "withdraw", "submit", "status",
-        "token", "ledger", "charter", "member", "chat"}
+        "token", "ledger", "charter", "member", "chat", "health"}
     top = parser.format_help()
     for name, sub in commands.choices.items():
         assert name in top
@@ -621,6 +622,11 @@ def test_a_stop_waits_for_the_job_under_way_and_a_second_signal_ends_the_wait(
             data = answer("id", "--data-dir", str(tmp_path / "p"))
             return data.get("addrs") if data.get("running") is not False else None
         addr = wait_for(running_addrs, 20, "the provider is up")[0]
+        # alone, and said so by `health` (exit status 1) for a script or a monitor
+        alone = cli("health", "--data-dir", str(tmp_path / "p"), check=False)
+        assert (alone.returncode, alone.stdout, alone.stderr) == (
+            1, "peers: no connected peer: it sees no market but its own (give it one with "
+               "--bootstrap)\n", "")
         gateway = start(tmp_path / "g", "--bootstrap", addr)
         wait_for(lambda: answer("market", "--data-dir", str(tmp_path / "g")).get(
             "supply_tokens_per_sec") == 1000, 20, "the gateway counts the provider")
