@@ -14,14 +14,21 @@ reconciliation up to a period later, so the largest difference is the one that w
 the signer's clock minus ours, less a delay. Announcements refused as `future` or `stale` count
 too: their signature was checked, and they are the evidence when the gap is largest.
 
-The verdict (`reading`): when more than half of the signers heard from in the window, and at
-least two, are ahead of this node by `warn_s` (5 s) or more, this node's clock is behind; when
-as many are behind by that much, it is ahead; when the only signer heard from is off by that
-much, the two clocks differ and the node cannot tell which is wrong (`differs`); otherwise it
-agrees with its peers, and the signers that are off by that much are counted as peers with a
-wrong clock. One signer's claim never decides the verdict while two others disagree with it. A
-majority of identities can make the node warn (a warning is all the watch does: nothing is
-refused or priced by it).
+The verdict (`reading`): when signers holding more than half of the weight heard from in the
+window, and at least two of them, are ahead of this node by `warn_s` (5 s) or more, this node's
+clock is behind; when as much is behind by that much, it is ahead; when the only signer heard
+from is off by that much, the two clocks differ and the node cannot tell which is wrong
+(`differs`); otherwise it agrees with its peers, and the signers that are off by that much are
+counted as peers with a wrong clock. One signer's claim never decides the verdict while two
+others disagree with it.
+
+Identities are cheap, so a signer weighs what it weighs in the price: 2^(bits − F) for a key
+with fewer than the charter's F bits of identity work (wire/work.py), 1 with F or more. And the
+watch remembers at most `max_signers`; when full, a new signer takes the place of one not heard
+from in the window, or of a lighter one, or none: a flood of fresh identities cannot push out
+the signers it already measures. On a network with identity work, fresh keys with no work move
+nothing; on one without (simnet), a majority of identities decides, as it would move the price.
+The verdict is a warning and a failed `/api/health` check; nothing is refused or priced by it.
 
 It reads no clock: `now` comes in as an argument (seconds of this node's clock).
 """
@@ -115,14 +122,16 @@ class ClockReading:
 
 
 class _Heard:
-    """One signer's best differences (ms): in bucket `bucket`, and in the bucket before it."""
+    """One signer's best differences (ms): in bucket `bucket`, and in the bucket before it; and
+    the heaviest weight its messages carried."""
 
-    __slots__ = ("bucket", "best", "before")
+    __slots__ = ("bucket", "best", "before", "weight")
 
-    def __init__(self, bucket: int, best: int, before: int | None) -> None:
+    def __init__(self, bucket: int, best: int, before: int | None, weight: float) -> None:
         self.bucket = bucket
         self.best = best
         self.before = before
+        self.weight = weight
 
 
 class ClockWatch:
@@ -137,21 +146,41 @@ class ClockWatch:
         self.max_signers = max_signers
         self._signers: dict[bytes, _Heard] = {}  # least recently heard first
 
-    def observe(self, signer: bytes, issued_at_ms: int, now: float) -> None:
-        """A verified message of `signer`, signed at `issued_at_ms`, arrived at `now`."""
+    def observe(self, signer: bytes, issued_at_ms: int, now: float, weight: float = 1.0) -> None:
+        """A verified message of `signer`, signed at `issued_at_ms`, arrived at `now`; `weight`:
+        what the signer's key weighs in the price (2^(bits − F), at most 1)."""
         difference = issued_at_ms - ms_of(now)
         bucket = int(now // self.bucket_s)
-        heard = self._signers.pop(signer, None)
-        if heard is None or heard.bucket < bucket - 1 or heard.bucket > bucket:
-            # new, not heard for a whole bucket, or our clock was set back: start from here
-            heard = _Heard(bucket, difference, None)
+        heard = self._signers.get(signer)
+        if heard is None:
+            if len(self._signers) >= self.max_signers and not self._make_room(bucket, weight):
+                return
+            self._signers[signer] = _Heard(bucket, difference, None, weight)
+            return
+        if heard.bucket < bucket - 1 or heard.bucket > bucket:
+            # not heard for a whole bucket, or our clock was set back: start from here
+            heard.bucket, heard.best, heard.before = bucket, difference, None
         elif heard.bucket == bucket - 1:
-            heard = _Heard(bucket, difference, heard.best)
+            heard.bucket, heard.best, heard.before = bucket, difference, heard.best
         elif difference > heard.best:
             heard.best = difference
-        self._signers[signer] = heard
-        if len(self._signers) > self.max_signers:
-            del self._signers[next(iter(self._signers))]
+        if weight > heard.weight:
+            heard.weight = weight
+
+    def _make_room(self, bucket: int, weight: float) -> bool:
+        """Full: drop a signer not heard from in the window, else the lightest one if it is
+        lighter than the newcomer. False when neither (the newcomer is not remembered)."""
+        lightest: tuple[float, bytes] | None = None
+        for signer, heard in self._signers.items():
+            if not bucket - 1 <= heard.bucket <= bucket:
+                del self._signers[signer]
+                return True
+            if lightest is None or heard.weight < lightest[0]:
+                lightest = (heard.weight, signer)
+        if lightest is not None and lightest[0] < weight:
+            del self._signers[lightest[1]]
+            return True
+        return False
 
     def reset(self) -> None:
         """Forget every difference: the driver saw this node's clock set (stepped), so what was
@@ -160,8 +189,12 @@ class ClockWatch:
 
     def offsets(self, now: float) -> dict[bytes, float]:
         """Each signer heard from in the window: its best (signer's clock − ours), in seconds."""
+        return {signer: offset for signer, (offset, _) in self._weighed(now).items()}
+
+    def _weighed(self, now: float) -> dict[bytes, tuple[float, float]]:
+        """Each signer heard from in the window: (its best difference in seconds, its weight)."""
         bucket = int(now // self.bucket_s)
-        result: dict[bytes, float] = {}
+        result: dict[bytes, tuple[float, float]] = {}
         for signer, heard in self._signers.items():
             if heard.bucket == bucket:
                 best = heard.best if heard.before is None else max(heard.best, heard.before)
@@ -169,23 +202,24 @@ class ClockWatch:
                 best = heard.best
             else:
                 continue
-            result[signer] = best / 1000
+            result[signer] = (best / 1000, heard.weight)
         return result
 
     def reading(self, now: float) -> ClockReading:
         """The verdict at `now` (module docstring)."""
-        offsets = list(self.offsets(now).values())
-        if not offsets:
+        weighed = list(self._weighed(now).values())
+        if not weighed:
             return ClockReading(UNKNOWN, None, 0, 0, self.warn_s)
+        offsets = [o for o, _ in weighed]
         ahead = [o for o in offsets if o >= self.warn_s]      # signers ahead of us: we are behind
         behind = [o for o in offsets if o <= -self.warn_s]    # signers behind us: we are ahead
-        half = len(offsets) / 2
+        half = sum(w for _, w in weighed) / 2
         if len(offsets) == 1 and (ahead or behind):
             return ClockReading(DIFFERS, offsets[0], 1, 1, self.warn_s)
-        if len(ahead) > half:
+        if len(ahead) >= 2 and sum(w for o, w in weighed if o >= self.warn_s) > half:
             return ClockReading(BEHIND, statistics.median(ahead), len(offsets), len(ahead),
                                 self.warn_s)
-        if len(behind) > half:
+        if len(behind) >= 2 and sum(w for o, w in weighed if o <= -self.warn_s) > half:
             return ClockReading(AHEAD, statistics.median(behind), len(offsets), len(behind),
                                 self.warn_s)
         in_step = [o for o in offsets if -self.warn_s < o < self.warn_s] or offsets

@@ -60,6 +60,7 @@ from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_resp
 from neuroshard_p2p.wire.membership import Admission
 from neuroshard_p2p.wire.messages import RevocationList, SyncRequest, SyncResponse
 from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
+from neuroshard_p2p.wire.work import weight_shift, work_bits
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -541,7 +542,7 @@ class PeerEngine:
                 return Verdict(ACCEPTED, ACCEPTED, None, "revocation list")
             self.view.merge_message(message)
             if self.clock_watch is not None:
-                self._heard((message.signer, message.issued_at_ms), now)
+                self._heard((message.signer, message.issued_at_ms, message.work_nonce), now)
             if message.signer == self.signer and message.seq > self._last_seq:
                 self._continue_above(message)
             self.gossip_counts[_ACCEPTED_KEY] += 1
@@ -584,7 +585,7 @@ class PeerEngine:
                     continue
                 merge(message)
                 if watch is not None:
-                    self._heard((message.signer, message.issued_at_ms), now)
+                    self._heard((message.signer, message.issued_at_ms, message.work_nonce), now)
                 if message.signer == own and message.seq > self._last_seq:
                     self._continue_above(message)
                 counts[_ACCEPTED_KEY] += 1
@@ -608,7 +609,7 @@ class PeerEngine:
         else:
             verdict, key = self._merge_accepted(message, history)
             if self.clock_watch is not None and type(message) is Announcement:
-                self._heard((message.signer, message.issued_at_ms), now)
+                self._heard((message.signer, message.issued_at_ms, message.work_nonce), now)
         if counts is not None:
             counts[key] += 1
         return verdict
@@ -628,11 +629,15 @@ class PeerEngine:
             return Verdict(ACCEPTED, reason, message), (ACCEPTED, reason)
         return tuple.__new__(Verdict, (ACCEPTED, ACCEPTED, message, "")), _ACCEPTED_KEY
 
-    def _heard(self, signed_time: tuple[bytes, int], now: float) -> None:
-        """Tell the clock watch a peer's signed time (never our own: it is our clock)."""
-        signer, issued_at_ms = signed_time
+    def _heard(self, signed_time: tuple[bytes, int, int], now: float) -> None:
+        """Tell the clock watch a peer's signed time and what its key weighs in the price
+        (never our own: it is our clock)."""
+        signer, issued_at_ms, work_nonce = signed_time
         if signer != self.signer and self.clock_watch is not None:
-            self.clock_watch.observe(signer, issued_at_ms, now)
+            required = self.config.identity_work_bits
+            weight = (2.0 ** -weight_shift(work_bits(signer, work_nonce), required)
+                      if required else 1.0)
+            self.clock_watch.observe(signer, issued_at_ms, now, weight)
 
     def _continue_above(self, message: Announcement) -> None:
         """A previous run of this key announced a higher seq (`message`, just merged): continue

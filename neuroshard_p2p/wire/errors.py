@@ -15,8 +15,9 @@ class WireError(ValueError):
         self.reason = reason
         self.action = action
         #: For a `future` or `stale` refusal of a message whose signature checked: (signer,
-        #: issued_at_ms), what it says of the signer's clock (node/clockwatch.py).
-        self.signed_time: tuple[bytes, int] | None = None
+        #: issued_at_ms, work_nonce), what it says of the signer's clock and what the signer
+        #: weighs (node/clockwatch.py).
+        self.signed_time: tuple[bytes, int, int] | None = None
 
     def __repr__(self) -> str:
         return f"WireError({self.reason!r}, {self.action!r}, {str(self)!r})"

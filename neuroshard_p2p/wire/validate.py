@@ -212,7 +212,8 @@ class Validator:
                 try:
                     check_freshness(issued_at_ms, now)
                 except WireError as error:  # signed, so evidence of the signer's clock
-                    error.signed_time = (message.signer, issued_at_ms)
+                    error.signed_time = (message.signer, issued_at_ms,
+                                         getattr(message, "work_nonce", 0))
                     raise
             if type(message) is not Announcement:  # V3
                 if type(message) is RevocationList and self.admission is not None:
