@@ -37,6 +37,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
               "a node's event-loop delay while it grinds its identity work, vs idle"),
     "soak": ("neuroshard_p2p.bench.soak",
              "a gateway and a provider under steady /v1 buying: memory per request over time"),
+    "clock": ("neuroshard_p2p.bench.clock",
+              "the clock watch's cost per received announcement, with and without it"),
 }
 
 
