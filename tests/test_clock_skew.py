@@ -160,3 +160,38 @@ async def test_a_clock_set_right_starts_the_measure_again(tmp_path: Path,
                 if "this node's clock was set by -45" in r.getMessage()], warned
         for node in (c, b, a):
             await node.stop()
+
+
+async def test_a_node_whose_clock_is_behind_does_not_ban_the_honest_peers_it_refuses(
+        tmp_path: Path) -> None:
+    """A node 45 s behind refuses every peer's announcement as from the future, and `future` from
+    the peer that signed it is a fault (a peer pre-signing). So a busy honest peer (a gateway
+    whose queue changes every tick announces once a second) earned a ban at the node with the
+    wrong clock: 20 such rejects within about 20 s. Once the clock watch says this node's own
+    clock is behind, `future` is its own fault and charges nobody."""
+    async with trio.open_nursery() as nursery:
+        busy = await start_node(nursery, test_settings(tmp_path / "busy", market=API_MARKET,
+                                                       capacity=500), make_key(1))
+        boot = tuple(busy.node.addrs)
+        other = await start_node(nursery, test_settings(tmp_path / "other", market=API_MARKET,
+                                                        capacity=300, bootstrap=boot),
+                                 make_key(2))
+        behind = await start_node(nursery, test_settings(tmp_path / "behind", market=API_MARKET,
+                                                         bootstrap=boot),
+                                  make_key(3), clock=offset_clock(-45.0))
+        await eventually(lambda: behind.node.clock_reading.state == "behind", 30,
+                         "the node behind is told")
+        before = behind.node.guard.standing(busy.node.host.get_id(), behind.node.now()).faults
+        # the busy peer changes what it announces every tick for 30 ticks (API_MARKET: 0.5 s)
+        for step in range(30):
+            busy.node.engine.set_offer(500 + step + 1, 0)
+            busy.node._poke.set()
+            await trio.sleep(API_MARKET.tick_s)
+        published = busy.node.engine.announcements_published
+        assert published >= 25
+        standing = behind.node.guard.standing(busy.node.host.get_id(), behind.node.now())
+        assert (standing.faults - before, standing.bans) == (0, 0), standing
+        assert behind.node.guard.bans == 0
+        assert busy.node.host.get_id() in behind.node.host.get_connected_peers()
+        for node in (behind, other, busy):
+            await node.stop()

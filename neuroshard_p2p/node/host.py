@@ -74,7 +74,7 @@ from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.ledger import AsyncLedger
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.backends import InferenceBackend
-from neuroshard_p2p.node.clockwatch import UNKNOWN, ClockReading, ClockWatch
+from neuroshard_p2p.node.clockwatch import BEHIND, DIFFERS, UNKNOWN, ClockReading, ClockWatch
 from neuroshard_p2p.node.counters import NodeCounters
 from neuroshard_p2p.node.datadir import load_private_key, member_credential
 from neuroshard_p2p.node.engine import (
@@ -524,7 +524,8 @@ class Node:
                     log.info("rejected gossip from %s via %s: %s (%s)", short_id(message.from_id),
                              short_id(forwarder), verdict.reason, verdict.detail)
                 authored = forwarder.to_bytes() == bytes(message.from_id)
-                if is_peer_fault(verdict.reason, authored=authored):
+                if is_peer_fault(verdict.reason, authored=authored) and not (
+                        verdict.reason == "future" and self._clock_behind()):
                     self._charge_invalid(forwarder)
                     self.fault(forwarder, GOSSIP_REJECT, verdict.reason)
             return verdict.accepted
@@ -532,6 +533,14 @@ class Node:
             self.counters.validator_errors += 1
             log.exception("gossip validator failed; message dropped")
             return False
+
+    def _clock_behind(self) -> bool:
+        """Whether this node's own clock is behind its peers' (the clock watch's reading, or
+        the only peer's): then a `future` refusal is this node's fault, and charging its author
+        would ban honest peers, a busy one within 20 s (tests/test_clock_skew.py)."""
+        reading = self.clock_reading
+        return reading.state == BEHIND or (reading.state == DIFFERS and
+                                           reading.offset_s is not None and reading.offset_s > 0)
 
     def _charge_invalid(self, forwarder: ID) -> None:
         """Gossipsub's P4 counter for a reject (py-libp2p counts none itself: libp2p_compat 8)."""
