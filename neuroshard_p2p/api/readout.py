@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuroshard_p2p.api.history import COARSE_WINDOW_S, PriceHistory
 from neuroshard_p2p.money import from_nano, to_nano
-from neuroshard_p2p.wire.work import weight_shift
+from neuroshard_p2p.wire.work import work_weight
 
 if TYPE_CHECKING:  # types only: the readout reads the node it is handed
     from neuroshard_p2p.ledger import LedgerTotals
@@ -112,7 +112,7 @@ class NodeReadout:
     @property
     def work_weight(self) -> float:
         """What this key counts for in every peer's price: 2^(bits − F), at most 1."""
-        return 2.0 ** -weight_shift(self.work_bits, self.work_required_bits)
+        return work_weight(self.work_bits, self.work_required_bits)
 
     @property
     def price_level(self) -> str:

@@ -18,7 +18,7 @@ from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.clockwatch import ClockWatch
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.wire import Announcement, decode_unchecked_time
-from neuroshard_p2p.wire.work import weight_shift, work_bits
+from neuroshard_p2p.wire.work import work_bits, work_weight
 
 T0 = 1_700_000_000.0
 PER_ROUND = 10
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             watch = ClockWatch()
             start = time.perf_counter()
             for signer, issued_at_ms, nonce in signed:
-                weight = 2.0 ** -weight_shift(work_bits(signer, nonce), bits) if bits else 1.0
+                weight = work_weight(work_bits(signer, nonce), bits) if bits else 1.0
                 watch.observe(signer, issued_at_ms, T0 + 30, weight)
             best = min(best, (time.perf_counter() - start) / len(signed))
         print(f"  the watch alone, {network:27} {best * 1e6:5.2f} us per message: "

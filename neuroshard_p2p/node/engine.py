@@ -60,7 +60,7 @@ from neuroshard_p2p.wire.frames import decode_sync, encode_sync, split_sync_resp
 from neuroshard_p2p.wire.membership import Admission
 from neuroshard_p2p.wire.messages import RevocationList, SyncRequest, SyncResponse
 from neuroshard_p2p.wire.validate import Decoder, Validator, decode_stateless
-from neuroshard_p2p.wire.work import weight_shift, work_bits
+from neuroshard_p2p.wire.work import work_bits, work_weight
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -635,8 +635,7 @@ class PeerEngine:
         signer, issued_at_ms, work_nonce = signed_time
         if signer != self.signer and self.clock_watch is not None:
             required = self.config.identity_work_bits
-            weight = (2.0 ** -weight_shift(work_bits(signer, work_nonce), required)
-                      if required else 1.0)
+            weight = work_weight(work_bits(signer, work_nonce), required) if required else 1.0
             self.clock_watch.observe(signer, issued_at_ms, now, weight)
 
     def _continue_above(self, message: Announcement) -> None:

@@ -38,7 +38,7 @@ import trio
 
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.node.datadir import StoredWork, load_work, save_work
-from neuroshard_p2p.wire.work import Found, grind, weight_shift
+from neuroshard_p2p.wire.work import Found, grind, work_weight
 
 log = logging.getLogger("neuroshard.node")
 
@@ -113,7 +113,7 @@ class WorkProgress:
     @property
     def weight(self) -> float:
         """What this key counts for in every peer's price: 2^(bits − F), at most 1."""
-        return 2.0 ** -weight_shift(self.bits, self.required_bits)
+        return work_weight(self.bits, self.required_bits)
 
 
 class IdentityWork:

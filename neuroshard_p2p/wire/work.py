@@ -30,6 +30,11 @@ def weight_shift(bits: int, required: int) -> int:
     return required - bits if bits < required else 0
 
 
+def work_weight(bits: int, required: int) -> float:
+    """What a key with `bits` of work weighs where `required` are asked: 2^(bits − F), at most 1."""
+    return 2.0 ** -weight_shift(bits, required)
+
+
 class Found(NamedTuple):
     nonce: int
     bits: int
@@ -53,4 +58,4 @@ def grind(signer: bytes, start: int, count: int, best: Found | None = None,
     return found
 
 
-__all__ = ["work_bits", "weight_shift", "grind", "Found", "WORK_TAG", "MAX_NONCE"]
+__all__ = ["work_bits", "weight_shift", "work_weight", "grind", "Found", "WORK_TAG", "MAX_NONCE"]
