@@ -196,3 +196,4 @@ async def test_a_node_whose_clock_is_behind_does_not_ban_the_honest_peers_it_ref
         assert busy.node.host.get_id() in behind.node.host.get_connected_peers()
         for node in (behind, other, busy):
             await node.stop()
+

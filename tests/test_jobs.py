@@ -978,3 +978,32 @@ async def test_openai_backend_serves_jobs_and_its_errors_fail_them(tmp_path: Pat
     assert gateway.gateway.fault_counts == {"declined_after_accept": 1}
     assert [r["max_tokens"] for r in server.requests] == [50, 50, 50]
     assert ledger_totals(tmp_path / "a") == (1, 3, 300, 285)
+
+
+def test_while_this_nodes_clock_is_wrong_no_provider_failure_is_held_against_it() -> None:
+    """A gateway whose clock is 45 s behind signs jobs whose deadline its provider finds past:
+    accepted, then declined `backend_deadline` (so it went on two real nodes in a hand run, the
+    decline charged as `declined_after_accept`). While its clock watch warns, the node's driver
+    tells the desk why it cannot blame anyone (`not_holding`): the provider is set aside, not
+    faulted, and the request says why."""
+    desk = gateway_desk(offer(CHEAP, 10_000, 0), offer(DEAR, 10_000, 10))
+    cheap = peer_id_of(pub(CHEAP))
+    desk.not_holding = "this node's clock is wrong: behind, +45 s"
+    desk.submit("r1", "alice", 100, 2 * PRICE, price_nano=PRICE, now=T0)
+    [d] = desk.dispatch(T0)
+    desk.on_accepted("r1", d.attempt, T0)
+    assert desk.on_declined_after_accept("r1", d.attempt, cheap, "backend_deadline",
+                                         "0.00 s left", T0)
+    status = desk.status("r1")
+    assert status is not None and status.state == "pending"
+    assert status.reason == (f"provider {short(cheap)} accepted, then could not serve it: "
+                             f"backend_deadline: 0.00 s left; not held against it (this node's "
+                             f"clock is wrong: behind, +45 s); nothing charged; waiting for "
+                             f"another offer")
+    assert (desk.fault_counts, desk.faults_not_held, desk.counts["lost"]) == ({}, 1, 1)
+    assert desk.reputation.on_probation(cheap)  # no fault recorded
+    [d] = desk.dispatch(T0 + 1)  # the cheap one is set aside for lost_backoff_s
+    assert d.peer_id == peer_id_of(pub(DEAR))
+    desk.not_holding = None  # the clock agrees again: a failure is the provider's once more
+    assert desk.on_lost("r1", d.attempt, d.peer_id, "disconnected mid-job", T0 + 2)
+    assert desk.fault_counts == {"dropped": 1}

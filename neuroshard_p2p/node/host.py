@@ -630,6 +630,10 @@ class Node:
                 watch.reset()
             step = new_step
             reading = self.clock_reading = watch.reading(now)
+            # While this node's clock is wrong, jobs fail for its time: no provider is blamed.
+            self.jobs.gateway.not_holding = (
+                f"this node's clock is wrong: {reading.state}, {reading.offset_s:+.0f} s"
+                if reading.warns and reading.offset_s is not None else None)
             if reading.warns:
                 if (warned_at is None or reading.state != warned
                         or not 0 <= now - warned_at < CLOCK_REMIND_S):

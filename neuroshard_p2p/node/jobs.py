@@ -450,6 +450,13 @@ class GatewayDesk:
              "receipt_refused", "expired", "requeued"), 0)
         self.decline_counts: dict[str, int] = {}
         self.fault_counts: Counter[str] = Counter()
+        #: Why a provider's failure cannot be held against it now, or None: the node's driver
+        #: sets it while this node's own clock disagrees with its peers' (node/clockwatch.py),
+        #: when jobs fail for this node's time (a deadline already past at the provider, a
+        #: receipt from its "future"), not the provider's doing.
+        self.not_holding: str | None = None
+        #: Provider failures not held against the provider for that reason.
+        self.faults_not_held = 0
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -708,10 +715,16 @@ class GatewayDesk:
         if extra is None:
             return False
         self.counts["lost"] += 1
-        self.fault_counts[kind] += 1
-        self.reputation.on_fault(peer_id, kind, why, now)
+        if self.not_holding is not None:  # our clock's doing, likely: set aside, not blamed
+            self.faults_not_held += 1
+            self.set_aside(peer_id, now + self.settings.lost_backoff_s)
+            extra.problem = (f"provider {short_peer(peer_id)} {why}; not held against it "
+                             f"({self.not_holding}); nothing charged")
+        else:
+            self.fault_counts[kind] += 1
+            self.reputation.on_fault(peer_id, kind, why, now)
+            extra.problem = f"provider {short_peer(peer_id)} {why}; nothing charged"
         extra.attempt = 0
-        extra.problem = f"provider {short_peer(peer_id)} {why}; nothing charged"
         self.book.release(request_id, now, reason="waiting for another offer")
         return True
 
