@@ -24,7 +24,7 @@ import trio
 
 from tests.api_harness import API_MARKET, api_node
 from tests.conftest import make_key
-from tests.node_harness import start_node, test_settings
+from tests.node_harness import RunningNode, start_node, test_settings
 from tests.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def offset_clock(offset_s: float) -> Callable[[], float]:
     return lambda: time.time() + offset_s
+
+
+async def market_node(nursery: trio.Nursery, data_dir: Path, key: int, *, capacity: int = 0,
+                      boot: tuple[str, ...] = (),
+                      clock: Callable[[], float] = time.time) -> RunningNode:
+    """A node on API_MARKET (the API test nodes' network) offering `capacity`."""
+    return await start_node(nursery, test_settings(data_dir, market=API_MARKET, capacity=capacity,
+                                                   bootstrap=boot), make_key(key), clock=clock)
 
 
 def clock_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -43,20 +51,17 @@ async def test_a_node_with_a_wrong_clock_is_told_and_its_peers_are_not(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="neuroshard")
     async with trio.open_nursery() as nursery:
-        a = await start_node(nursery, test_settings(tmp_path / "a", market=API_MARKET,
-                                                    capacity=500), make_key(1))
+        a = await market_node(nursery, tmp_path / "a", 1, capacity=500)
         boot = tuple(a.node.addrs)
-        b = await start_node(nursery, test_settings(tmp_path / "b", market=API_MARKET,
-                                                    capacity=300, bootstrap=boot), make_key(2))
+        b = await market_node(nursery, tmp_path / "b", 2, capacity=300, boot=boot)
         # the honest two hear each other first, as a network that was there before
         for node, other in ((a.node, b.node), (b.node, a.node)):
             watch = node.engine.clock_watch
             assert watch is not None
             await eventually(lambda: other.engine.signer in watch.offsets(node.now()), 20,
                              "the honest nodes hear each other")
-        behind = await start_node(nursery, test_settings(tmp_path / "d", market=API_MARKET,
-                                                         capacity=200, bootstrap=boot),
-                                  make_key(4), clock=offset_clock(-45.0))
+        behind = await market_node(nursery, tmp_path / "d", 4, capacity=200, boot=boot,
+                                   clock=offset_clock(-45.0))
         async with api_node(tmp_path / "c", 3, market=API_MARKET, capacity=1000, bootstrap=boot,
                             clock=offset_clock(45.0)) as ahead:
 
@@ -135,14 +140,11 @@ async def test_a_clock_set_right_starts_the_measure_again(tmp_path: Path,
     caplog.set_level(logging.WARNING, logger="neuroshard")
     offset = [45.0]
     async with trio.open_nursery() as nursery:
-        a = await start_node(nursery, test_settings(tmp_path / "a", market=API_MARKET,
-                                                    capacity=500), make_key(1))
+        a = await market_node(nursery, tmp_path / "a", 1, capacity=500)
         boot = tuple(a.node.addrs)
-        b = await start_node(nursery, test_settings(tmp_path / "b", market=API_MARKET,
-                                                    capacity=300, bootstrap=boot), make_key(2))
-        c = await start_node(nursery, test_settings(tmp_path / "c", market=API_MARKET,
-                                                    capacity=100, bootstrap=boot),
-                             make_key(3), clock=lambda: time.time() + offset[0])
+        b = await market_node(nursery, tmp_path / "b", 2, capacity=300, boot=boot)
+        c = await market_node(nursery, tmp_path / "c", 3, capacity=100, boot=boot,
+                              clock=lambda: time.time() + offset[0])
         await eventually(lambda: c.node.clock_reading.state == "ahead", 30, "C is told")
         assert a.node.stats().supply_tokens_per_sec == 800  # C's 100 refused as from the future
         offset[0] = 0.0  # the clock is set right
@@ -170,15 +172,11 @@ async def test_a_node_whose_clock_is_behind_does_not_ban_the_honest_peers_it_ref
     wrong clock: 20 such rejects within about 20 s. Once the clock watch says this node's own
     clock is behind, `future` is its own fault and charges nobody."""
     async with trio.open_nursery() as nursery:
-        busy = await start_node(nursery, test_settings(tmp_path / "busy", market=API_MARKET,
-                                                       capacity=500), make_key(1))
+        busy = await market_node(nursery, tmp_path / "busy", 1, capacity=500)
         boot = tuple(busy.node.addrs)
-        other = await start_node(nursery, test_settings(tmp_path / "other", market=API_MARKET,
-                                                        capacity=300, bootstrap=boot),
-                                 make_key(2))
-        behind = await start_node(nursery, test_settings(tmp_path / "behind", market=API_MARKET,
-                                                         bootstrap=boot),
-                                  make_key(3), clock=offset_clock(-45.0))
+        other = await market_node(nursery, tmp_path / "other", 2, capacity=300, boot=boot)
+        behind = await market_node(nursery, tmp_path / "behind", 3, boot=boot,
+                                   clock=offset_clock(-45.0))
         await eventually(lambda: behind.node.clock_reading.state == "behind", 30,
                          "the node behind is told")
         before = behind.node.guard.standing(busy.node.host.get_id(), behind.node.now()).faults
