@@ -2030,6 +2030,7 @@ def documents() -> dict[str, Any]:
         **ports.documents(),
         **__import__("gen_clearing").documents(),  # revision 2.1: clearing
         **__import__("gen_streaming").documents(),  # revision 2.1: streaming (issue 16)
+        **__import__("gen_sampling").documents(),  # revision 2.1: sampling (job/2.2.0)
         **gen_recon.documents(),
     }
 
