@@ -148,15 +148,17 @@ class GatewayExchange:
 
 
 async def send_job_bytes(node: Any, provider_peer_id: str, job_bytes: bytes, *,
-                         settle: JobSettled | None = None, timeout: float = 10.0) -> GatewayExchange:
-    """As a (possibly hostile) gateway: open a job stream from `node` to the provider, send the
-    exact `job_bytes`, read every frame until the provider ends the stream; after a JobResult,
-    send `settle` if given (an honest gateway always does), else say nothing and close."""
+                         settle: JobSettled | None = None, timeout: float = 10.0,
+                         protocol: str | None = None) -> GatewayExchange:
+    """As a (possibly hostile) gateway: open a job stream from `node` to the provider (job/2.0.0,
+    or the streamed `protocol` given), send the exact `job_bytes`, read every frame until the
+    provider ends the stream; after a JobResult, send `settle` if given (an honest gateway
+    always does), else say nothing and close."""
     from libp2p.peer.id import ID
 
     exchange = GatewayExchange()
     stream = await node.host.new_stream(ID.from_base58(provider_peer_id),
-                                        [node.jobs.settings.protocol])
+                                        [protocol or node.jobs.settings.protocol])
     try:
         with trio.move_on_after(timeout) as scope:
             await stream.write(length_prefixed(job_bytes))
@@ -166,7 +168,7 @@ async def send_job_bytes(node: Any, provider_peer_id: str, job_bytes: bytes, *,
                 if data is None:
                     exchange.ended = "eof"
                     break
-                frame = decode_job_frame(data)
+                frame = decode_job_frame(data, streaming=protocol is not None)
                 exchange.frames.append(frame)
                 if isinstance(frame, JobResult):
                     if settle is not None:

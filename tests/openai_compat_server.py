@@ -15,7 +15,8 @@ With `"stream": true` the same answers come as server-sent events, one word per 
 `chat.completion.chunk` / `text_completion` shapes), then a chunk with `usage` when the request
 asks for it (`stream_options.include_usage`), then `data: [DONE]`. `streams` records, per
 streamed request, the words sent and whether the client went away before the end.
-The server counts the requests it received, so tests can tell whether a call reached it.
+The server counts the requests it received, so tests can tell whether a call reached it, and
+`GET /stats` shows the last request's body as it arrived (`last`).
 
 Run alone (a real server process, for tests and `python -m neuroshard_p2p.bench openai`):
     python tests/openai_compat_server.py --port 0   # prints "listening on http://127.0.0.1:PORT"
@@ -62,7 +63,8 @@ class OpenAICompatServer:
                 break
         path = scope["path"]
         if scope["method"] == "GET" and path == "/stats":  # for tests that run it as a process
-            await _reply(send, 200, {"requests": len(self.requests), "streams": self.streams})
+            await _reply(send, 200, {"requests": len(self.requests), "streams": self.streams,
+                                     "last": self.requests[-1] if self.requests else None})
             return
         if scope["method"] != "POST" or path not in ("/v1/chat/completions", "/v1/completions"):
             await _reply(send, 404, {"error": {"message": f"no route {path}"}})

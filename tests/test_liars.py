@@ -15,7 +15,7 @@ import trio
 
 from neuroshard_p2p import wire
 from neuroshard_p2p.node.backends import SyntheticBackend
-from neuroshard_p2p.wire import Job, JobAccepted, JobDeclined, JobResult, JobSettled
+from neuroshard_p2p.wire import Job, JobAccepted, JobChunk, JobDeclined, JobResult, JobSettled
 from simnet.liars import LIES, Liar, send_job_bytes
 from tests.conftest import make_key
 from tests.test_jobs import PRICE, finished, job_node, ledger_totals, wait_for_offers
@@ -162,6 +162,52 @@ async def test_a_replayed_job_is_declined_duplicate_and_never_reaches_the_backen
         # The hostile gateway never settled the one it was served: one unpaid strike so far.
         await eventually(lambda: provider.provider.payers.outcomes == {"no_settlement": 1}, 10,
                          "the provider recorded the missing settlement")
+
+
+async def test_a_broken_sampling_header_is_declined_bad_job_and_charged_to_nobody(
+        tmp_path: Path) -> None:
+    """job/2.2.0 (spec §9.2): a Job whose prompt breaks S1–S6 is declined `bad_job`, naming the
+    rule, before admission; it reaches no backend and is no fault of the gateway's (it signed
+    what it sent, and nothing was served). A good header is served."""
+    from neuroshard_p2p.node.guard import JOB_FRAME
+
+    async with job_node(tmp_path / "g", 86) as (g, _), \
+            job_node(tmp_path / "p", 87, capacity=1000, min_price=0.01) as (p, provider):
+        await g.connect(p.addrs[0])
+        backend = provider.backend
+        assert isinstance(backend, SyntheticBackend)
+        protocol = provider.settings.sampling_protocol
+
+        def job(i: int, prompt: str) -> bytes:
+            return wire.sign(Job(signer=g.engine.signer, issued_at_ms=int(p.now() * 1000),
+                                 request_id=f"s{i}", user="bob", provider=p.engine.signer,
+                                 tokens=5, max_price_nano=2 * PRICE, locked_price_nano=PRICE,
+                                 tier=1, prompt=prompt), g.private_key).wire
+
+        broken = ["hello",                                         # no header: S1
+                  "\x00sampling/1\n",                               # an empty header: S2
+                  '\x00sampling/1\n{"temperature": NaN}\nhello',    # not JSON: S3
+                  '\x00sampling/1\n{"n": 2}\nhello',                # not a setting: S4
+                  '\x00sampling/1\n{"temperature": 5}\nhello',      # out of range: S5
+                  '\x00sampling/1\n{"stop": "x"}\nhello']           # not a list: S6
+        for i, prompt in enumerate(broken):
+            answer = await send_job_bytes(g, p.peer_id, job(i, prompt), protocol=protocol)
+            assert answer.kinds == ["JobDeclined"], (prompt, answer)
+            frame = answer.frames[0]
+            assert isinstance(frame, JobDeclined)
+            assert (frame.request_id, frame.reason) == (f"s{i}", "bad_job")
+            assert frame.detail.startswith(f"sampling header: S{i + 1}: "), frame.detail
+        assert backend.calls == 0 and provider.counters.streams_refused == len(broken)
+        assert p.guard.faults[JOB_FRAME] == 0 and not p.refuses(g.host.get_id())
+
+        served = await send_job_bytes(
+            g, p.peer_id, job(9, '\x00sampling/1\n{"seed":1,"temperature":0.5}\nhello'),
+            settle=None, protocol=protocol)
+        assert served.kinds[0] == "JobAccepted" and served.kinds[-1] == "JobResult"
+        assert sum(f.tokens for f in served.frames if isinstance(f, JobChunk)) == 5
+        assert backend.calls == 1
+        await eventually(lambda: provider.counters.jobs_streamed == 1, 5,
+                         "the provider counts the streamed job")
 
 
 async def test_a_gateway_that_never_settles_is_declined_unpaid(tmp_path: Path) -> None:

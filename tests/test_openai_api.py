@@ -50,14 +50,16 @@ async def stats(url: str) -> dict[str, Any]:
 @asynccontextmanager
 async def market(tmp_path: Path, *, provider_streams: bool = True, capacity: int = 2000,
                  backend_url: str | None = None, backend_model: str = "tiny",
-                 muxer: str = "yamux") -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
+                 muxer: str = "yamux", provider_samples: bool = True,
+                 ) -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
     """A provider whose backend is the server process (or the server at `backend_url`), and a
     gateway that sees its offer."""
     async with AsyncExitStack() as stack:
         url = backend_url or await stack.enter_async_context(backend_process())
         async with api_node(tmp_path / "provider", 3, capacity=capacity, min_price=0.01,
                             backend="openai", backend_url=url, backend_model=backend_model,
-                            job_streaming=provider_streams, muxer=muxer) as provider:
+                            job_streaming=provider_streams, job_sampling=provider_samples,
+                            muxer=muxer) as provider:
             async with api_node(tmp_path / "gateway", 4, bootstrap=(provider.node.addrs[0],),
                                 muxer=muxer) as gateway:
                 async def sees_offer() -> bool:
@@ -240,6 +242,76 @@ async def test_client_going_away_mid_stream_settles_exactly_what_was_served(
         assert "".join(received) == " ".join(f"w{i}" for i in range(10))
         assert [r.getMessage() for r in caplog.records if "went away" in r.getMessage()] == [
             f"client of {rid} went away; cancelling it"]
+
+
+SAMPLING = {"temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["w3"],
+            "presence_penalty": 0.5, "frequency_penalty": -0.5}
+
+
+async def test_sampling_settings_reach_the_providers_backend(tmp_path: Path) -> None:
+    async with market(tmp_path) as (provider, gateway, url):
+        oa = client(gateway)
+
+        def stream() -> list[Any]:
+            return list(oa.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "!rate 0"}], max_tokens=5,
+                stream=True, temperature=0.3, top_p=0.9, seed=7, stop="w3",
+                presence_penalty=0.5, frequency_penalty=-0.5))
+
+        chunks = await trio.to_thread.run_sync(stream)
+        assert chunks[-1].model_extra["neuroshard"]["sampling"] == "sent"
+        last = (await stats(url))["last"]
+        assert {k: last[k] for k in SAMPLING if k in last} == SAMPLING
+        assert (last["model"], last["max_tokens"], last["messages"]) == (
+            "tiny", 5, [{"role": "user", "content": "!rate 0"}])
+
+        # Not streamed, and the legacy endpoint: the same fields, as the buyer gave them.
+        plain = await trio.to_thread.run_sync(lambda: oa.completions.create(
+            model=MODEL, prompt="one two", max_tokens=4, temperature=0, stop=["a", "b"]))
+        assert plain.choices[0].text == "one two"
+        assert plain.model_extra["neuroshard"]["sampling"] == "sent"
+        last = (await stats(url))["last"]
+        assert (last["messages"], last["temperature"], last["stop"]) == (
+            [{"role": "user", "content": "one two"}], 0, ["a", "b"])
+        assert "seed" not in last and "top_p" not in last
+
+        # None given: none sent (the job still opens with the empty header, spec §9.2).
+        none = await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x y"}], max_tokens=4))
+        assert none.model_extra["neuroshard"]["sampling"] == "none"
+        last = (await stats(url))["last"]
+        assert not set(SAMPLING) & set(last)
+        assert gateway.node.jobs.counters.sampling_sent == 2
+        assert provider.node.jobs.counters.jobs_streamed == 3
+        samples = (await gateway.get("/metrics")).text
+        assert 'neuroshard_job_streams_total{event="sampling_sent"} 2.0' in samples
+        assert 'neuroshard_job_streams_total{event="sampling_not_sent"} 0.0' in samples
+
+        # Refused at the gateway, before any market work: nothing queued, nothing sent.
+        with pytest.raises(openai.BadRequestError) as caught:
+            await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=4,
+                tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]))
+        assert caught.value.code == "unsupported_parameter"
+        assert caught.value.param == "tools"
+        assert (await stats(url))["requests"] == 3
+
+
+async def test_a_provider_without_job_2_2_0_serves_without_the_settings(tmp_path: Path) -> None:
+    async with market(tmp_path, provider_samples=False) as (provider, gateway, url):
+        oa = client(gateway)
+        answer = await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "alpha beta"}], max_tokens=4,
+            temperature=0.3, stop="beta"))
+        # Served on job/2.1.0: the buyer is told its settings did not reach the backend.
+        assert answer.choices[0].message.content == "alpha beta"
+        assert answer.model_extra["neuroshard"]["sampling"] == "not_sent"
+        last = (await stats(url))["last"]
+        assert "temperature" not in last and "stop" not in last
+        assert last["messages"] == [{"role": "user", "content": "alpha beta"}]
+        counters = gateway.node.jobs.counters
+        assert (counters.sampling_sent, counters.sampling_not_sent,
+                counters.stream_fallbacks) == (0, 1, 0)
 
 
 async def test_an_old_provider_serves_a_stream_in_one_piece(tmp_path: Path) -> None:

@@ -10,10 +10,14 @@ import trio
 
 from neuroshard_p2p.api.openai import OpenAIError, parse_completion
 from neuroshard_p2p.node.backends import (
+    OpenAIBackend,
+    SamplingError,
     SyntheticBackend,
     chat_messages,
     chat_prompt,
     plain_prompt,
+    sampling_prompt,
+    split_sampling,
 )
 
 MODEL = "neuroshard/synthetic-1"
@@ -58,6 +62,27 @@ def test_price_cap_shapes(extra: dict, nano: int | None) -> None:
      "context_length_exceeded"),
     ({"stream": "yes"}, 400, "stream", None),
     ({"user": ""}, 400, "user", None),
+    # Sampling settings are checked as the provider checks them (spec §9.2 S5, S6).
+    ({"temperature": 2.5}, 400, "temperature", None),
+    ({"temperature": True}, 400, "temperature", None),
+    ({"top_p": -0.1}, 400, "top_p", None),
+    ({"presence_penalty": "1"}, 400, "presence_penalty", None),
+    ({"frequency_penalty": 2.01}, 400, "frequency_penalty", None),
+    ({"seed": 1.5}, 400, "seed", None),
+    ({"seed": 2**63}, 400, "seed", None),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ({"stop": ""}, 400, "stop", None),
+    ({"stop": ["é" * 129]}, 400, "stop", None),
+    ({"stop": [1]}, 400, "stop", None),
+    # What the market cannot honour is refused, not ignored.
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools",
+     "unsupported_parameter"),
+    ({"functions": [{"name": "f"}]}, 400, "functions", "unsupported_parameter"),
+    ({"response_format": {"type": "json_object"}}, 400, "response_format",
+     "unsupported_parameter"),
+    ({"logprobs": True}, 400, "logprobs", "unsupported_parameter"),
+    ({"top_logprobs": 2}, 400, "top_logprobs", "unsupported_parameter"),
+    ({"logit_bias": {"50256": -100}}, 400, "logit_bias", "unsupported_parameter"),
 ])
 def test_refusals(extra: dict, status: int, param: str, code: str | None) -> None:
     with pytest.raises(OpenAIError) as caught:
@@ -104,3 +129,38 @@ async def test_synthetic_stream_emits_every_token_at_its_rate() -> None:
     assert "".join(p for p, _, _ in pieces) == (await backend.serve("x", 50, 1e18)).text
     assert len(pieces) > 1  # in pieces, not at the end
     assert pieces[-1][2] - started >= 0.05 - 1e-3  # 50 tokens at 1000/s
+
+
+def test_sampling_settings_as_the_job_carries_them() -> None:
+    request = parse({**CHAT, "temperature": 0, "top_p": 0.9, "seed": 7.0, "stop": "\n\n",
+                     "presence_penalty": -2, "frequency_penalty": 0.5, "user": "alice"})
+    assert request.sampling == {"temperature": 0, "top_p": 0.9, "seed": 7, "stop": ["\n\n"],
+                                "presence_penalty": -2, "frequency_penalty": 0.5}
+    assert type(request.sampling["seed"]) is int
+    # null is "not set"; what cannot be honoured is accepted when it asks for nothing.
+    plain = parse({**CHAT, "temperature": None, "stop": None, "tools": [], "logprobs": False,
+                   "top_logprobs": 0, "logit_bias": {}, "response_format": {"type": "text"},
+                   "tool_choice": "none", "metadata": {"a": "b"}})
+    assert plain.sampling == {}
+    # The header counts toward the Job's prompt limit (65,536 bytes as it is carried).
+    room = 65_536 - len(sampling_prompt({}, chat_prompt([{"role": "user", "content": ""}])))
+    parse({**CHAT, "messages": [{"role": "user", "content": "x" * room}]})
+    with pytest.raises(OpenAIError) as caught:
+        parse({**CHAT, "messages": [{"role": "user", "content": "x" * room}], "seed": 1})
+    assert (caught.value.param, caught.value.code) == ("messages", "context_length_exceeded")
+
+
+def test_the_sampling_header_round_trips_and_the_backend_gets_its_fields() -> None:
+    sampling = {"temperature": 0.2, "stop": ["ende", "é\n"], "seed": -1}
+    prompt = sampling_prompt(sampling, chat_prompt([{"role": "user", "content": "a\nb"}]))
+    assert prompt.startswith('\x00sampling/1\n{"seed":-1,"stop":["ende","é\\n"],'
+                             '"temperature":0.2}\n\x00chat/1\n')
+    assert split_sampling(prompt) == (sampling, chat_prompt([{"role": "user", "content": "a\nb"}]))
+    backend = OpenAIBackend("http://127.0.0.1:9", "tiny")
+    payload = backend._payload("hi", 5, True, {"temperature": 0.2, "stop": ["x"]})
+    assert payload == {"temperature": 0.2, "stop": ["x"], "model": "tiny", "max_tokens": 5,
+                       "stream": True, "stream_options": {"include_usage": True},
+                       "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(SamplingError) as caught:
+        backend._payload("hi", 5, True, {"model": "other"})  # a header cannot replace a field
+    assert caught.value.rule == "S4"

@@ -162,8 +162,11 @@ class NodeCollector(Collector):
         streams = CounterMetricFamily(PREFIX + "job_streams",
                                       "Streamed jobs (job/2.1.0, the /v1 endpoints) by event: "
                                       "opened, cancelled, fallback (job/2.0.0), ahead (on a "
-                                      "stream opened ahead) as a gateway; served, stopped (at "
-                                      "a JobCancel) as a provider.", labels=["event"])
+                                      "stream opened ahead), sampling_sent (the buyer's "
+                                      "settings went on job/2.2.0), sampling_not_sent (the "
+                                      "provider spoke no job/2.2.0) as a gateway; served, "
+                                      "stopped (at a JobCancel) as a provider.",
+                                      labels=["event"])
         for event, count in sorted(r.job_streams.items()):
             streams.add_metric([event], count)
         yield streams

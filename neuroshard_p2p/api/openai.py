@@ -26,7 +26,7 @@ import logging
 import math
 import tomllib
 from pathlib import Path
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
@@ -35,7 +35,13 @@ from neuroshard_p2p.api.inputs import InputError, parse_json_object
 from neuroshard_p2p.config import ConfigError
 from neuroshard_p2p.core.errors import MarketError, format_price
 from neuroshard_p2p.money import from_nano, settle_amounts, to_nano
-from neuroshard_p2p.node.backends import chat_prompt
+from neuroshard_p2p.node.backends import (
+    SAMPLING_FIELDS,
+    SamplingError,
+    chat_prompt,
+    check_sampling,
+    sampling_prompt,
+)
 from neuroshard_p2p.wire.codec import MAX_PROMPT
 
 if TYPE_CHECKING:
@@ -95,6 +101,9 @@ class CompletionRequest:
     include_usage: bool
     user: str | None
     model: str
+    #: The sampling settings the provider's backend gets (job/2.2.0): temperature, top_p, stop,
+    #: seed, presence_penalty, frequency_penalty, as the request gave them (stop as a list).
+    sampling: dict[str, Any] = field(default_factory=dict)
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
@@ -163,11 +172,44 @@ def _content(message: Any, index: int) -> dict[str, str]:
     return {"role": role, "content": text}
 
 
+#: Request fields the market cannot honour, and when a request uses them: refused, not ignored
+#: (an agent that sends tools and gets plain text back would misread the answer).
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tools": (lambda v: bool(v), "tool calls are not offered: providers return text"),
+    "functions": (lambda v: bool(v), "function calls are not offered: providers return text"),
+    "response_format": (lambda v: not (isinstance(v, dict) and v.get("type") in (None, "text")),
+                        "only text answers are offered (response_format type \"text\")"),
+    "logprobs": (lambda v: v is True, "log probabilities are not returned"),
+    "top_logprobs": (lambda v: v is not None and v != 0, "log probabilities are not returned"),
+    "logit_bias": (lambda v: bool(v), "logit_bias is not passed to providers"),
+}
+
+
+def _sampling(data: dict[str, Any]) -> dict[str, Any]:
+    """The request's sampling settings, checked as spec §9.2 checks them at the provider (a
+    single `stop` string becomes a list of one; null means not set)."""
+    sampling: dict[str, Any] = {}
+    for name in SAMPLING_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if name == "stop" and isinstance(value, str):
+            value = [value]
+        if name == "seed" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        sampling[name] = value
+    try:
+        return check_sampling(sampling)
+    except SamplingError as error:
+        raise _bad(str(error), error.field) from None
+
+
 def parse_completion(body: bytes, content_type: str | None, *, chat: bool, model: str,
                      default_max_tokens: int, max_tokens_limit: int) -> CompletionRequest:
-    """Check a /v1/chat/completions or /v1/completions body. Fields that tune sampling
-    (temperature, top_p, stop, seed, …) are accepted and not used: the Job carries the prompt
-    and the token count, and the provider's backend samples with its own settings."""
+    """Check a /v1/chat/completions or /v1/completions body. The sampling fields (temperature,
+    top_p, stop, seed, presence_penalty, frequency_penalty) go to the provider's backend
+    (job/2.2.0); fields the market cannot honour (tools, JSON answers, log probabilities,
+    logit_bias) are refused, 400 `unsupported_parameter`; other fields are not used."""
     try:
         data = parse_json_object(body, content_type)
     except InputError as error:
@@ -183,6 +225,10 @@ def parse_completion(body: bytes, content_type: str | None, *, chat: bool, model
     n = data.get("n", 1)
     if n != 1 or isinstance(n, bool):
         raise _bad("n must be 1: one request buys one completion", "n")
+    for name, (used, why) in UNSUPPORTED.items():
+        if data.get(name) is not None and used(data[name]):
+            raise _bad(f"{name}: {why}", name, "unsupported_parameter")
+    sampling = _sampling(data)
     if chat:
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -197,7 +243,8 @@ def parse_completion(body: bytes, content_type: str | None, *, chat: bool, model
         if raw.startswith("\x00"):  # the mark of a chat prompt (node/backends.py)
             raise _bad("prompt must not start with a NUL character", "prompt")
         prompt = raw
-    size = len(prompt.encode("utf-8", "replace"))
+    # As the Job carries it on job/2.2.0: the sampling header first (spec §9.2).
+    size = len(sampling_prompt(sampling, prompt).encode("utf-8", "replace"))
     if size > MAX_PROMPT:
         raise _bad(f"the prompt is {size} bytes as the job carries it (limit {MAX_PROMPT})",
                    "messages" if chat else "prompt", "context_length_exceeded")
@@ -227,7 +274,7 @@ def parse_completion(body: bytes, content_type: str | None, *, chat: bool, model
     return CompletionRequest(chat=chat, prompt=prompt, max_tokens=tokens,
                              max_price_nano=_price_cap(data), stream=bool(stream),
                              include_usage=bool(options.get("include_usage")), user=user,
-                             model=model)
+                             model=model, sampling=sampling)
 
 
 class ApiToken:
@@ -390,7 +437,8 @@ class OpenAIApi:
         cap, _ = self._admit(request)
         try:
             status, pieces = node.jobs.submit_streamed(request.max_tokens, cap,
-                                                       prompt=request.prompt, user=request.user)
+                                                       prompt=request.prompt, user=request.user,
+                                                       sampling=request.sampling)
         except MarketError as error:
             text = str(error)
             if text.startswith("current price"):
@@ -426,8 +474,11 @@ class OpenAIApi:
             log.info("client of %s went away; cancelling it", rid)
         scope.cancel()
 
-    def market_fields(self, status: "JobStatus") -> dict[str, Any]:
-        """The `neuroshard` extension field of an answer: what the market did."""
+    def market_fields(self, status: "JobStatus",
+                      request: CompletionRequest | None = None) -> dict[str, Any]:
+        """The `neuroshard` extension field of an answer: what the market did, and whether the
+        request's sampling settings reached the provider's backend (`sampling`: "none" when it
+        set none, "sent" on job/2.2.0, "not_sent" to a provider without it)."""
         config = self.node.settings.market
         served = status.tokens_served or 0
         settled = settle_amounts(served, status.locked_price_nano, config.burn_rate)
@@ -442,6 +493,9 @@ class OpenAIApi:
             "burn_nano": settled.burned if status.state == "completed" else 0,
             "provider_earned_nano": settled.earned if status.state == "completed" else 0,
             "attempts": status.attempts, "reason": status.reason,
+            "sampling": ("none" if request is None or not request.sampling else
+                         "sent" if self.node.jobs.sampling_sent(status.request_id)
+                         else "not_sent"),
         }
 
 
@@ -530,13 +584,13 @@ class _Answer:
             await self._event(error.body())
         else:
             last = self._chunk(None, self._finish(status))
-            last["neuroshard"] = self.api.market_fields(status)
+            last["neuroshard"] = self.api.market_fields(status, self.request)
             await self._event(last)
             if self.request.include_usage:
                 await self._event({"id": self.id, "object": self._chunk_object, "created":
                                    self.created, "model": self.request.model, "choices": [],
                                    "usage": _usage(status),
-                                   "neuroshard": self.api.market_fields(status)})
+                                   "neuroshard": self.api.market_fields(status, self.request)})
         await self.send({"type": "http.response.body", "body": b"data: [DONE]\n\n",
                          "more_body": False})
 
@@ -583,7 +637,7 @@ class _Answer:
             choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
         return {"id": self.id, "object": self.object, "created": self.created,
                 "model": self.request.model, "choices": [choice], "usage": _usage(status),
-                "neuroshard": self.api.market_fields(status)}
+                "neuroshard": self.api.market_fields(status, self.request)}
 
 
 def _usage(status: "JobStatus") -> dict[str, int]:

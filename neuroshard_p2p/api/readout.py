@@ -83,8 +83,10 @@ class NodeReadout:
     jobs_refused: dict[str, int] = field(default_factory=dict)
     job_settlements: dict[str, int] = field(default_factory=dict)
     #: Streamed jobs (job/2.1.0) by event: as a gateway `opened`, `cancelled` (JobCancel sent),
-    #: `fallback` (the provider spoke only job/2.0.0), `ahead` (sent on a stream opened ahead);
-    #: as a provider `served`, `stopped` (at a JobCancel).
+    #: `fallback` (the provider spoke only job/2.0.0), `ahead` (sent on a stream opened ahead),
+    #: `sampling_sent` / `sampling_not_sent` (the buyer's sampling settings went to the provider
+    #: on job/2.2.0 / the provider spoke no job/2.2.0); as a provider `served`, `stopped` (at a
+    #: JobCancel).
     job_streams: dict[str, int] = field(default_factory=dict)
     #: Settlements this node could not write to its ledger (disk full, I/O error), both roles,
     #: and a provider's earnings kept in memory until its ledger can take them.
@@ -227,4 +229,5 @@ def _job_streams(c: Any) -> dict[str, int]:
     """`NodeReadout.job_streams` from the job service's counters."""
     return {"opened": c.streams_opened, "cancelled": c.cancels_sent,
             "fallback": c.stream_fallbacks, "ahead": c.warm_streams_used,
+            "sampling_sent": c.sampling_sent, "sampling_not_sent": c.sampling_not_sent,
             "served": c.jobs_streamed, "stopped": c.jobs_cancelled}

@@ -118,6 +118,120 @@ def plain_prompt(prompt: str) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
+#: On job/2.2.0 (revision 2.1: sampling) every Job's prompt starts with this, then the sampling
+#: header H (a JSON object on one line), a line feed, and the prompt of job/2.1.0 (spec §9.2).
+SAMPLING_PREFIX = "\x00sampling/1\n"
+#: The header's members: the OpenAI request fields a provider passes to its backend as they are.
+SAMPLING_FIELDS = ("frequency_penalty", "presence_penalty", "seed", "stop", "temperature",
+                   "top_p")
+#: Inclusive ranges of the numeric members (OpenAI's).
+SAMPLING_RANGES = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2),
+                   "frequency_penalty": (-2, 2)}
+SEED_MIN, SEED_MAX = -2**63, 2**63 - 1
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_BYTES = 256
+
+
+class SamplingError(ValueError):
+    """A sampling header or setting that breaks spec §9.2: `rule` is the first of S1–S6 it
+    fails, `field` the member it names (None when the header as a whole is wrong)."""
+
+    def __init__(self, rule: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.field = field
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_sampling(sampling: Any) -> dict[str, Any]:
+    """`sampling` if it is a header's object by S4–S6, checked in that order over all its
+    members (every name, then every number, then `stop`); raises SamplingError naming the rule
+    and the member."""
+    if not isinstance(sampling, dict):
+        raise SamplingError("S3", "the sampling header must be a JSON object")
+    for name in sampling:
+        if name not in SAMPLING_FIELDS:
+            raise SamplingError("S4", f"{name!r} is not a sampling setting (one of "
+                                      f"{', '.join(SAMPLING_FIELDS)})", name)
+    for name, value in sampling.items():
+        if name == "seed":
+            if type(value) is not int or not SEED_MIN <= value <= SEED_MAX:
+                raise SamplingError("S5", f"seed must be an integer {SEED_MIN}..{SEED_MAX}, "
+                                          f"got {value!r}", name)
+        elif name != "stop":
+            low, high = SAMPLING_RANGES[name]
+            if not _is_number(value) or not low <= value <= high:  # NaN fails the comparison
+                raise SamplingError("S5", f"{name} must be a number {low}..{high}, got "
+                                          f"{value!r}", name)
+    if "stop" in sampling:
+        value = sampling["stop"]
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_STOP_SEQUENCES:
+            raise SamplingError("S6", f"stop must be 1 to {MAX_STOP_SEQUENCES} strings", "stop")
+        for item in value:
+            if not isinstance(item, str):
+                raise SamplingError("S6", "each stop sequence must be a string", "stop")
+            try:
+                size = len(item.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise SamplingError("S6", "a stop sequence must be valid UTF-8 text",
+                                    "stop") from None
+            if not 1 <= size <= MAX_STOP_BYTES:
+                raise SamplingError("S6", f"each stop sequence must be 1 to {MAX_STOP_BYTES} "
+                                          f"bytes of UTF-8, got {size}", "stop")
+    return sampling
+
+
+def sampling_prompt(sampling: dict[str, Any], prompt: str) -> str:
+    """The Job prompt of job/2.2.0: the header (compact JSON, members sorted, text as it is),
+    a line feed, then `prompt` (plain text or a chat prompt)."""
+    header = json.dumps(check_sampling(sampling), ensure_ascii=False, separators=(",", ":"),
+                        sort_keys=True, allow_nan=False)
+    return SAMPLING_PREFIX + header + "\n" + prompt
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise ValueError(f"member {name!r} appears twice")
+        out[name] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _integer(text: str) -> int | float:
+    """A JSON integer; one too long for int() (Python refuses over 4,300 digits) is out of every
+    range, so it reads as an infinity and fails S5, not S3."""
+    if len(text) > 40:
+        return -math.inf if text.startswith("-") else math.inf
+    return int(text)
+
+
+def split_sampling(prompt: str) -> tuple[dict[str, Any], str]:
+    """A job/2.2.0 prompt's sampling settings and the prompt after the header (S1–S6 of spec
+    §9.2, first failure wins); raises SamplingError."""
+    if not prompt.startswith(SAMPLING_PREFIX):
+        raise SamplingError("S1", "a job/2.2.0 prompt must start with the sampling header")
+    start = len(SAMPLING_PREFIX)
+    end = prompt.find("\n", start)
+    if end <= start:
+        raise SamplingError("S2", "the sampling header must be a non-empty line")
+    try:
+        sampling = json.loads(prompt[start:end], object_pairs_hook=_unique_members,
+                              parse_constant=_no_constant, parse_int=_integer)
+    except (ValueError, RecursionError) as exc:
+        raise SamplingError("S3", f"the sampling header is not one JSON object: {exc}") from None
+    if not isinstance(sampling, dict):
+        raise SamplingError("S3", "the sampling header must be a JSON object")
+    return check_sampling(sampling), prompt[end + 1:]
+
+
 @runtime_checkable
 class InferenceBackend(Protocol):
     """What a provider serves jobs with."""
@@ -136,12 +250,14 @@ class InferenceBackend(Protocol):
 
 
 async def serve_stream(backend: InferenceBackend, prompt: str, max_tokens: int, deadline: float,
-                       emit: Emit) -> BackendResult:
-    """Serve through `backend`'s own `serve_stream` when it has one, else in one piece (its
-    whole output, as one emit counting every token it charges)."""
+                       emit: Emit, sampling: dict[str, Any] | None = None) -> BackendResult:
+    """Serve through `backend`'s own `serve_stream` when it has one (with the buyer's
+    `sampling` settings, job/2.2.0), else in one piece (its whole output, as one emit counting
+    every token it charges; a backend without streaming has no sampling settings either)."""
     streaming = getattr(backend, "serve_stream", None)
     if streaming is not None:
-        result: BackendResult = await streaming(prompt, max_tokens, deadline, emit)
+        result: BackendResult = await streaming(prompt, max_tokens, deadline, emit,
+                                                sampling=sampling)
         return result
     result = await backend.serve(plain_prompt(prompt), max_tokens, deadline)
     await emit(result.text, result.tokens_served)
@@ -250,10 +366,11 @@ class SyntheticBackend:
                              finish_reason="length")
 
     async def serve_stream(self, prompt: str, max_tokens: int, deadline: float,
-                           emit: Emit) -> BackendResult:
+                           emit: Emit, sampling: dict[str, Any] | None = None) -> BackendResult:
         """As `serve`, with the tokens handed to `emit` as they fall due at the job's rate (one
         word per token; pieces at least `STREAM_INTERVAL_S` apart, so a fast backend sends a few
-        hundred pieces a second, not one per token)."""
+        hundred pieces a second, not one per token). Filler has nothing to sample: `sampling`
+        is taken and not used."""
         slot = self._reserve(max_tokens, deadline)
         emitted = 0
         try:
@@ -336,9 +453,12 @@ class OpenAIBackend:
         body = json.dumps(payload, ensure_ascii=False).encode()
         return self._client.request("POST", self._target, body)
 
-    def _payload(self, prompt: str, max_tokens: int, stream: bool = False) -> dict[str, Any]:
-        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens,
-                                   "stream": stream}
+    def _payload(self, prompt: str, max_tokens: int, stream: bool = False,
+                 sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+        # The buyer's sampling settings (job/2.2.0) first: none of them can replace the fields
+        # below (spec §9.2 S4 allows only its six names).
+        payload: dict[str, Any] = dict(check_sampling(sampling)) if sampling else {}
+        payload.update({"model": self.model, "max_tokens": max_tokens, "stream": stream})
         if stream:
             # Servers that know it end with a chunk carrying `usage` (OpenAI, vLLM, llama.cpp).
             payload["stream_options"] = {"include_usage": True}
@@ -350,8 +470,9 @@ class OpenAIBackend:
         return payload
 
     async def serve_stream(self, prompt: str, max_tokens: int, deadline: float,
-                           emit: Emit) -> BackendResult:
-        """Serve with `"stream": true`: each server-sent event's text goes to `emit` as it
+                           emit: Emit, sampling: dict[str, Any] | None = None) -> BackendResult:
+        """Serve with `"stream": true` (and the buyer's `sampling` settings, passed as the
+        request's own fields): each server-sent event's text goes to `emit` as it
         arrives, counted as one token (what llama.cpp, vLLM and Ollama send per event). When the
         server reports `usage.completion_tokens` at the end, that is the count, capped at
         `max_tokens`: more than the events counted is emitted as a last, empty piece carrying
@@ -368,7 +489,8 @@ class OpenAIBackend:
         model = self.model
         try:
             with trio.fail_at(limit):
-                async with self._request(self._payload(prompt, max_tokens, True)) as response:
+                async with self._request(self._payload(prompt, max_tokens, True,
+                                                       sampling)) as response:
                     if response.status != 200:
                         body = b""
                         async for chunk in response.aiter_bytes():
@@ -570,5 +692,6 @@ def make_backend(kind: str, *, tokens_per_second: float, url: str = "", model: s
 
 __all__ = ["InferenceBackend", "BackendResult", "BackendError", "REASONS", "SyntheticBackend",
            "Emit", "serve_stream", "chat_prompt", "chat_messages", "plain_prompt",
-           "CHAT_PROMPT_PREFIX",
+           "CHAT_PROMPT_PREFIX", "SAMPLING_PREFIX", "SAMPLING_FIELDS", "SamplingError",
+           "check_sampling", "sampling_prompt", "split_sampling",
            "OpenAIBackend", "make_backend", "BACKEND_KINDS", "MAX_RESPONSE_BYTES"]

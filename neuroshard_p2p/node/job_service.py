@@ -52,10 +52,14 @@ from neuroshard_p2p.node.backends import (
     UNREACHABLE,
     BackendError,
     InferenceBackend,
+    SamplingError,
     SyntheticBackend,
+    check_sampling,
     make_backend,
     plain_prompt,
+    sampling_prompt,
     serve_stream,
+    split_sampling,
 )
 from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings
 from neuroshard_p2p.node.guard import JOB_FRAME, is_peer_fault
@@ -71,6 +75,7 @@ from neuroshard_p2p.node.jobs import (
     ViewOffers,
     declined,
     job_protocol,
+    job_sampling_protocol,
     job_stream_protocol,
     short_peer,
 )
@@ -123,6 +128,8 @@ E = TypeVar("E", bound=BaseException)
 
 #: Requests refused when they were taken from the engine's queue (their status stays readable).
 MAX_REFUSED_KEPT = 1024
+#: Requests whose sampling settings were sent, remembered for their answers (`sampling_sent`).
+MAX_SAMPLING_SENT = 10_000
 
 #: Pieces of a streamed job the gateway holds for a user who reads slower than the provider
 #: sends (each at most 16 KiB of text). A user this far behind is treated as gone: the job is
@@ -163,8 +170,11 @@ class _Sink:
     """Where the pieces of one streamed request go (the API reads the other end), and how its
     user cancels it."""
 
-    def __init__(self, send: "trio.MemorySendChannel[Piece]") -> None:
+    def __init__(self, send: "trio.MemorySendChannel[Piece]",
+                 sampling: dict[str, Any] | None = None) -> None:
         self.send = send
+        #: The buyer's sampling settings (job/2.2.0 carries them to the provider's backend).
+        self.sampling: dict[str, Any] = sampling or {}
         self.cancelled = trio.Event()
         self.why = ""
         #: Tokens and text the provider streamed for the current attempt (JobChunk sums).
@@ -255,6 +265,9 @@ class JobSettings:
     #: Speak job/2.1.0 (revision 2.1: streamed output, cancellation) besides job/2.0.0. False
     #: behaves as a node from before it (tests of the fallback).
     streaming: bool = True
+    #: Speak job/2.2.0 (revision 2.1: sampling; needs `streaming`): the buyer's sampling
+    #: settings reach the provider's backend. False behaves as a node from before it.
+    sampling: bool = True
     #: A provider's earnings its ledger could not take (disk full): tried again this often, and
     #: at most this many kept (~250 bytes each); past it, the oldest is logged and let go.
     unrecorded_retry_s: float = 10.0
@@ -284,6 +297,18 @@ class JobSettings:
         """The streaming job stream's protocol id on this network (job/2.1.0)."""
         return job_stream_protocol(self.network)
 
+    @property
+    def sampling_protocol(self) -> str:
+        """The job stream with sampling settings on this network (job/2.2.0)."""
+        return job_sampling_protocol(self.network)
+
+    def streamed_protocols(self) -> list[str]:
+        """What a gateway offers for a streamed request, best first."""
+        ids = [self.stream_protocol, self.protocol] if self.streaming else [self.protocol]
+        if self.streaming and self.sampling:
+            ids.insert(0, self.sampling_protocol)
+        return ids
+
 
 @dataclass
 class JobCounters:
@@ -291,6 +316,10 @@ class JobCounters:
 
     jobs_sent: int = 0
     jobs_served: int = 0
+    #: Jobs this gateway sent on job/2.2.0 with the buyer's sampling settings / streamed
+    #: requests with settings whose provider speaks no job/2.2.0 (its backend's own settings).
+    sampling_sent: int = 0
+    sampling_not_sent: int = 0
     #: Jobs this provider stopped serving because their gateway went away mid-job.
     jobs_abandoned: int = 0
     #: Streamed jobs (job/2.1.0) this provider served / stopped at its gateway's JobCancel.
@@ -392,6 +421,9 @@ class JobService:
         #: Earnings the ledger could not take (STORAGE): (request id, receipt bytes, served at),
         #: oldest first; `_record_kept` tries them again.
         self._unrecorded: deque[tuple[str, bytes, float]] = deque()
+        #: Requests whose sampling settings went to their provider on job/2.2.0 (the latest
+        #: attempt's), for the buyer's answer; the oldest let go past MAX_SAMPLING_SENT.
+        self._sampling_sent: OrderedDict[str, None] = OrderedDict()
         self._closed = False
         #: A clean stop has begun (`drain`): no request is taken or dispatched, no job admitted.
         self.stopping = False
@@ -415,6 +447,7 @@ class JobService:
             accept_timeout_s=min(s.job_accept_timeout_s, s.stream_timeout_s),
             settle_timeout_s=s.stream_timeout_s,
             progress_grace_s=s.job_progress_grace_s, streaming=s.job_streaming,
+            sampling=s.job_sampling,
             reputation=ReputationSettings(backoff_s=s.job_backoff_s, ban_after=s.job_ban_after,
                                           ban_s=s.job_ban_s))
         # The announcer waits on node._poke; look it up at call time (it is replaced each round).
@@ -448,6 +481,9 @@ class JobService:
                     if self.settings.streaming:
                         host.set_stream_handler(self.settings.stream_protocol,
                                                 self._serve_job_streamed)
+                        if self.settings.sampling:
+                            host.set_stream_handler(self.settings.sampling_protocol,
+                                                    self._serve_job_sampled)
                     nursery.start_soon(self._record_kept_loop)
                     task_status.started()
                     await self._route_loop()
@@ -544,22 +580,43 @@ class JobService:
 
     def submit_streamed(self, tokens: int, max_price_nano: int, *, prompt: str = "",
                         tier: str = "standard", user: str | None = None,
-                        request_id: str | None = None,
+                        request_id: str | None = None, sampling: dict[str, Any] | None = None,
                         ) -> tuple[JobStatus, "trio.MemoryReceiveChannel[Piece]"]:
         """`submit`, with the output streamed: the channel gives the pieces as the provider
         sends them (job/2.1.0; one piece from a provider without it) and closes when the request
         ends (`status` then says how). Close the channel, or call `cancel`, to give up: a request
-        being served stops and settles the tokens served so far."""
+        being served stops and settles the tokens served so far. `sampling` (checked by
+        `check_sampling`) goes to a provider that speaks job/2.2.0 (`sampling_sent`)."""
+        if sampling:
+            check_sampling(sampling)
         send, receive = trio.open_memory_channel[Piece](STREAM_BUFFER)
         status = self.submit(tokens, max_price_nano, prompt=prompt, tier=tier, user=user,
                              request_id=request_id)
-        self._sinks[status.request_id] = _Sink(send)
+        self._sinks[status.request_id] = _Sink(send, sampling)
         self.counters.streams_opened += 1
         if self._nursery is not None and not self._closed:
             # Routed in this task, now: a streamed request's first token does not wait for the
             # route loop's turn (the loop would only find it already claimed).
             self._route()
         return status, receive
+
+    def sampling_sent(self, request_id: str) -> bool:
+        """Whether the request's sampling settings went to the provider that served it last
+        (job/2.2.0); False for a request without settings."""
+        return request_id in self._sampling_sent
+
+    def _note_sampling(self, request_id: str, sink: _Sink, protocol: str) -> None:
+        if not sink.sampling:
+            return
+        if protocol == self.settings.sampling_protocol:
+            self.counters.sampling_sent += 1
+            self._sampling_sent[request_id] = None
+            self._sampling_sent.move_to_end(request_id)
+            while len(self._sampling_sent) > MAX_SAMPLING_SENT:
+                self._sampling_sent.popitem(last=False)
+        else:
+            self.counters.sampling_not_sent += 1
+            self._sampling_sent.pop(request_id, None)
 
     def cancel(self, request_id: str, why: str = "cancelled by its user") -> bool:
         """The user gives up: a pending request fails at once (nothing charged); a streamed one
@@ -729,8 +786,8 @@ class JobService:
 
         sink = self._sinks.get(rid)
         protocols = [self.settings.protocol]
-        if sink is not None and self.settings.streaming:
-            protocols.insert(0, self.settings.stream_protocol)
+        if sink is not None:
+            protocols = self.settings.streamed_protocols()
             sink.tokens, sink.parts, sink.text_bytes = 0, [], 0
         streamed = False
         opening = False
@@ -752,7 +809,8 @@ class JobService:
                     # that fails before any answer is no news of the provider: open a new one.
                     warm = self._take_warm(peer_id) if sink is not None else None
                     if warm is not None:
-                        signed = wire.sign(job, self.private_key)
+                        assert sink is not None
+                        signed = wire.sign(self._job_on(warm, job, sink), self.private_key)
                         assert isinstance(signed, Job)
                         try:
                             await warm.write(length_prefixed(signed.wire))
@@ -778,12 +836,14 @@ class JobService:
                         except Exception as exc:  # noqa: BLE001 - whatever dialing does
                             fault(UNREACHABLE, f"was unreachable ({failure_reason(exc)})")
                             return
-                        streamed = (sink is not None and str(stream.get_protocol())
-                                    == self.settings.stream_protocol)
+                        streamed = (sink is not None and str(stream.get_protocol()) in (
+                            self.settings.stream_protocol, self.settings.sampling_protocol))
                         if sink is not None and not streamed:
                             # A provider without job/2.1.0 reads the prompt as text.
                             self.counters.stream_fallbacks += 1
                             job = replace(job, prompt=plain_prompt(job.prompt))
+                        if sink is not None:
+                            job = self._job_on(stream, job, sink)
                         signed = wire.sign(job, self.private_key)
                         assert isinstance(signed, Job)
                         job = signed
@@ -800,6 +860,8 @@ class JobService:
                 if opening:
                     opening = False
                     self._opening.release()
+            if sink is not None:
+                self._note_sampling(rid, sink, str(stream.get_protocol()))
             if first is None:
                 fault(DROPPED, "closed the stream without an answer")
                 return
@@ -932,6 +994,13 @@ class JobService:
             return None
         return stream
 
+    def _job_on(self, stream: Any, job: Job, sink: _Sink) -> Job:
+        """The job as sent on `stream`: on job/2.2.0 its prompt opens with the buyer's sampling
+        settings (always, `{}` when there are none: spec §9.2)."""
+        if str(stream.get_protocol()) == self.settings.sampling_protocol:
+            return replace(job, prompt=sampling_prompt(sink.sampling, job.prompt))
+        return job
+
     async def _prewarm(self, peer_id: str) -> None:
         """Keep a job/2.1.0 stream open ahead to a provider that took a streamed job, for
         WARM_KEEP_S after its last one, so the next request to it starts without the open. Each
@@ -952,8 +1021,9 @@ class JobService:
                 with trio.move_on_after(self.settings.accept_timeout_s):
                     try:
                         opener = self.open_stream or self.host.new_stream
-                        stream = await opener(ID.from_base58(peer_id),
-                                              [self.settings.stream_protocol])
+                        stream = await opener(ID.from_base58(peer_id), [
+                            p for p in self.settings.streamed_protocols()
+                            if p != self.settings.protocol])
                     except Exception:  # noqa: BLE001 - no warm stream, then
                         return
                 if stream is None:
@@ -1116,7 +1186,12 @@ class JobService:
         """job/2.1.0: as job/2.0.0, with the output streamed and the gateway able to cancel."""
         await self._serve_job(stream, streaming=True)
 
-    async def _serve_job(self, stream: Any, streaming: bool = False) -> None:
+    async def _serve_job_sampled(self, stream: Any) -> None:
+        """job/2.2.0: as job/2.1.0, the prompt opening with the buyer's sampling settings."""
+        await self._serve_job(stream, streaming=True, sampled=True)
+
+    async def _serve_job(self, stream: Any, streaming: bool = False,
+                         sampled: bool = False) -> None:
         """A gateway sent a job: admit it by our own capacity, serve it, return a receipt."""
         peer = stream.muxed_conn.peer_id
         job: Job | None = None
@@ -1143,6 +1218,17 @@ class JobService:
                 await self._answer(stream, declined("?", BAD_JOB, str(exc)))
                 return
             job = message
+            sampling: dict[str, Any] | None = None
+            if sampled:
+                try:
+                    sampling, prompt = split_sampling(job.prompt)
+                except SamplingError as exc:
+                    # Not a fault: a gateway's bug, signed; nothing was served (spec §9.2).
+                    self.counters.streams_refused += 1
+                    await self._answer(stream, declined(job.request_id, BAD_JOB,
+                                                        f"sampling header: {exc.rule}: {exc}"))
+                    return
+                job = replace(job, prompt=prompt)
             try:
                 gateway_key = public_key_from_peer_id(peer.to_base58())
             except ValueError:
@@ -1166,7 +1252,7 @@ class JobService:
                 gateway_frames = FrameStream(stream, max(MAX_FRAME_SIZE[KIND_JOB_SETTLED],
                                                          MAX_FRAME_SIZE[KIND_JOB_CANCEL]))
                 receipt = await self._serve_streamed(stream, job, offer.tokens_per_second,
-                                                     gateway_frames, accepted)
+                                                     gateway_frames, accepted, sampling)
             else:
                 await stream.write(accepted)
                 receipt = await self._serve_admitted(stream, job, offer.tokens_per_second)
@@ -1337,7 +1423,8 @@ class JobService:
                         len(self._unrecorded))
 
     async def _serve_streamed(self, stream: Any, job: Job, tokens_per_second: int,
-                              gateway_frames: FrameStream, accepted: bytes) -> Receipt | None:
+                              gateway_frames: FrameStream, accepted: bytes,
+                              sampling: dict[str, Any] | None = None) -> Receipt | None:
         """job/2.1.0: serve an admitted job, sending each piece of output as a JobChunk as the
         backend produces it (writes wait for the gateway: back-pressure reaches the backend).
         `accepted` (the JobAccepted frame's bytes) is written once the backend call has gone
@@ -1427,7 +1514,7 @@ class JobService:
                     writing.start_soon(write_accepted)
                     writing.start_soon(write_chunks)
                     result = await serve_stream(self.backend, job.prompt, job.tokens, serve_by,
-                                                emit)
+                                                emit, sampling)
                     buffer["finished"] = True
                     finished.set()
                     wake[0].set()

@@ -67,6 +67,13 @@ from neuroshard_p2p.wire.membership import Admission as Members
 from neuroshard_p2p.wire.membership import check_job
 
 
+def job_sampling_protocol(network: str) -> str:
+    """`/neuroshard/<network id>/job/2.2.0` (revision 2.1: sampling): job/2.1.0 with every Job's
+    prompt opening with the buyer's sampling settings (spec §9.2). A gateway offers it first,
+    then job/2.1.0 and job/2.0.0."""
+    return f"/neuroshard/{network}/job/2.2.0"
+
+
 def job_stream_protocol(network: str) -> str:
     """`/neuroshard/<network id>/job/2.1.0` (revision 2.1: streaming): job/2.0.0's exchange plus
     JobChunk frames while serving and the gateway's JobCancel. A gateway offers it first and
@@ -883,7 +890,7 @@ class GatewayDesk:
 
 
 __all__ = [
-    "job_protocol", "job_stream_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch",
+    "job_protocol", "job_stream_protocol", "job_sampling_protocol", "declined", "Admission", "ProviderDesk", "JobStatus", "Dispatch",
     "GatewaySettings", "GatewayDesk", "DECLINE_REASONS", "FULL", "NOT_OFFERING",
     "BELOW_MIN_PRICE", "TOO_LARGE", "WRONG_PROVIDER", "GATEWAY_MISMATCH", "DUPLICATE", "BAD_JOB",
     "UNPAID", "NOT_MEMBER", "short_peer", "ViewOffers", "progress_deadline_s", "PROGRESS_GRACE_S",

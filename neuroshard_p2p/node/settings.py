@@ -154,6 +154,8 @@ class NodeSettings:
     job_ban_s: float = 600.0
     #: Speak job/2.1.0 (streamed output, cancellation) besides job/2.0.0 (revision 2.1).
     job_streaming: bool = True
+    #: Speak job/2.2.0 (the buyer's sampling settings reach the backend) besides those.
+    job_sampling: bool = True
     #: The OpenAI-compatible API (`/v1/...`, api/openai.py): the price cap of a request that
     #: names none (NEURO per 1M tokens; 0 = the market's max_price), and the token count of one
     #: that gives no max_tokens.
