@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="highest price to pay, NEURO per 1M tokens (default: the node's "
                         "openai_max_price)")
     p.add_argument("--system", default=None, help="a system message before the prompt")
+    p.add_argument("--temperature", type=finite_float, default=None,
+                   help="sampling temperature, 0..2 (sent to the provider's backend)")
+    p.add_argument("--top-p", type=finite_float, default=None, help="nucleus sampling, 0..1")
+    p.add_argument("--seed", type=int, default=None, help="the backend's sampling seed")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end the answer at TEXT (up to 4 times)")
 
     p = sub.add_parser("status", help="a submitted request's state, provider, cost and output",
                        description="Show a request submitted at this node: its state (pending, "
@@ -817,6 +823,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         body["max_tokens"] = args.max_tokens
     if args.max_price is not None:
         body["provider"] = {"max_price": {"completion": args.max_price}}
+    for name in ("temperature", "top_p", "seed", "stop"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
     headers = {"Authorization": f"Bearer {load_api_token(args.data_dir)}"}
     market: dict[str, Any] = {}
     raw: list[Any] = []
@@ -860,9 +869,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return EXIT_OK
     print()
     if market:
+        unsent = ("; its backend used its own sampling settings (the provider's version does "
+                  "not take them)" if market.get("sampling") == "not_sent" else "")
         print(f"[{market['tokens_served']} tokens from {market['provider']} at "
               f"{market['locked_price']:.9f} NEURO per 1M tokens: cost {market['cost_nano']} "
-              f"nano-NEURO, burned {market['burn_nano']}]", file=sys.stderr)
+              f"nano-NEURO, burned {market['burn_nano']}{unsent}]", file=sys.stderr)
     return EXIT_OK
 
 

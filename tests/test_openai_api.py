@@ -283,8 +283,20 @@ async def test_sampling_settings_reach_the_providers_backend(tmp_path: Path) -> 
         assert not set(SAMPLING) & set(last)
         assert gateway.node.jobs.counters.sampling_sent == 2
         assert provider.node.jobs.counters.jobs_streamed == 3
+        # `neuroshard-node chat` sends them too.
+        done = await trio.run_process(
+            [sys.executable, "-m", "neuroshard_p2p.cli", "chat", "--data-dir",
+             str(gateway.data_dir), "--api", gateway.url, "--max-tokens", "3", "--temperature",
+             "1.5", "--top-p", "0.5", "--seed", "-9", "--stop", "a", "--stop", "b c", "!rate 0"],
+            capture_stdout=True, capture_stderr=True)
+        assert done.stdout.decode() == "w0 w1 w2\n"
+        last = (await stats(url))["last"]
+        assert {k: last[k] for k in SAMPLING if k in last} == {
+            "temperature": 1.5, "top_p": 0.5, "seed": -9, "stop": ["a", "b c"]}
+        assert "sampling settings" not in done.stderr.decode()
+        assert gateway.node.jobs.counters.sampling_sent == 3
         samples = (await gateway.get("/metrics")).text
-        assert 'neuroshard_job_streams_total{event="sampling_sent"} 2.0' in samples
+        assert 'neuroshard_job_streams_total{event="sampling_sent"} 3.0' in samples
         assert 'neuroshard_job_streams_total{event="sampling_not_sent"} 0.0' in samples
 
         # Refused at the gateway, before any market work: nothing queued, nothing sent.
@@ -294,7 +306,7 @@ async def test_sampling_settings_reach_the_providers_backend(tmp_path: Path) -> 
                 tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]))
         assert caught.value.code == "unsupported_parameter"
         assert caught.value.param == "tools"
-        assert (await stats(url))["requests"] == 3
+        assert (await stats(url))["requests"] == 4
 
 
 async def test_a_provider_without_job_2_2_0_serves_without_the_settings(tmp_path: Path) -> None:
@@ -312,6 +324,52 @@ async def test_a_provider_without_job_2_2_0_serves_without_the_settings(tmp_path
         counters = gateway.node.jobs.counters
         assert (counters.sampling_sent, counters.sampling_not_sent,
                 counters.stream_fallbacks) == (0, 1, 0)
+        done = await trio.run_process(
+            [sys.executable, "-m", "neuroshard_p2p.cli", "chat", "--data-dir",
+             str(gateway.data_dir), "--api", gateway.url, "--max-tokens", "2", "--seed", "1",
+             "!rate 0"], capture_stdout=True, capture_stderr=True)
+        assert done.stdout.decode() == "w0 w1\n"
+        assert done.stderr.decode().endswith(
+            "; its backend used its own sampling settings (the provider's version does not take "
+            "them)]\n"), done.stderr.decode()
+
+
+async def test_no_capacity_says_why(tmp_path: Path) -> None:
+    # A lone node that offers capacity: its own never serves its own buyers.
+    async with api_node(tmp_path / "alone", 5, capacity=1000, min_price=0.01) as alone:
+        response = await alone.post(
+            "/v1/chat/completions", headers=alone.auth,
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        assert response.status_code == 503
+        assert response.json()["error"]["message"] == (
+            f"no other node on network {alone.node.settings.network} offers capacity now "
+            f"(this node's own capacity serves other gateways' requests, never its own: a "
+            f"buyer needs a provider on another node)")
+    # A lone node that offers nothing: it has nobody to buy from.
+    async with api_node(tmp_path / "empty", 8) as empty:
+        response = await empty.post(
+            "/v1/chat/completions", headers=empty.auth,
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        assert response.json()["error"]["message"] == (
+            f"no other node on network {empty.node.settings.network} offers capacity now (this "
+            f"node has no peers: see `neuroshard-node peers`)")
+    # A provider that asks more than the market price: it is there, and too dear.
+    async with api_node(tmp_path / "dear", 6, capacity=1000, min_price=0.5) as dear, \
+            api_node(tmp_path / "gw", 7, bootstrap=(dear.node.addrs[0],)) as gateway:
+        async def sees_offer() -> bool:
+            return bool((await gateway.get("/api/market/offers")).json()["offers"])
+        await eventually(sees_offer, 10, "the gateway sees the provider's offer")
+        response = await gateway.post(
+            "/v1/chat/completions", headers=gateway.auth,
+            json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        assert response.status_code == 503
+        message = response.json()["error"]["message"]
+        head = (f"1 provider(s) on network {gateway.node.settings.network} offer capacity, none "
+                f"at or below the price ")
+        assert message.startswith(head), message
+        price = message[len(head):].split(" ")[0]
+        assert 0.01 <= float(price) < 0.5  # the market's price, under what the provider asks
+        assert message.endswith(" now (the lowest asks 0.50 NEURO per 1M tokens)"), message
 
 
 async def test_an_old_provider_serves_a_stream_in_one_piece(tmp_path: Path) -> None:
@@ -392,7 +450,10 @@ async def test_errors_in_openais_shape(tmp_path: Path) -> None:
         response = await call("/v1/chat/completions", chat)
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "2"
-        assert response.json()["error"]["code"] == "no_capacity"
+        assert response.json()["error"] == {
+            "message": f"no other node on network {gateway.node.settings.network} offers "
+                       f"capacity now", "type": "service_unavailable", "param": None,
+            "code": "no_capacity"}
         # Nothing was charged for any of it.
         assert await gateway.node.jobs.ledger.recent(10) == []  # type: ignore[union-attr]
         _ = json

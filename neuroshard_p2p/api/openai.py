@@ -412,14 +412,27 @@ class OpenAIApi:
                                    f"(provider.max_price.completion)", "price_error",
                               "price_above_max_price", "provider.max_price.completion")
         own = node.engine.signer
-        offers = [o for o in node.engine.view.offers_at(now)
-                  if o.signer != own and o.min_price_nano <= price]
-        if not offers:
-            raise OpenAIError(503, f"no provider on network {node.settings.network} offers "
-                                   f"capacity at or below the price {format_price(price, 9)} now",
-                              "service_unavailable", "no_capacity",
-                              retry_after=RETRY_AFTER_S)
+        others = [o for o in node.engine.view.offers_at(now) if o.signer != own]
+        if not any(o.min_price_nano <= price for o in others):
+            raise OpenAIError(503, self._why_no_capacity(others, price), "service_unavailable",
+                              "no_capacity", retry_after=RETRY_AFTER_S)
         return cap, price
+
+    def _why_no_capacity(self, others: list[Any], price: int) -> str:
+        """Why no provider can take a request now, in the terms an operator can act on."""
+        node = self.node
+        if others:
+            lowest = min(o.min_price_nano for o in others)
+            return (f"{len(others)} provider(s) on network {node.settings.network} offer "
+                    f"capacity, none at or below the price {format_price(price, 9)} now (the "
+                    f"lowest asks {format_price(lowest)} NEURO per 1M tokens)")
+        text = f"no other node on network {node.settings.network} offers capacity now"
+        if node.engine.offer.tokens_per_second > 0:
+            text += (" (this node's own capacity serves other gateways' requests, never its "
+                     "own: a buyer needs a provider on another node)")
+        elif node.peer_count == 0:
+            text += " (this node has no peers: see `neuroshard-node peers`)"
+        return text
 
     async def complete(self, chat: bool, headers: dict[bytes, str], body: bytes,
                        receive: Receive, send: Send, key_user: str | None = None) -> None:
