@@ -87,6 +87,11 @@ async def test_streamed_and_plain_chat_through_the_market(
         oa = client(gateway)
         models = await trio.to_thread.run_sync(oa.models.list)
         assert [m.id for m in models.data] == [MODEL]
+        model = await trio.to_thread.run_sync(oa.models.retrieve, MODEL)
+        assert (model.id, model.owned_by) == (MODEL, f"neuroshard:{gateway.node.settings.network}")
+        with pytest.raises(openai.NotFoundError) as missing:
+            await trio.to_thread.run_sync(oa.models.retrieve, "gpt-4o")
+        assert missing.value.code == "model_not_found"
 
         def stream() -> tuple[list[str], Any]:
             chunks = list(oa.chat.completions.create(

@@ -352,6 +352,10 @@ class OpenAIApi:
                 if method != "GET":
                     raise OpenAIError(405, f"{method} is not allowed on {path}; use GET")
                 await _reply(send, 200, self.models())
+            elif path.startswith("/v1/models/"):
+                if method != "GET":
+                    raise OpenAIError(405, f"{method} is not allowed on {path}; use GET")
+                await _reply(send, 200, self.model_object(path[len("/v1/models/"):]))
             elif path in ("/v1/chat/completions", "/v1/completions"):
                 if method != "POST":
                     raise OpenAIError(405, f"{method} is not allowed on {path}; use POST")
@@ -390,10 +394,17 @@ class OpenAIApi:
         return user
 
     def models(self) -> dict[str, Any]:
-        settings = self.node.settings
-        return {"object": "list", "data": [{
-            "id": self.model, "object": "model", "created": 0,
-            "owned_by": f"neuroshard:{settings.network}"}]}
+        return {"object": "list", "data": [self.model_object(self.model)]}
+
+    def model_object(self, model: str) -> dict[str, Any]:
+        """`GET /v1/models/{model}` (what `client.models.retrieve` asks): the network's model,
+        or 404 for any other."""
+        if model != self.model:
+            raise OpenAIError(404, f"model {model!r} is not served on this network; it serves "
+                                   f"{self.model!r}", "invalid_request_error", "model_not_found",
+                              "model")
+        return {"id": self.model, "object": "model", "created": 0,
+                "owned_by": f"neuroshard:{self.node.settings.network}"}
 
     # -- completions ------------------------------------------------------------------------
 
