@@ -332,6 +332,7 @@ async def test_two_nodes_offers_peers_and_a_request_served_end_to_end(tmp_path: 
             samples = scrape((await gateway.get("/metrics")).text)
             assert samples["neuroshard_providers"] == {(("routing", "probation"),): 1.0}
             assert samples["neuroshard_provider_bans_total"] == {(): 0.0}
+            assert samples["neuroshard_provider_faults_not_held_total"] == {(): 0.0}
 
             missing = await gateway.get("/api/market/requests/req-0000000000000000")
             assert missing.status_code == 404 and "no request" in missing.json()["error"]
@@ -568,7 +569,8 @@ EXPECTED_METRICS = {
     "neuroshard_market_available_nodes", "neuroshard_market_tick", "neuroshard_peers",
     "neuroshard_node_info", "neuroshard_messages_total", "neuroshard_requests",
     "neuroshard_settled_nano_total", "neuroshard_burned_nano_total",
-    "neuroshard_provider_bans_total", "neuroshard_jobs_refused_total",
+    "neuroshard_provider_bans_total", "neuroshard_provider_faults_not_held_total",
+    "neuroshard_jobs_refused_total",
     "neuroshard_peer_faults_total", "neuroshard_peer_bans_total", "neuroshard_peers_graylisted",
 }
 

@@ -14,7 +14,9 @@ Names (all prefixed `neuroshard_`; money in nano-NEURO, prices per 1M tokens):
     identity_work_bits, identity_work_required_bits, identity_weight (2^(bits − required), ≤ 1),
     messages_total{outcome="accepted|rejected|ignored", reason},
     requests{state}, settled_nano_total, burned_nano_total, node_info{network, mode},
-    provider_faults_total{kind}, provider_bans_total, providers{routing}   (as a gateway)
+    provider_faults_total{kind}, provider_bans_total, providers{routing},
+    provider_faults_not_held_total (failures not held while this node's clock is wrong)
+                                                                         (as a gateway)
     jobs_refused_total{reason}, job_settlements_total{outcome}            (as a provider)
     job_streams_total{event}                                   (streamed jobs, both roles)
     ledger_write_failures_total (settlements the ledger file could not take: disk full, I/O),
@@ -139,6 +141,10 @@ class NodeCollector(Collector):
         yield CounterMetricFamily(PREFIX + "provider_bans",
                                   "Providers this gateway banned after repeated faults.",
                                   value=r.provider_bans)
+        yield CounterMetricFamily(PREFIX + "provider_faults_not_held",
+                                  "Provider failures this gateway did not hold against the "
+                                  "provider because its own clock was wrong (set aside "
+                                  "instead).", value=r.provider_faults_not_held)
         routing = GaugeMetricFamily(PREFIX + "providers",
                                     "Providers in view by how this gateway routes to them.",
                                     labels=["routing"])

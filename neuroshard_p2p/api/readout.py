@@ -77,6 +77,8 @@ class NodeReadout:
     #: gateway routes to them (trusted, probation, set_aside, backing_off, banned).
     provider_faults: dict[str, int] = field(default_factory=dict)
     provider_bans: int = 0
+    #: Provider failures not held against the provider because this node's clock was wrong.
+    provider_faults_not_held: int = 0
     providers_by_routing: dict[str, int] = field(default_factory=dict)
     #: As a provider: jobs declined as replays (duplicate) and for not paying (unpaid), and what
     #: became of the jobs it served (settled, a refusal reason, no_settlement).
@@ -202,6 +204,7 @@ def read_node(node: "Node", now: float, history: PriceHistory | None = None,
         burned_nano=None if ledger_totals is None else ledger_totals.burned,
         provider_faults=dict(gateway.fault_counts),
         provider_bans=gateway.reputation.bans,
+        provider_faults_not_held=gateway.faults_not_held,
         providers_by_routing=dict(routing),
         jobs_refused={"duplicate": provider.seen.replays, "unpaid": provider.payers.declined},
         job_settlements=dict(provider.payers.outcomes),
