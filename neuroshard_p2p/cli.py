@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0: the market's max_price)")
     p.add_argument("--openai-max-tokens", type=int, metavar="N",
                    help="tokens a /v1 request without max_tokens buys (default 1024)")
+    p.add_argument("--api-cors-origin", action="append", metavar="ORIGIN",
+                   help="a web origin whose pages may call /v1 from a browser, e.g. "
+                        "http://localhost:3000 ('*': any); may be given more than once")
     p.add_argument("--no-mdns", dest="mdns", action="store_const", const=False,
                    help="do not look for (or announce to) nodes of the network on the LAN by "
                         "mDNS (on by default)")
@@ -448,6 +451,7 @@ def run_settings(args: argparse.Namespace) -> NodeSettings:
         "backend_model": args.backend_model, "backend_timeout_s": args.backend_timeout,
         "openai_max_price": args.openai_max_price,
         "openai_default_max_tokens": args.openai_max_tokens,
+        "api_cors_origins": tuple(args.api_cors_origin) if args.api_cors_origin else None,
         "mdns": args.mdns, "relay_service": args.relay_service, "upnp": args.upnp,
     }
     return NodeSettings.load(args.data_dir, overrides)

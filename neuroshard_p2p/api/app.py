@@ -183,13 +183,36 @@ class Api:
                                       "status": 500})
         await _send(send, response, head=head)
 
+    def _cors(self, origin: str | None) -> list[tuple[bytes, bytes]] | None:
+        """The CORS headers for a browser page of `origin` (`api_cors_origins`), or None when
+        it may not read /v1 (no Origin: not a cross-origin browser request)."""
+        allowed = self.node.settings.api_cors_origins
+        if origin is None or not (origin in allowed or "*" in allowed):
+            return None
+        return [(b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"vary", b"origin"),
+                (b"access-control-expose-headers", b"retry-after")]
+
     async def _openai(self, request: Request, receive: Receive, send: Send) -> None:
         """/v1/...: OpenAI's shapes for answers and errors, and streamed answers, so the
-        handler sends for itself."""
+        handler sends for itself. A page of an origin in `api_cors_origins` may call it from a
+        browser: its preflight is answered here and every answer carries the CORS headers."""
+        origin = request.headers.get(b"origin")
+        cors = self._cors(origin)
+        if cors is not None:
+            inner = send
+
+            async def send(message: dict[str, Any]) -> None:  # noqa: F811 - the same, with CORS
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []), *cors]}
+                await inner(message)
         try:
             if self.loopback_only and not _loopback_host_header(request.headers.get(b"host")):
                 raise OpenAIError(421, "this node's API answers only requests to localhost, "
                                        "127.0.0.1 or [::1] (it is bound to loopback)")
+            if request.method == "OPTIONS" and origin is not None:
+                await self._preflight(request, origin, cors, send)
+                return
             body = b""
             if request.method == "POST":
                 try:
@@ -208,6 +231,24 @@ class Api:
                     head=False)
             except Exception:  # noqa: BLE001 - the answer had started: nothing more to say
                 pass
+
+    async def _preflight(self, request: Request, origin: str,
+                         cors: list[tuple[bytes, bytes]] | None, send: Send) -> None:
+        """A browser asks whether a page of `origin` may send its request: 204 with what it may
+        send (any headers it asks for: the official JS client adds its own), or 403 naming the
+        setting that would allow it."""
+        if cors is None:
+            raise OpenAIError(403, f"pages of {origin} may not call this node's /v1 endpoints "
+                                   f"from a browser; its operator can allow them with "
+                                   f"api_cors_origins (config.toml) or --api-cors-origin",
+                              "permission_error", "origin_not_allowed")
+        asked = request.headers.get(b"access-control-request-headers", "authorization, "
+                                                                       "content-type")
+        headers = [(b"access-control-allow-methods", b"GET, POST"),
+                   (b"access-control-allow-headers", asked.encode("latin-1")),
+                   (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _dispatch(self, request: Request, receive: Receive) -> Response:
         if self.loopback_only and not _loopback_host_header(request.headers.get(b"host")):

@@ -67,6 +67,8 @@ CONFIG_TEMPLATE = f"""\
 # openai_max_price = 0.0              # /v1 requests naming no price cap pay at most this (0: the
 #                                     # market's max_price), NEURO per 1M tokens
 # openai_default_max_tokens = 1024    # /v1 requests without max_tokens buy this many
+# api_cors_origins = []               # web origins whose pages may call /v1 from a browser,
+#                                     # e.g. ["http://localhost:3000"]; "*" for any
 # announce_interval_s = 20.0
 # sync_interval_s = 30.0
 # target_peers = 8

@@ -161,6 +161,10 @@ class NodeSettings:
     #: that gives no max_tokens.
     openai_max_price: float = 0.0
     openai_default_max_tokens: int = 1024
+    #: Web origins (`https://app.example`, `http://localhost:3000`; "*" for any) whose pages may
+    #: call the /v1 endpoints from a browser (CORS). None by default: a page still needs the
+    #: node's token or a user's key, and a node that allows no origin lets no page read an answer.
+    api_cors_origins: tuple[str, ...] = ()
     #: The market configuration: the charter's (the default), or the charter's with other values
     #: of the local keys only; one that changes a charter value is refused by name.
     market: MarketConfig = None  # type: ignore[assignment]  # None: the charter's
@@ -211,6 +215,10 @@ class NodeSettings:
              f"openai_max_price must be in [0, max_price={self.market.max_price}] (0: max_price)")
         need(1 <= self.openai_default_max_tokens <= self.market.max_tokens_per_minute,
              f"openai_default_max_tokens must be 1..{self.market.max_tokens_per_minute}")
+        for origin in self.api_cors_origins:
+            need(origin == "*" or _is_origin(origin),
+                 f"api_cors_origins: {origin!r} is not a web origin (scheme://host[:port], no "
+                 f"path, e.g. 'http://localhost:3000'), nor '*'")
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(self.shutdown_drain_s >= 0, "shutdown_drain_s must be >= 0")
         need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
@@ -402,6 +410,20 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(f"API address must be host:port (port 0..65535), got {text!r}")
     return host, int(port_text)
+
+
+
+def _is_origin(text: str) -> bool:
+    """`scheme://host[:port]` as a browser sends it in `Origin` (no path, query or slash)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
+            and f"{parts.scheme}://{parts.netloc}" == text and text == text.lower())
 
 
 __all__ = [
