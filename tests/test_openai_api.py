@@ -51,6 +51,7 @@ async def stats(url: str) -> dict[str, Any]:
 async def market(tmp_path: Path, *, provider_streams: bool = True, capacity: int = 2000,
                  backend_url: str | None = None, backend_model: str = "tiny",
                  muxer: str = "yamux", provider_samples: bool = True,
+                 gateway_samples: bool = True,
                  ) -> AsyncIterator[tuple[ApiNode, ApiNode, str]]:
     """A provider whose backend is the server process (or the server at `backend_url`), and a
     gateway that sees its offer."""
@@ -61,7 +62,7 @@ async def market(tmp_path: Path, *, provider_streams: bool = True, capacity: int
                             job_streaming=provider_streams, job_sampling=provider_samples,
                             muxer=muxer) as provider:
             async with api_node(tmp_path / "gateway", 4, bootstrap=(provider.node.addrs[0],),
-                                muxer=muxer) as gateway:
+                                muxer=muxer, job_sampling=gateway_samples) as gateway:
                 async def sees_offer() -> bool:
                     offers = (await gateway.get("/api/market/offers")).json()["offers"]
                     return bool(offers)
@@ -287,7 +288,8 @@ async def test_sampling_settings_reach_the_providers_backend(tmp_path: Path) -> 
         last = (await stats(url))["last"]
         assert not set(SAMPLING) & set(last)
         assert gateway.node.jobs.counters.sampling_sent == 2
-        assert provider.node.jobs.counters.jobs_streamed == 3
+        await eventually(lambda: provider.node.jobs.counters.jobs_streamed == 3, 5,
+                         "the provider served all three streamed")
         # `neuroshard-node chat` sends them too.
         done = await trio.run_process(
             [sys.executable, "-m", "neuroshard_p2p.cli", "chat", "--data-dir",
@@ -337,6 +339,23 @@ async def test_a_provider_without_job_2_2_0_serves_without_the_settings(tmp_path
         assert done.stderr.decode().endswith(
             "; its backend used its own sampling settings (the provider's version does not take "
             "them)]\n"), done.stderr.decode()
+
+
+async def test_a_gateway_without_job_2_2_0_is_served_by_a_new_provider(tmp_path: Path) -> None:
+    """Spec §11: an old gateway never offers job/2.2.0, so a new provider serves it on job/2.1.0
+    and reads its prompt as it always did (a chat, no header)."""
+    async with market(tmp_path, gateway_samples=False) as (provider, gateway, url):
+        oa = client(gateway)
+        answer = await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "gamma delta"}], max_tokens=4,
+            temperature=0.1))
+        assert answer.choices[0].message.content == "gamma delta"
+        assert answer.model_extra["neuroshard"]["sampling"] == "not_sent"
+        last = (await stats(url))["last"]
+        assert last["messages"] == [{"role": "user", "content": "gamma delta"}]
+        assert "temperature" not in last
+        await eventually(lambda: provider.node.jobs.counters.jobs_streamed == 1, 5,
+                         "the provider served it streamed (job/2.1.0)")
 
 
 async def test_no_capacity_says_why(tmp_path: Path) -> None:
