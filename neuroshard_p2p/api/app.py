@@ -242,8 +242,8 @@ class Api:
                                    f"from a browser; its operator can allow them with "
                                    f"api_cors_origins (config.toml) or --api-cors-origin",
                               "permission_error", "origin_not_allowed")
-        asked = request.headers.get(b"access-control-request-headers", "authorization, "
-                                                                       "content-type")
+        asked = request.headers.get(b"access-control-request-headers",
+                                    "authorization, content-type")
         headers = [(b"access-control-allow-methods", b"GET, POST"),
                    (b"access-control-allow-headers", asked.encode("latin-1")),
                    (b"access-control-max-age", b"600"), (b"content-length", b"0")]

@@ -498,8 +498,7 @@ class OpenAIApi:
             log.info("client of %s went away; cancelling it", rid)
         scope.cancel()
 
-    def market_fields(self, status: "JobStatus",
-                      request: CompletionRequest | None = None) -> dict[str, Any]:
+    def market_fields(self, status: "JobStatus", request: CompletionRequest) -> dict[str, Any]:
         """The `neuroshard` extension field of an answer: what the market did, and whether the
         request's sampling settings reached the provider's backend (`sampling`: "none" when it
         set none, "sent" on job/2.2.0, "not_sent" to a provider without it)."""
@@ -517,7 +516,7 @@ class OpenAIApi:
             "burn_nano": settled.burned if status.state == "completed" else 0,
             "provider_earned_nano": settled.earned if status.state == "completed" else 0,
             "attempts": status.attempts, "reason": status.reason,
-            "sampling": ("none" if request is None or not request.sampling else
+            "sampling": ("none" if not request.sampling else
                          "sent" if self.node.jobs.sampling_sent(status.request_id)
                          else "not_sent"),
         }
