@@ -413,10 +413,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.transport == "sim":
         from simnet.sim import SimNetwork, default_workers
 
-        workers = (default_workers(args.peers, args.observers) if args.workers is None
-                   else args.workers)
+        cpu = scenario.network.cpu_modelled
+        workers = ((1 if cpu else default_workers(args.peers, args.observers))
+                   if args.workers is None else args.workers)
         if workers < 1:
             raise ScenarioError("--workers must be at least 1")
+        if cpu and (workers != 1 or args.flood != "exact"):
+            raise ScenarioError("network.cpu_per_copy_ms and cpu_per_message_ms run in one "
+                                "process with the exact flood model (--workers 1, --flood exact)")
         if args.flood == "paths" and (args.observers is None or args.observers >= args.peers):
             raise ScenarioError("--flood paths needs --observers K with K < --peers")
         rec = SimNetwork(scenario, args.peers, seed=args.seed, sample_s=args.sample,
@@ -485,6 +489,11 @@ def _print_summary(data: dict[str, Any], out: Path) -> None:
     print(f"all peers agree after an event: p50 {after['all_peers_p50']} s, p99 "
           f"{after['all_peers_p99']} s, max {after['all_peers_max']} s "
           f"({after['never_agreed']} of {after['events']} events never settled)")
+    for e in figs["events"]:
+        if e.get("gossiped"):
+            print(f"  {e['event']} at {e['t']} s: all agree after {e['agree_s']} s; its "
+                  f"{e['gossiped']} announcements held by every peer they reached after "
+                  f"{e['held_by_all_s']} s")
     lapses = agree.get("lapses")
     if lapses and lapses["rows"]:
         print(f"live capacity not counted: {lapses['lapsed_rows']} of {lapses['rows']} peer "

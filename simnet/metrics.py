@@ -106,6 +106,9 @@ class Recorder:
         # kill event index → [live peer × killed signer pairs, pairs that stop counting it
         # exactly at its last announcement + capacity_timeout] (sim)
         self.crash_timeouts: dict[int, list[int]] = {}
+        # Each honest gossip flood (sim, exact flood model): when it was published and when the
+        # last peer it reached held it (with network.cpu_per_copy_ms: its first copy processed).
+        self.flood_reach: list[tuple[float, float]] = []
         self.view_signers = 0
         self.view_announcements = 0
         self.network_s = 0.0
@@ -278,6 +281,12 @@ def _events(rec: Recorder) -> list[dict[str, Any]]:
                       for p in sorted(peers_seen)]
         before = modal[0]
         moved = next((rec.times[i] - record.t for i, m in zip(window, modal) if m != before), None)
+        # The announcements the event made (sim): published in its first second, and when the
+        # last of them reached the last peer.
+        reach = [(t0, t1) for t0, t1 in rec.flood_reach if record.t <= t0 < record.t + 1.0]
+        if reach:
+            entry.update(gossiped=len(reach),
+                         held_by_all_s=_round(max(t1 for _, t1 in reach) - record.t))
         entry.update(agree_s=_round(agree), _peer_agree_s=peer_agree,
                      per_peer_p50_s=_round(percentile(peer_agree, 0.5)),
                      per_peer_p99_s=_round(percentile(peer_agree, 0.99)),

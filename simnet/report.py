@@ -133,14 +133,17 @@ def run_markdown(data: dict[str, Any], rec: Recorder) -> str:
         "",
         "## Events",
         "",
-        "| at | event | all agree after | per peer p99 | price moved after | price before → after (NEURO/1M) |",
-        "|---|---|---|---|---|---|",
+        "| at | event | all agree after | per peer p99 | price moved after | price before → after (NEURO/1M) | its announcements: held by every peer after |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in figs["events"]:
         split = " (during the partition)" if e.get("during_partition") else ""
+        held = (f"{e['gossiped']}: {_fmt(e['held_by_all_s'], ' s')}" if e.get("gossiped")
+                else "—")
         lines.append(f"| {_fmt(e['t'], ' s')} | {e['event']}{split} | {_fmt(e['agree_s'], ' s')} | "
                      f"{_fmt(e.get('per_peer_p99_s'), ' s')} | {_fmt(e.get('moved_after_s'), ' s')} | "
-                     f"{_price(e.get('price_before_nano'))} → {_price(e.get('price_after_nano'))} |")
+                     f"{_price(e.get('price_before_nano'))} → {_price(e.get('price_after_nano'))} | "
+                     f"{held} |")
     lines += [
         "",
         "## Traffic",

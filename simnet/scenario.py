@@ -29,6 +29,8 @@ Layout (every table optional except `name`; see `simnet/scenarios/*.toml` for sh
     latency_sigma = 0.5       # ... and this shape
     loss = 0.01               # probability that one transmission is lost
     clock_skew_ms = 20.0      # standard deviation of the peers' clock offsets
+    cpu_per_copy_ms = 0.0     # CPU per gossip copy received, and in addition per message
+    cpu_per_message_ms = 0.0  # (its first copy); both 0: unlimited CPU (see NetworkModel)
 
     [[event]]
     at = 40                   # seconds of network time since the start
@@ -182,6 +184,14 @@ class NetworkModel:
     loss: float = 0.01
     clock_skew_ms: float = 20.0
     remesh_s: float = 1.0  # how long the mesh takes to repair (one gossipsub heartbeat)
+    #: CPU a peer spends on each gossip copy it receives (reading the RPC, decoding, the seen
+    #: check), and in addition on the first copy of each message (validation, its engine,
+    #: forwarding), in ms. Both 0 (the default): unlimited CPU, every hop takes HOP_DELAY_S.
+    #: Otherwise each peer is one server taking copies in the order they arrive: a copy waits
+    #: while the peer is busy, and a message is held and forwarded once its first copy is done
+    #: (the exact flood model in one process; docs/scaling.md, "Nineteenth pass").
+    cpu_per_copy_ms: float = 0.0
+    cpu_per_message_ms: float = 0.0
 
     def __post_init__(self) -> None:
         _need(2 <= self.degree <= 64, "network.degree must be in 2..64")
@@ -190,6 +200,14 @@ class NetworkModel:
         _need(0 <= self.loss < 1, "network.loss must be in [0, 1)")
         _need(0 <= self.clock_skew_ms <= 10_000, "network.clock_skew_ms must be in [0, 10000]")
         _need(0 <= self.remesh_s <= 60, "network.remesh_s must be in [0, 60]")
+        _need(0 <= self.cpu_per_copy_ms <= 10_000, "network.cpu_per_copy_ms must be in [0, 10000]")
+        _need(0 <= self.cpu_per_message_ms <= 10_000,
+              "network.cpu_per_message_ms must be in [0, 10000]")
+
+    @property
+    def cpu_modelled(self) -> bool:
+        """Whether peers' CPU is modelled (either cost above 0)."""
+        return self.cpu_per_copy_ms > 0 or self.cpu_per_message_ms > 0
 
 
 @dataclass(frozen=True)

@@ -410,6 +410,9 @@ class SimNetwork:
             raise ValueError(f"flood must be one of {', '.join(FLOOD_MODELS)}")
         if flood == "paths" and (observers is None or observers >= peers):
             raise ValueError("the paths flood model needs observers (fewer than the peers)")
+        if scenario.network.cpu_modelled and (flood != "exact" or workers != 1):
+            raise ValueError("network.cpu_per_copy_ms and cpu_per_message_ms need the exact "
+                             "flood model in one process (workers 1)")
         self.scenario = scenario
         self.market = scenario.market_config()
         self.settings = node_settings(scenario, self.market)
@@ -457,6 +460,20 @@ class SimNetwork:
         self._recent_floods: collections.deque[tuple[float, bytes, bytes, np.ndarray]] = \
             collections.deque()
         self._received = np.zeros(1024, dtype=np.int64)   # copies received, per peer
+        self._spread_last = 0.0   # the last `_spread`'s latest arrival after its start (s)
+        #: With network.cpu_per_copy_ms / cpu_per_message_ms: every honest flood travels copy by
+        #: copy through each peer's CPU (see `_cpu_arrive`). Copies in flight as (arrival, seq,
+        #: peer, flood, sender), floods in flight by number as [wire, author, origin, held
+        #: (bytearray per peer), copies in flight, published at, last held at], and when each
+        #: peer's CPU is next free.
+        self._cpu = self.net.cpu_modelled
+        self._cpu_copy_s = self.net.cpu_per_copy_ms / 1000.0
+        self._cpu_message_s = self.net.cpu_per_message_ms / 1000.0
+        self._cpu_copies: list[tuple[float, int, int, int, int]] = []
+        self._cpu_floods: dict[int, list[Any]] = {}
+        self._cpu_busy: dict[int, float] = {}
+        self._cpu_seq = 0
+        self._cpu_rng = random.Random(f"{seed}/cpu")
         # Peers whose engines receive gossip (None: all of them).
         self._observer_index: np.ndarray | None = None
         #: How an honest flood's arrivals are computed (see `_spread_paths`): "exact" relaxes
@@ -718,13 +735,84 @@ class SimNetwork:
                                     hashlib.sha256(wire).digest()))
         if self.flood == "paths":
             have = self._spread_paths(t, wire, self.peers[origin].peer_bytes, origin)
+        elif self._cpu:
+            have = self._cpu_publish(origin, t, wire)
         else:
             have = self._spread(t, wire, self.peers[origin].peer_bytes, np.array([origin]),
                                 None, 0.0)
+            self.recorder.flood_reach.append((t, t + self._spread_last))
         recent = self._recent_floods
         recent.append((t, wire, self.peers[origin].peer_bytes, have))
         while recent and recent[0][0] <= t - GOSSIP_WINDOW_S:
             recent.popleft()
+
+    def _cpu_publish(self, origin: int, t: float, wire: bytes) -> np.ndarray:
+        """An honest flood with the peers' CPU modelled: the origin sends to its mesh at t.
+        Returns who holds it, a live view (it fills as the copies are processed)."""
+        held = bytearray(len(self.peers))
+        held[origin] = 1
+        number = self._cpu_seq
+        self._cpu_seq += 1
+        flood = [wire, self.peers[origin].peer_bytes, origin, held, 0, t, t]
+        self._cpu_floods[number] = flood
+        self._cpu_forward(number, flood, origin, -1, t)
+        return np.frombuffer(held, dtype=bool)
+
+    def _cpu_forward(self, number: int, flood: list[Any], v: int, parent: int,
+                     t: float) -> None:
+        """Peer v sends flood `number` at t to every live mesh neighbour in its group but the
+        one it came from and its origin; each copy is lost with network.loss and otherwise
+        arrives one link latency later (no HOP_DELAY_S: the receiver's CPU is modelled)."""
+        peers, rng, loss = self.peers, self._cpu_rng, self.net.loss
+        group, origin = peers[v].group, flood[2]
+        mu, sigma = self._lat_mu, self.net.latency_sigma
+        for w in sorted(self.neighbours[v]):
+            if w == parent or w == origin or not peers[w].alive or peers[w].group != group:
+                continue
+            if loss > 0 and rng.random() < loss:
+                continue
+            self._counter += 1
+            heapq.heappush(self._cpu_copies, (t + math.exp(mu + sigma * rng.gauss(0.0, 1.0)),
+                                              self._counter, w, number, v))
+            flood[4] += 1
+
+    def _cpu_advance(self, until: float) -> None:
+        """Process every copy that arrives by `until`, in arrival order."""
+        copies = self._cpu_copies
+        while copies and copies[0][0] <= until:
+            at, _, v, number, sender = heapq.heappop(copies)
+            self._cpu_arrive(at, v, number, sender)
+
+    def _cpu_arrive(self, at: float, v: int, number: int, sender: int) -> None:
+        """A copy of flood `number` reaches peer v at `at`: v takes it once its CPU is free
+        (copies in the order they arrive), for cpu_per_copy_ms, plus cpu_per_message_ms if it
+        is the first. A first copy is handed to v's engine and forwarded when done; the others
+        are duplicates."""
+        flood = self._cpu_floods[number]
+        flood[4] -= 1
+        if self.peers[v].alive:
+            self._received[v] += 1
+            held = flood[3]
+            first = not held[v]
+            done = max(at, self._cpu_busy.get(v, 0.0)) + self._cpu_copy_s
+            if first:
+                done += self._cpu_message_s
+            self._cpu_busy[v] = done
+            if first:
+                held[v] = 1
+                flood[6] = max(flood[6], done)
+                obs = self._observer_index
+                if obs is not None and not self.peers[v].observed:
+                    self.recorder.second(at).delivered += 1
+                elif self._mine(v):
+                    self._counter += 1
+                    self._inbox[v].append((done, self._counter, flood[0], flood[1]))
+                self._cpu_forward(number, flood, v, sender, done)
+            else:
+                self.recorder.second(at).duplicates += 1
+        if flood[4] == 0:
+            del self._cpu_floods[number]
+            self.recorder.flood_reach.append((flood[5], flood[6]))
 
     def _regossip(self, t: float) -> None:
         """After the mesh changed: gossipsub's lazy gossip. At each heartbeat a peer offers the
@@ -781,6 +869,8 @@ class SimNetwork:
         if entry is None:
             copies[sources] = 0
         held = np.isfinite(arrival)
+        # When the last peer reached got it (the origin's own flood: when every peer held it).
+        self._spread_last = delay + (float(arrival[held].max()) if held.any() else 0.0)
         reached = held.copy()
         if entry is None:
             reached[sources] = False
@@ -1596,11 +1686,14 @@ class SimNetwork:
         next_progress = (time.perf_counter() if wall0 is None else wall0) + self.progress_every_s
         queue = self._queue
         peers = self.peers
+        cpu = self._cpu
         while queue:
             t, kind, counter, payload = heapq.heappop(queue)
             if t >= duration:
                 break
             self.t = t
+            if cpu:
+                self._cpu_advance(t)
             if kind == _DELIVER:
                 self._deliver(payload[0], payload[1], payload[2], t, counter)
             elif kind == _POLL:
@@ -1639,6 +1732,10 @@ class SimNetwork:
                 self._hostile_tick(peers[payload[0]], payload[1], payload[2], t)
             elif kind == _ATTACK:
                 self._attack_event(payload, t)
+        if cpu:
+            self._cpu_advance(duration)
+            # Floods with copies still in flight at the end: as far as they got.
+            self.recorder.flood_reach += [(f[5], f[6]) for f in self._cpu_floods.values()]
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
         tally = self._tally
