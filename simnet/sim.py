@@ -457,14 +457,15 @@ class SimNetwork:
         # in flight, so left out of the digests samples record (see `_sample`).
         self._in_flight: collections.deque[tuple[float, bytes, bytes]] = collections.deque()
         # Floods of the last GOSSIP_WINDOW_S: (t, wire, author, who has it) — see `_regossip`.
-        self._recent_floods: collections.deque[tuple[float, bytes, bytes, np.ndarray]] = \
+        self._recent_floods: collections.deque[tuple[float, bytes, bytes,
+                                                      np.ndarray | set[int]]] = \
             collections.deque()
         self._received = np.zeros(1024, dtype=np.int64)   # copies received, per peer
         self._spread_last = 0.0   # the last `_spread`'s latest arrival after its start (s)
         #: With network.cpu_per_copy_ms / cpu_per_message_ms: every honest flood travels copy by
         #: copy through each peer's CPU (see `_cpu_arrive`). Copies in flight as (arrival, seq,
         #: peer, flood, sender), floods in flight by number as [wire, author, origin, held
-        #: (bytearray per peer), copies in flight, published at, last held at], and when each
+        #: (the set of peers), copies in flight, published at, last held at], and when each
         #: peer's CPU is next free.
         self._cpu = self.net.cpu_modelled
         self._cpu_copy_s = self.net.cpu_per_copy_ms / 1000.0
@@ -733,6 +734,7 @@ class SimNetwork:
         if self.record_digests:
             self._in_flight.append((t, self.peers[origin].engine.signer,
                                     hashlib.sha256(wire).digest()))
+        have: np.ndarray | set[int]
         if self.flood == "paths":
             have = self._spread_paths(t, wire, self.peers[origin].peer_bytes, origin)
         elif self._cpu:
@@ -746,17 +748,17 @@ class SimNetwork:
         while recent and recent[0][0] <= t - GOSSIP_WINDOW_S:
             recent.popleft()
 
-    def _cpu_publish(self, origin: int, t: float, wire: bytes) -> np.ndarray:
+    def _cpu_publish(self, origin: int, t: float, wire: bytes) -> set[int]:
         """An honest flood with the peers' CPU modelled: the origin sends to its mesh at t.
-        Returns who holds it, a live view (it fills as the copies are processed)."""
-        held = bytearray(len(self.peers))
-        held[origin] = 1
+        Returns who holds it, the flood's own set (it fills as the copies are processed; peers
+        that join meanwhile can get it too)."""
+        held = {origin}
         number = self._cpu_seq
         self._cpu_seq += 1
         flood = [wire, self.peers[origin].peer_bytes, origin, held, 0, t, t]
         self._cpu_floods[number] = flood
         self._cpu_forward(number, flood, origin, -1, t)
-        return np.frombuffer(held, dtype=bool)
+        return held
 
     def _cpu_forward(self, number: int, flood: list[Any], v: int, parent: int,
                      t: float) -> None:
@@ -793,13 +795,13 @@ class SimNetwork:
         if self.peers[v].alive:
             self._received[v] += 1
             held = flood[3]
-            first = not held[v]
+            first = v not in held
             done = max(at, self._cpu_busy.get(v, 0.0)) + self._cpu_copy_s
             if first:
                 done += self._cpu_message_s
             self._cpu_busy[v] = done
             if first:
-                held[v] = 1
+                held.add(v)
                 flood[6] = max(flood[6], done)
                 obs = self._observer_index
                 if obs is not None and not self.peers[v].observed:
@@ -826,7 +828,10 @@ class SimNetwork:
             if t0 <= t - GOSSIP_WINDOW_S:
                 continue
             have = np.zeros(n, dtype=bool)
-            have[: len(have_then)] = have_then
+            if isinstance(have_then, set):   # a flood with the peers' CPU modelled, as it stands
+                have[list(have_then)] = True
+            else:
+                have[: len(have_then)] = have_then
             sources = np.flatnonzero(have)
             if len(sources) and not have.all():
                 self._spread(t, wire, author, sources, have, delay)

@@ -135,3 +135,16 @@ def test_the_cli_runs_the_model_in_one_process_and_refuses_more(tmp_path, capsys
                         "--out", str(tmp_path / "y"), "--no-plots", "--quiet"])
     assert code == 0
     assert (tmp_path / "y" / "report.json").exists()
+
+
+def test_peers_that_join_while_floods_are_in_flight_get_them_too() -> None:
+    """With copies at 100 ms and messages at 200 ms the start-up floods are still travelling
+    when `late-join` adds its peers: the joiners take copies of floods published before they
+    existed (an IndexError before a flood's holders became a set) and end up quoting the
+    network's price."""
+    scenario = load("late-join").scaled(30.0).with_overrides(
+        network={"cpu_per_copy_ms": 100.0, "cpu_per_message_ms": 200.0})
+    figs = figures(SimNetwork(scenario, 40, seed=3).run())
+    assert [row["joined"] for row in figs["late_join"]] == [8, 10]
+    assert all(row["agree_max_s"] is not None for row in figs["late_join"])
+    assert figs["traffic"]["delivered_total"] == 2474
