@@ -796,9 +796,8 @@ class SimNetwork:
             self._received[v] += 1
             held = flood[3]
             first = v not in held
-            done = max(at, self._cpu_busy.get(v, 0.0)) + self._cpu_copy_s
-            if first:
-                done += self._cpu_message_s
+            done = max(at, self._cpu_busy.get(v, 0.0)) + self._cpu_copy_s \
+                + (self._cpu_message_s if first else 0.0)
             self._cpu_busy[v] = done
             if first:
                 held.add(v)
