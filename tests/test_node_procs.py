@@ -430,6 +430,9 @@ def start_on_a_terminal(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[s
 
     def take_the_terminal() -> None:  # after setsid (start_new_session)
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        # A login's shell starts with SIGHUP at its default; the test runner's may be ignored
+        # (CI under nohup), which the node would inherit and rightly leave ignored.
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     try:
         node = subprocess.Popen(
