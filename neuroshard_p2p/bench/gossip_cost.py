@@ -15,6 +15,11 @@ machine disturbs it less). It forwards what it receives to its mesh, as a node d
 and 16 change what both ends send (fewer window updates, fewer RPCs), so the senders run with
 the receiver's workarounds. The sides alternate, twice each. Per RPC is the figure for evenly
 spread messages; per message is the one for bursts (entry 16 packs what waits into one RPC).
+
+`--duplicates` measures instead what a duplicate copy costs the receiver, with every workaround
+on: the senders meshed with each other (the receiver reads each message from its publisher and
+again from every other sender) or not (a star: read once), alternating, `--rounds` times. The
+receiver also counts the copies it reads (every message of every RPC).
 """
 
 from __future__ import annotations
@@ -92,6 +97,13 @@ async def _receiver(entries: list[str], seconds: float) -> None:
 
     _install(entries)
     frames = [0]
+    copies = [0]
+    topic_check = Pubsub._is_subscribed_to_msg
+
+    def counted_copy(self: Any, msg: Any) -> bool:  # once per message of every RPC read
+        copies[0] += 1
+        return topic_check(self, msg)
+    Pubsub._is_subscribed_to_msg = counted_copy  # type: ignore[method-assign]
     read = pubsub_module.read_varint_prefixed_bytes_limited
 
     async def counted(*args: Any, **kwargs: Any) -> bytes:
@@ -117,14 +129,16 @@ async def _receiver(entries: list[str], seconds: float) -> None:
                 nursery.start_soon(drain)
                 await trio.to_thread.run_sync(sys.stdin.readline)  # "go"
                 cpu0, frames0, got0 = time.process_time(), frames[0], delivered[0]
+                copies0 = copies[0]
                 await trio.sleep(seconds)
                 cpu = time.process_time() - cpu0
-                print("result", cpu, frames[0] - frames0, delivered[0] - got0, flush=True)
+                print("result", cpu, frames[0] - frames0, delivered[0] - got0,
+                      copies[0] - copies0, flush=True)
                 nursery.cancel_scope.cancel()
 
 
 async def _senders(addr: str, count: int, rate: float, seconds: float,
-                   entries: list[str], burst: int) -> None:
+                   entries: list[str], burst: int, meshed: bool = True) -> None:
     import multiaddr
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.pubsub.pubsub import Pubsub
@@ -160,7 +174,7 @@ async def _senders(addr: str, count: int, rate: float, seconds: float,
             nursery.start_soon(one, i)
         with trio.fail_after(30):
             await ready.wait()
-        for host, _, _ in pubsubs:  # a full mesh among the senders too
+        for host, _, _ in (pubsubs if meshed else ()):  # a full mesh among the senders too
             for other, _, _ in pubsubs:
                 if other is not host:
                     await host.connect(info_from_p2p_addr(other.get_addrs()[0]))
@@ -179,9 +193,13 @@ async def _senders(addr: str, count: int, rate: float, seconds: float,
         done.set()
 
 
-def _side(side: str, args: argparse.Namespace) -> tuple[float, int, int]:
+def _side(side: str, args: argparse.Namespace, meshed: bool = True,
+          ) -> tuple[float, int, int, int]:
+    """One side's receiver: (CPU s, RPCs read, messages delivered, message copies read).
+    `meshed`: the senders also connect to each other, so the receiver reads each message from
+    its publisher and again from the others (duplicates); else only from its publisher."""
     me = [sys.executable, "-m", "neuroshard_p2p.bench.gossip_cost"]
-    entries = [f"--entry={e}" for e in SIDES[side]]
+    entries = [f"--entry={e}" for e in SIDES[side]] + ([] if meshed else ["--star"])
     rx = subprocess.Popen(me + ["--role", "receiver", "--seconds", str(args.seconds)] + entries,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert rx.stdin is not None and rx.stdout is not None
@@ -198,11 +216,44 @@ def _side(side: str, args: argparse.Namespace) -> tuple[float, int, int]:
             p.stdin.write("go\n")
             p.stdin.flush()
         line = rx.stdout.readline().split()
-        return float(line[1]), int(line[2]), int(line[3])
+        return float(line[1]), int(line[2]), int(line[3]), int(line[4])
     finally:
         for p in (tx, rx):
             p.kill()
             p.wait()
+
+
+def _duplicates(args: argparse.Namespace) -> None:
+    """What a duplicate copy costs the receiver, with every workaround a node runs (the
+    "+early drop" side): the same messages at the same rate, read once each ("star": the senders
+    connect only to the receiver) or also from the other senders ("mesh"), alternating. The
+    difference in CPU per delivered message over the difference in copies read per delivered
+    message is the CPU per extra copy, and the star's CPU per message is a first copy's (with
+    its forwards to the other senders)."""
+    sides = {"mesh": True, "star": False}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, meshed in sides.items():
+            cpu, frames, delivered, copies = _side("+early drop", args, meshed=meshed)
+            per_message = cpu / max(delivered, 1)
+            per_copies = copies / max(delivered, 1)
+            figures[name].append((per_message, per_copies))
+            print(f"  {name:>4}: {cpu:.2f} s CPU, {frames} RPCs read, {copies} copies read, "
+                  f"{delivered} messages delivered: {per_message * 1e3:.3f} ms and "
+                  f"{per_copies:.2f} copies per message", flush=True)
+    med = {name: (statistics.median(m for m, _ in v), statistics.median(c for _, c in v))
+           for name, v in figures.items()}
+    (mesh_ms, mesh_copies), (star_ms, star_copies) = med["mesh"], med["star"]
+    extra = mesh_copies - star_copies
+    per_copy = (mesh_ms - star_ms) / extra if extra > 0 else float("nan")
+    pairs = [(m[0] - s[0]) / (m[1] - s[1]) * 1e3 for m, s in zip(figures["mesh"], figures["star"])
+             if m[1] > s[1]]
+    print(f"gossip_cost duplicates: receiver CPU per delivered message {star_ms * 1e3:.3f} ms "
+          f"with {star_copies:.2f} copies (star), {mesh_ms * 1e3:.3f} ms with {mesh_copies:.2f} "
+          f"(mesh); per extra copy {per_copy * 1e3:.3f} ms (medians of {args.rounds}; per round "
+          f"{', '.join(f'{x:.3f}' for x in pairs)} ms) ({args.senders} senders x {args.rate:g} "
+          f"messages/s{f' in bursts of {args.burst}' if args.burst > 1 else ''}, "
+          f"{args.seconds:g} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,8 +265,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", type=int, default=1,
                         help="messages each sender publishes at once, every burst/rate seconds "
                              "(default 1: evenly spread; a burst is what an event causes)")
+    parser.add_argument("--duplicates", action="store_true",
+                        help="measure instead what a duplicate copy costs: senders meshed with "
+                             "each other or not, alternating (the node's workarounds on)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --duplicates: rounds of the two sides (default 3)")
     parser.add_argument("--role", choices=("receiver", "senders"), help=argparse.SUPPRESS)
     parser.add_argument("--entry", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--star", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--addr", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "receiver":
@@ -223,13 +280,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.role == "senders":
         trio.run(_senders, args.addr, args.senders, args.rate, args.seconds, args.entry,
-                 args.burst)
+                 args.burst, not args.star)
+        return
+    if args.duplicates:
+        _duplicates(args)
         return
     per_rpc: dict[str, list[float]] = {side: [] for side in SIDES}
     per_message: dict[str, list[float]] = {side: [] for side in SIDES}
     for _ in range(2):
         for side in SIDES:
-            cpu, frames, delivered = _side(side, args)
+            cpu, frames, delivered, _copies = _side(side, args)
             per_rpc[side].append(cpu / max(frames, 1))
             per_message[side].append(cpu / max(delivered, 1))
             print(f"  {side:>13}: {cpu:.2f} s CPU, {frames} RPCs read, {delivered} messages "
