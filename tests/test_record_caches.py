@@ -53,13 +53,13 @@ def test_a_node_with_the_caches_gossips_with_py_libp2p_as_shipped() -> None:
 
 def test_the_duplicates_bench_reads_each_message_once_from_a_star_and_again_from_a_mesh() -> None:
     # `gossip_cost --duplicates` divides a CPU difference by a difference in copies read: the
-    # copies it counts must be what the two topologies make. Bursts of 5 from 2 senders: from a
-    # star each message is read once (give or take a burst at the window's edges); from a mesh
-    # also from the other sender, so about twice.
+    # copies it counts must be what the two topologies make. Bursts of 5 from 2 senders (~60
+    # messages in the 3 s window): from a star each message is read once, give or take one
+    # burst per sender at the window's edges; from a mesh also from the other sender, so twice.
     options = argparse.Namespace(seconds=3.0, senders=2, rate=10.0, burst=5)
     cpu, frames, delivered, copies = gossip_cost._side("+early drop", options, meshed=False)
-    assert delivered >= 50, delivered
-    assert abs(copies - delivered) <= 5 and frames < delivered and cpu > 0, (copies, delivered)
+    assert delivered >= 30, delivered
+    assert abs(copies - delivered) <= 10 and frames < delivered and cpu > 0, (copies, delivered)
     cpu, frames, delivered, copies = gossip_cost._side("+early drop", options, meshed=True)
-    assert delivered >= 50, delivered
-    assert copies >= 1.8 * delivered, (copies, delivered)
+    assert delivered >= 30, delivered
+    assert copies >= 1.7 * delivered, (copies, delivered)
