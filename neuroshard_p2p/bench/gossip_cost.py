@@ -199,14 +199,15 @@ def _side(side: str, args: argparse.Namespace, meshed: bool = True,
     `meshed`: the senders also connect to each other, so the receiver reads each message from
     its publisher and again from the others (duplicates); else only from its publisher."""
     me = [sys.executable, "-m", "neuroshard_p2p.bench.gossip_cost"]
-    entries = [f"--entry={e}" for e in SIDES[side]] + ([] if meshed else ["--star"])
+    entries = [f"--entry={e}" for e in SIDES[side]]
     rx = subprocess.Popen(me + ["--role", "receiver", "--seconds", str(args.seconds)] + entries,
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert rx.stdin is not None and rx.stdout is not None
     addr = rx.stdout.readline().split()[1]
     tx = subprocess.Popen(me + ["--role", "senders", "--addr", addr, "--senders",
                                 str(args.senders), "--rate", str(args.rate), "--seconds",
-                                str(args.seconds + 1), "--burst", str(args.burst)] + entries,
+                                str(args.seconds + 1), "--burst", str(args.burst)] + entries
+                          + ([] if meshed else ["--star"]),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert tx.stdin is not None and tx.stdout is not None
     try:
