@@ -11,8 +11,8 @@ import pytest
 
 from neuroshard_p2p.bench import SECTIONS, main
 
-NAMES = ["core", "wire", "view", "ledger", "jobs", "node", "api", "gossip_cost", "openai", "sync_abuse",
-         "members", "members_engine", "grind", "soak", "clock"]
+NAMES = ["core", "wire", "view", "ledger", "jobs", "node", "api", "gossip_cost", "stream_cost",
+         "openai", "sync_abuse", "members", "members_engine", "grind", "soak", "clock"]
 
 
 def test_list_names_every_section_with_its_module() -> None:

@@ -25,6 +25,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "api": ("neuroshard_p2p.bench.api", "HTTP API latency against a real node"),
     "gossip_cost": ("neuroshard_p2p.bench.gossip_cost",
                     "a receiving host's CPU per gossip RPC, py-libp2p as shipped vs record caches"),
+    "stream_cost": ("neuroshard_p2p.bench.stream_cost",
+                    "a receiving host's CPU per frame and per announcement on one stream"),
     "openai": ("neuroshard_p2p.bench.openai",
                "streamed /v1 completions via the market vs direct: TTFT, tokens/s, 100 at once"),
     "sync_abuse": ("neuroshard_p2p.bench.sync_abuse",
