@@ -1,7 +1,8 @@
 """A correlated burst at 1,000 and 10,000 peers: gossip against a bundled relay, in one model.
 
-    PYTHONPATH=. python -m simnet.burst_model                 # the figures of docs/scaling.md
-    PYTHONPATH=. python -m simnet.burst_model --peers 1000 --batch-ms 100 --seed 2
+    python -m simnet.burst_model            # the figures of docs/scaling.md, twenty-first pass
+    python -m simnet.burst_model --measure  # the relay's costs measured first (bench stream_cost)
+    python -m simnet.burst_model --peers 100 --share 0.02   # 100 nodes on 2 cores
 
 When B peers change at once (`shock`'s "supply halves": every provider, half the peers), every
 peer must take all B signed changes. The protocol gossips each one (market-v2 §1.3), and a
