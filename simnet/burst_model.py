@@ -50,6 +50,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -254,7 +255,7 @@ _STREAM_LINE = re.compile(
     r"held one; sender ([\d.]+) ms per frame \+ ([\d.]+) us per announcement")
 
 
-def measure_relay_costs(rounds: int = 2) -> tuple[RelayCosts, dict[str, object]]:
+def measure_relay_costs(rounds: int = 2) -> tuple[RelayCosts, dict[str, Any]]:
     """Run `python -m neuroshard_p2p.bench stream_cost` (its own processes) with the machine's
     speed sampled meanwhile, and bring its figures to the speed the costs are fitted at."""
     sampler = SpeedSampler().start()
