@@ -309,7 +309,10 @@ def main(argv: list[str]) -> int:
         print(f"measured: {seen['bench']}; calibration op {seen['mean_us']} us (mean of "
               f"{seen['samples']}, {seen['range_us'][0]}-{seen['range_us'][1]})")
     elif args.relay_costs:
-        fi, item, dup, fo, io = (float(x) for x in args.relay_costs.split(","))
+        try:
+            fi, item, dup, fo, io = (float(x) for x in args.relay_costs.split(","))
+        except ValueError:
+            ap.error("--relay-costs takes five numbers: IN_MS,ITEM_US,DUP_US,OUT_MS,ITEM_OUT_US")
         relay = RelayCosts(fi / 1e3, fo / 1e3, item / 1e6, dup / 1e6, io / 1e6)
     gossip = GossipCosts()
     if args.share != 1.0:
@@ -337,7 +340,7 @@ def main(argv: list[str]) -> int:
                 adj_s = mesh(1_000, args.degree, small)
                 org_s = sorted(small.sample(range(1_000), 500))
                 g = gossip_burst(adj_s, org_s, gossip.scaled(n / 1_000), args.seed)
-                label = f"gossip (1,000 peers at x{n // 1_000} costs)"
+                label = f"gossip (1,000 peers at x{n / 1_000:g} costs)"
             print(f"  {label:<34} {g.summary()}")
         for batch in batches:
             started = time.perf_counter()
