@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import trio
+
+from neuroshard_p2p.bench.pair import receiver_and_sender
 
 TOPIC = "/neuroshard-bench/gossip-cost"
 
@@ -198,30 +199,17 @@ def _side(side: str, args: argparse.Namespace, meshed: bool = True,
     """One side's receiver: (CPU s, RPCs read, messages delivered, message copies read).
     `meshed`: the senders also connect to each other, so the receiver reads each message from
     its publisher and again from the others (duplicates); else only from its publisher."""
-    me = [sys.executable, "-m", "neuroshard_p2p.bench.gossip_cost"]
     entries = [f"--entry={e}" for e in SIDES[side]]
-    rx = subprocess.Popen(me + ["--role", "receiver", "--seconds", str(args.seconds)] + entries,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert rx.stdin is not None and rx.stdout is not None
-    addr = rx.stdout.readline().split()[1]
-    tx = subprocess.Popen(me + ["--role", "senders", "--addr", addr, "--senders",
-                                str(args.senders), "--rate", str(args.rate), "--seconds",
-                                str(args.seconds + 1), "--burst", str(args.burst)] + entries
-                          + ([] if meshed else ["--star"]),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert tx.stdin is not None and tx.stdout is not None
-    try:
-        assert tx.stdout.readline().startswith("ready")
-        for p in (rx, tx):
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+    with receiver_and_sender(
+            "neuroshard_p2p.bench.gossip_cost",
+            ["--role", "receiver", "--seconds", str(args.seconds)] + entries,
+            lambda addr: ["--role", "senders", "--addr", addr, "--senders", str(args.senders),
+                          "--rate", str(args.rate), "--seconds", str(args.seconds + 1),
+                          "--burst", str(args.burst)] + entries
+            + ([] if meshed else ["--star"])) as (rx, _):
+        assert rx.stdout is not None
         line = rx.stdout.readline().split()
         return float(line[1]), int(line[2]), int(line[3]), int(line[4])
-    finally:
-        for p in (tx, rx):
-            p.kill()
-            p.wait()
 
 
 def _duplicates(args: argparse.Namespace) -> None:

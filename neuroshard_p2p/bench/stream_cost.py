@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 import trio
+
+from neuroshard_p2p.bench.pair import receiver_and_sender
 
 PROTOCOL = "/neuroshard-bench/stream-cost/1"
 NOW_S = 1_800_000_000.0
@@ -169,23 +170,13 @@ def _side(bundle: int, args: argparse.Namespace, held: bool = False,
           ) -> tuple[float, int, int, float, int]:
     """One side: (receiver CPU s, frames read, announcements taken, sender CPU s, frames
     written). `held`: the sender sends what the receiver's view already holds (duplicates)."""
-    me = [sys.executable, "-m", "neuroshard_p2p.bench.stream_cost"]
-    rx = subprocess.Popen(me + ["--role", "receiver", "--rate", str(args.rate), "--seconds",
-                                str(args.seconds)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert rx.stdin is not None and rx.stdout is not None
-    addr = rx.stdout.readline().split()[1]
-    tx = subprocess.Popen(me + ["--role", "sender", "--addr", addr, "--rate", str(args.rate),
-                                "--seconds", str(args.seconds + 1), "--bundle", str(bundle)]
-                          + (["--held"] if held else []),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert tx.stdin is not None and tx.stdout is not None
-    try:
-        assert tx.stdout.readline().startswith("ready")
-        for p in (rx, tx):
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+    with receiver_and_sender(
+            "neuroshard_p2p.bench.stream_cost",
+            ["--role", "receiver", "--rate", str(args.rate), "--seconds", str(args.seconds)],
+            lambda addr: ["--role", "sender", "--addr", addr, "--rate", str(args.rate),
+                          "--seconds", str(args.seconds + 1), "--bundle", str(bundle)]
+            + (["--held"] if held else [])) as (rx, tx):
+        assert rx.stdout is not None and tx.stdout is not None
         line = rx.stdout.readline().split()
         accepted, ignored, refused = int(line[3]), int(line[4]), int(line[5])
         if refused or (ignored if not held else accepted):
@@ -193,10 +184,6 @@ def _side(bundle: int, args: argparse.Namespace, held: bool = False,
                                f"refused {refused}")
         sent = tx.stdout.readline().split()
         return float(line[1]), int(line[2]), accepted + ignored, float(sent[1]), int(sent[2])
-    finally:
-        for p in (tx, rx):
-            p.kill()
-            p.wait()
 
 
 def fit(one: float, many: float, k: int) -> tuple[float, float]:
