@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from neuroshard_p2p.bench.pair import receiver_and_sender
+from neuroshard_p2p.bench.pair import bench_host, receiver_and_sender
 
 TOPIC = "/neuroshard-bench/gossip-cost"
 
@@ -49,15 +49,7 @@ _muxer = "yamux"
 
 
 def _host(index: int) -> Any:
-    import multiaddr
-    from libp2p import new_host
-    from libp2p.crypto.secp256k1 import create_new_key_pair
-
-    from neuroshard_p2p.node.libp2p_compat import muxer_options
-
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    return new_host(key_pair=create_new_key_pair((950_000 + index).to_bytes(32, "big")),
-                    muxer_opt=muxer_options(_muxer), listen_addrs=listen), listen
+    return bench_host(950_000 + index, _muxer)
 
 
 #: The sides: which of libp2p_compat's pubsub workarounds each runs ("mplex": over mplex).

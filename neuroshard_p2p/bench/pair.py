@@ -1,13 +1,28 @@
 """Two processes of one bench module, a receiver and a sender, started and released together
 (`gossip_cost`, `stream_cost`): the receiver prints "ready ADDR", the sender is started with
-ADDR and prints "ready"; then both are told "go" on stdin, and both are killed on the way out."""
+ADDR and prints "ready"; then both are told "go" on stdin, and both are killed on the way out.
+And the hosts they run: py-libp2p on 127.0.0.1 with a fixed key."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
+
+
+def bench_host(seed: int, muxer: str = "yamux") -> tuple[Any, list[Any]]:
+    """(host, listen addresses): a py-libp2p host on 127.0.0.1 at an OS-chosen port, its
+    secp256k1 key derived from `seed`, the muxer preferred as a node prefers it."""
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+
+    from neuroshard_p2p.node.libp2p_compat import muxer_options
+
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    return new_host(key_pair=create_new_key_pair(seed.to_bytes(32, "big")),
+                    muxer_opt=muxer_options(muxer), listen_addrs=listen), listen
 
 
 @contextmanager

@@ -15,8 +15,8 @@ already holds (what a relay's duplicates cost). From the medians,
     CPU per announcement = frame / k + item   (k announcements per frame)
 
 gives a frame's cost and an announcement's, for the receiver and the sender. CPU time scales
-with the machine's speed: simnet/burst_model.py takes these figures with the simulator's
-calibration op timed around the run (`neuroshard-simnet calibrate`, or simnet/calibrate.py).
+with the machine's speed: `python -m simnet.burst_model --measure` runs this bench with the
+simulator's calibration op sampled meanwhile, and brings the figures to one speed.
 """
 
 from __future__ import annotations
@@ -30,40 +30,20 @@ from typing import Any
 
 import trio
 
-from neuroshard_p2p.bench.pair import receiver_and_sender
+from neuroshard_p2p.bench.pair import bench_host, receiver_and_sender
 
 PROTOCOL = "/neuroshard-bench/stream-cost/1"
 NOW_S = 1_800_000_000.0
 
 
 def _install() -> None:
-    from neuroshard_p2p.node.libp2p_compat import (
-        install_early_duplicate_drop,
-        install_record_caches,
-        install_rpc_coalescing,
-        install_send_when_idle,
-        install_task_index,
-        install_window_hysteresis,
-    )
+    from neuroshard_p2p.node.libp2p_compat import install_node_workarounds
 
-    install_record_caches()
-    install_window_hysteresis()
-    install_rpc_coalescing()
-    install_send_when_idle()
-    install_task_index()
-    install_early_duplicate_drop()
+    install_node_workarounds()
 
 
 def _host(index: int) -> Any:
-    import multiaddr
-    from libp2p import new_host
-    from libp2p.crypto.secp256k1 import create_new_key_pair
-
-    from neuroshard_p2p.node.libp2p_compat import muxer_options
-
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    return new_host(key_pair=create_new_key_pair((960_000 + index).to_bytes(32, "big")),
-                    muxer_opt=muxer_options("yamux"), listen_addrs=listen), listen
+    return bench_host(960_000 + index, "yamux")
 
 
 async def _receiver(rate: float, seconds: float) -> None:

@@ -109,13 +109,7 @@ from neuroshard_p2p.node.libp2p_compat import (
     close_connections,
     disconnect,
     expand_wildcards,
-    install_early_duplicate_drop,
-    install_punch_reset_on_close,
-    install_record_caches,
-    install_rpc_coalescing,
-    install_send_when_idle,
-    install_task_index,
-    install_window_hysteresis,
+    install_node_workarounds,
     make_gossipsub,
     muxer_options,
     senders_idle,
@@ -313,13 +307,7 @@ class Node:
         self.host = new_host(key_pair=self._key_pair, muxer_opt=muxer_options(s.muxer),
                              listen_addrs=self._listen, connection_config=connections,
                              addrs_factory=expand_wildcards)
-        install_record_caches()
-        install_window_hysteresis()
-        install_rpc_coalescing()
-        install_send_when_idle(s.send_linger_s)
-        install_task_index()
-        install_early_duplicate_drop()
-        install_punch_reset_on_close()
+        install_node_workarounds(s.send_linger_s)
         self.gossipsub = make_gossipsub(s)
         self.pubsub = Pubsub(self.host, self.gossipsub, strict_signing=True)
         # py-libp2p binds its listeners with SO_REUSEPORT: a port another node listens on would

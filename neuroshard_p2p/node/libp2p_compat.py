@@ -509,6 +509,19 @@ def install_punch_reset_on_close() -> None:
     _punch_reset_installed = True
 
 
+def install_node_workarounds(send_linger_s: float = SEND_LINGER_S) -> None:
+    """Every process-wide workaround a node installs before its host starts (entries 14-20 of
+    docs/py-libp2p-defects.md): what `Node` runs, and what a bench that says it measures a
+    node's stack calls."""
+    install_record_caches()
+    install_window_hysteresis()
+    install_rpc_coalescing()
+    install_send_when_idle(send_linger_s)
+    install_task_index()
+    install_early_duplicate_drop()
+    install_punch_reset_on_close()
+
+
 def muxer_options(preferred: str) -> TMuxerOptions:
     """Both muxers, the configured one first (docs/readme-node.md: Yamux is what other libp2p
     stacks speak, and with entries 14-18 it also costs py-libp2p less CPU than Mplex)."""
@@ -724,7 +737,7 @@ def _only(error: BaseException, original: BaseException) -> bool:
     return False
 
 
-__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "DuplexMplex", "PubsubRepair", "install_record_caches", "install_window_hysteresis", "install_rpc_coalescing", "make_gossipsub", "score_params", "VerdictScorer",
+__all__ = ["TEARDOWN_BOUND_S", "muxer_options", "install_node_workarounds", "DuplexMplex", "PubsubRepair", "install_record_caches", "install_window_hysteresis", "install_rpc_coalescing", "make_gossipsub", "score_params", "VerdictScorer",
            "blacklist", "disconnect", "GOSSIP_THRESHOLD", "PUBLISH_THRESHOLD", "GRAYLIST_THRESHOLD",
            "stop_auto_connector",
            "allow_redial", "bind_problem", "expand_wildcards", "senders_idle",
