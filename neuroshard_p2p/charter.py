@@ -33,8 +33,13 @@ PARAM_KEYS: tuple[str, ...] = (
     "burn_rate", "capacity_timeout_s", "curve", "dynamic_pricing", "fixed_price",
     "identity_work_bits", "max_node_tokens_per_s", "max_price", "max_signer_pending_requests",
     "max_signer_pending_tokens", "max_step", "max_tokens_per_minute", "min_price",
-    "settle_delay_s", "smoothing", "steepness", "target_response_s", "tick_s", "window_ticks",
+    "settle_delay_s", "smoothing", "steepness", "target_response_s", "tick_s", "transport",
+    "window_ticks",
 )
+#: `[params]` keys a charter may leave out, with the value their absence means. Such a key is
+#: hashed only when it differs from that value, so charters written before it keep their ids
+#: (revision 2.1: relay, market-v2 §4.1).
+OPTIONAL_PARAMS: Mapping[str, Any] = {"transport": "gossip"}
 #: `[market]` keys a node may set for itself: they shape its own queue and ledger only.
 LOCAL_KEYS: tuple[str, ...] = ("claim_timeout_s", "request_expiry_s", "retention_s")
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -110,8 +115,18 @@ class Charter:
 
     @property
     def params(self) -> dict[str, Any]:
-        """The hashed `[params]` values, by key."""
-        return {key: param_value(self.market, key) for key in PARAM_KEYS}
+        """The hashed `[params]` values, by key (an optional key only when it is not its
+        default)."""
+        params = {key: param_value(self.market, key) for key in PARAM_KEYS}
+        for key, absent in OPTIONAL_PARAMS.items():
+            if params[key] == absent:
+                del params[key]
+        return params
+
+    @property
+    def relay(self) -> bool:
+        """Announcements travel by relay streams, not on the topic (market-v2 §8.5)."""
+        return self.market.transport == "relay"
 
     @property
     def canonical_bytes(self) -> bytes:
@@ -232,7 +247,7 @@ class Charter:
         params = data.get("params")
         if not isinstance(params, Mapping):  # C8a
             raise fail("[params] table is missing", "missing", "params")
-        missing = sorted(k for k in PARAM_KEYS if k not in params)
+        missing = sorted(k for k in PARAM_KEYS if k not in params and k not in OPTIONAL_PARAMS)
         if missing:
             raise fail(f"[params] misses {missing[0]} (a charter states every value)",
                        "missing", missing[0])
@@ -244,7 +259,8 @@ class Charter:
         for key in sorted(PARAM_KEYS):  # C8c
             default = 0.0 if key == "max_step" else getattr(defaults, key)
             try:
-                value = coerce_setting("params", key, params[key], default)
+                value = coerce_setting("params", key, params.get(key, OPTIONAL_PARAMS.get(key)),
+                                       default)
             except ConfigError as exc:
                 raise fail(str(exc), "wrong_type", key) from None
             values[key] = None if key == "max_step" and value == 0.0 else value
@@ -337,6 +353,7 @@ _ALLOWED: dict[str, tuple[Any, str]] = {
     "target_response_s": (lambda x: x > 0, "target_response_s must be > 0"),
     "tick_s": (lambda x: x >= 0.001 and _whole_ms(x),
                "tick_s must be >= 0.001 and a whole number of ms"),
+    "transport": (lambda x: x in ("gossip", "relay"), "transport must be \"gossip\" or \"relay\""),
 }
 
 
@@ -422,5 +439,5 @@ def charter_for(market: MarketConfig, name: str = "simnet", model: str = DEFAULT
     return Charter(name=name, model=model, market=market, **kwargs)
 
 
-__all__ = ["Charter", "CharterError", "param_value", "PARAM_KEYS", "LOCAL_KEYS", "POLICIES", "FORMAT",
+__all__ = ["Charter", "CharterError", "param_value", "PARAM_KEYS", "OPTIONAL_PARAMS", "LOCAL_KEYS", "POLICIES", "FORMAT",
            "builtin", "BUILTIN", "ID_COMMENT", "stated_network_id", "charter_for", "DEFAULT_MODEL", "TESTNET_WORK_BITS"]

@@ -18,6 +18,8 @@ from neuroshard_p2p.timeline import whole_ms
 #: bids (core.pricing.clearing_price_nano); it lives in the same charter key so that the canonical
 #: bytes of every existing charter stay what they were.
 CURVES = ("seed", "normalized", "clearing")
+#: How announcements travel between neighbours (protocol v2 §4.1, revision 2.1: relay).
+TRANSPORTS = ("gossip", "relay")
 DEFAULT_WINDOW_TICKS = 32   # 0.7^32 ≈ 1e-5: the EMA has forgotten where the window started
 MAX_WINDOW_TICKS = 4096
 #: More bits of identity work than anyone could grind is a configuration error.
@@ -60,6 +62,9 @@ class MarketConfig:
     # The work ramp (v2 §7.1): a signer whose key carries fewer than this many bits of work counts
     # with weight 2^(bits - F). 0 = off (every signer weighs 1).
     identity_work_bits: int = 0
+    # "gossip": announcements travel on the gossipsub topic; "relay" (revision 2.1): in bundles on
+    # relay/2.1.0 streams to the topic's mesh peers (protocol v2 §8.5). The engine is the same.
+    transport: str = "gossip"
     # True when window_ticks was derived (given as 0); `replace` then derives it again.
     window_auto: bool = field(default=False, init=False, repr=False, compare=False)
 
@@ -79,6 +84,8 @@ class MarketConfig:
         need(self.target_response_s > 0, "target_response_s must be > 0")
         need(self.curve in CURVES, f"curve must be one of {CURVES}, got {self.curve!r}")
         need(0 <= self.smoothing < 1, "smoothing must be in [0, 1)")
+        need(self.transport in TRANSPORTS,
+             f"transport must be one of {TRANSPORTS}, got {self.transport!r}")
         if self.curve == "clearing":
             # The clearing rule compares supply × T with demand × 1000 in integers.
             try:

@@ -184,7 +184,8 @@ async def test_every_read_endpoint_of_a_fresh_node(tmp_path: Path) -> None:
         assert (await api.get("/api/peers")).json() == {
             "count": 0, "peers": [], "others": [], "bans": 0, "graylisted": 0,
             "faults": {"gossip_reject": 0, "sync_item": 0, "sync_frame": 0,
-                       "sync_over_budget": 0, "job_frame": 0}}
+                       "sync_over_budget": 0, "job_frame": 0, "relay_item": 0,
+                       "relay_frame": 0, "relay_over_budget": 0}}
         offers = (await api.get("/api/market/offers")).json()
         assert (offers["count"], offers["offers"], offers["supply_tokens_per_sec"]) == (0, [], 0)
 
@@ -629,7 +630,9 @@ async def test_metrics_say_what_the_api_says(tmp_path: Path) -> None:
         assert samples["neuroshard_requests"] == {(("state", "pending"),): 1.0}
         assert {dict(k)["kind"]: v for k, v in samples["neuroshard_peer_faults_total"].items()} \
             == info["guard"]["faults"] == {"gossip_reject": 0, "sync_item": 0, "sync_frame": 0,
-                                           "sync_over_budget": 0, "job_frame": 0}
+                                           "sync_over_budget": 0, "job_frame": 0,
+                                           "relay_item": 0, "relay_frame": 0,
+                                           "relay_over_budget": 0}
         assert value("neuroshard_peer_bans_total") == info["guard"]["bans"] == 0
         assert value("neuroshard_peers_graylisted") == info["guard"]["graylisted"] == 0
         ledger = (await a.get("/api/ledger")).json()

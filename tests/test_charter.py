@@ -5,7 +5,7 @@ import hashlib
 import msgpack
 import pytest
 
-from neuroshard_p2p.charter import PARAM_KEYS, Charter, CharterError, builtin
+from neuroshard_p2p.charter import OPTIONAL_PARAMS, PARAM_KEYS, Charter, CharterError, builtin
 
 
 def test_testnet_round_trips_through_toml_with_the_same_hash():
@@ -21,11 +21,33 @@ def test_canonical_bytes_are_the_documented_array_with_float64_and_bools():
     decoded = msgpack.unpackb(charter.canonical_bytes, raw=False)
     assert decoded[0] == "neuroshard/charter/2"
     assert decoded[1:4] == ["simnet", "neuroshard/synthetic-1", ["open", []]]
-    assert [k for k, _ in decoded[4]] == sorted(PARAM_KEYS)
+    # every key but an optional one at its default (transport = "gossip" is not hashed)
+    assert [k for k, _ in decoded[4]] == sorted(set(PARAM_KEYS) - set(OPTIONAL_PARAMS))
     params = dict(decoded[4])
     assert params["max_step"] == 0.0 and params["dynamic_pricing"] is True
     # smoothing 0.7 is written as the 9-byte float64, never as float32
     assert bytes.fromhex("a9736d6f6f7468696e67cb3fe6666666666666") in charter.canonical_bytes
+
+
+def test_transport_relay_is_hashed_and_gossip_is_the_charter_without_it():
+    """Revision 2.1 (market-v2 §4.1): every charter written before keeps its id."""
+    base = builtin("testnet")
+    assert base.network_id == "testnet-3094f19bc2e8b045" and not base.relay
+    relay = base.with_params(transport="relay")
+    assert relay.relay and relay.network_id != base.network_id
+    pairs = msgpack.unpackb(relay.canonical_bytes, raw=False)[4]
+    keys = [k for k, _ in pairs]
+    assert keys == sorted(PARAM_KEYS) and ["transport", "relay"] in pairs
+    assert keys.index("transport") == keys.index("tick_s") + 1
+    text = base.to_toml()
+    cut = text.rindex("[params]\n") + len("[params]\n")
+    stated = Charter.from_toml(text[:cut] + 'transport = "gossip"\n' + text[cut:])
+    assert stated.hash == base.hash
+    assert Charter.from_toml(relay.to_toml()) == relay
+    for value, reason in (('"pigeon"', "bad_value"), ("1", "wrong_type")):
+        with pytest.raises(CharterError) as refused:
+            Charter.from_toml(text[:cut] + f"transport = {value}\n" + text[cut:])
+        assert (refused.value.reason, refused.value.key) == (reason, "transport")
 
 
 def test_every_param_names_another_network_but_bootstrap_and_description_do_not():

@@ -17,6 +17,10 @@ from neuroshard_p2p.node.guard import (
     GuardPolicy,
     PeerGuard,
     TokenBuckets,
+    RELAY_FRAME,
+    RELAY_ITEM,
+    RELAY_OVER_BUDGET,
+    RelayBudget,
     is_peer_fault,
 )
 
@@ -24,7 +28,8 @@ from neuroshard_p2p.node.guard import (
 def test_weights_and_the_threshold_are_the_documented_ones() -> None:
     p = GuardPolicy()
     assert dict(p.weights) == {GOSSIP_REJECT: 1.0, SYNC_ITEM: 10.0, SYNC_FRAME: 10.0,
-                               SYNC_OVER_BUDGET: 5.0, JOB_FRAME: 10.0}
+                               SYNC_OVER_BUDGET: 5.0, JOB_FRAME: 10.0, RELAY_ITEM: 10.0,
+                               RELAY_FRAME: 10.0, RELAY_OVER_BUDGET: 5.0}
     assert (p.half_life_s, p.graylist_threshold, p.ban_s, p.max_ban_s) == (60.0, -19.5, 300.0,
                                                                            86_400.0)
     assert (p.sync_burst, p.sync_refill_s) == (3.0, 10.0)
@@ -42,7 +47,7 @@ def test_faults_subtract_their_weight_and_decay_with_a_60_s_half_life() -> None:
     assert guard.score("p", 160.0) == -13.0
     assert guard.score("q", 160.0) == 0.0  # a peer never seen
     assert guard.faults == {GOSSIP_REJECT: 1, SYNC_OVER_BUDGET: 1, SYNC_ITEM: 1, SYNC_FRAME: 0,
-                            JOB_FRAME: 0}
+                            JOB_FRAME: 0, RELAY_ITEM: 0, RELAY_FRAME: 0, RELAY_OVER_BUDGET: 0}
     assert set(guard.faults) == set(FAULT_KINDS)
 
 
@@ -194,3 +199,23 @@ def test_a_bad_policy_is_refused() -> None:
         GuardPolicy(half_life_s=0.0)
     with pytest.raises(ValueError):
         GuardPolicy(weights={GOSSIP_REJECT: 0.0})
+
+
+def test_the_relay_budget_takes_a_frame_and_its_items_only_when_both_buckets_hold_them() -> None:
+    """market-v2 §8.5 rule 2: frames 32, 20 a second; items 16,384, 4,096 a second."""
+    budget = RelayBudget()
+    assert all(budget.take(1, 10.0) for _ in range(32))
+    assert not budget.take(1, 10.0)              # the 33rd frame at once
+    assert not budget.take(1, 10.04)             # 0.8 of a frame refilled
+    assert budget.take(1, 10.05)                 # one whole frame
+    fresh = RelayBudget()
+    assert fresh.take(16_384, 0.0) and not fresh.take(1, 0.0)
+    assert not fresh.take(4_097, 1.0)            # a refused frame takes nothing ...
+    assert fresh.take(4_096, 1.0)                # ... so exactly one second's refill is there
+    back = RelayBudget()
+    assert back.take(16_384, 100.0)
+    assert not back.take(1, 50.0)                # the clock set back: no refill, and ...
+    assert back.take(4_096, 51.0)                # ... it refills from the new time
+    guard = PeerGuard()
+    assert guard.take_relay("p", 16_384, 0.0) and not guard.take_relay("p", 1, 0.0)
+    assert guard.take_relay("q", 1, 0.0)         # per peer

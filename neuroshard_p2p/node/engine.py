@@ -143,6 +143,29 @@ class SyncCounts:
     unchecked: int = 0
 
 
+#: Rejects that depend on when and where an item arrives (the receiver's clock, the order copies of
+#: a signer's messages came in): a relay passed the item on in good faith, so on a relay stream
+#: they are skipped, not faults (protocol v2 §8.5; node/guard.py's ARRIVAL_DEPENDENT).
+RELAY_SKIPPED = frozenset({"future", "rate_limited"})
+
+
+@dataclass(frozen=True)
+class RelayCounts:
+    """What one relay frame brought (protocol v2 §8.5): each checked item's outcome in order
+    (`accepted` or the reason), the accepted items' wire bytes to pass on (`forward`), and
+    `fault`, the reason of the rejected item the receiver stopped at (None when it checked them
+    all; `unchecked` items of the frame were left). The driver resets the stream and charges the
+    peer when `fault` is set."""
+
+    outcomes: tuple[str, ...]
+    forward: tuple[bytes, ...]
+    accepted: int
+    ignored: int
+    skipped: int
+    fault: str | None = None
+    unchecked: int = 0
+
+
 @dataclass(frozen=True)
 class OwnOffer:
     """The capacity this node itself offers: tokens per second (0 = none) at no less than a
@@ -243,6 +266,9 @@ class PeerEngine:
         self.sync_counts: Counter[tuple[str, str]] = Counter()
         #: Sync frames refused (malformed, wrong kind, oversize): reason → count.
         self.sync_frame_errors: Counter[str] = Counter()
+        #: Relay items by (outcome, reason), and relay frames refused by reason (§8.5).
+        self.relay_counts: Counter[tuple[str, str]] = Counter()
+        self.relay_frame_errors: Counter[str] = Counter()
         self._offer = OwnOffer(0, 0)
         self.set_offer(tokens_per_second, min_price_nano)
         self._requests: dict[str, LocalRequest] = {}
@@ -699,6 +725,52 @@ class PeerEngine:
                                   fault=verdict.reason, unchecked=len(items) - index - 1)
         return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 0)
 
+    def on_relay_frame(self, data: bytes, now: float) -> RelayCounts:
+        """One relay frame, rules 1 and 3 of protocol v2 §8.5 (the driver applies the budget,
+        rule 2, between `decode_relay_frame` and `on_relay_items`). Raises WireError for a frame
+        that is not a valid SyncResponse."""
+        return self.on_relay_items(self.decode_relay_frame(data), now)
+
+    def decode_relay_frame(self, data: bytes) -> tuple[bytes, ...]:
+        """The items of a relay frame (§8.5 rule 1: F1–F8 of §8.2, kind 17 only). Raises
+        WireError for any other frame: the driver resets the stream and charges the peer."""
+        try:
+            frame = decode_sync(data)
+            if not isinstance(frame, SyncResponse):
+                raise WireError("kind", REJECT, "a relay stream carries only sync responses")
+        except WireError as error:
+            self.relay_frame_errors[error.reason] += 1
+            raise
+        return frame.announcements
+
+    def on_relay_items(self, items: Sequence[bytes], now: float) -> RelayCounts:
+        """Check and merge a relay frame's items in order (§8.5 rule 3): live gossip's rules
+        without V4 (the relaying peer is not the author; the signature is). Accepted items are
+        returned to be passed on; ignored ones and the arrival-dependent rejects
+        (`RELAY_SKIPPED`) are skipped; at any other reject it stops, and the result's `fault`
+        names it (the driver resets the stream and charges the peer). Never raises."""
+        outcomes: list[str] = []
+        forward: list[bytes] = []
+        ignored = skipped = 0
+        for index, item in enumerate(items):
+            try:
+                verdict = self._accept(item, now, None, self.relay_counts)
+            except Exception as exc:  # noqa: BLE001 - a peer's bytes must never crash the node
+                verdict = Verdict(REJECTED, "internal_error", None, f"{type(exc).__name__}: {exc}")
+                self.relay_counts[(REJECTED, "internal_error")] += 1
+            outcome, reason = verdict[0], verdict[1]
+            outcomes.append(reason)
+            if outcome == ACCEPTED:
+                forward.append(item)
+            elif outcome == IGNORED:
+                ignored += 1
+            elif reason in RELAY_SKIPPED:
+                skipped += 1
+            else:
+                return RelayCounts(tuple(outcomes), tuple(forward), len(forward), ignored,
+                                   skipped, fault=reason, unchecked=len(items) - index - 1)
+        return RelayCounts(tuple(outcomes), tuple(forward), len(forward), ignored, skipped)
+
     def _accept_synced(self, data: bytes, now: float) -> Verdict:
         # History rules (protocol §8: no V4, V7's history form, no V8): a retained announcement
         # older than one we hold, or several of one signer in a batch, is what sync is for, not a
@@ -744,7 +816,8 @@ class PeerEngine:
 
 
 __all__ = [
-    "PeerEngine", "Verdict", "SyncCounts", "OwnOffer", "LocalRequest", "OwnState",
+    "PeerEngine", "Verdict", "SyncCounts", "RelayCounts", "RELAY_SKIPPED", "OwnOffer",
+    "LocalRequest", "OwnState",
     "MarketSnapshot",
     "ACCEPTED", "REJECTED", "IGNORED", "OUTCOMES", "HISTORY",
 ]

@@ -14,6 +14,9 @@ Faults (protocol v2 §14.1; the weights are this node's local policy, not the pr
     sync_frame          10     sent a sync frame that is not a valid frame of its side (F1–F8, kind)
     sync_over_budget     5     asked for a sync beyond its budget (3 at once, one per 10 s)
     job_frame           10     sent a job-stream frame that does not decode (or is not the kind due)
+    relay_item          10     relayed an item we rejected for its bytes (we stopped there; §8.5)
+    relay_frame         10     sent a relay frame that is not a valid SyncResponse (F1–F8, kind)
+    relay_over_budget    5     sent a relay frame beyond its budget (`RelayBudget`)
 
 Score: 0 for a peer with no faults; each fault subtracts its weight; the score decays back
 towards 0 with a half-life of 60 s (`score(t) = score(t0) · 2^-(t - t0)/60`). At or below the
@@ -57,11 +60,16 @@ SYNC_ITEM = "sync_item"
 SYNC_FRAME = "sync_frame"
 SYNC_OVER_BUDGET = "sync_over_budget"
 JOB_FRAME = "job_frame"
-FAULT_KINDS = (GOSSIP_REJECT, SYNC_ITEM, SYNC_FRAME, SYNC_OVER_BUDGET, JOB_FRAME)
+RELAY_ITEM = "relay_item"
+RELAY_FRAME = "relay_frame"
+RELAY_OVER_BUDGET = "relay_over_budget"
+FAULT_KINDS = (GOSSIP_REJECT, SYNC_ITEM, SYNC_FRAME, SYNC_OVER_BUDGET, JOB_FRAME, RELAY_ITEM,
+               RELAY_FRAME, RELAY_OVER_BUDGET)
 
 #: What each fault subtracts from the peer's score (see the module docstring).
 FAULT_WEIGHTS: Mapping[str, float] = {
     GOSSIP_REJECT: 1.0, SYNC_ITEM: 10.0, SYNC_FRAME: 10.0, SYNC_OVER_BUDGET: 5.0, JOB_FRAME: 10.0,
+    RELAY_ITEM: 10.0, RELAY_FRAME: 10.0, RELAY_OVER_BUDGET: 5.0,
 }
 
 #: Reject reasons that depend on the receiver's clock or on arrival order, not on the message's
@@ -173,6 +181,35 @@ class TokenBuckets:
         self._buckets.pop(key, None)
 
 
+class RelayBudget:
+    """The relay receiver's budget for one remote peer (protocol v2 §8.5): a bucket of frames
+    (capacity 32, 20 a second) and one of items (16,384, 4,096 a second), created full at the
+    first frame and refilled continuously by V8's rule (a clock set back restarts the refill from
+    the new time). A frame takes one frame token and its item count at once, only when both
+    buckets hold enough; a refused frame takes nothing (`take` says whether to read it)."""
+
+    __slots__ = ("frame_burst", "frame_rate", "item_burst", "item_rate", "frames", "items", "at")
+
+    def __init__(self, frame_burst: float = 32.0, frame_rate: float = 20.0,
+                 item_burst: float = 16_384.0, item_rate: float = 4_096.0) -> None:
+        self.frame_burst, self.frame_rate = frame_burst, frame_rate
+        self.item_burst, self.item_rate = item_burst, item_rate
+        self.frames, self.items = frame_burst, item_burst
+        self.at: float | None = None
+
+    def take(self, items: int, now: float) -> bool:
+        if self.at is not None and now > self.at:
+            elapsed = now - self.at
+            self.frames = min(self.frame_burst, self.frames + elapsed * self.frame_rate)
+            self.items = min(self.item_burst, self.items + elapsed * self.item_rate)
+        self.at = now
+        if self.frames < 1.0 or self.items < items:
+            return False
+        self.frames -= 1.0
+        self.items -= items
+        return True
+
+
 #: An honest dialer's own pace per remote peer (burst, refill_s): strictly inside the listener
 #: budget (3, 10 s) whatever the jitter between the two clocks (see the module docstring).
 SYNC_PACE = (2.0, 12.0)
@@ -192,6 +229,7 @@ class PeerGuard:
         self.bans = 0
         self.sync_budget = TokenBuckets(self.policy.sync_burst, self.policy.sync_refill_s,
                                         self.policy.max_peers_tracked)
+        self._relay_budgets: OrderedDict[Hashable, RelayBudget] = OrderedDict()
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -284,6 +322,18 @@ class PeerGuard:
         caller charges a `sync_over_budget` fault when not."""
         return self.sync_budget.take(peer, now)
 
+    def take_relay(self, peer: Hashable, items: int, now: float) -> bool:
+        """Whether `peer`'s relay frame of `items` items may be read at `now` (§8.5; takes its
+        tokens if so). The caller resets the stream and charges `relay_over_budget` when not."""
+        budget = self._relay_budgets.get(peer)
+        if budget is None:
+            budget = self._relay_budgets[peer] = RelayBudget()
+            while len(self._relay_budgets) > self.policy.max_peers_tracked:
+                self._relay_budgets.popitem(last=False)
+        else:
+            self._relay_budgets.move_to_end(peer)
+        return budget.take(items, now)
+
     # -- internals -----------------------------------------------------------------------------
 
     def _decayed(self, record: _Record, now: float) -> float:
@@ -317,4 +367,5 @@ class PeerGuard:
 
 __all__ = ["PeerGuard", "GuardPolicy", "Ban", "PeerStanding", "TokenBuckets", "SYNC_PACE",
            "FAULT_WEIGHTS", "FAULT_KINDS", "GOSSIP_REJECT", "SYNC_ITEM", "SYNC_FRAME",
-           "SYNC_OVER_BUDGET", "JOB_FRAME", "ARRIVAL_DEPENDENT", "is_peer_fault"]
+           "SYNC_OVER_BUDGET", "JOB_FRAME", "RELAY_ITEM", "RELAY_FRAME", "RELAY_OVER_BUDGET",
+           "RelayBudget", "ARRIVAL_DEPENDENT", "is_peer_fault"]

@@ -76,6 +76,7 @@ from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.backends import InferenceBackend
 from neuroshard_p2p.node.clockwatch import BEHIND, DIFFERS, UNKNOWN, ClockReading, ClockWatch
 from neuroshard_p2p.node.counters import NodeCounters
+from neuroshard_p2p.node.relay import Relay, relay_protocol
 from neuroshard_p2p.node.datadir import load_private_key, member_credential
 from neuroshard_p2p.node.engine import (
     LocalRequest,
@@ -218,6 +219,15 @@ class Node:
         self.reach = Reach(settings, now=self.now)
         self.topic = settings.topic
         self._sync_protocol = sync_protocol(settings.network)
+        #: The relay (networks with transport = "relay", protocol v2 §8.5): what the node would
+        #: publish goes to its mesh peers in bundles on streams instead; None on gossip networks.
+        self.relay: Relay | None = None
+        if settings.charter.relay:
+            self.relay = Relay(
+                engine=self.engine, guard=self.guard, counters=self.counters,
+                protocol=relay_protocol(settings.network), batch_s=settings.relay_batch_s,
+                now=self.now, mesh=self._mesh_peers, fault=self.fault, refuses=self.refuses,
+                on_accepted=self._relay_accepted)
         self._recon_protocol = recon_protocol(settings.network)
         self._listen = [parse_listen_addr(a) for a in settings.listen]
         self._key_pair = create_new_key_pair(self.private_key.secret)
@@ -332,6 +342,8 @@ class Node:
         await stack.enter_async_context(background_trio_service(self.gossipsub))
         await self.pubsub.wait_until_ready()
         self.host.set_stream_handler(self._sync_protocol, self._serve_sync)
+        if self.relay is not None:
+            self.host.set_stream_handler(self.relay.protocol, self.relay.serve)
         if self._reconciles:
             self.host.set_stream_handler(self._recon_protocol, self._serve_sync)
         self.peering.attach(self.host)
@@ -353,6 +365,8 @@ class Node:
         nursery.start_soon(self._clock_loop)
         nursery.start_soon(self._pubsub_repair_loop)
         await nursery.start(self.jobs.run, self.host)
+        if self.relay is not None:
+            await nursery.start(self.relay.run, self.host)
         nursery.start_soon(self._check_backend)
         self.peering.start(nursery)
         self.reach.start(nursery)
@@ -377,6 +391,9 @@ class Node:
         data = self.engine.withdraw(self.now())
         if data is not None:
             await self._publish(data)
+        if self.relay is not None:
+            await self.relay.flush(self.settings.shutdown_grace_s)
+            return
         # Until every peer's sender has written it: closing the connections while a write is
         # under way loses the withdrawal (a loaded machine took longer than a fixed pause), and
         # peers would count this node until its timeout.
@@ -701,6 +718,10 @@ class Node:
 
     async def _publish(self, data: bytes) -> None:
         assert self.pubsub is not None
+        if self.relay is not None:  # a relay network publishes nothing on the topic (§8.5)
+            self.relay.publish(data)
+            self.counters.published += 1
+            return
         try:
             await self.pubsub.publish(self.topic, data)
             self.counters.published += 1
@@ -709,6 +730,15 @@ class Node:
             # next keep-alive gossips it again.
             self.counters.publish_errors += 1
             log.warning("publish failed (%s); peers will get it by sync", failure_reason(exc))
+
+    def _mesh_peers(self) -> list[ID]:
+        """Our gossip mesh for the topic: the relay's graph (§8.5)."""
+        return list(self.gossipsub.mesh.get(self.topic, ())) if self.gossipsub is not None else []
+
+    def _relay_accepted(self) -> None:
+        """A relay frame brought announcements we accepted: for the sync lull, that is gossip
+        (a session in the middle of a relayed burst competes with it for the CPU)."""
+        self._last_gossip = self.now()
 
     async def _announce_loop(self) -> None:
         if self.settings.bootstrap_peers:

@@ -138,6 +138,11 @@ class NodeSettings:
     #: the same wait; docs/scaling.md, "Fourteenth pass"); 0: answers at once. Never more than a
     #: quarter of stream_timeout_s, so that the dialer's whole session still fits in its timeout.
     sync_serve_wait_s: float = 2.0
+    #: On a relay network (charter transport = "relay", protocol v2 §8.5): the least time between
+    #: two batches of relayed announcements (the first after a quiet spell leaves at once). Each
+    #: hop of a burst waits up to this long; shorter sends more frames, which cost ~0.8 ms each to
+    #: read (docs/scaling.md, "Twenty-first pass"). Unused on gossip networks.
+    relay_batch_s: float = 0.1
     #: How long a clean shutdown waits for the withdrawal to leave before closing connections.
     shutdown_grace_s: float = 1.0
     #: On a clean stop, how long the jobs under way (served or sent) get to end and settle.
@@ -222,6 +227,9 @@ class NodeSettings:
         need(self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         need(self.shutdown_drain_s >= 0, "shutdown_drain_s must be >= 0")
         need(0 <= self.send_linger_s <= 1, "send_linger_s must be in [0, 1] seconds")
+        need(0.05 <= self.relay_batch_s <= 1.0,
+             "relay_batch_s must be in [0.05, 1] seconds (market-v2.md §8.5: a sender batches "
+             "at most every 50 ms, and a receiver's budget allows 20 frames a second)")
         need(0 <= self.sync_gossip_quiet_s <= 10, "sync_gossip_quiet_s must be in [0, 10] seconds")
         need(0 <= self.sync_serve_wait_s <= 2.5,
              "sync_serve_wait_s must be in [0, 2.5] seconds (market-v2.md §8.4, Timing)")

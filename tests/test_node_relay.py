@@ -1,0 +1,167 @@
+"""Real nodes on a relay network (protocol v2 §8.5, revision 2.1: relay): announcements travel in
+bundles on relay/2.1.0 streams to the gossip mesh, nothing on the topic; a hostile relaying peer
+is stopped at its first forged item and at its budget, and charged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from neuroshard_p2p.node.engine import PeerEngine
+from neuroshard_p2p.node.guard import RELAY_ITEM, RELAY_OVER_BUDGET
+from neuroshard_p2p.node.host import Node
+from neuroshard_p2p.node.relay import RelayOutbox, encode_frames, relay_protocol
+from neuroshard_p2p.wire.frames import encode_sync
+from neuroshard_p2p.wire.framing import length_prefixed
+from neuroshard_p2p.wire.messages import SyncResponse
+from tests.conftest import make_key
+from tests.node_harness import TEST_MARKET, simnet_charter, start_node, test_settings
+from tests.waiting import eventually
+
+RELAY = simnet_charter(TEST_MARKET.replace(transport="relay"))
+
+
+def relay_settings(path: Path, **changes: object) -> object:
+    return test_settings(path, charter=RELAY, **changes)
+
+
+def supply(node: Node) -> int:
+    return node.stats().supply_tokens_per_sec
+
+
+def test_a_relay_charter_is_another_network_and_its_nodes_relay() -> None:
+    assert RELAY.relay and not simnet_charter().relay
+    assert RELAY.network_id != simnet_charter().network_id
+    assert relay_protocol(RELAY.network_id) == f"/neuroshard/{RELAY.network_id}/relay/2.1.0"
+
+
+def test_the_outbox_spaces_batches_and_sends_no_peer_back_what_it_sent() -> None:
+    box = RelayOutbox(0.1)
+    assert box.due() == float("-inf")  # a lone first change leaves at once
+    box.add(b"own")
+    box.add(b"from-a", "a")
+    box.add(b"from-b", "b")
+    items = box.take(5.0)
+    assert len(box) == 0 and box.due() == pytest.approx(5.1)
+    assert RelayOutbox.share(items, "a") == [b"own", b"from-b"]
+    assert RelayOutbox.share(items, "c") == [b"own", b"from-a", b"from-b"]
+    assert box.take(5.05) == [] and box.due() == pytest.approx(5.1)  # nothing sent, no new wait
+    data, frames = encode_frames([b"\x92" + bytes(10)] * 5000)
+    assert frames == 2  # 4,096 items per frame at most (§8.2)
+
+
+async def test_a_change_crosses_a_chain_of_relays_and_nothing_travels_on_the_topic(
+        tmp_path: Path) -> None:
+    """a – b – c in a line (one connection each, no periodic sync): c's offer reaches a only by
+    b passing on what it accepted from c's relay stream."""
+    quiet = dict(target_peers=1, sync_interval_s=300.0)
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, relay_settings(tmp_path / "a", **quiet), make_key(1))
+        b = await start_node(nursery, relay_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
+                                                     **quiet), make_key(2))
+        c = await start_node(nursery, relay_settings(tmp_path / "c", bootstrap=(b.node.addrs[0],),
+                                                     **quiet), make_key(3))
+        nodes = [a.node, b.node, c.node]
+        await eventually(lambda: (a.node.peer_count, b.node.peer_count, c.node.peer_count)
+                         == (1, 2, 1) and all(n._mesh_peers() for n in nodes), 15,
+                         "a line a – b – c, every node meshed",
+                         show=lambda: [(n.peer_count, len(n._mesh_peers())) for n in nodes])
+        before = a.node.engine.relay_counts[("accepted", "accepted")]
+        c.node.set_offer(700, 10**7)
+        await eventually(lambda: supply(a.node) == 700, 10, "a counts c's 700 tokens/s",
+                         show=lambda: [supply(n) for n in nodes])
+        assert a.node.engine.relay_counts[("accepted", "accepted")] > before
+        assert b.node.counters.relay_items_sent > 0 and a.node.counters.relay_items_received > 0
+        for node in nodes:  # nobody published on the topic, so nobody validated gossip
+            assert sum(node.engine.gossip_counts.values()) == 0, node.engine.gossip_counts
+            assert node.guard.faults.total() == 0
+        # A clean stop's withdrawal is relayed too: both others stop counting c at once.
+        await c.stop()
+        await eventually(lambda: supply(a.node) == 0 and supply(b.node) == 0, 5,
+                         "a and b stop counting c, two hops and one hop away")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_of_a_gossip_network_speaks_no_relay(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        gossip = await start_node(nursery, test_settings(tmp_path / "g"), make_key(1))
+        other = await start_node(nursery, test_settings(tmp_path / "h",
+                                                        bootstrap=(gossip.node.addrs[0],)),
+                                 make_key(2))
+        await eventually(lambda: other.node.peer_count == 1, 10, "connected")
+        assert gossip.node.relay is None
+        protocol = relay_protocol(gossip.node.settings.network)
+        with pytest.raises(Exception):
+            await other.node.host.new_stream(gossip.node.host.get_id(), [protocol])
+        nursery.cancel_scope.cancel()
+
+
+async def _hostile_stream(attacker: Node, victim: Node) -> object:
+    return await attacker.host.new_stream(victim.host.get_id(),
+                                          [relay_protocol(victim.settings.network)])
+
+
+async def test_a_hostile_relay_is_stopped_at_its_first_forged_item_and_charged(
+        tmp_path: Path) -> None:
+    """The attacker relays a valid announcement of a third key (accepted: V4 does not apply), a
+    forged one, then another valid one: the victim takes the first, stops at the forgery, never
+    checks the third, resets the stream and charges one relay_item fault."""
+    async with trio.open_nursery() as nursery:
+        victim = await start_node(nursery, relay_settings(tmp_path / "v"), make_key(1))
+        attacker = await start_node(nursery, relay_settings(
+            tmp_path / "x", bootstrap=(victim.node.addrs[0],)), make_key(2))
+        await eventually(lambda: victim.node.peer_count == 1, 10, "connected")
+        now = victim.node.now()
+        third, fourth = (PeerEngine(TEST_MARKET, make_key(k), tokens_per_second=100,
+                                    announce_interval_s=2.0)
+                         for k in (30, 31))
+        (good,) = third.poll_announcements(now)
+        (later,) = fourth.poll_announcements(now)
+        forged = good[:-5] + bytes(b ^ 0xFF for b in good[-5:])  # the signature's last bytes
+        stream = await _hostile_stream(attacker.node, victim.node)
+        await stream.write(length_prefixed(encode_sync(SyncResponse((good, forged, later)))))
+        await eventually(lambda: victim.node.guard.faults[RELAY_ITEM] == 1, 5,
+                         "the victim charged the attacker one relay_item fault")
+        engine = victim.node.engine
+        assert engine.view.current(third.signer).tokens_per_second == 100
+        assert engine.view.current(fourth.signer) is None  # never checked
+        assert victim.node.counters.relay_stopped == 1
+        assert victim.node.guard.score(attacker.node.host.get_id(), victim.node.now()) < -9
+        with pytest.raises(Exception):  # the victim reset the stream
+            for _ in range(50):
+                await stream.write(length_prefixed(encode_sync(SyncResponse((later,)))))
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_flood_is_cut_at_the_item_budget(tmp_path: Path) -> None:
+    """Five frames of 4,096 copies of an announcement the victim holds: four are read (16,384
+    items, the bucket's capacity; each copy is a duplicate, dropped before its signature), the
+    fifth finds too few tokens — the refill is 4,096 a second and the four took well under one —
+    so the stream is reset and the attacker charged relay_over_budget."""
+    async with trio.open_nursery() as nursery:
+        victim = await start_node(nursery, relay_settings(tmp_path / "v"), make_key(1))
+        attacker = await start_node(nursery, relay_settings(
+            tmp_path / "x", bootstrap=(victim.node.addrs[0],)), make_key(2))
+        await eventually(lambda: victim.node.peer_count == 1, 10, "connected")
+        third = PeerEngine(TEST_MARKET, make_key(30), tokens_per_second=100, announce_interval_s=2.0)
+        (held,) = third.poll_announcements(victim.node.now())
+        assert victim.node.engine.on_gossip(held, victim.node.now()).accepted
+        frame = length_prefixed(encode_sync(SyncResponse((held,) * 4096)))
+        stream = await _hostile_stream(attacker.node, victim.node)
+        started = trio.current_time()
+        try:
+            await stream.write(frame * 5)
+        except Exception:  # the reset may come while the fifth is still being written
+            pass
+        await eventually(lambda: victim.node.guard.faults[RELAY_OVER_BUDGET] == 1, 10,
+                         "the victim charged the attacker relay_over_budget")
+        elapsed = trio.current_time() - started
+        counters = victim.node.counters
+        assert (counters.relay_frames_received, counters.relay_items_received) == (4, 16_384)
+        assert victim.node.engine.relay_counts[("ignored", "duplicate")] == 16_384
+        assert elapsed < 1.0, "the refill could have let the fifth frame in"
+        print(f"flood: 4 frames, 16,384 duplicate items read in {elapsed:.3f} s, then reset")
+        nursery.cancel_scope.cancel()
