@@ -29,6 +29,11 @@ share no topic and no protocol: they never exchange a market message.
 - `/neuroshard/<network id>/peers/1.1.0` and `/peers/1.0.0` — peer exchange (`node/peering.py`).
 - `/neuroshard/<network id>/job/2.0.0` — a job from a gateway to the provider it matched, and the
   provider's signed receipt (`node/job_service.py`, protocol §9).
+- `/neuroshard/<network id>/relay/2.1.0` — only on a network whose charter says
+  `transport = "relay"` (protocol §8.5, `node/relay.py`): what the node would publish on the
+  topic, and what it accepts from a peer's relay stream, goes to its gossip mesh peers in bundles,
+  at most one batch per `relay_batch_s`; nothing is published on the topic, whose mesh is the
+  relay's graph.
 
 Gossip validation runs in a synchronous topic validator that calls the engine and never raises
 (an exception in a synchronous validator would stop py-libp2p's pubsub service). The node keeps
@@ -39,7 +44,9 @@ in `node/libp2p_compat.py`.
 Accountability (protocol v2 §14.1): every fault a remote peer commits goes to the node's
 `PeerGuard` (`node/guard.py`): a gossip message the validator rejects (charged to the peer that
 forwarded it, and to gossipsub's P4 counter), a sync answer the dialer stopped at a rejected item
-or a broken frame, a sync request over the listener's budget, a broken job-stream frame. When a
+or a broken frame, a sync request over the listener's budget, a broken job-stream frame, and on
+relay networks a relay frame that is broken, over the peer's budget or carries an item rejected for
+its bytes (gossipsub's scores never see those streams). When a
 peer's score reaches the guard's threshold the node bans it: pubsub blacklists it (nothing it
 sends or relays is validated or forwarded any more), its connections are closed, and until the
 ban ends its new connections are closed as they arrive and its streams reset. `/api/peers` and
