@@ -137,8 +137,11 @@ PARAM_TYPES: dict[str, type] = {
     "max_price": float, "max_signer_pending_requests": int, "max_signer_pending_tokens": int,
     "max_step": float, "max_tokens_per_minute": int, "min_price": float, "settle_delay_s": float,
     "smoothing": float, "steepness": float, "target_response_s": float, "tick_s": float,
-    "window_ticks": int,
+    "transport": str, "window_ticks": int,
 }
+#: §4.1 (revision 2.1: relay): the one key a charter may leave out, and what its absence means. It
+#: is hashed only when it differs from that value, so every earlier charter keeps its bytes.
+OPTIONAL_PARAMS: dict[str, Any] = {"transport": "gossip"}
 TESTNET_PARAMS: dict[str, Any] = {
     "burn_rate": 0.05, "capacity_timeout_s": 60.0, "curve": "seed", "dynamic_pricing": True,
     "fixed_price": 0.1, "identity_work_bits": 24, "max_node_tokens_per_s": 50_000,
@@ -165,7 +168,8 @@ class Charter:
 
     @property
     def canonical(self) -> bytes:
-        params = [[k, self.params[k]] for k in sorted(self.params)]
+        params = [[k, v] for k, v in sorted(self.params.items())
+                  if not (k in OPTIONAL_PARAMS and v == OPTIONAL_PARAMS[k])]
         return pack([CHARTER_TAG, self.name, self.model, [self.policy, self.authorities], params])
 
     @property
@@ -225,7 +229,16 @@ GUILD = Charter("guild", {**TESTNET_PARAMS, "identity_work_bits": 8}, policy="me
                             "(the vectors' members network).",
                 bootstrap=["/dns4/boot.guild.example/tcp/4001/p2p/"
                            + peer_id(pub(AUTHORITY_A))])
-CHARTERS = {"testnet": TESTNET, "simnet": SIMNET, "guild": GUILD}
+#: Revision 2.1: relay (§4.1, §8.5): simnet's and guild's values with `transport = "relay"`, each a
+#: network of its own; the vectors' relay networks (relay.json), not built in.
+RELAYNET = Charter("relaynet", {**SIMNET.params, "transport": "relay"},
+                   description="simnet's values, announcements carried by relay streams.")
+GUILD_RELAY = Charter("guild-relay", {**GUILD.params, "transport": "relay"}, policy="members",
+                      authorities=[pub(AUTHORITY_A), pub(AUTHORITY_B)],
+                      description="guild's members and values, announcements carried by relay "
+                                  "streams.")
+CHARTERS = {"testnet": TESTNET, "simnet": SIMNET, "guild": GUILD, "relaynet": RELAYNET,
+            "guild-relay": GUILD_RELAY}
 
 
 class CharterRefused(Exception):
@@ -311,13 +324,15 @@ def g_charter_from_toml(text: str) -> Charter:
     if not isinstance(params, dict):
         raise CharterRefused("missing", "params")
     for k in sorted(PARAM_TYPES):
-        if k not in params:
+        if k not in params and k not in OPTIONAL_PARAMS:
             raise CharterRefused("missing", k)
     for k in sorted(params):
         if k not in PARAM_TYPES:
             raise CharterRefused("unknown_key", k)
     values: dict[str, Any] = {}
     for k in sorted(PARAM_TYPES):
+        if k not in params:       # an optional key left out (C8a let it through)
+            continue
         v, t = params[k], PARAM_TYPES[k]
         if t is float and type(v) is int:
             v = float(v)          # a float written as a TOML integer: `tick_s = 1` is 1.0
@@ -345,12 +360,18 @@ def g_charter_from_toml(text: str) -> Charter:
         "steepness": lambda x: x > 0,
         "target_response_s": lambda x: x > 0,
         "tick_s": lambda x: x >= 0.001 and g_whole_ms(x),
+        "transport": lambda x: x in ("gossip", "relay"),
         "window_ticks": lambda x: 1 <= x <= 4096 and x >= g_min_window_ticks(p),
     }
     for k in sorted(ranges):
+        if k not in p:
+            continue
         v = p[k]
         if (isinstance(v, float) and not math.isfinite(v)) or not ranges[k](v):
             raise CharterRefused("bad_value", k)
+    for k, absent in OPTIONAL_PARAMS.items():
+        if p.get(k) == absent:   # written as its default: the same network as leaving it out
+            del p[k]
     return Charter(name, values, model=model, policy=policy, authorities=keys,
                    description=data.get("description", ""), bootstrap=boot)
 
@@ -366,8 +387,9 @@ def g_check_node_market(charter: Charter, market: dict[str, Any]) -> dict[str, A
         v = market[k]
         if PARAM_TYPES[k] is float and type(v) is int:
             v = float(v)
-        if type(v) is not PARAM_TYPES[k] or v != charter.params[k]:
-            return {"refuse": "charter_value", "key": k, "charter_value": charter.params[k],
+        stated = charter.params.get(k, OPTIONAL_PARAMS.get(k))
+        if type(v) is not PARAM_TYPES[k] or v != stated:
+            return {"refuse": "charter_value", "key": k, "charter_value": stated,
                     "configured": market[k]}
     return {"accept": True}
 
@@ -376,7 +398,12 @@ def charter_documents() -> dict[str, Any]:
     valid = []
     for c, note in ((TESTNET, "the public test network: open, 24 bits of identity work"),
                     (SIMNET, "the simulator's and tests' network: open, no work ramp"),
-                    (GUILD, "a members network with two authorities and 8 bits of work")):
+                    (GUILD, "a members network with two authorities and 8 bits of work"),
+                    (RELAYNET, "revision 2.1: relay: simnet's values and transport = \"relay\" "
+                               "(the pair [\"transport\", \"relay\"] between tick_s and "
+                               "window_ticks): another network, which has a relay stream"),
+                    (GUILD_RELAY, "revision 2.1: relay: guild's members and values and "
+                                  "transport = \"relay\"")):
         text = c.toml()
         again = g_charter_from_toml(text)
         assert again.canonical == c.canonical, c.name
@@ -388,7 +415,10 @@ def charter_documents() -> dict[str, Any]:
             "streams": {"sync": f"/neuroshard/{c.network_id}/sync/2.0.0",
                         "job": f"/neuroshard/{c.network_id}/job/2.0.0",
                         "peers": f"/neuroshard/{c.network_id}/peers/1.1.0",
-                        "peers_legacy": f"/neuroshard/{c.network_id}/peers/1.0.0"},
+                        "peers_legacy": f"/neuroshard/{c.network_id}/peers/1.0.0",
+                        # §4.4: only a relay network speaks relay/2.1.0
+                        **({"relay": f"/neuroshard/{c.network_id}/relay/2.1.0"}
+                           if c.params.get("transport") == "relay" else {})},
         })
     base = TESTNET.toml()
 
@@ -414,6 +444,13 @@ def charter_documents() -> dict[str, Any]:
         ("no-admission-table", "simnet",
          "no [admission] table: policy open, no authorities",
          edit('[admission]\npolicy = "open"\nauthorities = []\n\n', "", SIMNET.toml())),
+        ("transport-gossip-written", "testnet",
+         "revision 2.1: relay: transport = \"gossip\" written out is what its absence means: no "
+         "transport pair is hashed, the network is testnet",
+         edit("tick_s = 1.0\n", 'tick_s = 1.0\ntransport = "gossip"\n')),
+        ("transport-gossip-written-guild", "guild",
+         "the same on a members network", edit("tick_s = 1.0\n", 'tick_s = 1.0\ntransport = '
+                                               '"gossip"\n', GUILD.toml())),
     ]
     equivalent = []
     for name, target, note, text in same:
@@ -474,6 +511,21 @@ def charter_documents() -> dict[str, Any]:
          "fixed_price must lie within [min_price, max_price]",
          edit("fixed_price = 0.1", "fixed_price = 2.0")),
         ("not-toml", "toml", None, "not TOML", "format = = 2\n"),
+        ("transport-unknown-value", "bad_value", "transport",
+         "revision 2.1: relay: transport is \"gossip\" or \"relay\"",
+         edit("tick_s = 1.0\n", 'tick_s = 1.0\ntransport = "pigeon"\n')),
+        ("transport-not-text", "wrong_type", "transport", "transport is text",
+         edit("tick_s = 1.0\n", "tick_s = 1.0\ntransport = 1\n")),
+        ("transport-relay-capitalised", "bad_value", "transport",
+         "values are compared exactly: \"Relay\" is not \"relay\"",
+         edit("tick_s = 1.0\n", 'tick_s = 1.0\ntransport = "Relay"\n')),
+        ("transport-relay-window-zero", "bad_value", "window_ticks",
+         "keys are checked in sorted order: a valid transport, then window_ticks = 0",
+         edit("window_ticks = 32", "window_ticks = 0", RELAYNET.toml())),
+        ("transport-bad-before-window", "bad_value", "transport",
+         "transport sorts before window_ticks: both wrong, transport is named",
+         edit("window_ticks = 32", "window_ticks = 0",
+              edit("tick_s = 1.0\n", 'tick_s = 1.0\ntransport = "pigeon"\n'))),
     ]
     invalid = []
     for name, reason, bad_key, note, text in cases:
