@@ -1312,8 +1312,9 @@ def accepted_vectors() -> list[dict[str, Any]]:
 
 FRAME_ITEMS = {16: 5, 17: 3, 18: 5, 19: 3, 20: 5, 21: 3, 22: 5}
 FRAME_LIMIT = {16: 1024, 17: 1_048_576, 18: 1024, 19: 1024, 20: 1_048_576, 21: 32_768, 22: 1024}
-STREAM_KINDS = {"sync": {16, 17}, "job": {18, 19, 20, 22}, "peers/1.1.0": {21}}
-STREAM_VERSION = {"sync": 2, "job": 2, "peers/1.1.0": 1}
+#: §8.2 "each stream carries only its own kinds"; relay/2.1.0 (revision 2.1: relay, §8.5) only 17.
+STREAM_KINDS = {"sync": {16, 17}, "job": {18, 19, 20, 22}, "peers/1.1.0": {21}, "relay": {17}}
+STREAM_VERSION = {"sync": 2, "job": 2, "peers/1.1.0": 1, "relay": 2}
 FRAME_NAMES = {16: "sync_request", 17: "sync_response", 18: "job_declined", 19: "job_accepted",
                20: "job_result", 21: "peer_exchange", 22: "job_settled"}
 
@@ -2084,6 +2085,7 @@ def documents() -> dict[str, Any]:
         **__import__("gen_streaming").documents(),  # revision 2.1: streaming (issue 16)
         **__import__("gen_sampling").documents(),  # revision 2.1: sampling (job/2.2.0)
         **gen_recon.documents(),
+        **__import__("gen_relay").documents(),  # revision 2.1: relay (§8.5)
     }
 
 
