@@ -22,8 +22,8 @@ HEADER = {"protocol": "neuroshard market v2, revision 2.1: relay",
           "spec": "protocols/market-v2.md §8.5 (and §4.1, §6, §8.2)",
           "generator": "protocols/vectors/v2/gen_relay.py"}
 
-#: §8.5 rule 1: per remote peer, frames (capacity 32, 20 a second) and items (16,384, 4,096 a
-#: second).
+#: §8.5 rule 2 (after rule 1, the frame rules): per remote peer, frames (capacity 32, 20 a
+#: second) and items (16,384, 4,096 a second).
 FRAMES_CAPACITY, FRAMES_PER_S = 32, 20
 ITEMS_CAPACITY, ITEMS_PER_S = 16_384, 4_096
 #: §8.5 rule 3: rejects that depend on when and where the item arrives are skipped like ignores.
@@ -33,7 +33,7 @@ T0 = g.T0
 NOW = T0 + 3000
 
 
-# --- the budget (§8.5 rule 1) ----------------------------------------------------------------------
+# --- the budget (§8.5 rule 2) --------------------------------------------------------------------
 
 class Bucket:
     """V8's rule with another capacity and rate: created full, refilled continuously; a clock set
@@ -129,13 +129,14 @@ def budget_vectors() -> dict[str, Any]:
             "cases": out}
 
 
-# --- sessions (§8.5 rules 2 and 3) -----------------------------------------------------------------
+# --- sessions (§8.5 rules 1 and 3) ---------------------------------------------------------------
 
 def g_relay_session(charter: g.Charter, held: list[tuple[bytes, int, bytes]],
                     frames: list[bytes], now_ms: int) -> dict[str, Any]:
     """The receiver: its state from `held` (accepted by live gossip from their signers), then the
     frames of one relay stream in order. Frame rules F1–F8 with 17 the only kind; items by the
-    live-gossip rules without V4; `future` and `rate_limited` skipped; any other reject stops."""
+    live-gossip rules without V4; `future` and `rate_limited` skipped; any other reject stops.
+    (A session's few frames stay far inside rule 2's budget, which `budget_vectors` pins.)"""
     v = g.Validator(charter)
     for data, at_ms, signer in held:
         assert v.check(data, at_ms, "gossip", from_signer=signer) == "accepted"

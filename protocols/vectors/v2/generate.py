@@ -229,8 +229,8 @@ GUILD = Charter("guild", {**TESTNET_PARAMS, "identity_work_bits": 8}, policy="me
                             "(the vectors' members network).",
                 bootstrap=["/dns4/boot.guild.example/tcp/4001/p2p/"
                            + peer_id(pub(AUTHORITY_A))])
-#: Revision 2.1: relay (§4.1, §8.5): simnet's and guild's values with `transport = "relay"`, each a
-#: network of its own; the vectors' relay networks (relay.json), not built in.
+#: Revision 2.1: relay (§4.1, §8.5): simnet's and guild's values with `transport = "relay"`, each
+#: a network of its own; the vectors' relay networks (relay.json), not built in.
 RELAYNET = Charter("relaynet", {**SIMNET.params, "transport": "relay"},
                    description="simnet's values, announcements carried by relay streams.")
 GUILD_RELAY = Charter("guild-relay", {**GUILD.params, "transport": "relay"}, policy="members",
