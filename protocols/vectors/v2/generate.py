@@ -546,6 +546,10 @@ def charter_documents() -> dict[str, Any]:
         ("changes-work-bits", "testnet", {"identity_work_bits": 0}),
         ("changes-burn-rate", "testnet", {"burn_rate": 0.1}),
         ("unknown-key", "testnet", {"max_peers": 8}),
+        # revision 2.1: relay: a charter without transport states "gossip"
+        ("transport-repeated", "relaynet", {"transport": "relay"}),
+        ("transport-gossip-repeated", "testnet", {"transport": "gossip"}),
+        ("changes-transport", "testnet", {"transport": "relay"}),
     ]
     node_market = []
     for name, charter, market in markets:
