@@ -389,11 +389,17 @@ class Worker:
         from simnet.real import gossip_totals
 
         delivered = streams = published = copies = deferred = served_deferred = 0
+        relay_frames = relay_items = 0
         for i in self.own:
             node = self.net.peers[i].node
             if node is None:
                 continue
-            delivered += sum(gossip_totals(node))
+            # On a relay network (protocol §8.5) announcements arrive in relay frames instead;
+            # there every peer sends a new item on, so its first copies are the accepted ones.
+            delivered += sum(gossip_totals(node)) + sum(
+                n for (outcome, _), n in node.engine.relay_counts.items() if outcome == "accepted")
+            relay_frames += node.counters.relay_frames_received
+            relay_items += node.counters.relay_items_received
             streams += node.counters.syncs_started + node.counters.syncs_served
             published += node.counters.published
             deferred += node.counters.syncs_deferred
@@ -403,6 +409,7 @@ class Worker:
                 "control": _Counts.control, "ihave": _Counts.ihave,
                 "copies": copies, "delivered": delivered, "streams": streams,
                 "published": published, "deferred": deferred,
+                "relay_frames": relay_frames, "relay_items": relay_items,
                 "served_deferred": served_deferred,
                 "gc_s": self._gc_total, "gc_full": self._gc_full,
                 "sampling": self._sampling_cpu}
@@ -983,6 +990,8 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "syncs_deferred_per_node_s": round(delta("deferred") / seconds / peers, 4),
         "syncs_served_deferred_per_node_s": round(delta("served_deferred") / seconds / peers, 4),
         "published_per_node_s": round(delta("published") / seconds / peers, 4),
+        "relay_frames_per_node_s": round(delta("relay_frames") / seconds / peers, 3),
+        "relay_items_per_node_s": round(delta("relay_items") / seconds / peers, 3),
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
         "gc_pause_max_s": round(max(s.get("gc", 0.0) for r in results
