@@ -20,6 +20,29 @@ The network model:
   does. Honest announcements are assumed forwarded by every peer that receives them (they are
   valid); messages from hostile peers travel hop by hop and go on only from peers whose engine
   accepted them.
+- **A peer's CPU** (`network.cpu_per_copy_ms`, `cpu_per_message_ms`; off by default). Each peer
+  is one server taking its work in the order it arrives: every gossip copy costs it a copy's
+  CPU, a first copy a message's too, and a message is held and forwarded once its first copy is
+  done (no HOP_DELAY_S); honest floods go copy by copy (`_cpu_arrive`), so a burst of many
+  announcements queues up (docs/scaling.md, "Nineteenth pass").
+- **The bundled relay** (`network.relay_batch_ms` > 0, with the CPU model): honest changes go
+  not by gossip but the way a network whose charter says so carries them, the relay of
+  `simnet/burst_model.py` rule for rule (`_relay_publish`; the two agree to the float on one
+  mesh, tests/test_sim_relay.py). A peer keeps one stream per mesh peer; what it newly holds
+  (its own change, or items a frame brought) joins its out-list, sent to every live mesh peer
+  of its group in one frame at max(now, last send + batch), once its CPU is free, one frame
+  after the other (frame_out + item_out per item each); a frame is lost with `loss` (a stream
+  would resend: pessimistic) and otherwise arrives one link latency later; the receiver reads
+  it in arrival order (frame_in, item per new item, dup per held one) and hands the new items
+  to its engine through the inbox as first gossip copies, author the origin (relay items are
+  validated by gossip's rules but the author check, so honest verdicts are the same). Costs:
+  `network.relay_*_ms`, by default burst_model's `RelayCosts` at the speed the gossip costs
+  are fitted at, all multiplied by `relay_cost_scale` (×10 for 1,000 peers standing in for
+  10,000, which overstates the relay's per-frame costs: a peer's frames do not shrink with the
+  burst; ×50 for 1/50 of a core). Traffic: each announcement in a frame counts as a copy
+  received (a held one as a duplicate); frames read per peer are `_relay_frames`; an item's
+  `flood_reach` ends when the last frame or out-list holding it is done. Lazy gossip does not
+  apply to relayed changes (a mesh change is healed by sync).
 - **Lazy gossip.** When the mesh changes (repair after deaths, a partition, healing), the
   messages of the last `GOSSIP_WINDOW_S` reach the peers that missed them over the new mesh,
   one IHAVE/IWANT round trip later (gossipsub's mcache gossip; see `_regossip`).
@@ -76,7 +99,9 @@ What the simulator itself costs, around the engine calls:
   (`_gather`). The report is the same for any W (`tests/test_simnet.py` checks W = 1, 2, 3
   field by field). What does not shrink with W is the network itself (the flood's shortest
   paths, the queue), which every process computes; and the views of all peers in one process
-  still cost what they cost, spread over W heaps.
+  still cost what they cost, spread over W heaps. With the CPU model the copy-by-copy (or
+  frame-by-frame) network is most of a run and every process runs it, so W gains little
+  (the CLI runs such a run in one process unless `--workers` says otherwise).
 """
 
 from __future__ import annotations
