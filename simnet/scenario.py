@@ -57,9 +57,9 @@ from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
 from neuroshard_p2p.config import ConfigError, MarketConfig
 
-from simnet.burst_model import RelayCosts
+from simnet.costs import RelayCosts
 
-#: The relay's costs at the speed the gossip costs are fitted at (simnet/burst_model.py).
+#: The relay's costs at the speed the gossip costs are fitted at (bench stream_cost; simnet/costs.py).
 _RELAY = RelayCosts()
 
 
