@@ -55,18 +55,15 @@ from typing import Any
 import numpy as np
 
 from simnet.calibrate import SpeedSampler, summary
-from simnet.costs import CALIBRATION_OP_US
+from simnet.costs import CALIBRATION_OP_US, RelayCosts
 
 LATENCY_MEDIAN_S = 0.040
 LATENCY_SIGMA = 0.5
 #: The twentieth pass's measured split of a gossip message's cost on a py-libp2p peer.
 GOSSIP_COPY_S = 0.076e-3
 GOSSIP_MESSAGE_S = 0.679e-3
-#: `python -m simnet.burst_model --measure` (bench stream_cost --rounds 2, 7 December 15:10 UTC,
-#: calibration op 4.844 µs, the mean of 157 rounds sampled during it): receiver 0.796 ms per
-#: frame + 126.2 µs per new announcement, 9.9 µs per held one; sender 0.582 ms per frame +
-#: 3.53 µs per announcement. Used at the fitted speed (× 3.01 / 4.844).
-STREAM_SPEED = CALIBRATION_OP_US / 4.844
+#: The relay's costs (`RelayCosts`, bench stream_cost's) live in simnet/costs.py, where the
+#: simulator's scenario settings (network.relay_*_ms) take their defaults without numpy.
 
 
 @dataclass(frozen=True)
@@ -76,19 +73,6 @@ class GossipCosts:
 
     def scaled(self, k: float) -> "GossipCosts":
         return GossipCosts(self.copy_s * k, self.message_s * k)
-
-
-@dataclass(frozen=True)
-class RelayCosts:
-    frame_in_s: float = 0.796e-3 * STREAM_SPEED
-    frame_out_s: float = 0.582e-3 * STREAM_SPEED
-    item_s: float = 126.2e-6 * STREAM_SPEED
-    dup_s: float = 9.9e-6 * STREAM_SPEED
-    item_out_s: float = 3.53e-6 * STREAM_SPEED
-
-    def scaled(self, k: float) -> "RelayCosts":
-        return RelayCosts(*(getattr(self, f) * k for f in
-                            ("frame_in_s", "frame_out_s", "item_s", "dup_s", "item_out_s")))
 
 
 @dataclass

@@ -83,6 +83,29 @@ CALIBRATION_OP_US = 3.01
 #: speed, as stated in docs/scaling.md (tests/test_costs.py checks it on the shipped runs).
 STATED_ERROR = 0.08
 
+#: The bundled relay's costs (simnet/burst_model.py, the simulator's network.relay_*_ms):
+#: `python -m simnet.burst_model --measure` (bench stream_cost --rounds 2, 7 December 15:10 UTC,
+#: calibration op 4.844 µs, the mean of 157 rounds sampled during it): receiver 0.796 ms per
+#: frame + 126.2 µs per new announcement, 9.9 µs per held one; sender 0.582 ms per frame +
+#: 3.53 µs per announcement. Used at the fitted speed (× 3.01 / 4.844).
+STREAM_SPEED = CALIBRATION_OP_US / 4.844
+
+
+@dataclass(frozen=True)
+class RelayCosts:
+    """What the bundled relay costs a peer, in seconds: a frame read, one written, an
+    announcement new to the reader, one it holds, one written."""
+
+    frame_in_s: float = 0.796e-3 * STREAM_SPEED
+    frame_out_s: float = 0.582e-3 * STREAM_SPEED
+    item_s: float = 126.2e-6 * STREAM_SPEED
+    dup_s: float = 9.9e-6 * STREAM_SPEED
+    item_out_s: float = 3.53e-6 * STREAM_SPEED
+
+    def scaled(self, k: float) -> "RelayCosts":
+        return RelayCosts(*(getattr(self, f) * k for f in
+                            ("frame_in_s", "frame_out_s", "item_s", "dup_s", "item_out_s")))
+
 
 def shipped_runs() -> dict[str, Any]:
     """The runs COSTS was fitted on (simnet/data/cost-fit.json)."""

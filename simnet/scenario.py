@@ -31,6 +31,8 @@ Layout (every table optional except `name`; see `simnet/scenarios/*.toml` for sh
     clock_skew_ms = 20.0      # standard deviation of the peers' clock offsets
     cpu_per_copy_ms = 0.0     # CPU per gossip copy received, and in addition per message
     cpu_per_message_ms = 0.0  # (its first copy); both 0: unlimited CPU (see NetworkModel)
+    relay_batch_ms = 0.0      # > 0 (needs the CPU model): changes go by relay, not gossip
+    relay_cost_scale = 1.0    # the relay's costs (relay_*_ms) multiplied by this
 
     [[event]]
     at = 40                   # seconds of network time since the start
@@ -54,6 +56,11 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
 from neuroshard_p2p.config import ConfigError, MarketConfig
+
+from simnet.costs import RelayCosts
+
+#: The relay's costs at the speed the gossip costs are fitted at (bench stream_cost; simnet/costs.py).
+_RELAY = RelayCosts()
 
 
 class _Peer(Protocol):
@@ -192,6 +199,20 @@ class NetworkModel:
     #: (the exact flood model in one process; docs/scaling.md, "Nineteenth pass").
     cpu_per_copy_ms: float = 0.0
     cpu_per_message_ms: float = 0.0
+    #: With the CPU model: honest changes travel by a bundled relay instead of gossip (one
+    #: stream per mesh peer; what a peer newly holds goes to all of them in one frame, at most
+    #: once per this many ms; simnet/sim.py, `_relay_publish`). 0: gossip. The relay's costs
+    #: are those of simnet/burst_model.py's `RelayCosts` (bench stream_cost, at the fitted
+    #: speed), in ms: a frame read, a frame written, a new announcement read, a held one, an
+    #: announcement written; `relay_cost_scale` multiplies all five, as the gossip costs are
+    #: multiplied by hand (×10 for 1,000 peers standing in for 10,000, ×50 for 1/50 of a core).
+    relay_batch_ms: float = 0.0
+    relay_frame_in_ms: float = _RELAY.frame_in_s * 1000
+    relay_frame_out_ms: float = _RELAY.frame_out_s * 1000
+    relay_item_ms: float = _RELAY.item_s * 1000
+    relay_dup_ms: float = _RELAY.dup_s * 1000
+    relay_item_out_ms: float = _RELAY.item_out_s * 1000
+    relay_cost_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _need(2 <= self.degree <= 64, "network.degree must be in 2..64")
@@ -203,11 +224,27 @@ class NetworkModel:
         _need(0 <= self.cpu_per_copy_ms <= 10_000, "network.cpu_per_copy_ms must be in [0, 10000]")
         _need(0 <= self.cpu_per_message_ms <= 10_000,
               "network.cpu_per_message_ms must be in [0, 10000]")
+        _need(0 <= self.relay_batch_ms <= 60_000, "network.relay_batch_ms must be in [0, 60000]")
+        for name in ("relay_frame_in_ms", "relay_frame_out_ms", "relay_item_ms", "relay_dup_ms",
+                     "relay_item_out_ms", "relay_cost_scale"):
+            _need(0 <= getattr(self, name) <= 10_000, f"network.{name} must be in [0, 10000]")
+        _need(self.relay_batch_ms == 0 or self.cpu_modelled,
+              "network.relay_batch_ms needs the CPU model (network.cpu_per_copy_ms or "
+              "cpu_per_message_ms > 0): the relay is a model of the peers' CPU")
 
     @property
     def cpu_modelled(self) -> bool:
         """Whether peers' CPU is modelled (either cost above 0)."""
         return self.cpu_per_copy_ms > 0 or self.cpu_per_message_ms > 0
+
+    @property
+    def relay(self) -> RelayCosts | None:
+        """The relay's costs in seconds (scaled), or None when changes go by gossip."""
+        if self.relay_batch_ms <= 0:
+            return None
+        ms = (self.relay_frame_in_ms, self.relay_frame_out_ms, self.relay_item_ms,
+              self.relay_dup_ms, self.relay_item_out_ms)
+        return RelayCosts(*(x / 1000 for x in ms)).scaled(self.relay_cost_scale)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,29 @@ The network model:
   does. Honest announcements are assumed forwarded by every peer that receives them (they are
   valid); messages from hostile peers travel hop by hop and go on only from peers whose engine
   accepted them.
+- **A peer's CPU** (`network.cpu_per_copy_ms`, `cpu_per_message_ms`; off by default). Each peer
+  is one server taking its work in the order it arrives: every gossip copy costs it a copy's
+  CPU, a first copy a message's too, and a message is held and forwarded once its first copy is
+  done (no HOP_DELAY_S); honest floods go copy by copy (`_cpu_arrive`), so a burst of many
+  announcements queues up (docs/scaling.md, "Nineteenth pass").
+- **The bundled relay** (`network.relay_batch_ms` > 0, with the CPU model): honest changes go
+  not by gossip but the way a network whose charter says so carries them, the relay of
+  `simnet/burst_model.py` rule for rule (`_relay_publish`; the two agree to the float on one
+  mesh, tests/test_sim_relay.py). A peer keeps one stream per mesh peer; what it newly holds
+  (its own change, or items a frame brought) joins its out-list, sent to every live mesh peer
+  of its group in one frame at max(now, last send + batch), once its CPU is free, one frame
+  after the other (frame_out + item_out per item each); a frame is lost with `loss` (a stream
+  would resend: pessimistic) and otherwise arrives one link latency later; the receiver reads
+  it in arrival order (frame_in, item per new item, dup per held one) and hands the new items
+  to its engine through the inbox as first gossip copies, author the origin (relay items are
+  validated by gossip's rules but the author check, so honest verdicts are the same). Costs:
+  `network.relay_*_ms`, by default burst_model's `RelayCosts` at the speed the gossip costs
+  are fitted at, all multiplied by `relay_cost_scale` (×10 for 1,000 peers standing in for
+  10,000, which overstates the relay's per-frame costs: a peer's frames do not shrink with the
+  burst; ×50 for 1/50 of a core). Traffic: each announcement in a frame counts as a copy
+  received (a held one as a duplicate); frames read per peer are `_relay_frames`; an item's
+  `flood_reach` ends when the last frame or out-list holding it is done. Lazy gossip does not
+  apply to relayed changes (a mesh change is healed by sync).
 - **Lazy gossip.** When the mesh changes (repair after deaths, a partition, healing), the
   messages of the last `GOSSIP_WINDOW_S` reach the peers that missed them over the new mesh,
   one IHAVE/IWANT round trip later (gossipsub's mcache gossip; see `_regossip`).
@@ -76,7 +99,9 @@ What the simulator itself costs, around the engine calls:
   (`_gather`). The report is the same for any W (`tests/test_simnet.py` checks W = 1, 2, 3
   field by field). What does not shrink with W is the network itself (the flood's shortest
   paths, the queue), which every process computes; and the views of all peers in one process
-  still cost what they cost, spread over W heaps.
+  still cost what they cost, spread over W heaps. With the CPU model the copy-by-copy (or
+  frame-by-frame) network is most of a run and every process runs it, so W gains little
+  (the CLI runs such a run in one process unless `--workers` says otherwise).
 """
 
 from __future__ import annotations
@@ -144,6 +169,9 @@ TOKENS_PER_REQUEST = 100_000
 # Event kinds, ordered so that at equal times deliveries precede timers (deterministic anyway).
 (_DELIVER, _POLL, _SYNC_TIMER, _SYNC_CONNECT, _SYNC_REQ, _SYNC_RESP, _HOSTILE, _SCENARIO, _REMESH,
  _SAMPLE, _ATTACK, _RECON, _SYNC_LULL, _RECON_OPEN) = range(14)
+
+#: In the CPU model's heap, in place of a flood's number: a relay frame arrives, a send is due.
+_RELAY_FRAME, _RELAY_SEND = -1, -2
 
 _OUTCOME = operator.attrgetter("outcome")
 _REASON = operator.attrgetter("reason")
@@ -410,9 +438,9 @@ class SimNetwork:
             raise ValueError(f"flood must be one of {', '.join(FLOOD_MODELS)}")
         if flood == "paths" and (observers is None or observers >= peers):
             raise ValueError("the paths flood model needs observers (fewer than the peers)")
-        if scenario.network.cpu_modelled and (flood != "exact" or workers != 1):
+        if scenario.network.cpu_modelled and flood != "exact":
             raise ValueError("network.cpu_per_copy_ms and cpu_per_message_ms need the exact "
-                             "flood model in one process (workers 1)")
+                             "flood model")
         self.scenario = scenario
         self.market = scenario.market_config()
         self.settings = node_settings(scenario, self.market)
@@ -475,6 +503,21 @@ class SimNetwork:
         self._cpu_busy: dict[int, float] = {}
         self._cpu_seq = 0
         self._cpu_rng = random.Random(f"{seed}/cpu")
+        #: With network.relay_batch_ms as well: honest changes travel by the bundled relay (see
+        #: `_relay_publish`). Items (one per relayed announcement) by number: (wire, author)
+        #: while in flight, [published at, last held at], references (out-lists and frames in
+        #: flight that hold it); who holds what, as [peer, item]; each peer's out-list and when
+        #: it last sent; frames each peer read. Frames share the one event heap with gossip
+        #: copies (kind _RELAY_FRAME or _RELAY_SEND in place of a flood's number).
+        self._relay = self.net.relay if self._cpu else None
+        self._relay_batch_s = self.net.relay_batch_ms / 1000.0
+        self._relay_items: list[tuple[bytes, bytes] | None] = []
+        self._relay_reach = np.zeros((0, 2))
+        self._relay_refs = np.zeros(0, dtype=np.int64)
+        self._relay_held = np.zeros((0, 0), dtype=bool)
+        self._relay_out: dict[int, list[np.ndarray]] = {}
+        self._relay_last_send: dict[int, float] = {}
+        self._relay_frames = np.zeros(0, dtype=np.int64)
         # Peers whose engines receive gossip (None: all of them).
         self._observer_index: np.ndarray | None = None
         #: How an honest flood's arrivals are computed (see `_spread_paths`): "exact" relaxes
@@ -737,6 +780,11 @@ class SimNetwork:
         have: np.ndarray | set[int]
         if self.flood == "paths":
             have = self._spread_paths(t, wire, self.peers[origin].peer_bytes, origin)
+        elif self._relay is not None:
+            # A relayed change is in no gossip mcache: mesh changes do not regossip it (see
+            # `_regossip`); the peers a changed mesh left without it get it by sync.
+            self._relay_publish(origin, t, wire)
+            return
         elif self._cpu:
             have = self._cpu_publish(origin, t, wire)
         else:
@@ -782,8 +830,13 @@ class SimNetwork:
         """Process every copy that arrives by `until`, in arrival order."""
         copies = self._cpu_copies
         while copies and copies[0][0] <= until:
-            at, _, v, number, sender = heapq.heappop(copies)
-            self._cpu_arrive(at, v, number, sender)
+            at, _, v, number, payload = heapq.heappop(copies)
+            if number >= 0:
+                self._cpu_arrive(at, v, number, payload)
+            elif number == _RELAY_FRAME:
+                self._relay_frame(at, v, payload)
+            else:
+                self._relay_send(at, v)
 
     def _cpu_arrive(self, at: float, v: int, number: int, sender: int) -> None:
         """A copy of flood `number` reaches peer v at `at`: v takes it once its CPU is free
@@ -814,6 +867,129 @@ class SimNetwork:
         if flood[4] == 0:
             del self._cpu_floods[number]
             self.recorder.flood_reach.append((flood[5], flood[6]))
+
+    def _relay_publish(self, origin: int, t: float, wire: bytes) -> None:
+        """An honest change carried by the bundled relay (network.relay_batch_ms; the relay of
+        simnet/burst_model.py, rule for rule): every peer keeps one stream per mesh peer, and
+        what it newly holds — its own change, or an item a frame brought it — joins its
+        out-list, sent to every live mesh peer of its group in one frame, at the earliest one
+        batch interval after its last send (at once if that is past)."""
+        item = len(self._relay_items)
+        self._relay_grow(len(self.peers), item + 1)
+        self._relay_items.append((wire, self.peers[origin].peer_bytes))
+        self._relay_held[origin, item] = True
+        self._relay_reach[item] = t
+        self._relay_queue(origin, np.array([item], dtype=np.int64), t)
+
+    def _relay_grow(self, peers: int, items: int) -> None:
+        """Room in the relay's tables for this many peers and items (doubling)."""
+        rows, cols = self._relay_held.shape
+        if peers <= rows and items <= cols:
+            return
+        if peers > rows:
+            rows = (peers + 1023) // 1024 * 1024
+        if items > cols:
+            cols = max(items, 2 * cols, 1024)
+        held = np.zeros((rows, cols), dtype=bool)
+        held[: self._relay_held.shape[0], : self._relay_held.shape[1]] = self._relay_held
+        self._relay_held = held
+        self._relay_reach = np.concatenate([self._relay_reach,
+                                            np.zeros((cols - len(self._relay_reach), 2))])
+        self._relay_refs = np.concatenate([self._relay_refs,
+                                           np.zeros(cols - len(self._relay_refs), np.int64)])
+        self._relay_frames = np.concatenate([self._relay_frames,
+                                             np.zeros(rows - len(self._relay_frames), np.int64)])
+
+    def _relay_queue(self, v: int, items: np.ndarray, t: float) -> None:
+        """`items` join v's out-list at t; a send is due at max(t, last send + batch)."""
+        self._relay_refs[items] += 1
+        out = self._relay_out.get(v)
+        if out is not None:
+            out.append(items)
+            return
+        self._relay_out[v] = [items]
+        due = max(t, self._relay_last_send.get(v, -math.inf) + self._relay_batch_s)
+        self._counter += 1
+        heapq.heappush(self._cpu_copies, (due, self._counter, v, _RELAY_SEND, None))
+
+    def _relay_send(self, at: float, v: int) -> None:
+        """v's send is due at `at`: once its CPU is free it writes its out-list to each live
+        mesh peer of its group in turn (frame_out + item_out per item, each frame leaving when
+        written); each frame is lost with network.loss and otherwise arrives one link latency
+        later (the draws of `_cpu_forward`). A dead peer's out-list is dropped."""
+        items = np.concatenate(self._relay_out.pop(v))
+        peers = self.peers
+        sent = 0
+        if peers[v].alive:
+            costs, rng, loss = self._relay, self._cpu_rng, self.net.loss
+            assert costs is not None
+            mu, sigma, group = self._lat_mu, self.net.latency_sigma, peers[v].group
+            start = max(at, self._cpu_busy.get(v, 0.0))
+            self._relay_last_send[v] = start
+            per_frame = costs.frame_out_s + len(items) * costs.item_out_s
+            t = start
+            for w in sorted(self.neighbours[v]):
+                if not peers[w].alive or peers[w].group != group:
+                    continue
+                t += per_frame
+                if loss > 0 and rng.random() < loss:
+                    continue
+                self._counter += 1
+                heapq.heappush(self._cpu_copies, (t + math.exp(mu + sigma * rng.gauss(0.0, 1.0)),
+                                                  self._counter, w, _RELAY_FRAME, items))
+                sent += 1
+            self._cpu_busy[v] = t
+        self._relay_refs[items] += sent
+        self._relay_drop(items)
+
+    def _relay_frame(self, at: float, v: int, frame: np.ndarray) -> None:
+        """A frame reaches v at `at`: v reads it once its CPU is free (frame_in, plus item per
+        announcement new to it and dup per held one). Its new items are handed to v's engine
+        when the frame is done, as first gossip copies are (`_cpu_arrive`), and join v's
+        out-list. Each announcement read counts as a copy received, a held one as a
+        duplicate."""
+        peer = self.peers[v]
+        if peer.alive:
+            if v >= self._relay_held.shape[0]:
+                self._relay_grow(len(self.peers), 0)
+            costs = self._relay
+            assert costs is not None
+            row = self._relay_held[v]
+            new = frame[~row[frame]]
+            row[new] = True
+            fresh, held = len(new), len(frame) - len(new)
+            done = max(at, self._cpu_busy.get(v, 0.0)) \
+                + (costs.frame_in_s + fresh * costs.item_s + held * costs.dup_s)
+            self._cpu_busy[v] = done
+            self._received[v] += len(frame)
+            self._relay_frames[v] += 1
+            if held:
+                self.recorder.second(at).duplicates += held
+            if fresh:
+                reach = self._relay_reach
+                reach[new, 1] = np.maximum(reach[new, 1], done)
+                if self._observer_index is not None and not peer.observed:
+                    self.recorder.second(at).delivered += fresh
+                else:
+                    counter = self._counter
+                    self._counter += fresh
+                    if self._mine(v):
+                        box, items = self._inbox[v], self._relay_items
+                        for k, i in enumerate(new.tolist(), counter + 1):
+                            box.append((done, k, *items[i]))  # type: ignore[misc]
+                self._relay_queue(v, new, done)
+        self._relay_drop(frame)
+
+    def _relay_drop(self, items: np.ndarray) -> None:
+        """One reference to each of `items` is gone; an item with none left has reached all
+        it will: its reach is recorded and its bytes let go."""
+        refs = self._relay_refs
+        refs[items] -= 1
+        gone = items[refs[items] == 0]
+        if len(gone):
+            self.recorder.flood_reach += map(tuple, self._relay_reach[gone].tolist())
+            for i in gone.tolist():
+                self._relay_items[i] = None
 
     def _regossip(self, t: float) -> None:
         """After the mesh changed: gossipsub's lazy gossip. At each heartbeat a peer offers the
@@ -1740,6 +1916,8 @@ class SimNetwork:
             self._cpu_advance(duration)
             # Floods with copies still in flight at the end: as far as they got.
             self.recorder.flood_reach += [(f[5], f[6]) for f in self._cpu_floods.values()]
+            live = np.flatnonzero(self._relay_refs > 0)
+            self.recorder.flood_reach += map(tuple, self._relay_reach[live].tolist())
         # Deliveries still waiting arrived before the end if they arrived before `duration`.
         self._flush_all((duration,))
         tally = self._tally

@@ -114,21 +114,20 @@ def test_a_burst_the_peers_cannot_take_in_time_delays_agreement() -> None:
 
 def test_the_cpu_model_is_refused_where_it_does_not_run() -> None:
     scenario = load("shock").with_overrides(network={"cpu_per_copy_ms": 0.2})
-    with pytest.raises(ValueError, match="exact flood model in one process"):
-        SimNetwork(scenario, 20, workers=2)
-    with pytest.raises(ValueError, match="exact flood model in one process"):
+    with pytest.raises(ValueError, match="exact flood model"):
         SimNetwork(scenario, 20, observers=5, flood="paths")
     with pytest.raises(ScenarioError, match=r"network.cpu_per_message_ms must be in \[0, 10000\]"):
         load("shock").with_overrides(network={"cpu_per_message_ms": -1.0})
 
 
-def test_the_cli_runs_the_model_in_one_process_and_refuses_more(tmp_path, capsys) -> None:
-    code = simnet_main(["run", "--peers", "300", "--scenario", "shock", "--transport", "sim",
-                        "--workers", "2", "--set", "network.cpu_per_copy_ms=0.15",
+def test_the_cli_runs_the_model_and_refuses_the_paths_flood(tmp_path, capsys) -> None:
+    code = simnet_main(["run", "--peers", "300", "--observers", "10", "--scenario", "shock",
+                        "--transport", "sim", "--flood", "paths",
+                        "--set", "network.cpu_per_copy_ms=0.15",
                         "--out", str(tmp_path / "x"), "--no-plots", "--quiet"])
     assert code != 0
-    assert ("network.cpu_per_copy_ms and cpu_per_message_ms run in one process with the exact "
-            "flood model (--workers 1, --flood exact)") in capsys.readouterr().err
+    assert ("network.cpu_per_copy_ms and cpu_per_message_ms run with the exact flood model "
+            "(--flood exact)") in capsys.readouterr().err
     code = simnet_main(["run", "--peers", "12", "--scenario", "shock", "--transport", "sim",
                         "--duration", "12", "--set", "network.cpu_per_copy_ms=0.15",
                         "--set", "network.cpu_per_message_ms=0.3",
