@@ -10,7 +10,8 @@ pass"): bundling is what saves it, a stream alone does not.
 - **Sending.** Whatever the node would publish (its own announcements, a list) and whatever it
   accepts from a relay frame goes into the `RelayOutbox`. At most once per `batch_s` (the first
   batch after a quiet spell at once) the outbox's items go to every peer of the topic's gossip
-  mesh, each peer's share leaving out what came from that peer. Each mesh peer has a `_Link`: one
+  mesh and to every peer that relays to us (the mesh is not always symmetric), each peer's share
+  leaving out what came from that peer. Each such peer has a `_Link`: one
   stream and a task that writes whatever is pending for it, so a slow peer delays only its own
   frames; its pending items are bounded (`MAX_PENDING`, the oldest dropped and counted: sync
   repairs what a peer misses).
@@ -48,7 +49,10 @@ log = logging.getLogger("neuroshard.relay")
 
 #: How long opening a relay stream or writing one peer's frames may take before the link is
 #: dropped (what was pending for it is then left to sync).
-SEND_TIMEOUT_S = 2.0
+SEND_TIMEOUT_S = 5.0
+#: Attempts at one peer's frames (each on a fresh stream after a failure) before its link is
+#: dropped with what was pending for it.
+SEND_ATTEMPTS = 2
 #: Items waiting for one peer at most (a peer that reads slower than the network changes loses the
 #: oldest; two 10,000-peer bursts fit).
 MAX_PENDING = 16_384
@@ -159,9 +163,12 @@ class Relay:
         if not items:
             return
         assert self._nursery is not None
-        mesh = set(self._mesh())
+        # The mesh, and every peer that relays to us: gossipsub's mesh is not always symmetric
+        # (a GRAFT one side has not seen yet, a PRUNE in flight), and a peer that has us in its
+        # mesh while we lack it would otherwise send to us and get nothing back.
+        mesh = set(self._mesh()) | set(self._reading)
         for peer in [p for p in self._links if p not in mesh]:
-            self._drop(peer)  # no longer meshed: its stream closes, it gets nothing more
+            self._drop(peer)  # neither meshed nor relaying to us: its stream closes
         for peer in mesh:
             share = RelayOutbox.share(items, peer)
             if not share:
@@ -191,20 +198,40 @@ class Relay:
                     link.pending.clear()
                     data, frames = encode_frames(items)
                     link.writing = True
-                    with trio.fail_after(SEND_TIMEOUT_S):
-                        if link.stream is None:
-                            link.stream = await self._host.new_stream(peer, [self.protocol])
-                        await link.stream.write(data)
+                    try:
+                        await self._write(peer, link, data)
+                    except Exception:
+                        self.counters.relay_items_dropped += len(items)
+                        raise
                     link.writing = False
                     self.counters.relay_frames_sent += frames
                     self.counters.relay_items_sent += len(items)
             except Exception as exc:  # noqa: BLE001 - the peer is gone, slow or refuses
-                self.counters.relay_send_errors += 1
+                self.counters.relay_items_dropped += len(link.pending)
                 log.debug("relay to %s failed (%s)", peer, failure_reason(exc))
         if self._links.get(peer) is link:
             del self._links[peer]
         if link.stream is not None:
             await reset_quietly(link.stream)
+
+    async def _write(self, peer: ID, link: _Link, data: bytes) -> None:
+        """Write `data` to `peer`'s relay stream, opening one if needed; after a failure once
+        more on a fresh stream (a stream the peer reset, e.g. when it took our newer one, is not
+        a reason to lose a batch). Raises when the last attempt fails."""
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                with trio.fail_after(SEND_TIMEOUT_S):
+                    if link.stream is None:
+                        link.stream = await self._host.new_stream(peer, [self.protocol])
+                    await link.stream.write(data)
+                return
+            except Exception:
+                self.counters.relay_send_errors += 1
+                if link.stream is not None:
+                    await reset_quietly(link.stream)
+                    link.stream = None
+                if attempt + 1 == SEND_ATTEMPTS:
+                    raise
 
     def _drop(self, peer: ID) -> None:
         link = self._links.pop(peer)
@@ -281,4 +308,4 @@ class Relay:
 
 
 __all__ = ["Relay", "RelayOutbox", "relay_protocol", "encode_frames", "SEND_TIMEOUT_S",
-           "MAX_PENDING"]
+           "SEND_ATTEMPTS", "MAX_PENDING"]
