@@ -389,7 +389,7 @@ class Worker:
         from simnet.real import gossip_totals
 
         delivered = streams = published = copies = deferred = served_deferred = 0
-        relay_frames = relay_items = 0
+        relay_frames = relay_items = relay_errors = relay_dropped = 0
         for i in self.own:
             node = self.net.peers[i].node
             if node is None:
@@ -400,6 +400,8 @@ class Worker:
                 n for (outcome, _), n in node.engine.relay_counts.items() if outcome == "accepted")
             relay_frames += node.counters.relay_frames_received
             relay_items += node.counters.relay_items_received
+            relay_errors += node.counters.relay_send_errors
+            relay_dropped += node.counters.relay_items_dropped
             streams += node.counters.syncs_started + node.counters.syncs_served
             published += node.counters.published
             deferred += node.counters.syncs_deferred
@@ -410,6 +412,7 @@ class Worker:
                 "copies": copies, "delivered": delivered, "streams": streams,
                 "published": published, "deferred": deferred,
                 "relay_frames": relay_frames, "relay_items": relay_items,
+                "relay_errors": relay_errors, "relay_dropped": relay_dropped,
                 "served_deferred": served_deferred,
                 "gc_s": self._gc_total, "gc_full": self._gc_full,
                 "sampling": self._sampling_cpu}
@@ -992,6 +995,10 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "published_per_node_s": round(delta("published") / seconds / peers, 4),
         "relay_frames_per_node_s": round(delta("relay_frames") / seconds / peers, 3),
         "relay_items_per_node_s": round(delta("relay_items") / seconds / peers, 3),
+        # Relay writes that failed (each tried again once on a fresh stream) and items a peer
+        # never got from this node because its link failed twice.
+        "relay_send_errors": delta("relay_errors"),
+        "relay_items_dropped": delta("relay_dropped"),
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
         "gc_pause_max_s": round(max(s.get("gc", 0.0) for r in results
