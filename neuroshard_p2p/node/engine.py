@@ -41,7 +41,7 @@ import secrets
 from collections import Counter
 from dataclasses import astuple, dataclass
 from operator import itemgetter
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence, TypeVar
 
 import coincurve
 
@@ -143,6 +143,8 @@ class SyncCounts:
     unchecked: int = 0
 
 
+_Frame = TypeVar("_Frame", SyncRequest, SyncResponse)
+
 #: Rejects that depend on when and where an item arrives (the receiver's clock, the order copies of
 #: a signer's messages came in): a relay passed the item on in good faith, so on a relay stream
 #: they are skipped, not faults (protocol v2 §8.5; node/guard.py's ARRIVAL_DEPENDENT).
@@ -164,6 +166,19 @@ class RelayCounts:
     skipped: int
     fault: str | None = None
     unchecked: int = 0
+
+
+def _decode_frame(data: bytes, kind: type[_Frame], errors: Counter[str], expected: str) -> _Frame:
+    """A sync-stream frame of the one `kind` its side expects; any other frame, or one that breaks
+    F1–F8, raises WireError, counted in `errors` by reason (the driver resets the stream)."""
+    try:
+        frame = decode_sync(data)
+        if not isinstance(frame, kind):
+            raise WireError("kind", REJECT, expected)
+    except WireError as error:
+        errors[error.reason] += 1
+        raise
+    return frame
 
 
 @dataclass(frozen=True)
@@ -686,13 +701,7 @@ class PeerEngine:
         """Answer a peer's sync request with the announcements of every bucket whose digest
         differs from ours (no frames when the views are equal). Raises WireError for a frame that
         is not a valid sync request (the driver resets the stream)."""
-        try:
-            frame = decode_sync(data)
-            if not isinstance(frame, SyncRequest):
-                raise WireError("kind", REJECT, "expected a sync request")
-        except WireError as error:
-            self.sync_frame_errors[error.reason] += 1
-            raise
+        frame = _decode_frame(data, SyncRequest, self.sync_frame_errors, "expected a sync request")
         if frame.digest == self.view.digest():
             return []
         ours = self.view.bucket_digests()
@@ -708,13 +717,8 @@ class PeerEngine:
         make us check the rest; the result's `fault` names it, and the driver drops the rest of
         the stream and charges the peer). Ignored items are skipped. Raises WireError for a frame
         that is not a sync response."""
-        try:
-            frame = decode_sync(data)
-            if not isinstance(frame, SyncResponse):
-                raise WireError("kind", REJECT, "expected a sync response")
-        except WireError as error:
-            self.sync_frame_errors[error.reason] += 1
-            raise
+        frame = _decode_frame(data, SyncResponse, self.sync_frame_errors,
+                              "expected a sync response")
         items = frame.announcements
         tally: Counter[str] = Counter()
         for index, item in enumerate(items):
@@ -734,14 +738,8 @@ class PeerEngine:
     def decode_relay_frame(self, data: bytes) -> tuple[bytes, ...]:
         """The items of a relay frame (§8.5 rule 1: F1–F8 of §8.2, kind 17 only). Raises
         WireError for any other frame: the driver resets the stream and charges the peer."""
-        try:
-            frame = decode_sync(data)
-            if not isinstance(frame, SyncResponse):
-                raise WireError("kind", REJECT, "a relay stream carries only sync responses")
-        except WireError as error:
-            self.relay_frame_errors[error.reason] += 1
-            raise
-        return frame.announcements
+        return _decode_frame(data, SyncResponse, self.relay_frame_errors,
+                             "a relay stream carries only sync responses").announcements
 
     def on_relay_items(self, items: Sequence[bytes], now: float) -> RelayCounts:
         """Check and merge a relay frame's items in order (§8.5 rule 3): live gossip's rules
