@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
+from neuroshard_p2p.node.counters import NodeCounters
 from neuroshard_p2p.node.engine import PeerEngine
-from neuroshard_p2p.node.guard import RELAY_ITEM, RELAY_OVER_BUDGET
+from neuroshard_p2p.node.guard import RELAY_ITEM, RELAY_OVER_BUDGET, PeerGuard
 from neuroshard_p2p.node.host import Node
-from neuroshard_p2p.node.relay import RelayOutbox, encode_frames, relay_protocol
+from neuroshard_p2p.node.relay import Relay, RelayOutbox, encode_frames, relay_protocol
 from neuroshard_p2p.wire.frames import encode_sync
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.messages import SyncResponse
@@ -37,19 +38,45 @@ def test_a_relay_charter_is_another_network_and_its_nodes_relay() -> None:
     assert relay_protocol(RELAY.network_id) == f"/neuroshard/{RELAY.network_id}/relay/2.1.0"
 
 
-def test_the_outbox_spaces_batches_and_sends_no_peer_back_what_it_sent() -> None:
+def test_the_outbox_spaces_batches_and_sends_no_peer_what_it_sent_us() -> None:
     box = RelayOutbox(0.1)
     assert box.due() == float("-inf")  # a lone first change leaves at once
     box.add(b"own")
     box.add(b"from-a", "a")
     box.add(b"from-b", "b")
+    # while the batch waits, c sends us a copy of b's item and d one of an item not waiting
+    assert box.held_by(b"from-b", "c") and not box.held_by(b"other", "d")
     items = box.take(5.0)
     assert len(box) == 0 and box.due() == pytest.approx(5.1)
     assert RelayOutbox.share(items, "a") == [b"own", b"from-b"]
-    assert RelayOutbox.share(items, "c") == [b"own", b"from-a", b"from-b"]
+    assert RelayOutbox.share(items, "c") == [b"own", b"from-a"]
+    assert RelayOutbox.share(items, "d") == [b"own", b"from-a", b"from-b"]
+    assert not box.held_by(b"from-b", "d")  # gone with its batch
     assert box.take(5.05) == [] and box.due() == pytest.approx(5.1)  # nothing sent, no new wait
     data, frames = encode_frames([b"\x92" + bytes(10)] * 5000)
     assert frames == 2  # 4,096 items per frame at most (§8.2)
+
+
+def test_a_copy_a_peer_sends_while_its_item_waits_is_not_sent_back_to_it() -> None:
+    """The driver's frame handling, without a network: a's frame brings a new announcement (it
+    waits for its batch), then b's frame brings a copy of it. Neither a nor b is sent it; c is."""
+    engine = PeerEngine(TEST_MARKET, make_key(1), announce_interval_s=2.0)
+    counters, faults = NodeCounters(), []
+    now = 1_000.0
+    relay = Relay(engine=engine, guard=PeerGuard(), counters=counters,
+                  protocol=relay_protocol("spare"), batch_s=0.1, now=lambda: now,
+                  mesh=lambda: (), fault=lambda *fault: faults.append(fault),
+                  refuses=lambda peer: False, on_accepted=lambda: None)
+    (item,) = PeerEngine(TEST_MARKET, make_key(30), tokens_per_second=100,
+                         announce_interval_s=2.0).poll_announcements(now)
+    frame = encode_sync(SyncResponse((item,)))
+    assert relay._frame("a", frame) and len(relay.outbox) == 1  # accepted: waits for its batch
+    assert relay._frame("b", frame)  # a copy of what we hold
+    assert engine.relay_counts[("ignored", "duplicate")] == 1
+    assert counters.relay_items_spared == 1 and faults == []
+    batch = relay.outbox.take(now)
+    assert [RelayOutbox.share(batch, peer) for peer in ("a", "b", "c")] == [[], [], [item]]
+    assert relay._frame("d", frame) and counters.relay_items_spared == 1  # nothing waits now
 
 
 async def test_a_change_crosses_a_chain_of_relays_and_nothing_travels_on_the_topic(

@@ -33,13 +33,15 @@ class NodeCounters:
     #: Connected peers pubsub had given up on, asked to register again (libp2p_compat 13).
     pubsub_repairs: int = 0
     #: The relay (relay networks only, protocol v2 §8.5; node/relay.py): frames and items
-    #: written, writes that failed (the link is dropped), items dropped for a slow peer; frames
-    #: and items read, and frames that ended a stream with a fault: not a valid frame, over the
-    #: peer's budget, or an item rejected for its bytes.
+    #: written, writes that failed (the link is dropped), items dropped for a slow peer, items
+    #: not sent to a peer that had sent them to us while they waited; frames and items read, and
+    #: frames that ended a stream with a fault: not a valid frame, over the peer's budget, or an
+    #: item rejected for its bytes.
     relay_frames_sent: int = 0
     relay_items_sent: int = 0
     relay_send_errors: int = 0
     relay_items_dropped: int = 0
+    relay_items_spared: int = 0
     relay_frames_received: int = 0
     relay_items_received: int = 0
     relay_frames_refused: int = 0
