@@ -389,7 +389,7 @@ class Worker:
         from simnet.real import gossip_totals
 
         delivered = streams = published = copies = deferred = served_deferred = 0
-        relay_frames = relay_items = relay_errors = relay_dropped = 0
+        relay_frames = relay_items = relay_errors = relay_dropped = relay_spared = 0
         for i in self.own:
             node = self.net.peers[i].node
             if node is None:
@@ -402,6 +402,7 @@ class Worker:
             relay_items += node.counters.relay_items_received
             relay_errors += node.counters.relay_send_errors
             relay_dropped += node.counters.relay_items_dropped
+            relay_spared += node.counters.relay_items_spared
             streams += node.counters.syncs_started + node.counters.syncs_served
             published += node.counters.published
             deferred += node.counters.syncs_deferred
@@ -413,6 +414,7 @@ class Worker:
                 "published": published, "deferred": deferred,
                 "relay_frames": relay_frames, "relay_items": relay_items,
                 "relay_errors": relay_errors, "relay_dropped": relay_dropped,
+                "relay_spared": relay_spared,
                 "served_deferred": served_deferred,
                 "gc_s": self._gc_total, "gc_full": self._gc_full,
                 "sampling": self._sampling_cpu}
@@ -995,6 +997,9 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "published_per_node_s": round(delta("published") / seconds / peers, 4),
         "relay_frames_per_node_s": round(delta("relay_frames") / seconds / peers, 3),
         "relay_items_per_node_s": round(delta("relay_items") / seconds / peers, 3),
+        # Items a node did not send a peer because that peer had sent them to it while they
+        # waited for the batch (§8.5).
+        "relay_spared_per_node_s": round(delta("relay_spared") / seconds / peers, 3),
         # Relay writes that failed (each tried again once on a fresh stream) and items a peer
         # never got from this node because its link failed twice.
         "relay_send_errors": delta("relay_errors"),
