@@ -423,3 +423,46 @@ def test_the_sans_io_node_modules_read_no_clock_and_do_no_io() -> None:
     the simulator) own the clocks, sockets and files."""
     for module_name in ("neuroshard_p2p.node.engine", "neuroshard_p2p.node.jobs"):
         assert assert_sans_io(module_name) > 10, module_name
+
+
+def test_a_sync_brings_a_relay_only_the_fresh_changes_of_what_it_held() -> None:
+    """Protocol v2 §8.5's MAY (3.): of what a sync brings, a relay passes on only a signer's
+    newest announcement that is a fresh material change (or a turn to silence) from the one held
+    before it — not keep-alives, small moves, history, the first of a signer, old changes."""
+    a, b = engine(1, tokens_per_second=100), engine(2)
+    a.set_demand(10_000, 2)
+    held = a.poll_announcements(T0)[0]
+    deliver(held, b, T0 + 0.1, a)
+
+    def synced(data: bytes, to: PeerEngine, now: float, pass_on: bool = True) -> SyncCounts:
+        return to.on_sync_response(encode_sync(SyncResponse((data,))), now, pass_on)
+
+    a.set_offer(200, 0)  # capacity changed: material
+    change = a.poll_announcements(T0 + 1)[0]
+    assert synced(change, b, T0 + 1.5) == SyncCounts(1, 1, 0, 0, forward=(change,))
+    a.set_demand(10_500, 2)  # 5 %: below the step (12.5 % of 10,000)
+    small = a.poll_announcements(T0 + 2)[0]
+    assert synced(small, b, T0 + 2.5) == SyncCounts(1, 1, 0, 0)
+    [keep_alive] = a.poll_announcements(T0 + 22.5)  # the same state, 16–20 s later
+    assert announcement_of(keep_alive).pending_tokens == 10_500
+    assert synced(keep_alive, b, T0 + 23) == SyncCounts(1, 1, 0, 0)
+    a.set_demand(12_000, 2)  # 1,500 from 10,500: past the step
+    bigger = a.poll_announcements(T0 + 24)[0]
+    assert synced(bigger, b, T0 + 24.5, pass_on=False) == SyncCounts(1, 1, 0, 0)  # no relay
+    withdrawal = a.withdraw(T0 + 25)
+    assert withdrawal is not None
+    assert synced(withdrawal, b, T0 + 25.5).forward == (withdrawal,)  # to silence
+    # the first of a signer (a joining node pulls the whole view), history, and a change that
+    # is older than the recent window (T/3 = 20 s) are not passed on
+    c, d = engine(3), engine(4)
+    assert synced(change, c, T0 + 1.5) == SyncCounts(1, 1, 0, 0)
+    assert synced(held, c, T0 + 1.6) == SyncCounts(1, 1, 0, 0)
+    assert c.sync_counts[("accepted", "history")] == 1
+    deliver(held, d, T0 + 0.1, a)
+    assert synced(change, d, T0 + 21.1) == SyncCounts(1, 1, 0, 0)
+    e = engine(5)  # holds the first and the third: the second, a change from the first, is
+    deliver(held, e, T0 + 0.1, a)  # history by the time it comes
+    deliver(small, e, T0 + 2.1, a)
+    assert synced(change, e, T0 + 2.5) == SyncCounts(1, 1, 0, 0)
+    assert e.sync_counts[("accepted", "history")] == 1
+    assert b.view.current(a.signer) == announcement_of(withdrawal)

@@ -14,6 +14,7 @@ from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.node.guard import RELAY_ITEM, RELAY_OVER_BUDGET, PeerGuard
 from neuroshard_p2p.node.host import Node
 from neuroshard_p2p.node.relay import Relay, RelayOutbox, encode_frames, relay_protocol
+from neuroshard_p2p.wire import Announcement, decode_unchecked_time
 from neuroshard_p2p.wire.frames import encode_sync
 from neuroshard_p2p.wire.framing import length_prefixed
 from neuroshard_p2p.wire.messages import SyncResponse
@@ -26,6 +27,12 @@ RELAY = simnet_charter(TEST_MARKET.replace(transport="relay"))
 
 def relay_settings(path: Path, **changes: object) -> object:
     return test_settings(path, charter=RELAY, **changes)
+
+
+def announcement_of(data: bytes) -> Announcement:
+    message = decode_unchecked_time(data)
+    assert isinstance(message, Announcement)
+    return message
 
 
 def supply(node: Node) -> int:
@@ -191,4 +198,57 @@ async def test_a_relay_flood_is_cut_at_the_item_budget(tmp_path: Path) -> None:
         assert victim.node.engine.relay_counts[("ignored", "duplicate")] == 16_384
         assert elapsed < 1.0, "the refill could have let the fifth frame in"
         print(f"flood: 4 frames, 16,384 duplicate items read in {elapsed:.3f} s, then reset")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("protocol, dialer", [("sync/2.0.0", "b"), ("sync/2.1.0", "b"),
+                                              ("sync/2.1.0", "a")])
+async def test_a_change_that_reaches_a_node_by_sync_is_relayed_on_and_a_keep_alive_is_not(
+        tmp_path: Path, protocol: str, dialer: str) -> None:
+    """§8.5's MAY (3.): a – b – c in a line, no periodic sync. s and u are signers that are no
+    node; all three hold their first announcements. a alone then holds s's change (as if its relay
+    had missed b) and u's keep-alive. b gets them from a by one sync (2.0.0, b pulling; 2.1.0,
+    either side dialling): it relays s's change on to c, not back to a, and keeps u's keep-alive
+    to itself."""
+    quiet = dict(target_peers=1, sync_interval_s=300.0, reconcile=protocol == "sync/2.1.0")
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, relay_settings(tmp_path / "a", **quiet), make_key(1))
+        b = await start_node(nursery, relay_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
+                                                     **quiet), make_key(2))
+        c = await start_node(nursery, relay_settings(tmp_path / "c", bootstrap=(b.node.addrs[0],),
+                                                     **quiet), make_key(3))
+        nodes = [a.node, b.node, c.node]
+        await eventually(lambda: (a.node.peer_count, b.node.peer_count, c.node.peer_count)
+                         == (1, 2, 1) and all(n._mesh_peers() for n in nodes), 15,
+                         "a line a – b – c, every node meshed",
+                         show=lambda: [(n.peer_count, len(n._mesh_peers())) for n in nodes])
+        t0 = b.node.now()
+        s = PeerEngine(TEST_MARKET, make_key(40), tokens_per_second=100, announce_interval_s=1.0)
+        u = PeerEngine(TEST_MARKET, make_key(41), tokens_per_second=300, announce_interval_s=1.0)
+        [s1], [u1] = s.poll_announcements(t0 - 1.5), u.poll_announcements(t0 - 1.5)
+        s.set_offer(500, 0)
+        [s2], [u2] = s.poll_announcements(t0 - 0.4), u.poll_announcements(t0 - 0.4)
+        assert announcement_of(u2).tokens_per_second == 300  # a keep-alive: the same state
+        for node in nodes:
+            for wire in (s1, u1):
+                assert node.engine.on_gossip(wire, t0).outcome == "accepted"
+        for wire in (s2, u2):  # a alone, by its engine: nothing is published or relayed
+            assert a.node.engine.on_gossip(wire, t0).outcome == "accepted"
+        a_received = a.node.counters.relay_items_received
+        sessions = b.node.counters.reconciliations
+        if dialer == "b":
+            counts = await b.node.sync_with(a.node.host.get_id())
+            assert counts.accepted == 2 and counts.fault is None
+        else:  # b, the listener, receives them in the session a opened
+            await a.node.sync_with(b.node.host.get_id())
+        assert b.node.counters.reconciliations - sessions == (protocol == "sync/2.1.0")
+        assert b.node.counters.relay_synced_passed_on == 1
+        await eventually(lambda: c.node.engine.view.current(s.signer) == announcement_of(s2), 5,
+                         "c holds s's change, relayed by b")
+        assert c.node.engine.relay_counts[("accepted", "accepted")] == 1
+        # u's keep-alive would have been in the same batch: c never had it
+        assert c.node.engine.view.current(u.signer) == announcement_of(u1)
+        assert a.node.counters.relay_items_received == a_received  # a, the source, is left out
+        for node in nodes:
+            assert node.guard.faults.total() == 0
         nursery.cancel_scope.cancel()

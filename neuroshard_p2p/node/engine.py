@@ -51,7 +51,7 @@ from neuroshard_p2p.core.pricing import DEMAND_BUCKETS, demand_bucket, demand_hi
 from neuroshard_p2p.identity import peer_id_of
 from neuroshard_p2p.money import to_nano
 from neuroshard_p2p.node.clockwatch import ClockWatch
-from neuroshard_p2p.node.policy import material_change
+from neuroshard_p2p.node.policy import material_change, recent_window_s
 from neuroshard_p2p.timeline import ms_of, seconds_of
 from neuroshard_p2p.view import MarketView, TickPrice
 from neuroshard_p2p.wire import MAX_AGE_S, Announcement, WireError, encode
@@ -141,6 +141,9 @@ class SyncCounts:
     rejected: int
     fault: str | None = None
     unchecked: int = 0
+    #: With `pass_on` (a relay network, protocol v2 §8.5's MAY): the accepted items to relay,
+    #: fresh changes of what we held (`synced_change`), in the order they were accepted.
+    forward: tuple[bytes, ...] = ()
 
 
 _Frame = TypeVar("_Frame", SyncRequest, SyncResponse)
@@ -711,23 +714,56 @@ class PeerEngine:
             wires = [r.wire for r in self.view.revocation_lists()] + wires
         return [encode_sync(r) for r in split_sync_response(wires)]
 
-    def on_sync_response(self, data: bytes, now: float) -> SyncCounts:
+    def on_sync_response(self, data: bytes, now: float, pass_on: bool = False) -> SyncCounts:
         """Validate and merge the items of one sync response frame, in order, stopping at the
         first rejected one (protocol v2 §8.3: a peer that sends one bad item among many cannot
         make us check the rest; the result's `fault` names it, and the driver drops the rest of
-        the stream and charges the peer). Ignored items are skipped. Raises WireError for a frame
-        that is not a sync response."""
+        the stream and charges the peer). Ignored items are skipped. With `pass_on`, the result's
+        `forward` lists the accepted items a relay passes on (`synced_change`). Raises WireError
+        for a frame that is not a sync response."""
         frame = _decode_frame(data, SyncResponse, self.sync_frame_errors,
                               "expected a sync response")
         items = frame.announcements
         tally: Counter[str] = Counter()
+        forward: list[bytes] = []
         for index, item in enumerate(items):
             verdict = self._accept_synced(item, now)
             tally[verdict.outcome] += 1
             if verdict.outcome == REJECTED:
                 return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 1,
-                                  fault=verdict.reason, unchecked=len(items) - index - 1)
-        return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 0)
+                                  fault=verdict.reason, unchecked=len(items) - index - 1,
+                                  forward=tuple(forward))
+            if pass_on and verdict.reason == ACCEPTED and self.synced_change(verdict.message, now):
+                forward.append(item)
+        return SyncCounts(len(items), tally[ACCEPTED], tally[IGNORED], 0, forward=tuple(forward))
+
+    def synced_change(self, message: "Announcement | RevocationList | None", now: float) -> bool:
+        """Whether an announcement just accepted by sync as its signer's newest is one a relay
+        passes on (protocol v2 §8.5's MAY): issued within the recent window (T/3, what is still
+        spreading) and a change its signer would have published at once (§1.3's material change,
+        by our view's totals, or a turn to silence) from the signer's announcement we held before
+        it. A change that missed the relay (its first hop failed, or it was quiet) then reaches
+        the mesh one sync later instead of spreading by sync alone; a keep-alive, and the whole
+        view a joining node pulls (no announcement held before), are not passed on."""
+        if type(message) is not Announcement:
+            return False
+        if message.issued_at_ms < ms_of(now - recent_window_s(self.config.capacity_timeout_s)):
+            return False
+        previous = None
+        for held in self.view.messages_of(message.signer):
+            if held.seq < message.seq and (previous is None or held.seq > previous.seq):
+                previous = held
+        if previous is None:
+            return False
+        old = (previous.tokens_per_second, previous.min_price_nano, previous.pending_tokens,
+               previous.pending_requests)
+        new = (message.tokens_per_second, message.min_price_nano, message.pending_tokens,
+               message.pending_requests)
+        if old == new:
+            return False
+        if not (new[0] or new[2] or new[3]) or not (old[0] or old[2] or old[3]):
+            return True  # to or from silence
+        return material_change(old, new, self._network_demand(now))
 
     def on_relay_frame(self, data: bytes, now: float) -> RelayCounts:
         """One relay frame, rules 1 and 3 of protocol v2 §8.5 (the driver applies the budget,

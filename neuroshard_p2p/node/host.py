@@ -31,7 +31,8 @@ share no topic and no protocol: they never exchange a market message.
   provider's signed receipt (`node/job_service.py`, protocol §9).
 - `/neuroshard/<network id>/relay/2.1.0` — only on a network whose charter says
   `transport = "relay"` (protocol §8.5, `node/relay.py`): what the node would publish on the
-  topic, and what it accepts from a peer's relay stream, goes to its gossip mesh peers in bundles,
+  topic, what it accepts from a peer's relay stream, and the fresh changes a sync brings it (a
+  change that missed the relay), go to its gossip mesh peers in bundles,
   at most one batch per `relay_batch_s`; nothing is published on the topic, whose mesh is the
   relay's graph.
 
@@ -742,6 +743,12 @@ class Node:
         """Our gossip mesh for the topic: the relay's graph (§8.5)."""
         return list(self.gossipsub.mesh.get(self.topic, ())) if self.gossipsub is not None else []
 
+    def _pass_on_synced(self, peer: ID, wires: tuple[bytes, ...]) -> None:
+        """A relay network: relay the fresh changes a sync with `peer` brought (§8.5's MAY,
+        `PeerEngine.synced_change`), so a change that missed the relay is relayed from here."""
+        if self.relay is not None and wires:
+            self.relay.pass_on_synced(peer, wires)
+
     def _relay_accepted(self) -> None:
         """A relay frame brought announcements we accepted: for the sync lull, that is gossip
         (a session in the middle of a relayed burst competes with it for the CPU)."""
@@ -807,16 +814,20 @@ class Node:
                     offered = ([self._recon_protocol] if self._reconciles else []) + [self._sync_protocol]
                     stream = await self.host.new_stream(peer, offered)
                     if stream.get_protocol() == self._recon_protocol:
-                        counts = await self._reconcile(stream, ReconSession(self.engine, dialer=True))
+                        counts = await self._reconcile(stream, ReconSession(
+                            self.engine, dialer=True, pass_on=self.relay is not None))
                         received, accepted, ignored, rejected = (
                             counts.received, counts.accepted, counts.ignored, counts.rejected)
                         fault, unchecked = counts.fault, counts.unchecked
+                        self._pass_on_synced(peer, counts.forward)
                         frames = None
                     else:
                         await stream.write(length_prefixed(self.engine.sync_request(self.now())))
                         frames = FrameStream(stream, MAX_FRAME_SIZE[KIND_SYNC_RESPONSE])
                     while frames is not None and (frame := await frames.next()) is not None:
-                        counts = self.engine.on_sync_response(frame, self.now())
+                        counts = self.engine.on_sync_response(frame, self.now(),
+                                                              self.relay is not None)
+                        self._pass_on_synced(peer, counts.forward)
                         received += counts.received
                         accepted += counts.accepted
                         ignored += counts.ignored
@@ -909,7 +920,9 @@ class Node:
         if stream.get_protocol() == self._recon_protocol:
             try:
                 with trio.fail_after(self.settings.stream_timeout_s):
-                    counts = await self._reconcile(stream, ReconSession(self.engine, dialer=False))
+                    counts = await self._reconcile(stream, ReconSession(
+                        self.engine, dialer=False, pass_on=self.relay is not None))
+                self._pass_on_synced(peer, counts.forward)
                 self.counters.syncs_served += 1
                 self.counters.sync_announcements_received += counts.received
                 if counts.fault is not None:

@@ -44,9 +44,11 @@ def recon_items(engine: PeerEngine) -> ReconSet:
 class ReconSession:
     """One side of a sync/2.1.0 exchange (see the module docstring)."""
 
-    def __init__(self, engine: PeerEngine, dialer: bool) -> None:
+    def __init__(self, engine: PeerEngine, dialer: bool, pass_on: bool = False) -> None:
         self.engine = engine
         self.dialer = dialer
+        #: A relay network: collect in `counts.forward` what a relay passes on (§8.5's MAY).
+        self.pass_on = pass_on
         self.done = False
         self.turns = 0
         self.counts = SyncCounts(0, 0, 0, 0)
@@ -85,12 +87,13 @@ class ReconSession:
         resets the stream and charges a fault); a rejected item sets `fault` and `done`."""
         kind = data[2] if len(data) > 2 and data[0] in (0x93, 0x94) and data[1] == 2 else None
         if kind == KIND_SYNC_RESPONSE:
-            counts = self.engine.on_sync_response(data, now)
+            counts = self.engine.on_sync_response(data, now, self.pass_on)
             self.counts = SyncCounts(self.counts.received + counts.received,
                                      self.counts.accepted + counts.accepted,
                                      self.counts.ignored + counts.ignored,
                                      self.counts.rejected + counts.rejected,
-                                     fault=counts.fault, unchecked=counts.unchecked)
+                                     fault=counts.fault, unchecked=counts.unchecked,
+                                     forward=self.counts.forward + counts.forward)
             if counts.fault:
                 self.fault, self.done = counts.fault, True
             return []

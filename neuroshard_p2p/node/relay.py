@@ -7,8 +7,9 @@ burst of B changes costs every peer B × ~1.07 ms before it holds them all (5.3 
 10,000 peers). A frame of 64 costs ~0.8 ms plus ~126 µs per new item (docs/scaling.md, "Twenty-first
 pass"): bundling is what saves it, a stream alone does not.
 
-- **Sending.** Whatever the node would publish (its own announcements, a list) and whatever it
-  accepts from a relay frame goes into the `RelayOutbox`. At most once per `batch_s` (the first
+- **Sending.** Whatever the node would publish (its own announcements, a list), whatever it
+  accepts from a relay frame, and the fresh changes a sync brought it (`pass_on_synced`: a change
+  that missed the relay, picked by `PeerEngine.synced_change`) go into the `RelayOutbox`. At most once per `batch_s` (the first
   batch after a quiet spell at once) the outbox's items go to every peer of the topic's gossip
   mesh and to every peer that relays to us (the mesh is not always symmetric), each peer's share
   leaving out what that peer sent us (the copy we accepted, and copies it sent while the item
@@ -160,6 +161,17 @@ class Relay:
         """Relay what this node signs (or, a list, publishes) to its mesh."""
         self.outbox.add(wire)
         self._wake.set()
+
+    def pass_on_synced(self, peer: Hashable, wires: Iterable[bytes]) -> None:
+        """Relay the fresh changes a sync with `peer` brought (§8.5's MAY; the engine's
+        `synced_change` picks them): `peer` holds them, so it is not sent them."""
+        added = 0
+        for wire in wires:
+            self.outbox.add(wire, peer)
+            added += 1
+        if added:
+            self.counters.relay_synced_passed_on += added
+            self._wake.set()
 
     async def run(self, host: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Send batches until cancelled."""
