@@ -574,6 +574,12 @@ def worker_entry(argv: Sequence[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     logging.getLogger("multiaddr").setLevel(logging.WARNING)
+    # NEUROSHARD_SIMNET_LOG="neuroshard.relay=DEBUG,…": a logger's level in every worker (e.g. to
+    # see which step of a relay write failed, and after how long); a bad entry is ignored.
+    for entry in os.environ.get("NEUROSHARD_SIMNET_LOG", "").split(","):
+        name, _, level = entry.partition("=")
+        if name.strip() and level.strip().upper() in logging.getLevelNamesMapping():
+            logging.getLogger(name.strip()).setLevel(level.strip().upper())
     install_counters()
     k = float(config.get("dilation", 1.0))
     trio.run(Worker(config).main, clock=DilatedClock(k) if k != 1.0 else None)
