@@ -390,7 +390,7 @@ class Worker:
 
         delivered = streams = published = copies = deferred = served_deferred = 0
         relay_frames = relay_items = relay_errors = relay_dropped = relay_spared = 0
-        relay_synced = 0
+        relay_synced = relay_opened = 0
         for i in self.own:
             node = self.net.peers[i].node
             if node is None:
@@ -405,6 +405,7 @@ class Worker:
             relay_dropped += node.counters.relay_items_dropped
             relay_spared += node.counters.relay_items_spared
             relay_synced += node.counters.relay_synced_passed_on
+            relay_opened += node.counters.relay_streams_opened
             streams += node.counters.syncs_started + node.counters.syncs_served
             published += node.counters.published
             deferred += node.counters.syncs_deferred
@@ -417,6 +418,7 @@ class Worker:
                 "relay_frames": relay_frames, "relay_items": relay_items,
                 "relay_errors": relay_errors, "relay_dropped": relay_dropped,
                 "relay_spared": relay_spared, "relay_synced": relay_synced,
+                "relay_opened": relay_opened,
                 "served_deferred": served_deferred,
                 "gc_s": self._gc_total, "gc_full": self._gc_full,
                 "sampling": self._sampling_cpu}
@@ -1014,6 +1016,9 @@ def _window(results: list[dict[str, Any]], a: int, b: int, peers: int,
         "relay_items_dropped": delta("relay_dropped"),
         # Fresh changes a node got by sync and relayed on (§8.5's MAY: they had missed it).
         "relay_synced_passed_on": delta("relay_synced"),
+        # Relay streams opened (a new mesh peer, or again after a failure): in a burst they
+        # compete with it.
+        "relay_streams_opened": delta("relay_opened"),
         "cpu_ms_per_rpc": round(1000 * cpu / rpcs, 3) if rpcs else None,
         "loop_lag_max_s": round(max(s["lag"] for r in results for s in r["samples"][a:b + 1]), 3),
         "gc_pause_max_s": round(max(s.get("gc", 0.0) for r in results

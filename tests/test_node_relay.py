@@ -252,3 +252,30 @@ async def test_a_change_that_reaches_a_node_by_sync_is_relayed_on_and_a_keep_ali
         for node in nodes:
             assert node.guard.faults.total() == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_stream_is_open_to_each_mesh_peer_before_anything_is_sent(
+        tmp_path: Path) -> None:
+    """§8.5's SHOULD: a sender opens its stream when a peer joins its mesh, not with its first
+    batch for it (a burst would pay for the open): two meshed nodes that have announced nothing
+    hold a relay stream each way, and nothing was written on either."""
+    quiet = dict(target_peers=1, sync_interval_s=300.0)
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, relay_settings(tmp_path / "a", **quiet), make_key(1))
+        b = await start_node(nursery, relay_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
+                                                     **quiet), make_key(2))
+        nodes = [a.node, b.node]
+        ids = [n.host.get_id() for n in nodes]
+        relays = [n.relay for n in nodes]
+        assert relays[0] is not None and relays[1] is not None
+
+        def open_both_ways() -> bool:
+            return all(other in r._links and r._links[other].stream is not None
+                       and other in r._reading for r, other in zip(relays, reversed(ids)))
+
+        await eventually(open_both_ways, 10, "a relay stream each way, before any batch",
+                         show=lambda: [(len(r._links), len(r._reading)) for r in relays])
+        for node in nodes:
+            assert node.counters.relay_streams_opened == 1
+            assert node.counters.relay_frames_sent == 0 and node.counters.relay_send_errors == 0
+        nursery.cancel_scope.cancel()

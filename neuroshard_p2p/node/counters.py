@@ -36,7 +36,8 @@ class NodeCounters:
     #: written, writes that failed (the link is dropped), items dropped for a slow peer, items
     #: not sent to a peer that had sent them to us while they waited; frames and items read, and
     #: frames that ended a stream with a fault: not a valid frame, over the peer's budget, or an
-    #: item rejected for its bytes; fresh changes a sync brought that the relay passed on.
+    #: item rejected for its bytes; fresh changes a sync brought that the relay passed on; relay
+    #: streams this node opened (to a new mesh peer, or again after a failure).
     relay_frames_sent: int = 0
     relay_items_sent: int = 0
     relay_send_errors: int = 0
@@ -48,6 +49,7 @@ class NodeCounters:
     relay_over_budget: int = 0
     relay_stopped: int = 0
     relay_synced_passed_on: int = 0
+    relay_streams_opened: int = 0
 
 
 __all__ = ["NodeCounters"]

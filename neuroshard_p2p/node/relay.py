@@ -55,6 +55,14 @@ SEND_TIMEOUT_S = 5.0
 #: Attempts at one peer's frames (each on a fresh stream after a failure) before its link is
 #: dropped with what was pending for it.
 SEND_ATTEMPTS = 2
+#: How often the relay opens a stream to each new mesh peer and closes those of peers that left
+#: (§8.5: a sender keeps one stream per mesh peer open). A burst then finds its streams open: on
+#: 100 real nodes of one machine, opens left for the burst timed out at `SEND_TIMEOUT_S` when
+#: every process was busiest (docs/scaling.md, 24th pass).
+LINK_REFRESH_S = 1.0
+#: After an open with nothing to send failed, the peer is not opened eagerly again for this long
+#: (a batch still opens it when it has something for it).
+LINK_RETRY_S = 10.0
 #: Items waiting for one peer at most (a peer that reads slower than the network changes loses the
 #: oldest; two 10,000-peer bursts fit).
 MAX_PENDING = 16_384
@@ -154,6 +162,8 @@ class Relay:
         self._reading: dict[ID, Any] = {}
         self._host: Any = None
         self._nursery: trio.Nursery | None = None
+        #: Peers whose stream is not opened eagerly before this time (an idle open failed).
+        self._retry_after: dict[ID, float] = {}
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -178,6 +188,7 @@ class Relay:
         self._host = host
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._refresh_loop)
             task_status.started()
             while True:
                 await self._wake.wait()
@@ -187,24 +198,41 @@ class Relay:
                     await trio.sleep(wait)
                 self._send_batch(self.outbox.take(trio.current_time()))
 
+    async def _refresh_loop(self) -> None:
+        while True:
+            now = trio.current_time()
+            self._retry_after = {p: t for p, t in self._retry_after.items() if t > now}
+            for peer in self._refresh_links():
+                if peer not in self._links and self._retry_after.get(peer, now) <= now:
+                    self._link(peer).wake.set()  # no items: it opens its stream now
+            await trio.sleep(LINK_REFRESH_S)
+
+    def _refresh_links(self) -> set[ID]:
+        """The peers we relay to — the mesh, and every peer that relays to us: gossipsub's mesh
+        is not always symmetric (a GRAFT one side has not seen yet, a PRUNE in flight), and a
+        peer that has us in its mesh while we lack it would otherwise send to us and get nothing
+        back. The links of other peers are dropped (their streams close)."""
+        mesh = set(self._mesh()) | set(self._reading)
+        for peer in [p for p in self._links if p not in mesh]:
+            self._drop(peer)
+        return mesh
+
+    def _link(self, peer: ID) -> _Link:
+        link = self._links.get(peer)
+        if link is None:
+            assert self._nursery is not None
+            link = self._links[peer] = _Link()
+            self._nursery.start_soon(self._link_task, peer, link)
+        return link
+
     def _send_batch(self, items: list[tuple[bytes, set[Hashable]]]) -> None:
         if not items:
             return
-        assert self._nursery is not None
-        # The mesh, and every peer that relays to us: gossipsub's mesh is not always symmetric
-        # (a GRAFT one side has not seen yet, a PRUNE in flight), and a peer that has us in its
-        # mesh while we lack it would otherwise send to us and get nothing back.
-        mesh = set(self._mesh()) | set(self._reading)
-        for peer in [p for p in self._links if p not in mesh]:
-            self._drop(peer)  # neither meshed nor relaying to us: its stream closes
-        for peer in mesh:
+        for peer in self._refresh_links():
             share = RelayOutbox.share(items, peer)
             if not share:
                 continue
-            link = self._links.get(peer)
-            if link is None:
-                link = self._links[peer] = _Link()
-                self._nursery.start_soon(self._link_task, peer, link)
+            link = self._link(peer)
             link.pending.extend(share)
             overflow = len(link.pending) - MAX_PENDING
             if overflow > 0:
@@ -221,6 +249,8 @@ class Relay:
                     await link.wake.wait()
                     link.wake = trio.Event()
                     if not link.pending:
+                        if link.stream is None:  # a new mesh peer: open before a burst needs it
+                            await self._open_idle(peer, link)
                         continue
                     items = list(link.pending)
                     link.pending.clear()
@@ -242,6 +272,22 @@ class Relay:
         if link.stream is not None:
             await reset_quietly(link.stream)
 
+    async def _open_idle(self, peer: ID, link: _Link) -> None:
+        """Open `peer`'s stream with nothing to send yet; raises when it fails (the link ends,
+        and the peer is not opened eagerly again for `LINK_RETRY_S`)."""
+        started = trio.current_time()
+        try:
+            with trio.fail_after(SEND_TIMEOUT_S):
+                link.stream = await self._host.new_stream(peer, [self.protocol])
+        except Exception as exc:
+            log.debug("relay open (idle) to %s failed after %.2f s: %s", peer,
+                      trio.current_time() - started, failure_reason(exc))
+            self.counters.relay_send_errors += 1
+            self._retry_after[peer] = trio.current_time() + LINK_RETRY_S
+            raise
+        self.counters.relay_streams_opened += 1
+        self._retry_after.pop(peer, None)
+
     async def _write(self, peer: ID, link: _Link, data: bytes) -> None:
         """Write `data` to `peer`'s relay stream, opening one if needed; after a failure once
         more on a fresh stream (a stream the peer reset, e.g. when it took our newer one, is not
@@ -253,6 +299,7 @@ class Relay:
                 with trio.fail_after(SEND_TIMEOUT_S):
                     if link.stream is None:
                         link.stream = await self._host.new_stream(peer, [self.protocol])
+                        self.counters.relay_streams_opened += 1
                     stage = "write"
                     await link.stream.write(data)
                 return
@@ -349,4 +396,4 @@ class Relay:
 
 
 __all__ = ["Relay", "RelayOutbox", "relay_protocol", "encode_frames", "SEND_TIMEOUT_S",
-           "SEND_ATTEMPTS", "MAX_PENDING"]
+           "SEND_ATTEMPTS", "MAX_PENDING", "LINK_REFRESH_S", "LINK_RETRY_S"]
