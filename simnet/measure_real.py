@@ -796,7 +796,8 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                  ready_missing_pairs=ready["missing_pairs"], wall_s=round(time.perf_counter() - wall0, 1),
                  load_before=[round(x, 2) for x in load_before],
                  load_after=[round(x, 2) for x in load_after],
-                 maxrss_mb=max(r["maxrss_mb"] for r in results), dilation=net_clock.k)
+                 maxrss_mb=max(r["maxrss_mb"] for r in results), dilation=net_clock.k,
+                 cpus=os.cpu_count() or 1)
     m.row["calibration"] = summary(ops)
     # And over each event's burst (the window its CPU is counted over, `_event_cpu`).
     for e in m.arrivals.get("events", []):
@@ -1299,3 +1300,15 @@ def main(argv: Sequence[str]) -> int:  # the worker's entry (`python -m simnet.m
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def node_share_kops(row: dict[str, Any], op_us: float | None) -> float | None:
+    """A node's CPU per second of network time, in thousands of calibration ops: K × cores / N
+    of a core (every clock K times slower gives each node K times the CPU per network second)
+    over the op measured meanwhile. What decides whether 100 nodes on one machine agree within
+    3 s after an event travels between machines in this unit (docs/scaling.md, 24th pass).
+    None without the op or the machine's core count (runs before it was recorded)."""
+    cpus = row.get("cpus")
+    if not op_us or not cpus:
+        return None
+    return round(row.get("dilation", 1.0) * cpus / row["peers"] / (op_us * 1e-6) / 1000, 2)

@@ -24,6 +24,7 @@ from simnet.measure_real import (
     format_row,
     measure,
     model_error,
+    node_share_kops,
 )
 from simnet.scenario import ScenarioError
 
@@ -114,6 +115,12 @@ def _where_late(e: dict[str, Any]) -> str:
             f"hold all: {nodes}")
 
 
+def _share(row: dict[str, Any], speed: dict[str, Any]) -> str:
+    """A node's share of the machine during an event, in calibration ops (`node_share_kops`)."""
+    kops = node_share_kops(row, speed.get("mean_us"))
+    return f", a node's share {kops} thousand ops per s" if kops is not None else ""
+
+
 def _agreed(e: dict[str, Any]) -> str:
     """When all nodes agreed after a market event: by the samples, and by the fine price checks
     (measure_real `_fine_agreement`) where the run made them."""
@@ -167,7 +174,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
             print(f"{path.parent}: {e['event']}: {agree.get(e['event'])}; {dilated}"
                   f"{e['announcements']} gossiped announcements, the last reached every node "
                   f"{e['max_s']} s after issue; calibration op "
-                  f"{speed.get('mean_us', '—')} us during it{_where_late(e)}", flush=True)
+                  f"{speed.get('mean_us', '—')} us during it{_share(data['row'], speed)}"
+                  f"{_where_late(e)}", flush=True)
     for n in ([] if args.bench_only or args.from_dirs else sizes):
         for name in scenarios:
             for protocol in protocols:
@@ -213,7 +221,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                               if rpcs else "")
                     speed = e.get("calibration", {})
                     op = (f"; calibration op {speed['mean_us']} us (mean of {speed['samples']})"
-                          if speed.get("samples") else "")
+                          f"{_share(m.row, speed)}" if speed.get("samples") else "")
                     print(f"   {e['event']} at {e['t']} s: {agreed.get(e['event'])}; "
                           f"{e['announcements']} gossiped "
                           f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "

@@ -251,3 +251,17 @@ def test_measure_real_spread_starts_a_hub_in_each_process_then_the_rest(
     assert measured["agreement"]["samples"] == 12  # at 0.25, 0.75, … 5.75 s
     assert "at the end: 3.0 connections per node (max 3), gossip mesh 3.0 (max 3); nodes joined " \
            "by bootstrap plan 'spread'" in capsys.readouterr().out
+
+
+def test_a_nodes_share_of_the_machine_is_counted_in_calibration_ops() -> None:
+    """K × cores / N of a core over the op: 100 nodes on 2 cores at a 3.33 µs op have ~6,000
+    ops a second each; every clock 1.5× slower gives 1.5× that per network second; a run that
+    did not record its core count (before the 24th pass) has none."""
+    from simnet.measure_real import node_share_kops
+
+    row = {"peers": 100, "cpus": 2, "dilation": 1.0}
+    assert node_share_kops(row, 3.33) == 6.01
+    assert node_share_kops({**row, "dilation": 1.5}, 4.04) == 7.43
+    assert node_share_kops({**row, "peers": 50}, 4.0) == 10.0
+    assert node_share_kops({"peers": 100, "dilation": 1.0}, 3.33) is None
+    assert node_share_kops(row, None) is None

@@ -14,7 +14,8 @@ pass"): bundling is what saves it, a stream alone does not.
   mesh and to every peer that relays to us (the mesh is not always symmetric), each peer's share
   leaving out what that peer sent us (the copy we accepted, and copies it sent while the item
   waited). Each such peer has a `_Link`: one
-  stream and a task that writes whatever is pending for it, so a slow peer delays only its own
+  stream, opened when the peer joins the mesh (checked every `LINK_REFRESH_S`, so a burst finds
+  it open), and a task that writes whatever is pending for it, so a slow peer delays only its own
   frames; its pending items are bounded (`MAX_PENDING`, the oldest dropped and counted: sync
   repairs what a peer misses).
 - **Receiving** (`serve`): frames are read in order; each is decoded (rule 1), charged to the
