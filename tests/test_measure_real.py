@@ -9,6 +9,7 @@ About 35 s: setup, a warm-up of settle delay + W ticks (7 s), 14 s measured, tea
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,7 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     assert speed["range_us"][0] <= speed["mean_us"] <= speed["range_us"][1]
     assert run["model"]["speed_scale"] == round(speed["mean_us"] / CALIBRATION_OP_US, 4)
     assert counted["calibration_op_us"] == speed["mean_us"] == fit_runs["calibration_op_us"]
+    assert row["cpus"] == os.cpu_count()
     for c in caused:  # and over each event's 10 s (or what is left of the run)
         assert 1 <= c["calibration"]["samples"] <= 21
     # Read back (`--from`), a run prints per event what decides it on a shared machine: when
@@ -179,7 +181,9 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
                 f"prices checked every 0.1 s); "
                 f"{c['announcements']} gossiped announcements, the last reached every node "
                 f"{c['max_s']} s after issue; calibration op {c['calibration']['mean_us']} us "
-                f"during it; first arrival at another node p50 {c['first_p50_s']} s, latest "
+                f"during it, a node's share "
+                f"{round(os.cpu_count() / 6 / (c['calibration']['mean_us'] * 1e-6) / 1000, 2)} "
+                f"thousand ops per s; first arrival at another node p50 {c['first_p50_s']} s, latest "
                 f"{c['first_max_s']} s; the last arrival, of node {c['last']['announcer']}'s "
                 f"(worker {c['last']['announcer_worker']}), first reached another node at "
                 f"{c['last']['first_s']} s and node {c['last']['node']} (worker "
