@@ -39,6 +39,25 @@ def supply(node: Node) -> int:
     return node.stats().supply_tokens_per_sec
 
 
+async def meshed_line(nursery: trio.Nursery, tmp_path: Path, count: int,
+                      **changes: object) -> list:
+    """`count` relay nodes a, b, c … in a line (each bootstraps from the one before: one
+    connection each, no periodic sync), once every one of them is meshed."""
+    settings = dict(target_peers=1, sync_interval_s=300.0, **changes)
+    running: list = []
+    for i in range(count):
+        boot = {"bootstrap": (running[-1].node.addrs[0],)} if running else {}
+        running.append(await start_node(
+            nursery, relay_settings(tmp_path / "abcdef"[i], **boot, **settings), make_key(i + 1)))
+    nodes = [r.node for r in running]
+    line = tuple(1 if i in (0, count - 1) else 2 for i in range(count))
+    await eventually(lambda: tuple(n.peer_count for n in nodes) == line
+                     and all(n._mesh_peers() for n in nodes), 15,
+                     f"a line of {count} nodes, every node meshed",
+                     show=lambda: [(n.peer_count, len(n._mesh_peers())) for n in nodes])
+    return running
+
+
 def test_a_relay_charter_is_another_network_and_its_nodes_relay() -> None:
     assert RELAY.relay and not simnet_charter().relay
     assert RELAY.network_id != simnet_charter().network_id
@@ -90,18 +109,9 @@ async def test_a_change_crosses_a_chain_of_relays_and_nothing_travels_on_the_top
         tmp_path: Path) -> None:
     """a – b – c in a line (one connection each, no periodic sync): c's offer reaches a only by
     b passing on what it accepted from c's relay stream."""
-    quiet = dict(target_peers=1, sync_interval_s=300.0)
     async with trio.open_nursery() as nursery:
-        a = await start_node(nursery, relay_settings(tmp_path / "a", **quiet), make_key(1))
-        b = await start_node(nursery, relay_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
-                                                     **quiet), make_key(2))
-        c = await start_node(nursery, relay_settings(tmp_path / "c", bootstrap=(b.node.addrs[0],),
-                                                     **quiet), make_key(3))
+        a, b, c = await meshed_line(nursery, tmp_path, 3)
         nodes = [a.node, b.node, c.node]
-        await eventually(lambda: (a.node.peer_count, b.node.peer_count, c.node.peer_count)
-                         == (1, 2, 1) and all(n._mesh_peers() for n in nodes), 15,
-                         "a line a – b – c, every node meshed",
-                         show=lambda: [(n.peer_count, len(n._mesh_peers())) for n in nodes])
         before = a.node.engine.relay_counts[("accepted", "accepted")]
         c.node.set_offer(700, 10**7)
         await eventually(lambda: supply(a.node) == 700, 10, "a counts c's 700 tokens/s",
@@ -210,18 +220,9 @@ async def test_a_change_that_reaches_a_node_by_sync_is_relayed_on_and_a_keep_ali
     had missed b) and u's keep-alive. b gets them from a by one sync (2.0.0, b pulling; 2.1.0,
     either side dialling): it relays s's change on to c, not back to a, and keeps u's keep-alive
     to itself."""
-    quiet = dict(target_peers=1, sync_interval_s=300.0, reconcile=protocol == "sync/2.1.0")
     async with trio.open_nursery() as nursery:
-        a = await start_node(nursery, relay_settings(tmp_path / "a", **quiet), make_key(1))
-        b = await start_node(nursery, relay_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
-                                                     **quiet), make_key(2))
-        c = await start_node(nursery, relay_settings(tmp_path / "c", bootstrap=(b.node.addrs[0],),
-                                                     **quiet), make_key(3))
+        a, b, c = await meshed_line(nursery, tmp_path, 3, reconcile=protocol == "sync/2.1.0")
         nodes = [a.node, b.node, c.node]
-        await eventually(lambda: (a.node.peer_count, b.node.peer_count, c.node.peer_count)
-                         == (1, 2, 1) and all(n._mesh_peers() for n in nodes), 15,
-                         "a line a – b – c, every node meshed",
-                         show=lambda: [(n.peer_count, len(n._mesh_peers())) for n in nodes])
         t0 = b.node.now()
         s = PeerEngine(TEST_MARKET, make_key(40), tokens_per_second=100, announce_interval_s=1.0)
         u = PeerEngine(TEST_MARKET, make_key(41), tokens_per_second=300, announce_interval_s=1.0)
@@ -259,11 +260,8 @@ async def test_a_relay_stream_is_open_to_each_mesh_peer_before_anything_is_sent(
     """§8.5's SHOULD: a sender opens its stream when a peer joins its mesh, not with its first
     batch for it (a burst would pay for the open): two meshed nodes that have announced nothing
     hold a relay stream each way, and nothing was written on either."""
-    quiet = dict(target_peers=1, sync_interval_s=300.0)
     async with trio.open_nursery() as nursery:
-        a = await start_node(nursery, relay_settings(tmp_path / "a", **quiet), make_key(1))
-        b = await start_node(nursery, relay_settings(tmp_path / "b", bootstrap=(a.node.addrs[0],),
-                                                     **quiet), make_key(2))
+        a, b = await meshed_line(nursery, tmp_path, 2)
         nodes = [a.node, b.node]
         ids = [n.host.get_id() for n in nodes]
         relays = [n.relay for n in nodes]
