@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.node.clockwatch import (
-    AGREES, AHEAD, BEHIND, DIFFERS, UNKNOWN, ClockReading, ClockWatch,
+    AGREES, AHEAD, BEHIND, CONFIRM_S, DIFFERS, UNKNOWN, ClockReading, ClockWatch,
 )
 from neuroshard_p2p.node.engine import PeerEngine
 from neuroshard_p2p.wire import MAX_AGE_S, MAX_FUTURE_S
@@ -30,10 +30,12 @@ def signer(i: int) -> bytes:
 
 
 def watch_with(*differences_s: float, now: float = T0) -> ClockWatch:
-    """A watch that heard signer i's message signed differences_s[i] after its own clock."""
+    """A watch that heard signer i's messages signed differences_s[i] after its own clock, one
+    `CONFIRM_S` before `now` and one at `now` (a signer heard once cannot make it ahead)."""
     watch = ClockWatch()
     for i, difference in enumerate(differences_s):
-        watch.observe(signer(i), round((now + difference) * 1000), now)
+        for at in (now - CONFIRM_S, now):
+            watch.observe(signer(i), round((at + difference) * 1000), at)
     return watch
 
 
@@ -91,6 +93,34 @@ def test_half_is_not_a_majority_and_two_are_needed() -> None:
         "the only signer heard from is 45 s ahead of this node's clock: one of the two clocks "
         "is wrong")
     assert watch_with(3.0).reading(T0).state == AGREES              # within 5 s
+
+
+def test_a_first_sync_of_old_keep_alives_is_no_evidence_that_this_clock_is_ahead() -> None:
+    """A node joins: its first sync brings each signer's last keep-alive, signed 2–18 s before
+    (a delay, not a wrong clock). Heard once each, they do not make it warn; nor do the older
+    ones of the same sync. Each signer's next keep-alive, by gossip 0.2 s after it was signed,
+    shows the clocks agree. A clock truly 12 s ahead is told once signers are heard twice."""
+    watch = ClockWatch()
+    for i in range(8):
+        age = 2.0 + 2 * i
+        for extra in (20.0, 0.0):  # a retained older one, then the newest, in the same sync
+            watch.observe(signer(i), round((T0 - age - extra) * 1000), T0 + 0.1 * i)
+    reading = watch.reading(T0 + 1)
+    assert (reading.state, reading.signers, reading.off) == (AGREES, 8, 6)
+    assert not reading.warns
+    for i in range(8):
+        watch.observe(signer(i), round((T0 + 16.0) * 1000), T0 + 16.2)
+    reading = watch.reading(T0 + 17)
+    assert (reading.state, reading.off) == (AGREES, 0)
+    assert reading.offset_s == pytest.approx(-0.2)
+    ahead = ClockWatch()  # this node's clock runs 12 s ahead; messages arrive 0.2 s late
+    for i in range(4):
+        ahead.observe(signer(i), round((T0 - 12.2) * 1000), T0)
+    assert ahead.reading(T0).state == AGREES  # heard once: not yet
+    for i in range(4):
+        ahead.observe(signer(i), round((T0 + 20 - 12.2) * 1000), T0 + 20)
+    reading = ahead.reading(T0 + 20)
+    assert (reading.state, reading.offset_s, reading.off) == (AHEAD, -12.2, 4)
 
 
 def test_the_copy_that_waited_least_is_the_one_that_counts() -> None:

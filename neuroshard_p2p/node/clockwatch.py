@@ -16,7 +16,10 @@ too: their signature was checked, and they are the evidence when the gap is larg
 
 The verdict (`reading`): when signers holding more than half of the weight heard from in the
 window, and at least two of them, are ahead of this node by `warn_s` (5 s) or more, this node's
-clock is behind; when as much is behind by that much, it is ahead; when the only signer heard
+clock is behind; when as much is behind by that much, it is ahead — counting as behind only
+signers heard over at least `CONFIRM_S` (a delay can make a signer look behind, never ahead: a
+node's first sync brings every signer's last keep-alive, signed up to 20 s before, and one
+observation of that age is not evidence; docs/scaling.md, 24th pass); when the only signer heard
 from is off by that much, the two clocks differ and the node cannot tell which is wrong
 (`differs`); otherwise it agrees with its peers, and the signers that are off by that much are
 counted as peers with a wrong clock. One signer's claim never decides the verdict while two
@@ -45,6 +48,9 @@ WARN_S = 5.0
 #: Each signer's best difference is kept per bucket of this many seconds; the reading uses the
 #: current bucket and the one before (so 5 to 10 minutes of arrivals).
 BUCKET_S = 300.0
+#: A signer counts as behind this node's clock only once heard over this span (its first and its
+#: latest arrival in the window this far apart): a later message, not another of the same sync.
+CONFIRM_S = 5.0
 #: Signers remembered at most, least recently heard dropped first.
 MAX_SIGNERS = 512
 
@@ -125,13 +131,16 @@ class _Heard:
     """One signer's best differences (ms): in bucket `bucket`, and in the bucket before it; and
     the heaviest weight its messages carried."""
 
-    __slots__ = ("bucket", "best", "before", "weight")
+    __slots__ = ("bucket", "best", "before", "weight", "first_at", "last_at")
 
-    def __init__(self, bucket: int, best: int, before: int | None, weight: float) -> None:
+    def __init__(self, bucket: int, best: int, before: int | None, weight: float,
+                 at: float) -> None:
         self.bucket = bucket
         self.best = best
         self.before = before
         self.weight = weight
+        self.first_at = at  # arrivals (this node's clock): the first in the window, the latest
+        self.last_at = at
 
 
 class ClockWatch:
@@ -155,17 +164,20 @@ class ClockWatch:
         if heard is None:
             if len(self._signers) >= self.max_signers and not self._make_room(bucket, weight):
                 return
-            self._signers[signer] = _Heard(bucket, difference, None, weight)
+            self._signers[signer] = _Heard(bucket, difference, None, weight, now)
             return
         if heard.bucket < bucket - 1 or heard.bucket > bucket:
             # not heard for a whole bucket, or our clock was set back: start from here
             heard.bucket, heard.best, heard.before = bucket, difference, None
+            heard.first_at = heard.last_at = now
         elif heard.bucket == bucket - 1:
             heard.bucket, heard.best, heard.before = bucket, difference, heard.best
         elif difference > heard.best:
             heard.best = difference
         if weight > heard.weight:
             heard.weight = weight
+        heard.first_at = min(heard.first_at, now)
+        heard.last_at = max(heard.last_at, now)
 
     def _make_room(self, bucket: int, weight: float) -> bool:
         """Full: drop a signer not heard from in the window, else the lightest one if it is
@@ -189,12 +201,13 @@ class ClockWatch:
 
     def offsets(self, now: float) -> dict[bytes, float]:
         """Each signer heard from in the window: its best (signer's clock − ours), in seconds."""
-        return {signer: offset for signer, (offset, _) in self._weighed(now).items()}
+        return {signer: offset for signer, (offset, _, _) in self._weighed(now).items()}
 
-    def _weighed(self, now: float) -> dict[bytes, tuple[float, float]]:
-        """Each signer heard from in the window: (its best difference in seconds, its weight)."""
+    def _weighed(self, now: float) -> dict[bytes, tuple[float, float, bool]]:
+        """Each signer heard from in the window: (its best difference in seconds, its weight,
+        whether it was heard over at least `CONFIRM_S`)."""
         bucket = int(now // self.bucket_s)
-        result: dict[bytes, tuple[float, float]] = {}
+        result: dict[bytes, tuple[float, float, bool]] = {}
         for signer, heard in self._signers.items():
             if heard.bucket == bucket:
                 best = heard.best if heard.before is None else max(heard.best, heard.before)
@@ -202,7 +215,8 @@ class ClockWatch:
                 best = heard.best
             else:
                 continue
-            result[signer] = (best / 1000, heard.weight)
+            result[signer] = (best / 1000, heard.weight,
+                              heard.last_at - heard.first_at >= CONFIRM_S)
         return result
 
     def reading(self, now: float) -> ClockReading:
@@ -210,22 +224,24 @@ class ClockWatch:
         weighed = list(self._weighed(now).values())
         if not weighed:
             return ClockReading(UNKNOWN, None, 0, 0, self.warn_s)
-        offsets = [o for o, _ in weighed]
+        offsets = [o for o, _, _ in weighed]
         ahead = [o for o in offsets if o >= self.warn_s]      # signers ahead of us: we are behind
-        behind = [o for o in offsets if o <= -self.warn_s]    # signers behind us: we are ahead
-        half = sum(w for _, w in weighed) / 2
+        late = [o for o in offsets if o <= -self.warn_s]      # signers behind us, or late
+        # signers behind us, heard over CONFIRM_S: we are ahead
+        behind = [(o, w) for o, w, heard_long in weighed if o <= -self.warn_s and heard_long]
+        half = sum(w for _, w, _ in weighed) / 2
         if len(offsets) == 1 and (ahead or behind):
             return ClockReading(DIFFERS, offsets[0], 1, 1, self.warn_s)
-        if len(ahead) >= 2 and sum(w for o, w in weighed if o >= self.warn_s) > half:
+        if len(ahead) >= 2 and sum(w for o, w, _ in weighed if o >= self.warn_s) > half:
             return ClockReading(BEHIND, statistics.median(ahead), len(offsets), len(ahead),
                                 self.warn_s)
-        if len(behind) >= 2 and sum(w for o, w in weighed if o <= -self.warn_s) > half:
-            return ClockReading(AHEAD, statistics.median(behind), len(offsets), len(behind),
-                                self.warn_s)
+        if len(behind) >= 2 and sum(w for _, w in behind) > half:
+            return ClockReading(AHEAD, statistics.median(o for o, _ in behind), len(offsets),
+                                len(behind), self.warn_s)
         in_step = [o for o in offsets if -self.warn_s < o < self.warn_s] or offsets
         return ClockReading(AGREES, statistics.median(in_step), len(offsets),
-                            len(ahead) + len(behind), self.warn_s)
+                            len(ahead) + len(late), self.warn_s)
 
 
-__all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "DIFFERS", "STATES", "ClockReading",
+__all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "CONFIRM_S", "DIFFERS", "STATES", "ClockReading",
            "ClockWatch", "MAX_SIGNERS", "UNKNOWN", "WARN_S"]
