@@ -219,6 +219,12 @@ class OwnState:
     #: Clearing networks (revision 2.1): pending_tokens by bid bucket; None elsewhere.
     demand_by_limit: tuple[int, ...] | None = None
 
+    @classmethod
+    def of(cls, message: Announcement) -> "OwnState":
+        """The state an announcement says."""
+        return cls(message.tokens_per_second, message.min_price_nano, message.pending_tokens,
+                   message.pending_requests, message.demand_by_limit)
+
     @property
     def silent(self) -> bool:
         """Nothing to announce: no capacity, no demand."""
@@ -686,9 +692,7 @@ class PeerEngine:
         """A previous run of this key announced a higher seq (`message`, just merged): continue
         above it and say again what is true now."""
         self._last_seq = message.seq
-        self._published = OwnState(message.tokens_per_second, message.min_price_nano,
-                                   message.pending_tokens, message.pending_requests,
-                                   message.demand_by_limit)
+        self._published = OwnState.of(message)
         self._published_at = seconds_of(message.issued_at_ms)
         self._dirty = True
 
@@ -755,15 +759,12 @@ class PeerEngine:
                 previous = held
         if previous is None:
             return False
-        old = (previous.tokens_per_second, previous.min_price_nano, previous.pending_tokens,
-               previous.pending_requests)
-        new = (message.tokens_per_second, message.min_price_nano, message.pending_tokens,
-               message.pending_requests)
+        old, new = OwnState.of(previous), OwnState.of(message)
         if old == new:
             return False
-        if not (new[0] or new[2] or new[3]) or not (old[0] or old[2] or old[3]):
+        if old.silent or new.silent:
             return True  # to or from silence
-        return material_change(old, new, self._network_demand(now))
+        return material_change(astuple(old), astuple(new), self._network_demand(now))
 
     def on_relay_frame(self, data: bytes, now: float) -> RelayCounts:
         """One relay frame, rules 1 and 3 of protocol v2 §8.5 (the driver applies the budget,
