@@ -72,6 +72,18 @@ def test_most_peers_behind_means_this_clock_is_ahead() -> None:
         "early here, and its price runs high. Set the clock right (e.g. enable NTP).")
 
 
+def test_an_even_count_of_wrong_signers_gives_a_gap_one_of_them_shows() -> None:
+    """Two of three signers confirmed behind, by 45 s and by 90 s (the second is itself 45 s
+    behind): the node is 45 s ahead, not the 67.5 s their mean says (a clean-clone CI run saw
+    that reading at start-up, with the third signer not yet heard twice)."""
+    watch = watch_with(-45.0, -90.0)
+    watch.observe(signer(2), round((T0 - 45.0) * 1000), T0)  # heard once: not yet counted
+    reading = watch.reading(T0)
+    assert (reading.state, reading.offset_s, reading.signers, reading.off) == (AHEAD, -45.0, 3, 2)
+    assert watch_with(50.0, 40.0).reading(T0).offset_s == 40.0
+    assert watch_with(-45.0, -90.0, -44.0).reading(T0).offset_s == -45.0
+
+
 def test_most_peers_ahead_means_this_clock_is_behind() -> None:
     reading = watch_with(40.0, 45.0, 50.0).reading(T0)
     assert (reading.state, reading.offset_s, reading.off) == (BEHIND, 45.0, 3)

@@ -69,7 +69,8 @@ class ClockReading:
     `state`: `agrees`, `ahead` (this node's clock is ahead of most signers'), `behind`,
     `differs` (the only signer heard from is off), or `unknown` (no signer heard from in the
     window). `offset_s`: the median of (signer's clock − ours) over the signers that decided
-    the state (when it agrees, those within `warn_s`); negative when this node is ahead.
+    the state (of an even number of them when wrong, the middle one nearer zero: a gap that
+    at least half of them show, never an average of two that none shows) (when it agrees, those within `warn_s`); negative when this node is ahead.
     `signers`: signers heard from in the window; `off`: how many of them are `warn_s` or more
     away from this node's clock, either way."""
 
@@ -233,14 +234,22 @@ class ClockWatch:
         if len(offsets) == 1 and (ahead or behind):
             return ClockReading(DIFFERS, offsets[0], 1, 1, self.warn_s)
         if len(ahead) >= 2 and sum(w for o, w, _ in weighed if o >= self.warn_s) > half:
-            return ClockReading(BEHIND, statistics.median(ahead), len(offsets), len(ahead),
+            return ClockReading(BEHIND, _gap(ahead), len(offsets), len(ahead),
                                 self.warn_s)
         if len(behind) >= 2 and sum(w for _, w in behind) > half:
-            return ClockReading(AHEAD, statistics.median(o for o, _ in behind), len(offsets),
+            return ClockReading(AHEAD, _gap([o for o, _ in behind]), len(offsets),
                                 len(behind), self.warn_s)
         in_step = [o for o in offsets if -self.warn_s < o < self.warn_s] or offsets
         return ClockReading(AGREES, statistics.median(in_step), len(offsets),
                             len(ahead) + len(late), self.warn_s)
+
+
+def _gap(offsets: list[float]) -> float:
+    """The median of offsets all on one side of zero; of an even number, the middle one nearer
+    zero. (45 s ahead of two signers and 90 s of a third that is itself behind: 45 s, as with all
+    three; the plain median of the first two confirmed would be 67.5 s, a gap nobody has.)"""
+    nearest_first = sorted(offsets, key=abs)
+    return nearest_first[(len(nearest_first) - 1) // 2]
 
 
 __all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "CONFIRM_S", "DIFFERS", "STATES", "ClockReading",
