@@ -797,7 +797,7 @@ def measure(scenario_name: str, peers: int, protocol: str, *, workers: int = 4,
                  load_before=[round(x, 2) for x in load_before],
                  load_after=[round(x, 2) for x in load_after],
                  maxrss_mb=max(r["maxrss_mb"] for r in results), dilation=net_clock.k,
-                 cpus=os.cpu_count() or 1)
+                 cpus=os.cpu_count() or 1, transport=market.transport)
     m.row["calibration"] = summary(ops)
     # And over each event's burst (the window its CPU is counted over, `_event_cpu`).
     for e in m.arrivals.get("events", []):

@@ -115,6 +115,15 @@ def _where_late(e: dict[str, Any]) -> str:
             f"hold all: {nodes}")
 
 
+def _sent(row: dict[str, Any]) -> str:
+    """How a run's announcements left their announcers at once (the arrivals' "gossiped", against
+    "reconciled"): "relayed" on a relay network (charter `transport`), else "gossiped". Runs
+    recorded before the row carried `transport` had any relay frames only on a relay network."""
+    relay = row.get("transport") == "relay" or (
+        "transport" not in row and bool(row.get("relay_frames_per_node_s")))
+    return "relayed" if relay else "gossiped"
+
+
 def _share(row: dict[str, Any], speed: dict[str, Any]) -> str:
     """A node's share of the machine during an event, in calibration ops (`node_share_kops`)."""
     kops = node_share_kops(row, speed.get("mean_us"))
@@ -172,7 +181,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
         for e in data.get("arrivals", {}).get("events", []):
             speed = e.get("calibration", {})
             print(f"{path.parent}: {e['event']}: {agree.get(e['event'])}; {dilated}"
-                  f"{e['announcements']} gossiped announcements, the last reached every node "
+                  f"{e['announcements']} {_sent(data['row'])} announcements, the last reached "
+                  f"every node "
                   f"{e['max_s']} s after issue; calibration op "
                   f"{speed.get('mean_us', '—')} us during it{_share(data['row'], speed)}"
                   f"{_where_late(e)}", flush=True)
@@ -207,7 +217,8 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                 for kind in ("gossiped", "reconciled"):
                     a = m.arrivals.get(kind)
                     if a:
-                        print(f"   {kind} announcements reached nodes (checks every "
+                        said = _sent(m.row) if kind == "gossiped" else kind
+                        print(f"   {said} announcements reached nodes (checks every "
                               f"{m.arrivals['check_every_s']} s): p50 {a['p50_s']} s, p99 "
                               f"{a['p99_s']} s, max {a['max_s']} s after issue; "
                               f"{a['after_settle_delay']} of {a['arrivals']} arrivals later than "
@@ -223,7 +234,7 @@ def cmd_measure_real(args: argparse.Namespace) -> int:
                     op = (f"; calibration op {speed['mean_us']} us (mean of {speed['samples']})"
                           f"{_share(m.row, speed)}" if speed.get("samples") else "")
                     print(f"   {e['event']} at {e['t']} s: {agreed.get(e['event'])}; "
-                          f"{e['announcements']} gossiped "
+                          f"{e['announcements']} {_sent(m.row)} "
                           f"announcements, their arrivals p50 {e['p50_s']} s, last {e['max_s']} s "
                           f"after issue (views read every {m.arrivals['check_every_s']} s)"
                           f"{packed}{op}{_where_late(e)}", flush=True)

@@ -167,6 +167,7 @@ def test_measure_real_two_processes_three_nodes_each(tmp_path: Path,
     assert run["model"]["speed_scale"] == round(speed["mean_us"] / CALIBRATION_OP_US, 4)
     assert counted["calibration_op_us"] == speed["mean_us"] == fit_runs["calibration_op_us"]
     assert row["cpus"] == os.cpu_count()
+    assert row["transport"] == "gossip"  # the report says "gossiped" (`_sent`)
     for c in caused:  # and over each event's 10 s (or what is left of the run)
         assert 1 <= c["calibration"]["samples"] <= 21
     # Read back (`--from`), a run prints per event what decides it on a shared machine: when
@@ -269,3 +270,16 @@ def test_a_nodes_share_of_the_machine_is_counted_in_calibration_ops() -> None:
     assert node_share_kops({**row, "peers": 50}, 4.0) == 10.0
     assert node_share_kops({"peers": 100, "dilation": 1.0}, 3.33) is None
     assert node_share_kops(row, None) is None
+
+
+def test_a_relay_networks_announcements_are_said_to_be_relayed() -> None:
+    """The report named every announcement sent at once "gossiped", also on relay networks; the
+    row now carries the charter's transport, and rows recorded before it are told by their relay
+    frames."""
+    from simnet.measure_report import _sent
+
+    assert _sent({"transport": "relay", "relay_frames_per_node_s": 0.0}) == "relayed"
+    assert _sent({"transport": "gossip", "relay_frames_per_node_s": 0.0}) == "gossiped"
+    assert _sent({"relay_frames_per_node_s": 1.366}) == "relayed"
+    assert _sent({"relay_frames_per_node_s": 0.0}) == "gossiped"
+    assert _sent({}) == "gossiped"
