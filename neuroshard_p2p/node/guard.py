@@ -55,6 +55,8 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable, Mapping
 
+from neuroshard_p2p.node.bounded import forget_beyond
+
 GOSSIP_REJECT = "gossip_reject"
 SYNC_ITEM = "sync_item"
 SYNC_FRAME = "sync_frame"
@@ -159,6 +161,10 @@ class TokenBuckets:
         self.refill_s = refill_s
         self.max_keys = max_keys
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Keys remembered (at most `max_keys`)."""
+        return len(self._buckets)
 
     def take(self, key: Hashable, now: float) -> bool:
         tokens = self.tokens(key, now)
@@ -344,24 +350,17 @@ class PeerGuard:
     def _record(self, peer: Hashable, now: float) -> _Record:
         record = self._peers.get(peer)
         if record is None:
+            self._make_room(now)
             record = self._peers[peer] = _Record(now)
-            self._evict(now)
         else:
             self._peers.move_to_end(peer)
         return record
 
-    def _evict(self, now: float) -> None:
-        """Forget the least recently seen peers beyond the bound, sparing running bans while
-        there is anyone else to forget."""
-        excess = len(self._peers) - self.policy.max_peers_tracked
-        if excess <= 0:
-            return
-        victims = [p for p, r in self._peers.items()
-                   if r.banned_until is None or now >= r.banned_until][:excess]
-        if len(victims) < excess:  # all banned: the oldest go anyway
-            victims += [p for p in self._peers if p not in victims][:excess - len(victims)]
-        for peer in victims:
-            del self._peers[peer]
+    def _make_room(self, now: float) -> None:
+        """Room for one more peer: forget the least recently seen beyond the bound, sparing
+        running bans while there is anyone else to forget (node/bounded.py)."""
+        for peer in forget_beyond(self._peers, self.policy.max_peers_tracked - 1,
+                                  lambda r: r.banned_until is not None and now < r.banned_until):
             self._banned.pop(peer, None)
 
 

@@ -35,6 +35,7 @@ import math
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 
+from neuroshard_p2p.node.bounded import forget_beyond
 from neuroshard_p2p.timeline import ms_of
 from neuroshard_p2p.wire import Job
 from neuroshard_p2p.wire.codec import MAX_AGE_S
@@ -110,7 +111,8 @@ class PayerSettings:
     #: The first refusal; each further one doubles, up to `max_refusal_s`.
     unpaid_refusal_s: float = 600.0
     max_refusal_s: float = 86_400.0
-    #: Gateways remembered (the least recently seen are let go first).
+    #: Gateways remembered (the least recently seen are let go first; one refused now only when
+    #: every one is).
     max_gateways: int = 10_000
 
     def __post_init__(self) -> None:
@@ -159,6 +161,10 @@ class Payers:
         #: Jobs declined `unpaid`.
         self.declined = 0
 
+    def __len__(self) -> int:
+        """Gateways remembered (at most `max_gateways`)."""
+        return len(self._records)
+
     def record(self, gateway: bytes) -> PayerRecord | None:
         return self._records.get(gateway)
 
@@ -175,10 +181,14 @@ class Payers:
     def on_outcome(self, gateway: bytes, outcome: str, tokens: int, now: float) -> bool:
         """A `tokens`-token job served for `gateway` ended with `outcome` ("settled", a refusal
         reason, or NO_SETTLEMENT). True if the gateway is now refused."""
-        record = self._records.pop(gateway, None) or PayerRecord()
+        record = self._records.pop(gateway, None)
+        if record is None:
+            # a gateway refused now is forgotten last: gateways passing through (identities are
+            # cheap) must not lift its refusal (node/bounded.py)
+            forget_beyond(self._records, self.settings.max_gateways - 1,
+                          lambda r: r.refused_until > now)
+            record = PayerRecord()
         self._records[gateway] = record  # most recently seen last
-        while len(self._records) > self.settings.max_gateways:
-            self._records.popitem(last=False)
         s = self.settings
         record.served += 1
         record.last_outcome = outcome

@@ -32,7 +32,9 @@ measured latency (an exponential average of how much longer than its announced r
 took, result time − sent time − tokens / tokens_per_second). Prices are never reordered: the
 market's price order stays the book's first rule.
 
-Bounded: at most `max_providers` records, the least recently used let go first.
+Bounded: at most `max_providers` records, the least recently used let go first; a provider
+whose ban still runs (at the latest time this record was told) only when every one's does, so
+providers passing through cannot lift a ban (node/bounded.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from neuroshard_p2p.node.bounded import forget_beyond
 
 #: Kinds of provider fault (stable names: counted, shown in the API and the metrics).
 UNREACHABLE = "unreachable"          # dial or stream open failed
@@ -124,6 +128,8 @@ class Reputation:
         self.faults: Counter[str] = Counter()
         self.bans = 0
         self.settled = 0
+        #: The latest time any call told this record (on_sent takes none).
+        self._latest = -math.inf
 
     def __len__(self) -> int:
         return len(self._records)
@@ -134,10 +140,11 @@ class Reputation:
     def _record(self, peer_id: str) -> ProviderRecord:
         record = self._records.pop(peer_id, None)
         if record is None:
+            latest = self._latest
+            forget_beyond(self._records, self.settings.max_providers - 1,
+                          lambda r: r.banned_until > latest)
             record = ProviderRecord()
         self._records[peer_id] = record  # most recently used last
-        while len(self._records) > self.settings.max_providers:
-            self._records.popitem(last=False)
         return record
 
     # -- what happened -------------------------------------------------------------------------
@@ -148,6 +155,7 @@ class Reputation:
     def on_settled(self, peer_id: str, latency_s: float, now: float) -> None:
         """A job sent to `peer_id` settled (its receipt passed the checks); `latency_s` is how
         much longer than its announced rate it took."""
+        self._latest = max(self._latest, now)
         record = self._record(peer_id)
         record.settled += 1
         record.strikes = 0
@@ -162,6 +170,7 @@ class Reputation:
         """A provider fault: count it, set the provider aside (back-off, or a ban after
         `ban_after` strikes in a row). Returns until when it is not matched."""
         s = self.settings
+        self._latest = max(self._latest, now)
         record = self._record(peer_id)
         record.faults += 1
         record.fault_kinds[kind] += 1
