@@ -416,6 +416,42 @@ def test_equal_prices_prefer_a_settled_record_and_low_latency() -> None:
     assert d.peer_id == peer_id_of(pub(CHEAP))
 
 
+def test_equal_prices_prefer_a_provider_that_takes_sampling_settings_after_trust() -> None:
+    """Among offers at one min price: trusted first, then a provider whose job protocols include
+    job/2.2.0 (the driver's `lacks_sampling` says which do not), then latency; price first."""
+    old_id = peer_id_of(pub(CHEAP))
+
+    def lacks(peer_id: str) -> bool:
+        return peer_id == old_id
+
+    desk = gateway_desk(offer(CHEAP, 10_000, 10), offer(DEAR, 10_000, 10))
+    both = [offer(CHEAP, 10_000, 10), offer(DEAR, 10_000, 10)]
+    assert peer_id_of(pub(CHEAP)) < peer_id_of(pub(DEAR))  # the book's tie-break favours CHEAP
+    desk.submit("a", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0)
+    [d] = desk.dispatch(T0, None, lacks)
+    assert d.peer_id == peer_id_of(pub(DEAR))   # both on probation: the one that takes them
+    complete(desk, d, DEAR, T0)
+    desk.submit("b", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 1)
+    [d] = desk.dispatch(T0 + 1)
+    assert d.peer_id == old_id                  # without the driver's word, the tie-break
+    complete(desk, d, CHEAP, T0 + 1)
+    for j in range(2):  # DEAR trusted (3 settled jobs), CHEAP still on probation (1)
+        desk.set_view_offers([offer(DEAR, 10_000, 10)], T0 + 2)
+        desk.submit(f"t{j}", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 2)
+        [d] = desk.dispatch(T0 + 2, None, lacks)
+        complete(desk, d, DEAR, T0 + 2)
+    desk.set_view_offers(both, T0 + 3)
+    desk.submit("c", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 3)
+    [d] = desk.dispatch(T0 + 3, None, lambda peer_id: peer_id == peer_id_of(pub(DEAR)))
+    assert d.peer_id == peer_id_of(pub(DEAR))   # trust comes first, against the tie-break too
+    complete(desk, d, DEAR, T0 + 3)
+    # OTHER (new, on probation like DEAR) lacks them but asks less: price before everything
+    desk.set_view_offers([offer(OTHER, 10_000, 9), offer(DEAR, 10_000, 10)], T0 + 4)
+    desk.submit("d", "alice", 10, 2 * PRICE, price_nano=PRICE, now=T0 + 4)
+    [d] = desk.dispatch(T0 + 4, None, lambda peer_id: peer_id == peer_id_of(pub(OTHER)))
+    assert d.peer_id == peer_id_of(pub(OTHER))
+
+
 def test_faults_of_jobs_in_flight_together_make_one_strike() -> None:
     # A trusted provider with many jobs in flight that restarts loses them all at once: one
     # strike (5 s back-off), not a ban.

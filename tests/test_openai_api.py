@@ -341,6 +341,48 @@ async def test_a_provider_without_job_2_2_0_serves_without_the_settings(tmp_path
             "them)]\n"), done.stderr.decode()
 
 
+async def test_a_buyers_settings_go_to_the_provider_that_takes_them(tmp_path: Path) -> None:
+    """Two providers at the same price, both new to the gateway; one from before job/2.2.0.
+    Their keys are picked so the old one's peer id sorts first (the book's last tie-break), so
+    without the gateway's preference the settings would go to the old one and be lost."""
+    from neuroshard_p2p.identity import peer_id_of
+    from tests.conftest import make_key
+
+    old_key, new_key = sorted((5, 6), key=lambda k: peer_id_of(
+        make_key(k).public_key.format()))
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(backend_process())
+        nodes = {}
+        for name, key, samples in (("old", old_key, False), ("new", new_key, True)):
+            nodes[name] = await stack.enter_async_context(api_node(
+                tmp_path / name, key, capacity=2000, min_price=0.01, backend="openai",
+                backend_url=url, backend_model="tiny", job_sampling=samples))
+        old, new = nodes["old"], nodes["new"]
+        assert old.node.peer_id < new.node.peer_id
+        gateway = await stack.enter_async_context(api_node(
+            tmp_path / "gateway", 4, bootstrap=(old.node.addrs[0], new.node.addrs[0])))
+
+        async def sees_both() -> bool:
+            offers = (await gateway.get("/api/market/offers")).json()["offers"]
+            return len(offers) == 2
+        await eventually(sees_both, 10, "the gateway sees both offers")
+        jobs = gateway.node.jobs
+        await eventually(lambda: jobs._lacks_sampling(old.node.peer_id), 10,
+                         "identify told the gateway what the old provider speaks")
+        assert not jobs._lacks_sampling(new.node.peer_id)
+        oa = client(gateway)
+        for i in range(2):
+            answer = await trio.to_thread.run_sync(lambda: oa.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"ask {i}"}], max_tokens=3,
+                temperature=0.2))
+            assert answer.model_extra["neuroshard"]["sampling"] == "sent"
+            assert (await stats(url))["last"]["temperature"] == 0.2
+        assert (jobs.counters.sampling_sent, jobs.counters.sampling_not_sent) == (2, 0)
+        await eventually(lambda: new.node.jobs.counters.jobs_streamed == 2, 5,
+                         "the new provider served both")
+        assert old.node.jobs.counters.jobs_streamed == 0
+
+
 async def test_a_gateway_without_job_2_2_0_is_served_by_a_new_provider(tmp_path: Path) -> None:
     """Spec §11: an old gateway never offers job/2.2.0, so a new provider serves it on job/2.1.0
     and reads its prompt as it always did (a chat, no header)."""

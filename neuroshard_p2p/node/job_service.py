@@ -727,10 +727,26 @@ class JobService:
                 self.gateway.set_view_offers(offers, now)
                 self._offers_given = offers
             clearing = self.price_nano(now) if self.engine.config.clearing else None
-            for dispatch in self.gateway.dispatch(now, clearing):
+            lacks = self._lacks_sampling if self.settings.sampling and self.host else None
+            for dispatch in self.gateway.dispatch(now, clearing, lacks):
                 self.counters.jobs_sent += 1
                 self._nursery.start_soon(self._send_job, dispatch)
         self._announce_demand()
+
+    def _lacks_sampling(self, peer_id: str) -> bool:
+        """What identify told us: the provider speaks a job protocol but not job/2.2.0 (a node
+        from before it), so a buyer's sampling settings would not reach its backend. False when
+        we know nothing of it (not connected yet): the desk's preference is for what is known."""
+        from libp2p.peer.id import ID
+
+        try:
+            protocols = {str(p) for p in self.host.get_peerstore().get_protocols(
+                ID.from_base58(peer_id))}
+        except Exception:  # noqa: BLE001 - an unknown peer, or an id the peerstore refuses
+            return False
+        s = self.settings
+        return s.sampling_protocol not in protocols and bool(
+            protocols & {s.protocol, s.stream_protocol})
 
     async def _route_loop(self) -> None:
         while True:

@@ -31,7 +31,7 @@ import heapq
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from neuroshard_p2p.config import MarketConfig
 from neuroshard_p2p.core.book import (
@@ -55,6 +55,7 @@ from neuroshard_p2p.node.reputation import (
     CLAIM_TIMEOUT,
     DECLINED_AFTER_ACCEPT,
     DROPPED,
+    RANK_STEP,
     Reputation,
     ReputationSettings,
 )
@@ -418,7 +419,7 @@ class GatewayDesk:
     The driver calls, with the time:
         submit(...)                     a user's request; locks the current price
         set_view_offers(offers, now)    the merged view's offers (any time they may have changed)
-        dispatch(now)                   match and return the jobs to send → [Dispatch]
+        dispatch(now, clearing, lacks_sampling)   match and return the jobs to send → [Dispatch]
         on_accepted / on_declined / on_lost / on_failed / on_completed   what a stream reported
         advance(now)                    timers (claim timeout, expiry, pruning)
         next_deadline()                 when advance has work next
@@ -588,10 +589,15 @@ class GatewayDesk:
         """Do not send jobs to `peer_id` before `until`."""
         self._set_aside[peer_id] = max(until, self._set_aside.get(peer_id, -math.inf))
 
-    def dispatch(self, now: float, clearing_price_nano: int | None = None) -> list[Dispatch]:
+    def dispatch(self, now: float, clearing_price_nano: int | None = None,
+                 lacks_sampling: Callable[[str], bool] | None = None) -> list[Dispatch]:
         """Match pending requests to the offers (minus providers set aside, backing off or
         banned; those on probation one request at a time, small ones first) and return the jobs
-        to send, each request now claimed by its provider in the book."""
+        to send, each request now claimed by its provider in the book.
+
+        `lacks_sampling(peer_id)`: the driver knows the provider speaks a job protocol but not
+        job/2.2.0, so a buyer's sampling settings would not reach its backend. Among offers at
+        the same min price and trust, such providers come after the others (then latency)."""
         self._next_route = None
         if not self.book.pending_count:
             return []
@@ -609,7 +615,9 @@ class GatewayDesk:
                 continue
             offers.append(RestingOffer(
                 peer_id, offer.tokens_per_second, offer.min_price_nano,
-                seconds_of(offer.issued_at_ms), rank=reputation.rank(peer_id),
+                seconds_of(offer.issued_at_ms),
+                rank=reputation.rank(peer_id) + (
+                    RANK_STEP if lacks_sampling is not None and lacks_sampling(peer_id) else 0),
                 probation_tokens=small if reputation.on_probation(peer_id) else 0))
         for peer_id in [p for p, until in self._set_aside.items() if until <= now]:
             del self._set_aside[peer_id]

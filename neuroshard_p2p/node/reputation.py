@@ -27,7 +27,8 @@ trusted provider can take, so probation never makes a request wait for ever). A 
 holds at most one of this gateway's requests at a time, each for at most its deadline, and draws
 at most `ban_after` jobs before it is banned.
 
-**Preference.** Among offers at the same min price, trusted providers come first, then by
+**Preference.** Among offers at the same min price, trusted providers come first (the desk
+then ranks providers known not to take sampling settings after the others, node/jobs.py), then by
 measured latency (an exponential average of how much longer than its announced rate a provider
 took, result time − sent time − tokens / tokens_per_second). Prices are never reordered: the
 market's price order stays the book's first rule.
@@ -58,6 +59,9 @@ RECEIPT_REFUSED = "receipt_refused"  # the receipt failed the checks R1–R8
 CLAIM_TIMEOUT = "claim_timeout"      # the book's claim timeout passed (a backstop)
 FAULT_KINDS = (UNREACHABLE, NO_ANSWER, NO_RESULT, DROPPED, BROKEN_FRAME, WRONG_REQUEST,
                DECLINED_AFTER_ACCEPT, RECEIPT_REFUSED, CLAIM_TIMEOUT)
+
+#: A step of a provider's rank above every latency (ms) it can have (`Reputation.rank`).
+RANK_STEP = 1_000_000
 
 #: Routing states of a provider at this gateway (what /api/market/offers shows).
 TRUSTED = "trusted"
@@ -201,11 +205,12 @@ class Reputation:
         return record is None or record.streak < self.settings.trusted_after
 
     def rank(self, peer_id: str) -> int:
-        """Order among offers at the same min price: trusted first, then by latency (ms)."""
+        """Order among offers at the same min price: trusted first, then by latency (ms, under
+        1,000,000; the gateway desk ranks between the two with `RANK_STEP`)."""
         record = self._records.get(peer_id)
         latency_ms = 0 if record is None or record.latency_s is None else \
-            min(999_999, round(record.latency_s * 1000))
-        return (1_000_000 if self.on_probation(peer_id) else 0) + latency_ms
+            min(RANK_STEP - 1, round(record.latency_s * 1000))
+        return (2 * RANK_STEP if self.on_probation(peer_id) else 0) + latency_ms
 
     def state(self, peer_id: str, now: float) -> str:
         record = self._records.get(peer_id)
