@@ -69,8 +69,9 @@ class ClockReading:
     `state`: `agrees`, `ahead` (this node's clock is ahead of most signers'), `behind`,
     `differs` (the only signer heard from is off), or `unknown` (no signer heard from in the
     window). `offset_s`: the median of (signer's clock − ours) over the signers that decided
-    the state (of an even number of them when wrong, the middle one nearer zero: a gap that
-    at least half of them show, never an average of two that none shows) (when it agrees, those within `warn_s`); negative when this node is ahead.
+    the state (when it agrees, those within `warn_s`; when wrong, of an even number of them the
+    middle one nearer zero: a gap at least half of them show, never the mean of two that none
+    shows); negative when this node is ahead.
     `signers`: signers heard from in the window; `off`: how many of them are `warn_s` or more
     away from this node's clock, either way."""
 
