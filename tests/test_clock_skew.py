@@ -71,7 +71,7 @@ async def test_a_node_with_a_wrong_clock_is_told_and_its_peers_are_not(
                 return clock if (clock["state"], clock["signers"], clock["off"]) == ("ahead", 3, 3) \
                     else None
 
-            # each peer counts as behind it once heard over CONFIRM_S (5 s; two keep-alives)
+            # each peer counts as behind it once heard over a keep-alive period (2 s here) + 5 s
             clock = await eventually(told, 30, "the node 45 s ahead is told, against 3 signers")
             # Its peers' announcements, signed 45 s (A, B) and 90 s (D) before its clock, arrive
             # within a second: the median of the three is A's or B's, 45 s and a delay.

@@ -17,9 +17,10 @@ too: their signature was checked, and they are the evidence when the gap is larg
 The verdict (`reading`): when signers holding more than half of the weight heard from in the
 window, and at least two of them, are ahead of this node by `warn_s` (5 s) or more, this node's
 clock is behind; when as much is behind by that much, it is ahead — counting as behind only
-signers heard over at least `CONFIRM_S` (a delay can make a signer look behind, never ahead: a
-node's first sync brings every signer's last keep-alive, signed up to 20 s before, and one
-observation of that age is not evidence; docs/scaling.md, 24th pass); when the only signer heard
+signers heard over more than a keep-alive period (`confirm_s`: the period, 20 s unless told,
+plus `CONFIRM_S`). A delay can make a signer look behind, never ahead: a node's first syncs
+bring every signer's last keep-alive, signed up to a period before, so what arrives within a
+period of the first is no evidence (docs/scaling.md, 24th and 25th passes); when the only signer heard
 from is off by that much, the two clocks differ and the node cannot tell which is wrong
 (`differs`); otherwise it agrees with its peers, and the signers that are off by that much are
 counted as peers with a wrong clock. One signer's claim never decides the verdict while two
@@ -48,9 +49,15 @@ WARN_S = 5.0
 #: Each signer's best difference is kept per bucket of this many seconds; the reading uses the
 #: current bucket and the one before (so 5 to 10 minutes of arrivals).
 BUCKET_S = 300.0
-#: A signer counts as behind this node's clock only once heard over this span (its first and its
-#: latest arrival in the window this far apart): a later message, not another of the same sync.
+#: A signer counts as behind this node's clock only once heard over a keep-alive period and this
+#: much more (its first and its latest arrival in the window that far apart; `confirm_s`). At
+#: first contact a signer's newest announcement can be a whole keep-alive period old (it signs
+#: again only then), and a node's first syncs, seconds apart, bring exactly those; a message
+#: that arrives more than a period after the first was signed after this node began listening,
+#: and came at the network's speed.
 CONFIRM_S = 5.0
+#: The keep-alive period assumed for signers unless told (the reference `announce_interval_s`).
+KEEP_ALIVE_S = 20.0
 #: Signers remembered at most, least recently heard dropped first.
 MAX_SIGNERS = 512
 
@@ -149,10 +156,13 @@ class ClockWatch:
     """Per-signer clock differences and the verdict on this node's clock (module docstring)."""
 
     def __init__(self, *, warn_s: float = WARN_S, bucket_s: float = BUCKET_S,
-                 max_signers: int = MAX_SIGNERS) -> None:
-        if warn_s <= 0 or bucket_s <= 0 or max_signers < 1:
-            raise ValueError("warn_s and bucket_s must be > 0 and max_signers >= 1")
+                 max_signers: int = MAX_SIGNERS, keep_alive_s: float = KEEP_ALIVE_S) -> None:
+        if warn_s <= 0 or bucket_s <= 0 or max_signers < 1 or keep_alive_s < 0:
+            raise ValueError("warn_s and bucket_s must be > 0, max_signers >= 1 and "
+                             "keep_alive_s >= 0")
         self.warn_s = warn_s
+        #: How long a signer must have been heard over before it counts as behind (CONFIRM_S).
+        self.confirm_s = keep_alive_s + CONFIRM_S
         self.bucket_s = bucket_s
         self.max_signers = max_signers
         self._signers: dict[bytes, _Heard] = {}  # least recently heard first
@@ -207,7 +217,7 @@ class ClockWatch:
 
     def _weighed(self, now: float) -> dict[bytes, tuple[float, float, bool]]:
         """Each signer heard from in the window: (its best difference in seconds, its weight,
-        whether it was heard over at least `CONFIRM_S`)."""
+        whether it was heard over at least `confirm_s`)."""
         bucket = int(now // self.bucket_s)
         result: dict[bytes, tuple[float, float, bool]] = {}
         for signer, heard in self._signers.items():
@@ -218,7 +228,7 @@ class ClockWatch:
             else:
                 continue
             result[signer] = (best / 1000, heard.weight,
-                              heard.last_at - heard.first_at >= CONFIRM_S)
+                              heard.last_at - heard.first_at >= self.confirm_s)
         return result
 
     def reading(self, now: float) -> ClockReading:
@@ -229,7 +239,7 @@ class ClockWatch:
         offsets = [o for o, _, _ in weighed]
         ahead = [o for o in offsets if o >= self.warn_s]      # signers ahead of us: we are behind
         late = [o for o in offsets if o <= -self.warn_s]      # signers behind us, or late
-        # signers behind us, heard over CONFIRM_S: we are ahead
+        # signers behind us, heard over confirm_s: we are ahead
         behind = [(o, w) for o, w, heard_long in weighed if o <= -self.warn_s and heard_long]
         half = sum(w for _, w, _ in weighed) / 2
         if len(offsets) == 1 and (ahead or behind):
@@ -253,5 +263,5 @@ def _gap(offsets: list[float]) -> float:
     return nearest_first[(len(nearest_first) - 1) // 2]
 
 
-__all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "CONFIRM_S", "DIFFERS", "STATES", "ClockReading",
-           "ClockWatch", "MAX_SIGNERS", "UNKNOWN", "WARN_S"]
+__all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "CONFIRM_S", "DIFFERS", "KEEP_ALIVE_S", "STATES",
+           "ClockReading", "ClockWatch", "MAX_SIGNERS", "UNKNOWN", "WARN_S"]

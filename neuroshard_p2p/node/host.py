@@ -199,7 +199,7 @@ class Node:
                                  admission=Admission.of(settings.charter),
                                  quiet_keep_alives=settings.quiet_keep_alives)
         #: Whether this node's clock agrees with its peers' signed times (node/clockwatch.py).
-        self.engine.clock_watch = ClockWatch()
+        self.engine.clock_watch = ClockWatch(keep_alive_s=settings.announce_interval_s)
         self.clock_reading = self.engine.clock_watch.reading(clock())
         #: Members networks: this node's credential (from the data dir, checked), which rides in
         #: every announcement and job it signs.
