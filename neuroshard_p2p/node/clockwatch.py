@@ -16,15 +16,17 @@ too: their signature was checked, and they are the evidence when the gap is larg
 
 The verdict (`reading`): when signers holding more than half of the weight heard from in the
 window, and at least two of them, are ahead of this node by `warn_s` (5 s) or more, this node's
-clock is behind; when as much is behind by that much, it is ahead — counting as behind only
-signers heard over more than a keep-alive period (`confirm_s`: the period, 20 s unless told,
-plus `CONFIRM_S`). A delay can make a signer look behind, never ahead: a node's first syncs
-bring every signer's last keep-alive, signed up to a period before, so what arrives within a
-period of the first is no evidence (docs/scaling.md, 24th and 25th passes); when the only signer heard
-from is off by that much, the two clocks differ and the node cannot tell which is wrong
-(`differs`); otherwise it agrees with its peers, and the signers that are off by that much are
-counted as peers with a wrong clock. One signer's claim never decides the verdict while two
-others disagree with it.
+clock is behind. A delay can make a signer look behind, never ahead, so the other way asks
+more: this node's clock is ahead when signers holding more than two thirds of the weight
+(`AHEAD_SHARE`), and at least two, are behind by that much, counting only signers heard over
+more than a keep-alive period (`confirm_s`: the period, 20 s unless told, plus `CONFIRM_S`). A
+node's first syncs bring every signer's last keep-alive, signed up to a period before; and on a
+quiet network, while a hundred nodes start on two cores, keep-alives that ride sync arrived
+5–8 s late from half the signers (docs/scaling.md, 24th and 25th passes). A clock truly ahead
+puts nearly every signer behind. When the only signer heard from is off by `warn_s`, the two
+clocks differ and the node cannot tell which is wrong (`differs`); otherwise it agrees with its
+peers, and the signers that are off by that much are counted as peers with a wrong clock. One
+signer's claim never decides the verdict while two others disagree with it.
 
 Identities are cheap, so a signer weighs what it weighs in the price: 2^(bits − F) for a key
 with fewer than the charter's F bits of identity work (wire/work.py), 1 with F or more. And the
@@ -58,6 +60,9 @@ BUCKET_S = 300.0
 CONFIRM_S = 5.0
 #: The keep-alive period assumed for signers unless told (the reference `announce_interval_s`).
 KEEP_ALIVE_S = 20.0
+#: The share of the weight heard from that must be behind this node for it to be told its clock
+#: is ahead (more than half for behind: no delay can fake that).
+AHEAD_SHARE = 2 / 3
 #: Signers remembered at most, least recently heard dropped first.
 MAX_SIGNERS = 512
 
@@ -241,13 +246,14 @@ class ClockWatch:
         late = [o for o in offsets if o <= -self.warn_s]      # signers behind us, or late
         # signers behind us, heard over confirm_s: we are ahead
         behind = [(o, w) for o, w, heard_long in weighed if o <= -self.warn_s and heard_long]
-        half = sum(w for _, w, _ in weighed) / 2
+        total = sum(w for _, w, _ in weighed)
+        half = total / 2
         if len(offsets) == 1 and (ahead or behind):
             return ClockReading(DIFFERS, offsets[0], 1, 1, self.warn_s)
         if len(ahead) >= 2 and sum(w for o, w, _ in weighed if o >= self.warn_s) > half:
             return ClockReading(BEHIND, _gap(ahead), len(offsets), len(ahead),
                                 self.warn_s)
-        if len(behind) >= 2 and sum(w for _, w in behind) > half:
+        if len(behind) >= 2 and sum(w for _, w in behind) > AHEAD_SHARE * total:
             return ClockReading(AHEAD, _gap([o for o, _ in behind]), len(offsets),
                                 len(behind), self.warn_s)
         in_step = [o for o in offsets if -self.warn_s < o < self.warn_s] or offsets
@@ -263,5 +269,5 @@ def _gap(offsets: list[float]) -> float:
     return nearest_first[(len(nearest_first) - 1) // 2]
 
 
-__all__ = ["AGREES", "AHEAD", "BEHIND", "BUCKET_S", "CONFIRM_S", "DIFFERS", "KEEP_ALIVE_S", "STATES",
+__all__ = ["AGREES", "AHEAD", "AHEAD_SHARE", "BEHIND", "BUCKET_S", "CONFIRM_S", "DIFFERS", "KEEP_ALIVE_S", "STATES",
            "ClockReading", "ClockWatch", "MAX_SIGNERS", "UNKNOWN", "WARN_S"]
