@@ -4,11 +4,14 @@ can make for free (node/bounded.py).
 A provider refuses a gateway that does not settle (`Payers`), a gateway bans a provider that
 lies (`Reputation`), and every node bans a peer that sends bad bytes (`PeerGuard`). Each table is
 bounded at 10,000 and forgets the least recently seen first. Before node/bounded.py, 10,000 fresh
-identities passing through lifted any refusal or ban in the table; the attack here is exactly
-that, at the shipped bounds, and what it achieves is measured.
+identities passing through lifted a refusal or a provider ban (the guard already spared its
+bans); the attack here is exactly that, on all three tables at the shipped bounds, and what it
+achieves is measured.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import coincurve
 import pytest
@@ -17,7 +20,6 @@ from neuroshard_p2p.node.bounded import forget_beyond
 from neuroshard_p2p.node.guard import SYNC_ITEM, GuardPolicy, PeerGuard, TokenBuckets
 from neuroshard_p2p.node.job_records import NO_SETTLEMENT, Payers, PayerSettings
 from neuroshard_p2p.node.reputation import NO_RESULT, ReputationSettings, Reputation
-from collections import OrderedDict
 
 T0 = 1_000_000.0
 #: The shipped bounds (the attack uses them, not a small stand-in).
